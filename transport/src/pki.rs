@@ -1,0 +1,442 @@
+//! Certificates until the Master's CA exists: a cluster CA and the leaf certificates it
+//! issues, as PEM files (private keys written with mode 0600).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use time::OffsetDateTime;
+
+use crate::identity::{validate_trust_domain, IdentityError, SpiffeId};
+
+/// File names used in a CA directory and in a credentials directory.
+pub mod files {
+    /// The CA certificate (in both kinds of directory).
+    pub const CA_CERT: &str = "ca.pem";
+    /// The CA private key (CA directory only).
+    pub const CA_KEY: &str = "ca-key.pem";
+    /// A node or service certificate.
+    pub const CERT: &str = "cert.pem";
+    /// The private key of `cert.pem`.
+    pub const KEY: &str = "key.pem";
+}
+
+/// Default lifetime of a cluster CA: ten years.
+pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Default lifetime of a leaf certificate: 24 hours.
+pub const DEFAULT_LEAF_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Creating, reading or writing certificates failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A PEM file did not hold what was expected.
+    #[error("{path}: expected {expected}: {reason}")]
+    BadPem {
+        /// The file.
+        path: PathBuf,
+        /// What the file should hold.
+        expected: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A certificate has no usable SPIFFE ID.
+    #[error("{path}: the certificate has no spiffe:// URI subject alternative name")]
+    NoSpiffeId {
+        /// The file.
+        path: PathBuf,
+    },
+    /// An identity was malformed.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// An identity belongs to another trust domain than the CA's.
+    #[error("identity {identity} is outside the CA's trust domain {trust_domain:?}")]
+    ForeignTrustDomain {
+        /// The identity asked for.
+        identity: SpiffeId,
+        /// The CA's trust domain.
+        trust_domain: String,
+    },
+    /// Refusing to overwrite existing files.
+    #[error("{path} already exists; refusing to overwrite it (remove it or choose another --out)")]
+    Exists {
+        /// The file that exists.
+        path: PathBuf,
+    },
+    /// A lifetime was out of range.
+    #[error("invalid certificate lifetime: {0}")]
+    BadLifetime(String),
+    /// The certificate library failed.
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+/// A cluster certificate authority: its certificate, key and trust domain.
+pub struct CertificateAuthority {
+    trust_domain: String,
+    /// The CA certificate exactly as distributed (the trust anchor).
+    anchor_pem: String,
+    anchor_der: CertificateDer<'static>,
+    /// The issuer used for signing: same name and key as the anchor.
+    cert: rcgen::Certificate,
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for CertificateAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertificateAuthority")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A leaf certificate with its private key, ready to be written to a directory.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// The identity in the certificate.
+    pub identity: SpiffeId,
+    /// PEM of the leaf certificate.
+    pub cert_pem: String,
+    /// PEM of the private key (PKCS#8).
+    pub key_pem: String,
+    /// PEM of the issuing CA certificate.
+    pub ca_pem: String,
+    /// Expiry.
+    pub not_after: SystemTime,
+}
+
+fn to_offset(t: SystemTime) -> Result<OffsetDateTime, PkiError> {
+    let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    OffsetDateTime::from_unix_timestamp(secs).map_err(|e| PkiError::BadLifetime(e.to_string()))
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `contents` to `path`, with mode 0600 when `private`; refuses to overwrite.
+fn write_new(path: &Path, contents: &str, private: bool) -> Result<(), PkiError> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(if private { 0o600 } else { 0o644 });
+    }
+    let mut f = opts.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            PkiError::Exists {
+                path: path.to_path_buf(),
+            }
+        } else {
+            PkiError::Io {
+                path: path.to_path_buf(),
+                source: e,
+            }
+        }
+    })?;
+    f.write_all(contents.as_bytes()).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+fn read(path: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(path).map_err(io_err(path))
+}
+
+impl CertificateAuthority {
+    /// Creates a new CA for `trust_domain`, valid for `ttl`.
+    pub fn generate(trust_domain: &str, ttl: Duration) -> Result<Self, PkiError> {
+        validate_trust_domain(trust_domain)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, format!("actormesh CA {trust_domain}"));
+        dn.push(DnType::OrganizationName, "actormesh");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{trust_domain}").try_into()?,
+        )];
+        let now = SystemTime::now();
+        params.not_before = to_offset(now - Duration::from_secs(60))?;
+        params.not_after = to_offset(now + ttl)?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            trust_domain: trust_domain.to_string(),
+            anchor_pem: cert.pem(),
+            anchor_der: cert.der().clone(),
+            cert,
+            key,
+        })
+    }
+
+    /// Loads a CA from a directory made by [`CertificateAuthority::save`].
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let cert_path = dir.join(files::CA_CERT);
+        let key_path = dir.join(files::CA_KEY);
+        let cert_pem = read(&cert_path)?;
+        let key_pem = read(&key_path)?;
+        let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::BadPem {
+            path: key_path.clone(),
+            expected: "a PKCS#8 private key",
+            reason: e.to_string(),
+        })?;
+        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| PkiError::BadPem {
+            path: cert_path.clone(),
+            expected: "a CA certificate",
+            reason: e.to_string(),
+        })?;
+        let uri = crate::tls::spiffe_uri_of(&der).ok_or(PkiError::NoSpiffeId {
+            path: cert_path.clone(),
+        })?;
+        let trust_domain = uri.strip_prefix("spiffe://").unwrap_or(&uri).trim_end_matches('/').to_string();
+        validate_trust_domain(&trust_domain)?;
+        let params = CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| PkiError::BadPem {
+            path: cert_path.clone(),
+            expected: "a CA certificate",
+            reason: e.to_string(),
+        })?;
+        // Re-signing the parsed params gives an issuer with the same name and key, which is
+        // all that signing leaves needs; the original PEM stays the trust anchor we hand out.
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            trust_domain,
+            anchor_pem: cert_pem,
+            anchor_der: der.into_owned(),
+            cert,
+            key,
+        })
+    }
+
+    /// Writes `ca.pem` and `ca-key.pem` (mode 0600) into `dir`, creating it.
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        write_new(&dir.join(files::CA_CERT), &self.anchor_pem, false)?;
+        write_new(&dir.join(files::CA_KEY), &self.key.serialize_pem(), true)
+    }
+
+    /// The trust domain this CA vouches for.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// The CA certificate as PEM.
+    pub fn cert_pem(&self) -> &str {
+        &self.anchor_pem
+    }
+
+    /// The CA certificate as DER.
+    pub fn cert_der(&self) -> &CertificateDer<'static> {
+        &self.anchor_der
+    }
+
+    /// Issues a certificate for `identity`, valid from now for `ttl`, with a new key.
+    pub fn issue(&self, identity: &SpiffeId, ttl: Duration) -> Result<IssuedCert, PkiError> {
+        let now = SystemTime::now();
+        self.issue_between(identity, now - Duration::from_secs(60), now + ttl)
+    }
+
+    /// Issues a certificate valid between two instants (tests use this for expired certs).
+    pub fn issue_between(
+        &self,
+        identity: &SpiffeId,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<IssuedCert, PkiError> {
+        if identity.trust_domain() != self.trust_domain {
+            return Err(PkiError::ForeignTrustDomain {
+                identity: identity.clone(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        self.issue_unchecked(identity, not_before, not_after)
+    }
+
+    /// Like [`CertificateAuthority::issue_between`] without the trust-domain check. Only
+    /// tests that prove the handshake refuses such certificates need this.
+    #[doc(hidden)]
+    pub fn issue_unchecked(
+        &self,
+        identity: &SpiffeId,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<IssuedCert, PkiError> {
+        if not_after <= not_before {
+            return Err(PkiError::BadLifetime(
+                "not_after must be later than not_before".into(),
+            ));
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, identity.path().trim_start_matches('/'));
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(identity.as_str().try_into()?)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = to_offset(not_before)?;
+        params.not_after = to_offset(not_after)?;
+        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        Ok(IssuedCert {
+            identity: identity.clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            ca_pem: self.anchor_pem.clone(),
+            not_after,
+        })
+    }
+}
+
+impl IssuedCert {
+    /// Writes `cert.pem`, `key.pem` (mode 0600) and `ca.pem` into `dir`, creating it.
+    pub fn save(&self, dir: &Path) -> Result<(), PkiError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        write_new(&dir.join(files::CERT), &self.cert_pem, false)?;
+        write_new(&dir.join(files::KEY), &self.key_pem, true)?;
+        write_new(&dir.join(files::CA_CERT), &self.ca_pem, false)
+    }
+
+    /// The credentials a node presents, parsed from the PEM held here.
+    pub fn credentials(&self) -> Result<Credentials, PkiError> {
+        Credentials::from_pem(
+            &self.cert_pem,
+            &self.key_pem,
+            &self.ca_pem,
+            Path::new("<memory>"),
+        )
+    }
+}
+
+/// What a node needs for mutual TLS: its certificate chain and key, and the CA it trusts.
+#[derive(Debug)]
+pub struct Credentials {
+    /// Leaf first, then any intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key of the leaf.
+    pub key: PrivateKeyDer<'static>,
+    /// The cluster CA certificate (the trust anchor).
+    pub ca: CertificateDer<'static>,
+}
+
+impl Clone for Credentials {
+    fn clone(&self) -> Self {
+        Self {
+            chain: self.chain.clone(),
+            key: self.key.clone_key(),
+            ca: self.ca.clone(),
+        }
+    }
+}
+
+impl Credentials {
+    /// Reads `cert.pem`, `key.pem` and `ca.pem` from `dir` (as written by `actormesh ca issue`).
+    pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let cert = read(&dir.join(files::CERT))?;
+        let key = read(&dir.join(files::KEY))?;
+        let ca = read(&dir.join(files::CA_CERT))?;
+        Self::from_pem(&cert, &key, &ca, dir)
+    }
+
+    /// Parses credentials from PEM text; `origin` names where they came from in errors.
+    pub fn from_pem(cert: &str, key: &str, ca: &str, origin: &Path) -> Result<Self, PkiError> {
+        let bad = |file: &str, expected, reason: String| PkiError::BadPem {
+            path: origin.join(file),
+            expected,
+            reason,
+        };
+        let chain = CertificateDer::pem_slice_iter(cert.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(files::CERT, "one or more certificates", e.to_string()))?;
+        if chain.is_empty() {
+            return Err(bad(files::CERT, "one or more certificates", "no CERTIFICATE block".into()));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
+            .map_err(|e| bad(files::KEY, "a private key", e.to_string()))?;
+        let ca = CertificateDer::from_pem_slice(ca.as_bytes())
+            .map_err(|e| bad(files::CA_CERT, "the CA certificate", e.to_string()))?;
+        if crate::tls::spiffe_uri_of(&chain[0]).is_none() {
+            return Err(PkiError::NoSpiffeId {
+                path: origin.join(files::CERT),
+            });
+        }
+        Ok(Self { chain, key, ca })
+    }
+
+    /// The SPIFFE ID in the leaf certificate.
+    pub fn identity(&self) -> Result<SpiffeId, PkiError> {
+        let uri = crate::tls::spiffe_uri_of(&self.chain[0]).ok_or(PkiError::NoSpiffeId {
+            path: PathBuf::from(files::CERT),
+        })?;
+        Ok(SpiffeId::parse(&uri)?)
+    }
+
+    /// When the leaf certificate expires.
+    pub fn not_after(&self) -> Option<SystemTime> {
+        crate::tls::not_after_of(&self.chain[0])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_round_trips_through_files_and_keys_are_private() {
+        let dir = std::env::temp_dir().join(format!("am-pki-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let ca = CertificateAuthority::generate("test.local", DEFAULT_CA_TTL).unwrap();
+        ca.save(&dir.join("ca")).unwrap();
+        let loaded = CertificateAuthority::load(&dir.join("ca")).unwrap();
+        assert_eq!(loaded.trust_domain(), "test.local");
+        assert_eq!(loaded.cert_pem(), ca.cert_pem());
+        let id = SpiffeId::node("test.local", "n1").unwrap();
+        let leaf = loaded.issue(&id, DEFAULT_LEAF_TTL).unwrap();
+        leaf.save(&dir.join("n1")).unwrap();
+        let creds = Credentials::load(&dir.join("n1")).unwrap();
+        assert_eq!(creds.identity().unwrap(), id);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for f in [dir.join("ca").join(files::CA_KEY), dir.join("n1").join(files::KEY)] {
+                assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+            }
+        }
+        assert!(matches!(ca.save(&dir.join("ca")), Err(PkiError::Exists { .. })));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn refuses_identity_of_another_trust_domain() {
+        let ca = CertificateAuthority::generate("a.local", DEFAULT_CA_TTL).unwrap();
+        let other = SpiffeId::node("b.local", "n1").unwrap();
+        assert!(matches!(
+            ca.issue(&other, DEFAULT_LEAF_TTL),
+            Err(PkiError::ForeignTrustDomain { .. })
+        ));
+    }
+}

@@ -1,0 +1,302 @@
+//! Mutual TLS 1.3 for QUIC: SPIFFE-aware certificate verification against the cluster CA,
+//! and a certificate store that can be replaced while the endpoint runs.
+
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, OtherError,
+    RootCertStore, SignatureScheme,
+};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::error::TransportError;
+use crate::identity::SpiffeId;
+use crate::pki::Credentials;
+
+/// The crypto provider actormesh uses everywhere: ring.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The first `spiffe://` URI SAN of a certificate, if any.
+pub fn spiffe_uri_of(der: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(u) if u.starts_with("spiffe://") => Some((*u).to_string()),
+        _ => None,
+    })
+}
+
+/// When a certificate stops being valid.
+pub fn not_after_of(der: &CertificateDer<'_>) -> Option<SystemTime> {
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
+    let secs = cert.validity().not_after.timestamp();
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64))
+}
+
+/// The peer's identity was acceptable to the chain check but not to actormesh.
+#[derive(Debug, thiserror::Error)]
+#[error("certificate identity {found} is outside the trust domain {expected:?}")]
+pub struct ForeignIdentity {
+    /// The trust domain this endpoint accepts.
+    pub expected: String,
+    /// The SPIFFE ID the certificate carries.
+    pub found: String,
+}
+
+/// Verifies peers (as client or server) against the cluster CA and the trust domain.
+#[derive(Debug)]
+pub struct SpiffeVerifier {
+    roots: Arc<RootCertStore>,
+    trust_domain: String,
+    algs: WebPkiSupportedAlgorithms,
+    client: Arc<dyn ClientCertVerifier>,
+}
+
+impl SpiffeVerifier {
+    /// Trusts certificates chained to `ca` whose SPIFFE ID is in `trust_domain`.
+    pub fn new(ca: &CertificateDer<'static>, trust_domain: &str) -> Result<Arc<Self>, TransportError> {
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.clone())
+            .map_err(|e| TransportError::Config(format!("the CA certificate is not usable as a trust anchor: {e}")))?;
+        let roots = Arc::new(roots);
+        let provider = provider();
+        let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+            .build()
+            .map_err(|e| TransportError::Config(format!("cannot build the client verifier: {e}")))?;
+        Ok(Arc::new(Self {
+            roots,
+            trust_domain: trust_domain.to_string(),
+            algs: provider.signature_verification_algorithms,
+            client,
+        }))
+    }
+
+    /// The trust domain accepted.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    fn check_identity(&self, end_entity: &CertificateDer<'_>) -> Result<(), TlsError> {
+        let uri = spiffe_uri_of(end_entity)
+            .ok_or(TlsError::InvalidCertificate(CertificateError::NotValidForName))?;
+        let id = SpiffeId::parse(&uri)
+            .map_err(|_| TlsError::InvalidCertificate(CertificateError::NotValidForName))?;
+        if id.trust_domain() != self.trust_domain {
+            return Err(TlsError::InvalidCertificate(CertificateError::Other(OtherError(
+                Arc::new(ForeignIdentity {
+                    expected: self.trust_domain.clone(),
+                    found: uri,
+                }),
+            ))));
+        }
+        Ok(())
+    }
+}
+
+impl ServerCertVerifier for SpiffeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        // SPIFFE certificates carry no DNS name: the chain, validity and URI SAN decide.
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            intermediates,
+            now,
+            self.algs.all,
+        )?;
+        self.check_identity(end_entity)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+impl ClientCertVerifier for SpiffeVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.client.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, TlsError> {
+        let verified = self.client.verify_client_cert(end_entity, intermediates, now)?;
+        self.check_identity(end_entity)?;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+/// The certificate an endpoint presents, replaceable while it runs.
+#[derive(Debug)]
+pub struct CertStore {
+    current: RwLock<Arc<PresentedCert>>,
+}
+
+/// One certificate as presented in handshakes.
+#[derive(Debug)]
+pub struct PresentedCert {
+    /// Chain and signing key for rustls.
+    pub certified: Arc<CertifiedKey>,
+    /// The SPIFFE ID in the leaf.
+    pub identity: SpiffeId,
+    /// Expiry of the leaf.
+    pub not_after: SystemTime,
+}
+
+impl CertStore {
+    /// A store presenting `credentials`.
+    pub fn new(credentials: &Credentials) -> Result<Arc<Self>, TransportError> {
+        Ok(Arc::new(Self {
+            current: RwLock::new(Arc::new(Self::prepare(credentials)?)),
+        }))
+    }
+
+    fn prepare(credentials: &Credentials) -> Result<PresentedCert, TransportError> {
+        let key = provider()
+            .key_provider
+            .load_private_key(credentials.key.clone_key())
+            .map_err(|e| TransportError::Config(format!("the private key is not usable: {e}")))?;
+        let identity = credentials
+            .identity()
+            .map_err(|e| TransportError::Config(e.to_string()))?;
+        let not_after = credentials
+            .not_after()
+            .ok_or_else(|| TransportError::Config("the certificate cannot be parsed".into()))?;
+        Ok(PresentedCert {
+            certified: Arc::new(CertifiedKey::new(credentials.chain.clone(), key)),
+            identity,
+            not_after,
+        })
+    }
+
+    /// The certificate presented in new handshakes.
+    pub fn current(&self) -> Arc<PresentedCert> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the certificate for new handshakes. The identity must stay the same.
+    pub fn replace(&self, credentials: &Credentials) -> Result<(), TransportError> {
+        let next = Self::prepare(credentials)?;
+        let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
+        if next.identity != cur.identity {
+            return Err(TransportError::Config(format!(
+                "a replacement certificate must keep the identity {} (it has {})",
+                cur.identity, next.identity
+            )));
+        }
+        *cur = Arc::new(next);
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current().certified.clone())
+    }
+}
+
+impl rustls::client::ResolvesClientCert for CertStore {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.current().certified.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The ALPN protocol name of actormesh links.
+pub const ALPN: &[u8] = b"actormesh";
+
+/// rustls configurations for both roles: TLS 1.3 only, mutual auth, no 0-RTT.
+pub fn rustls_configs(
+    certs: Arc<CertStore>,
+    verifier: Arc<SpiffeVerifier>,
+) -> Result<(rustls::ServerConfig, rustls::ClientConfig), TransportError> {
+    let cfg_err = |e: TlsError| TransportError::Config(format!("TLS configuration: {e}"));
+    let mut server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(cfg_err)?
+        .with_client_cert_verifier(verifier.clone())
+        .with_cert_resolver(certs.clone());
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    server.max_early_data_size = 0;
+    let mut client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(cfg_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_cert_resolver(certs);
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    client.enable_early_data = false;
+    Ok((server, client))
+}
