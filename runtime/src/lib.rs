@@ -1,1 +1,49 @@
+//! # actormesh-runtime
+//!
+//! Remote actix actors over [`actormesh_transport`]. A [`Node`] owns a QUIC endpoint and
+//! hosts actors under names; a [`RemoteRef`] reaches a named actor on any node with `tell`
+//! (at-most-once, ordered per sender→receiver pair) and `ask` (exactly one outcome: the
+//! reply or a typed [`AskError`], always within a deadline).
+//!
+//! Messages are serde types with a stable wire name, declared with
+//! `#[derive(RemoteMessage)]`; `#[actormesh::handler]` on `impl Handler<M> for A` registers
+//! the handler, so a node learns what each actor accepts without a hand-kept list.
+//!
+//! ```ignore
+//! #[derive(Serialize, Deserialize, RemoteMessage)]
+//! #[remote(name = "hello.Greet/v1", reply = String)]
+//! struct Greet(String);
+//!
+//! #[actormesh::handler]
+//! impl Handler<Greet> for Greeter {
+//!     type Result = String;
+//!     fn handle(&mut self, m: Greet, _: &mut Context<Self>) -> String { format!("hello, {}", m.0) }
+//! }
+//!
+//! let node = Node::start(NodeConfig::new(addr), &credentials)?;
+//! node.spawn("greeter", Greeter)?;
+//! let reply = node.actor_ref(other_addr, "greeter").ask(Greet("mesh".into())).await?;
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
+mod error;
+mod message;
+mod node;
+mod remote_ref;
+mod supervise;
+pub mod wire;
+
+pub use error::{AskError, NodeError, TellError};
+pub use message::{Delivery, HandlerEntry, RemoteMessage};
+pub use node::{Node, NodeConfig, SpawnOptions, Terminated, TerminationReason, Watch};
+pub use remote_ref::RemoteRef;
+pub use supervise::{Backoff, RestartPolicy};
+
+/// Used by generated code; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::message::{Delivery, HandlerEntry};
+    pub use actix;
+    pub use inventory;
+}

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use crate::codec;
-use crate::error::{RefusedBy, Refusal, TransportError};
+use crate::error::{Refusal, RefusedBy, TransportError};
 use crate::frame::{push_frame, FrameReader, DEFAULT_MAX_FRAME, MAX_FRAME_LIMIT};
 use crate::identity::SpiffeId;
 use crate::pki::Credentials;
@@ -104,7 +104,9 @@ impl EndpointConfig {
         if self.backoff_initial.is_zero() || self.backoff_max < self.backoff_initial {
             return err("backoff_initial must be non-zero and at most backoff_max".into());
         }
-        if self.stream_window as usize <= self.max_frame.min(64 * 1024) || self.connection_window < self.stream_window {
+        if self.stream_window as usize <= self.max_frame.min(64 * 1024)
+            || self.connection_window < self.stream_window
+        {
             return err("stream_window must exceed 64 KiB and be at most connection_window".into());
         }
         Ok(())
@@ -412,7 +414,10 @@ impl Endpoint {
                 }
             };
             if let Some(notified) = wait {
-                if tokio::time::timeout_at(deadline.into(), notified).await.is_err() {
+                if tokio::time::timeout_at(deadline.into(), notified)
+                    .await
+                    .is_err()
+                {
                     return Err(TransportError::Unreachable {
                         addr,
                         reason: "timed out waiting for a link".into(),
@@ -421,27 +426,41 @@ impl Endpoint {
                 continue;
             }
             let result = dial(inner, addr, false).await;
-            let mut peers = lock(&inner.peers);
-            let entry = peers.entry(addr).or_default();
-            entry.dialing = false;
-            match result {
-                Ok(new) => {
-                    entry.failures = 0;
-                    entry.retry_at = None;
-                    entry.last_error = None;
-                    let link = new.link.clone();
-                    install(inner, entry, new);
-                    drop(peers);
-                    inner.changed.notify_waiters();
-                    return Ok(link);
+            let outcome = {
+                let mut peers = lock(&inner.peers);
+                let entry = peers.entry(addr).or_default();
+                entry.dialing = false;
+                match result {
+                    Ok(new) => {
+                        entry.failures = 0;
+                        entry.retry_at = None;
+                        entry.last_error = None;
+                        let link = new.link.clone();
+                        install(inner, entry, new);
+                        Ok(Some(link))
+                    }
+                    Err(DialError::Duplicate) => Ok(None),
+                    Err(DialError::Failed(e)) => {
+                        entry.failures = entry.failures.saturating_add(1);
+                        let backoff = backoff(&inner.config, entry.failures);
+                        entry.retry_at = Some(Instant::now() + backoff);
+                        entry.last_error = Some(e.to_string());
+                        Err(e)
+                    }
                 }
-                Err(DialError::Duplicate) => {
+            };
+            inner.changed.notify_waiters();
+            match outcome {
+                Ok(Some(link)) => return Ok(link),
+                Ok(None) => {
                     // The peer keeps its own dial to us; it arrives as an incoming link.
-                    drop(peers);
-                    inner.changed.notify_waiters();
                     let notified = inner.changed.notified();
+                    tokio::pin!(notified);
+                    notified.as_mut().enable();
                     if self.existing_link(addr).is_none()
-                        && tokio::time::timeout_at(deadline.into(), notified).await.is_err()
+                        && tokio::time::timeout_at(deadline.into(), notified)
+                            .await
+                            .is_err()
                     {
                         return Err(TransportError::Unreachable {
                             addr,
@@ -449,15 +468,7 @@ impl Endpoint {
                         });
                     }
                 }
-                Err(DialError::Failed(e)) => {
-                    entry.failures = entry.failures.saturating_add(1);
-                    let backoff = backoff(&inner.config, entry.failures);
-                    entry.retry_at = Some(Instant::now() + backoff);
-                    entry.last_error = Some(e.to_string());
-                    drop(peers);
-                    inner.changed.notify_waiters();
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -583,14 +594,21 @@ async fn dial(inner: &Arc<Inner>, addr: SocketAddr, replaces: bool) -> Result<Ne
     let connecting = inner
         .quinn
         .connect_with(inner.client_config.clone(), addr, "actormesh")
-        .map_err(|e| fail(TransportError::Unreachable {
-            addr,
-            reason: e.to_string(),
-        }))?;
+        .map_err(|e| {
+            fail(TransportError::Unreachable {
+                addr,
+                reason: e.to_string(),
+            })
+        })?;
     let local_cert_expiry = inner.certs.current().not_after;
     let work = async {
-        let conn = connecting.await.map_err(|e| map_connection_error(addr, &e))?;
-        let (mut send, recv) = conn.open_bi().await.map_err(|e| map_connection_error(addr, &e))?;
+        let conn = connecting
+            .await
+            .map_err(|e| map_connection_error(addr, &e))?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| map_connection_error(addr, &e))?;
         let mut hello = inner.config.protocol_version.to_le_bytes().to_vec();
         codec::encode_into(
             &Hello {
@@ -626,10 +644,14 @@ async fn dial(inner: &Arc<Inner>, addr: SocketAddr, replaces: bool) -> Result<Ne
     };
     match reply {
         HelloReply::Accepted { incarnation } => {
-            let link = make_link(inner, conn, addr, incarnation, true, local_cert_expiry)
-                .map_err(fail)?;
+            let link =
+                make_link(inner, conn, addr, incarnation, true, local_cert_expiry).map_err(fail)?;
             if send.set_priority(PRIORITY_CONTROL).is_err() {
-                return Err(fail(closed_error(addr, link.connection(), "control stream closed")));
+                return Err(fail(closed_error(
+                    addr,
+                    link.connection(),
+                    "control stream closed",
+                )));
             }
             Ok(NewLink {
                 link,
@@ -659,7 +681,10 @@ fn make_link(
 ) -> Result<Link, TransportError> {
     let certs = conn
         .peer_identity()
-        .and_then(|any| any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|any| {
+            any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .ok_or_else(|| TransportError::Protocol {
             addr: peer_addr,
             reason: "no peer certificate after the handshake".into(),
@@ -692,7 +717,9 @@ fn make_link(
 
 async fn accept_loop(inner: std::sync::Weak<Inner>, quinn: quinn::Endpoint) {
     while let Some(incoming) = quinn.accept().await {
-        let Some(strong) = inner.upgrade() else { return };
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             let timeout = strong.config.handshake_timeout;
@@ -748,7 +775,10 @@ async fn accept_one(inner: &Arc<Inner>, incoming: quinn::Incoming) -> Result<(),
         let _ = send.write_all(&out).await;
         let _ = send.finish();
         let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-        conn.close(VarInt::from_u32(close_code::VERSION), b"protocol version mismatch");
+        conn.close(
+            VarInt::from_u32(close_code::VERSION),
+            b"protocol version mismatch",
+        );
         return Err(TransportError::ProtocolVersion {
             addr: remote,
             ours: inner.config.protocol_version,
@@ -761,15 +791,26 @@ async fn accept_one(inner: &Arc<Inner>, incoming: quinn::Incoming) -> Result<(),
     } else {
         hello.listen
     };
-    let link = make_link(inner, conn, peer_addr, hello.incarnation, false, local_cert_expiry)?;
+    let link = make_link(
+        inner,
+        conn,
+        peer_addr,
+        hello.incarnation,
+        false,
+        local_cert_expiry,
+    )?;
     let me = inner.certs.current().identity.clone();
     let decision = {
         let mut peers = lock(&inner.peers);
         let entry = peers.entry(peer_addr).or_default();
-        let existing = entry.link.as_ref().filter(|l| l.is_alive()).map(|l| Existing {
-            dialed_by_us: l.info.dialed_by_us,
-            peer_incarnation: l.info.peer_incarnation,
-        });
+        let existing = entry
+            .link
+            .as_ref()
+            .filter(|l| l.is_alive())
+            .map(|l| Existing {
+                dialed_by_us: l.info.dialed_by_us,
+                peer_incarnation: l.info.peer_incarnation,
+            });
         let decision = admit(
             (&me, inner.local_addr),
             (&link.info.peer, peer_addr),
@@ -915,26 +956,62 @@ mod tests {
     #[test]
     fn simultaneous_dial_keeps_the_lower_dialers_link_on_both_sides() {
         let (a, b) = (id("a"), id("b"));
-        let (aa, ba): (SocketAddr, SocketAddr) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+        let (aa, ba): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
         // Both dialing, neither established: a (lower) refuses b's dial, b accepts a's.
-        assert_eq!(admit((&a, aa), (&b, ba), None, true, 7, false), Admission::Duplicate);
-        assert_eq!(admit((&b, ba), (&a, aa), None, true, 7, false), Admission::Accept);
+        assert_eq!(
+            admit((&a, aa), (&b, ba), None, true, 7, false),
+            Admission::Duplicate
+        );
+        assert_eq!(
+            admit((&b, ba), (&a, aa), None, true, 7, false),
+            Admission::Accept
+        );
         // a's dial finished first: a refuses b's late dial; b had already accepted a's.
-        let mine = Some(Existing { dialed_by_us: true, peer_incarnation: 7 });
-        assert_eq!(admit((&a, aa), (&b, ba), mine, false, 7, false), Admission::Duplicate);
+        let mine = Some(Existing {
+            dialed_by_us: true,
+            peer_incarnation: 7,
+        });
+        assert_eq!(
+            admit((&a, aa), (&b, ba), mine, false, 7, false),
+            Admission::Duplicate
+        );
         // b's dial finished first: a accepts its own... a's late dial reaches b, which keeps it.
-        assert_eq!(admit((&b, ba), (&a, aa), mine, false, 7, false), Admission::Accept);
+        assert_eq!(
+            admit((&b, ba), (&a, aa), mine, false, 7, false),
+            Admission::Accept
+        );
     }
 
     #[test]
     fn restarts_redials_and_replacements_win() {
         let (a, b) = (id("a"), id("b"));
-        let (aa, ba): (SocketAddr, SocketAddr) = ("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
-        let mine = Some(Existing { dialed_by_us: true, peer_incarnation: 7 });
-        let theirs = Some(Existing { dialed_by_us: false, peer_incarnation: 7 });
-        assert_eq!(admit((&a, aa), (&b, ba), mine, false, 8, false), Admission::Accept);
-        assert_eq!(admit((&a, aa), (&b, ba), theirs, false, 7, false), Admission::Accept);
-        assert_eq!(admit((&a, aa), (&b, ba), mine, false, 7, true), Admission::Accept);
+        let (aa, ba): (SocketAddr, SocketAddr) = (
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let mine = Some(Existing {
+            dialed_by_us: true,
+            peer_incarnation: 7,
+        });
+        let theirs = Some(Existing {
+            dialed_by_us: false,
+            peer_incarnation: 7,
+        });
+        assert_eq!(
+            admit((&a, aa), (&b, ba), mine, false, 8, false),
+            Admission::Accept
+        );
+        assert_eq!(
+            admit((&a, aa), (&b, ba), theirs, false, 7, false),
+            Admission::Accept
+        );
+        assert_eq!(
+            admit((&a, aa), (&b, ba), mine, false, 7, true),
+            Admission::Accept
+        );
     }
 
     #[test]

@@ -29,7 +29,9 @@ pub enum Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::UnknownCa => f.write_str("certificate not issued by the cluster CA (unknown CA)"),
+            Refusal::UnknownCa => {
+                f.write_str("certificate not issued by the cluster CA (unknown CA)")
+            }
             Refusal::Expired => f.write_str("certificate expired or not yet valid"),
             Refusal::NoClientCertificate => f.write_str("no client certificate presented"),
             Refusal::WrongTrustDomain { detail: Some(d) } => write!(f, "wrong trust domain: {d}"),

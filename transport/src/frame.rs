@@ -94,7 +94,8 @@ impl FrameDecoder {
             return Ok(());
         }
         let need = if self.buf.len() >= LEN_PREFIX {
-            LEN_PREFIX + u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize
+            LEN_PREFIX
+                + u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize
         } else {
             LEN_PREFIX
         };
@@ -216,7 +217,10 @@ mod tests {
         d.extend(&10u32.to_le_bytes());
         d.extend(b"abc");
         assert!(d.next_frame().unwrap().is_none());
-        assert!(matches!(d.finish(), Err(FrameError::Truncated { have: 7, need: 14 })));
+        assert!(matches!(
+            d.finish(),
+            Err(FrameError::Truncated { have: 7, need: 14 })
+        ));
     }
 
     #[test]

@@ -89,8 +89,14 @@ impl SpiffeId {
     }
 
     /// `spiffe://<trust_domain>/ns/<namespace>/sa/<service>`: the identity of a service.
-    pub fn service(trust_domain: &str, namespace: &str, service: &str) -> Result<Self, IdentityError> {
-        Self::parse(&format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service}"))
+    pub fn service(
+        trust_domain: &str,
+        namespace: &str,
+        service: &str,
+    ) -> Result<Self, IdentityError> {
+        Self::parse(&format!(
+            "{SCHEME}{trust_domain}/ns/{namespace}/sa/{service}"
+        ))
     }
 
     /// The trust domain, e.g. `prod.example`.
@@ -158,7 +164,10 @@ mod tests {
         let id = SpiffeId::parse("spiffe://prod.example/ns/shop/sa/ratings").unwrap();
         assert_eq!(id.trust_domain(), "prod.example");
         assert_eq!(id.path(), "/ns/shop/sa/ratings");
-        assert_eq!(SpiffeId::node("td", "n1").unwrap().as_str(), "spiffe://td/node/n1");
+        assert_eq!(
+            SpiffeId::node("td", "n1").unwrap().as_str(),
+            "spiffe://td/node/n1"
+        );
     }
 
     #[test]

@@ -34,6 +34,6 @@ pub mod sink;
 pub mod tls;
 
 pub use endpoint::{Endpoint, EndpointConfig, Link, LinkInfo, NewLink, PROTOCOL_VERSION};
-pub use error::{RefusedBy, Refusal, TransportError};
+pub use error::{Refusal, RefusedBy, TransportError};
 pub use identity::SpiffeId;
 pub use quinn;

@@ -175,9 +175,8 @@ impl CertificateAuthority {
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://{trust_domain}").try_into()?,
-        )];
+        params.subject_alt_names =
+            vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
         let now = SystemTime::now();
         params.not_before = to_offset(now - Duration::from_secs(60))?;
         params.not_after = to_offset(now + ttl)?;
@@ -202,21 +201,27 @@ impl CertificateAuthority {
             expected: "a PKCS#8 private key",
             reason: e.to_string(),
         })?;
-        let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| PkiError::BadPem {
-            path: cert_path.clone(),
-            expected: "a CA certificate",
-            reason: e.to_string(),
-        })?;
+        let der =
+            CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| PkiError::BadPem {
+                path: cert_path.clone(),
+                expected: "a CA certificate",
+                reason: e.to_string(),
+            })?;
         let uri = crate::tls::spiffe_uri_of(&der).ok_or(PkiError::NoSpiffeId {
             path: cert_path.clone(),
         })?;
-        let trust_domain = uri.strip_prefix("spiffe://").unwrap_or(&uri).trim_end_matches('/').to_string();
+        let trust_domain = uri
+            .strip_prefix("spiffe://")
+            .unwrap_or(&uri)
+            .trim_end_matches('/')
+            .to_string();
         validate_trust_domain(&trust_domain)?;
-        let params = CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| PkiError::BadPem {
-            path: cert_path.clone(),
-            expected: "a CA certificate",
-            reason: e.to_string(),
-        })?;
+        let params =
+            CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| PkiError::BadPem {
+                path: cert_path.clone(),
+                expected: "a CA certificate",
+                reason: e.to_string(),
+            })?;
         // Re-signing the parsed params gives an issuer with the same name and key, which is
         // all that signing leaves needs; the original PEM stays the trust anchor we hand out.
         let cert = params.self_signed(&key)?;
@@ -373,7 +378,11 @@ impl Credentials {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| bad(files::CERT, "one or more certificates", e.to_string()))?;
         if chain.is_empty() {
-            return Err(bad(files::CERT, "one or more certificates", "no CERTIFICATE block".into()));
+            return Err(bad(
+                files::CERT,
+                "one or more certificates",
+                "no CERTIFICATE block".into(),
+            ));
         }
         let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
             .map_err(|e| bad(files::KEY, "a private key", e.to_string()))?;
@@ -422,11 +431,20 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            for f in [dir.join("ca").join(files::CA_KEY), dir.join("n1").join(files::KEY)] {
-                assert_eq!(fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+            for f in [
+                dir.join("ca").join(files::CA_KEY),
+                dir.join("n1").join(files::KEY),
+            ] {
+                assert_eq!(
+                    fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+                    0o600
+                );
             }
         }
-        assert!(matches!(ca.save(&dir.join("ca")), Err(PkiError::Exists { .. })));
+        assert!(matches!(
+            ca.save(&dir.join("ca")),
+            Err(PkiError::Exists { .. })
+        ));
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -186,6 +186,12 @@ impl SinkDriver {
         }
     }
 
+    /// Ends the sink without a stream (the stream could not be opened): pushes fail with
+    /// `reason` from now on and buffered frames are dropped.
+    pub fn abort(self, reason: &str) {
+        self.fail(reason.to_string());
+    }
+
     fn fail(&self, reason: String) -> String {
         let mut st = lock(&self.shared.state);
         st.closed.get_or_insert_with(|| reason.clone());
@@ -208,10 +214,15 @@ mod tests {
             Ok::<_, ()>(())
         })
         .unwrap();
-        assert!(matches!(sink.try_push(|_| Ok::<_, ()>(())), Err(PushError::Full)));
+        assert!(matches!(
+            sink.try_push(|_| Ok::<_, ()>(())),
+            Err(PushError::Full)
+        ));
         assert_eq!(lock(&driver.shared.state).buf.len(), 24);
         sink.close("gone");
-        assert!(matches!(sink.try_push(|_| Ok::<_, ()>(())), Err(PushError::Closed(r)) if r == "gone"));
+        assert!(
+            matches!(sink.try_push(|_| Ok::<_, ()>(())), Err(PushError::Closed(r)) if r == "gone")
+        );
     }
 
     #[test]

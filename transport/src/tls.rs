@@ -5,7 +5,9 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
@@ -63,16 +65,23 @@ pub struct SpiffeVerifier {
 
 impl SpiffeVerifier {
     /// Trusts certificates chained to `ca` whose SPIFFE ID is in `trust_domain`.
-    pub fn new(ca: &CertificateDer<'static>, trust_domain: &str) -> Result<Arc<Self>, TransportError> {
+    pub fn new(
+        ca: &CertificateDer<'static>,
+        trust_domain: &str,
+    ) -> Result<Arc<Self>, TransportError> {
         let mut roots = RootCertStore::empty();
-        roots
-            .add(ca.clone())
-            .map_err(|e| TransportError::Config(format!("the CA certificate is not usable as a trust anchor: {e}")))?;
+        roots.add(ca.clone()).map_err(|e| {
+            TransportError::Config(format!(
+                "the CA certificate is not usable as a trust anchor: {e}"
+            ))
+        })?;
         let roots = Arc::new(roots);
         let provider = provider();
         let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
-            .map_err(|e| TransportError::Config(format!("cannot build the client verifier: {e}")))?;
+            .map_err(|e| {
+                TransportError::Config(format!("cannot build the client verifier: {e}"))
+            })?;
         Ok(Arc::new(Self {
             roots,
             trust_domain: trust_domain.to_string(),
@@ -87,17 +96,18 @@ impl SpiffeVerifier {
     }
 
     fn check_identity(&self, end_entity: &CertificateDer<'_>) -> Result<(), TlsError> {
-        let uri = spiffe_uri_of(end_entity)
-            .ok_or(TlsError::InvalidCertificate(CertificateError::NotValidForName))?;
+        let uri = spiffe_uri_of(end_entity).ok_or(TlsError::InvalidCertificate(
+            CertificateError::NotValidForName,
+        ))?;
         let id = SpiffeId::parse(&uri)
             .map_err(|_| TlsError::InvalidCertificate(CertificateError::NotValidForName))?;
         if id.trust_domain() != self.trust_domain {
-            return Err(TlsError::InvalidCertificate(CertificateError::Other(OtherError(
-                Arc::new(ForeignIdentity {
+            return Err(TlsError::InvalidCertificate(CertificateError::Other(
+                OtherError(Arc::new(ForeignIdentity {
                     expected: self.trust_domain.clone(),
                     found: uri,
-                }),
-            ))));
+                })),
+            )));
         }
         Ok(())
     }
@@ -167,7 +177,9 @@ impl ClientCertVerifier for SpiffeVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
-        let verified = self.client.verify_client_cert(end_entity, intermediates, now)?;
+        let verified = self
+            .client
+            .verify_client_cert(end_entity, intermediates, now)?;
         self.check_identity(end_entity)?;
         Ok(verified)
     }
@@ -240,7 +252,10 @@ impl CertStore {
 
     /// The certificate presented in new handshakes.
     pub fn current(&self) -> Arc<PresentedCert> {
-        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replaces the certificate for new handshakes. The identity must stay the same.

@@ -1,0 +1,304 @@
+//! Remote messages, the delivery envelope and the automatic handler registry.
+
+use std::any::{Any, TypeId};
+use std::cell::Cell;
+
+use actix::dev::MessageResponse;
+use actix::{Actor, Addr, Context, Handler};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use crate::wire::{self, WireError};
+use actormesh_transport::codec;
+use actormesh_transport::sink::FrameSink;
+
+/// A message that can cross the network: a serde type with a stable, versioned name and a
+/// typed reply (its actix `Message::Result`). Declare it with `#[derive(RemoteMessage)]`.
+pub trait RemoteMessage:
+    actix::Message<Result: Serialize + DeserializeOwned + Send + 'static>
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + 'static
+{
+    /// The name on the wire, e.g. `bookinfo.ratings.Get/v1`.
+    const NAME: &'static str;
+}
+
+/// Where the reply to a delivery goes.
+pub(crate) enum ReplyTo<R> {
+    /// A tell: nobody waits.
+    None,
+    /// A local ask: straight to the caller, never serialized.
+    Local(oneshot::Sender<R>),
+    /// A remote ask: encoded onto the reply stream of the link it came from.
+    Remote(RemoteReply),
+}
+
+/// The reply address of a remote ask. If it is dropped unanswered (the actor stopped or
+/// panicked, or the response future was dropped), it answers with the matching error, so
+/// the caller never waits for its deadline in vain.
+#[derive(Debug)]
+pub(crate) struct RemoteReply {
+    sink: FrameSink,
+    corr: u64,
+    done: bool,
+}
+
+thread_local! {
+    /// Set while the runtime drops the mailbox of an actor that panicked.
+    static CRASH_DROP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` (dropping a crashed actor's state) so that unanswered replies report a panic.
+pub(crate) fn dropping_crashed<R>(f: impl FnOnce() -> R) -> R {
+    CRASH_DROP.with(|c| c.set(true));
+    let r = f();
+    CRASH_DROP.with(|c| c.set(false));
+    r
+}
+
+impl RemoteReply {
+    pub(crate) fn new(sink: FrameSink, corr: u64) -> Self {
+        Self {
+            sink,
+            corr,
+            done: false,
+        }
+    }
+
+    pub(crate) fn ok<R: Serialize>(mut self, value: &R) {
+        self.done = true;
+        let corr = self.corr;
+        let pushed = self
+            .sink
+            .try_push(|buf| wire::encode_reply_ok(buf, corr, value));
+        if let Err(e) = pushed {
+            match e {
+                actormesh_transport::sink::PushError::Encode(err) => {
+                    self.done = false;
+                    self.fail(WireError::Rejected(format!(
+                        "cannot encode the reply: {err}"
+                    )));
+                }
+                other => tracing::debug!(error = %other, "reply not sent"),
+            }
+        }
+    }
+
+    pub(crate) fn fail(mut self, err: WireError) {
+        self.send_error(&err);
+    }
+
+    fn send_error(&mut self, err: &WireError) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let corr = self.corr;
+        let _ = self
+            .sink
+            .try_push(|buf| wire::encode_reply_err(buf, corr, err));
+    }
+}
+
+impl Drop for RemoteReply {
+    fn drop(&mut self) {
+        if !self.done {
+            let err = if std::thread::panicking() || CRASH_DROP.with(|c| c.get()) {
+                WireError::Panicked
+            } else {
+                WireError::Stopped
+            };
+            self.send_error(&err);
+        }
+    }
+}
+
+/// The envelope in which the runtime delivers a message to an actor. Generated code
+/// implements `Handler<Delivery<M>>` for every `#[handler]`; users never build one.
+pub struct Delivery<M: RemoteMessage> {
+    msg: M,
+    reply: ReplyTo<M::Result>,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl<M: RemoteMessage> std::fmt::Debug for Delivery<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("message", &M::NAME)
+            .finish()
+    }
+}
+
+impl<M: RemoteMessage> actix::Message for Delivery<M> {
+    type Result = ();
+}
+
+impl<M: RemoteMessage> Delivery<M> {
+    pub(crate) fn new(
+        msg: M,
+        reply: ReplyTo<M::Result>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Self {
+        Self {
+            msg,
+            reply,
+            _permit: permit,
+        }
+    }
+
+    pub(crate) fn into_message(self) -> M {
+        self.msg
+    }
+
+    /// Runs the actor's `Handler<M>` and routes its response. Called by generated code.
+    pub fn handle<A>(self, act: &mut A, ctx: &mut Context<A>)
+    where
+        A: Actor<Context = Context<A>> + Handler<M>,
+    {
+        let Delivery {
+            msg,
+            reply,
+            _permit,
+        } = self;
+        let response = <A as Handler<M>>::handle(act, msg, ctx);
+        // The mailbox slot frees as soon as the handler has run.
+        drop(_permit);
+        match reply {
+            ReplyTo::None => response.handle(ctx, None),
+            ReplyTo::Local(tx) => response.handle(ctx, Some(tx)),
+            ReplyTo::Remote(remote) => {
+                let (tx, mut rx) = oneshot::channel();
+                response.handle(ctx, Some(tx));
+                match rx.try_recv() {
+                    Ok(value) => remote.ok(&value),
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        // An asynchronous response: answer when it resolves.
+                        actix::spawn(async move {
+                            if let Ok(value) = rx.await {
+                                remote.ok(&value);
+                            }
+                        });
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => drop(remote),
+                }
+            }
+        }
+    }
+}
+
+/// An actor's address with its type erased; holds an `Addr<A>`.
+pub(crate) type ErasedAddr = dyn Any + Send + Sync;
+
+/// Why a remote delivery did not reach the mailbox.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DeliverError {
+    /// The payload does not decode as the message type.
+    #[error("{0}")]
+    Decode(String),
+    /// The actor's mailbox is closed (it stopped).
+    #[error("the actor's mailbox is closed")]
+    Closed,
+}
+
+/// One `impl Handler<M> for A` registered by `#[actormesh::handler]`.
+#[derive(Debug)]
+pub struct HandlerEntry {
+    pub(crate) actor: fn() -> TypeId,
+    pub(crate) message: fn() -> TypeId,
+    pub(crate) name: &'static str,
+    pub(crate) remote: fn(
+        &ErasedAddr,
+        &[u8],
+        Option<RemoteReply>,
+        Option<OwnedSemaphorePermit>,
+    ) -> Result<(), DeliverError>,
+    pub(crate) local: fn(&ErasedAddr, &mut dyn Any) -> bool,
+}
+
+inventory::collect!(HandlerEntry);
+
+impl HandlerEntry {
+    /// The entry for `impl Handler<M> for A`. Used by `#[actormesh::handler]`.
+    pub const fn of<A, M>() -> Self
+    where
+        A: Actor<Context = Context<A>> + Handler<M> + Handler<Delivery<M>>,
+        M: RemoteMessage,
+    {
+        Self {
+            actor: TypeId::of::<A>,
+            message: TypeId::of::<M>,
+            name: M::NAME,
+            remote: deliver_remote::<A, M>,
+            local: deliver_local::<A, M>,
+        }
+    }
+}
+
+fn deliver_remote<A, M>(
+    addr: &ErasedAddr,
+    payload: &[u8],
+    reply: Option<RemoteReply>,
+    permit: Option<OwnedSemaphorePermit>,
+) -> Result<(), DeliverError>
+where
+    A: Actor<Context = Context<A>> + Handler<Delivery<M>>,
+    M: RemoteMessage,
+{
+    let msg: M = match codec::decode(payload) {
+        Ok(m) => m,
+        Err(e) => {
+            let reason = format!("cannot decode {}: {e}", M::NAME);
+            if let Some(r) = reply {
+                r.fail(WireError::Rejected(reason.clone()));
+            }
+            return Err(DeliverError::Decode(reason));
+        }
+    };
+    let addr = addr
+        .downcast_ref::<Addr<A>>()
+        .expect("an actor slot holds the Addr of the type its handlers were registered for");
+    let reply = match reply {
+        Some(r) => ReplyTo::Remote(r),
+        None => ReplyTo::None,
+    };
+    // The semaphore permit bounds the mailbox; actix's own capacity is bypassed on purpose
+    // because its full-mailbox path does not wake waiting senders.
+    addr.do_send(Delivery::new(msg, reply, permit));
+    if addr.connected() {
+        Ok(())
+    } else {
+        Err(DeliverError::Closed)
+    }
+}
+
+/// Delivers the `Delivery<M>` held in `slot` (an `Option<Delivery<M>>`). Returns false,
+/// leaving it in place, if the mailbox is closed.
+fn deliver_local<A, M>(addr: &ErasedAddr, slot: &mut dyn Any) -> bool
+where
+    A: Actor<Context = Context<A>> + Handler<Delivery<M>>,
+    M: RemoteMessage,
+{
+    let addr = addr
+        .downcast_ref::<Addr<A>>()
+        .expect("an actor slot holds the Addr of the type its handlers were registered for");
+    let slot = slot
+        .downcast_mut::<Option<Delivery<M>>>()
+        .expect("local delivery is called with the entry found by the message's TypeId");
+    if !addr.connected() {
+        return false;
+    }
+    if let Some(d) = slot.take() {
+        addr.do_send(d);
+    }
+    true
+}
+
+/// The registered handlers of actor type `A`.
+pub(crate) fn handlers_of(actor: TypeId) -> Vec<&'static HandlerEntry> {
+    inventory::iter::<HandlerEntry>
+        .into_iter()
+        .filter(|e| (e.actor)() == actor)
+        .collect()
+}

@@ -1,0 +1,993 @@
+//! The [`Node`]: one QUIC endpoint, the actors it hosts, and its links to other nodes.
+//!
+//! Per peer node there is one [`Peer`]: the current link, one *lane* (a unidirectional
+//! QUIC stream) per remote actor this node sends to, the asks awaiting replies and the
+//! watches placed on actors there. A lane per target actor means QUIC's per-stream flow
+//! control becomes per-actor backpressure: when one actor's mailbox is full its lane stops
+//! being read, and only that lane stalls.
+
+use std::any::TypeId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Context, Recipient};
+use bytes::Bytes;
+use tokio::sync::{oneshot, Notify, Semaphore};
+use tracing::{debug, info, warn};
+
+use actormesh_transport::codec;
+use actormesh_transport::frame::FrameReader;
+use actormesh_transport::pki::Credentials;
+use actormesh_transport::sink::FrameSink;
+use actormesh_transport::{Endpoint, EndpointConfig, Link, NewLink, SpiffeId};
+
+use crate::error::NodeError;
+use crate::message::{handlers_of, ErasedAddr, HandlerEntry, RemoteReply};
+use crate::remote_ref::RemoteRef;
+use crate::supervise::{self, RestartPolicy};
+use crate::wire::{self, Control, StreamHeader, WatchEnd, WireError};
+
+/// Settings of a [`Node`].
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Transport settings (listen address, timeouts, frame size, windows).
+    pub endpoint: EndpointConfig,
+    /// Deadline of `ask` when none is given.
+    pub default_ask_timeout: Duration,
+    /// Mailbox bound of actors spawned without their own.
+    pub mailbox_capacity: usize,
+    /// Unsent bytes a lane may buffer before `tell` waits and `try_tell` reports `Full`.
+    pub lane_high_water: usize,
+}
+
+impl NodeConfig {
+    /// Defaults for a node listening on `listen`.
+    pub fn new(listen: SocketAddr) -> Self {
+        let mut endpoint = EndpointConfig::new(listen);
+        // Asks to a node that died fail as Unreachable once its link times out.
+        endpoint.idle_timeout = Duration::from_secs(5);
+        endpoint.keep_alive = Duration::from_secs(1);
+        Self {
+            endpoint,
+            default_ask_timeout: Duration::from_secs(5),
+            mailbox_capacity: 1024,
+            lane_high_water: 1024 * 1024,
+        }
+    }
+}
+
+/// Options for [`Node::spawn_with`].
+#[derive(Debug, Clone)]
+pub struct SpawnOptions {
+    /// Messages the mailbox holds before senders wait (or `try_` calls fail).
+    pub mailbox_capacity: Option<usize>,
+    /// What happens when the actor panics or stops.
+    pub restart: RestartPolicy,
+}
+
+impl Default for SpawnOptions {
+    fn default() -> Self {
+        Self {
+            mailbox_capacity: None,
+            restart: RestartPolicy::Never,
+        }
+    }
+}
+
+/// Why a watched actor is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TerminationReason {
+    /// It stopped.
+    Stopped,
+    /// It panicked and its restart policy gave up (or was `Never`).
+    Panicked,
+    /// There was no actor by that name when the watch was placed.
+    NoSuchActor,
+    /// Its node became unreachable; the actor may still run there.
+    NodeUnreachable(String),
+}
+
+/// Notice that a watched actor is gone. Also an actix message, for watchers that are actors.
+#[derive(Debug, Clone, PartialEq, Eq, actix::Message)]
+#[rtype(result = "()")]
+pub struct Terminated {
+    /// The actor's name.
+    pub actor: String,
+    /// The node it lived on.
+    pub node: SocketAddr,
+    /// Why it is gone.
+    pub reason: TerminationReason,
+}
+
+pub(crate) enum WatchSink {
+    Channel(oneshot::Sender<Terminated>),
+    Actor(Recipient<Terminated>),
+    Remote { peer: SocketAddr, id: u64 },
+}
+
+impl std::fmt::Debug for WatchSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WatchSink::Channel(_) => f.write_str("Channel"),
+            WatchSink::Actor(_) => f.write_str("Actor"),
+            WatchSink::Remote { peer, id } => write!(f, "Remote({peer}, {id})"),
+        }
+    }
+}
+
+impl WatchSink {
+    fn fire(self, node: &Arc<NodeInner>, t: Terminated) {
+        match self {
+            WatchSink::Channel(tx) => {
+                let _ = tx.send(t);
+            }
+            WatchSink::Actor(r) => r.do_send(t),
+            WatchSink::Remote { peer, id } => {
+                let reason = match t.reason {
+                    TerminationReason::Panicked => WatchEnd::Panicked,
+                    TerminationReason::NoSuchActor => WatchEnd::NoSuchActor,
+                    _ => WatchEnd::Stopped,
+                };
+                node.peer(peer)
+                    .send_control(Control::Terminated { id, reason });
+            }
+        }
+    }
+}
+
+/// A named actor on this node. It outlives restarts of the actor instance.
+pub(crate) struct ActorSlot {
+    pub(crate) name: Arc<str>,
+    pub(crate) actor_type: &'static str,
+    pub(crate) addr: RwLock<Option<Box<ErasedAddr>>>,
+    pub(crate) by_name: HashMap<&'static str, &'static HandlerEntry>,
+    pub(crate) by_type: HashMap<TypeId, &'static HandlerEntry>,
+    pub(crate) permits: Arc<Semaphore>,
+    /// Incremented each time an instance starts.
+    pub(crate) generation: AtomicU64,
+    /// The newest generation that panicked.
+    pub(crate) panicked: AtomicU64,
+    pub(crate) stopped: AtomicBool,
+    watchers: Mutex<Vec<WatchSink>>,
+}
+
+impl std::fmt::Debug for ActorSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorSlot")
+            .field("name", &self.name)
+            .field("actor_type", &self.actor_type)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+impl ActorSlot {
+    pub(crate) fn panicked_since(&self, generation: u64) -> bool {
+        self.panicked.load(Ordering::Acquire) >= generation
+    }
+}
+
+/// What a reply stream delivers to a waiting ask.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    Ok(Bytes),
+    Err(WireError),
+    Lost(String),
+}
+
+#[derive(Debug)]
+struct LinkCtx {
+    link: Link,
+    control: FrameSink,
+    replies: Option<FrameSink>,
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    link: Option<LinkCtx>,
+    lanes: HashMap<Arc<str>, FrameSink>,
+    watches: HashMap<u64, (Arc<str>, WatchSink)>,
+}
+
+/// Everything this node holds about one other node.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    pub(crate) addr: SocketAddr,
+    node: Weak<NodeInner>,
+    state: Mutex<PeerState>,
+    link_changed: Notify,
+    pub(crate) pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    next_corr: AtomicU64,
+}
+
+impl Peer {
+    pub(crate) fn next_corr(&self) -> u64 {
+        self.next_corr.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The lane to `target`: the existing one, or a new one whose driver connects first.
+    pub(crate) fn lane(self: &Arc<Self>, target: &Arc<str>) -> Result<FrameSink, String> {
+        let node = self.node.upgrade().ok_or("the node is shut down")?;
+        let mut st = lock(&self.state);
+        if let Some(sink) = st.lanes.get(target) {
+            if !sink.is_closed() {
+                return Ok(sink.clone());
+            }
+        }
+        let (sink, driver) =
+            FrameSink::new(node.config.lane_high_water, node.config.endpoint.max_frame);
+        st.lanes.insert(target.clone(), sink.clone());
+        drop(st);
+        let peer = self.clone();
+        let header = {
+            let mut h = Vec::new();
+            let body = wire::encode_header(&StreamHeader::Lane(target.to_string()));
+            actormesh_transport::frame::push_frame(&mut h, &body, usize::MAX)
+                .map_err(|e| e.to_string())?;
+            h
+        };
+        tokio::spawn(async move {
+            match peer.connected_link().await {
+                Ok(link) => match link.connection().open_uni().await {
+                    Ok(stream) => {
+                        let _ = driver.run(stream, header).await;
+                    }
+                    Err(e) => driver.abort(&e.to_string()),
+                },
+                Err(reason) => {
+                    peer.fail_pending(&reason);
+                    driver.abort(&reason);
+                }
+            }
+        });
+        Ok(sink)
+    }
+
+    /// The current link, dialing if there is none.
+    pub(crate) async fn connected_link(self: &Arc<Self>) -> Result<Link, String> {
+        let node = self.node.upgrade().ok_or("the node is shut down")?;
+        let deadline = Instant::now() + node.config.endpoint.handshake_timeout * 2;
+        loop {
+            let changed = self.link_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Some(ctx) = &lock(&self.state).link {
+                if ctx.link.is_alive() {
+                    return Ok(ctx.link.clone());
+                }
+            }
+            let link = node
+                .endpoint
+                .link(self.addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            // The link is served (and installed here) by the node's link loop.
+            let installed = {
+                let st = lock(&self.state);
+                st.link.as_ref().map(|c| c.link.info().id) == Some(link.info().id)
+            };
+            if installed {
+                return Ok(link);
+            }
+            if tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .is_err()
+            {
+                return Err("the link came up but was never installed".into());
+            }
+        }
+    }
+
+    fn install(self: &Arc<Self>, ctx: LinkCtx) {
+        let mut st = lock(&self.state);
+        if let Some(old) = st.link.take() {
+            for sink in st.lanes.values() {
+                sink.finish();
+            }
+            if let Some(r) = &old.replies {
+                r.finish();
+            }
+            old.control.finish();
+        }
+        st.lanes.clear();
+        // Watches placed through an earlier link are placed again on this one.
+        for (id, (target, _)) in st.watches.iter() {
+            let _ = ctx.control.try_push(|b| {
+                codec::encode_into(
+                    &Control::Watch {
+                        id: *id,
+                        target: target.to_string(),
+                    },
+                    b,
+                )
+            });
+        }
+        st.link = Some(ctx);
+        drop(st);
+        self.link_changed.notify_waiters();
+    }
+
+    /// The link `id` closed. If it was the current one, everything waiting on it fails.
+    fn link_closed(self: &Arc<Self>, node: &Arc<NodeInner>, id: u64, reason: &str) {
+        let watches = {
+            let mut st = lock(&self.state);
+            if st.link.as_ref().map(|c| c.link.info().id) != Some(id) {
+                return;
+            }
+            st.link = None;
+            st.lanes.clear();
+            std::mem::take(&mut st.watches)
+        };
+        self.link_changed.notify_waiters();
+        self.fail_pending(reason);
+        for (_, (actor, sink)) in watches {
+            sink.fire(
+                node,
+                Terminated {
+                    actor: actor.to_string(),
+                    node: self.addr,
+                    reason: TerminationReason::NodeUnreachable(reason.to_string()),
+                },
+            );
+        }
+        node.forget_remote_watchers(self.addr);
+    }
+
+    pub(crate) fn fail_pending(&self, reason: &str) {
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        for (_, tx) in pending {
+            let _ = tx.send(Reply::Lost(reason.to_string()));
+        }
+    }
+
+    /// The sink for replies to this peer, on the current link.
+    fn reply_sink(&self, node: &Arc<NodeInner>) -> Option<FrameSink> {
+        let mut st = lock(&self.state);
+        let ctx = st.link.as_mut()?;
+        if let Some(r) = &ctx.replies {
+            if !r.is_closed() {
+                return Some(r.clone());
+            }
+        }
+        // Replies never wait: a caller that stops reading them only loses its own replies.
+        let (sink, driver) = FrameSink::new(64 * 1024 * 1024, node.config.endpoint.max_frame);
+        ctx.replies = Some(sink.clone());
+        let conn = ctx.link.connection().clone();
+        let mut header = Vec::new();
+        let _ = actormesh_transport::frame::push_frame(
+            &mut header,
+            &wire::encode_header(&StreamHeader::Replies),
+            usize::MAX,
+        );
+        tokio::spawn(async move {
+            match conn.open_uni().await {
+                Ok(stream) => {
+                    let _ = driver.run(stream, header).await;
+                }
+                Err(e) => driver.abort(&e.to_string()),
+            }
+        });
+        Some(sink)
+    }
+
+    /// Sends a control message on the current link, connecting first if needed.
+    pub(crate) fn send_control(self: &Arc<Self>, msg: Control) {
+        let peer = self.clone();
+        tokio::spawn(async move {
+            if peer.connected_link().await.is_err() {
+                return;
+            }
+            let sink = lock(&peer.state).link.as_ref().map(|c| c.control.clone());
+            if let Some(sink) = sink {
+                let _ = sink.push(|b| codec::encode_into(&msg, b)).await;
+            }
+        });
+    }
+
+    pub(crate) fn add_watch(self: &Arc<Self>, id: u64, target: Arc<str>, sink: WatchSink) {
+        lock(&self.state).watches.insert(id, (target.clone(), sink));
+        self.send_control(Control::Watch {
+            id,
+            target: target.to_string(),
+        });
+    }
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) config: NodeConfig,
+    pub(crate) actors: RwLock<HashMap<Arc<str>, Arc<ActorSlot>>>,
+    peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
+    next_watch: AtomicU64,
+}
+
+impl std::fmt::Debug for NodeInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("addr", &self.endpoint.local_addr())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeInner {
+    pub(crate) fn peer(self: &Arc<Self>, addr: SocketAddr) -> Arc<Peer> {
+        lock(&self.peers)
+            .entry(addr)
+            .or_insert_with(|| {
+                Arc::new(Peer {
+                    addr,
+                    node: Arc::downgrade(self),
+                    state: Mutex::new(PeerState::default()),
+                    link_changed: Notify::new(),
+                    pending: Mutex::new(HashMap::new()),
+                    next_corr: AtomicU64::new(1),
+                })
+            })
+            .clone()
+    }
+
+    pub(crate) fn slot(&self, name: &str) -> Option<Arc<ActorSlot>> {
+        read(&self.actors).get(name).cloned()
+    }
+
+    fn forget_remote_watchers(&self, peer: SocketAddr) {
+        for slot in read(&self.actors).values() {
+            lock(&slot.watchers)
+                .retain(|w| !matches!(w, WatchSink::Remote { peer: p, .. } if *p == peer));
+        }
+    }
+
+    /// The actor behind `slot` is gone for good: unregister it and tell its watchers.
+    pub(crate) fn actor_ended(self: &Arc<Self>, slot: &Arc<ActorSlot>, reason: TerminationReason) {
+        slot.stopped.store(true, Ordering::Release);
+        *write(&slot.addr) = None;
+        {
+            let mut actors = write(&self.actors);
+            if actors.get(&slot.name).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+                actors.remove(&slot.name);
+            }
+        }
+        let watchers = std::mem::take(&mut *lock(&slot.watchers));
+        for w in watchers {
+            w.fire(
+                self,
+                Terminated {
+                    actor: slot.name.to_string(),
+                    node: self.endpoint.local_addr(),
+                    reason: reason.clone(),
+                },
+            );
+        }
+    }
+}
+
+/// A node of the mesh: hosts named actors and reaches actors on other nodes.
+///
+/// Cheap to clone. Start it inside an actix system (`#[actix::main]`): the actors it spawns
+/// run on the current arbiter.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+fn valid_name(name: &str) -> Result<(), NodeError> {
+    let bad = |reason| {
+        Err(NodeError::BadName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() || name.len() > 255 {
+        return bad("names are 1 to 255 bytes long");
+    }
+    if !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad("names are printable ASCII without spaces");
+    }
+    Ok(())
+}
+
+impl Node {
+    /// Starts a node with `credentials`, listening as `config` says.
+    pub fn start(config: NodeConfig, credentials: &Credentials) -> Result<Node, NodeError> {
+        if config.mailbox_capacity == 0 {
+            return Err(NodeError::Config(
+                "mailbox_capacity must be at least 1".into(),
+            ));
+        }
+        let (endpoint, links) = Endpoint::bind(config.endpoint.clone(), credentials)?;
+        let inner = Arc::new(NodeInner {
+            endpoint,
+            config,
+            actors: RwLock::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            next_watch: AtomicU64::new(1),
+        });
+        tokio::spawn(link_loop(Arc::downgrade(&inner), links));
+        Ok(Node { inner })
+    }
+
+    /// The address this node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.endpoint.local_addr()
+    }
+
+    /// This node's identity.
+    pub fn identity(&self) -> SpiffeId {
+        self.inner.endpoint.identity()
+    }
+
+    /// The transport endpoint (for certificate replacement and diagnostics).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.inner.endpoint
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &NodeConfig {
+        &self.inner.config
+    }
+
+    /// Starts `actor` under `name`, never restarted. Returns a reference to it.
+    pub fn spawn<A>(&self, name: &str, actor: A) -> Result<RemoteRef, NodeError>
+    where
+        A: Actor<Context = Context<A>>,
+    {
+        let cell = std::cell::Cell::new(Some(actor));
+        self.spawn_with(name, SpawnOptions::default(), move || {
+            cell.take()
+                .expect("a Never policy creates the actor exactly once")
+        })
+    }
+
+    /// Starts an actor made by `factory` under `name`, supervised by `options.restart`:
+    /// a panic (or, with `Always`, any stop) makes a fresh instance from `factory`.
+    pub fn spawn_with<A, F>(
+        &self,
+        name: &str,
+        options: SpawnOptions,
+        factory: F,
+    ) -> Result<RemoteRef, NodeError>
+    where
+        A: Actor<Context = Context<A>>,
+        F: Fn() -> A + 'static,
+    {
+        valid_name(name)?;
+        let entries = handlers_of(TypeId::of::<A>());
+        let actor_type = std::any::type_name::<A>();
+        if entries.is_empty() {
+            return Err(NodeError::NoHandlers(actor_type));
+        }
+        let capacity = options
+            .mailbox_capacity
+            .unwrap_or(self.inner.config.mailbox_capacity)
+            .max(1);
+        let slot = Arc::new(ActorSlot {
+            name: Arc::from(name),
+            actor_type,
+            addr: RwLock::new(None),
+            by_name: entries.iter().map(|e| (e.name, *e)).collect(),
+            by_type: entries.iter().map(|e| ((e.message)(), *e)).collect(),
+            permits: Arc::new(Semaphore::new(capacity)),
+            generation: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+            watchers: Mutex::new(Vec::new()),
+        });
+        {
+            let mut actors = write(&self.inner.actors);
+            if actors.contains_key(name) {
+                return Err(NodeError::NameTaken(name.to_string()));
+            }
+            actors.insert(slot.name.clone(), slot.clone());
+        }
+        supervise::start(
+            Arc::downgrade(&self.inner),
+            slot.clone(),
+            factory,
+            options.restart,
+        );
+        debug!(actor = name, actor_type, "actor spawned");
+        Ok(RemoteRef::local(self.clone(), slot))
+    }
+
+    /// Stops the actor `name` (its `stopping`/`stopped` hooks run). Returns false if there
+    /// is no such actor.
+    pub fn stop(&self, name: &str) -> bool {
+        match self.inner.slot(name) {
+            Some(slot) => {
+                supervise::request_stop(&slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A reference to the actor `name` on the node listening at `addr` (this node or
+    /// another). Making it does not contact the node.
+    pub fn actor_ref(&self, addr: SocketAddr, name: &str) -> RemoteRef {
+        if addr == self.local_addr() {
+            return RemoteRef::local_by_name(self.clone(), name);
+        }
+        RemoteRef::remote(self.clone(), self.inner.peer(addr), name)
+    }
+
+    /// A reference to the actor `name` on this node.
+    pub fn local_ref(&self, name: &str) -> RemoteRef {
+        RemoteRef::local_by_name(self.clone(), name)
+    }
+
+    /// Names of the actors hosted here.
+    pub fn actor_names(&self) -> Vec<String> {
+        read(&self.inner.actors)
+            .keys()
+            .map(|k| k.to_string())
+            .collect()
+    }
+
+    /// Resolves when the actor behind `target` is gone (or its node becomes unreachable).
+    pub fn watch(&self, target: &RemoteRef) -> Watch {
+        let (tx, rx) = oneshot::channel();
+        self.place_watch(target, WatchSink::Channel(tx));
+        Watch {
+            rx,
+            actor: target.name().to_string(),
+            node: target.addr(),
+        }
+    }
+
+    /// Sends [`Terminated`] to `watcher` when the actor behind `target` is gone.
+    pub fn watch_with(&self, target: &RemoteRef, watcher: Recipient<Terminated>) {
+        self.place_watch(target, WatchSink::Actor(watcher));
+    }
+
+    fn place_watch(&self, target: &RemoteRef, sink: WatchSink) {
+        if let Some(peer) = target.peer() {
+            let id = self.inner.next_watch.fetch_add(1, Ordering::Relaxed);
+            peer.add_watch(id, target.name_arc(), sink);
+            return;
+        }
+        match self.inner.slot(target.name()) {
+            Some(slot) if !slot.stopped.load(Ordering::Acquire) => lock(&slot.watchers).push(sink),
+            _ => sink.fire(
+                &self.inner,
+                Terminated {
+                    actor: target.name().to_string(),
+                    node: self.local_addr(),
+                    reason: TerminationReason::NoSuchActor,
+                },
+            ),
+        }
+    }
+
+    /// Closes every link and stops accepting new ones.
+    pub fn shutdown(&self) {
+        self.inner.endpoint.shutdown();
+    }
+}
+
+/// A future that resolves with [`Terminated`] when a watched actor is gone.
+#[derive(Debug)]
+pub struct Watch {
+    rx: oneshot::Receiver<Terminated>,
+    actor: String,
+    node: SocketAddr,
+}
+
+impl std::future::Future for Watch {
+    type Output = Terminated;
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Terminated> {
+        let this = &mut *self;
+        std::pin::Pin::new(&mut this.rx).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| Terminated {
+                actor: this.actor.clone(),
+                node: this.node,
+                reason: TerminationReason::NodeUnreachable("the local node shut down".into()),
+            })
+        })
+    }
+}
+
+async fn link_loop(
+    node: Weak<NodeInner>,
+    mut links: tokio::sync::mpsc::UnboundedReceiver<NewLink>,
+) {
+    while let Some(new) = links.recv().await {
+        let Some(node) = node.upgrade() else { return };
+        serve_link(node, new);
+    }
+}
+
+fn serve_link(node: Arc<NodeInner>, new: NewLink) {
+    let NewLink {
+        link,
+        control_send,
+        control_recv,
+    } = new;
+    let peer = node.peer(link.info().peer_addr);
+    let (control, driver) = FrameSink::new(4 * 1024 * 1024, node.config.endpoint.max_frame);
+    tokio::spawn(driver.run(control_send, Vec::new()));
+    peer.install(LinkCtx {
+        link: link.clone(),
+        control,
+        replies: None,
+    });
+    info!(peer = %link.peer(), addr = %link.info().peer_addr, "link to node up");
+    tokio::spawn(serve_control(
+        node.clone(),
+        peer.clone(),
+        link.clone(),
+        control_recv,
+    ));
+    let conn = link.connection().clone();
+    let (n2, p2, l2) = (node.clone(), peer.clone(), link.clone());
+    tokio::spawn(async move {
+        while let Ok(stream) = conn.accept_uni().await {
+            tokio::spawn(serve_stream(n2.clone(), p2.clone(), l2.clone(), stream));
+        }
+    });
+    tokio::spawn(async move {
+        let err = link.connection().closed().await;
+        let reason =
+            actormesh_transport::endpoint::map_connection_error(link.info().peer_addr, &err);
+        debug!(peer = %link.peer(), %reason, "link closed");
+        peer.link_closed(&node, link.info().id, &reason.to_string());
+    });
+}
+
+async fn serve_control(
+    node: Arc<NodeInner>,
+    peer: Arc<Peer>,
+    link: Link,
+    mut recv: FrameReader<quinn::RecvStream>,
+) {
+    loop {
+        let frame = match recv.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(peer = %link.peer(), error = %e, "bad control frame; closing link");
+                link.close(
+                    actormesh_transport::endpoint::close_code::PROTOCOL,
+                    "bad control frame",
+                );
+                return;
+            }
+        };
+        let msg: Control = match codec::decode(&frame) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(peer = %link.peer(), error = %e, "undecodable control message; closing link");
+                link.close(
+                    actormesh_transport::endpoint::close_code::PROTOCOL,
+                    "undecodable control message",
+                );
+                return;
+            }
+        };
+        match msg {
+            Control::Watch { id, target } => match node.slot(&target) {
+                Some(slot) if !slot.stopped.load(Ordering::Acquire) => {
+                    let mut w = lock(&slot.watchers);
+                    let dup = w
+                        .iter()
+                        .any(|s| matches!(s, WatchSink::Remote { peer: p, id: i } if *p == peer.addr && *i == id));
+                    if !dup {
+                        w.push(WatchSink::Remote {
+                            peer: peer.addr,
+                            id,
+                        });
+                    }
+                }
+                _ => peer.send_control(Control::Terminated {
+                    id,
+                    reason: WatchEnd::NoSuchActor,
+                }),
+            },
+            Control::Unwatch { id } => {
+                for slot in read(&node.actors).values() {
+                    lock(&slot.watchers).retain(
+                        |s| !matches!(s, WatchSink::Remote { peer: p, id: i } if *p == peer.addr && *i == id),
+                    );
+                }
+            }
+            Control::Terminated { id, reason } => {
+                let entry = lock(&peer.state).watches.remove(&id);
+                if let Some((actor, sink)) = entry {
+                    let reason = match reason {
+                        WatchEnd::Stopped => TerminationReason::Stopped,
+                        WatchEnd::Panicked => TerminationReason::Panicked,
+                        WatchEnd::NoSuchActor => TerminationReason::NoSuchActor,
+                    };
+                    sink.fire(
+                        &node,
+                        Terminated {
+                            actor: actor.to_string(),
+                            node: peer.addr,
+                            reason,
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Stop code sent on a stream whose frames broke the protocol.
+const STOP_PROTOCOL: u32 = 1;
+
+async fn serve_stream(
+    node: Arc<NodeInner>,
+    peer: Arc<Peer>,
+    link: Link,
+    stream: quinn::RecvStream,
+) {
+    let mut reader = FrameReader::new(stream, node.config.endpoint.max_frame);
+    let header = match reader.next().await {
+        Ok(Some(h)) => h,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(peer = %link.peer(), error = %e, "stream closed: bad header frame");
+            let _ = reader
+                .get_mut()
+                .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
+            return;
+        }
+    };
+    match wire::decode_header(&header) {
+        Ok(StreamHeader::Lane(target)) => serve_lane(node, peer, link, target, reader).await,
+        Ok(StreamHeader::Replies) => serve_replies(peer, link, reader).await,
+        Err(e) => {
+            warn!(peer = %link.peer(), error = %e, "stream closed: unknown header");
+            let _ = reader
+                .get_mut()
+                .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
+        }
+    }
+}
+
+async fn serve_replies(peer: Arc<Peer>, link: Link, mut reader: FrameReader<quinn::RecvStream>) {
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(peer = %link.peer(), error = %e, "reply stream closed: bad frame");
+                let _ = reader
+                    .get_mut()
+                    .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
+                return;
+            }
+        };
+        let (corr, result) = match wire::decode_reply(&frame) {
+            Ok((corr, Ok(payload))) => {
+                let offset = frame.len() - payload.len();
+                (corr, Reply::Ok(frame.slice(offset..)))
+            }
+            Ok((corr, Err(e))) => (corr, Reply::Err(e)),
+            Err(e) => {
+                warn!(peer = %link.peer(), error = %e, "reply stream closed: malformed reply");
+                let _ = reader
+                    .get_mut()
+                    .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
+                return;
+            }
+        };
+        let waiter = lock(&peer.pending).remove(&corr);
+        if let Some(tx) = waiter {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+async fn serve_lane(
+    node: Arc<NodeInner>,
+    peer: Arc<Peer>,
+    link: Link,
+    target: String,
+    mut reader: FrameReader<quinn::RecvStream>,
+) {
+    let mut slot = node.slot(&target);
+    let mut replies: Option<FrameSink> = None;
+    loop {
+        let frame = match reader.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(peer = %link.peer(), actor = %target, error = %e, "lane closed: bad frame");
+                let _ = reader
+                    .get_mut()
+                    .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
+                return;
+            }
+        };
+        let received = Instant::now();
+        let lf = match wire::decode_lane(&frame) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(peer = %link.peer(), actor = %target, error = %e, "lane closed: malformed frame");
+                let _ = reader
+                    .get_mut()
+                    .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
+                return;
+            }
+        };
+        let reply = match lf.ask {
+            Some((corr, _)) => {
+                if replies.as_ref().is_none_or(|r| r.is_closed()) {
+                    replies = peer.reply_sink(&node);
+                }
+                replies.clone().map(|sink| RemoteReply::new(sink, corr))
+            }
+            None => None,
+        };
+        if slot
+            .as_ref()
+            .is_none_or(|s| s.stopped.load(Ordering::Acquire))
+        {
+            slot = node.slot(&target);
+        }
+        let Some(s) = slot.as_ref() else {
+            if let Some(r) = reply {
+                r.fail(WireError::NoSuchActor);
+            }
+            continue;
+        };
+        let Some(entry) = s.by_name.get(lf.name) else {
+            match reply {
+                Some(r) => r.fail(WireError::UnknownMessage {
+                    actor_type: s.actor_type.to_string(),
+                }),
+                None => {
+                    debug!(actor = %target, message = lf.name, "tell of a message the actor does not accept dropped")
+                }
+            }
+            continue;
+        };
+        // A full mailbox stops this lane (and only this lane) until there is room: QUIC
+        // flow control then pushes back on the sender of this lane.
+        let permit = match s.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => match s.permits.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => continue,
+            },
+        };
+        if let Some((_, ms)) = lf.ask {
+            if received.elapsed() > Duration::from_millis(u64::from(ms)) {
+                if let Some(r) = reply {
+                    r.fail(WireError::Timeout);
+                }
+                continue;
+            }
+        }
+        let addr = read(&s.addr);
+        match addr.as_deref() {
+            Some(a) => {
+                if let Err(e) = (entry.remote)(a, lf.payload, reply, Some(permit)) {
+                    debug!(actor = %target, message = lf.name, error = %e, "delivery failed");
+                }
+            }
+            None => {
+                if let Some(r) = reply {
+                    r.fail(WireError::Stopped);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! [`RemoteRef`]: a location-transparent reference to a named actor.
+
+use std::any::TypeId;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, TryAcquireError};
+use tokio::time::Instant;
+
+use actormesh_transport::codec;
+use actormesh_transport::sink::PushError;
+
+use crate::error::{AskError, TellError};
+use crate::message::{Delivery, RemoteMessage, ReplyTo};
+use crate::node::{lock, read, write, ActorSlot, Node, Peer, Reply};
+use crate::wire::{self, WireError};
+
+#[derive(Debug, Clone)]
+enum Target {
+    /// On this node: calls skip serialization. The slot is resolved lazily and again
+    /// after the actor it named has ended.
+    Local(Arc<RwLock<Option<Arc<ActorSlot>>>>),
+    /// On another node.
+    Remote(Arc<Peer>),
+}
+
+/// A reference to the actor named `name` on the node at `addr`.
+///
+/// `tell` is at-most-once and keeps order per sender→receiver pair. `ask` completes exactly
+/// once: with the reply or a typed [`AskError`], never later than its deadline. Calls to an
+/// actor on this node never serialize the message.
+#[derive(Debug, Clone)]
+pub struct RemoteRef {
+    node: Node,
+    name: Arc<str>,
+    addr: SocketAddr,
+    target: Target,
+}
+
+impl RemoteRef {
+    pub(crate) fn local(node: Node, slot: Arc<ActorSlot>) -> Self {
+        Self {
+            addr: node.local_addr(),
+            name: slot.name.clone(),
+            target: Target::Local(Arc::new(RwLock::new(Some(slot)))),
+            node,
+        }
+    }
+
+    pub(crate) fn local_by_name(node: Node, name: &str) -> Self {
+        Self {
+            addr: node.local_addr(),
+            name: Arc::from(name),
+            target: Target::Local(Arc::new(RwLock::new(None))),
+            node,
+        }
+    }
+
+    pub(crate) fn remote(node: Node, peer: Arc<Peer>, name: &str) -> Self {
+        Self {
+            addr: peer.addr,
+            name: Arc::from(name),
+            target: Target::Remote(peer),
+            node,
+        }
+    }
+
+    /// The actor's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn name_arc(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
+    /// The address of the actor's node.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether the actor is on this node.
+    pub fn is_local(&self) -> bool {
+        matches!(self.target, Target::Local(_))
+    }
+
+    pub(crate) fn peer(&self) -> Option<&Arc<Peer>> {
+        match &self.target {
+            Target::Remote(p) => Some(p),
+            Target::Local(_) => None,
+        }
+    }
+
+    fn local_slot(&self, cell: &RwLock<Option<Arc<ActorSlot>>>) -> Option<Arc<ActorSlot>> {
+        if let Some(s) = read(cell).as_ref() {
+            if !s.stopped.load(Ordering::Acquire) {
+                return Some(s.clone());
+            }
+        }
+        let s = self.node.inner.slot(&self.name)?;
+        *write(cell) = Some(s.clone());
+        Some(s)
+    }
+
+    /// Sends `msg` without waiting for a reply, waiting while the target's mailbox (local)
+    /// or the lane to its node (remote) is full. Remote tells are at-most-once: `Ok` means
+    /// queued for sending, not delivered.
+    pub async fn tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
+        match &self.target {
+            Target::Local(cell) => {
+                let Some(slot) = self.local_slot(cell) else {
+                    return Err(TellError::NoSuchActor(msg));
+                };
+                if !slot.by_type.contains_key(&TypeId::of::<M>()) {
+                    return Err(TellError::UnknownMessage(msg));
+                }
+                let permit = match slot.permits.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return Err(TellError::NoSuchActor(msg)),
+                };
+                deliver_local(&slot, Delivery::new(msg, ReplyTo::None, Some(permit)))
+                    .map_err(|d| TellError::NoSuchActor(d.into_message()))
+            }
+            Target::Remote(peer) => {
+                let sink = match peer.lane(&self.name) {
+                    Ok(s) => s,
+                    Err(reason) => return Err(TellError::Unreachable(msg, reason)),
+                };
+                let pushed = sink.push(|b| wire::encode_tell(b, M::NAME, &msg)).await;
+                push_result(pushed, msg)
+            }
+        }
+    }
+
+    /// Sends `msg` without waiting at all: a full mailbox or lane gives
+    /// [`TellError::Full`] with the message handed back.
+    pub fn try_tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
+        match &self.target {
+            Target::Local(cell) => {
+                let Some(slot) = self.local_slot(cell) else {
+                    return Err(TellError::NoSuchActor(msg));
+                };
+                if !slot.by_type.contains_key(&TypeId::of::<M>()) {
+                    return Err(TellError::UnknownMessage(msg));
+                }
+                let permit = match slot.permits.clone().try_acquire_owned() {
+                    Ok(p) => p,
+                    Err(TryAcquireError::NoPermits) => return Err(TellError::Full(msg)),
+                    Err(TryAcquireError::Closed) => return Err(TellError::NoSuchActor(msg)),
+                };
+                deliver_local(&slot, Delivery::new(msg, ReplyTo::None, Some(permit)))
+                    .map_err(|d| TellError::NoSuchActor(d.into_message()))
+            }
+            Target::Remote(peer) => {
+                let sink = match peer.lane(&self.name) {
+                    Ok(s) => s,
+                    Err(reason) => return Err(TellError::Unreachable(msg, reason)),
+                };
+                let pushed = sink.try_push(|b| wire::encode_tell(b, M::NAME, &msg));
+                push_result(pushed, msg)
+            }
+        }
+    }
+
+    /// Asks with the node's default deadline.
+    pub async fn ask<M: RemoteMessage>(&self, msg: M) -> Result<M::Result, AskError> {
+        let timeout = self.node.config().default_ask_timeout;
+        self.ask_timeout(msg, timeout).await
+    }
+
+    /// Sends `msg` and waits for the reply, at most `timeout`.
+    pub async fn ask_timeout<M: RemoteMessage>(
+        &self,
+        msg: M,
+        timeout: Duration,
+    ) -> Result<M::Result, AskError> {
+        let deadline = Instant::now() + timeout;
+        match &self.target {
+            Target::Local(cell) => self.ask_local(cell, msg, deadline, timeout).await,
+            Target::Remote(peer) => self.ask_remote(peer, msg, deadline, timeout).await,
+        }
+    }
+
+    async fn ask_local<M: RemoteMessage>(
+        &self,
+        cell: &RwLock<Option<Arc<ActorSlot>>>,
+        msg: M,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<M::Result, AskError> {
+        let Some(slot) = self.local_slot(cell) else {
+            return Err(AskError::NoSuchActor {
+                actor: self.name.to_string(),
+                node: self.addr,
+            });
+        };
+        if !slot.by_type.contains_key(&TypeId::of::<M>()) {
+            return Err(AskError::UnknownMessage {
+                actor: self.name.to_string(),
+                actor_type: slot.actor_type.to_string(),
+                message: M::NAME.to_string(),
+            });
+        }
+        let permit = match slot.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => match tokio::time::timeout_at(deadline, slot.permits.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Err(self.stopped()),
+                Err(_) => return Err(AskError::Timeout { after: timeout }),
+            },
+        };
+        let (tx, rx) = oneshot::channel();
+        let generation = slot.generation.load(Ordering::Acquire);
+        deliver_local(&slot, Delivery::new(msg, ReplyTo::Local(tx), Some(permit)))
+            .map_err(|_| self.stopped())?;
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) if slot.panicked_since(generation) => Err(AskError::Panicked {
+                actor: self.name.to_string(),
+            }),
+            Ok(Err(_)) => Err(self.stopped()),
+            Err(_) => Err(AskError::Timeout { after: timeout }),
+        }
+    }
+
+    async fn ask_remote<M: RemoteMessage>(
+        &self,
+        peer: &Arc<Peer>,
+        msg: M,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<M::Result, AskError> {
+        let unreachable = |reason: String| AskError::Unreachable {
+            node: self.addr,
+            reason,
+        };
+        let sink = peer.lane(&self.name).map_err(unreachable)?;
+        let corr = peer.next_corr();
+        let (tx, rx) = oneshot::channel();
+        lock(&peer.pending).insert(corr, tx);
+        let _guard = PendingGuard { peer, corr };
+        let ms = timeout.as_millis().min(u128::from(u32::MAX)) as u32;
+        let work = async {
+            let pushed = sink
+                .push(|b| wire::encode_ask(b, corr, ms, M::NAME, &msg))
+                .await;
+            match pushed {
+                Ok(()) => {}
+                Err(PushError::Closed(reason)) => return Err(unreachable(reason)),
+                Err(e) => return Err(AskError::Rejected(format!("cannot send {}: {e}", M::NAME))),
+            }
+            match rx.await {
+                Ok(Reply::Ok(bytes)) => codec::decode::<M::Result>(&bytes).map_err(|e| {
+                    AskError::Rejected(format!("cannot decode the reply to {}: {e}", M::NAME))
+                }),
+                Ok(Reply::Err(e)) => Err(self.wire_error::<M>(e, timeout)),
+                Ok(Reply::Lost(reason)) => Err(unreachable(reason)),
+                Err(_) => Err(unreachable("the node shut down".into())),
+            }
+        };
+        match tokio::time::timeout_at(deadline, work).await {
+            Ok(r) => r,
+            Err(_) => Err(AskError::Timeout { after: timeout }),
+        }
+    }
+
+    fn stopped(&self) -> AskError {
+        AskError::Stopped {
+            actor: self.name.to_string(),
+        }
+    }
+
+    fn wire_error<M: RemoteMessage>(&self, e: WireError, timeout: Duration) -> AskError {
+        let actor = self.name.to_string();
+        match e {
+            WireError::Stopped => AskError::Stopped { actor },
+            WireError::Panicked => AskError::Panicked { actor },
+            WireError::NoSuchActor => AskError::NoSuchActor {
+                actor,
+                node: self.addr,
+            },
+            WireError::UnknownMessage { actor_type } => AskError::UnknownMessage {
+                actor,
+                actor_type,
+                message: M::NAME.to_string(),
+            },
+            WireError::Rejected(r) => AskError::Rejected(r),
+            WireError::Timeout => AskError::Timeout { after: timeout },
+        }
+    }
+}
+
+/// Removes an ask from the pending table when the caller stops waiting (deadline or drop).
+struct PendingGuard<'a> {
+    peer: &'a Peer,
+    corr: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.peer.pending).remove(&self.corr);
+    }
+}
+
+fn deliver_local<M: RemoteMessage>(slot: &ActorSlot, d: Delivery<M>) -> Result<(), Delivery<M>> {
+    let entry = slot.by_type[&TypeId::of::<M>()];
+    let mut cell = Some(d);
+    let delivered = {
+        let addr = read(&slot.addr);
+        addr.as_deref().is_some_and(|a| (entry.local)(a, &mut cell))
+    };
+    match (delivered, cell) {
+        (true, _) => Ok(()),
+        (false, Some(d)) => Err(d),
+        (false, None) => Ok(()),
+    }
+}
+
+fn push_result<M>(
+    pushed: Result<(), PushError<actormesh_transport::codec::CodecError>>,
+    msg: M,
+) -> Result<(), TellError<M>> {
+    match pushed {
+        Ok(()) => Ok(()),
+        Err(PushError::Full) => Err(TellError::Full(msg)),
+        Err(PushError::Closed(reason)) => Err(TellError::Unreachable(msg, reason)),
+        Err(PushError::Frame(e)) => Err(TellError::Encode(msg, e.to_string())),
+        Err(PushError::Encode(e)) => Err(TellError::Encode(msg, e.to_string())),
+    }
+}
