@@ -261,6 +261,7 @@ struct Inner {
     links_tx: mpsc::UnboundedSender<NewLink>,
     next_link_id: AtomicU64,
     refusals: Mutex<Vec<(SocketAddr, Refusal)>>,
+    refusal_events: tokio::sync::broadcast::Sender<(SocketAddr, Refusal)>,
 }
 
 /// A QUIC endpoint with mutual TLS that keeps one link per peer.
@@ -333,6 +334,7 @@ impl Endpoint {
             links_tx,
             next_link_id: AtomicU64::new(1),
             refusals: Mutex::new(Vec::new()),
+            refusal_events: tokio::sync::broadcast::channel(64).0,
         });
         tokio::spawn(accept_loop(Arc::downgrade(&inner), inner.quinn.clone()));
         info!(addr = %local_addr, identity = %identity, "endpoint listening");
@@ -373,6 +375,11 @@ impl Endpoint {
     /// Handshakes this endpoint refused recently (newest last, at most 64).
     pub fn recent_refusals(&self) -> Vec<(SocketAddr, Refusal)> {
         lock(&self.inner.refusals).clone()
+    }
+
+    /// Handshakes this endpoint refuses from now on, as they happen.
+    pub fn subscribe_refusals(&self) -> tokio::sync::broadcast::Receiver<(SocketAddr, Refusal)> {
+        self.inner.refusal_events.subscribe()
     }
 
     /// The live link to `addr`, if there is one. Never dials.
@@ -731,7 +738,8 @@ async fn accept_loop(inner: std::sync::Weak<Inner>, quinn: quinn::Endpoint) {
                     if r.len() >= 64 {
                         r.remove(0);
                     }
-                    r.push((addr, refusal));
+                    r.push((addr, refusal.clone()));
+                    let _ = strong.refusal_events.send((addr, refusal));
                 }
                 Ok(Err(e)) => debug!(peer = %remote, error = %e, "incoming link failed"),
                 Err(_) => debug!(peer = %remote, "incoming handshake timed out"),

@@ -127,6 +127,15 @@ fn to_offset(t: SystemTime) -> Result<OffsetDateTime, PkiError> {
     OffsetDateTime::from_unix_timestamp(secs).map_err(|e| PkiError::BadLifetime(e.to_string()))
 }
 
+fn rand_bytes<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut out)
+        .expect("the system random number generator is available");
+    out
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
     move |source| PkiError::Io {
         path: path.to_path_buf(),
@@ -170,7 +179,13 @@ impl CertificateAuthority {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("actormesh CA {trust_domain}"));
+        // A random suffix keeps two CAs of one trust domain apart by name as well as by key.
+        let tag: [u8; 6] = rand_bytes();
+        let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        dn.push(
+            DnType::CommonName,
+            format!("actormesh CA {trust_domain} {tag}"),
+        );
         dn.push(DnType::OrganizationName, "actormesh");
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

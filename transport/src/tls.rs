@@ -54,6 +54,18 @@ pub struct ForeignIdentity {
     pub found: String,
 }
 
+/// A chain whose signature does not verify was not issued by our CA (another CA with the
+/// same name, or a forgery): report it as an unknown CA, which is what it is to us.
+fn not_our_ca(e: TlsError) -> TlsError {
+    #[allow(deprecated)]
+    match e {
+        TlsError::InvalidCertificate(CertificateError::BadSignature) => {
+            TlsError::InvalidCertificate(CertificateError::UnknownIssuer)
+        }
+        other => other,
+    }
+}
+
 /// Verifies peers (as client or server) against the cluster CA and the trust domain.
 #[derive(Debug)]
 pub struct SpiffeVerifier {
@@ -130,7 +142,8 @@ impl ServerCertVerifier for SpiffeVerifier {
             intermediates,
             now,
             self.algs.all,
-        )?;
+        )
+        .map_err(not_our_ca)?;
         self.check_identity(end_entity)?;
         Ok(ServerCertVerified::assertion())
     }
@@ -305,6 +318,10 @@ pub fn rustls_configs(
         .with_cert_resolver(certs.clone());
     server.alpn_protocols = vec![ALPN.to_vec()];
     server.max_early_data_size = 0;
+    // No session resumption: every link presents and verifies current certificates, so
+    // replaced, expired or revoked ones take effect on the next link.
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
     let mut client = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(cfg_err)?
@@ -313,5 +330,6 @@ pub fn rustls_configs(
         .with_client_cert_resolver(certs);
     client.alpn_protocols = vec![ALPN.to_vec()];
     client.enable_early_data = false;
+    client.resumption = rustls::client::Resumption::disabled();
     Ok((server, client))
 }
