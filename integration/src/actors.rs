@@ -41,6 +41,11 @@ pub struct Stats {
 #[remote(name = "test.Block/v1", reply = u64)]
 pub struct Block(pub u64);
 
+/// Replies after the given milliseconds without blocking the actor's thread.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "test.Delay/v1", reply = u64)]
+pub struct Delay(pub u64);
+
 /// Makes the handler panic.
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
 #[remote(name = "test.Crash/v1", reply = ())]
@@ -113,6 +118,17 @@ impl Handler<Block> for Sink {
     fn handle(&mut self, m: Block, _: &mut Context<Self>) -> u64 {
         std::thread::sleep(Duration::from_millis(m.0));
         m.0
+    }
+}
+
+#[handler]
+impl Handler<Delay> for Sink {
+    type Result = actix::ResponseFuture<u64>;
+    fn handle(&mut self, m: Delay, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(async move {
+            actix_rt::time::sleep(Duration::from_millis(m.0)).await;
+            m.0
+        })
     }
 }
 

@@ -19,6 +19,11 @@ impl ChildProc {
     pub fn spawn(program: &Path, args: &[&str]) -> std::io::Result<Self> {
         let mut child = Command::new(program)
             .args(args)
+            // Children log errors only, unless the test run asks for more.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

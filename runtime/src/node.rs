@@ -146,6 +146,7 @@ pub(crate) struct ActorSlot {
     pub(crate) by_name: HashMap<&'static str, &'static HandlerEntry>,
     pub(crate) by_type: HashMap<TypeId, &'static HandlerEntry>,
     pub(crate) permits: Arc<Semaphore>,
+    pub(crate) capacity: usize,
     /// Incremented each time an instance starts.
     pub(crate) generation: AtomicU64,
     /// The newest generation that panicked.
@@ -413,7 +414,12 @@ pub(crate) struct NodeInner {
     pub(crate) actors: RwLock<HashMap<Arc<str>, Arc<ActorSlot>>>,
     peers: Mutex<HashMap<SocketAddr, Arc<Peer>>>,
     next_watch: AtomicU64,
+    /// Recently ended actors and why, so a watch that arrives just after the end reports
+    /// the real reason instead of `NoSuchActor`.
+    ended: Mutex<std::collections::VecDeque<(Arc<str>, TerminationReason)>>,
 }
+
+const ENDED_KEPT: usize = 256;
 
 impl std::fmt::Debug for NodeInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -444,6 +450,16 @@ impl NodeInner {
         read(&self.actors).get(name).cloned()
     }
 
+    /// Why a watch on `name`, which is not running, ends.
+    fn absent_reason(&self, name: &str) -> TerminationReason {
+        lock(&self.ended)
+            .iter()
+            .rev()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, r)| r.clone())
+            .unwrap_or(TerminationReason::NoSuchActor)
+    }
+
     fn forget_remote_watchers(&self, peer: SocketAddr) {
         for slot in read(&self.actors).values() {
             lock(&slot.watchers)
@@ -460,6 +476,13 @@ impl NodeInner {
             if actors.get(&slot.name).is_some_and(|s| Arc::ptr_eq(s, slot)) {
                 actors.remove(&slot.name);
             }
+        }
+        {
+            let mut ended = lock(&self.ended);
+            if ended.len() == ENDED_KEPT {
+                ended.pop_front();
+            }
+            ended.push_back((slot.name.clone(), reason.clone()));
         }
         let watchers = std::mem::take(&mut *lock(&slot.watchers));
         for w in watchers {
@@ -515,6 +538,7 @@ impl Node {
             actors: RwLock::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             next_watch: AtomicU64::new(1),
+            ended: Mutex::new(std::collections::VecDeque::new()),
         });
         tokio::spawn(link_loop(Arc::downgrade(&inner), links));
         Ok(Node { inner })
@@ -581,6 +605,7 @@ impl Node {
             by_name: entries.iter().map(|e| (e.name, *e)).collect(),
             by_type: entries.iter().map(|e| ((e.message)(), *e)).collect(),
             permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
             generation: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
@@ -629,6 +654,13 @@ impl Node {
         RemoteRef::local_by_name(self.clone(), name)
     }
 
+    /// Messages waiting in the mailbox of actor `name` (queued, not yet handled).
+    pub fn mailbox_depth(&self, name: &str) -> Option<usize> {
+        self.inner
+            .slot(name)
+            .map(|s| s.capacity - s.permits.available_permits())
+    }
+
     /// Names of the actors hosted here.
     pub fn actor_names(&self) -> Vec<String> {
         read(&self.inner.actors)
@@ -666,7 +698,7 @@ impl Node {
                 Terminated {
                     actor: target.name().to_string(),
                     node: self.local_addr(),
-                    reason: TerminationReason::NoSuchActor,
+                    reason: self.inner.absent_reason(target.name()),
                 },
             ),
         }
@@ -796,7 +828,11 @@ async fn serve_control(
                 }
                 _ => peer.send_control(Control::Terminated {
                     id,
-                    reason: WatchEnd::NoSuchActor,
+                    reason: match node.absent_reason(&target) {
+                        TerminationReason::Stopped => WatchEnd::Stopped,
+                        TerminationReason::Panicked => WatchEnd::Panicked,
+                        _ => WatchEnd::NoSuchActor,
+                    },
                 }),
             },
             Control::Unwatch { id } => {

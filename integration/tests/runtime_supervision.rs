@@ -1,0 +1,254 @@
+//! Supervision, death watch and bounded mailboxes, with nodes on loopback.
+
+use std::time::Duration;
+
+use actix::fut::wrap_future;
+use actormesh::prelude::*;
+use actormesh_integration::actors::*;
+use actormesh_integration::pki::TestPki;
+use tokio::sync::watch;
+
+fn start(pki: &TestPki, name: &str) -> Node {
+    let (_, creds) = pki.node(name);
+    Node::start(NodeConfig::new("127.0.0.1:0".parse().unwrap()), &creds).unwrap()
+}
+
+/// An actor whose mailbox can be held shut (without blocking the thread) until released.
+struct Gate {
+    open: watch::Receiver<bool>,
+    notes: u64,
+}
+
+impl Actor for Gate {
+    type Context = Context<Self>;
+}
+
+#[derive(Debug, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "gate.Hold/v1", crate = "actormesh")]
+struct Hold;
+
+#[actormesh::handler]
+impl Handler<Hold> for Gate {
+    type Result = ();
+    fn handle(&mut self, _: Hold, ctx: &mut Context<Self>) {
+        let mut open = self.open.clone();
+        // `wait` stops this actor's mailbox, and only this actor's, until the gate opens.
+        ctx.wait(wrap_future(async move {
+            let _ = open.wait_for(|o| *o).await;
+        }));
+    }
+}
+
+#[actormesh::handler]
+impl Handler<Note> for Gate {
+    type Result = ();
+    fn handle(&mut self, _: Note, _: &mut Context<Self>) {
+        self.notes += 1;
+    }
+}
+
+#[actormesh::handler]
+impl Handler<GetStats> for Gate {
+    type Result = MessageResult<GetStats>;
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(Stats {
+            notes: self.notes,
+            ..Default::default()
+        })
+    }
+}
+
+#[actormesh::handler]
+impl Handler<Echo> for Gate {
+    type Result = MessageResult<Echo>;
+    fn handle(&mut self, m: Echo, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(m.0)
+    }
+}
+
+#[actormesh::handler]
+impl Handler<Crash> for Gate {
+    type Result = ();
+    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
+        panic!("gate crashed on purpose");
+    }
+}
+
+#[actix::test]
+async fn full_mailbox_backpressures_its_sender_without_blocking_another_actor() {
+    let pki = TestPki::new("sup.test");
+    let a = start(&pki, "a");
+    let b = start(&pki, "b");
+    let (open_tx, open_rx) = watch::channel(false);
+    b.spawn_with(
+        "gated",
+        SpawnOptions {
+            mailbox_capacity: Some(8),
+            ..Default::default()
+        },
+        move || Gate {
+            open: open_rx.clone(),
+            notes: 0,
+        },
+    )
+    .unwrap();
+    b.spawn("free", Sink::default()).unwrap();
+    let gated = a.actor_ref(b.local_addr(), "gated");
+    let free = a.actor_ref(b.local_addr(), "free");
+    gated.tell(Hold).await.unwrap();
+
+    // Flood the held actor until its sender is pushed back. Bounded: the mailbox (8), the
+    // QUIC stream window (1 MiB) and the lane buffer (1 MiB) hold far fewer than 1M notes.
+    let mut sent = 0u64;
+    let mut pushed_back = false;
+    for _ in 0..1_000_000 {
+        match gated.try_tell(Note(vec![0; 64])) {
+            Ok(()) => sent += 1,
+            Err(TellError::Full(_)) => {
+                pushed_back = true;
+                break;
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+        if sent % 1024 == 0 {
+            // Let the lane writer and the connection run.
+            tokio::task::yield_now().await;
+        }
+    }
+    assert!(
+        pushed_back,
+        "try_tell never reported Full after {sent} notes"
+    );
+    // The other actor on the same node pair is not blocked by the full lane.
+    let reply = free
+        .ask_timeout(Echo(b"still here".to_vec()), Duration::from_secs(5))
+        .await
+        .expect("the second actor must answer while the first one's lane is full");
+    assert_eq!(reply, b"still here");
+    // Open the gate: every note that was accepted is delivered, none lost.
+    open_tx.send(true).unwrap();
+    let stats = gated
+        .ask_timeout(GetStats, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(stats.notes, sent);
+}
+
+#[actix::test]
+async fn panicking_actor_fails_pending_asks_and_is_restarted() {
+    let pki = TestPki::new("sup.test");
+    let a = start(&pki, "a");
+    let b = start(&pki, "b");
+    let (open_tx, open_rx) = watch::channel(false);
+    b.spawn_with(
+        "gate",
+        SpawnOptions {
+            restart: RestartPolicy::on_failure(),
+            ..Default::default()
+        },
+        move || Gate {
+            open: open_rx.clone(),
+            notes: 0,
+        },
+    )
+    .unwrap();
+    let r = a.actor_ref(b.local_addr(), "gate");
+    r.tell(Hold).await.unwrap();
+    let crash = r.ask(Crash);
+    let queued = r.ask(Echo(vec![1]));
+    let opener = async {
+        // Open the gate once both asks sit in the held mailbox on b.
+        for _ in 0..10_000 {
+            if b.mailbox_depth("gate") == Some(2) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            b.mailbox_depth("gate"),
+            Some(2),
+            "the asks never reached the mailbox"
+        );
+        open_tx.send(true).unwrap();
+    };
+    let (crash, queued, ()) = tokio::join!(crash, queued, opener);
+    assert_eq!(
+        crash,
+        Err(AskError::Panicked {
+            actor: "gate".into()
+        })
+    );
+    assert_eq!(
+        queued,
+        Err(AskError::Panicked {
+            actor: "gate".into()
+        })
+    );
+    // A fresh instance answers.
+    assert_eq!(r.ask(Echo(vec![2])).await.unwrap(), vec![2]);
+}
+
+#[actix::test]
+async fn actor_without_restart_stays_down_and_watchers_hear_why() {
+    let pki = TestPki::new("sup.test");
+    let a = start(&pki, "a");
+    let b = start(&pki, "b");
+    b.spawn("sink", Sink::default()).unwrap();
+    let r = a.actor_ref(b.local_addr(), "sink");
+    r.ask(Echo(vec![])).await.unwrap();
+    let watch = a.watch(&r);
+    assert_eq!(
+        r.ask(Crash).await,
+        Err(AskError::Panicked {
+            actor: "sink".into()
+        })
+    );
+    let t = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .unwrap();
+    assert_eq!(t.reason, TerminationReason::Panicked);
+    assert_eq!(t.actor, "sink");
+    assert!(matches!(
+        r.ask(Echo(vec![])).await,
+        Err(AskError::NoSuchActor { .. })
+    ));
+}
+
+#[actix::test]
+async fn watcher_is_told_when_a_remote_actor_stops() {
+    let pki = TestPki::new("sup.test");
+    let a = start(&pki, "a");
+    let b = start(&pki, "b");
+    b.spawn("sink", Sink::default()).unwrap();
+    let r = a.actor_ref(b.local_addr(), "sink");
+    r.ask(Echo(vec![])).await.unwrap();
+    let watch = a.watch(&r);
+    // The watch (control stream) and the stop (lane) race; either way the watcher hears
+    // that the actor stopped, because b remembers recently ended actors.
+    r.ask(StopSelf).await.unwrap();
+    let t = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .unwrap();
+    assert_eq!(t.reason, TerminationReason::Stopped);
+    assert_eq!(t.node, b.local_addr());
+    // Watching something that does not exist resolves at once.
+    let missing = a.watch(&a.actor_ref(b.local_addr(), "never-was"));
+    let t = tokio::time::timeout(Duration::from_secs(10), missing)
+        .await
+        .unwrap();
+    assert_eq!(t.reason, TerminationReason::NoSuchActor);
+}
+
+#[actix::test]
+async fn local_watch_and_stop() {
+    let pki = TestPki::new("sup.test");
+    let a = start(&pki, "a");
+    let r = a.spawn("sink", Sink::default()).unwrap();
+    let watch = a.watch(&r);
+    assert!(a.stop("sink"));
+    let t = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .unwrap();
+    assert_eq!(t.reason, TerminationReason::Stopped);
+    assert!(!a.stop("sink"));
+}
