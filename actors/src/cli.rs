@@ -31,8 +31,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
+    init_logging_with_default("info");
+}
+
+/// Logs to stderr, filtered by `RUST_LOG`, or by `default` when it is unset.
+pub fn init_logging_with_default(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod deadline;
 mod error;
 mod message;
 mod node;

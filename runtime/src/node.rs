@@ -144,7 +144,8 @@ pub(crate) struct ActorSlot {
     pub(crate) actor_type: &'static str,
     pub(crate) addr: RwLock<Option<Box<ErasedAddr>>>,
     pub(crate) by_name: HashMap<&'static str, &'static HandlerEntry>,
-    pub(crate) by_type: HashMap<TypeId, &'static HandlerEntry>,
+    /// Few entries per actor: a scan of TypeIds beats hashing them.
+    pub(crate) by_type: Vec<(TypeId, &'static HandlerEntry)>,
     pub(crate) permits: Arc<Semaphore>,
     pub(crate) capacity: usize,
     /// Incremented each time an instance starts.
@@ -177,6 +178,15 @@ pub(crate) fn write<T>(m: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl ActorSlot {
+    /// The handler of message type `M`, if the actor accepts it.
+    #[inline]
+    pub(crate) fn entry_for(&self, message: TypeId) -> Option<&'static HandlerEntry> {
+        self.by_type
+            .iter()
+            .find(|(t, _)| *t == message)
+            .map(|(_, e)| *e)
+    }
+
     pub(crate) fn panicked_since(&self, generation: u64) -> bool {
         self.panicked.load(Ordering::Acquire) >= generation
     }

@@ -12,8 +12,9 @@ use tokio::time::Instant;
 use actormesh_transport::codec;
 use actormesh_transport::sink::PushError;
 
+use crate::deadline::LazyDeadline;
 use crate::error::{AskError, TellError};
-use crate::message::{Delivery, RemoteMessage, ReplyTo};
+use crate::message::{Delivery, HandlerEntry, RemoteMessage, ReplyTo};
 use crate::node::{lock, read, write, ActorSlot, Node, Peer, Reply};
 use crate::wire::{self, WireError};
 
@@ -113,15 +114,19 @@ impl RemoteRef {
                 let Some(slot) = self.local_slot(cell) else {
                     return Err(TellError::NoSuchActor(msg));
                 };
-                if !slot.by_type.contains_key(&TypeId::of::<M>()) {
+                let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
                     return Err(TellError::UnknownMessage(msg));
-                }
+                };
                 let permit = match slot.permits.clone().acquire_owned().await {
                     Ok(p) => p,
                     Err(_) => return Err(TellError::NoSuchActor(msg)),
                 };
-                deliver_local(&slot, Delivery::new(msg, ReplyTo::None, Some(permit)))
-                    .map_err(|d| TellError::NoSuchActor(d.into_message()))
+                deliver_local(
+                    &slot,
+                    entry,
+                    Delivery::new(msg, ReplyTo::None, Some(permit)),
+                )
+                .map_err(|d| TellError::NoSuchActor(d.into_message()))
             }
             Target::Remote(peer) => {
                 let sink = match peer.lane(&self.name) {
@@ -142,16 +147,20 @@ impl RemoteRef {
                 let Some(slot) = self.local_slot(cell) else {
                     return Err(TellError::NoSuchActor(msg));
                 };
-                if !slot.by_type.contains_key(&TypeId::of::<M>()) {
+                let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
                     return Err(TellError::UnknownMessage(msg));
-                }
+                };
                 let permit = match slot.permits.clone().try_acquire_owned() {
                     Ok(p) => p,
                     Err(TryAcquireError::NoPermits) => return Err(TellError::Full(msg)),
                     Err(TryAcquireError::Closed) => return Err(TellError::NoSuchActor(msg)),
                 };
-                deliver_local(&slot, Delivery::new(msg, ReplyTo::None, Some(permit)))
-                    .map_err(|d| TellError::NoSuchActor(d.into_message()))
+                deliver_local(
+                    &slot,
+                    entry,
+                    Delivery::new(msg, ReplyTo::None, Some(permit)),
+                )
+                .map_err(|d| TellError::NoSuchActor(d.into_message()))
             }
             Target::Remote(peer) => {
                 let sink = match peer.lane(&self.name) {
@@ -176,10 +185,12 @@ impl RemoteRef {
         msg: M,
         timeout: Duration,
     ) -> Result<M::Result, AskError> {
-        let deadline = Instant::now() + timeout;
         match &self.target {
-            Target::Local(cell) => self.ask_local(cell, msg, deadline, timeout).await,
-            Target::Remote(peer) => self.ask_remote(peer, msg, deadline, timeout).await,
+            Target::Local(cell) => self.ask_local(cell, msg, timeout).await,
+            Target::Remote(peer) => {
+                self.ask_remote(peer, msg, Instant::now() + timeout, timeout)
+                    .await
+            }
         }
     }
 
@@ -187,7 +198,6 @@ impl RemoteRef {
         &self,
         cell: &RwLock<Option<Arc<ActorSlot>>>,
         msg: M,
-        deadline: Instant,
         timeout: Duration,
     ) -> Result<M::Result, AskError> {
         let Some(slot) = self.local_slot(cell) else {
@@ -196,28 +206,34 @@ impl RemoteRef {
                 node: self.addr,
             });
         };
-        if !slot.by_type.contains_key(&TypeId::of::<M>()) {
+        let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
             return Err(AskError::UnknownMessage {
                 actor: self.name.to_string(),
                 actor_type: slot.actor_type.to_string(),
                 message: M::NAME.to_string(),
             });
-        }
-        let permit = match slot.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => match tokio::time::timeout_at(deadline, slot.permits.clone().acquire_owned())
-                .await
-            {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err(self.stopped()),
-                Err(_) => return Err(AskError::Timeout { after: timeout }),
-            },
+        };
+        // The clock is read only when the mailbox is full; the fast path needs no time.
+        let (permit, remaining) = match slot.permits.clone().try_acquire_owned() {
+            Ok(p) => (p, timeout),
+            Err(_) => {
+                let start = Instant::now();
+                match tokio::time::timeout(timeout, slot.permits.clone().acquire_owned()).await {
+                    Ok(Ok(p)) => (p, timeout.saturating_sub(start.elapsed())),
+                    Ok(Err(_)) => return Err(self.stopped()),
+                    Err(_) => return Err(AskError::Timeout { after: timeout }),
+                }
+            }
         };
         let (tx, rx) = oneshot::channel();
         let generation = slot.generation.load(Ordering::Acquire);
-        deliver_local(&slot, Delivery::new(msg, ReplyTo::Local(tx), Some(permit)))
-            .map_err(|_| self.stopped())?;
-        match tokio::time::timeout_at(deadline, rx).await {
+        deliver_local(
+            &slot,
+            entry,
+            Delivery::new(msg, ReplyTo::Local(tx), Some(permit)),
+        )
+        .map_err(|_| self.stopped())?;
+        match LazyDeadline::new(rx, remaining).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(_)) if slot.panicked_since(generation) => Err(AskError::Panicked {
                 actor: self.name.to_string(),
@@ -306,8 +322,11 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-fn deliver_local<M: RemoteMessage>(slot: &ActorSlot, d: Delivery<M>) -> Result<(), Delivery<M>> {
-    let entry = slot.by_type[&TypeId::of::<M>()];
+fn deliver_local<M: RemoteMessage>(
+    slot: &ActorSlot,
+    entry: &HandlerEntry,
+    d: Delivery<M>,
+) -> Result<(), Delivery<M>> {
     let mut cell = Some(d);
     let delivered = {
         let addr = read(&slot.addr);

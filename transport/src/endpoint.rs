@@ -270,7 +270,9 @@ pub struct Endpoint {
     inner: Arc<Inner>,
 }
 
-fn transport_config(c: &EndpointConfig) -> Result<quinn::TransportConfig, TransportError> {
+/// The QUIC transport settings an endpoint with `c` uses (the benchmark's raw baseline
+/// uses the same ones).
+pub fn transport_config(c: &EndpointConfig) -> Result<quinn::TransportConfig, TransportError> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
         c.idle_timeout

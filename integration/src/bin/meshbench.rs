@@ -1,0 +1,439 @@
+//! The end-to-end benchmark. `meshbench messaging` measures actormesh messaging between
+//! two processes on loopback, and in the same run a raw-quinn baseline with the same
+//! framing, TLS and transport settings; each result is printed as one JSON line with its
+//! ratio to the baseline. Every figure is the median of several rounds.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actormesh::prelude::*;
+use actormesh::transport::frame::{push_frame, FrameReader};
+use actormesh::transport::pki::Credentials;
+use actormesh::transport::{tls, EndpointConfig};
+use actormesh_integration::actors::{Echo, GetStats, Note, Sink};
+use actormesh_integration::harness::ChildProc;
+use actormesh_integration::pki::TestPki;
+use anyhow::{anyhow, Context as _};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use futures::stream::{FuturesUnordered, StreamExt};
+
+const PAYLOAD: usize = 64;
+/// Asks in flight in the pipelined measurements.
+const PIPELINE: usize = 64;
+
+#[derive(Parser, Debug)]
+#[command(about = "actormesh end-to-end benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+#[derive(Subcommand, Debug)]
+enum Suite {
+    /// Remote tell/ask and local ask, against raw quinn and plain actix.
+    Messaging {
+        /// Rounds per measurement; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Scale of message counts (1.0 = default sizes).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+    },
+    /// (internal) The server process: a raw echo endpoint and a mesh node.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        certs: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    actormesh::cli::init_logging_with_default("warn");
+    match Cli::parse().suite {
+        Suite::Messaging { rounds, scale } => messaging(rounds.max(1), scale),
+        Suite::Serve { certs } => serve(&certs),
+    }
+}
+
+fn endpoint_config() -> EndpointConfig {
+    actormesh::NodeConfig::new("127.0.0.1:0".parse().expect("address")).endpoint
+}
+
+// ---------------------------------------------------------------- server process
+
+fn serve(certs: &Path) -> anyhow::Result<()> {
+    let creds = Credentials::load(certs)?;
+    let sys = actix::System::new();
+    sys.block_on(async move {
+        let raw = raw_server(&creds)?;
+        let node = Node::start(actormesh::NodeConfig::new("127.0.0.1:0".parse()?), &creds)?;
+        node.spawn_with(
+            "bench",
+            SpawnOptions {
+                mailbox_capacity: Some(4096),
+                ..Default::default()
+            },
+            Sink::default,
+        )?;
+        println!("READY {} {}", raw, node.local_addr());
+        std::future::pending::<()>().await;
+        anyhow::Ok(())
+    })
+}
+
+fn quinn_configs(
+    creds: &Credentials,
+) -> anyhow::Result<(quinn::ServerConfig, quinn::ClientConfig)> {
+    let certs = tls::CertStore::new(creds)?;
+    let id = certs.current().identity.clone();
+    let verifier = tls::SpiffeVerifier::new(&creds.ca, id.trust_domain())?;
+    let (server_tls, client_tls) = tls::rustls_configs(certs, verifier)?;
+    let transport = Arc::new(actormesh::transport::endpoint::transport_config(
+        &endpoint_config(),
+    )?);
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(
+        quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?,
+    ));
+    server.transport_config(transport.clone());
+    let mut client = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)?,
+    ));
+    client.transport_config(transport);
+    Ok((server, client))
+}
+
+/// Raw quinn server: on each bidi stream, the first byte picks echo (`E`) or count (`C`).
+fn raw_server(creds: &Credentials) -> anyhow::Result<SocketAddr> {
+    let (server, _) = quinn_configs(creds)?;
+    let ep = quinn::Endpoint::server(server, "127.0.0.1:0".parse()?)?;
+    let addr = ep.local_addr()?;
+    tokio::spawn(async move {
+        while let Some(incoming) = ep.accept().await {
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    tokio::spawn(raw_stream(send, recv));
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn raw_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    let mut mode = [0u8; 1];
+    if recv.read_exact(&mut mode).await.is_err() {
+        return;
+    }
+    let mut reader = FrameReader::new(recv, 1 << 20);
+    match mode[0] {
+        b'E' => {
+            let mut out = Vec::with_capacity(64 * 1024);
+            while let Ok(Some(frame)) = reader.next().await {
+                let _ = push_frame(&mut out, &frame, 1 << 20);
+                while let Ok(Some(frame)) = reader.try_next_buffered() {
+                    let _ = push_frame(&mut out, &frame, 1 << 20);
+                }
+                if send.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+            }
+        }
+        b'C' => {
+            let mut n = 0u64;
+            while let Ok(Some(_)) = reader.next().await {
+                n += 1;
+            }
+            let _ = send.write_all(&n.to_le_bytes()).await;
+            let _ = send.finish();
+        }
+        _ => {}
+    }
+}
+
+// ---------------------------------------------------------------- driver
+
+struct Line {
+    name: &'static str,
+    value: f64,
+    unit: &'static str,
+    baseline: f64,
+}
+
+impl Line {
+    fn print(&self) {
+        let ratio = if self.baseline > 0.0 {
+            self.value / self.baseline
+        } else {
+            0.0
+        };
+        println!(
+            "{}",
+            serde_json::json!({
+                "name": self.name,
+                "value": round3(self.value),
+                "unit": self.unit,
+                "baseline": round3(self.baseline),
+                "ratio": round3(ratio),
+            })
+        );
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e6
+}
+
+fn messaging(rounds: usize, scale: f64) -> anyhow::Result<()> {
+    let pki = TestPki::new("bench.local");
+    let (server_dir, _) = pki.node("server");
+    let (_, client_creds) = pki.node("client");
+    let exe = std::env::current_exe()?;
+    let sys = actix::System::new();
+    sys.block_on(async move {
+        let mut child = ChildProc::spawn(
+            &exe,
+            &["serve", "--certs", server_dir.to_str().context("path")?],
+        )?;
+        let ready = child
+            .wait_line("READY", Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow!(e))?;
+        let mut parts = ready.split_whitespace();
+        let raw_addr: SocketAddr = parts.next().context("raw address")?.parse()?;
+        let mesh_addr: SocketAddr = parts.next().context("mesh address")?.parse()?;
+        let n = |base: f64| ((base * scale) as usize).max(1000);
+
+        let (_, client_cfg) = quinn_configs(&client_creds)?;
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        let conn = ep.connect_with(client_cfg, raw_addr, "actormesh")?.await?;
+        let node = Node::start(
+            actormesh::NodeConfig::new("127.0.0.1:0".parse()?),
+            &client_creds,
+        )?;
+        let bench = node.actor_ref(mesh_addr, "bench");
+        bench.ask(Echo(vec![0; PAYLOAD])).await?;
+
+        let mut raw_oneway = Vec::new();
+        let mut mesh_tell = Vec::new();
+        let mut raw_pipe = Vec::new();
+        let mut mesh_pipe = Vec::new();
+        let mut raw_lat = Vec::new();
+        let mut mesh_lat = Vec::new();
+        // Interleave raw and mesh rounds so that machine noise hits both alike.
+        for _ in 0..rounds {
+            raw_oneway.push(raw_oneway_rate(&conn, n(2_000_000.0)).await?);
+            mesh_tell.push(mesh_tell_rate(&bench, n(500_000.0)).await?);
+            raw_pipe.push(raw_pipelined_rate(&conn, n(300_000.0)).await?);
+            mesh_pipe.push(mesh_pipelined_rate(&bench, n(200_000.0)).await?);
+            raw_lat.push(raw_latencies(&conn, n(5_000.0)).await?);
+            mesh_lat.push(mesh_latencies(&bench, n(5_000.0)).await?);
+        }
+        Line {
+            name: "tell_throughput",
+            value: median(mesh_tell),
+            unit: "msg/s",
+            baseline: median(raw_oneway),
+        }
+        .print();
+        Line {
+            name: "ask_pipelined_throughput",
+            value: median(mesh_pipe),
+            unit: "req/s",
+            baseline: median(raw_pipe),
+        }
+        .print();
+        for (name, p) in [
+            ("ask_seq_p50", 0.5),
+            ("ask_seq_p99", 0.99),
+            ("ask_seq_p999", 0.999),
+        ] {
+            let value = median(mesh_lat.iter().map(|l| percentile(l, p)).collect());
+            let baseline = median(raw_lat.iter().map(|l| percentile(l, p)).collect());
+            Line {
+                name,
+                value,
+                unit: "us",
+                baseline,
+            }
+            .print();
+        }
+        let (local, actix_ns) = local_ask_latency(&node, rounds, n(200_000.0)).await?;
+        Line {
+            name: "local_ask_latency",
+            value: local,
+            unit: "ns",
+            baseline: actix_ns,
+        }
+        .print();
+        child.kill().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn raw_oneway_rate(conn: &quinn::Connection, n: usize) -> anyhow::Result<f64> {
+    const BATCH: usize = 1024;
+    let mut batch = Vec::new();
+    for _ in 0..BATCH {
+        push_frame(&mut batch, &[7u8; PAYLOAD], 1 << 20)?;
+    }
+    let batch = Bytes::from(batch);
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let start = Instant::now();
+    send.write_all(b"C").await?;
+    let batches = n.div_ceil(BATCH);
+    for _ in 0..batches {
+        send.write_chunk(batch.clone()).await?;
+    }
+    send.finish()?;
+    let mut count = [0u8; 8];
+    recv.read_exact(&mut count).await?;
+    let got = u64::from_le_bytes(count) as usize;
+    anyhow::ensure!(got == batches * BATCH, "raw one-way: server counted {got}");
+    Ok(got as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn raw_pipelined_rate(conn: &quinn::Connection, n: usize) -> anyhow::Result<f64> {
+    let (mut send, recv) = conn.open_bi().await?;
+    send.write_all(b"E").await?;
+    let mut reader = FrameReader::new(recv, 1 << 20);
+    let req = [9u8; PAYLOAD];
+    let start = Instant::now();
+    let mut out = Vec::new();
+    for _ in 0..PIPELINE {
+        push_frame(&mut out, &req, 1 << 20)?;
+    }
+    send.write_all(&out).await?;
+    let (mut sent, mut done) = (PIPELINE, 0);
+    while done < n {
+        reader.next().await?.context("echo stream ended")?;
+        done += 1;
+        let mut more = 0;
+        while let Some(_f) = reader.try_next_buffered()? {
+            done += 1;
+            more += 1;
+        }
+        out.clear();
+        for _ in 0..(1 + more).min(n.saturating_sub(sent)) {
+            push_frame(&mut out, &req, 1 << 20)?;
+            sent += 1;
+        }
+        if !out.is_empty() {
+            send.write_all(&out).await?;
+        }
+    }
+    let rate = done as f64 / start.elapsed().as_secs_f64();
+    send.finish()?;
+    Ok(rate)
+}
+
+async fn raw_latencies(conn: &quinn::Connection, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let (mut send, recv) = conn.open_bi().await?;
+    send.write_all(b"E").await?;
+    let mut reader = FrameReader::new(recv, 1 << 20);
+    let mut frame = Vec::new();
+    push_frame(&mut frame, &[1u8; PAYLOAD], 1 << 20)?;
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        send.write_all(&frame).await?;
+        reader.next().await?.context("echo stream ended")?;
+        lat.push(t.elapsed());
+    }
+    send.finish()?;
+    lat.sort();
+    Ok(lat)
+}
+
+async fn mesh_tell_rate(bench: &RemoteRef, n: usize) -> anyhow::Result<f64> {
+    let before = bench.ask(GetStats).await?.notes;
+    let payload = vec![7u8; PAYLOAD];
+    let start = Instant::now();
+    for _ in 0..n {
+        match bench.try_tell(Note(payload.clone())) {
+            Ok(()) => {}
+            Err(TellError::Full(m)) => bench.tell(m).await.map_err(|e| anyhow!("{e}"))?,
+            Err(e) => return Err(anyhow!("{e}")),
+        }
+    }
+    // The ask travels on the same lane, so its reply follows every tell above.
+    let after = bench
+        .ask_timeout(GetStats, Duration::from_secs(120))
+        .await?
+        .notes;
+    let elapsed = start.elapsed();
+    anyhow::ensure!(
+        after - before == n as u64,
+        "tells lost: {} of {n}",
+        after - before
+    );
+    Ok(n as f64 / elapsed.as_secs_f64())
+}
+
+async fn mesh_pipelined_rate(bench: &RemoteRef, n: usize) -> anyhow::Result<f64> {
+    let payload = vec![9u8; PAYLOAD];
+    let start = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    let mut sent = 0;
+    let mut done = 0;
+    while done < n {
+        while inflight.len() < PIPELINE && sent < n {
+            let r = bench.clone();
+            let p = payload.clone();
+            inflight.push(async move { r.ask(Echo(p)).await });
+            sent += 1;
+        }
+        let reply = inflight.next().await.context("asks ran out")??;
+        anyhow::ensure!(reply.len() == PAYLOAD, "bad echo");
+        done += 1;
+    }
+    Ok(done as f64 / start.elapsed().as_secs_f64())
+}
+
+async fn mesh_latencies(bench: &RemoteRef, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let payload = vec![1u8; PAYLOAD];
+    let mut lat = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        bench.ask(Echo(payload.clone())).await?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    Ok(lat)
+}
+
+/// Mean ns per sequential ask: through `RemoteRef` to a local actor, and through plain
+/// actix `Addr::send` to an identical actor.
+async fn local_ask_latency(node: &Node, rounds: usize, n: usize) -> anyhow::Result<(f64, f64)> {
+    let local = node.spawn("local-bench", Sink::default())?;
+    let plain = actix::Actor::start(Sink::default());
+    let mut mesh = Vec::new();
+    let mut actix_ns = Vec::new();
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for i in 0..n {
+            local.ask(Echo(vec![i as u8])).await?;
+        }
+        mesh.push(t.elapsed().as_nanos() as f64 / n as f64);
+        let t = Instant::now();
+        for i in 0..n {
+            plain.send(Echo(vec![i as u8])).await?;
+        }
+        actix_ns.push(t.elapsed().as_nanos() as f64 / n as f64);
+    }
+    Ok((median(mesh), median(actix_ns)))
+}
