@@ -13,7 +13,7 @@
 //! - supervision ([`RestartPolicy`]) and death watch ([`Node::watch`]);
 //! - [`transport`]: certificates (`pki`), the QUIC endpoint and its typed errors.
 //!
-//! ```ignore
+//! ```
 //! use actormesh::prelude::*;
 //!
 //! #[derive(Serialize, Deserialize, RemoteMessage)]
@@ -30,6 +30,8 @@
 //!         format!("hello, {}", m.name)
 //!     }
 //! }
+//!
+//! # fn main() {}
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -110,7 +110,7 @@ async fn full_mailbox_backpressures_its_sender_without_blocking_another_actor() 
             }
             Err(e) => panic!("unexpected {e}"),
         }
-        if sent % 1024 == 0 {
+        if sent.is_multiple_of(1024) {
             // Let the lane writer and the connection run.
             tokio::task::yield_now().await;
         }
@@ -251,4 +251,46 @@ async fn local_watch_and_stop() {
         .unwrap();
     assert_eq!(t.reason, TerminationReason::Stopped);
     assert!(!a.stop("sink"));
+}
+
+#[actix::test]
+async fn try_ask_reports_a_full_mailbox_instead_of_waiting() {
+    let pki = TestPki::new("sup.test");
+    let a = start(&pki, "a");
+    let (open_tx, open_rx) = watch::channel(false);
+    let r = a
+        .spawn_with(
+            "gate",
+            SpawnOptions {
+                mailbox_capacity: Some(2),
+                ..Default::default()
+            },
+            move || Gate {
+                open: open_rx.clone(),
+                notes: 0,
+            },
+        )
+        .unwrap();
+    r.tell(Hold).await.unwrap();
+    // Wait until the gate is holding (its Hold has been handled and freed its permit).
+    for _ in 0..10_000 {
+        if a.mailbox_depth("gate") == Some(0) {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    r.try_tell(Note(vec![])).unwrap();
+    r.try_tell(Note(vec![])).unwrap();
+    assert!(matches!(
+        r.try_tell(Note(vec![])),
+        Err(TellError::Full(Note(_)))
+    ));
+    assert_eq!(
+        r.try_ask(Echo(vec![]), Duration::from_secs(5)).await,
+        Err(AskError::MailboxFull {
+            actor: "gate".into()
+        })
+    );
+    open_tx.send(true).unwrap();
+    assert_eq!(r.ask(GetStats).await.unwrap().notes, 2);
 }

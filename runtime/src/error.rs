@@ -40,7 +40,8 @@ pub enum AskError {
         /// The message name.
         message: String,
     },
-    /// The actor's mailbox is full (only from the non-waiting `try_` calls).
+    /// The actor's mailbox, or the lane to its node, is full (only from `try_ask`, which
+    /// does not wait for room).
     #[error("mailbox of actor {actor:?} is full")]
     MailboxFull {
         /// The actor.

@@ -9,7 +9,7 @@
 //! `#[derive(RemoteMessage)]`; `#[actormesh::handler]` on `impl Handler<M> for A` registers
 //! the handler, so a node learns what each actor accepts without a hand-kept list.
 //!
-//! ```ignore
+//! ```text
 //! #[derive(Serialize, Deserialize, RemoteMessage)]
 //! #[remote(name = "hello.Greet/v1", reply = String)]
 //! struct Greet(String);

@@ -202,18 +202,21 @@ pub(crate) enum DeliverError {
     Closed,
 }
 
+/// Decodes a payload and queues it for the actor behind the address.
+pub(crate) type RemoteDeliverFn = fn(
+    &ErasedAddr,
+    &[u8],
+    Option<RemoteReply>,
+    Option<OwnedSemaphorePermit>,
+) -> Result<(), DeliverError>;
+
 /// One `impl Handler<M> for A` registered by `#[actormesh::handler]`.
 #[derive(Debug)]
 pub struct HandlerEntry {
     pub(crate) actor: fn() -> TypeId,
     pub(crate) message: fn() -> TypeId,
     pub(crate) name: &'static str,
-    pub(crate) remote: fn(
-        &ErasedAddr,
-        &[u8],
-        Option<RemoteReply>,
-        Option<OwnedSemaphorePermit>,
-    ) -> Result<(), DeliverError>,
+    pub(crate) remote: RemoteDeliverFn,
     pub(crate) local: fn(&ErasedAddr, &mut dyn Any) -> bool,
 }
 

@@ -186,11 +186,34 @@ impl RemoteRef {
         timeout: Duration,
     ) -> Result<M::Result, AskError> {
         match &self.target {
-            Target::Local(cell) => self.ask_local(cell, msg, timeout).await,
+            Target::Local(cell) => self.ask_local(cell, msg, timeout, true).await,
             Target::Remote(peer) => {
-                self.ask_remote(peer, msg, Instant::now() + timeout, timeout)
+                self.ask_remote(peer, msg, Instant::now() + timeout, timeout, true)
                     .await
             }
+        }
+    }
+
+    /// Like [`RemoteRef::ask_timeout`], but fails at once with [`AskError::MailboxFull`]
+    /// instead of waiting when the target's mailbox (local) or the lane to its node (remote)
+    /// is full. The reply is still awaited, up to `timeout`.
+    pub async fn try_ask<M: RemoteMessage>(
+        &self,
+        msg: M,
+        timeout: Duration,
+    ) -> Result<M::Result, AskError> {
+        match &self.target {
+            Target::Local(cell) => self.ask_local(cell, msg, timeout, false).await,
+            Target::Remote(peer) => {
+                self.ask_remote(peer, msg, Instant::now() + timeout, timeout, false)
+                    .await
+            }
+        }
+    }
+
+    fn mailbox_full(&self) -> AskError {
+        AskError::MailboxFull {
+            actor: self.name.to_string(),
         }
     }
 
@@ -199,6 +222,7 @@ impl RemoteRef {
         cell: &RwLock<Option<Arc<ActorSlot>>>,
         msg: M,
         timeout: Duration,
+        wait_for_room: bool,
     ) -> Result<M::Result, AskError> {
         let Some(slot) = self.local_slot(cell) else {
             return Err(AskError::NoSuchActor {
@@ -216,6 +240,7 @@ impl RemoteRef {
         // The clock is read only when the mailbox is full; the fast path needs no time.
         let (permit, remaining) = match slot.permits.clone().try_acquire_owned() {
             Ok(p) => (p, timeout),
+            Err(_) if !wait_for_room => return Err(self.mailbox_full()),
             Err(_) => {
                 let start = Instant::now();
                 match tokio::time::timeout(timeout, slot.permits.clone().acquire_owned()).await {
@@ -249,6 +274,7 @@ impl RemoteRef {
         msg: M,
         deadline: Instant,
         timeout: Duration,
+        wait_for_room: bool,
     ) -> Result<M::Result, AskError> {
         let unreachable = |reason: String| AskError::Unreachable {
             node: self.addr,
@@ -261,11 +287,15 @@ impl RemoteRef {
         let _guard = PendingGuard { peer, corr };
         let ms = timeout.as_millis().min(u128::from(u32::MAX)) as u32;
         let work = async {
-            let pushed = sink
-                .push(|b| wire::encode_ask(b, corr, ms, M::NAME, &msg))
-                .await;
+            let encode = |b: &mut Vec<u8>| wire::encode_ask(b, corr, ms, M::NAME, &msg);
+            let pushed = if wait_for_room {
+                sink.push(encode).await
+            } else {
+                sink.try_push(encode)
+            };
             match pushed {
                 Ok(()) => {}
+                Err(PushError::Full) => return Err(self.mailbox_full()),
                 Err(PushError::Closed(reason)) => return Err(unreachable(reason)),
                 Err(e) => return Err(AskError::Rejected(format!("cannot send {}: {e}", M::NAME))),
             }

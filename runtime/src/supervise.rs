@@ -151,18 +151,17 @@ pub(crate) fn start<A, F>(
     actix::spawn(supervise(node, slot, factory, policy, first));
 }
 
-fn supervise<A, F>(
+async fn supervise<A, F>(
     node: Weak<NodeInner>,
     slot: Arc<ActorSlot>,
     factory: F,
     policy: RestartPolicy,
     first: (ContextFut<A, Context<A>>, u64),
-) -> impl Future<Output = ()>
-where
+) where
     A: Actor<Context = Context<A>>,
     F: Fn() -> A + 'static,
 {
-    async move {
+    {
         let mut budget = RestartBudget::default();
         let mut current = first;
         loop {

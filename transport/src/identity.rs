@@ -17,12 +17,24 @@ pub struct SpiffeId {
 
 /// A string is not a valid SPIFFE ID or trust domain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid SPIFFE ID {input:?}: {reason} (expected spiffe://<trust-domain>/<path>, e.g. spiffe://cluster.local/node/n1)")]
+#[error("{}", describe(.input, .reason, *.trust_domain_only))]
 pub struct IdentityError {
     /// The string that was given.
     pub input: String,
     /// What is wrong with it.
     pub reason: &'static str,
+    /// Whether a bare trust domain (not a whole SPIFFE ID) was expected.
+    pub trust_domain_only: bool,
+}
+
+fn describe(input: &str, reason: &str, trust_domain_only: bool) -> String {
+    if trust_domain_only {
+        format!("invalid trust domain {input:?}: {reason} (expected e.g. cluster.local)")
+    } else {
+        format!(
+            "invalid SPIFFE ID {input:?}: {reason} (expected spiffe://<trust-domain>/<path>, e.g. spiffe://cluster.local/node/n1)"
+        )
+    }
 }
 
 const SCHEME: &str = "spiffe://";
@@ -49,6 +61,7 @@ impl SpiffeId {
         let err = |reason| IdentityError {
             input: input.to_string(),
             reason,
+            trust_domain_only: false,
         };
         let rest = input
             .strip_prefix(SCHEME)
@@ -120,6 +133,7 @@ pub fn validate_trust_domain(td: &str) -> Result<(), IdentityError> {
     valid_trust_domain(td).map_err(|reason| IdentityError {
         input: td.to_string(),
         reason,
+        trust_domain_only: true,
     })
 }
 
