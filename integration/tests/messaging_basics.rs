@@ -124,3 +124,38 @@ async fn ten_thousand_concurrent_asks_all_complete() {
         assert_eq!(res.unwrap(), (i as u32).to_le_bytes().to_vec());
     }
 }
+
+#[actix::test]
+async fn idle_lanes_close_and_reopen_without_losing_messages() {
+    let pki = TestPki::new("basics.test");
+    let (_, creds) = pki.node("a");
+    let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
+    config.lane_idle_close = Duration::from_millis(200);
+    let a = Node::start(config, &creds).unwrap();
+    let b = start(&pki, "b");
+    for name in ["s1", "s2", "s3"] {
+        b.spawn(name, Sink::default()).unwrap();
+    }
+    let refs: Vec<RemoteRef> = ["s1", "s2", "s3"]
+        .iter()
+        .map(|n| a.actor_ref(b.local_addr(), n))
+        .collect();
+    for r in &refs {
+        r.tell(Note(vec![])).await.unwrap();
+    }
+    assert_eq!(a.lanes_to(b.local_addr()), 3);
+    // Wait (bounded) for the idle lanes to close.
+    let mut closed = false;
+    for _ in 0..500 {
+        if a.lanes_to(b.local_addr()) == 0 {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(closed, "idle lanes never closed");
+    for r in &refs {
+        r.tell(Note(vec![])).await.unwrap();
+        assert_eq!(r.ask(GetStats).await.unwrap().notes, 2);
+    }
+}

@@ -213,3 +213,62 @@ async fn garbage_instead_of_hello_closes_that_connection_only() {
     );
     drop(child);
 }
+
+#[actix::test]
+async fn a_restarted_peer_is_reached_again_after_backoff() {
+    let pki = TestPki::new("proc.test");
+    let (mut child, addr) = child_node(&pki, "phoenix", 1500).await;
+    let node = local_node(&pki, "caller", 1500);
+    let sink = node.actor_ref(addr, "sink");
+    assert_eq!(sink.ask(Echo(vec![1])).await.unwrap(), vec![1]);
+    child.kill().await;
+    // The link times out; the pending table is failed; further calls fail as Unreachable.
+    let lost = sink
+        .ask_timeout(Delay(60_000), Duration::from_secs(10))
+        .await;
+    assert!(
+        matches!(lost, Err(AskError::Unreachable { .. })),
+        "{lost:?}"
+    );
+
+    // A new process (new incarnation) on the same address.
+    let (dir, _) = pki.node("phoenix");
+    let listen = addr.to_string();
+    let mut reborn = ChildProc::spawn(
+        TESTNODE.as_ref(),
+        &[
+            "--certs",
+            dir.to_str().unwrap(),
+            "--idle-ms",
+            "1500",
+            "--listen",
+            &listen,
+        ],
+    )
+    .unwrap();
+    reborn
+        .wait_line("READY", Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Calls succeed again once the dial backoff allows a new dial; each failed attempt
+    // before that fails fast (it does not wait for its deadline).
+    let mut attempts = 0;
+    let reply = loop {
+        attempts += 1;
+        let started = Instant::now();
+        match sink
+            .ask_timeout(Echo(vec![2]), Duration::from_secs(10))
+            .await
+        {
+            Ok(r) => break r,
+            Err(AskError::Unreachable { .. }) if attempts < 50 => {
+                assert!(started.elapsed() < Duration::from_secs(10));
+                // Wait out (part of) the backoff before the next attempt.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("attempt {attempts}: {e}"),
+        }
+    };
+    assert_eq!(reply, vec![2]);
+    reborn.kill().await;
+}

@@ -19,9 +19,10 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 use tracing::{debug, info, warn};
 
 use actormesh_transport::codec;
+use actormesh_transport::codec::CodecError;
 use actormesh_transport::frame::FrameReader;
 use actormesh_transport::pki::Credentials;
-use actormesh_transport::sink::FrameSink;
+use actormesh_transport::sink::{FrameSink, PushError, IDLE_CLOSED};
 use actormesh_transport::{Endpoint, EndpointConfig, Link, NewLink, SpiffeId};
 
 use crate::error::NodeError;
@@ -41,6 +42,9 @@ pub struct NodeConfig {
     pub mailbox_capacity: usize,
     /// Unsent bytes a lane may buffer before `tell` waits and `try_tell` reports `Full`.
     pub lane_high_water: usize,
+    /// A lane (the stream to one remote actor) unused for this long is closed; the next
+    /// message opens a new one. Keeps the number of streams to what is in use.
+    pub lane_idle_close: Duration,
 }
 
 impl NodeConfig {
@@ -55,6 +59,7 @@ impl NodeConfig {
             default_ask_timeout: Duration::from_secs(5),
             mailbox_capacity: 1024,
             lane_high_water: 1024 * 1024,
+            lane_idle_close: Duration::from_secs(30),
         }
     }
 }
@@ -231,7 +236,7 @@ impl Peer {
     }
 
     /// The lane to `target`: the existing one, or a new one whose driver connects first.
-    pub(crate) fn lane(self: &Arc<Self>, target: &Arc<str>) -> Result<FrameSink, String> {
+    fn lane(self: &Arc<Self>, target: &Arc<str>) -> Result<FrameSink, String> {
         let node = self.node.upgrade().ok_or("the node is shut down")?;
         let mut st = lock(&self.state);
         if let Some(sink) = st.lanes.get(target) {
@@ -244,6 +249,7 @@ impl Peer {
         st.lanes.insert(target.clone(), sink.clone());
         drop(st);
         let peer = self.clone();
+        let idle = node.config.lane_idle_close;
         let header = {
             let mut h = Vec::new();
             let body = wire::encode_header(&StreamHeader::Lane(target.to_string()));
@@ -255,7 +261,7 @@ impl Peer {
             match peer.connected_link().await {
                 Ok(link) => match link.connection().open_uni().await {
                     Ok(stream) => {
-                        let _ = driver.run(stream, header).await;
+                        let _ = driver.run(stream, header, Some(idle)).await;
                     }
                     Err(e) => driver.abort(&e.to_string()),
                 },
@@ -266,6 +272,37 @@ impl Peer {
             }
         });
         Ok(sink)
+    }
+
+    /// Appends one frame to the lane to `target`, waiting while it is full. A lane that
+    /// closed for being idle is replaced transparently.
+    pub(crate) async fn push_lane(
+        self: &Arc<Self>,
+        target: &Arc<str>,
+        mut encode: impl FnMut(&mut Vec<u8>) -> Result<(), CodecError>,
+    ) -> Result<(), PushError<CodecError>> {
+        loop {
+            let sink = self.lane(target).map_err(PushError::Closed)?;
+            match sink.push(&mut encode).await {
+                Err(PushError::Closed(r)) if r == IDLE_CLOSED => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Appends one frame to the lane to `target` without waiting.
+    pub(crate) fn try_push_lane(
+        self: &Arc<Self>,
+        target: &Arc<str>,
+        mut encode: impl FnMut(&mut Vec<u8>) -> Result<(), CodecError>,
+    ) -> Result<(), PushError<CodecError>> {
+        loop {
+            let sink = self.lane(target).map_err(PushError::Closed)?;
+            match sink.try_push(&mut encode) {
+                Err(PushError::Closed(r)) if r == IDLE_CLOSED => continue,
+                other => return other,
+            }
+        }
     }
 
     /// The current link, dialing if there is none.
@@ -387,7 +424,7 @@ impl Peer {
         tokio::spawn(async move {
             match conn.open_uni().await {
                 Ok(stream) => {
-                    let _ = driver.run(stream, header).await;
+                    let _ = driver.run(stream, header, None).await;
                 }
                 Err(e) => driver.abort(&e.to_string()),
             }
@@ -671,6 +708,15 @@ impl Node {
             .map(|s| s.capacity - s.permits.available_permits())
     }
 
+    /// Open lanes (streams to remote actors) from this node to the node at `addr`.
+    pub fn lanes_to(&self, addr: SocketAddr) -> usize {
+        let Some(peer) = lock(&self.inner.peers).get(&addr).cloned() else {
+            return 0;
+        };
+        let st = lock(&peer.state);
+        st.lanes.values().filter(|s| !s.is_closed()).count()
+    }
+
     /// Names of the actors hosted here.
     pub fn actor_names(&self) -> Vec<String> {
         read(&self.inner.actors)
@@ -763,7 +809,7 @@ fn serve_link(node: Arc<NodeInner>, new: NewLink) {
     } = new;
     let peer = node.peer(link.info().peer_addr);
     let (control, driver) = FrameSink::new(4 * 1024 * 1024, node.config.endpoint.max_frame);
-    tokio::spawn(driver.run(control_send, Vec::new()));
+    tokio::spawn(driver.run(control_send, Vec::new(), None));
     peer.install(LinkCtx {
         link: link.clone(),
         control,

@@ -129,11 +129,9 @@ impl RemoteRef {
                 .map_err(|d| TellError::NoSuchActor(d.into_message()))
             }
             Target::Remote(peer) => {
-                let sink = match peer.lane(&self.name) {
-                    Ok(s) => s,
-                    Err(reason) => return Err(TellError::Unreachable(msg, reason)),
-                };
-                let pushed = sink.push(|b| wire::encode_tell(b, M::NAME, &msg)).await;
+                let pushed = peer
+                    .push_lane(&self.name, |b| wire::encode_tell(b, M::NAME, &msg))
+                    .await;
                 push_result(pushed, msg)
             }
         }
@@ -163,11 +161,8 @@ impl RemoteRef {
                 .map_err(|d| TellError::NoSuchActor(d.into_message()))
             }
             Target::Remote(peer) => {
-                let sink = match peer.lane(&self.name) {
-                    Ok(s) => s,
-                    Err(reason) => return Err(TellError::Unreachable(msg, reason)),
-                };
-                let pushed = sink.try_push(|b| wire::encode_tell(b, M::NAME, &msg));
+                let pushed =
+                    peer.try_push_lane(&self.name, |b| wire::encode_tell(b, M::NAME, &msg));
                 push_result(pushed, msg)
             }
         }
@@ -280,7 +275,6 @@ impl RemoteRef {
             node: self.addr,
             reason,
         };
-        let sink = peer.lane(&self.name).map_err(unreachable)?;
         let corr = peer.next_corr();
         let (tx, rx) = oneshot::channel();
         lock(&peer.pending).insert(corr, tx);
@@ -289,9 +283,9 @@ impl RemoteRef {
         let work = async {
             let encode = |b: &mut Vec<u8>| wire::encode_ask(b, corr, ms, M::NAME, &msg);
             let pushed = if wait_for_room {
-                sink.push(encode).await
+                peer.push_lane(&self.name, encode).await
             } else {
-                sink.try_push(encode)
+                peer.try_push_lane(&self.name, encode)
             };
             match pushed {
                 Ok(()) => {}

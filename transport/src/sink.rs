@@ -13,6 +13,10 @@ use tokio::sync::Notify;
 
 use crate::frame::{begin_frame, finish_frame, FrameError};
 
+/// The reason a sink closed because it had nothing to send for its idle period. A sender
+/// that sees `PushError::Closed(IDLE_CLOSED)` may open a new stream and send again.
+pub const IDLE_CLOSED: &str = "closed after being idle";
+
 /// Why a frame was not queued.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError<E> {
@@ -156,8 +160,15 @@ impl FrameSink {
 
 impl SinkDriver {
     /// Writes `header` and then every batch of frames to `stream` until the sink is
-    /// closed or the stream fails. Returns the error that ended it, if any.
-    pub async fn run(self, mut stream: SendStream, header: Vec<u8>) -> Result<(), String> {
+    /// closed or the stream fails. Returns the error that ended it, if any. With
+    /// `idle_close`, a sink that had nothing to send for that long finishes its stream and
+    /// closes with [`IDLE_CLOSED`], so unused streams do not pile up.
+    pub async fn run(
+        self,
+        mut stream: SendStream,
+        header: Vec<u8>,
+        idle_close: Option<std::time::Duration>,
+    ) -> Result<(), String> {
         if !header.is_empty() {
             if let Err(e) = stream.write_chunk(Bytes::from(header)).await {
                 return Err(self.fail(e.to_string()));
@@ -182,7 +193,24 @@ impl SinkDriver {
                 let _ = stream.finish();
                 return Ok(());
             }
-            wake.await;
+            match idle_close {
+                None => wake.await,
+                Some(idle) => {
+                    tokio::select! {
+                        _ = wake => {}
+                        _ = tokio::time::sleep(idle) => {
+                            let mut st = lock(&self.shared.state);
+                            if st.buf.is_empty() && st.closed.is_none() {
+                                st.closed = Some(IDLE_CLOSED.to_string());
+                                drop(st);
+                                self.shared.space.notify_waiters();
+                                let _ = stream.finish();
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
