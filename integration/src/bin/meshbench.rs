@@ -47,6 +47,9 @@ enum Suite {
     Serve {
         #[arg(long)]
         certs: PathBuf,
+        /// Serve only the raw endpoint, on a multi-thread tokio runtime.
+        #[arg(long)]
+        multi_thread: bool,
     },
 }
 
@@ -54,7 +57,14 @@ fn main() -> anyhow::Result<()> {
     actormesh::cli::init_logging_with_default("warn");
     match Cli::parse().suite {
         Suite::Messaging { rounds, scale } => messaging(rounds.max(1), scale),
-        Suite::Serve { certs } => serve(&certs),
+        Suite::Serve {
+            certs,
+            multi_thread: false,
+        } => serve(&certs),
+        Suite::Serve {
+            certs,
+            multi_thread: true,
+        } => serve_raw_multi_thread(&certs),
     }
 }
 
@@ -81,6 +91,87 @@ fn serve(certs: &Path) -> anyhow::Result<()> {
         println!("READY {} {}", raw, node.local_addr());
         std::future::pending::<()>().await;
         anyhow::Ok(())
+    })
+}
+
+fn serve_raw_multi_thread(certs: &Path) -> anyhow::Result<()> {
+    let creds = Credentials::load(certs)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let raw = raw_server(&creds)?;
+        println!("READY {raw} -");
+        std::future::pending::<()>().await;
+        anyhow::Ok(())
+    })
+}
+
+/// CPU time (user + system) used so far by process `pid`, from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|f| f.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|f| f.parse().ok()).unwrap_or(0);
+    // Linux reports these in USER_HZ, which is 100 on every mainstream configuration.
+    Duration::from_millis(ticks * 10)
+}
+
+/// The raw one-way and round-trip measurements with client and server both on
+/// multi-thread tokio runtimes (2 workers): rate, p50 round trip, CPU per message.
+fn raw_multi_thread(
+    exe: &Path,
+    server_dir: &Path,
+    client_creds: Credentials,
+    rounds: usize,
+    oneway_n: usize,
+    rtt_n: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut child = ChildProc::spawn(
+            exe,
+            &[
+                "serve",
+                "--multi-thread",
+                "--certs",
+                server_dir.to_str().context("path")?,
+            ],
+        )?;
+        let ready = child
+            .wait_line("READY", Duration::from_secs(30))
+            .await
+            .map_err(|e| anyhow!(e))?;
+        let raw_addr: SocketAddr = ready
+            .split_whitespace()
+            .next()
+            .context("raw address")?
+            .parse()?;
+        let pid = child.child.id().context("server pid")?;
+        let (_, client_cfg) = quinn_configs(&client_creds)?;
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        let conn = ep.connect_with(client_cfg, raw_addr, "actormesh")?.await?;
+        let (mut rates, mut p50s) = (Vec::new(), Vec::new());
+        let (mut cpu, mut msgs) = (Duration::ZERO, 0usize);
+        for _ in 0..rounds {
+            let before = cpu_time(pid) + cpu_time(std::process::id());
+            rates.push(raw_oneway_rate(&conn, oneway_n).await?);
+            cpu += cpu_time(pid) + cpu_time(std::process::id()) - before;
+            msgs += oneway_n;
+            p50s.push(percentile(&raw_latencies(&conn, rtt_n).await?, 0.5));
+        }
+        child.kill().await;
+        anyhow::Ok((
+            median(rates),
+            median(p50s),
+            cpu.as_nanos() as f64 / msgs as f64,
+        ))
     })
 }
 
@@ -228,6 +319,8 @@ fn messaging(rounds: usize, scale: f64) -> anyhow::Result<()> {
         let bench = node.actor_ref(mesh_addr, "bench");
         bench.ask(Echo(vec![0; PAYLOAD])).await?;
 
+        let server_pid = child.child.id().context("server pid")?;
+        let (mut ct_cpu, mut ct_msgs) = (Duration::ZERO, 0usize);
         let mut raw_oneway = Vec::new();
         let mut mesh_tell = Vec::new();
         let mut raw_pipe = Vec::new();
@@ -236,7 +329,10 @@ fn messaging(rounds: usize, scale: f64) -> anyhow::Result<()> {
         let mut mesh_lat = Vec::new();
         // Interleave raw and mesh rounds so that machine noise hits both alike.
         for _ in 0..rounds {
+            let before = cpu_time(server_pid) + cpu_time(std::process::id());
             raw_oneway.push(raw_oneway_rate(&conn, n(2_000_000.0)).await?);
+            ct_cpu += cpu_time(server_pid) + cpu_time(std::process::id()) - before;
+            ct_msgs += n(2_000_000.0);
             mesh_tell.push(mesh_tell_rate(&bench, n(500_000.0)).await?);
             raw_pipe.push(raw_pipelined_rate(&conn, n(300_000.0)).await?);
             mesh_pipe.push(mesh_pipelined_rate(&bench, n(200_000.0)).await?);
@@ -247,7 +343,7 @@ fn messaging(rounds: usize, scale: f64) -> anyhow::Result<()> {
             name: "tell_throughput",
             value: median(mesh_tell),
             unit: "msg/s",
-            baseline: median(raw_oneway),
+            baseline: median(raw_oneway.clone()),
         }
         .print();
         Line {
@@ -281,6 +377,40 @@ fn messaging(rounds: usize, scale: f64) -> anyhow::Result<()> {
         }
         .print();
         child.kill().await;
+
+        // The same raw measurements on multi-thread runtimes, for the runtime choice.
+        let ct_oneway = median(raw_oneway.clone());
+        let ct_p50 = median(raw_lat.iter().map(|l| percentile(l, 0.5)).collect());
+        let ct_cpu_per_msg = ct_cpu.as_nanos() as f64 / ct_msgs as f64;
+        let (exe, dir) = (exe.clone(), server_dir.clone());
+        let creds = client_creds.clone();
+        let (oneway_n, rtt_n) = (n(2_000_000.0), n(5_000.0));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(raw_multi_thread(&exe, &dir, creds, rounds, oneway_n, rtt_n));
+        });
+        let (mt_oneway, mt_p50, mt_cpu_per_msg) = rx.await.context("multi-thread run")??;
+        Line {
+            name: "raw_oneway_multi_thread",
+            value: mt_oneway,
+            unit: "msg/s",
+            baseline: ct_oneway,
+        }
+        .print();
+        Line {
+            name: "raw_rtt_p50_multi_thread",
+            value: mt_p50,
+            unit: "us",
+            baseline: ct_p50,
+        }
+        .print();
+        Line {
+            name: "raw_cpu_per_msg_multi_thread",
+            value: mt_cpu_per_msg,
+            unit: "ns",
+            baseline: ct_cpu_per_msg,
+        }
+        .print();
         anyhow::Ok(())
     })
 }
