@@ -48,8 +48,8 @@ pub mod cli;
 /// What most programs need: actix's prelude, serde's derives and actormesh's types.
 pub mod prelude {
     pub use crate::{
-        handler, AskError, Node, NodeConfig, RemoteMessage, RemoteRef, RestartPolicy, SpawnOptions,
-        TellError, Terminated, TerminationReason,
+        handler, AskError, Backoff, Node, NodeConfig, RemoteMessage, RemoteRef, RestartPolicy,
+        SpawnOptions, TellError, Terminated, TerminationReason,
     };
     pub use actix::prelude::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult};
     pub use serde::{Deserialize, Serialize};

@@ -294,3 +294,131 @@ async fn try_ask_reports_a_full_mailbox_instead_of_waiting() {
     open_tx.send(true).unwrap();
     assert_eq!(r.ask(GetStats).await.unwrap().notes, 2);
 }
+
+/// Keeps itself busy with a timer, so it never stops just because addresses are dropped.
+struct Ticker;
+
+impl Actor for Ticker {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(Duration::from_millis(5), |_, _| {});
+    }
+}
+
+#[actormesh::handler]
+impl Handler<Echo> for Ticker {
+    type Result = MessageResult<Echo>;
+    fn handle(&mut self, m: Echo, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(m.0)
+    }
+}
+
+#[actormesh::handler]
+impl Handler<Crash> for Ticker {
+    type Result = ();
+    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
+        panic!("ticker crashed on purpose");
+    }
+}
+
+#[actix::test]
+async fn stop_ends_an_actor_that_keeps_timers_and_is_not_restarted() {
+    let pki = TestPki::new("sup.test");
+    let a = start(&pki, "a");
+    let r = a
+        .spawn_with(
+            "ticker",
+            SpawnOptions {
+                restart: RestartPolicy::Always {
+                    max_restarts: 100,
+                    within: Duration::from_secs(60),
+                    backoff: actormesh::Backoff::default(),
+                },
+                ..Default::default()
+            },
+            || Ticker,
+        )
+        .unwrap();
+    assert_eq!(r.ask(Echo(vec![3])).await.unwrap(), vec![3]);
+    let watch = a.watch(&r);
+    assert!(a.stop("ticker"));
+    let t = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .unwrap();
+    assert_eq!(t.reason, TerminationReason::Stopped);
+    assert!(a.actor_names().is_empty(), "{:?}", a.actor_names());
+}
+
+#[actix::test]
+async fn a_crash_never_runs_queued_messages_on_the_crashed_instance() {
+    let pki = TestPki::new("sup.test");
+    let a = start(&pki, "a");
+    let r = a
+        .spawn_with(
+            "ticker",
+            SpawnOptions {
+                restart: RestartPolicy::on_failure(),
+                ..Default::default()
+            },
+            || Ticker,
+        )
+        .unwrap();
+    // Two crashes queued together: the first panics; the second must not run on the
+    // crashed instance (a second panic there would escape supervision).
+    let (c1, c2, e) = tokio::join!(r.ask(Crash), r.ask(Crash), r.ask(Echo(vec![1])));
+    assert_eq!(
+        c1,
+        Err(AskError::Panicked {
+            actor: "ticker".into()
+        })
+    );
+    assert_eq!(
+        c2,
+        Err(AskError::Panicked {
+            actor: "ticker".into()
+        })
+    );
+    assert_eq!(
+        e,
+        Err(AskError::Panicked {
+            actor: "ticker".into()
+        })
+    );
+    assert_eq!(r.ask(Echo(vec![2])).await.unwrap(), vec![2]);
+}
+
+#[actix::test]
+async fn a_factory_that_panics_on_restart_ends_the_actor() {
+    let pki = TestPki::new("sup.test");
+    let a = start(&pki, "a");
+    let made = std::cell::Cell::new(0);
+    let r = a
+        .spawn_with(
+            "ticker",
+            SpawnOptions {
+                restart: RestartPolicy::on_failure(),
+                ..Default::default()
+            },
+            move || {
+                made.set(made.get() + 1);
+                assert!(made.get() == 1, "only the first instance can be made");
+                Ticker
+            },
+        )
+        .unwrap();
+    let watch = a.watch(&r);
+    assert!(matches!(r.ask(Crash).await, Err(AskError::Panicked { .. })));
+    let t = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .unwrap();
+    assert_eq!(t.reason, TerminationReason::Panicked);
+    // A factory that panics at once is a spawn error, and the name stays free.
+    let err = a.spawn_with("bad", SpawnOptions::default(), || -> Ticker {
+        panic!("no")
+    });
+    assert!(
+        matches!(err, Err(actormesh::NodeError::Start { .. })),
+        "{err:?}"
+    );
+    a.spawn("bad", Ticker).unwrap();
+}

@@ -117,6 +117,14 @@ pub enum NodeError {
     /// The actor type has no registered remote handlers.
     #[error("actor type {0} has no #[actormesh::handler] impls, so nothing could ever reach it remotely")]
     NoHandlers(&'static str),
+    /// The actor could not be started (its factory panicked, or it was stopped at once).
+    #[error("actor {name:?} could not start: {reason}")]
+    Start {
+        /// The actor's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// Bad configuration.
     #[error("invalid node configuration: {0}")]
     Config(String),

@@ -51,11 +51,17 @@ thread_local! {
 }
 
 /// Runs `f` (dropping a crashed actor's state) so that unanswered replies report a panic.
+/// The flag is reset even if `f` unwinds.
 pub(crate) fn dropping_crashed<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            CRASH_DROP.with(|c| c.set(false));
+        }
+    }
     CRASH_DROP.with(|c| c.set(true));
-    let r = f();
-    CRASH_DROP.with(|c| c.set(false));
-    r
+    let _reset = Reset;
+    f()
 }
 
 impl RemoteReply {

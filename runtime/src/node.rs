@@ -157,8 +157,13 @@ pub(crate) struct ActorSlot {
     pub(crate) generation: AtomicU64,
     /// The newest generation that panicked.
     pub(crate) panicked: AtomicU64,
+    /// The actor has ended for good (set by `actor_ended`).
     pub(crate) stopped: AtomicBool,
-    watchers: Mutex<Vec<WatchSink>>,
+    /// `Node::stop` was called: do not restart, stop the running instance.
+    pub(crate) stop_requested: AtomicBool,
+    pub(crate) stop_signal: Notify,
+    /// `None` once the actor has ended: a watch placed later fires at once.
+    watchers: Mutex<Option<Vec<WatchSink>>>,
 }
 
 impl std::fmt::Debug for ActorSlot {
@@ -434,6 +439,19 @@ impl Peer {
 
     /// Sends a control message on the current link, connecting first if needed.
     pub(crate) fn send_control(self: &Arc<Self>, msg: Control) {
+        let current = lock(&self.state)
+            .link
+            .as_ref()
+            .filter(|c| c.link.is_alive())
+            .map(|c| c.control.clone());
+        if let Some(sink) = current {
+            // The usual case: no task, and a full control buffer (a peer that stopped
+            // reading) drops the notice instead of piling up waiters.
+            if let Err(e) = sink.try_push(|b| codec::encode_into(&msg, b)) {
+                debug!(peer = %self.addr, error = %e, "control message dropped");
+            }
+            return;
+        }
         let peer = self.clone();
         tokio::spawn(async move {
             if peer.connected_link().await.is_err() {
@@ -467,6 +485,8 @@ pub(crate) struct NodeInner {
 }
 
 const ENDED_KEPT: usize = 256;
+/// Watchers one actor may have.
+const MAX_WATCHERS: usize = 100_000;
 
 impl std::fmt::Debug for NodeInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -509,9 +529,42 @@ impl NodeInner {
 
     fn forget_remote_watchers(&self, peer: SocketAddr) {
         for slot in read(&self.actors).values() {
-            lock(&slot.watchers)
-                .retain(|w| !matches!(w, WatchSink::Remote { peer: p, .. } if *p == peer));
+            if let Some(w) = lock(&slot.watchers).as_mut() {
+                w.retain(|w| !matches!(w, WatchSink::Remote { peer: p, .. } if *p == peer));
+            }
         }
+    }
+
+    /// Adds a watcher to the actor `name`, or, if it is not running, fires it at once.
+    fn add_watcher(self: &Arc<Self>, name: &str, sink: WatchSink) {
+        let sink = match self.slot(name) {
+            Some(slot) => match lock(&slot.watchers).as_mut() {
+                Some(watchers) if watchers.len() >= MAX_WATCHERS => {
+                    // Bounded: a peer placing watches without end must not grow us.
+                    warn!(
+                        actor = name,
+                        "watch refused: the actor already has {MAX_WATCHERS} watchers"
+                    );
+                    return;
+                }
+                Some(watchers) => {
+                    // A watch placed again after a link change may be a duplicate; it only
+                    // costs one extra notice, which the watcher ignores.
+                    watchers.push(sink);
+                    return;
+                }
+                None => sink,
+            },
+            None => sink,
+        };
+        sink.fire(
+            self,
+            Terminated {
+                actor: name.to_string(),
+                node: self.endpoint.local_addr(),
+                reason: self.absent_reason(name),
+            },
+        );
     }
 
     /// The actor behind `slot` is gone for good: unregister it and tell its watchers.
@@ -531,7 +584,7 @@ impl NodeInner {
             }
             ended.push_back((slot.name.clone(), reason.clone()));
         }
-        let watchers = std::mem::take(&mut *lock(&slot.watchers));
+        let watchers = lock(&slot.watchers).take().unwrap_or_default();
         for w in watchers {
             w.fire(
                 self,
@@ -656,7 +709,9 @@ impl Node {
             generation: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
-            watchers: Mutex::new(Vec::new()),
+            stop_requested: AtomicBool::new(false),
+            stop_signal: Notify::new(),
+            watchers: Mutex::new(Some(Vec::new())),
         });
         {
             let mut actors = write(&self.inner.actors);
@@ -665,12 +720,18 @@ impl Node {
             }
             actors.insert(slot.name.clone(), slot.clone());
         }
-        supervise::start(
+        if let Err(reason) = supervise::start(
             Arc::downgrade(&self.inner),
             slot.clone(),
             factory,
             options.restart,
-        );
+        ) {
+            write(&self.inner.actors).remove(name);
+            return Err(NodeError::Start {
+                name: name.to_string(),
+                reason,
+            });
+        }
         debug!(actor = name, actor_type, "actor spawned");
         Ok(RemoteRef::local(self.clone(), slot))
     }
@@ -747,17 +808,7 @@ impl Node {
             peer.add_watch(id, target.name_arc(), sink);
             return;
         }
-        match self.inner.slot(target.name()) {
-            Some(slot) if !slot.stopped.load(Ordering::Acquire) => lock(&slot.watchers).push(sink),
-            _ => sink.fire(
-                &self.inner,
-                Terminated {
-                    actor: target.name().to_string(),
-                    node: self.local_addr(),
-                    reason: self.inner.absent_reason(target.name()),
-                },
-            ),
-        }
+        self.inner.add_watcher(target.name(), sink);
     }
 
     /// Closes every link and stops accepting new ones.
@@ -869,33 +920,18 @@ async fn serve_control(
             }
         };
         match msg {
-            Control::Watch { id, target } => match node.slot(&target) {
-                Some(slot) if !slot.stopped.load(Ordering::Acquire) => {
-                    let mut w = lock(&slot.watchers);
-                    let dup = w
-                        .iter()
-                        .any(|s| matches!(s, WatchSink::Remote { peer: p, id: i } if *p == peer.addr && *i == id));
-                    if !dup {
-                        w.push(WatchSink::Remote {
-                            peer: peer.addr,
-                            id,
-                        });
-                    }
-                }
-                _ => peer.send_control(Control::Terminated {
+            Control::Watch { id, target } => node.add_watcher(
+                &target,
+                WatchSink::Remote {
+                    peer: peer.addr,
                     id,
-                    reason: match node.absent_reason(&target) {
-                        TerminationReason::Stopped => WatchEnd::Stopped,
-                        TerminationReason::Panicked => WatchEnd::Panicked,
-                        _ => WatchEnd::NoSuchActor,
-                    },
-                }),
-            },
+                },
+            ),
             Control::Unwatch { id } => {
                 for slot in read(&node.actors).values() {
-                    lock(&slot.watchers).retain(
-                        |s| !matches!(s, WatchSink::Remote { peer: p, id: i } if *p == peer.addr && *i == id),
-                    );
+                    if let Some(w) = lock(&slot.watchers).as_mut() {
+                        w.retain(|s| !matches!(s, WatchSink::Remote { peer: p, id: i } if *p == peer.addr && *i == id));
+                    }
                 }
             }
             Control::Terminated { id, reason } => {

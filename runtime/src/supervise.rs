@@ -118,15 +118,28 @@ impl RestartBudget {
     }
 }
 
-fn instance<A, F>(slot: &ActorSlot, factory: &F) -> (ContextFut<A, Context<A>>, u64)
+/// Makes an instance and installs its address in the slot, unless a stop was requested.
+/// The factory runs inside `catch_unwind`: a factory that panics is a failed start.
+fn instance<A, F>(
+    slot: &ActorSlot,
+    factory: &F,
+) -> Result<Option<(ContextFut<A, Context<A>>, u64)>, String>
 where
     A: Actor<Context = Context<A>>,
     F: Fn() -> A,
 {
-    let fut = Context::<A>::new().into_future(factory());
+    let actor = catch_unwind(AssertUnwindSafe(factory))
+        .map_err(|p| format!("the actor factory panicked: {}", panic_text(p.as_ref())))?;
+    let fut = Context::<A>::new().into_future(actor);
+    // Checked under the address lock, which `request_stop` takes too: a stop requested
+    // while the actor restarts is never missed.
+    let mut addr = write(&slot.addr);
+    if slot.stop_requested.load(Ordering::Acquire) {
+        return Ok(None);
+    }
     let generation = slot.generation.fetch_add(1, Ordering::AcqRel) + 1;
-    *write(&slot.addr) = Some(Box::new(fut.address()));
-    (fut, generation)
+    *addr = Some(Box::new(fut.address()));
+    Ok(Some((fut, generation)))
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
@@ -143,12 +156,38 @@ pub(crate) fn start<A, F>(
     slot: Arc<ActorSlot>,
     factory: F,
     policy: RestartPolicy,
-) where
+) -> Result<(), String>
+where
     A: Actor<Context = Context<A>>,
     F: Fn() -> A + 'static,
 {
-    let first = instance(&slot, &factory);
-    actix::spawn(supervise(node, slot, factory, policy, first));
+    match instance(&slot, &factory)? {
+        Some(first) => {
+            actix::spawn(supervise(node, slot, factory, policy, first));
+            Ok(())
+        }
+        None => Err("the actor was stopped before it started".into()),
+    }
+}
+
+/// Drops a finished or crashed instance without letting it run again. actix's `Drop` for
+/// a live context polls it once more (handling what is left in its mailbox on the crashed
+/// state), so the context is terminated first; a panic in the actor's own `Drop` is caught.
+fn discard<A: Actor<Context = Context<A>>>(
+    mut fut: std::pin::Pin<Box<ContextFut<A, Context<A>>>>,
+    crashed: bool,
+) {
+    use actix::ActorContext;
+    fut.as_mut().get_mut().ctx().terminate();
+    let drop_it = AssertUnwindSafe(move || drop(fut));
+    let result = if crashed {
+        dropping_crashed(|| catch_unwind(drop_it))
+    } else {
+        catch_unwind(drop_it)
+    };
+    if let Err(p) = result {
+        error!(panic = %panic_text(p.as_ref()), "dropping an actor panicked");
+    }
 }
 
 async fn supervise<A, F>(
@@ -161,61 +200,78 @@ async fn supervise<A, F>(
     A: Actor<Context = Context<A>>,
     F: Fn() -> A + 'static,
 {
-    {
-        let mut budget = RestartBudget::default();
-        let mut current = first;
-        loop {
-            let (fut, generation) = current;
-            let mut fut = Box::pin(fut);
-            let outcome =
-                poll_fn(
-                    |cx| match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
-                        Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
-                        Ok(Poll::Pending) => Poll::Pending,
-                        Err(payload) => Poll::Ready(Err(payload)),
-                    },
-                )
-                .await;
-            let panicked = outcome.is_err();
-            if let Err(payload) = &outcome {
-                slot.panicked.store(generation, Ordering::Release);
-                error!(actor = %slot.name, actor_type = slot.actor_type, panic = %panic_text(payload.as_ref()), "actor panicked");
-                // Asks queued on the dead instance are answered with `Panicked`.
-                dropping_crashed(|| drop(fut));
-            } else {
-                drop(fut);
+    let mut budget = RestartBudget::default();
+    let mut current = first;
+    loop {
+        let (fut, generation) = current;
+        let mut fut = Box::pin(fut);
+        let stop = slot.stop_signal.notified();
+        tokio::pin!(stop);
+        let mut stopping = false;
+        let outcome = poll_fn(|cx| {
+            if !stopping && stop.as_mut().poll(cx).is_ready() {
+                // Graceful: actix runs `stopping`, then `stopped`.
+                stopping = true;
+                use actix::ActorContext;
+                fut.as_mut().get_mut().ctx().stop();
             }
-            let Some(node) = node.upgrade() else { return };
-            let stop_requested = slot.stopped.load(Ordering::Acquire);
-            let delay = match policy.limits(panicked) {
-                Some((max, within, backoff)) if !stop_requested => {
-                    budget.next(Instant::now(), max, within, backoff)
-                }
-                _ => None,
-            };
-            let Some(delay) = delay else {
-                let reason = if panicked {
-                    TerminationReason::Panicked
-                } else {
-                    TerminationReason::Stopped
-                };
-                node.actor_ended(&slot, reason);
-                return;
-            };
+            match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+                Ok(Poll::Ready(())) => Poll::Ready(Ok(())),
+                Ok(Poll::Pending) => Poll::Pending,
+                Err(payload) => Poll::Ready(Err(payload)),
+            }
+        })
+        .await;
+        let panicked = outcome.is_err();
+        if let Err(payload) = &outcome {
+            slot.panicked.store(generation, Ordering::Release);
+            *write(&slot.addr) = None;
+            error!(actor = %slot.name, actor_type = slot.actor_type, panic = %panic_text(payload.as_ref()), "actor panicked");
+        }
+        // Asks still queued on a crashed instance are answered with `Panicked`.
+        discard(fut, panicked);
+        let Some(node) = node.upgrade() else { return };
+        let mut reason = if panicked {
+            TerminationReason::Panicked
+        } else {
+            TerminationReason::Stopped
+        };
+        let delay = match policy.limits(panicked) {
+            Some((max, within, backoff)) if !slot.stop_requested.load(Ordering::Acquire) => {
+                budget.next(Instant::now(), max, within, backoff)
+            }
+            _ => None,
+        };
+        if let Some(delay) = delay {
             info!(actor = %slot.name, delay_ms = delay.as_millis() as u64, "restarting actor");
             // The new mailbox takes messages at once; they are handled after the delay.
-            current = instance(&slot, &factory);
-            drop(node);
-            actix_rt::time::sleep(delay).await;
+            match instance(&slot, &factory) {
+                Ok(Some(next)) => {
+                    drop(node);
+                    actix_rt::time::sleep(delay).await;
+                    current = next;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    error!(actor = %slot.name, error = %e, "restart failed");
+                    reason = TerminationReason::Panicked;
+                }
+            }
         }
+        node.actor_ended(&slot, reason);
+        return;
     }
 }
 
-/// Asks the actor to stop: its address is released, so it stops once its mailbox drains
-/// (running `stopping` and `stopped`), and it is not restarted.
+/// Asks the actor to stop: new messages are refused at once, `stopping` and `stopped` run,
+/// and it is not restarted.
 pub(crate) fn request_stop(slot: &ActorSlot) {
-    slot.stopped.store(true, Ordering::Release);
-    *write(&slot.addr) = None;
+    let mut addr = write(&slot.addr);
+    slot.stop_requested.store(true, Ordering::Release);
+    *addr = None;
+    drop(addr);
+    slot.stop_signal.notify_one();
 }
 
 #[cfg(test)]
