@@ -118,12 +118,12 @@ impl RestartBudget {
     }
 }
 
+/// A running actor instance and its generation number.
+type Instance<A> = (ContextFut<A, Context<A>>, u64);
+
 /// Makes an instance and installs its address in the slot, unless a stop was requested.
 /// The factory runs inside `catch_unwind`: a factory that panics is a failed start.
-fn instance<A, F>(
-    slot: &ActorSlot,
-    factory: &F,
-) -> Result<Option<(ContextFut<A, Context<A>>, u64)>, String>
+fn instance<A, F>(slot: &ActorSlot, factory: &F) -> Result<Option<Instance<A>>, String>
 where
     A: Actor<Context = Context<A>>,
     F: Fn() -> A,
@@ -195,7 +195,7 @@ async fn supervise<A, F>(
     slot: Arc<ActorSlot>,
     factory: F,
     policy: RestartPolicy,
-    first: (ContextFut<A, Context<A>>, u64),
+    first: Instance<A>,
 ) where
     A: Actor<Context = Context<A>>,
     F: Fn() -> A + 'static,
