@@ -272,3 +272,45 @@ async fn a_restarted_peer_is_reached_again_after_backoff() {
     assert_eq!(reply, vec![2]);
     reborn.kill().await;
 }
+
+#[actix::test]
+async fn a_peer_that_restarts_and_calls_back_fails_what_waited_on_its_old_process() {
+    let pki = TestPki::new("proc.test");
+    // Long idle timeouts: the restart must be noticed from the new link, not by silence.
+    let (mut child, addr) = child_node(&pki, "phoenix", 20_000).await;
+    let a = local_node(&pki, "a", 20_000);
+    a.spawn("sink", Sink::default()).unwrap();
+    let old = a.actor_ref(addr, "sink");
+    assert_eq!(old.ask(Echo(vec![1])).await.unwrap(), vec![1]);
+    let watch = a.watch(&old);
+    let started = Instant::now();
+    let pending = old.ask_timeout(Delay(60_000), Duration::from_secs(15));
+    let restart = async {
+        child.kill().await;
+        // The same node comes back on the same address (a new process: new incarnation)
+        // and calls a.
+        let (_, creds) = pki.node("phoenix");
+        let mut config = NodeConfig::new(addr);
+        config.endpoint.idle_timeout = Duration::from_secs(20);
+        config.endpoint.keep_alive = Duration::from_secs(5);
+        let reborn = Node::start(config, &creds).unwrap();
+        let back = reborn.actor_ref(a.local_addr(), "sink");
+        assert_eq!(back.ask(Echo(vec![2])).await.unwrap(), vec![2]);
+        reborn
+    };
+    let (result, _reborn) = tokio::join!(pending, restart);
+    match result {
+        Err(AskError::Unreachable { reason, .. }) => {
+            assert!(reason.contains("restarted"), "{reason}")
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let t = tokio::time::timeout(Duration::from_secs(10), watch)
+        .await
+        .unwrap();
+    assert!(
+        matches!(t.reason, TerminationReason::NodeUnreachable(ref r) if r.contains("restarted")),
+        "{t:?}"
+    );
+}

@@ -10,7 +10,10 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use crate::wire::{self, WireError};
 use actormesh_transport::codec;
-use actormesh_transport::sink::FrameSink;
+use actormesh_transport::sink::{FrameSink, PushError};
+
+use crate::node::Peer;
+use std::sync::Arc;
 
 /// A message that can cross the network: a serde type with a stable, versioned name and a
 /// typed reply (its actix `Message::Result`). Declare it with `#[derive(RemoteMessage)]`.
@@ -43,6 +46,9 @@ pub(crate) struct RemoteReply {
     sink: FrameSink,
     corr: u64,
     done: bool,
+    /// The asking node: if `sink` closed (its link was replaced), the reply takes the
+    /// current link's reply stream instead.
+    peer: Arc<Peer>,
 }
 
 thread_local! {
@@ -65,30 +71,51 @@ pub(crate) fn dropping_crashed<R>(f: impl FnOnce() -> R) -> R {
 }
 
 impl RemoteReply {
-    pub(crate) fn new(sink: FrameSink, corr: u64) -> Self {
+    pub(crate) fn new(sink: FrameSink, corr: u64, peer: Arc<Peer>) -> Self {
         Self {
             sink,
             corr,
             done: false,
+            peer,
+        }
+    }
+
+    /// Pushes one reply frame, re-routing to the current link if this one's stream closed.
+    fn push(
+        &self,
+        mut encode: impl FnMut(&mut Vec<u8>) -> Result<(), codec::CodecError>,
+    ) -> Result<(), PushError<codec::CodecError>> {
+        match self.sink.try_push(&mut encode) {
+            Err(PushError::Closed(_)) => match self.peer.reply_sink() {
+                Some(current) => current.try_push(encode),
+                None => Err(PushError::Closed("no link to the asking node".into())),
+            },
+            other => other,
         }
     }
 
     pub(crate) fn ok<R: Serialize>(mut self, value: &R) {
         self.done = true;
         let corr = self.corr;
-        let pushed = self
-            .sink
-            .try_push(|buf| wire::encode_reply_ok(buf, corr, value));
-        if let Err(e) = pushed {
-            match e {
-                actormesh_transport::sink::PushError::Encode(err) => {
-                    self.done = false;
-                    self.fail(WireError::Rejected(format!(
-                        "cannot encode the reply: {err}"
-                    )));
-                }
-                other => tracing::debug!(error = %other, "reply not sent"),
+        match self.push(|buf| wire::encode_reply_ok(buf, corr, value)) {
+            Ok(()) => {}
+            Err(PushError::Encode(err)) => {
+                self.done = false;
+                self.fail(WireError::Rejected(format!(
+                    "cannot encode the reply: {err}"
+                )));
             }
+            Err(PushError::Frame(err)) => {
+                self.done = false;
+                self.fail(WireError::Rejected(format!(
+                    "the reply is too large: {err}"
+                )));
+            }
+            Err(other) => tracing::warn!(
+                peer = %self.peer.addr,
+                error = %other,
+                "reply not sent; the caller will time out"
+            ),
         }
     }
 
@@ -102,9 +129,7 @@ impl RemoteReply {
         }
         self.done = true;
         let corr = self.corr;
-        let _ = self
-            .sink
-            .try_push(|buf| wire::encode_reply_err(buf, corr, err));
+        let _ = self.push(|buf| wire::encode_reply_err(buf, corr, err));
     }
 }
 

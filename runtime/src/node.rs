@@ -22,7 +22,7 @@ use actormesh_transport::codec;
 use actormesh_transport::codec::CodecError;
 use actormesh_transport::frame::FrameReader;
 use actormesh_transport::pki::Credentials;
-use actormesh_transport::sink::{FrameSink, PushError, IDLE_CLOSED};
+use actormesh_transport::sink::{FrameSink, PushError, FINISHED, IDLE_CLOSED};
 use actormesh_transport::{Endpoint, EndpointConfig, Link, NewLink, SpiffeId};
 
 use crate::error::NodeError;
@@ -289,7 +289,8 @@ impl Peer {
         loop {
             let sink = self.lane(target).map_err(PushError::Closed)?;
             match sink.push(&mut encode).await {
-                Err(PushError::Closed(r)) if r == IDLE_CLOSED => continue,
+                // The lane ended (idle, or its link was replaced): open a new one.
+                Err(PushError::Closed(r)) if r == IDLE_CLOSED || r == FINISHED => continue,
                 other => return other,
             }
         }
@@ -304,7 +305,7 @@ impl Peer {
         loop {
             let sink = self.lane(target).map_err(PushError::Closed)?;
             match sink.try_push(&mut encode) {
-                Err(PushError::Closed(r)) if r == IDLE_CLOSED => continue,
+                Err(PushError::Closed(r)) if r == IDLE_CLOSED || r == FINISHED => continue,
                 other => return other,
             }
         }
@@ -345,8 +346,9 @@ impl Peer {
         }
     }
 
-    fn install(self: &Arc<Self>, ctx: LinkCtx) {
+    fn install(self: &Arc<Self>, node: &Arc<NodeInner>, ctx: LinkCtx) {
         let mut st = lock(&self.state);
+        let mut restarted = false;
         if let Some(old) = st.link.take() {
             for sink in st.lanes.values() {
                 sink.finish();
@@ -355,9 +357,16 @@ impl Peer {
                 r.finish();
             }
             old.control.finish();
+            restarted = old.link.info().peer_incarnation != ctx.link.info().peer_incarnation;
         }
         st.lanes.clear();
-        // Watches placed through an earlier link are placed again on this one.
+        // A restarted peer lost its actors: what waited on the old process ends now.
+        let lost = if restarted {
+            std::mem::take(&mut st.watches)
+        } else {
+            HashMap::new()
+        };
+        // Watches placed through an earlier link to the same process are placed again.
         for (id, (target, _)) in st.watches.iter() {
             let _ = ctx.control.try_push(|b| {
                 codec::encode_into(
@@ -372,6 +381,30 @@ impl Peer {
         st.link = Some(ctx);
         drop(st);
         self.link_changed.notify_waiters();
+        if restarted {
+            let reason = "the node restarted";
+            self.fail_pending(reason);
+            self.fire_lost_watches(node, lost, reason);
+            node.forget_remote_watchers(self.addr);
+        }
+    }
+
+    fn fire_lost_watches(
+        &self,
+        node: &Arc<NodeInner>,
+        watches: HashMap<u64, (Arc<str>, WatchSink)>,
+        reason: &str,
+    ) {
+        for (_, (actor, sink)) in watches {
+            sink.fire(
+                node,
+                Terminated {
+                    actor: actor.to_string(),
+                    node: self.addr,
+                    reason: TerminationReason::NodeUnreachable(reason.to_string()),
+                },
+            );
+        }
     }
 
     /// The link `id` closed. If it was the current one, everything waiting on it fails.
@@ -387,16 +420,7 @@ impl Peer {
         };
         self.link_changed.notify_waiters();
         self.fail_pending(reason);
-        for (_, (actor, sink)) in watches {
-            sink.fire(
-                node,
-                Terminated {
-                    actor: actor.to_string(),
-                    node: self.addr,
-                    reason: TerminationReason::NodeUnreachable(reason.to_string()),
-                },
-            );
-        }
+        self.fire_lost_watches(node, watches, reason);
         node.forget_remote_watchers(self.addr);
     }
 
@@ -408,7 +432,8 @@ impl Peer {
     }
 
     /// The sink for replies to this peer, on the current link.
-    fn reply_sink(&self, node: &Arc<NodeInner>) -> Option<FrameSink> {
+    pub(crate) fn reply_sink(&self) -> Option<FrameSink> {
+        let node = self.node.upgrade()?;
         let mut st = lock(&self.state);
         let ctx = st.link.as_mut()?;
         if let Some(r) = &ctx.replies {
@@ -861,11 +886,14 @@ fn serve_link(node: Arc<NodeInner>, new: NewLink) {
     let peer = node.peer(link.info().peer_addr);
     let (control, driver) = FrameSink::new(4 * 1024 * 1024, node.config.endpoint.max_frame);
     tokio::spawn(driver.run(control_send, Vec::new(), None));
-    peer.install(LinkCtx {
-        link: link.clone(),
-        control,
-        replies: None,
-    });
+    peer.install(
+        &node,
+        LinkCtx {
+            link: link.clone(),
+            control,
+            replies: None,
+        },
+    );
     info!(peer = %link.peer(), addr = %link.info().peer_addr, "link to node up");
     tokio::spawn(serve_control(
         node.clone(),
@@ -1058,9 +1086,11 @@ async fn serve_lane(
         let reply = match lf.ask {
             Some((corr, _)) => {
                 if replies.as_ref().is_none_or(|r| r.is_closed()) {
-                    replies = peer.reply_sink(&node);
+                    replies = peer.reply_sink();
                 }
-                replies.clone().map(|sink| RemoteReply::new(sink, corr))
+                replies
+                    .clone()
+                    .map(|sink| RemoteReply::new(sink, corr, peer.clone()))
             }
             None => None,
         };

@@ -17,6 +17,10 @@ use crate::frame::{begin_frame, finish_frame, FrameError};
 /// that sees `PushError::Closed(IDLE_CLOSED)` may open a new stream and send again.
 pub const IDLE_CLOSED: &str = "closed after being idle";
 
+/// The reason a sink closed after [`FrameSink::finish`]: it sent what it had and ended
+/// its stream on purpose (for example because its link was replaced).
+pub const FINISHED: &str = "finished";
+
 /// Why a frame was not queued.
 #[derive(Debug, thiserror::Error)]
 pub enum PushError<E> {
@@ -152,9 +156,11 @@ impl FrameSink {
     pub fn finish(&self) {
         let mut st = lock(&self.shared.state);
         st.finish = true;
-        st.closed.get_or_insert_with(|| "finished".to_string());
+        st.closed.get_or_insert_with(|| FINISHED.to_string());
         drop(st);
         self.shared.wake_writer.notify_one();
+        // Senders waiting for room must learn that none will come.
+        self.shared.space.notify_waiters();
     }
 }
 
