@@ -308,3 +308,60 @@ async fn links_are_cycled_before_the_certificate_expires() {
     assert!(second.info().peer_cert_expiry > now + Duration::from_secs(600));
     assert!(SystemTime::now() < now + Duration::from_secs(3) + Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn a_peer_cannot_claim_another_nodes_address() {
+    use actormesh::transport::{codec, frame, tls};
+    let pki = TestPki::new("mtls.test");
+    let (_, a) = pki.node("a");
+    let (_, b) = pki.node("b");
+    let (_, mallory) = pki.node("mallory");
+    let (ea, eb) = (bind(&a), bind(&b));
+    let honest = eb.link(ea.local_addr()).await.unwrap();
+    // Mallory, with a valid certificate of the same trust domain, says hello as if she
+    // listened on b's address and asks to replace b's link.
+    let verifier = tls::SpiffeVerifier::new(pki.ca.cert_der(), "mtls.test").unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(mallory.chain.clone(), mallory.key.clone_key())
+        .unwrap();
+    config.alpn_protocols = vec![tls::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).unwrap();
+    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = ep
+        .connect_with(
+            quinn::ClientConfig::new(std::sync::Arc::new(crypto)),
+            ea.local_addr(),
+            "actormesh",
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut send, _recv) = conn.open_bi().await.unwrap();
+    let mut hello = actormesh::transport::PROTOCOL_VERSION
+        .to_le_bytes()
+        .to_vec();
+    // Hello { listen, incarnation, replaces } as the codec lays it out.
+    codec::encode_into(&(eb.local_addr(), 99u64, true), &mut hello).unwrap();
+    let mut out = Vec::new();
+    frame::push_frame(&mut out, &hello, 1 << 20).unwrap();
+    send.write_all(&out).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap()
+    {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, quinn::VarInt::from_u32(4))
+        }
+        other => panic!("expected the impostor's link to be closed, got {other}"),
+    }
+    // b's real link is untouched.
+    assert!(honest.is_alive());
+    let again = ea
+        .existing_link(eb.local_addr())
+        .expect("a still has b's link");
+    assert_eq!(again.peer(), &pki.id("b"));
+}

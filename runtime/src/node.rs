@@ -1060,8 +1060,20 @@ async fn serve_lane(
 ) {
     let mut slot = node.slot(&target);
     let mut replies: Option<FrameSink> = None;
+    // When the buffered frames were read from the network: an ask's time left counts from
+    // there, so frames that waited behind a full mailbox are not mistaken for fresh ones.
+    let mut received = Instant::now();
     loop {
-        let frame = match reader.next().await {
+        let next = match reader.try_next_buffered() {
+            Ok(Some(f)) => Ok(Some(f)),
+            Ok(None) => {
+                let r = reader.next().await;
+                received = Instant::now();
+                r
+            }
+            Err(e) => Err(e),
+        };
+        let frame = match next {
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(e) => {
@@ -1072,7 +1084,6 @@ async fn serve_lane(
                 return;
             }
         };
-        let received = Instant::now();
         let lf = match wire::decode_lane(&frame) {
             Ok(f) => f,
             Err(e) => {

@@ -279,9 +279,13 @@ impl RemoteRef {
         let (tx, rx) = oneshot::channel();
         lock(&peer.pending).insert(corr, tx);
         let _guard = PendingGuard { peer, corr };
-        let ms = timeout.as_millis().min(u128::from(u32::MAX)) as u32;
         let work = async {
-            let encode = |b: &mut Vec<u8>| wire::encode_ask(b, corr, ms, M::NAME, &msg);
+            // The callee gets the time left when the frame is queued, not the whole timeout.
+            let encode = |b: &mut Vec<u8>| {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let ms = left.as_millis().min(u128::from(u32::MAX)) as u32;
+                wire::encode_ask(b, corr, ms, M::NAME, &msg)
+            };
             let pushed = if wait_for_room {
                 peer.push_lane(&self.name, encode).await
             } else {

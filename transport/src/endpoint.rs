@@ -189,9 +189,17 @@ struct Hello {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum HelloReply {
-    Accepted { incarnation: u64 },
-    VersionMismatch { ours: u32 },
+    Accepted {
+        incarnation: u64,
+    },
+    VersionMismatch {
+        ours: u32,
+    },
     Duplicate,
+    /// Another identity holds a live link for the claimed address.
+    AddressTaken {
+        holder: String,
+    },
 }
 
 /// The acceptor's decision on a new incoming link.
@@ -434,7 +442,16 @@ impl Endpoint {
                 }
                 continue;
             }
+            // If this future is dropped mid-dial, the guard clears `dialing` so that later
+            // calls dial again instead of waiting for a dial that no one drives.
+            let guard = DialingGuard {
+                inner,
+                addr,
+                armed: true,
+            };
             let result = dial(inner, addr, false).await;
+            let mut guard = guard;
+            guard.armed = false;
             let outcome = {
                 let mut peers = lock(&inner.peers);
                 let entry = peers.entry(addr).or_default();
@@ -487,6 +504,23 @@ impl Endpoint {
         self.inner
             .quinn
             .close(VarInt::from_u32(close_code::NORMAL), b"shutdown");
+    }
+}
+
+struct DialingGuard<'a> {
+    inner: &'a Arc<Inner>,
+    addr: SocketAddr,
+    armed: bool,
+}
+
+impl Drop for DialingGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            if let Some(e) = lock(&self.inner.peers).get_mut(&self.addr) {
+                e.dialing = false;
+            }
+            self.inner.changed.notify_waiters();
+        }
     }
 }
 
@@ -674,6 +708,13 @@ async fn dial(inner: &Arc<Inner>, addr: SocketAddr, replaces: bool) -> Result<Ne
             theirs: ours,
         })),
         HelloReply::Duplicate => Err(DialError::Duplicate),
+        HelloReply::AddressTaken { holder } => Err(fail(TransportError::Protocol {
+            addr,
+            reason: format!(
+                "the peer refused our claim to listen on {}: {holder} holds a live link for that address",
+                inner.local_addr
+            ),
+        })),
     }
 }
 
@@ -813,14 +854,16 @@ async fn accept_one(inner: &Arc<Inner>, incoming: quinn::Incoming) -> Result<(),
     let decision = {
         let mut peers = lock(&inner.peers);
         let entry = peers.entry(peer_addr).or_default();
-        let existing = entry
-            .link
-            .as_ref()
-            .filter(|l| l.is_alive())
-            .map(|l| Existing {
-                dialed_by_us: l.info.dialed_by_us,
-                peer_incarnation: l.info.peer_incarnation,
-            });
+        let live = entry.link.as_ref().filter(|l| l.is_alive());
+        // The address comes from the peer's own Hello, so it is only a claim: while one
+        // identity has a live link for an address, no other identity may take it over.
+        let holder = live
+            .filter(|l| l.info.peer != link.info.peer)
+            .map(|l| l.info.peer.clone());
+        let existing = live.map(|l| Existing {
+            dialed_by_us: l.info.dialed_by_us,
+            peer_incarnation: l.info.peer_incarnation,
+        });
         let decision = admit(
             (&me, inner.local_addr),
             (&link.info.peer, peer_addr),
@@ -829,11 +872,31 @@ async fn accept_one(inner: &Arc<Inner>, incoming: quinn::Incoming) -> Result<(),
             hello.incarnation,
             hello.replaces,
         );
-        if decision == Admission::Accept {
+        if holder.is_none() && decision == Admission::Accept {
             entry.failures = 0;
             entry.retry_at = None;
         }
-        decision
+        holder.map_or(Ok(decision), Err)
+    };
+    let decision = match decision {
+        Ok(d) => d,
+        Err(holder) => {
+            warn!(claimed = %peer_addr, claimant = %link.info.peer, %holder, "refused a link claiming another node's address");
+            let out = reply_and(HelloReply::AddressTaken {
+                holder: holder.to_string(),
+            })?;
+            let _ = send.write_all(&out).await;
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            link.close(close_code::PROTOCOL, "address claimed by another identity");
+            return Err(TransportError::Protocol {
+                addr: remote,
+                reason: format!(
+                    "{} claimed {peer_addr}, which {holder} holds",
+                    link.info.peer
+                ),
+            });
+        }
     };
     match decision {
         Admission::Duplicate => {

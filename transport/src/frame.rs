@@ -80,8 +80,8 @@ impl FrameDecoder {
             return Err(FrameError::TooLarge { len, max: self.max });
         }
         if self.buf.len() < LEN_PREFIX + len {
-            // Make room for the rest of this frame only: never more than `max`.
-            self.buf.reserve(LEN_PREFIX + len - self.buf.len());
+            // Memory grows only as bytes arrive (the reader adds 64 KiB at a time): a
+            // length prefix alone reserves nothing.
             return Ok(None);
         }
         self.buf.advance(LEN_PREFIX);
