@@ -98,9 +98,10 @@ async fn garbage_and_oversized_frames_are_refused_and_the_node_keeps_serving() {
     let mut lane_header = Vec::new();
     actormesh::transport::frame::push_frame(
         &mut lane_header,
-        &actormesh_runtime::wire::encode_header(&actormesh_runtime::wire::StreamHeader::Lane(
-            "sink".into(),
-        )),
+        &actormesh_runtime::wire::encode_header(&actormesh_runtime::wire::StreamHeader::Lane {
+            id: 1,
+            target: "sink".into(),
+        }),
         1 << 20,
     )
     .unwrap();

@@ -290,7 +290,10 @@ async fn links_are_cycled_before_the_certificate_expires() {
         now - Duration::from_secs(1),
         now + Duration::from_secs(3),
     );
-    let (ea, eb) = (bind(&a), bind(&short));
+    // Without a layer above to drain it, the replaced link is closed by the fallback.
+    let mut c = config();
+    c.retire_after = Duration::from_millis(500);
+    let (ea, eb) = (Endpoint::bind(c, &a).unwrap().0, bind(&short));
     let first = ea.link(eb.local_addr()).await.unwrap();
     let renewed = pki
         .ca

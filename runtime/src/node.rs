@@ -210,17 +210,81 @@ pub(crate) enum Reply {
     Lost(String),
 }
 
+/// Set once everything sent on a lane has been read by the receiver (or can no longer
+/// be: its link is gone).
+#[derive(Debug, Default)]
+pub(crate) struct Drained {
+    done: AtomicBool,
+    notify: Notify,
+}
+
+impl Drained {
+    fn set(&self) {
+        self.done.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    fn is_set(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts the streams being read on one link, so a retired link is closed only once
+/// everything the peer sent on it has been read.
+#[derive(Debug, Default)]
+struct StreamCount {
+    open: std::sync::atomic::AtomicUsize,
+    changed: Notify,
+}
+
+struct StreamGuard(Arc<StreamCount>);
+
+impl StreamGuard {
+    fn new(count: &Arc<StreamCount>) -> Self {
+        count.open.fetch_add(1, Ordering::AcqRel);
+        Self(count.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+}
+
+#[derive(Debug)]
+struct Lane {
+    sink: FrameSink,
+    drained: Arc<Drained>,
+}
+
 #[derive(Debug)]
 struct LinkCtx {
     link: Link,
     control: FrameSink,
     replies: Option<FrameSink>,
+    incoming: Arc<StreamCount>,
 }
 
 #[derive(Debug, Default)]
 struct PeerState {
     link: Option<LinkCtx>,
-    lanes: HashMap<Arc<str>, FrameSink>,
+    lanes: HashMap<Arc<str>, Lane>,
+    /// Lanes whose `LaneDone` has not arrived yet, by lane id.
+    draining: HashMap<u64, Arc<Drained>>,
     watches: HashMap<u64, (Arc<str>, WatchSink)>,
 }
 
@@ -233,6 +297,7 @@ pub(crate) struct Peer {
     link_changed: Notify,
     pub(crate) pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
     next_corr: AtomicU64,
+    next_lane: AtomicU64,
 }
 
 impl Peer {
@@ -244,29 +309,48 @@ impl Peer {
     fn lane(self: &Arc<Self>, target: &Arc<str>) -> Result<FrameSink, String> {
         let node = self.node.upgrade().ok_or("the node is shut down")?;
         let mut st = lock(&self.state);
-        if let Some(sink) = st.lanes.get(target) {
-            if !sink.is_closed() {
-                return Ok(sink.clone());
-            }
-        }
+        let previous = match st.lanes.get(target) {
+            Some(lane) if !lane.sink.is_closed() => return Ok(lane.sink.clone()),
+            Some(lane) => Some(lane.drained.clone()).filter(|d| !d.is_set()),
+            None => None,
+        };
         let (sink, driver) =
             FrameSink::new(node.config.lane_high_water, node.config.endpoint.max_frame);
-        st.lanes.insert(target.clone(), sink.clone());
+        let id = self.next_lane.fetch_add(1, Ordering::Relaxed);
+        let drained = Arc::new(Drained::default());
+        st.draining.insert(id, drained.clone());
+        st.lanes.insert(
+            target.clone(),
+            Lane {
+                sink: sink.clone(),
+                drained: drained.clone(),
+            },
+        );
         drop(st);
+        let mut header = Vec::new();
+        let body = wire::encode_header(&StreamHeader::Lane {
+            id,
+            target: target.to_string(),
+        });
+        actormesh_transport::frame::push_frame(&mut header, &body, usize::MAX)
+            .map_err(|e| e.to_string())?;
         let peer = self.clone();
         let idle = node.config.lane_idle_close;
-        let header = {
-            let mut h = Vec::new();
-            let body = wire::encode_header(&StreamHeader::Lane(target.to_string()));
-            actormesh_transport::frame::push_frame(&mut h, &body, usize::MAX)
-                .map_err(|e| e.to_string())?;
-            h
-        };
         tokio::spawn(async move {
+            // Order across lanes: this lane's stream opens only once the receiver has read
+            // the previous lane to this actor to its end. Frames wait in the buffer.
+            if let Some(previous) = previous {
+                previous.wait().await;
+            }
             match peer.connected_link().await {
                 Ok(link) => match link.connection().open_uni().await {
                     Ok(stream) => {
-                        let _ = driver.run(stream, header, Some(idle)).await;
+                        if driver.run(stream, header, Some(idle)).await.is_ok() {
+                            tokio::select! {
+                                _ = drained.wait() => {}
+                                _ = link.connection().closed() => {}
+                            }
+                        }
                     }
                     Err(e) => driver.abort(&e.to_string()),
                 },
@@ -275,8 +359,17 @@ impl Peer {
                     driver.abort(&reason);
                 }
             }
+            lock(&peer.state).draining.remove(&id);
+            drained.set();
         });
         Ok(sink)
+    }
+
+    fn lane_done(&self, id: u64) {
+        let drained = lock(&self.state).draining.remove(&id);
+        if let Some(d) = drained {
+            d.set();
+        }
     }
 
     /// Appends one frame to the lane to `target`, waiting while it is full. A lane that
@@ -350,16 +443,17 @@ impl Peer {
         let mut st = lock(&self.state);
         let mut restarted = false;
         if let Some(old) = st.link.take() {
-            for sink in st.lanes.values() {
-                sink.finish();
+            for lane in st.lanes.values() {
+                lane.sink.finish();
             }
             if let Some(r) = &old.replies {
                 r.finish();
             }
             old.control.finish();
             restarted = old.link.info().peer_incarnation != ctx.link.info().peer_incarnation;
+            let lanes: Vec<Arc<Drained>> = st.lanes.values().map(|l| l.drained.clone()).collect();
+            tokio::spawn(retire(old, lanes, node.config.endpoint.idle_timeout * 6));
         }
-        st.lanes.clear();
         // A restarted peer lost its actors: what waited on the old process ends now.
         let lost = if restarted {
             std::mem::take(&mut st.watches)
@@ -408,6 +502,7 @@ impl Peer {
     }
 
     /// The link `id` closed. If it was the current one, everything waiting on it fails.
+    /// (Lanes on it end by themselves: their streams fail with the connection.)
     fn link_closed(self: &Arc<Self>, node: &Arc<NodeInner>, id: u64, reason: &str) {
         let watches = {
             let mut st = lock(&self.state);
@@ -533,6 +628,7 @@ impl NodeInner {
                     link_changed: Notify::new(),
                     pending: Mutex::new(HashMap::new()),
                     next_corr: AtomicU64::new(1),
+                    next_lane: AtomicU64::new(1),
                 })
             })
             .clone()
@@ -800,7 +896,7 @@ impl Node {
             return 0;
         };
         let st = lock(&peer.state);
-        st.lanes.values().filter(|s| !s.is_closed()).count()
+        st.lanes.values().filter(|l| !l.sink.is_closed()).count()
     }
 
     /// Names of the actors hosted here.
@@ -867,6 +963,35 @@ impl std::future::Future for Watch {
     }
 }
 
+/// Closes a replaced link once it has nothing left to deliver: every lane we sent on it
+/// was read to its end by the peer, and every stream the peer sent on it was read by us.
+/// `limit` bounds the wait (a peer that never drains cannot keep a link open for ever).
+async fn retire(old: LinkCtx, lanes: Vec<Arc<Drained>>, limit: Duration) {
+    let drained = async {
+        for lane in &lanes {
+            lane.wait().await;
+        }
+        loop {
+            let changed = old.incoming.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if old.incoming.open.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            changed.await;
+        }
+    };
+    tokio::select! {
+        _ = drained => debug!(peer = %old.link.peer(), "replaced link drained"),
+        _ = tokio::time::sleep(limit) => warn!(peer = %old.link.peer(), "replaced link did not drain in {limit:?}; closing it"),
+        _ = old.link.connection().closed() => return,
+    }
+    old.link.close(
+        actormesh_transport::endpoint::close_code::REPLACED,
+        "replaced by a newer link",
+    );
+}
+
 async fn link_loop(
     node: Weak<NodeInner>,
     mut links: tokio::sync::mpsc::UnboundedReceiver<NewLink>,
@@ -886,12 +1011,14 @@ fn serve_link(node: Arc<NodeInner>, new: NewLink) {
     let peer = node.peer(link.info().peer_addr);
     let (control, driver) = FrameSink::new(4 * 1024 * 1024, node.config.endpoint.max_frame);
     tokio::spawn(driver.run(control_send, Vec::new(), None));
+    let incoming = Arc::new(StreamCount::default());
     peer.install(
         &node,
         LinkCtx {
             link: link.clone(),
             control,
             replies: None,
+            incoming: incoming.clone(),
         },
     );
     info!(peer = %link.peer(), addr = %link.info().peer_addr, "link to node up");
@@ -905,7 +1032,12 @@ fn serve_link(node: Arc<NodeInner>, new: NewLink) {
     let (n2, p2, l2) = (node.clone(), peer.clone(), link.clone());
     tokio::spawn(async move {
         while let Ok(stream) = conn.accept_uni().await {
-            tokio::spawn(serve_stream(n2.clone(), p2.clone(), l2.clone(), stream));
+            let guard = StreamGuard::new(&incoming);
+            let (n, p, l) = (n2.clone(), p2.clone(), l2.clone());
+            tokio::spawn(async move {
+                serve_stream(n, p, l, stream).await;
+                drop(guard);
+            });
         }
     });
     tokio::spawn(async move {
@@ -955,6 +1087,7 @@ async fn serve_control(
                     id,
                 },
             ),
+            Control::LaneDone { id } => peer.lane_done(id),
             Control::Unwatch { id } => {
                 for slot in read(&node.actors).values() {
                     if let Some(w) = lock(&slot.watchers).as_mut() {
@@ -1006,7 +1139,11 @@ async fn serve_stream(
         }
     };
     match wire::decode_header(&header) {
-        Ok(StreamHeader::Lane(target)) => serve_lane(node, peer, link, target, reader).await,
+        Ok(StreamHeader::Lane { id, target }) => {
+            if serve_lane(node, peer.clone(), link, target, reader).await {
+                peer.send_control(Control::LaneDone { id });
+            }
+        }
         Ok(StreamHeader::Replies) => serve_replies(peer, link, reader).await,
         Err(e) => {
             warn!(peer = %link.peer(), error = %e, "stream closed: unknown header");
@@ -1051,13 +1188,14 @@ async fn serve_replies(peer: Arc<Peer>, link: Link, mut reader: FrameReader<quin
     }
 }
 
+/// Reads one lane and delivers its frames; true if it was read to a clean end.
 async fn serve_lane(
     node: Arc<NodeInner>,
     peer: Arc<Peer>,
     link: Link,
     target: String,
     mut reader: FrameReader<quinn::RecvStream>,
-) {
+) -> bool {
     let mut slot = node.slot(&target);
     let mut replies: Option<FrameSink> = None;
     // When the buffered frames were read from the network: an ask's time left counts from
@@ -1075,13 +1213,13 @@ async fn serve_lane(
         };
         let frame = match next {
             Ok(Some(f)) => f,
-            Ok(None) => return,
+            Ok(None) => return true,
             Err(e) => {
                 warn!(peer = %link.peer(), actor = %target, error = %e, "lane closed: bad frame");
                 let _ = reader
                     .get_mut()
                     .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
-                return;
+                return false;
             }
         };
         let lf = match wire::decode_lane(&frame) {
@@ -1091,7 +1229,7 @@ async fn serve_lane(
                 let _ = reader
                     .get_mut()
                     .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
-                return;
+                return false;
             }
         };
         let reply = match lf.ask {

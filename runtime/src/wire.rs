@@ -12,8 +12,15 @@ use actormesh_transport::codec::{self, CodecError};
 /// First frame of a stream: what the stream carries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StreamHeader {
-    /// Tells and asks for the actor named here.
-    Lane(String),
+    /// Tells and asks for the actor named `target`. `id` is unique per sending process;
+    /// the receiver reports it back in [`Control::LaneDone`] once it has read the lane to
+    /// its end.
+    Lane {
+        /// Lane id chosen by the sender.
+        id: u64,
+        /// The target actor's name.
+        target: String,
+    },
     /// Replies to asks sent by the receiving node.
     Replies,
 }
@@ -33,9 +40,10 @@ pub struct Malformed(pub &'static str);
 /// Encodes a stream header frame body.
 pub fn encode_header(h: &StreamHeader) -> Vec<u8> {
     match h {
-        StreamHeader::Lane(target) => {
-            let mut v = Vec::with_capacity(1 + target.len());
+        StreamHeader::Lane { id, target } => {
+            let mut v = Vec::with_capacity(9 + target.len());
             v.push(HEADER_LANE);
+            v.extend_from_slice(&id.to_le_bytes());
             v.extend_from_slice(target.as_bytes());
             v
         }
@@ -46,9 +54,17 @@ pub fn encode_header(h: &StreamHeader) -> Vec<u8> {
 /// Decodes a stream header frame body.
 pub fn decode_header(b: &[u8]) -> Result<StreamHeader, Malformed> {
     match b.split_first() {
-        Some((&HEADER_LANE, name)) => std::str::from_utf8(name)
-            .map(|s| StreamHeader::Lane(s.to_string()))
-            .map_err(|_| Malformed("lane target is not UTF-8")),
+        Some((&HEADER_LANE, rest)) => {
+            let mut rest = rest;
+            let id = take(&mut rest, 8, "lane header too short for its id")?;
+            let id = u64::from_le_bytes(id.try_into().map_err(|_| Malformed("lane id"))?);
+            let target =
+                std::str::from_utf8(rest).map_err(|_| Malformed("lane target is not UTF-8"))?;
+            Ok(StreamHeader::Lane {
+                id,
+                target: target.to_string(),
+            })
+        }
         Some((&HEADER_REPLIES, [])) => Ok(StreamHeader::Replies),
         _ => Err(Malformed("unknown stream header")),
     }
@@ -199,6 +215,13 @@ pub enum Control {
         /// The watch.
         id: u64,
     },
+    /// The sender's lane `id` has been read to its end: everything sent on it has reached
+    /// the target's mailbox (or been answered with an error). Only then does the sender
+    /// open its next lane to that actor, so a new lane never overtakes an old one.
+    LaneDone {
+        /// The lane.
+        id: u64,
+    },
     /// The actor of watch `id` has stopped (or never existed).
     Terminated {
         /// The watch.
@@ -250,6 +273,12 @@ mod tests {
         assert!(decode_lane(&[9]).is_err());
         assert!(decode_reply(&[1, 2, 3]).is_err());
         assert!(decode_header(&[7]).is_err());
+        assert!(decode_header(&[1, 2, 3]).is_err());
+        let h = StreamHeader::Lane {
+            id: 77,
+            target: "sink".into(),
+        };
+        assert_eq!(decode_header(&encode_header(&h)).unwrap(), h);
     }
 
     #[test]

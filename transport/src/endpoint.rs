@@ -67,6 +67,9 @@ pub struct EndpointConfig {
     pub max_streams: u32,
     /// Protocol version announced (tests change it to check the mismatch error).
     pub protocol_version: u32,
+    /// A replaced link is closed after this long at the latest. The layer above closes it
+    /// sooner, once it has drained (see `actormesh-runtime`); this bounds the wait.
+    pub retire_after: Duration,
 }
 
 impl EndpointConfig {
@@ -84,6 +87,7 @@ impl EndpointConfig {
             connection_window: 16 * 1024 * 1024,
             max_streams: 4096,
             protocol_version: PROTOCOL_VERSION,
+            retire_after: Duration::from_secs(60),
         }
     }
 
@@ -552,7 +556,7 @@ fn rand_u64() -> u64 {
 fn install(inner: &Arc<Inner>, entry: &mut PeerEntry, new: NewLink) {
     if let Some(old) = entry.link.replace(new.link.clone()) {
         if old.info.id != new.link.info.id {
-            retire(old);
+            retire(old, inner.config.retire_after);
         }
     }
     if new.link.info.dialed_by_us {
@@ -562,11 +566,11 @@ fn install(inner: &Arc<Inner>, entry: &mut PeerEntry, new: NewLink) {
     let _ = inner.links_tx.send(new);
 }
 
-/// Lets in-flight data on a replaced link arrive, then closes it.
-fn retire(old: Link) {
+/// Closes a replaced link after `after` at the latest, so data in flight can still arrive.
+fn retire(old: Link, after: Duration) {
     tokio::spawn(async move {
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::time::sleep(after) => {}
             _ = old.conn.closed() => {}
         }
         old.close(close_code::REPLACED, "replaced by a newer link");
