@@ -29,6 +29,7 @@
 
 mod deadline;
 mod error;
+mod mailbox;
 mod message;
 mod node;
 mod remote_ref;

@@ -6,14 +6,15 @@ use std::cell::Cell;
 use actix::dev::MessageResponse;
 use actix::{Actor, Addr, Context, Handler};
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use std::sync::Arc;
+use tokio::sync::oneshot;
 
-use crate::wire::{self, WireError};
 use actormesh_transport::codec;
 use actormesh_transport::sink::{FrameSink, PushError};
 
+use crate::mailbox::Permit;
 use crate::node::Peer;
-use std::sync::Arc;
+use crate::wire::{self, WireError};
 
 /// A message that can cross the network: a serde type with a stable, versioned name and a
 /// typed reply (its actix `Message::Result`). Declare it with `#[derive(RemoteMessage)]`.
@@ -151,7 +152,7 @@ impl Drop for RemoteReply {
 pub struct Delivery<M: RemoteMessage> {
     msg: M,
     reply: ReplyTo<M::Result>,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<Permit>,
 }
 
 impl<M: RemoteMessage> std::fmt::Debug for Delivery<M> {
@@ -167,11 +168,7 @@ impl<M: RemoteMessage> actix::Message for Delivery<M> {
 }
 
 impl<M: RemoteMessage> Delivery<M> {
-    pub(crate) fn new(
-        msg: M,
-        reply: ReplyTo<M::Result>,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Self {
+    pub(crate) fn new(msg: M, reply: ReplyTo<M::Result>, permit: Option<Permit>) -> Self {
         Self {
             msg,
             reply,
@@ -234,12 +231,8 @@ pub(crate) enum DeliverError {
 }
 
 /// Decodes a payload and queues it for the actor behind the address.
-pub(crate) type RemoteDeliverFn = fn(
-    &ErasedAddr,
-    &[u8],
-    Option<RemoteReply>,
-    Option<OwnedSemaphorePermit>,
-) -> Result<(), DeliverError>;
+pub(crate) type RemoteDeliverFn =
+    fn(&ErasedAddr, &[u8], Option<RemoteReply>, Option<Permit>) -> Result<(), DeliverError>;
 
 /// One `impl Handler<M> for A` registered by `#[actormesh::handler]`.
 #[derive(Debug)]
@@ -274,7 +267,7 @@ fn deliver_remote<A, M>(
     addr: &ErasedAddr,
     payload: &[u8],
     reply: Option<RemoteReply>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Permit>,
 ) -> Result<(), DeliverError>
 where
     A: Actor<Context = Context<A>> + Handler<Delivery<M>>,

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Context, Recipient};
 use bytes::Bytes;
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{oneshot, Notify};
 use tracing::{debug, info, warn};
 
 use actormesh_transport::codec;
@@ -26,6 +26,7 @@ use actormesh_transport::sink::{FrameSink, PushError, FINISHED, IDLE_CLOSED};
 use actormesh_transport::{Endpoint, EndpointConfig, Link, NewLink, SpiffeId};
 
 use crate::error::NodeError;
+use crate::mailbox::MailboxGate;
 use crate::message::{handlers_of, ErasedAddr, HandlerEntry, RemoteReply};
 use crate::remote_ref::RemoteRef;
 use crate::supervise::{self, RestartPolicy};
@@ -151,8 +152,7 @@ pub(crate) struct ActorSlot {
     pub(crate) by_name: HashMap<&'static str, &'static HandlerEntry>,
     /// Few entries per actor: a scan of TypeIds beats hashing them.
     pub(crate) by_type: Vec<(TypeId, &'static HandlerEntry)>,
-    pub(crate) permits: Arc<Semaphore>,
-    pub(crate) capacity: usize,
+    pub(crate) permits: Arc<MailboxGate>,
     /// Incremented each time an instance starts.
     pub(crate) generation: AtomicU64,
     /// The newest generation that panicked.
@@ -825,8 +825,7 @@ impl Node {
             addr: RwLock::new(None),
             by_name: entries.iter().map(|e| (e.name, *e)).collect(),
             by_type: entries.iter().map(|e| ((e.message)(), *e)).collect(),
-            permits: Arc::new(Semaphore::new(capacity)),
-            capacity,
+            permits: MailboxGate::new(capacity),
             generation: AtomicU64::new(0),
             panicked: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
@@ -885,9 +884,7 @@ impl Node {
 
     /// Messages waiting in the mailbox of actor `name` (queued, not yet handled).
     pub fn mailbox_depth(&self, name: &str) -> Option<usize> {
-        self.inner
-            .slot(name)
-            .map(|s| s.capacity - s.permits.available_permits())
+        self.inner.slot(name).map(|s| s.permits.depth())
     }
 
     /// Open lanes (streams to remote actors) from this node to the node at `addr`.
@@ -1268,12 +1265,9 @@ async fn serve_lane(
         };
         // A full mailbox stops this lane (and only this lane) until there is room: QUIC
         // flow control then pushes back on the sender of this lane.
-        let permit = match s.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => match s.permits.clone().acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => continue,
-            },
+        let permit = match s.permits.try_acquire() {
+            Some(p) => p,
+            None => s.permits.acquire().await,
         };
         if let Some((_, ms)) = lf.ask {
             if received.elapsed() > Duration::from_millis(u64::from(ms)) {

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, TryAcquireError};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use actormesh_transport::codec;
@@ -117,10 +117,7 @@ impl RemoteRef {
                 let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
                     return Err(TellError::UnknownMessage(msg));
                 };
-                let permit = match slot.permits.clone().acquire_owned().await {
-                    Ok(p) => p,
-                    Err(_) => return Err(TellError::NoSuchActor(msg)),
-                };
+                let permit = slot.permits.acquire().await;
                 deliver_local(
                     &slot,
                     entry,
@@ -148,10 +145,8 @@ impl RemoteRef {
                 let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
                     return Err(TellError::UnknownMessage(msg));
                 };
-                let permit = match slot.permits.clone().try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(TryAcquireError::NoPermits) => return Err(TellError::Full(msg)),
-                    Err(TryAcquireError::Closed) => return Err(TellError::NoSuchActor(msg)),
+                let Some(permit) = slot.permits.try_acquire() else {
+                    return Err(TellError::Full(msg));
                 };
                 deliver_local(
                     &slot,
@@ -233,14 +228,13 @@ impl RemoteRef {
             });
         };
         // The clock is read only when the mailbox is full; the fast path needs no time.
-        let (permit, remaining) = match slot.permits.clone().try_acquire_owned() {
-            Ok(p) => (p, timeout),
-            Err(_) if !wait_for_room => return Err(self.mailbox_full()),
-            Err(_) => {
+        let (permit, remaining) = match slot.permits.try_acquire() {
+            Some(p) => (p, timeout),
+            None if !wait_for_room => return Err(self.mailbox_full()),
+            None => {
                 let start = Instant::now();
-                match tokio::time::timeout(timeout, slot.permits.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => (p, timeout.saturating_sub(start.elapsed())),
-                    Ok(Err(_)) => return Err(self.stopped()),
+                match tokio::time::timeout(timeout, slot.permits.acquire()).await {
+                    Ok(p) => (p, timeout.saturating_sub(start.elapsed())),
                     Err(_) => return Err(AskError::Timeout { after: timeout }),
                 }
             }
