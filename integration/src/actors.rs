@@ -61,11 +61,44 @@ pub struct StopSelf;
 #[remote(name = "test.Nobody/v1", reply = ())]
 pub struct Nobody;
 
+/// Holds an actor's mailbox shut (without blocking the thread) until its gate opens.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "test.Hold/v1")]
+pub struct Hold;
+
+/// What an actor has received: notes, and sequences checked for order per sender.
+#[derive(Debug, Default)]
+pub struct Tally {
+    stats: Stats,
+    last: std::collections::HashMap<u32, u64>,
+}
+
+impl Tally {
+    pub fn note(&mut self) {
+        self.stats.notes += 1;
+    }
+
+    pub fn seq(&mut self, m: &Seq) {
+        if self.stats.seq_seen == 0 {
+            self.stats.seq_in_order = true;
+        }
+        let last = self.last.entry(m.sender).or_insert(0);
+        if m.n != *last + 1 {
+            self.stats.seq_in_order = false;
+        }
+        *last = m.n;
+        self.stats.seq_seen += 1;
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats.clone()
+    }
+}
+
 /// Answers echoes, counts notes, checks per-sender order, can block, crash and stop.
 #[derive(Debug, Default)]
 pub struct Sink {
-    stats: Stats,
-    last: std::collections::HashMap<u32, u64>,
+    tally: Tally,
 }
 
 impl Actor for Sink {
@@ -84,7 +117,7 @@ impl Handler<Echo> for Sink {
 impl Handler<Note> for Sink {
     type Result = ();
     fn handle(&mut self, _: Note, _: &mut Context<Self>) {
-        self.stats.notes += 1;
+        self.tally.note();
     }
 }
 
@@ -92,15 +125,7 @@ impl Handler<Note> for Sink {
 impl Handler<Seq> for Sink {
     type Result = ();
     fn handle(&mut self, m: Seq, _: &mut Context<Self>) {
-        if self.stats.seq_seen == 0 {
-            self.stats.seq_in_order = true;
-        }
-        let last = self.last.entry(m.sender).or_insert(0);
-        if m.n != *last + 1 {
-            self.stats.seq_in_order = false;
-        }
-        *last = m.n;
-        self.stats.seq_seen += 1;
+        self.tally.seq(&m);
     }
 }
 
@@ -108,7 +133,7 @@ impl Handler<Seq> for Sink {
 impl Handler<GetStats> for Sink {
     type Result = MessageResult<GetStats>;
     fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.stats.clone())
+        MessageResult(self.tally.stats())
     }
 }
 
@@ -145,5 +170,78 @@ impl Handler<StopSelf> for Sink {
     type Result = ();
     fn handle(&mut self, _: StopSelf, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+/// Like [`Sink`] for notes, sequences and echoes, but its mailbox can be held shut with
+/// [`Hold`] until the watch channel it was made with says `true`.
+#[derive(Debug)]
+pub struct Gate {
+    open: tokio::sync::watch::Receiver<bool>,
+    tally: Tally,
+}
+
+impl Gate {
+    pub fn new(open: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self {
+            open,
+            tally: Tally::default(),
+        }
+    }
+}
+
+impl Actor for Gate {
+    type Context = Context<Self>;
+}
+
+#[handler]
+impl Handler<Hold> for Gate {
+    type Result = ();
+    fn handle(&mut self, _: Hold, ctx: &mut Context<Self>) {
+        let mut open = self.open.clone();
+        // `wait` stops this actor's mailbox, and only this actor's, until the gate opens.
+        ctx.wait(actix::fut::wrap_future(async move {
+            let _ = open.wait_for(|o| *o).await;
+        }));
+    }
+}
+
+#[handler]
+impl Handler<Note> for Gate {
+    type Result = ();
+    fn handle(&mut self, _: Note, _: &mut Context<Self>) {
+        self.tally.note();
+    }
+}
+
+#[handler]
+impl Handler<Seq> for Gate {
+    type Result = ();
+    fn handle(&mut self, m: Seq, _: &mut Context<Self>) {
+        self.tally.seq(&m);
+    }
+}
+
+#[handler]
+impl Handler<GetStats> for Gate {
+    type Result = MessageResult<GetStats>;
+    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.tally.stats())
+    }
+}
+
+#[handler]
+impl Handler<Echo> for Gate {
+    type Result = MessageResult<Echo>;
+    fn handle(&mut self, m: Echo, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(m.0)
+    }
+}
+
+#[handler]
+impl Handler<Crash> for Gate {
+    type Result = ();
+    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
+        panic!("gate crashed on purpose");
     }
 }

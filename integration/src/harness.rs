@@ -61,3 +61,18 @@ impl ChildProc {
         let _ = self.child.kill().await;
     }
 }
+
+/// Checks `cond` every millisecond until it holds or `limit` passes; returns whether it
+/// held. For states that have no event to wait on (a counter reaching a value).
+pub async fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -59,6 +59,41 @@ impl TestPki {
     pub fn ca_dir(&self) -> &Path {
         &self.dir
     }
+
+    /// A plain quinn client that trusts this CA and presents `creds` (or no certificate),
+    /// for tests that speak to a node below the actormesh API.
+    pub fn raw_client_config(&self, creds: Option<&Credentials>) -> quinn::ClientConfig {
+        use actormesh::transport::tls;
+        let verifier =
+            tls::SpiffeVerifier::new(self.ca.cert_der(), self.ca.trust_domain()).expect("verifier");
+        let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("TLS 1.3")
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let mut config = match creds {
+            Some(c) => builder
+                .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+                .expect("client cert"),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![tls::ALPN.to_vec()];
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).expect("QUIC TLS");
+        quinn::ClientConfig::new(std::sync::Arc::new(crypto))
+    }
+
+    /// Connects a plain quinn client (see [`TestPki::raw_client_config`]) to `addr`.
+    pub async fn raw_connect(
+        &self,
+        creds: Option<&Credentials>,
+        addr: std::net::SocketAddr,
+    ) -> Result<quinn::Connection, quinn::ConnectionError> {
+        let ep = quinn::Endpoint::client("127.0.0.1:0".parse().expect("address"))
+            .expect("client endpoint");
+        ep.connect_with(self.raw_client_config(creds), addr, "actormesh")
+            .expect("connect")
+            .await
+    }
 }
 
 impl Drop for TestPki {

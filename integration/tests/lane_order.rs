@@ -3,71 +3,11 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use actix::fut::wrap_future;
 use actormesh::prelude::*;
 use actormesh_integration::actors::*;
+use actormesh_integration::harness::wait_until;
 use actormesh_integration::pki::TestPki;
 use tokio::sync::watch;
-
-/// Counts `Seq` per sender in order; can be held shut like a gate.
-struct Gate {
-    open: watch::Receiver<bool>,
-    last: u64,
-    seen: u64,
-    in_order: bool,
-}
-
-impl Actor for Gate {
-    type Context = Context<Self>;
-}
-
-#[derive(Debug, Serialize, Deserialize, RemoteMessage)]
-#[remote(name = "order.Hold/v1")]
-struct Hold;
-
-#[actormesh::handler]
-impl Handler<Hold> for Gate {
-    type Result = ();
-    fn handle(&mut self, _: Hold, ctx: &mut Context<Self>) {
-        let mut open = self.open.clone();
-        ctx.wait(wrap_future(async move {
-            let _ = open.wait_for(|o| *o).await;
-        }));
-    }
-}
-
-#[actormesh::handler]
-impl Handler<Seq> for Gate {
-    type Result = ();
-    fn handle(&mut self, m: Seq, _: &mut Context<Self>) {
-        if m.n != self.last + 1 {
-            self.in_order = false;
-        }
-        self.last = m.n;
-        self.seen += 1;
-    }
-}
-
-#[actormesh::handler]
-impl Handler<GetStats> for Gate {
-    type Result = MessageResult<GetStats>;
-    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(Stats {
-            notes: 0,
-            seq_in_order: self.in_order,
-            seq_seen: self.seen,
-        })
-    }
-}
-
-fn gate(open: watch::Receiver<bool>) -> Gate {
-    Gate {
-        open,
-        last: 0,
-        seen: 0,
-        in_order: true,
-    }
-}
 
 #[actix::test]
 async fn a_new_lane_never_overtakes_an_idle_closed_one_whose_receiver_is_stalled() {
@@ -85,7 +25,7 @@ async fn a_new_lane_never_overtakes_an_idle_closed_one_whose_receiver_is_stalled
             mailbox_capacity: Some(4),
             ..Default::default()
         },
-        move || gate(open_rx.clone()),
+        move || Gate::new(open_rx.clone()),
     )
     .unwrap();
     let r = a.actor_ref(b.local_addr(), "gate");
@@ -96,14 +36,7 @@ async fn a_new_lane_never_overtakes_an_idle_closed_one_whose_receiver_is_stalled
         r.tell(Seq { sender: 1, n }).await.unwrap();
     }
     // The first lane goes idle and closes while b still holds most of its frames unread.
-    let mut closed = false;
-    for _ in 0..500 {
-        if a.lanes_to(b.local_addr()) == 0 {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let closed = wait_until(Duration::from_secs(10), || a.lanes_to(b.local_addr()) == 0).await;
     assert!(closed, "the idle lane never closed");
     // A second lane: its frames must wait for the first lane to be read to its end.
     for _ in 0..1000 {
@@ -139,7 +72,7 @@ async fn cycling_a_link_mid_stream_loses_and_reorders_nothing() {
     let (_, creds) = pki.node("b");
     let b = Node::start(NodeConfig::new("127.0.0.1:0".parse().unwrap()), &creds).unwrap();
     let (_open_tx, open_rx) = watch::channel(true);
-    b.spawn("gate", gate(open_rx)).unwrap();
+    b.spawn("gate", Gate::new(open_rx)).unwrap();
     let r = a.actor_ref(b.local_addr(), "gate");
     r.tell(Seq { sender: 1, n: 1 }).await.unwrap();
     // The reply proves the link is up.

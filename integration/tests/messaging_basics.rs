@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use actormesh::prelude::*;
 use actormesh_integration::actors::*;
+use actormesh_integration::harness::wait_until;
 use actormesh_integration::pki::TestPki;
 
 fn start(pki: &TestPki, name: &str) -> Node {
@@ -145,14 +146,7 @@ async fn idle_lanes_close_and_reopen_without_losing_messages() {
     }
     assert_eq!(a.lanes_to(b.local_addr()), 3);
     // Wait (bounded) for the idle lanes to close.
-    let mut closed = false;
-    for _ in 0..500 {
-        if a.lanes_to(b.local_addr()) == 0 {
-            closed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let closed = wait_until(Duration::from_secs(10), || a.lanes_to(b.local_addr()) == 0).await;
     assert!(closed, "idle lanes never closed");
     for r in &refs {
         r.tell(Note(vec![])).await.unwrap();

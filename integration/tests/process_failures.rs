@@ -168,30 +168,10 @@ async fn garbage_and_oversized_frames_are_refused_and_the_node_keeps_serving() {
 
 #[actix::test]
 async fn garbage_instead_of_hello_closes_that_connection_only() {
-    use actormesh::transport::tls;
     let pki = TestPki::new("proc.test");
     let (child, addr) = child_node(&pki, "target", 5000).await;
     let (_, creds) = pki.node("rude");
-    let verifier = tls::SpiffeVerifier::new(pki.ca.cert_der(), "proc.test").unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(creds.chain.clone(), creds.key.clone_key())
-        .unwrap();
-    config.alpn_protocols = vec![tls::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).unwrap();
-    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = ep
-        .connect_with(
-            quinn::ClientConfig::new(std::sync::Arc::new(crypto)),
-            addr,
-            "actormesh",
-        )
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = pki.raw_connect(Some(&creds), addr).await.unwrap();
     let (mut send, _recv) = conn.open_bi().await.unwrap();
     // A frame too short to hold even the protocol version.
     send.write_all(&[2, 0, 0, 0, 0xAA, 0xBB]).await.unwrap();

@@ -2,76 +2,15 @@
 
 use std::time::Duration;
 
-use actix::fut::wrap_future;
 use actormesh::prelude::*;
 use actormesh_integration::actors::*;
+use actormesh_integration::harness::wait_until;
 use actormesh_integration::pki::TestPki;
 use tokio::sync::watch;
 
 fn start(pki: &TestPki, name: &str) -> Node {
     let (_, creds) = pki.node(name);
     Node::start(NodeConfig::new("127.0.0.1:0".parse().unwrap()), &creds).unwrap()
-}
-
-/// An actor whose mailbox can be held shut (without blocking the thread) until released.
-struct Gate {
-    open: watch::Receiver<bool>,
-    notes: u64,
-}
-
-impl Actor for Gate {
-    type Context = Context<Self>;
-}
-
-#[derive(Debug, Serialize, Deserialize, RemoteMessage)]
-#[remote(name = "gate.Hold/v1", crate = "actormesh")]
-struct Hold;
-
-#[actormesh::handler]
-impl Handler<Hold> for Gate {
-    type Result = ();
-    fn handle(&mut self, _: Hold, ctx: &mut Context<Self>) {
-        let mut open = self.open.clone();
-        // `wait` stops this actor's mailbox, and only this actor's, until the gate opens.
-        ctx.wait(wrap_future(async move {
-            let _ = open.wait_for(|o| *o).await;
-        }));
-    }
-}
-
-#[actormesh::handler]
-impl Handler<Note> for Gate {
-    type Result = ();
-    fn handle(&mut self, _: Note, _: &mut Context<Self>) {
-        self.notes += 1;
-    }
-}
-
-#[actormesh::handler]
-impl Handler<GetStats> for Gate {
-    type Result = MessageResult<GetStats>;
-    fn handle(&mut self, _: GetStats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(Stats {
-            notes: self.notes,
-            ..Default::default()
-        })
-    }
-}
-
-#[actormesh::handler]
-impl Handler<Echo> for Gate {
-    type Result = MessageResult<Echo>;
-    fn handle(&mut self, m: Echo, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(m.0)
-    }
-}
-
-#[actormesh::handler]
-impl Handler<Crash> for Gate {
-    type Result = ();
-    fn handle(&mut self, _: Crash, _: &mut Context<Self>) {
-        panic!("gate crashed on purpose");
-    }
 }
 
 #[actix::test]
@@ -86,10 +25,7 @@ async fn full_mailbox_backpressures_its_sender_without_blocking_another_actor() 
             mailbox_capacity: Some(8),
             ..Default::default()
         },
-        move || Gate {
-            open: open_rx.clone(),
-            notes: 0,
-        },
+        move || Gate::new(open_rx.clone()),
     )
     .unwrap();
     b.spawn("free", Sink::default()).unwrap();
@@ -146,10 +82,7 @@ async fn panicking_actor_fails_pending_asks_and_is_restarted() {
             restart: RestartPolicy::on_failure(),
             ..Default::default()
         },
-        move || Gate {
-            open: open_rx.clone(),
-            notes: 0,
-        },
+        move || Gate::new(open_rx.clone()),
     )
     .unwrap();
     let r = a.actor_ref(b.local_addr(), "gate");
@@ -265,20 +198,16 @@ async fn try_ask_reports_a_full_mailbox_instead_of_waiting() {
                 mailbox_capacity: Some(2),
                 ..Default::default()
             },
-            move || Gate {
-                open: open_rx.clone(),
-                notes: 0,
-            },
+            move || Gate::new(open_rx.clone()),
         )
         .unwrap();
     r.tell(Hold).await.unwrap();
     // Wait until the gate is holding (its Hold has been handled and freed its permit).
-    for _ in 0..10_000 {
-        if a.mailbox_depth("gate") == Some(0) {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    assert!(
+        wait_until(Duration::from_secs(10), || a.mailbox_depth("gate")
+            == Some(0))
+        .await
+    );
     r.try_tell(Note(vec![])).unwrap();
     r.try_tell(Note(vec![])).unwrap();
     assert!(matches!(

@@ -31,39 +31,14 @@ async fn server_refusal(
         .1
 }
 
-/// A plain quinn client that trusts `pki`'s CA for `trust_domain` and presents `creds`
-/// (or nothing), so that only the server's verdict is tested.
+/// Dials with a plain quinn client presenting `creds`; returns how the connection ended
+/// (TLS 1.3: the client may finish its side before the server's verdict arrives).
 async fn raw_dial(
     pki: &TestPki,
     creds: Option<&Credentials>,
     server: SocketAddr,
 ) -> quinn::ConnectionError {
-    use actormesh::transport::tls;
-    let verifier = tls::SpiffeVerifier::new(pki.ca.cert_der(), pki.ca.trust_domain()).unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
-    let mut config = match creds {
-        Some(c) => builder
-            .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![tls::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).unwrap();
-    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = ep
-        .connect_with(
-            quinn::ClientConfig::new(std::sync::Arc::new(crypto)),
-            server,
-            "actormesh",
-        )
-        .unwrap()
-        .await;
-    // TLS 1.3: the client may finish its side before the server's verdict arrives.
-    match conn {
+    match pki.raw_connect(creds, server).await {
         Err(e) => e,
         Ok(c) => c.closed().await,
     }
@@ -314,7 +289,7 @@ async fn links_are_cycled_before_the_certificate_expires() {
 
 #[tokio::test]
 async fn a_peer_cannot_claim_another_nodes_address() {
-    use actormesh::transport::{codec, frame, tls};
+    use actormesh::transport::{codec, frame};
     let pki = TestPki::new("mtls.test");
     let (_, a) = pki.node("a");
     let (_, b) = pki.node("b");
@@ -323,24 +298,8 @@ async fn a_peer_cannot_claim_another_nodes_address() {
     let honest = eb.link(ea.local_addr()).await.unwrap();
     // Mallory, with a valid certificate of the same trust domain, says hello as if she
     // listened on b's address and asks to replace b's link.
-    let verifier = tls::SpiffeVerifier::new(pki.ca.cert_der(), "mtls.test").unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_client_auth_cert(mallory.chain.clone(), mallory.key.clone_key())
-        .unwrap();
-    config.alpn_protocols = vec![tls::ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).unwrap();
-    let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let conn = ep
-        .connect_with(
-            quinn::ClientConfig::new(std::sync::Arc::new(crypto)),
-            ea.local_addr(),
-            "actormesh",
-        )
-        .unwrap()
+    let conn = pki
+        .raw_connect(Some(&mallory), ea.local_addr())
         .await
         .unwrap();
     let (mut send, _recv) = conn.open_bi().await.unwrap();

@@ -1117,6 +1117,20 @@ async fn serve_control(
 /// Stop code sent on a stream whose frames broke the protocol.
 const STOP_PROTOCOL: u32 = 1;
 
+/// Stops a stream whose bytes broke the protocol, saying so in the log. The link and the
+/// peer's other streams carry on.
+fn refuse_stream(
+    reader: &mut FrameReader<quinn::RecvStream>,
+    link: &Link,
+    what: &str,
+    error: &dyn std::fmt::Display,
+) {
+    warn!(peer = %link.peer(), %error, "{what}; stream stopped");
+    let _ = reader
+        .get_mut()
+        .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
+}
+
 async fn serve_stream(
     node: Arc<NodeInner>,
     peer: Arc<Peer>,
@@ -1128,10 +1142,7 @@ async fn serve_stream(
         Ok(Some(h)) => h,
         Ok(None) => return,
         Err(e) => {
-            warn!(peer = %link.peer(), error = %e, "stream closed: bad header frame");
-            let _ = reader
-                .get_mut()
-                .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
+            refuse_stream(&mut reader, &link, "bad header frame", &e);
             return;
         }
     };
@@ -1143,10 +1154,7 @@ async fn serve_stream(
         }
         Ok(StreamHeader::Replies) => serve_replies(peer, link, reader).await,
         Err(e) => {
-            warn!(peer = %link.peer(), error = %e, "stream closed: unknown header");
-            let _ = reader
-                .get_mut()
-                .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
+            refuse_stream(&mut reader, &link, "unknown stream header", &e);
         }
     }
 }
@@ -1157,10 +1165,7 @@ async fn serve_replies(peer: Arc<Peer>, link: Link, mut reader: FrameReader<quin
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(e) => {
-                warn!(peer = %link.peer(), error = %e, "reply stream closed: bad frame");
-                let _ = reader
-                    .get_mut()
-                    .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
+                refuse_stream(&mut reader, &link, "bad frame on the reply stream", &e);
                 return;
             }
         };
@@ -1171,10 +1176,7 @@ async fn serve_replies(peer: Arc<Peer>, link: Link, mut reader: FrameReader<quin
             }
             Ok((corr, Err(e))) => (corr, Reply::Err(e)),
             Err(e) => {
-                warn!(peer = %link.peer(), error = %e, "reply stream closed: malformed reply");
-                let _ = reader
-                    .get_mut()
-                    .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
+                refuse_stream(&mut reader, &link, "malformed reply", &e);
                 return;
             }
         };
@@ -1212,20 +1214,24 @@ async fn serve_lane(
             Ok(Some(f)) => f,
             Ok(None) => return true,
             Err(e) => {
-                warn!(peer = %link.peer(), actor = %target, error = %e, "lane closed: bad frame");
-                let _ = reader
-                    .get_mut()
-                    .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
+                refuse_stream(
+                    &mut reader,
+                    &link,
+                    &format!("bad frame on the lane to {target}"),
+                    &e,
+                );
                 return false;
             }
         };
         let lf = match wire::decode_lane(&frame) {
             Ok(f) => f,
             Err(e) => {
-                warn!(peer = %link.peer(), actor = %target, error = %e, "lane closed: malformed frame");
-                let _ = reader
-                    .get_mut()
-                    .stop(quinn::VarInt::from_u32(STOP_PROTOCOL));
+                refuse_stream(
+                    &mut reader,
+                    &link,
+                    &format!("malformed frame on the lane to {target}"),
+                    &e,
+                );
                 return false;
             }
         };

@@ -175,13 +175,7 @@ impl RemoteRef {
         msg: M,
         timeout: Duration,
     ) -> Result<M::Result, AskError> {
-        match &self.target {
-            Target::Local(cell) => self.ask_local(cell, msg, timeout, true).await,
-            Target::Remote(peer) => {
-                self.ask_remote(peer, msg, Instant::now() + timeout, timeout, true)
-                    .await
-            }
-        }
+        self.ask_with(msg, timeout, true).await
     }
 
     /// Like [`RemoteRef::ask_timeout`], but fails at once with [`AskError::MailboxFull`]
@@ -192,10 +186,20 @@ impl RemoteRef {
         msg: M,
         timeout: Duration,
     ) -> Result<M::Result, AskError> {
+        self.ask_with(msg, timeout, false).await
+    }
+
+    async fn ask_with<M: RemoteMessage>(
+        &self,
+        msg: M,
+        timeout: Duration,
+        wait_for_room: bool,
+    ) -> Result<M::Result, AskError> {
         match &self.target {
-            Target::Local(cell) => self.ask_local(cell, msg, timeout, false).await,
+            Target::Local(cell) => self.ask_local(cell, msg, timeout, wait_for_room).await,
             Target::Remote(peer) => {
-                self.ask_remote(peer, msg, Instant::now() + timeout, timeout, false)
+                let deadline = Instant::now() + timeout;
+                self.ask_remote(peer, msg, deadline, timeout, wait_for_room)
                     .await
             }
         }
