@@ -336,6 +336,7 @@ impl Peer {
             .map_err(|e| e.to_string())?;
         let peer = self.clone();
         let idle = node.config.lane_idle_close;
+        let target = target.clone();
         tokio::spawn(async move {
             // Order across lanes: this lane's stream opens only once the receiver has read
             // the previous lane to this actor to its end. Frames wait in the buffer.
@@ -359,7 +360,18 @@ impl Peer {
                     driver.abort(&reason);
                 }
             }
-            lock(&peer.state).draining.remove(&id);
+            {
+                // Forget the lane once it is done, so the map holds only lanes in use.
+                let mut st = lock(&peer.state);
+                st.draining.remove(&id);
+                if st
+                    .lanes
+                    .get(&target)
+                    .is_some_and(|l| Arc::ptr_eq(&l.drained, &drained))
+                {
+                    st.lanes.remove(&target);
+                }
+            }
             drained.set();
         });
         Ok(sink)
