@@ -153,3 +153,48 @@ async fn idle_lanes_close_and_reopen_without_losing_messages() {
         assert_eq!(r.ask(GetStats).await.unwrap().notes, 2);
     }
 }
+
+static SERIALIZED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A message that counts how often it is serialized.
+#[derive(Debug, Deserialize, RemoteMessage)]
+#[remote(name = "basics.Counted/v1", reply = u32)]
+struct Counted(u32);
+
+impl Serialize for Counted {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SERIALIZED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        s.serialize_newtype_struct("Counted", &self.0)
+    }
+}
+
+struct Doubler;
+
+impl Actor for Doubler {
+    type Context = Context<Self>;
+}
+
+#[actormesh::handler]
+impl Handler<Counted> for Doubler {
+    type Result = u32;
+    fn handle(&mut self, m: Counted, _: &mut Context<Self>) -> u32 {
+        m.0 * 2
+    }
+}
+
+#[actix::test]
+async fn local_calls_never_serialize_and_remote_ones_do() {
+    let pki = TestPki::new("basics.test");
+    let a = start(&pki, "a");
+    let b = start(&pki, "b");
+    let local = a.spawn("doubler", Doubler).unwrap();
+    b.spawn("doubler", Doubler).unwrap();
+    let before = SERIALIZED.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(local.ask(Counted(21)).await.unwrap(), 42);
+    local.tell(Counted(1)).await.unwrap();
+    assert_eq!(a.local_ref("doubler").ask(Counted(2)).await.unwrap(), 4);
+    assert_eq!(SERIALIZED.load(std::sync::atomic::Ordering::SeqCst), before);
+    let remote = a.actor_ref(b.local_addr(), "doubler");
+    assert_eq!(remote.ask(Counted(5)).await.unwrap(), 10);
+    assert!(SERIALIZED.load(std::sync::atomic::Ordering::SeqCst) > before);
+}
