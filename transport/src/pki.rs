@@ -308,20 +308,8 @@ impl CertificateAuthority {
             ));
         }
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, identity.path().trim_start_matches('/'));
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(identity.as_str().try_into()?)];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = to_offset(not_before)?;
-        params.not_after = to_offset(not_after)?;
-        let cert = params.signed_by(&key, &self.cert, &self.key)?;
+        let cert =
+            leaf_params(identity, not_before, not_after)?.signed_by(&key, &self.cert, &self.key)?;
         Ok(IssuedCert {
             identity: identity.clone(),
             cert_pem: cert.pem(),
@@ -329,6 +317,121 @@ impl CertificateAuthority {
             ca_pem: self.anchor_pem.clone(),
             not_after,
         })
+    }
+}
+
+/// The parameters of every leaf actormesh issues: the SPIFFE ID as the only SAN, usable
+/// for both ends of a mutual-TLS link.
+fn leaf_params(
+    identity: &SpiffeId,
+    not_before: SystemTime,
+    not_after: SystemTime,
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, identity.path().trim_start_matches('/'));
+    params.distinguished_name = dn;
+    params.subject_alt_names = vec![SanType::URI(identity.as_str().try_into()?)];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    params.not_before = to_offset(not_before)?;
+    params.not_after = to_offset(not_after)?;
+    Ok(params)
+}
+
+impl CertificateAuthority {
+    /// Signs a certificate for `identity` over the public key of a PEM certificate signing
+    /// request. The CSR's signature proves the requester holds the private key, which never
+    /// leaves it. Only the key is taken from the CSR: the identity, usages and lifetime are
+    /// the CA's decision, whatever the CSR asks for.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &SpiffeId,
+        ttl: Duration,
+    ) -> Result<String, PkiError> {
+        if identity.trust_domain() != self.trust_domain {
+            return Err(PkiError::ForeignTrustDomain {
+                identity: identity.clone(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            PkiError::BadPem {
+                path: PathBuf::from("<certificate signing request>"),
+                expected: "a PEM certificate signing request with a valid signature",
+                reason: e.to_string(),
+            }
+        })?;
+        let now = SystemTime::now();
+        let params = leaf_params(identity, now - Duration::from_secs(60), now + ttl)?;
+        let cert = params.signed_by(&csr.public_key, &self.cert, &self.key)?;
+        Ok(cert.pem())
+    }
+
+    /// The SHA-256 fingerprint of the CA certificate, as lowercase hex: what join tokens
+    /// pin.
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.anchor_der)
+    }
+}
+
+/// SHA-256 of a DER certificate, as 64 lowercase hex digits.
+pub fn fingerprint(der: &CertificateDer<'_>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A private key made where it will be used, and the signing request that carries its
+/// public half to the CA.
+pub struct NodeKey {
+    key: KeyPair,
+}
+
+impl std::fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeKey(..)")
+    }
+}
+
+impl NodeKey {
+    /// A new ECDSA P-256 key.
+    pub fn generate() -> Result<Self, PkiError> {
+        Ok(Self {
+            key: KeyPair::generate()?,
+        })
+    }
+
+    /// Loads a key written by [`NodeKey::pem`].
+    pub fn from_pem(pem: &str) -> Result<Self, PkiError> {
+        Ok(Self {
+            key: KeyPair::from_pem(pem).map_err(|e| PkiError::BadPem {
+                path: PathBuf::from(files::KEY),
+                expected: "a PKCS#8 private key",
+                reason: e.to_string(),
+            })?,
+        })
+    }
+
+    /// A PEM signing request for `identity`, signed with this key.
+    pub fn csr(&self, identity: &SpiffeId) -> Result<String, PkiError> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(identity.as_str().try_into()?)];
+        Ok(params.serialize_request(&self.key)?.pem()?)
+    }
+
+    /// The private key as PEM (to be written with mode 0600).
+    pub fn pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// Credentials from this key and a certificate the CA issued for it.
+    pub fn credentials(&self, cert_pem: &str, ca_pem: &str) -> Result<Credentials, PkiError> {
+        Credentials::from_pem(cert_pem, &self.pem(), ca_pem, Path::new("<issued>"))
     }
 }
 
@@ -461,6 +564,30 @@ mod tests {
             Err(PkiError::Exists { .. })
         ));
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn csr_signing_takes_only_the_key_and_the_key_stays_with_the_node() {
+        let ca = CertificateAuthority::generate("a.local", DEFAULT_CA_TTL).unwrap();
+        let node = NodeKey::generate().unwrap();
+        // The CSR asks for an identity; the CA decides another one.
+        let asked = SpiffeId::node("a.local", "wants-to-be-master").unwrap();
+        let given = SpiffeId::node("a.local", "n7").unwrap();
+        let csr = node.csr(&asked).unwrap();
+        let cert = ca.sign_csr(&csr, &given, Duration::from_secs(600)).unwrap();
+        let creds = node.credentials(&cert, ca.cert_pem()).unwrap();
+        assert_eq!(creds.identity().unwrap(), given);
+        assert!(matches!(
+            ca.sign_csr("not a csr", &given, Duration::from_secs(1)),
+            Err(PkiError::BadPem { .. })
+        ));
+        let foreign = SpiffeId::node("b.local", "n1").unwrap();
+        assert!(matches!(
+            ca.sign_csr(&csr, &foreign, Duration::from_secs(1)),
+            Err(PkiError::ForeignTrustDomain { .. })
+        ));
+        assert_eq!(ca.fingerprint().len(), 64);
+        assert_eq!(ca.fingerprint(), fingerprint(ca.cert_der()));
     }
 
     #[test]

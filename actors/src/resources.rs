@@ -1,0 +1,255 @@
+//! Resources an agent offers: scalars (cpus, mem, disk, custom ones such as gpus), ranges
+//! (ports) and sets, parsed from `cpus:4;mem:8GiB;disk:20GiB;ports:[31000-32000]`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What an agent offers. `mem` and `disk` are in MiB, as in Mesos.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    /// cpus, mem (MiB), disk (MiB) and custom scalars.
+    pub scalars: BTreeMap<String, f64>,
+    /// Inclusive ranges, e.g. ports.
+    pub ranges: BTreeMap<String, Vec<(u64, u64)>>,
+    /// Named items, e.g. devices.
+    pub sets: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// A resource string did not parse. Names the part that was wrong and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid resources: {token:?}: {problem} (expected {expected})")]
+pub struct ResourceError {
+    /// The `name:value` part that is wrong (or the whole string).
+    pub token: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What would have been right.
+    pub expected: &'static str,
+}
+
+const FORMAT: &str =
+    "name:value pairs separated by ';', e.g. cpus:4;mem:8GiB;disk:20GiB;ports:[31000-32000]";
+const SIZE: &str = "a size such as 512MiB, 8GiB, 2TB or a number of MiB";
+const NUMBER: &str = "a non-negative number such as 4 or 0.5";
+const RANGES: &str = "ranges such as [31000-32000] or [80-80,8000-9000] with start <= end";
+const SET: &str = "a set such as {a,b,c}";
+
+fn err(token: &str, problem: impl Into<String>, expected: &'static str) -> ResourceError {
+    ResourceError {
+        token: token.to_string(),
+        problem: problem.into(),
+        expected,
+    }
+}
+
+/// Parses `512MiB`, `8GiB`, `2TB`, `1024` (MiB) into MiB.
+fn parse_size(token: &str, v: &str) -> Result<f64, ResourceError> {
+    let split = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (num, unit) = v.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| err(token, format!("{v:?} does not start with a number"), SIZE))?;
+    const MIB: f64 = 1024.0 * 1024.0;
+    let bytes_per_unit = match unit {
+        "" | "MiB" => MIB,
+        "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KiB" => 1024.0,
+        "GiB" => 1024.0 * MIB,
+        "TiB" => 1024.0 * 1024.0 * MIB,
+        other => return Err(err(token, format!("unknown unit {other:?}"), SIZE)),
+    };
+    Ok(n * bytes_per_unit / MIB)
+}
+
+fn parse_number(token: &str, v: &str) -> Result<f64, ResourceError> {
+    let n: f64 = v
+        .parse()
+        .map_err(|_| err(token, format!("{v:?} is not a number"), NUMBER))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(err(token, format!("{v} is negative or not finite"), NUMBER));
+    }
+    Ok(n)
+}
+
+fn parse_ranges(token: &str, v: &str) -> Result<Vec<(u64, u64)>, ResourceError> {
+    let inner = v
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .ok_or_else(|| err(token, "missing [ or ]", RANGES))?;
+    let mut out = Vec::new();
+    for part in inner.split(',') {
+        let (a, b) = part
+            .trim()
+            .split_once('-')
+            .ok_or_else(|| err(token, format!("{part:?} has no '-'"), RANGES))?;
+        let a: u64 = a
+            .trim()
+            .parse()
+            .map_err(|_| err(token, format!("{a:?} is not a whole number"), RANGES))?;
+        let b: u64 = b
+            .trim()
+            .parse()
+            .map_err(|_| err(token, format!("{b:?} is not a whole number"), RANGES))?;
+        if a > b {
+            return Err(err(token, format!("{a}-{b} runs backwards"), RANGES));
+        }
+        out.push((a, b));
+    }
+    out.sort_unstable();
+    if out.windows(2).any(|w| w[1].0 <= w[0].1) {
+        return Err(err(token, "ranges overlap", RANGES));
+    }
+    Ok(out)
+}
+
+fn parse_set(token: &str, v: &str) -> Result<BTreeSet<String>, ResourceError> {
+    let inner = v
+        .strip_prefix('{')
+        .and_then(|r| r.strip_suffix('}'))
+        .ok_or_else(|| err(token, "missing { or }", SET))?;
+    let items: BTreeSet<String> = inner
+        .split(',')
+        .map(|i| i.trim().to_string())
+        .filter(|i| !i.is_empty())
+        .collect();
+    if items.is_empty() {
+        return Err(err(token, "the set is empty", SET));
+    }
+    Ok(items)
+}
+
+impl std::str::FromStr for Resources {
+    type Err = ResourceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut r = Resources::default();
+        let mut seen = BTreeSet::new();
+        for token in s.split(';').map(str::trim).filter(|t| !t.is_empty()) {
+            let (name, value) = token
+                .split_once(':')
+                .ok_or_else(|| err(token, "no ':' between name and value", FORMAT))?;
+            let (name, value) = (name.trim(), value.trim());
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(err(
+                    token,
+                    format!("{name:?} is not a resource name"),
+                    FORMAT,
+                ));
+            }
+            if !seen.insert(name.to_string()) {
+                return Err(err(token, format!("{name} is given twice"), FORMAT));
+            }
+            if value.starts_with('[') {
+                r.ranges
+                    .insert(name.to_string(), parse_ranges(token, value)?);
+            } else if value.starts_with('{') {
+                r.sets.insert(name.to_string(), parse_set(token, value)?);
+            } else if name == "mem" || name == "disk" {
+                r.scalars
+                    .insert(name.to_string(), parse_size(token, value)?);
+            } else {
+                r.scalars
+                    .insert(name.to_string(), parse_number(token, value)?);
+            }
+        }
+        if seen.is_empty() {
+            return Err(err(s, "no resources given", FORMAT));
+        }
+        if r.scalars.get("cpus").is_some_and(|c| *c <= 0.0) {
+            return Err(err(s, "cpus must be more than 0", NUMBER));
+        }
+        Ok(r)
+    }
+}
+
+impl fmt::Display for Resources {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        for (k, v) in &self.scalars {
+            match k.as_str() {
+                "mem" | "disk" => parts.push(format!("{k}:{}MiB", round2(*v))),
+                _ => parts.push(format!("{k}:{}", round2(*v))),
+            }
+        }
+        for (k, v) in &self.ranges {
+            let rs: Vec<String> = v.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+            parts.push(format!("{k}:[{}]", rs.join(",")));
+        }
+        for (k, v) in &self.sets {
+            parts.push(format!(
+                "{k}:{{{}}}",
+                v.iter().cloned().collect::<Vec<_>>().join(",")
+            ));
+        }
+        f.write_str(&parts.join(";"))
+    }
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let r: Resources = "cpus:4;mem:8GiB;disk:20GiB;ports:[31000-32000]"
+            .parse()
+            .unwrap();
+        assert_eq!(r.scalars["cpus"], 4.0);
+        assert_eq!(r.scalars["mem"], 8192.0);
+        assert_eq!(r.scalars["disk"], 20480.0);
+        assert_eq!(r.ranges["ports"], vec![(31000, 32000)]);
+        let again: Resources = r.to_string().parse().unwrap();
+        assert_eq!(again, r);
+    }
+
+    #[test]
+    fn custom_scalars_sets_and_units() {
+        let r: Resources = "cpus:0.5; mem:512; gpus:2; disk:1TB; devs:{sda,sdb}"
+            .parse()
+            .unwrap();
+        assert_eq!(r.scalars["mem"], 512.0);
+        assert_eq!(r.scalars["gpus"], 2.0);
+        assert!((r.scalars["disk"] - 1e12 / 1048576.0).abs() < 1e-6);
+        assert_eq!(r.sets["devs"].len(), 2);
+    }
+
+    #[test]
+    fn errors_name_the_token_and_what_was_expected() {
+        for (input, token, says) in [
+            ("cpus:4;mem:8GX", "mem:8GX", "unknown unit"),
+            ("cpus:four", "cpus:four", "not a number"),
+            ("cpus:4;ports:[2-1]", "ports:[2-1]", "runs backwards"),
+            ("cpus:4;ports:[1-5,3-9]", "ports:[1-5,3-9]", "overlap"),
+            (
+                "cpus:4;ports:31000-32000",
+                "ports:31000-32000",
+                "not a number",
+            ),
+            ("cpus4", "cpus4", "no ':'"),
+            ("cpus:1;cpus:2", "cpus:2", "twice"),
+            ("cpus:-1", "cpus:-1", "negative"),
+            ("", "", "no resources"),
+        ] {
+            let e = input.parse::<Resources>().unwrap_err();
+            assert_eq!(e.token, token, "{input}");
+            assert!(e.to_string().contains(says), "{input}: {e}");
+            assert!(e.to_string().contains("expected"), "{e}");
+        }
+    }
+}
