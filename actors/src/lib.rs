@@ -44,6 +44,7 @@ pub use actormesh_runtime::{
 pub use actormesh_transport as transport;
 
 pub mod cli;
+pub mod master;
 pub mod resources;
 
 /// What most programs need: actix's prelude, serde's derives and actormesh's types.

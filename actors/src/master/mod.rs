@@ -1,0 +1,4 @@
+//! The Master: membership keeper, certificate authority and (later) allocator. Its state
+//! lives behind [`state::StateStore`].
+
+pub mod state;
