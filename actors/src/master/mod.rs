@@ -2,3 +2,4 @@
 //! lives behind [`state::StateStore`].
 
 pub mod state;
+pub mod token;
