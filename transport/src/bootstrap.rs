@@ -1,0 +1,260 @@
+//! Joining before a node has a certificate.
+//!
+//! The master listens on a separate bootstrap port that authenticates only the server:
+//! a joining node has no certificate yet. The node does not trust the master on its word
+//! either: it knows the SHA-256 fingerprint of the cluster CA (from its join token), finds
+//! the certificate with that fingerprint in the chain the master presents, and verifies the
+//! master's certificate against it. One request and one reply travel on one stream; the
+//! mesh endpoint never relaxes mutual TLS.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{
+    CertificateError, DigitallySignedStruct, Error as TlsError, RootCertStore, SignatureScheme,
+};
+
+use crate::endpoint::map_connection_error;
+use crate::error::TransportError;
+use crate::frame::{push_frame, FrameReader};
+use crate::pki::{fingerprint, Credentials};
+use crate::tls::{provider, CertStore};
+
+/// ALPN of the bootstrap protocol.
+pub const ALPN_JOIN: &[u8] = b"actormesh-join";
+/// Largest bootstrap request or reply.
+const MAX_FRAME: usize = 64 * 1024;
+
+/// Accepts a server whose chain contains the CA with the pinned fingerprint and whose
+/// certificate that CA signed. Remembers the CA certificate it found.
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: String,
+    algs: WebPkiSupportedAlgorithms,
+    found: Mutex<Option<CertificateDer<'static>>>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, TlsError> {
+        let ca = intermediates
+            .iter()
+            .find(|c| fingerprint(c) == self.fingerprint)
+            .ok_or(TlsError::InvalidCertificate(
+                CertificateError::UnknownIssuer,
+            ))?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|_| TlsError::InvalidCertificate(CertificateError::BadEncoding))?;
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &roots,
+            &[],
+            now,
+            self.algs.all,
+        )?;
+        *self.found.lock().unwrap_or_else(|p| p.into_inner()) = Some(ca.clone().into_owned());
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+fn tls_err(e: TlsError) -> TransportError {
+    TransportError::Config(format!("bootstrap TLS: {e}"))
+}
+
+/// The master's bootstrap listener: hands each request to `handle` and sends back what it
+/// returns.
+#[derive(Debug)]
+pub struct BootstrapServer {
+    endpoint: quinn::Endpoint,
+}
+
+impl BootstrapServer {
+    /// Listens on `addr`, presenting `credentials` with the CA certificate appended to the
+    /// chain (so joining nodes can find the CA they pinned).
+    pub fn bind<F, Fut>(
+        addr: SocketAddr,
+        credentials: &Credentials,
+        handle: F,
+    ) -> Result<Self, TransportError>
+    where
+        F: Fn(Vec<u8>, SocketAddr) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
+    {
+        let mut creds = credentials.clone();
+        creds.chain.push(creds.ca.clone());
+        let certs = CertStore::new(&creds)?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_err)?
+            .with_no_client_auth()
+            .with_cert_resolver(certs);
+        tls.alpn_protocols = vec![ALPN_JOIN.to_vec()];
+        tls.max_early_data_size = 0;
+        tls.send_tls13_tickets = 0;
+        let crypto = QuicServerConfig::try_from(tls)
+            .map_err(|e| TransportError::Config(format!("bootstrap QUIC TLS: {e}")))?;
+        let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_concurrent_uni_streams(0u8.into());
+        transport.max_concurrent_bidi_streams(1u8.into());
+        config.transport_config(Arc::new(transport));
+        let endpoint = quinn::Endpoint::server(config, addr)
+            .map_err(|source| TransportError::Bind { addr, source })?;
+        let handle = Arc::new(handle);
+        let ep = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let remote = incoming.remote_address();
+                    let work = async {
+                        let conn = incoming.await.ok()?;
+                        let (mut send, recv) = conn.accept_bi().await.ok()?;
+                        let mut reader = FrameReader::new(recv, MAX_FRAME);
+                        let request = reader.next().await.ok()??;
+                        let reply = handle(request.to_vec(), remote).await;
+                        let mut out = Vec::new();
+                        push_frame(&mut out, &reply, MAX_FRAME).ok()?;
+                        send.write_all(&out).await.ok()?;
+                        send.finish().ok()?;
+                        let _ = send.stopped().await;
+                        Some(())
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
+                });
+            }
+        });
+        Ok(Self { endpoint })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|e| TransportError::Config(e.to_string()))
+    }
+}
+
+/// Sends one request to a bootstrap server whose CA has `ca_fingerprint`; returns the
+/// reply and the CA certificate found in the server's chain.
+pub async fn request(
+    addr: SocketAddr,
+    ca_fingerprint: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(Vec<u8>, CertificateDer<'static>), TransportError> {
+    let verifier = Arc::new(PinnedCa {
+        fingerprint: ca_fingerprint.to_string(),
+        algs: provider().signature_verification_algorithms,
+        found: Mutex::new(None),
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls_err)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN_JOIN.to_vec()];
+    tls.resumption = rustls::client::Resumption::disabled();
+    let crypto = QuicClientConfig::try_from(tls)
+        .map_err(|e| TransportError::Config(format!("bootstrap QUIC TLS: {e}")))?;
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()
+    .map_err(|_| TransportError::Config("bind address".into()))?;
+    let endpoint = quinn::Endpoint::client(bind)
+        .map_err(|source| TransportError::Bind { addr: bind, source })?;
+    let work = async {
+        let conn = endpoint
+            .connect_with(
+                quinn::ClientConfig::new(Arc::new(crypto)),
+                addr,
+                "actormesh-join",
+            )
+            .map_err(|e| TransportError::Unreachable {
+                addr,
+                reason: e.to_string(),
+            })?
+            .await
+            .map_err(|e| map_connection_error(addr, &e))?;
+        let (mut send, recv) = conn
+            .open_bi()
+            .await
+            .map_err(|e| map_connection_error(addr, &e))?;
+        let mut out = Vec::new();
+        push_frame(&mut out, body, MAX_FRAME)?;
+        send.write_all(&out)
+            .await
+            .map_err(|e| TransportError::ConnectionLost {
+                addr,
+                reason: e.to_string(),
+            })?;
+        let _ = send.finish();
+        let mut reader = FrameReader::new(recv, MAX_FRAME);
+        let reply = reader
+            .next()
+            .await?
+            .ok_or_else(|| TransportError::Protocol {
+                addr,
+                reason: "the bootstrap server closed without replying".into(),
+            })?;
+        conn.close(0u8.into(), b"done");
+        Ok::<_, TransportError>(reply.to_vec())
+    };
+    let reply =
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| TransportError::Unreachable {
+                addr,
+                reason: format!("no bootstrap reply within {timeout:?}"),
+            })??;
+    let ca = verifier
+        .found
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .ok_or_else(|| TransportError::Protocol {
+            addr,
+            reason: "the server's chain was not verified".into(),
+        })?;
+    Ok((reply, ca))
+}
