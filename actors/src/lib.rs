@@ -38,8 +38,8 @@
 
 pub use actormesh_macros::{handler, RemoteMessage};
 pub use actormesh_runtime::{
-    AskError, Backoff, Node, NodeConfig, NodeError, RemoteMessage, RemoteRef, RestartPolicy,
-    SpawnOptions, TellError, Terminated, TerminationReason, Watch,
+    caller, AskError, Backoff, Node, NodeConfig, NodeError, RemoteMessage, RemoteRef,
+    RestartPolicy, SpawnOptions, TellError, Terminated, TerminationReason, Watch,
 };
 pub use actormesh_transport as transport;
 

@@ -198,3 +198,35 @@ async fn local_calls_never_serialize_and_remote_ones_do() {
     assert_eq!(remote.ask(Counted(5)).await.unwrap(), 10);
     assert!(SERIALIZED.load(std::sync::atomic::Ordering::SeqCst) > before);
 }
+
+#[derive(Debug, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "basics.WhoAmI/v1", reply = Option<String>)]
+struct WhoAmI;
+
+struct Mirror;
+
+impl Actor for Mirror {
+    type Context = Context<Self>;
+}
+
+#[actormesh::handler]
+impl Handler<WhoAmI> for Mirror {
+    type Result = Option<String>;
+    fn handle(&mut self, _: WhoAmI, _: &mut Context<Self>) -> Option<String> {
+        actormesh::caller().map(|c| c.to_string())
+    }
+}
+
+#[actix::test]
+async fn handlers_see_the_verified_identity_of_remote_callers() {
+    let pki = TestPki::new("basics.test");
+    let a = start(&pki, "a");
+    let b = start(&pki, "b");
+    b.spawn("mirror", Mirror).unwrap();
+    let remote = a.actor_ref(b.local_addr(), "mirror");
+    assert_eq!(
+        remote.ask(WhoAmI).await.unwrap().as_deref(),
+        Some("spiffe://basics.test/node/a")
+    );
+    assert_eq!(b.local_ref("mirror").ask(WhoAmI).await.unwrap(), None);
+}

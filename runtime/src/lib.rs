@@ -37,7 +37,7 @@ mod supervise;
 pub mod wire;
 
 pub use error::{AskError, NodeError, TellError};
-pub use message::{Delivery, HandlerEntry, RemoteMessage};
+pub use message::{caller, Delivery, HandlerEntry, RemoteMessage};
 pub use node::{Node, NodeConfig, SpawnOptions, Terminated, TerminationReason, Watch};
 pub use remote_ref::RemoteRef;
 pub use supervise::{Backoff, RestartPolicy};

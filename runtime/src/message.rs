@@ -15,6 +15,7 @@ use actormesh_transport::sink::{FrameSink, PushError};
 use crate::mailbox::Permit;
 use crate::node::Peer;
 use crate::wire::{self, WireError};
+use actormesh_transport::SpiffeId;
 
 /// A message that can cross the network: a serde type with a stable, versioned name and a
 /// typed reply (its actix `Message::Result`). Declare it with `#[derive(RemoteMessage)]`.
@@ -153,6 +154,35 @@ pub struct Delivery<M: RemoteMessage> {
     msg: M,
     reply: ReplyTo<M::Result>,
     _permit: Option<Permit>,
+    caller: Option<Arc<SpiffeId>>,
+}
+
+thread_local! {
+    /// The verified identity of the node whose message is being handled on this thread.
+    static CALLER: std::cell::RefCell<Option<Arc<SpiffeId>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The verified identity of the node that sent the message being handled right now, taken
+/// from the certificate of the link it came on; `None` when the sender is on this node (or
+/// outside a handler). Use it in a handler to decide whether a caller may do what it asks.
+pub fn caller() -> Option<SpiffeId> {
+    CALLER.with(|c| c.borrow().as_deref().cloned())
+}
+
+/// Sets the caller for the duration of one handler call, restoring it even on unwind.
+struct CallerScope(Option<Arc<SpiffeId>>);
+
+impl CallerScope {
+    fn enter(caller: Option<Arc<SpiffeId>>) -> Self {
+        Self(CALLER.with(|c| c.replace(caller)))
+    }
+}
+
+impl Drop for CallerScope {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        CALLER.with(|c| *c.borrow_mut() = previous);
+    }
 }
 
 impl<M: RemoteMessage> std::fmt::Debug for Delivery<M> {
@@ -173,6 +203,7 @@ impl<M: RemoteMessage> Delivery<M> {
             msg,
             reply,
             _permit: permit,
+            caller: None,
         }
     }
 
@@ -189,8 +220,14 @@ impl<M: RemoteMessage> Delivery<M> {
             msg,
             reply,
             _permit,
+            caller,
         } = self;
-        let response = <A as Handler<M>>::handle(act, msg, ctx);
+        let response = if caller.is_some() {
+            let _scope = CallerScope::enter(caller);
+            <A as Handler<M>>::handle(act, msg, ctx)
+        } else {
+            <A as Handler<M>>::handle(act, msg, ctx)
+        };
         // The mailbox slot frees as soon as the handler has run.
         drop(_permit);
         match reply {
@@ -231,8 +268,13 @@ pub(crate) enum DeliverError {
 }
 
 /// Decodes a payload and queues it for the actor behind the address.
-pub(crate) type RemoteDeliverFn =
-    fn(&ErasedAddr, &[u8], Option<RemoteReply>, Option<Permit>) -> Result<(), DeliverError>;
+pub(crate) type RemoteDeliverFn = fn(
+    &ErasedAddr,
+    &[u8],
+    Option<RemoteReply>,
+    Option<Permit>,
+    Option<Arc<SpiffeId>>,
+) -> Result<(), DeliverError>;
 
 /// One `impl Handler<M> for A` registered by `#[actormesh::handler]`.
 #[derive(Debug)]
@@ -268,6 +310,7 @@ fn deliver_remote<A, M>(
     payload: &[u8],
     reply: Option<RemoteReply>,
     permit: Option<Permit>,
+    caller: Option<Arc<SpiffeId>>,
 ) -> Result<(), DeliverError>
 where
     A: Actor<Context = Context<A>> + Handler<Delivery<M>>,
@@ -292,7 +335,9 @@ where
     };
     // The semaphore permit bounds the mailbox; actix's own capacity is bypassed on purpose
     // because its full-mailbox path does not wake waiting senders.
-    addr.do_send(Delivery::new(msg, reply, permit));
+    let mut delivery = Delivery::new(msg, reply, permit);
+    delivery.caller = caller;
+    addr.do_send(delivery);
     if addr.connected() {
         Ok(())
     } else {

@@ -1209,6 +1209,7 @@ async fn serve_lane(
 ) -> bool {
     let mut slot = node.slot(&target);
     let mut replies: Option<FrameSink> = None;
+    let caller = Arc::new(link.peer().clone());
     // When the buffered frames were read from the network: an ask's time left counts from
     // there, so frames that waited behind a full mailbox are not mistaken for fresh ones.
     let mut received = Instant::now();
@@ -1298,7 +1299,9 @@ async fn serve_lane(
         let addr = read(&s.addr);
         match addr.as_deref() {
             Some(a) => {
-                if let Err(e) = (entry.remote)(a, lf.payload, reply, Some(permit)) {
+                if let Err(e) =
+                    (entry.remote)(a, lf.payload, reply, Some(permit), Some(caller.clone()))
+                {
                     debug!(actor = %target, message = lf.name, error = %e, "delivery failed");
                 }
             }
