@@ -2,31 +2,109 @@
 
 use std::time::Duration;
 
-/// Parses `90s`, `30m`, `24h`, `7d` or a bare number of seconds.
+/// Parses `250ms`, `90s`, `30m`, `24h`, `7d` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num.parse().map_err(|_| {
-        format!(
-            "invalid duration {s:?}: expected a whole number followed by s, m, h or d (e.g. 24h)"
-        )
+        format!("invalid duration {s:?}: expected a whole number followed by ms, s, m, h or d (e.g. 24h)")
     })?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
         other => {
             return Err(format!(
-                "invalid duration {s:?}: unknown unit {other:?}, expected s, m, h or d (e.g. 24h)"
-            ))
+            "invalid duration {s:?}: unknown unit {other:?}, expected ms, s, m, h or d (e.g. 24h)"
+        ))
         }
     };
-    if secs == 0 {
+    if d.is_zero() {
         return Err(format!("invalid duration {s:?}: must be longer than zero"));
     }
-    Ok(Duration::from_secs(secs))
+    Ok(d)
+}
+
+/// Parses `key=value` (for `--attr`).
+pub fn parse_attr(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!(
+            "invalid attribute {s:?}: expected key=value, e.g. zone=a"
+        )),
+    }
+}
+
+/// A client of the master's operator API.
+#[derive(Debug)]
+pub struct ApiClient {
+    base: String,
+    token: String,
+    http: ureq::Agent,
+}
+
+impl ApiClient {
+    /// A client for the API at `base` (e.g. `http://127.0.0.1:7080`) with bearer `token`.
+    pub fn new(base: &str, token: &str) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build();
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.trim().to_string(),
+            http: ureq::Agent::new_with_config(config),
+        }
+    }
+
+    /// GET or POST `path`; the JSON answer, or an error that says what went wrong.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{}", self.base, path);
+        let auth = format!("Bearer {}", self.token);
+        let result = match (method, body) {
+            ("GET", _) => self.http.get(&url).header("Authorization", &auth).call(),
+            (_, Some(b)) => self
+                .http
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(b),
+            (_, None) => self
+                .http
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
+        };
+        let mut resp = result.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the master API at {}: {e} (is `actormesh master` running, and is --api right?)",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let value: serde_json::Value = resp.body_mut().read_json().map_err(|e| {
+            anyhow::anyhow!(
+                "the master API at {} answered {status} with no JSON: {e}",
+                self.base
+            )
+        })?;
+        if status.is_success() {
+            Ok(value)
+        } else {
+            let msg = value
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("no message");
+            anyhow::bail!("the master API answered {status}: {msg}")
+        }
+    }
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
@@ -57,6 +135,9 @@ mod tests {
             Duration::from_secs(7 * 86400)
         );
         assert!(parse_duration("5w").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_attr("zone=a").unwrap(), ("zone".into(), "a".into()));
+        assert!(parse_attr("zone").unwrap_err().contains("key=value"));
         assert!(parse_duration("h").unwrap_err().contains("whole number"));
         assert!(parse_duration("0s")
             .unwrap_err()

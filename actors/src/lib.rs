@@ -36,6 +36,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+// Lets the derive macros' `::actormesh` paths work inside this crate too.
+extern crate self as actormesh;
+
 pub use actormesh_macros::{handler, RemoteMessage};
 pub use actormesh_runtime::{
     caller, AskError, Backoff, Node, NodeConfig, NodeError, RemoteMessage, RemoteRef,
@@ -43,8 +46,10 @@ pub use actormesh_runtime::{
 };
 pub use actormesh_transport as transport;
 
+pub mod agent;
 pub mod cli;
 pub mod master;
+pub mod protocol;
 pub mod resources;
 
 /// What most programs need: actix's prelude, serde's derives and actormesh's types.

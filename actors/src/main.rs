@@ -1,13 +1,21 @@
 //! The `actormesh` command.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use actormesh::cli::parse_duration;
+use actormesh::agent::{self, AgentConfig};
+use actormesh::cli::{parse_attr, parse_duration, ApiClient};
+use actormesh::master::membership::{AgentRecord, DetectorConfig};
+use actormesh::master::token::TokenRole;
+use actormesh::master::{self, CreateToken, MasterConfig};
+use actormesh::resources::Resources;
 use actormesh::transport::pki::CertificateAuthority;
 use actormesh::transport::SpiffeId;
-use clap::{Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,6 +33,30 @@ enum Command {
     /// Cluster certificate authority: create one, issue certificates.
     #[command(subcommand)]
     Ca(CaCommand),
+    /// Run a master: membership, certificate authority, operator API.
+    Master(MasterArgs),
+    /// Run an agent that joins a master.
+    Agent(AgentArgs),
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List cluster objects.
+    Get {
+        #[command(subcommand)]
+        what: GetWhat,
+    },
+    /// Show one cluster object in detail.
+    Describe {
+        #[command(subcommand)]
+        what: DescribeWhat,
+    },
+    /// Stop placing new work on a node.
+    Drain {
+        #[command(subcommand)]
+        what: DescribeWhat,
+    },
+    /// A whole cluster in one process: a master and one agent on embedded state.
+    Dev(DevArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -37,7 +69,7 @@ enum CaCommand {
         /// Directory to create the CA in.
         #[arg(long)]
         out: PathBuf,
-        /// Lifetime of the CA certificate (s, m, h or d).
+        /// Lifetime of the CA certificate (ms, s, m, h or d).
         #[arg(long, value_parser = parse_duration, default_value = "3650d")]
         ttl: Duration,
     },
@@ -52,10 +84,299 @@ enum CaCommand {
         /// Directory to write the certificate and key to.
         #[arg(long)]
         out: PathBuf,
-        /// Lifetime of the certificate (s, m, h or d).
+        /// Lifetime of the certificate (ms, s, m, h or d).
         #[arg(long, value_parser = parse_duration, default_value = "24h")]
         ttl: Duration,
     },
+}
+
+#[derive(Args, Debug, Clone)]
+struct MasterArgs {
+    /// Where state, the CA and the API token are kept.
+    #[arg(long, default_value = "actormesh-data")]
+    data_dir: PathBuf,
+    /// Mesh (mutual TLS, QUIC) address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    listen: SocketAddr,
+    /// Bootstrap address agents join through (QUIC).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    bootstrap: SocketAddr,
+    /// Operator API address (HTTP). Loopback unless you mean otherwise.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    api: SocketAddr,
+    /// Trust domain of the CA created at first start.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Use this CA directory (from `actormesh ca init`) at first start.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Agent heartbeat interval.
+    #[arg(long, value_parser = parse_duration, default_value = "250ms")]
+    heartbeat: Duration,
+    /// Silence after which an agent is Unreachable.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    unreachable_after: Duration,
+    /// Silence after which an agent is Gone (removed, identity revoked).
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    gone_after: Duration,
+    /// Agents that may be removed in any minute.
+    #[arg(long, default_value_t = 5)]
+    max_removals_per_minute: u32,
+    /// Lifetime of agent certificates (renewed at half-life).
+    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    agent_cert_ttl: Duration,
+}
+
+impl MasterArgs {
+    fn config(&self) -> anyhow::Result<MasterConfig> {
+        if self.unreachable_after <= self.heartbeat * 2 {
+            anyhow::bail!(
+                "--unreachable-after ({:?}) must be more than twice --heartbeat ({:?}), or healthy agents would be declared unreachable",
+                self.unreachable_after,
+                self.heartbeat
+            );
+        }
+        if self.gone_after <= self.unreachable_after {
+            anyhow::bail!("--gone-after must be longer than --unreachable-after");
+        }
+        let mut c = MasterConfig::new(self.data_dir.clone());
+        c.listen = self.listen;
+        c.bootstrap = self.bootstrap;
+        c.api = self.api;
+        c.trust_domain = self.trust_domain.clone();
+        c.ca_dir = self.ca.clone();
+        c.detector = DetectorConfig {
+            heartbeat_interval: self.heartbeat,
+            unreachable_after: self.unreachable_after,
+            gone_after: self.gone_after,
+            max_removals_per_minute: self.max_removals_per_minute,
+        };
+        c.agent_cert_ttl = self.agent_cert_ttl;
+        Ok(c)
+    }
+}
+
+#[derive(Args, Debug, Clone)]
+struct AgentArgs {
+    /// The master's bootstrap address.
+    #[arg(long)]
+    join: SocketAddr,
+    /// Join token from `actormesh token create` (only needed the first time).
+    #[arg(long, env = "ACTORMESH_JOIN_TOKEN")]
+    token: Option<String>,
+    /// Where this agent keeps its key, certificate and id.
+    #[arg(long, default_value = "actormesh-agent")]
+    data_dir: PathBuf,
+    /// Mesh address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Agent name (lowercase letters, digits, '-'); the master picks one if empty.
+    #[arg(long, default_value = "")]
+    name: String,
+    /// Offered resources, e.g. 'cpus:4;mem:8GiB;disk:20GiB;ports:[31000-32000]'. Detected if absent.
+    #[arg(long)]
+    resources: Option<String>,
+    /// Attribute key=value (repeatable), e.g. --attr zone=a --attr rack=r1.
+    #[arg(long = "attr", value_parser = parse_attr)]
+    attrs: Vec<(String, String)>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ApiArgs {
+    /// The master's operator API.
+    #[arg(
+        long,
+        env = "ACTORMESH_API",
+        default_value = "http://127.0.0.1:7080",
+        global = true
+    )]
+    api: String,
+    /// The API token (else read from --api-token-file).
+    #[arg(
+        long,
+        env = "ACTORMESH_API_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    api_token: Option<String>,
+    /// File holding the API token (the master writes it into its data dir).
+    #[arg(
+        long,
+        env = "ACTORMESH_API_TOKEN_FILE",
+        default_value = "actormesh-data/api-token",
+        global = true
+    )]
+    api_token_file: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    output: Output,
+}
+
+impl ApiArgs {
+    fn client(&self) -> anyhow::Result<ApiClient> {
+        let token = match &self.api_token {
+            Some(t) => t.clone(),
+            None => std::fs::read_to_string(&self.api_token_file).with_context(|| {
+                format!(
+                    "cannot read the API token from {} (pass --api-token or --api-token-file)",
+                    self.api_token_file.display()
+                )
+            })?,
+        };
+        Ok(ApiClient::new(&self.api, &token))
+    }
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Create a join token; prints it (the secret is shown only here).
+    Create {
+        /// How long the token works.
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        ttl: Duration,
+        /// What the token allows.
+        #[arg(long, default_value = "agent", value_parser = ["agent"])]
+        role: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GetWhat {
+    /// Nodes: state, resources, attributes, last heartbeat, certificate expiry.
+    Nodes {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DescribeWhat {
+    /// A node by id.
+    Node {
+        /// The node id.
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+struct DevArgs {
+    /// Where the dev cluster keeps its state.
+    #[arg(long, default_value = "actormesh-dev")]
+    data_dir: PathBuf,
+    /// Operator API address.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    api: SocketAddr,
+}
+
+fn ago(t: Option<SystemTime>) -> String {
+    match t.and_then(|t| SystemTime::now().duration_since(t).ok()) {
+        Some(d) if d < Duration::from_secs(120) => format!("{:.1}s ago", d.as_secs_f64()),
+        Some(d) => format!("{}m ago", d.as_secs() / 60),
+        None => "-".into(),
+    }
+}
+
+fn until(t: Option<SystemTime>) -> String {
+    match t.map(|t| t.duration_since(SystemTime::now())) {
+        Some(Ok(d)) => format!("in {}h{:02}m", d.as_secs() / 3600, d.as_secs() % 3600 / 60),
+        Some(Err(_)) => "expired".into(),
+        None => "-".into(),
+    }
+}
+
+fn print_nodes(nodes: &[AgentRecord]) {
+    let header = [
+        "ID",
+        "STATE",
+        "DRAINING",
+        "ADDRESS",
+        "RESOURCES",
+        "ATTRIBUTES",
+        "LAST HEARTBEAT",
+        "CERT EXPIRES",
+    ];
+    let rows: Vec<[String; 8]> = nodes
+        .iter()
+        .map(|n| {
+            [
+                n.id.clone(),
+                n.state.to_string(),
+                if n.draining { "yes" } else { "no" }.into(),
+                n.addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                n.resources.to_string(),
+                n.attrs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                ago(n.last_heartbeat),
+                until(n.cert_expiry),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(widths.iter())
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!("{}", line(header.to_vec()));
+    for r in &rows {
+        println!("{}", line(r.iter().map(String::as_str).collect()));
+    }
+}
+
+fn describe(n: &AgentRecord) {
+    println!("Node:            {}", n.id);
+    println!("Identity:        {}", n.identity);
+    println!("State:           {}", n.state);
+    println!("Draining:        {}", n.draining);
+    println!(
+        "Address:         {}",
+        n.addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+    );
+    println!("Resources:       {}", n.resources);
+    println!(
+        "Attributes:      {}",
+        n.attrs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("Actor types:     {}", n.actor_types.join(", "));
+    println!("Running:         {}", n.running.join(", "));
+    println!("Joined with:     token {}", n.token_id);
+    println!("Last heartbeat:  {}", ago(n.last_heartbeat));
+    println!("Cert expires:    {}", until(n.cert_expiry));
+}
+
+fn run_system<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    actix::System::new().block_on(f)
+}
+
+async fn wait_for_ctrl_c() -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -89,8 +410,138 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 ttl.as_secs()
             );
         }
+        Command::Master(args) => {
+            let config = args.config()?;
+            run_system(async move {
+                let m = master::start(config).await?;
+                println!(
+                    "master ready: mesh {} bootstrap {} api http://{} ca-fingerprint {}",
+                    m.node.local_addr(),
+                    m.bootstrap,
+                    m.api,
+                    m.ca_fingerprint
+                );
+                println!("api token file: {}", m.api_token_file.display());
+                wait_for_ctrl_c().await
+            })?;
+        }
+        Command::Agent(args) => {
+            let resources = args
+                .resources
+                .as_deref()
+                .map(str::parse::<Resources>)
+                .transpose()?;
+            let config = AgentConfig {
+                join: args.join,
+                token: args.token,
+                data_dir: args.data_dir,
+                listen: args.listen,
+                name: args.name,
+                resources,
+                attrs: args.attrs.into_iter().collect::<BTreeMap<_, _>>(),
+                actor_types: Vec::new(),
+            };
+            run_system(async move {
+                let a = agent::start(config).await?;
+                println!("agent {} ready on {}", a.agent_id, a.node.local_addr());
+                let mut removed = a.removed.clone();
+                tokio::select! {
+                    r = wait_for_ctrl_c() => r,
+                    reason = removed.wait_for(|r| r.is_some()) => {
+                        let reason = reason.map(|r| r.clone().unwrap_or_default()).unwrap_or_default();
+                        anyhow::bail!("this agent was removed from the cluster: {reason}")
+                    }
+                }
+            })?;
+        }
+        Command::Token(TokenCommand::Create { ttl, role: _, api }) => {
+            let v = api.client()?.call(
+                "POST",
+                "/v1/tokens",
+                Some(serde_json::json!({ "ttl_secs": ttl.as_secs().max(1), "role": "agent" })),
+            )?;
+            match api.output {
+                Output::Json => println!("{v}"),
+                Output::Table => println!("{}", v["token"].as_str().unwrap_or_default()),
+            }
+        }
+        Command::Get {
+            what: GetWhat::Nodes { api },
+        } => {
+            let v = api.client()?.call("GET", "/v1/nodes", None)?;
+            match api.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Table => print_nodes(&serde_json::from_value::<Vec<AgentRecord>>(v)?),
+            }
+        }
+        Command::Describe {
+            what: DescribeWhat::Node { id, api },
+        } => {
+            let v = api
+                .client()?
+                .call("GET", &format!("/v1/nodes/{id}"), None)?;
+            match api.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Table => describe(&serde_json::from_value(v)?),
+            }
+        }
+        Command::Drain {
+            what: DescribeWhat::Node { id, api },
+        } => {
+            let v = api
+                .client()?
+                .call("POST", &format!("/v1/nodes/{id}/drain"), None)?;
+            match api.output {
+                Output::Json => println!("{v}"),
+                Output::Table => {
+                    println!("node {id} is draining: no new work will be placed on it")
+                }
+            }
+        }
+        Command::Dev(args) => run_system(dev(args))?,
     }
     Ok(())
+}
+
+/// A master and one agent in one process, with the token made internally.
+async fn dev(args: DevArgs) -> anyhow::Result<()> {
+    let mut config = MasterConfig::new(args.data_dir.join("master"));
+    config.listen = "127.0.0.1:0".parse()?;
+    config.bootstrap = "127.0.0.1:0".parse()?;
+    config.api = args.api;
+    let m = master::start(config).await?;
+    let token = m
+        .master
+        .send(CreateToken {
+            ttl: Duration::from_secs(3600),
+            role: TokenRole::Agent,
+        })
+        .await?
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let a = agent::start(AgentConfig {
+        join: m.bootstrap,
+        token: Some(token.token),
+        data_dir: args.data_dir.join("agent"),
+        listen: "127.0.0.1:0".parse()?,
+        name: "dev-agent".into(),
+        resources: None,
+        attrs: BTreeMap::from([("zone".to_string(), "dev".to_string())]),
+        actor_types: Vec::new(),
+    })
+    .await?;
+    println!(
+        "dev cluster ready: master {} (api http://{}), agent {} on {}",
+        m.node.local_addr(),
+        m.api,
+        a.agent_id,
+        a.node.local_addr()
+    );
+    println!(
+        "try: actormesh get nodes --api http://{} --api-token-file {}",
+        m.api,
+        m.api_token_file.display()
+    );
+    wait_for_ctrl_c().await
 }
 
 fn main() -> ExitCode {

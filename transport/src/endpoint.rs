@@ -40,6 +40,8 @@ pub mod close_code {
     pub const VERSION: u32 = 3;
     /// The peer broke the protocol.
     pub const PROTOCOL: u32 = 4;
+    /// The peer's identity was revoked.
+    pub const REVOKED: u32 = 5;
 }
 
 /// Settings of an [`Endpoint`].
@@ -389,6 +391,20 @@ impl Endpoint {
     /// Handshakes this endpoint refused recently (newest last, at most 64).
     pub fn recent_refusals(&self) -> Vec<(SocketAddr, Refusal)> {
         lock(&self.inner.refusals).clone()
+    }
+
+    /// Refuses `id` from now on (a removed node): its handshakes fail as revoked and its
+    /// current links are closed.
+    pub fn revoke(&self, id: &SpiffeId) {
+        self.inner.verifier.revoke(id);
+        let links: Vec<Link> = lock(&self.inner.peers)
+            .values()
+            .filter_map(|e| e.link.clone())
+            .filter(|l| &l.info.peer == id)
+            .collect();
+        for l in links {
+            l.close(close_code::REVOKED, "identity revoked");
+        }
     }
 
     /// Handshakes this endpoint refuses from now on, as they happen.
@@ -974,6 +990,7 @@ fn refusal_from_alert(alert: u8, detail: Option<String>) -> Refusal {
         116 => Refusal::NoClientCertificate,
         46 => Refusal::WrongTrustDomain { detail },
         42 => Refusal::NoSpiffeId,
+        44 => Refusal::Revoked,
         other => Refusal::Other(match detail {
             Some(d) => format!("TLS alert {other}: {d}"),
             None => format!("TLS alert {other}"),

@@ -22,6 +22,8 @@ pub enum Refusal {
     },
     /// The certificate carries no valid `spiffe://` URI.
     NoSpiffeId,
+    /// The identity has been revoked (the node was removed from the cluster).
+    Revoked,
     /// The certificate was refused for another reason (named).
     Other(String),
 }
@@ -39,6 +41,9 @@ impl fmt::Display for Refusal {
                 f.write_str("certificate identity is outside the peer's trust domain")
             }
             Refusal::NoSpiffeId => f.write_str("certificate has no valid spiffe:// identity"),
+            Refusal::Revoked => {
+                f.write_str("identity revoked: the node was removed from the cluster")
+            }
             Refusal::Other(s) => f.write_str(s),
         }
     }

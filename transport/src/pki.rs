@@ -207,11 +207,25 @@ impl CertificateAuthority {
 
     /// Loads a CA from a directory made by [`CertificateAuthority::save`].
     pub fn load(dir: &Path) -> Result<Self, PkiError> {
+        let cert_pem = read(&dir.join(files::CA_CERT))?;
+        let key_pem = read(&dir.join(files::CA_KEY))?;
+        Self::from_pem_at(cert_pem, &key_pem, dir)
+    }
+
+    /// A CA from its certificate and key PEM (as kept in the master's state store).
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        Self::from_pem_at(cert_pem.to_string(), key_pem, Path::new("<state store>"))
+    }
+
+    /// The CA private key as PEM.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    fn from_pem_at(cert_pem: String, key_pem: &str, dir: &Path) -> Result<Self, PkiError> {
         let cert_path = dir.join(files::CA_CERT);
         let key_path = dir.join(files::CA_KEY);
-        let cert_pem = read(&cert_path)?;
-        let key_pem = read(&key_path)?;
-        let key = KeyPair::from_pem(&key_pem).map_err(|e| PkiError::BadPem {
+        let key = KeyPair::from_pem(key_pem).map_err(|e| PkiError::BadPem {
             path: key_path.clone(),
             expected: "a PKCS#8 private key",
             reason: e.to_string(),

@@ -73,6 +73,8 @@ pub struct SpiffeVerifier {
     trust_domain: String,
     algs: WebPkiSupportedAlgorithms,
     client: Arc<dyn ClientCertVerifier>,
+    /// Identities refused whatever their certificate says (removed nodes).
+    revoked: RwLock<std::collections::HashSet<String>>,
 }
 
 impl SpiffeVerifier {
@@ -99,12 +101,29 @@ impl SpiffeVerifier {
             trust_domain: trust_domain.to_string(),
             algs: provider.signature_verification_algorithms,
             client,
+            revoked: RwLock::new(Default::default()),
         }))
     }
 
     /// The trust domain accepted.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
+    }
+
+    /// Refuses `id` in every handshake from now on, even with a valid certificate.
+    pub fn revoke(&self, id: &SpiffeId) {
+        self.revoked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.as_str().to_string());
+    }
+
+    /// Whether `id` has been revoked.
+    pub fn is_revoked(&self, id: &SpiffeId) -> bool {
+        self.revoked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(id.as_str())
     }
 
     fn check_identity(&self, end_entity: &CertificateDer<'_>) -> Result<(), TlsError> {
@@ -120,6 +139,9 @@ impl SpiffeVerifier {
                     found: uri,
                 })),
             )));
+        }
+        if self.is_revoked(&id) {
+            return Err(TlsError::InvalidCertificate(CertificateError::Revoked));
         }
         Ok(())
     }

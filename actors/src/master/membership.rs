@@ -131,13 +131,13 @@ pub struct Membership {
 
 impl Membership {
     /// Membership over `agents` (as loaded from the state store) at `now`. Every agent
-    /// not `Gone` gets a fresh grace period: after a master restart, agents have
-    /// `unreachable_after` to show up.
+    /// not `Gone` gets a grace period: after a master restart, agents have twice
+    /// `unreachable_after` to notice the restart, reconnect and show up.
     pub fn new(config: DetectorConfig, agents: Vec<AgentRecord>, now: Instant) -> Self {
         let last_seen = agents
             .iter()
             .filter(|a| a.state != AgentState::Gone)
-            .map(|a| (a.id.clone(), now))
+            .map(|a| (a.id.clone(), now + config.unreachable_after))
             .collect();
         Self {
             config,
@@ -316,33 +316,35 @@ mod tests {
     fn silent_agents_become_unreachable_then_gone_and_return_only_before_gone() {
         let t0 = Instant::now();
         let mut m = Membership::new(cfg(), vec![record("a"), record("b")], t0);
-        let ev = run(&mut m, t0, Duration::from_millis(2500), &["a"]);
-        assert_eq!(
-            ev,
-            vec![MembershipEvent {
-                agent: "b".into(),
-                from: Some(AgentState::Active),
-                to: AgentState::Unreachable
-            }]
+        // Loaded agents get a grace of twice unreachable_after (4 s here).
+        let ev = run(&mut m, t0, Duration::from_millis(3900), &["a"]);
+        assert!(ev.is_empty(), "{ev:?}");
+        let ev = run(
+            &mut m,
+            t0 + Duration::from_secs(4),
+            Duration::from_millis(500),
+            &["a"],
         );
+        let unreachable = MembershipEvent {
+            agent: "b".into(),
+            from: Some(AgentState::Active),
+            to: AgentState::Unreachable,
+        };
+        assert_eq!(ev, vec![unreachable]);
         // b comes back: the same agent, Active again.
-        let back = m
-            .seen("b", t0 + Duration::from_millis(2600), SystemTime::now())
-            .unwrap();
-        assert_eq!(back.unwrap().to, AgentState::Active);
+        let back = m.seen("b", t0 + Duration::from_millis(4600), SystemTime::now());
+        assert_eq!(back.unwrap().unwrap().to, AgentState::Active);
         // Now silent for good.
         let ev = run(
             &mut m,
-            t0 + Duration::from_millis(2700),
+            t0 + Duration::from_millis(4700),
             Duration::from_secs(11),
             &["a"],
         );
         assert_eq!(ev.last().unwrap().to, AgentState::Gone);
         assert_eq!(m.get("b").unwrap().state, AgentState::Gone);
-        assert_eq!(
-            m.seen("b", t0 + Duration::from_secs(20), SystemTime::now()),
-            Err(MemberRefusal::Gone("b".into()))
-        );
+        let late = m.seen("b", t0 + Duration::from_secs(20), SystemTime::now());
+        assert_eq!(late, Err(MemberRefusal::Gone("b".into())));
         assert_eq!(m.get("a").unwrap().state, AgentState::Active);
     }
 
@@ -355,7 +357,7 @@ mod tests {
             .collect();
         let mut m = Membership::new(cfg(), agents, t0);
         // Everyone goes silent (a partition); within the first minute at most 2 are removed.
-        let ev = run(&mut m, t0, Duration::from_secs(30), &[]);
+        let ev = run(&mut m, t0, Duration::from_secs(32), &[]);
         let gone = ev.iter().filter(|e| e.to == AgentState::Gone).count();
         assert_eq!(gone, 2);
         // Once the first removals are a minute old, two more may go.

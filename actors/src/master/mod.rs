@@ -1,6 +1,687 @@
-//! The Master: membership keeper, certificate authority and (later) allocator. Its state
-//! lives behind [`state::StateStore`].
+//! The Master: membership keeper and certificate authority (the Citadel role).
+//!
+//! [`Master`] is an actix actor; its mailbox is the only way its state changes, and every
+//! change it must not lose goes to the [`state::StateStore`] before it answers. Agents reach
+//! it through [`MasterGate`] (the `$master` actor on the mesh), which checks that the
+//! verified caller is the agent it claims to be. Joining nodes reach it through the
+//! bootstrap port, operators through the HTTP API ([`api`]).
 
+pub mod api;
 pub mod membership;
 pub mod state;
 pub mod token;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+use tracing::{error, info, warn};
+
+use actormesh_transport::bootstrap::BootstrapServer;
+use actormesh_transport::codec;
+use actormesh_transport::pki::{CertificateAuthority, Credentials, NodeKey, DEFAULT_CA_TTL};
+use actormesh_transport::{Endpoint, SpiffeId};
+
+use crate::protocol::{
+    Heartbeat, JoinReply, JoinRequest, Register, Registered, Renew, MASTER_ACTOR,
+};
+use crate::{Node, NodeConfig};
+use membership::{AgentRecord, AgentState, DetectorConfig, Membership, MembershipEvent};
+use state::{Change, RedbStore, StateStore, Table};
+use token::{JoinToken, TokenRecord, TokenRole};
+
+/// How a master is started.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// Where state, the CA and the API token live.
+    pub data_dir: PathBuf,
+    /// Mesh (mutual TLS) address.
+    pub listen: SocketAddr,
+    /// Bootstrap (join) address.
+    pub bootstrap: SocketAddr,
+    /// Operator HTTP API address (loopback unless told otherwise).
+    pub api: SocketAddr,
+    /// Trust domain of a CA created at first start.
+    pub trust_domain: String,
+    /// Use this CA (made by `actormesh ca init`) instead of creating one at first start.
+    pub ca_dir: Option<PathBuf>,
+    /// Failure detection.
+    pub detector: DetectorConfig,
+    /// Lifetime of agent certificates.
+    pub agent_cert_ttl: Duration,
+}
+
+impl MasterConfig {
+    /// Defaults: data in `data_dir`, mesh on 127.0.0.1:7000, bootstrap 7001, API 7080.
+    pub fn new(data_dir: PathBuf) -> Self {
+        let ip = std::net::Ipv4Addr::LOCALHOST.into();
+        Self {
+            data_dir,
+            listen: SocketAddr::new(ip, 7000),
+            bootstrap: SocketAddr::new(ip, 7001),
+            api: SocketAddr::new(ip, 7080),
+            trust_domain: "cluster.local".into(),
+            ca_dir: None,
+            detector: DetectorConfig::default(),
+            agent_cert_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// A running master.
+#[derive(Debug, Clone)]
+pub struct MasterHandle {
+    /// The master actor.
+    pub master: Addr<Master>,
+    /// The master's mesh node.
+    pub node: Node,
+    /// The bootstrap address.
+    pub bootstrap: SocketAddr,
+    /// The HTTP API address.
+    pub api: SocketAddr,
+    /// Where the API token is written.
+    pub api_token_file: PathBuf,
+    /// The CA fingerprint that join tokens pin.
+    pub ca_fingerprint: String,
+}
+
+const META_CA_CERT: &str = "ca_cert";
+const META_CA_KEY: &str = "ca_key";
+const META_API_TOKEN: &str = "api_token_hash";
+/// File (mode 0600) in the data dir holding the operator API token.
+pub const API_TOKEN_FILE: &str = "api-token";
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+fn sha256_hex(s: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The CA: from the store, else from `--ca`, else new; stored on first start.
+fn load_or_create_ca(
+    store: &dyn StateStore,
+    config: &MasterConfig,
+) -> anyhow::Result<CertificateAuthority> {
+    if let (Some(cert), Some(key)) = (
+        store.get(Table::Meta, META_CA_CERT)?,
+        store.get(Table::Meta, META_CA_KEY)?,
+    ) {
+        return Ok(CertificateAuthority::from_pem(
+            std::str::from_utf8(&cert)?,
+            std::str::from_utf8(&key)?,
+        )?);
+    }
+    let ca = match &config.ca_dir {
+        Some(dir) => CertificateAuthority::load(dir)?,
+        None => CertificateAuthority::generate(&config.trust_domain, DEFAULT_CA_TTL)?,
+    };
+    store.apply(&[
+        Change::Put {
+            table: Table::Meta,
+            key: META_CA_CERT.into(),
+            value: ca.cert_pem().as_bytes().to_vec(),
+        },
+        Change::Put {
+            table: Table::Meta,
+            key: META_CA_KEY.into(),
+            value: ca.key_pem().into_bytes(),
+        },
+    ])?;
+    info!(trust_domain = ca.trust_domain(), "created the cluster CA");
+    Ok(ca)
+}
+
+/// The operator API token: the file's, if its hash matches the store; else a new one.
+fn load_or_create_api_token(store: &dyn StateStore, dir: &Path) -> anyhow::Result<String> {
+    let file = dir.join(API_TOKEN_FILE);
+    let stored = store.get(Table::Meta, META_API_TOKEN)?;
+    if let (Ok(token), Some(hash)) = (std::fs::read_to_string(&file), &stored) {
+        let token = token.trim().to_string();
+        if sha256_hex(&token).as_bytes() == hash.as_slice() {
+            return Ok(token);
+        }
+    }
+    let token = token::random_string(40).map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    write_private(&file, &token)?;
+    store.apply(&[Change::Put {
+        table: Table::Meta,
+        key: META_API_TOKEN.into(),
+        value: sha256_hex(&token).into_bytes(),
+    }])?;
+    Ok(token)
+}
+
+/// The master's own mesh credentials: a key kept in the data dir, a certificate issued
+/// from the CA at each start.
+fn master_credentials(ca: &CertificateAuthority, dir: &Path) -> anyhow::Result<Credentials> {
+    let key_file = dir.join("master-key.pem");
+    let key = match std::fs::read_to_string(&key_file) {
+        Ok(pem) => NodeKey::from_pem(&pem)?,
+        Err(_) => {
+            let k = NodeKey::generate()?;
+            write_private(&key_file, &k.pem())?;
+            k
+        }
+    };
+    let id = SpiffeId::node(ca.trust_domain(), "master")?;
+    let cert = ca.sign_csr(&key.csr(&id)?, &id, Duration::from_secs(365 * 24 * 3600))?;
+    Ok(key.credentials(&cert, ca.cert_pem())?)
+}
+
+/// Starts a master: state, CA, mesh node, bootstrap port, API. Call inside an actix
+/// system.
+pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let store: Arc<dyn StateStore> = Arc::new(RedbStore::open(&config.data_dir)?);
+    let ca = load_or_create_ca(store.as_ref(), &config)?;
+    let api_token = load_or_create_api_token(store.as_ref(), &config.data_dir)?;
+    let creds = master_credentials(&ca, &config.data_dir)?;
+    let node = Node::start(NodeConfig::new(config.listen), &creds)?;
+    let fingerprint = ca.fingerprint();
+
+    let agents: Vec<AgentRecord> = store
+        .list(Table::Agents)?
+        .into_iter()
+        .map(|(_, v)| codec::decode(&v))
+        .collect::<Result<_, _>>()?;
+    let tokens: BTreeMap<String, TokenRecord> = store
+        .list(Table::Tokens)?
+        .into_iter()
+        .map(|(k, v)| codec::decode(&v).map(|t| (k, t)))
+        .collect::<Result<_, _>>()?;
+    for a in agents.iter().filter(|a| a.state == AgentState::Gone) {
+        if let Ok(id) = SpiffeId::parse(&a.identity) {
+            node.endpoint().revoke(&id);
+        }
+    }
+    info!(
+        agents = agents.len(),
+        tokens = tokens.len(),
+        "master state loaded"
+    );
+    let master = Master {
+        store,
+        ca,
+        membership: Membership::new(config.detector, agents, Instant::now()),
+        tokens,
+        subscribers: Vec::new(),
+        mesh_addr: node.local_addr(),
+        endpoint: node.endpoint().clone(),
+        agent_cert_ttl: config.agent_cert_ttl,
+    }
+    .start();
+    node.spawn(
+        MASTER_ACTOR,
+        MasterGate {
+            master: master.clone(),
+        },
+    )?;
+    let join_master = master.clone();
+    let bootstrap = BootstrapServer::bind(config.bootstrap, &creds, move |body, from| {
+        let master = join_master.clone();
+        async move {
+            let reply = match codec::decode::<JoinRequest>(&body) {
+                Ok(req) => master
+                    .send(Join(req))
+                    .await
+                    .unwrap_or_else(|e| JoinReply::Refused {
+                        reason: format!("the master is not running: {e}"),
+                    }),
+                Err(e) => JoinReply::Refused {
+                    reason: format!("malformed join request from {from}: {e}"),
+                },
+            };
+            codec::encode(&reply).unwrap_or_default()
+        }
+    })?;
+    // The listener's task keeps serving after this handle is dropped.
+    let bootstrap_addr = bootstrap.local_addr()?;
+    let api_addr = api::serve(config.api, master.clone(), api_token).await?;
+    info!(mesh = %node.local_addr(), bootstrap = %bootstrap_addr, api = %api_addr, "master up");
+    Ok(MasterHandle {
+        master,
+        node,
+        bootstrap: bootstrap_addr,
+        api: api_addr,
+        api_token_file: config.data_dir.join(API_TOKEN_FILE),
+        ca_fingerprint: fingerprint,
+    })
+}
+
+/// The master actor.
+pub struct Master {
+    store: Arc<dyn StateStore>,
+    ca: CertificateAuthority,
+    membership: Membership,
+    tokens: BTreeMap<String, TokenRecord>,
+    subscribers: Vec<Recipient<MembershipEvent>>,
+    mesh_addr: SocketAddr,
+    endpoint: Endpoint,
+    agent_cert_ttl: Duration,
+}
+
+impl std::fmt::Debug for Master {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Master")
+            .field("mesh", &self.mesh_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Actor for Master {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let every = self.membership.config().heartbeat_interval;
+        ctx.run_interval(every, |m, _| m.check());
+    }
+}
+
+impl Master {
+    fn persist_agent(&self, id: &str) -> Result<(), String> {
+        let Some(rec) = self.membership.get(id) else {
+            return Ok(());
+        };
+        let value = codec::encode(rec).map_err(|e| e.to_string())?;
+        self.store
+            .apply(&[Change::Put {
+                table: Table::Agents,
+                key: id.to_string(),
+                value,
+            }])
+            .map_err(|e| {
+                error!(agent = id, error = %e, "cannot persist agent");
+                format!("the master could not record agent {id}: {e}")
+            })
+    }
+
+    fn publish(&mut self, event: MembershipEvent) {
+        info!(agent = %event.agent, from = ?event.from, to = %event.to, "membership change");
+        self.subscribers.retain(|s| s.connected());
+        for s in &self.subscribers {
+            s.do_send(event.clone());
+        }
+    }
+
+    fn check(&mut self) {
+        for event in self.membership.check(Instant::now()) {
+            if event.to == AgentState::Gone {
+                self.remove(&event.agent);
+            }
+            let _ = self.persist_agent(&event.agent);
+            self.publish(event);
+        }
+    }
+
+    /// A Gone agent: its identity is revoked (handshakes refused, links closed) and the
+    /// token it joined with stops working, so it cannot be replayed.
+    fn remove(&mut self, id: &str) {
+        let Some(rec) = self.membership.get(id).cloned() else {
+            return;
+        };
+        if let Ok(identity) = SpiffeId::parse(&rec.identity) {
+            self.endpoint.revoke(&identity);
+        }
+        if let Some(t) = self.tokens.get_mut(&rec.token_id) {
+            t.revoked = true;
+            if let Ok(value) = codec::encode(t) {
+                let _ = self.store.apply(&[Change::Put {
+                    table: Table::Tokens,
+                    key: t.id.clone(),
+                    value,
+                }]);
+            }
+        }
+        warn!(
+            agent = id,
+            "agent removed (Gone); identity and join token revoked"
+        );
+    }
+
+    fn identity_of(&self, id: &str) -> String {
+        format!("spiffe://{}/node/{id}", self.ca.trust_domain())
+    }
+
+    /// The agent the verified caller is, if it is the one it claims.
+    fn check_caller(&self, agent_id: &str, caller: &Option<SpiffeId>) -> Result<(), String> {
+        match caller {
+            Some(c) if c.as_str() == self.identity_of(agent_id) => Ok(()),
+            Some(c) => Err(format!("{c} may not speak for agent {agent_id}")),
+            None => Err("agent messages must come over the mesh".into()),
+        }
+    }
+
+    fn join(&mut self, req: JoinRequest) -> JoinReply {
+        let refuse = |reason: String| {
+            warn!(%reason, "join refused");
+            JoinReply::Refused { reason }
+        };
+        let presented = JoinToken {
+            id: req.token_id.clone(),
+            secret: req.token_secret.clone(),
+            ca_fingerprint: self.ca.fingerprint(),
+        };
+        let Some(record) = self.tokens.get(&req.token_id) else {
+            return refuse(token::TokenRefusal::Unknown(req.token_id).to_string());
+        };
+        if let Err(r) = record.check(&presented, SystemTime::now()) {
+            return refuse(r.to_string());
+        }
+        let id = if req.name.is_empty() {
+            match JoinToken::generate(&self.ca.fingerprint()) {
+                Ok(t) => format!("agent-{}", t.id),
+                Err(_) => return refuse("the master has no randomness".into()),
+            }
+        } else {
+            req.name.clone()
+        };
+        if id.len() > 63
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return refuse(format!(
+                "agent name {id:?} is not valid: use up to 63 lowercase letters, digits and '-'"
+            ));
+        }
+        if let Some(existing) = self.membership.get(&id) {
+            if existing.state != AgentState::Gone {
+                return refuse(format!(
+                    "agent name {id} is taken by a member in state {}",
+                    existing.state
+                ));
+            }
+        }
+        let identity = match SpiffeId::node(self.ca.trust_domain(), &id) {
+            Ok(i) => i,
+            Err(e) => return refuse(e.to_string()),
+        };
+        let cert_pem = match self
+            .ca
+            .sign_csr(&req.csr_pem, &identity, self.agent_cert_ttl)
+        {
+            Ok(c) => c,
+            Err(e) => return refuse(format!("cannot sign the certificate request: {e}")),
+        };
+        let record = AgentRecord {
+            id: id.clone(),
+            identity: identity.to_string(),
+            addr: None,
+            resources: Default::default(),
+            attrs: BTreeMap::new(),
+            actor_types: vec![],
+            state: AgentState::Active,
+            draining: false,
+            token_id: req.token_id,
+            joined_at: SystemTime::now(),
+            last_heartbeat: None,
+            cert_expiry: Some(SystemTime::now() + self.agent_cert_ttl),
+            running: vec![],
+        };
+        let event = self.membership.join(record, Instant::now());
+        if let Err(e) = self.persist_agent(&id) {
+            return refuse(e);
+        }
+        self.publish(event);
+        info!(agent = %id, "agent joined");
+        JoinReply::Accepted {
+            agent_id: id,
+            cert_pem,
+            master_addr: self.mesh_addr,
+        }
+    }
+}
+
+/// A join request from the bootstrap port.
+#[derive(Debug, Message)]
+#[rtype(result = "JoinReply")]
+pub struct Join(pub JoinRequest);
+
+impl Handler<Join> for Master {
+    type Result = MessageResult<Join>;
+    fn handle(&mut self, m: Join, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.join(m.0))
+    }
+}
+
+/// An agent message with the verified identity of its sender.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Registered, String>")]
+struct RegisterFrom(Register, Option<SpiffeId>);
+
+impl Handler<RegisterFrom> for Master {
+    type Result = Result<Registered, String>;
+    fn handle(&mut self, m: RegisterFrom, _: &mut Context<Self>) -> Self::Result {
+        let (r, caller) = (m.0, m.1);
+        self.check_caller(&r.agent_id, &caller)?;
+        let event = self
+            .membership
+            .seen(&r.agent_id, Instant::now(), SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        if let Some(rec) = self.membership.record_mut(&r.agent_id) {
+            rec.addr = Some(r.addr);
+            rec.resources = r.resources;
+            rec.attrs = r.attrs;
+            rec.actor_types = r.actor_types;
+            rec.running = r.running;
+            rec.cert_expiry = Some(r.cert_expiry);
+        }
+        self.persist_agent(&r.agent_id)?;
+        if let Some(e) = event {
+            self.publish(e);
+        }
+        Ok(Registered {
+            heartbeat_interval_ms: self.membership.config().heartbeat_interval.as_millis() as u64,
+        })
+    }
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), String>")]
+struct HeartbeatFrom(Heartbeat, Option<SpiffeId>);
+
+impl Handler<HeartbeatFrom> for Master {
+    type Result = Result<(), String>;
+    fn handle(&mut self, m: HeartbeatFrom, _: &mut Context<Self>) -> Self::Result {
+        self.check_caller(&m.0.agent_id, &m.1)?;
+        let event = self
+            .membership
+            .seen(&m.0.agent_id, Instant::now(), SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = event {
+            let _ = self.persist_agent(&m.0.agent_id);
+            self.publish(e);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<String, String>")]
+struct RenewFrom(Renew, Option<SpiffeId>);
+
+impl Handler<RenewFrom> for Master {
+    type Result = Result<String, String>;
+    fn handle(&mut self, m: RenewFrom, _: &mut Context<Self>) -> Self::Result {
+        self.check_caller(&m.0.agent_id, &m.1)?;
+        let rec = self
+            .membership
+            .get(&m.0.agent_id)
+            .ok_or_else(|| format!("agent {} is not registered", m.0.agent_id))?;
+        if rec.state == AgentState::Gone {
+            return Err(membership::MemberRefusal::Gone(m.0.agent_id).to_string());
+        }
+        let identity = SpiffeId::parse(&rec.identity).map_err(|e| e.to_string())?;
+        let cert = self
+            .ca
+            .sign_csr(&m.0.csr_pem, &identity, self.agent_cert_ttl)
+            .map_err(|e| format!("cannot sign the renewal: {e}"))?;
+        if let Some(rec) = self.membership.record_mut(&m.0.agent_id) {
+            rec.cert_expiry = Some(SystemTime::now() + self.agent_cert_ttl);
+        }
+        self.persist_agent(&m.0.agent_id)?;
+        info!(agent = %m.0.agent_id, "certificate renewed");
+        Ok(cert)
+    }
+}
+
+/// Creates a join token; returns it as printed for operators.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<CreatedToken, String>")]
+pub struct CreateToken {
+    /// How long it works.
+    pub ttl: Duration,
+    /// What it allows.
+    pub role: TokenRole,
+}
+
+/// A token just made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    /// The whole token, secret included (shown once).
+    pub token: String,
+    /// Its id.
+    pub id: String,
+    /// When it stops working.
+    pub expires: SystemTime,
+}
+
+impl Handler<CreateToken> for Master {
+    type Result = Result<CreatedToken, String>;
+    fn handle(&mut self, m: CreateToken, _: &mut Context<Self>) -> Self::Result {
+        let token = JoinToken::generate(&self.ca.fingerprint())
+            .map_err(|_| "no system randomness".to_string())?;
+        let record = TokenRecord::new(&token, m.role, SystemTime::now(), m.ttl);
+        let value = codec::encode(&record).map_err(|e| e.to_string())?;
+        self.store
+            .apply(&[Change::Put {
+                table: Table::Tokens,
+                key: token.id.clone(),
+                value,
+            }])
+            .map_err(|e| format!("cannot record the token: {e}"))?;
+        let expires = record.expires;
+        self.tokens.insert(token.id.clone(), record);
+        Ok(CreatedToken {
+            token: token.to_string(),
+            id: token.id,
+            expires,
+        })
+    }
+}
+
+/// Every agent.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<AgentRecord>")]
+pub struct ListNodes;
+
+impl Handler<ListNodes> for Master {
+    type Result = MessageResult<ListNodes>;
+    fn handle(&mut self, _: ListNodes, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.membership.all().cloned().collect())
+    }
+}
+
+/// Marks an agent draining (no new work placed on it).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<AgentRecord, String>")]
+pub struct DrainNode(pub String);
+
+impl Handler<DrainNode> for Master {
+    type Result = Result<AgentRecord, String>;
+    fn handle(&mut self, m: DrainNode, _: &mut Context<Self>) -> Self::Result {
+        let rec = self
+            .membership
+            .record_mut(&m.0)
+            .ok_or_else(|| format!("no node named {:?}", m.0))?;
+        rec.draining = true;
+        let rec = rec.clone();
+        self.persist_agent(&m.0)?;
+        Ok(rec)
+    }
+}
+
+/// Subscribes an actor to membership changes.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Subscribe(pub Recipient<MembershipEvent>);
+
+impl Handler<Subscribe> for Master {
+    type Result = ();
+    fn handle(&mut self, m: Subscribe, _: &mut Context<Self>) {
+        self.subscribers.push(m.0);
+    }
+}
+
+/// The master's face on the mesh (`$master`): forwards agent messages with the verified
+/// caller to [`Master`].
+#[derive(Debug)]
+pub struct MasterGate {
+    master: Addr<Master>,
+}
+
+impl Actor for MasterGate {
+    type Context = Context<Self>;
+}
+
+fn forward<M, R>(master: &Addr<Master>, m: M) -> ResponseFuture<Result<R, String>>
+where
+    Master: Handler<M>,
+    M: Message<Result = Result<R, String>> + Send + 'static,
+    R: Send + 'static,
+{
+    let req = master.send(m);
+    Box::pin(async move {
+        req.await
+            .unwrap_or_else(|e| Err(format!("the master is not running: {e}")))
+    })
+}
+
+#[crate::handler]
+impl Handler<Register> for MasterGate {
+    type Result = ResponseFuture<Result<Registered, String>>;
+    fn handle(&mut self, m: Register, _: &mut Context<Self>) -> Self::Result {
+        forward(&self.master, RegisterFrom(m, crate::caller()))
+    }
+}
+
+#[crate::handler]
+impl Handler<Heartbeat> for MasterGate {
+    type Result = ResponseFuture<Result<(), String>>;
+    fn handle(&mut self, m: Heartbeat, _: &mut Context<Self>) -> Self::Result {
+        forward(&self.master, HeartbeatFrom(m, crate::caller()))
+    }
+}
+
+#[crate::handler]
+impl Handler<Renew> for MasterGate {
+    type Result = ResponseFuture<Result<String, String>>;
+    fn handle(&mut self, m: Renew, _: &mut Context<Self>) -> Self::Result {
+        forward(&self.master, RenewFrom(m, crate::caller()))
+    }
+}

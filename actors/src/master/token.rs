@@ -49,7 +49,8 @@ impl fmt::Display for JoinToken {
 #[error("invalid join token: {0} (expected am1.<6 letters/digits>.<16 letters/digits>.<64 hex digits>, as printed by `actormesh token create`)")]
 pub struct TokenFormatError(pub String);
 
-fn random_string(len: usize) -> Result<String, ring::error::Unspecified> {
+/// `len` random lowercase letters and digits from the system's secure generator.
+pub fn random_string(len: usize) -> Result<String, ring::error::Unspecified> {
     let rng = ring::rand::SystemRandom::new();
     let mut bytes = vec![0u8; len];
     rng.fill(&mut bytes)?;

@@ -1,0 +1,391 @@
+//! The Agent: joins the cluster with a token, keeps a certificate of its own, registers
+//! what it offers and runs, and heartbeats to the master.
+//!
+//! The agent's private key is made here and never leaves: joining sends a CSR over the
+//! bootstrap port (trusting only the CA its token pins); renewal at half-life sends a new
+//! CSR over the mesh, keeping the old certificate in use until the new one arrives.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context as _};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use actormesh_transport::bootstrap;
+use actormesh_transport::codec;
+use actormesh_transport::pki::{files, Credentials, NodeKey};
+
+use crate::master::token::JoinToken;
+use crate::protocol::{Heartbeat, JoinReply, JoinRequest, Register, Renew, MASTER_ACTOR};
+use crate::resources::Resources;
+use crate::{AskError, Node, NodeConfig, RemoteRef};
+
+/// How an agent is started.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The master's bootstrap address.
+    pub join: SocketAddr,
+    /// The join token (needed the first time; later starts reuse the saved certificate).
+    pub token: Option<String>,
+    /// Where the key, certificate and agent id are kept.
+    pub data_dir: PathBuf,
+    /// Mesh address to listen on.
+    pub listen: SocketAddr,
+    /// Agent name asked for (empty: the master picks one).
+    pub name: String,
+    /// Offered resources (`None`: detected).
+    pub resources: Option<Resources>,
+    /// Attributes such as zone and rack.
+    pub attrs: BTreeMap<String, String>,
+    /// Actor types this binary hosts.
+    pub actor_types: Vec<String>,
+}
+
+/// A running agent.
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    /// The agent's mesh node.
+    pub node: Node,
+    /// Its id in the cluster.
+    pub agent_id: String,
+    /// The master's `$master` actor.
+    pub master: RemoteRef,
+    /// Set with the reason if the master removed this agent (it must rejoin).
+    pub removed: watch::Receiver<Option<String>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    agent_id: String,
+    master_addr: SocketAddr,
+}
+
+const SAVED: &str = "agent.json";
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    // Renamed into place, so a crash never leaves half a key or certificate.
+    std::fs::rename(&tmp, path)
+}
+
+fn save_credentials(dir: &Path, key_pem: &str, cert_pem: &str, ca_pem: &str) -> anyhow::Result<()> {
+    write_private(&dir.join(files::KEY), key_pem)?;
+    write_private(&dir.join(files::CERT), cert_pem)?;
+    write_private(&dir.join(files::CA_CERT), ca_pem)?;
+    Ok(())
+}
+
+/// Detects cpus, memory (MiB) and the disk space (MiB) of the data directory.
+pub fn detect_resources(data_dir: &Path) -> Resources {
+    let mut r = Resources::default();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    r.scalars.insert("cpus".into(), cpus as f64);
+    if let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") {
+        if let Some(kib) = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        {
+            r.scalars.insert("mem".into(), (kib / 1024.0).floor());
+        }
+    }
+    // `df -Pk` is POSIX; no unsafe statvfs call needed.
+    if let Ok(out) = std::process::Command::new("df")
+        .arg("-Pk")
+        .arg(data_dir)
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(avail) = text
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            r.scalars.insert("disk".into(), (avail / 1024.0).floor());
+        }
+    }
+    r
+}
+
+async fn join(config: &AgentConfig) -> anyhow::Result<(Credentials, Saved)> {
+    let token_text = config.token.as_deref().ok_or_else(|| {
+        anyhow!(
+            "{} holds no certificate yet: pass --token (from `actormesh token create`) to join",
+            config.data_dir.display()
+        )
+    })?;
+    let token: JoinToken = token_text.parse()?;
+    let key = NodeKey::generate()?;
+    let wanted = actormesh_transport::SpiffeId::parse("spiffe://joining/node/agent")?;
+    let request = JoinRequest {
+        token_id: token.id.clone(),
+        token_secret: token.secret.clone(),
+        name: config.name.clone(),
+        csr_pem: key.csr(&wanted)?,
+    };
+    let (reply, ca_der) = bootstrap::request(
+        config.join,
+        &token.ca_fingerprint,
+        &codec::encode(&request)?,
+        Duration::from_secs(15),
+    )
+    .await
+    .with_context(|| format!("joining through {}", config.join))?;
+    match codec::decode::<JoinReply>(&reply)? {
+        JoinReply::Accepted {
+            agent_id,
+            cert_pem,
+            master_addr,
+        } => {
+            let ca_pem = pem_of(&ca_der);
+            std::fs::create_dir_all(&config.data_dir)?;
+            save_credentials(&config.data_dir, &key.pem(), &cert_pem, &ca_pem)?;
+            let saved = Saved {
+                agent_id,
+                master_addr,
+            };
+            write_private(
+                &config.data_dir.join(SAVED),
+                &serde_json::to_string(&saved)?,
+            )?;
+            let creds = key.credentials(&cert_pem, &ca_pem)?;
+            info!(agent = %saved.agent_id, master = %saved.master_addr, "joined the cluster");
+            Ok((creds, saved))
+        }
+        JoinReply::Refused { reason } => {
+            bail!("the master refused to let this agent join: {reason}")
+        }
+    }
+}
+
+fn pem_of(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+/// Starts an agent: joins (first time) or reuses its saved certificate, starts its node,
+/// registers, then heartbeats and renews in the background. Call inside an actix system.
+pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
+    let saved_file = config.data_dir.join(SAVED);
+    let (creds, saved) = match std::fs::read_to_string(&saved_file) {
+        Ok(text) => {
+            let saved: Saved = serde_json::from_str(&text).with_context(|| {
+                format!("{} is not a valid agent state file", saved_file.display())
+            })?;
+            (Credentials::load(&config.data_dir)?, saved)
+        }
+        Err(_) => join(&config).await?,
+    };
+    let node = Node::start(NodeConfig::new(config.listen), &creds)?;
+    let master = node.actor_ref(saved.master_addr, MASTER_ACTOR);
+    let resources = config
+        .resources
+        .clone()
+        .unwrap_or_else(|| detect_resources(&config.data_dir));
+    let register = Register {
+        agent_id: saved.agent_id.clone(),
+        addr: node.local_addr(),
+        resources,
+        attrs: config.attrs.clone(),
+        actor_types: config.actor_types.clone(),
+        running: node.actor_names(),
+        cert_expiry: creds.not_after().unwrap_or(SystemTime::UNIX_EPOCH),
+    };
+    let registered = register_until_accepted(&master, &register, Duration::from_secs(30)).await?;
+    info!(agent = %saved.agent_id, "registered with the master");
+    let (removed_tx, removed) = watch::channel(None);
+    let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
+    tokio::spawn(heartbeat_loop(
+        node.clone(),
+        master.clone(),
+        register,
+        interval,
+        removed_tx,
+    ));
+    tokio::spawn(renew_loop(
+        node.clone(),
+        master.clone(),
+        saved.agent_id.clone(),
+        config.data_dir.clone(),
+        creds,
+    ));
+    Ok(AgentHandle {
+        node,
+        agent_id: saved.agent_id,
+        master,
+        removed,
+    })
+}
+
+async fn register_until_accepted(
+    master: &RemoteRef,
+    register: &Register,
+    limit: Duration,
+) -> anyhow::Result<crate::protocol::Registered> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match master
+            .ask_timeout(register.clone(), Duration::from_secs(5))
+            .await
+        {
+            Ok(Ok(r)) => return Ok(r),
+            Ok(Err(reason)) => bail!("the master refused the registration: {reason}"),
+            // A refused handshake (revoked identity, unknown CA) will not get better.
+            Err(AskError::Unreachable { reason, .. }) if reason.contains("refused") => {
+                bail!("the master refused this agent's connection: {reason}")
+            }
+            Err(e) if started.elapsed() < limit => {
+                warn!(error = %e, "master not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => bail!(
+                "the master at {} did not answer within {limit:?}: {e}",
+                master.addr()
+            ),
+        }
+    }
+}
+
+async fn heartbeat_loop(
+    node: Node,
+    master: RemoteRef,
+    register: Register,
+    interval: Duration,
+    removed: watch::Sender<Option<String>>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lost = false;
+    let mut failures = 0u32;
+    loop {
+        ticker.tick().await;
+        let beat = Heartbeat {
+            agent_id: register.agent_id.clone(),
+        };
+        match master.ask_timeout(beat, interval * 4).await {
+            Ok(Ok(())) => {
+                failures = 0;
+                if lost {
+                    // The master is back (perhaps restarted): report again what runs here.
+                    lost = false;
+                    if let Err(e) = master
+                        .ask_timeout(register.clone(), Duration::from_secs(5))
+                        .await
+                    {
+                        warn!(error = %e, "re-registration failed; will retry");
+                        lost = true;
+                    } else {
+                        info!("re-registered with the master");
+                    }
+                }
+            }
+            Ok(Err(reason)) => {
+                error!(%reason, "the master refused this agent");
+                let _ = removed.send(Some(reason));
+                return;
+            }
+            Err(AskError::Timeout { .. }) | Err(AskError::Unreachable { .. }) => {
+                if !lost {
+                    warn!("master unreachable; still heartbeating");
+                }
+                lost = true;
+                failures += 1;
+                // A master that restarted does not know our old connection: rather than
+                // wait for it to time out, drop it after two missed answers and dial again.
+                if failures == 2 {
+                    if let Some(link) = node.endpoint().existing_link(master.addr()) {
+                        link.close(0, "master not answering heartbeats");
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "heartbeat failed");
+                lost = true;
+            }
+        }
+    }
+}
+
+/// Renews the certificate at half its life, backing off (capped) on failure. The old
+/// certificate stays in use until the new one is in place.
+async fn renew_loop(
+    node: Node,
+    master: RemoteRef,
+    agent_id: String,
+    dir: PathBuf,
+    mut creds: Credentials,
+) {
+    loop {
+        let Some(expiry) = creds.not_after() else {
+            return;
+        };
+        let now = SystemTime::now();
+        let life = expiry.duration_since(now).unwrap_or(Duration::ZERO);
+        tokio::time::sleep(life / 2).await;
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match renew_once(&node, &master, &agent_id, &dir).await {
+                Ok(new) => {
+                    creds = new;
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, retry_in = ?delay, "certificate renewal failed");
+                    tokio::time::sleep(delay).await;
+                    let left = expiry
+                        .duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO);
+                    delay = (delay * 2)
+                        .min(Duration::from_secs(60))
+                        .min(left / 4)
+                        .max(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+async fn renew_once(
+    node: &Node,
+    master: &RemoteRef,
+    agent_id: &str,
+    dir: &Path,
+) -> anyhow::Result<Credentials> {
+    let key = NodeKey::generate()?;
+    let id = node.identity();
+    let cert = master
+        .ask_timeout(
+            Renew {
+                agent_id: agent_id.to_string(),
+                csr_pem: key.csr(&id)?,
+            },
+            Duration::from_secs(10),
+        )
+        .await?
+        .map_err(|r| anyhow!("the master refused: {r}"))?;
+    let ca_pem = std::fs::read_to_string(dir.join(files::CA_CERT))?;
+    let creds = key.credentials(&cert, &ca_pem)?;
+    node.endpoint().replace_credentials(&creds)?;
+    save_credentials(dir, &key.pem(), &cert, &ca_pem)?;
+    info!(expires = ?creds.not_after(), "certificate renewed");
+    Ok(creds)
+}

@@ -1,0 +1,183 @@
+//! The operator HTTP API (JSON), guarded by a bearer token.
+//!
+//! | method | path | does |
+//! |---|---|---|
+//! | GET | `/v1/nodes` | every node |
+//! | GET | `/v1/nodes/{id}` | one node |
+//! | POST | `/v1/nodes/{id}/drain` | mark a node draining |
+//! | POST | `/v1/tokens` | `{"ttl_secs": 3600, "role": "agent"}` → a join token |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::token::TokenRole;
+use super::{CreateToken, DrainNode, ListNodes, Master};
+
+#[derive(Clone)]
+struct Api {
+    master: Addr<Master>,
+    token: Arc<str>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn authorized(api: &Api, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok = presented.len() == api.token.len()
+        && presented
+            .bytes()
+            .zip(api.token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    ok
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong API token: send 'Authorization: Bearer <token>' with the token from the master's api-token file",
+    )
+}
+
+async fn nodes(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    match api.master.send(ListNodes).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the master is not running: {e}"),
+        ),
+    }
+}
+
+async fn node(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    match api.master.send(ListNodes).await {
+        Ok(list) => match list.into_iter().find(|n| n.id == id) {
+            Some(n) => Json(n).into_response(),
+            None => error(StatusCode::NOT_FOUND, format!("no node named {id:?}")),
+        },
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the master is not running: {e}"),
+        ),
+    }
+}
+
+async fn drain(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    match api.master.send(DrainNode(id)).await {
+        Ok(Ok(n)) => Json(n).into_response(),
+        Ok(Err(e)) => error(StatusCode::NOT_FOUND, e),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the master is not running: {e}"),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    ttl_secs: Option<u64>,
+    role: Option<String>,
+}
+
+async fn create_token(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    let req: TokenRequest = if body.is_empty() {
+        TokenRequest {
+            ttl_secs: None,
+            role: None,
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                    "bad token request: {e} (expected {{\"ttl_secs\": 3600, \"role\": \"agent\"}})"
+                ),
+                )
+            }
+        }
+    };
+    let role = match req.role.as_deref() {
+        None | Some("agent") => TokenRole::Agent,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown role {other:?}: expected \"agent\""),
+            )
+        }
+    };
+    let ttl = Duration::from_secs(req.ttl_secs.unwrap_or(24 * 3600));
+    if ttl.is_zero() {
+        return error(StatusCode::BAD_REQUEST, "ttl_secs must be more than 0");
+    }
+    match api.master.send(CreateToken { ttl, role }).await {
+        Ok(Ok(t)) => Json(t).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the master is not running: {e}"),
+        ),
+    }
+}
+
+/// Serves the API on `addr`; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    master: Addr<Master>,
+    token: String,
+) -> anyhow::Result<SocketAddr> {
+    let api = Api {
+        master,
+        token: token.into(),
+    };
+    let app = Router::new()
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{id}", get(node))
+        .route("/v1/nodes/{id}/drain", post(drain))
+        .route("/v1/tokens", post(create_token))
+        .with_state(api);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for the API on {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    });
+    Ok(bound)
+}

@@ -1,0 +1,94 @@
+//! What agents and the master say to each other.
+//!
+//! Joining happens on the master's bootstrap port (codec-encoded [`JoinRequest`] /
+//! [`JoinReply`]); everything after that is actor messages over the mesh to the master's
+//! gate actor [`MASTER_ACTOR`], whose handlers check [`crate::caller`] against the agent id.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::Resources;
+use crate::RemoteMessage;
+
+/// The name of the master's actor that agents talk to.
+pub const MASTER_ACTOR: &str = "$master";
+
+/// Sent by a node without a certificate to the bootstrap port.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The token's id.
+    pub token_id: String,
+    /// The token's secret.
+    pub token_secret: String,
+    /// The agent name asked for (empty: the master picks one).
+    pub name: String,
+    /// A PEM signing request over the key the agent made for itself.
+    pub csr_pem: String,
+}
+
+/// The master's answer to a [`JoinRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum JoinReply {
+    /// Welcome: the agent's id, its certificate and where the master's mesh node listens.
+    Accepted {
+        /// The agent id.
+        agent_id: String,
+        /// PEM certificate for the agent's key.
+        cert_pem: String,
+        /// The master's mesh address.
+        master_addr: SocketAddr,
+    },
+    /// Refused, and why.
+    Refused {
+        /// Why, in words for the operator.
+        reason: String,
+    },
+}
+
+/// An agent tells the master where it listens, what it offers and what it runs.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.master.Register/v1", reply = Result<Registered, String>)]
+pub struct Register {
+    /// The agent id.
+    pub agent_id: String,
+    /// The agent node's mesh address.
+    pub addr: SocketAddr,
+    /// What it offers.
+    pub resources: Resources,
+    /// Attributes (zone, rack, labels).
+    pub attrs: BTreeMap<String, String>,
+    /// Actor types its binary hosts.
+    pub actor_types: Vec<String>,
+    /// What it runs now (soft state: reconciled, never killed for being unknown).
+    pub running: Vec<String>,
+    /// Expiry of its certificate.
+    pub cert_expiry: SystemTime,
+}
+
+/// The master accepted a registration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Registered {
+    /// How often to heartbeat, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+}
+
+/// I am alive.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.master.Heartbeat/v1", reply = Result<(), String>)]
+pub struct Heartbeat {
+    /// The agent id.
+    pub agent_id: String,
+}
+
+/// Please sign a new certificate over this key (renewal at half-life).
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.master.Renew/v1", reply = Result<String, String>)]
+pub struct Renew {
+    /// The agent id.
+    pub agent_id: String,
+    /// PEM signing request over a new key.
+    pub csr_pem: String,
+}
