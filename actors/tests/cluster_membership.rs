@@ -1,0 +1,258 @@
+//! A master and agents as real processes on loopback: joining, failure detection,
+//! removal, refusals, master restart.
+
+mod common;
+
+use std::time::Duration;
+
+use actormesh::master::membership::AgentState;
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_join_fail_and_are_removed_and_a_removed_agent_is_refused() {
+    let dir = temp_dir("membership");
+    let master = Master::start(
+        &dir.join("master"),
+        free_udp(),
+        free_udp(),
+        free_tcp(),
+        &[
+            "--heartbeat",
+            "100ms",
+            "--unreachable-after",
+            "1s",
+            "--gone-after",
+            "3s",
+        ],
+    )
+    .await;
+    let token = master.token(3600);
+    let mut agents = Vec::new();
+    for (i, zone) in ["a", "b", "c"].iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let attr = format!("zone={zone}");
+        agents.push(
+            agent(
+                &master,
+                &dir.join(&name),
+                &name,
+                Some(&token),
+                &["--attr", &attr, "--resources", "cpus:2;mem:1GiB"],
+            )
+            .await,
+        );
+    }
+    let nodes = tokio::task::block_in_place(|| master.nodes());
+    assert_eq!(nodes.len(), 3);
+    for n in &nodes {
+        assert_eq!(n.state, AgentState::Active, "{n:?}");
+        assert_eq!(n.resources.scalars["cpus"], 2.0);
+        assert!(n.attrs.contains_key("zone"));
+        assert!(n.cert_expiry.is_some() && n.last_heartbeat.is_some());
+    }
+
+    // kill -9 n3: Unreachable within the limit, Gone later.
+    agents[2].kill().await;
+    let took = master
+        .wait_state("n3", AgentState::Unreachable, Duration::from_secs(10))
+        .await;
+    assert!(
+        took < Duration::from_millis(2500),
+        "took {took:?} for a 1 s limit"
+    );
+    master
+        .wait_state("n3", AgentState::Gone, Duration::from_secs(15))
+        .await;
+    assert_eq!(
+        tokio::task::block_in_place(|| master.state_of("n1")),
+        Some(AgentState::Active)
+    );
+
+    // The removed agent, restarted with its old certificate, is refused and says why.
+    let join = master.bootstrap.to_string();
+    let again = Proc::spawn(&[
+        "agent",
+        "--join",
+        &join,
+        "--data-dir",
+        dir.join("n3").to_str().unwrap(),
+    ]);
+    let err = again.exit_stderr().await;
+    assert!(err.contains("refused") && err.contains("revoked"), "{err}");
+    // Its token, replayed by a new node, is refused too.
+    let replay = Proc::spawn(&[
+        "agent",
+        "--join",
+        &join,
+        "--data-dir",
+        dir.join("n3b").to_str().unwrap(),
+        "--name",
+        "n3b",
+        "--token",
+        &token,
+    ]);
+    let err = replay.exit_stderr().await;
+    assert!(err.contains("has been revoked"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_expired_and_foreign_credentials_are_refused_with_a_reason() {
+    let dir = temp_dir("refusals");
+    let master = Master::start(&dir.join("master"), free_udp(), free_udp(), free_tcp(), &[]).await;
+    let join = master.bootstrap.to_string();
+    let run = |args: Vec<String>| async move {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Proc::spawn(&args).exit_stderr().await
+    };
+    let d = |n: &str| dir.join(n).to_str().unwrap().to_string();
+
+    let err = run(vec![
+        "agent".into(),
+        "--join".into(),
+        join.clone(),
+        "--data-dir".into(),
+        d("x1"),
+        "--token".into(),
+        "not-a-token".into(),
+    ])
+    .await;
+    assert!(err.contains("invalid join token"), "{err}");
+
+    let valid = master.token(3600);
+    let unknown = format!("am1.zzzzzz{}", &valid[10..]);
+    let err = run(vec![
+        "agent".into(),
+        "--join".into(),
+        join.clone(),
+        "--data-dir".into(),
+        d("x2"),
+        "--token".into(),
+        unknown,
+    ])
+    .await;
+    assert!(err.contains("unknown to this master"), "{err}");
+
+    let short = master.token(1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let err = run(vec![
+        "agent".into(),
+        "--join".into(),
+        join.clone(),
+        "--data-dir".into(),
+        d("x3"),
+        "--token".into(),
+        short,
+    ])
+    .await;
+    assert!(err.contains("expired"), "{err}");
+
+    // A token pinning another cluster's CA: the agent refuses the master.
+    let (head, _) = valid.rsplit_once('.').unwrap();
+    let other = format!("{head}.{}", "0".repeat(64));
+    let err = run(vec![
+        "agent".into(),
+        "--join".into(),
+        join.clone(),
+        "--data-dir".into(),
+        d("x4"),
+        "--token".into(),
+        other,
+    ])
+    .await;
+    assert!(err.contains("unknown CA"), "{err}");
+
+    // A node holding a certificate from another CA is refused at the handshake.
+    let foreign = d("foreign-ca");
+    let status = std::process::Command::new(BIN)
+        .args([
+            "ca",
+            "init",
+            "--trust-domain",
+            "cluster.local",
+            "--out",
+            &foreign,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let x5 = d("x5");
+    let status = std::process::Command::new(BIN)
+        .args([
+            "ca",
+            "issue",
+            "--ca",
+            &foreign,
+            "--identity",
+            "spiffe://cluster.local/node/x5",
+            "--out",
+            &x5,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::write(
+        dir.join("x5").join("agent.json"),
+        format!(
+            "{{\"agent_id\":\"x5\",\"master_addr\":\"{}\"}}",
+            master.mesh
+        ),
+    )
+    .unwrap();
+    let err = run(vec![
+        "agent".into(),
+        "--join".into(),
+        join.clone(),
+        "--data-dir".into(),
+        x5,
+    ])
+    .await;
+    assert!(
+        err.contains("refused") && err.contains("unknown CA"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_killed_and_restarted_keeps_its_state_and_agents_come_back() {
+    let dir = temp_dir("restart");
+    let (mesh, boot, api) = (free_udp(), free_udp(), free_tcp());
+    let mut master = Master::start(
+        &dir.join("master"),
+        mesh,
+        boot,
+        api,
+        &["--heartbeat", "100ms", "--unreachable-after", "1s"],
+    )
+    .await;
+    let token = master.token(3600);
+    let _a1 = agent(&master, &dir.join("a1"), "a1", Some(&token), &[]).await;
+    let _a2 = agent(&master, &dir.join("a2"), "a2", Some(&token), &[]).await;
+    let fingerprint = master.fingerprint.clone();
+    master.proc.kill().await;
+
+    let master = Master::start(
+        &dir.join("master"),
+        mesh,
+        boot,
+        api,
+        &["--heartbeat", "100ms", "--unreachable-after", "1s"],
+    )
+    .await;
+    assert_eq!(
+        master.fingerprint, fingerprint,
+        "the CA changed across the restart"
+    );
+    // The same agents, reconnected by themselves: never duplicated, Active again.
+    for id in ["a1", "a2"] {
+        master
+            .wait_state(id, AgentState::Active, Duration::from_secs(20))
+            .await;
+    }
+    let nodes = tokio::task::block_in_place(|| master.nodes());
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    // Tokens survived too: a new agent joins with the token made before the restart.
+    let _a3 = agent(&master, &dir.join("a3"), "a3", Some(&token), &[]).await;
+    master
+        .wait_state("a3", AgentState::Active, Duration::from_secs(10))
+        .await;
+}

@@ -1,0 +1,211 @@
+//! Processes for the cluster tests: `actormesh master` and `actormesh agent` on loopback,
+//! with ports chosen at run time and waits on events (a printed line, an API answer).
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use actormesh::cli::ApiClient;
+use actormesh::master::membership::{AgentRecord, AgentState};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_actormesh");
+
+pub struct Proc {
+    pub child: Child,
+    lines: tokio::io::Lines<BufReader<ChildStdout>>,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start actormesh");
+        let stdout = child.stdout.take().expect("stdout");
+        Self {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        }
+    }
+
+    /// The rest of the first stdout line starting with `prefix`.
+    pub async fn line(&mut self, prefix: &str) -> String {
+        let work = async {
+            while let Ok(Some(l)) = self.lines.next_line().await {
+                if let Some(rest) = l.strip_prefix(prefix) {
+                    return rest.trim().to_string();
+                }
+            }
+            panic!("process ended before printing {prefix:?}");
+        };
+        tokio::time::timeout(Duration::from_secs(60), work)
+            .await
+            .unwrap_or_else(|_| panic!("no {prefix:?} line within 60 s"))
+    }
+
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Waits for the process to exit; returns its stderr.
+    pub async fn exit_stderr(mut self) -> String {
+        let mut err = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use tokio::io::AsyncReadExt;
+            let _ = tokio::time::timeout(Duration::from_secs(60), e.read_to_string(&mut err)).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+        err
+    }
+}
+
+/// A free UDP port on loopback (for QUIC listeners that must keep their address across a
+/// restart).
+pub fn free_udp() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A free TCP port on loopback.
+pub fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("am-cluster-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub struct Master {
+    pub proc: Proc,
+    pub mesh: SocketAddr,
+    pub bootstrap: SocketAddr,
+    pub api: SocketAddr,
+    pub dir: PathBuf,
+    pub fingerprint: String,
+}
+
+impl Master {
+    pub async fn start(
+        dir: &Path,
+        mesh: SocketAddr,
+        bootstrap: SocketAddr,
+        api: SocketAddr,
+        extra: &[&str],
+    ) -> Self {
+        let (m, b, a) = (mesh.to_string(), bootstrap.to_string(), api.to_string());
+        let mut args = vec![
+            "master",
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--listen",
+            &m,
+            "--bootstrap",
+            &b,
+            "--api",
+            &a,
+        ];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn(&args);
+        let ready = proc.line("master ready:").await;
+        let fingerprint = ready.rsplit(' ').next().unwrap().to_string();
+        Self {
+            proc,
+            mesh,
+            bootstrap,
+            api,
+            dir: dir.to_path_buf(),
+            fingerprint,
+        }
+    }
+
+    pub fn client(&self) -> ApiClient {
+        let token = std::fs::read_to_string(self.dir.join("api-token")).unwrap();
+        ApiClient::new(&format!("http://{}", self.api), &token)
+    }
+
+    pub fn token(&self, ttl_secs: u64) -> String {
+        let v = self
+            .client()
+            .call(
+                "POST",
+                "/v1/tokens",
+                Some(serde_json::json!({ "ttl_secs": ttl_secs })),
+            )
+            .unwrap();
+        v["token"].as_str().unwrap().to_string()
+    }
+
+    pub fn nodes(&self) -> Vec<AgentRecord> {
+        serde_json::from_value(self.client().call("GET", "/v1/nodes", None).unwrap()).unwrap()
+    }
+
+    pub fn state_of(&self, id: &str) -> Option<AgentState> {
+        self.nodes()
+            .into_iter()
+            .find(|n| n.id == id)
+            .map(|n| n.state)
+    }
+
+    /// Polls the API (every 20 ms, at most `limit`) until `id` is in `state`; returns how
+    /// long it took.
+    pub async fn wait_state(&self, id: &str, state: AgentState, limit: Duration) -> Duration {
+        let start = Instant::now();
+        loop {
+            let nodes = tokio::task::block_in_place(|| self.nodes());
+            if nodes.iter().any(|n| n.id == id && n.state == state) {
+                return start.elapsed();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{id} not {state} within {limit:?}: {nodes:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+pub async fn agent(
+    master: &Master,
+    dir: &Path,
+    name: &str,
+    token: Option<&str>,
+    extra: &[&str],
+) -> Proc {
+    let join = master.bootstrap.to_string();
+    let mut args = vec![
+        "agent",
+        "--join",
+        &join,
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--name",
+        name,
+    ];
+    if let Some(t) = token {
+        args.extend_from_slice(&["--token", t]);
+    }
+    args.extend_from_slice(extra);
+    let mut p = Proc::spawn(&args);
+    p.line("agent ").await;
+    p
+}
