@@ -1068,6 +1068,7 @@ async fn serve_control(
         let frame = match recv.next().await {
             Ok(Some(f)) => f,
             Ok(None) => return,
+            Err(e) if is_stream_failure(&e) => return,
             Err(e) => {
                 warn!(peer = %link.peer(), error = %e, "bad control frame; closing link");
                 link.close(
@@ -1126,6 +1127,12 @@ async fn serve_control(
     }
 }
 
+/// The stream (or its connection) failed underneath: not the peer's framing at fault, so
+/// nothing to refuse or report beyond the link going down.
+fn is_stream_failure(e: &actormesh_transport::frame::FrameError) -> bool {
+    matches!(e, actormesh_transport::frame::FrameError::Io(_))
+}
+
 /// Stop code sent on a stream whose frames broke the protocol.
 const STOP_PROTOCOL: u32 = 1;
 
@@ -1153,6 +1160,7 @@ async fn serve_stream(
     let header = match reader.next().await {
         Ok(Some(h)) => h,
         Ok(None) => return,
+        Err(e) if is_stream_failure(&e) => return,
         Err(e) => {
             refuse_stream(&mut reader, &link, "bad header frame", &e);
             return;
@@ -1176,6 +1184,7 @@ async fn serve_replies(peer: Arc<Peer>, link: Link, mut reader: FrameReader<quin
         let frame = match reader.next().await {
             Ok(Some(f)) => f,
             Ok(None) => return,
+            Err(e) if is_stream_failure(&e) => return,
             Err(e) => {
                 refuse_stream(&mut reader, &link, "bad frame on the reply stream", &e);
                 return;
@@ -1226,6 +1235,7 @@ async fn serve_lane(
         let frame = match next {
             Ok(Some(f)) => f,
             Ok(None) => return true,
+            Err(e) if is_stream_failure(&e) => return false,
             Err(e) => {
                 refuse_stream(
                     &mut reader,

@@ -20,6 +20,8 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use futures::stream::{FuturesUnordered, StreamExt};
 
+mod cluster;
+
 const PAYLOAD: usize = 64;
 /// Asks in flight in the pipelined measurements.
 const PIPELINE: usize = 64;
@@ -42,6 +44,34 @@ enum Suite {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
     },
+    /// Cluster: failure detection, master recovery with 50 agents, join rate.
+    Cluster {
+        /// Agents for the recovery and join measurements.
+        #[arg(long, default_value_t = 50)]
+        agents: usize,
+    },
+    /// (internal) A master process for the cluster suite.
+    #[command(hide = true)]
+    MasterProc {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        bootstrap: SocketAddr,
+        #[arg(long)]
+        api: SocketAddr,
+    },
+    /// (internal) An agent process for the cluster suite.
+    #[command(hide = true)]
+    AgentProc {
+        #[arg(long)]
+        join: SocketAddr,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
     /// (internal) The server process: a raw echo endpoint and a mesh node.
     #[command(hide = true)]
     Serve {
@@ -57,6 +87,18 @@ fn main() -> anyhow::Result<()> {
     actormesh::cli::init_logging_with_default("warn");
     match Cli::parse().suite {
         Suite::Messaging { rounds, scale } => messaging(rounds.max(1), scale),
+        Suite::Cluster { agents } => cluster::run(agents.max(1)),
+        Suite::MasterProc {
+            data_dir,
+            listen,
+            bootstrap,
+            api,
+        } => cluster::master_proc(data_dir, listen, bootstrap, api),
+        Suite::AgentProc {
+            join,
+            token,
+            data_dir,
+        } => cluster::agent_proc(join, token, data_dir),
         Suite::Serve {
             certs,
             multi_thread: false,
@@ -248,15 +290,15 @@ async fn raw_stream(mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
 
 // ---------------------------------------------------------------- driver
 
-struct Line {
-    name: &'static str,
-    value: f64,
-    unit: &'static str,
-    baseline: f64,
+pub(crate) struct Line {
+    pub(crate) name: &'static str,
+    pub(crate) value: f64,
+    pub(crate) unit: &'static str,
+    pub(crate) baseline: f64,
 }
 
 impl Line {
-    fn print(&self) {
+    pub(crate) fn print(&self) {
         let ratio = if self.baseline > 0.0 {
             self.value / self.baseline
         } else {
@@ -279,7 +321,7 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
