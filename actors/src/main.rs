@@ -536,6 +536,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         a.agent_id,
         a.node.local_addr()
     );
+    print_nodes(&m.master.send(master::ListNodes).await?);
     println!(
         "try: actormesh get nodes --api http://{} --api-token-file {}",
         m.api,

@@ -16,6 +16,28 @@ use crate::RemoteMessage;
 /// The name of the master's actor that agents talk to.
 pub const MASTER_ACTOR: &str = "$master";
 
+/// What the bootstrap port is asked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum BootstrapRequest {
+    /// Join the cluster (first start of an agent).
+    Join(JoinRequest),
+    /// Where does the master's mesh node listen now? (A restarted agent asks, since the
+    /// master may have moved.)
+    Locate,
+}
+
+/// The bootstrap port's answers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum BootstrapReply {
+    /// The answer to a join.
+    Join(JoinReply),
+    /// The master's mesh address.
+    Located {
+        /// Where the master's mesh node listens.
+        master_addr: SocketAddr,
+    },
+}
+
 /// Sent by a node without a certificate to the bootstrap port.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {

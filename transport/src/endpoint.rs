@@ -652,6 +652,7 @@ impl std::fmt::Debug for DialError {
 }
 
 async fn dial(inner: &Arc<Inner>, addr: SocketAddr, replaces: bool) -> Result<NewLink, DialError> {
+    debug!(%addr, replaces, "dialing");
     let timeout = inner.config.handshake_timeout;
     let fail = DialError::Failed;
     let connecting = inner

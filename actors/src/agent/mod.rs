@@ -20,7 +20,10 @@ use actormesh_transport::codec;
 use actormesh_transport::pki::{files, Credentials, NodeKey};
 
 use crate::master::token::JoinToken;
-use crate::protocol::{Heartbeat, JoinReply, JoinRequest, Register, Renew, MASTER_ACTOR};
+use crate::protocol::{
+    BootstrapReply, BootstrapRequest, Heartbeat, JoinReply, JoinRequest, Register, Renew,
+    MASTER_ACTOR,
+};
 use crate::resources::Resources;
 use crate::{AskError, Node, NodeConfig, RemoteRef};
 
@@ -144,12 +147,18 @@ async fn join(config: &AgentConfig) -> anyhow::Result<(Credentials, Saved)> {
     let (reply, ca_der) = bootstrap::request(
         config.join,
         &token.ca_fingerprint,
-        &codec::encode(&request)?,
+        &codec::encode(&BootstrapRequest::Join(request))?,
         Duration::from_secs(15),
     )
     .await
     .with_context(|| format!("joining through {}", config.join))?;
-    match codec::decode::<JoinReply>(&reply)? {
+    let BootstrapReply::Join(reply) = codec::decode::<BootstrapReply>(&reply)? else {
+        bail!(
+            "the bootstrap port at {} answered a join with something else",
+            config.join
+        );
+    };
+    match reply {
         JoinReply::Accepted {
             agent_id,
             cert_pem,
@@ -186,10 +195,28 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
     let saved_file = config.data_dir.join(SAVED);
     let (creds, saved) = match std::fs::read_to_string(&saved_file) {
         Ok(text) => {
-            let saved: Saved = serde_json::from_str(&text).with_context(|| {
+            let mut saved: Saved = serde_json::from_str(&text).with_context(|| {
                 format!("{} is not a valid agent state file", saved_file.display())
             })?;
-            (Credentials::load(&config.data_dir)?, saved)
+            let creds = Credentials::load(&config.data_dir)?;
+            // The master may listen elsewhere since we last ran: ask its bootstrap port.
+            let pin = actormesh_transport::pki::fingerprint(&creds.ca);
+            let located = bootstrap::request(
+                config.join,
+                &pin,
+                &codec::encode(&BootstrapRequest::Locate)?,
+                Duration::from_secs(5),
+            )
+            .await;
+            match located.map(|(r, _)| codec::decode::<BootstrapReply>(&r)) {
+                Ok(Ok(BootstrapReply::Located { master_addr })) => saved.master_addr = master_addr,
+                other => warn!(
+                    ?other,
+                    saved = %saved.master_addr,
+                    "could not locate the master; using the saved address"
+                ),
+            }
+            (creds, saved)
         }
         Err(_) => join(&config).await?,
     };

@@ -27,7 +27,8 @@ use actormesh_transport::pki::{CertificateAuthority, Credentials, NodeKey, DEFAU
 use actormesh_transport::{Endpoint, SpiffeId};
 
 use crate::protocol::{
-    Heartbeat, JoinReply, JoinRequest, Register, Registered, Renew, MASTER_ACTOR,
+    BootstrapReply, BootstrapRequest, Heartbeat, JoinReply, JoinRequest, Register, Registered,
+    Renew, MASTER_ACTOR,
 };
 use crate::{Node, NodeConfig};
 use membership::{AgentRecord, AgentState, DetectorConfig, Membership, MembershipEvent};
@@ -242,19 +243,24 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         },
     )?;
     let join_master = master.clone();
+    let mesh_addr = node.local_addr();
     let bootstrap = BootstrapServer::bind(config.bootstrap, &creds, move |body, from| {
         let master = join_master.clone();
         async move {
-            let reply = match codec::decode::<JoinRequest>(&body) {
-                Ok(req) => master
-                    .send(Join(req))
-                    .await
-                    .unwrap_or_else(|e| JoinReply::Refused {
-                        reason: format!("the master is not running: {e}"),
-                    }),
-                Err(e) => JoinReply::Refused {
-                    reason: format!("malformed join request from {from}: {e}"),
+            let reply = match codec::decode::<BootstrapRequest>(&body) {
+                Ok(BootstrapRequest::Join(req)) => {
+                    BootstrapReply::Join(master.send(Join(req)).await.unwrap_or_else(|e| {
+                        JoinReply::Refused {
+                            reason: format!("the master is not running: {e}"),
+                        }
+                    }))
+                }
+                Ok(BootstrapRequest::Locate) => BootstrapReply::Located {
+                    master_addr: mesh_addr,
                 },
+                Err(e) => BootstrapReply::Join(JoinReply::Refused {
+                    reason: format!("malformed bootstrap request from {from}: {e}"),
+                }),
             };
             codec::encode(&reply).unwrap_or_default()
         }
