@@ -41,8 +41,8 @@ extern crate self as actormesh;
 
 pub use actormesh_macros::{handler, RemoteMessage};
 pub use actormesh_runtime::{
-    caller, AskError, Backoff, Node, NodeConfig, NodeError, RemoteMessage, RemoteRef,
-    RestartPolicy, SpawnOptions, TellError, Terminated, TerminationReason, Watch,
+    caller, hosted_actor_types, AskError, Backoff, Node, NodeConfig, NodeError, RemoteMessage,
+    RemoteRef, RestartPolicy, SpawnOptions, TellError, Terminated, TerminationReason, Watch,
 };
 pub use actormesh_transport as transport;
 

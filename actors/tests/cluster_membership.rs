@@ -44,6 +44,51 @@ async fn agents_join_fail_and_are_removed_and_a_removed_agent_is_refused() {
     }
     let nodes = tokio::task::block_in_place(|| master.nodes());
     assert_eq!(nodes.len(), 3);
+    // The operator's view: `actormesh get nodes`, as a table and as JSON.
+    let api = format!("http://{}", master.api);
+    let token_file = master.dir.join("api-token");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "get",
+            "nodes",
+            "--api",
+            &api,
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("ID")
+            && table.contains("LAST HEARTBEAT")
+            && table.contains("CERT EXPIRES"),
+        "{table}"
+    );
+    for id in ["n1", "n2", "n3"] {
+        assert!(table.contains(id), "{table}");
+    }
+    let out = std::process::Command::new(BIN)
+        .args([
+            "get",
+            "nodes",
+            "-o",
+            "json",
+            "--api",
+            &api,
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 3);
+    let out = std::process::Command::new(BIN)
+        .args(["get", "nodes", "--api", &api, "--api-token", "wrong"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong API token"));
     for n in &nodes {
         assert_eq!(n.state, AgentState::Active, "{n:?}");
         assert_eq!(n.resources.scalars["cpus"], 2.0);
@@ -254,5 +299,23 @@ async fn a_master_killed_and_restarted_keeps_its_state_and_agents_come_back() {
     let _a3 = agent(&master, &dir.join("a3"), "a3", Some(&token), &[]).await;
     master
         .wait_state("a3", AgentState::Active, Duration::from_secs(10))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_finds_a_master_that_moved() {
+    let dir = temp_dir("moved");
+    let (boot, api) = (free_udp(), free_tcp());
+    let mut master = Master::start(&dir.join("master"), free_udp(), boot, api, &[]).await;
+    let token = master.token(3600);
+    let mut a = agent(&master, &dir.join("m1"), "m1", Some(&token), &[]).await;
+    a.kill().await;
+    master.proc.kill().await;
+    // Same data and bootstrap address, another mesh port.
+    let master = Master::start(&dir.join("master"), free_udp(), boot, api, &[]).await;
+    let _a = agent(&master, &dir.join("m1"), "m1", None, &[]).await;
+    // `agent` returned: the restarted agent registered with the moved master.
+    master
+        .wait_state("m1", AgentState::Active, Duration::from_secs(10))
         .await;
 }

@@ -37,8 +37,10 @@ mod supervise;
 pub mod wire;
 
 pub use error::{AskError, NodeError, TellError};
-pub use message::{caller, Delivery, HandlerEntry, RemoteMessage};
-pub use node::{Node, NodeConfig, SpawnOptions, Terminated, TerminationReason, Watch};
+pub use message::{caller, hosted_actor_types, Delivery, HandlerEntry, RemoteMessage};
+pub use node::{
+    Node, NodeConfig, SpawnOptions, Terminated, TerminationReason, Watch, PRIORITY_SYSTEM,
+};
 pub use remote_ref::RemoteRef;
 pub use supervise::{Backoff, RestartPolicy};
 

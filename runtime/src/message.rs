@@ -281,6 +281,7 @@ pub(crate) type RemoteDeliverFn = fn(
 pub struct HandlerEntry {
     pub(crate) actor: fn() -> TypeId,
     pub(crate) message: fn() -> TypeId,
+    pub(crate) actor_type: fn() -> &'static str,
     pub(crate) name: &'static str,
     pub(crate) remote: RemoteDeliverFn,
     pub(crate) local: fn(&ErasedAddr, &mut dyn Any) -> bool,
@@ -298,6 +299,7 @@ impl HandlerEntry {
         Self {
             actor: TypeId::of::<A>,
             message: TypeId::of::<M>,
+            actor_type: std::any::type_name::<A>,
             name: M::NAME,
             remote: deliver_remote::<A, M>,
             local: deliver_local::<A, M>,
@@ -365,6 +367,19 @@ where
         addr.do_send(d);
     }
     true
+}
+
+/// Every actor type this binary can host remotely (has at least one `#[handler]`), by
+/// Rust type name, sorted. An agent reports these to the master, so the master knows
+/// which actor types it may place there, without a list kept by hand.
+pub fn hosted_actor_types() -> Vec<&'static str> {
+    let mut types: Vec<&'static str> = inventory::iter::<HandlerEntry>
+        .into_iter()
+        .map(|e| (e.actor_type)())
+        .collect();
+    types.sort_unstable();
+    types.dedup();
+    types
 }
 
 /// The registered handlers of actor type `A`.

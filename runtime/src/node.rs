@@ -32,6 +32,11 @@ use crate::remote_ref::RemoteRef;
 use crate::supervise::{self, RestartPolicy};
 use crate::wire::{self, Control, StreamHeader, WatchEnd, WireError};
 
+/// Stream priority of lanes to system actors (names starting with `$`, such as the
+/// master's `$master`): heartbeats and membership are sent before user traffic on the same
+/// link, second only to the control stream.
+pub const PRIORITY_SYSTEM: i32 = 50;
+
 /// Settings of a [`Node`].
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -337,6 +342,7 @@ impl Peer {
         let peer = self.clone();
         let idle = node.config.lane_idle_close;
         let target = target.clone();
+        let system = target.starts_with('$');
         tokio::spawn(async move {
             // Order across lanes: this lane's stream opens only once the receiver has read
             // the previous lane to this actor to its end. Frames wait in the buffer.
@@ -346,6 +352,9 @@ impl Peer {
             match peer.connected_link().await {
                 Ok(link) => match link.connection().open_uni().await {
                     Ok(stream) => {
+                        if system {
+                            let _ = stream.set_priority(PRIORITY_SYSTEM);
+                        }
                         if driver.run(stream, header, Some(idle)).await.is_ok() {
                             tokio::select! {
                                 _ = drained.wait() => {}

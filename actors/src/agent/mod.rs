@@ -44,7 +44,8 @@ pub struct AgentConfig {
     pub resources: Option<Resources>,
     /// Attributes such as zone and rack.
     pub attrs: BTreeMap<String, String>,
-    /// Actor types this binary hosts.
+    /// Actor types this binary hosts; empty means every type it has `#[handler]`s for
+    /// ([`crate::hosted_actor_types`]), which is what a user's own agent binary wants.
     pub actor_types: Vec<String>,
 }
 
@@ -231,7 +232,16 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
         addr: node.local_addr(),
         resources,
         attrs: config.attrs.clone(),
-        actor_types: config.actor_types.clone(),
+        actor_types: if config.actor_types.is_empty() {
+            // actormesh's own actors (the master's gate) are not placeable work.
+            crate::hosted_actor_types()
+                .into_iter()
+                .filter(|t| !t.starts_with("actormesh::"))
+                .map(String::from)
+                .collect()
+        } else {
+            config.actor_types.clone()
+        },
         running: node.actor_names(),
         cert_expiry: creds.not_after().unwrap_or(SystemTime::UNIX_EPOCH),
     };
