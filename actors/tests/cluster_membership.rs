@@ -96,6 +96,18 @@ async fn agents_join_fail_and_are_removed_and_a_removed_agent_is_refused() {
         assert!(n.cert_expiry.is_some() && n.last_heartbeat.is_some());
     }
 
+    // kill -9 n2 and start it again while it is Unreachable: the same agent comes back
+    // (reconciled), not a second one.
+    agents[1].kill().await;
+    master
+        .wait_state("n2", AgentState::Unreachable, Duration::from_secs(10))
+        .await;
+    agents[1] = agent(&master, &dir.join("n2"), "n2", None, &[]).await;
+    master
+        .wait_state("n2", AgentState::Active, Duration::from_secs(10))
+        .await;
+    assert_eq!(tokio::task::block_in_place(|| master.nodes()).len(), 3);
+
     // kill -9 n3: Unreachable within the limit, Gone later.
     agents[2].kill().await;
     let took = master
