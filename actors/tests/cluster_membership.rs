@@ -44,6 +44,15 @@ async fn agents_join_fail_and_are_removed_and_a_removed_agent_is_refused() {
     }
     let nodes = tokio::task::block_in_place(|| master.nodes());
     assert_eq!(nodes.len(), 3);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(master.dir.join("api-token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the API token file must be private");
+    }
     // The operator's view: `actormesh get nodes`, as a table and as JSON.
     let api = format!("http://{}", master.api);
     let token_file = master.dir.join("api-token");
@@ -330,4 +339,48 @@ async fn a_restarted_agent_finds_a_master_that_moved() {
     master
         .wait_state("m1", AgentState::Active, Duration::from_secs(10))
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_cut_off_is_unreachable_and_reconciled_when_it_returns() {
+    let dir = temp_dir("cutoff");
+    let master = Master::start(
+        &dir.join("master"),
+        free_udp(),
+        free_udp(),
+        free_tcp(),
+        &[
+            "--heartbeat",
+            "100ms",
+            "--unreachable-after",
+            "1s",
+            "--gone-after",
+            "30s",
+        ],
+    )
+    .await;
+    let token = master.token(3600);
+    let a = agent(&master, &dir.join("c1"), "c1", Some(&token), &[]).await;
+    let pid = a.child.id().unwrap().to_string();
+    // Frozen, the agent sends nothing at all: to the master, a cut cable.
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let took = master
+        .wait_state("c1", AgentState::Unreachable, Duration::from_secs(10))
+        .await;
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    // Back before the Gone limit: the same agent, Active again, not a duplicate.
+    master
+        .wait_state("c1", AgentState::Active, Duration::from_secs(15))
+        .await;
+    assert_eq!(tokio::task::block_in_place(|| master.nodes()).len(), 1);
+    drop(a);
 }
