@@ -21,7 +21,18 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        Self::spawn_cmd(Command::new(BIN), args)
+    }
+
+    /// Runs `actormesh args` inside network namespace `ns` (`ip netns exec`).
+    pub fn spawn_in_netns(ns: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, BIN]);
+        Self::spawn_cmd(cmd, args)
+    }
+
+    fn spawn_cmd(mut cmd: Command, args: &[&str]) -> Self {
+        let mut child = cmd
             .args(args)
             .env(
                 "RUST_LOG",
