@@ -10,12 +10,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num.parse().map_err(|_| {
         format!("invalid duration {s:?}: expected a whole number followed by ms, s, m, h or d (e.g. 24h)")
     })?;
+    let too_long = || format!("invalid duration {s:?}: too long");
+    let secs = |mul: u64| {
+        n.checked_mul(mul)
+            .map(Duration::from_secs)
+            .ok_or_else(too_long)
+    };
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "" | "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
+        "m" => secs(60)?,
+        "h" => secs(3600)?,
+        "d" => secs(86400)?,
         other => {
             return Err(format!(
             "invalid duration {s:?}: unknown unit {other:?}, expected ms, s, m, h or d (e.g. 24h)"
@@ -39,11 +45,18 @@ pub fn parse_attr(s: &str) -> Result<(String, String), String> {
 }
 
 /// A client of the master's operator API.
-#[derive(Debug)]
 pub struct ApiClient {
     base: String,
     token: String,
     http: ureq::Agent,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ApiClient {

@@ -139,6 +139,9 @@ impl MasterArgs {
         if self.gone_after <= self.unreachable_after {
             anyhow::bail!("--gone-after must be longer than --unreachable-after");
         }
+        if self.agent_cert_ttl > Duration::from_secs(366 * 24 * 3600) {
+            anyhow::bail!("--agent-cert-ttl must be at most a year (366d)");
+        }
         let mut c = MasterConfig::new(self.data_dir.clone());
         c.listen = self.listen;
         c.bootstrap = self.bootstrap;

@@ -39,7 +39,7 @@ pub enum BootstrapReply {
 }
 
 /// Sent by a node without a certificate to the bootstrap port.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
     /// The token's id.
     pub token_id: String,
@@ -49,6 +49,16 @@ pub struct JoinRequest {
     pub name: String,
     /// A PEM signing request over the key the agent made for itself.
     pub csr_pem: String,
+}
+
+impl std::fmt::Debug for JoinRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("token_id", &self.token_id)
+            .field("token_secret", &"<hidden>")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The master's answer to a [`JoinRequest`].
@@ -72,7 +82,7 @@ pub enum JoinReply {
 
 /// An agent tells the master where it listens, what it offers and what it runs.
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
-#[remote(name = "actormesh.master.Register/v1", reply = Result<Registered, String>)]
+#[remote(name = "actormesh.master.Register/v1", reply = Result<Registered, MasterRefusal>)]
 pub struct Register {
     /// The agent id.
     pub agent_id: String,
@@ -90,6 +100,24 @@ pub struct Register {
     pub cert_expiry: SystemTime,
 }
 
+/// Why the master refused an agent's message. Only `Removed` and `NotRegistered` mean the
+/// agent must stop; `Unavailable` is passing and the agent retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum MasterRefusal {
+    /// The agent was removed (Gone); its identity is revoked.
+    #[error("{0}")]
+    Removed(String),
+    /// The master does not know this agent.
+    #[error("{0}")]
+    NotRegistered(String),
+    /// The caller may not speak for this agent.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The master could not do it now (its actor or state store failed); try again.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// The master accepted a registration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Registered {
@@ -99,7 +127,7 @@ pub struct Registered {
 
 /// I am alive.
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
-#[remote(name = "actormesh.master.Heartbeat/v1", reply = Result<(), String>)]
+#[remote(name = "actormesh.master.Heartbeat/v1", reply = Result<(), MasterRefusal>)]
 pub struct Heartbeat {
     /// The agent id.
     pub agent_id: String,
@@ -107,7 +135,7 @@ pub struct Heartbeat {
 
 /// Please sign a new certificate over this key (renewal at half-life).
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
-#[remote(name = "actormesh.master.Renew/v1", reply = Result<String, String>)]
+#[remote(name = "actormesh.master.Renew/v1", reply = Result<String, MasterRefusal>)]
 pub struct Renew {
     /// The agent id.
     pub agent_id: String,

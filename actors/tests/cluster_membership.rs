@@ -145,6 +145,35 @@ async fn agents_join_fail_and_are_removed_and_a_removed_agent_is_refused() {
     ]);
     let err = again.exit_stderr().await;
     assert!(err.contains("refused") && err.contains("revoked"), "{err}");
+    // Its name is never given out again, even with a fresh token: the revoked identity
+    // cannot come back under someone else.
+    let fresh = master.token(3600);
+    let reuse = Proc::spawn(&[
+        "agent",
+        "--join",
+        &join,
+        "--data-dir",
+        dir.join("n3c").to_str().unwrap(),
+        "--name",
+        "n3",
+        "--token",
+        &fresh,
+    ]);
+    let err = reuse.exit_stderr().await;
+    assert!(err.contains("agent name n3 is taken"), "{err}");
+    let impostor = Proc::spawn(&[
+        "agent",
+        "--join",
+        &join,
+        "--data-dir",
+        dir.join("mm").to_str().unwrap(),
+        "--name",
+        "master",
+        "--token",
+        &fresh,
+    ]);
+    let err = impostor.exit_stderr().await;
+    assert!(err.contains("reserved"), "{err}");
     // Its token, replayed by a new node, is refused too.
     let replay = Proc::spawn(&[
         "agent",

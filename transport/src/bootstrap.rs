@@ -29,6 +29,8 @@ use crate::tls::{provider, CertStore};
 pub const ALPN_JOIN: &[u8] = b"actormesh-join";
 /// Largest bootstrap request or reply.
 const MAX_FRAME: usize = 64 * 1024;
+/// Bootstrap connections served at once.
+const MAX_CONCURRENT: usize = 64;
 
 /// Accepts a server whose chain contains the CA with the pinned fingerprint and whose
 /// certificate that CA signed. Remembers the CA certificate it found.
@@ -66,6 +68,15 @@ impl ServerCertVerifier for PinnedCa {
             now,
             self.algs.all,
         )?;
+        // Any member holds a certificate from this CA; only the master may answer here.
+        let is_master = crate::tls::spiffe_uri_of(end_entity)
+            .and_then(|u| crate::identity::SpiffeId::parse(&u).ok())
+            .is_some_and(|id| id.path() == "/node/master");
+        if !is_master {
+            return Err(TlsError::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ));
+        }
         *self.found.lock().unwrap_or_else(|p| p.into_inner()) = Some(ca.clone().into_owned());
         Ok(ServerCertVerified::assertion())
     }
@@ -138,10 +149,18 @@ impl BootstrapServer {
             .map_err(|source| TransportError::Bind { addr, source })?;
         let handle = Arc::new(handle);
         let ep = endpoint.clone();
+        // Unauthenticated callers: at most this many handshakes and requests at once; more
+        // are refused at once instead of piling up.
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
         tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    incoming.refuse();
+                    continue;
+                };
                 let handle = handle.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let remote = incoming.remote_address();
                     let work = async {
                         let conn = incoming.await.ok()?;

@@ -21,14 +21,14 @@ use actormesh_transport::pki::{files, Credentials, NodeKey};
 
 use crate::master::token::JoinToken;
 use crate::protocol::{
-    BootstrapReply, BootstrapRequest, Heartbeat, JoinReply, JoinRequest, Register, Renew,
-    MASTER_ACTOR,
+    BootstrapReply, BootstrapRequest, Heartbeat, JoinReply, JoinRequest, MasterRefusal, Register,
+    Renew, MASTER_ACTOR,
 };
 use crate::resources::Resources;
 use crate::{AskError, Node, NodeConfig, RemoteRef};
 
 /// How an agent is started.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentConfig {
     /// The master's bootstrap address.
     pub join: SocketAddr,
@@ -47,6 +47,18 @@ pub struct AgentConfig {
     /// Actor types this binary hosts; empty means every type it has `#[handler]`s for
     /// ([`crate::hosted_actor_types`]), which is what a user's own agent binary wants.
     pub actor_types: Vec<String>,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("join", &self.join)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A running agent.
@@ -222,6 +234,19 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
         Err(_) => join(&config).await?,
     };
     let node = Node::start(NodeConfig::new(config.listen), &creds)?;
+    // Whoever answers at the master's address must be the master, not just any member.
+    let link = node
+        .endpoint()
+        .link(saved.master_addr)
+        .await
+        .with_context(|| format!("connecting to the master at {}", saved.master_addr))?;
+    if link.peer().path() != "/node/master" {
+        bail!(
+            "{} answers at the master's address {}: refusing to register with it",
+            link.peer(),
+            saved.master_addr
+        );
+    }
     let master = node.actor_ref(saved.master_addr, MASTER_ACTOR);
     let resources = config
         .resources
@@ -284,6 +309,11 @@ async fn register_until_accepted(
             .await
         {
             Ok(Ok(r)) => return Ok(r),
+            Ok(Err(MasterRefusal::Unavailable(reason))) if started.elapsed() < limit => {
+                warn!(%reason, "the master could not register us yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
             Ok(Err(reason)) => bail!("the master refused the registration: {reason}"),
             // A refused handshake (revoked identity, unknown CA) will not get better.
             Err(AskError::Unreachable { reason, .. }) if reason.contains("refused") => {
@@ -335,9 +365,12 @@ async fn heartbeat_loop(
                     }
                 }
             }
-            Ok(Err(reason)) => {
-                error!(%reason, "the master refused this agent");
-                let _ = removed.send(Some(reason));
+            Ok(Err(MasterRefusal::Unavailable(reason))) => {
+                warn!(%reason, "the master could not take the heartbeat; retrying");
+            }
+            Ok(Err(refusal)) => {
+                error!(%refusal, "the master refused this agent");
+                let _ = removed.send(Some(refusal.to_string()));
                 return;
             }
             Err(AskError::Timeout { .. }) | Err(AskError::Unreachable { .. }) => {
@@ -386,6 +419,10 @@ async fn renew_loop(
                     break;
                 }
                 Err(e) => {
+                    if SystemTime::now() >= expiry {
+                        error!(error = %e, "the certificate expired before it could be renewed; this agent must rejoin with a new token");
+                        return;
+                    }
                     warn!(error = %e, retry_in = ?delay, "certificate renewal failed");
                     tokio::time::sleep(delay).await;
                     let left = expiry

@@ -146,7 +146,7 @@ async fn create_token(
     }
     match api.master.send(CreateToken { ttl, role }).await {
         Ok(Ok(t)) => Json(t).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the master is not running: {e}"),

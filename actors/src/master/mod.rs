@@ -27,8 +27,8 @@ use actormesh_transport::pki::{CertificateAuthority, Credentials, NodeKey, DEFAU
 use actormesh_transport::{Endpoint, SpiffeId};
 
 use crate::protocol::{
-    BootstrapReply, BootstrapRequest, Heartbeat, JoinReply, JoinRequest, Register, Registered,
-    Renew, MASTER_ACTOR,
+    BootstrapReply, BootstrapRequest, Heartbeat, JoinReply, JoinRequest, MasterRefusal, Register,
+    Registered, Renew, MASTER_ACTOR,
 };
 use crate::{Node, NodeConfig};
 use membership::{AgentRecord, AgentState, DetectorConfig, Membership, MembershipEvent};
@@ -106,6 +106,12 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
         opts.mode(0o600);
     }
     let mut f = opts.open(path)?;
+    // `mode` applies only when the file is created: tighten one that already existed.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     f.write_all(contents.as_bytes())?;
     f.sync_all()
 }
@@ -127,10 +133,21 @@ fn load_or_create_ca(
         store.get(Table::Meta, META_CA_CERT)?,
         store.get(Table::Meta, META_CA_KEY)?,
     ) {
-        return Ok(CertificateAuthority::from_pem(
+        let ca = CertificateAuthority::from_pem(
             std::str::from_utf8(&cert)?,
             std::str::from_utf8(&key)?,
-        )?);
+        )?;
+        if let Some(dir) = &config.ca_dir {
+            let given = CertificateAuthority::load(dir)?;
+            if given.fingerprint() != ca.fingerprint() {
+                anyhow::bail!(
+                    "--ca {} differs from the CA this master already has (fingerprint {}); --ca applies only at first start",
+                    dir.display(),
+                    ca.fingerprint()
+                );
+            }
+        }
+        return Ok(ca);
     }
     let ca = match &config.ca_dir {
         Some(dir) => CertificateAuthority::load(dir)?,
@@ -178,6 +195,9 @@ fn master_credentials(ca: &CertificateAuthority, dir: &Path) -> anyhow::Result<C
     let key_file = dir.join("master-key.pem");
     let key = match std::fs::read_to_string(&key_file) {
         Ok(pem) => NodeKey::from_pem(&pem)?,
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            anyhow::bail!("cannot read the master key {}: {e}", key_file.display())
+        }
         Err(_) => {
             let k = NodeKey::generate()?;
             write_private(&key_file, &k.pem())?;
@@ -309,21 +329,25 @@ impl Actor for Master {
 }
 
 impl Master {
-    fn persist_agent(&self, id: &str) -> Result<(), String> {
+    /// Writes agent `id`'s record, with `extra` changes in the same atomic batch.
+    fn persist_agent(&self, id: &str, extra: Vec<Change>) -> Result<(), String> {
         let Some(rec) = self.membership.get(id) else {
             return Ok(());
         };
+        self.write_agent(rec, extra)
+    }
+
+    fn write_agent(&self, rec: &AgentRecord, mut extra: Vec<Change>) -> Result<(), String> {
         let value = codec::encode(rec).map_err(|e| e.to_string())?;
-        self.store
-            .apply(&[Change::Put {
-                table: Table::Agents,
-                key: id.to_string(),
-                value,
-            }])
-            .map_err(|e| {
-                error!(agent = id, error = %e, "cannot persist agent");
-                format!("the master could not record agent {id}: {e}")
-            })
+        extra.push(Change::Put {
+            table: Table::Agents,
+            key: rec.id.clone(),
+            value,
+        });
+        self.store.apply(&extra).map_err(|e| {
+            error!(agent = %rec.id, error = %e, "cannot persist agent");
+            format!("the master could not record agent {}: {e}", rec.id)
+        })
     }
 
     fn publish(&mut self, event: MembershipEvent) {
@@ -336,37 +360,44 @@ impl Master {
 
     fn check(&mut self) {
         for event in self.membership.check(Instant::now()) {
-            if event.to == AgentState::Gone {
-                self.remove(&event.agent);
+            let extra = if event.to == AgentState::Gone {
+                self.remove(&event.agent)
+            } else {
+                Vec::new()
+            };
+            if let Err(e) = self.persist_agent(&event.agent, extra) {
+                error!(agent = %event.agent, error = %e, "membership change not persisted");
             }
-            let _ = self.persist_agent(&event.agent);
             self.publish(event);
         }
     }
 
     /// A Gone agent: its identity is revoked (handshakes refused, links closed) and the
-    /// token it joined with stops working, so it cannot be replayed.
-    fn remove(&mut self, id: &str) {
+    /// token it joined with stops working, so it cannot be replayed. Returns the token
+    /// change, to be written in one batch with the agent's new state.
+    fn remove(&mut self, id: &str) -> Vec<Change> {
         let Some(rec) = self.membership.get(id).cloned() else {
-            return;
+            return Vec::new();
         };
         if let Ok(identity) = SpiffeId::parse(&rec.identity) {
             self.endpoint.revoke(&identity);
-        }
-        if let Some(t) = self.tokens.get_mut(&rec.token_id) {
-            t.revoked = true;
-            if let Ok(value) = codec::encode(t) {
-                let _ = self.store.apply(&[Change::Put {
-                    table: Table::Tokens,
-                    key: t.id.clone(),
-                    value,
-                }]);
-            }
         }
         warn!(
             agent = id,
             "agent removed (Gone); identity and join token revoked"
         );
+        let Some(t) = self.tokens.get_mut(&rec.token_id) else {
+            return Vec::new();
+        };
+        t.revoked = true;
+        match codec::encode(t) {
+            Ok(value) => vec![Change::Put {
+                table: Table::Tokens,
+                key: t.id.clone(),
+                value,
+            }],
+            Err(_) => Vec::new(),
+        }
     }
 
     fn identity_of(&self, id: &str) -> String {
@@ -374,12 +405,28 @@ impl Master {
     }
 
     /// The agent the verified caller is, if it is the one it claims.
-    fn check_caller(&self, agent_id: &str, caller: &Option<SpiffeId>) -> Result<(), String> {
+    fn check_caller(&self, agent_id: &str, caller: &Option<SpiffeId>) -> Result<(), MasterRefusal> {
         match caller {
             Some(c) if c.as_str() == self.identity_of(agent_id) => Ok(()),
-            Some(c) => Err(format!("{c} may not speak for agent {agent_id}")),
-            None => Err("agent messages must come over the mesh".into()),
+            Some(c) => Err(MasterRefusal::Forbidden(format!(
+                "{c} may not speak for agent {agent_id}"
+            ))),
+            None => Err(MasterRefusal::Forbidden(
+                "agent messages must come over the mesh".into(),
+            )),
         }
+    }
+
+    /// An agent's message finds it alive (or says why it is refused).
+    fn seen(&mut self, agent_id: &str) -> Result<Option<MembershipEvent>, MasterRefusal> {
+        self.membership
+            .seen(agent_id, Instant::now(), SystemTime::now())
+            .map_err(|e| match e {
+                membership::MemberRefusal::Gone(_) => MasterRefusal::Removed(e.to_string()),
+                membership::MemberRefusal::Unknown(_) => {
+                    MasterRefusal::NotRegistered(e.to_string())
+                }
+            })
     }
 
     fn join(&mut self, req: JoinRequest) -> JoinReply {
@@ -415,10 +462,19 @@ impl Master {
                 "agent name {id:?} is not valid: use up to 63 lowercase letters, digits and '-'"
             ));
         }
+        if id == "master" {
+            return refuse("agent name \"master\" is reserved for the master itself".into());
+        }
         if let Some(existing) = self.membership.get(&id) {
-            if existing.state != AgentState::Gone {
+            // A join whose reply was lost may be retried with the same token until the
+            // agent first registers; otherwise names are never reused, so a removed
+            // node's revoked identity can never come back under someone else.
+            let retry = existing.token_id == req.token_id
+                && existing.addr.is_none()
+                && existing.state != AgentState::Gone;
+            if !retry {
                 return refuse(format!(
-                    "agent name {id} is taken by a member in state {}",
+                    "agent name {id} is taken (by a member in state {}); choose another name",
                     existing.state
                 ));
             }
@@ -426,6 +482,9 @@ impl Master {
         let identity = match SpiffeId::node(self.ca.trust_domain(), &id) {
             Ok(i) => i,
             Err(e) => return refuse(e.to_string()),
+        };
+        let Some(expiry) = SystemTime::now().checked_add(self.agent_cert_ttl) else {
+            return refuse("the master's agent certificate lifetime is out of range".into());
         };
         let cert_pem = match self
             .ca
@@ -446,13 +505,14 @@ impl Master {
             token_id: req.token_id,
             joined_at: SystemTime::now(),
             last_heartbeat: None,
-            cert_expiry: Some(SystemTime::now() + self.agent_cert_ttl),
+            cert_expiry: Some(expiry),
             running: vec![],
         };
-        let event = self.membership.join(record, Instant::now());
-        if let Err(e) = self.persist_agent(&id) {
+        // Written before anything changes in memory: a refused join leaves no trace.
+        if let Err(e) = self.write_agent(&record, Vec::new()) {
             return refuse(e);
         }
+        let event = self.membership.join(record, Instant::now());
         self.publish(event);
         info!(agent = %id, "agent joined");
         JoinReply::Accepted {
@@ -477,18 +537,15 @@ impl Handler<Join> for Master {
 
 /// An agent message with the verified identity of its sender.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<Registered, String>")]
+#[rtype(result = "Result<Registered, MasterRefusal>")]
 struct RegisterFrom(Register, Option<SpiffeId>);
 
 impl Handler<RegisterFrom> for Master {
-    type Result = Result<Registered, String>;
+    type Result = Result<Registered, MasterRefusal>;
     fn handle(&mut self, m: RegisterFrom, _: &mut Context<Self>) -> Self::Result {
         let (r, caller) = (m.0, m.1);
         self.check_caller(&r.agent_id, &caller)?;
-        let event = self
-            .membership
-            .seen(&r.agent_id, Instant::now(), SystemTime::now())
-            .map_err(|e| e.to_string())?;
+        let event = self.seen(&r.agent_id)?;
         if let Some(rec) = self.membership.record_mut(&r.agent_id) {
             rec.addr = Some(r.addr);
             rec.resources = r.resources;
@@ -497,7 +554,10 @@ impl Handler<RegisterFrom> for Master {
             rec.running = r.running;
             rec.cert_expiry = Some(r.cert_expiry);
         }
-        self.persist_agent(&r.agent_id)?;
+        // Registration is soft state: if it cannot be written, the agent is told to retry
+        // and registers again after a master restart anyway.
+        self.persist_agent(&r.agent_id, Vec::new())
+            .map_err(MasterRefusal::Unavailable)?;
         if let Some(e) = event {
             self.publish(e);
         }
@@ -508,19 +568,15 @@ impl Handler<RegisterFrom> for Master {
 }
 
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), MasterRefusal>")]
 struct HeartbeatFrom(Heartbeat, Option<SpiffeId>);
 
 impl Handler<HeartbeatFrom> for Master {
-    type Result = Result<(), String>;
+    type Result = Result<(), MasterRefusal>;
     fn handle(&mut self, m: HeartbeatFrom, _: &mut Context<Self>) -> Self::Result {
         self.check_caller(&m.0.agent_id, &m.1)?;
-        let event = self
-            .membership
-            .seen(&m.0.agent_id, Instant::now(), SystemTime::now())
-            .map_err(|e| e.to_string())?;
-        if let Some(e) = event {
-            let _ = self.persist_agent(&m.0.agent_id);
+        if let Some(e) = self.seen(&m.0.agent_id)? {
+            let _ = self.persist_agent(&m.0.agent_id, Vec::new());
             self.publish(e);
         }
         Ok(())
@@ -528,29 +584,25 @@ impl Handler<HeartbeatFrom> for Master {
 }
 
 #[derive(Debug, Message)]
-#[rtype(result = "Result<String, String>")]
+#[rtype(result = "Result<String, MasterRefusal>")]
 struct RenewFrom(Renew, Option<SpiffeId>);
 
 impl Handler<RenewFrom> for Master {
-    type Result = Result<String, String>;
+    type Result = Result<String, MasterRefusal>;
     fn handle(&mut self, m: RenewFrom, _: &mut Context<Self>) -> Self::Result {
         self.check_caller(&m.0.agent_id, &m.1)?;
-        let rec = self
-            .membership
-            .get(&m.0.agent_id)
-            .ok_or_else(|| format!("agent {} is not registered", m.0.agent_id))?;
-        if rec.state == AgentState::Gone {
-            return Err(membership::MemberRefusal::Gone(m.0.agent_id).to_string());
-        }
-        let identity = SpiffeId::parse(&rec.identity).map_err(|e| e.to_string())?;
+        self.seen(&m.0.agent_id)?;
+        let identity = SpiffeId::parse(&self.identity_of(&m.0.agent_id))
+            .map_err(|e| MasterRefusal::Unavailable(e.to_string()))?;
         let cert = self
             .ca
             .sign_csr(&m.0.csr_pem, &identity, self.agent_cert_ttl)
-            .map_err(|e| format!("cannot sign the renewal: {e}"))?;
+            .map_err(|e| MasterRefusal::Forbidden(format!("cannot sign the renewal: {e}")))?;
         if let Some(rec) = self.membership.record_mut(&m.0.agent_id) {
-            rec.cert_expiry = Some(SystemTime::now() + self.agent_cert_ttl);
+            rec.cert_expiry = SystemTime::now().checked_add(self.agent_cert_ttl);
         }
-        self.persist_agent(&m.0.agent_id)?;
+        self.persist_agent(&m.0.agent_id, Vec::new())
+            .map_err(MasterRefusal::Unavailable)?;
         info!(agent = %m.0.agent_id, "certificate renewed");
         Ok(cert)
     }
@@ -567,7 +619,7 @@ pub struct CreateToken {
 }
 
 /// A token just made.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct CreatedToken {
     /// The whole token, secret included (shown once).
     pub token: String,
@@ -577,11 +629,31 @@ pub struct CreatedToken {
     pub expires: SystemTime,
 }
 
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken")
+            .field("id", &self.id)
+            .field("token", &"<hidden>")
+            .field("expires", &self.expires)
+            .finish()
+    }
+}
+
+/// The longest a join token may live.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
+
 impl Handler<CreateToken> for Master {
     type Result = Result<CreatedToken, String>;
     fn handle(&mut self, m: CreateToken, _: &mut Context<Self>) -> Self::Result {
         let token = JoinToken::generate(&self.ca.fingerprint())
             .map_err(|_| "no system randomness".to_string())?;
+        if m.ttl.is_zero() || m.ttl > MAX_TOKEN_TTL {
+            return Err(format!(
+                "a token's lifetime must be between 1 s and {} s (a year), not {} s",
+                MAX_TOKEN_TTL.as_secs(),
+                m.ttl.as_secs()
+            ));
+        }
         let record = TokenRecord::new(&token, m.role, SystemTime::now(), m.ttl);
         let value = codec::encode(&record).map_err(|e| e.to_string())?;
         self.store
@@ -627,7 +699,7 @@ impl Handler<DrainNode> for Master {
             .ok_or_else(|| format!("no node named {:?}", m.0))?;
         rec.draining = true;
         let rec = rec.clone();
-        self.persist_agent(&m.0)?;
+        self.persist_agent(&m.0, Vec::new())?;
         Ok(rec)
     }
 }
@@ -655,22 +727,25 @@ impl Actor for MasterGate {
     type Context = Context<Self>;
 }
 
-fn forward<M, R>(master: &Addr<Master>, m: M) -> ResponseFuture<Result<R, String>>
+fn forward<M, R>(master: &Addr<Master>, m: M) -> ResponseFuture<Result<R, MasterRefusal>>
 where
     Master: Handler<M>,
-    M: Message<Result = Result<R, String>> + Send + 'static,
+    M: Message<Result = Result<R, MasterRefusal>> + Send + 'static,
     R: Send + 'static,
 {
     let req = master.send(m);
     Box::pin(async move {
-        req.await
-            .unwrap_or_else(|e| Err(format!("the master is not running: {e}")))
+        req.await.unwrap_or_else(|e| {
+            Err(MasterRefusal::Unavailable(format!(
+                "the master is not running: {e}"
+            )))
+        })
     })
 }
 
 #[crate::handler]
 impl Handler<Register> for MasterGate {
-    type Result = ResponseFuture<Result<Registered, String>>;
+    type Result = ResponseFuture<Result<Registered, MasterRefusal>>;
     fn handle(&mut self, m: Register, _: &mut Context<Self>) -> Self::Result {
         forward(&self.master, RegisterFrom(m, crate::caller()))
     }
@@ -678,7 +753,7 @@ impl Handler<Register> for MasterGate {
 
 #[crate::handler]
 impl Handler<Heartbeat> for MasterGate {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), MasterRefusal>>;
     fn handle(&mut self, m: Heartbeat, _: &mut Context<Self>) -> Self::Result {
         forward(&self.master, HeartbeatFrom(m, crate::caller()))
     }
@@ -686,7 +761,7 @@ impl Handler<Heartbeat> for MasterGate {
 
 #[crate::handler]
 impl Handler<Renew> for MasterGate {
-    type Result = ResponseFuture<Result<String, String>>;
+    type Result = ResponseFuture<Result<String, MasterRefusal>>;
     fn handle(&mut self, m: Renew, _: &mut Context<Self>) -> Self::Result {
         forward(&self.master, RenewFrom(m, crate::caller()))
     }

@@ -119,6 +119,13 @@ impl RedbStore {
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
         let db = redb::Database::create(&path).map_err(|e| open_err(e.to_string()))?;
+        // The store holds the CA key: readable by the master's user only.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| open_err(e.to_string()))?;
+        }
         // Create every table once, so that reads never meet a missing one.
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         for t in Table::ALL {

@@ -185,7 +185,8 @@ impl TokenRecord {
             id: token.id.clone(),
             secret_hash: token.secret_hash(),
             role,
-            expires: now + ttl,
+            // An absurd lifetime gives an already expired token, never a panic.
+            expires: now.checked_add(ttl).unwrap_or(now),
             revoked: false,
         }
     }
