@@ -174,6 +174,193 @@ impl std::str::FromStr for Resources {
     }
 }
 
+/// Tolerance for comparing scalar amounts (cpus such as 0.1 + 0.2).
+const EPSILON: f64 = 1e-9;
+
+fn range_len(ranges: &[(u64, u64)]) -> u64 {
+    ranges.iter().map(|(a, b)| b - a + 1).sum()
+}
+
+/// `a` minus `b`, both sorted, non-overlapping inclusive ranges.
+fn subtract_ranges(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(mut start, end) in a {
+        for &(bs, be) in b {
+            if be < start || bs > end {
+                continue;
+            }
+            if bs > start {
+                out.push((start, bs - 1));
+            }
+            if be >= end {
+                start = end + 1;
+                break;
+            }
+            start = be + 1;
+        }
+        if start <= end {
+            out.push((start, end));
+        }
+    }
+    out
+}
+
+/// The union of two sorted range lists, merged.
+fn add_ranges(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut all: Vec<(u64, u64)> = a.iter().chain(b).copied().collect();
+    all.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in all {
+        match out.last_mut() {
+            Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+impl Resources {
+    /// Whether these resources include all of `other`.
+    pub fn contains(&self, other: &Resources) -> bool {
+        other
+            .scalars
+            .iter()
+            .all(|(k, v)| *v <= self.scalars.get(k).copied().unwrap_or(0.0) + EPSILON)
+            && other.ranges.iter().all(|(k, r)| {
+                let mine = self.ranges.get(k).map(Vec::as_slice).unwrap_or(&[]);
+                subtract_ranges(r, mine).is_empty()
+            })
+            && other
+                .sets
+                .iter()
+                .all(|(k, items)| self.sets.get(k).is_some_and(|mine| items.is_subset(mine)))
+    }
+
+    /// These resources plus `other`.
+    pub fn plus(&self, other: &Resources) -> Resources {
+        let mut r = self.clone();
+        for (k, v) in &other.scalars {
+            *r.scalars.entry(k.clone()).or_insert(0.0) += v;
+        }
+        for (k, v) in &other.ranges {
+            let merged = add_ranges(r.ranges.get(k).map(Vec::as_slice).unwrap_or(&[]), v);
+            r.ranges.insert(k.clone(), merged);
+        }
+        for (k, v) in &other.sets {
+            r.sets
+                .entry(k.clone())
+                .or_default()
+                .extend(v.iter().cloned());
+        }
+        r
+    }
+
+    /// These resources minus `other` (which they must contain; amounts never go below 0).
+    pub fn minus(&self, other: &Resources) -> Resources {
+        let mut r = self.clone();
+        for (k, v) in &other.scalars {
+            if let Some(mine) = r.scalars.get_mut(k) {
+                *mine = (*mine - v).max(0.0);
+                if *mine < EPSILON {
+                    r.scalars.remove(k);
+                }
+            }
+        }
+        for (k, v) in &other.ranges {
+            if let Some(mine) = r.ranges.get_mut(k) {
+                *mine = subtract_ranges(mine, v);
+                if mine.is_empty() {
+                    r.ranges.remove(k);
+                }
+            }
+        }
+        for (k, v) in &other.sets {
+            if let Some(mine) = r.sets.get_mut(k) {
+                mine.retain(|i| !v.contains(i));
+                if mine.is_empty() {
+                    r.sets.remove(k);
+                }
+            }
+        }
+        r
+    }
+
+    /// The amount of resource `kind`, counting range and set sizes, for share arithmetic.
+    pub fn amount(&self, kind: &str) -> f64 {
+        if let Some(v) = self.scalars.get(kind) {
+            return *v;
+        }
+        if let Some(r) = self.ranges.get(kind) {
+            return range_len(r) as f64;
+        }
+        self.sets.get(kind).map_or(0.0, |s| s.len() as f64)
+    }
+
+    /// Every resource kind named here.
+    pub fn kinds(&self) -> impl Iterator<Item = &String> {
+        self.scalars
+            .keys()
+            .chain(self.ranges.keys())
+            .chain(self.sets.keys())
+    }
+
+    /// Whether nothing is here.
+    pub fn is_empty(&self) -> bool {
+        self.scalars.values().all(|v| *v < EPSILON)
+            && self.ranges.is_empty()
+            && self.sets.is_empty()
+    }
+
+    /// Takes what `want` asks for, as far as these resources allow, but at least `need`:
+    /// `None` if even `need` does not fit. Scalars get up to the wanted amount; ranges and
+    /// sets are taken from the lowest values up.
+    pub fn take_between(&self, need: &Resources, want: &Resources) -> Option<Resources> {
+        if !self.contains(need) {
+            return None;
+        }
+        let mut got = need.clone();
+        let left = self.minus(need);
+        for (k, w) in &want.scalars {
+            let have = got.scalars.get(k).copied().unwrap_or(0.0);
+            let extra = (w - have)
+                .max(0.0)
+                .min(left.scalars.get(k).copied().unwrap_or(0.0));
+            if extra > EPSILON {
+                *got.scalars.entry(k.clone()).or_insert(0.0) += extra;
+            }
+        }
+        for (k, w) in &want.ranges {
+            let have = range_len(got.ranges.get(k).map(Vec::as_slice).unwrap_or(&[]));
+            let mut missing = range_len(w).saturating_sub(have);
+            let mut extra = Vec::new();
+            for &(a, b) in left.ranges.get(k).map(Vec::as_slice).unwrap_or(&[]) {
+                if missing == 0 {
+                    break;
+                }
+                let n = (b - a + 1).min(missing);
+                extra.push((a, a + n - 1));
+                missing -= n;
+            }
+            if !extra.is_empty() {
+                let merged =
+                    add_ranges(got.ranges.get(k).map(Vec::as_slice).unwrap_or(&[]), &extra);
+                got.ranges.insert(k.clone(), merged);
+            }
+        }
+        for (k, w) in &want.sets {
+            let have = got.sets.get(k).map_or(0, |s| s.len());
+            let missing = w.len().saturating_sub(have);
+            let extra: Vec<String> = left
+                .sets
+                .get(k)
+                .map(|s| s.iter().take(missing).cloned().collect())
+                .unwrap_or_default();
+            got.sets.entry(k.clone()).or_default().extend(extra);
+        }
+        Some(got)
+    }
+}
+
 impl fmt::Display for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
@@ -227,6 +414,40 @@ mod tests {
         assert_eq!(r.scalars["gpus"], 2.0);
         assert!((r.scalars["disk"] - 1e12 / 1048576.0).abs() < 1e-6);
         assert_eq!(r.sets["devs"].len(), 2);
+    }
+
+    fn r(s: &str) -> Resources {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn arithmetic_on_scalars_ranges_and_sets() {
+        let a = r("cpus:4;mem:1024;ports:[1000-1009];devs:{a,b,c}");
+        let b = r("cpus:1.5;ports:[1002-1003];devs:{b}");
+        assert!(a.contains(&b));
+        assert!(!b.contains(&a));
+        let left = a.minus(&b);
+        assert_eq!(left.scalars["cpus"], 2.5);
+        assert_eq!(left.ranges["ports"], vec![(1000, 1001), (1004, 1009)]);
+        assert_eq!(left.sets["devs"].len(), 2);
+        assert_eq!(left.plus(&b), a);
+        assert_eq!(a.amount("ports"), 10.0);
+        assert!(!a.contains(&r("cpus:5")));
+        assert!(!a.contains(&r("gpus:1")));
+        assert!(!a.contains(&r("cpus:1;ports:[1009-1010]")));
+    }
+
+    #[test]
+    fn take_between_gives_at_least_need_and_at_most_want() {
+        let free = r("cpus:3;mem:2048;ports:[5000-5009]");
+        let need = r("cpus:1;mem:512");
+        let want = r("cpus:4;mem:1024;ports:[0-2]");
+        let got = free.take_between(&need, &want).unwrap();
+        assert_eq!(got.scalars["cpus"], 3.0);
+        assert_eq!(got.scalars["mem"], 1024.0);
+        assert_eq!(got.ranges["ports"], vec![(5000, 5002)]);
+        assert!(free.contains(&got));
+        assert!(free.take_between(&r("cpus:4"), &r("cpus:4")).is_none());
     }
 
     #[test]
