@@ -6,6 +6,7 @@
 //! verified caller is the agent it claims to be. Joining nodes reach it through the
 //! bootstrap port, operators through the HTTP API ([`api`]).
 
+pub mod allocator;
 pub mod api;
 pub mod membership;
 pub mod state;
