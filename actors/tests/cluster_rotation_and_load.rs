@@ -54,7 +54,7 @@ async fn short_lived_certificates_rotate_without_dropping_the_agent() {
         renewals >= 2,
         "only {renewals} renewals in 7 s with a 3 s certificate"
     );
-    let on_disk = std::fs::read_to_string(dir.join("r1").join("cert.pem")).unwrap();
+    let on_disk = std::fs::read_to_string(dir.join("r1").join("creds").join("cert.pem")).unwrap();
     assert!(on_disk.contains("BEGIN CERTIFICATE"));
 }
 

@@ -327,3 +327,17 @@ async fn a_peer_cannot_claim_another_nodes_address() {
         .expect("a still has b's link");
     assert_eq!(again.peer(), &pki.id("b"));
 }
+
+#[test]
+fn a_key_that_does_not_match_its_certificate_is_refused_at_start() {
+    let pki = TestPki::new("mtls.test");
+    let (_, a) = pki.node("a");
+    let (_, b) = pki.node("b");
+    let mixed = actormesh::transport::pki::Credentials {
+        chain: a.chain.clone(),
+        key: b.key.clone_key(),
+        ca: a.ca.clone(),
+    };
+    let err = actormesh::transport::tls::CertStore::new(&mixed).unwrap_err();
+    assert!(err.to_string().contains("does not belong"), "{err}");
+}

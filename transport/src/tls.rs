@@ -278,8 +278,16 @@ impl CertStore {
         let not_after = credentials
             .not_after()
             .ok_or_else(|| TransportError::Config("the certificate cannot be parsed".into()))?;
+        let certified = CertifiedKey::new(credentials.chain.clone(), key);
+        if let Err(TlsError::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+            certified.keys_match()
+        {
+            return Err(TransportError::Config(format!(
+                "the private key does not belong to the certificate of {identity}"
+            )));
+        }
         Ok(PresentedCert {
-            certified: Arc::new(CertifiedKey::new(credentials.chain.clone(), key)),
+            certified: Arc::new(certified),
             identity,
             not_after,
         })

@@ -99,11 +99,41 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Where the current key, certificate and CA live: a symlink to a directory that holds
+/// all three, so that a renewal replaces them together.
+const CREDS: &str = "creds";
+
+/// Writes key, certificate and CA as one set: into a new directory, then one atomic
+/// rename of the `creds` symlink, so a crash leaves the old set or the new one, never a
+/// mix of both.
 fn save_credentials(dir: &Path, key_pem: &str, cert_pem: &str, ca_pem: &str) -> anyhow::Result<()> {
-    write_private(&dir.join(files::KEY), key_pem)?;
-    write_private(&dir.join(files::CERT), cert_pem)?;
-    write_private(&dir.join(files::CA_CERT), ca_pem)?;
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!("creds-{stamp}");
+    let new_dir = dir.join(&name);
+    std::fs::create_dir_all(&new_dir)?;
+    write_private(&new_dir.join(files::KEY), key_pem)?;
+    write_private(&new_dir.join(files::CERT), cert_pem)?;
+    write_private(&new_dir.join(files::CA_CERT), ca_pem)?;
+    let old = std::fs::read_link(dir.join(CREDS)).ok();
+    let tmp = dir.join("creds.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&name, &tmp)?;
+    std::fs::rename(&tmp, dir.join(CREDS))?;
+    if let Some(old) = old.filter(|o| o.as_os_str() != name.as_str()) {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
     Ok(())
+}
+
+/// The saved credentials: the `creds` set, or files directly in `dir` (made by hand with
+/// `actormesh ca issue`).
+fn load_credentials(dir: &Path) -> anyhow::Result<Credentials> {
+    let set = dir.join(CREDS);
+    let from = if set.exists() { set } else { dir.to_path_buf() };
+    Ok(Credentials::load(&from)?)
 }
 
 /// Detects cpus, memory (MiB) and the disk space (MiB) of the data directory.
@@ -211,7 +241,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
             let mut saved: Saved = serde_json::from_str(&text).with_context(|| {
                 format!("{} is not a valid agent state file", saved_file.display())
             })?;
-            let creds = Credentials::load(&config.data_dir)?;
+            let creds = load_credentials(&config.data_dir)?;
             // The master may listen elsewhere since we last ran: ask its bootstrap port.
             let pin = actormesh_transport::pki::fingerprint(&creds.ca);
             let located = bootstrap::request(
@@ -456,7 +486,7 @@ async fn renew_once(
         )
         .await?
         .map_err(|r| anyhow!("the master refused: {r}"))?;
-    let ca_pem = std::fs::read_to_string(dir.join(files::CA_CERT))?;
+    let ca_pem = pem_of(&load_credentials(dir)?.ca);
     let creds = key.credentials(&cert, &ca_pem)?;
     node.endpoint().replace_credentials(&creds)?;
     save_credentials(dir, &key.pem(), &cert, &ca_pem)?;
