@@ -256,7 +256,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Deployment, ManifestError> {
         err(
             &field,
             msg,
-            "a Deployment manifest as documented in `actormesh apply --help`",
+            "a Deployment manifest: kind, name, namespace and spec (actor or command, version, replicas, resources, ...)",
         )
     })?;
     if m.kind != "Deployment" {
