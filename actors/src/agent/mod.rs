@@ -5,6 +5,8 @@
 //! bootstrap port (trusting only the CA its token pins); renewal at half-life sends a new
 //! CSR over the mesh, keeping the old certificate in use until the new one arrives.
 
+pub mod command;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

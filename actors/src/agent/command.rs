@@ -1,0 +1,427 @@
+//! Command tasks (the Mesos command executor): an OS process with its arguments and
+//! environment, stdout and stderr captured to files in a sandbox directory, resource
+//! limits (cgroups v2 where the agent may write them, otherwise rlimits), killed with a
+//! grace period, and checkpointed so that a restarted agent re-attaches to it.
+//!
+//! The process runs under a small `sh` wrapper in its own process group. The wrapper
+//! joins the cgroup, applies rlimits, runs the command and writes its exit status to the
+//! sandbox, so the status survives an agent restart even though the restarted agent is not
+//! the process's parent.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// What to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandTask {
+    /// Task id (also the sandbox directory name).
+    pub id: String,
+    /// Program path.
+    pub path: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Environment added to a clean one (PATH is kept).
+    pub env: BTreeMap<String, String>,
+    /// Memory limit in bytes.
+    pub mem_bytes: Option<u64>,
+    /// CPU limit in cores (cgroups only).
+    pub cpus: Option<f64>,
+}
+
+/// How a command task ended (or that it still runs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandStatus {
+    /// Still running.
+    Running,
+    /// Exited with status 0.
+    Finished,
+    /// Exited with a non-zero status.
+    Failed {
+        /// The exit status.
+        code: i32,
+    },
+    /// Ended by [`Running::kill`].
+    Killed,
+    /// Gone without leaving a status (killed from outside, or the machine restarted).
+    Lost,
+}
+
+/// Launching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The sandbox could not be prepared.
+    #[error("cannot prepare the sandbox {dir}: {source}")]
+    Sandbox {
+        /// The sandbox.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The process could not be started.
+    #[error("cannot start {path}: {source}")]
+    Spawn {
+        /// The program.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The checkpoint kept in the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Checkpoint {
+    task: CommandTask,
+    pid: u32,
+    /// Process start time (clock ticks after boot), to tell a reused pid apart.
+    started: u64,
+    limits: Vec<String>,
+}
+
+/// A launched command task.
+#[derive(Debug)]
+pub struct Running {
+    dir: PathBuf,
+    pid: u32,
+    started: u64,
+    /// The limits in effect, in words (shown in the task's description).
+    pub limits: Vec<String>,
+    killed: bool,
+}
+
+const STATUS_FILE: &str = "exit_status";
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const CHECKPOINT: &str = "task.json";
+
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    // Field 22 of stat; the 20th after the command name.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A cgroup v2 directory for the task, if it has limits and the agent may create one.
+fn cgroup_for(task: &CommandTask) -> Option<PathBuf> {
+    if task.mem_bytes.is_none() && task.cpus.is_none() {
+        return None;
+    }
+    let root = Path::new(CGROUP_ROOT);
+    if !root.join("cgroup.controllers").exists() {
+        return None;
+    }
+    let dir = root.join(format!("actormesh-{}", task.id));
+    std::fs::create_dir_all(&dir).ok()?;
+    Some(dir)
+}
+
+/// Starts `task` in the sandbox `sandbox_root/<id>`.
+pub fn launch(task: &CommandTask, sandbox_root: &Path) -> Result<Running, CommandError> {
+    let dir = sandbox_root.join(&task.id);
+    let sandbox = |source| CommandError::Sandbox {
+        dir: dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(sandbox)?;
+    let _ = std::fs::remove_file(dir.join(STATUS_FILE));
+    let stdout = std::fs::File::create(dir.join("stdout")).map_err(sandbox)?;
+    let stderr = std::fs::File::create(dir.join("stderr")).map_err(sandbox)?;
+
+    let mut limits = Vec::new();
+    let mut prelude = String::new();
+    match cgroup_for(task) {
+        Some(cg) => {
+            if let Some(m) = task.mem_bytes {
+                if std::fs::write(cg.join("memory.max"), m.to_string()).is_ok() {
+                    limits.push(format!("memory {m} bytes (cgroup v2)"));
+                }
+            }
+            if let Some(c) = task.cpus {
+                let quota = (c * 100_000.0).round().max(1000.0) as u64;
+                if std::fs::write(cg.join("cpu.max"), format!("{quota} 100000")).is_ok() {
+                    limits.push(format!("cpus {c} (cgroup v2)"));
+                }
+            }
+            prelude.push_str(&format!(
+                "echo $$ > {} 2>/dev/null; ",
+                sh_quote(&cg.join("cgroup.procs").display().to_string())
+            ));
+        }
+        None => {
+            if let Some(m) = task.mem_bytes {
+                // rlimit fallback: address space, in KiB for ulimit.
+                prelude.push_str(&format!("ulimit -v {} || exit 126; ", (m / 1024).max(1)));
+                limits.push(format!("address space {m} bytes (rlimit)"));
+            }
+            if task.cpus.is_some() {
+                limits.push("cpus not enforced (no writable cgroup v2)".into());
+            }
+        }
+    }
+    let status_file = sh_quote(&dir.join(STATUS_FILE).display().to_string());
+    // The command runs as a child of the wrapper, which records its exit status.
+    let script = format!(
+        "{prelude}\"$@\"; echo $? > {status_file}.tmp && mv {status_file}.tmp {status_file}"
+    );
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(script)
+        .arg("actormesh-task")
+        .arg(&task.path)
+        .args(&task.args)
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+        )
+        .envs(&task.env)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr);
+    // Its own process group, so a kill reaches the command and its children.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd.spawn().map_err(|source| CommandError::Spawn {
+        path: task.path.clone(),
+        source,
+    })?;
+    let pid = child.id();
+    // The agent does not wait on the child: the status file says how it ended, for this
+    // agent process and for a restarted one alike. A reaper thread avoids a zombie.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    let started = start_time(pid).unwrap_or(0);
+    let checkpoint = Checkpoint {
+        task: task.clone(),
+        pid,
+        started,
+        limits: limits.clone(),
+    };
+    if let Ok(json) = serde_json::to_string(&checkpoint) {
+        let _ = std::fs::write(dir.join(CHECKPOINT), json);
+    }
+    Ok(Running {
+        dir,
+        pid,
+        started,
+        limits,
+        killed: false,
+    })
+}
+
+/// Re-attaches to the task checkpointed in `dir` (after an agent restart). `None` if there
+/// is no checkpoint.
+pub fn reattach(dir: &Path) -> Option<Running> {
+    let text = std::fs::read_to_string(dir.join(CHECKPOINT)).ok()?;
+    let c: Checkpoint = serde_json::from_str(&text).ok()?;
+    Some(Running {
+        dir: dir.to_path_buf(),
+        pid: c.pid,
+        started: c.started,
+        limits: c.limits,
+        killed: false,
+    })
+}
+
+impl Running {
+    /// The wrapper's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The sandbox directory (stdout, stderr, status).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn alive(&self) -> bool {
+        start_time(self.pid).is_some_and(|s| s == self.started)
+    }
+
+    /// The status now.
+    pub fn status(&self) -> CommandStatus {
+        if let Ok(text) = std::fs::read_to_string(self.dir.join(STATUS_FILE)) {
+            return match text.trim().parse::<i32>() {
+                Ok(0) => CommandStatus::Finished,
+                Ok(code) if self.killed && code >= 128 => CommandStatus::Killed,
+                Ok(code) => CommandStatus::Failed { code },
+                Err(_) => CommandStatus::Lost,
+            };
+        }
+        if self.alive() {
+            CommandStatus::Running
+        } else if self.killed {
+            CommandStatus::Killed
+        } else {
+            CommandStatus::Lost
+        }
+    }
+
+    /// Waits until the task ends (checking every 20 ms), at most `limit`.
+    pub async fn wait(&self, limit: Duration) -> CommandStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            let s = self.status();
+            if s != CommandStatus::Running || Instant::now() >= deadline {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        // The whole process group: the command and anything it started.
+        let _ = std::process::Command::new("kill")
+            .args([sig, "--", &format!("-{}", self.pid)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Removes the task's cgroup, once it has ended (an empty cgroup is all that is left).
+    pub fn release(&self, task_id: &str) {
+        let _ = std::fs::remove_dir(Path::new(CGROUP_ROOT).join(format!("actormesh-{task_id}")));
+    }
+
+    /// Asks the task to stop (SIGTERM), and kills it (SIGKILL) after `grace`.
+    pub async fn kill(&mut self, grace: Duration) -> CommandStatus {
+        self.killed = true;
+        if self.status() != CommandStatus::Running {
+            return self.status();
+        }
+        self.signal("-TERM");
+        let s = self.wait(grace).await;
+        if s != CommandStatus::Running {
+            return s;
+        }
+        self.signal("-KILL");
+        self.wait(Duration::from_secs(5)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str, path: &str, args: &[&str]) -> CommandTask {
+        CommandTask {
+            id: id.into(),
+            path: path.into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
+            mem_bytes: None,
+            cpus: None,
+        }
+    }
+
+    fn sandbox(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("am-cmd-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[tokio::test]
+    async fn exit_codes_and_captured_output() {
+        let root = sandbox("exit");
+        let ok = launch(
+            &task("ok", "/bin/sh", &["-c", "echo $GREETING; echo oops >&2"]),
+            &root,
+        )
+        .unwrap();
+        assert_eq!(
+            ok.wait(Duration::from_secs(10)).await,
+            CommandStatus::Finished
+        );
+        assert_eq!(
+            std::fs::read_to_string(ok.dir().join("stdout")).unwrap(),
+            "hi\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(ok.dir().join("stderr")).unwrap(),
+            "oops\n"
+        );
+        let bad = launch(&task("bad", "/bin/sh", &["-c", "exit 3"]), &root).unwrap();
+        assert_eq!(
+            bad.wait(Duration::from_secs(10)).await,
+            CommandStatus::Failed { code: 3 }
+        );
+        let missing = launch(&task("missing", "/no/such/program", &[]), &root).unwrap();
+        assert_eq!(
+            missing.wait(Duration::from_secs(10)).await,
+            CommandStatus::Failed { code: 127 }
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn kill_with_grace_then_force() {
+        let root = sandbox("kill");
+        // Ignores SIGTERM: only SIGKILL after the grace period ends it.
+        let mut stubborn = launch(
+            &task("stubborn", "/bin/sh", &["-c", "trap '' TERM; sleep 30"]),
+            &root,
+        )
+        .unwrap();
+        assert_eq!(stubborn.status(), CommandStatus::Running);
+        let t = Instant::now();
+        assert_eq!(
+            stubborn.kill(Duration::from_millis(300)).await,
+            CommandStatus::Killed
+        );
+        assert!(t.elapsed() < Duration::from_secs(10));
+        let mut polite = launch(&task("polite", "/bin/sleep", &["30"]), &root).unwrap();
+        assert_eq!(
+            polite.kill(Duration::from_secs(10)).await,
+            CommandStatus::Killed
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_agent_reattaches_and_sees_the_end() {
+        let root = sandbox("reattach");
+        let first = launch(
+            &task("long", "/bin/sh", &["-c", "sleep 0.5; exit 4"]),
+            &root,
+        )
+        .unwrap();
+        let dir = first.dir().to_path_buf();
+        drop(first);
+        // A new agent process would do exactly this with the sandbox it finds on disk.
+        let again = reattach(&dir).expect("checkpoint");
+        assert_eq!(again.status(), CommandStatus::Running);
+        assert_eq!(
+            again.wait(Duration::from_secs(10)).await,
+            CommandStatus::Failed { code: 4 }
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn limits_in_effect_are_reported() {
+        let root = sandbox("limits");
+        let mut t = task("limited", "/bin/sh", &["-c", "exit 0"]);
+        t.mem_bytes = Some(512 * 1024 * 1024);
+        let r = launch(&t, &root).unwrap();
+        assert!(
+            r.limits.iter().any(|l| l.contains("536870912")),
+            "{:?}",
+            r.limits
+        );
+        assert_eq!(
+            r.wait(Duration::from_secs(10)).await,
+            CommandStatus::Finished
+        );
+        r.release("limited");
+        assert!(!Path::new(CGROUP_ROOT).join("actormesh-limited").exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+}
