@@ -351,3 +351,42 @@ async fn a_factory_that_panics_on_restart_ends_the_actor() {
     );
     a.spawn("bad", Ticker).unwrap();
 }
+
+#[actix::test]
+async fn dropped_watches_are_withdrawn_locally_and_remotely() {
+    let pki = TestPki::new("sup.test");
+    let a = start(&pki, "a");
+    let b = start(&pki, "b");
+    b.spawn("sink", Sink::default()).unwrap();
+    let remote = a.actor_ref(b.local_addr(), "sink");
+    remote.ask(Echo(vec![])).await.unwrap();
+    // Bounded: 200 watches placed and dropped.
+    for _ in 0..200 {
+        drop(a.watch(&remote));
+    }
+    let kept = a.watch(&remote);
+    // The remote side ends with only the live watch (Unwatch travels on the control
+    // stream; wait for it to be applied).
+    assert!(
+        wait_until(Duration::from_secs(10), || b.watchers_of("sink") == 1).await,
+        "remote watchers: {}",
+        b.watchers_of("sink")
+    );
+    // Locally, dead watchers are pruned when the next one is placed.
+    let local = b.local_ref("sink");
+    for _ in 0..200 {
+        drop(b.watch(&local));
+    }
+    let _live = b.watch(&local);
+    assert!(
+        b.watchers_of("sink") <= 3,
+        "local watchers: {}",
+        b.watchers_of("sink")
+    );
+    // The kept watch still fires.
+    remote.ask(StopSelf).await.unwrap();
+    let t = tokio::time::timeout(Duration::from_secs(10), kept)
+        .await
+        .unwrap();
+    assert_eq!(t.reason, TerminationReason::Stopped);
+}

@@ -130,6 +130,15 @@ impl std::fmt::Debug for WatchSink {
 }
 
 impl WatchSink {
+    /// Whether someone still listens (remote watchers are withdrawn with `Unwatch`).
+    fn is_live(&self) -> bool {
+        match self {
+            WatchSink::Channel(tx) => !tx.is_closed(),
+            WatchSink::Actor(r) => r.connected(),
+            WatchSink::Remote { .. } => true,
+        }
+    }
+
     fn fire(self, node: &Arc<NodeInner>, t: Terminated) {
         match self {
             WatchSink::Channel(tx) => {
@@ -605,6 +614,13 @@ impl Peer {
         });
     }
 
+    /// Withdraws watch `id` (its watcher went away before it fired).
+    pub(crate) fn unwatch(self: &Arc<Self>, id: u64) {
+        if lock(&self.state).watches.remove(&id).is_some() {
+            self.send_control(Control::Unwatch { id });
+        }
+    }
+
     pub(crate) fn add_watch(self: &Arc<Self>, id: u64, target: Arc<str>, sink: WatchSink) {
         lock(&self.state).watches.insert(id, (target.clone(), sink));
         self.send_control(Control::Watch {
@@ -690,6 +706,8 @@ impl NodeInner {
                     return;
                 }
                 Some(watchers) => {
+                    // Watchers that went away leave nothing behind.
+                    watchers.retain(WatchSink::is_live);
                     // A watch placed again after a link change may be a duplicate; it only
                     // costs one extra notice, which the watcher ignores.
                     watchers.push(sink);
@@ -928,11 +946,13 @@ impl Node {
     /// Resolves when the actor behind `target` is gone (or its node becomes unreachable).
     pub fn watch(&self, target: &RemoteRef) -> Watch {
         let (tx, rx) = oneshot::channel();
-        self.place_watch(target, WatchSink::Channel(tx));
+        let remote = self.place_watch(target, WatchSink::Channel(tx));
         Watch {
             rx,
             actor: target.name().to_string(),
             node: target.addr(),
+            remote,
+            fired: false,
         }
     }
 
@@ -941,13 +961,22 @@ impl Node {
         self.place_watch(target, WatchSink::Actor(watcher));
     }
 
-    fn place_watch(&self, target: &RemoteRef, sink: WatchSink) {
+    fn place_watch(&self, target: &RemoteRef, sink: WatchSink) -> Option<(Arc<Peer>, u64)> {
         if let Some(peer) = target.peer() {
             let id = self.inner.next_watch.fetch_add(1, Ordering::Relaxed);
             peer.add_watch(id, target.name_arc(), sink);
-            return;
+            return Some((peer.clone(), id));
         }
         self.inner.add_watcher(target.name(), sink);
+        None
+    }
+
+    /// Watchers placed on the actor `name` here (by this node and others).
+    pub fn watchers_of(&self, name: &str) -> usize {
+        self.inner
+            .slot(name)
+            .and_then(|s| lock(&s.watchers).as_ref().map(Vec::len))
+            .unwrap_or(0)
     }
 
     /// Closes every link and stops accepting new ones.
@@ -962,6 +991,18 @@ pub struct Watch {
     rx: oneshot::Receiver<Terminated>,
     actor: String,
     node: SocketAddr,
+    /// For a remote target: the peer and watch id, to withdraw the watch if this future is
+    /// dropped before it fires.
+    remote: Option<(Arc<Peer>, u64)>,
+    fired: bool,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let (false, Some((peer, id))) = (self.fired, self.remote.take()) {
+            peer.unwatch(id);
+        }
+    }
 }
 
 impl std::future::Future for Watch {
@@ -972,6 +1013,7 @@ impl std::future::Future for Watch {
     ) -> std::task::Poll<Terminated> {
         let this = &mut *self;
         std::pin::Pin::new(&mut this.rx).poll(cx).map(|r| {
+            this.fired = true;
             r.unwrap_or_else(|_| Terminated {
                 actor: this.actor.clone(),
                 node: this.node,
