@@ -135,58 +135,17 @@ async fn agents_join_fail_and_are_removed_and_a_removed_agent_is_refused() {
     );
 
     // The removed agent, restarted with its old certificate, is refused and says why.
-    let join = master.bootstrap.to_string();
-    let again = Proc::spawn(&[
-        "agent",
-        "--join",
-        &join,
-        "--data-dir",
-        dir.join("n3").to_str().unwrap(),
-    ]);
-    let err = again.exit_stderr().await;
+    let err = refused_agent(&master, &dir.join("n3"), None, None).await;
     assert!(err.contains("refused") && err.contains("revoked"), "{err}");
     // Its name is never given out again, even with a fresh token: the revoked identity
     // cannot come back under someone else.
     let fresh = master.token(3600);
-    let reuse = Proc::spawn(&[
-        "agent",
-        "--join",
-        &join,
-        "--data-dir",
-        dir.join("n3c").to_str().unwrap(),
-        "--name",
-        "n3",
-        "--token",
-        &fresh,
-    ]);
-    let err = reuse.exit_stderr().await;
+    let err = refused_agent(&master, &dir.join("n3c"), Some("n3"), Some(&fresh)).await;
     assert!(err.contains("agent name n3 is taken"), "{err}");
-    let impostor = Proc::spawn(&[
-        "agent",
-        "--join",
-        &join,
-        "--data-dir",
-        dir.join("mm").to_str().unwrap(),
-        "--name",
-        "master",
-        "--token",
-        &fresh,
-    ]);
-    let err = impostor.exit_stderr().await;
+    let err = refused_agent(&master, &dir.join("mm"), Some("master"), Some(&fresh)).await;
     assert!(err.contains("reserved"), "{err}");
     // Its token, replayed by a new node, is refused too.
-    let replay = Proc::spawn(&[
-        "agent",
-        "--join",
-        &join,
-        "--data-dir",
-        dir.join("n3b").to_str().unwrap(),
-        "--name",
-        "n3b",
-        "--token",
-        &token,
-    ]);
-    let err = replay.exit_stderr().await;
+    let err = refused_agent(&master, &dir.join("n3b"), Some("n3b"), Some(&token)).await;
     assert!(err.contains("has been revoked"), "{err}");
 }
 

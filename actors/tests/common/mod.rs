@@ -220,3 +220,28 @@ pub async fn agent(
     p.line("agent ").await;
     p
 }
+
+/// Runs `actormesh agent --join <master> --data-dir <dir> [--name N] [--token T]` to its end
+/// (it is expected to be refused) and returns what it printed on stderr.
+pub async fn refused_agent(
+    master: &Master,
+    dir: &Path,
+    name: Option<&str>,
+    token: Option<&str>,
+) -> String {
+    let join = master.bootstrap.to_string();
+    let mut args = vec![
+        "agent",
+        "--join",
+        &join,
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ];
+    if let Some(n) = name {
+        args.extend_from_slice(&["--name", n]);
+    }
+    if let Some(t) = token {
+        args.extend_from_slice(&["--token", t]);
+    }
+    Proc::spawn(&args).exit_stderr().await
+}
