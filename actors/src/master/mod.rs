@@ -8,6 +8,7 @@
 
 pub mod allocator;
 pub mod api;
+pub mod frameworks;
 pub mod membership;
 pub mod state;
 pub mod token;
