@@ -443,6 +443,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 resources,
                 attrs: args.attrs.into_iter().collect::<BTreeMap<_, _>>(),
                 actor_types: Vec::new(),
+                host: Default::default(),
             };
             run_system(async move {
                 let a = agent::start(config).await?;
@@ -530,6 +531,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         resources: None,
         attrs: BTreeMap::from([("zone".to_string(), "dev".to_string())]),
         actor_types: Vec::new(),
+        host: Default::default(),
     })
     .await?;
     println!(

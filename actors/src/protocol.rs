@@ -142,3 +142,36 @@ pub struct Renew {
     /// PEM signing request over a new key.
     pub csr_pem: String,
 }
+
+/// The master asks an agent to start an instance of an actor type it hosts.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.agent.LaunchActor/v1", reply = Result<(), String>)]
+pub struct LaunchActor {
+    /// The task id (the master's).
+    pub task_id: String,
+    /// The actor type, as the agent's host registered it.
+    pub actor_type: String,
+    /// The name the instance gets on the agent's node.
+    pub name: String,
+}
+
+/// The master asks an agent to stop a task.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.agent.KillTask/v1", reply = Result<(), String>)]
+pub struct KillTask {
+    /// The task id.
+    pub task_id: String,
+}
+
+/// An agent reports a task's new state; retried until the master acknowledges it.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.master.TaskStatus/v1", reply = Result<(), MasterRefusal>)]
+pub struct TaskStatusReport {
+    /// The agent id.
+    pub agent_id: String,
+    /// The task's new status.
+    pub status: crate::master::frameworks::TaskStatus,
+}
+
+/// The name of every agent's actor that the master talks to.
+pub const AGENT_ACTOR: &str = "$agent";

@@ -75,6 +75,7 @@ async fn a_user_binary_joins_as_an_agent_hosting_its_own_actor_types() {
         resources: None,
         attrs: Default::default(),
         actor_types: Vec::new(),
+        host: Default::default(),
     })
     .await
     .unwrap();
@@ -106,5 +107,121 @@ async fn a_user_binary_joins_as_an_agent_hosting_its_own_actor_types() {
     // The agent's actor answers over the mesh, from the master's node.
     let r = m.node.actor_ref(a.node.local_addr(), "doubler");
     assert_eq!(r.ask(Double(21)).await.unwrap(), 42);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix::test]
+async fn the_master_starts_and_kills_actor_tasks_on_an_agent() {
+    use actormesh::agent::tasks::ActorHost;
+    use actormesh::master::frameworks::TaskState;
+    use actormesh::master::{KillOn, LaunchOn, ListTasks};
+
+    let dir = std::env::temp_dir().join(format!("am-tasks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = MasterConfig::new(dir.join("master"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.bootstrap = "127.0.0.1:0".parse().unwrap();
+    config.api = "127.0.0.1:0".parse().unwrap();
+    let m = master::start(config).await.unwrap();
+    let token = m
+        .master
+        .send(CreateToken {
+            ttl: Duration::from_secs(60),
+            role: TokenRole::Agent,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let a = agent::start(AgentConfig {
+        join: m.bootstrap,
+        token: Some(token.token),
+        data_dir: dir.join("agent"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        name: "host1".into(),
+        resources: None,
+        attrs: Default::default(),
+        actor_types: Vec::new(),
+        host: ActorHost::new().with("doubler", || Doubler),
+    })
+    .await
+    .unwrap();
+    let nodes = m.master.send(ListNodes).await.unwrap();
+    assert_eq!(nodes[0].actor_types, vec!["doubler".to_string()]);
+
+    let state_of = |task: &'static str| {
+        let master = m.master.clone();
+        async move {
+            master
+                .send(ListTasks)
+                .await
+                .unwrap()
+                .into_iter()
+                .find(|t| t.task_id == task)
+                .map(|t| t.state)
+        }
+    };
+    let wait_for = |task: &'static str, state: TaskState| async move {
+        for _ in 0..500 {
+            if state_of(task).await == Some(state) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "task {task} never reached {state:?}: {:?}",
+            state_of(task).await
+        );
+    };
+
+    m.master
+        .send(LaunchOn {
+            agent: "host1".into(),
+            task_id: "t1".into(),
+            actor_type: "doubler".into(),
+            name: "doubler-1".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    wait_for("t1", TaskState::Running).await;
+    // The task is a real actor on the agent, reachable over the mesh.
+    let r = m.node.actor_ref(a.node.local_addr(), "doubler-1");
+    assert_eq!(r.ask(Double(4)).await.unwrap(), 8);
+
+    // A type the agent does not host is an error, reported as such.
+    let err = m
+        .master
+        .send(LaunchOn {
+            agent: "host1".into(),
+            task_id: "t2".into(),
+            actor_type: "nope".into(),
+            name: "nope-1".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.contains("not hosted"), "{err}");
+    wait_for("t2", TaskState::Error).await;
+
+    m.master
+        .send(KillOn {
+            agent: "host1".into(),
+            task_id: "t1".into(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    wait_for("t1", TaskState::Killed).await;
+    // Only the master may launch tasks: another node is refused.
+    let direct = a.node.local_ref(actormesh::protocol::AGENT_ACTOR);
+    let refused = direct
+        .ask(actormesh::protocol::LaunchActor {
+            task_id: "t3".into(),
+            actor_type: "doubler".into(),
+            name: "sneaky".into(),
+        })
+        .await
+        .unwrap();
+    assert!(refused.is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }

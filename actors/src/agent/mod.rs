@@ -6,6 +6,7 @@
 //! CSR over the mesh, keeping the old certificate in use until the new one arrives.
 
 pub mod command;
+pub mod tasks;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -46,9 +47,11 @@ pub struct AgentConfig {
     pub resources: Option<Resources>,
     /// Attributes such as zone and rack.
     pub attrs: BTreeMap<String, String>,
-    /// Actor types this binary hosts; empty means every type it has `#[handler]`s for
-    /// ([`crate::hosted_actor_types`]), which is what a user's own agent binary wants.
+    /// Actor types this binary hosts; empty means the host's types, or else every type it has
+    /// `#[handler]`s for ([`crate::hosted_actor_types`]).
     pub actor_types: Vec<String>,
+    /// The actor types the master may start here as tasks, with their factories.
+    pub host: tasks::ActorHost,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -289,7 +292,9 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
         addr: node.local_addr(),
         resources,
         attrs: config.attrs.clone(),
-        actor_types: if config.actor_types.is_empty() {
+        actor_types: if config.actor_types.is_empty() && !config.host.types().is_empty() {
+            config.host.types()
+        } else if config.actor_types.is_empty() {
             // actormesh's own actors (the master's gate) are not placeable work.
             crate::hosted_actor_types()
                 .into_iter()
@@ -306,6 +311,15 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
     info!(agent = %saved.agent_id, "registered with the master");
     let (removed_tx, removed) = watch::channel(None);
     let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
+    node.spawn(
+        crate::protocol::AGENT_ACTOR,
+        tasks::AgentGate::new(
+            node.clone(),
+            config.host.clone(),
+            saved.agent_id.clone(),
+            master.clone(),
+        ),
+    )?;
     tokio::spawn(heartbeat_loop(
         node.clone(),
         master.clone(),

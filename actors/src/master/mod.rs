@@ -256,6 +256,8 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         mesh_addr: node.local_addr(),
         endpoint: node.endpoint().clone(),
         agent_cert_ttl: config.agent_cert_ttl,
+        node: node.clone(),
+        tasks: BTreeMap::new(),
     }
     .start();
     node.spawn(
@@ -311,6 +313,10 @@ pub struct Master {
     mesh_addr: SocketAddr,
     endpoint: Endpoint,
     agent_cert_ttl: Duration,
+    /// To reach agents' `$agent` actors.
+    node: Node,
+    /// What agents report of their tasks (soft state: agents report again after a restart).
+    tasks: BTreeMap<String, frameworks::TaskStatus>,
 }
 
 impl std::fmt::Debug for Master {
@@ -766,5 +772,127 @@ impl Handler<Renew> for MasterGate {
     type Result = ResponseFuture<Result<String, MasterRefusal>>;
     fn handle(&mut self, m: Renew, _: &mut Context<Self>) -> Self::Result {
         forward(&self.master, RenewFrom(m, crate::caller()))
+    }
+}
+
+/// A task state report from an agent, with the verified sender.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MasterRefusal>")]
+struct TaskStatusFrom(crate::protocol::TaskStatusReport, Option<SpiffeId>);
+
+impl Handler<TaskStatusFrom> for Master {
+    type Result = Result<(), MasterRefusal>;
+    fn handle(&mut self, m: TaskStatusFrom, _: &mut Context<Self>) -> Self::Result {
+        self.check_caller(&m.0.agent_id, &m.1)?;
+        let s = m.0.status;
+        if s.agent_id != m.0.agent_id {
+            return Err(MasterRefusal::Forbidden(format!(
+                "agent {} may not report tasks of agent {}",
+                m.0.agent_id, s.agent_id
+            )));
+        }
+        info!(task = %s.task_id, agent = %s.agent_id, state = ?s.state, message = %s.message, "task status");
+        self.tasks.insert(s.task_id.clone(), s);
+        Ok(())
+    }
+}
+
+#[crate::handler]
+impl Handler<crate::protocol::TaskStatusReport> for MasterGate {
+    type Result = ResponseFuture<Result<(), MasterRefusal>>;
+    fn handle(
+        &mut self,
+        m: crate::protocol::TaskStatusReport,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        forward(&self.master, TaskStatusFrom(m, crate::caller()))
+    }
+}
+
+/// Starts an instance of `actor_type` named `name` on agent `agent` as task `task_id`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct LaunchOn {
+    /// The agent.
+    pub agent: String,
+    /// The task id.
+    pub task_id: String,
+    /// A type the agent hosts.
+    pub actor_type: String,
+    /// The instance's name on the agent's node.
+    pub name: String,
+}
+
+impl Handler<LaunchOn> for Master {
+    type Result = ResponseFuture<Result<(), String>>;
+    fn handle(&mut self, m: LaunchOn, _: &mut Context<Self>) -> Self::Result {
+        let target = self.agent_actor(&m.agent);
+        Box::pin(async move {
+            let target = target?;
+            let launch = crate::protocol::LaunchActor {
+                task_id: m.task_id,
+                actor_type: m.actor_type,
+                name: m.name,
+            };
+            target
+                .ask_timeout(launch, Duration::from_secs(10))
+                .await
+                .map_err(|e| format!("agent {} did not answer: {e}", m.agent))?
+        })
+    }
+}
+
+/// Stops task `task_id` on agent `agent`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct KillOn {
+    /// The agent.
+    pub agent: String,
+    /// The task id.
+    pub task_id: String,
+}
+
+impl Handler<KillOn> for Master {
+    type Result = ResponseFuture<Result<(), String>>;
+    fn handle(&mut self, m: KillOn, _: &mut Context<Self>) -> Self::Result {
+        let target = self.agent_actor(&m.agent);
+        Box::pin(async move {
+            target?
+                .ask_timeout(
+                    crate::protocol::KillTask { task_id: m.task_id },
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|e| format!("agent {} did not answer: {e}", m.agent))?
+        })
+    }
+}
+
+/// Every task the agents reported, latest state each.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<frameworks::TaskStatus>")]
+pub struct ListTasks;
+
+impl Handler<ListTasks> for Master {
+    type Result = MessageResult<ListTasks>;
+    fn handle(&mut self, _: ListTasks, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.tasks.values().cloned().collect())
+    }
+}
+
+impl Master {
+    /// The `$agent` actor of an Active agent.
+    fn agent_actor(&self, agent: &str) -> Result<crate::RemoteRef, String> {
+        let rec = self
+            .membership
+            .get(agent)
+            .ok_or_else(|| format!("no agent named {agent:?}"))?;
+        if rec.state != AgentState::Active {
+            return Err(format!("agent {agent} is {}, not Active", rec.state));
+        }
+        let addr = rec
+            .addr
+            .ok_or_else(|| format!("agent {agent} has not registered an address yet"))?;
+        Ok(self.node.actor_ref(addr, crate::protocol::AGENT_ACTOR))
     }
 }
