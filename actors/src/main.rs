@@ -57,6 +57,17 @@ enum Command {
     },
     /// A whole cluster in one process: a master and one agent on embedded state.
     Dev(DevArgs),
+    /// Validate a Deployment manifest (YAML, or JSON for .json) and submit it.
+    Apply {
+        /// The manifest file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Only validate; submit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -255,6 +266,16 @@ enum TokenCommand {
 enum GetWhat {
     /// Nodes: state, resources, attributes, last heartbeat, certificate expiry.
     Nodes {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Deployments: replicas asked for, running, pending, and why any are not placed.
+    Deployments {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Deployment tasks: agent and state.
+    Tasks {
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -503,6 +524,76 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Dev(args) => run_system(dev(args))?,
+        Command::Apply { file, dry_run, api } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let d = actormesh::manifest::parse(&file, &text)?;
+            if dry_run {
+                println!(
+                    "{}: valid Deployment {}/{}",
+                    file.display(),
+                    d.manifest.namespace,
+                    d.manifest.name
+                );
+                return Ok(());
+            }
+            let body = serde_json::to_value(&d.manifest)?;
+            let v = api.client()?.call("POST", "/v1/deployments", Some(body))?;
+            println!("applied {}", v["applied"].as_str().unwrap_or_default());
+        }
+        Command::Get {
+            what: GetWhat::Deployments { api },
+        } => {
+            let v = api.client()?.call("GET", "/v1/deployments", None)?;
+            match api.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Table => {
+                    let list: Vec<actormesh::master::deployments::DeploymentSummary> =
+                        serde_json::from_value(v)?;
+                    println!(
+                        "{:<24} {:<8} {:>8} {:>8} {:>8}  WHY NOT PLACED",
+                        "NAME", "VERSION", "REPLICAS", "RUNNING", "PENDING"
+                    );
+                    for d in list {
+                        println!(
+                            "{:<24} {:<8} {:>8} {:>8} {:>8}  {}",
+                            format!("{}/{}", d.namespace, d.name),
+                            d.version,
+                            d.replicas,
+                            d.running,
+                            d.pending,
+                            d.unplaced.unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
+        Command::Get {
+            what: GetWhat::Tasks { api },
+        } => {
+            let v = api.client()?.call("GET", "/v1/tasks", None)?;
+            match api.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Table => {
+                    let list: Vec<actormesh::master::deployments::TaskEntry> =
+                        serde_json::from_value(v)?;
+                    println!(
+                        "{:<28} {:<20} {:<12} {:<12} MESSAGE",
+                        "TASK", "DEPLOYMENT", "AGENT", "STATE"
+                    );
+                    for t in list {
+                        println!(
+                            "{:<28} {:<20} {:<12} {:<12} {}",
+                            t.id,
+                            t.deployment,
+                            t.agent,
+                            format!("{:?}", t.state),
+                            t.message
+                        );
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }

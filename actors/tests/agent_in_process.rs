@@ -225,3 +225,111 @@ async fn the_master_starts_and_kills_actor_tasks_on_an_agent() {
     assert!(refused.is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[actix::test]
+async fn a_deployment_keeps_its_replicas_running_and_replaces_a_lost_agents() {
+    use actormesh::agent::tasks::ActorHost;
+    use actormesh::master::{ApplyDeployment, ListDeploymentTasks, ListDeployments};
+
+    let dir = std::env::temp_dir().join(format!("am-deploy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut config = MasterConfig::new(dir.join("master"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.bootstrap = "127.0.0.1:0".parse().unwrap();
+    config.api = "127.0.0.1:0".parse().unwrap();
+    config.detector.heartbeat_interval = Duration::from_millis(100);
+    config.detector.unreachable_after = Duration::from_secs(1);
+    let m = master::start(config).await.unwrap();
+    let token = m
+        .master
+        .send(CreateToken {
+            ttl: Duration::from_secs(60),
+            role: TokenRole::Agent,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let mut agents = Vec::new();
+    for name in ["w1", "w2"] {
+        agents.push(
+            agent::start(AgentConfig {
+                join: m.bootstrap,
+                token: Some(token.token.clone()),
+                data_dir: dir.join(name),
+                listen: "127.0.0.1:0".parse().unwrap(),
+                name: name.into(),
+                resources: Some("cpus:4;mem:4096".parse().unwrap()),
+                attrs: Default::default(),
+                actor_types: Vec::new(),
+                host: ActorHost::new().with("doubler", || Doubler),
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    let manifest = r#"{"kind":"Deployment","name":"calc","spec":{"actor":"doubler","version":"v1","replicas":3,"resources":{"need":"cpus:1"}}}"#;
+    assert_eq!(
+        m.master
+            .send(ApplyDeployment(manifest.into()))
+            .await
+            .unwrap()
+            .unwrap(),
+        "default/calc"
+    );
+    let running = |master: actix::Addr<actormesh::master::Master>| async move {
+        master.send(ListDeployments).await.unwrap()[0].running
+    };
+    let mut ok = false;
+    for _ in 0..500 {
+        if running(m.master.clone()).await == 3 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        ok,
+        "3 replicas never ran: {:?}",
+        m.master.send(ListDeployments).await.unwrap()
+    );
+    // Every instance answers over the mesh.
+    let tasks = m.master.send(ListDeploymentTasks).await.unwrap();
+    for t in tasks
+        .iter()
+        .filter(|t| t.state == actormesh::master::frameworks::TaskState::Running)
+    {
+        let addr = if t.agent == "w1" {
+            agents[0].node.local_addr()
+        } else {
+            agents[1].node.local_addr()
+        };
+        assert_eq!(
+            m.node.actor_ref(addr, &t.id).ask(Double(1)).await.unwrap(),
+            2
+        );
+    }
+    // w1 goes away: its instances are replaced on w2.
+    let lost = agents.remove(0);
+    lost.node.shutdown();
+    let mut back = false;
+    for _ in 0..1000 {
+        let tasks = m.master.send(ListDeploymentTasks).await.unwrap();
+        let on_w2 = tasks
+            .iter()
+            .filter(|t| {
+                t.agent == "w2" && t.state == actormesh::master::frameworks::TaskState::Running
+            })
+            .count();
+        if on_w2 == 3 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        back,
+        "replicas were not replaced: {:?}",
+        m.master.send(ListDeploymentTasks).await.unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -372,3 +372,49 @@ async fn an_agent_cut_off_is_unreachable_and_reconciled_when_it_returns() {
     assert_eq!(tokio::task::block_in_place(|| master.nodes()).len(), 1);
     drop(a);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_validates_and_get_deployments_says_why_replicas_are_not_placed() {
+    let dir = temp_dir("apply");
+    let master = Master::start(&dir.join("master"), free_udp(), free_udp(), free_tcp(), &[]).await;
+    let token = master.token(3600);
+    let _a = agent(&master, &dir.join("d1"), "d1", Some(&token), &[]).await;
+    let api = format!("http://{}", master.api);
+    let token_file = master.dir.join("api-token");
+    let cli = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&[
+            "--api",
+            &api,
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+        ]);
+        std::process::Command::new(BIN).args(&all).output().unwrap()
+    };
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "kind: Deployment\nname: calc\nspec:\n  actor: calc\n  version: v1\n  replicas: -1\n  resources: { need: \"cpus:1\" }\n").unwrap();
+    let out = tokio::task::block_in_place(|| cli(&["apply", "-f", bad.to_str().unwrap()]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("spec.replicas") && err.contains("bad.yaml"),
+        "{err}"
+    );
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, "kind: Deployment\nname: calc\nspec:\n  actor: calc\n  version: v1\n  replicas: 2\n  resources: { need: \"cpus:1\" }\n").unwrap();
+    let out =
+        tokio::task::block_in_place(|| cli(&["apply", "-f", good.to_str().unwrap(), "--dry-run"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid Deployment default/calc"));
+    let out = tokio::task::block_in_place(|| cli(&["apply", "-f", good.to_str().unwrap()]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The plain `actormesh agent` hosts no actor types, so nothing can be placed: say so.
+    let out = tokio::task::block_in_place(|| cli(&["get", "deployments"]));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("default/calc") && table.contains("1 do not host the type"),
+        "{table}"
+    );
+}

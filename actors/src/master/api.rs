@@ -6,6 +6,9 @@
 //! | GET | `/v1/nodes/{id}` | one node |
 //! | POST | `/v1/nodes/{id}/drain` | mark a node draining |
 //! | POST | `/v1/tokens` | `{"ttl_secs": 3600, "role": "agent"}` → a join token |
+//! | POST | `/v1/deployments` | a Deployment manifest (JSON) → applied |
+//! | GET | `/v1/deployments` | every deployment with running/pending counts |
+//! | GET | `/v1/tasks` | every deployment task |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,7 +24,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::token::TokenRole;
-use super::{CreateToken, DrainNode, ListNodes, Master};
+use super::{
+    ApplyDeployment, CreateToken, DrainNode, ListDeploymentTasks, ListDeployments, ListNodes,
+    Master,
+};
 
 #[derive(Clone)]
 struct Api {
@@ -154,6 +160,52 @@ async fn create_token(
     }
 }
 
+async fn apply(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    let Ok(text) = String::from_utf8(body.to_vec()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the manifest is not UTF-8 (expected a JSON Deployment manifest)",
+        );
+    };
+    match api.master.send(ApplyDeployment(text)).await {
+        Ok(Ok(key)) => Json(json!({ "applied": key })).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the master is not running: {e}"),
+        ),
+    }
+}
+
+async fn deployments(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    match api.master.send(ListDeployments).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the master is not running: {e}"),
+        ),
+    }
+}
+
+async fn tasks(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    match api.master.send(ListDeploymentTasks).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the master is not running: {e}"),
+        ),
+    }
+}
+
 /// Serves the API on `addr`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
@@ -169,6 +221,8 @@ pub async fn serve(
         .route("/v1/nodes/{id}", get(node))
         .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/tokens", post(create_token))
+        .route("/v1/deployments", get(deployments).post(apply))
+        .route("/v1/tasks", get(tasks))
         .with_state(api);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -8,6 +8,7 @@
 
 pub mod allocator;
 pub mod api;
+pub mod deployments;
 pub mod frameworks;
 pub mod membership;
 pub mod state;
@@ -247,6 +248,7 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         tokens = tokens.len(),
         "master state loaded"
     );
+    let store_for_load = store.clone();
     let master = Master {
         store,
         ca,
@@ -258,6 +260,7 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         agent_cert_ttl: config.agent_cert_ttl,
         node: node.clone(),
         tasks: BTreeMap::new(),
+        deployments: load_deployments(store_for_load.as_ref())?,
     }
     .start();
     node.spawn(
@@ -317,6 +320,8 @@ pub struct Master {
     node: Node,
     /// What agents report of their tasks (soft state: agents report again after a restart).
     tasks: BTreeMap<String, frameworks::TaskStatus>,
+    /// The built-in deployment controller.
+    deployments: deployments::DeploymentBook,
 }
 
 impl std::fmt::Debug for Master {
@@ -332,7 +337,10 @@ impl Actor for Master {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let every = self.membership.config().heartbeat_interval;
-        ctx.run_interval(every, |m, _| m.check());
+        ctx.run_interval(every, |m, ctx| {
+            m.check();
+            m.reconcile(ctx);
+        });
     }
 }
 
@@ -375,6 +383,9 @@ impl Master {
             };
             if let Err(e) = self.persist_agent(&event.agent, extra) {
                 error!(agent = %event.agent, error = %e, "membership change not persisted");
+            }
+            if event.to != AgentState::Active {
+                self.deployments.agent_lost(&event.agent);
             }
             self.publish(event);
         }
@@ -792,6 +803,7 @@ impl Handler<TaskStatusFrom> for Master {
             )));
         }
         info!(task = %s.task_id, agent = %s.agent_id, state = ?s.state, message = %s.message, "task status");
+        self.deployments.on_status(&s);
         self.tasks.insert(s.task_id.clone(), s);
         Ok(())
     }
@@ -894,5 +906,147 @@ impl Master {
             .addr
             .ok_or_else(|| format!("agent {agent} has not registered an address yet"))?;
         Ok(self.node.actor_ref(addr, crate::protocol::AGENT_ACTOR))
+    }
+}
+
+const DEPLOYMENT_PREFIX: &str = "deployment/";
+
+/// The deployments kept in the Config table.
+fn load_deployments(store: &dyn StateStore) -> anyhow::Result<deployments::DeploymentBook> {
+    let mut book = deployments::DeploymentBook::default();
+    for (k, v) in store.list(Table::Config)? {
+        if let Some(name) = k.strip_prefix(DEPLOYMENT_PREFIX) {
+            let text = String::from_utf8(v)?;
+            let d = crate::manifest::parse(std::path::Path::new(&format!("{name}.json")), &text)
+                .map_err(|e| {
+                    anyhow::anyhow!("stored deployment {name} no longer validates: {e}")
+                })?;
+            book.apply(d);
+        }
+    }
+    Ok(book)
+}
+
+impl Master {
+    /// Carries out what the deployment controller decides.
+    fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        let agents: Vec<deployments::AgentView> = self
+            .membership
+            .all()
+            .map(|a| deployments::AgentView {
+                id: a.id.clone(),
+                usable: a.state == AgentState::Active && !a.draining && a.addr.is_some(),
+                actor_types: a.actor_types.clone(),
+                attrs: a.attrs.clone(),
+                total: a.resources.clone(),
+            })
+            .collect();
+        for action in self.deployments.reconcile(&agents) {
+            match action {
+                deployments::Action::Launch {
+                    task_id,
+                    agent,
+                    actor_type,
+                } => {
+                    let me = ctx.address();
+                    let target = self.agent_actor(&agent);
+                    actix::spawn(async move {
+                        let launch = crate::protocol::LaunchActor {
+                            task_id: task_id.clone(),
+                            actor_type,
+                            name: task_id.clone(),
+                        };
+                        let result = match target {
+                            Ok(t) => t
+                                .ask_timeout(launch, Duration::from_secs(10))
+                                .await
+                                .map_err(|e| e.to_string())
+                                .and_then(|r| r),
+                            Err(e) => Err(e),
+                        };
+                        if let Err(why) = result {
+                            me.do_send(LaunchFailed { task_id, why });
+                        }
+                    });
+                }
+                deployments::Action::Kill { task_id, agent } => {
+                    if let Ok(t) = self.agent_actor(&agent) {
+                        actix::spawn(async move {
+                            let _ = t
+                                .ask_timeout(
+                                    crate::protocol::KillTask { task_id },
+                                    Duration::from_secs(10),
+                                )
+                                .await;
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct LaunchFailed {
+    task_id: String,
+    why: String,
+}
+
+impl Handler<LaunchFailed> for Master {
+    type Result = ();
+    fn handle(&mut self, m: LaunchFailed, _: &mut Context<Self>) {
+        warn!(task = %m.task_id, why = %m.why, "launch failed; the instance will be placed again");
+        self.deployments.launch_failed(&m.task_id, &m.why);
+    }
+}
+
+/// Adds or replaces a deployment from manifest JSON (validated again here).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct ApplyDeployment(pub String);
+
+impl Handler<ApplyDeployment> for Master {
+    type Result = Result<String, String>;
+    fn handle(&mut self, m: ApplyDeployment, ctx: &mut Context<Self>) -> Self::Result {
+        let d = crate::manifest::parse(std::path::Path::new("manifest.json"), &m.0)
+            .map_err(|e| e.to_string())?;
+        let key = deployments::key(&d);
+        // Stored before it takes effect: a master restart keeps it.
+        self.store
+            .apply(&[Change::Put {
+                table: Table::Config,
+                key: format!("{DEPLOYMENT_PREFIX}{key}"),
+                value: m.0.into_bytes(),
+            }])
+            .map_err(|e| format!("cannot record the deployment: {e}"))?;
+        self.deployments.apply(d);
+        self.reconcile(ctx);
+        info!(deployment = %key, "deployment applied");
+        Ok(key)
+    }
+}
+
+/// Every deployment's standing.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<deployments::DeploymentSummary>")]
+pub struct ListDeployments;
+
+impl Handler<ListDeployments> for Master {
+    type Result = MessageResult<ListDeployments>;
+    fn handle(&mut self, _: ListDeployments, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.deployments.summaries())
+    }
+}
+
+/// Every deployment task.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<deployments::TaskEntry>")]
+pub struct ListDeploymentTasks;
+
+impl Handler<ListDeploymentTasks> for Master {
+    type Result = MessageResult<ListDeploymentTasks>;
+    fn handle(&mut self, _: ListDeploymentTasks, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.deployments.tasks().cloned().collect())
     }
 }
