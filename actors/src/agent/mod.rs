@@ -400,10 +400,9 @@ async fn heartbeat_loop(
                 if lost {
                     // The master is back (perhaps restarted): report again what runs here.
                     lost = false;
-                    if let Err(e) = master
-                        .ask_timeout(register.clone(), Duration::from_secs(5))
-                        .await
-                    {
+                    let mut again = register.clone();
+                    again.running = node.actor_names();
+                    if let Err(e) = master.ask_timeout(again, Duration::from_secs(5)).await {
                         warn!(error = %e, "re-registration failed; will retry");
                         lost = true;
                     } else {

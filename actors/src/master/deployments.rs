@@ -102,6 +102,13 @@ pub struct DeploymentBook {
     tasks: BTreeMap<String, TaskEntry>,
     unplaced: BTreeMap<String, String>,
     next: u64,
+    /// Differs per master process, so task ids never repeat across restarts.
+    epoch: u32,
+}
+
+/// The instance name (and task id) prefix of a deployment: `namespace.name-`.
+fn task_prefix(d: &Deployment) -> String {
+    format!("{}.{}-", d.manifest.namespace, d.manifest.name)
 }
 
 /// The key of a deployment: `namespace/name`.
@@ -110,6 +117,44 @@ pub fn key(d: &Deployment) -> String {
 }
 
 impl DeploymentBook {
+    /// An empty book for a master process started with `epoch` (any number that differs
+    /// from earlier processes', e.g. random).
+    pub fn new(epoch: u32) -> Self {
+        Self {
+            epoch,
+            ..Default::default()
+        }
+    }
+
+    /// An agent (re)registered and runs the instances named in `running`: instances of
+    /// known deployments that the book does not know (it was restarted) are adopted as
+    /// Running, so they are counted and never started twice.
+    pub fn adopt(&mut self, agent: &str, running: &[String]) {
+        for name in running {
+            if self.tasks.get(name).is_some_and(|t| t.live()) {
+                continue;
+            }
+            let owner = self
+                .deployments
+                .iter()
+                .find(|(_, d)| name.starts_with(&task_prefix(d)))
+                .map(|(k, d)| (k.clone(), d.need.clone()));
+            if let Some((deployment, need)) = owner {
+                self.tasks.insert(
+                    name.clone(),
+                    TaskEntry {
+                        id: name.clone(),
+                        deployment,
+                        agent: agent.to_string(),
+                        state: TaskState::Running,
+                        message: "adopted after a master restart".into(),
+                        need,
+                    },
+                );
+            }
+        }
+    }
+
     /// Adds or replaces a deployment.
     pub fn apply(&mut self, d: Deployment) -> String {
         let k = key(&d);
@@ -203,7 +248,7 @@ impl DeploymentBook {
             while missing > 0 {
                 match self.choose(&d, &actor_type, agents, &used, &on_agent) {
                     Ok(agent) => {
-                        let id = format!("{}-{}", d.manifest.name, self.next);
+                        let id = format!("{}{:x}{}", task_prefix(&d), self.epoch, self.next);
                         self.next += 1;
                         let u = used.entry(agent.clone()).or_default();
                         *u = u.plus(&d.need);
@@ -403,6 +448,39 @@ mod tests {
         assert!(
             why.contains("1 fail the node selector") && why.contains("2 already hold an instance"),
             "{why}"
+        );
+    }
+
+    #[test]
+    fn a_restarted_master_adopts_running_instances_instead_of_duplicating_them() {
+        let agents = vec![agent("a1", "x", 4)];
+        let mut before = DeploymentBook::new(1);
+        before.apply(deployment(2, ""));
+        let launched: Vec<String> = before
+            .reconcile(&agents)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Launch { task_id, .. } => Some(task_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(launched.len(), 2);
+        // A new master process: same deployment, and the agent reports what it runs.
+        let mut after = DeploymentBook::new(2);
+        after.apply(deployment(2, ""));
+        let mut running = launched.clone();
+        running.push("$agent".into());
+        after.adopt("a1", &running);
+        assert!(
+            after.reconcile(&agents).is_empty(),
+            "no duplicates after adoption"
+        );
+        assert_eq!(after.summaries()[0].running, 2);
+        // New ids never collide with the old ones.
+        after.apply(deployment(3, ""));
+        let more = after.reconcile(&agents);
+        assert!(
+            matches!(&more[..], [Action::Launch { task_id, .. }] if !launched.contains(task_id))
         );
     }
 

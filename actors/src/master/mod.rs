@@ -249,6 +249,7 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         "master state loaded"
     );
     let store_for_load = store.clone();
+    let had_agents = agents.iter().any(|a| a.state != AgentState::Gone);
     let master = Master {
         store,
         ca,
@@ -261,6 +262,8 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         node: node.clone(),
         tasks: BTreeMap::new(),
         deployments: load_deployments(store_for_load.as_ref())?,
+        started: Instant::now(),
+        had_agents,
     }
     .start();
     node.spawn(
@@ -322,6 +325,11 @@ pub struct Master {
     tasks: BTreeMap<String, frameworks::TaskStatus>,
     /// The built-in deployment controller.
     deployments: deployments::DeploymentBook,
+    /// When this master process started.
+    started: Instant,
+    /// Whether agents were known at start: then deployments wait for them to report what
+    /// they run before anything is launched.
+    had_agents: bool,
 }
 
 impl std::fmt::Debug for Master {
@@ -570,9 +578,10 @@ impl Handler<RegisterFrom> for Master {
             rec.resources = r.resources;
             rec.attrs = r.attrs;
             rec.actor_types = r.actor_types;
-            rec.running = r.running;
+            rec.running = r.running.clone();
             rec.cert_expiry = Some(r.cert_expiry);
         }
+        self.deployments.adopt(&r.agent_id, &r.running);
         // Registration is soft state: if it cannot be written, the agent is told to retry
         // and registers again after a master restart anyway.
         self.persist_agent(&r.agent_id, Vec::new())
@@ -913,7 +922,8 @@ const DEPLOYMENT_PREFIX: &str = "deployment/";
 
 /// The deployments kept in the Config table.
 fn load_deployments(store: &dyn StateStore) -> anyhow::Result<deployments::DeploymentBook> {
-    let mut book = deployments::DeploymentBook::default();
+    let epoch = u32::from_str_radix(&token::random_string(6).unwrap_or_default(), 36).unwrap_or(0);
+    let mut book = deployments::DeploymentBook::new(epoch);
     for (k, v) in store.list(Table::Config)? {
         if let Some(name) = k.strip_prefix(DEPLOYMENT_PREFIX) {
             let text = String::from_utf8(v)?;
@@ -930,6 +940,12 @@ fn load_deployments(store: &dyn StateStore) -> anyhow::Result<deployments::Deplo
 impl Master {
     /// Carries out what the deployment controller decides.
     fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        // After a restart, agents get the restart grace to report what they run (and have
+        // it adopted) before anything is launched, so nothing is started twice.
+        let grace = self.membership.config().unreachable_after * 2;
+        if self.had_agents && self.started.elapsed() < grace {
+            return;
+        }
         let agents: Vec<deployments::AgentView> = self
             .membership
             .all()
