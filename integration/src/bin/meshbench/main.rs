@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 use futures::stream::{FuturesUnordered, StreamExt};
 
 mod cluster;
+mod scheduling;
 
 const PAYLOAD: usize = 64;
 /// Asks in flight in the pipelined measurements.
@@ -43,6 +44,15 @@ enum Suite {
         /// Scale of message counts (1.0 = default sizes).
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
+    },
+    /// Scheduling: placement throughput and replacement time of actor deployments.
+    Scheduling {
+        /// Lightweight agents (in this process).
+        #[arg(long, default_value_t = 100)]
+        agents: usize,
+        /// Actor instances to place.
+        #[arg(long, default_value_t = 10_000)]
+        instances: usize,
     },
     /// Cluster: failure detection, master recovery with 50 agents, join rate.
     Cluster {
@@ -88,6 +98,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().suite {
         Suite::Messaging { rounds, scale } => messaging(rounds.max(1), scale),
         Suite::Cluster { agents } => cluster::run(agents.max(1)),
+        Suite::Scheduling { agents, instances } => scheduling::run(agents.max(1), instances.max(1)),
         Suite::MasterProc {
             data_dir,
             listen,
