@@ -80,6 +80,9 @@ pub enum PkiError {
     /// A lifetime was out of range.
     #[error("invalid certificate lifetime: {0}")]
     BadLifetime(String),
+    /// The system's random number generator failed.
+    #[error("the system random number generator is not available")]
+    Random,
     /// The certificate library failed.
     #[error("certificate generation failed: {0}")]
     Rcgen(#[from] rcgen::Error),
@@ -127,13 +130,13 @@ fn to_offset(t: SystemTime) -> Result<OffsetDateTime, PkiError> {
     OffsetDateTime::from_unix_timestamp(secs).map_err(|e| PkiError::BadLifetime(e.to_string()))
 }
 
-fn rand_bytes<const N: usize>() -> [u8; N] {
+fn rand_bytes<const N: usize>() -> Result<[u8; N], PkiError> {
     let mut out = [0u8; N];
     rustls::crypto::ring::default_provider()
         .secure_random
         .fill(&mut out)
-        .expect("the system random number generator is available");
-    out
+        .map_err(|_| PkiError::Random)?;
+    Ok(out)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -180,7 +183,7 @@ impl CertificateAuthority {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         // A random suffix keeps two CAs of one trust domain apart by name as well as by key.
-        let tag: [u8; 6] = rand_bytes();
+        let tag: [u8; 6] = rand_bytes()?;
         let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
         dn.push(
             DnType::CommonName,
