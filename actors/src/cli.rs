@@ -73,7 +73,7 @@ impl ApiClient {
         }
     }
 
-    /// GET or POST `path`; the JSON answer, or an error that says what went wrong.
+    /// GET, POST or DELETE `path`; the JSON answer, or an error that says what went wrong.
     pub fn call(
         &self,
         method: &str,
@@ -84,6 +84,7 @@ impl ApiClient {
         let auth = format!("Bearer {}", self.token);
         let result = match (method, body) {
             ("GET", _) => self.http.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self.http.delete(&url).header("Authorization", &auth).call(),
             (_, Some(b)) => self
                 .http
                 .post(&url)

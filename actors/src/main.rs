@@ -50,6 +50,11 @@ enum Command {
         #[command(subcommand)]
         what: DescribeWhat,
     },
+    /// Remove a cluster object.
+    Delete {
+        #[command(subcommand)]
+        what: DeleteWhat,
+    },
     /// Stop placing new work on a node.
     Drain {
         #[command(subcommand)]
@@ -276,6 +281,17 @@ enum GetWhat {
     },
     /// Deployment tasks: agent and state.
     Tasks {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeleteWhat {
+    /// A deployment, by namespace/name (e.g. default/web): its instances are stopped.
+    Deployment {
+        /// namespace/name, or just name for the default namespace.
+        name: String,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -521,6 +537,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Table => {
                     println!("node {id} is draining: no new work will be placed on it")
                 }
+            }
+        }
+        Command::Delete {
+            what: DeleteWhat::Deployment { name, api },
+        } => {
+            let key = match name.split_once('/') {
+                Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => {
+                    format!("{ns}/{n}")
+                }
+                Some(_) => anyhow::bail!(
+                    "{name:?} is not a deployment name: expected namespace/name (e.g. default/web) or name"
+                ),
+                None => format!("default/{name}"),
+            };
+            let v = api
+                .client()?
+                .call("DELETE", &format!("/v1/deployments/{key}"), None)?;
+            match api.output {
+                Output::Json => println!("{v}"),
+                Output::Table => println!("deleted {key}: its instances are being stopped"),
             }
         }
         Command::Dev(args) => run_system(dev(args))?,

@@ -417,4 +417,26 @@ async fn apply_validates_and_get_deployments_says_why_replicas_are_not_placed() 
         table.contains("default/calc") && table.contains("1 do not host the type"),
         "{table}"
     );
+    // Delete it: gone from the list, and deleting it again names what was wrong.
+    let out = tokio::task::block_in_place(|| cli(&["delete", "deployment", "calc"]));
+    assert!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("deleted default/calc"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::task::block_in_place(|| cli(&["get", "deployments"]));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !table.contains("default/calc"),
+        "{table}"
+    );
+    let out = tokio::task::block_in_place(|| cli(&["delete", "deployment", "default/calc"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("404")
+            && err.contains("no deployment \"default/calc\""),
+        "{err}"
+    );
 }

@@ -8,6 +8,7 @@
 //! | POST | `/v1/tokens` | `{"ttl_secs": 3600, "role": "agent"}` → a join token |
 //! | POST | `/v1/deployments` | a Deployment manifest (JSON) → applied |
 //! | GET | `/v1/deployments` | every deployment with running/pending counts |
+//! | DELETE | `/v1/deployments/{namespace}/{name}` | remove a deployment, stop its instances |
 //! | GET | `/v1/tasks` | every deployment task |
 
 use std::net::SocketAddr;
@@ -25,8 +26,8 @@ use serde_json::json;
 
 use super::token::TokenRole;
 use super::{
-    ApplyDeployment, CreateToken, DrainNode, ListDeploymentTasks, ListDeployments, ListNodes,
-    Master,
+    ApplyDeployment, CreateToken, DeleteDeployment, DeleteRefusal, DrainNode, ListDeploymentTasks,
+    ListDeployments, ListNodes, Master,
 };
 
 #[derive(Clone)]
@@ -193,6 +194,26 @@ async fn deployments(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
 }
 
+async fn delete_deployment(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    let key = format!("{namespace}/{name}");
+    match api.master.send(DeleteDeployment(key.clone())).await {
+        Ok(Ok(())) => Json(json!({ "deleted": key })).into_response(),
+        Ok(Err(e @ DeleteRefusal::NotFound(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the master is not running: {e}"),
+        ),
+    }
+}
+
 async fn tasks(State(api): State<Api>, headers: HeaderMap) -> Response {
     if !authorized(&api, &headers) {
         return unauthorized();
@@ -222,6 +243,10 @@ pub async fn serve(
         .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/tokens", post(create_token))
         .route("/v1/deployments", get(deployments).post(apply))
+        .route(
+            "/v1/deployments/{namespace}/{name}",
+            axum::routing::delete(delete_deployment),
+        )
         .route("/v1/tasks", get(tasks))
         .with_state(api);
     let listener = tokio::net::TcpListener::bind(addr)

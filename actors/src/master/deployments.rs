@@ -162,6 +162,26 @@ impl DeploymentBook {
         k
     }
 
+    /// Removes deployment `key`; returns the kills that stop its live instances, or `None`
+    /// if there is no such deployment.
+    pub fn delete(&mut self, key: &str) -> Option<Vec<Action>> {
+        self.deployments.remove(key)?;
+        self.unplaced.remove(key);
+        let mut kills = Vec::new();
+        for t in self
+            .tasks
+            .values_mut()
+            .filter(|t| t.deployment == key && t.live())
+        {
+            t.state = TaskState::Killed;
+            kills.push(Action::Kill {
+                task_id: t.id.clone(),
+                agent: t.agent.clone(),
+            });
+        }
+        Some(kills)
+    }
+
     /// The deployments.
     pub fn deployments(&self) -> impl Iterator<Item = &Deployment> {
         self.deployments.values()
@@ -482,6 +502,24 @@ mod tests {
         assert!(
             matches!(&more[..], [Action::Launch { task_id, .. }] if !launched.contains(task_id))
         );
+    }
+
+    #[test]
+    fn deleting_a_deployment_kills_its_live_instances_and_forgets_it() {
+        let mut book = DeploymentBook::default();
+        book.apply(deployment(2, ""));
+        let agents = vec![agent("a1", "x", 4)];
+        let actions = book.reconcile(&agents);
+        running(&mut book, &actions);
+        let kills = book.delete("default/web").expect("the deployment exists");
+        assert_eq!(kills.len(), 2);
+        assert!(kills.iter().all(|a| matches!(a, Action::Kill { .. })));
+        assert!(book.summaries().is_empty());
+        assert!(
+            book.reconcile(&agents).is_empty(),
+            "nothing to keep running"
+        );
+        assert!(book.delete("default/web").is_none(), "already gone");
     }
 
     #[test]

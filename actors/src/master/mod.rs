@@ -957,7 +957,13 @@ impl Master {
                 total: a.resources.clone(),
             })
             .collect();
-        for action in self.deployments.reconcile(&agents) {
+        let actions = self.deployments.reconcile(&agents);
+        self.carry_out(actions, ctx);
+    }
+
+    /// Sends the controller's launches and kills to the agents.
+    fn carry_out(&mut self, actions: Vec<deployments::Action>, ctx: &mut Context<Self>) {
+        for action in actions {
             match action {
                 deployments::Action::Launch {
                     task_id,
@@ -1064,5 +1070,54 @@ impl Handler<ListDeploymentTasks> for Master {
     type Result = MessageResult<ListDeploymentTasks>;
     fn handle(&mut self, _: ListDeploymentTasks, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.deployments.tasks().cloned().collect())
+    }
+}
+
+/// Removes deployment `namespace/name` and stops its instances gracefully.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), DeleteRefusal>")]
+pub struct DeleteDeployment(pub String);
+
+/// Why a deployment was not deleted.
+#[derive(Debug)]
+pub enum DeleteRefusal {
+    /// No deployment has that key.
+    NotFound(String),
+    /// The deletion could not be written to the state store; nothing changed.
+    Store(String),
+}
+
+impl std::fmt::Display for DeleteRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotFound(key) => write!(
+                f,
+                "no deployment {key:?} (expected namespace/name of an applied deployment, e.g. default/web)"
+            ),
+            Self::Store(e) => write!(f, "cannot record the deletion, nothing changed: {e}"),
+        }
+    }
+}
+
+impl Handler<DeleteDeployment> for Master {
+    type Result = Result<(), DeleteRefusal>;
+    fn handle(&mut self, m: DeleteDeployment, ctx: &mut Context<Self>) -> Self::Result {
+        if !self
+            .deployments
+            .deployments()
+            .any(|d| deployments::key(d) == m.0)
+        {
+            return Err(DeleteRefusal::NotFound(m.0));
+        }
+        self.store
+            .apply(&[Change::Delete {
+                table: Table::Config,
+                key: format!("{DEPLOYMENT_PREFIX}{}", m.0),
+            }])
+            .map_err(|e| DeleteRefusal::Store(e.to_string()))?;
+        let kills = self.deployments.delete(&m.0).unwrap_or_default();
+        info!(deployment = %m.0, instances = kills.len(), "deployment deleted");
+        self.carry_out(kills, ctx);
+        Ok(())
     }
 }
