@@ -331,5 +331,52 @@ async fn a_deployment_keeps_its_replicas_running_and_replaces_a_lost_agents() {
         "replicas were not replaced: {:?}",
         m.master.send(ListDeploymentTasks).await.unwrap()
     );
+    // Deleting the deployment stops its instances on the agent.
+    let live: Vec<String> = m
+        .master
+        .send(ListDeploymentTasks)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.agent == "w2" && t.state == actormesh::master::frameworks::TaskState::Running)
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(live.len(), 3);
+    m.master
+        .send(actormesh::master::DeleteDeployment("default/calc".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(m.master.send(ListDeployments).await.unwrap().is_empty());
+    let w2 = agents[0].node.local_addr();
+    for id in &live {
+        let mut stopped = false;
+        for _ in 0..500 {
+            let answer = m
+                .node
+                .actor_ref(w2, id)
+                .ask_timeout(Double(1), Duration::from_secs(5))
+                .await;
+            if answer.is_err() {
+                stopped = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            stopped,
+            "instance {id} still answers after its deployment was deleted"
+        );
+    }
+    let err = m
+        .master
+        .send(actormesh::master::DeleteDeployment("default/calc".into()))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("no deployment \"default/calc\""),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
