@@ -48,6 +48,7 @@ pub use actormesh_transport as transport;
 
 pub mod agent;
 pub mod cli;
+pub mod demo;
 pub mod manifest;
 pub mod master;
 pub mod protocol;

@@ -70,6 +70,12 @@ enum Command {
         /// Only validate; submit nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Return once the master has the deployment, without waiting for its replicas.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for every replica to run (ms, s, m, h or d).
+        #[arg(long, value_parser = parse_duration, default_value = "60s")]
+        timeout: Duration,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -284,6 +290,53 @@ enum GetWhat {
         #[command(flatten)]
         api: ApiArgs,
     },
+}
+
+/// Prints progress until every replica of deployment `key` runs; an error after `timeout`
+/// that says how far it got and why the rest are not placed.
+fn wait_for_replicas(client: &ApiClient, key: &str, timeout: Duration) -> anyhow::Result<()> {
+    use actormesh::master::deployments::DeploymentSummary;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        let list: Vec<DeploymentSummary> =
+            serde_json::from_value(client.call("GET", "/v1/deployments", None)?)?;
+        let Some(d) = list
+            .into_iter()
+            .find(|d| format!("{}/{}", d.namespace, d.name) == key)
+        else {
+            anyhow::bail!("deployment {key} was deleted while waiting for it");
+        };
+        let now = (d.running, d.pending, d.unplaced.clone());
+        if last.as_ref() != Some(&now) {
+            println!(
+                "{key}: {}/{} running, {} starting{}",
+                d.running,
+                d.replicas,
+                d.pending,
+                d.unplaced
+                    .as_deref()
+                    .map(|w| format!("; not placed: {w}"))
+                    .unwrap_or_default()
+            );
+            last = Some(now);
+        }
+        if d.running >= d.replicas && d.pending == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "{key}: only {}/{} replicas running after {timeout:?}{} (the deployment stays applied; \
+                 `actormesh get deployments` shows its progress, --timeout waits longer, --no-wait does not wait)",
+                d.running,
+                d.replicas,
+                d.unplaced
+                    .map(|w| format!("; not placed: {w}"))
+                    .unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -560,7 +613,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Dev(args) => run_system(dev(args))?,
-        Command::Apply { file, dry_run, api } => {
+        Command::Apply {
+            file,
+            dry_run,
+            no_wait,
+            timeout,
+            api,
+        } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let d = actormesh::manifest::parse(&file, &text)?;
@@ -574,8 +633,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             let body = serde_json::to_value(&d.manifest)?;
-            let v = api.client()?.call("POST", "/v1/deployments", Some(body))?;
-            println!("applied {}", v["applied"].as_str().unwrap_or_default());
+            let client = api.client()?;
+            let v = client.call("POST", "/v1/deployments", Some(body))?;
+            let key = v["applied"].as_str().unwrap_or_default().to_string();
+            println!("applied {key}");
+            if !no_wait {
+                wait_for_replicas(&client, &key, timeout)?;
+            }
         }
         Command::Get {
             what: GetWhat::Deployments { api },
@@ -658,7 +722,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         resources: None,
         attrs: BTreeMap::from([("zone".to_string(), "dev".to_string())]),
         actor_types: Vec::new(),
-        host: Default::default(),
+        host: actormesh::demo::host(),
     })
     .await?;
     println!(

@@ -404,7 +404,19 @@ async fn apply_validates_and_get_deployments_says_why_replicas_are_not_placed() 
     let out =
         tokio::task::block_in_place(|| cli(&["apply", "-f", good.to_str().unwrap(), "--dry-run"]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid Deployment default/calc"));
-    let out = tokio::task::block_in_place(|| cli(&["apply", "-f", good.to_str().unwrap()]));
+    // Nothing can be placed (see below): waiting ends in an error that says why.
+    let out = tokio::task::block_in_place(|| {
+        cli(&["apply", "-f", good.to_str().unwrap(), "--timeout", "1s"])
+    });
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("only 0/2 replicas running")
+            && err.contains("do not host the type"),
+        "{err}"
+    );
+    let out =
+        tokio::task::block_in_place(|| cli(&["apply", "-f", good.to_str().unwrap(), "--no-wait"]));
     assert!(
         out.status.success(),
         "{}",

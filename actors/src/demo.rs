@@ -1,0 +1,32 @@
+//! Actor types that `actormesh dev` hosts, so a new user can deploy something at once.
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::agent::tasks::ActorHost;
+
+/// Asks an `echo` instance for its text back.
+#[derive(Debug, Clone, Serialize, Deserialize, crate::RemoteMessage)]
+#[remote(name = "demo.Echo/v1", reply = String)]
+pub struct Echo(pub String);
+
+/// Answers every [`Echo`] with its text.
+#[derive(Debug, Default)]
+pub struct Echoer;
+
+impl Actor for Echoer {
+    type Context = Context<Self>;
+}
+
+#[crate::handler]
+impl Handler<Echo> for Echoer {
+    type Result = String;
+    fn handle(&mut self, m: Echo, _: &mut Context<Self>) -> String {
+        m.0
+    }
+}
+
+/// The demo types: `echo` ([`Echoer`]).
+pub fn host() -> ActorHost {
+    ActorHost::new().with("echo", || Echoer)
+}
