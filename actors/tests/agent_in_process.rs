@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use actix::prelude::*;
+use actormesh::agent::tasks::ActorHost;
 use actormesh::agent::{self, AgentConfig};
 use actormesh::master::membership::{AgentState, MembershipEvent};
 use actormesh::master::token::TokenRole;
@@ -43,20 +44,27 @@ impl Handler<MembershipEvent> for Collector {
     }
 }
 
-#[actix::test]
-async fn a_user_binary_joins_as_an_agent_hosting_its_own_actor_types() {
-    let dir = std::env::temp_dir().join(format!("am-inproc-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+/// A master on loopback with ports chosen by the OS; `fast` shortens failure detection.
+async fn start_master(dir: &std::path::Path, fast: bool) -> master::MasterHandle {
     let mut config = MasterConfig::new(dir.join("master"));
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.bootstrap = "127.0.0.1:0".parse().unwrap();
     config.api = "127.0.0.1:0".parse().unwrap();
-    let m = master::start(config).await.unwrap();
-    let (tx, mut events) = mpsc::unbounded_channel();
-    m.master
-        .send(Subscribe(Collector(tx).start().recipient()))
-        .await
-        .unwrap();
+    if fast {
+        config.detector.heartbeat_interval = Duration::from_millis(100);
+        config.detector.unreachable_after = Duration::from_secs(1);
+    }
+    master::start(config).await.unwrap()
+}
+
+/// Starts agent `name` joined to `m` with a fresh token, hosting `host`.
+async fn join(
+    m: &master::MasterHandle,
+    dir: &std::path::Path,
+    name: &str,
+    resources: Option<actormesh::resources::Resources>,
+    host: ActorHost,
+) -> agent::AgentHandle {
     let token = m
         .master
         .send(CreateToken {
@@ -66,19 +74,47 @@ async fn a_user_binary_joins_as_an_agent_hosting_its_own_actor_types() {
         .await
         .unwrap()
         .unwrap();
-    let a = agent::start(AgentConfig {
+    agent::start(AgentConfig {
         join: m.bootstrap,
         token: Some(token.token),
-        data_dir: dir.join("agent"),
+        data_dir: dir.join(name),
         listen: "127.0.0.1:0".parse().unwrap(),
-        name: "worker".into(),
-        resources: None,
+        name: name.into(),
+        resources,
         attrs: Default::default(),
         actor_types: Vec::new(),
-        host: Default::default(),
+        host,
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+/// Checks `cond` every 10 ms for up to `limit`; whether it became true.
+async fn eventually<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..limit.as_millis() / 10 {
+        if cond().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[actix::test]
+async fn a_user_binary_joins_as_an_agent_hosting_its_own_actor_types() {
+    let dir = std::env::temp_dir().join(format!("am-inproc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let m = start_master(&dir, false).await;
+    let (tx, mut events) = mpsc::unbounded_channel();
+    m.master
+        .send(Subscribe(Collector(tx).start().recipient()))
+        .await
+        .unwrap();
+    let a = join(&m, &dir, "worker", None, ActorHost::default()).await;
     a.node.spawn("doubler", Doubler).unwrap();
 
     let joined = tokio::time::timeout(Duration::from_secs(10), events.recv())
@@ -112,39 +148,20 @@ async fn a_user_binary_joins_as_an_agent_hosting_its_own_actor_types() {
 
 #[actix::test]
 async fn the_master_starts_and_kills_actor_tasks_on_an_agent() {
-    use actormesh::agent::tasks::ActorHost;
     use actormesh::master::frameworks::TaskState;
     use actormesh::master::{KillOn, LaunchOn, ListTasks};
 
     let dir = std::env::temp_dir().join(format!("am-tasks-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut config = MasterConfig::new(dir.join("master"));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.bootstrap = "127.0.0.1:0".parse().unwrap();
-    config.api = "127.0.0.1:0".parse().unwrap();
-    let m = master::start(config).await.unwrap();
-    let token = m
-        .master
-        .send(CreateToken {
-            ttl: Duration::from_secs(60),
-            role: TokenRole::Agent,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    let a = agent::start(AgentConfig {
-        join: m.bootstrap,
-        token: Some(token.token),
-        data_dir: dir.join("agent"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        name: "host1".into(),
-        resources: None,
-        attrs: Default::default(),
-        actor_types: Vec::new(),
-        host: ActorHost::new().with("doubler", || Doubler),
-    })
-    .await
-    .unwrap();
+    let m = start_master(&dir, false).await;
+    let a = join(
+        &m,
+        &dir,
+        "host1",
+        None,
+        ActorHost::new().with("doubler", || Doubler),
+    )
+    .await;
     let nodes = m.master.send(ListNodes).await.unwrap();
     assert_eq!(nodes[0].actor_types, vec!["doubler".to_string()]);
 
@@ -161,13 +178,11 @@ async fn the_master_starts_and_kills_actor_tasks_on_an_agent() {
         }
     };
     let wait_for = |task: &'static str, state: TaskState| async move {
-        for _ in 0..500 {
-            if state_of(task).await == Some(state) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!(
+        assert!(
+            eventually(Duration::from_secs(5), || async {
+                state_of(task).await == Some(state)
+            })
+            .await,
             "task {task} never reached {state:?}: {:?}",
             state_of(task).await
         );
@@ -228,43 +243,23 @@ async fn the_master_starts_and_kills_actor_tasks_on_an_agent() {
 
 #[actix::test]
 async fn a_deployment_keeps_its_replicas_running_and_replaces_a_lost_agents() {
-    use actormesh::agent::tasks::ActorHost;
     use actormesh::master::{ApplyDeployment, ListDeploymentTasks, ListDeployments};
 
     let dir = std::env::temp_dir().join(format!("am-deploy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut config = MasterConfig::new(dir.join("master"));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.bootstrap = "127.0.0.1:0".parse().unwrap();
-    config.api = "127.0.0.1:0".parse().unwrap();
-    config.detector.heartbeat_interval = Duration::from_millis(100);
-    config.detector.unreachable_after = Duration::from_secs(1);
-    let m = master::start(config).await.unwrap();
-    let token = m
-        .master
-        .send(CreateToken {
-            ttl: Duration::from_secs(60),
-            role: TokenRole::Agent,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let m = start_master(&dir, true).await;
     let mut agents = Vec::new();
     for name in ["w1", "w2"] {
+        let host = ActorHost::new().with("doubler", || Doubler);
         agents.push(
-            agent::start(AgentConfig {
-                join: m.bootstrap,
-                token: Some(token.token.clone()),
-                data_dir: dir.join(name),
-                listen: "127.0.0.1:0".parse().unwrap(),
-                name: name.into(),
-                resources: Some("cpus:4;mem:4096".parse().unwrap()),
-                attrs: Default::default(),
-                actor_types: Vec::new(),
-                host: ActorHost::new().with("doubler", || Doubler),
-            })
-            .await
-            .unwrap(),
+            join(
+                &m,
+                &dir,
+                name,
+                Some("cpus:4;mem:4096".parse().unwrap()),
+                host,
+            )
+            .await,
         );
     }
     let manifest = r#"{"kind":"Deployment","name":"calc","spec":{"actor":"doubler","version":"v1","replicas":3,"resources":{"need":"cpus:1"}}}"#;
@@ -276,17 +271,10 @@ async fn a_deployment_keeps_its_replicas_running_and_replaces_a_lost_agents() {
             .unwrap(),
         "default/calc"
     );
-    let running = |master: actix::Addr<actormesh::master::Master>| async move {
-        master.send(ListDeployments).await.unwrap()[0].running
-    };
-    let mut ok = false;
-    for _ in 0..500 {
-        if running(m.master.clone()).await == 3 {
-            ok = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let ok = eventually(Duration::from_secs(5), || async {
+        m.master.send(ListDeployments).await.unwrap()[0].running == 3
+    })
+    .await;
     assert!(
         ok,
         "3 replicas never ran: {:?}",
@@ -311,36 +299,29 @@ async fn a_deployment_keeps_its_replicas_running_and_replaces_a_lost_agents() {
     // w1 goes away: its instances are replaced on w2.
     let lost = agents.remove(0);
     lost.node.shutdown();
-    let mut back = false;
-    for _ in 0..1000 {
-        let tasks = m.master.send(ListDeploymentTasks).await.unwrap();
-        let on_w2 = tasks
-            .iter()
+    let running_on_w2 = || async {
+        m.master
+            .send(ListDeploymentTasks)
+            .await
+            .unwrap()
+            .into_iter()
             .filter(|t| {
                 t.agent == "w2" && t.state == actormesh::master::frameworks::TaskState::Running
             })
-            .count();
-        if on_w2 == 3 {
-            back = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+            .map(|t| t.id)
+            .collect::<Vec<String>>()
+    };
+    let back = eventually(Duration::from_secs(10), || async {
+        running_on_w2().await.len() == 3
+    })
+    .await;
     assert!(
         back,
         "replicas were not replaced: {:?}",
         m.master.send(ListDeploymentTasks).await.unwrap()
     );
     // Deleting the deployment stops its instances on the agent.
-    let live: Vec<String> = m
-        .master
-        .send(ListDeploymentTasks)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|t| t.agent == "w2" && t.state == actormesh::master::frameworks::TaskState::Running)
-        .map(|t| t.id)
-        .collect();
+    let live = running_on_w2().await;
     assert_eq!(live.len(), 3);
     m.master
         .send(actormesh::master::DeleteDeployment("default/calc".into()))
@@ -350,19 +331,13 @@ async fn a_deployment_keeps_its_replicas_running_and_replaces_a_lost_agents() {
     assert!(m.master.send(ListDeployments).await.unwrap().is_empty());
     let w2 = agents[0].node.local_addr();
     for id in &live {
-        let mut stopped = false;
-        for _ in 0..500 {
-            let answer = m
-                .node
-                .actor_ref(w2, id)
-                .ask_timeout(Double(1), Duration::from_secs(5))
-                .await;
-            if answer.is_err() {
-                stopped = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let stopped = eventually(Duration::from_secs(5), || async {
+            let r = m.node.actor_ref(w2, id);
+            r.ask_timeout(Double(1), Duration::from_secs(5))
+                .await
+                .is_err()
+        })
+        .await;
         assert!(
             stopped,
             "instance {id} still answers after its deployment was deleted"
