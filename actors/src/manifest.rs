@@ -6,7 +6,7 @@
 //! name: ratings
 //! namespace: shop
 //! spec:
-//!   actor: bookinfo::Ratings        # or: command: { path: /bin/server, args: [], env: {} }
+//!   actor: bookinfo::Ratings        # or: command: { path: /bin/server, args: [], env: {}, kill_grace: 10s }
 //!   version: v2
 //!   replicas: 3
 //!   resources: { need: "cpus:0.5;mem:256MiB", want: "cpus:1;mem:512MiB" }
@@ -89,6 +89,9 @@ pub struct CommandSpec {
     /// Environment.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// On stop: time between SIGTERM and SIGKILL, e.g. `10s` (the default).
+    #[serde(default)]
+    pub kill_grace: Option<String>,
 }
 
 /// Resources as resource strings (see [`Resources`]).
@@ -207,6 +210,8 @@ pub struct Deployment {
     pub health: Option<(Duration, Duration)>,
     /// Parsed restart backoff: (initial, max).
     pub backoff: (Duration, Duration),
+    /// Parsed `command.kill_grace` (10 s if not given).
+    pub kill_grace: Duration,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -377,6 +382,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Deployment, ManifestError> {
             "at least backoff_initial",
         ));
     }
+    let kill_grace = match s.command.as_ref().and_then(|c| c.kill_grace.as_deref()) {
+        Some(g) => {
+            duration(g).map_err(|e| err("spec.command.kill_grace", e, "a duration such as 10s"))?
+        }
+        None => Duration::from_secs(10),
+    };
     if s.rolling_update.max_surge == 0 && s.rolling_update.max_unavailable == 0 {
         return Err(err(
             "spec.rolling_update",
@@ -390,6 +401,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Deployment, ManifestError> {
         want,
         health,
         backoff: (initial, max),
+        kill_grace,
     })
 }
 

@@ -94,7 +94,8 @@ pub struct Register {
     pub attrs: BTreeMap<String, String>,
     /// Actor types its binary hosts.
     pub actor_types: Vec<String>,
-    /// What it runs now (soft state: reconciled, never killed for being unknown).
+    /// The ids of the tasks the master launched that run here now (soft state: a
+    /// restarted master adopts them instead of starting them again).
     pub running: Vec<String>,
     /// Expiry of its certificate.
     pub cert_expiry: SystemTime,
@@ -175,3 +176,66 @@ pub struct TaskStatusReport {
 
 /// The name of every agent's actor that the master talks to.
 pub const AGENT_ACTOR: &str = "$agent";
+
+/// The master asks an agent to start a command task (an OS process).
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.agent.LaunchCommand/v1", reply = Result<(), String>)]
+pub struct LaunchCommand {
+    /// What to run; `task.id` is the task id.
+    pub task: crate::agent::command::CommandTask,
+}
+
+/// Which captured stream of a command task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogStream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// The master asks an agent for the end of a command task's captured output.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.agent.ReadTaskLog/v1", reply = Result<TaskLog, String>)]
+pub struct ReadTaskLog {
+    /// The task id.
+    pub task_id: String,
+    /// Which stream.
+    pub stream: LogStream,
+    /// At most this many bytes from the end.
+    pub max_bytes: u64,
+}
+
+/// The end of a captured stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLog {
+    /// The text (lossy UTF-8).
+    pub text: String,
+    /// Bytes before `text` that were left out.
+    pub skipped_bytes: u64,
+}
+
+/// The master asks an agent what it knows of a task.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.agent.DescribeTask/v1", reply = Result<TaskDetail, String>)]
+pub struct DescribeTask {
+    /// The task id.
+    pub task_id: String,
+}
+
+/// A task as its agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskDetail {
+    /// The task id.
+    pub task_id: String,
+    /// `actor <type>` or `command <path> <args>`.
+    pub what: String,
+    /// The process id (command tasks).
+    pub pid: Option<u32>,
+    /// The sandbox directory (command tasks): stdout, stderr, exit status.
+    pub sandbox: Option<String>,
+    /// The resource limits in effect, in words.
+    pub limits: Vec<String>,
+    /// Where it stands, as the agent sees it now.
+    pub status: String,
+}

@@ -30,6 +30,13 @@ pub struct CommandTask {
     pub mem_bytes: Option<u64>,
     /// CPU limit in cores (cgroups only).
     pub cpus: Option<f64>,
+    /// On kill: how long between SIGTERM and SIGKILL, in milliseconds.
+    #[serde(default = "default_grace_ms")]
+    pub kill_grace_ms: u64,
+}
+
+fn default_grace_ms() -> u64 {
+    10_000
 }
 
 /// How a command task ended (or that it still runs).
@@ -84,6 +91,7 @@ struct Checkpoint {
 /// A launched command task.
 #[derive(Debug)]
 pub struct Running {
+    task: CommandTask,
     dir: PathBuf,
     pid: u32,
     started: u64,
@@ -95,6 +103,7 @@ pub struct Running {
 const STATUS_FILE: &str = "exit_status";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const CHECKPOINT: &str = "task.json";
+const KILL_MARK: &str = "kill_requested";
 
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -130,6 +139,7 @@ pub fn launch(task: &CommandTask, sandbox_root: &Path) -> Result<Running, Comman
     };
     std::fs::create_dir_all(&dir).map_err(sandbox)?;
     let _ = std::fs::remove_file(dir.join(STATUS_FILE));
+    let _ = std::fs::remove_file(dir.join(KILL_MARK));
     let stdout = std::fs::File::create(dir.join("stdout")).map_err(sandbox)?;
     let stderr = std::fs::File::create(dir.join("stderr")).map_err(sandbox)?;
 
@@ -209,6 +219,7 @@ pub fn launch(task: &CommandTask, sandbox_root: &Path) -> Result<Running, Comman
         let _ = std::fs::write(dir.join(CHECKPOINT), json);
     }
     Ok(Running {
+        task: task.clone(),
         dir,
         pid,
         started,
@@ -223,15 +234,21 @@ pub fn reattach(dir: &Path) -> Option<Running> {
     let text = std::fs::read_to_string(dir.join(CHECKPOINT)).ok()?;
     let c: Checkpoint = serde_json::from_str(&text).ok()?;
     Some(Running {
+        task: c.task,
         dir: dir.to_path_buf(),
         pid: c.pid,
         started: c.started,
         limits: c.limits,
-        killed: false,
+        killed: dir.join(KILL_MARK).exists(),
     })
 }
 
 impl Running {
+    /// What runs.
+    pub fn task(&self) -> &CommandTask {
+        &self.task
+    }
+
     /// The wrapper's process id.
     pub fn pid(&self) -> u32 {
         self.pid
@@ -291,18 +308,37 @@ impl Running {
         let _ = std::fs::remove_dir(Path::new(CGROUP_ROOT).join(format!("actormesh-{task_id}")));
     }
 
+    /// Asks the task to stop (SIGTERM to its process group); from now on its end counts
+    /// as Killed. Follow with [`Running::force`] after a grace period if it still runs.
+    pub fn terminate(&mut self) {
+        self.killed = true;
+        // Kept on disk, so that an agent restarted mid-kill still calls the end Killed.
+        let _ = std::fs::write(self.dir.join(KILL_MARK), b"");
+        if self.status() == CommandStatus::Running {
+            self.signal("-TERM");
+        }
+    }
+
+    /// Kills the task's process group (SIGKILL) if it still runs.
+    pub fn force(&self) {
+        if self.status() == CommandStatus::Running {
+            self.signal("-KILL");
+        }
+    }
+
+    /// Whether [`Running::terminate`] was called.
+    pub fn kill_requested(&self) -> bool {
+        self.killed
+    }
+
     /// Asks the task to stop (SIGTERM), and kills it (SIGKILL) after `grace`.
     pub async fn kill(&mut self, grace: Duration) -> CommandStatus {
-        self.killed = true;
-        if self.status() != CommandStatus::Running {
-            return self.status();
-        }
-        self.signal("-TERM");
+        self.terminate();
         let s = self.wait(grace).await;
         if s != CommandStatus::Running {
             return s;
         }
-        self.signal("-KILL");
+        self.force();
         self.wait(Duration::from_secs(5)).await
     }
 }
@@ -319,6 +355,7 @@ mod tests {
             env: BTreeMap::from([("GREETING".to_string(), "hi".to_string())]),
             mem_bytes: None,
             cpus: None,
+            kill_grace_ms: 1000,
         }
     }
 

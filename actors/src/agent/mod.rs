@@ -283,6 +283,10 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
         );
     }
     let master = node.actor_ref(saved.master_addr, MASTER_ACTOR);
+    // Command tasks an earlier run left: reported as running, and watched again.
+    let sandboxes = config.data_dir.join(tasks::SANDBOXES);
+    let recovered = tasks::recover_commands(&sandboxes);
+    let task_ids = tasks::TaskIds::default();
     let resources = config
         .resources
         .clone()
@@ -304,13 +308,16 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
         } else {
             config.actor_types.clone()
         },
-        running: node.actor_names(),
+        // Actor tasks end with the process; command tasks may have outlived it.
+        running: recovered
+            .iter()
+            .filter(|c| c.status() == command::CommandStatus::Running)
+            .map(|c| c.task().id.clone())
+            .collect(),
         cert_expiry: creds.not_after().unwrap_or(SystemTime::UNIX_EPOCH),
     };
-    let registered = register_until_accepted(&master, &register, Duration::from_secs(30)).await?;
-    info!(agent = %saved.agent_id, "registered with the master");
-    let (removed_tx, removed) = watch::channel(None);
-    let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
+    // The gate runs before registering: the master may answer a registration by killing
+    // instances it replaced meanwhile.
     node.spawn(
         crate::protocol::AGENT_ACTOR,
         tasks::AgentGate::new(
@@ -318,12 +325,20 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
             config.host.clone(),
             saved.agent_id.clone(),
             master.clone(),
+            sandboxes,
+            recovered,
+            task_ids.clone(),
         ),
     )?;
+    let registered = register_until_accepted(&master, &register, Duration::from_secs(30)).await?;
+    info!(agent = %saved.agent_id, "registered with the master");
+    let (removed_tx, removed) = watch::channel(None);
+    let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
     tokio::spawn(heartbeat_loop(
         node.clone(),
         master.clone(),
         register,
+        task_ids,
         interval,
         removed_tx,
     ));
@@ -382,6 +397,7 @@ async fn heartbeat_loop(
     node: Node,
     master: RemoteRef,
     register: Register,
+    task_ids: tasks::TaskIds,
     interval: Duration,
     removed: watch::Sender<Option<String>>,
 ) {
@@ -401,7 +417,12 @@ async fn heartbeat_loop(
                     // The master is back (perhaps restarted): report again what runs here.
                     lost = false;
                     let mut again = register.clone();
-                    again.running = node.actor_names();
+                    again.running = task_ids
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .iter()
+                        .cloned()
+                        .collect();
                     if let Err(e) = master.ask_timeout(again, Duration::from_secs(5)).await {
                         warn!(error = %e, "re-registration failed; will retry");
                         lost = true;

@@ -1,16 +1,27 @@
-//! The built-in deployment controller, as plain state: given the deployments, the tasks
-//! and a view of the agents, decide which instances to launch and which to kill so that
-//! every deployment has its replicas running. The master carries out the decisions.
+//! The built-in deployment controller, as plain state with time passed in: given the
+//! deployments, the tasks and a view of the agents, decide which instances to launch and
+//! which to kill so that every deployment has its replicas running. The master carries
+//! out the decisions.
 //!
-//! This first version handles actor deployments: replicas, resources (need), node
-//! selector, unique node and spread by attribute; instances on lost agents are replaced.
-//! Rolling updates, command deployments, priorities and backoff are still to come.
+//! - Actor deployments (a type the agents host) and command deployments (OS processes).
+//! - Placement honours resources (at least `need`, then up to `want` where free, higher
+//!   priority first), the node selector, unique node and spread by attribute.
+//! - The restart policy: `never` leaves an ended instance's slot filled, `on-failure`
+//!   replaces failed instances, `always` replaces ended ones too. Failures back off
+//!   exponentially (reset once an instance ran for `backoff_max`).
+//! - Rolling updates: when the version changes, new instances replace old ones without
+//!   exceeding `replicas + max_surge` instances or dropping below
+//!   `replicas - max_unavailable` running ones.
+//! - Instances on lost agents are replaced; an instance that comes back after it was
+//!   replaced is killed; instances of deleted deployments are killed when found.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use super::frameworks::{TaskState, TaskStatus};
+use crate::agent::command::CommandTask;
 use crate::manifest::Deployment;
 use crate::resources::Resources;
 
@@ -29,6 +40,15 @@ pub struct AgentView {
     pub total: Resources,
 }
 
+/// What an instance runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Launchable {
+    /// An instance of an actor type the agent hosts.
+    Actor(String),
+    /// An OS process.
+    Command(CommandTask),
+}
+
 /// A decision for the master to carry out.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
@@ -38,8 +58,8 @@ pub enum Action {
         task_id: String,
         /// On which agent.
         agent: String,
-        /// The actor type.
-        actor_type: String,
+        /// What to run.
+        what: Launchable,
     },
     /// Stop an instance.
     Kill {
@@ -57,14 +77,23 @@ pub struct TaskEntry {
     pub id: String,
     /// `namespace/name` of its deployment.
     pub deployment: String,
+    /// The deployment version it runs.
+    #[serde(default)]
+    pub version: String,
     /// Its agent.
     pub agent: String,
     /// Its state.
     pub state: TaskState,
     /// Why, when it ended.
     pub message: String,
-    /// The resources it holds.
-    pub need: Resources,
+    /// The resources it holds: at least the deployment's need, up to its want.
+    pub resources: Resources,
+    /// Creation order.
+    #[serde(default)]
+    pub seq: u64,
+    /// Since when it runs.
+    #[serde(skip)]
+    pub running_since: Option<Instant>,
 }
 
 impl TaskEntry {
@@ -91,8 +120,21 @@ pub struct DeploymentSummary {
     pub running: u32,
     /// Instances Staging or Starting.
     pub pending: u32,
+    /// Live instances of an earlier version (a rolling update is under way).
+    #[serde(default)]
+    pub old: u32,
+    /// Instances that ended and, by the restart policy, are not replaced.
+    #[serde(default)]
+    pub done: u32,
     /// Why replicas are missing, if they are.
     pub unplaced: Option<String>,
+}
+
+/// Failures of a deployment's instances, for the restart backoff.
+#[derive(Debug, Clone, Default)]
+struct Backoff {
+    failures: u32,
+    not_before: Option<Instant>,
 }
 
 /// Deployments and their tasks.
@@ -101,19 +143,67 @@ pub struct DeploymentBook {
     deployments: BTreeMap<String, Deployment>,
     tasks: BTreeMap<String, TaskEntry>,
     unplaced: BTreeMap<String, String>,
+    backoff: BTreeMap<String, Backoff>,
     next: u64,
     /// Differs per master process, so task ids never repeat across restarts.
     epoch: u32,
 }
+
+/// Ended instances kept per deployment (beyond those that fill a slot), for `get tasks`.
+pub const HISTORY: usize = 20;
 
 /// The instance name (and task id) prefix of a deployment: `namespace.name-`.
 fn task_prefix(d: &Deployment) -> String {
     format!("{}.{}-", d.manifest.namespace, d.manifest.name)
 }
 
+/// Whether `id` has the shape of a deployment task id (`namespace.name-suffix`).
+fn looks_like_deployment_task(id: &str) -> bool {
+    id.split_once('.').is_some_and(|(ns, rest)| {
+        !ns.is_empty()
+            && ns
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && rest.contains('-')
+    })
+}
+
 /// The key of a deployment: `namespace/name`.
 pub fn key(d: &Deployment) -> String {
     format!("{}/{}", d.manifest.namespace, d.manifest.name)
+}
+
+/// Whether an ended task fills its replica slot for good under `policy`.
+fn fills_slot(policy: &str, state: TaskState) -> bool {
+    match policy {
+        "never" => matches!(
+            state,
+            TaskState::Finished | TaskState::Failed | TaskState::Error
+        ),
+        "on-failure" => state == TaskState::Finished,
+        _ => false,
+    }
+}
+
+/// What an instance `task_id` of `d` runs, holding `held`.
+fn launchable(d: &Deployment, task_id: &str, held: &Resources) -> Launchable {
+    match (&d.manifest.spec.actor, &d.manifest.spec.command) {
+        (Some(a), _) => Launchable::Actor(a.clone()),
+        (None, Some(c)) => Launchable::Command(CommandTask {
+            id: task_id.to_string(),
+            path: c.path.clone(),
+            args: c.args.clone(),
+            env: c.env.clone(),
+            mem_bytes: held
+                .scalars
+                .get("mem")
+                .map(|mib| (mib * 1024.0 * 1024.0) as u64),
+            cpus: held.scalars.get("cpus").copied(),
+            kill_grace_ms: d.kill_grace.as_millis() as u64,
+        }),
+        // The manifest is validated: one of the two is set.
+        (None, None) => Launchable::Actor(String::new()),
+    }
 }
 
 impl DeploymentBook {
@@ -126,38 +216,106 @@ impl DeploymentBook {
         }
     }
 
-    /// An agent (re)registered and runs the instances named in `running`: instances of
-    /// known deployments that the book does not know (it was restarted) are adopted as
-    /// Running, so they are counted and never started twice.
-    pub fn adopt(&mut self, agent: &str, running: &[String]) {
-        for name in running {
-            if self.tasks.get(name).is_some_and(|t| t.live()) {
-                continue;
-            }
-            let owner = self
-                .deployments
-                .iter()
-                .find(|(_, d)| name.starts_with(&task_prefix(d)))
-                .map(|(k, d)| (k.clone(), d.need.clone()));
-            if let Some((deployment, need)) = owner {
-                self.tasks.insert(
-                    name.clone(),
-                    TaskEntry {
-                        id: name.clone(),
-                        deployment,
-                        agent: agent.to_string(),
-                        state: TaskState::Running,
-                        message: "adopted after a master restart".into(),
-                        need,
-                    },
-                );
-            }
-        }
+    fn owner_of(&self, task_id: &str) -> Option<(&String, &Deployment)> {
+        self.deployments
+            .iter()
+            .find(|(_, d)| task_id.starts_with(&task_prefix(d)))
     }
 
-    /// Adds or replaces a deployment.
+    fn live_count(&self, key: &str) -> usize {
+        self.tasks
+            .values()
+            .filter(|t| t.deployment == key && t.live())
+            .count()
+    }
+
+    /// An agent (re)registered and runs the tasks in `running`. Returns the kills to send
+    /// it:
+    /// - instances of known deployments the book does not know (the master restarted) are
+    ///   adopted as Running, so they are counted and never started twice;
+    /// - an instance that was given up as Lost comes back Running if its deployment still
+    ///   lacks it, and is killed if it was replaced meanwhile;
+    /// - instances of deployments that no longer exist, or already killed, are killed;
+    /// - instances the book has Starting or Running there that the agent no longer runs
+    ///   are Lost (the agent restarted), and will be replaced.
+    pub fn adopt(&mut self, agent: &str, running: &[String], now: Instant) -> Vec<Action> {
+        let reported: BTreeSet<&String> = running.iter().collect();
+        for t in self.tasks.values_mut().filter(|t| {
+            t.agent == agent
+                && matches!(t.state, TaskState::Starting | TaskState::Running)
+                && !reported.contains(&t.id)
+        }) {
+            t.state = TaskState::Lost;
+            t.message = format!("agent {agent} restarted and no longer runs it");
+        }
+        let mut kills = Vec::new();
+        let kill = |id: &str| Action::Kill {
+            task_id: id.to_string(),
+            agent: agent.to_string(),
+        };
+        for name in running {
+            if let Some(t) = self.tasks.get(name) {
+                if t.live() {
+                    continue;
+                }
+                let (dep, state, version) = (t.deployment.clone(), t.state, t.version.clone());
+                let wanted = self.deployments.get(&dep).is_some_and(|d| {
+                    d.manifest.spec.version == version
+                        && self.live_count(&dep) < d.manifest.spec.replicas as usize
+                });
+                let t = self.tasks.get_mut(name).expect("looked up above");
+                if matches!(state, TaskState::Lost | TaskState::Unreachable) && wanted {
+                    t.state = TaskState::Running;
+                    t.agent = agent.to_string();
+                    t.running_since = Some(now);
+                    t.message = format!("came back with agent {agent}");
+                } else {
+                    if matches!(state, TaskState::Lost | TaskState::Unreachable) {
+                        t.message = format!("came back with agent {agent} after it was replaced");
+                    }
+                    t.state = TaskState::Killed;
+                    kills.push(kill(name));
+                }
+                continue;
+            }
+            match self.owner_of(name).map(|(k, d)| (k.clone(), d.clone())) {
+                Some((deployment, d)) => {
+                    self.next += 1;
+                    self.tasks.insert(
+                        name.clone(),
+                        TaskEntry {
+                            id: name.clone(),
+                            deployment,
+                            // Not known: if the version changed meanwhile, the rolling
+                            // update replaces it.
+                            version: d.manifest.spec.version.clone(),
+                            agent: agent.to_string(),
+                            state: TaskState::Running,
+                            message: "adopted after a master restart".into(),
+                            resources: d.need.clone(),
+                            seq: self.next,
+                            running_since: Some(now),
+                        },
+                    );
+                }
+                None if looks_like_deployment_task(name) => kills.push(kill(name)),
+                None => {}
+            }
+        }
+        kills
+    }
+
+    /// Adds or replaces a deployment. A new version starts a rolling update.
     pub fn apply(&mut self, d: Deployment) -> String {
         let k = key(&d);
+        if self
+            .deployments
+            .get(&k)
+            .is_none_or(|old| old.manifest.spec != d.manifest.spec)
+        {
+            // A changed spec gets a fresh start: no backoff from the old one.
+            self.backoff.remove(&k);
+        }
         self.deployments.insert(k.clone(), d);
         k
     }
@@ -167,6 +325,7 @@ impl DeploymentBook {
     pub fn delete(&mut self, key: &str) -> Option<Vec<Action>> {
         self.deployments.remove(key)?;
         self.unplaced.remove(key);
+        self.backoff.remove(key);
         let mut kills = Vec::new();
         for t in self
             .tasks
@@ -192,12 +351,58 @@ impl DeploymentBook {
         self.tasks.values()
     }
 
-    /// A task's reported state.
-    pub fn on_status(&mut self, s: &TaskStatus) {
-        if let Some(t) = self.tasks.get_mut(&s.task_id) {
-            t.state = s.state;
-            t.message = s.message.clone();
+    /// A task of the book.
+    pub fn task(&self, id: &str) -> Option<&TaskEntry> {
+        self.tasks.get(id)
+    }
+
+    /// A task's reported state. A task the book already counts as ended stays ended (an
+    /// instance that comes back is handled by [`Self::adopt`]).
+    pub fn on_status(&mut self, s: &TaskStatus, now: Instant) {
+        let Some(t) = self.tasks.get_mut(&s.task_id) else {
+            return;
+        };
+        if t.state.is_terminal() && !s.state.is_terminal() {
+            return;
         }
+        // Killed on request stays Killed, whatever the instance's last words.
+        if t.state == TaskState::Killed && s.state.is_terminal() {
+            if t.message.is_empty() {
+                t.message = s.message.clone();
+            }
+            return;
+        }
+        t.state = s.state;
+        t.message = s.message.clone();
+        if s.state == TaskState::Running && t.running_since.is_none() {
+            t.running_since = Some(now);
+        }
+        if matches!(s.state, TaskState::Failed | TaskState::Error) {
+            let (dep, ran) = (
+                t.deployment.clone(),
+                t.running_since
+                    .map(|since| now.saturating_duration_since(since)),
+            );
+            self.failed(&dep, ran.unwrap_or_default(), now);
+        }
+    }
+
+    /// An instance of `key` failed after running for `ran`: the next launch waits.
+    fn failed(&mut self, key: &str, ran: Duration, now: Instant) {
+        let Some(d) = self.deployments.get(key) else {
+            return;
+        };
+        let (initial, max) = d.backoff;
+        let b = self.backoff.entry(key.to_string()).or_default();
+        if ran >= max {
+            b.failures = 0;
+        }
+        b.failures += 1;
+        let delay = initial
+            .checked_mul(1 << (b.failures - 1).min(20))
+            .unwrap_or(max)
+            .min(max);
+        b.not_before = Some(now + delay);
     }
 
     /// Instances on `agent` are gone (the agent was lost or is unreachable): they will be
@@ -214,113 +419,265 @@ impl DeploymentBook {
     }
 
     /// A launch could not be carried out.
-    pub fn launch_failed(&mut self, task_id: &str, why: &str) {
+    pub fn launch_failed(&mut self, task_id: &str, why: &str, now: Instant) {
         if let Some(t) = self.tasks.get_mut(task_id) {
+            if !t.live() {
+                return;
+            }
             t.state = TaskState::Failed;
             t.message = why.to_string();
+            let dep = t.deployment.clone();
+            self.failed(&dep, Duration::ZERO, now);
         }
     }
 
-    /// Decides what to launch and kill so that every deployment has its replicas.
-    pub fn reconcile(&mut self, agents: &[AgentView]) -> Vec<Action> {
+    /// Decides what to launch and kill so that every deployment has its replicas, higher
+    /// priority first.
+    pub fn reconcile(&mut self, agents: &[AgentView], now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         // Resources in use per agent by live tasks.
         let mut used: BTreeMap<String, Resources> = BTreeMap::new();
         for t in self.tasks.values().filter(|t| t.live()) {
             let u = used.entry(t.agent.clone()).or_default();
-            *u = u.plus(&t.need);
+            *u = u.plus(&t.resources);
         }
-        let keys: Vec<String> = self.deployments.keys().cloned().collect();
-        for k in keys {
+        let mut keys: Vec<(i32, String)> = self
+            .deployments
+            .iter()
+            .map(|(k, d)| (d.manifest.spec.priority, k.clone()))
+            .collect();
+        keys.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        // Launched this round: grown towards their want once every need is placed.
+        let mut launched: Vec<(usize, String)> = Vec::new();
+        for (_, k) in keys {
             let d = self.deployments[&k].clone();
-            let Some(actor_type) = d.manifest.spec.actor.clone() else {
-                self.unplaced.insert(
-                    k.clone(),
-                    "command deployments are not supported yet".into(),
-                );
-                continue;
-            };
-            let live: Vec<TaskEntry> = self
-                .tasks
-                .values()
-                .filter(|t| t.deployment == k && t.live())
-                .cloned()
-                .collect();
-            let want = d.manifest.spec.replicas as usize;
-            if live.len() > want {
-                for t in live.iter().skip(want) {
-                    actions.push(Action::Kill {
-                        task_id: t.id.clone(),
-                        agent: t.agent.clone(),
-                    });
-                    if let Some(e) = self.tasks.get_mut(&t.id) {
-                        e.state = TaskState::Killed;
-                    }
-                }
-                continue;
-            }
-            let mut on_agent: BTreeMap<String, usize> = BTreeMap::new();
-            for t in &live {
-                *on_agent.entry(t.agent.clone()).or_default() += 1;
-            }
-            let mut missing = want - live.len();
-            let mut why = None;
-            while missing > 0 {
-                match self.choose(&d, &actor_type, agents, &used, &on_agent) {
-                    Ok(agent) => {
-                        let id = format!("{}{:x}{}", task_prefix(&d), self.epoch, self.next);
-                        self.next += 1;
-                        let u = used.entry(agent.clone()).or_default();
-                        *u = u.plus(&d.need);
-                        *on_agent.entry(agent.clone()).or_default() += 1;
-                        self.tasks.insert(
-                            id.clone(),
-                            TaskEntry {
-                                id: id.clone(),
-                                deployment: k.clone(),
-                                agent: agent.clone(),
-                                state: TaskState::Staging,
-                                message: String::new(),
-                                need: d.need.clone(),
-                            },
-                        );
-                        actions.push(Action::Launch {
-                            task_id: id,
-                            agent,
-                            actor_type: actor_type.clone(),
-                        });
-                        missing -= 1;
-                    }
-                    Err(reason) => {
-                        why = Some(reason);
-                        break;
-                    }
-                }
-            }
-            match why {
-                Some(w) => self.unplaced.insert(k.clone(), w),
-                None => self.unplaced.remove(&k),
-            };
+            self.plan(&k, &d, agents, &mut used, &mut actions, &mut launched, now);
         }
+        // Second pass, same order: wants beyond needs, where resources are still free.
+        for (i, agent) in launched {
+            let Action::Launch { task_id, what, .. } = &mut actions[i] else {
+                continue;
+            };
+            let Some(t) = self.tasks.get_mut(task_id.as_str()) else {
+                continue;
+            };
+            let Some(d) = self.deployments.get(&t.deployment) else {
+                continue;
+            };
+            let total = agents
+                .iter()
+                .find(|a| a.id == agent)
+                .map(|a| a.total.clone())
+                .unwrap_or_default();
+            let u = used.entry(agent).or_default();
+            let free = total.minus(u).plus(&t.resources);
+            if let Some(held) = free.take_between(&t.resources, &d.want) {
+                *u = u.minus(&t.resources).plus(&held);
+                t.resources = held;
+                *what = launchable(d, task_id, &t.resources);
+            }
+        }
+        self.prune();
         actions
+    }
+
+    /// One deployment's launches and kills.
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &mut self,
+        k: &str,
+        d: &Deployment,
+        agents: &[AgentView],
+        used: &mut BTreeMap<String, Resources>,
+        actions: &mut Vec<Action>,
+        launched: &mut Vec<(usize, String)>,
+        now: Instant,
+    ) {
+        let spec = &d.manifest.spec;
+        let version = &spec.version;
+        let policy = spec.restart.policy.as_str();
+        let done = self
+            .tasks
+            .values()
+            .filter(|t| t.deployment == k && &t.version == version && fills_slot(policy, t.state))
+            .count();
+        let target = (spec.replicas as usize).saturating_sub(done);
+        let mut live: Vec<TaskEntry> = self
+            .tasks
+            .values()
+            .filter(|t| t.deployment == k && t.live())
+            .cloned()
+            .collect();
+        // Not yet running first, then the newest: the cheapest to give up.
+        live.sort_by_key(|t| (t.state == TaskState::Running, std::cmp::Reverse(t.seq)));
+        let (new, old): (Vec<TaskEntry>, Vec<TaskEntry>) =
+            live.iter().cloned().partition(|t| &t.version == version);
+        let surge = spec.rolling_update.max_surge as usize;
+        let min_available = target.saturating_sub(spec.rolling_update.max_unavailable as usize);
+        let mut available = live
+            .iter()
+            .filter(|t| t.state == TaskState::Running)
+            .count();
+        let mut live_count = live.len();
+        let mut kill = |book: &mut Self, t: &TaskEntry, why: &str, actions: &mut Vec<Action>| {
+            actions.push(Action::Kill {
+                task_id: t.id.clone(),
+                agent: t.agent.clone(),
+            });
+            if let Some(e) = book.tasks.get_mut(&t.id) {
+                e.state = TaskState::Killed;
+                e.message = why.to_string();
+                let u = used.entry(t.agent.clone()).or_default();
+                *u = u.minus(&e.resources);
+            }
+        };
+        // Too many of the current version (scaled down): the extras go.
+        let mut new_count = new.len();
+        for t in &new {
+            if new_count <= target {
+                break;
+            }
+            kill(self, t, "scaled down", actions);
+            new_count -= 1;
+            live_count -= 1;
+            if t.state == TaskState::Running {
+                available -= 1;
+            }
+        }
+        // Old versions go as far as availability allows (those not running at once).
+        for t in &old {
+            let running = t.state == TaskState::Running;
+            if running && available <= min_available {
+                continue;
+            }
+            kill(self, t, &format!("replaced by version {version}"), actions);
+            live_count -= 1;
+            if running {
+                available -= 1;
+            }
+        }
+        // New instances, within the surge.
+        let mut missing = target
+            .saturating_sub(new_count)
+            .min((target + surge).saturating_sub(live_count));
+        if target > new_count && missing == 0 {
+            self.unplaced.insert(
+                k.to_string(),
+                format!(
+                    "rolling update to {version}: waiting for instances to run before replacing more (max_surge {surge}, max_unavailable {})",
+                    spec.rolling_update.max_unavailable
+                ),
+            );
+            return;
+        }
+        if missing > 0 {
+            if let Some(b) = self.backoff.get(k) {
+                if let Some(at) = b.not_before.filter(|at| *at > now) {
+                    self.unplaced.insert(
+                        k.to_string(),
+                        format!(
+                            "restarting with backoff after {} failure(s): next launch in {:.1}s",
+                            b.failures,
+                            (at - now).as_secs_f64()
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+        let mut on_agent: BTreeMap<String, usize> = BTreeMap::new();
+        for t in self
+            .tasks
+            .values()
+            .filter(|t| t.deployment == k && t.live())
+        {
+            *on_agent.entry(t.agent.clone()).or_default() += 1;
+        }
+        let mut why = None;
+        while missing > 0 {
+            match self.choose(d, agents, used, &on_agent) {
+                Ok(agent) => {
+                    let id = format!("{}{:x}{}", task_prefix(d), self.epoch, self.next);
+                    self.next += 1;
+                    let u = used.entry(agent.clone()).or_default();
+                    *u = u.plus(&d.need);
+                    *on_agent.entry(agent.clone()).or_default() += 1;
+                    self.tasks.insert(
+                        id.clone(),
+                        TaskEntry {
+                            id: id.clone(),
+                            deployment: k.to_string(),
+                            version: version.clone(),
+                            agent: agent.clone(),
+                            state: TaskState::Staging,
+                            message: String::new(),
+                            resources: d.need.clone(),
+                            seq: self.next,
+                            running_since: None,
+                        },
+                    );
+                    launched.push((actions.len(), agent.clone()));
+                    actions.push(Action::Launch {
+                        what: launchable(d, &id, &d.need),
+                        task_id: id,
+                        agent,
+                    });
+                    missing -= 1;
+                }
+                Err(reason) => {
+                    why = Some(reason);
+                    break;
+                }
+            }
+        }
+        match why {
+            Some(w) => self.unplaced.insert(k.to_string(), w),
+            None => self.unplaced.remove(k),
+        };
+    }
+
+    /// Drops the oldest ended tasks beyond [`HISTORY`] per deployment (keeping those that
+    /// fill a replica slot), so the book stays bounded.
+    fn prune(&mut self) {
+        let mut ended: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
+        for t in self.tasks.values().filter(|t| t.state.is_terminal()) {
+            let fills = self.deployments.get(&t.deployment).is_some_and(|d| {
+                d.manifest.spec.version == t.version
+                    && fills_slot(&d.manifest.spec.restart.policy, t.state)
+            });
+            if !fills {
+                ended
+                    .entry(t.deployment.clone())
+                    .or_default()
+                    .push((t.seq, t.id.clone()));
+            }
+        }
+        for (_, mut list) in ended {
+            if list.len() > HISTORY {
+                list.sort();
+                for (_, id) in &list[..list.len() - HISTORY] {
+                    self.tasks.remove(id);
+                }
+            }
+        }
     }
 
     /// The agent for one more instance of `d`, or why there is none.
     fn choose(
         &self,
         d: &Deployment,
-        actor_type: &str,
         agents: &[AgentView],
         used: &BTreeMap<String, Resources>,
         on_agent: &BTreeMap<String, usize>,
     ) -> Result<String, String> {
         let c = &d.manifest.spec.constraints;
+        let actor_type = d.manifest.spec.actor.as_deref();
         let (mut not_usable, mut no_type, mut selector, mut unique, mut short) = (0, 0, 0, 0, 0);
         let mut fits: Vec<&AgentView> = Vec::new();
         for a in agents {
             if !a.usable {
                 not_usable += 1;
-            } else if !a.actor_types.iter().any(|t| t == actor_type) {
+            } else if actor_type.is_some_and(|ty| !a.actor_types.iter().any(|t| t == ty)) {
                 no_type += 1;
             } else if !c
                 .node_selector
@@ -352,13 +709,37 @@ impl DeploymentBook {
             });
             (by_attr, on_agent.get(&a.id).copied().unwrap_or(0))
         };
-        match fits.into_iter().min_by_key(|a| (count_for(a), a.id.clone())) {
-            Some(a) => Ok(a.id.clone()),
-            None => Err(format!(
-                "no agent with {} hosting {actor_type}: {} agents not usable, {no_type} do not host the type, {selector} fail the node selector, {unique} already hold an instance (unique node), {short} have too little free",
-                d.need, not_usable
-            )),
+        if let Some(a) = fits
+            .into_iter()
+            .min_by_key(|a| (count_for(a), a.id.clone()))
+        {
+            return Ok(a.id.clone());
         }
+        let mut wanted = vec![d.need.to_string()];
+        wanted.extend(c.node_selector.iter().map(|(k, v)| format!("{k}={v}")));
+        if let Some(ty) = actor_type {
+            wanted.push(format!("hosting {ty}"));
+        }
+        let mut counts = Vec::new();
+        for (n, what) in [
+            (not_usable, "not usable (down, draining or not registered)"),
+            (no_type, "do not host the type"),
+            (selector, "fail the node selector"),
+            (unique, "already hold an instance (unique node)"),
+            (short, "have too little free"),
+        ] {
+            if n > 0 {
+                counts.push(format!("{n} {what}"));
+            }
+        }
+        if counts.is_empty() {
+            counts.push("there are no agents".into());
+        }
+        Err(format!(
+            "no agent with {}: {}",
+            wanted.join(" and "),
+            counts.join(", ")
+        ))
     }
 
     /// Every deployment's standing.
@@ -366,6 +747,7 @@ impl DeploymentBook {
         self.deployments
             .iter()
             .map(|(k, d)| {
+                let spec = &d.manifest.spec;
                 let count = |f: &dyn Fn(&TaskEntry) -> bool| {
                     self.tasks
                         .values()
@@ -375,11 +757,16 @@ impl DeploymentBook {
                 DeploymentSummary {
                     namespace: d.manifest.namespace.clone(),
                     name: d.manifest.name.clone(),
-                    version: d.manifest.spec.version.clone(),
-                    replicas: d.manifest.spec.replicas,
-                    running: count(&|t| t.state == TaskState::Running),
+                    version: spec.version.clone(),
+                    replicas: spec.replicas,
+                    running: count(&|t| t.state == TaskState::Running && t.version == spec.version),
                     pending: count(&|t| {
                         matches!(t.state, TaskState::Staging | TaskState::Starting)
+                            && t.version == spec.version
+                    }),
+                    old: count(&|t| t.live() && t.version != spec.version),
+                    done: count(&|t| {
+                        t.version == spec.version && fills_slot(&spec.restart.policy, t.state)
                     }),
                     unplaced: self.unplaced.get(k).cloned(),
                 }
@@ -392,6 +779,17 @@ impl DeploymentBook {
 mod tests {
     use super::*;
     use std::path::Path;
+
+    trait WithVersion {
+        fn with_version(self, v: &str) -> Self;
+    }
+
+    impl WithVersion for Deployment {
+        fn with_version(mut self, v: &str) -> Self {
+            self.manifest.spec.version = v.into();
+            self
+        }
+    }
 
     fn deployment(replicas: u32, extra: &str) -> Deployment {
         let text = format!(
@@ -413,13 +811,16 @@ mod tests {
     fn running(book: &mut DeploymentBook, actions: &[Action]) {
         for a in actions {
             if let Action::Launch { task_id, agent, .. } = a {
-                book.on_status(&TaskStatus {
-                    task_id: task_id.clone(),
-                    agent_id: agent.clone(),
-                    state: TaskState::Running,
-                    message: String::new(),
-                    uuid: 0,
-                });
+                book.on_status(
+                    &TaskStatus {
+                        task_id: task_id.clone(),
+                        agent_id: agent.clone(),
+                        state: TaskState::Running,
+                        message: String::new(),
+                        uuid: 0,
+                    },
+                    Instant::now(),
+                );
             }
         }
     }
@@ -433,17 +834,20 @@ mod tests {
             agent("a2", "x", 4),
             agent("b1", "y", 4),
         ];
-        let actions = book.reconcile(&agents);
+        let actions = book.reconcile(&agents, Instant::now());
         assert_eq!(actions.len(), 4);
         running(&mut book, &actions);
         let in_y = book.tasks().filter(|t| t.agent == "b1").count();
         assert_eq!(in_y, 2, "spread by zone: half the instances in zone y");
-        assert!(book.reconcile(&agents).is_empty(), "already at 4 replicas");
+        assert!(
+            book.reconcile(&agents, Instant::now()).is_empty(),
+            "already at 4 replicas"
+        );
         // b1 is lost: its 2 instances come back on the remaining agents.
         book.agent_lost("b1");
         let mut left = agents.clone();
         left[2].usable = false;
-        let again = book.reconcile(&left);
+        let again = book.reconcile(&left, Instant::now());
         assert_eq!(again.len(), 2);
         assert!(again
             .iter()
@@ -463,7 +867,7 @@ mod tests {
             agent("a2", "x", 4),
             agent("b1", "y", 4),
         ];
-        assert_eq!(book.reconcile(&agents).len(), 2);
+        assert_eq!(book.reconcile(&agents, Instant::now()).len(), 2);
         let why = book.summaries()[0].unplaced.clone().unwrap();
         assert!(
             why.contains("1 fail the node selector") && why.contains("2 already hold an instance"),
@@ -477,7 +881,7 @@ mod tests {
         let mut before = DeploymentBook::new(1);
         before.apply(deployment(2, ""));
         let launched: Vec<String> = before
-            .reconcile(&agents)
+            .reconcile(&agents, Instant::now())
             .into_iter()
             .filter_map(|a| match a {
                 Action::Launch { task_id, .. } => Some(task_id),
@@ -490,15 +894,15 @@ mod tests {
         after.apply(deployment(2, ""));
         let mut running = launched.clone();
         running.push("$agent".into());
-        after.adopt("a1", &running);
+        assert!(after.adopt("a1", &running, Instant::now()).is_empty());
         assert!(
-            after.reconcile(&agents).is_empty(),
+            after.reconcile(&agents, Instant::now()).is_empty(),
             "no duplicates after adoption"
         );
         assert_eq!(after.summaries()[0].running, 2);
         // New ids never collide with the old ones.
         after.apply(deployment(3, ""));
-        let more = after.reconcile(&agents);
+        let more = after.reconcile(&agents, Instant::now());
         assert!(
             matches!(&more[..], [Action::Launch { task_id, .. }] if !launched.contains(task_id))
         );
@@ -509,14 +913,14 @@ mod tests {
         let mut book = DeploymentBook::default();
         book.apply(deployment(2, ""));
         let agents = vec![agent("a1", "x", 4)];
-        let actions = book.reconcile(&agents);
+        let actions = book.reconcile(&agents, Instant::now());
         running(&mut book, &actions);
         let kills = book.delete("default/web").expect("the deployment exists");
         assert_eq!(kills.len(), 2);
         assert!(kills.iter().all(|a| matches!(a, Action::Kill { .. })));
         assert!(book.summaries().is_empty());
         assert!(
-            book.reconcile(&agents).is_empty(),
+            book.reconcile(&agents, Instant::now()).is_empty(),
             "nothing to keep running"
         );
         assert!(book.delete("default/web").is_none(), "already gone");
@@ -527,16 +931,250 @@ mod tests {
         let mut book = DeploymentBook::default();
         book.apply(deployment(3, ""));
         let agents = vec![agent("a1", "x", 2)];
-        let actions = book.reconcile(&agents);
+        let actions = book.reconcile(&agents, Instant::now());
         assert_eq!(actions.len(), 2, "only 2 cpus free");
         running(&mut book, &actions);
         book.apply(deployment(1, ""));
-        let down = book.reconcile(&agents);
+        let down = book.reconcile(&agents, Instant::now());
         assert_eq!(
             down.iter()
                 .filter(|a| matches!(a, Action::Kill { .. }))
                 .count(),
             1
         );
+    }
+
+    fn status(book: &mut DeploymentBook, id: &str, state: TaskState, now: Instant) {
+        let agent = book.task(id).unwrap().agent.clone();
+        book.on_status(
+            &TaskStatus {
+                task_id: id.into(),
+                agent_id: agent,
+                state,
+                message: String::new(),
+                uuid: 0,
+            },
+            now,
+        );
+    }
+
+    fn launches(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Launch { task_id, .. } => Some(task_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn kills(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Kill { task_id, .. } => Some(task_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_rolling_update_never_drops_below_the_availability_asked_for() {
+        for (surge, unavailable) in [(1, 0), (0, 1), (2, 1)] {
+            let replicas = 4;
+            let roll = format!(
+                "  rolling_update: {{ max_surge: {surge}, max_unavailable: {unavailable} }}\n"
+            );
+            let mut book = DeploymentBook::default();
+            book.apply(deployment(replicas, &roll));
+            let agents = vec![agent("a1", "x", 64)];
+            let now = Instant::now();
+            let first = book.reconcile(&agents, now);
+            running(&mut book, &first);
+            book.apply(deployment(replicas, &roll).with_version("v2"));
+            let min_running = (replicas - unavailable) as usize;
+            let mut rounds = 0;
+            loop {
+                rounds += 1;
+                assert!(rounds < 50, "the update does not finish");
+                let actions = book.reconcile(&agents, now);
+                let live = book.tasks().filter(|t| t.live()).count();
+                let up = book
+                    .tasks()
+                    .filter(|t| t.state == TaskState::Running)
+                    .count();
+                assert!(
+                    live <= (replicas + surge) as usize,
+                    "surge exceeded: {live} live"
+                );
+                assert!(
+                    up >= min_running,
+                    "only {up} running (surge {surge}, unavailable {unavailable})"
+                );
+                if actions.is_empty() {
+                    break;
+                }
+                // The new instances come up.
+                running(&mut book, &actions);
+            }
+            let s = &book.summaries()[0];
+            assert_eq!((s.running, s.old, s.version.as_str()), (replicas, 0, "v2"));
+        }
+    }
+
+    #[test]
+    fn restart_policies_and_backoff() {
+        let agents = vec![agent("a1", "x", 8)];
+        let t0 = Instant::now();
+        // on-failure: a failed instance comes back after the backoff, a finished one does not.
+        let mut book = DeploymentBook::default();
+        book.apply(deployment(
+            2,
+            "  restart: { policy: on-failure, backoff_initial: 1s, backoff_max: 4s }\n",
+        ));
+        let ids = launches(&book.reconcile(&agents, t0));
+        status(&mut book, &ids[0], TaskState::Running, t0);
+        status(&mut book, &ids[1], TaskState::Running, t0);
+        status(&mut book, &ids[0], TaskState::Finished, t0);
+        status(&mut book, &ids[1], TaskState::Failed, t0);
+        assert!(book.reconcile(&agents, t0).is_empty(), "backing off");
+        let why = book.summaries()[0].unplaced.clone().unwrap();
+        assert!(why.contains("backoff after 1 failure"), "{why}");
+        let again = launches(&book.reconcile(&agents, t0 + Duration::from_millis(1100)));
+        assert_eq!(again.len(), 1, "only the failed one is replaced");
+        assert_eq!(book.summaries()[0].done, 1);
+        // The second failure in a row waits twice as long.
+        status(
+            &mut book,
+            &again[0],
+            TaskState::Failed,
+            t0 + Duration::from_millis(1200),
+        );
+        assert!(book
+            .reconcile(&agents, t0 + Duration::from_millis(2300))
+            .is_empty());
+        assert_eq!(
+            launches(&book.reconcile(&agents, t0 + Duration::from_millis(3300))).len(),
+            1
+        );
+        // never: nothing comes back.
+        let mut never = DeploymentBook::default();
+        never.apply(deployment(1, "  restart: { policy: never }\n"));
+        let ids = launches(&never.reconcile(&agents, t0));
+        status(&mut never, &ids[0], TaskState::Failed, t0);
+        assert!(never
+            .reconcile(&agents, t0 + Duration::from_secs(600))
+            .is_empty());
+        // always: a finished instance comes back too.
+        let mut always = DeploymentBook::default();
+        always.apply(deployment(1, "  restart: { policy: always }\n"));
+        let ids = launches(&always.reconcile(&agents, t0));
+        status(&mut always, &ids[0], TaskState::Finished, t0);
+        assert_eq!(launches(&always.reconcile(&agents, t0)).len(), 1);
+    }
+
+    #[test]
+    fn need_first_by_priority_then_want() {
+        let want = |p: i32| {
+            format!("  priority: {p}\n  resources: {{ need: \"cpus:2\", want: \"cpus:3\" }}\n")
+        };
+        let text = |name: &str, p: i32| {
+            format!(
+                "kind: Deployment\nname: {name}\nspec:\n  actor: echo\n  version: v1\n  replicas: 2\n{}",
+                want(p)
+            )
+        };
+        let mut book = DeploymentBook::default();
+        book.apply(crate::manifest::parse(Path::new("lo.yaml"), &text("lo", 1)).unwrap());
+        book.apply(crate::manifest::parse(Path::new("hi.yaml"), &text("hi", 9)).unwrap());
+        // 7 cpus: 3 needs of 2 fit, the high priority ones first; the spare cpu goes to a
+        // want, again by priority.
+        let actions = book.reconcile(&[agent("a1", "x", 7)], Instant::now());
+        let held: Vec<(String, f64)> = book
+            .tasks()
+            .map(|t| (t.deployment.clone(), t.resources.scalars["cpus"]))
+            .collect();
+        let hi: Vec<f64> = held
+            .iter()
+            .filter(|h| h.0 == "default/hi")
+            .map(|h| h.1)
+            .collect();
+        let lo: Vec<f64> = held
+            .iter()
+            .filter(|h| h.0 == "default/lo")
+            .map(|h| h.1)
+            .collect();
+        assert_eq!(hi.len(), 2, "both high-priority needs placed: {held:?}");
+        assert_eq!(lo.len(), 1, "one low-priority need fits: {held:?}");
+        let total: f64 = held.iter().map(|h| h.1).sum();
+        assert!(
+            (total - 7.0).abs() < 1e-9,
+            "the spare cpu is handed out: {held:?}"
+        );
+        assert!(
+            hi.iter().any(|c| *c > 2.0),
+            "the want goes to priority first: {held:?}"
+        );
+        assert_eq!(actions.len(), 3);
+    }
+
+    #[test]
+    fn command_deployments_carry_their_limits() {
+        let text = "kind: Deployment\nname: job\nspec:\n  command: { path: /bin/sleep, args: [\"5\"], kill_grace: 2s }\n  version: v1\n  replicas: 1\n  resources: { need: \"cpus:1;mem:64MiB\", want: \"cpus:2;mem:128MiB\" }\n";
+        let mut book = DeploymentBook::default();
+        book.apply(crate::manifest::parse(Path::new("job.yaml"), text).unwrap());
+        let mut a = agent("a1", "x", 4);
+        a.actor_types.clear();
+        a.total = "cpus:4;mem:100MiB".parse().unwrap();
+        let actions = book.reconcile(&[a], Instant::now());
+        match &actions[..] {
+            [Action::Launch {
+                what: Launchable::Command(c),
+                task_id,
+                ..
+            }] => {
+                assert_eq!(&c.id, task_id);
+                assert_eq!(c.args, vec!["5".to_string()]);
+                assert_eq!(c.cpus, Some(2.0));
+                assert_eq!(
+                    c.mem_bytes,
+                    Some(100 * 1024 * 1024),
+                    "up to the want, as far as free"
+                );
+                assert_eq!(c.kill_grace_ms, 2000);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn agents_coming_back_are_reconciled() {
+        let agents = vec![agent("a1", "x", 4), agent("a2", "x", 4)];
+        let now = Instant::now();
+        let mut book = DeploymentBook::default();
+        book.apply(deployment(1, ""));
+        let first = launches(&book.reconcile(&agents, now));
+        status(&mut book, &first[0], TaskState::Running, now);
+        let home = book.task(&first[0]).unwrap().agent.clone();
+        // The agent restarts without the instance: Lost, and replaced.
+        assert!(book.adopt(&home, &[], now).is_empty());
+        assert_eq!(book.task(&first[0]).unwrap().state, TaskState::Lost);
+        let others: Vec<AgentView> = agents
+            .iter()
+            .cloned()
+            .map(|mut a| {
+                a.usable = a.id != home;
+                a
+            })
+            .collect();
+        let second = launches(&book.reconcile(&others, now));
+        assert_eq!(second.len(), 1);
+        status(&mut book, &second[0], TaskState::Running, now);
+        // The first instance turns up after all: it was replaced, so it is killed.
+        let k = book.adopt(&home, std::slice::from_ref(&first[0]), now);
+        assert_eq!(kills(&k), first);
+        // An instance of a deleted deployment is killed; other actors are left alone.
+        let k = book.adopt(&home, &["default.gone-1a2".into(), "my-actor".into()], now);
+        assert_eq!(kills(&k), vec!["default.gone-1a2".to_string()]);
     }
 }

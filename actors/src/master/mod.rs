@@ -569,7 +569,7 @@ struct RegisterFrom(Register, Option<SpiffeId>);
 
 impl Handler<RegisterFrom> for Master {
     type Result = Result<Registered, MasterRefusal>;
-    fn handle(&mut self, m: RegisterFrom, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, m: RegisterFrom, ctx: &mut Context<Self>) -> Self::Result {
         let (r, caller) = (m.0, m.1);
         self.check_caller(&r.agent_id, &caller)?;
         let event = self.seen(&r.agent_id)?;
@@ -581,13 +581,19 @@ impl Handler<RegisterFrom> for Master {
             rec.running = r.running.clone();
             rec.cert_expiry = Some(r.cert_expiry);
         }
-        self.deployments.adopt(&r.agent_id, &r.running);
+        let kills = self
+            .deployments
+            .adopt(&r.agent_id, &r.running, Instant::now());
         // Registration is soft state: if it cannot be written, the agent is told to retry
         // and registers again after a master restart anyway.
         self.persist_agent(&r.agent_id, Vec::new())
             .map_err(MasterRefusal::Unavailable)?;
         if let Some(e) = event {
             self.publish(e);
+        }
+        if !kills.is_empty() {
+            info!(agent = %r.agent_id, kills = kills.len(), "killing instances that were replaced or whose deployment is gone");
+            self.carry_out(kills, ctx);
         }
         Ok(Registered {
             heartbeat_interval_ms: self.membership.config().heartbeat_interval.as_millis() as u64,
@@ -812,8 +818,12 @@ impl Handler<TaskStatusFrom> for Master {
             )));
         }
         info!(task = %s.task_id, agent = %s.agent_id, state = ?s.state, message = %s.message, "task status");
-        self.deployments.on_status(&s);
+        self.deployments.on_status(&s, Instant::now());
         self.tasks.insert(s.task_id.clone(), s);
+        if self.tasks.len() > MAX_REPORTED_TASKS {
+            // Bounded: ended tasks the deployments keep their own history of.
+            self.tasks.retain(|_, t| !t.state.is_terminal());
+        }
         Ok(())
     }
 }
@@ -920,6 +930,9 @@ impl Master {
 
 const DEPLOYMENT_PREFIX: &str = "deployment/";
 
+/// Reported task states kept beyond the deployments' own history (tasks launched directly).
+const MAX_REPORTED_TASKS: usize = 10_000;
+
 /// The deployments kept in the Config table.
 fn load_deployments(store: &dyn StateStore) -> anyhow::Result<deployments::DeploymentBook> {
     let epoch = u32::from_str_radix(&token::random_string(6).unwrap_or_default(), 36).unwrap_or(0);
@@ -957,7 +970,7 @@ impl Master {
                 total: a.resources.clone(),
             })
             .collect();
-        let actions = self.deployments.reconcile(&agents);
+        let actions = self.deployments.reconcile(&agents, Instant::now());
         self.carry_out(actions, ctx);
     }
 
@@ -968,24 +981,27 @@ impl Master {
                 deployments::Action::Launch {
                     task_id,
                     agent,
-                    actor_type,
+                    what,
                 } => {
                     let me = ctx.address();
                     let target = self.agent_actor(&agent);
                     actix::spawn(async move {
-                        let launch = crate::protocol::LaunchActor {
-                            task_id: task_id.clone(),
-                            actor_type,
-                            name: task_id.clone(),
+                        let asked = match (target, what) {
+                            (Ok(t), deployments::Launchable::Actor(actor_type)) => {
+                                let launch = crate::protocol::LaunchActor {
+                                    task_id: task_id.clone(),
+                                    actor_type,
+                                    name: task_id.clone(),
+                                };
+                                t.ask_timeout(launch, Duration::from_secs(10)).await
+                            }
+                            (Ok(t), deployments::Launchable::Command(task)) => {
+                                let launch = crate::protocol::LaunchCommand { task };
+                                t.ask_timeout(launch, Duration::from_secs(10)).await
+                            }
+                            (Err(e), _) => Ok(Err(e)),
                         };
-                        let result = match target {
-                            Ok(t) => t
-                                .ask_timeout(launch, Duration::from_secs(10))
-                                .await
-                                .map_err(|e| e.to_string())
-                                .and_then(|r| r),
-                            Err(e) => Err(e),
-                        };
+                        let result = asked.map_err(|e| e.to_string()).and_then(|r| r);
                         if let Err(why) = result {
                             me.do_send(LaunchFailed { task_id, why });
                         }
@@ -1019,7 +1035,8 @@ impl Handler<LaunchFailed> for Master {
     type Result = ();
     fn handle(&mut self, m: LaunchFailed, _: &mut Context<Self>) {
         warn!(task = %m.task_id, why = %m.why, "launch failed; the instance will be placed again");
-        self.deployments.launch_failed(&m.task_id, &m.why);
+        self.deployments
+            .launch_failed(&m.task_id, &m.why, Instant::now());
     }
 }
 
