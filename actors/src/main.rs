@@ -58,7 +58,20 @@ enum Command {
     /// Stop placing new work on a node.
     Drain {
         #[command(subcommand)]
-        what: DescribeWhat,
+        what: DrainWhat,
+    },
+    /// Print the end of a command task's captured stdout (or stderr).
+    Logs {
+        /// The task id (from `actormesh get tasks`).
+        task: String,
+        /// Show stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        /// At most this many bytes from the end.
+        #[arg(long, default_value_t = 64 * 1024)]
+        bytes: u64,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// A whole cluster in one process: a master and one agent on embedded state.
     Dev(DevArgs),
@@ -307,13 +320,19 @@ fn wait_for_replicas(client: &ApiClient, key: &str, timeout: Duration) -> anyhow
         else {
             anyhow::bail!("deployment {key} was deleted while waiting for it");
         };
-        let now = (d.running, d.pending, d.unplaced.clone());
+        let now = (d.running, d.pending, d.old, d.unplaced.clone());
+        let asked = d.replicas.saturating_sub(d.done);
         if last.as_ref() != Some(&now) {
             println!(
-                "{key}: {}/{} running, {} starting{}",
+                "{key}: {}/{} running, {} starting{}{}",
                 d.running,
-                d.replicas,
+                asked,
                 d.pending,
+                if d.old > 0 {
+                    format!(", {} of older versions", d.old)
+                } else {
+                    String::new()
+                },
                 d.unplaced
                     .as_deref()
                     .map(|w| format!("; not placed: {w}"))
@@ -321,15 +340,15 @@ fn wait_for_replicas(client: &ApiClient, key: &str, timeout: Duration) -> anyhow
             );
             last = Some(now);
         }
-        if d.running >= d.replicas && d.pending == 0 {
+        if d.running >= asked && d.pending == 0 && d.old == 0 {
             return Ok(());
         }
         if std::time::Instant::now() >= deadline {
             anyhow::bail!(
                 "{key}: only {}/{} replicas running after {timeout:?}{} (the deployment stays applied; \
-                 `actormesh get deployments` shows its progress, --timeout waits longer, --no-wait does not wait)",
+                 `actormesh describe deployment {key}` shows its progress, --timeout waits longer, --no-wait does not wait)",
                 d.running,
-                d.replicas,
+                asked,
                 d.unplaced
                     .map(|w| format!("; not placed: {w}"))
                     .unwrap_or_default()
@@ -359,6 +378,163 @@ enum DescribeWhat {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// A deployment: its spec, standing, why replicas are not placed, and its tasks.
+    Deployment {
+        /// namespace/name, or just name for the default namespace.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A task: state, agent, and what the agent says (pid, sandbox, limits in effect).
+    Task {
+        /// The task id (from `actormesh get tasks`).
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DrainWhat {
+    /// A node by id.
+    Node {
+        /// The node id.
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// `namespace/name` from `namespace/name` or `name` (the default namespace).
+fn deployment_key(name: &str) -> anyhow::Result<String> {
+    match name.split_once('/') {
+        Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => {
+            Ok(format!("{ns}/{n}"))
+        }
+        Some(_) => anyhow::bail!(
+            "{name:?} is not a deployment name: expected namespace/name (e.g. default/web) or name"
+        ),
+        None => Ok(format!("default/{name}")),
+    }
+}
+
+fn print_tasks(list: &[actormesh::master::deployments::TaskEntry]) {
+    println!(
+        "{:<28} {:<20} {:<8} {:<12} {:<10} {:<22} MESSAGE",
+        "TASK", "DEPLOYMENT", "VERSION", "AGENT", "STATE", "RESOURCES"
+    );
+    for t in list {
+        println!(
+            "{:<28} {:<20} {:<8} {:<12} {:<10} {:<22} {}",
+            t.id,
+            t.deployment,
+            t.version,
+            t.agent,
+            format!("{:?}", t.state),
+            t.resources.to_string(),
+            t.message
+        );
+    }
+}
+
+fn describe_deployment(d: &actormesh::master::deployments::DeploymentDescription) {
+    let m = &d.manifest;
+    let s = &m.spec;
+    let what = match (&s.actor, &s.command) {
+        (Some(a), _) => format!("actor {a}"),
+        (None, Some(c)) => format!("command {} {}", c.path, c.args.join(" "))
+            .trim_end()
+            .to_string(),
+        (None, None) => "-".into(),
+    };
+    println!("Deployment:      {}/{}", m.namespace, m.name);
+    println!("Runs:            {what}");
+    println!("Version:         {}", s.version);
+    println!(
+        "Replicas:        {} asked, {} running, {} starting, {} of older versions, {} ended for good",
+        s.replicas, d.summary.running, d.summary.pending, d.summary.old, d.summary.done
+    );
+    println!("Resources:       need {}, want {}", d.need, d.want);
+    println!("Priority:        {}", s.priority);
+    let c = &s.constraints;
+    let mut cons = Vec::new();
+    if let Some(a) = &c.spread_by {
+        cons.push(format!("spread by {a}"));
+    }
+    if c.unique_node {
+        cons.push("unique node".into());
+    }
+    for (k, v) in &c.node_selector {
+        cons.push(format!("{k}={v}"));
+    }
+    println!(
+        "Constraints:     {}",
+        if cons.is_empty() {
+            "-".into()
+        } else {
+            cons.join(", ")
+        }
+    );
+    println!(
+        "Restart:         {} (backoff {} to {}; {} failure(s) in a row)",
+        s.restart.policy, s.restart.backoff_initial, s.restart.backoff_max, d.failures
+    );
+    println!(
+        "Rolling update:  max surge {}, max unavailable {}",
+        s.rolling_update.max_surge, s.rolling_update.max_unavailable
+    );
+    println!(
+        "Not placed:      {}",
+        d.summary.unplaced.as_deref().unwrap_or("-")
+    );
+    println!();
+    print_tasks(&d.tasks);
+}
+
+fn describe_task(d: &actormesh::master::TaskDescription) {
+    println!("Task:            {}", d.task_id);
+    println!("Agent:           {}", d.agent);
+    if let Some(e) = &d.entry {
+        println!("Deployment:      {} (version {})", e.deployment, e.version);
+        println!("State:           {:?}", e.state);
+        println!("Resources:       {}", e.resources);
+        if !e.message.is_empty() {
+            println!("Message:         {}", e.message);
+        }
+    }
+    if let Some(s) = &d.last_status {
+        println!(
+            "Last report:     {:?}{}",
+            s.state,
+            if s.message.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", s.message)
+            }
+        );
+    }
+    match (&d.on_agent, &d.agent_error) {
+        (Some(a), _) => {
+            println!("Runs:            {}", a.what);
+            println!("On the agent:    {}", a.status);
+            if let Some(pid) = a.pid {
+                println!("Pid:             {pid}");
+            }
+            if let Some(dir) = &a.sandbox {
+                println!("Sandbox:         {dir}");
+            }
+            println!(
+                "Limits:          {}",
+                if a.limits.is_empty() {
+                    "none".to_string()
+                } else {
+                    a.limits.join(", ")
+                }
+            );
+        }
+        (None, Some(e)) => println!("On the agent:    unknown ({e})"),
+        (None, None) => {}
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -579,8 +755,57 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Table => describe(&serde_json::from_value(v)?),
             }
         }
+        Command::Describe {
+            what: DescribeWhat::Deployment { name, api },
+        } => {
+            let key = deployment_key(&name)?;
+            let v = api
+                .client()?
+                .call("GET", &format!("/v1/deployments/{key}"), None)?;
+            match api.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Table => describe_deployment(&serde_json::from_value(v)?),
+            }
+        }
+        Command::Describe {
+            what: DescribeWhat::Task { id, api },
+        } => {
+            let v = api
+                .client()?
+                .call("GET", &format!("/v1/tasks/{id}"), None)?;
+            match api.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Table => describe_task(&serde_json::from_value(v)?),
+            }
+        }
+        Command::Logs {
+            task,
+            stderr,
+            bytes,
+            api,
+        } => {
+            let stream = if stderr { "stderr" } else { "stdout" };
+            let v = api.client()?.call(
+                "GET",
+                &format!("/v1/tasks/{task}/logs?stream={stream}&bytes={bytes}"),
+                None,
+            )?;
+            match api.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Table => {
+                    let log: actormesh::protocol::TaskLog = serde_json::from_value(v)?;
+                    if log.skipped_bytes > 0 {
+                        eprintln!(
+                            "[{} earlier bytes not shown; --bytes shows more]",
+                            log.skipped_bytes
+                        );
+                    }
+                    print!("{}", log.text);
+                }
+            }
+        }
         Command::Drain {
-            what: DescribeWhat::Node { id, api },
+            what: DrainWhat::Node { id, api },
         } => {
             let v = api
                 .client()?
@@ -595,15 +820,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Delete {
             what: DeleteWhat::Deployment { name, api },
         } => {
-            let key = match name.split_once('/') {
-                Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => {
-                    format!("{ns}/{n}")
-                }
-                Some(_) => anyhow::bail!(
-                    "{name:?} is not a deployment name: expected namespace/name (e.g. default/web) or name"
-                ),
-                None => format!("default/{name}"),
-            };
+            let key = deployment_key(&name)?;
             let v = api
                 .client()?
                 .call("DELETE", &format!("/v1/deployments/{key}"), None)?;
@@ -677,20 +894,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Table => {
                     let list: Vec<actormesh::master::deployments::TaskEntry> =
                         serde_json::from_value(v)?;
-                    println!(
-                        "{:<28} {:<20} {:<12} {:<12} MESSAGE",
-                        "TASK", "DEPLOYMENT", "AGENT", "STATE"
-                    );
-                    for t in list {
-                        println!(
-                            "{:<28} {:<20} {:<12} {:<12} {}",
-                            t.id,
-                            t.deployment,
-                            t.agent,
-                            format!("{:?}", t.state),
-                            t.message
-                        );
-                    }
+                    print_tasks(&list);
                 }
             }
         }

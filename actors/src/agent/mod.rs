@@ -284,7 +284,9 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
     }
     let master = node.actor_ref(saved.master_addr, MASTER_ACTOR);
     // Command tasks an earlier run left: reported as running, and watched again.
-    let sandboxes = config.data_dir.join(tasks::SANDBOXES);
+    let sandboxes = std::path::absolute(&config.data_dir)
+        .unwrap_or_else(|_| config.data_dir.clone())
+        .join(tasks::SANDBOXES);
     let recovered = tasks::recover_commands(&sandboxes);
     let task_ids = tasks::TaskIds::default();
     let resources = config

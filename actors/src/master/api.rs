@@ -8,8 +8,11 @@
 //! | POST | `/v1/tokens` | `{"ttl_secs": 3600, "role": "agent"}` → a join token |
 //! | POST | `/v1/deployments` | a Deployment manifest (JSON) → applied |
 //! | GET | `/v1/deployments` | every deployment with running/pending counts |
+//! | GET | `/v1/deployments/{namespace}/{name}` | one deployment: manifest, standing, tasks |
 //! | DELETE | `/v1/deployments/{namespace}/{name}` | remove a deployment, stop its instances |
 //! | GET | `/v1/tasks` | every deployment task |
+//! | GET | `/v1/tasks/{id}` | one task, with what its agent says of it (pid, sandbox, limits) |
+//! | GET | `/v1/tasks/{id}/logs?stream=stdout\|stderr&bytes=N` | the end of a command task's output |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,8 +29,9 @@ use serde_json::json;
 
 use super::token::TokenRole;
 use super::{
-    ApplyDeployment, CreateToken, DeleteDeployment, DeleteRefusal, DrainNode, ListDeploymentTasks,
-    ListDeployments, ListNodes, Master,
+    ApplyDeployment, CreateToken, DeleteDeployment, DeploymentRefusal, DescribeDeployment,
+    DescribeTaskOf, DrainNode, ListDeploymentTasks, ListDeployments, ListNodes, Master, TaskLogs,
+    TaskQueryRefusal,
 };
 
 #[derive(Clone)]
@@ -205,7 +209,7 @@ async fn delete_deployment(
     let key = format!("{namespace}/{name}");
     match api.master.send(DeleteDeployment(key.clone())).await {
         Ok(Ok(())) => Json(json!({ "deleted": key })).into_response(),
-        Ok(Err(e @ DeleteRefusal::NotFound(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e @ DeploymentRefusal::NotFound(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -220,6 +224,116 @@ async fn tasks(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
     match api.master.send(ListDeploymentTasks).await {
         Ok(list) => Json(list).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the master is not running: {e}"),
+        ),
+    }
+}
+
+async fn describe_deployment(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    match api
+        .master
+        .send(DescribeDeployment(format!("{namespace}/{name}")))
+        .await
+    {
+        Ok(Ok(d)) => Json(d).into_response(),
+        Ok(Err(e)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the master is not running: {e}"),
+        ),
+    }
+}
+
+fn task_refusal(e: TaskQueryRefusal) -> Response {
+    match e {
+        TaskQueryRefusal::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        TaskQueryRefusal::Unavailable(_) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+async fn describe_task(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    match api.master.send(DescribeTaskOf(id)).await {
+        Ok(Ok(d)) => Json(d).into_response(),
+        Ok(Err(e)) => task_refusal(e),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the master is not running: {e}"),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    stream: Option<String>,
+    bytes: Option<u64>,
+}
+
+/// The most of a log one request returns.
+const MAX_LOG_BYTES: u64 = 4 * 1024 * 1024;
+
+async fn task_logs(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    let q = match query {
+        Ok(q) => q.0,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad log query: {e} (expected ?stream=stdout|stderr&bytes=N)"),
+            )
+        }
+    };
+    let stream = match q.stream.as_deref() {
+        None | Some("stdout") => crate::protocol::LogStream::Stdout,
+        Some("stderr") => crate::protocol::LogStream::Stderr,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown stream {other:?}: expected stdout or stderr"),
+            )
+        }
+    };
+    let max_bytes = q.bytes.unwrap_or(64 * 1024);
+    if max_bytes == 0 || max_bytes > MAX_LOG_BYTES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("bytes={max_bytes} is out of range: expected 1 to {MAX_LOG_BYTES}"),
+        );
+    }
+    match api
+        .master
+        .send(TaskLogs {
+            task_id: id,
+            stream,
+            max_bytes,
+        })
+        .await
+    {
+        Ok(Ok(log)) => Json(log).into_response(),
+        Ok(Err(e)) => task_refusal(e),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the master is not running: {e}"),
@@ -245,9 +359,11 @@ pub async fn serve(
         .route("/v1/deployments", get(deployments).post(apply))
         .route(
             "/v1/deployments/{namespace}/{name}",
-            axum::routing::delete(delete_deployment),
+            get(describe_deployment).delete(delete_deployment),
         )
         .route("/v1/tasks", get(tasks))
+        .route("/v1/tasks/{id}", get(describe_task))
+        .route("/v1/tasks/{id}/logs", get(task_logs))
         .with_state(api);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

@@ -130,6 +130,23 @@ pub struct DeploymentSummary {
     pub unplaced: Option<String>,
 }
 
+/// One deployment in full, for `describe deployment`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentDescription {
+    /// Its standing.
+    pub summary: DeploymentSummary,
+    /// The manifest as applied.
+    pub manifest: crate::manifest::Manifest,
+    /// Parsed need per instance.
+    pub need: Resources,
+    /// Parsed want per instance.
+    pub want: Resources,
+    /// Failures in a row (the restart backoff grows with them).
+    pub failures: u32,
+    /// Its tasks, newest first (ended ones up to the history kept).
+    pub tasks: Vec<TaskEntry>,
+}
+
 /// Failures of a deployment's instances, for the restart backoff.
 #[derive(Debug, Clone, Default)]
 struct Backoff {
@@ -333,6 +350,7 @@ impl DeploymentBook {
             .filter(|t| t.deployment == key && t.live())
         {
             t.state = TaskState::Killed;
+            t.message = "its deployment was deleted".into();
             kills.push(Action::Kill {
                 task_id: t.id.clone(),
                 agent: t.agent.clone(),
@@ -742,36 +760,59 @@ impl DeploymentBook {
         ))
     }
 
+    /// One deployment in full, for `describe deployment`.
+    pub fn describe(&self, key: &str) -> Option<DeploymentDescription> {
+        let d = self.deployments.get(key)?;
+        let summary = self.summary(key, d);
+        let mut tasks: Vec<TaskEntry> = self
+            .tasks
+            .values()
+            .filter(|t| t.deployment == key)
+            .cloned()
+            .collect();
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.seq));
+        Some(DeploymentDescription {
+            summary,
+            manifest: d.manifest.clone(),
+            need: d.need.clone(),
+            want: d.want.clone(),
+            failures: self.backoff.get(key).map_or(0, |b| b.failures),
+            tasks,
+        })
+    }
+
     /// Every deployment's standing.
     pub fn summaries(&self) -> Vec<DeploymentSummary> {
         self.deployments
             .iter()
-            .map(|(k, d)| {
-                let spec = &d.manifest.spec;
-                let count = |f: &dyn Fn(&TaskEntry) -> bool| {
-                    self.tasks
-                        .values()
-                        .filter(|t| &t.deployment == k && f(t))
-                        .count() as u32
-                };
-                DeploymentSummary {
-                    namespace: d.manifest.namespace.clone(),
-                    name: d.manifest.name.clone(),
-                    version: spec.version.clone(),
-                    replicas: spec.replicas,
-                    running: count(&|t| t.state == TaskState::Running && t.version == spec.version),
-                    pending: count(&|t| {
-                        matches!(t.state, TaskState::Staging | TaskState::Starting)
-                            && t.version == spec.version
-                    }),
-                    old: count(&|t| t.live() && t.version != spec.version),
-                    done: count(&|t| {
-                        t.version == spec.version && fills_slot(&spec.restart.policy, t.state)
-                    }),
-                    unplaced: self.unplaced.get(k).cloned(),
-                }
-            })
+            .map(|(k, d)| self.summary(k, d))
             .collect()
+    }
+
+    fn summary(&self, k: &str, d: &Deployment) -> DeploymentSummary {
+        let spec = &d.manifest.spec;
+        let count = |f: &dyn Fn(&TaskEntry) -> bool| {
+            self.tasks
+                .values()
+                .filter(|t| t.deployment == k && f(t))
+                .count() as u32
+        };
+        DeploymentSummary {
+            namespace: d.manifest.namespace.clone(),
+            name: d.manifest.name.clone(),
+            version: spec.version.clone(),
+            replicas: spec.replicas,
+            running: count(&|t| t.state == TaskState::Running && t.version == spec.version),
+            pending: count(&|t| {
+                matches!(t.state, TaskState::Staging | TaskState::Starting)
+                    && t.version == spec.version
+            }),
+            old: count(&|t| t.live() && t.version != spec.version),
+            done: count(&|t| {
+                t.version == spec.version && fills_slot(&spec.restart.policy, t.state)
+            }),
+            unplaced: self.unplaced.get(k).cloned(),
+        }
     }
 }
 

@@ -1092,19 +1092,19 @@ impl Handler<ListDeploymentTasks> for Master {
 
 /// Removes deployment `namespace/name` and stops its instances gracefully.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), DeleteRefusal>")]
+#[rtype(result = "Result<(), DeploymentRefusal>")]
 pub struct DeleteDeployment(pub String);
 
-/// Why a deployment was not deleted.
+/// Why a deployment request (delete, describe) was refused.
 #[derive(Debug)]
-pub enum DeleteRefusal {
+pub enum DeploymentRefusal {
     /// No deployment has that key.
     NotFound(String),
     /// The deletion could not be written to the state store; nothing changed.
     Store(String),
 }
 
-impl std::fmt::Display for DeleteRefusal {
+impl std::fmt::Display for DeploymentRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::NotFound(key) => write!(
@@ -1117,24 +1117,165 @@ impl std::fmt::Display for DeleteRefusal {
 }
 
 impl Handler<DeleteDeployment> for Master {
-    type Result = Result<(), DeleteRefusal>;
+    type Result = Result<(), DeploymentRefusal>;
     fn handle(&mut self, m: DeleteDeployment, ctx: &mut Context<Self>) -> Self::Result {
         if !self
             .deployments
             .deployments()
             .any(|d| deployments::key(d) == m.0)
         {
-            return Err(DeleteRefusal::NotFound(m.0));
+            return Err(DeploymentRefusal::NotFound(m.0));
         }
         self.store
             .apply(&[Change::Delete {
                 table: Table::Config,
                 key: format!("{DEPLOYMENT_PREFIX}{}", m.0),
             }])
-            .map_err(|e| DeleteRefusal::Store(e.to_string()))?;
+            .map_err(|e| DeploymentRefusal::Store(e.to_string()))?;
         let kills = self.deployments.delete(&m.0).unwrap_or_default();
         info!(deployment = %m.0, instances = kills.len(), "deployment deleted");
         self.carry_out(kills, ctx);
         Ok(())
+    }
+}
+
+/// Why a question about a task could not be answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TaskQueryRefusal {
+    /// No such task.
+    NotFound(String),
+    /// Its agent could not answer (down, unreachable, or it refused).
+    Unavailable(String),
+}
+
+impl std::fmt::Display for TaskQueryRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotFound(id) => write!(
+                f,
+                "no task {id:?} (expected a task id as listed by `actormesh get tasks`)"
+            ),
+            Self::Unavailable(why) => f.write_str(why),
+        }
+    }
+}
+
+/// A task as the master and its agent see it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskDescription {
+    /// The task id.
+    pub task_id: String,
+    /// Its agent.
+    pub agent: String,
+    /// The deployment's record of it, if a deployment owns it.
+    pub entry: Option<deployments::TaskEntry>,
+    /// The last status its agent reported.
+    pub last_status: Option<frameworks::TaskStatus>,
+    /// What its agent says of it now.
+    pub on_agent: Option<crate::protocol::TaskDetail>,
+    /// Why the agent did not say, if it did not.
+    pub agent_error: Option<String>,
+}
+
+impl Master {
+    /// The agent of task `id`: from the deployments, else from the reports.
+    fn agent_of_task(&self, id: &str) -> Result<String, TaskQueryRefusal> {
+        self.deployments
+            .task(id)
+            .map(|t| t.agent.clone())
+            .or_else(|| self.tasks.get(id).map(|s| s.agent_id.clone()))
+            .ok_or_else(|| TaskQueryRefusal::NotFound(id.to_string()))
+    }
+}
+
+/// Describes task `0`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<TaskDescription, TaskQueryRefusal>")]
+pub struct DescribeTaskOf(pub String);
+
+impl Handler<DescribeTaskOf> for Master {
+    type Result = ResponseFuture<Result<TaskDescription, TaskQueryRefusal>>;
+    fn handle(&mut self, m: DescribeTaskOf, _: &mut Context<Self>) -> Self::Result {
+        let agent = match self.agent_of_task(&m.0) {
+            Ok(a) => a,
+            Err(e) => return Box::pin(async move { Err(e) }),
+        };
+        let mut d = TaskDescription {
+            task_id: m.0.clone(),
+            agent: agent.clone(),
+            entry: self.deployments.task(&m.0).cloned(),
+            last_status: self.tasks.get(&m.0).cloned(),
+            on_agent: None,
+            agent_error: None,
+        };
+        let target = self.agent_actor(&agent);
+        Box::pin(async move {
+            let asked = match target {
+                Ok(t) => t
+                    .ask_timeout(
+                        crate::protocol::DescribeTask { task_id: m.0 },
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .map_err(|e| format!("agent {agent} did not answer: {e}"))
+                    .and_then(|r| r),
+                Err(e) => Err(e),
+            };
+            match asked {
+                Ok(detail) => d.on_agent = Some(detail),
+                Err(e) => d.agent_error = Some(e),
+            }
+            Ok(d)
+        })
+    }
+}
+
+/// The end of a command task's captured output.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<crate::protocol::TaskLog, TaskQueryRefusal>")]
+pub struct TaskLogs {
+    /// The task.
+    pub task_id: String,
+    /// stdout or stderr.
+    pub stream: crate::protocol::LogStream,
+    /// At most this many bytes from the end.
+    pub max_bytes: u64,
+}
+
+impl Handler<TaskLogs> for Master {
+    type Result = ResponseFuture<Result<crate::protocol::TaskLog, TaskQueryRefusal>>;
+    fn handle(&mut self, m: TaskLogs, _: &mut Context<Self>) -> Self::Result {
+        let target = self
+            .agent_of_task(&m.task_id)
+            .and_then(|a| self.agent_actor(&a).map_err(TaskQueryRefusal::Unavailable));
+        Box::pin(async move {
+            let target = target?;
+            let read = crate::protocol::ReadTaskLog {
+                task_id: m.task_id,
+                stream: m.stream,
+                max_bytes: m.max_bytes,
+            };
+            target
+                .ask_timeout(read, Duration::from_secs(10))
+                .await
+                .map_err(|e| {
+                    TaskQueryRefusal::Unavailable(format!("the agent did not answer: {e}"))
+                })?
+                .map_err(TaskQueryRefusal::Unavailable)
+        })
+    }
+}
+
+/// One deployment in full.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<deployments::DeploymentDescription, DeploymentRefusal>")]
+pub struct DescribeDeployment(pub String);
+
+impl Handler<DescribeDeployment> for Master {
+    type Result = Result<deployments::DeploymentDescription, DeploymentRefusal>;
+    fn handle(&mut self, m: DescribeDeployment, _: &mut Context<Self>) -> Self::Result {
+        self.deployments
+            .describe(&m.0)
+            .ok_or(DeploymentRefusal::NotFound(m.0))
     }
 }

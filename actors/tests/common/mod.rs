@@ -166,6 +166,47 @@ impl Master {
         v["token"].as_str().unwrap().to_string()
     }
 
+    /// Runs `actormesh <args> --api <this master> --api-token-file <its token>`.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let api = format!("http://{}", self.api);
+        let token_file = self.dir.join("api-token");
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend_from_slice(&[
+            "--api",
+            &api,
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+        ]);
+        tokio::task::block_in_place(|| std::process::Command::new(BIN).args(&all).output()).unwrap()
+    }
+
+    /// Every deployment task.
+    pub fn tasks(&self) -> Vec<actormesh::master::deployments::TaskEntry> {
+        serde_json::from_value(self.client().call("GET", "/v1/tasks", None).unwrap()).unwrap()
+    }
+
+    /// Polls the tasks (every 50 ms, at most `limit`) until `cond` holds for them; returns
+    /// them.
+    pub async fn wait_tasks(
+        &self,
+        what: &str,
+        limit: Duration,
+        cond: impl Fn(&[actormesh::master::deployments::TaskEntry]) -> bool,
+    ) -> Vec<actormesh::master::deployments::TaskEntry> {
+        let start = Instant::now();
+        loop {
+            let tasks = tokio::task::block_in_place(|| self.tasks());
+            if cond(&tasks) {
+                return tasks;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{what}: not within {limit:?}: {tasks:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn nodes(&self) -> Vec<AgentRecord> {
         serde_json::from_value(self.client().call("GET", "/v1/nodes", None).unwrap()).unwrap()
     }

@@ -1,0 +1,237 @@
+//! Command tasks with real processes: a master and agents as `actormesh` processes on
+//! loopback running command deployments — exit codes, captured logs, kill with a grace
+//! period, and an agent restarted (kill -9) re-attaching to the processes it left.
+
+mod common;
+
+use std::time::Duration;
+
+use actormesh::master::deployments::TaskEntry;
+use actormesh::master::frameworks::TaskState;
+use actormesh::master::membership::AgentState;
+use common::*;
+
+fn write(dir: &std::path::Path, file: &str, text: &str) -> String {
+    let p = dir.join(file);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn of<'a>(tasks: &'a [TaskEntry], deployment: &str) -> Vec<&'a TaskEntry> {
+    tasks
+        .iter()
+        .filter(|t| t.deployment == deployment)
+        .collect()
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+/// The pid an agent reports for a command task (`describe task`).
+fn pid_of(master: &Master, task: &str) -> u32 {
+    let out = ok(&master.cli(&["describe", "task", task, "-o", "json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["on_agent"]["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no pid for {task}: {v}")) as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_tasks_report_exit_codes_show_logs_and_are_killed() {
+    let dir = temp_dir("cmd");
+    let master = Master::start(
+        &dir.join("master"),
+        free_udp(),
+        free_udp(),
+        free_tcp(),
+        &["--heartbeat", "100ms"],
+    )
+    .await;
+    let token = master.token(3600);
+    let _a = agent(
+        &master,
+        &dir.join("a1"),
+        "a1",
+        Some(&token),
+        &["--resources", "cpus:4;mem:1GiB"],
+    )
+    .await;
+    let deploy = |name: &str, script: &str, extra: &str| {
+        format!(
+            "kind: Deployment\nname: {name}\nspec:\n  command: {{ path: /bin/sh, args: [\"-c\", {script:?}], env: {{ GREETING: hi }}, kill_grace: 500ms }}\n  version: v1\n  replicas: 1\n  resources: {{ need: \"cpus:0.1;mem:64MiB\" }}\n{extra}"
+        )
+    };
+    let never = "  restart: { policy: never }\n";
+    for (name, script, extra) in [
+        ("ok", "echo out-$GREETING; echo err-line >&2", never),
+        ("bad", "echo failing; exit 3", never),
+        // Ignores SIGTERM: only the SIGKILL after the grace period ends it.
+        ("stubborn", "trap '' TERM; echo started; sleep 60", ""),
+    ] {
+        let f = write(&dir, &format!("{name}.yaml"), &deploy(name, script, extra));
+        ok(&master.cli(&["apply", "-f", &f, "--no-wait"]));
+    }
+    let tasks = master
+        .wait_tasks(
+            "ok Finished, bad Failed, stubborn Running",
+            Duration::from_secs(30),
+            |t| {
+                let state = |d: &str| of(t, d).first().map(|t| t.state);
+                state("default/ok") == Some(TaskState::Finished)
+                    && state("default/bad") == Some(TaskState::Failed)
+                    && state("default/stubborn") == Some(TaskState::Running)
+            },
+        )
+        .await;
+    let id = |d: &str| of(&tasks, d)[0].id.clone();
+    assert_eq!(of(&tasks, "default/bad")[0].message, "exited with code 3");
+    assert_eq!(of(&tasks, "default/ok")[0].message, "exited with code 0");
+    // Ended for good under `never`: not started again.
+    assert_eq!(of(&tasks, "default/bad").len(), 1);
+
+    // Logs, both streams, through the CLI.
+    assert_eq!(ok(&master.cli(&["logs", &id("default/ok")])), "out-hi\n");
+    assert_eq!(
+        ok(&master.cli(&["logs", &id("default/ok"), "--stderr"])),
+        "err-line\n"
+    );
+    assert_eq!(ok(&master.cli(&["logs", &id("default/bad")])), "failing\n");
+    let out = master.cli(&["logs", "default.nope-1"]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no task"),
+        "{out:?}"
+    );
+    // The description shows the limits in effect.
+    let described = ok(&master.cli(&["describe", "task", &id("default/stubborn")]));
+    assert!(
+        described.contains("Limits:") && described.contains("67108864"),
+        "{described}"
+    );
+
+    // Deleting the deployment kills the task: SIGTERM is ignored, SIGKILL follows.
+    let pid = pid_of(&master, &id("default/stubborn"));
+    assert!(alive(pid));
+    ok(&master.cli(&["delete", "deployment", "stubborn"]));
+    let tasks = master
+        .wait_tasks("stubborn Killed", Duration::from_secs(30), |t| {
+            of(t, "default/stubborn")
+                .first()
+                .is_some_and(|t| t.state == TaskState::Killed)
+        })
+        .await;
+    assert_eq!(of(&tasks, "default/stubborn").len(), 1);
+    let start = std::time::Instant::now();
+    while alive(pid) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "pid {pid} survived the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_reattaches_to_its_command_tasks() {
+    let dir = temp_dir("reattach");
+    let master = Master::start(
+        &dir.join("master"),
+        free_udp(),
+        free_udp(),
+        free_tcp(),
+        // The agent's restart stays within the Unreachable limit.
+        &["--heartbeat", "100ms", "--unreachable-after", "30s"],
+    )
+    .await;
+    let token = master.token(3600);
+    let agent_dir = dir.join("a1");
+    let mut a = agent(
+        &master,
+        &agent_dir,
+        "a1",
+        Some(&token),
+        &["--resources", "cpus:4;mem:1GiB"],
+    )
+    .await;
+    let f = write(
+        &dir,
+        "svc.yaml",
+        "kind: Deployment\nname: svc\nspec:\n  command: { path: /bin/sh, args: [\"-c\", \"echo up; sleep 60\"], kill_grace: 1s }\n  version: v1\n  replicas: 1\n  resources: { need: \"cpus:0.1\" }\n  restart: { policy: on-failure, backoff_initial: 100ms, backoff_max: 1s }\n",
+    );
+    ok(&master.cli(&["apply", "-f", &f]));
+    let tasks = master.tasks();
+    let first = of(&tasks, "default/svc")[0].id.clone();
+    let pid = pid_of(&master, &first);
+
+    // kill -9 the agent: its command task keeps running, and the restarted agent takes
+    // it up again instead of the master starting another.
+    a.kill().await;
+    assert!(alive(pid), "the task died with its agent");
+    let _a = agent(&master, &agent_dir, "a1", None, &[]).await;
+    master
+        .wait_state("a1", AgentState::Active, Duration::from_secs(10))
+        .await;
+    let described = ok(&master.cli(&["describe", "task", &first]));
+    assert!(
+        described.contains("On the agent:    Running")
+            && described.contains(&format!("Pid:             {pid}")),
+        "{described}"
+    );
+    let tasks = master.tasks();
+    assert_eq!(
+        of(&tasks, "default/svc")
+            .iter()
+            .map(|t| (t.id.as_str(), t.state))
+            .collect::<Vec<_>>(),
+        vec![(first.as_str(), TaskState::Running)],
+        "no duplicate, same task"
+    );
+
+    // The re-attached agent still watches it: the command is killed from outside, the end
+    // is reported with its exit code, and the on-failure policy starts a new instance.
+    let sleeper = std::process::Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .unwrap();
+    let sleeper = String::from_utf8_lossy(&sleeper.stdout).trim().to_string();
+    assert!(!sleeper.is_empty(), "no child of the wrapper {pid}");
+    std::process::Command::new("kill")
+        .args(["-KILL", &sleeper])
+        .status()
+        .unwrap();
+    let tasks = master
+        .wait_tasks("failed and replaced", Duration::from_secs(30), |t| {
+            let svc = of(t, "default/svc");
+            svc.iter()
+                .any(|t| t.id == first && t.state == TaskState::Failed)
+                && svc
+                    .iter()
+                    .any(|t| t.id != first && t.state == TaskState::Running)
+        })
+        .await;
+    let failed = of(&tasks, "default/svc")
+        .into_iter()
+        .find(|t| t.id == first)
+        .unwrap()
+        .message
+        .clone();
+    assert_eq!(failed, "exited with code 137");
+    ok(&master.cli(&["delete", "deployment", "svc"]));
+    master
+        .wait_tasks("all killed", Duration::from_secs(30), |t| {
+            of(t, "default/svc").iter().all(|t| t.state.is_terminal())
+        })
+        .await;
+}
