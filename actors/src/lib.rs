@@ -49,6 +49,7 @@ pub use actormesh_transport as transport;
 pub mod agent;
 pub mod cli;
 pub mod demo;
+pub mod framework;
 pub mod manifest;
 pub mod master;
 pub mod protocol;

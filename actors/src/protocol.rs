@@ -128,10 +128,18 @@ pub struct Registered {
 
 /// I am alive.
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
-#[remote(name = "actormesh.master.Heartbeat/v1", reply = Result<(), MasterRefusal>)]
+#[remote(name = "actormesh.master.Heartbeat/v1", reply = Result<HeartbeatAck, MasterRefusal>)]
 pub struct Heartbeat {
     /// The agent id.
     pub agent_id: String,
+}
+
+/// The master's answer to a heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// Register again (with what runs): the master does not count this agent's resources
+    /// now (it restarted, or the agent was unreachable for a while).
+    pub reregister: bool,
 }
 
 /// Please sign a new certificate over this key (renewal at half-life).

@@ -413,9 +413,9 @@ async fn heartbeat_loop(
             agent_id: register.agent_id.clone(),
         };
         match master.ask_timeout(beat, interval * 4).await {
-            Ok(Ok(())) => {
+            Ok(Ok(ack)) => {
                 failures = 0;
-                if lost {
+                if lost || ack.reregister {
                     // The master is back (perhaps restarted): report again what runs here.
                     lost = false;
                     let mut again = register.clone();

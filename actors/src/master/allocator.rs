@@ -129,6 +129,21 @@ impl Allocator {
         self.filters.retain(|(_, a), _| a != id);
     }
 
+    /// Whether agent `id` is known.
+    pub fn has_agent(&self, id: &str) -> bool {
+        self.agents.contains_key(id)
+    }
+
+    /// Clears `role`'s decline filters (Mesos' revive): every agent may be offered again.
+    pub fn revive(&mut self, role: &str) {
+        self.filters.retain(|(r, _), _| r != role);
+    }
+
+    /// The role's settings, if set.
+    pub fn role(&self, role: &str) -> Option<&RoleConfig> {
+        self.roles.get(role).map(|r| &r.config)
+    }
+
     /// Stops (or resumes) offering an agent's resources, e.g. while it drains.
     pub fn pause_agent(&mut self, id: &str, paused: bool) {
         if let Some(a) = self.agents.get_mut(id) {

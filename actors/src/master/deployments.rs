@@ -30,14 +30,17 @@ use crate::resources::Resources;
 pub struct AgentView {
     /// Agent id.
     pub id: String,
-    /// Active and not draining: may take new instances.
+    /// Active, registered and not draining.
+    pub up: bool,
+    /// Its resources are offered to the deployments now (not held by another framework's
+    /// offer, nor refused by the deployments a moment ago).
     pub usable: bool,
     /// Actor types it hosts.
     pub actor_types: Vec<String>,
     /// Its attributes.
     pub attrs: BTreeMap<String, String>,
-    /// Its total resources.
-    pub total: Resources,
+    /// What the deployments may use there now: the allocator's offer to them.
+    pub free: Resources,
 }
 
 /// What an instance runs.
@@ -147,6 +150,25 @@ pub struct DeploymentDescription {
     pub tasks: Vec<TaskEntry>,
 }
 
+/// A change in what the deployments hold on an agent, for the allocator.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Holding {
+    /// Now held without an offer (an instance adopted, or one that came back).
+    Took {
+        /// The agent.
+        agent: String,
+        /// What.
+        resources: Resources,
+    },
+    /// Given back (an instance ended).
+    Freed {
+        /// The agent.
+        agent: String,
+        /// What.
+        resources: Resources,
+    },
+}
+
 /// Failures of a deployment's instances, for the restart backoff.
 #[derive(Debug, Clone, Default)]
 struct Backoff {
@@ -161,6 +183,8 @@ pub struct DeploymentBook {
     tasks: BTreeMap<String, TaskEntry>,
     unplaced: BTreeMap<String, String>,
     backoff: BTreeMap<String, Backoff>,
+    /// Holdings changed since the master last asked.
+    ledger: Vec<Holding>,
     next: u64,
     /// Differs per master process, so task ids never repeat across restarts.
     epoch: u32,
@@ -233,6 +257,26 @@ impl DeploymentBook {
         }
     }
 
+    /// What the deployments took or gave back since the last call (launches through
+    /// offers are not listed: the offer already counted them).
+    pub fn take_holdings(&mut self) -> Vec<Holding> {
+        std::mem::take(&mut self.ledger)
+    }
+
+    /// Moves task `id` to an end `state`; a live task's resources are given back.
+    fn end(&mut self, id: &str, state: TaskState, message: &str) {
+        if let Some(t) = self.tasks.get_mut(id) {
+            if t.live() {
+                self.ledger.push(Holding::Freed {
+                    agent: t.agent.clone(),
+                    resources: t.resources.clone(),
+                });
+            }
+            t.state = state;
+            t.message = message.to_string();
+        }
+    }
+
     fn owner_of(&self, task_id: &str) -> Option<(&String, &Deployment)> {
         self.deployments
             .iter()
@@ -257,13 +301,22 @@ impl DeploymentBook {
     ///   are Lost (the agent restarted), and will be replaced.
     pub fn adopt(&mut self, agent: &str, running: &[String], now: Instant) -> Vec<Action> {
         let reported: BTreeSet<&String> = running.iter().collect();
-        for t in self.tasks.values_mut().filter(|t| {
-            t.agent == agent
-                && matches!(t.state, TaskState::Starting | TaskState::Running)
-                && !reported.contains(&t.id)
-        }) {
-            t.state = TaskState::Lost;
-            t.message = format!("agent {agent} restarted and no longer runs it");
+        let gone: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| {
+                t.agent == agent
+                    && matches!(t.state, TaskState::Starting | TaskState::Running)
+                    && !reported.contains(&t.id)
+            })
+            .map(|t| t.id.clone())
+            .collect();
+        for id in gone {
+            self.end(
+                &id,
+                TaskState::Lost,
+                &format!("agent {agent} restarted and no longer runs it"),
+            );
         }
         let mut kills = Vec::new();
         let kill = |id: &str| Action::Kill {
@@ -286,6 +339,10 @@ impl DeploymentBook {
                     t.agent = agent.to_string();
                     t.running_since = Some(now);
                     t.message = format!("came back with agent {agent}");
+                    self.ledger.push(Holding::Took {
+                        agent: agent.to_string(),
+                        resources: t.resources.clone(),
+                    });
                 } else {
                     if matches!(state, TaskState::Lost | TaskState::Unreachable) {
                         t.message = format!("came back with agent {agent} after it was replaced");
@@ -298,6 +355,10 @@ impl DeploymentBook {
             match self.owner_of(name).map(|(k, d)| (k.clone(), d.clone())) {
                 Some((deployment, d)) => {
                     self.next += 1;
+                    self.ledger.push(Holding::Took {
+                        agent: agent.to_string(),
+                        resources: d.need.clone(),
+                    });
                     self.tasks.insert(
                         name.clone(),
                         TaskEntry {
@@ -343,18 +404,16 @@ impl DeploymentBook {
         self.deployments.remove(key)?;
         self.unplaced.remove(key);
         self.backoff.remove(key);
-        let mut kills = Vec::new();
-        for t in self
+        let live: Vec<(String, String)> = self
             .tasks
-            .values_mut()
+            .values()
             .filter(|t| t.deployment == key && t.live())
-        {
-            t.state = TaskState::Killed;
-            t.message = "its deployment was deleted".into();
-            kills.push(Action::Kill {
-                task_id: t.id.clone(),
-                agent: t.agent.clone(),
-            });
+            .map(|t| (t.id.clone(), t.agent.clone()))
+            .collect();
+        let mut kills = Vec::new();
+        for (task_id, agent) in live {
+            self.end(&task_id, TaskState::Killed, "its deployment was deleted");
+            kills.push(Action::Kill { task_id, agent });
         }
         Some(kills)
     }
@@ -382,6 +441,12 @@ impl DeploymentBook {
         };
         if t.state.is_terminal() && !s.state.is_terminal() {
             return;
+        }
+        if t.live() && s.state.is_terminal() {
+            self.ledger.push(Holding::Freed {
+                agent: t.agent.clone(),
+                resources: t.resources.clone(),
+            });
         }
         // Killed on request stays Killed, whatever the instance's last words.
         if t.state == TaskState::Killed && s.state.is_terminal() {
@@ -426,39 +491,37 @@ impl DeploymentBook {
     /// Instances on `agent` are gone (the agent was lost or is unreachable): they will be
     /// replaced.
     pub fn agent_lost(&mut self, agent: &str) {
-        for t in self
+        let live: Vec<String> = self
             .tasks
-            .values_mut()
+            .values()
             .filter(|t| t.agent == agent && t.live())
-        {
-            t.state = TaskState::Lost;
-            t.message = format!("agent {agent} was lost");
+            .map(|t| t.id.clone())
+            .collect();
+        for id in live {
+            self.end(&id, TaskState::Lost, &format!("agent {agent} was lost"));
         }
     }
 
     /// A launch could not be carried out.
     pub fn launch_failed(&mut self, task_id: &str, why: &str, now: Instant) {
-        if let Some(t) = self.tasks.get_mut(task_id) {
-            if !t.live() {
-                return;
-            }
-            t.state = TaskState::Failed;
-            t.message = why.to_string();
-            let dep = t.deployment.clone();
-            self.failed(&dep, Duration::ZERO, now);
-        }
+        let Some(dep) = self
+            .tasks
+            .get(task_id)
+            .filter(|t| t.live())
+            .map(|t| t.deployment.clone())
+        else {
+            return;
+        };
+        self.end(task_id, TaskState::Failed, why);
+        self.failed(&dep, Duration::ZERO, now);
     }
 
     /// Decides what to launch and kill so that every deployment has its replicas, higher
     /// priority first.
     pub fn reconcile(&mut self, agents: &[AgentView], now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
-        // Resources in use per agent by live tasks.
+        // Taken this round from each agent's free resources.
         let mut used: BTreeMap<String, Resources> = BTreeMap::new();
-        for t in self.tasks.values().filter(|t| t.live()) {
-            let u = used.entry(t.agent.clone()).or_default();
-            *u = u.plus(&t.resources);
-        }
         let mut keys: Vec<(i32, String)> = self
             .deployments
             .iter()
@@ -482,13 +545,13 @@ impl DeploymentBook {
             let Some(d) = self.deployments.get(&t.deployment) else {
                 continue;
             };
-            let total = agents
+            let offered = agents
                 .iter()
                 .find(|a| a.id == agent)
-                .map(|a| a.total.clone())
+                .map(|a| a.free.clone())
                 .unwrap_or_default();
             let u = used.entry(agent).or_default();
-            let free = total.minus(u).plus(&t.resources);
+            let free = offered.minus(u).plus(&t.resources);
             if let Some(held) = free.take_between(&t.resources, &d.want) {
                 *u = u.minus(&t.resources).plus(&held);
                 t.resources = held;
@@ -537,17 +600,12 @@ impl DeploymentBook {
             .filter(|t| t.state == TaskState::Running)
             .count();
         let mut live_count = live.len();
-        let mut kill = |book: &mut Self, t: &TaskEntry, why: &str, actions: &mut Vec<Action>| {
+        let kill = |book: &mut Self, t: &TaskEntry, why: &str, actions: &mut Vec<Action>| {
             actions.push(Action::Kill {
                 task_id: t.id.clone(),
                 agent: t.agent.clone(),
             });
-            if let Some(e) = book.tasks.get_mut(&t.id) {
-                e.state = TaskState::Killed;
-                e.message = why.to_string();
-                let u = used.entry(t.agent.clone()).or_default();
-                *u = u.minus(&e.resources);
-            }
+            book.end(&t.id, TaskState::Killed, why);
         };
         // Too many of the current version (scaled down): the extras go.
         let mut new_count = new.len();
@@ -690,11 +748,12 @@ impl DeploymentBook {
     ) -> Result<String, String> {
         let c = &d.manifest.spec.constraints;
         let actor_type = d.manifest.spec.actor.as_deref();
-        let (mut not_usable, mut no_type, mut selector, mut unique, mut short) = (0, 0, 0, 0, 0);
+        let (mut down, mut no_type, mut selector, mut unique, mut not_offered, mut short) =
+            (0, 0, 0, 0, 0, 0);
         let mut fits: Vec<&AgentView> = Vec::new();
         for a in agents {
-            if !a.usable {
-                not_usable += 1;
+            if !a.up {
+                down += 1;
             } else if actor_type.is_some_and(|ty| !a.actor_types.iter().any(|t| t == ty)) {
                 no_type += 1;
             } else if !c
@@ -705,8 +764,10 @@ impl DeploymentBook {
                 selector += 1;
             } else if c.unique_node && on_agent.get(&a.id).copied().unwrap_or(0) > 0 {
                 unique += 1;
+            } else if !a.usable {
+                not_offered += 1;
             } else if !a
-                .total
+                .free
                 .minus(used.get(&a.id).unwrap_or(&Resources::default()))
                 .contains(&d.need)
             {
@@ -740,10 +801,14 @@ impl DeploymentBook {
         }
         let mut counts = Vec::new();
         for (n, what) in [
-            (not_usable, "not usable (down, draining or not registered)"),
+            (down, "not usable (down, draining or not registered)"),
             (no_type, "do not host the type"),
             (selector, "fail the node selector"),
             (unique, "already hold an instance (unique node)"),
+            (
+                not_offered,
+                "are offered to another framework or were just refused",
+            ),
             (short, "have too little free"),
         ] {
             if n > 0 {
@@ -758,6 +823,36 @@ impl DeploymentBook {
             wanted.join(" and "),
             counts.join(", ")
         ))
+    }
+
+    /// Whether any deployment has instances to launch now: it lacks replicas of its
+    /// version (or is rolling to it) and is not backing off. Then it wants offers.
+    pub fn wants_offers(&self, now: Instant) -> bool {
+        let mut new_live: BTreeMap<&str, usize> = BTreeMap::new();
+        let mut done: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in self.tasks.values() {
+            let Some(d) = self.deployments.get(&t.deployment) else {
+                continue;
+            };
+            if t.version != d.manifest.spec.version {
+                continue;
+            }
+            if t.live() {
+                *new_live.entry(&t.deployment).or_default() += 1;
+            } else if fills_slot(&d.manifest.spec.restart.policy, t.state) {
+                *done.entry(&t.deployment).or_default() += 1;
+            }
+        }
+        self.deployments.iter().any(|(k, d)| {
+            let backing_off = self
+                .backoff
+                .get(k)
+                .and_then(|b| b.not_before)
+                .is_some_and(|at| at > now);
+            let target = (d.manifest.spec.replicas as usize)
+                .saturating_sub(done.get(k.as_str()).copied().unwrap_or(0));
+            !backing_off && new_live.get(k.as_str()).copied().unwrap_or(0) < target
+        })
     }
 
     /// One deployment in full, for `describe deployment`.
@@ -842,10 +937,11 @@ mod tests {
     fn agent(id: &str, zone: &str, cpus: u32) -> AgentView {
         AgentView {
             id: id.into(),
+            up: true,
             usable: true,
             actor_types: vec!["echo".into()],
             attrs: BTreeMap::from([("zone".to_string(), zone.to_string())]),
-            total: format!("cpus:{cpus}").parse().unwrap(),
+            free: format!("cpus:{cpus}").parse().unwrap(),
         }
     }
 
@@ -888,6 +984,7 @@ mod tests {
         book.agent_lost("b1");
         let mut left = agents.clone();
         left[2].usable = false;
+        left[2].up = false;
         let again = book.reconcile(&left, Instant::now());
         assert_eq!(again.len(), 2);
         assert!(again
@@ -1166,7 +1263,7 @@ mod tests {
         book.apply(crate::manifest::parse(Path::new("job.yaml"), text).unwrap());
         let mut a = agent("a1", "x", 4);
         a.actor_types.clear();
-        a.total = "cpus:4;mem:100MiB".parse().unwrap();
+        a.free = "cpus:4;mem:100MiB".parse().unwrap();
         let actions = book.reconcile(&[a], Instant::now());
         match &actions[..] {
             [Action::Launch {
@@ -1205,6 +1302,7 @@ mod tests {
             .cloned()
             .map(|mut a| {
                 a.usable = a.id != home;
+                a.up = a.usable;
                 a
             })
             .collect();

@@ -144,6 +144,8 @@ pub struct FrameworkBook {
     retry_initial: Duration,
     retry_max: Duration,
     next_id: u64,
+    /// Part of every framework id, different per master process, so ids never repeat.
+    epoch: u32,
 }
 
 impl FrameworkBook {
@@ -158,11 +160,21 @@ impl FrameworkBook {
             retry_initial,
             retry_max,
             next_id: 1,
+            epoch: 0,
         }
     }
 
+    /// Framework ids made from now on carry `epoch` (differs per master process).
+    pub fn set_epoch(&mut self, epoch: u32) {
+        self.epoch = epoch;
+    }
+
     fn fresh(&mut self, prefix: &str) -> String {
-        let id = format!("{prefix}-{}", self.next_id);
+        let id = if self.epoch == 0 {
+            format!("{prefix}-{}", self.next_id)
+        } else {
+            format!("{prefix}-{:x}-{}", self.epoch, self.next_id)
+        };
         self.next_id += 1;
         id
     }
@@ -204,6 +216,69 @@ impl FrameworkBook {
             },
         );
         Ok((id, false))
+    }
+
+    /// A framework an earlier master process registered (from the state store): it is
+    /// disconnected from `now` until it re-registers within its failover timeout.
+    pub fn restore(
+        &mut self,
+        id: &str,
+        name: &str,
+        role: &str,
+        failover_timeout: Duration,
+        now: Instant,
+    ) {
+        self.frameworks.insert(
+            id.to_string(),
+            FrameworkRecord {
+                id: id.to_string(),
+                name: name.to_string(),
+                role: role.to_string(),
+                failover_timeout,
+                disconnected_at: Some(now),
+            },
+        );
+    }
+
+    /// Removes a framework (torn down): returns its outstanding offers, to recover.
+    pub fn remove(&mut self, id: &str) -> Vec<OfferRecord> {
+        self.frameworks.remove(id);
+        self.updates.retain(|(fw, _), _| fw != id);
+        self.rescind_framework(id)
+    }
+
+    /// Every framework.
+    pub fn all(&self) -> impl Iterator<Item = &FrameworkRecord> {
+        self.frameworks.values()
+    }
+
+    /// Outstanding offers to `framework`: withdrawn (it disconnected or is torn down).
+    pub fn rescind_framework(&mut self, framework: &str) -> Vec<OfferRecord> {
+        let ids: Vec<String> = self
+            .offers
+            .values()
+            .filter(|o| o.framework == framework)
+            .map(|o| o.id.clone())
+            .collect();
+        ids.iter().filter_map(|id| self.offers.remove(id)).collect()
+    }
+
+    /// How many offers `framework` holds.
+    pub fn offers_held(&self, framework: &str) -> usize {
+        self.offers
+            .values()
+            .filter(|o| o.framework == framework)
+            .count()
+    }
+
+    /// Makes every pending update of `framework` due at `now` (it re-registered).
+    pub fn redeliver_now(&mut self, framework: &str, now: Instant) {
+        for ((fw, _), u) in self.updates.iter_mut() {
+            if fw == framework {
+                u.due = now;
+                u.attempts = 0;
+            }
+        }
     }
 
     /// The framework's link went down at `now`; its failover timer starts.

@@ -11,6 +11,7 @@ pub mod api;
 pub mod deployments;
 pub mod frameworks;
 pub mod membership;
+pub mod scheduler;
 pub mod state;
 pub mod token;
 
@@ -30,8 +31,8 @@ use actormesh_transport::pki::{CertificateAuthority, Credentials, NodeKey, DEFAU
 use actormesh_transport::{Endpoint, SpiffeId};
 
 use crate::protocol::{
-    BootstrapReply, BootstrapRequest, Heartbeat, JoinReply, JoinRequest, MasterRefusal, Register,
-    Registered, Renew, MASTER_ACTOR,
+    BootstrapReply, BootstrapRequest, Heartbeat, HeartbeatAck, JoinReply, JoinRequest,
+    MasterRefusal, Register, Registered, Renew, MASTER_ACTOR,
 };
 use crate::{Node, NodeConfig};
 use membership::{AgentRecord, AgentState, DetectorConfig, Membership, MembershipEvent};
@@ -57,6 +58,10 @@ pub struct MasterConfig {
     pub detector: DetectorConfig,
     /// Lifetime of agent certificates.
     pub agent_cert_ttl: Duration,
+    /// How long a framework may hold an offer before it is rescinded.
+    pub offer_timeout: Duration,
+    /// Share settings (weight, guarantee, limit) per role; others get weight 1.
+    pub roles: BTreeMap<String, allocator::RoleConfig>,
 }
 
 impl MasterConfig {
@@ -72,6 +77,8 @@ impl MasterConfig {
             ca_dir: None,
             detector: DetectorConfig::default(),
             agent_cert_ttl: Duration::from_secs(24 * 3600),
+            offer_timeout: Duration::from_secs(10),
+            roles: BTreeMap::new(),
         }
     }
 }
@@ -250,6 +257,11 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
     );
     let store_for_load = store.clone();
     let had_agents = agents.iter().any(|a| a.state != AgentState::Gone);
+    let epoch = u32::from_str_radix(&token::random_string(6).unwrap_or_default(), 36).unwrap_or(0);
+    let mut allocator = allocator::Allocator::default();
+    for (role, c) in &config.roles {
+        allocator.set_role(role, c.clone());
+    }
     let master = Master {
         store,
         ca,
@@ -261,7 +273,12 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         agent_cert_ttl: config.agent_cert_ttl,
         node: node.clone(),
         tasks: BTreeMap::new(),
-        deployments: load_deployments(store_for_load.as_ref())?,
+        deployments: load_deployments(store_for_load.as_ref(), epoch)?,
+        fw: scheduler::Frameworks::load(store_for_load.as_ref(), config.offer_timeout, epoch)?,
+        allocator,
+        roles: config.roles.clone(),
+        round_scheduled: false,
+        update_uuid: 0,
         started: Instant::now(),
         had_agents,
     }
@@ -325,6 +342,16 @@ pub struct Master {
     tasks: BTreeMap<String, frameworks::TaskStatus>,
     /// The built-in deployment controller.
     deployments: deployments::DeploymentBook,
+    /// Registered frameworks, their offers and tasks.
+    fw: scheduler::Frameworks,
+    /// Who gets which free resources.
+    allocator: allocator::Allocator,
+    /// Share settings per role, from the configuration.
+    roles: BTreeMap<String, allocator::RoleConfig>,
+    /// An allocation round is due soon.
+    round_scheduled: bool,
+    /// Numbers the status updates sent to frameworks.
+    update_uuid: u64,
     /// When this master process started.
     started: Instant,
     /// Whether agents were known at start: then deployments wait for them to report what
@@ -347,7 +374,7 @@ impl Actor for Master {
         let every = self.membership.config().heartbeat_interval;
         ctx.run_interval(every, |m, ctx| {
             m.check();
-            m.reconcile(ctx);
+            m.allocation_round(ctx);
         });
     }
 }
@@ -393,7 +420,7 @@ impl Master {
                 error!(agent = %event.agent, error = %e, "membership change not persisted");
             }
             if event.to != AgentState::Active {
-                self.deployments.agent_lost(&event.agent);
+                self.agent_left(&event.agent, event.to);
             }
             self.publish(event);
         }
@@ -591,10 +618,12 @@ impl Handler<RegisterFrom> for Master {
         if let Some(e) = event {
             self.publish(e);
         }
+        self.rebuild_agent(&r.agent_id);
         if !kills.is_empty() {
             info!(agent = %r.agent_id, kills = kills.len(), "killing instances that were replaced or whose deployment is gone");
             self.carry_out(kills, ctx);
         }
+        self.schedule_round(ctx);
         Ok(Registered {
             heartbeat_interval_ms: self.membership.config().heartbeat_interval.as_millis() as u64,
         })
@@ -602,18 +631,22 @@ impl Handler<RegisterFrom> for Master {
 }
 
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), MasterRefusal>")]
+#[rtype(result = "Result<HeartbeatAck, MasterRefusal>")]
 struct HeartbeatFrom(Heartbeat, Option<SpiffeId>);
 
 impl Handler<HeartbeatFrom> for Master {
-    type Result = Result<(), MasterRefusal>;
+    type Result = Result<HeartbeatAck, MasterRefusal>;
     fn handle(&mut self, m: HeartbeatFrom, _: &mut Context<Self>) -> Self::Result {
         self.check_caller(&m.0.agent_id, &m.1)?;
         if let Some(e) = self.seen(&m.0.agent_id)? {
             let _ = self.persist_agent(&m.0.agent_id, Vec::new());
             self.publish(e);
         }
-        Ok(())
+        // An agent the allocator does not count (it was unreachable, or this master
+        // restarted) registers again, reporting what it runs.
+        Ok(HeartbeatAck {
+            reregister: !self.allocator.has_agent(&m.0.agent_id),
+        })
     }
 }
 
@@ -734,6 +767,8 @@ impl Handler<DrainNode> for Master {
         rec.draining = true;
         let rec = rec.clone();
         self.persist_agent(&m.0, Vec::new())?;
+        self.allocator.pause_agent(&m.0, true);
+        self.rescind_offers_on(&m.0);
         Ok(rec)
     }
 }
@@ -787,7 +822,7 @@ impl Handler<Register> for MasterGate {
 
 #[crate::handler]
 impl Handler<Heartbeat> for MasterGate {
-    type Result = ResponseFuture<Result<(), MasterRefusal>>;
+    type Result = ResponseFuture<Result<HeartbeatAck, MasterRefusal>>;
     fn handle(&mut self, m: Heartbeat, _: &mut Context<Self>) -> Self::Result {
         forward(&self.master, HeartbeatFrom(m, crate::caller()))
     }
@@ -808,7 +843,7 @@ struct TaskStatusFrom(crate::protocol::TaskStatusReport, Option<SpiffeId>);
 
 impl Handler<TaskStatusFrom> for Master {
     type Result = Result<(), MasterRefusal>;
-    fn handle(&mut self, m: TaskStatusFrom, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, m: TaskStatusFrom, ctx: &mut Context<Self>) -> Self::Result {
         self.check_caller(&m.0.agent_id, &m.1)?;
         let s = m.0.status;
         if s.agent_id != m.0.agent_id {
@@ -818,8 +853,17 @@ impl Handler<TaskStatusFrom> for Master {
             )));
         }
         info!(task = %s.task_id, agent = %s.agent_id, state = ?s.state, message = %s.message, "task status");
-        self.deployments.on_status(&s, Instant::now());
+        let ended = s.state.is_terminal();
+        if !self.framework_task_status(s.clone()) {
+            self.deployments.on_status(&s, Instant::now());
+            if ended {
+                self.allocator.revive(scheduler::DEPLOYMENTS_ROLE);
+            }
+        }
         self.tasks.insert(s.task_id.clone(), s);
+        if ended {
+            self.schedule_round(ctx);
+        }
         if self.tasks.len() > MAX_REPORTED_TASKS {
             // Bounded: ended tasks the deployments keep their own history of.
             self.tasks.retain(|_, t| !t.state.is_terminal());
@@ -934,8 +978,10 @@ const DEPLOYMENT_PREFIX: &str = "deployment/";
 const MAX_REPORTED_TASKS: usize = 10_000;
 
 /// The deployments kept in the Config table.
-fn load_deployments(store: &dyn StateStore) -> anyhow::Result<deployments::DeploymentBook> {
-    let epoch = u32::from_str_radix(&token::random_string(6).unwrap_or_default(), 36).unwrap_or(0);
+fn load_deployments(
+    store: &dyn StateStore,
+    epoch: u32,
+) -> anyhow::Result<deployments::DeploymentBook> {
     let mut book = deployments::DeploymentBook::new(epoch);
     for (k, v) in store.list(Table::Config)? {
         if let Some(name) = k.strip_prefix(DEPLOYMENT_PREFIX) {
@@ -951,29 +997,6 @@ fn load_deployments(store: &dyn StateStore) -> anyhow::Result<deployments::Deplo
 }
 
 impl Master {
-    /// Carries out what the deployment controller decides.
-    fn reconcile(&mut self, ctx: &mut Context<Self>) {
-        // After a restart, agents get the restart grace to report what they run (and have
-        // it adopted) before anything is launched, so nothing is started twice.
-        let grace = self.membership.config().unreachable_after * 2;
-        if self.had_agents && self.started.elapsed() < grace {
-            return;
-        }
-        let agents: Vec<deployments::AgentView> = self
-            .membership
-            .all()
-            .map(|a| deployments::AgentView {
-                id: a.id.clone(),
-                usable: a.state == AgentState::Active && !a.draining && a.addr.is_some(),
-                actor_types: a.actor_types.clone(),
-                attrs: a.attrs.clone(),
-                total: a.resources.clone(),
-            })
-            .collect();
-        let actions = self.deployments.reconcile(&agents, Instant::now());
-        self.carry_out(actions, ctx);
-    }
-
     /// Sends the controller's launches and kills to the agents.
     fn carry_out(&mut self, actions: Vec<deployments::Action>, ctx: &mut Context<Self>) {
         for action in actions {
@@ -1033,10 +1056,20 @@ struct LaunchFailed {
 
 impl Handler<LaunchFailed> for Master {
     type Result = ();
-    fn handle(&mut self, m: LaunchFailed, _: &mut Context<Self>) {
-        warn!(task = %m.task_id, why = %m.why, "launch failed; the instance will be placed again");
-        self.deployments
-            .launch_failed(&m.task_id, &m.why, Instant::now());
+    fn handle(&mut self, m: LaunchFailed, ctx: &mut Context<Self>) {
+        warn!(task = %m.task_id, why = %m.why, "launch failed");
+        let status = frameworks::TaskStatus {
+            task_id: m.task_id.clone(),
+            agent_id: String::new(),
+            state: frameworks::TaskState::Failed,
+            message: format!("launch failed: {}", m.why),
+            uuid: 0,
+        };
+        if !self.framework_task_status(status) {
+            self.deployments
+                .launch_failed(&m.task_id, &m.why, Instant::now());
+        }
+        self.schedule_round(ctx);
     }
 }
 
@@ -1060,7 +1093,9 @@ impl Handler<ApplyDeployment> for Master {
             }])
             .map_err(|e| format!("cannot record the deployment: {e}"))?;
         self.deployments.apply(d);
-        self.reconcile(ctx);
+        // What the deployments refused before may suit the new spec.
+        self.allocator.revive(scheduler::DEPLOYMENTS_ROLE);
+        self.schedule_round(ctx);
         info!(deployment = %key, "deployment applied");
         Ok(key)
     }
@@ -1135,6 +1170,7 @@ impl Handler<DeleteDeployment> for Master {
         let kills = self.deployments.delete(&m.0).unwrap_or_default();
         info!(deployment = %m.0, instances = kills.len(), "deployment deleted");
         self.carry_out(kills, ctx);
+        self.schedule_round(ctx);
         Ok(())
     }
 }

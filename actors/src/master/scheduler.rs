@@ -1,0 +1,1018 @@
+//! The Mesos half of the master: the [`allocator::Allocator`] shares the agents' free resources
+//! among roles, and frameworks — the built-in deployment controller and framework actors
+//! that registered through [`crate::framework`] — receive them as offers.
+//!
+//! Allocation runs in rounds, on events (an agent registers, a task ends, an offer is
+//! declined or accepted with leftovers, a framework registers or revives, a deployment is
+//! applied) and on the master's tick for what time changes (offer timeouts, decline
+//! filters, restart backoff). Events coalesce: one round per burst.
+//!
+//! The deployment controller is a framework with the role [`DEPLOYMENTS_ROLE`]; its
+//! offers are used inside the master at once, and what it does not use goes back.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use super::allocator;
+use super::deployments::{self, Holding};
+use super::frameworks::{FrameworkBook, TaskState, TaskStatus};
+use super::membership::AgentState;
+use super::state::{Change, Table};
+use super::Master;
+use crate::framework::{
+    AcceptOffer, Acknowledge, DeclineOffer, FrameworkError, FrameworkEvent, KillTask, Offer,
+    ReconcileTasks, RegisterFramework, Registration, SetOffers, TaskKind, Teardown,
+};
+use crate::resources::Resources;
+use crate::{RemoteRef, Terminated};
+use actormesh_transport::SpiffeId;
+
+/// The role of the built-in deployment framework (reserved: frameworks cannot take it).
+pub const DEPLOYMENTS_ROLE: &str = "deployments";
+/// How long the deployment controller refuses an agent it could not use at all.
+const DEPLOYMENTS_FILTER: Duration = Duration::from_secs(1);
+/// The longest failover timeout a framework may ask for.
+const MAX_FAILOVER: Duration = Duration::from_secs(7 * 24 * 3600);
+const FRAMEWORK_PREFIX: &str = "framework/";
+
+/// A task a framework launched.
+#[derive(Debug, Clone)]
+pub(super) struct FrameworkTask {
+    framework: String,
+    /// The framework's own id for it.
+    task_id: String,
+    agent: String,
+    resources: Resources,
+    state: TaskState,
+    message: String,
+}
+
+/// Frameworks as the master keeps them.
+pub(super) struct Frameworks {
+    pub(super) book: FrameworkBook,
+    /// Where each framework's events go.
+    refs: BTreeMap<String, RemoteRef>,
+    /// The verified identity that registered each framework: only it may speak for it.
+    owners: BTreeMap<String, String>,
+    /// Frameworks that asked for no offers.
+    suppressed: BTreeSet<String>,
+    /// By agent task id (`framework_task`).
+    tasks: BTreeMap<String, FrameworkTask>,
+}
+
+impl std::fmt::Debug for Frameworks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frameworks")
+            .field("frameworks", &self.refs.len())
+            .field("tasks", &self.tasks.len())
+            .finish()
+    }
+}
+
+/// The id agents know a framework's task by.
+fn agent_task_id(framework: &str, task: &str) -> String {
+    format!("{framework}_{task}")
+}
+
+/// A framework's record in the state store.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StoredFramework {
+    id: String,
+    name: String,
+    role: String,
+    failover_timeout_ms: u64,
+}
+
+impl Frameworks {
+    /// Frameworks, with those an earlier master process registered (disconnected until
+    /// they re-register within their failover timeout).
+    pub(super) fn load(
+        store: &dyn super::state::StateStore,
+        offer_timeout: Duration,
+        epoch: u32,
+    ) -> anyhow::Result<Self> {
+        let mut book = FrameworkBook::new(
+            offer_timeout,
+            Duration::from_millis(500),
+            Duration::from_secs(30),
+        );
+        book.set_epoch(epoch);
+        let now = Instant::now();
+        for (k, v) in store.list(Table::Config)? {
+            if k.starts_with(FRAMEWORK_PREFIX) {
+                let f: StoredFramework = serde_json::from_slice(&v)?;
+                book.restore(
+                    &f.id,
+                    &f.name,
+                    &f.role,
+                    Duration::from_millis(f.failover_timeout_ms),
+                    now,
+                );
+            }
+        }
+        Ok(Self {
+            book,
+            refs: BTreeMap::new(),
+            owners: BTreeMap::new(),
+            suppressed: BTreeSet::new(),
+            tasks: BTreeMap::new(),
+        })
+    }
+}
+
+/// A framework as `get frameworks` shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FrameworkSummary {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: String,
+    /// Connected now.
+    pub connected: bool,
+    /// Whether it asked for no offers.
+    pub suppressed: bool,
+    /// Its live tasks.
+    pub tasks: usize,
+    /// Offers it holds.
+    pub offers: usize,
+    /// What its role holds (tasks and offers).
+    pub allocated: Resources,
+    /// Its role's dominant share divided by the role's weight.
+    pub weighted_share: f64,
+    /// Its role's weight.
+    pub weight: f64,
+}
+
+impl Master {
+    /// Runs an allocation round soon (once for a burst of events).
+    pub(super) fn schedule_round(&mut self, ctx: &mut Context<Self>) {
+        if self.round_scheduled {
+            return;
+        }
+        self.round_scheduled = true;
+        ctx.run_later(Duration::ZERO, |m, ctx| {
+            m.round_scheduled = false;
+            m.allocation_round(ctx);
+        });
+    }
+
+    /// What the deployments took or gave back, told to the allocator.
+    fn apply_holdings(&mut self) {
+        for h in self.deployments.take_holdings() {
+            match h {
+                Holding::Took { agent, resources } => {
+                    if let Err(e) = self
+                        .allocator
+                        .allocate(DEPLOYMENTS_ROLE, &agent, &resources)
+                    {
+                        warn!(%agent, error = %e, "an adopted instance does not fit its agent's free resources");
+                    }
+                }
+                Holding::Freed { agent, resources } => {
+                    self.allocator.recover(DEPLOYMENTS_ROLE, &agent, &resources)
+                }
+            }
+        }
+    }
+
+    /// The agent (re)registered: its slot in the allocator is made anew from its resources
+    /// and what runs there now; offers on it are withdrawn.
+    pub(super) fn rebuild_agent(&mut self, id: &str) {
+        self.apply_holdings();
+        self.rescind_offers_on(id);
+        let mut held: Vec<(String, Resources)> = self
+            .deployments
+            .tasks()
+            .filter(|t| {
+                t.agent == id
+                    && matches!(
+                        t.state,
+                        TaskState::Staging | TaskState::Starting | TaskState::Running
+                    )
+            })
+            .map(|t| (DEPLOYMENTS_ROLE.to_string(), t.resources.clone()))
+            .collect();
+        for t in self
+            .fw
+            .tasks
+            .values()
+            .filter(|t| t.agent == id && !t.state.is_terminal())
+        {
+            if let Some(f) = self.fw.book.get(&t.framework) {
+                held.push((f.role.clone(), t.resources.clone()));
+            }
+        }
+        for (role, res) in &held {
+            self.allocator.release_role(role, res);
+        }
+        self.allocator.remove_agent(id);
+        let Some(rec) = self.membership.get(id) else {
+            return;
+        };
+        if rec.state != AgentState::Active || rec.addr.is_none() {
+            return;
+        }
+        let draining = rec.draining;
+        self.allocator
+            .add_agent(id, rec.resources.clone(), BTreeMap::new());
+        self.allocator.pause_agent(id, draining);
+        for (role, res) in held {
+            if let Err(e) = self.allocator.allocate(&role, id, &res) {
+                warn!(agent = id, %role, error = %e, "what runs on the agent exceeds what it offers");
+            }
+        }
+    }
+
+    /// Withdraws the offers on agent `id` and tells their frameworks.
+    pub(super) fn rescind_offers_on(&mut self, id: &str) {
+        for o in self.fw.book.rescind_agent(id) {
+            self.give_back_offer(&o);
+        }
+    }
+
+    fn give_back_offer(&mut self, o: &super::frameworks::OfferRecord) {
+        if let Some(f) = self.fw.book.get(&o.framework) {
+            let role = f.role.clone();
+            self.allocator.recover(&role, &o.agent, &o.resources);
+        }
+        if let Some(r) = self.fw.refs.get(&o.framework) {
+            let _ = r.try_tell(FrameworkEvent::OfferRescinded {
+                offer_id: o.id.clone(),
+            });
+        }
+    }
+
+    /// Agent `id` left Active (`to`): its offers are withdrawn, its resources leave the
+    /// allocator, and frameworks hear that their tasks there are Unreachable or Lost.
+    pub(super) fn agent_left(&mut self, id: &str, to: AgentState) {
+        self.deployments.agent_lost(id);
+        self.apply_holdings();
+        self.rescind_offers_on(id);
+        let state = if to == AgentState::Gone {
+            TaskState::Lost
+        } else {
+            TaskState::Unreachable
+        };
+        let ids: Vec<String> = self
+            .fw
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.agent == id && !t.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in ids {
+            let status = TaskStatus {
+                task_id: k,
+                agent_id: id.to_string(),
+                state,
+                message: format!("agent {id} is {to}"),
+                uuid: self.next_update_uuid(),
+            };
+            self.framework_task_status(status);
+        }
+        self.allocator.remove_agent(id);
+    }
+
+    fn next_update_uuid(&mut self) -> u64 {
+        self.update_uuid += 1;
+        self.update_uuid
+    }
+
+    /// A status of a framework task (by agent task id); false if it is not one.
+    pub(super) fn framework_task_status(&mut self, s: TaskStatus) -> bool {
+        let Some(t) = self.fw.tasks.get_mut(&s.task_id) else {
+            return false;
+        };
+        if t.state.is_terminal() {
+            return true;
+        }
+        let was_holding = t.state != TaskState::Unreachable;
+        t.state = s.state;
+        t.message = s.message.clone();
+        let (fw, task_id, agent, res) = (
+            t.framework.clone(),
+            t.task_id.clone(),
+            t.agent.clone(),
+            t.resources.clone(),
+        );
+        // Its resources go back when it ends (or its agent is unreachable: the agent's
+        // resources left the allocator then).
+        if was_holding && (s.state.is_terminal() || s.state == TaskState::Unreachable) {
+            if let Some(f) = self.fw.book.get(&fw) {
+                let role = f.role.clone();
+                self.allocator.recover(&role, &agent, &res);
+            }
+        }
+        // The framework acknowledges by the master's uuid (agents number their own).
+        let update = TaskStatus {
+            task_id,
+            uuid: self.next_update_uuid(),
+            ..s
+        };
+        self.fw.book.status_update(&fw, update, Instant::now());
+        self.deliver_updates();
+        true
+    }
+
+    /// Sends the status updates that are due to connected frameworks.
+    fn deliver_updates(&mut self) {
+        for (fw, status) in self.fw.book.due_updates(Instant::now()) {
+            if let Some(r) = self.fw.refs.get(&fw) {
+                let _ = r.try_tell(FrameworkEvent::StatusUpdate(status));
+            }
+        }
+    }
+
+    /// One allocation round: expire offers and frameworks, hand out offers, let the
+    /// deployment controller use its own at once, send the rest to frameworks.
+    pub(super) fn allocation_round(&mut self, ctx: &mut Context<Self>) {
+        // After a restart, agents get the restart grace to report what they run (and have
+        // it adopted) before anything is launched, so nothing is started twice.
+        let grace = self.membership.config().unreachable_after * 2;
+        if self.had_agents && self.started.elapsed() < grace {
+            return;
+        }
+        let now = Instant::now();
+        self.apply_holdings();
+        let expired = self.fw.book.expire(now);
+        for o in &expired.offers {
+            self.give_back_offer(o);
+        }
+        for f in expired.failed_over {
+            warn!(framework = %f.id, "framework failed over: not re-registered within its failover timeout; killing its tasks");
+            self.end_framework(&f.id, ctx);
+        }
+        self.deliver_updates();
+
+        // Who wants offers.
+        self.allocator
+            .set_demand(DEPLOYMENTS_ROLE, self.deployments.wants_offers(now));
+        let mut roles: BTreeMap<String, bool> = BTreeMap::new();
+        for f in self.fw.book.all() {
+            let wants = f.disconnected_at.is_none() && !self.fw.suppressed.contains(&f.id);
+            *roles.entry(f.role.clone()).or_default() |= wants;
+        }
+        for (role, wants) in &roles {
+            if self.allocator.role(role).is_none() {
+                let config = self.roles.get(role).cloned().unwrap_or_default();
+                self.allocator.set_role(role, config);
+            }
+            self.allocator.set_demand(role, *wants);
+        }
+        let offers = self.allocator.offers(now);
+        let (mine, theirs): (Vec<_>, Vec<_>) =
+            offers.into_iter().partition(|o| o.role == DEPLOYMENTS_ROLE);
+
+        // The deployment controller uses its offers at once.
+        let offered: BTreeMap<&str, &allocator::Offer> =
+            mine.iter().map(|o| (o.agent.as_str(), o)).collect();
+        let agents: Vec<deployments::AgentView> = self
+            .membership
+            .all()
+            .map(|a| deployments::AgentView {
+                id: a.id.clone(),
+                up: a.state == AgentState::Active && !a.draining && a.addr.is_some(),
+                usable: offered.contains_key(a.id.as_str()),
+                actor_types: a.actor_types.clone(),
+                attrs: a.attrs.clone(),
+                free: offered
+                    .get(a.id.as_str())
+                    .map(|o| o.resources.clone())
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let actions = self.deployments.reconcile(&agents, now);
+        let mut used: BTreeMap<String, Resources> = BTreeMap::new();
+        for a in &actions {
+            if let deployments::Action::Launch { task_id, agent, .. } = a {
+                if let Some(t) = self.deployments.task(task_id) {
+                    let u = used.entry(agent.clone()).or_default();
+                    *u = u.plus(&t.resources);
+                }
+            }
+        }
+        for o in &mine {
+            match used.get(&o.agent) {
+                Some(u) => {
+                    self.allocator
+                        .recover(DEPLOYMENTS_ROLE, &o.agent, &o.resources.minus(u))
+                }
+                None => self.allocator.decline(o, DEPLOYMENTS_FILTER, now),
+            }
+        }
+        self.apply_holdings();
+        self.carry_out(actions, ctx);
+
+        // The rest go to frameworks: within a role, to the one holding the least.
+        let mut batches: BTreeMap<String, Vec<Offer>> = BTreeMap::new();
+        for o in theirs {
+            let candidates: Vec<String> = self
+                .fw
+                .book
+                .all()
+                .filter(|f| {
+                    f.role == o.role
+                        && f.disconnected_at.is_none()
+                        && !self.fw.suppressed.contains(&f.id)
+                        && self.fw.refs.contains_key(&f.id)
+                })
+                .map(|f| f.id.clone())
+                .collect();
+            let load = |fw: &String| {
+                self.fw
+                    .tasks
+                    .values()
+                    .filter(|t| &t.framework == fw && !t.state.is_terminal())
+                    .count()
+                    + self.fw.book.offers_held(fw)
+                    + batches.get(fw).map_or(0, Vec::len)
+            };
+            let Some(fw) = candidates.iter().min_by_key(|f| (load(f), (*f).clone())) else {
+                self.allocator.recover(&o.role, &o.agent, &o.resources);
+                continue;
+            };
+            let fw = fw.clone();
+            let offer_id = self.fw.book.offer(&fw, &o.agent, o.resources.clone(), now);
+            let (attrs, actor_types) = self
+                .membership
+                .get(&o.agent)
+                .map(|a| (a.attrs.clone(), a.actor_types.clone()))
+                .unwrap_or_default();
+            batches.entry(fw).or_default().push(Offer {
+                offer_id,
+                agent_id: o.agent.clone(),
+                resources: o.resources,
+                attrs,
+                actor_types,
+            });
+        }
+        for (fw, offers) in batches {
+            if let Some(r) = self.fw.refs.get(&fw) {
+                let _ = r.try_tell(FrameworkEvent::ResourceOffers(offers));
+            }
+        }
+    }
+
+    /// Tears a framework down: kills its tasks, withdraws its offers, forgets it.
+    fn end_framework(&mut self, id: &str, ctx: &mut Context<Self>) {
+        let role = self.fw.book.get(id).map(|f| f.role.clone());
+        for o in self.fw.book.remove(id) {
+            if let Some(role) = &role {
+                self.allocator.recover(role, &o.agent, &o.resources);
+            }
+        }
+        let kills: Vec<deployments::Action> = self
+            .fw
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.framework == id && !t.state.is_terminal())
+            .map(|(k, t)| deployments::Action::Kill {
+                task_id: k.clone(),
+                agent: t.agent.clone(),
+            })
+            .collect();
+        self.carry_out(kills, ctx);
+        if let Some(r) = self.fw.refs.remove(id) {
+            let _ = r.try_tell(FrameworkEvent::Error {
+                message: format!("framework {id} was torn down"),
+            });
+        }
+        self.fw.owners.remove(id);
+        self.fw.suppressed.remove(id);
+        if let Err(e) = self.store.apply(&[Change::Delete {
+            table: Table::Config,
+            key: format!("{FRAMEWORK_PREFIX}{id}"),
+        }]) {
+            warn!(framework = id, error = %e, "cannot remove the framework's record");
+        }
+    }
+
+    /// The caller may speak for framework `id`.
+    fn framework_caller(
+        &self,
+        id: &str,
+        caller: &Option<SpiffeId>,
+    ) -> Result<String, FrameworkError> {
+        let f = self.fw.book.get(id).ok_or_else(|| {
+            FrameworkError::NotRegistered(format!(
+                "framework {id} is not registered (it may have failed over); register again"
+            ))
+        })?;
+        let who = caller.as_ref().map(|c| c.to_string()).ok_or_else(|| {
+            FrameworkError::Forbidden("framework calls must come over the mesh".into())
+        })?;
+        match self.fw.owners.get(id) {
+            Some(owner) if owner == &who => Ok(f.role.clone()),
+            Some(owner) => Err(FrameworkError::Forbidden(format!(
+                "{who} may not speak for framework {id} (registered by {owner})"
+            ))),
+            None => Err(FrameworkError::NotRegistered(format!(
+                "framework {id} is disconnected: re-register it with its id first"
+            ))),
+        }
+    }
+
+    /// Every framework, the deployment controller first.
+    pub(super) fn framework_summaries(&self) -> Vec<FrameworkSummary> {
+        let deployments_tasks = self
+            .deployments
+            .tasks()
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    TaskState::Staging | TaskState::Starting | TaskState::Running
+                )
+            })
+            .count();
+        let weight = |role: &str| self.allocator.role(role).map_or(1.0, |c| c.weight);
+        let mut out = vec![FrameworkSummary {
+            id: "deployments".into(),
+            name: "built-in deployment controller".into(),
+            role: DEPLOYMENTS_ROLE.into(),
+            connected: true,
+            suppressed: false,
+            tasks: deployments_tasks,
+            offers: 0,
+            allocated: self.allocator.allocated(DEPLOYMENTS_ROLE),
+            weighted_share: self.allocator.weighted_share(DEPLOYMENTS_ROLE),
+            weight: weight(DEPLOYMENTS_ROLE),
+        }];
+        for f in self.fw.book.all() {
+            out.push(FrameworkSummary {
+                id: f.id.clone(),
+                name: f.name.clone(),
+                role: f.role.clone(),
+                connected: f.disconnected_at.is_none(),
+                suppressed: self.fw.suppressed.contains(&f.id),
+                tasks: self
+                    .fw
+                    .tasks
+                    .values()
+                    .filter(|t| t.framework == f.id && !t.state.is_terminal())
+                    .count(),
+                offers: self.fw.book.offers_held(&f.id),
+                allocated: self.allocator.allocated(&f.role),
+                weighted_share: self.allocator.weighted_share(&f.role),
+                weight: weight(&f.role),
+            });
+        }
+        out
+    }
+}
+
+fn valid_role(role: &str) -> Result<(), FrameworkError> {
+    if role == DEPLOYMENTS_ROLE {
+        return Err(FrameworkError::Invalid(format!(
+            "role {role:?} is reserved for the built-in deployment controller; choose another"
+        )));
+    }
+    let ok = !role.is_empty()
+        && role.len() <= 63
+        && role.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(FrameworkError::Invalid(format!(
+            "role {role:?} is not valid: expected 1-63 lowercase letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
+fn valid_task_id(id: &str) -> Result<(), FrameworkError> {
+    let ok = !id.is_empty()
+        && id.len() <= 100
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(FrameworkError::Invalid(format!(
+            "task id {id:?} is not valid: expected 1-100 letters, digits, '.', '-' or '_', not starting with '.'"
+        )))
+    }
+}
+
+/// A framework call with the verified caller.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Registration, FrameworkError>")]
+pub(super) struct RegisterFrameworkFrom(pub RegisterFramework, pub Option<SpiffeId>);
+
+impl Handler<RegisterFrameworkFrom> for Master {
+    type Result = Result<Registration, FrameworkError>;
+    fn handle(&mut self, m: RegisterFrameworkFrom, ctx: &mut Context<Self>) -> Self::Result {
+        let (r, caller) = (m.0, m.1);
+        let who = caller.map(|c| c.to_string()).ok_or_else(|| {
+            FrameworkError::Forbidden("frameworks must register over the mesh".into())
+        })?;
+        valid_role(&r.role)?;
+        if r.name.trim().is_empty() || r.actor_name.is_empty() {
+            return Err(FrameworkError::Invalid(
+                "a framework needs a name and the name of its event actor".into(),
+            ));
+        }
+        let failover = Duration::from_millis(r.failover_timeout_ms);
+        if failover > MAX_FAILOVER {
+            return Err(FrameworkError::Invalid(format!(
+                "failover timeout {failover:?} is too long: at most {MAX_FAILOVER:?}"
+            )));
+        }
+        let (id, reregistered) = self
+            .fw
+            .book
+            .register(&r.name, &r.role, failover, r.framework_id.as_deref())
+            .map_err(|e| match e {
+                super::frameworks::FrameworkRefusal::Unknown(_) => {
+                    FrameworkError::NotRegistered(e.to_string())
+                }
+                other => FrameworkError::Invalid(other.to_string()),
+            })?;
+        let stored = StoredFramework {
+            id: id.clone(),
+            name: r.name.clone(),
+            role: r.role.clone(),
+            failover_timeout_ms: r.failover_timeout_ms,
+        };
+        let value =
+            serde_json::to_vec(&stored).map_err(|e| FrameworkError::Unavailable(e.to_string()))?;
+        if let Err(e) = self.store.apply(&[Change::Put {
+            table: Table::Config,
+            key: format!("{FRAMEWORK_PREFIX}{id}"),
+            value,
+        }]) {
+            if !reregistered {
+                self.fw.book.remove(&id);
+            }
+            return Err(FrameworkError::Unavailable(format!(
+                "cannot record the framework: {e}"
+            )));
+        }
+        let target = self.node.actor_ref(r.actor_addr, &r.actor_name);
+        self.node.watch_with(&target, ctx.address().recipient());
+        let registration = Registration {
+            framework_id: id.clone(),
+            reregistered,
+        };
+        let _ = target.try_tell(FrameworkEvent::Registered(registration.clone()));
+        self.fw.refs.insert(id.clone(), target);
+        self.fw.owners.insert(id.clone(), who);
+        self.fw.book.redeliver_now(&id, Instant::now());
+        self.deliver_updates();
+        info!(framework = %id, name = %r.name, role = %r.role, reregistered, "framework registered");
+        self.schedule_round(ctx);
+        Ok(registration)
+    }
+}
+
+impl Handler<Terminated> for Master {
+    type Result = ();
+    fn handle(&mut self, t: Terminated, ctx: &mut Context<Self>) {
+        let gone: Vec<String> = self
+            .fw
+            .refs
+            .iter()
+            .filter(|(_, r)| r.name() == t.actor && r.addr() == t.node)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            warn!(framework = %id, reason = ?t.reason, "framework disconnected; its failover timer runs");
+            self.fw.book.disconnected(&id, Instant::now());
+            self.fw.refs.remove(&id);
+            self.fw.owners.remove(&id);
+            for o in self.fw.book.rescind_framework(&id) {
+                self.give_back_offer(&o);
+            }
+        }
+        self.schedule_round(ctx);
+    }
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FrameworkError>")]
+pub(super) struct AcceptFrom(pub AcceptOffer, pub Option<SpiffeId>);
+
+impl Handler<AcceptFrom> for Master {
+    type Result = Result<(), FrameworkError>;
+    fn handle(&mut self, m: AcceptFrom, ctx: &mut Context<Self>) -> Self::Result {
+        let (a, caller) = (m.0, m.1);
+        let role = self.framework_caller(&a.framework_id, &caller)?;
+        let offer = self
+            .fw
+            .book
+            .take_offer(&a.framework_id, &a.offer_id)
+            .map_err(|e| FrameworkError::UnknownOffer(e.to_string()))?;
+        let check = || -> Result<Resources, FrameworkError> {
+            let mut sum = Resources::default();
+            let mut seen = BTreeSet::new();
+            let hosted = self
+                .membership
+                .get(&offer.agent)
+                .map(|r| r.actor_types.clone())
+                .unwrap_or_default();
+            for l in &a.launches {
+                valid_task_id(&l.task_id)?;
+                if !seen.insert(l.task_id.clone())
+                    || self
+                        .fw
+                        .tasks
+                        .contains_key(&agent_task_id(&a.framework_id, &l.task_id))
+                {
+                    return Err(FrameworkError::Invalid(format!(
+                        "task id {:?} is already used by this framework",
+                        l.task_id
+                    )));
+                }
+                if let TaskKind::Actor { actor_type } = &l.kind {
+                    if !hosted.contains(actor_type) {
+                        return Err(FrameworkError::Invalid(format!(
+                            "task {}: agent {} does not host actor type {actor_type:?} (it hosts: {})",
+                            l.task_id,
+                            offer.agent,
+                            hosted.join(", ")
+                        )));
+                    }
+                }
+                sum = sum.plus(&l.resources);
+            }
+            if !offer.resources.contains(&sum) {
+                return Err(FrameworkError::Invalid(format!(
+                    "the launches need {sum}, more than offer {} holds ({})",
+                    offer.id, offer.resources
+                )));
+            }
+            Ok(sum)
+        };
+        let sum = match check() {
+            Ok(s) => s,
+            Err(e) => {
+                // The offer is used up either way; its resources go back.
+                self.allocator
+                    .recover(&role, &offer.agent, &offer.resources);
+                self.schedule_round(ctx);
+                return Err(e);
+            }
+        };
+        self.allocator
+            .recover(&role, &offer.agent, &offer.resources.minus(&sum));
+        let mut actions = Vec::new();
+        for l in a.launches {
+            let id = agent_task_id(&a.framework_id, &l.task_id);
+            self.fw.tasks.insert(
+                id.clone(),
+                FrameworkTask {
+                    framework: a.framework_id.clone(),
+                    task_id: l.task_id.clone(),
+                    agent: offer.agent.clone(),
+                    resources: l.resources.clone(),
+                    state: TaskState::Staging,
+                    message: String::new(),
+                },
+            );
+            let what = match l.kind {
+                TaskKind::Actor { actor_type } => deployments::Launchable::Actor(actor_type),
+                TaskKind::Command {
+                    path,
+                    args,
+                    env,
+                    kill_grace_ms,
+                } => deployments::Launchable::Command(crate::agent::command::CommandTask {
+                    id: id.clone(),
+                    path,
+                    args,
+                    env,
+                    mem_bytes: l
+                        .resources
+                        .scalars
+                        .get("mem")
+                        .map(|mib| (mib * 1024.0 * 1024.0) as u64),
+                    cpus: l.resources.scalars.get("cpus").copied(),
+                    kill_grace_ms,
+                }),
+            };
+            actions.push(deployments::Action::Launch {
+                task_id: id,
+                agent: offer.agent.clone(),
+                what,
+            });
+        }
+        self.carry_out(actions, ctx);
+        self.schedule_round(ctx);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FrameworkError>")]
+pub(super) struct DeclineFrom(pub DeclineOffer, pub Option<SpiffeId>);
+
+impl Handler<DeclineFrom> for Master {
+    type Result = Result<(), FrameworkError>;
+    fn handle(&mut self, m: DeclineFrom, ctx: &mut Context<Self>) -> Self::Result {
+        let (d, caller) = (m.0, m.1);
+        let role = self.framework_caller(&d.framework_id, &caller)?;
+        let offer = self
+            .fw
+            .book
+            .take_offer(&d.framework_id, &d.offer_id)
+            .map_err(|e| FrameworkError::UnknownOffer(e.to_string()))?;
+        self.allocator.decline(
+            &allocator::Offer {
+                role,
+                agent: offer.agent,
+                resources: offer.resources,
+            },
+            Duration::from_millis(d.refuse_for_ms),
+            Instant::now(),
+        );
+        self.schedule_round(ctx);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FrameworkError>")]
+pub(super) struct KillFrom(pub KillTask, pub Option<SpiffeId>);
+
+impl Handler<KillFrom> for Master {
+    type Result = Result<(), FrameworkError>;
+    fn handle(&mut self, m: KillFrom, ctx: &mut Context<Self>) -> Self::Result {
+        let (k, caller) = (m.0, m.1);
+        self.framework_caller(&k.framework_id, &caller)?;
+        let id = agent_task_id(&k.framework_id, &k.task_id);
+        let t = self.fw.tasks.get(&id).ok_or_else(|| {
+            FrameworkError::Invalid(format!(
+                "framework {} has no task {:?}",
+                k.framework_id, k.task_id
+            ))
+        })?;
+        if t.state.is_terminal() {
+            return Ok(());
+        }
+        let agent = t.agent.clone();
+        self.carry_out(vec![deployments::Action::Kill { task_id: id, agent }], ctx);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FrameworkError>")]
+pub(super) struct ReconcileFrom(pub ReconcileTasks, pub Option<SpiffeId>);
+
+impl Handler<ReconcileFrom> for Master {
+    type Result = Result<(), FrameworkError>;
+    fn handle(&mut self, m: ReconcileFrom, _: &mut Context<Self>) -> Self::Result {
+        let (r, caller) = (m.0, m.1);
+        self.framework_caller(&r.framework_id, &caller)?;
+        let fw = r.framework_id.clone();
+        let ids: Vec<String> = if r.task_ids.is_empty() {
+            self.fw
+                .tasks
+                .values()
+                .filter(|t| t.framework == fw)
+                .map(|t| t.task_id.clone())
+                .collect()
+        } else {
+            r.task_ids
+        };
+        let target = self.fw.refs.get(&fw).cloned();
+        for task in ids {
+            let status = match self.fw.tasks.get(&agent_task_id(&fw, &task)) {
+                Some(t) => TaskStatus {
+                    task_id: task,
+                    agent_id: t.agent.clone(),
+                    state: t.state,
+                    message: t.message.clone(),
+                    uuid: 0,
+                },
+                None => TaskStatus {
+                    task_id: task,
+                    agent_id: String::new(),
+                    state: TaskState::Lost,
+                    message: "the master does not know this task".into(),
+                    uuid: 0,
+                },
+            };
+            if let Some(t) = &target {
+                let _ = t.try_tell(FrameworkEvent::StatusUpdate(status));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FrameworkError>")]
+pub(super) struct AcknowledgeFrom(pub Acknowledge, pub Option<SpiffeId>);
+
+impl Handler<AcknowledgeFrom> for Master {
+    type Result = Result<(), FrameworkError>;
+    fn handle(&mut self, m: AcknowledgeFrom, _: &mut Context<Self>) -> Self::Result {
+        let (a, caller) = (m.0, m.1);
+        self.framework_caller(&a.framework_id, &caller)?;
+        if self
+            .fw
+            .book
+            .acknowledge(&a.framework_id, &a.task_id, a.uuid)
+        {
+            // An acknowledged end: the task is done with.
+            let id = agent_task_id(&a.framework_id, &a.task_id);
+            if self
+                .fw
+                .tasks
+                .get(&id)
+                .is_some_and(|t| t.state.is_terminal())
+            {
+                self.fw.tasks.remove(&id);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FrameworkError>")]
+pub(super) struct SetOffersFrom(pub SetOffers, pub Option<SpiffeId>);
+
+impl Handler<SetOffersFrom> for Master {
+    type Result = Result<(), FrameworkError>;
+    fn handle(&mut self, m: SetOffersFrom, ctx: &mut Context<Self>) -> Self::Result {
+        let (s, caller) = (m.0, m.1);
+        let role = self.framework_caller(&s.framework_id, &caller)?;
+        if s.wanted {
+            self.fw.suppressed.remove(&s.framework_id);
+            self.allocator.revive(&role);
+        } else {
+            self.fw.suppressed.insert(s.framework_id.clone());
+            for o in self.fw.book.rescind_framework(&s.framework_id) {
+                self.give_back_offer(&o);
+            }
+        }
+        self.schedule_round(ctx);
+        Ok(())
+    }
+}
+
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), FrameworkError>")]
+pub(super) struct TeardownFrom(pub Teardown, pub Option<SpiffeId>);
+
+impl Handler<TeardownFrom> for Master {
+    type Result = Result<(), FrameworkError>;
+    fn handle(&mut self, m: TeardownFrom, ctx: &mut Context<Self>) -> Self::Result {
+        let (t, caller) = (m.0, m.1);
+        self.framework_caller(&t.framework_id, &caller)?;
+        info!(framework = %t.framework_id, "framework torn down");
+        self.end_framework(&t.framework_id, ctx);
+        self.schedule_round(ctx);
+        Ok(())
+    }
+}
+
+/// Every framework, for `get frameworks`.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<FrameworkSummary>")]
+pub struct ListFrameworks;
+
+impl Handler<ListFrameworks> for Master {
+    type Result = MessageResult<ListFrameworks>;
+    fn handle(&mut self, _: ListFrameworks, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.framework_summaries())
+    }
+}
+
+/// Forwards framework calls arriving at `$master` with the verified caller.
+macro_rules! forward_framework {
+    ($msg:ty, $from:ident) => {
+        #[crate::handler]
+        impl Handler<$msg> for super::MasterGate {
+            type Result = ResponseFuture<<$msg as actix::Message>::Result>;
+            fn handle(&mut self, m: $msg, _: &mut Context<Self>) -> Self::Result {
+                let req = self.master.send($from(m, crate::caller()));
+                Box::pin(async move {
+                    req.await.unwrap_or_else(|e| {
+                        Err(FrameworkError::Unavailable(format!(
+                            "the master is not running: {e}"
+                        )))
+                    })
+                })
+            }
+        }
+    };
+}
+
+forward_framework!(RegisterFramework, RegisterFrameworkFrom);
+forward_framework!(AcceptOffer, AcceptFrom);
+forward_framework!(DeclineOffer, DeclineFrom);
+forward_framework!(KillTask, KillFrom);
+forward_framework!(ReconcileTasks, ReconcileFrom);
+forward_framework!(Acknowledge, AcknowledgeFrom);
+forward_framework!(SetOffers, SetOffersFrom);
+forward_framework!(Teardown, TeardownFrom);
