@@ -256,6 +256,12 @@ pub enum FrameworkEvent {
     },
 }
 
+/// The name an actor task's instance gets on its agent's node (reach it with
+/// `node.actor_ref(agent_addr, &instance_name(..))`).
+pub fn instance_name(framework_id: &str, task_id: &str) -> String {
+    format!("{framework_id}_{task_id}")
+}
+
 /// A framework's calls to the master, with its id.
 #[derive(Debug, Clone)]
 pub struct Scheduler {

@@ -72,9 +72,9 @@ impl std::fmt::Debug for Frameworks {
     }
 }
 
-/// The id agents know a framework's task by.
+/// The id agents know a framework's task by (also its actor instance's name).
 fn agent_task_id(framework: &str, task: &str) -> String {
-    format!("{framework}_{task}")
+    crate::framework::instance_name(framework, task)
 }
 
 /// A framework's record in the state store.
