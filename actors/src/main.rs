@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use actormesh::agent::{self, AgentConfig};
 use actormesh::cli::{parse_attr, parse_duration, ApiClient};
+use actormesh::master::allocator::RoleConfig;
 use actormesh::master::membership::{AgentRecord, DetectorConfig};
 use actormesh::master::token::TokenRole;
 use actormesh::master::{self, CreateToken, MasterConfig};
@@ -160,6 +161,18 @@ struct MasterArgs {
     /// Lifetime of agent certificates (renewed at half-life).
     #[arg(long, value_parser = parse_duration, default_value = "24h")]
     agent_cert_ttl: Duration,
+    /// How long a framework may hold an offer before it is rescinded.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    offer_timeout: Duration,
+    /// A role's weight for fair sharing, e.g. analytics=2 (repeatable; others weigh 1).
+    #[arg(long = "role-weight", value_parser = parse_attr)]
+    role_weights: Vec<(String, String)>,
+    /// Resources a role is guaranteed, e.g. 'analytics=cpus:4;mem:8GiB' (repeatable).
+    #[arg(long = "role-guarantee", value_parser = parse_attr)]
+    role_guarantees: Vec<(String, String)>,
+    /// Resources a role may never exceed, e.g. 'batch=cpus:16' (repeatable).
+    #[arg(long = "role-limit", value_parser = parse_attr)]
+    role_limits: Vec<(String, String)>,
 }
 
 impl MasterArgs {
@@ -190,7 +203,42 @@ impl MasterArgs {
             max_removals_per_minute: self.max_removals_per_minute,
         };
         c.agent_cert_ttl = self.agent_cert_ttl;
+        c.offer_timeout = self.offer_timeout;
+        c.roles = self.roles()?;
         Ok(c)
+    }
+
+    fn roles(&self) -> anyhow::Result<BTreeMap<String, RoleConfig>> {
+        let mut roles: BTreeMap<String, RoleConfig> = BTreeMap::new();
+        for (role, w) in &self.role_weights {
+            let weight: f64 = w.parse().ok().filter(|w: &f64| w.is_finite() && *w > 0.0).ok_or_else(|| {
+                anyhow::anyhow!("--role-weight {role}={w}: the weight must be a number above 0, e.g. {role}=2")
+            })?;
+            roles.entry(role.clone()).or_default().weight = weight;
+        }
+        for (role, r) in &self.role_guarantees {
+            let res: Resources = r
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--role-guarantee {role}={r}: {e}"))?;
+            roles.entry(role.clone()).or_default().guarantee = res;
+        }
+        for (role, r) in &self.role_limits {
+            let res: Resources = r
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--role-limit {role}={r}: {e}"))?;
+            roles.entry(role.clone()).or_default().limit = Some(res);
+        }
+        for (role, c) in &roles {
+            if let Some(limit) = &c.limit {
+                if !limit.contains(&c.guarantee) {
+                    anyhow::bail!(
+                        "role {role}: the guarantee {} is above the limit {limit}",
+                        c.guarantee
+                    );
+                }
+            }
+        }
+        Ok(roles)
     }
 }
 
@@ -217,6 +265,10 @@ struct AgentArgs {
     /// Attribute key=value (repeatable), e.g. --attr zone=a --attr rack=r1.
     #[arg(long = "attr", value_parser = parse_attr)]
     attrs: Vec<(String, String)>,
+    /// Also host the demo actor type `echo` as actor tasks (as `actormesh dev` does).
+    /// Without it this agent runs command tasks only: actor tasks need your own binary.
+    #[arg(long)]
+    demo_actors: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -300,6 +352,11 @@ enum GetWhat {
     },
     /// Deployment tasks: agent and state.
     Tasks {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Frameworks (the deployment controller first): role, weight, share, tasks, offers.
+    Frameworks {
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -709,7 +766,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 resources,
                 attrs: args.attrs.into_iter().collect::<BTreeMap<_, _>>(),
                 actor_types: Vec::new(),
-                host: Default::default(),
+                host: if args.demo_actors {
+                    actormesh::demo::host()
+                } else {
+                    Default::default()
+                },
             };
             run_system(async move {
                 let a = agent::start(config).await?;
@@ -880,6 +941,41 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                             d.running,
                             d.pending,
                             d.unplaced.unwrap_or_default()
+                        );
+                    }
+                }
+            }
+        }
+        Command::Get {
+            what: GetWhat::Frameworks { api },
+        } => {
+            let v = api.client()?.call("GET", "/v1/frameworks", None)?;
+            match api.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Table => {
+                    let list: Vec<actormesh::master::scheduler::FrameworkSummary> =
+                        serde_json::from_value(v)?;
+                    println!(
+                        "{:<20} {:<24} {:<12} {:<10} {:>6} {:>6} {:>6} {:>7}  ALLOCATED",
+                        "ID", "NAME", "ROLE", "STATE", "WEIGHT", "TASKS", "OFFERS", "SHARE"
+                    );
+                    for f in list {
+                        let state = match (f.connected, f.suppressed) {
+                            (false, _) => "failover",
+                            (true, true) => "suppressed",
+                            (true, false) => "active",
+                        };
+                        println!(
+                            "{:<20} {:<24} {:<12} {:<10} {:>6} {:>6} {:>6} {:>7.3}  {}",
+                            f.id,
+                            f.name,
+                            f.role,
+                            state,
+                            f.weight,
+                            f.tasks,
+                            f.offers,
+                            f.weighted_share,
+                            f.allocated
                         );
                     }
                 }

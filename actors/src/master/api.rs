@@ -11,6 +11,7 @@
 //! | GET | `/v1/deployments/{namespace}/{name}` | one deployment: manifest, standing, tasks |
 //! | DELETE | `/v1/deployments/{namespace}/{name}` | remove a deployment, stop its instances |
 //! | GET | `/v1/tasks` | every deployment task |
+//! | GET | `/v1/frameworks` | every framework, the deployment controller first |
 //! | GET | `/v1/tasks/{id}` | one task, with what its agent says of it (pid, sandbox, limits) |
 //! | GET | `/v1/tasks/{id}/logs?stream=stdout\|stderr&bytes=N` | the end of a command task's output |
 
@@ -231,6 +232,19 @@ async fn tasks(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
 }
 
+async fn frameworks(State(api): State<Api>, headers: HeaderMap) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    match api.master.send(super::scheduler::ListFrameworks).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the master is not running: {e}"),
+        ),
+    }
+}
+
 async fn describe_deployment(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -362,6 +376,7 @@ pub async fn serve(
             get(describe_deployment).delete(delete_deployment),
         )
         .route("/v1/tasks", get(tasks))
+        .route("/v1/frameworks", get(frameworks))
         .route("/v1/tasks/{id}", get(describe_task))
         .route("/v1/tasks/{id}/logs", get(task_logs))
         .with_state(api);

@@ -207,6 +207,27 @@ impl Master {
         }
     }
 
+    /// Polls the nodes (every 50 ms, at most `limit`) until `cond` holds; returns them.
+    pub async fn wait_nodes(
+        &self,
+        what: &str,
+        limit: Duration,
+        cond: impl Fn(&[AgentRecord]) -> bool,
+    ) -> Vec<AgentRecord> {
+        let start = Instant::now();
+        loop {
+            let nodes = tokio::task::block_in_place(|| self.nodes());
+            if cond(&nodes) {
+                return nodes;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{what}: not within {limit:?}: {nodes:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn nodes(&self) -> Vec<AgentRecord> {
         serde_json::from_value(self.client().call("GET", "/v1/nodes", None).unwrap()).unwrap()
     }
