@@ -26,6 +26,15 @@ impl Handler<Echo> for Echoer {
     }
 }
 
+/// An echo instance is healthy as long as it answers.
+#[crate::handler]
+impl Handler<crate::health::HealthCheck> for Echoer {
+    type Result = Result<(), String>;
+    fn handle(&mut self, _: crate::health::HealthCheck, _: &mut Context<Self>) -> Self::Result {
+        Ok(())
+    }
+}
+
 /// The demo types: `echo` ([`Echoer`]).
 pub fn host() -> ActorHost {
     ActorHost::new().with("echo", || Echoer)

@@ -50,6 +50,7 @@ pub mod agent;
 pub mod cli;
 pub mod demo;
 pub mod framework;
+pub mod health;
 pub mod manifest;
 pub mod master;
 pub mod protocol;

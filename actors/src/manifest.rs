@@ -130,6 +130,13 @@ pub struct HealthCheck {
     pub timeout: String,
     /// Consecutive failures before the instance is replaced.
     pub failures: u32,
+    /// Command deployments: a program and its arguments, run in the task's sandbox; exit
+    /// code 0 means healthy. (Actor deployments are asked [`crate::health::HealthCheck`].)
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Failures in this long after the start do not count, e.g. `30s`.
+    #[serde(default)]
+    pub grace: Option<String>,
 }
 
 /// When to restart instances.
@@ -206,8 +213,8 @@ pub struct Deployment {
     pub need: Resources,
     /// Parsed `resources.want` (or `need`).
     pub want: Resources,
-    /// Parsed health check timings: (interval, timeout).
-    pub health: Option<(Duration, Duration)>,
+    /// The parsed health check.
+    pub health: Option<crate::protocol::HealthSpec>,
     /// Parsed restart backoff: (initial, max).
     pub backoff: (Duration, Duration),
     /// Parsed `command.kill_grace` (10 s if not given).
@@ -360,7 +367,42 @@ pub fn parse(file: &Path, text: &str) -> Result<Deployment, ManifestError> {
             if h.failures == 0 {
                 return Err(err("spec.health_check.failures", "0".into(), "at least 1"));
             }
-            Some((interval, timeout))
+            let grace = match &h.grace {
+                Some(g) => duration(g)
+                    .map_err(|e| err("spec.health_check.grace", e, "a duration such as 30s"))?,
+                None => Duration::ZERO,
+            };
+            match (&s.actor, &h.command) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        "spec.health_check.command",
+                        "set for an actor deployment".into(),
+                        "no command: actor instances are asked the actormesh.Health/v1 message",
+                    ))
+                }
+                (None, None) => {
+                    return Err(err(
+                        "spec.health_check.command",
+                        "missing".into(),
+                        "a command such as [\"/bin/sh\", \"-c\", \"curl -f localhost:8080\"] for a command deployment",
+                    ))
+                }
+                (None, Some(c)) if c.is_empty() || c[0].trim().is_empty() => {
+                    return Err(err(
+                        "spec.health_check.command",
+                        "empty".into(),
+                        "a program and its arguments",
+                    ))
+                }
+                _ => {}
+            }
+            Some(crate::protocol::HealthSpec {
+                interval_ms: interval.as_millis() as u64,
+                timeout_ms: timeout.as_millis() as u64,
+                failures: h.failures,
+                grace_ms: grace.as_millis() as u64,
+                command: h.command.clone(),
+            })
         }
         None => None,
     };
@@ -431,10 +473,8 @@ spec:
         assert_eq!(d.manifest.spec.replicas, 3);
         assert_eq!(d.need.scalars["cpus"], 0.5);
         assert_eq!(d.want.scalars["mem"], 512.0);
-        assert_eq!(
-            d.health,
-            Some((Duration::from_secs(5), Duration::from_secs(1)))
-        );
+        let h = d.health.clone().unwrap();
+        assert_eq!((h.interval_ms, h.timeout_ms, h.failures), (5000, 1000, 3));
         let json = serde_json::to_string(&d.manifest).unwrap();
         let again = parse(Path::new("deploy.json"), &json).unwrap();
         assert_eq!(again.manifest, d.manifest);

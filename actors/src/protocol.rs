@@ -97,6 +97,8 @@ pub struct Register {
     /// The ids of the tasks the master launched that run here now (soft state: a
     /// restarted master adopts them instead of starting them again).
     pub running: Vec<String>,
+    /// Of those, the ones with a health check whose last check passed.
+    pub healthy: Vec<String>,
     /// Expiry of its certificate.
     pub cert_expiry: SystemTime,
 }
@@ -162,6 +164,8 @@ pub struct LaunchActor {
     pub actor_type: String,
     /// The name the instance gets on the agent's node.
     pub name: String,
+    /// Its health check, if any.
+    pub health: Option<HealthSpec>,
 }
 
 /// The master asks an agent to stop a task.
@@ -191,6 +195,8 @@ pub const AGENT_ACTOR: &str = "$agent";
 pub struct LaunchCommand {
     /// What to run; `task.id` is the task id.
     pub task: crate::agent::command::CommandTask,
+    /// Its health check, if any.
+    pub health: Option<HealthSpec>,
 }
 
 /// Which captured stream of a command task.
@@ -246,4 +252,20 @@ pub struct TaskDetail {
     pub limits: Vec<String>,
     /// Where it stands, as the agent sees it now.
     pub status: String,
+}
+
+/// A task's health check, run by its agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSpec {
+    /// Between checks, in milliseconds.
+    pub interval_ms: u64,
+    /// Per check, in milliseconds.
+    pub timeout_ms: u64,
+    /// Consecutive failures after which the task is killed and reported Failed.
+    pub failures: u32,
+    /// Failures this long after the start do not count, in milliseconds.
+    pub grace_ms: u64,
+    /// Command tasks: a program and its arguments run in the sandbox (exit 0: healthy).
+    /// Actor tasks (`None`): the instance is asked [`crate::health::HealthCheck`].
+    pub command: Option<Vec<String>>,
 }

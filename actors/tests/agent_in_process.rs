@@ -234,6 +234,7 @@ async fn the_master_starts_and_kills_actor_tasks_on_an_agent() {
             task_id: "t3".into(),
             actor_type: "doubler".into(),
             name: "sneaky".into(),
+            health: None,
         })
         .await
         .unwrap();
@@ -353,5 +354,96 @@ async fn a_deployment_keeps_its_replicas_running_and_replaces_a_lost_agents() {
         err.to_string().contains("no deployment \"default/calc\""),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Never healthy.
+struct Sick;
+
+impl Actor for Sick {
+    type Context = Context<Self>;
+}
+
+#[actormesh::handler]
+impl Handler<actormesh::health::HealthCheck> for Sick {
+    type Result = Result<(), String>;
+    fn handle(&mut self, _: actormesh::health::HealthCheck, _: &mut Context<Self>) -> Self::Result {
+        Err("not ready".into())
+    }
+}
+
+#[actormesh::handler]
+impl Handler<actormesh::health::HealthCheck> for Doubler {
+    type Result = Result<(), String>;
+    fn handle(&mut self, _: actormesh::health::HealthCheck, _: &mut Context<Self>) -> Self::Result {
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn health_checks_gate_availability_and_replace_unhealthy_instances() {
+    use actormesh::master::frameworks::TaskState;
+    use actormesh::master::{ApplyDeployment, ListDeploymentTasks, ListDeployments};
+
+    let dir = std::env::temp_dir().join(format!("am-health-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let m = start_master(&dir, true).await;
+    let host = ActorHost::new()
+        .with("doubler", || Doubler)
+        .with("sick", || Sick);
+    let _a = join(
+        &m,
+        &dir,
+        "h1",
+        Some("cpus:4;mem:4096".parse().unwrap()),
+        host,
+    )
+    .await;
+    let manifest = |name: &str, actor: &str| {
+        format!(
+            r#"{{"kind":"Deployment","name":"{name}","spec":{{"actor":"{actor}","version":"v1","replicas":1,"resources":{{"need":"cpus:1"}},"health_check":{{"interval":"100ms","timeout":"100ms","failures":2}},"restart":{{"policy":"on-failure","backoff_initial":"100ms","backoff_max":"1s"}}}}}}"#
+        )
+    };
+    for (name, actor) in [("good", "doubler"), ("bad", "sick")] {
+        m.master
+            .send(ApplyDeployment(manifest(name, actor)))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // The healthy one counts as running once its check passed.
+    let good = eventually(Duration::from_secs(10), || async {
+        m.master
+            .send(ListDeployments)
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.name == "good" && d.running == 1)
+    })
+    .await;
+    assert!(good, "{:?}", m.master.send(ListDeployments).await.unwrap());
+    // The sick one is killed after 2 failed checks, reported Failed with why, and
+    // replaced (after the backoff).
+    let replaced = eventually(Duration::from_secs(10), || async {
+        let tasks = m.master.send(ListDeploymentTasks).await.unwrap();
+        let bad: Vec<_> = tasks
+            .iter()
+            .filter(|t| t.deployment == "default/bad")
+            .collect();
+        bad.iter().any(|t| {
+            t.state == TaskState::Failed
+                && t.message
+                    .contains("health check failed 2 times in a row: not ready")
+        }) && bad.len() >= 2
+    })
+    .await;
+    assert!(
+        replaced,
+        "{:#?}",
+        m.master.send(ListDeploymentTasks).await.unwrap()
+    );
+    let summaries = m.master.send(ListDeployments).await.unwrap();
+    let bad = summaries.iter().find(|d| d.name == "bad").unwrap();
+    assert_eq!(bad.running, 0, "an unhealthy instance counted as running");
     let _ = std::fs::remove_dir_all(&dir);
 }

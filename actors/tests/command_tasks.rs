@@ -235,3 +235,76 @@ async fn a_restarted_agent_reattaches_to_its_command_tasks() {
         })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_health_checks_run_in_the_sandbox() {
+    let dir = temp_dir("cmd-health");
+    let master = Master::start(
+        &dir.join("master"),
+        free_udp(),
+        free_udp(),
+        free_tcp(),
+        &["--heartbeat", "100ms"],
+    )
+    .await;
+    let token = master.token(3600);
+    let _a = agent(
+        &master,
+        &dir.join("a1"),
+        "a1",
+        Some(&token),
+        &["--resources", "cpus:4;mem:1GiB"],
+    )
+    .await;
+    let deploy = |name: &str, check: &str, grace: &str| {
+        format!(
+            "kind: Deployment\nname: {name}\nspec:\n  command: {{ path: /bin/sleep, args: [\"60\"], kill_grace: 500ms }}\n  version: v1\n  replicas: 1\n  resources: {{ need: \"cpus:0.1\" }}\n  health_check: {{ interval: 100ms, timeout: 100ms, failures: 2, command: {check}{grace} }}\n  restart: {{ policy: never }}\n"
+        )
+    };
+    // Healthy once a file appears in its sandbox (failures do not count for a minute);
+    // never healthy.
+    let f = write(
+        &dir,
+        "ready.yaml",
+        &deploy(
+            "ready",
+            "[\"/bin/sh\", \"-c\", \"test -f ready\"]",
+            ", grace: 60s",
+        ),
+    );
+    let g = write(&dir, "never.yaml", &deploy("sick", "[\"/bin/false\"]", ""));
+    ok(&master.cli(&["apply", "-f", &g, "--no-wait"]));
+    let tasks = master
+        .wait_tasks("sick Failed", Duration::from_secs(30), |t| {
+            of(t, "default/sick")
+                .first()
+                .is_some_and(|t| t.state == TaskState::Failed)
+        })
+        .await;
+    let why = &of(&tasks, "default/sick")[0].message;
+    assert!(
+        why.starts_with("health check failed 2 times in a row: /bin/false exited"),
+        "{why}"
+    );
+    ok(&master.cli(&["apply", "-f", &f, "--no-wait"]));
+    let tasks = master
+        .wait_tasks("ready Running", Duration::from_secs(30), |t| {
+            of(t, "default/ready")
+                .first()
+                .is_some_and(|t| t.state == TaskState::Running)
+        })
+        .await;
+    let id = of(&tasks, "default/ready")[0].id.clone();
+    let out = ok(&master.cli(&["describe", "task", &id, "-o", "json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let sandbox = v["on_agent"]["sandbox"].as_str().unwrap().to_string();
+    std::fs::write(std::path::Path::new(&sandbox).join("ready"), b"").unwrap();
+    master
+        .wait_tasks("ready healthy", Duration::from_secs(30), |t| {
+            of(t, "default/ready")
+                .first()
+                .is_some_and(|t| t.healthy == Some(true))
+        })
+        .await;
+    ok(&master.cli(&["delete", "deployment", "ready"]));
+}

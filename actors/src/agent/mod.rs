@@ -316,6 +316,8 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
             .filter(|c| c.status() == command::CommandStatus::Running)
             .map(|c| c.task().id.clone())
             .collect(),
+        // Not checked yet in this run.
+        healthy: Vec::new(),
         cert_expiry: creds.not_after().unwrap_or(SystemTime::UNIX_EPOCH),
     };
     // The gate runs before registering: the master may answer a registration by killing
@@ -419,12 +421,11 @@ async fn heartbeat_loop(
                     // The master is back (perhaps restarted): report again what runs here.
                     lost = false;
                     let mut again = register.clone();
-                    again.running = task_ids
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .iter()
-                        .cloned()
-                        .collect();
+                    {
+                        let set = task_ids.lock().unwrap_or_else(|e| e.into_inner());
+                        again.running = set.running.iter().cloned().collect();
+                        again.healthy = set.healthy.iter().cloned().collect();
+                    }
                     if let Err(e) = master.ask_timeout(again, Duration::from_secs(5)).await {
                         warn!(error = %e, "re-registration failed; will retry");
                         lost = true;

@@ -17,8 +17,8 @@ use tracing::{info, warn};
 use super::command;
 use crate::master::frameworks::{TaskState, TaskStatus};
 use crate::protocol::{
-    DescribeTask, KillTask, LaunchActor, LaunchCommand, LogStream, ReadTaskLog, TaskDetail,
-    TaskLog, TaskStatusReport,
+    DescribeTask, HealthSpec, KillTask, LaunchActor, LaunchCommand, LogStream, ReadTaskLog,
+    TaskDetail, TaskLog, TaskStatusReport,
 };
 use crate::{
     Node, NodeError, RemoteRef, RestartPolicy, SpawnOptions, Terminated, TerminationReason,
@@ -87,7 +87,23 @@ struct CommandEntry {
 
 /// The ids of the tasks (actor and command) that run on this agent, shared with the
 /// heartbeat loop (which reports them when it registers again).
-pub type TaskIds = Arc<Mutex<BTreeSet<String>>>;
+pub type TaskIds = Arc<Mutex<TaskSet>>;
+
+/// The tasks that run on an agent, and which of them passed their last health check.
+#[derive(Debug, Default)]
+pub struct TaskSet {
+    /// Task ids.
+    pub running: BTreeSet<String>,
+    /// Those with a health check whose last check passed.
+    pub healthy: BTreeSet<String>,
+}
+
+impl TaskSet {
+    fn remove(&mut self, id: &str) {
+        self.running.remove(id);
+        self.healthy.remove(id);
+    }
+}
 
 /// The agent's face on the mesh (`$agent`): launches and kills tasks for the master only.
 pub struct AgentGate {
@@ -99,7 +115,81 @@ pub struct AgentGate {
     commands: BTreeMap<String, CommandEntry>,
     task_ids: TaskIds,
     sandboxes: PathBuf,
+    /// Health checks, by task id.
+    health: BTreeMap<String, Health>,
+    /// Tasks being killed for failing their health check, with why.
+    unhealthy: BTreeMap<String, String>,
     next_uuid: AtomicU64,
+}
+
+/// A task's health check as its agent runs it.
+struct Health {
+    spec: HealthSpec,
+    started: std::time::Instant,
+    last: Option<std::time::Instant>,
+    in_flight: bool,
+    failures: u32,
+    /// The health last reported to the master.
+    reported: Option<bool>,
+}
+
+impl Health {
+    fn new(spec: HealthSpec) -> Self {
+        Self {
+            spec,
+            started: std::time::Instant::now(),
+            last: None,
+            in_flight: false,
+            failures: 0,
+            reported: None,
+        }
+    }
+}
+
+/// Where a command task's health check is kept, so a restarted agent runs it again.
+const HEALTH_FILE: &str = "health.json";
+
+/// The outcome of one health check.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct HealthResult {
+    task_id: String,
+    outcome: Result<(), String>,
+}
+
+/// Runs a health check command in `dir` with `env`, at most `timeout`.
+fn run_check(
+    command: &[String],
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| "the health check has no command".to_string())?;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .envs(env)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("{program} exited with {status}")),
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{program} did not finish within {timeout:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("cannot wait for {program}: {e}")),
+        }
+    }
 }
 
 /// Where command tasks' sandboxes live under an agent's data directory.
@@ -176,6 +266,7 @@ impl AgentGate {
         task_ids: TaskIds,
     ) -> Self {
         let mut commands = BTreeMap::new();
+        let mut health = BTreeMap::new();
         for running in recovered {
             let Some(id) = running
                 .dir()
@@ -187,7 +278,14 @@ impl AgentGate {
             task_ids
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .running
                 .insert(id.clone());
+            if let Some(spec) = std::fs::read(running.dir().join(HEALTH_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<HealthSpec>(&b).ok())
+            {
+                health.insert(id.clone(), Health::new(spec));
+            }
             commands.insert(
                 id,
                 CommandEntry {
@@ -206,6 +304,8 @@ impl AgentGate {
             commands,
             task_ids,
             sandboxes,
+            health,
+            unhealthy: BTreeMap::new(),
             next_uuid: AtomicU64::new(1),
         }
     }
@@ -213,12 +313,19 @@ impl AgentGate {
     /// Sends a status report in the background, again and again (capped backoff) until the
     /// master acknowledges it.
     fn report(&self, task_id: &str, state: TaskState, message: String) {
-        self.report_then(task_id, state, message, None);
+        self.report_then(task_id, state, message, None, None);
     }
 
     /// Like [`Self::report`]; once the master acknowledges, `mark` (if any) is created, so
     /// that a restarted agent knows the end was delivered.
-    fn report_then(&self, task_id: &str, state: TaskState, message: String, mark: Option<PathBuf>) {
+    fn report_then(
+        &self,
+        task_id: &str,
+        state: TaskState,
+        message: String,
+        mark: Option<PathBuf>,
+        healthy: Option<bool>,
+    ) {
         let report = TaskStatusReport {
             agent_id: self.agent_id.clone(),
             status: TaskStatus {
@@ -227,6 +334,7 @@ impl AgentGate {
                 state,
                 message,
                 uuid: self.next_uuid.fetch_add(1, Ordering::Relaxed),
+                healthy,
             },
         };
         let master = self.master.clone();
@@ -273,7 +381,10 @@ impl Actor for AgentGate {
     fn started(&mut self, ctx: &mut Context<Self>) {
         // Command tasks are watched through their sandboxes (the exit status the wrapper
         // writes) and /proc, which works the same for re-attached processes.
-        ctx.run_interval(COMMAND_POLL, |gate, _| gate.poll_commands());
+        ctx.run_interval(COMMAND_POLL, |gate, ctx| {
+            gate.poll_commands();
+            gate.poll_health(ctx);
+        });
     }
 }
 
@@ -281,6 +392,62 @@ impl Actor for AgentGate {
 const COMMAND_POLL: Duration = Duration::from_millis(100);
 
 impl AgentGate {
+    /// Starts the health checks that are due.
+    fn poll_health(&mut self, ctx: &mut Context<Self>) {
+        let now = std::time::Instant::now();
+        let due: Vec<String> = self
+            .health
+            .iter()
+            .filter(|(_, h)| {
+                !h.in_flight
+                    && h.last.is_none_or(|at| {
+                        now.duration_since(at) >= Duration::from_millis(h.spec.interval_ms)
+                    })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let Some(h) = self.health.get_mut(&id) else {
+                continue;
+            };
+            h.in_flight = true;
+            h.last = Some(now);
+            let timeout = Duration::from_millis(h.spec.timeout_ms.max(1));
+            let me = ctx.address();
+            if let Some(c) = self.commands.get(&id) {
+                let command = h.spec.command.clone().unwrap_or_default();
+                let dir = c.running.dir().to_path_buf();
+                let env = c.running.task().env.clone();
+                actix::spawn(async move {
+                    let outcome = tokio::task::spawn_blocking(move || {
+                        run_check(&command, &dir, &env, timeout)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the check did not run: {e}")));
+                    me.do_send(HealthResult {
+                        task_id: id,
+                        outcome,
+                    });
+                });
+            } else if let Some(t) = self.tasks.values().find(|t| t.id == id) {
+                let instance = self.node.local_ref(&t.name);
+                actix::spawn(async move {
+                    let outcome = match instance
+                        .ask_timeout(crate::health::HealthCheck, timeout)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => Err(e.to_string()),
+                    };
+                    me.do_send(HealthResult {
+                        task_id: id,
+                        outcome,
+                    });
+                });
+            }
+        }
+    }
+
     fn poll_commands(&mut self) {
         let ended: Vec<(String, command::CommandStatus)> = self
             .commands
@@ -313,12 +480,18 @@ impl AgentGate {
                         .into(),
                 ),
             };
+            self.health.remove(&id);
+            let (state, message) = match self.unhealthy.remove(&id) {
+                Some(why) => (TaskState::Failed, why),
+                None => (state, message),
+            };
             info!(task = %id, ?state, %message, "command task ended");
             self.report_then(
                 &id,
                 state,
                 message,
                 Some(entry.running.dir().join(REPORTED)),
+                None,
             );
         }
     }
@@ -361,9 +534,16 @@ impl Handler<LaunchCommand> for AgentGate {
                     )
                 };
                 info!(task = %id, pid = running.pid(), "command task running");
+                if let Some(spec) = m.health.clone() {
+                    if let Ok(json) = serde_json::to_vec(&spec) {
+                        let _ = std::fs::write(running.dir().join(HEALTH_FILE), json);
+                    }
+                    self.health.insert(id.clone(), Health::new(spec));
+                }
                 self.task_ids
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
+                    .running
                     .insert(id.clone());
                 self.commands.insert(
                     id.clone(),
@@ -496,9 +676,13 @@ impl Handler<LaunchActor> for AgentGate {
                     },
                 );
                 info!(task = %m.task_id, actor = %m.name, "actor task running");
+                if let Some(spec) = m.health.clone() {
+                    self.health.insert(m.task_id.clone(), Health::new(spec));
+                }
                 self.task_ids
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
+                    .running
                     .insert(m.task_id.clone());
                 self.report(&m.task_id, TaskState::Running, String::new());
                 Ok(())
@@ -540,6 +724,83 @@ impl Handler<KillTask> for AgentGate {
     }
 }
 
+impl Handler<HealthResult> for AgentGate {
+    type Result = ();
+    fn handle(&mut self, r: HealthResult, ctx: &mut Context<Self>) {
+        let Some(h) = self.health.get_mut(&r.task_id) else {
+            return; // The task ended meanwhile.
+        };
+        h.in_flight = false;
+        match r.outcome {
+            Ok(()) => {
+                h.failures = 0;
+                self.task_ids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .healthy
+                    .insert(r.task_id.clone());
+                if h.reported != Some(true) {
+                    h.reported = Some(true);
+                    self.report_then(
+                        &r.task_id,
+                        TaskState::Running,
+                        "healthy".into(),
+                        None,
+                        Some(true),
+                    );
+                }
+            }
+            Err(why) => {
+                if h.started.elapsed() < Duration::from_millis(h.spec.grace_ms) {
+                    return;
+                }
+                h.failures += 1;
+                let (failures, limit) = (h.failures, h.spec.failures);
+                self.task_ids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .healthy
+                    .remove(&r.task_id);
+                if h.reported != Some(false) {
+                    h.reported = Some(false);
+                    self.report_then(
+                        &r.task_id,
+                        TaskState::Running,
+                        format!("health check failed: {why}"),
+                        None,
+                        Some(false),
+                    );
+                }
+                if failures < limit {
+                    return;
+                }
+                warn!(task = %r.task_id, failures, %why, "health check failed too often; killing the task");
+                self.health.remove(&r.task_id);
+                self.unhealthy.insert(
+                    r.task_id.clone(),
+                    format!("health check failed {failures} times in a row: {why}"),
+                );
+                if let Some(c) = self.commands.get_mut(&r.task_id) {
+                    c.running.terminate();
+                    let (grace, id) = (c.grace, r.task_id.clone());
+                    ctx.run_later(grace, move |gate, _| {
+                        if let Some(c) = gate.commands.get(&id) {
+                            c.running.force();
+                        }
+                    });
+                } else if let Some(name) = self
+                    .tasks
+                    .values()
+                    .find(|t| t.id == r.task_id)
+                    .map(|t| t.name.clone())
+                {
+                    self.node.stop(&name);
+                }
+            }
+        }
+    }
+}
+
 impl Handler<Terminated> for AgentGate {
     type Result = ();
     fn handle(&mut self, t: Terminated, _: &mut Context<Self>) {
@@ -550,7 +811,10 @@ impl Handler<Terminated> for AgentGate {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&task.id);
+        self.health.remove(&task.id);
+        let unhealthy = self.unhealthy.remove(&task.id);
         let (state, message) = match (&t.reason, task.kill_requested) {
+            _ if unhealthy.is_some() => (TaskState::Failed, unhealthy.unwrap_or_default()),
             (_, true) => (TaskState::Killed, String::new()),
             (TerminationReason::Panicked, _) => (
                 TaskState::Failed,

@@ -63,6 +63,8 @@ pub enum Action {
         agent: String,
         /// What to run.
         what: Launchable,
+        /// Its health check, run by the agent.
+        health: Option<crate::protocol::HealthSpec>,
     },
     /// Stop an instance.
     Kill {
@@ -97,6 +99,9 @@ pub struct TaskEntry {
     /// Since when it runs.
     #[serde(skip)]
     pub running_since: Option<Instant>,
+    /// With a health check: whether the last check passed (`None`: not checked yet).
+    #[serde(default)]
+    pub healthy: Option<bool>,
 }
 
 impl TaskEntry {
@@ -105,6 +110,11 @@ impl TaskEntry {
             self.state,
             TaskState::Staging | TaskState::Starting | TaskState::Running
         )
+    }
+
+    /// Running, and healthy if `checked`: it counts as available.
+    fn available(&self, checked: bool) -> bool {
+        self.state == TaskState::Running && (!checked || self.healthy == Some(true))
     }
 }
 
@@ -299,8 +309,22 @@ impl DeploymentBook {
     /// - instances of deployments that no longer exist, or already killed, are killed;
     /// - instances the book has Starting or Running there that the agent no longer runs
     ///   are Lost (the agent restarted), and will be replaced.
-    pub fn adopt(&mut self, agent: &str, running: &[String], now: Instant) -> Vec<Action> {
+    pub fn adopt(
+        &mut self,
+        agent: &str,
+        running: &[String],
+        healthy: &[String],
+        now: Instant,
+    ) -> Vec<Action> {
         let reported: BTreeSet<&String> = running.iter().collect();
+        let healthy: BTreeSet<&String> = healthy.iter().collect();
+        for name in running {
+            if let Some(t) = self.tasks.get_mut(name) {
+                if t.agent == agent && healthy.contains(name) {
+                    t.healthy = Some(true);
+                }
+            }
+        }
         let gone: Vec<String> = self
             .tasks
             .values()
@@ -373,6 +397,7 @@ impl DeploymentBook {
                             resources: d.need.clone(),
                             seq: self.next,
                             running_since: Some(now),
+                            healthy: healthy.contains(name).then_some(true),
                         },
                     );
                 }
@@ -457,6 +482,9 @@ impl DeploymentBook {
         }
         t.state = s.state;
         t.message = s.message.clone();
+        if s.healthy.is_some() {
+            t.healthy = s.healthy;
+        }
         if s.state == TaskState::Running && t.running_since.is_none() {
             t.running_since = Some(now);
         }
@@ -589,16 +617,14 @@ impl DeploymentBook {
             .filter(|t| t.deployment == k && t.live())
             .cloned()
             .collect();
-        // Not yet running first, then the newest: the cheapest to give up.
-        live.sort_by_key(|t| (t.state == TaskState::Running, std::cmp::Reverse(t.seq)));
+        // Not yet available first, then the newest: the cheapest to give up.
+        let checked = d.health.is_some();
+        live.sort_by_key(|t| (t.available(checked), std::cmp::Reverse(t.seq)));
         let (new, old): (Vec<TaskEntry>, Vec<TaskEntry>) =
             live.iter().cloned().partition(|t| &t.version == version);
         let surge = spec.rolling_update.max_surge as usize;
         let min_available = target.saturating_sub(spec.rolling_update.max_unavailable as usize);
-        let mut available = live
-            .iter()
-            .filter(|t| t.state == TaskState::Running)
-            .count();
+        let mut available = live.iter().filter(|t| t.available(checked)).count();
         let mut live_count = live.len();
         let kill = |book: &mut Self, t: &TaskEntry, why: &str, actions: &mut Vec<Action>| {
             actions.push(Action::Kill {
@@ -616,13 +642,13 @@ impl DeploymentBook {
             kill(self, t, "scaled down", actions);
             new_count -= 1;
             live_count -= 1;
-            if t.state == TaskState::Running {
+            if t.available(checked) {
                 available -= 1;
             }
         }
         // Old versions go as far as availability allows (those not running at once).
         for t in &old {
-            let running = t.state == TaskState::Running;
+            let running = t.available(checked);
             if running && available <= min_available {
                 continue;
             }
@@ -690,11 +716,13 @@ impl DeploymentBook {
                             resources: d.need.clone(),
                             seq: self.next,
                             running_since: None,
+                            healthy: None,
                         },
                     );
                     launched.push((actions.len(), agent.clone()));
                     actions.push(Action::Launch {
                         what: launchable(d, &id, &d.need),
+                        health: d.health.clone(),
                         task_id: id,
                         agent,
                     });
@@ -886,6 +914,7 @@ impl DeploymentBook {
 
     fn summary(&self, k: &str, d: &Deployment) -> DeploymentSummary {
         let spec = &d.manifest.spec;
+        let checked = d.health.is_some();
         let count = |f: &dyn Fn(&TaskEntry) -> bool| {
             self.tasks
                 .values()
@@ -897,11 +926,8 @@ impl DeploymentBook {
             name: d.manifest.name.clone(),
             version: spec.version.clone(),
             replicas: spec.replicas,
-            running: count(&|t| t.state == TaskState::Running && t.version == spec.version),
-            pending: count(&|t| {
-                matches!(t.state, TaskState::Staging | TaskState::Starting)
-                    && t.version == spec.version
-            }),
+            running: count(&|t| t.available(checked) && t.version == spec.version),
+            pending: count(&|t| t.live() && !t.available(checked) && t.version == spec.version),
             old: count(&|t| t.live() && t.version != spec.version),
             done: count(&|t| {
                 t.version == spec.version && fills_slot(&spec.restart.policy, t.state)
@@ -955,6 +981,7 @@ mod tests {
                         state: TaskState::Running,
                         message: String::new(),
                         uuid: 0,
+                        healthy: None,
                     },
                     Instant::now(),
                 );
@@ -1032,7 +1059,7 @@ mod tests {
         after.apply(deployment(2, ""));
         let mut running = launched.clone();
         running.push("$agent".into());
-        assert!(after.adopt("a1", &running, Instant::now()).is_empty());
+        assert!(after.adopt("a1", &running, &[], Instant::now()).is_empty());
         assert!(
             after.reconcile(&agents, Instant::now()).is_empty(),
             "no duplicates after adoption"
@@ -1091,6 +1118,7 @@ mod tests {
                 state,
                 message: String::new(),
                 uuid: 0,
+                healthy: None,
             },
             now,
         );
@@ -1295,7 +1323,7 @@ mod tests {
         status(&mut book, &first[0], TaskState::Running, now);
         let home = book.task(&first[0]).unwrap().agent.clone();
         // The agent restarts without the instance: Lost, and replaced.
-        assert!(book.adopt(&home, &[], now).is_empty());
+        assert!(book.adopt(&home, &[], &[], now).is_empty());
         assert_eq!(book.task(&first[0]).unwrap().state, TaskState::Lost);
         let others: Vec<AgentView> = agents
             .iter()
@@ -1310,10 +1338,62 @@ mod tests {
         assert_eq!(second.len(), 1);
         status(&mut book, &second[0], TaskState::Running, now);
         // The first instance turns up after all: it was replaced, so it is killed.
-        let k = book.adopt(&home, std::slice::from_ref(&first[0]), now);
+        let k = book.adopt(&home, std::slice::from_ref(&first[0]), &[], now);
         assert_eq!(kills(&k), first);
         // An instance of a deleted deployment is killed; other actors are left alone.
-        let k = book.adopt(&home, &["default.gone-1a2".into(), "my-actor".into()], now);
+        let k = book.adopt(
+            &home,
+            &["default.gone-1a2".into(), "my-actor".into()],
+            &[],
+            now,
+        );
         assert_eq!(kills(&k), vec!["default.gone-1a2".to_string()]);
+    }
+
+    #[test]
+    fn with_a_health_check_only_healthy_instances_count_as_available() {
+        let health = "  health_check: { interval: 1s, timeout: 1s, failures: 3 }\n";
+        let mut book = DeploymentBook::default();
+        book.apply(deployment(2, health));
+        let agents = vec![agent("a1", "x", 8)];
+        let now = Instant::now();
+        let first = launches(&book.reconcile(&agents, now));
+        for id in &first {
+            status(&mut book, id, TaskState::Running, now);
+        }
+        assert_eq!(
+            book.summaries()[0].running,
+            0,
+            "running, but not yet healthy"
+        );
+        let healthy = |book: &mut DeploymentBook, id: &str| {
+            let agent = book.task(id).unwrap().agent.clone();
+            book.on_status(
+                &TaskStatus {
+                    task_id: id.into(),
+                    agent_id: agent,
+                    state: TaskState::Running,
+                    message: "healthy".into(),
+                    uuid: 0,
+                    healthy: Some(true),
+                },
+                now,
+            );
+        };
+        for id in &first {
+            healthy(&mut book, id);
+        }
+        assert_eq!(book.summaries()[0].running, 2);
+        // A new version: the surge instance runs but is not healthy, so no old one goes.
+        book.apply(deployment(2, health).with_version("v2"));
+        let new = launches(&book.reconcile(&agents, now));
+        assert_eq!(new.len(), 1);
+        status(&mut book, &new[0], TaskState::Running, now);
+        assert!(
+            kills(&book.reconcile(&agents, now)).is_empty(),
+            "an old instance was killed before its replacement was healthy"
+        );
+        healthy(&mut book, &new[0]);
+        assert_eq!(kills(&book.reconcile(&agents, now)).len(), 1);
     }
 }

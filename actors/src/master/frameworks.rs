@@ -65,6 +65,9 @@ pub struct TaskStatus {
     pub message: String,
     /// Unique per update; the framework acknowledges with it.
     pub uuid: u64,
+    /// With a health check: whether the last check passed (`None`: no check yet).
+    #[serde(default)]
+    pub healthy: Option<bool>,
 }
 
 /// A registered framework.
@@ -456,6 +459,7 @@ mod tests {
             state,
             message: String::new(),
             uuid,
+            healthy: None,
         }
     }
 

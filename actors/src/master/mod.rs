@@ -610,7 +610,7 @@ impl Handler<RegisterFrom> for Master {
         }
         let kills = self
             .deployments
-            .adopt(&r.agent_id, &r.running, Instant::now());
+            .adopt(&r.agent_id, &r.running, &r.healthy, Instant::now());
         // Registration is soft state: if it cannot be written, the agent is told to retry
         // and registers again after a master restart anyway.
         self.persist_agent(&r.agent_id, Vec::new())
@@ -908,6 +908,7 @@ impl Handler<LaunchOn> for Master {
                 task_id: m.task_id,
                 actor_type: m.actor_type,
                 name: m.name,
+                health: None,
             };
             target
                 .ask_timeout(launch, Duration::from_secs(10))
@@ -1005,6 +1006,7 @@ impl Master {
                     task_id,
                     agent,
                     what,
+                    health,
                 } => {
                     let me = ctx.address();
                     let target = self.agent_actor(&agent);
@@ -1015,11 +1017,12 @@ impl Master {
                                     task_id: task_id.clone(),
                                     actor_type,
                                     name: task_id.clone(),
+                                    health,
                                 };
                                 t.ask_timeout(launch, Duration::from_secs(10)).await
                             }
                             (Ok(t), deployments::Launchable::Command(task)) => {
-                                let launch = crate::protocol::LaunchCommand { task };
+                                let launch = crate::protocol::LaunchCommand { task, health };
                                 t.ask_timeout(launch, Duration::from_secs(10)).await
                             }
                             (Err(e), _) => Ok(Err(e)),
@@ -1064,6 +1067,7 @@ impl Handler<LaunchFailed> for Master {
             state: frameworks::TaskState::Failed,
             message: format!("launch failed: {}", m.why),
             uuid: 0,
+            healthy: None,
         };
         if !self.framework_task_status(status) {
             self.deployments

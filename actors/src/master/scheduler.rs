@@ -272,6 +272,7 @@ impl Master {
                 state,
                 message: format!("agent {id} is {to}"),
                 uuid: self.next_update_uuid(),
+                healthy: None,
             };
             self.framework_task_status(status);
         }
@@ -801,6 +802,7 @@ impl Handler<AcceptFrom> for Master {
                 task_id: id,
                 agent: offer.agent.clone(),
                 what,
+                health: None,
             });
         }
         self.carry_out(actions, ctx);
@@ -891,6 +893,7 @@ impl Handler<ReconcileFrom> for Master {
                     state: t.state,
                     message: t.message.clone(),
                     uuid: 0,
+                    healthy: None,
                 },
                 None => TaskStatus {
                     task_id: task,
@@ -898,6 +901,7 @@ impl Handler<ReconcileFrom> for Master {
                     state: TaskState::Lost,
                     message: "the master does not know this task".into(),
                     uuid: 0,
+                    healthy: None,
                 },
             };
             if let Some(t) = &target {
