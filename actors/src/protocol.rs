@@ -166,6 +166,45 @@ pub struct LaunchActor {
     pub name: String,
     /// Its health check, if any.
     pub health: Option<HealthSpec>,
+    /// How the agent restarts the instance in place after a panic (or a stop, for
+    /// `always`); `None`: on failure with the default backoff.
+    pub restart: Option<RestartSpec>,
+}
+
+/// A restart policy for an actor task's supervision on its agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartSpec {
+    /// `never`, `on-failure` or `always`.
+    pub policy: String,
+    /// First delay, in milliseconds.
+    pub backoff_initial_ms: u64,
+    /// Longest delay, in milliseconds.
+    pub backoff_max_ms: u64,
+}
+
+impl RestartSpec {
+    /// The runtime's policy: restarts in place, at most 10 a minute, then the task fails
+    /// and its framework decides.
+    pub fn policy(&self) -> crate::RestartPolicy {
+        let backoff = crate::Backoff {
+            initial: std::time::Duration::from_millis(self.backoff_initial_ms),
+            max: std::time::Duration::from_millis(self.backoff_max_ms),
+        };
+        let (max_restarts, within) = (10, std::time::Duration::from_secs(60));
+        match self.policy.as_str() {
+            "never" => crate::RestartPolicy::Never,
+            "always" => crate::RestartPolicy::Always {
+                max_restarts,
+                within,
+                backoff,
+            },
+            _ => crate::RestartPolicy::OnFailure {
+                max_restarts,
+                within,
+                backoff,
+            },
+        }
+    }
 }
 
 /// The master asks an agent to stop a task.

@@ -235,6 +235,7 @@ async fn the_master_starts_and_kills_actor_tasks_on_an_agent() {
             actor_type: "doubler".into(),
             name: "sneaky".into(),
             health: None,
+            restart: None,
         })
         .await
         .unwrap();
@@ -445,5 +446,112 @@ async fn health_checks_gate_availability_and_replace_unhealthy_instances() {
     let summaries = m.master.send(ListDeployments).await.unwrap();
     let bad = summaries.iter().find(|d| d.name == "bad").unwrap();
     assert_eq!(bad.running, 0, "an unhealthy instance counted as running");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[derive(Debug, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "test.Crash/v1", reply = u64)]
+struct Crash(bool);
+
+/// Panics when asked to.
+struct Fragile;
+
+impl Actor for Fragile {
+    type Context = Context<Self>;
+}
+
+#[actormesh::handler]
+impl Handler<Crash> for Fragile {
+    type Result = u64;
+    fn handle(&mut self, m: Crash, _: &mut Context<Self>) -> u64 {
+        assert!(!m.0, "asked to crash");
+        7
+    }
+}
+
+#[actix::test]
+async fn the_restart_policy_decides_whether_a_crashed_instance_comes_back() {
+    use actormesh::master::frameworks::TaskState;
+    use actormesh::master::{ApplyDeployment, ListDeploymentTasks, ListDeployments};
+
+    let dir = std::env::temp_dir().join(format!("am-restart-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let m = start_master(&dir, true).await;
+    let host = ActorHost::new().with("fragile", || Fragile);
+    let a = join(
+        &m,
+        &dir,
+        "r1",
+        Some("cpus:4;mem:4096".parse().unwrap()),
+        host,
+    )
+    .await;
+    let manifest = |name: &str, policy: &str| {
+        format!(
+            r#"{{"kind":"Deployment","name":"{name}","spec":{{"actor":"fragile","version":"v1","replicas":1,"resources":{{"need":"cpus:1"}},"restart":{{"policy":"{policy}","backoff_initial":"10ms","backoff_max":"100ms"}}}}}}"#
+        )
+    };
+    for (name, policy) in [("never", "never"), ("again", "on-failure")] {
+        m.master
+            .send(ApplyDeployment(manifest(name, policy)))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let ready = eventually(Duration::from_secs(10), || async {
+        m.master
+            .send(ListDeployments)
+            .await
+            .unwrap()
+            .iter()
+            .all(|d| d.running == 1)
+    })
+    .await;
+    assert!(ready);
+    let tasks = m.master.send(ListDeploymentTasks).await.unwrap();
+    let id = |d: &str| {
+        tasks
+            .iter()
+            .find(|t| t.deployment == d && t.state == TaskState::Running)
+            .unwrap()
+            .id
+            .clone()
+    };
+    let (never, again) = (id("default/never"), id("default/again"));
+    for name in [&never, &again] {
+        let r = m.node.actor_ref(a.node.local_addr(), name);
+        assert!(r.ask(Crash(true)).await.is_err());
+    }
+    // on-failure: restarted in place, the same task answers again.
+    let r = m.node.actor_ref(a.node.local_addr(), &again);
+    let back = eventually(Duration::from_secs(10), || async {
+        r.ask(Crash(false)).await.ok() == Some(7)
+    })
+    .await;
+    assert!(back, "the on-failure instance did not come back");
+    // never: the task failed and stays failed; nothing replaces it.
+    let done = eventually(Duration::from_secs(10), || async {
+        m.master
+            .send(ListDeployments)
+            .await
+            .unwrap()
+            .iter()
+            .any(|d| d.name == "never" && d.done == 1 && d.running == 0)
+    })
+    .await;
+    let tasks = m.master.send(ListDeploymentTasks).await.unwrap();
+    assert!(done, "{tasks:#?}");
+    let of_never: Vec<_> = tasks
+        .iter()
+        .filter(|t| t.deployment == "default/never")
+        .collect();
+    assert_eq!(of_never.len(), 1, "{of_never:#?}");
+    assert_eq!(of_never[0].state, TaskState::Failed);
+    let again_tasks: Vec<_> = tasks
+        .iter()
+        .filter(|t| t.deployment == "default/again")
+        .collect();
+    assert_eq!(again_tasks.len(), 1, "restarted in place, not replaced");
+    assert_eq!(again_tasks[0].state, TaskState::Running);
     let _ = std::fs::remove_dir_all(&dir);
 }

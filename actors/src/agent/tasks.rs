@@ -24,7 +24,7 @@ use crate::{
     Node, NodeError, RemoteRef, RestartPolicy, SpawnOptions, Terminated, TerminationReason,
 };
 
-type Factory = Rc<dyn Fn(&Node, &str) -> Result<RemoteRef, NodeError>>;
+type Factory = Rc<dyn Fn(&Node, &str, RestartPolicy) -> Result<RemoteRef, NodeError>>;
 
 /// The actor types this agent can start as tasks, by the name the master uses for them.
 #[derive(Clone, Default)]
@@ -44,18 +44,18 @@ impl ActorHost {
         Self::default()
     }
 
-    /// Hosts actor type `type_name`: instances come from `factory`, and are restarted on
-    /// panic.
+    /// Hosts actor type `type_name`: instances come from `factory`, supervised with the
+    /// restart policy each launch asks for (on failure by default).
     pub fn with<A, F>(mut self, type_name: &str, factory: F) -> Self
     where
         A: Actor<Context = Context<A>>,
         F: Fn() -> A + Clone + 'static,
     {
-        let make: Factory = Rc::new(move |node: &Node, name: &str| {
+        let make: Factory = Rc::new(move |node: &Node, name: &str, restart: RestartPolicy| {
             node.spawn_with(
                 name,
                 SpawnOptions {
-                    restart: RestartPolicy::on_failure(),
+                    restart,
                     ..Default::default()
                 },
                 factory.clone(),
@@ -663,7 +663,11 @@ impl Handler<LaunchActor> for AgentGate {
             ));
         };
         self.report(&m.task_id, TaskState::Starting, String::new());
-        match factory(&self.node, &m.name) {
+        let restart = m
+            .restart
+            .as_ref()
+            .map_or_else(RestartPolicy::on_failure, |r| r.policy());
+        match factory(&self.node, &m.name, restart) {
             Ok(r) => {
                 self.node.watch_with(&r, ctx.address().recipient());
                 self.tasks.insert(

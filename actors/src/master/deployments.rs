@@ -46,8 +46,8 @@ pub struct AgentView {
 /// What an instance runs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Launchable {
-    /// An instance of an actor type the agent hosts.
-    Actor(String),
+    /// An instance of an actor type the agent hosts, with its supervision on the agent.
+    Actor(String, Option<crate::protocol::RestartSpec>),
     /// An OS process.
     Command(CommandTask),
 }
@@ -239,7 +239,14 @@ fn fills_slot(policy: &str, state: TaskState) -> bool {
 /// What an instance `task_id` of `d` runs, holding `held`.
 fn launchable(d: &Deployment, task_id: &str, held: &Resources) -> Launchable {
     match (&d.manifest.spec.actor, &d.manifest.spec.command) {
-        (Some(a), _) => Launchable::Actor(a.clone()),
+        (Some(a), _) => Launchable::Actor(
+            a.clone(),
+            Some(crate::protocol::RestartSpec {
+                policy: d.manifest.spec.restart.policy.clone(),
+                backoff_initial_ms: d.backoff.0.as_millis() as u64,
+                backoff_max_ms: d.backoff.1.as_millis() as u64,
+            }),
+        ),
         (None, Some(c)) => Launchable::Command(CommandTask {
             id: task_id.to_string(),
             path: c.path.clone(),
@@ -253,7 +260,7 @@ fn launchable(d: &Deployment, task_id: &str, held: &Resources) -> Launchable {
             kill_grace_ms: d.kill_grace.as_millis() as u64,
         }),
         // The manifest is validated: one of the two is set.
-        (None, None) => Launchable::Actor(String::new()),
+        (None, None) => Launchable::Actor(String::new(), None),
     }
 }
 

@@ -909,6 +909,7 @@ impl Handler<LaunchOn> for Master {
                 actor_type: m.actor_type,
                 name: m.name,
                 health: None,
+                restart: None,
             };
             target
                 .ask_timeout(launch, Duration::from_secs(10))
@@ -1012,12 +1013,13 @@ impl Master {
                     let target = self.agent_actor(&agent);
                     actix::spawn(async move {
                         let asked = match (target, what) {
-                            (Ok(t), deployments::Launchable::Actor(actor_type)) => {
+                            (Ok(t), deployments::Launchable::Actor(actor_type, restart)) => {
                                 let launch = crate::protocol::LaunchActor {
                                     task_id: task_id.clone(),
                                     actor_type,
                                     name: task_id.clone(),
                                     health,
+                                    restart,
                                 };
                                 t.ask_timeout(launch, Duration::from_secs(10)).await
                             }

@@ -778,7 +778,7 @@ impl Handler<AcceptFrom> for Master {
                 },
             );
             let what = match l.kind {
-                TaskKind::Actor { actor_type } => deployments::Launchable::Actor(actor_type),
+                TaskKind::Actor { actor_type } => deployments::Launchable::Actor(actor_type, None),
                 TaskKind::Command {
                     path,
                     args,
