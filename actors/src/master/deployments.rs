@@ -786,6 +786,7 @@ impl DeploymentBook {
         let (mut down, mut no_type, mut selector, mut unique, mut not_offered, mut short) =
             (0, 0, 0, 0, 0, 0);
         let mut fits: Vec<&AgentView> = Vec::new();
+        let mut short_of: BTreeSet<String> = BTreeSet::new();
         for a in agents {
             if !a.up {
                 down += 1;
@@ -807,6 +808,22 @@ impl DeploymentBook {
                 .contains(&d.need)
             {
                 short += 1;
+                let free = a
+                    .free
+                    .minus(used.get(&a.id).unwrap_or(&Resources::default()));
+                for k in d.need.kinds() {
+                    let mut only: Resources = Resources::default();
+                    if let Some(v) = d.need.scalars.get(k) {
+                        only.scalars.insert(k.clone(), *v);
+                    } else if let Some(r) = d.need.ranges.get(k) {
+                        only.ranges.insert(k.clone(), r.clone());
+                    } else if let Some(set) = d.need.sets.get(k) {
+                        only.sets.insert(k.clone(), set.clone());
+                    }
+                    if !free.contains(&only) {
+                        short_of.insert(k.clone());
+                    }
+                }
             } else {
                 fits.push(a);
             }
@@ -834,6 +851,14 @@ impl DeploymentBook {
         if let Some(ty) = actor_type {
             wanted.push(format!("hosting {ty}"));
         }
+        let too_little = if short_of.is_empty() {
+            "have too little free".to_string()
+        } else {
+            format!(
+                "have too little free {}",
+                short_of.into_iter().collect::<Vec<_>>().join(" or ")
+            )
+        };
         let mut counts = Vec::new();
         for (n, what) in [
             (down, "not usable (down, draining or not registered)"),
@@ -844,7 +869,7 @@ impl DeploymentBook {
                 not_offered,
                 "are offered to another framework or were just refused",
             ),
-            (short, "have too little free"),
+            (short, too_little.as_str()),
         ] {
             if n > 0 {
                 counts.push(format!("{n} {what}"));
@@ -1105,6 +1130,11 @@ mod tests {
         let agents = vec![agent("a1", "x", 2)];
         let actions = book.reconcile(&agents, Instant::now());
         assert_eq!(actions.len(), 2, "only 2 cpus free");
+        let why = book.summaries()[0].unplaced.clone().unwrap();
+        assert!(
+            why == "no agent with cpus:1 and hosting echo: 1 have too little free cpus",
+            "{why}"
+        );
         running(&mut book, &actions);
         book.apply(deployment(1, ""));
         let down = book.reconcile(&agents, Instant::now());
