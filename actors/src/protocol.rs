@@ -99,6 +99,8 @@ pub struct Register {
     pub running: Vec<String>,
     /// Of those, the ones with a health check whose last check passed.
     pub healthy: Vec<String>,
+    /// What each of those holds, as launched.
+    pub held: BTreeMap<String, Resources>,
     /// Expiry of its certificate.
     pub cert_expiry: SystemTime,
 }
@@ -169,6 +171,8 @@ pub struct LaunchActor {
     /// How the agent restarts the instance in place after a panic (or a stop, for
     /// `always`); `None`: on failure with the default backoff.
     pub restart: Option<RestartSpec>,
+    /// What the task holds (reported when the agent registers again).
+    pub resources: Resources,
 }
 
 /// A restart policy for an actor task's supervision on its agent.

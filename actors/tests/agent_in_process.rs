@@ -236,6 +236,7 @@ async fn the_master_starts_and_kills_actor_tasks_on_an_agent() {
             name: "sneaky".into(),
             health: None,
             restart: None,
+            resources: Default::default(),
         })
         .await
         .unwrap();

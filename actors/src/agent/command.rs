@@ -33,6 +33,9 @@ pub struct CommandTask {
     /// On kill: how long between SIGTERM and SIGKILL, in milliseconds.
     #[serde(default = "default_grace_ms")]
     pub kill_grace_ms: u64,
+    /// What the task holds (reported when a restarted agent registers again).
+    #[serde(default)]
+    pub resources: crate::resources::Resources,
 }
 
 fn default_grace_ms() -> u64 {
@@ -356,6 +359,7 @@ mod tests {
             mem_bytes: None,
             cpus: None,
             kill_grace_ms: 1000,
+            resources: Default::default(),
         }
     }
 

@@ -318,6 +318,10 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
             .collect(),
         // Not checked yet in this run.
         healthy: Vec::new(),
+        held: recovered
+            .iter()
+            .map(|c| (c.task().id.clone(), c.task().resources.clone()))
+            .collect(),
         cert_expiry: creds.not_after().unwrap_or(SystemTime::UNIX_EPOCH),
     };
     // The gate runs before registering: the master may answer a registration by killing
@@ -423,7 +427,8 @@ async fn heartbeat_loop(
                     let mut again = register.clone();
                     {
                         let set = task_ids.lock().unwrap_or_else(|e| e.into_inner());
-                        again.running = set.running.iter().cloned().collect();
+                        again.running = set.running.keys().cloned().collect();
+                        again.held = set.running.clone();
                         again.healthy = set.healthy.iter().cloned().collect();
                     }
                     if let Err(e) = master.ask_timeout(again, Duration::from_secs(5)).await {

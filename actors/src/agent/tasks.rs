@@ -92,8 +92,8 @@ pub type TaskIds = Arc<Mutex<TaskSet>>;
 /// The tasks that run on an agent, and which of them passed their last health check.
 #[derive(Debug, Default)]
 pub struct TaskSet {
-    /// Task ids.
-    pub running: BTreeSet<String>,
+    /// Task ids, with the resources each holds.
+    pub running: BTreeMap<String, crate::resources::Resources>,
     /// Those with a health check whose last check passed.
     pub healthy: BTreeSet<String>,
 }
@@ -279,7 +279,7 @@ impl AgentGate {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .running
-                .insert(id.clone());
+                .insert(id.clone(), running.task().resources.clone());
             if let Some(spec) = std::fs::read(running.dir().join(HEALTH_FILE))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<HealthSpec>(&b).ok())
@@ -544,7 +544,7 @@ impl Handler<LaunchCommand> for AgentGate {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .running
-                    .insert(id.clone());
+                    .insert(id.clone(), m.task.resources.clone());
                 self.commands.insert(
                     id.clone(),
                     CommandEntry {
@@ -687,7 +687,7 @@ impl Handler<LaunchActor> for AgentGate {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .running
-                    .insert(m.task_id.clone());
+                    .insert(m.task_id.clone(), m.resources.clone());
                 self.report(&m.task_id, TaskState::Running, String::new());
                 Ok(())
             }

@@ -49,7 +49,7 @@ pub enum Launchable {
     /// An instance of an actor type the agent hosts, with its supervision on the agent.
     Actor(String, Option<crate::protocol::RestartSpec>),
     /// An OS process.
-    Command(CommandTask),
+    Command(Box<CommandTask>),
 }
 
 /// A decision for the master to carry out.
@@ -247,7 +247,7 @@ fn launchable(d: &Deployment, task_id: &str, held: &Resources) -> Launchable {
                 backoff_max_ms: d.backoff.1.as_millis() as u64,
             }),
         ),
-        (None, Some(c)) => Launchable::Command(CommandTask {
+        (None, Some(c)) => Launchable::Command(Box::new(CommandTask {
             id: task_id.to_string(),
             path: c.path.clone(),
             args: c.args.clone(),
@@ -258,7 +258,8 @@ fn launchable(d: &Deployment, task_id: &str, held: &Resources) -> Launchable {
                 .map(|mib| (mib * 1024.0 * 1024.0) as u64),
             cpus: held.scalars.get("cpus").copied(),
             kill_grace_ms: d.kill_grace.as_millis() as u64,
-        }),
+            resources: held.clone(),
+        })),
         // The manifest is validated: one of the two is set.
         (None, None) => Launchable::Actor(String::new(), None),
     }
@@ -321,6 +322,7 @@ impl DeploymentBook {
         agent: &str,
         running: &[String],
         healthy: &[String],
+        held: &BTreeMap<String, Resources>,
         now: Instant,
     ) -> Vec<Action> {
         let reported: BTreeSet<&String> = running.iter().collect();
@@ -386,22 +388,24 @@ impl DeploymentBook {
             match self.owner_of(name).map(|(k, d)| (k.clone(), d.clone())) {
                 Some((deployment, d)) => {
                     self.next += 1;
+                    let resources = held.get(name).cloned().unwrap_or_else(|| d.need.clone());
                     self.ledger.push(Holding::Took {
                         agent: agent.to_string(),
-                        resources: d.need.clone(),
+                        resources: resources.clone(),
                     });
                     self.tasks.insert(
                         name.clone(),
                         TaskEntry {
                             id: name.clone(),
                             deployment,
-                            // Not known: if the version changed meanwhile, the rolling
-                            // update replaces it.
+                            // Assumed current: agents do not report versions, so an
+                            // update applied while the master was down is not rolled
+                            // onto instances it adopts.
                             version: d.manifest.spec.version.clone(),
                             agent: agent.to_string(),
                             state: TaskState::Running,
                             message: "adopted after a master restart".into(),
-                            resources: d.need.clone(),
+                            resources,
                             seq: self.next,
                             running_since: Some(now),
                             healthy: healthy.contains(name).then_some(true),
@@ -1091,7 +1095,9 @@ mod tests {
         after.apply(deployment(2, ""));
         let mut running = launched.clone();
         running.push("$agent".into());
-        assert!(after.adopt("a1", &running, &[], Instant::now()).is_empty());
+        assert!(after
+            .adopt("a1", &running, &[], &BTreeMap::new(), Instant::now())
+            .is_empty());
         assert!(
             after.reconcile(&agents, Instant::now()).is_empty(),
             "no duplicates after adoption"
@@ -1360,7 +1366,9 @@ mod tests {
         status(&mut book, &first[0], TaskState::Running, now);
         let home = book.task(&first[0]).unwrap().agent.clone();
         // The agent restarts without the instance: Lost, and replaced.
-        assert!(book.adopt(&home, &[], &[], now).is_empty());
+        assert!(book
+            .adopt(&home, &[], &[], &BTreeMap::new(), now)
+            .is_empty());
         assert_eq!(book.task(&first[0]).unwrap().state, TaskState::Lost);
         let others: Vec<AgentView> = agents
             .iter()
@@ -1375,13 +1383,20 @@ mod tests {
         assert_eq!(second.len(), 1);
         status(&mut book, &second[0], TaskState::Running, now);
         // The first instance turns up after all: it was replaced, so it is killed.
-        let k = book.adopt(&home, std::slice::from_ref(&first[0]), &[], now);
+        let k = book.adopt(
+            &home,
+            std::slice::from_ref(&first[0]),
+            &[],
+            &BTreeMap::new(),
+            now,
+        );
         assert_eq!(kills(&k), first);
         // An instance of a deleted deployment is killed; other actors are left alone.
         let k = book.adopt(
             &home,
             &["default.gone-1a2".into(), "my-actor".into()],
             &[],
+            &BTreeMap::new(),
             now,
         );
         assert_eq!(kills(&k), vec!["default.gone-1a2".to_string()]);

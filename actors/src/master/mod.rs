@@ -608,9 +608,10 @@ impl Handler<RegisterFrom> for Master {
             rec.running = r.running.clone();
             rec.cert_expiry = Some(r.cert_expiry);
         }
-        let kills = self
-            .deployments
-            .adopt(&r.agent_id, &r.running, &r.healthy, Instant::now());
+        let mut kills =
+            self.deployments
+                .adopt(&r.agent_id, &r.running, &r.healthy, &r.held, Instant::now());
+        kills.extend(self.adopt_framework_tasks(&r.agent_id, &r.running, &r.held));
         // Registration is soft state: if it cannot be written, the agent is told to retry
         // and registers again after a master restart anyway.
         self.persist_agent(&r.agent_id, Vec::new())
@@ -910,6 +911,7 @@ impl Handler<LaunchOn> for Master {
                 name: m.name,
                 health: None,
                 restart: None,
+                resources: Default::default(),
             };
             target
                 .ask_timeout(launch, Duration::from_secs(10))
@@ -1011,6 +1013,12 @@ impl Master {
                 } => {
                     let me = ctx.address();
                     let target = self.agent_actor(&agent);
+                    let resources = self
+                        .deployments
+                        .task(&task_id)
+                        .map(|t| t.resources.clone())
+                        .or_else(|| self.fw.task_resources(&task_id))
+                        .unwrap_or_default();
                     actix::spawn(async move {
                         let asked = match (target, what) {
                             (Ok(t), deployments::Launchable::Actor(actor_type, restart)) => {
@@ -1020,11 +1028,15 @@ impl Master {
                                     name: task_id.clone(),
                                     health,
                                     restart,
+                                    resources,
                                 };
                                 t.ask_timeout(launch, Duration::from_secs(10)).await
                             }
                             (Ok(t), deployments::Launchable::Command(task)) => {
-                                let launch = crate::protocol::LaunchCommand { task, health };
+                                let launch = crate::protocol::LaunchCommand {
+                                    task: *task,
+                                    health,
+                                };
                                 t.ask_timeout(launch, Duration::from_secs(10)).await
                             }
                             (Err(e), _) => Ok(Err(e)),

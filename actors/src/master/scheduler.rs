@@ -87,6 +87,11 @@ struct StoredFramework {
 }
 
 impl Frameworks {
+    /// What framework task `id` (an agent task id) holds.
+    pub(super) fn task_resources(&self, id: &str) -> Option<Resources> {
+        self.tasks.get(id).map(|t| t.resources.clone())
+    }
+
     /// Frameworks, with those an earlier master process registered (disconnected until
     /// they re-register within their failover timeout).
     pub(super) fn load(
@@ -226,6 +231,87 @@ impl Master {
                 warn!(agent = id, %role, error = %e, "what runs on the agent exceeds what it offers");
             }
         }
+    }
+
+    /// An agent (re)registered with what it runs. Framework tasks the master does not know
+    /// (it restarted) are taken up again if their framework is known (it may re-register
+    /// within its failover timeout) and killed if not; tasks that were Unreachable there
+    /// run again; tasks the agent no longer runs are Lost. Returns the kills.
+    pub(super) fn adopt_framework_tasks(
+        &mut self,
+        agent: &str,
+        running: &[String],
+        held: &BTreeMap<String, Resources>,
+    ) -> Vec<deployments::Action> {
+        let reported: BTreeSet<&String> = running.iter().collect();
+        let gone: Vec<String> = self
+            .fw
+            .tasks
+            .iter()
+            .filter(|(k, t)| {
+                t.agent == agent
+                    && matches!(
+                        t.state,
+                        TaskState::Starting | TaskState::Running | TaskState::Unreachable
+                    )
+                    && !reported.contains(k)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in gone {
+            let status = TaskStatus {
+                task_id: k,
+                agent_id: agent.to_string(),
+                state: TaskState::Lost,
+                message: format!("agent {agent} restarted and no longer runs it"),
+                uuid: 0,
+                healthy: None,
+            };
+            self.framework_task_status(status);
+        }
+        let mut kills = Vec::new();
+        for id in running {
+            if let Some(t) = self.fw.tasks.get(id) {
+                if t.state == TaskState::Unreachable {
+                    let status = TaskStatus {
+                        task_id: id.clone(),
+                        agent_id: agent.to_string(),
+                        state: TaskState::Running,
+                        message: format!("agent {agent} is back"),
+                        uuid: 0,
+                        healthy: None,
+                    };
+                    self.framework_task_status(status);
+                }
+                continue;
+            }
+            let Some((fw, task)) = id.split_once('_') else {
+                continue;
+            };
+            if !fw.starts_with("fw-") || self.deployments.task(id).is_some() {
+                continue;
+            }
+            if self.fw.book.get(fw).is_some() {
+                self.fw.tasks.insert(
+                    id.clone(),
+                    FrameworkTask {
+                        framework: fw.to_string(),
+                        task_id: task.to_string(),
+                        agent: agent.to_string(),
+                        resources: held.get(id).cloned().unwrap_or_default(),
+                        state: TaskState::Running,
+                        message: "adopted after a master restart".into(),
+                    },
+                );
+            } else {
+                warn!(task = %id, %agent, "killing a task of an unknown framework");
+                kills.push(deployments::Action::Kill {
+                    task_id: id.clone(),
+                    agent: agent.to_string(),
+                });
+            }
+        }
+        kills
     }
 
     /// Withdraws the offers on agent `id` and tells their frameworks.
@@ -784,19 +870,22 @@ impl Handler<AcceptFrom> for Master {
                     args,
                     env,
                     kill_grace_ms,
-                } => deployments::Launchable::Command(crate::agent::command::CommandTask {
-                    id: id.clone(),
-                    path,
-                    args,
-                    env,
-                    mem_bytes: l
-                        .resources
-                        .scalars
-                        .get("mem")
-                        .map(|mib| (mib * 1024.0 * 1024.0) as u64),
-                    cpus: l.resources.scalars.get("cpus").copied(),
-                    kill_grace_ms,
-                }),
+                } => {
+                    deployments::Launchable::Command(Box::new(crate::agent::command::CommandTask {
+                        id: id.clone(),
+                        path,
+                        args,
+                        env,
+                        mem_bytes: l
+                            .resources
+                            .scalars
+                            .get("mem")
+                            .map(|mib| (mib * 1024.0 * 1024.0) as u64),
+                        cpus: l.resources.scalars.get("cpus").copied(),
+                        kill_grace_ms,
+                        resources: l.resources.clone(),
+                    }))
+                }
             };
             actions.push(deployments::Action::Launch {
                 task_id: id,

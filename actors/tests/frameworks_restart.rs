@@ -1,0 +1,170 @@
+//! A framework keeps its tasks across a master restart: the master runs as a process
+//! (killed with -9 and started again on the same addresses), an agent process runs the
+//! task, and the framework actor lives in this test on a node joined to the cluster.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actormesh::agent::{self, AgentConfig};
+use actormesh::framework::{FrameworkEvent, Scheduler, TaskLaunch};
+use actormesh::master::frameworks::TaskState;
+use actormesh::master::scheduler::FrameworkSummary;
+use common::*;
+use tokio::sync::mpsc;
+
+struct Events(mpsc::UnboundedSender<FrameworkEvent>);
+
+impl Actor for Events {
+    type Context = Context<Self>;
+}
+
+#[actormesh::handler]
+impl Handler<FrameworkEvent> for Events {
+    type Result = ();
+    fn handle(&mut self, e: FrameworkEvent, _: &mut Context<Self>) {
+        let _ = self.0.send(e);
+    }
+}
+
+async fn next<T>(
+    rx: &mut mpsc::UnboundedReceiver<FrameworkEvent>,
+    what: &str,
+    mut pick: impl FnMut(&FrameworkEvent) -> Option<T>,
+) -> T {
+    let work = async {
+        loop {
+            if let Some(t) = pick(&rx.recv().await.expect("events channel open")) {
+                return t;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .unwrap_or_else(|_| panic!("no {what} within 30 s"))
+}
+
+fn frameworks(master: &Master) -> Vec<FrameworkSummary> {
+    serde_json::from_value(master.client().call("GET", "/v1/frameworks", None).unwrap()).unwrap()
+}
+
+#[actix::test]
+async fn a_framework_keeps_its_tasks_across_a_master_restart() {
+    let dir = temp_dir("fw-restart");
+    let (mesh, boot, api) = (free_udp(), free_udp(), free_tcp());
+    let flags = ["--heartbeat", "100ms", "--unreachable-after", "1s"];
+    let mut master = Master::start(&dir.join("master"), mesh, boot, api, &flags).await;
+    let token = master.token(3600);
+    let _w1 = agent(
+        &master,
+        &dir.join("w1"),
+        "w1",
+        Some(&token),
+        &["--demo-actors", "--resources", "cpus:2"],
+    )
+    .await;
+    // The framework's own node: an agent in this process that offers next to nothing.
+    let host = agent::start(AgentConfig {
+        join: boot,
+        token: Some(token.clone()),
+        data_dir: dir.join("fwhost"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        name: "fwhost".into(),
+        resources: Some("mem:1MiB".parse().unwrap()),
+        attrs: Default::default(),
+        actor_types: Vec::new(),
+        host: Default::default(),
+    })
+    .await
+    .unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let me = host.node.spawn("svc-framework", Events(tx)).unwrap();
+    let (s, _) = Scheduler::register(
+        &host.node,
+        mesh,
+        &me,
+        "svc",
+        "svc",
+        Duration::from_secs(120),
+        None,
+    )
+    .await
+    .unwrap();
+    let offer = loop {
+        let got = next(&mut rx, "an offer on w1", |e| match e {
+            FrameworkEvent::ResourceOffers(o) => Some(o.clone()),
+            _ => None,
+        })
+        .await;
+        if let Some(o) = got.into_iter().find(|o| o.agent_id == "w1") {
+            break o;
+        }
+    };
+    s.accept(
+        &offer.offer_id,
+        vec![TaskLaunch::actor("e1", "echo", "cpus:1".parse().unwrap())],
+    )
+    .await
+    .unwrap();
+    next(&mut rx, "e1 Running", |e| {
+        matches!(e, FrameworkEvent::StatusUpdate(st) if st.task_id == "e1" && st.state == TaskState::Running).then_some(())
+    })
+    .await;
+
+    // The master dies and comes back on the same addresses.
+    master.proc.kill().await;
+    let master = Master::start(&dir.join("master"), mesh, boot, api, &flags).await;
+    // The framework fails over to the new master with its id.
+    let started = Instant::now();
+    let s2 = loop {
+        match Scheduler::register(
+            &host.node,
+            mesh,
+            &me,
+            "svc",
+            "svc",
+            Duration::from_secs(120),
+            Some(s.id().to_string()),
+        )
+        .await
+        {
+            Ok((s2, reg)) => {
+                assert!(reg.reregistered);
+                break s2;
+            }
+            Err(e) => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "could not re-register: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    // Once w1 has registered again, the master knows the task again.
+    let started = Instant::now();
+    loop {
+        let list = frameworks(&master);
+        if list.iter().any(|f| f.id == s2.id() && f.tasks == 1) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the task was not taken up again: {list:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s2.reconcile(vec!["e1".into()]).await.unwrap();
+    next(&mut rx, "e1 Running after the restart", |e| {
+        matches!(e, FrameworkEvent::StatusUpdate(st) if st.task_id == "e1" && st.state == TaskState::Running && st.uuid == 0).then_some(())
+    })
+    .await;
+    // And it can still kill it.
+    s2.kill("e1").await.unwrap();
+    next(&mut rx, "e1 Killed", |e| {
+        matches!(e, FrameworkEvent::StatusUpdate(st) if st.task_id == "e1" && st.state == TaskState::Killed).then_some(())
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
