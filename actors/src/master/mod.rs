@@ -855,19 +855,23 @@ impl Handler<TaskStatusFrom> for Master {
         }
         info!(task = %s.task_id, agent = %s.agent_id, state = ?s.state, message = %s.message, "task status");
         let ended = s.state.is_terminal();
-        if !self.framework_task_status(s.clone()) {
+        if self.framework_task_status(s.clone()) {
+            // A framework's task: its book has it.
+        } else if self.deployments.task(&s.task_id).is_some() {
             self.deployments.on_status(&s, Instant::now());
             if ended {
                 self.allocator.revive(scheduler::DEPLOYMENTS_ROLE);
             }
+        } else {
+            // Launched directly (`LaunchOn`): only this map has it, bounded by dropping
+            // ended entries.
+            self.tasks.insert(s.task_id.clone(), s);
+            if self.tasks.len() > MAX_REPORTED_TASKS {
+                self.tasks.retain(|_, t| !t.state.is_terminal());
+            }
         }
-        self.tasks.insert(s.task_id.clone(), s);
         if ended {
             self.schedule_round(ctx);
-        }
-        if self.tasks.len() > MAX_REPORTED_TASKS {
-            // Bounded: ended tasks the deployments keep their own history of.
-            self.tasks.retain(|_, t| !t.state.is_terminal());
         }
         Ok(())
     }
@@ -978,7 +982,7 @@ impl Master {
 
 const DEPLOYMENT_PREFIX: &str = "deployment/";
 
-/// Reported task states kept beyond the deployments' own history (tasks launched directly).
+/// Reported states kept of tasks launched directly (not by a deployment or a framework).
 const MAX_REPORTED_TASKS: usize = 10_000;
 
 /// The deployments kept in the Config table.
@@ -1223,7 +1227,8 @@ pub struct TaskDescription {
     pub agent: String,
     /// The deployment's record of it, if a deployment owns it.
     pub entry: Option<deployments::TaskEntry>,
-    /// The last status its agent reported.
+    /// The last status its agent reported (tasks launched directly; a deployment's entry
+    /// has its own).
     pub last_status: Option<frameworks::TaskStatus>,
     /// What its agent says of it now.
     pub on_agent: Option<crate::protocol::TaskDetail>,
