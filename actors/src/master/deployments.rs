@@ -559,8 +559,11 @@ impl DeploymentBook {
     /// priority first.
     pub fn reconcile(&mut self, agents: &[AgentView], now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
-        // Taken this round from each agent's free resources.
-        let mut used: BTreeMap<String, Resources> = BTreeMap::new();
+        // What is left of each agent's free resources as this round places instances.
+        let mut left: BTreeMap<String, Resources> = agents
+            .iter()
+            .map(|a| (a.id.clone(), a.free.clone()))
+            .collect();
         let mut keys: Vec<(i32, String)> = self
             .deployments
             .iter()
@@ -571,7 +574,7 @@ impl DeploymentBook {
         let mut launched: Vec<(usize, String)> = Vec::new();
         for (_, k) in keys {
             let d = self.deployments[&k].clone();
-            self.plan(&k, &d, agents, &mut used, &mut actions, &mut launched, now);
+            self.plan(&k, &d, agents, &mut left, &mut actions, &mut launched, now);
         }
         // Second pass, same order: wants beyond needs, where resources are still free.
         for (i, agent) in launched {
@@ -584,15 +587,10 @@ impl DeploymentBook {
             let Some(d) = self.deployments.get(&t.deployment) else {
                 continue;
             };
-            let offered = agents
-                .iter()
-                .find(|a| a.id == agent)
-                .map(|a| a.free.clone())
-                .unwrap_or_default();
-            let u = used.entry(agent).or_default();
-            let free = offered.minus(u).plus(&t.resources);
+            let l = left.entry(agent).or_default();
+            let free = l.plus(&t.resources);
             if let Some(held) = free.take_between(&t.resources, &d.want) {
-                *u = u.minus(&t.resources).plus(&held);
+                *l = free.minus(&held);
                 t.resources = held;
                 *what = launchable(d, task_id, &t.resources);
             }
@@ -608,7 +606,7 @@ impl DeploymentBook {
         k: &str,
         d: &Deployment,
         agents: &[AgentView],
-        used: &mut BTreeMap<String, Resources>,
+        left: &mut BTreeMap<String, Resources>,
         actions: &mut Vec<Action>,
         launched: &mut Vec<(usize, String)>,
         now: Instant,
@@ -622,51 +620,79 @@ impl DeploymentBook {
             .filter(|t| t.deployment == k && &t.version == version && fills_slot(policy, t.state))
             .count();
         let target = (spec.replicas as usize).saturating_sub(done);
-        let mut live: Vec<TaskEntry> = self
+        let checked = d.health.is_some();
+        let surge = spec.rolling_update.max_surge as usize;
+        let min_available = target.saturating_sub(spec.rolling_update.max_unavailable as usize);
+        // Counted first, without copying anything: in the steady state there is nothing to
+        // kill, and a round stays one pass over the tasks.
+        let (mut new_count, mut old_count, mut available) = (0usize, 0usize, 0usize);
+        for t in self
             .tasks
             .values()
             .filter(|t| t.deployment == k && t.live())
-            .cloned()
-            .collect();
-        // Not yet available first, then the newest: the cheapest to give up.
-        let checked = d.health.is_some();
-        live.sort_by_key(|t| (t.available(checked), std::cmp::Reverse(t.seq)));
-        let (new, old): (Vec<TaskEntry>, Vec<TaskEntry>) =
-            live.iter().cloned().partition(|t| &t.version == version);
-        let surge = spec.rolling_update.max_surge as usize;
-        let min_available = target.saturating_sub(spec.rolling_update.max_unavailable as usize);
-        let mut available = live.iter().filter(|t| t.available(checked)).count();
-        let mut live_count = live.len();
-        let kill = |book: &mut Self, t: &TaskEntry, why: &str, actions: &mut Vec<Action>| {
-            actions.push(Action::Kill {
-                task_id: t.id.clone(),
-                agent: t.agent.clone(),
-            });
-            book.end(&t.id, TaskState::Killed, why);
-        };
-        // Too many of the current version (scaled down): the extras go.
-        let mut new_count = new.len();
-        for t in &new {
-            if new_count <= target {
-                break;
+        {
+            if &t.version == version {
+                new_count += 1;
+            } else {
+                old_count += 1;
             }
-            kill(self, t, "scaled down", actions);
-            new_count -= 1;
-            live_count -= 1;
             if t.available(checked) {
-                available -= 1;
+                available += 1;
             }
         }
-        // Old versions go as far as availability allows (those not running at once).
-        for t in &old {
-            let running = t.available(checked);
-            if running && available <= min_available {
-                continue;
+        let mut live_count = new_count + old_count;
+        if new_count > target || old_count > 0 {
+            /// What the kills need of a live instance.
+            struct Live {
+                id: String,
+                agent: String,
+                seq: u64,
+                available: bool,
+                current: bool,
             }
-            kill(self, t, &format!("replaced by version {version}"), actions);
-            live_count -= 1;
-            if running {
-                available -= 1;
+            let mut live: Vec<Live> = self
+                .tasks
+                .values()
+                .filter(|t| t.deployment == k && t.live())
+                .map(|t| Live {
+                    id: t.id.clone(),
+                    agent: t.agent.clone(),
+                    seq: t.seq,
+                    available: t.available(checked),
+                    current: &t.version == version,
+                })
+                .collect();
+            // Not yet available first, then the newest: the cheapest to give up.
+            live.sort_by_key(|t| (t.available, std::cmp::Reverse(t.seq)));
+            let kill = |book: &mut Self, t: &Live, why: &str, actions: &mut Vec<Action>| {
+                actions.push(Action::Kill {
+                    task_id: t.id.clone(),
+                    agent: t.agent.clone(),
+                });
+                book.end(&t.id, TaskState::Killed, why);
+            };
+            // Too many of the current version (scaled down): the extras go.
+            for t in live.iter().filter(|t| t.current) {
+                if new_count <= target {
+                    break;
+                }
+                kill(self, t, "scaled down", actions);
+                new_count -= 1;
+                live_count -= 1;
+                if t.available {
+                    available -= 1;
+                }
+            }
+            // Old versions go as far as availability allows (those not available at once).
+            for t in live.iter().filter(|t| !t.current) {
+                if t.available && available <= min_available {
+                    continue;
+                }
+                kill(self, t, &format!("replaced by version {version}"), actions);
+                live_count -= 1;
+                if t.available {
+                    available -= 1;
+                }
             }
         }
         // New instances, within the surge.
@@ -698,22 +724,31 @@ impl DeploymentBook {
                 }
             }
         }
+        if missing == 0 {
+            self.unplaced.remove(k);
+            return;
+        }
         let mut on_agent: BTreeMap<String, usize> = BTreeMap::new();
         for t in self
             .tasks
             .values()
             .filter(|t| t.deployment == k && t.live())
         {
-            *on_agent.entry(t.agent.clone()).or_default() += 1;
+            match on_agent.get_mut(t.agent.as_str()) {
+                Some(n) => *n += 1,
+                None => {
+                    on_agent.insert(t.agent.clone(), 1);
+                }
+            }
         }
         let mut why = None;
         while missing > 0 {
-            match self.choose(d, agents, used, &on_agent) {
+            match self.choose(d, agents, left, &on_agent) {
                 Ok(agent) => {
                     let id = format!("{}{:x}{}", task_prefix(d), self.epoch, self.next);
                     self.next += 1;
-                    let u = used.entry(agent.clone()).or_default();
-                    *u = u.plus(&d.need);
+                    let l = left.entry(agent.clone()).or_default();
+                    *l = l.minus(&d.need);
                     *on_agent.entry(agent.clone()).or_default() += 1;
                     self.tasks.insert(
                         id.clone(),
@@ -782,7 +817,7 @@ impl DeploymentBook {
         &self,
         d: &Deployment,
         agents: &[AgentView],
-        used: &BTreeMap<String, Resources>,
+        left: &BTreeMap<String, Resources>,
         on_agent: &BTreeMap<String, usize>,
     ) -> Result<String, String> {
         let c = &d.manifest.spec.constraints;
@@ -806,15 +841,10 @@ impl DeploymentBook {
                 unique += 1;
             } else if !a.usable {
                 not_offered += 1;
-            } else if !a
-                .free
-                .minus(used.get(&a.id).unwrap_or(&Resources::default()))
-                .contains(&d.need)
-            {
+            } else if !left.get(&a.id).is_some_and(|free| free.contains(&d.need)) {
                 short += 1;
-                let free = a
-                    .free
-                    .minus(used.get(&a.id).unwrap_or(&Resources::default()));
+                let none = Resources::default();
+                let free = left.get(&a.id).unwrap_or(&none);
                 for k in d.need.kinds() {
                     let mut only: Resources = Resources::default();
                     if let Some(v) = d.need.scalars.get(k) {
@@ -844,10 +874,11 @@ impl DeploymentBook {
             });
             (by_attr, on_agent.get(&a.id).copied().unwrap_or(0))
         };
-        if let Some(a) = fits
-            .into_iter()
-            .min_by_key(|a| (count_for(a), a.id.clone()))
-        {
+        if let Some(a) = fits.into_iter().min_by(|x, y| {
+            count_for(x)
+                .cmp(&count_for(y))
+                .then_with(|| x.id.cmp(&y.id))
+        }) {
             return Ok(a.id.clone());
         }
         let mut wanted = vec![d.need.to_string()];
