@@ -265,6 +265,10 @@ struct AgentArgs {
     /// Attribute key=value (repeatable), e.g. --attr zone=a --attr rack=r1.
     #[arg(long = "attr", value_parser = parse_attr)]
     attrs: Vec<(String, String)>,
+    /// Resources set aside for a role, e.g. 'analytics=cpus:2;mem:4GiB' (repeatable):
+    /// offered to that role only.
+    #[arg(long = "reserve", value_parser = parse_attr)]
+    reserve: Vec<(String, String)>,
     /// Also host the demo actor type `echo` as actor tasks (as `actormesh dev` does).
     /// Without it this agent runs command tasks only: actor tasks need your own binary.
     #[arg(long)]
@@ -757,6 +761,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .as_deref()
                 .map(str::parse::<Resources>)
                 .transpose()?;
+            let mut reserved: BTreeMap<String, Resources> = BTreeMap::new();
+            for (role, r) in &args.reserve {
+                let res: Resources = r
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--reserve {role}={r}: {e}"))?;
+                let sum = reserved.remove(role).unwrap_or_default().plus(&res);
+                reserved.insert(role.clone(), sum);
+            }
             let config = AgentConfig {
                 join: args.join,
                 token: args.token,
@@ -766,6 +778,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 resources,
                 attrs: args.attrs.into_iter().collect::<BTreeMap<_, _>>(),
                 actor_types: Vec::new(),
+                reserved,
                 host: if args.demo_actors {
                     actormesh::demo::host()
                 } else {
@@ -1022,6 +1035,7 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         resources: None,
         attrs: BTreeMap::from([("zone".to_string(), "dev".to_string())]),
         actor_types: Vec::new(),
+        reserved: Default::default(),
         host: actormesh::demo::host(),
     })
     .await?;

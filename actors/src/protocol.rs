@@ -101,6 +101,8 @@ pub struct Register {
     pub healthy: Vec<String>,
     /// What each of those holds, as launched.
     pub held: BTreeMap<String, Resources>,
+    /// Resources set aside per role (offered to that role only).
+    pub reserved: BTreeMap<String, Resources>,
     /// Expiry of its certificate.
     pub cert_expiry: SystemTime,
 }

@@ -83,6 +83,7 @@ async fn join(
         resources,
         attrs: Default::default(),
         actor_types: Vec::new(),
+        reserved: Default::default(),
         host,
     })
     .await
@@ -554,5 +555,81 @@ async fn the_restart_policy_decides_whether_a_crashed_instance_comes_back() {
         .collect();
     assert_eq!(again_tasks.len(), 1, "restarted in place, not replaced");
     assert_eq!(again_tasks[0].state, TaskState::Running);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix::test]
+async fn a_rolling_update_keeps_the_asked_availability_with_real_agents() {
+    use actormesh::master::frameworks::TaskState;
+    use actormesh::master::{ApplyDeployment, ListDeploymentTasks, ListDeployments};
+
+    let dir = std::env::temp_dir().join(format!("am-roll-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let m = start_master(&dir, true).await;
+    let mut agents = Vec::new();
+    for name in ["u1", "u2"] {
+        let host = ActorHost::new().with("doubler", || Doubler);
+        let a = join(
+            &m,
+            &dir,
+            name,
+            Some("cpus:8;mem:4096".parse().unwrap()),
+            host,
+        )
+        .await;
+        agents.push(a);
+    }
+    let manifest = |version: &str| {
+        format!(
+            r#"{{"kind":"Deployment","name":"roll","spec":{{"actor":"doubler","version":"{version}","replicas":4,"resources":{{"need":"cpus:1"}},"health_check":{{"interval":"100ms","timeout":"100ms","failures":3}},"rolling_update":{{"max_surge":1,"max_unavailable":1}}}}}}"#
+        )
+    };
+    m.master
+        .send(ApplyDeployment(manifest("v1")))
+        .await
+        .unwrap()
+        .unwrap();
+    let up = eventually(Duration::from_secs(10), || async {
+        m.master.send(ListDeployments).await.unwrap()[0].running == 4
+    })
+    .await;
+    assert!(up);
+    m.master
+        .send(ApplyDeployment(manifest("v2")))
+        .await
+        .unwrap()
+        .unwrap();
+    // Until every instance runs v2, at least 3 (replicas - max_unavailable) are available
+    // at every look, and at most 5 (replicas + max_surge) are live.
+    let started = std::time::Instant::now();
+    let mut looks = 0;
+    loop {
+        looks += 1;
+        let tasks = m.master.send(ListDeploymentTasks).await.unwrap();
+        let live: Vec<_> = tasks
+            .iter()
+            .filter(|t| {
+                matches!(
+                    t.state,
+                    TaskState::Staging | TaskState::Starting | TaskState::Running
+                )
+            })
+            .collect();
+        let available: Vec<_> = live
+            .iter()
+            .filter(|t| t.state == TaskState::Running && t.healthy == Some(true))
+            .collect();
+        assert!(available.len() >= 3, "look {looks}: {tasks:#?}");
+        assert!(live.len() <= 5, "look {looks}: {tasks:#?}");
+        if available.len() == 4 && available.iter().all(|t| t.version == "v2") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the update did not finish: {tasks:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(looks > 3, "the update was not observed while under way");
     let _ = std::fs::remove_dir_all(&dir);
 }

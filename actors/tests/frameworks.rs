@@ -93,6 +93,7 @@ async fn join(
         resources: Some(resources.parse().unwrap()),
         attrs: Default::default(),
         actor_types: Vec::new(),
+        reserved: Default::default(),
         host: ActorHost::new().with("worker", || Worker),
     })
     .await
@@ -466,5 +467,67 @@ async fn agent_loss_and_framework_failover() {
     assert!(gone, "the failed-over framework's task still runs");
     let list = m.master.send(ListFrameworks).await.unwrap();
     assert!(list.iter().all(|x| x.id != f.id()), "{list:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[actix::test]
+async fn reserved_resources_are_offered_to_their_role_only() {
+    let dir = temp("reserve");
+    let m = start_master(&dir, BTreeMap::new(), Duration::from_secs(30)).await;
+    let token = m
+        .master
+        .send(CreateToken {
+            ttl: Duration::from_secs(60),
+            role: TokenRole::Agent,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let a = agent::start(AgentConfig {
+        join: m.bootstrap,
+        token: Some(token.token),
+        data_dir: dir.join("r1"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        name: "r1".into(),
+        resources: Some("cpus:4".parse().unwrap()),
+        attrs: Default::default(),
+        actor_types: Vec::new(),
+        reserved: BTreeMap::from([("analytics".to_string(), "cpus:3".parse().unwrap())]),
+        host: ActorHost::new().with("worker", || Worker),
+    })
+    .await
+    .unwrap();
+    // Another role sees only the unreserved cpu.
+    let (_b, mut b_rx, _) = framework(
+        &m,
+        &a.node,
+        "fw-batch",
+        "batch",
+        Duration::from_secs(60),
+        None,
+    )
+    .await;
+    let got = next(&mut b_rx, "offers for batch", offers).await;
+    assert_eq!(
+        got.iter().map(|o| cpus(&o.resources)).sum::<f64>(),
+        1.0,
+        "{got:?}"
+    );
+    // The role it is reserved for is offered the rest.
+    let (_a, mut a_rx, _) = framework(
+        &m,
+        &a.node,
+        "fw-analytics",
+        "analytics",
+        Duration::from_secs(60),
+        None,
+    )
+    .await;
+    let got = next(&mut a_rx, "offers for analytics", offers).await;
+    assert_eq!(
+        got.iter().map(|o| cpus(&o.resources)).sum::<f64>(),
+        3.0,
+        "{got:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

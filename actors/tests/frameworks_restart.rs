@@ -74,6 +74,7 @@ async fn a_framework_keeps_its_tasks_across_a_master_restart() {
         resources: Some("mem:1MiB".parse().unwrap()),
         attrs: Default::default(),
         actor_types: Vec::new(),
+        reserved: Default::default(),
         host: Default::default(),
     })
     .await

@@ -52,6 +52,8 @@ pub struct AgentConfig {
     pub actor_types: Vec<String>,
     /// The actor types the master may start here as tasks, with their factories.
     pub host: tasks::ActorHost,
+    /// Resources set aside per role: offered to that role only (part of `resources`).
+    pub reserved: BTreeMap<String, Resources>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -293,6 +295,15 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
         .resources
         .clone()
         .unwrap_or_else(|| detect_resources(&config.data_dir));
+    let reserved_sum = config
+        .reserved
+        .values()
+        .fold(Resources::default(), |a, r| a.plus(r));
+    if !resources.contains(&reserved_sum) {
+        bail!(
+            "the reservations ({reserved_sum} in all) exceed what this agent offers ({resources})"
+        );
+    }
     let register = Register {
         agent_id: saved.agent_id.clone(),
         addr: node.local_addr(),
@@ -318,6 +329,7 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
             .collect(),
         // Not checked yet in this run.
         healthy: Vec::new(),
+        reserved: config.reserved.clone(),
         held: recovered
             .iter()
             .map(|c| (c.task().id.clone(), c.task().resources.clone()))

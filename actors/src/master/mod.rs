@@ -279,6 +279,7 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         roles: config.roles.clone(),
         round_scheduled: false,
         update_uuid: 0,
+        reservations: BTreeMap::new(),
         started: Instant::now(),
         had_agents,
     }
@@ -352,6 +353,8 @@ pub struct Master {
     round_scheduled: bool,
     /// Numbers the status updates sent to frameworks.
     update_uuid: u64,
+    /// Each agent's reservations per role, as it last registered them (soft state).
+    reservations: BTreeMap<String, BTreeMap<String, crate::resources::Resources>>,
     /// When this master process started.
     started: Instant,
     /// Whether agents were known at start: then deployments wait for them to report what
@@ -612,6 +615,8 @@ impl Handler<RegisterFrom> for Master {
             self.deployments
                 .adopt(&r.agent_id, &r.running, &r.healthy, &r.held, Instant::now());
         kills.extend(self.adopt_framework_tasks(&r.agent_id, &r.running, &r.held));
+        self.reservations
+            .insert(r.agent_id.clone(), r.reserved.clone());
         // Registration is soft state: if it cannot be written, the agent is told to retry
         // and registers again after a master restart anyway.
         self.persist_agent(&r.agent_id, Vec::new())

@@ -223,8 +223,15 @@ impl Master {
             return;
         }
         let draining = rec.draining;
+        let reserved = self.reservations.get(id).cloned().unwrap_or_default();
+        for role in reserved.keys() {
+            if self.allocator.role(role).is_none() {
+                let config = self.roles.get(role).cloned().unwrap_or_default();
+                self.allocator.set_role(role, config);
+            }
+        }
         self.allocator
-            .add_agent(id, rec.resources.clone(), BTreeMap::new());
+            .add_agent(id, rec.resources.clone(), reserved);
         self.allocator.pause_agent(id, draining);
         for (role, res) in held {
             if let Err(e) = self.allocator.allocate(&role, id, &res) {

@@ -58,6 +58,7 @@ fn agent_config(
         resources: Some("cpus:1;mem:512".parse().expect("resources")),
         attrs: Default::default(),
         actor_types: Vec::new(),
+        reserved: Default::default(),
         host: Default::default(),
     }
 }

@@ -91,6 +91,7 @@ async fn run_in(dir: std::path::PathBuf, n_agents: usize, instances: usize) -> a
                 resources: Some(format!("cpus:{per_agent};mem:{}", per_agent * 64).parse()?),
                 attrs: Default::default(),
                 actor_types: Vec::new(),
+                reserved: Default::default(),
                 host: ActorHost::new().with("sink", Sink::default),
             })
             .await
