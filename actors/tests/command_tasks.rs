@@ -179,7 +179,7 @@ async fn a_restarted_agent_reattaches_to_its_command_tasks() {
     // it up again instead of the master starting another.
     a.kill().await;
     assert!(alive(pid), "the task died with its agent");
-    let _a = agent(&master, &agent_dir, "a1", None, &[]).await;
+    let mut a = agent(&master, &agent_dir, "a1", None, &[]).await;
     master
         .wait_state("a1", AgentState::Active, Duration::from_secs(10))
         .await;
@@ -228,6 +228,49 @@ async fn a_restarted_agent_reattaches_to_its_command_tasks() {
         .message
         .clone();
     assert_eq!(failed, "exited with code 137");
+
+    // An end while the agent is down is not lost: the restarted agent finds the exit
+    // status in the sandbox and reports it.
+    let second = of(&tasks, "default/svc")
+        .into_iter()
+        .find(|t| t.id != first && t.state == TaskState::Running)
+        .unwrap()
+        .id
+        .clone();
+    let pid2 = pid_of(&master, &second);
+    a.kill().await;
+    let child = std::process::Command::new("pgrep")
+        .args(["-P", &pid2.to_string()])
+        .output()
+        .unwrap();
+    let child = String::from_utf8_lossy(&child.stdout).trim().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &child])
+        .status()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while alive(pid2) {
+        assert!(start.elapsed() < Duration::from_secs(20), "{pid2} lives on");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _a = agent(&master, &agent_dir, "a1", None, &[]).await;
+    let tasks = master
+        .wait_tasks(
+            "the end reported after the restart",
+            Duration::from_secs(30),
+            |t| {
+                of(t, "default/svc")
+                    .iter()
+                    .any(|t| t.id == second && t.state == TaskState::Failed)
+            },
+        )
+        .await;
+    let why = &of(&tasks, "default/svc")
+        .into_iter()
+        .find(|t| t.id == second)
+        .unwrap()
+        .message;
+    assert_eq!(why, "exited with code 143");
     ok(&master.cli(&["delete", "deployment", "svc"]));
     master
         .wait_tasks("all killed", Duration::from_secs(30), |t| {
