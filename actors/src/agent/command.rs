@@ -89,12 +89,16 @@ struct Checkpoint {
     /// Process start time (clock ticks after boot), to tell a reused pid apart.
     started: u64,
     limits: Vec<String>,
+    /// The task's cgroup, if its limits are applied through one.
+    #[serde(default)]
+    cgroup: Option<PathBuf>,
 }
 
 /// A launched command task.
 #[derive(Debug)]
 pub struct Running {
     task: CommandTask,
+    cgroup: Option<PathBuf>,
     dir: PathBuf,
     pid: u32,
     started: u64,
@@ -119,22 +123,60 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// A cgroup v2 directory for the task, if it has limits and the agent may create one.
-fn cgroup_for(task: &CommandTask) -> Option<PathBuf> {
+/// Where cgroup v2 is mounted: `ACTORMESH_CGROUP_ROOT`, else `/sys/fs/cgroup`. Point it at
+/// a subtree delegated to the agent (systemd `Delegate=yes`) to limit tasks without root.
+pub fn cgroup_root() -> PathBuf {
+    std::env::var_os("ACTORMESH_CGROUP_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(CGROUP_ROOT))
+}
+
+fn controllers(file: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_to_string(file)
+        .map(|t| t.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// A cgroup v2 directory for the task under `root`, with the controllers usable in it, if
+/// the task has limits and the agent may create one.
+fn cgroup_for(
+    task: &CommandTask,
+    root: &Path,
+) -> Option<(PathBuf, std::collections::BTreeSet<String>)> {
     if task.mem_bytes.is_none() && task.cpus.is_none() {
         return None;
     }
-    let root = Path::new(CGROUP_ROOT);
     if !root.join("cgroup.controllers").exists() {
         return None;
     }
+    let available = controllers(&root.join("cgroup.controllers"));
+    for (c, wanted) in [
+        ("memory", task.mem_bytes.is_some()),
+        ("cpu", task.cpus.is_some()),
+    ] {
+        if wanted && available.contains(c) {
+            // Lets the task's cgroup use the controller (harmless if already enabled).
+            let _ = std::fs::write(root.join("cgroup.subtree_control"), format!("+{c}"));
+        }
+    }
     let dir = root.join(format!("actormesh-{}", task.id));
     std::fs::create_dir_all(&dir).ok()?;
-    Some(dir)
+    let usable = controllers(&dir.join("cgroup.controllers"));
+    Some((dir, usable))
 }
 
-/// Starts `task` in the sandbox `sandbox_root/<id>`.
+/// Starts `task` in the sandbox `sandbox_root/<id>`, limited through the cgroup v2 tree at
+/// [`cgroup_root`] where it can be written, else through rlimits.
 pub fn launch(task: &CommandTask, sandbox_root: &Path) -> Result<Running, CommandError> {
+    launch_with(task, sandbox_root, &cgroup_root())
+}
+
+/// [`launch`] with the cgroup v2 tree at `cgroup_root`.
+pub fn launch_with(
+    task: &CommandTask,
+    sandbox_root: &Path,
+    cgroup_root: &Path,
+) -> Result<Running, CommandError> {
     let dir = sandbox_root.join(&task.id);
     let sandbox = |source| CommandError::Sandbox {
         dir: dir.clone(),
@@ -148,35 +190,66 @@ pub fn launch(task: &CommandTask, sandbox_root: &Path) -> Result<Running, Comman
 
     let mut limits = Vec::new();
     let mut prelude = String::new();
-    match cgroup_for(task) {
-        Some(cg) => {
-            if let Some(m) = task.mem_bytes {
-                if std::fs::write(cg.join("memory.max"), m.to_string()).is_ok() {
-                    limits.push(format!("memory {m} bytes (cgroup v2)"));
+    let cg = cgroup_for(task, cgroup_root);
+    let usable = |c: &str| cg.as_ref().is_some_and(|(_, u)| u.contains(c));
+    let mut in_cgroup = false;
+    if let Some(m) = task.mem_bytes {
+        let written = usable("memory")
+            && cg.as_ref().is_some_and(|(dir, _)| {
+                std::fs::write(dir.join("memory.max"), m.to_string()).is_ok()
+            });
+        if written {
+            in_cgroup = true;
+            limits.push(format!("memory {m} bytes (cgroup v2)"));
+        } else {
+            // rlimit fallback: address space, in KiB for ulimit.
+            prelude.push_str(&format!("ulimit -v {} || exit 126; ", (m / 1024).max(1)));
+            limits.push(format!(
+                "address space {m} bytes (rlimit; {})",
+                if cg.is_some() {
+                    "the cgroup v2 memory controller is not available here"
+                } else {
+                    "no writable cgroup v2"
                 }
-            }
-            if let Some(c) = task.cpus {
-                let quota = (c * 100_000.0).round().max(1000.0) as u64;
-                if std::fs::write(cg.join("cpu.max"), format!("{quota} 100000")).is_ok() {
-                    limits.push(format!("cpus {c} (cgroup v2)"));
-                }
-            }
-            prelude.push_str(&format!(
-                "echo $$ > {} 2>/dev/null; ",
-                sh_quote(&cg.join("cgroup.procs").display().to_string())
             ));
         }
-        None => {
-            if let Some(m) = task.mem_bytes {
-                // rlimit fallback: address space, in KiB for ulimit.
-                prelude.push_str(&format!("ulimit -v {} || exit 126; ", (m / 1024).max(1)));
-                limits.push(format!("address space {m} bytes (rlimit)"));
-            }
-            if task.cpus.is_some() {
-                limits.push("cpus not enforced (no writable cgroup v2)".into());
-            }
+    }
+    if let Some(c) = task.cpus {
+        let quota = (c * 100_000.0).round().max(1000.0) as u64;
+        let written = usable("cpu")
+            && cg.as_ref().is_some_and(|(dir, _)| {
+                std::fs::write(dir.join("cpu.max"), format!("{quota} 100000")).is_ok()
+            });
+        if written {
+            in_cgroup = true;
+            limits.push(format!("cpus {c} (cgroup v2)"));
+        } else {
+            limits.push(format!(
+                "cpus not enforced ({})",
+                if cg.is_some() {
+                    "the cgroup v2 cpu controller is not available here"
+                } else {
+                    "no writable cgroup v2"
+                }
+            ));
         }
     }
+    let cgroup = match cg {
+        Some((dir, _)) if in_cgroup => {
+            // The wrapper joins the cgroup before it starts the command; if it cannot, the
+            // limits would be a lie, so the task fails (exit 125).
+            prelude.push_str(&format!(
+                "echo $$ > {} || exit 125; ",
+                sh_quote(&dir.join("cgroup.procs").display().to_string())
+            ));
+            Some(dir)
+        }
+        Some((dir, _)) => {
+            let _ = std::fs::remove_dir(&dir);
+            None
+        }
+        None => None,
+    };
     let status_file = sh_quote(&dir.join(STATUS_FILE).display().to_string());
     // The command runs as a child of the wrapper, which records its exit status.
     let script = format!(
@@ -217,12 +290,14 @@ pub fn launch(task: &CommandTask, sandbox_root: &Path) -> Result<Running, Comman
         pid,
         started,
         limits: limits.clone(),
+        cgroup: cgroup.clone(),
     };
     if let Ok(json) = serde_json::to_string(&checkpoint) {
         let _ = std::fs::write(dir.join(CHECKPOINT), json);
     }
     Ok(Running {
         task: task.clone(),
+        cgroup,
         dir,
         pid,
         started,
@@ -238,6 +313,7 @@ pub fn reattach(dir: &Path) -> Option<Running> {
     let c: Checkpoint = serde_json::from_str(&text).ok()?;
     Some(Running {
         task: c.task,
+        cgroup: c.cgroup,
         dir: dir.to_path_buf(),
         pid: c.pid,
         started: c.started,
@@ -307,8 +383,15 @@ impl Running {
     }
 
     /// Removes the task's cgroup, once it has ended (an empty cgroup is all that is left).
-    pub fn release(&self, task_id: &str) {
-        let _ = std::fs::remove_dir(Path::new(CGROUP_ROOT).join(format!("actormesh-{task_id}")));
+    pub fn release(&self) {
+        if let Some(dir) = &self.cgroup {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+
+    /// The task's cgroup, if its limits are applied through one.
+    pub fn cgroup(&self) -> Option<&Path> {
+        self.cgroup.as_deref()
     }
 
     /// Asks the task to stop (SIGTERM to its process group); from now on its end counts
@@ -461,8 +544,67 @@ mod tests {
             r.wait(Duration::from_secs(10)).await,
             CommandStatus::Finished
         );
-        r.release("limited");
+        r.release();
         assert!(!Path::new(CGROUP_ROOT).join("actormesh-limited").exists());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[tokio::test]
+    async fn limits_go_through_a_cgroup_v2_tree_where_its_controllers_are_available() {
+        // A cgroup v2 tree of our own (mounting needs root, as CI runs the tests).
+        let mnt = sandbox("cg2-mount");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "cgroup2", "none"])
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            mounted,
+            "cannot mount cgroup2 at {}: run the tests as root (CI does)",
+            mnt.display()
+        );
+        let root = sandbox("cg2");
+        let mut t = task("cg", "/bin/sh", &["-c", "cat /proc/self/cgroup"]);
+        t.mem_bytes = Some(256 * 1024 * 1024);
+        t.cpus = Some(0.5);
+        let r = launch_with(&t, &root, &mnt).unwrap();
+        let status = r.wait(Duration::from_secs(10)).await;
+        let available = controllers(&mnt.join("cgroup.controllers"));
+        let out = std::fs::read_to_string(r.dir().join("stdout")).unwrap();
+        if available.contains("memory") {
+            // A cgroup v2 host: the limit is in the cgroup and the command ran inside it.
+            assert!(
+                r.limits
+                    .contains(&"memory 268435456 bytes (cgroup v2)".to_string()),
+                "{:?}",
+                r.limits
+            );
+            assert!(out.contains("actormesh-cg"), "{out}");
+        } else {
+            // Controllers bound to cgroup v1 (as on this CI machine): rlimits instead,
+            // said so, and no empty cgroup left behind.
+            assert!(
+                r.limits.contains(
+                    &"address space 268435456 bytes (rlimit; the cgroup v2 memory controller is not available here)"
+                        .to_string()
+                ),
+                "{:?}",
+                r.limits
+            );
+            assert!(r.cgroup().is_none());
+            assert!(!mnt.join("actormesh-cg").exists());
+        }
+        if !available.contains("cpu") {
+            assert!(
+                r.limits.iter().any(|l| l.starts_with("cpus not enforced")),
+                "{:?}",
+                r.limits
+            );
+        }
+        assert_eq!(status, CommandStatus::Finished);
+        r.release();
+        let _ = std::process::Command::new("umount").arg(&mnt).status();
         let _ = std::fs::remove_dir_all(&root);
     }
 }

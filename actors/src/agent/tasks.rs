@@ -461,7 +461,7 @@ impl AgentGate {
             let Some(entry) = self.commands.remove(&id) else {
                 continue;
             };
-            entry.running.release(&id);
+            entry.running.release();
             self.task_ids
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
