@@ -354,7 +354,7 @@ enum GetWhat {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Deployment tasks: agent and state.
+    /// Tasks of deployments and frameworks: owner, version, agent, state, resources.
     Tasks {
         #[command(flatten)]
         api: ApiArgs,
@@ -482,7 +482,7 @@ fn deployment_key(name: &str) -> anyhow::Result<String> {
 fn print_tasks(list: &[actormesh::master::deployments::TaskEntry]) {
     println!(
         "{:<28} {:<20} {:<8} {:<12} {:<10} {:<22} MESSAGE",
-        "TASK", "DEPLOYMENT", "VERSION", "AGENT", "STATE", "RESOURCES"
+        "TASK", "OWNER", "VERSION", "AGENT", "STATE", "RESOURCES"
     );
     for t in list {
         println!(

@@ -156,6 +156,23 @@ async fn a_framework_keeps_its_tasks_across_a_master_restart() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Operators see it under its framework, and its agent describes it.
+    let id = actormesh::framework::instance_name(s2.id(), "e1");
+    let tasks: Vec<actormesh::master::deployments::TaskEntry> =
+        serde_json::from_value(master.client().call("GET", "/v1/tasks", None).unwrap()).unwrap();
+    let t = tasks.iter().find(|t| t.id == id).expect("listed");
+    assert_eq!(
+        (t.deployment.as_str(), t.state),
+        (
+            format!("framework/{}", s2.id()).as_str(),
+            TaskState::Running
+        )
+    );
+    let d = master
+        .client()
+        .call("GET", &format!("/v1/tasks/{id}"), None)
+        .unwrap();
+    assert_eq!(d["on_agent"]["what"], "actor echo", "{d}");
     s2.reconcile(vec!["e1".into()]).await.unwrap();
     next(&mut rx, "e1 Running after the restart", |e| {
         matches!(e, FrameworkEvent::StatusUpdate(st) if st.task_id == "e1" && st.state == TaskState::Running && st.uuid == 0).then_some(())

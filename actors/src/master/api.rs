@@ -10,7 +10,7 @@
 //! | GET | `/v1/deployments` | every deployment with running/pending counts |
 //! | GET | `/v1/deployments/{namespace}/{name}` | one deployment: manifest, standing, tasks |
 //! | DELETE | `/v1/deployments/{namespace}/{name}` | remove a deployment, stop its instances |
-//! | GET | `/v1/tasks` | every deployment task |
+//! | GET | `/v1/tasks` | every task of a deployment or a framework (owner `framework/<id>`) |
 //! | GET | `/v1/frameworks` | every framework, the deployment controller first |
 //! | GET | `/v1/tasks/{id}` | one task, with what its agent says of it (pid, sandbox, limits) |
 //! | GET | `/v1/tasks/{id}/logs?stream=stdout\|stderr&bytes=N` | the end of a command task's output |
@@ -31,8 +31,7 @@ use serde_json::json;
 use super::token::TokenRole;
 use super::{
     ApplyDeployment, CreateToken, DeleteDeployment, DeploymentRefusal, DescribeDeployment,
-    DescribeTaskOf, DrainNode, ListDeploymentTasks, ListDeployments, ListNodes, Master, TaskLogs,
-    TaskQueryRefusal,
+    DescribeTaskOf, DrainNode, ListDeployments, ListNodes, Master, TaskLogs, TaskQueryRefusal,
 };
 
 #[derive(Clone)]
@@ -223,7 +222,7 @@ async fn tasks(State(api): State<Api>, headers: HeaderMap) -> Response {
     if !authorized(&api, &headers) {
         return unauthorized();
     }
-    match api.master.send(ListDeploymentTasks).await {
+    match api.master.send(super::ListAllTasks).await {
         Ok(list) => Json(list).into_response(),
         Err(e) => error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -1152,6 +1152,20 @@ impl Handler<ListDeploymentTasks> for Master {
     }
 }
 
+/// Every task of a deployment or a framework (owner `framework/<id>`), for `get tasks`.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<deployments::TaskEntry>")]
+pub struct ListAllTasks;
+
+impl Handler<ListAllTasks> for Master {
+    type Result = MessageResult<ListAllTasks>;
+    fn handle(&mut self, _: ListAllTasks, _: &mut Context<Self>) -> Self::Result {
+        let mut all: Vec<deployments::TaskEntry> = self.deployments.tasks().cloned().collect();
+        all.extend(self.fw.task_entries());
+        MessageResult(all)
+    }
+}
+
 /// Removes deployment `namespace/name` and stops its instances gracefully.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), DeploymentRefusal>")]
@@ -1247,6 +1261,7 @@ impl Master {
         self.deployments
             .task(id)
             .map(|t| t.agent.clone())
+            .or_else(|| self.fw.task_agent(id))
             .or_else(|| self.tasks.get(id).map(|s| s.agent_id.clone()))
             .ok_or_else(|| TaskQueryRefusal::NotFound(id.to_string()))
     }

@@ -87,6 +87,30 @@ struct StoredFramework {
 }
 
 impl Frameworks {
+    /// The agent of framework task `id` (an agent task id).
+    pub(super) fn task_agent(&self, id: &str) -> Option<String> {
+        self.tasks.get(id).map(|t| t.agent.clone())
+    }
+
+    /// Framework tasks in the shape `get tasks` shows; the owner is `framework/<id>`.
+    pub(super) fn task_entries(&self) -> Vec<deployments::TaskEntry> {
+        self.tasks
+            .iter()
+            .map(|(id, t)| deployments::TaskEntry {
+                id: id.clone(),
+                deployment: format!("framework/{}", t.framework),
+                version: String::new(),
+                agent: t.agent.clone(),
+                state: t.state,
+                message: t.message.clone(),
+                resources: t.resources.clone(),
+                seq: 0,
+                running_since: None,
+                healthy: None,
+            })
+            .collect()
+    }
+
     /// What framework task `id` (an agent task id) holds.
     pub(super) fn task_resources(&self, id: &str) -> Option<Resources> {
         self.tasks.get(id).map(|t| t.resources.clone())
