@@ -304,6 +304,26 @@ impl Resources {
             .chain(self.sets.keys())
     }
 
+    /// Checks what parsing checks, for resources that arrived some other way (decoded from
+    /// a message): amounts finite and not negative, ranges from low to high.
+    pub fn validate(&self) -> Result<(), String> {
+        for (k, v) in &self.scalars {
+            if !v.is_finite() || *v < 0.0 {
+                return Err(format!(
+                    "resource {k}:{v} is not valid: expected a finite amount of 0 or more"
+                ));
+            }
+        }
+        for (k, rs) in &self.ranges {
+            if let Some((a, b)) = rs.iter().find(|(a, b)| a > b) {
+                return Err(format!(
+                    "resource {k}:[{a}-{b}] is not valid: expected ranges from low to high"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether nothing is here.
     pub fn is_empty(&self) -> bool {
         self.scalars.values().all(|v| *v < EPSILON)

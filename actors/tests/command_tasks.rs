@@ -124,6 +124,15 @@ async fn command_tasks_report_exit_codes_show_logs_and_are_killed() {
     // Deleting the deployment kills the task: SIGTERM is ignored, SIGKILL follows.
     let pid = pid_of(&master, &id("default/stubborn"));
     assert!(alive(pid));
+    // The command itself (the wrapper's child), which ignores SIGTERM.
+    let child = std::process::Command::new("pgrep")
+        .args(["-P", &pid.to_string()])
+        .output()
+        .unwrap();
+    let child: u32 = String::from_utf8_lossy(&child.stdout)
+        .trim()
+        .parse()
+        .expect("the wrapper's child");
     ok(&master.cli(&["delete", "deployment", "stubborn"]));
     let tasks = master
         .wait_tasks("stubborn Killed", Duration::from_secs(30), |t| {
@@ -134,10 +143,10 @@ async fn command_tasks_report_exit_codes_show_logs_and_are_killed() {
         .await;
     assert_eq!(of(&tasks, "default/stubborn").len(), 1);
     let start = std::time::Instant::now();
-    while alive(pid) {
+    while alive(pid) || alive(child) {
         assert!(
             start.elapsed() < Duration::from_secs(20),
-            "pid {pid} survived the kill"
+            "the wrapper {pid} or the command {child} survived the kill"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -282,6 +282,16 @@ async fn a_framework_launches_kills_reconciles_and_acknowledges() {
     let too_big = TaskLaunch::actor("big", "worker", "cpus:3".parse().unwrap());
     let e = s.accept(&o.offer_id, vec![too_big]).await.unwrap_err();
     assert!(e.to_string().contains("more than offer"), "{e}");
+    // Negative amounts (which would inflate what is free) are refused too.
+    let o = next(&mut rx, "an offer", offers).await.remove(0);
+    let mut negative = TaskLaunch::actor("neg", "worker", Resources::default());
+    negative.resources.scalars.insert("cpus".into(), -100.0);
+    let e = s.accept(&o.offer_id, vec![negative]).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("cpus:-100 is not valid: expected a finite amount of 0 or more"),
+        "{e}"
+    );
 
     // Accept with one actor task; it reports Starting and Running.
     let o = next(&mut rx, "an offer", offers).await.remove(0);
@@ -387,6 +397,22 @@ async fn agent_loss_and_framework_failover() {
         matches!(e, FrameworkEvent::StatusUpdate(st) if st.task_id == "keep" && st.state == TaskState::Running).then_some(())
     })
     .await;
+
+    // Another node cannot take the framework over by its id.
+    let (tx_thief, _thief_rx) = mpsc::unbounded_channel();
+    let thief = w1.node.spawn("thief", Events(tx_thief)).unwrap();
+    let e = Scheduler::register(
+        &w1.node,
+        m.node.local_addr(),
+        &thief,
+        "fw-fo",
+        "svc",
+        Duration::from_secs(30),
+        Some(s.id().to_string()),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("may not take it over"), "{e}");
 
     // The framework's actor stops: the master notices, and the framework re-registers
     // with its id from a new actor within its failover timeout, keeping its task.

@@ -251,9 +251,14 @@ pub fn launch_with(
         None => None,
     };
     let status_file = sh_quote(&dir.join(STATUS_FILE).display().to_string());
-    // The command runs as a child of the wrapper, which records its exit status.
+    // The command runs as a child of the wrapper, which records its exit status. A kill
+    // signals the whole process group: the wrapper handles SIGTERM (a handler, not an
+    // ignore, so the command still gets the default) and keeps waiting, so it is alive as
+    // long as the command is, and SIGKILL after the grace period still has a target.
     let script = format!(
-        "{prelude}\"$@\"; echo $? > {status_file}.tmp && mv {status_file}.tmp {status_file}"
+        "{prelude}trap 'true' TERM; \"$@\" & c=$!; \
+         while :; do wait $c; s=$?; kill -0 $c 2>/dev/null || break; done; \
+         echo $s > {status_file}.tmp && mv {status_file}.tmp {status_file}"
     );
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.arg("-c")
@@ -500,7 +505,28 @@ mod tests {
             stubborn.kill(Duration::from_millis(300)).await,
             CommandStatus::Killed
         );
-        assert!(t.elapsed() < Duration::from_secs(10));
+        let took = t.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(10),
+            "SIGKILL came after {took:?}, not after the 300 ms grace"
+        );
+        // Nothing of its process group is left (once the dead are reaped).
+        let group_alive = || {
+            std::process::Command::new("kill")
+                .args(["-0", "--", &format!("-{}", stubborn.pid())])
+                .stderr(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+        };
+        let t = Instant::now();
+        while group_alive() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "a process of the task survived the kill"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let mut polite = launch(&task("polite", "/bin/sleep", &["30"]), &root).unwrap();
         assert_eq!(
             polite.kill(Duration::from_secs(10)).await,

@@ -321,12 +321,10 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
         } else {
             config.actor_types.clone()
         },
-        // Actor tasks end with the process; command tasks may have outlived it.
-        running: recovered
-            .iter()
-            .filter(|c| c.status() == command::CommandStatus::Running)
-            .map(|c| c.task().id.clone())
-            .collect(),
+        // Actor tasks end with the process; command tasks may have outlived it. Those that
+        // ended meanwhile are listed too: their end is reported right after, so the master
+        // learns how they ended rather than calling them lost.
+        running: recovered.iter().map(|c| c.task().id.clone()).collect(),
         // Not checked yet in this run.
         healthy: Vec::new(),
         reserved: config.reserved.clone(),

@@ -351,6 +351,14 @@ impl AgentGate {
                         }
                         return;
                     }
+                    Ok(Err(crate::protocol::MasterRefusal::Removed(e))) => {
+                        warn!(task = %report.status.task_id, error = %e, "this agent was removed; the status report is dropped");
+                        return;
+                    }
+                    Ok(Err(crate::protocol::MasterRefusal::Forbidden(e))) => {
+                        warn!(task = %report.status.task_id, error = %e, "the master refuses this status report; dropped");
+                        return;
+                    }
                     Ok(Err(e)) => {
                         warn!(task = %report.status.task_id, error = %e, "status report refused; retrying")
                     }
@@ -520,6 +528,14 @@ impl Handler<LaunchCommand> for AgentGate {
         valid_task_id(&id)?;
         if self.commands.contains_key(&id) {
             return Ok(()); // A retried launch: already running.
+        }
+        let sandbox = self.sandboxes.join(&id);
+        if sandbox.exists() {
+            return Err(format!(
+                "task id {id} was used before on agent {} (its sandbox {} is kept for its logs); launch it under a new id",
+                self.agent_id,
+                sandbox.display()
+            ));
         }
         self.report(&id, TaskState::Starting, String::new());
         match command::launch(&m.task, &self.sandboxes) {

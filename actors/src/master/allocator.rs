@@ -74,6 +74,9 @@ pub struct Allocator {
     agents: BTreeMap<String, AgentSlot>,
     /// (role, agent) pairs declined until an instant.
     filters: BTreeMap<(String, String), Instant>,
+    /// What each role holds on each agent, so that an agent leaving takes exactly that
+    /// out of the roles' totals.
+    held: BTreeMap<(String, String), Resources>,
 }
 
 /// A request the allocator cannot honour.
@@ -122,11 +125,19 @@ impl Allocator {
         );
     }
 
-    /// An agent leaves; what roles had on it is theirs no longer (the caller recovers the
-    /// allocations it tracked with [`Allocator::release_role`]).
+    /// An agent leaves; what roles held on it is theirs no longer.
     pub fn remove_agent(&mut self, id: &str) {
         self.agents.remove(id);
         self.filters.retain(|(_, a), _| a != id);
+        let keys: Vec<(String, String)> =
+            self.held.keys().filter(|(_, a)| a == id).cloned().collect();
+        for key in keys {
+            if let Some(res) = self.held.remove(&key) {
+                if let Some(state) = self.roles.get_mut(&key.0) {
+                    state.allocated = state.allocated.minus(&res);
+                }
+            }
+        }
     }
 
     /// Whether agent `id` is known.
@@ -176,17 +187,30 @@ impl Allocator {
         slot.free = slot.free.minus(&rest);
         let state = self.roles.entry(role.to_string()).or_default();
         state.allocated = state.allocated.plus(res);
+        let held = self
+            .held
+            .entry((role.to_string(), agent.to_string()))
+            .or_default();
+        *held = held.plus(res);
         Ok(())
     }
 
     /// `role` gives back `res` on `agent` (a task ended, or part of an offer went unused).
+    /// Nothing happens for an agent that left: its holdings went with it.
     pub fn recover(&mut self, role: &str, agent: &str, res: &Resources) {
-        if let Some(state) = self.roles.get_mut(role) {
-            state.allocated = state.allocated.minus(res);
-        }
         let Some(slot) = self.agents.get_mut(agent) else {
             return;
         };
+        let key = (role.to_string(), agent.to_string());
+        if let Some(held) = self.held.get_mut(&key) {
+            *held = held.minus(res);
+            if held.is_empty() {
+                self.held.remove(&key);
+            }
+        }
+        if let Some(state) = self.roles.get_mut(role) {
+            state.allocated = state.allocated.minus(res);
+        }
         // Reserved resources return to the role's reservation, the rest to the pool.
         let mut back = res.clone();
         let reserved = slot.reserved.get(role).cloned().unwrap_or_default();
@@ -207,13 +231,6 @@ impl Allocator {
         self.recover(&offer.role, &offer.agent, &offer.resources);
         self.filters
             .insert((offer.role.clone(), offer.agent.clone()), now + refuse_for);
-    }
-
-    /// Forgets everything `role` holds on `agent` (its agent was lost).
-    pub fn release_role(&mut self, role: &str, res: &Resources) {
-        if let Some(state) = self.roles.get_mut(role) {
-            state.allocated = state.allocated.minus(res);
-        }
     }
 
     /// Total resources of all agents.

@@ -475,7 +475,11 @@ impl DeploymentBook {
         let Some(t) = self.tasks.get_mut(&s.task_id) else {
             return;
         };
-        if t.state.is_terminal() && !s.state.is_terminal() {
+        // Ended stays ended, a repeated end changes nothing (a retried report must not count
+        // a failure twice), and a late Starting does not undo Running.
+        if (t.state.is_terminal() && (!s.state.is_terminal() || s.state == t.state))
+            || (s.state == TaskState::Starting && t.state == TaskState::Running)
+        {
             return;
         }
         if t.live() && s.state.is_terminal() {

@@ -280,6 +280,7 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         round_scheduled: false,
         update_uuid: 0,
         reservations: BTreeMap::new(),
+        direct: Default::default(),
         started: Instant::now(),
         had_agents,
     }
@@ -353,6 +354,8 @@ pub struct Master {
     round_scheduled: bool,
     /// Numbers the status updates sent to frameworks.
     update_uuid: u64,
+    /// Tasks launched directly with [`LaunchOn`] (not by a deployment or a framework).
+    direct: std::collections::BTreeSet<String>,
     /// Each agent's reservations per role, as it last registered them (soft state).
     reservations: BTreeMap<String, BTreeMap<String, crate::resources::Resources>>,
     /// When this master process started.
@@ -443,6 +446,7 @@ impl Master {
             agent = id,
             "agent removed (Gone); identity and join token revoked"
         );
+        self.reservations.remove(id);
         let Some(t) = self.tokens.get_mut(&rec.token_id) else {
             return Vec::new();
         };
@@ -602,6 +606,16 @@ impl Handler<RegisterFrom> for Master {
     fn handle(&mut self, m: RegisterFrom, ctx: &mut Context<Self>) -> Self::Result {
         let (r, caller) = (m.0, m.1);
         self.check_caller(&r.agent_id, &caller)?;
+        let invalid = std::iter::once(("resources", &r.resources))
+            .chain(r.held.values().map(|h| ("held", h)))
+            .chain(r.reserved.values().map(|h| ("reserved", h)))
+            .find_map(|(what, res)| res.validate().err().map(|e| format!("{what}: {e}")));
+        if let Some(e) = invalid {
+            return Err(MasterRefusal::Forbidden(format!(
+                "agent {} registered invalid resources: {e}",
+                r.agent_id
+            )));
+        }
         let event = self.seen(&r.agent_id)?;
         if let Some(rec) = self.membership.record_mut(&r.agent_id) {
             rec.addr = Some(r.addr);
@@ -860,6 +874,32 @@ impl Handler<TaskStatusFrom> for Master {
         }
         info!(task = %s.task_id, agent = %s.agent_id, state = ?s.state, message = %s.message, "task status");
         let ended = s.state.is_terminal();
+        // The master's view of the task: which agent runs it, and whether it gave it up.
+        let known = self
+            .deployments
+            .task(&s.task_id)
+            .map(|t| (t.agent.clone(), t.state))
+            .or_else(|| self.fw.task_view(&s.task_id));
+        if let Some((owner, state)) = &known {
+            if owner != &s.agent_id {
+                return Err(MasterRefusal::Forbidden(format!(
+                    "task {} runs on agent {owner}, not on {}",
+                    s.task_id, s.agent_id
+                )));
+            }
+            if state.is_terminal() && !ended {
+                // Given up (a launch that timed out, a kill, a lost agent) but running
+                // after all: it must not run on.
+                warn!(task = %s.task_id, agent = %s.agent_id, "a task the master gave up runs; killing it");
+                self.carry_out(
+                    vec![deployments::Action::Kill {
+                        task_id: s.task_id.clone(),
+                        agent: s.agent_id.clone(),
+                    }],
+                    ctx,
+                );
+            }
+        }
         if self.framework_task_status(s.clone()) {
             // A framework's task: its book has it.
         } else if self.deployments.task(&s.task_id).is_some() {
@@ -867,13 +907,17 @@ impl Handler<TaskStatusFrom> for Master {
             if ended {
                 self.allocator.revive(scheduler::DEPLOYMENTS_ROLE);
             }
-        } else {
+        } else if self.direct.contains(&s.task_id) {
             // Launched directly (`LaunchOn`): only this map has it, bounded by dropping
             // ended entries.
             self.tasks.insert(s.task_id.clone(), s);
             if self.tasks.len() > MAX_REPORTED_TASKS {
                 self.tasks.retain(|_, t| !t.state.is_terminal());
+                let tasks = &self.tasks;
+                self.direct.retain(|id| tasks.contains_key(id));
             }
+        } else {
+            warn!(task = %s.task_id, agent = %s.agent_id, "a report of a task the master never launched; ignored");
         }
         if ended {
             self.schedule_round(ctx);
@@ -912,6 +956,7 @@ impl Handler<LaunchOn> for Master {
     type Result = ResponseFuture<Result<(), String>>;
     fn handle(&mut self, m: LaunchOn, _: &mut Context<Self>) -> Self::Result {
         let target = self.agent_actor(&m.agent);
+        self.direct.insert(m.task_id.clone());
         Box::pin(async move {
             let target = target?;
             let launch = crate::protocol::LaunchActor {
@@ -1057,6 +1102,9 @@ impl Master {
                     });
                 }
                 deployments::Action::Kill { task_id, agent } => {
+                    if let Err(e) = self.agent_actor(&agent) {
+                        warn!(task = %task_id, why = %e, "kill not delivered; it is sent again if the agent registers with the task");
+                    }
                     if let Ok(t) = self.agent_actor(&agent) {
                         actix::spawn(async move {
                             let _ = t

@@ -42,6 +42,8 @@ const FRAMEWORK_PREFIX: &str = "framework/";
 #[derive(Debug, Clone)]
 pub(super) struct FrameworkTask {
     framework: String,
+    /// The framework's role, kept with the task: it outlives a torn-down framework.
+    role: String,
     /// The framework's own id for it.
     task_id: String,
     agent: String,
@@ -57,6 +59,11 @@ pub(super) struct Frameworks {
     refs: BTreeMap<String, RemoteRef>,
     /// The verified identity that registered each framework: only it may speak for it.
     owners: BTreeMap<String, String>,
+    /// Each framework's role, also after it is gone (its offers and tasks may still have
+    /// resources to give back).
+    roles: BTreeMap<String, String>,
+    /// The identity that first registered each framework (kept in the state store).
+    registered_by: BTreeMap<String, String>,
     /// Frameworks that asked for no offers.
     suppressed: BTreeSet<String>,
     /// By agent task id (`framework_task`).
@@ -84,9 +91,17 @@ struct StoredFramework {
     name: String,
     role: String,
     failover_timeout_ms: u64,
+    /// The verified identity that registered it: only it may re-register it.
+    #[serde(default)]
+    registered_by: String,
 }
 
 impl Frameworks {
+    /// The agent and state of framework task `id` (an agent task id).
+    pub(super) fn task_view(&self, id: &str) -> Option<(String, TaskState)> {
+        self.tasks.get(id).map(|t| (t.agent.clone(), t.state))
+    }
+
     /// The agent of framework task `id` (an agent task id).
     pub(super) fn task_agent(&self, id: &str) -> Option<String> {
         self.tasks.get(id).map(|t| t.agent.clone())
@@ -130,9 +145,13 @@ impl Frameworks {
         );
         book.set_epoch(epoch);
         let now = Instant::now();
+        let mut roles = BTreeMap::new();
+        let mut registered_by = BTreeMap::new();
         for (k, v) in store.list(Table::Config)? {
             if k.starts_with(FRAMEWORK_PREFIX) {
                 let f: StoredFramework = serde_json::from_slice(&v)?;
+                roles.insert(f.id.clone(), f.role.clone());
+                registered_by.insert(f.id.clone(), f.registered_by.clone());
                 book.restore(
                     &f.id,
                     &f.name,
@@ -146,6 +165,8 @@ impl Frameworks {
             book,
             refs: BTreeMap::new(),
             owners: BTreeMap::new(),
+            roles,
+            registered_by,
             suppressed: BTreeSet::new(),
             tasks: BTreeMap::new(),
         })
@@ -195,11 +216,15 @@ impl Master {
         for h in self.deployments.take_holdings() {
             match h {
                 Holding::Took { agent, resources } => {
-                    if let Err(e) = self
-                        .allocator
-                        .allocate(DEPLOYMENTS_ROLE, &agent, &resources)
-                    {
-                        warn!(%agent, error = %e, "an adopted instance does not fit its agent's free resources");
+                    // An agent not counted yet (it is registering) gets its instances
+                    // counted when it is added (`rebuild_agent`).
+                    if self.allocator.has_agent(&agent) {
+                        if let Err(e) =
+                            self.allocator
+                                .allocate(DEPLOYMENTS_ROLE, &agent, &resources)
+                        {
+                            warn!(%agent, error = %e, "an instance that came back does not fit its agent's free resources");
+                        }
                     }
                 }
                 Holding::Freed { agent, resources } => {
@@ -236,9 +261,8 @@ impl Master {
                 held.push((f.role.clone(), t.resources.clone()));
             }
         }
-        for (role, res) in &held {
-            self.allocator.release_role(role, res);
-        }
+        // Removing the agent takes what roles held there out of their totals; what runs
+        // there now is counted again below.
         self.allocator.remove_agent(id);
         let Some(rec) = self.membership.get(id) else {
             return;
@@ -283,7 +307,10 @@ impl Master {
                 t.agent == agent
                     && matches!(
                         t.state,
-                        TaskState::Starting | TaskState::Running | TaskState::Unreachable
+                        TaskState::Staging
+                            | TaskState::Starting
+                            | TaskState::Running
+                            | TaskState::Unreachable
                     )
                     && !reported.contains(k)
             })
@@ -303,6 +330,22 @@ impl Master {
         let mut kills = Vec::new();
         for id in running {
             if let Some(t) = self.fw.tasks.get(id) {
+                if t.agent != agent {
+                    warn!(task = %id, %agent, owner = %t.agent, "an agent reports another agent's task; killing its copy");
+                    kills.push(deployments::Action::Kill {
+                        task_id: id.clone(),
+                        agent: agent.to_string(),
+                    });
+                    continue;
+                }
+                if t.state.is_terminal() || self.fw.book.get(&t.framework).is_none() {
+                    // Given up (or its framework is gone): it must not run on.
+                    kills.push(deployments::Action::Kill {
+                        task_id: id.clone(),
+                        agent: agent.to_string(),
+                    });
+                    continue;
+                }
                 if t.state == TaskState::Unreachable {
                     let status = TaskStatus {
                         task_id: id.clone(),
@@ -327,6 +370,12 @@ impl Master {
                     id.clone(),
                     FrameworkTask {
                         framework: fw.to_string(),
+                        role: self
+                            .fw
+                            .book
+                            .get(fw)
+                            .map(|f| f.role.clone())
+                            .unwrap_or_default(),
                         task_id: task.to_string(),
                         agent: agent.to_string(),
                         resources: held.get(id).cloned().unwrap_or_default(),
@@ -353,9 +402,8 @@ impl Master {
     }
 
     fn give_back_offer(&mut self, o: &super::frameworks::OfferRecord) {
-        if let Some(f) = self.fw.book.get(&o.framework) {
-            let role = f.role.clone();
-            self.allocator.recover(&role, &o.agent, &o.resources);
+        if let Some(role) = self.fw.roles.get(&o.framework) {
+            self.allocator.recover(role, &o.agent, &o.resources);
         }
         if let Some(r) = self.fw.refs.get(&o.framework) {
             let _ = r.try_tell(FrameworkEvent::OfferRescinded {
@@ -406,25 +454,35 @@ impl Master {
         let Some(t) = self.fw.tasks.get_mut(&s.task_id) else {
             return false;
         };
-        if t.state.is_terminal() {
+        // Ended stays ended, a duplicate changes nothing, and a late Starting does not
+        // undo Running.
+        if t.state.is_terminal()
+            || (s.state == t.state && s.message == t.message)
+            || (s.state == TaskState::Starting && t.state == TaskState::Running)
+        {
             return true;
         }
-        let was_holding = t.state != TaskState::Unreachable;
         t.state = s.state;
         t.message = s.message.clone();
-        let (fw, task_id, agent, res) = (
+        let (fw, task_id, agent, res, role) = (
             t.framework.clone(),
             t.task_id.clone(),
             t.agent.clone(),
             t.resources.clone(),
+            t.role.clone(),
         );
-        // Its resources go back when it ends (or its agent is unreachable: the agent's
-        // resources left the allocator then).
-        if was_holding && (s.state.is_terminal() || s.state == TaskState::Unreachable) {
-            if let Some(f) = self.fw.book.get(&fw) {
-                let role = f.role.clone();
-                self.allocator.recover(&role, &agent, &res);
+        // Its resources go back when it ends or its agent is unreachable (a no-op once the
+        // agent has left the allocator).
+        if s.state.is_terminal() || s.state == TaskState::Unreachable {
+            self.allocator.recover(&role, &agent, &res);
+        }
+        if self.fw.book.get(&fw).is_none() {
+            // Its framework is gone (torn down or failed over): nobody to tell; an ended
+            // task is done with.
+            if s.state.is_terminal() {
+                self.fw.tasks.remove(&s.task_id);
             }
+            return true;
         }
         // The framework acknowledges by the master's uuid (agents number their own).
         let update = TaskStatus {
@@ -601,6 +659,7 @@ impl Master {
             });
         }
         self.fw.owners.remove(id);
+        self.fw.registered_by.remove(id);
         self.fw.suppressed.remove(id);
         if let Err(e) = self.store.apply(&[Change::Delete {
             table: Table::Config,
@@ -650,7 +709,7 @@ impl Master {
         let weight = |role: &str| self.allocator.role(role).map_or(1.0, |c| c.weight);
         let mut out = vec![FrameworkSummary {
             id: "deployments".into(),
-            name: "built-in deployment controller".into(),
+            name: "deployment controller".into(),
             role: DEPLOYMENTS_ROLE.into(),
             connected: true,
             suppressed: false,
@@ -737,6 +796,16 @@ impl Handler<RegisterFrameworkFrom> for Master {
                 "a framework needs a name and the name of its event actor".into(),
             ));
         }
+        if let Some(id) = &r.framework_id {
+            match self.fw.registered_by.get(id) {
+                Some(by) if by != &who => {
+                    return Err(FrameworkError::Forbidden(format!(
+                        "framework {id} was registered by {by}; {who} may not take it over"
+                    )))
+                }
+                _ => {}
+            }
+        }
         let failover = Duration::from_millis(r.failover_timeout_ms);
         if failover > MAX_FAILOVER {
             return Err(FrameworkError::Invalid(format!(
@@ -758,6 +827,7 @@ impl Handler<RegisterFrameworkFrom> for Master {
             name: r.name.clone(),
             role: r.role.clone(),
             failover_timeout_ms: r.failover_timeout_ms,
+            registered_by: who.clone(),
         };
         let value =
             serde_json::to_vec(&stored).map_err(|e| FrameworkError::Unavailable(e.to_string()))?;
@@ -766,7 +836,10 @@ impl Handler<RegisterFrameworkFrom> for Master {
             key: format!("{FRAMEWORK_PREFIX}{id}"),
             value,
         }]) {
-            if !reregistered {
+            if reregistered {
+                // Still disconnected: its failover timer keeps running.
+                self.fw.book.disconnected(&id, Instant::now());
+            } else {
                 self.fw.book.remove(&id);
             }
             return Err(FrameworkError::Unavailable(format!(
@@ -781,7 +854,9 @@ impl Handler<RegisterFrameworkFrom> for Master {
         };
         let _ = target.try_tell(FrameworkEvent::Registered(registration.clone()));
         self.fw.refs.insert(id.clone(), target);
-        self.fw.owners.insert(id.clone(), who);
+        self.fw.owners.insert(id.clone(), who.clone());
+        self.fw.roles.insert(id.clone(), r.role.clone());
+        self.fw.registered_by.insert(id.clone(), who.clone());
         self.fw.book.redeliver_now(&id, Instant::now());
         self.deliver_updates();
         info!(framework = %id, name = %r.name, role = %r.role, reregistered, "framework registered");
@@ -837,6 +912,15 @@ impl Handler<AcceptFrom> for Master {
                 .unwrap_or_default();
             for l in &a.launches {
                 valid_task_id(&l.task_id)?;
+                l.resources
+                    .validate()
+                    .map_err(|e| FrameworkError::Invalid(format!("task {}: {e}", l.task_id)))?;
+                if l.resources.is_empty() {
+                    return Err(FrameworkError::Invalid(format!(
+                        "task {} asks for no resources: expected some of the offer, e.g. cpus:0.1",
+                        l.task_id
+                    )));
+                }
                 if !seen.insert(l.task_id.clone())
                     || self
                         .fw
@@ -887,6 +971,7 @@ impl Handler<AcceptFrom> for Master {
                 id.clone(),
                 FrameworkTask {
                     framework: a.framework_id.clone(),
+                    role: role.clone(),
                     task_id: l.task_id.clone(),
                     agent: offer.agent.clone(),
                     resources: l.resources.clone(),
@@ -979,6 +1064,12 @@ impl Handler<KillFrom> for Master {
             return Ok(());
         }
         let agent = t.agent.clone();
+        if let Err(e) = self.agent_actor(&agent) {
+            return Err(FrameworkError::Unavailable(format!(
+                "cannot kill task {} now: {e}; kill it again once its agent is back",
+                k.task_id
+            )));
+        }
         self.carry_out(vec![deployments::Action::Kill { task_id: id, agent }], ctx);
         Ok(())
     }
