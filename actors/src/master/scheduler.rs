@@ -55,14 +55,13 @@ pub(super) struct FrameworkTask {
 /// Frameworks as the master keeps them.
 pub(super) struct Frameworks {
     pub(super) book: FrameworkBook,
-    /// Where each framework's events go.
+    /// Where each connected framework's events go.
     refs: BTreeMap<String, RemoteRef>,
-    /// The verified identity that registered each framework: only it may speak for it.
-    owners: BTreeMap<String, String>,
     /// Each framework's role, also after it is gone (its offers and tasks may still have
     /// resources to give back).
     roles: BTreeMap<String, String>,
-    /// The identity that first registered each framework (kept in the state store).
+    /// The verified identity that registered each framework (kept in the state store):
+    /// only it may speak for the framework or re-register it.
     registered_by: BTreeMap<String, String>,
     /// Frameworks that asked for no offers.
     suppressed: BTreeSet<String>,
@@ -164,7 +163,6 @@ impl Frameworks {
         Ok(Self {
             book,
             refs: BTreeMap::new(),
-            owners: BTreeMap::new(),
             roles,
             registered_by,
             suppressed: BTreeSet::new(),
@@ -658,7 +656,6 @@ impl Master {
                 message: format!("framework {id} was torn down"),
             });
         }
-        self.fw.owners.remove(id);
         self.fw.registered_by.remove(id);
         self.fw.suppressed.remove(id);
         if let Err(e) = self.store.apply(&[Change::Delete {
@@ -683,14 +680,14 @@ impl Master {
         let who = caller.as_ref().map(|c| c.to_string()).ok_or_else(|| {
             FrameworkError::Forbidden("framework calls must come over the mesh".into())
         })?;
-        match self.fw.owners.get(id) {
-            Some(owner) if owner == &who => Ok(f.role.clone()),
-            Some(owner) => Err(FrameworkError::Forbidden(format!(
+        match self.fw.registered_by.get(id) {
+            Some(owner) if owner != &who => Err(FrameworkError::Forbidden(format!(
                 "{who} may not speak for framework {id} (registered by {owner})"
             ))),
-            None => Err(FrameworkError::NotRegistered(format!(
+            _ if !self.fw.refs.contains_key(id) => Err(FrameworkError::NotRegistered(format!(
                 "framework {id} is disconnected: re-register it with its id first"
             ))),
+            _ => Ok(f.role.clone()),
         }
     }
 
@@ -854,7 +851,6 @@ impl Handler<RegisterFrameworkFrom> for Master {
         };
         let _ = target.try_tell(FrameworkEvent::Registered(registration.clone()));
         self.fw.refs.insert(id.clone(), target);
-        self.fw.owners.insert(id.clone(), who.clone());
         self.fw.roles.insert(id.clone(), r.role.clone());
         self.fw.registered_by.insert(id.clone(), who.clone());
         self.fw.book.redeliver_now(&id, Instant::now());
@@ -879,7 +875,6 @@ impl Handler<Terminated> for Master {
             warn!(framework = %id, reason = ?t.reason, "framework disconnected; its failover timer runs");
             self.fw.book.disconnected(&id, Instant::now());
             self.fw.refs.remove(&id);
-            self.fw.owners.remove(&id);
             for o in self.fw.book.rescind_framework(&id) {
                 self.give_back_offer(&o);
             }
