@@ -102,19 +102,44 @@ async fn a_framework_keeps_its_tasks_across_a_master_restart() {
             break o;
         }
     };
+    // An actor task, and a command task that ends when the test says so (a file in its
+    // sandbox).
     s.accept(
         &offer.offer_id,
-        vec![TaskLaunch::actor("e1", "echo", "cpus:1".parse().unwrap())],
+        vec![
+            TaskLaunch::actor("e1", "echo", "cpus:1".parse().unwrap()),
+            TaskLaunch::command(
+                "c1",
+                "/bin/sh",
+                &["-c", "while [ ! -f go ]; do sleep 0.05; done; exit 3"],
+                "cpus:0.5".parse().unwrap(),
+            ),
+        ],
     )
     .await
     .unwrap();
-    next(&mut rx, "e1 Running", |e| {
-        matches!(e, FrameworkEvent::StatusUpdate(st) if st.task_id == "e1" && st.state == TaskState::Running).then_some(())
-    })
-    .await;
+    for task in ["e1", "c1"] {
+        next(&mut rx, "Running", |e| {
+            matches!(e, FrameworkEvent::StatusUpdate(st) if st.task_id == task && st.state == TaskState::Running).then_some(())
+        })
+        .await;
+    }
 
-    // The master dies and comes back on the same addresses.
+    // The master dies and comes back on the same addresses; c1 ends while it is down.
     master.proc.kill().await;
+    let sandbox = dir
+        .join("w1")
+        .join("sandboxes")
+        .join(actormesh::framework::instance_name(s.id(), "c1"));
+    std::fs::write(sandbox.join("go"), b"").unwrap();
+    let started = Instant::now();
+    while !sandbox.join("exit_status").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "c1 did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let master = Master::start(&dir.join("master"), mesh, boot, api, &flags).await;
     // The framework fails over to the new master with its id.
     let started = Instant::now();
@@ -143,6 +168,16 @@ async fn a_framework_keeps_its_tasks_across_a_master_restart() {
             }
         }
     };
+    // c1's end reaches the framework through the new master.
+    let ended = next(&mut rx, "c1 Failed after the restart", |e| match e {
+        FrameworkEvent::StatusUpdate(st) if st.task_id == "c1" && st.state == TaskState::Failed => {
+            Some(st.clone())
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(ended.message, "exited with code 3");
+    s2.acknowledge(&ended).await.unwrap();
     // Once w1 has registered again, the master knows the task again.
     let started = Instant::now();
     loop {

@@ -916,6 +916,9 @@ impl Handler<TaskStatusFrom> for Master {
                 let tasks = &self.tasks;
                 self.direct.retain(|id| tasks.contains_key(id));
             }
+        } else if ended && self.framework_task_ended_unknown(&s) {
+            // The end of a framework's task this master did not know (it restarted
+            // meanwhile): passed on to the framework.
         } else {
             warn!(task = %s.task_id, agent = %s.agent_id, "a report of a task the master never launched; ignored");
         }

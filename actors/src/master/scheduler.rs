@@ -392,6 +392,32 @@ impl Master {
         kills
     }
 
+    /// The end of task `s.task_id` that this master does not know, reported by its agent:
+    /// if it is a task of a known framework (this master restarted after launching it), it
+    /// is passed on to the framework. False if it is not such a task.
+    pub(super) fn framework_task_ended_unknown(&mut self, s: &TaskStatus) -> bool {
+        let Some((fw, task)) = s.task_id.split_once('_') else {
+            return false;
+        };
+        let Some(role) = self.fw.book.get(fw).map(|f| f.role.clone()) else {
+            return false;
+        };
+        self.fw.tasks.insert(
+            s.task_id.clone(),
+            FrameworkTask {
+                framework: fw.to_string(),
+                role,
+                task_id: task.to_string(),
+                agent: s.agent_id.clone(),
+                // What it held left the allocator with the old master.
+                resources: Resources::default(),
+                state: TaskState::Running,
+                message: String::new(),
+            },
+        );
+        self.framework_task_status(s.clone())
+    }
+
     /// Withdraws the offers on agent `id` and tells their frameworks.
     pub(super) fn rescind_offers_on(&mut self, id: &str) {
         for o in self.fw.book.rescind_agent(id) {
