@@ -223,12 +223,28 @@ pub struct KillTask {
 
 /// An agent reports a task's new state; retried until the master acknowledges it.
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
-#[remote(name = "actormesh.master.TaskStatus/v1", reply = Result<(), MasterRefusal>)]
+#[remote(name = "actormesh.master.TaskStatus/v1", reply = Result<ReportAck, MasterRefusal>)]
 pub struct TaskStatusReport {
     /// The agent id.
     pub agent_id: String,
     /// The task's new status.
     pub status: crate::master::frameworks::TaskStatus,
+}
+
+/// The master took a status report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportAck {
+    /// Keep this (ended) report, and send it again when registering, until the master
+    /// sends [`ReleaseStatus`]: its framework has not acknowledged it yet.
+    pub keep: bool,
+}
+
+/// The framework acknowledged the end of this task: its agent may forget the report.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.agent.ReleaseStatus/v1", reply = Result<(), String>)]
+pub struct ReleaseStatus {
+    /// The task id.
+    pub task_id: String,
 }
 
 /// The name of every agent's actor that the master talks to.

@@ -40,6 +40,26 @@ fn alive(pid: u32) -> bool {
             .contains(") Z ")
 }
 
+/// The command the wrapper `pid` started (it forks it after setting up), waiting for it.
+async fn child_of(pid: u32) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        let out = std::process::Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .output()
+            .unwrap();
+        let child = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !child.is_empty() {
+            return child;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the wrapper {pid} started no command"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The pid an agent reports for a command task (`describe task`).
 fn pid_of(master: &Master, task: &str) -> u32 {
     let out = ok(&master.cli(&["describe", "task", task, "-o", "json"]));
@@ -125,14 +145,7 @@ async fn command_tasks_report_exit_codes_show_logs_and_are_killed() {
     let pid = pid_of(&master, &id("default/stubborn"));
     assert!(alive(pid));
     // The command itself (the wrapper's child), which ignores SIGTERM.
-    let child = std::process::Command::new("pgrep")
-        .args(["-P", &pid.to_string()])
-        .output()
-        .unwrap();
-    let child: u32 = String::from_utf8_lossy(&child.stdout)
-        .trim()
-        .parse()
-        .expect("the wrapper's child");
+    let child: u32 = child_of(pid).await.parse().expect("a pid");
     ok(&master.cli(&["delete", "deployment", "stubborn"]));
     let tasks = master
         .wait_tasks("stubborn Killed", Duration::from_secs(30), |t| {
@@ -210,12 +223,7 @@ async fn a_restarted_agent_reattaches_to_its_command_tasks() {
 
     // The re-attached agent still watches it: the command is killed from outside, the end
     // is reported with its exit code, and the on-failure policy starts a new instance.
-    let sleeper = std::process::Command::new("pgrep")
-        .args(["-P", &pid.to_string()])
-        .output()
-        .unwrap();
-    let sleeper = String::from_utf8_lossy(&sleeper.stdout).trim().to_string();
-    assert!(!sleeper.is_empty(), "no child of the wrapper {pid}");
+    let sleeper = child_of(pid).await;
     std::process::Command::new("kill")
         .args(["-KILL", &sleeper])
         .status()
@@ -248,11 +256,7 @@ async fn a_restarted_agent_reattaches_to_its_command_tasks() {
         .clone();
     let pid2 = pid_of(&master, &second);
     a.kill().await;
-    let child = std::process::Command::new("pgrep")
-        .args(["-P", &pid2.to_string()])
-        .output()
-        .unwrap();
-    let child = String::from_utf8_lossy(&child.stdout).trim().to_string();
+    let child = child_of(pid2).await;
     std::process::Command::new("kill")
         .args(["-TERM", &child])
         .status()

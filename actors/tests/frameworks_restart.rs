@@ -114,23 +114,39 @@ async fn a_framework_keeps_its_tasks_across_a_master_restart() {
                 &["-c", "while [ ! -f go ]; do sleep 0.05; done; exit 3"],
                 "cpus:0.5".parse().unwrap(),
             ),
+            TaskLaunch::command(
+                "c2",
+                "/bin/sh",
+                &["-c", "while [ ! -f go ]; do sleep 0.05; done; exit 4"],
+                "cpus:0.5".parse().unwrap(),
+            ),
         ],
     )
     .await
     .unwrap();
-    for task in ["e1", "c1"] {
+    for task in ["e1", "c1", "c2"] {
         next(&mut rx, "Running", |e| {
             matches!(e, FrameworkEvent::StatusUpdate(st) if st.task_id == task && st.state == TaskState::Running).then_some(())
         })
         .await;
     }
 
+    // c2 ends and the framework hears of it, but the master dies before the framework
+    // acknowledges: the agent keeps the report and gives it to the next master.
+    let sandbox_of = |task: &str| {
+        dir.join("w1")
+            .join("sandboxes")
+            .join(actormesh::framework::instance_name(s.id(), task))
+    };
+    std::fs::write(sandbox_of("c2").join("go"), b"").unwrap();
+    next(&mut rx, "c2 Failed", |e| {
+        matches!(e, FrameworkEvent::StatusUpdate(st) if st.task_id == "c2" && st.state == TaskState::Failed).then_some(())
+    })
+    .await;
+
     // The master dies and comes back on the same addresses; c1 ends while it is down.
     master.proc.kill().await;
-    let sandbox = dir
-        .join("w1")
-        .join("sandboxes")
-        .join(actormesh::framework::instance_name(s.id(), "c1"));
+    let sandbox = sandbox_of("c1");
     std::fs::write(sandbox.join("go"), b"").unwrap();
     let started = Instant::now();
     while !sandbox.join("exit_status").exists() {
@@ -178,6 +194,30 @@ async fn a_framework_keeps_its_tasks_across_a_master_restart() {
     .await;
     assert_eq!(ended.message, "exited with code 3");
     s2.acknowledge(&ended).await.unwrap();
+    let again = next(
+        &mut rx,
+        "c2 Failed again, from the new master",
+        |e| match e {
+            FrameworkEvent::StatusUpdate(st)
+                if st.task_id == "c2" && st.state == TaskState::Failed =>
+            {
+                Some(st.clone())
+            }
+            _ => None,
+        },
+    )
+    .await;
+    assert_eq!(again.message, "exited with code 4");
+    s2.acknowledge(&again).await.unwrap();
+    // Acknowledged: the master releases the agent's copy, which marks it delivered.
+    let started = Instant::now();
+    while !sandbox_of("c2").join("end_reported").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the agent never released c2's report"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Once w1 has registered again, the master knows the task again.
     let started = Instant::now();
     loop {

@@ -495,10 +495,23 @@ mod tests {
         let root = sandbox("kill");
         // Ignores SIGTERM: only SIGKILL after the grace period ends it.
         let mut stubborn = launch(
-            &task("stubborn", "/bin/sh", &["-c", "trap '' TERM; sleep 30"]),
+            &task(
+                "stubborn",
+                "/bin/sh",
+                &["-c", "trap '' TERM; echo started; sleep 30"],
+            ),
             &root,
         )
         .unwrap();
+        // Killed once it runs (a kill before the command started ends it at once, which
+        // is right but not what this test is about).
+        let t = Instant::now();
+        while std::fs::read_to_string(stubborn.dir().join("stdout")).unwrap_or_default()
+            != "started\n"
+        {
+            assert!(t.elapsed() < Duration::from_secs(10), "it never started");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         assert_eq!(stubborn.status(), CommandStatus::Running);
         let t = Instant::now();
         assert_eq!(

@@ -441,11 +441,22 @@ async fn heartbeat_loop(
                         again.held = set.running.clone();
                         again.healthy = set.healthy.iter().cloned().collect();
                     }
-                    if let Err(e) = master.ask_timeout(again, Duration::from_secs(5)).await {
-                        warn!(error = %e, "re-registration failed; will retry");
-                        lost = true;
-                    } else {
-                        info!("re-registered with the master");
+                    match master.ask_timeout(again, Duration::from_secs(5)).await {
+                        Ok(Ok(_)) => {
+                            info!("re-registered with the master");
+                            task_ids
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .registrations += 1;
+                        }
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "re-registration refused; will retry");
+                            lost = true;
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "re-registration failed; will retry");
+                            lost = true;
+                        }
                     }
                 }
             }

@@ -18,7 +18,7 @@ use super::command;
 use crate::master::frameworks::{TaskState, TaskStatus};
 use crate::protocol::{
     DescribeTask, HealthSpec, KillTask, LaunchActor, LaunchCommand, LogStream, ReadTaskLog,
-    TaskDetail, TaskLog, TaskStatusReport,
+    ReleaseStatus, TaskDetail, TaskLog, TaskStatusReport,
 };
 use crate::{
     Node, NodeError, RemoteRef, RestartPolicy, SpawnOptions, Terminated, TerminationReason,
@@ -96,6 +96,8 @@ pub struct TaskSet {
     pub running: BTreeMap<String, crate::resources::Resources>,
     /// Those with a health check whose last check passed.
     pub healthy: BTreeSet<String>,
+    /// How many times the agent registered again (the heartbeat loop counts).
+    pub registrations: u64,
 }
 
 impl TaskSet {
@@ -117,6 +119,13 @@ pub struct AgentGate {
     sandboxes: PathBuf,
     /// Health checks, by task id.
     health: BTreeMap<String, Health>,
+    /// Ended tasks' reports the master asked to keep until their framework acknowledges
+    /// them, with the mark to make then.
+    kept: BTreeMap<String, (TaskStatusReport, Option<PathBuf>)>,
+    /// Registrations seen (from the shared task set): a new one sends the kept reports.
+    registrations: u64,
+    /// This actor's address, for the report loops.
+    me: Option<Addr<AgentGate>>,
     /// Tasks being killed for failing their health check, with why.
     unhealthy: BTreeMap<String, String>,
     next_uuid: AtomicU64,
@@ -306,6 +315,9 @@ impl AgentGate {
             sandboxes,
             health,
             unhealthy: BTreeMap::new(),
+            kept: BTreeMap::new(),
+            registrations: 0,
+            me: None,
             next_uuid: AtomicU64::new(1),
         }
     }
@@ -337,7 +349,15 @@ impl AgentGate {
                 healthy,
             },
         };
+        self.send_report(report, mark);
+    }
+
+    /// Sends `report` until the master takes it. If the master asks to keep it (an end its
+    /// framework has not acknowledged yet), it stays here and goes again at each
+    /// registration until the master releases it; `mark` is created only then.
+    fn send_report(&self, report: TaskStatusReport, mark: Option<PathBuf>) {
         let master = self.master.clone();
+        let gate = self.me.clone();
         actix::spawn(async move {
             let mut delay = Duration::from_millis(100);
             loop {
@@ -345,7 +365,13 @@ impl AgentGate {
                     .ask_timeout(report.clone(), Duration::from_secs(5))
                     .await
                 {
-                    Ok(Ok(())) => {
+                    Ok(Ok(ack)) if ack.keep => {
+                        if let Some(gate) = gate {
+                            gate.do_send(KeepReport { report, mark });
+                        }
+                        return;
+                    }
+                    Ok(Ok(_)) => {
                         if let Some(mark) = mark {
                             let _ = std::fs::write(mark, b"");
                         }
@@ -387,11 +413,13 @@ impl Actor for AgentGate {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address());
         // Command tasks are watched through their sandboxes (the exit status the wrapper
         // writes) and /proc, which works the same for re-attached processes.
         ctx.run_interval(COMMAND_POLL, |gate, ctx| {
             gate.poll_commands();
             gate.poll_health(ctx);
+            gate.resend_kept();
         });
     }
 }
@@ -399,7 +427,52 @@ impl Actor for AgentGate {
 /// How often command tasks are checked for their end.
 const COMMAND_POLL: Duration = Duration::from_millis(100);
 
+/// An ended task's report to keep until the master releases it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct KeepReport {
+    report: TaskStatusReport,
+    mark: Option<PathBuf>,
+}
+
+impl Handler<KeepReport> for AgentGate {
+    type Result = ();
+    fn handle(&mut self, m: KeepReport, _: &mut Context<Self>) {
+        self.kept
+            .insert(m.report.status.task_id.clone(), (m.report, m.mark));
+    }
+}
+
+#[crate::handler]
+impl Handler<ReleaseStatus> for AgentGate {
+    type Result = Result<(), String>;
+    fn handle(&mut self, m: ReleaseStatus, _: &mut Context<Self>) -> Self::Result {
+        Self::from_master()?;
+        if let Some((_, Some(mark))) = self.kept.remove(&m.task_id) {
+            let _ = std::fs::write(mark, b"");
+        }
+        Ok(())
+    }
+}
+
 impl AgentGate {
+    /// After each registration, the kept reports go to the master again (it may be a new
+    /// master that never saw them).
+    fn resend_kept(&mut self) {
+        let registrations = self
+            .task_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .registrations;
+        if registrations == self.registrations {
+            return;
+        }
+        self.registrations = registrations;
+        for (report, mark) in std::mem::take(&mut self.kept).into_values() {
+            self.send_report(report, mark);
+        }
+    }
+
     /// Starts the health checks that are due.
     fn poll_health(&mut self, ctx: &mut Context<Self>) {
         let now = std::time::Instant::now();

@@ -858,11 +858,11 @@ impl Handler<Renew> for MasterGate {
 
 /// A task state report from an agent, with the verified sender.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), MasterRefusal>")]
+#[rtype(result = "Result<crate::protocol::ReportAck, MasterRefusal>")]
 struct TaskStatusFrom(crate::protocol::TaskStatusReport, Option<SpiffeId>);
 
 impl Handler<TaskStatusFrom> for Master {
-    type Result = Result<(), MasterRefusal>;
+    type Result = Result<crate::protocol::ReportAck, MasterRefusal>;
     fn handle(&mut self, m: TaskStatusFrom, ctx: &mut Context<Self>) -> Self::Result {
         self.check_caller(&m.0.agent_id, &m.1)?;
         let s = m.0.status;
@@ -874,6 +874,7 @@ impl Handler<TaskStatusFrom> for Master {
         }
         info!(task = %s.task_id, agent = %s.agent_id, state = ?s.state, message = %s.message, "task status");
         let ended = s.state.is_terminal();
+        let s_task_id = s.task_id.clone();
         // The master's view of the task: which agent runs it, and whether it gave it up.
         let known = self
             .deployments
@@ -925,13 +926,17 @@ impl Handler<TaskStatusFrom> for Master {
         if ended {
             self.schedule_round(ctx);
         }
-        Ok(())
+        // An end a framework has yet to acknowledge stays with the agent too, so that it
+        // survives this master.
+        Ok(crate::protocol::ReportAck {
+            keep: ended && self.fw.awaits_ack(&s_task_id),
+        })
     }
 }
 
 #[crate::handler]
 impl Handler<crate::protocol::TaskStatusReport> for MasterGate {
-    type Result = ResponseFuture<Result<(), MasterRefusal>>;
+    type Result = ResponseFuture<Result<crate::protocol::ReportAck, MasterRefusal>>;
     fn handle(
         &mut self,
         m: crate::protocol::TaskStatusReport,

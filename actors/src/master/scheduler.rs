@@ -101,6 +101,14 @@ impl Frameworks {
         self.tasks.get(id).map(|t| (t.agent.clone(), t.state))
     }
 
+    /// Whether framework task `id` (an agent task id) has an end its framework has yet to
+    /// acknowledge.
+    pub(super) fn awaits_ack(&self, id: &str) -> bool {
+        self.tasks
+            .get(id)
+            .is_some_and(|t| t.state.is_terminal() && self.book.get(&t.framework).is_some())
+    }
+
     /// The agent of framework task `id` (an agent task id).
     pub(super) fn task_agent(&self, id: &str) -> Option<String> {
         self.tasks.get(id).map(|t| t.agent.clone())
@@ -1158,15 +1166,28 @@ impl Handler<AcknowledgeFrom> for Master {
             .book
             .acknowledge(&a.framework_id, &a.task_id, a.uuid)
         {
-            // An acknowledged end: the task is done with.
+            // An acknowledged end: the task is done with, and its agent may forget the
+            // report it kept. (If the release is lost, the agent sends the end again when
+            // it registers, and the framework sees it once more: at least once.)
             let id = agent_task_id(&a.framework_id, &a.task_id);
-            if self
+            if let Some(t) = self
                 .fw
                 .tasks
                 .get(&id)
-                .is_some_and(|t| t.state.is_terminal())
+                .filter(|t| t.state.is_terminal())
+                .cloned()
             {
                 self.fw.tasks.remove(&id);
+                if let Ok(agent) = self.agent_actor(&t.agent) {
+                    actix::spawn(async move {
+                        let _ = agent
+                            .ask_timeout(
+                                crate::protocol::ReleaseStatus { task_id: id },
+                                Duration::from_secs(10),
+                            )
+                            .await;
+                    });
+                }
             }
         }
         Ok(())
