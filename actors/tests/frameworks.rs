@@ -557,3 +557,34 @@ async fn reserved_resources_are_offered_to_their_role_only() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[actix::test]
+async fn decline_filters_and_revive_are_per_framework() {
+    let dir = temp("filters");
+    let m = start_master(&dir, BTreeMap::new(), Duration::from_secs(60)).await;
+    let w = join(&m, &dir, "w0", "cpus:2").await;
+    let hour = Duration::from_secs(3600);
+    let (a, mut a_rx, _) = framework(&m, &w.node, "fw-a", "web", hour, None).await;
+    let o = next(&mut a_rx, "an offer for a", offers).await.remove(0);
+    a.decline(&o.offer_id, hour).await.unwrap();
+    // a refuses w0 for an hour; b, of the same role, is still offered it.
+    let (b, mut b_rx, _) = framework(&m, &w.node, "fw-b", "web", hour, None).await;
+    let o = next(&mut b_rx, "an offer for b", offers).await.remove(0);
+    assert_eq!(o.agent_id, "w0");
+    b.decline(&o.offer_id, hour).await.unwrap();
+    // Both refuse it now. a's revive clears a's filter only: a gets w0.
+    a.set_offers(true).await.unwrap();
+    let o = next(&mut a_rx, "an offer for a after its revive", offers)
+        .await
+        .remove(0);
+    assert_eq!(o.agent_id, "w0");
+    a.decline(&o.offer_id, hour).await.unwrap();
+    // b's revive does not lift a's filter: b gets w0, although a (registered first) would
+    // win a tie.
+    b.set_offers(true).await.unwrap();
+    let o = next(&mut b_rx, "an offer for b after its revive", offers)
+        .await
+        .remove(0);
+    assert_eq!(o.agent_id, "w0");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -145,6 +145,17 @@ impl Allocator {
         self.agents.contains_key(id)
     }
 
+    /// Keeps `agent` from `role`'s offers until `until` (set from its frameworks' declines).
+    pub fn filter(&mut self, role: &str, agent: &str, until: Instant) {
+        self.filters
+            .insert((role.to_string(), agent.to_string()), until);
+    }
+
+    /// Lets `agent` be offered to `role` again.
+    pub fn unfilter(&mut self, role: &str, agent: &str) {
+        self.filters.remove(&(role.to_string(), agent.to_string()));
+    }
+
     /// Clears `role`'s decline filters (Mesos' revive): every agent may be offered again.
     pub fn revive(&mut self, role: &str) {
         self.filters.retain(|(r, _), _| r != role);

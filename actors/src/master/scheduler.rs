@@ -63,6 +63,9 @@ pub(super) struct Frameworks {
     /// The verified identity that registered each framework (kept in the state store):
     /// only it may speak for the framework or re-register it.
     registered_by: BTreeMap<String, String>,
+    /// Declines per framework: (framework, agent) not offered to it until the instant. The
+    /// allocator filters an agent for a role only while every framework of the role does.
+    filters: BTreeMap<(String, String), Instant>,
     /// Frameworks that asked for no offers.
     suppressed: BTreeSet<String>,
     /// By agent task id (`framework_task`).
@@ -173,6 +176,7 @@ impl Frameworks {
             refs: BTreeMap::new(),
             roles,
             registered_by,
+            filters: BTreeMap::new(),
             suppressed: BTreeSet::new(),
             tasks: BTreeMap::new(),
         })
@@ -426,6 +430,64 @@ impl Master {
         self.framework_task_status(s.clone())
     }
 
+    /// The frameworks of `role` that take offers now.
+    fn offer_takers(&self, role: &str) -> Vec<String> {
+        self.fw
+            .book
+            .all()
+            .filter(|f| {
+                f.role == role
+                    && f.disconnected_at.is_none()
+                    && !self.fw.suppressed.contains(&f.id)
+                    && self.fw.refs.contains_key(&f.id)
+            })
+            .map(|f| f.id.clone())
+            .collect()
+    }
+
+    /// Filters `agent` for `role` in the allocator while every framework of the role that
+    /// takes offers declined it, until the first of their filters ends.
+    fn sync_role_filter(&mut self, role: &str, agent: &str, now: Instant) {
+        let mut until: Option<Instant> = None;
+        let takers = self.offer_takers(role);
+        let mut all = !takers.is_empty();
+        for fw in &takers {
+            match self
+                .fw
+                .filters
+                .get(&(fw.clone(), agent.to_string()))
+                .filter(|t| **t > now)
+            {
+                Some(t) => until = Some(until.map_or(*t, |u| u.min(*t))),
+                None => {
+                    all = false;
+                    break;
+                }
+            }
+        }
+        match until {
+            Some(until) if all => self.allocator.filter(role, agent, until),
+            _ => self.allocator.unfilter(role, agent),
+        }
+    }
+
+    /// Recomputes `role`'s filters (its frameworks changed: one came, went, revived or
+    /// suppressed).
+    fn resync_role(&mut self, role: &str) {
+        let now = Instant::now();
+        self.allocator.revive(role);
+        let agents: BTreeSet<String> = self
+            .fw
+            .filters
+            .keys()
+            .filter(|(fw, _)| self.fw.roles.get(fw).is_some_and(|r| r == role))
+            .map(|(_, a)| a.clone())
+            .collect();
+        for agent in agents {
+            self.sync_role_filter(role, &agent, now);
+        }
+    }
+
     /// Withdraws the offers on agent `id` and tells their frameworks.
     pub(super) fn rescind_offers_on(&mut self, id: &str) {
         for o in self.fw.book.rescind_agent(id) {
@@ -547,6 +609,7 @@ impl Master {
         }
         let now = Instant::now();
         self.apply_holdings();
+        self.fw.filters.retain(|_, until| *until > now);
         let expired = self.fw.book.expire(now);
         for o in &expired.offers {
             self.give_back_offer(o);
@@ -628,6 +691,11 @@ impl Master {
                         && f.disconnected_at.is_none()
                         && !self.fw.suppressed.contains(&f.id)
                         && self.fw.refs.contains_key(&f.id)
+                        && self
+                            .fw
+                            .filters
+                            .get(&(f.id.clone(), o.agent.clone()))
+                            .is_none_or(|t| *t <= now)
                 })
                 .map(|f| f.id.clone())
                 .collect();
@@ -692,6 +760,10 @@ impl Master {
         }
         self.fw.registered_by.remove(id);
         self.fw.suppressed.remove(id);
+        self.fw.filters.retain(|(fw, _), _| fw != id);
+        if let Some(role) = &role {
+            self.resync_role(role);
+        }
         if let Err(e) = self.store.apply(&[Change::Delete {
             table: Table::Config,
             key: format!("{FRAMEWORK_PREFIX}{id}"),
@@ -887,6 +959,8 @@ impl Handler<RegisterFrameworkFrom> for Master {
         self.fw.refs.insert(id.clone(), target);
         self.fw.roles.insert(id.clone(), r.role.clone());
         self.fw.registered_by.insert(id.clone(), who.clone());
+        // A framework that declined nothing yet takes offers of every agent of its role.
+        self.resync_role(&r.role);
         self.fw.book.redeliver_now(&id, Instant::now());
         self.deliver_updates();
         info!(framework = %id, name = %r.name, role = %r.role, reregistered, "framework registered");
@@ -909,6 +983,9 @@ impl Handler<Terminated> for Master {
             warn!(framework = %id, reason = ?t.reason, "framework disconnected; its failover timer runs");
             self.fw.book.disconnected(&id, Instant::now());
             self.fw.refs.remove(&id);
+            if let Some(role) = self.fw.roles.get(&id).cloned() {
+                self.resync_role(&role);
+            }
             for o in self.fw.book.rescind_framework(&id) {
                 self.give_back_offer(&o);
             }
@@ -1059,15 +1136,14 @@ impl Handler<DeclineFrom> for Master {
             .book
             .take_offer(&d.framework_id, &d.offer_id)
             .map_err(|e| FrameworkError::UnknownOffer(e.to_string()))?;
-        self.allocator.decline(
-            &allocator::Offer {
-                role,
-                agent: offer.agent,
-                resources: offer.resources,
-            },
-            Duration::from_millis(d.refuse_for_ms),
-            Instant::now(),
+        let now = Instant::now();
+        self.allocator
+            .recover(&role, &offer.agent, &offer.resources);
+        self.fw.filters.insert(
+            (d.framework_id.clone(), offer.agent.clone()),
+            now + Duration::from_millis(d.refuse_for_ms),
         );
+        self.sync_role_filter(&role, &offer.agent, now);
         self.schedule_round(ctx);
         Ok(())
     }
@@ -1204,14 +1280,17 @@ impl Handler<SetOffersFrom> for Master {
         let (s, caller) = (m.0, m.1);
         let role = self.framework_caller(&s.framework_id, &caller)?;
         if s.wanted {
+            // Revive clears this framework's filters only.
             self.fw.suppressed.remove(&s.framework_id);
-            self.allocator.revive(&role);
+            let id = s.framework_id.clone();
+            self.fw.filters.retain(|(fw, _), _| fw != &id);
         } else {
             self.fw.suppressed.insert(s.framework_id.clone());
             for o in self.fw.book.rescind_framework(&s.framework_id) {
                 self.give_back_offer(&o);
             }
         }
+        self.resync_role(&role);
         self.schedule_round(ctx);
         Ok(())
     }
