@@ -101,6 +101,8 @@ pub struct Register {
     pub healthy: Vec<String>,
     /// What each of those holds, as launched.
     pub held: BTreeMap<String, Resources>,
+    /// The deployment version each of those was launched with, where it has one.
+    pub versions: BTreeMap<String, String>,
     /// Resources set aside per role (offered to that role only).
     pub reserved: BTreeMap<String, Resources>,
     /// Expiry of its certificate.
@@ -175,6 +177,8 @@ pub struct LaunchActor {
     pub restart: Option<RestartSpec>,
     /// What the task holds (reported when the agent registers again).
     pub resources: Resources,
+    /// The version label of its deployment (reported when the agent registers again).
+    pub version: String,
 }
 
 /// A restart policy for an actor task's supervision on its agent.

@@ -238,6 +238,7 @@ async fn the_master_starts_and_kills_actor_tasks_on_an_agent() {
             health: None,
             restart: None,
             resources: Default::default(),
+            version: String::new(),
         })
         .await
         .unwrap();

@@ -36,6 +36,9 @@ pub struct CommandTask {
     /// What the task holds (reported when a restarted agent registers again).
     #[serde(default)]
     pub resources: crate::resources::Resources,
+    /// Its deployment's version label, if any (reported likewise).
+    #[serde(default)]
+    pub version: String,
 }
 
 fn default_grace_ms() -> u64 {
@@ -448,6 +451,7 @@ mod tests {
             cpus: None,
             kill_grace_ms: 1000,
             resources: Default::default(),
+            version: String::new(),
         }
     }
 

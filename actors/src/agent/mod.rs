@@ -332,6 +332,11 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
             .iter()
             .map(|c| (c.task().id.clone(), c.task().resources.clone()))
             .collect(),
+        versions: recovered
+            .iter()
+            .filter(|c| !c.task().version.is_empty())
+            .map(|c| (c.task().id.clone(), c.task().version.clone()))
+            .collect(),
         cert_expiry: creds.not_after().unwrap_or(SystemTime::UNIX_EPOCH),
     };
     // The gate runs before registering: the master may answer a registration by killing
@@ -439,6 +444,7 @@ async fn heartbeat_loop(
                         let set = task_ids.lock().unwrap_or_else(|e| e.into_inner());
                         again.running = set.running.keys().cloned().collect();
                         again.held = set.running.clone();
+                        again.versions = set.versions.clone();
                         again.healthy = set.healthy.iter().cloned().collect();
                     }
                     match master.ask_timeout(again, Duration::from_secs(5)).await {

@@ -98,12 +98,22 @@ pub struct TaskSet {
     pub healthy: BTreeSet<String>,
     /// How many times the agent registered again (the heartbeat loop counts).
     pub registrations: u64,
+    /// The deployment version each task was launched with, where it has one.
+    pub versions: BTreeMap<String, String>,
 }
 
 impl TaskSet {
+    fn add(&mut self, id: &str, resources: crate::resources::Resources, version: &str) {
+        self.running.insert(id.to_string(), resources);
+        if !version.is_empty() {
+            self.versions.insert(id.to_string(), version.to_string());
+        }
+    }
+
     fn remove(&mut self, id: &str) {
         self.running.remove(id);
         self.healthy.remove(id);
+        self.versions.remove(id);
     }
 }
 
@@ -284,11 +294,11 @@ impl AgentGate {
             else {
                 continue;
             };
-            task_ids
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .running
-                .insert(id.clone(), running.task().resources.clone());
+            task_ids.lock().unwrap_or_else(|e| e.into_inner()).add(
+                &id,
+                running.task().resources.clone(),
+                &running.task().version,
+            );
             if let Some(spec) = std::fs::read(running.dir().join(HEALTH_FILE))
                 .ok()
                 .and_then(|b| serde_json::from_slice::<HealthSpec>(&b).ok())
@@ -629,11 +639,11 @@ impl Handler<LaunchCommand> for AgentGate {
                     }
                     self.health.insert(id.clone(), Health::new(spec));
                 }
-                self.task_ids
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .running
-                    .insert(id.clone(), m.task.resources.clone());
+                self.task_ids.lock().unwrap_or_else(|e| e.into_inner()).add(
+                    &id,
+                    m.task.resources.clone(),
+                    &m.task.version,
+                );
                 self.commands.insert(
                     id.clone(),
                     CommandEntry {
@@ -772,11 +782,11 @@ impl Handler<LaunchActor> for AgentGate {
                 if let Some(spec) = m.health.clone() {
                     self.health.insert(m.task_id.clone(), Health::new(spec));
                 }
-                self.task_ids
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .running
-                    .insert(m.task_id.clone(), m.resources.clone());
+                self.task_ids.lock().unwrap_or_else(|e| e.into_inner()).add(
+                    &m.task_id,
+                    m.resources.clone(),
+                    &m.version,
+                );
                 self.report(&m.task_id, TaskState::Running, String::new());
                 Ok(())
             }

@@ -259,6 +259,7 @@ fn launchable(d: &Deployment, task_id: &str, held: &Resources) -> Launchable {
             cpus: held.scalars.get("cpus").copied(),
             kill_grace_ms: d.kill_grace.as_millis() as u64,
             resources: held.clone(),
+            version: d.manifest.spec.version.clone(),
         })),
         // The manifest is validated: one of the two is set.
         (None, None) => Launchable::Actor(String::new(), None),
@@ -323,6 +324,7 @@ impl DeploymentBook {
         running: &[String],
         healthy: &[String],
         held: &BTreeMap<String, Resources>,
+        versions: &BTreeMap<String, String>,
         now: Instant,
     ) -> Vec<Action> {
         let reported: BTreeSet<&String> = running.iter().collect();
@@ -398,10 +400,12 @@ impl DeploymentBook {
                         TaskEntry {
                             id: name.clone(),
                             deployment,
-                            // Assumed current: agents do not report versions, so an
-                            // update applied while the master was down is not rolled
-                            // onto instances it adopts.
-                            version: d.manifest.spec.version.clone(),
+                            // As launched; a version applied while the master was down
+                            // is rolled onto it. (Unknown: assumed current.)
+                            version: versions
+                                .get(name)
+                                .cloned()
+                                .unwrap_or_else(|| d.manifest.spec.version.clone()),
                             agent: agent.to_string(),
                             state: TaskState::Running,
                             message: "adopted after a master restart".into(),
@@ -1131,7 +1135,14 @@ mod tests {
         let mut running = launched.clone();
         running.push("$agent".into());
         assert!(after
-            .adopt("a1", &running, &[], &BTreeMap::new(), Instant::now())
+            .adopt(
+                "a1",
+                &running,
+                &[],
+                &BTreeMap::new(),
+                &BTreeMap::new(),
+                Instant::now()
+            )
             .is_empty());
         assert!(
             after.reconcile(&agents, Instant::now()).is_empty(),
@@ -1402,7 +1413,7 @@ mod tests {
         let home = book.task(&first[0]).unwrap().agent.clone();
         // The agent restarts without the instance: Lost, and replaced.
         assert!(book
-            .adopt(&home, &[], &[], &BTreeMap::new(), now)
+            .adopt(&home, &[], &[], &BTreeMap::new(), &BTreeMap::new(), now)
             .is_empty());
         assert_eq!(book.task(&first[0]).unwrap().state, TaskState::Lost);
         let others: Vec<AgentView> = agents
@@ -1423,6 +1434,7 @@ mod tests {
             std::slice::from_ref(&first[0]),
             &[],
             &BTreeMap::new(),
+            &BTreeMap::new(),
             now,
         );
         assert_eq!(kills(&k), first);
@@ -1431,6 +1443,7 @@ mod tests {
             &home,
             &["default.gone-1a2".into(), "my-actor".into()],
             &[],
+            &BTreeMap::new(),
             &BTreeMap::new(),
             now,
         );
@@ -1482,5 +1495,31 @@ mod tests {
         );
         healthy(&mut book, &new[0]);
         assert_eq!(kills(&book.reconcile(&agents, now)).len(), 1);
+    }
+
+    #[test]
+    fn an_instance_adopted_with_an_older_version_is_rolled_to_the_current_one() {
+        let agents = vec![agent("a1", "x", 8)];
+        let now = Instant::now();
+        // The master restarted after v2 was applied; the agent runs a v1 instance.
+        let mut book = DeploymentBook::new(2);
+        book.apply(deployment(1, "").with_version("v2"));
+        let id = "default.web-1a0".to_string();
+        let versions = BTreeMap::from([(id.clone(), "v1".to_string())]);
+        let kills_now = book.adopt(
+            "a1",
+            std::slice::from_ref(&id),
+            &[],
+            &BTreeMap::new(),
+            &versions,
+            now,
+        );
+        assert!(kills_now.is_empty());
+        assert_eq!(book.task(&id).unwrap().version, "v1");
+        // A v2 instance first (max_surge 1), then the v1 one goes.
+        let first = book.reconcile(&agents, now);
+        assert_eq!((launches(&first).len(), kills(&first).len()), (1, 0));
+        running(&mut book, &first);
+        assert_eq!(kills(&book.reconcile(&agents, now)), vec![id]);
     }
 }

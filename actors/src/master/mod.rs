@@ -625,9 +625,14 @@ impl Handler<RegisterFrom> for Master {
             rec.running = r.running.clone();
             rec.cert_expiry = Some(r.cert_expiry);
         }
-        let mut kills =
-            self.deployments
-                .adopt(&r.agent_id, &r.running, &r.healthy, &r.held, Instant::now());
+        let mut kills = self.deployments.adopt(
+            &r.agent_id,
+            &r.running,
+            &r.healthy,
+            &r.held,
+            &r.versions,
+            Instant::now(),
+        );
         kills.extend(self.adopt_framework_tasks(&r.agent_id, &r.running, &r.held));
         self.reservations
             .insert(r.agent_id.clone(), r.reserved.clone());
@@ -974,6 +979,7 @@ impl Handler<LaunchOn> for Master {
                 health: None,
                 restart: None,
                 resources: Default::default(),
+                version: String::new(),
             };
             target
                 .ask_timeout(launch, Duration::from_secs(10))
@@ -1075,11 +1081,11 @@ impl Master {
                 } => {
                     let me = ctx.address();
                     let target = self.agent_actor(&agent);
-                    let resources = self
+                    let (resources, version) = self
                         .deployments
                         .task(&task_id)
-                        .map(|t| t.resources.clone())
-                        .or_else(|| self.fw.task_resources(&task_id))
+                        .map(|t| (t.resources.clone(), t.version.clone()))
+                        .or_else(|| self.fw.task_resources(&task_id).map(|r| (r, String::new())))
                         .unwrap_or_default();
                     actix::spawn(async move {
                         let asked = match (target, what) {
@@ -1091,6 +1097,7 @@ impl Master {
                                     health,
                                     restart,
                                     resources,
+                                    version,
                                 };
                                 t.ask_timeout(launch, Duration::from_secs(10)).await
                             }

@@ -1106,6 +1106,7 @@ impl Handler<AcceptFrom> for Master {
                         cpus: l.resources.scalars.get("cpus").copied(),
                         kill_grace_ms,
                         resources: l.resources.clone(),
+                        version: String::new(),
                     }))
                 }
             };
