@@ -59,6 +59,14 @@ fn authorized(api: &Api, headers: &HeaderMap) -> bool {
     ok
 }
 
+/// The master actor did not take the request (it stopped).
+fn master_down(e: actix::MailboxError) -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the master is not running: {e}"),
+    )
+}
+
 fn unauthorized() -> Response {
     error(
         StatusCode::UNAUTHORIZED,
@@ -72,10 +80,7 @@ async fn nodes(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
     match api.master.send(ListNodes).await {
         Ok(list) => Json(list).into_response(),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the master is not running: {e}"),
-        ),
+        Err(e) => master_down(e),
     }
 }
 
@@ -88,10 +93,7 @@ async fn node(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>
             Some(n) => Json(n).into_response(),
             None => error(StatusCode::NOT_FOUND, format!("no node named {id:?}")),
         },
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the master is not running: {e}"),
-        ),
+        Err(e) => master_down(e),
     }
 }
 
@@ -102,10 +104,7 @@ async fn drain(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String
     match api.master.send(DrainNode(id)).await {
         Ok(Ok(n)) => Json(n).into_response(),
         Ok(Err(e)) => error(StatusCode::NOT_FOUND, e),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the master is not running: {e}"),
-        ),
+        Err(e) => master_down(e),
     }
 }
 
@@ -158,10 +157,7 @@ async fn create_token(
     match api.master.send(CreateToken { ttl, role }).await {
         Ok(Ok(t)) => Json(t).into_response(),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the master is not running: {e}"),
-        ),
+        Err(e) => master_down(e),
     }
 }
 
@@ -178,10 +174,7 @@ async fn apply(State(api): State<Api>, headers: HeaderMap, body: axum::body::Byt
     match api.master.send(ApplyDeployment(text)).await {
         Ok(Ok(key)) => Json(json!({ "applied": key })).into_response(),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the master is not running: {e}"),
-        ),
+        Err(e) => master_down(e),
     }
 }
 
@@ -191,10 +184,7 @@ async fn deployments(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
     match api.master.send(ListDeployments).await {
         Ok(list) => Json(list).into_response(),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the master is not running: {e}"),
-        ),
+        Err(e) => master_down(e),
     }
 }
 
@@ -211,10 +201,7 @@ async fn delete_deployment(
         Ok(Ok(())) => Json(json!({ "deleted": key })).into_response(),
         Ok(Err(e @ DeploymentRefusal::NotFound(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
         Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the master is not running: {e}"),
-        ),
+        Err(e) => master_down(e),
     }
 }
 
@@ -224,10 +211,7 @@ async fn tasks(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
     match api.master.send(super::ListAllTasks).await {
         Ok(list) => Json(list).into_response(),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the master is not running: {e}"),
-        ),
+        Err(e) => master_down(e),
     }
 }
 
@@ -237,10 +221,7 @@ async fn frameworks(State(api): State<Api>, headers: HeaderMap) -> Response {
     }
     match api.master.send(super::scheduler::ListFrameworks).await {
         Ok(list) => Json(list).into_response(),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the master is not running: {e}"),
-        ),
+        Err(e) => master_down(e),
     }
 }
 
@@ -259,10 +240,7 @@ async fn describe_deployment(
     {
         Ok(Ok(d)) => Json(d).into_response(),
         Ok(Err(e)) => error(StatusCode::NOT_FOUND, e.to_string()),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the master is not running: {e}"),
-        ),
+        Err(e) => master_down(e),
     }
 }
 
@@ -284,10 +262,7 @@ async fn describe_task(
     match api.master.send(DescribeTaskOf(id)).await {
         Ok(Ok(d)) => Json(d).into_response(),
         Ok(Err(e)) => task_refusal(e),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the master is not running: {e}"),
-        ),
+        Err(e) => master_down(e),
     }
 }
 
@@ -347,10 +322,7 @@ async fn task_logs(
     {
         Ok(Ok(log)) => Json(log).into_response(),
         Ok(Err(e)) => task_refusal(e),
-        Err(e) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("the master is not running: {e}"),
-        ),
+        Err(e) => master_down(e),
     }
 }
 
