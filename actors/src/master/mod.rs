@@ -280,7 +280,6 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         round_scheduled: false,
         update_uuid: 0,
         reservations: BTreeMap::new(),
-        direct: Default::default(),
         started: Instant::now(),
         had_agents,
     }
@@ -340,7 +339,8 @@ pub struct Master {
     agent_cert_ttl: Duration,
     /// To reach agents' `$agent` actors.
     node: Node,
-    /// What agents report of their tasks (soft state: agents report again after a restart).
+    /// Tasks launched directly with [`LaunchOn`] (not by a deployment or a framework), with
+    /// the last status their agents reported (Staging until then).
     tasks: BTreeMap<String, frameworks::TaskStatus>,
     /// The built-in deployment controller.
     deployments: deployments::DeploymentBook,
@@ -354,8 +354,6 @@ pub struct Master {
     round_scheduled: bool,
     /// Numbers the status updates sent to frameworks.
     update_uuid: u64,
-    /// Tasks launched directly with [`LaunchOn`] (not by a deployment or a framework).
-    direct: std::collections::BTreeSet<String>,
     /// Each agent's reservations per role, as it last registered them (soft state).
     reservations: BTreeMap<String, BTreeMap<String, crate::resources::Resources>>,
     /// When this master process started.
@@ -913,14 +911,12 @@ impl Handler<TaskStatusFrom> for Master {
             if ended {
                 self.allocator.revive(scheduler::DEPLOYMENTS_ROLE);
             }
-        } else if self.direct.contains(&s.task_id) {
+        } else if self.tasks.contains_key(&s.task_id) {
             // Launched directly (`LaunchOn`): only this map has it, bounded by dropping
             // ended entries.
             self.tasks.insert(s.task_id.clone(), s);
             if self.tasks.len() > MAX_REPORTED_TASKS {
                 self.tasks.retain(|_, t| !t.state.is_terminal());
-                let tasks = &self.tasks;
-                self.direct.retain(|id| tasks.contains_key(id));
             }
         } else if ended && self.framework_task_ended_unknown(&s) {
             // The end of a framework's task this master did not know (it restarted
@@ -969,7 +965,16 @@ impl Handler<LaunchOn> for Master {
     type Result = ResponseFuture<Result<(), String>>;
     fn handle(&mut self, m: LaunchOn, _: &mut Context<Self>) -> Self::Result {
         let target = self.agent_actor(&m.agent);
-        self.direct.insert(m.task_id.clone());
+        self.tasks
+            .entry(m.task_id.clone())
+            .or_insert_with(|| frameworks::TaskStatus {
+                task_id: m.task_id.clone(),
+                agent_id: m.agent.clone(),
+                state: frameworks::TaskState::Staging,
+                message: String::new(),
+                uuid: 0,
+                healthy: None,
+            });
         Box::pin(async move {
             let target = target?;
             let launch = crate::protocol::LaunchActor {
