@@ -280,16 +280,12 @@ impl Master {
         if rec.state != AgentState::Active || rec.addr.is_none() {
             return;
         }
-        let draining = rec.draining;
+        let (draining, total) = (rec.draining, rec.resources.clone());
         let reserved = self.reservations.get(id).cloned().unwrap_or_default();
         for role in reserved.keys() {
-            if self.allocator.role(role).is_none() {
-                let config = self.roles.get(role).cloned().unwrap_or_default();
-                self.allocator.set_role(role, config);
-            }
+            self.ensure_role(role);
         }
-        self.allocator
-            .add_agent(id, rec.resources.clone(), reserved);
+        self.allocator.add_agent(id, total, reserved);
         self.allocator.pause_agent(id, draining);
         for (role, res) in held {
             if let Err(e) = self.allocator.allocate(&role, id, &res) {
@@ -428,6 +424,14 @@ impl Master {
             },
         );
         self.framework_task_status(s.clone())
+    }
+
+    /// Gives `role` its configured share settings in the allocator, the first time it is seen.
+    fn ensure_role(&mut self, role: &str) {
+        if self.allocator.role(role).is_none() {
+            let config = self.roles.get(role).cloned().unwrap_or_default();
+            self.allocator.set_role(role, config);
+        }
     }
 
     /// The frameworks of `role` that take offers now.
@@ -623,17 +627,11 @@ impl Master {
         // Who wants offers.
         self.allocator
             .set_demand(DEPLOYMENTS_ROLE, self.deployments.wants_offers(now));
-        let mut roles: BTreeMap<String, bool> = BTreeMap::new();
-        for f in self.fw.book.all() {
-            let wants = f.disconnected_at.is_none() && !self.fw.suppressed.contains(&f.id);
-            *roles.entry(f.role.clone()).or_default() |= wants;
-        }
-        for (role, wants) in &roles {
-            if self.allocator.role(role).is_none() {
-                let config = self.roles.get(role).cloned().unwrap_or_default();
-                self.allocator.set_role(role, config);
-            }
-            self.allocator.set_demand(role, *wants);
+        let roles: BTreeSet<String> = self.fw.book.all().map(|f| f.role.clone()).collect();
+        for role in &roles {
+            let wants = !self.offer_takers(role).is_empty();
+            self.ensure_role(role);
+            self.allocator.set_demand(role, wants);
         }
         let offers = self.allocator.offers(now);
         let (mine, theirs): (Vec<_>, Vec<_>) =
@@ -683,21 +681,14 @@ impl Master {
         let mut batches: BTreeMap<String, Vec<Offer>> = BTreeMap::new();
         for o in theirs {
             let candidates: Vec<String> = self
-                .fw
-                .book
-                .all()
+                .offer_takers(&o.role)
+                .into_iter()
                 .filter(|f| {
-                    f.role == o.role
-                        && f.disconnected_at.is_none()
-                        && !self.fw.suppressed.contains(&f.id)
-                        && self.fw.refs.contains_key(&f.id)
-                        && self
-                            .fw
-                            .filters
-                            .get(&(f.id.clone(), o.agent.clone()))
-                            .is_none_or(|t| *t <= now)
+                    self.fw
+                        .filters
+                        .get(&(f.clone(), o.agent.clone()))
+                        .is_none_or(|t| *t <= now)
                 })
-                .map(|f| f.id.clone())
                 .collect();
             let load = |fw: &String| {
                 self.fw
