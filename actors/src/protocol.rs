@@ -334,3 +334,21 @@ pub struct HealthSpec {
     /// Actor tasks (`None`): the instance is asked [`crate::health::HealthCheck`].
     pub command: Option<Vec<String>>,
 }
+
+/// Checks a task id: 1 to `max` letters, digits, '.', '-' or '_', not starting with '.'
+/// (it names a sandbox directory and an actor on the agent).
+pub fn check_task_id(id: &str, max: usize) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= max
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "task id {id:?} is not valid: expected 1-{max} letters, digits, '.', '-' or '_', not starting with '.'"
+        ))
+    }
+}

@@ -218,21 +218,9 @@ const REPORTED: &str = "end_reported";
 /// How long the sandbox of an ended, reported task is kept (for its logs).
 const SANDBOX_KEEP: Duration = Duration::from_secs(24 * 3600);
 
-/// A task id that is safe as a directory name: the master's `namespace.name-suffix`.
+/// A task id that is safe as a directory name and an actor name.
 fn valid_task_id(id: &str) -> Result<(), String> {
-    let ok = !id.is_empty()
-        && id.len() <= 200
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "task id {id:?} is not valid: expected letters, digits, '.', '-' or '_', not starting with '.'"
-        ))
-    }
+    crate::protocol::check_task_id(id, 200)
 }
 
 /// Finds the command tasks an earlier run of this agent left in `sandboxes` whose end the

@@ -856,20 +856,9 @@ fn valid_role(role: &str) -> Result<(), FrameworkError> {
     }
 }
 
+/// A framework's task id; short enough for the framework id to go in front of it.
 fn valid_task_id(id: &str) -> Result<(), FrameworkError> {
-    let ok = !id.is_empty()
-        && id.len() <= 100
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
-    if ok {
-        Ok(())
-    } else {
-        Err(FrameworkError::Invalid(format!(
-            "task id {id:?} is not valid: expected 1-100 letters, digits, '.', '-' or '_', not starting with '.'"
-        )))
-    }
+    crate::protocol::check_task_id(id, 100).map_err(FrameworkError::Invalid)
 }
 
 /// A framework call with the verified caller.
