@@ -454,6 +454,23 @@ impl Handler<ReleaseStatus> for AgentGate {
 }
 
 impl AgentGate {
+    /// Stops command task `id`: SIGTERM now, SIGKILL if it still runs after its grace.
+    /// False if there is no such command task.
+    fn stop_command(&mut self, id: &str, ctx: &mut Context<Self>) -> bool {
+        let Some(c) = self.commands.get_mut(id) else {
+            return false;
+        };
+        c.running.terminate();
+        let (grace, id) = (c.grace, id.to_string());
+        ctx.run_later(grace, move |gate, _| {
+            if let Some(c) = gate.commands.get(&id) {
+                warn!(task = %id, ?grace, "command task did not stop in its grace period; SIGKILL");
+                c.running.force();
+            }
+        });
+        true
+    }
+
     /// After each registration, the kept reports go to the master again (it may be a new
     /// master that never saw them).
     fn resend_kept(&mut self) {
@@ -791,16 +808,7 @@ impl Handler<KillTask> for AgentGate {
     type Result = Result<(), String>;
     fn handle(&mut self, m: KillTask, ctx: &mut Context<Self>) -> Self::Result {
         Self::from_master()?;
-        if let Some(c) = self.commands.get_mut(&m.task_id) {
-            c.running.terminate();
-            let grace = c.grace;
-            let id = m.task_id.clone();
-            ctx.run_later(grace, move |gate, _| {
-                if let Some(c) = gate.commands.get(&id) {
-                    warn!(task = %id, ?grace, "command task did not stop in its grace period; SIGKILL");
-                    c.running.force();
-                }
-            });
+        if self.stop_command(&m.task_id, ctx) {
             return Ok(());
         }
         let task = self
@@ -871,21 +879,16 @@ impl Handler<HealthResult> for AgentGate {
                     r.task_id.clone(),
                     format!("health check failed {failures} times in a row: {why}"),
                 );
-                if let Some(c) = self.commands.get_mut(&r.task_id) {
-                    c.running.terminate();
-                    let (grace, id) = (c.grace, r.task_id.clone());
-                    ctx.run_later(grace, move |gate, _| {
-                        if let Some(c) = gate.commands.get(&id) {
-                            c.running.force();
-                        }
-                    });
-                } else if let Some(name) = self
-                    .tasks
-                    .values()
-                    .find(|t| t.id == r.task_id)
-                    .map(|t| t.name.clone())
-                {
-                    self.node.stop(&name);
+                if !self.stop_command(&r.task_id, ctx) {
+                    // An actor task.
+                    if let Some(name) = self
+                        .tasks
+                        .values()
+                        .find(|t| t.id == r.task_id)
+                        .map(|t| t.name.clone())
+                    {
+                        self.node.stop(&name);
+                    }
                 }
             }
         }
