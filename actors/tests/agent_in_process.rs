@@ -2,14 +2,15 @@
 //! without a list, membership changes reach subscribed actors, and the agent's actors are
 //! reachable over the mesh.
 
+mod inproc;
+
 use std::time::Duration;
 
 use actix::prelude::*;
+use actormesh::agent;
 use actormesh::agent::tasks::ActorHost;
-use actormesh::agent::{self, AgentConfig};
 use actormesh::master::membership::{AgentState, MembershipEvent};
-use actormesh::master::token::TokenRole;
-use actormesh::master::{self, CreateToken, ListNodes, MasterConfig, Subscribe};
+use actormesh::master::{self, ListNodes, Subscribe};
 use actormesh::prelude::{Deserialize, RemoteMessage, Serialize};
 use tokio::sync::mpsc;
 
@@ -46,15 +47,9 @@ impl Handler<MembershipEvent> for Collector {
 
 /// A master on loopback with ports chosen by the OS; `fast` shortens failure detection.
 async fn start_master(dir: &std::path::Path, fast: bool) -> master::MasterHandle {
-    let mut config = MasterConfig::new(dir.join("master"));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.bootstrap = "127.0.0.1:0".parse().unwrap();
-    config.api = "127.0.0.1:0".parse().unwrap();
-    if fast {
-        config.detector.heartbeat_interval = Duration::from_millis(100);
-        config.detector.unreachable_after = Duration::from_secs(1);
-    }
-    master::start(config).await.unwrap()
+    master::start(inproc::master_config(dir, fast))
+        .await
+        .unwrap()
 }
 
 /// Starts agent `name` joined to `m` with a fresh token, hosting `host`.
@@ -65,29 +60,10 @@ async fn join(
     resources: Option<actormesh::resources::Resources>,
     host: ActorHost,
 ) -> agent::AgentHandle {
-    let token = m
-        .master
-        .send(CreateToken {
-            ttl: Duration::from_secs(60),
-            role: TokenRole::Agent,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    agent::start(AgentConfig {
-        join: m.bootstrap,
-        token: Some(token.token),
-        data_dir: dir.join(name),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        name: name.into(),
-        resources,
-        attrs: Default::default(),
-        actor_types: Vec::new(),
-        reserved: Default::default(),
-        host,
-    })
-    .await
-    .unwrap()
+    let mut config = inproc::agent_config(m, dir, name).await;
+    config.resources = resources;
+    config.host = host;
+    inproc::start_agent(config).await
 }
 
 /// Checks `cond` every 10 ms for up to `limit`; whether it became true.

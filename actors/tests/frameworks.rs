@@ -3,18 +3,19 @@
 //! with launches, status updates redelivered until acknowledged, kill, reconciliation,
 //! decline filters and revive, offer timeouts, agent loss, and failover.
 
+mod inproc;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix::prelude::*;
+use actormesh::agent;
 use actormesh::agent::tasks::ActorHost;
-use actormesh::agent::{self, AgentConfig};
 use actormesh::framework::{instance_name, FrameworkEvent, Offer, Scheduler, TaskLaunch};
 use actormesh::master::allocator::RoleConfig;
 use actormesh::master::frameworks::TaskState;
 use actormesh::master::scheduler::ListFrameworks;
-use actormesh::master::token::TokenRole;
-use actormesh::master::{self, CreateToken, ListNodes, MasterConfig};
+use actormesh::master::{self, ListNodes};
 use actormesh::prelude::{Deserialize, RemoteMessage, Serialize};
 use actormesh::resources::Resources;
 use actormesh::RemoteRef;
@@ -58,12 +59,7 @@ async fn start_master(
     roles: BTreeMap<String, RoleConfig>,
     offer_timeout: Duration,
 ) -> master::MasterHandle {
-    let mut config = MasterConfig::new(dir.join("master"));
-    config.listen = "127.0.0.1:0".parse().unwrap();
-    config.bootstrap = "127.0.0.1:0".parse().unwrap();
-    config.api = "127.0.0.1:0".parse().unwrap();
-    config.detector.heartbeat_interval = Duration::from_millis(100);
-    config.detector.unreachable_after = Duration::from_secs(1);
+    let mut config = inproc::master_config(dir, true);
     config.offer_timeout = offer_timeout;
     config.roles = roles;
     master::start(config).await.unwrap()
@@ -75,29 +71,10 @@ async fn join(
     name: &str,
     resources: &str,
 ) -> agent::AgentHandle {
-    let token = m
-        .master
-        .send(CreateToken {
-            ttl: Duration::from_secs(60),
-            role: TokenRole::Agent,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    agent::start(AgentConfig {
-        join: m.bootstrap,
-        token: Some(token.token),
-        data_dir: dir.join(name),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        name: name.into(),
-        resources: Some(resources.parse().unwrap()),
-        attrs: Default::default(),
-        actor_types: Vec::new(),
-        reserved: Default::default(),
-        host: ActorHost::new().with("worker", || Worker),
-    })
-    .await
-    .unwrap()
+    let mut config = inproc::agent_config(m, dir, name).await;
+    config.resources = Some(resources.parse().unwrap());
+    config.host = ActorHost::new().with("worker", || Worker);
+    inproc::start_agent(config).await
 }
 
 fn temp(name: &str) -> std::path::PathBuf {
@@ -500,29 +477,11 @@ async fn agent_loss_and_framework_failover() {
 async fn reserved_resources_are_offered_to_their_role_only() {
     let dir = temp("reserve");
     let m = start_master(&dir, BTreeMap::new(), Duration::from_secs(30)).await;
-    let token = m
-        .master
-        .send(CreateToken {
-            ttl: Duration::from_secs(60),
-            role: TokenRole::Agent,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-    let a = agent::start(AgentConfig {
-        join: m.bootstrap,
-        token: Some(token.token),
-        data_dir: dir.join("r1"),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        name: "r1".into(),
-        resources: Some("cpus:4".parse().unwrap()),
-        attrs: Default::default(),
-        actor_types: Vec::new(),
-        reserved: BTreeMap::from([("analytics".to_string(), "cpus:3".parse().unwrap())]),
-        host: ActorHost::new().with("worker", || Worker),
-    })
-    .await
-    .unwrap();
+    let mut config = inproc::agent_config(&m, &dir, "r1").await;
+    config.resources = Some("cpus:4".parse().unwrap());
+    config.reserved = BTreeMap::from([("analytics".to_string(), "cpus:3".parse().unwrap())]);
+    config.host = ActorHost::new().with("worker", || Worker);
+    let a = inproc::start_agent(config).await;
     // Another role sees only the unreserved cpu.
     let (_b, mut b_rx, _) = framework(
         &m,
