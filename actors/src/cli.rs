@@ -44,6 +44,18 @@ pub fn parse_attr(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Parses `role=value` (for `--role-weight`, `--role-guarantee`, `--role-limit`, `--reserve`).
+pub fn parse_role_setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        }
+        _ => Err(format!(
+            "invalid role setting {s:?}: expected role=value, e.g. analytics=2 or 'analytics=cpus:4;mem:8GiB'"
+        )),
+    }
+}
+
 /// A client of the master's operator API.
 pub struct ApiClient {
     base: String,

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use actormesh::agent::{self, AgentConfig};
-use actormesh::cli::{parse_attr, parse_duration, ApiClient};
+use actormesh::cli::{parse_attr, parse_duration, parse_role_setting, ApiClient};
 use actormesh::master::allocator::RoleConfig;
 use actormesh::master::membership::{AgentRecord, DetectorConfig};
 use actormesh::master::token::TokenRole;
@@ -165,13 +165,13 @@ struct MasterArgs {
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     offer_timeout: Duration,
     /// A role's weight for fair sharing, e.g. analytics=2 (repeatable; others weigh 1).
-    #[arg(long = "role-weight", value_parser = parse_attr)]
+    #[arg(long = "role-weight", value_parser = parse_role_setting)]
     role_weights: Vec<(String, String)>,
     /// Resources a role is guaranteed, e.g. 'analytics=cpus:4;mem:8GiB' (repeatable).
-    #[arg(long = "role-guarantee", value_parser = parse_attr)]
+    #[arg(long = "role-guarantee", value_parser = parse_role_setting)]
     role_guarantees: Vec<(String, String)>,
     /// Resources a role may never exceed, e.g. 'batch=cpus:16' (repeatable).
-    #[arg(long = "role-limit", value_parser = parse_attr)]
+    #[arg(long = "role-limit", value_parser = parse_role_setting)]
     role_limits: Vec<(String, String)>,
 }
 
@@ -267,7 +267,7 @@ struct AgentArgs {
     attrs: Vec<(String, String)>,
     /// Resources set aside for a role, e.g. 'analytics=cpus:2;mem:4GiB' (repeatable):
     /// offered to that role only.
-    #[arg(long = "reserve", value_parser = parse_attr)]
+    #[arg(long = "reserve", value_parser = parse_role_setting)]
     reserve: Vec<(String, String)>,
     /// Also host the demo actor type `echo` as actor tasks (as `actormesh dev` does).
     /// Without it this agent runs command tasks only: actor tasks need your own binary.
