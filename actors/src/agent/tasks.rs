@@ -132,6 +132,11 @@ pub struct AgentGate {
     /// Ended tasks' reports the master asked to keep until their framework acknowledges
     /// them, with the mark to make then.
     kept: BTreeMap<String, (TaskStatusReport, Option<PathBuf>)>,
+    /// Reports on their way to the master, by task id: how many.
+    sending: BTreeMap<String, u32>,
+    /// Tasks whose end the master released while its report was still on its way (the
+    /// framework acknowledged before the master's answer got here): not to be kept.
+    released_early: std::collections::BTreeSet<String>,
     /// Registrations seen (from the shared task set): a new one sends the kept reports.
     registrations: u64,
     /// This actor's address, for the report loops.
@@ -314,6 +319,8 @@ impl AgentGate {
             health,
             unhealthy: BTreeMap::new(),
             kept: BTreeMap::new(),
+            sending: BTreeMap::new(),
+            released_early: Default::default(),
             registrations: 0,
             me: None,
             next_uuid: AtomicU64::new(1),
@@ -322,14 +329,14 @@ impl AgentGate {
 
     /// Sends a status report in the background, again and again (capped backoff) until the
     /// master acknowledges it.
-    fn report(&self, task_id: &str, state: TaskState, message: String) {
+    fn report(&mut self, task_id: &str, state: TaskState, message: String) {
         self.report_then(task_id, state, message, None, None);
     }
 
     /// Like [`Self::report`]; once the master acknowledges, `mark` (if any) is created, so
     /// that a restarted agent knows the end was delivered.
     fn report_then(
-        &self,
+        &mut self,
         task_id: &str,
         state: TaskState,
         message: String,
@@ -353,42 +360,50 @@ impl AgentGate {
     /// Sends `report` until the master takes it. If the master asks to keep it (an end its
     /// framework has not acknowledged yet), it stays here and goes again at each
     /// registration until the master releases it; `mark` is created only then.
-    fn send_report(&self, report: TaskStatusReport, mark: Option<PathBuf>) {
+    fn send_report(&mut self, report: TaskStatusReport, mark: Option<PathBuf>) {
         let master = self.master.clone();
-        let gate = self.me.clone();
+        let Some(gate) = self.me.clone() else {
+            // Reports come from handlers and the poll, all after `started`.
+            warn!(task = %report.status.task_id, "a status report before the agent gate started; dropped");
+            return;
+        };
+        *self
+            .sending
+            .entry(report.status.task_id.clone())
+            .or_default() += 1;
         actix::spawn(async move {
             let mut delay = Duration::from_millis(100);
             loop {
-                match master
+                let outcome = match master
                     .ask_timeout(report.clone(), Duration::from_secs(5))
                     .await
                 {
-                    Ok(Ok(ack)) if ack.keep => {
-                        if let Some(gate) = gate {
-                            gate.do_send(KeepReport { report, mark });
-                        }
-                        return;
-                    }
-                    Ok(Ok(_)) => {
-                        if let Some(mark) = mark {
-                            let _ = std::fs::write(mark, b"");
-                        }
-                        return;
-                    }
+                    Ok(Ok(ack)) if ack.keep => Sent::Keep,
+                    Ok(Ok(_)) => Sent::Taken,
                     Ok(Err(crate::protocol::MasterRefusal::Removed(e))) => {
                         warn!(task = %report.status.task_id, error = %e, "this agent was removed; the status report is dropped");
-                        return;
+                        Sent::Dropped
                     }
                     Ok(Err(crate::protocol::MasterRefusal::Forbidden(e))) => {
                         warn!(task = %report.status.task_id, error = %e, "the master refuses this status report; dropped");
-                        return;
+                        Sent::Dropped
                     }
                     Ok(Err(e)) => {
-                        warn!(task = %report.status.task_id, error = %e, "status report refused; retrying")
+                        warn!(task = %report.status.task_id, error = %e, "status report refused; retrying");
+                        Sent::Retry
                     }
                     Err(e) => {
-                        warn!(task = %report.status.task_id, error = %e, "status report not delivered; retrying")
+                        warn!(task = %report.status.task_id, error = %e, "status report not delivered; retrying");
+                        Sent::Retry
                     }
+                };
+                if outcome != Sent::Retry {
+                    gate.do_send(ReportSent {
+                        report,
+                        mark,
+                        outcome,
+                    });
+                    return;
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
@@ -425,19 +440,51 @@ impl Actor for AgentGate {
 /// How often command tasks are checked for their end.
 const COMMAND_POLL: Duration = Duration::from_millis(100);
 
-/// An ended task's report to keep until the master releases it.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct KeepReport {
-    report: TaskStatusReport,
-    mark: Option<PathBuf>,
+/// What became of a status report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Taken, to keep until the master releases it.
+    Keep,
+    /// Taken.
+    Taken,
+    /// Refused for good.
+    Dropped,
+    /// Not delivered; again.
+    Retry,
 }
 
-impl Handler<KeepReport> for AgentGate {
+/// A status report's loop is done.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct ReportSent {
+    report: TaskStatusReport,
+    mark: Option<PathBuf>,
+    outcome: Sent,
+}
+
+impl Handler<ReportSent> for AgentGate {
     type Result = ();
-    fn handle(&mut self, m: KeepReport, _: &mut Context<Self>) {
-        self.kept
-            .insert(m.report.status.task_id.clone(), (m.report, m.mark));
+    fn handle(&mut self, m: ReportSent, _: &mut Context<Self>) {
+        let id = m.report.status.task_id.clone();
+        let released = self.released_early.contains(&id);
+        match m.outcome {
+            Sent::Keep if !released => {
+                self.kept.insert(id.clone(), (m.report, m.mark));
+            }
+            Sent::Keep | Sent::Taken => {
+                if let Some(mark) = m.mark {
+                    let _ = std::fs::write(mark, b"");
+                }
+            }
+            Sent::Dropped | Sent::Retry => {}
+        }
+        if let Some(n) = self.sending.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.sending.remove(&id);
+                self.released_early.remove(&id);
+            }
+        }
     }
 }
 
@@ -446,8 +493,15 @@ impl Handler<ReleaseStatus> for AgentGate {
     type Result = Result<(), String>;
     fn handle(&mut self, m: ReleaseStatus, _: &mut Context<Self>) -> Self::Result {
         Self::from_master()?;
-        if let Some((_, Some(mark))) = self.kept.remove(&m.task_id) {
-            let _ = std::fs::write(mark, b"");
+        match self.kept.remove(&m.task_id) {
+            Some((_, Some(mark))) => {
+                let _ = std::fs::write(mark, b"");
+            }
+            Some((_, None)) => {}
+            None if self.sending.contains_key(&m.task_id) => {
+                self.released_early.insert(m.task_id);
+            }
+            None => {}
         }
         Ok(())
     }

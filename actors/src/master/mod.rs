@@ -278,7 +278,11 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         allocator,
         roles: config.roles.clone(),
         round_scheduled: false,
-        update_uuid: 0,
+        // A random start: an acknowledgement meant for an update of an earlier master
+        // (one it sent again just before it died) must not match an update of this one.
+        update_uuid: token::random_u64().map_err(|_| {
+            anyhow::anyhow!("the system's random generator failed; cannot number updates")
+        })?,
         reservations: BTreeMap::new(),
         started: Instant::now(),
         had_agents,

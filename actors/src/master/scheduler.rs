@@ -543,7 +543,7 @@ impl Master {
     }
 
     fn next_update_uuid(&mut self) -> u64 {
-        self.update_uuid += 1;
+        self.update_uuid = self.update_uuid.wrapping_add(1);
         self.update_uuid
     }
 

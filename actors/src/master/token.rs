@@ -49,6 +49,13 @@ impl fmt::Display for JoinToken {
 #[error("invalid join token: {0} (expected am1.<6 letters/digits>.<16 letters/digits>.<64 hex digits>, as printed by `actormesh token create`)")]
 pub struct TokenFormatError(pub String);
 
+/// A random number from the system's secure generator.
+pub fn random_u64() -> Result<u64, ring::error::Unspecified> {
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new().fill(&mut bytes)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
 /// `len` random lowercase letters and digits from the system's secure generator.
 pub fn random_string(len: usize) -> Result<String, ring::error::Unspecified> {
     let rng = ring::rand::SystemRandom::new();
