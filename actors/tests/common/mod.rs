@@ -17,6 +17,10 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_actormesh");
 pub struct Proc {
     pub child: Child,
     lines: tokio::io::Lines<BufReader<ChildStdout>>,
+    /// Everything the process printed on stderr so far: a thread drains the pipe, so a
+    /// chatty process never blocks on a full one.
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    drain: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -45,9 +49,27 @@ impl Proc {
             .spawn()
             .expect("start actormesh");
         let stdout = child.stdout.take().expect("stdout");
+        let pipe = child
+            .stderr
+            .take()
+            .expect("stderr")
+            .into_owned_fd()
+            .expect("stderr as a file");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = stderr.clone();
+        let drain = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut pipe = std::fs::File::from(pipe);
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
         Self {
             child,
             lines: BufReader::new(stdout).lines(),
+            stderr,
+            drain: Some(drain),
         }
     }
 
@@ -72,13 +94,12 @@ impl Proc {
 
     /// Waits for the process to exit; returns its stderr.
     pub async fn exit_stderr(mut self) -> String {
-        let mut err = String::new();
-        if let Some(mut e) = self.child.stderr.take() {
-            use tokio::io::AsyncReadExt;
-            let _ = tokio::time::timeout(Duration::from_secs(60), e.read_to_string(&mut err)).await;
-        }
         let _ = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
-        err
+        if let Some(drain) = self.drain.take() {
+            // The pipe closes with the process (it has no children that keep it).
+            let _ = tokio::task::spawn_blocking(move || drain.join()).await;
+        }
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
     }
 }
 
