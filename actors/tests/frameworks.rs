@@ -547,3 +547,38 @@ async fn decline_filters_and_revive_are_per_framework() {
     assert_eq!(o.agent_id, "w0");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[actix::test]
+async fn frameworks_of_one_role_share_it_by_drf() {
+    let dir = temp("role-drf");
+    let m = start_master(&dir, BTreeMap::new(), Duration::from_secs(60)).await;
+    let w = join(&m, &dir, "w0", "cpus:8;mem:8GiB").await;
+    let hour = Duration::from_secs(3600);
+    let task = |id: &str, res: &str| TaskLaunch::actor(id, "worker", res.parse().unwrap());
+    // a runs one big task: half the cpus.
+    let (a, mut a_rx, _) = framework(&m, &w.node, "fw-a", "web", hour, None).await;
+    let o = next(&mut a_rx, "an offer for a", offers).await.remove(0);
+    a.accept(&o.offer_id, vec![task("big", "cpus:4;mem:512MiB")])
+        .await
+        .unwrap();
+    let rest = next(&mut a_rx, "the rest for a", offers).await.remove(0);
+    assert_eq!(cpus(&rest.resources), 4.0);
+    // b holds nothing: what a gives back goes to b.
+    let (b, mut b_rx, _) = framework(&m, &w.node, "fw-b", "web", hour, None).await;
+    a.decline(&rest.offer_id, Duration::ZERO).await.unwrap();
+    let o = next(&mut b_rx, "an offer for b", offers).await.remove(0);
+    b.accept(
+        &o.offer_id,
+        vec![
+            task("s1", "cpus:0.5;mem:256MiB"),
+            task("s2", "cpus:0.5;mem:256MiB"),
+        ],
+    )
+    .await
+    .unwrap();
+    // b now runs more tasks than a (two against one) but holds less (an eighth of the
+    // cpus against a half): the rest goes to b again.
+    let o = next(&mut b_rx, "the rest for b", offers).await.remove(0);
+    assert_eq!(cpus(&o.resources), 3.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -265,19 +265,7 @@ impl Allocator {
         let Some(state) = self.roles.get(role) else {
             return 0.0;
         };
-        let dominant = state
-            .allocated
-            .kinds()
-            .map(|k| {
-                let t = total.amount(k);
-                if t > 0.0 {
-                    state.allocated.amount(k) / t
-                } else {
-                    0.0
-                }
-            })
-            .fold(0.0, f64::max);
-        dominant / state.config.weight.max(f64::MIN_POSITIVE)
+        dominant_share(&state.allocated, &total) / state.config.weight.max(f64::MIN_POSITIVE)
     }
 
     fn below_guarantee(&self, role: &str) -> bool {
@@ -403,6 +391,36 @@ pub struct TaskRequest {
     pub priority: i32,
 }
 
+/// The largest share of `total` that `held` has of any one kind: its dominant share.
+pub fn dominant_share(held: &Resources, total: &Resources) -> f64 {
+    held.kinds()
+        .map(|k| {
+            let t = total.amount(k);
+            if t > 0.0 {
+                held.amount(k) / t
+            } else {
+                0.0
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+/// DRF among the frameworks of one role (the second level, as Mesos sorts frameworks
+/// within a role): of `candidates`, the one whose holdings (`held`) have the smallest
+/// dominant share of `total`; ties go by id.
+pub fn least_dominant<'a>(
+    candidates: &'a [String],
+    held: &BTreeMap<String, Resources>,
+    total: &Resources,
+) -> Option<&'a String> {
+    let empty = Resources::default();
+    candidates
+        .iter()
+        .map(|f| (dominant_share(held.get(f).unwrap_or(&empty), total), f))
+        .min_by(|x, y| x.0.total_cmp(&y.0).then_with(|| x.1.cmp(y.1)))
+        .map(|(_, f)| f)
+}
+
 /// Places as many of `tasks` as fit in `offer`, higher priority first (ties in order):
 /// each placed task gets at least its need and up to its want. Returns (task index,
 /// resources given).
@@ -474,6 +492,28 @@ mod tests {
         assert!((got["light"] as i64 - 33).abs() <= 1, "{got:?}");
         let (l, h) = (a.weighted_share("light"), a.weighted_share("heavy"));
         assert!((l - h).abs() < 0.02, "weighted shares {l} vs {h}");
+    }
+
+    #[test]
+    fn within_a_role_the_framework_with_the_smallest_dominant_share_goes_first() {
+        let total = r("cpus:8;mem:8GiB");
+        let fws: Vec<String> = ["a", "b", "c"].iter().map(|f| f.to_string()).collect();
+        // a: one big task (half the cpus); b: two small ones (an eighth of the cpus, but a
+        // quarter of the memory); c: nothing yet.
+        let mut held = BTreeMap::from([
+            ("a".to_string(), r("cpus:4;mem:512MiB")),
+            ("b".to_string(), r("cpus:1;mem:2GiB")),
+        ]);
+        assert_eq!(dominant_share(&held["a"], &total), 0.5);
+        assert_eq!(dominant_share(&held["b"], &total), 0.25);
+        assert_eq!(least_dominant(&fws, &held, &total).unwrap(), "c");
+        // Fewer tasks does not mean less: a (one task) holds more than b (two).
+        assert_eq!(least_dominant(&fws[..2], &held, &total).unwrap(), "b");
+        // Equal shares go by id.
+        held.insert("c".into(), r("cpus:1"));
+        held.insert("b".into(), r("cpus:1"));
+        assert_eq!(least_dominant(&fws, &held, &total).unwrap(), "b");
+        assert!(least_dominant(&[], &held, &total).is_none());
     }
 
     #[test]

@@ -266,6 +266,11 @@ impl FrameworkBook {
         ids.iter().filter_map(|id| self.offers.remove(id)).collect()
     }
 
+    /// The outstanding offers.
+    pub fn outstanding(&self) -> impl Iterator<Item = &OfferRecord> {
+        self.offers.values()
+    }
+
     /// How many offers `framework` holds.
     pub fn offers_held(&self, framework: &str) -> usize {
         self.offers

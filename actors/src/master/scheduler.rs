@@ -677,8 +677,24 @@ impl Master {
         self.apply_holdings();
         self.carry_out(actions, ctx);
 
-        // The rest go to frameworks: within a role, to the one holding the least.
+        // The rest go to frameworks: within a role, by DRF among its frameworks (what their
+        // live tasks and outstanding offers hold).
         let mut batches: BTreeMap<String, Vec<Offer>> = BTreeMap::new();
+        let total = self.allocator.cluster_total();
+        let mut held: BTreeMap<String, Resources> = BTreeMap::new();
+        if !theirs.is_empty() {
+            let live = self.fw.tasks.values().filter(|t| !t.state.is_terminal());
+            let holdings = live.map(|t| (&t.framework, &t.resources)).chain(
+                self.fw
+                    .book
+                    .outstanding()
+                    .map(|o| (&o.framework, &o.resources)),
+            );
+            for (fw, res) in holdings {
+                let h = held.entry(fw.clone()).or_default();
+                *h = h.plus(res);
+            }
+        }
         for o in theirs {
             let candidates: Vec<String> = self
                 .offer_takers(&o.role)
@@ -690,20 +706,12 @@ impl Master {
                         .is_none_or(|t| *t <= now)
                 })
                 .collect();
-            let load = |fw: &String| {
-                self.fw
-                    .tasks
-                    .values()
-                    .filter(|t| &t.framework == fw && !t.state.is_terminal())
-                    .count()
-                    + self.fw.book.offers_held(fw)
-                    + batches.get(fw).map_or(0, Vec::len)
-            };
-            let Some(fw) = candidates.iter().min_by_key(|f| (load(f), (*f).clone())) else {
+            let Some(fw) = allocator::least_dominant(&candidates, &held, &total).cloned() else {
                 self.allocator.recover(&o.role, &o.agent, &o.resources);
                 continue;
             };
-            let fw = fw.clone();
+            let h = held.entry(fw.clone()).or_default();
+            *h = h.plus(&o.resources);
             let offer_id = self.fw.book.offer(&fw, &o.agent, o.resources.clone(), now);
             let (attrs, actor_types) = self
                 .membership
