@@ -108,6 +108,24 @@ pub struct Running {
     /// The limits in effect, in words (shown in the task's description).
     pub limits: Vec<String>,
     killed: bool,
+    /// The wrapper process, when this agent process started it (not after a re-attach):
+    /// reaped by the status checks, so no zombie stays and no thread waits on it.
+    child: Option<std::sync::Mutex<std::process::Child>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Dropped before its end was seen (the wrapper writes the status, then exits): the
+        // last wait goes to a thread, so the agent never blocks on it.
+        if let Some(child) = self.child.take() {
+            let mut child = child.into_inner().unwrap_or_else(|e| e.into_inner());
+            if !matches!(child.try_wait(), Ok(Some(_))) {
+                std::thread::spawn(move || {
+                    let _ = child.wait();
+                });
+            }
+        }
+    }
 }
 
 const STATUS_FILE: &str = "exit_status";
@@ -285,13 +303,9 @@ pub fn launch_with(
         path: task.path.clone(),
         source,
     })?;
+    // The status file says how it ended, for this agent process and for a restarted one
+    // alike; the child handle is only for reaping.
     let pid = child.id();
-    // The agent does not wait on the child: the status file says how it ended, for this
-    // agent process and for a restarted one alike. A reaper thread avoids a zombie.
-    std::thread::spawn(move || {
-        let mut child = child;
-        let _ = child.wait();
-    });
     let started = start_time(pid).unwrap_or(0);
     let checkpoint = Checkpoint {
         task: task.clone(),
@@ -311,6 +325,7 @@ pub fn launch_with(
         started,
         limits,
         killed: false,
+        child: Some(std::sync::Mutex::new(child)),
     })
 }
 
@@ -327,6 +342,7 @@ pub fn reattach(dir: &Path) -> Option<Running> {
         started: c.started,
         limits: c.limits,
         killed: dir.join(KILL_MARK).exists(),
+        child: None,
     })
 }
 
@@ -347,11 +363,23 @@ impl Running {
     }
 
     fn alive(&self) -> bool {
-        start_time(self.pid).is_some_and(|s| s == self.started)
+        !self.reap() && start_time(self.pid).is_some_and(|s| s == self.started)
+    }
+
+    /// Reaps the wrapper if this agent started it and it has exited; true then. (A zombie
+    /// still has its /proc entry, so this comes before the liveness check.)
+    fn reap(&self) -> bool {
+        self.child.as_ref().is_some_and(|c| {
+            matches!(
+                c.lock().unwrap_or_else(|e| e.into_inner()).try_wait(),
+                Ok(Some(_))
+            )
+        })
     }
 
     /// The status now.
     pub fn status(&self) -> CommandStatus {
+        self.reap();
         if let Ok(text) = std::fs::read_to_string(self.dir.join(STATUS_FILE)) {
             return match text.trim().parse::<i32>() {
                 Ok(0) => CommandStatus::Finished,
@@ -491,6 +519,17 @@ mod tests {
             missing.wait(Duration::from_secs(10)).await,
             CommandStatus::Failed { code: 127 }
         );
+        // The status checks reap the wrapper: no zombie is left, and no thread waited.
+        let proc_entry = std::path::PathBuf::from(format!("/proc/{}", bad.pid()));
+        let t = Instant::now();
+        while proc_entry.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "the wrapper of an ended task was not reaped"
+            );
+            bad.status();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let _ = std::fs::remove_dir_all(&root);
     }
 
