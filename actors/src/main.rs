@@ -491,7 +491,12 @@ fn print_tasks(list: &[actormesh::master::deployments::TaskEntry]) {
             t.deployment,
             t.version,
             t.agent,
-            format!("{:?}", t.state),
+            // Killed, but its end not reported yet: it still holds its resources.
+            if t.stopping {
+                "Killing".to_string()
+            } else {
+                format!("{:?}", t.state)
+            },
             t.resources.to_string(),
             t.message
         );
@@ -557,7 +562,11 @@ fn describe_task(d: &actormesh::master::TaskDescription) {
     println!("Agent:           {}", d.agent);
     if let Some(e) = &d.entry {
         println!("Deployment:      {} (version {})", e.deployment, e.version);
-        println!("State:           {:?}", e.state);
+        if e.stopping {
+            println!("State:           Killing (killed; its resources are held until it ends)");
+        } else {
+            println!("State:           {:?}", e.state);
+        }
         println!("Resources:       {}", e.resources);
         if !e.message.is_empty() {
             println!("Message:         {}", e.message);

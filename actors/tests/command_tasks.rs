@@ -364,3 +364,55 @@ async fn command_health_checks_run_in_the_sandbox() {
         .await;
     ok(&master.cli(&["delete", "deployment", "ready"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_task_holds_its_resources_through_its_kill_grace() {
+    let dir = temp_dir("grace-held");
+    let master = Master::start(
+        &dir.join("master"),
+        free_udp(),
+        free_udp(),
+        free_tcp(),
+        &["--heartbeat", "100ms"],
+    )
+    .await;
+    let token = master.token(3600);
+    let _a = agent(
+        &master,
+        &dir.join("a1"),
+        "a1",
+        Some(&token),
+        &["--resources", "cpus:1;mem:1GiB"],
+    )
+    .await;
+    let deploy = |name: &str, script: &str| {
+        format!(
+            "kind: Deployment\nname: {name}\nspec:\n  command: {{ path: /bin/sh, args: [\"-c\", {script:?}], kill_grace: 2s }}\n  version: v1\n  replicas: 1\n  resources: {{ need: \"cpus:1\" }}\n"
+        )
+    };
+    // `old` takes the agent's only cpu and ignores SIGTERM: a kill ends it only after
+    // its 2 s grace.
+    let f = write(&dir, "old.yaml", &deploy("old", "trap '' TERM; sleep 60"));
+    ok(&master.cli(&["apply", "-f", &f]));
+    let old = of(&master.tasks(), "default/old")[0].id.clone();
+    let pid = pid_of(&master, &old);
+    let f = write(&dir, "new.yaml", &deploy("new", "sleep 60"));
+    ok(&master.cli(&["apply", "-f", &f, "--no-wait"]));
+    ok(&master.cli(&["delete", "deployment", "old"]));
+    // While `old` runs out its grace it still holds the cpu, so `new` starts only after
+    // `old` has ended.
+    master
+        .wait_tasks("new Running", Duration::from_secs(30), |t| {
+            of(t, "default/new")
+                .first()
+                .is_some_and(|t| t.state == TaskState::Running)
+        })
+        .await;
+    assert!(
+        !alive(pid),
+        "new was placed while old ({pid}) still ran in its kill grace"
+    );
+    let tasks = master.tasks();
+    let old = tasks.iter().find(|t| t.id == old).expect("old is listed");
+    assert_eq!((old.state, old.stopping), (TaskState::Killed, false));
+}

@@ -102,6 +102,10 @@ pub struct TaskEntry {
     /// With a health check: whether the last check passed (`None`: not checked yet).
     #[serde(default)]
     pub healthy: Option<bool>,
+    /// Killed on request, and its end not reported yet: it may run for its kill grace, so
+    /// it still holds its resources.
+    #[serde(default)]
+    pub stopping: bool,
 }
 
 impl TaskEntry {
@@ -282,17 +286,45 @@ impl DeploymentBook {
         std::mem::take(&mut self.ledger)
     }
 
-    /// Moves task `id` to an end `state`; a live task's resources are given back.
+    /// Moves task `id` to an end `state`. A live task's resources are given back, except
+    /// on a kill: the instance may run for its kill grace, so they are held until its end
+    /// is reported (or its agent is lost).
     fn end(&mut self, id: &str, state: TaskState, message: &str) {
         if let Some(t) = self.tasks.get_mut(id) {
             if t.live() {
-                self.ledger.push(Holding::Freed {
-                    agent: t.agent.clone(),
-                    resources: t.resources.clone(),
-                });
+                if state == TaskState::Killed {
+                    t.stopping = true;
+                } else {
+                    self.ledger.push(Holding::Freed {
+                        agent: t.agent.clone(),
+                        resources: t.resources.clone(),
+                    });
+                }
             }
             t.state = state;
             t.message = message.to_string();
+        }
+        if state != TaskState::Killed {
+            self.stopped(id);
+        }
+    }
+
+    /// The agent of killed instance `id` does not run it: what it held is given back.
+    /// Returns whether it held anything.
+    pub fn kill_found_nothing(&mut self, id: &str) -> bool {
+        let stopping = self.tasks.get(id).is_some_and(|t| t.stopping);
+        self.stopped(id);
+        stopping
+    }
+
+    /// A killed instance is gone for sure: what it held is given back.
+    fn stopped(&mut self, id: &str) {
+        if let Some(t) = self.tasks.get_mut(id).filter(|t| t.stopping) {
+            t.stopping = false;
+            self.ledger.push(Holding::Freed {
+                agent: t.agent.clone(),
+                resources: t.resources.clone(),
+            });
         }
     }
 
@@ -352,6 +384,15 @@ impl DeploymentBook {
                 TaskState::Lost,
                 &format!("agent {agent} restarted and no longer runs it"),
             );
+        }
+        let stopped: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| t.agent == agent && t.stopping && !reported.contains(&t.id))
+            .map(|t| t.id.clone())
+            .collect();
+        for id in stopped {
+            self.stopped(&id);
         }
         let mut kills = Vec::new();
         let kill = |id: &str| Action::Kill {
@@ -413,6 +454,7 @@ impl DeploymentBook {
                             seq: self.next,
                             running_since: Some(now),
                             healthy: healthy.contains(name).then_some(true),
+                            stopping: false,
                         },
                     );
                 }
@@ -476,6 +518,9 @@ impl DeploymentBook {
     /// A task's reported state. A task the book already counts as ended stays ended (an
     /// instance that comes back is handled by [`Self::adopt`]).
     pub fn on_status(&mut self, s: &TaskStatus, now: Instant) {
+        if s.state.is_terminal() {
+            self.stopped(&s.task_id);
+        }
         let Some(t) = self.tasks.get_mut(&s.task_id) else {
             return;
         };
@@ -546,6 +591,15 @@ impl DeploymentBook {
             .collect();
         for id in live {
             self.end(&id, TaskState::Lost, &format!("agent {agent} was lost"));
+        }
+        let stopping: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| t.agent == agent && t.stopping)
+            .map(|t| t.id.clone())
+            .collect();
+        for id in stopping {
+            self.stopped(&id);
         }
     }
 
@@ -771,6 +825,7 @@ impl DeploymentBook {
                             seq: self.next,
                             running_since: None,
                             healthy: None,
+                            stopping: false,
                         },
                     );
                     launched.push((actions.len(), agent.clone()));
@@ -798,7 +853,11 @@ impl DeploymentBook {
     /// fill a replica slot), so the book stays bounded.
     fn prune(&mut self) {
         let mut ended: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
-        for t in self.tasks.values().filter(|t| t.state.is_terminal()) {
+        for t in self
+            .tasks
+            .values()
+            .filter(|t| t.state.is_terminal() && !t.stopping)
+        {
             let fills = self.deployments.get(&t.deployment).is_some_and(|d| {
                 d.manifest.spec.version == t.version
                     && fills_slot(&d.manifest.spec.restart.policy, t.state)
@@ -1196,6 +1255,59 @@ mod tests {
                 .count(),
             1
         );
+    }
+
+    #[test]
+    fn a_killed_instance_holds_its_resources_until_it_is_gone() {
+        let now = Instant::now();
+        let mut book = DeploymentBook::default();
+        book.apply(deployment(4, "  constraints: { spread_by: zone }\n"));
+        let agents = vec![agent("a1", "x", 4), agent("a2", "y", 4)];
+        let actions = book.reconcile(&agents, now);
+        running(&mut book, &actions);
+        book.take_holdings();
+        let on = |book: &DeploymentBook, a: &str| -> Vec<String> {
+            let mut ids: Vec<String> = book
+                .tasks()
+                .filter(|t| t.agent == a)
+                .map(|t| t.id.clone())
+                .collect();
+            ids.sort();
+            ids
+        };
+        let (a1, a2) = (on(&book, "a1"), on(&book, "a2"));
+        assert_eq!((a1.len(), a2.len()), (2, 2));
+        let freed = |book: &mut DeploymentBook| -> Vec<String> {
+            book.take_holdings()
+                .into_iter()
+                .map(|h| match h {
+                    Holding::Freed { agent, resources } => format!("{agent} {resources}"),
+                    Holding::Took { agent, .. } => panic!("took on {agent}"),
+                })
+                .collect()
+        };
+        // Killed: they may run for their grace, so nothing is given back yet.
+        assert_eq!(book.delete("default/web").unwrap().len(), 4);
+        assert!(freed(&mut book).is_empty());
+        assert!(book
+            .tasks()
+            .all(|t| t.stopping && t.state == TaskState::Killed));
+        // Its end is reported: given back, once.
+        status(&mut book, &a1[0], TaskState::Killed, now);
+        status(&mut book, &a1[0], TaskState::Killed, now);
+        assert_eq!(freed(&mut book), ["a1 cpus:1"]);
+        // Its agent does not run it.
+        assert!(book.kill_found_nothing(&a1[1]));
+        assert!(!book.kill_found_nothing(&a1[1]));
+        assert_eq!(freed(&mut book), ["a1 cpus:1"]);
+        // Its agent registers without it; the other one still runs (and is killed again).
+        let again = book.adopt("a2", &a2[..1], &[], &BTreeMap::new(), &BTreeMap::new(), now);
+        assert_eq!(kills(&again), &a2[..1]);
+        assert_eq!(freed(&mut book), ["a2 cpus:1"]);
+        // Its agent is lost.
+        book.agent_lost("a2");
+        assert_eq!(freed(&mut book), ["a2 cpus:1"]);
+        assert!(book.tasks().all(|t| !t.stopping));
     }
 
     fn status(book: &mut DeploymentBook, id: &str, state: TaskState, now: Instant) {

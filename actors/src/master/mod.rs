@@ -1130,13 +1130,21 @@ impl Master {
                         warn!(task = %task_id, why = %e, "kill not delivered; it is sent again if the agent registers with the task");
                     }
                     if let Ok(t) = self.agent_actor(&agent) {
+                        let me = ctx.address();
                         actix::spawn(async move {
-                            let _ = t
+                            let asked = t
                                 .ask_timeout(
-                                    crate::protocol::KillTask { task_id },
+                                    crate::protocol::KillTask {
+                                        task_id: task_id.clone(),
+                                    },
                                     Duration::from_secs(10),
                                 )
                                 .await;
+                            // The agent answers a kill with an error only when it does
+                            // not run the task: nothing will report its end.
+                            if let Ok(Err(why)) = asked {
+                                me.do_send(KillFoundNothing { task_id, why });
+                            }
                         });
                     }
                 }
@@ -1169,6 +1177,24 @@ impl Handler<LaunchFailed> for Master {
                 .launch_failed(&m.task_id, &m.why, Instant::now());
         }
         self.schedule_round(ctx);
+    }
+}
+
+/// The agent of a killed task does not run it (its launch never got there, or it ended).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct KillFoundNothing {
+    task_id: String,
+    why: String,
+}
+
+impl Handler<KillFoundNothing> for Master {
+    type Result = ();
+    fn handle(&mut self, m: KillFoundNothing, ctx: &mut Context<Self>) {
+        info!(task = %m.task_id, why = %m.why, "killed task not found on its agent; its resources are free");
+        if self.deployments.kill_found_nothing(&m.task_id) {
+            self.schedule_round(ctx);
+        }
     }
 }
 

@@ -132,6 +132,7 @@ impl Frameworks {
                 seq: 0,
                 running_since: None,
                 healthy: None,
+                stopping: false,
             })
             .collect()
     }
@@ -254,10 +255,11 @@ impl Master {
             .tasks()
             .filter(|t| {
                 t.agent == id
-                    && matches!(
-                        t.state,
-                        TaskState::Staging | TaskState::Starting | TaskState::Running
-                    )
+                    && (t.stopping
+                        || matches!(
+                            t.state,
+                            TaskState::Staging | TaskState::Starting | TaskState::Running
+                        ))
             })
             .map(|t| (DEPLOYMENTS_ROLE.to_string(), t.resources.clone()))
             .collect();
