@@ -367,10 +367,15 @@ impl AgentGate {
             warn!(task = %report.status.task_id, "a status report before the agent gate started; dropped");
             return;
         };
-        *self
-            .sending
-            .entry(report.status.task_id.clone())
-            .or_default() += 1;
+        // Only ends can be kept and released; other reports need no bookkeeping (one
+        // message fewer per report on the launch path).
+        let ends = report.status.state.is_terminal();
+        if ends {
+            *self
+                .sending
+                .entry(report.status.task_id.clone())
+                .or_default() += 1;
+        }
         actix::spawn(async move {
             let mut delay = Duration::from_millis(100);
             loop {
@@ -398,11 +403,14 @@ impl AgentGate {
                     }
                 };
                 if outcome != Sent::Retry {
-                    gate.do_send(ReportSent {
-                        report,
-                        mark,
-                        outcome,
-                    });
+                    if ends || mark.is_some() || outcome == Sent::Keep {
+                        gate.do_send(ReportSent {
+                            report,
+                            mark,
+                            outcome,
+                            counted: ends,
+                        });
+                    }
                     return;
                 }
                 tokio::time::sleep(delay).await;
@@ -460,6 +468,8 @@ struct ReportSent {
     report: TaskStatusReport,
     mark: Option<PathBuf>,
     outcome: Sent,
+    /// Counted in `sending` (an end).
+    counted: bool,
 }
 
 impl Handler<ReportSent> for AgentGate {
@@ -478,7 +488,7 @@ impl Handler<ReportSent> for AgentGate {
             }
             Sent::Dropped | Sent::Retry => {}
         }
-        if let Some(n) = self.sending.get_mut(&id) {
+        if let Some(n) = self.sending.get_mut(&id).filter(|_| m.counted) {
             *n -= 1;
             if *n == 0 {
                 self.sending.remove(&id);
