@@ -362,10 +362,6 @@ impl Running {
         &self.dir
     }
 
-    fn alive(&self) -> bool {
-        !self.reap() && start_time(self.pid).is_some_and(|s| s == self.started)
-    }
-
     /// Reaps the wrapper if this agent started it and it has exited; true then. (A zombie
     /// still has its /proc entry, so this comes before the liveness check.)
     fn reap(&self) -> bool {
@@ -377,19 +373,29 @@ impl Running {
         })
     }
 
+    /// The status the wrapper wrote, if it did.
+    fn written_status(&self) -> Option<CommandStatus> {
+        let text = std::fs::read_to_string(self.dir.join(STATUS_FILE)).ok()?;
+        Some(match text.trim().parse::<i32>() {
+            Ok(0) => CommandStatus::Finished,
+            Ok(code) if self.killed && code >= 128 => CommandStatus::Killed,
+            Ok(code) => CommandStatus::Failed { code },
+            Err(_) => CommandStatus::Lost,
+        })
+    }
+
     /// The status now.
     pub fn status(&self) -> CommandStatus {
-        self.reap();
-        if let Ok(text) = std::fs::read_to_string(self.dir.join(STATUS_FILE)) {
-            return match text.trim().parse::<i32>() {
-                Ok(0) => CommandStatus::Finished,
-                Ok(code) if self.killed && code >= 128 => CommandStatus::Killed,
-                Ok(code) => CommandStatus::Failed { code },
-                Err(_) => CommandStatus::Lost,
-            };
+        let reaped = self.reap();
+        if let Some(s) = self.written_status() {
+            return s;
         }
-        if self.alive() {
-            CommandStatus::Running
+        if !reaped && start_time(self.pid).is_some_and(|s| s == self.started) {
+            return CommandStatus::Running;
+        }
+        // Gone: it may have written its status between the first look and its exit.
+        if let Some(s) = self.written_status() {
+            s
         } else if self.killed {
             CommandStatus::Killed
         } else {

@@ -207,17 +207,22 @@ impl Allocator {
     }
 
     /// `role` gives back `res` on `agent` (a task ended, or part of an offer went unused).
-    /// Nothing happens for an agent that left: its holdings went with it.
+    /// Nothing happens for an agent that left: its holdings went with it. Only what the
+    /// role holds there comes back: giving back what was never counted (an instance that
+    /// came back and did not fit) must not make resources out of nothing.
     pub fn recover(&mut self, role: &str, agent: &str, res: &Resources) {
         let Some(slot) = self.agents.get_mut(agent) else {
             return;
         };
         let key = (role.to_string(), agent.to_string());
-        if let Some(held) = self.held.get_mut(&key) {
-            *held = held.minus(res);
-            if held.is_empty() {
-                self.held.remove(&key);
-            }
+        let Some(held) = self.held.get_mut(&key) else {
+            return;
+        };
+        // The part of `res` that is held: res - (res - held).
+        let res = &res.minus(&res.minus(held));
+        *held = held.minus(res);
+        if held.is_empty() {
+            self.held.remove(&key);
         }
         if let Some(state) = self.roles.get_mut(role) {
             state.allocated = state.allocated.minus(res);
@@ -514,6 +519,27 @@ mod tests {
         held.insert("b".into(), r("cpus:1"));
         assert_eq!(least_dominant(&fws, &held, &total).unwrap(), "b");
         assert!(least_dominant(&[], &held, &total).is_none());
+    }
+
+    #[test]
+    fn only_what_a_role_holds_comes_back() {
+        let mut a = Allocator::default();
+        a.add_agent("n1", r("cpus:2;ports:[100-199]"), BTreeMap::new());
+        a.allocate("web", "n1", &r("cpus:1;ports:[100-109]"))
+            .unwrap();
+        // More cpus than it holds, and ports it never had: only the held part comes back.
+        a.recover("web", "n1", &r("cpus:2;ports:[105-120]"));
+        assert_eq!(a.allocated("web"), r("ports:[100-104]"));
+        a.recover("web", "n1", &r("cpus:1;ports:[100-104]"));
+        assert!(a.allocated("web").is_empty());
+        // Nothing held: nothing comes back (the agent's free stays within its total).
+        a.recover("web", "n1", &r("cpus:1"));
+        let offers = a.offers(Instant::now());
+        assert!(offers.is_empty(), "no role wants offers yet");
+        a.set_demand("web", true);
+        let offers = a.offers(Instant::now());
+        assert_eq!(offers.len(), 1);
+        assert_eq!(offers[0].resources, r("cpus:2;ports:[100-199]"));
     }
 
     #[test]

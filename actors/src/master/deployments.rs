@@ -424,6 +424,10 @@ impl DeploymentBook {
                         t.message = format!("came back with agent {agent} after it was replaced");
                     }
                     t.state = TaskState::Killed;
+                    // It runs there until the kill ends it: what it holds is counted
+                    // (`rebuild_agent` counts stopping instances) until then.
+                    t.agent = agent.to_string();
+                    t.stopping = true;
                     kills.push(kill(name));
                 }
                 continue;
@@ -1308,6 +1312,13 @@ mod tests {
         book.agent_lost("a2");
         assert_eq!(freed(&mut book), ["a2 cpus:1"]);
         assert!(book.tasks().all(|t| !t.stopping));
+        // It comes back with its agent after all: killed again, and held until it ends.
+        let again = book.adopt("a2", &a2[..1], &[], &BTreeMap::new(), &BTreeMap::new(), now);
+        assert_eq!(kills(&again), &a2[..1]);
+        assert!(book.task(&a2[0]).unwrap().stopping);
+        assert!(freed(&mut book).is_empty());
+        status(&mut book, &a2[0], TaskState::Killed, now);
+        assert_eq!(freed(&mut book), ["a2 cpus:1"]);
     }
 
     fn status(book: &mut DeploymentBook, id: &str, state: TaskState, now: Instant) {

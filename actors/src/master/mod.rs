@@ -1140,10 +1140,16 @@ impl Master {
                                     Duration::from_secs(10),
                                 )
                                 .await;
-                            // The agent answers a kill with an error only when it does
-                            // not run the task: nothing will report its end.
-                            if let Ok(Err(why)) = asked {
-                                me.do_send(KillFoundNothing { task_id, why });
+                            match asked {
+                                Ok(Ok(())) => {}
+                                // The agent answers a kill with an error only when it does
+                                // not run the task: nothing will report its end.
+                                Ok(Err(why)) => me.do_send(KillFoundNothing { task_id, why }),
+                                Err(e) => me.do_send(KillNotDelivered {
+                                    task_id,
+                                    agent,
+                                    why: e.to_string(),
+                                }),
                             }
                         });
                     }
@@ -1193,8 +1199,51 @@ impl Handler<KillFoundNothing> for Master {
     fn handle(&mut self, m: KillFoundNothing, ctx: &mut Context<Self>) {
         info!(task = %m.task_id, why = %m.why, "killed task not found on its agent; its resources are free");
         if self.deployments.kill_found_nothing(&m.task_id) {
+            self.allocator.revive(scheduler::DEPLOYMENTS_ROLE);
             self.schedule_round(ctx);
         }
+    }
+}
+
+/// A kill did not reach its agent (timeout, connection lost).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct KillNotDelivered {
+    task_id: String,
+    agent: String,
+    why: String,
+}
+
+/// How long after an undelivered kill it is sent again.
+const KILL_RETRY: Duration = Duration::from_secs(1);
+
+impl Handler<KillNotDelivered> for Master {
+    type Result = ();
+    fn handle(&mut self, m: KillNotDelivered, ctx: &mut Context<Self>) {
+        // A deployment instance being stopped holds its resources until it is gone, so
+        // the kill must get there: again, for as long as the agent is there (once it is
+        // lost, or registers without the instance, the instance is done with).
+        fn stopping(master: &Master, task_id: &str, agent: &str) -> bool {
+            master
+                .deployments
+                .task(task_id)
+                .is_some_and(|t| t.stopping && t.agent == agent)
+        }
+        if !stopping(self, &m.task_id, &m.agent) {
+            return;
+        }
+        warn!(task = %m.task_id, agent = %m.agent, why = %m.why, "kill not delivered; sending it again");
+        ctx.run_later(KILL_RETRY, move |master, ctx| {
+            if stopping(master, &m.task_id, &m.agent) {
+                master.carry_out(
+                    vec![deployments::Action::Kill {
+                        task_id: m.task_id.clone(),
+                        agent: m.agent.clone(),
+                    }],
+                    ctx,
+                );
+            }
+        });
     }
 }
 

@@ -545,7 +545,8 @@ impl Master {
     }
 
     fn next_update_uuid(&mut self) -> u64 {
-        self.update_uuid = self.update_uuid.wrapping_add(1);
+        // 0 means "no acknowledgement needed" to frameworks: never used for an update.
+        self.update_uuid = self.update_uuid.wrapping_add(1).max(1);
         self.update_uuid
     }
 
@@ -685,7 +686,12 @@ impl Master {
         let total = self.allocator.cluster_total();
         let mut held: BTreeMap<String, Resources> = BTreeMap::new();
         if !theirs.is_empty() {
-            let live = self.fw.tasks.values().filter(|t| !t.state.is_terminal());
+            // Unreachable tasks' resources went back to the allocator with their agent.
+            let live = self
+                .fw
+                .tasks
+                .values()
+                .filter(|t| !t.state.is_terminal() && t.state != TaskState::Unreachable);
             let holdings = live.map(|t| (&t.framework, &t.resources)).chain(
                 self.fw
                     .book
