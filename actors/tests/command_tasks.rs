@@ -60,6 +60,35 @@ async fn child_of(pid: u32) -> String {
     }
 }
 
+/// A master process (heartbeat 100 ms, then `master_flags`) and agent process `a1` with
+/// `resources`, under `dir`.
+async fn one_agent_cluster(
+    dir: &std::path::Path,
+    master_flags: &[&str],
+    resources: &str,
+) -> (Master, Proc) {
+    let mut flags = vec!["--heartbeat", "100ms"];
+    flags.extend_from_slice(master_flags);
+    let master = Master::start(
+        &dir.join("master"),
+        free_udp(),
+        free_udp(),
+        free_tcp(),
+        &flags,
+    )
+    .await;
+    let token = master.token(3600);
+    let a = agent(
+        &master,
+        &dir.join("a1"),
+        "a1",
+        Some(&token),
+        &["--resources", resources],
+    )
+    .await;
+    (master, a)
+}
+
 /// The pid an agent reports for a command task (`describe task`).
 fn pid_of(master: &Master, task: &str) -> u32 {
     let out = ok(&master.cli(&["describe", "task", task, "-o", "json"]));
@@ -72,23 +101,7 @@ fn pid_of(master: &Master, task: &str) -> u32 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_tasks_report_exit_codes_show_logs_and_are_killed() {
     let dir = temp_dir("cmd");
-    let master = Master::start(
-        &dir.join("master"),
-        free_udp(),
-        free_udp(),
-        free_tcp(),
-        &["--heartbeat", "100ms"],
-    )
-    .await;
-    let token = master.token(3600);
-    let _a = agent(
-        &master,
-        &dir.join("a1"),
-        "a1",
-        Some(&token),
-        &["--resources", "cpus:4;mem:1GiB"],
-    )
-    .await;
+    let (master, _a) = one_agent_cluster(&dir, &[], "cpus:4;mem:1GiB").await;
     let deploy = |name: &str, script: &str, extra: &str| {
         format!(
             "kind: Deployment\nname: {name}\nspec:\n  command: {{ path: /bin/sh, args: [\"-c\", {script:?}], env: {{ GREETING: hi }}, kill_grace: 500ms }}\n  version: v1\n  replicas: 1\n  resources: {{ need: \"cpus:0.1;mem:64MiB\" }}\n{extra}"
@@ -168,25 +181,10 @@ async fn command_tasks_report_exit_codes_show_logs_and_are_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_agent_reattaches_to_its_command_tasks() {
     let dir = temp_dir("reattach");
-    let master = Master::start(
-        &dir.join("master"),
-        free_udp(),
-        free_udp(),
-        free_tcp(),
-        // The agent's restart stays within the Unreachable limit.
-        &["--heartbeat", "100ms", "--unreachable-after", "30s"],
-    )
-    .await;
-    let token = master.token(3600);
+    // The agent's restart stays within the Unreachable limit.
+    let (master, mut a) =
+        one_agent_cluster(&dir, &["--unreachable-after", "30s"], "cpus:4;mem:1GiB").await;
     let agent_dir = dir.join("a1");
-    let mut a = agent(
-        &master,
-        &agent_dir,
-        "a1",
-        Some(&token),
-        &["--resources", "cpus:4;mem:1GiB"],
-    )
-    .await;
     let f = write(
         &dir,
         "svc.yaml",
@@ -295,23 +293,7 @@ async fn a_restarted_agent_reattaches_to_its_command_tasks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn command_health_checks_run_in_the_sandbox() {
     let dir = temp_dir("cmd-health");
-    let master = Master::start(
-        &dir.join("master"),
-        free_udp(),
-        free_udp(),
-        free_tcp(),
-        &["--heartbeat", "100ms"],
-    )
-    .await;
-    let token = master.token(3600);
-    let _a = agent(
-        &master,
-        &dir.join("a1"),
-        "a1",
-        Some(&token),
-        &["--resources", "cpus:4;mem:1GiB"],
-    )
-    .await;
+    let (master, _a) = one_agent_cluster(&dir, &[], "cpus:4;mem:1GiB").await;
     let deploy = |name: &str, check: &str, grace: &str| {
         format!(
             "kind: Deployment\nname: {name}\nspec:\n  command: {{ path: /bin/sleep, args: [\"60\"], kill_grace: 500ms }}\n  version: v1\n  replicas: 1\n  resources: {{ need: \"cpus:0.1\" }}\n  health_check: {{ interval: 100ms, timeout: 100ms, failures: 2, command: {check}{grace} }}\n  restart: {{ policy: never }}\n"
@@ -368,23 +350,7 @@ async fn command_health_checks_run_in_the_sandbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_task_holds_its_resources_through_its_kill_grace() {
     let dir = temp_dir("grace-held");
-    let master = Master::start(
-        &dir.join("master"),
-        free_udp(),
-        free_udp(),
-        free_tcp(),
-        &["--heartbeat", "100ms"],
-    )
-    .await;
-    let token = master.token(3600);
-    let _a = agent(
-        &master,
-        &dir.join("a1"),
-        "a1",
-        Some(&token),
-        &["--resources", "cpus:1;mem:1GiB"],
-    )
-    .await;
+    let (master, _a) = one_agent_cluster(&dir, &[], "cpus:1;mem:1GiB").await;
     let deploy = |name: &str, script: &str| {
         format!(
             "kind: Deployment\nname: {name}\nspec:\n  command: {{ path: /bin/sh, args: [\"-c\", {script:?}], kill_grace: 2s }}\n  version: v1\n  replicas: 1\n  resources: {{ need: \"cpus:1\" }}\n"

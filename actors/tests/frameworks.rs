@@ -3,6 +3,7 @@
 //! with launches, status updates redelivered until acknowledged, kill, reconciliation,
 //! decline filters and revive, offer timeouts, agent loss, and failover.
 
+mod fwevents;
 mod inproc;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use actormesh::master::{self, ListNodes};
 use actormesh::prelude::{Deserialize, RemoteMessage, Serialize};
 use actormesh::resources::Resources;
 use actormesh::RemoteRef;
+use fwevents::{next, Events};
 use tokio::sync::mpsc;
 
 #[derive(Debug, Serialize, Deserialize, RemoteMessage)]
@@ -36,21 +38,6 @@ impl Handler<Square> for Worker {
     type Result = u64;
     fn handle(&mut self, m: Square, _: &mut Context<Self>) -> u64 {
         m.0 * m.0
-    }
-}
-
-/// A framework's event actor: hands every event to the test.
-struct Events(mpsc::UnboundedSender<FrameworkEvent>);
-
-impl Actor for Events {
-    type Context = Context<Self>;
-}
-
-#[actormesh::handler]
-impl Handler<FrameworkEvent> for Events {
-    type Result = ();
-    fn handle(&mut self, e: FrameworkEvent, _: &mut Context<Self>) {
-        let _ = self.0.send(e);
     }
 }
 
@@ -102,25 +89,6 @@ async fn framework(
         .await
         .unwrap();
     (s, rx, me)
-}
-
-/// The next event that `pick` accepts (others are handed to `skip`), within 20 s.
-async fn next<T>(
-    rx: &mut mpsc::UnboundedReceiver<FrameworkEvent>,
-    what: &str,
-    mut pick: impl FnMut(&FrameworkEvent) -> Option<T>,
-) -> T {
-    let work = async {
-        loop {
-            let e = rx.recv().await.expect("events channel open");
-            if let Some(t) = pick(&e) {
-                return t;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), work)
-        .await
-        .unwrap_or_else(|_| panic!("no {what} within 20 s"))
 }
 
 fn offers(e: &FrameworkEvent) -> Option<Vec<Offer>> {

@@ -3,47 +3,17 @@
 //! task, and the framework actor lives in this test on a node joined to the cluster.
 
 mod common;
+mod fwevents;
 
 use std::time::{Duration, Instant};
 
-use actix::prelude::*;
 use actormesh::agent::{self, AgentConfig};
 use actormesh::framework::{FrameworkEvent, Scheduler, TaskLaunch};
 use actormesh::master::frameworks::TaskState;
 use actormesh::master::scheduler::FrameworkSummary;
 use common::*;
+use fwevents::{next, Events};
 use tokio::sync::mpsc;
-
-struct Events(mpsc::UnboundedSender<FrameworkEvent>);
-
-impl Actor for Events {
-    type Context = Context<Self>;
-}
-
-#[actormesh::handler]
-impl Handler<FrameworkEvent> for Events {
-    type Result = ();
-    fn handle(&mut self, e: FrameworkEvent, _: &mut Context<Self>) {
-        let _ = self.0.send(e);
-    }
-}
-
-async fn next<T>(
-    rx: &mut mpsc::UnboundedReceiver<FrameworkEvent>,
-    what: &str,
-    mut pick: impl FnMut(&FrameworkEvent) -> Option<T>,
-) -> T {
-    let work = async {
-        loop {
-            if let Some(t) = pick(&rx.recv().await.expect("events channel open")) {
-                return t;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), work)
-        .await
-        .unwrap_or_else(|_| panic!("no {what} within 30 s"))
-}
 
 fn frameworks(master: &Master) -> Vec<FrameworkSummary> {
     serde_json::from_value(master.client().call("GET", "/v1/frameworks", None).unwrap()).unwrap()
