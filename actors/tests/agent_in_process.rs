@@ -610,3 +610,53 @@ async fn a_rolling_update_keeps_the_asked_availability_with_real_agents() {
     assert!(looks > 3, "the update was not observed while under way");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[actix::test]
+async fn every_api_route_needs_the_token() {
+    let dir = std::env::temp_dir().join(format!("am-api-token-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let m = start_master(&dir, false).await;
+    let base = format!("http://{}", m.api);
+    let token = std::fs::read_to_string(&m.api_token_file).unwrap();
+    let routes = [
+        ("GET", "/v1/nodes"),
+        ("GET", "/v1/nodes/n1"),
+        ("POST", "/v1/nodes/n1/drain"),
+        ("POST", "/v1/tokens"),
+        ("GET", "/v1/deployments"),
+        ("POST", "/v1/deployments"),
+        ("GET", "/v1/deployments/default/web"),
+        ("DELETE", "/v1/deployments/default/web"),
+        ("GET", "/v1/tasks"),
+        ("GET", "/v1/frameworks"),
+        ("GET", "/v1/tasks/t1"),
+        ("GET", "/v1/tasks/t1/logs"),
+    ];
+    // The API client blocks; the master runs on this thread.
+    let answers = tokio::task::spawn_blocking(move || {
+        let call = |t: &str, method: &str, path: &str| {
+            actormesh::cli::ApiClient::new(&base, t)
+                .call(method, path, None)
+                .map_err(|e| e.to_string())
+        };
+        let mut refused = Vec::new();
+        for (method, path) in routes {
+            for wrong in ["", "not-the-token"] {
+                refused.push((method, path, call(wrong, method, path)));
+            }
+        }
+        (refused, call(token.trim(), "GET", "/v1/nodes"))
+    })
+    .await
+    .unwrap();
+    let (refused, allowed) = answers;
+    for (method, path, answer) in refused {
+        let e = answer.expect_err(&format!("{method} {path} answered without the token"));
+        assert!(
+            e.contains("401") && e.contains("missing or wrong API token"),
+            "{method} {path}: {e}"
+        );
+    }
+    assert!(allowed.is_ok(), "{allowed:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -67,6 +67,20 @@ fn master_down(e: actix::MailboxError) -> Response {
     )
 }
 
+/// Every route needs the token: checked here, before any handler runs, so that no route
+/// can be added without it.
+async fn require_token(
+    State(api): State<Api>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if authorized(&api, request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
+}
+
 fn unauthorized() -> Response {
     error(
         StatusCode::UNAUTHORIZED,
@@ -74,20 +88,14 @@ fn unauthorized() -> Response {
     )
 }
 
-async fn nodes(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
+async fn nodes(State(api): State<Api>) -> Response {
     match api.master.send(ListNodes).await {
         Ok(list) => Json(list).into_response(),
         Err(e) => master_down(e),
     }
 }
 
-async fn node(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
+async fn node(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.master.send(ListNodes).await {
         Ok(list) => match list.into_iter().find(|n| n.id == id) {
             Some(n) => Json(n).into_response(),
@@ -97,10 +105,7 @@ async fn node(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>
     }
 }
 
-async fn drain(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
+async fn drain(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.master.send(DrainNode(id)).await {
         Ok(Ok(n)) => Json(n).into_response(),
         Ok(Err(e)) => error(StatusCode::NOT_FOUND, e),
@@ -115,14 +120,7 @@ struct TokenRequest {
     role: Option<String>,
 }
 
-async fn create_token(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
+async fn create_token(State(api): State<Api>, body: axum::body::Bytes) -> Response {
     let req: TokenRequest = if body.is_empty() {
         TokenRequest {
             ttl_secs: None,
@@ -161,10 +159,7 @@ async fn create_token(
     }
 }
 
-async fn apply(State(api): State<Api>, headers: HeaderMap, body: axum::body::Bytes) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
+async fn apply(State(api): State<Api>, body: axum::body::Bytes) -> Response {
     let Ok(text) = String::from_utf8(body.to_vec()) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -178,10 +173,7 @@ async fn apply(State(api): State<Api>, headers: HeaderMap, body: axum::body::Byt
     }
 }
 
-async fn deployments(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
+async fn deployments(State(api): State<Api>) -> Response {
     match api.master.send(ListDeployments).await {
         Ok(list) => Json(list).into_response(),
         Err(e) => master_down(e),
@@ -190,12 +182,8 @@ async fn deployments(State(api): State<Api>, headers: HeaderMap) -> Response {
 
 async fn delete_deployment(
     State(api): State<Api>,
-    headers: HeaderMap,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
     let key = format!("{namespace}/{name}");
     match api.master.send(DeleteDeployment(key.clone())).await {
         Ok(Ok(())) => Json(json!({ "deleted": key })).into_response(),
@@ -205,20 +193,14 @@ async fn delete_deployment(
     }
 }
 
-async fn tasks(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
+async fn tasks(State(api): State<Api>) -> Response {
     match api.master.send(super::ListAllTasks).await {
         Ok(list) => Json(list).into_response(),
         Err(e) => master_down(e),
     }
 }
 
-async fn frameworks(State(api): State<Api>, headers: HeaderMap) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
+async fn frameworks(State(api): State<Api>) -> Response {
     match api.master.send(super::scheduler::ListFrameworks).await {
         Ok(list) => Json(list).into_response(),
         Err(e) => master_down(e),
@@ -227,12 +209,8 @@ async fn frameworks(State(api): State<Api>, headers: HeaderMap) -> Response {
 
 async fn describe_deployment(
     State(api): State<Api>,
-    headers: HeaderMap,
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
     match api
         .master
         .send(DescribeDeployment(format!("{namespace}/{name}")))
@@ -251,14 +229,7 @@ fn task_refusal(e: TaskQueryRefusal) -> Response {
     }
 }
 
-async fn describe_task(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
+async fn describe_task(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.master.send(DescribeTaskOf(id)).await {
         Ok(Ok(d)) => Json(d).into_response(),
         Ok(Err(e)) => task_refusal(e),
@@ -278,13 +249,9 @@ const MAX_LOG_BYTES: u64 = 4 * 1024 * 1024;
 
 async fn task_logs(
     State(api): State<Api>,
-    headers: HeaderMap,
     Path(id): Path<String>,
     query: Result<axum::extract::Query<LogQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    if !authorized(&api, &headers) {
-        return unauthorized();
-    }
     let q = match query {
         Ok(q) => q.0,
         Err(e) => {
@@ -350,6 +317,10 @@ pub async fn serve(
         .route("/v1/frameworks", get(frameworks))
         .route("/v1/tasks/{id}", get(describe_task))
         .route("/v1/tasks/{id}/logs", get(task_logs))
+        .route_layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            require_token,
+        ))
         .with_state(api);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
