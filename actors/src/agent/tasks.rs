@@ -132,7 +132,7 @@ pub struct AgentGate {
     /// Ended tasks' reports the master asked to keep until their framework acknowledges
     /// them, with the mark to make then.
     kept: BTreeMap<String, (TaskStatusReport, Option<PathBuf>)>,
-    /// Reports on their way to the master, by task id: how many.
+    /// End reports on their way to the master, by task id: how many.
     sending: BTreeMap<String, u32>,
     /// Tasks whose end the master released while its report was still on its way (the
     /// framework acknowledged before the master's answer got here): not to be kept.

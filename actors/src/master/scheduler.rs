@@ -683,9 +683,10 @@ impl Master {
         // The rest go to frameworks: within a role, by DRF among its frameworks (what their
         // live tasks and outstanding offers hold).
         let mut batches: BTreeMap<String, Vec<Offer>> = BTreeMap::new();
-        let total = self.allocator.cluster_total();
         let mut held: BTreeMap<String, Resources> = BTreeMap::new();
+        let mut total = Resources::default();
         if !theirs.is_empty() {
+            total = self.allocator.cluster_total();
             // Unreachable tasks' resources went back to the allocator with their agent.
             let live = self
                 .fw
