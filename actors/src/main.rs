@@ -10,8 +10,7 @@ use actormesh::agent::{self, AgentConfig};
 use actormesh::cli::{parse_attr, parse_duration, parse_role_setting, ApiClient};
 use actormesh::master::allocator::RoleConfig;
 use actormesh::master::membership::{AgentRecord, DetectorConfig};
-use actormesh::master::token::TokenRole;
-use actormesh::master::{self, CreateToken, MasterConfig};
+use actormesh::master::{self, MasterConfig};
 use actormesh::resources::Resources;
 use actormesh::transport::pki::CertificateAuthority;
 use actormesh::transport::SpiffeId;
@@ -1027,17 +1026,10 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
     config.bootstrap = "127.0.0.1:0".parse()?;
     config.api = args.api;
     let m = master::start(config).await?;
-    let token = m
-        .master
-        .send(CreateToken {
-            ttl: Duration::from_secs(3600),
-            role: TokenRole::Agent,
-        })
-        .await?
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let token = m.agent_token(Duration::from_secs(3600)).await?;
     let a = agent::start(AgentConfig {
         join: m.bootstrap,
-        token: Some(token.token),
+        token: Some(token),
         data_dir: args.data_dir.join("agent"),
         listen: "127.0.0.1:0".parse()?,
         name: "dev-agent".into(),

@@ -379,21 +379,9 @@ async fn apply_validates_and_get_deployments_says_why_replicas_are_not_placed() 
     let master = Master::start(&dir.join("master"), free_udp(), free_udp(), free_tcp(), &[]).await;
     let token = master.token(3600);
     let _a = agent(&master, &dir.join("d1"), "d1", Some(&token), &[]).await;
-    let api = format!("http://{}", master.api);
-    let token_file = master.dir.join("api-token");
-    let cli = |args: &[&str]| {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend_from_slice(&[
-            "--api",
-            &api,
-            "--api-token-file",
-            token_file.to_str().unwrap(),
-        ]);
-        std::process::Command::new(BIN).args(&all).output().unwrap()
-    };
     let bad = dir.join("bad.yaml");
     std::fs::write(&bad, "kind: Deployment\nname: calc\nspec:\n  actor: calc\n  version: v1\n  replicas: -1\n  resources: { need: \"cpus:1\" }\n").unwrap();
-    let out = tokio::task::block_in_place(|| cli(&["apply", "-f", bad.to_str().unwrap()]));
+    let out = master.cli(&["apply", "-f", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("spec.replicas") && err.contains("bad.yaml"),
@@ -401,13 +389,10 @@ async fn apply_validates_and_get_deployments_says_why_replicas_are_not_placed() 
     );
     let good = dir.join("good.yaml");
     std::fs::write(&good, "kind: Deployment\nname: calc\nspec:\n  actor: calc\n  version: v1\n  replicas: 2\n  resources: { need: \"cpus:1\" }\n").unwrap();
-    let out =
-        tokio::task::block_in_place(|| cli(&["apply", "-f", good.to_str().unwrap(), "--dry-run"]));
+    let out = master.cli(&["apply", "-f", good.to_str().unwrap(), "--dry-run"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("valid Deployment default/calc"));
     // Nothing can be placed (see below): waiting ends in an error that says why.
-    let out = tokio::task::block_in_place(|| {
-        cli(&["apply", "-f", good.to_str().unwrap(), "--timeout", "1s"])
-    });
+    let out = master.cli(&["apply", "-f", good.to_str().unwrap(), "--timeout", "1s"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()
@@ -415,35 +400,34 @@ async fn apply_validates_and_get_deployments_says_why_replicas_are_not_placed() 
             && err.contains("do not host the type"),
         "{err}"
     );
-    let out =
-        tokio::task::block_in_place(|| cli(&["apply", "-f", good.to_str().unwrap(), "--no-wait"]));
+    let out = master.cli(&["apply", "-f", good.to_str().unwrap(), "--no-wait"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     // The plain `actormesh agent` hosts no actor types, so nothing can be placed: say so.
-    let out = tokio::task::block_in_place(|| cli(&["get", "deployments"]));
+    let out = master.cli(&["get", "deployments"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains("default/calc") && table.contains("1 do not host the type"),
         "{table}"
     );
     // Delete it: gone from the list, and deleting it again names what was wrong.
-    let out = tokio::task::block_in_place(|| cli(&["delete", "deployment", "calc"]));
+    let out = master.cli(&["delete", "deployment", "calc"]);
     assert!(
         out.status.success()
             && String::from_utf8_lossy(&out.stdout).contains("deleted default/calc"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = tokio::task::block_in_place(|| cli(&["get", "deployments"]));
+    let out = master.cli(&["get", "deployments"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && !table.contains("default/calc"),
         "{table}"
     );
-    let out = tokio::task::block_in_place(|| cli(&["delete", "deployment", "default/calc"]));
+    let out = master.cli(&["delete", "deployment", "default/calc"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success()

@@ -25,6 +25,11 @@ fn running(tasks: &[actormesh::master::deployments::TaskEntry]) -> Vec<(String, 
         .collect()
 }
 
+/// The ids of the Running tasks.
+fn running_ids(tasks: &[actormesh::master::deployments::TaskEntry]) -> BTreeSet<String> {
+    running(tasks).into_iter().map(|(id, _)| id).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_of_an_agent_killed_with_sigkill_come_back_elsewhere() {
     let dir = temp_dir("dep-kill");
@@ -80,15 +85,13 @@ async fn a_master_restarted_mid_deploy_neither_duplicates_nor_loses_instances() 
     std::fs::write(&f, echo(6)).unwrap();
     let out = master.cli(&["apply", "-f", f.to_str().unwrap(), "--no-wait"]);
     assert!(out.status.success(), "{out:?}");
-    let before: BTreeSet<String> = master
-        .wait_tasks("4 running", Duration::from_secs(30), |t| {
-            running(t).len() == 4
-        })
-        .await
-        .into_iter()
-        .filter(|t| t.state == TaskState::Running)
-        .map(|t| t.id)
-        .collect();
+    let before = running_ids(
+        &master
+            .wait_tasks("4 running", Duration::from_secs(30), |t| {
+                running(t).len() == 4
+            })
+            .await,
+    );
 
     master.proc.kill().await;
     let master = Master::start(&dir.join("master"), mesh, boot, api, &flags).await;
@@ -98,15 +101,13 @@ async fn a_master_restarted_mid_deploy_neither_duplicates_nor_loses_instances() 
             .await;
     }
     // The same 4 instances, adopted: nothing started twice, nothing lost.
-    let after: BTreeSet<String> = master
-        .wait_tasks("the 4 instances adopted", Duration::from_secs(30), |t| {
-            running(t).len() == 4
-        })
-        .await
-        .into_iter()
-        .filter(|t| t.state == TaskState::Running)
-        .map(|t| t.id)
-        .collect();
+    let after = running_ids(
+        &master
+            .wait_tasks("the 4 instances adopted", Duration::from_secs(30), |t| {
+                running(t).len() == 4
+            })
+            .await,
+    );
     assert_eq!(before, after);
     // What the agents said they run when they registered again: those 4, no more.
     let nodes = master

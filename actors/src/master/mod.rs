@@ -100,6 +100,22 @@ pub struct MasterHandle {
     pub ca_fingerprint: String,
 }
 
+impl MasterHandle {
+    /// A join token for an agent, valid for `ttl`, made in this process (as `actormesh
+    /// token create` would, without the API).
+    pub async fn agent_token(&self, ttl: Duration) -> anyhow::Result<String> {
+        let created = self
+            .master
+            .send(CreateToken {
+                ttl,
+                role: token::TokenRole::Agent,
+            })
+            .await?
+            .map_err(|e| anyhow::anyhow!("cannot create a join token: {e}"))?;
+        Ok(created.token)
+    }
+}
+
 const META_CA_CERT: &str = "ca_cert";
 const META_CA_KEY: &str = "ca_key";
 const META_API_TOKEN: &str = "api_token_hash";

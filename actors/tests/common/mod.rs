@@ -103,6 +103,28 @@ impl Proc {
     }
 }
 
+/// Calls `fetch` (a blocking API call) every 50 ms until `cond` holds for what it gives,
+/// at most `limit`; returns that.
+async fn poll_until<T: std::fmt::Debug>(
+    what: &str,
+    limit: Duration,
+    fetch: impl Fn() -> Vec<T>,
+    cond: impl Fn(&[T]) -> bool,
+) -> Vec<T> {
+    let start = Instant::now();
+    loop {
+        let got = tokio::task::block_in_place(&fetch);
+        if cond(&got) {
+            return got;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{what}: not within {limit:?}: {got:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A free UDP port on loopback (for QUIC listeners that must keep their address across a
 /// restart).
 pub fn free_udp() -> SocketAddr {
@@ -214,18 +236,7 @@ impl Master {
         limit: Duration,
         cond: impl Fn(&[actormesh::master::deployments::TaskEntry]) -> bool,
     ) -> Vec<actormesh::master::deployments::TaskEntry> {
-        let start = Instant::now();
-        loop {
-            let tasks = tokio::task::block_in_place(|| self.tasks());
-            if cond(&tasks) {
-                return tasks;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{what}: not within {limit:?}: {tasks:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll_until(what, limit, || self.tasks(), |t| cond(t)).await
     }
 
     /// Polls the nodes (every 50 ms, at most `limit`) until `cond` holds; returns them.
@@ -235,18 +246,7 @@ impl Master {
         limit: Duration,
         cond: impl Fn(&[AgentRecord]) -> bool,
     ) -> Vec<AgentRecord> {
-        let start = Instant::now();
-        loop {
-            let nodes = tokio::task::block_in_place(|| self.nodes());
-            if cond(&nodes) {
-                return nodes;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{what}: not within {limit:?}: {nodes:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll_until(what, limit, || self.nodes(), |n| cond(n)).await
     }
 
     pub fn nodes(&self) -> Vec<AgentRecord> {

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use actormesh::agent::{self, AgentConfig};
-use actormesh::master::token::TokenRole;
-use actormesh::master::{self, CreateToken, MasterConfig};
+use actormesh::master::{self, MasterConfig};
 
 /// A master's configuration with its data in `dir/master` and every port chosen by the OS;
 /// `fast` shortens failure detection (100 ms heartbeats, Unreachable after 1 s).
@@ -29,18 +28,10 @@ pub async fn agent_config(
     dir: &std::path::Path,
     name: &str,
 ) -> AgentConfig {
-    let token = m
-        .master
-        .send(CreateToken {
-            ttl: Duration::from_secs(60),
-            role: TokenRole::Agent,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    let token = m.agent_token(Duration::from_secs(60)).await.unwrap();
     AgentConfig {
         join: m.bootstrap,
-        token: Some(token.token),
+        token: Some(token),
         data_dir: dir.join(name),
         listen: "127.0.0.1:0".parse().unwrap(),
         name: name.into(),

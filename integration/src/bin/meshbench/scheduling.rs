@@ -6,8 +6,7 @@
 use std::time::{Duration, Instant};
 
 use actormesh::agent::{self, tasks::ActorHost, AgentConfig};
-use actormesh::master::token::TokenRole;
-use actormesh::master::{self, ApplyDeployment, CreateToken, ListDeployments, MasterConfig};
+use actormesh::master::{self, ApplyDeployment, ListDeployments, MasterConfig};
 use actormesh::{Node, NodeConfig};
 use actormesh_integration::actors::Sink;
 use actormesh_integration::pki::TestPki;
@@ -69,14 +68,7 @@ async fn run_in(dir: std::path::PathBuf, n_agents: usize, instances: usize) -> a
     config.api = "127.0.0.1:0".parse()?;
     let limit = config.detector.unreachable_after;
     let m = master::start(config).await?;
-    let token = m
-        .master
-        .send(CreateToken {
-            ttl: Duration::from_secs(3600),
-            role: TokenRole::Agent,
-        })
-        .await?
-        .map_err(|e| anyhow!(e))?;
+    let token = m.agent_token(Duration::from_secs(3600)).await?;
     // Room for every instance even after one agent is lost.
     let per_agent = instances.div_ceil(n_agents.saturating_sub(1).max(1)) + 2;
     let mut agents = Vec::new();
@@ -84,7 +76,7 @@ async fn run_in(dir: std::path::PathBuf, n_agents: usize, instances: usize) -> a
         agents.push(
             agent::start(AgentConfig {
                 join: m.bootstrap,
-                token: Some(token.token.clone()),
+                token: Some(token.clone()),
                 data_dir: dir.join(format!("a{i}")),
                 listen: "127.0.0.1:0".parse()?,
                 name: format!("a{i}"),
