@@ -92,7 +92,14 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    actormesh::cli::init_logging_with_default("warn");
+    // A library leaves logging to the program: this one logs warnings to stderr, or what
+    // RUST_LOG asks for.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
     let sys = actix::System::new();
     sys.block_on(async {
         match Cli::parse().command {

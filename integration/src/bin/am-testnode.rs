@@ -23,7 +23,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    actormesh::cli::init_logging();
+    actormesh_cli::init_logging();
     let args = Args::parse();
     let sys = actix::System::new();
     sys.block_on(async move {

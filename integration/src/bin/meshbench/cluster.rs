@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use actormesh::agent::{self, AgentConfig};
-use actormesh::cli::ApiClient;
-use actormesh::master::membership::{AgentRecord, AgentState};
-use actormesh::master::{self, MasterConfig};
+use actormesh_cli::ApiClient;
 use actormesh_integration::harness::ChildProc;
+use actormesh_master::membership::{AgentRecord, AgentState};
+use actormesh_master::{self as master, MasterConfig};
 use anyhow::{anyhow, Context as _};
 
 use crate::Line;

@@ -94,7 +94,7 @@ enum Suite {
 }
 
 fn main() -> anyhow::Result<()> {
-    actormesh::cli::init_logging_with_default("warn");
+    actormesh_cli::init_logging_with_default("warn");
     match Cli::parse().suite {
         Suite::Messaging { rounds, scale } => messaging(rounds.max(1), scale),
         Suite::Cluster { agents } => cluster::run(agents.max(1)),

@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use actormesh::agent::{self, tasks::ActorHost, AgentConfig};
-use actormesh::master::{self, ApplyDeployment, ListDeployments, MasterConfig};
 use actormesh::{Node, NodeConfig};
 use actormesh_integration::actors::Sink;
 use actormesh_integration::pki::TestPki;
+use actormesh_master::{self as master, ApplyDeployment, ListDeployments, MasterConfig};
 use anyhow::{anyhow, Context as _};
 
 use crate::Line;

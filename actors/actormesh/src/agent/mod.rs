@@ -1,0 +1,566 @@
+//! The Agent: joins the cluster with a token, keeps a certificate of its own, registers
+//! what it offers and runs, and heartbeats to the master.
+//!
+//! The agent's private key is made here and never leaves: joining sends a CSR over the
+//! bootstrap port (trusting only the CA its token pins); renewal at half-life sends a new
+//! CSR over the mesh, keeping the old certificate in use until the new one arrives.
+
+pub mod command;
+pub mod tasks;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{anyhow, bail, Context as _};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use actormesh_transport::bootstrap;
+use actormesh_transport::codec;
+use actormesh_transport::pki::{files, Credentials, NodeKey};
+
+use crate::protocol::{
+    BootstrapReply, BootstrapRequest, Heartbeat, JoinReply, JoinRequest, MasterRefusal, Register,
+    Renew, MASTER_ACTOR,
+};
+use crate::resources::Resources;
+use crate::token::JoinToken;
+use crate::{AskError, Node, NodeConfig, RemoteRef};
+
+/// How an agent is started.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// The master's bootstrap address.
+    pub join: SocketAddr,
+    /// The join token (needed the first time; later starts reuse the saved certificate).
+    pub token: Option<String>,
+    /// Where the key, certificate and agent id are kept.
+    pub data_dir: PathBuf,
+    /// Mesh address to listen on.
+    pub listen: SocketAddr,
+    /// Agent name asked for (empty: the master picks one).
+    pub name: String,
+    /// Offered resources (`None`: detected).
+    pub resources: Option<Resources>,
+    /// Attributes such as zone and rack.
+    pub attrs: BTreeMap<String, String>,
+    /// Actor types this binary hosts; empty means the host's types, or else every type it has
+    /// `#[handler]`s for ([`crate::hosted_actor_types`]).
+    pub actor_types: Vec<String>,
+    /// The actor types the master may start here as tasks, with their factories.
+    pub host: tasks::ActorHost,
+    /// Resources set aside per role: offered to that role only (part of `resources`).
+    pub reserved: BTreeMap<String, Resources>,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("join", &self.join)
+            .field("token", &self.token.as_ref().map(|_| "<hidden>"))
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A running agent.
+#[derive(Debug, Clone)]
+pub struct AgentHandle {
+    /// The agent's mesh node.
+    pub node: Node,
+    /// Its id in the cluster.
+    pub agent_id: String,
+    /// The master's `$master` actor.
+    pub master: RemoteRef,
+    /// Set with the reason if the master removed this agent (it must rejoin).
+    pub removed: watch::Receiver<Option<String>>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Saved {
+    agent_id: String,
+    master_addr: SocketAddr,
+}
+
+const SAVED: &str = "agent.json";
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    // Renamed into place, so a crash never leaves half a key or certificate.
+    std::fs::rename(&tmp, path)
+}
+
+/// Where the current key, certificate and CA live: a symlink to a directory that holds
+/// all three, so that a renewal replaces them together.
+const CREDS: &str = "creds";
+
+/// Writes key, certificate and CA as one set: into a new directory, then one atomic
+/// rename of the `creds` symlink, so a crash leaves the old set or the new one, never a
+/// mix of both.
+fn save_credentials(dir: &Path, key_pem: &str, cert_pem: &str, ca_pem: &str) -> anyhow::Result<()> {
+    let stamp = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let name = format!("creds-{stamp}");
+    let new_dir = dir.join(&name);
+    std::fs::create_dir_all(&new_dir)?;
+    write_private(&new_dir.join(files::KEY), key_pem)?;
+    write_private(&new_dir.join(files::CERT), cert_pem)?;
+    write_private(&new_dir.join(files::CA_CERT), ca_pem)?;
+    let old = std::fs::read_link(dir.join(CREDS)).ok();
+    let tmp = dir.join("creds.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&name, &tmp)?;
+    std::fs::rename(&tmp, dir.join(CREDS))?;
+    if let Some(old) = old.filter(|o| o.as_os_str() != name.as_str()) {
+        let _ = std::fs::remove_dir_all(dir.join(old));
+    }
+    Ok(())
+}
+
+/// The saved credentials: the `creds` set, or files directly in `dir` (made by hand with
+/// `actormesh ca issue`).
+fn load_credentials(dir: &Path) -> anyhow::Result<Credentials> {
+    let set = dir.join(CREDS);
+    let from = if set.exists() { set } else { dir.to_path_buf() };
+    Ok(Credentials::load(&from)?)
+}
+
+/// Detects cpus, memory (MiB) and the disk space (MiB) of the data directory.
+pub fn detect_resources(data_dir: &Path) -> Resources {
+    let mut r = Resources::default();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    r.scalars.insert("cpus".into(), cpus as f64);
+    if let Ok(meminfo) = std::fs::read_to_string("/proc/meminfo") {
+        if let Some(kib) = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        {
+            r.scalars.insert("mem".into(), (kib / 1024.0).floor());
+        }
+    }
+    // `df -Pk` is POSIX; no unsafe statvfs call needed.
+    if let Ok(out) = std::process::Command::new("df")
+        .arg("-Pk")
+        .arg(data_dir)
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(avail) = text
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            r.scalars.insert("disk".into(), (avail / 1024.0).floor());
+        }
+    }
+    r
+}
+
+async fn join(config: &AgentConfig) -> anyhow::Result<(Credentials, Saved)> {
+    let token_text = config.token.as_deref().ok_or_else(|| {
+        anyhow!(
+            "{} holds no certificate yet: pass --token (from `actormesh token create`) to join",
+            config.data_dir.display()
+        )
+    })?;
+    let token: JoinToken = token_text.parse()?;
+    let key = NodeKey::generate()?;
+    let wanted = actormesh_transport::SpiffeId::parse("spiffe://joining/node/agent")?;
+    let request = JoinRequest {
+        token_id: token.id.clone(),
+        token_secret: token.secret.clone(),
+        name: config.name.clone(),
+        csr_pem: key.csr(&wanted)?,
+    };
+    let (reply, ca_der) = bootstrap::request(
+        config.join,
+        &token.ca_fingerprint,
+        &codec::encode(&BootstrapRequest::Join(request))?,
+        Duration::from_secs(15),
+    )
+    .await
+    .with_context(|| format!("joining through {}", config.join))?;
+    let BootstrapReply::Join(reply) = codec::decode::<BootstrapReply>(&reply)? else {
+        bail!(
+            "the bootstrap port at {} answered a join with something else",
+            config.join
+        );
+    };
+    match reply {
+        JoinReply::Accepted {
+            agent_id,
+            cert_pem,
+            master_addr,
+        } => {
+            let ca_pem = pem_of(&ca_der);
+            std::fs::create_dir_all(&config.data_dir)?;
+            save_credentials(&config.data_dir, &key.pem(), &cert_pem, &ca_pem)?;
+            let saved = Saved {
+                agent_id,
+                master_addr,
+            };
+            write_private(
+                &config.data_dir.join(SAVED),
+                &serde_json::to_string(&saved)?,
+            )?;
+            let creds = key.credentials(&cert_pem, &ca_pem)?;
+            info!(agent = %saved.agent_id, master = %saved.master_addr, "joined the cluster");
+            Ok((creds, saved))
+        }
+        JoinReply::Refused { reason } => {
+            bail!("the master refused to let this agent join: {reason}")
+        }
+    }
+}
+
+fn pem_of(der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
+}
+
+/// Starts an agent: joins (first time) or reuses its saved certificate, starts its node,
+/// registers, then heartbeats and renews in the background. Call inside an actix system.
+pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
+    let saved_file = config.data_dir.join(SAVED);
+    let (creds, saved) = match std::fs::read_to_string(&saved_file) {
+        Ok(text) => {
+            let mut saved: Saved = serde_json::from_str(&text).with_context(|| {
+                format!("{} is not a valid agent state file", saved_file.display())
+            })?;
+            let creds = load_credentials(&config.data_dir)?;
+            // The master may listen elsewhere since we last ran: ask its bootstrap port.
+            let pin = actormesh_transport::pki::fingerprint(&creds.ca);
+            let located = bootstrap::request(
+                config.join,
+                &pin,
+                &codec::encode(&BootstrapRequest::Locate)?,
+                Duration::from_secs(5),
+            )
+            .await;
+            match located.map(|(r, _)| codec::decode::<BootstrapReply>(&r)) {
+                Ok(Ok(BootstrapReply::Located { master_addr })) => saved.master_addr = master_addr,
+                other => warn!(
+                    ?other,
+                    saved = %saved.master_addr,
+                    "could not locate the master; using the saved address"
+                ),
+            }
+            (creds, saved)
+        }
+        Err(_) => join(&config).await?,
+    };
+    let node = Node::start(NodeConfig::new(config.listen), &creds)?;
+    // Whoever answers at the master's address must be the master, not just any member.
+    let link = node
+        .endpoint()
+        .link(saved.master_addr)
+        .await
+        .with_context(|| format!("connecting to the master at {}", saved.master_addr))?;
+    if link.peer().path() != "/node/master" {
+        bail!(
+            "{} answers at the master's address {}: refusing to register with it",
+            link.peer(),
+            saved.master_addr
+        );
+    }
+    let master = node.actor_ref(saved.master_addr, MASTER_ACTOR);
+    // Command tasks an earlier run left: reported as running, and watched again.
+    let sandboxes = std::path::absolute(&config.data_dir)
+        .unwrap_or_else(|_| config.data_dir.clone())
+        .join(tasks::SANDBOXES);
+    let recovered = tasks::recover_commands(&sandboxes);
+    let task_ids = tasks::TaskIds::default();
+    let resources = config
+        .resources
+        .clone()
+        .unwrap_or_else(|| detect_resources(&config.data_dir));
+    let reserved_sum = config
+        .reserved
+        .values()
+        .fold(Resources::default(), |a, r| a.plus(r));
+    if !resources.contains(&reserved_sum) {
+        bail!(
+            "the reservations ({reserved_sum} in all) exceed what this agent offers ({resources})"
+        );
+    }
+    let register = Register {
+        agent_id: saved.agent_id.clone(),
+        addr: node.local_addr(),
+        resources,
+        attrs: config.attrs.clone(),
+        actor_types: if config.actor_types.is_empty() && !config.host.types().is_empty() {
+            config.host.types()
+        } else if config.actor_types.is_empty() {
+            // actormesh's own actors (the master's gate) are not placeable work.
+            crate::hosted_actor_types()
+                .into_iter()
+                .filter(|t| !t.starts_with("actormesh::"))
+                .map(String::from)
+                .collect()
+        } else {
+            config.actor_types.clone()
+        },
+        // Actor tasks end with the process; command tasks may have outlived it. Those that
+        // ended meanwhile are listed too: their end is reported right after, so the master
+        // learns how they ended rather than calling them lost.
+        running: recovered.iter().map(|c| c.task().id.clone()).collect(),
+        // Not checked yet in this run.
+        healthy: Vec::new(),
+        reserved: config.reserved.clone(),
+        held: recovered
+            .iter()
+            .map(|c| (c.task().id.clone(), c.task().resources.clone()))
+            .collect(),
+        versions: recovered
+            .iter()
+            .filter(|c| !c.task().version.is_empty())
+            .map(|c| (c.task().id.clone(), c.task().version.clone()))
+            .collect(),
+        cert_expiry: creds.not_after().unwrap_or(SystemTime::UNIX_EPOCH),
+    };
+    // The gate runs before registering: the master may answer a registration by killing
+    // instances it replaced meanwhile.
+    node.spawn(
+        crate::protocol::AGENT_ACTOR,
+        tasks::AgentGate::new(
+            node.clone(),
+            config.host.clone(),
+            saved.agent_id.clone(),
+            master.clone(),
+            sandboxes,
+            recovered,
+            task_ids.clone(),
+        ),
+    )?;
+    let registered = register_until_accepted(&master, &register, Duration::from_secs(30)).await?;
+    info!(agent = %saved.agent_id, "registered with the master");
+    let (removed_tx, removed) = watch::channel(None);
+    let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
+    tokio::spawn(heartbeat_loop(
+        node.clone(),
+        master.clone(),
+        register,
+        task_ids,
+        interval,
+        removed_tx,
+    ));
+    tokio::spawn(renew_loop(
+        node.clone(),
+        master.clone(),
+        saved.agent_id.clone(),
+        config.data_dir.clone(),
+        creds,
+    ));
+    Ok(AgentHandle {
+        node,
+        agent_id: saved.agent_id,
+        master,
+        removed,
+    })
+}
+
+async fn register_until_accepted(
+    master: &RemoteRef,
+    register: &Register,
+    limit: Duration,
+) -> anyhow::Result<crate::protocol::Registered> {
+    let started = std::time::Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match master
+            .ask_timeout(register.clone(), Duration::from_secs(5))
+            .await
+        {
+            Ok(Ok(r)) => return Ok(r),
+            Ok(Err(MasterRefusal::Unavailable(reason))) if started.elapsed() < limit => {
+                warn!(%reason, "the master could not register us yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Ok(Err(reason)) => bail!("the master refused the registration: {reason}"),
+            // A refused handshake (revoked identity, unknown CA) will not get better.
+            Err(AskError::Unreachable { reason, .. }) if reason.contains("refused") => {
+                bail!("the master refused this agent's connection: {reason}")
+            }
+            Err(e) if started.elapsed() < limit => {
+                warn!(error = %e, "master not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => bail!(
+                "the master at {} did not answer within {limit:?}: {e}",
+                master.addr()
+            ),
+        }
+    }
+}
+
+async fn heartbeat_loop(
+    node: Node,
+    master: RemoteRef,
+    register: Register,
+    task_ids: tasks::TaskIds,
+    interval: Duration,
+    removed: watch::Sender<Option<String>>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut lost = false;
+    let mut failures = 0u32;
+    loop {
+        ticker.tick().await;
+        let beat = Heartbeat {
+            agent_id: register.agent_id.clone(),
+        };
+        match master.ask_timeout(beat, interval * 4).await {
+            Ok(Ok(ack)) => {
+                failures = 0;
+                if lost || ack.reregister {
+                    // The master is back (perhaps restarted): report again what runs here.
+                    lost = false;
+                    let mut again = register.clone();
+                    {
+                        let set = task_ids.lock().unwrap_or_else(|e| e.into_inner());
+                        again.running = set.running.keys().cloned().collect();
+                        again.held = set.running.clone();
+                        again.versions = set.versions.clone();
+                        again.healthy = set.healthy.iter().cloned().collect();
+                    }
+                    match master.ask_timeout(again, Duration::from_secs(5)).await {
+                        Ok(Ok(_)) => {
+                            info!("re-registered with the master");
+                            task_ids
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .registrations += 1;
+                        }
+                        Ok(Err(e)) => {
+                            warn!(error = %e, "re-registration refused; will retry");
+                            lost = true;
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "re-registration failed; will retry");
+                            lost = true;
+                        }
+                    }
+                }
+            }
+            Ok(Err(MasterRefusal::Unavailable(reason))) => {
+                warn!(%reason, "the master could not take the heartbeat; retrying");
+            }
+            Ok(Err(refusal)) => {
+                error!(%refusal, "the master refused this agent");
+                let _ = removed.send(Some(refusal.to_string()));
+                return;
+            }
+            Err(AskError::Timeout { .. }) | Err(AskError::Unreachable { .. }) => {
+                if !lost {
+                    warn!("master unreachable; still heartbeating");
+                }
+                lost = true;
+                failures += 1;
+                // A master that restarted does not know our old connection: rather than
+                // wait for it to time out, drop it after two missed answers and dial again.
+                if failures == 2 {
+                    if let Some(link) = node.endpoint().existing_link(master.addr()) {
+                        link.close(0, "master not answering heartbeats");
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "heartbeat failed");
+                lost = true;
+            }
+        }
+    }
+}
+
+/// Renews the certificate at half its life, backing off (capped) on failure. The old
+/// certificate stays in use until the new one is in place.
+async fn renew_loop(
+    node: Node,
+    master: RemoteRef,
+    agent_id: String,
+    dir: PathBuf,
+    mut creds: Credentials,
+) {
+    loop {
+        let Some(expiry) = creds.not_after() else {
+            return;
+        };
+        let now = SystemTime::now();
+        let life = expiry.duration_since(now).unwrap_or(Duration::ZERO);
+        tokio::time::sleep(life / 2).await;
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match renew_once(&node, &master, &agent_id, &dir).await {
+                Ok(new) => {
+                    creds = new;
+                    break;
+                }
+                Err(e) => {
+                    if SystemTime::now() >= expiry {
+                        error!(error = %e, "the certificate expired before it could be renewed; this agent must rejoin with a new token");
+                        return;
+                    }
+                    warn!(error = %e, retry_in = ?delay, "certificate renewal failed");
+                    tokio::time::sleep(delay).await;
+                    let left = expiry
+                        .duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO);
+                    delay = (delay * 2)
+                        .min(Duration::from_secs(60))
+                        .min(left / 4)
+                        .max(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+async fn renew_once(
+    node: &Node,
+    master: &RemoteRef,
+    agent_id: &str,
+    dir: &Path,
+) -> anyhow::Result<Credentials> {
+    let key = NodeKey::generate()?;
+    let id = node.identity();
+    let cert = master
+        .ask_timeout(
+            Renew {
+                agent_id: agent_id.to_string(),
+                csr_pem: key.csr(&id)?,
+            },
+            Duration::from_secs(10),
+        )
+        .await?
+        .map_err(|r| anyhow!("the master refused: {r}"))?;
+    let ca_pem = pem_of(&load_credentials(dir)?.ca);
+    let creds = key.credentials(&cert, &ca_pem)?;
+    node.endpoint().replace_credentials(&creds)?;
+    save_credentials(dir, &key.pem(), &cert, &ca_pem)?;
+    info!(expires = ?creds.not_after(), "certificate renewed");
+    Ok(creds)
+}

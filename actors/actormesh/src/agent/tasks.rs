@@ -1,0 +1,986 @@
+//! Tasks on an agent: instances of the actor types its binary hosts, and command tasks
+//! (OS processes, see [`command`]). The agent starts them when the master asks, watches
+//! them, and reports every state change to the master until the master acknowledges it.
+//! A command task's end is marked in its sandbox once acknowledged, so a restarted agent
+//! reports ends that were not delivered and re-attaches to processes that still run.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use tracing::{info, warn};
+
+use super::command;
+use crate::protocol::{
+    DescribeTask, HealthSpec, KillTask, LaunchActor, LaunchCommand, LogStream, ReadTaskLog,
+    ReleaseStatus, TaskDetail, TaskLog, TaskStatusReport,
+};
+use crate::task::{TaskState, TaskStatus};
+use crate::{
+    Node, NodeError, RemoteRef, RestartPolicy, SpawnOptions, Terminated, TerminationReason,
+};
+
+type Factory = Rc<dyn Fn(&Node, &str, RestartPolicy) -> Result<RemoteRef, NodeError>>;
+
+/// The actor types this agent can start as tasks, by the name the master uses for them.
+#[derive(Clone, Default)]
+pub struct ActorHost {
+    factories: BTreeMap<String, Factory>,
+}
+
+impl std::fmt::Debug for ActorHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.factories.keys()).finish()
+    }
+}
+
+impl ActorHost {
+    /// An empty host.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Hosts actor type `type_name`: instances come from `factory`, supervised with the
+    /// restart policy each launch asks for (on failure by default).
+    pub fn with<A, F>(mut self, type_name: &str, factory: F) -> Self
+    where
+        A: Actor<Context = Context<A>>,
+        F: Fn() -> A + Clone + 'static,
+    {
+        let make: Factory = Rc::new(move |node: &Node, name: &str, restart: RestartPolicy| {
+            node.spawn_with(
+                name,
+                SpawnOptions {
+                    restart,
+                    ..Default::default()
+                },
+                factory.clone(),
+            )
+        });
+        self.factories.insert(type_name.to_string(), make);
+        self
+    }
+
+    /// The hosted type names.
+    pub fn types(&self) -> Vec<String> {
+        self.factories.keys().cloned().collect()
+    }
+}
+
+struct Task {
+    id: String,
+    name: String,
+    actor_type: String,
+    kill_requested: bool,
+}
+
+/// A command task the agent watches.
+struct CommandEntry {
+    running: command::Running,
+    what: String,
+    grace: Duration,
+}
+
+/// The ids of the tasks (actor and command) that run on this agent, shared with the
+/// heartbeat loop (which reports them when it registers again).
+pub type TaskIds = Arc<Mutex<TaskSet>>;
+
+/// The tasks that run on an agent, and which of them passed their last health check.
+#[derive(Debug, Default)]
+pub struct TaskSet {
+    /// Task ids, with the resources each holds.
+    pub running: BTreeMap<String, crate::resources::Resources>,
+    /// Those with a health check whose last check passed.
+    pub healthy: BTreeSet<String>,
+    /// How many times the agent registered again (the heartbeat loop counts).
+    pub registrations: u64,
+    /// The deployment version each task was launched with, where it has one.
+    pub versions: BTreeMap<String, String>,
+}
+
+impl TaskSet {
+    fn add(&mut self, id: &str, resources: crate::resources::Resources, version: &str) {
+        self.running.insert(id.to_string(), resources);
+        if !version.is_empty() {
+            self.versions.insert(id.to_string(), version.to_string());
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        self.running.remove(id);
+        self.healthy.remove(id);
+        self.versions.remove(id);
+    }
+}
+
+/// The agent's face on the mesh (`$agent`): launches and kills tasks for the master only.
+pub struct AgentGate {
+    node: Node,
+    host: ActorHost,
+    agent_id: String,
+    master: RemoteRef,
+    tasks: BTreeMap<String, Task>,
+    commands: BTreeMap<String, CommandEntry>,
+    task_ids: TaskIds,
+    sandboxes: PathBuf,
+    /// Health checks, by task id.
+    health: BTreeMap<String, Health>,
+    /// Ended tasks' reports the master asked to keep until their framework acknowledges
+    /// them, with the mark to make then.
+    kept: BTreeMap<String, (TaskStatusReport, Option<PathBuf>)>,
+    /// End reports on their way to the master, by task id: how many.
+    sending: BTreeMap<String, u32>,
+    /// Tasks whose end the master released while its report was still on its way (the
+    /// framework acknowledged before the master's answer got here): not to be kept.
+    released_early: std::collections::BTreeSet<String>,
+    /// Registrations seen (from the shared task set): a new one sends the kept reports.
+    registrations: u64,
+    /// This actor's address, for the report loops.
+    me: Option<Addr<AgentGate>>,
+    /// Tasks being killed for failing their health check, with why.
+    unhealthy: BTreeMap<String, String>,
+    next_uuid: AtomicU64,
+}
+
+/// A task's health check as its agent runs it.
+struct Health {
+    spec: HealthSpec,
+    started: std::time::Instant,
+    last: Option<std::time::Instant>,
+    in_flight: bool,
+    failures: u32,
+    /// The health last reported to the master.
+    reported: Option<bool>,
+}
+
+impl Health {
+    fn new(spec: HealthSpec) -> Self {
+        Self {
+            spec,
+            started: std::time::Instant::now(),
+            last: None,
+            in_flight: false,
+            failures: 0,
+            reported: None,
+        }
+    }
+}
+
+/// Where a command task's health check is kept, so a restarted agent runs it again.
+const HEALTH_FILE: &str = "health.json";
+
+/// The outcome of one health check.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct HealthResult {
+    task_id: String,
+    outcome: Result<(), String>,
+}
+
+/// Runs a health check command in `dir` with `env`, at most `timeout`.
+fn run_check(
+    command: &[String],
+    dir: &Path,
+    env: &BTreeMap<String, String>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| "the health check has no command".to_string())?;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .envs(env)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(()),
+            Ok(Some(status)) => return Err(format!("{program} exited with {status}")),
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{program} did not finish within {timeout:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(format!("cannot wait for {program}: {e}")),
+        }
+    }
+}
+
+/// Where command tasks' sandboxes live under an agent's data directory.
+pub const SANDBOXES: &str = "sandboxes";
+/// Written into a sandbox once the master has acknowledged the task's end.
+const REPORTED: &str = "end_reported";
+/// How long the sandbox of an ended, reported task is kept (for its logs).
+const SANDBOX_KEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// A task id that is safe as a directory name and an actor name.
+fn valid_task_id(id: &str) -> Result<(), String> {
+    crate::protocol::check_task_id(id, 200)
+}
+
+/// Finds the command tasks an earlier run of this agent left in `sandboxes` whose end the
+/// master has not acknowledged yet, and re-attaches to them. Sandboxes of tasks that ended
+/// and were reported more than a day ago are removed.
+pub fn recover_commands(sandboxes: &Path) -> Vec<command::Running> {
+    let Ok(dirs) = std::fs::read_dir(sandboxes) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for dir in dirs.flatten().map(|e| e.path()) {
+        let reported = dir.join(REPORTED);
+        if let Ok(meta) = std::fs::metadata(&reported) {
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > SANDBOX_KEEP);
+            if old {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            continue;
+        }
+        if let Some(r) = command::reattach(&dir) {
+            info!(task = %dir.display(), pid = r.pid(), "re-attached to a command task");
+            found.push(r);
+        }
+    }
+    found
+}
+
+impl std::fmt::Debug for AgentGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentGate")
+            .field("agent", &self.agent_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentGate {
+    /// A gate for `agent_id` on `node`, reporting to `master`. Command tasks get their
+    /// sandboxes under `sandboxes`; `recovered` are those an earlier run left running.
+    pub fn new(
+        node: Node,
+        host: ActorHost,
+        agent_id: String,
+        master: RemoteRef,
+        sandboxes: PathBuf,
+        recovered: Vec<command::Running>,
+        task_ids: TaskIds,
+    ) -> Self {
+        let mut commands = BTreeMap::new();
+        let mut health = BTreeMap::new();
+        for running in recovered {
+            let Some(id) = running
+                .dir()
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+            else {
+                continue;
+            };
+            task_ids.lock().unwrap_or_else(|e| e.into_inner()).add(
+                &id,
+                running.task().resources.clone(),
+                &running.task().version,
+            );
+            if let Some(spec) = std::fs::read(running.dir().join(HEALTH_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<HealthSpec>(&b).ok())
+            {
+                health.insert(id.clone(), Health::new(spec));
+            }
+            commands.insert(
+                id,
+                CommandEntry {
+                    what: format!("command {}", running.task().path),
+                    grace: Duration::from_millis(running.task().kill_grace_ms),
+                    running,
+                },
+            );
+        }
+        Self {
+            node,
+            host,
+            agent_id,
+            master,
+            tasks: BTreeMap::new(),
+            commands,
+            task_ids,
+            sandboxes,
+            health,
+            unhealthy: BTreeMap::new(),
+            kept: BTreeMap::new(),
+            sending: BTreeMap::new(),
+            released_early: Default::default(),
+            registrations: 0,
+            me: None,
+            next_uuid: AtomicU64::new(1),
+        }
+    }
+
+    /// Sends a status report in the background, again and again (capped backoff) until the
+    /// master acknowledges it.
+    fn report(&mut self, task_id: &str, state: TaskState, message: String) {
+        self.report_then(task_id, state, message, None, None);
+    }
+
+    /// Like [`Self::report`]; once the master acknowledges, `mark` (if any) is created, so
+    /// that a restarted agent knows the end was delivered.
+    fn report_then(
+        &mut self,
+        task_id: &str,
+        state: TaskState,
+        message: String,
+        mark: Option<PathBuf>,
+        healthy: Option<bool>,
+    ) {
+        let report = TaskStatusReport {
+            agent_id: self.agent_id.clone(),
+            status: TaskStatus {
+                task_id: task_id.to_string(),
+                agent_id: self.agent_id.clone(),
+                state,
+                message,
+                uuid: self.next_uuid.fetch_add(1, Ordering::Relaxed),
+                healthy,
+            },
+        };
+        self.send_report(report, mark);
+    }
+
+    /// Sends `report` until the master takes it. If the master asks to keep it (an end its
+    /// framework has not acknowledged yet), it stays here and goes again at each
+    /// registration until the master releases it; `mark` is created only then.
+    fn send_report(&mut self, report: TaskStatusReport, mark: Option<PathBuf>) {
+        let master = self.master.clone();
+        let Some(gate) = self.me.clone() else {
+            // Reports come from handlers and the poll, all after `started`.
+            warn!(task = %report.status.task_id, "a status report before the agent gate started; dropped");
+            return;
+        };
+        // Only ends can be kept and released; other reports need no bookkeeping (one
+        // message fewer per report on the launch path).
+        let ends = report.status.state.is_terminal();
+        if ends {
+            *self
+                .sending
+                .entry(report.status.task_id.clone())
+                .or_default() += 1;
+        }
+        actix::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                let outcome = match master
+                    .ask_timeout(report.clone(), Duration::from_secs(5))
+                    .await
+                {
+                    Ok(Ok(ack)) if ack.keep => Sent::Keep,
+                    Ok(Ok(_)) => Sent::Taken,
+                    Ok(Err(crate::protocol::MasterRefusal::Removed(e))) => {
+                        warn!(task = %report.status.task_id, error = %e, "this agent was removed; the status report is dropped");
+                        Sent::Dropped
+                    }
+                    Ok(Err(crate::protocol::MasterRefusal::Forbidden(e))) => {
+                        warn!(task = %report.status.task_id, error = %e, "the master refuses this status report; dropped");
+                        Sent::Dropped
+                    }
+                    Ok(Err(e)) => {
+                        warn!(task = %report.status.task_id, error = %e, "status report refused; retrying");
+                        Sent::Retry
+                    }
+                    Err(e) => {
+                        warn!(task = %report.status.task_id, error = %e, "status report not delivered; retrying");
+                        Sent::Retry
+                    }
+                };
+                if outcome != Sent::Retry {
+                    if ends || mark.is_some() || outcome == Sent::Keep {
+                        gate.do_send(ReportSent {
+                            report,
+                            mark,
+                            outcome,
+                            counted: ends,
+                        });
+                    }
+                    return;
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        });
+    }
+
+    fn from_master() -> Result<(), String> {
+        match crate::caller() {
+            Some(c) if c.path() == "/node/master" => Ok(()),
+            Some(c) => Err(format!(
+                "{c} may not manage tasks here; only the master may"
+            )),
+            None => Err("task requests must come from the master over the mesh".into()),
+        }
+    }
+}
+
+impl Actor for AgentGate {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.me = Some(ctx.address());
+        // Command tasks are watched through their sandboxes (the exit status the wrapper
+        // writes) and /proc, which works the same for re-attached processes.
+        ctx.run_interval(COMMAND_POLL, |gate, ctx| {
+            gate.poll_commands();
+            gate.poll_health(ctx);
+            gate.resend_kept();
+        });
+    }
+}
+
+/// How often command tasks are checked for their end.
+const COMMAND_POLL: Duration = Duration::from_millis(100);
+
+/// What became of a status report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Taken, to keep until the master releases it.
+    Keep,
+    /// Taken.
+    Taken,
+    /// Refused for good.
+    Dropped,
+    /// Not delivered; again.
+    Retry,
+}
+
+/// A status report's loop is done.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct ReportSent {
+    report: TaskStatusReport,
+    mark: Option<PathBuf>,
+    outcome: Sent,
+    /// Counted in `sending` (an end).
+    counted: bool,
+}
+
+impl Handler<ReportSent> for AgentGate {
+    type Result = ();
+    fn handle(&mut self, m: ReportSent, _: &mut Context<Self>) {
+        let id = m.report.status.task_id.clone();
+        let released = self.released_early.contains(&id);
+        match m.outcome {
+            Sent::Keep if !released => {
+                self.kept.insert(id.clone(), (m.report, m.mark));
+            }
+            Sent::Keep | Sent::Taken => {
+                if let Some(mark) = m.mark {
+                    let _ = std::fs::write(mark, b"");
+                }
+            }
+            Sent::Dropped | Sent::Retry => {}
+        }
+        if let Some(n) = self.sending.get_mut(&id).filter(|_| m.counted) {
+            *n -= 1;
+            if *n == 0 {
+                self.sending.remove(&id);
+                self.released_early.remove(&id);
+            }
+        }
+    }
+}
+
+#[crate::handler]
+impl Handler<ReleaseStatus> for AgentGate {
+    type Result = Result<(), String>;
+    fn handle(&mut self, m: ReleaseStatus, _: &mut Context<Self>) -> Self::Result {
+        Self::from_master()?;
+        match self.kept.remove(&m.task_id) {
+            Some((_, Some(mark))) => {
+                let _ = std::fs::write(mark, b"");
+            }
+            Some((_, None)) => {}
+            None if self.sending.contains_key(&m.task_id) => {
+                self.released_early.insert(m.task_id);
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+impl AgentGate {
+    /// Stops command task `id`: SIGTERM now, SIGKILL if it still runs after its grace.
+    /// False if there is no such command task.
+    fn stop_command(&mut self, id: &str, ctx: &mut Context<Self>) -> bool {
+        let Some(c) = self.commands.get_mut(id) else {
+            return false;
+        };
+        c.running.terminate();
+        let (grace, id) = (c.grace, id.to_string());
+        ctx.run_later(grace, move |gate, _| {
+            if let Some(c) = gate.commands.get(&id) {
+                warn!(task = %id, ?grace, "command task did not stop in its grace period; SIGKILL");
+                c.running.force();
+            }
+        });
+        true
+    }
+
+    /// After each registration, the kept reports go to the master again (it may be a new
+    /// master that never saw them).
+    fn resend_kept(&mut self) {
+        let registrations = self
+            .task_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .registrations;
+        if registrations == self.registrations {
+            return;
+        }
+        self.registrations = registrations;
+        for (report, mark) in std::mem::take(&mut self.kept).into_values() {
+            self.send_report(report, mark);
+        }
+    }
+
+    /// Starts the health checks that are due.
+    fn poll_health(&mut self, ctx: &mut Context<Self>) {
+        let now = std::time::Instant::now();
+        let due: Vec<String> = self
+            .health
+            .iter()
+            .filter(|(_, h)| {
+                !h.in_flight
+                    && h.last.is_none_or(|at| {
+                        now.duration_since(at) >= Duration::from_millis(h.spec.interval_ms)
+                    })
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            let Some(h) = self.health.get_mut(&id) else {
+                continue;
+            };
+            h.in_flight = true;
+            h.last = Some(now);
+            let timeout = Duration::from_millis(h.spec.timeout_ms.max(1));
+            let me = ctx.address();
+            if let Some(c) = self.commands.get(&id) {
+                let command = h.spec.command.clone().unwrap_or_default();
+                let dir = c.running.dir().to_path_buf();
+                let env = c.running.task().env.clone();
+                actix::spawn(async move {
+                    let outcome = tokio::task::spawn_blocking(move || {
+                        run_check(&command, &dir, &env, timeout)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the check did not run: {e}")));
+                    me.do_send(HealthResult {
+                        task_id: id,
+                        outcome,
+                    });
+                });
+            } else if let Some(t) = self.tasks.values().find(|t| t.id == id) {
+                let instance = self.node.local_ref(&t.name);
+                actix::spawn(async move {
+                    let outcome = match instance
+                        .ask_timeout(crate::health::HealthCheck, timeout)
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(e) => Err(e.to_string()),
+                    };
+                    me.do_send(HealthResult {
+                        task_id: id,
+                        outcome,
+                    });
+                });
+            }
+        }
+    }
+
+    fn poll_commands(&mut self) {
+        let ended: Vec<(String, command::CommandStatus)> = self
+            .commands
+            .iter()
+            .filter_map(|(id, c)| {
+                let s = c.running.status();
+                (s != command::CommandStatus::Running).then(|| (id.clone(), s))
+            })
+            .collect();
+        for (id, status) in ended {
+            let Some(entry) = self.commands.remove(&id) else {
+                continue;
+            };
+            entry.running.release();
+            self.task_ids
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            let (state, message) = match status {
+                command::CommandStatus::Finished => {
+                    (TaskState::Finished, "exited with code 0".into())
+                }
+                command::CommandStatus::Failed { code } => {
+                    (TaskState::Failed, format!("exited with code {code}"))
+                }
+                command::CommandStatus::Killed => (TaskState::Killed, String::new()),
+                command::CommandStatus::Lost | command::CommandStatus::Running => (
+                    TaskState::Failed,
+                    "the process ended without an exit status (killed from outside the agent?)"
+                        .into(),
+                ),
+            };
+            self.health.remove(&id);
+            let (state, message) = match self.unhealthy.remove(&id) {
+                Some(why) => (TaskState::Failed, why),
+                None => (state, message),
+            };
+            info!(task = %id, ?state, %message, "command task ended");
+            self.report_then(
+                &id,
+                state,
+                message,
+                Some(entry.running.dir().join(REPORTED)),
+                None,
+            );
+        }
+    }
+
+    fn sandbox_of(&self, task_id: &str) -> Result<PathBuf, String> {
+        valid_task_id(task_id)?;
+        let dir = self.sandboxes.join(task_id);
+        if dir.is_dir() {
+            Ok(dir)
+        } else if self.tasks.values().any(|t| t.id == task_id) {
+            Err(format!(
+                "task {task_id} is an actor task: it has no captured output"
+            ))
+        } else {
+            Err(format!("no task {task_id} on agent {}", self.agent_id))
+        }
+    }
+}
+
+#[crate::handler]
+impl Handler<LaunchCommand> for AgentGate {
+    type Result = Result<(), String>;
+    fn handle(&mut self, m: LaunchCommand, _: &mut Context<Self>) -> Self::Result {
+        Self::from_master()?;
+        let id = m.task.id.clone();
+        valid_task_id(&id)?;
+        if self.commands.contains_key(&id) {
+            return Ok(()); // A retried launch: already running.
+        }
+        let sandbox = self.sandboxes.join(&id);
+        if sandbox.exists() {
+            return Err(format!(
+                "task id {id} was used before on agent {} (its sandbox {} is kept for its logs); launch it under a new id",
+                self.agent_id,
+                sandbox.display()
+            ));
+        }
+        self.report(&id, TaskState::Starting, String::new());
+        match command::launch(&m.task, &self.sandboxes) {
+            Ok(running) => {
+                let message = if running.limits.is_empty() {
+                    format!("pid {}", running.pid())
+                } else {
+                    format!(
+                        "pid {}; limits: {}",
+                        running.pid(),
+                        running.limits.join(", ")
+                    )
+                };
+                info!(task = %id, pid = running.pid(), "command task running");
+                if let Some(spec) = m.health.clone() {
+                    if let Ok(json) = serde_json::to_vec(&spec) {
+                        let _ = std::fs::write(running.dir().join(HEALTH_FILE), json);
+                    }
+                    self.health.insert(id.clone(), Health::new(spec));
+                }
+                self.task_ids.lock().unwrap_or_else(|e| e.into_inner()).add(
+                    &id,
+                    m.task.resources.clone(),
+                    &m.task.version,
+                );
+                self.commands.insert(
+                    id.clone(),
+                    CommandEntry {
+                        what: format!("command {} {}", m.task.path, m.task.args.join(" "))
+                            .trim_end()
+                            .to_string(),
+                        grace: Duration::from_millis(m.task.kill_grace_ms),
+                        running,
+                    },
+                );
+                self.report(&id, TaskState::Running, message);
+                Ok(())
+            }
+            Err(e) => {
+                self.report(&id, TaskState::Failed, e.to_string());
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+#[crate::handler]
+impl Handler<ReadTaskLog> for AgentGate {
+    type Result = Result<TaskLog, String>;
+    fn handle(&mut self, m: ReadTaskLog, _: &mut Context<Self>) -> Self::Result {
+        Self::from_master()?;
+        let file = self.sandbox_of(&m.task_id)?.join(match m.stream {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        });
+        read_tail(&file, m.max_bytes).map_err(|e| format!("cannot read {}: {e}", file.display()))
+    }
+}
+
+/// The last `max` bytes of `file`.
+fn read_tail(file: &Path, max: u64) -> std::io::Result<TaskLog> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(file)?;
+    let len = f.metadata()?.len();
+    let skipped_bytes = len.saturating_sub(max);
+    f.seek(SeekFrom::Start(skipped_bytes))?;
+    let mut bytes = Vec::new();
+    f.take(max).read_to_end(&mut bytes)?;
+    Ok(TaskLog {
+        text: String::from_utf8_lossy(&bytes).into_owned(),
+        skipped_bytes,
+    })
+}
+
+#[crate::handler]
+impl Handler<DescribeTask> for AgentGate {
+    type Result = Result<TaskDetail, String>;
+    fn handle(&mut self, m: DescribeTask, _: &mut Context<Self>) -> Self::Result {
+        Self::from_master()?;
+        if let Some(c) = self.commands.get(&m.task_id) {
+            return Ok(TaskDetail {
+                task_id: m.task_id,
+                what: c.what.clone(),
+                pid: Some(c.running.pid()),
+                sandbox: Some(c.running.dir().display().to_string()),
+                limits: c.running.limits.clone(),
+                status: format!("{:?}", c.running.status()),
+            });
+        }
+        if let Some(t) = self.tasks.values().find(|t| t.id == m.task_id) {
+            return Ok(TaskDetail {
+                task_id: m.task_id,
+                what: format!("actor {}", t.actor_type),
+                pid: None,
+                sandbox: None,
+                limits: Vec::new(),
+                status: if t.kill_requested {
+                    "Stopping"
+                } else {
+                    "Running"
+                }
+                .into(),
+            });
+        }
+        // An ended command task whose sandbox is still kept.
+        let dir = self.sandbox_of(&m.task_id)?;
+        let ended = command::reattach(&dir)
+            .ok_or_else(|| format!("task {} left no checkpoint in {}", m.task_id, dir.display()))?;
+        Ok(TaskDetail {
+            task_id: m.task_id,
+            what: format!("command {}", ended.task().path),
+            pid: Some(ended.pid()),
+            sandbox: Some(dir.display().to_string()),
+            limits: ended.limits.clone(),
+            status: format!("{:?}", ended.status()),
+        })
+    }
+}
+
+#[crate::handler]
+impl Handler<LaunchActor> for AgentGate {
+    type Result = Result<(), String>;
+    fn handle(&mut self, m: LaunchActor, ctx: &mut Context<Self>) -> Self::Result {
+        Self::from_master()?;
+        if self.tasks.contains_key(&m.task_id) {
+            return Ok(()); // A retried launch: already running.
+        }
+        let Some(factory) = self.host.factories.get(&m.actor_type).cloned() else {
+            let known = self.host.types().join(", ");
+            self.report(
+                &m.task_id,
+                TaskState::Error,
+                format!(
+                    "this agent does not host actor type {:?} (it hosts: {known})",
+                    m.actor_type
+                ),
+            );
+            return Err(format!(
+                "actor type {:?} is not hosted here (hosted: {known})",
+                m.actor_type
+            ));
+        };
+        self.report(&m.task_id, TaskState::Starting, String::new());
+        let restart = m
+            .restart
+            .as_ref()
+            .map_or_else(RestartPolicy::on_failure, |r| r.policy());
+        match factory(&self.node, &m.name, restart) {
+            Ok(r) => {
+                self.node.watch_with(&r, ctx.address().recipient());
+                self.tasks.insert(
+                    m.name.clone(),
+                    Task {
+                        id: m.task_id.clone(),
+                        name: m.name.clone(),
+                        actor_type: m.actor_type.clone(),
+                        kill_requested: false,
+                    },
+                );
+                info!(task = %m.task_id, actor = %m.name, "actor task running");
+                if let Some(spec) = m.health.clone() {
+                    self.health.insert(m.task_id.clone(), Health::new(spec));
+                }
+                self.task_ids.lock().unwrap_or_else(|e| e.into_inner()).add(
+                    &m.task_id,
+                    m.resources.clone(),
+                    &m.version,
+                );
+                self.report(&m.task_id, TaskState::Running, String::new());
+                Ok(())
+            }
+            Err(e) => {
+                self.report(&m.task_id, TaskState::Failed, e.to_string());
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+#[crate::handler]
+impl Handler<KillTask> for AgentGate {
+    type Result = Result<(), String>;
+    fn handle(&mut self, m: KillTask, ctx: &mut Context<Self>) -> Self::Result {
+        Self::from_master()?;
+        if self.stop_command(&m.task_id, ctx) {
+            return Ok(());
+        }
+        let task = self
+            .tasks
+            .values_mut()
+            .find(|t| t.id == m.task_id)
+            .ok_or_else(|| format!("no task {} on this agent", m.task_id))?;
+        task.kill_requested = true;
+        let name = task.name.clone();
+        self.node.stop(&name);
+        Ok(())
+    }
+}
+
+impl Handler<HealthResult> for AgentGate {
+    type Result = ();
+    fn handle(&mut self, r: HealthResult, ctx: &mut Context<Self>) {
+        let Some(h) = self.health.get_mut(&r.task_id) else {
+            return; // The task ended meanwhile.
+        };
+        h.in_flight = false;
+        match r.outcome {
+            Ok(()) => {
+                h.failures = 0;
+                self.task_ids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .healthy
+                    .insert(r.task_id.clone());
+                if h.reported != Some(true) {
+                    h.reported = Some(true);
+                    self.report_then(
+                        &r.task_id,
+                        TaskState::Running,
+                        "healthy".into(),
+                        None,
+                        Some(true),
+                    );
+                }
+            }
+            Err(why) => {
+                if h.started.elapsed() < Duration::from_millis(h.spec.grace_ms) {
+                    return;
+                }
+                h.failures += 1;
+                let (failures, limit) = (h.failures, h.spec.failures);
+                self.task_ids
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .healthy
+                    .remove(&r.task_id);
+                if h.reported != Some(false) {
+                    h.reported = Some(false);
+                    self.report_then(
+                        &r.task_id,
+                        TaskState::Running,
+                        format!("health check failed: {why}"),
+                        None,
+                        Some(false),
+                    );
+                }
+                if failures < limit {
+                    return;
+                }
+                warn!(task = %r.task_id, failures, %why, "health check failed too often; killing the task");
+                self.health.remove(&r.task_id);
+                self.unhealthy.insert(
+                    r.task_id.clone(),
+                    format!("health check failed {failures} times in a row: {why}"),
+                );
+                if !self.stop_command(&r.task_id, ctx) {
+                    // An actor task.
+                    if let Some(name) = self
+                        .tasks
+                        .values()
+                        .find(|t| t.id == r.task_id)
+                        .map(|t| t.name.clone())
+                    {
+                        self.node.stop(&name);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Handler<Terminated> for AgentGate {
+    type Result = ();
+    fn handle(&mut self, t: Terminated, _: &mut Context<Self>) {
+        let Some(task) = self.tasks.remove(&t.actor) else {
+            return;
+        };
+        self.task_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&task.id);
+        self.health.remove(&task.id);
+        let unhealthy = self.unhealthy.remove(&task.id);
+        let (state, message) = match (&t.reason, task.kill_requested) {
+            _ if unhealthy.is_some() => (TaskState::Failed, unhealthy.unwrap_or_default()),
+            (_, true) => (TaskState::Killed, String::new()),
+            (TerminationReason::Panicked, _) => (
+                TaskState::Failed,
+                "the actor panicked and its restart budget ran out".to_string(),
+            ),
+            (TerminationReason::Stopped, _) => (TaskState::Finished, String::new()),
+            (other, _) => (TaskState::Lost, format!("{other:?}")),
+        };
+        self.report(&task.id, state, message);
+    }
+}

@@ -1,0 +1,41 @@
+//! Actor types that `actormesh dev` hosts, so a new user can deploy something at once.
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use actormesh::agent::tasks::ActorHost;
+
+/// Asks an `echo` instance for its text back.
+#[derive(Debug, Clone, Serialize, Deserialize, actormesh::RemoteMessage)]
+#[remote(name = "demo.Echo/v1", reply = String)]
+pub struct Echo(pub String);
+
+/// Answers every [`Echo`] with its text.
+#[derive(Debug, Default)]
+pub struct Echoer;
+
+impl Actor for Echoer {
+    type Context = Context<Self>;
+}
+
+#[actormesh::handler]
+impl Handler<Echo> for Echoer {
+    type Result = String;
+    fn handle(&mut self, m: Echo, _: &mut Context<Self>) -> String {
+        m.0
+    }
+}
+
+/// An echo instance is healthy as long as it answers.
+#[actormesh::handler]
+impl Handler<actormesh::health::HealthCheck> for Echoer {
+    type Result = Result<(), String>;
+    fn handle(&mut self, _: actormesh::health::HealthCheck, _: &mut Context<Self>) -> Self::Result {
+        Ok(())
+    }
+}
+
+/// The demo types: `echo` ([`Echoer`]).
+pub fn host() -> ActorHost {
+    ActorHost::new().with("echo", || Echoer)
+}

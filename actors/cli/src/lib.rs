@@ -1,0 +1,145 @@
+//! The `actormesh` binary's library: the operator API client, flag parsers, logging set-up
+//! and the demo actor type that `actormesh dev` hosts.
+
+pub mod demo;
+
+use std::time::Duration;
+
+pub use actormesh_master::manifest::parse_duration;
+
+/// Parses `key=value` (for `--attr`).
+pub fn parse_attr(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!(
+            "invalid attribute {s:?}: expected key=value, e.g. zone=a"
+        )),
+    }
+}
+
+/// Parses `role=value` (for `--role-weight`, `--role-guarantee`, `--role-limit`, `--reserve`).
+pub fn parse_role_setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() && !v.trim().is_empty() => {
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        }
+        _ => Err(format!(
+            "invalid role setting {s:?}: expected role=value, e.g. analytics=2 or 'analytics=cpus:4;mem:8GiB'"
+        )),
+    }
+}
+
+/// A client of the master's operator API.
+pub struct ApiClient {
+    base: String,
+    token: String,
+    http: ureq::Agent,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiClient {
+    /// A client for the API at `base` (e.g. `http://127.0.0.1:7080`) with bearer `token`.
+    pub fn new(base: &str, token: &str) -> Self {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build();
+        Self {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.trim().to_string(),
+            http: ureq::Agent::new_with_config(config),
+        }
+    }
+
+    /// GET, POST or DELETE `path`; the JSON answer, or an error that says what went wrong.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let url = format!("{}{}", self.base, path);
+        let auth = format!("Bearer {}", self.token);
+        let result = match (method, body) {
+            ("GET", _) => self.http.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => self.http.delete(&url).header("Authorization", &auth).call(),
+            (_, Some(b)) => self
+                .http
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_json(b),
+            (_, None) => self
+                .http
+                .post(&url)
+                .header("Authorization", &auth)
+                .send_empty(),
+        };
+        let mut resp = result.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the master API at {}: {e} (is `actormesh master` running, and is --api right?)",
+                self.base
+            )
+        })?;
+        let status = resp.status();
+        let value: serde_json::Value = resp.body_mut().read_json().map_err(|e| {
+            anyhow::anyhow!(
+                "the master API at {} answered {status} with no JSON: {e}",
+                self.base
+            )
+        })?;
+        if status.is_success() {
+            Ok(value)
+        } else {
+            let msg = value
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("no message");
+            anyhow::bail!("the master API answered {status}: {msg}")
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    init_logging_with_default("info");
+}
+
+/// Logs to stderr, filtered by `RUST_LOG`, or by `default` when it is unset.
+pub fn init_logging_with_default(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
+        assert!(parse_duration("5w").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_attr("zone=a").unwrap(), ("zone".into(), "a".into()));
+        assert!(parse_attr("zone").unwrap_err().contains("key=value"));
+        assert!(parse_duration("h").unwrap_err().contains("whole number"));
+        assert!(parse_duration("0s")
+            .unwrap_err()
+            .contains("longer than zero"));
+    }
+}

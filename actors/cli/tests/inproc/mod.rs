@@ -1,0 +1,49 @@
+//! A master and agents inside the test process, on loopback QUIC with ports chosen by the
+//! OS: the setup the in-process tests share.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use actormesh::agent::{self, AgentConfig};
+use actormesh_master::{self as master, MasterConfig};
+
+/// A master's configuration with its data in `dir/master` and every port chosen by the OS;
+/// `fast` shortens failure detection (100 ms heartbeats, Unreachable after 1 s).
+pub fn master_config(dir: &std::path::Path, fast: bool) -> MasterConfig {
+    let mut config = MasterConfig::new(dir.join("master"));
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.bootstrap = "127.0.0.1:0".parse().unwrap();
+    config.api = "127.0.0.1:0".parse().unwrap();
+    if fast {
+        config.detector.heartbeat_interval = Duration::from_millis(100);
+        config.detector.unreachable_after = Duration::from_secs(1);
+    }
+    config
+}
+
+/// The configuration of agent `name` joining `m` with a fresh token, its data in
+/// `dir/name`; resources detected, no hosted types and no reservations until set.
+pub async fn agent_config(
+    m: &master::MasterHandle,
+    dir: &std::path::Path,
+    name: &str,
+) -> AgentConfig {
+    let token = m.agent_token(Duration::from_secs(60)).await.unwrap();
+    AgentConfig {
+        join: m.bootstrap,
+        token: Some(token),
+        data_dir: dir.join(name),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        name: name.into(),
+        resources: None,
+        attrs: Default::default(),
+        actor_types: Vec::new(),
+        reserved: Default::default(),
+        host: Default::default(),
+    }
+}
+
+/// Starts an agent from `config`.
+pub async fn start_agent(config: AgentConfig) -> agent::AgentHandle {
+    agent::start(config).await.unwrap()
+}

@@ -1,0 +1,335 @@
+//! The operator HTTP API (JSON), guarded by a bearer token.
+//!
+//! | method | path | does |
+//! |---|---|---|
+//! | GET | `/v1/nodes` | every node |
+//! | GET | `/v1/nodes/{id}` | one node |
+//! | POST | `/v1/nodes/{id}/drain` | mark a node draining |
+//! | POST | `/v1/tokens` | `{"ttl_secs": 3600, "role": "agent"}` → a join token |
+//! | POST | `/v1/deployments` | a Deployment manifest (JSON) → applied |
+//! | GET | `/v1/deployments` | every deployment with running/pending counts |
+//! | GET | `/v1/deployments/{namespace}/{name}` | one deployment: manifest, standing, tasks |
+//! | DELETE | `/v1/deployments/{namespace}/{name}` | remove a deployment, stop its instances |
+//! | GET | `/v1/tasks` | every task of a deployment or a framework (owner `framework/<id>`) |
+//! | GET | `/v1/frameworks` | every framework, the deployment controller first |
+//! | GET | `/v1/tasks/{id}` | one task, with what its agent says of it (pid, sandbox, limits) |
+//! | GET | `/v1/tasks/{id}/logs?stream=stdout\|stderr&bytes=N` | the end of a command task's output |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::tokens::TokenRole;
+use super::{
+    ApplyDeployment, CreateToken, DeleteDeployment, DeploymentRefusal, DescribeDeployment,
+    DescribeTaskOf, DrainNode, ListDeployments, ListNodes, Master, TaskLogs, TaskQueryRefusal,
+};
+
+#[derive(Clone)]
+struct Api {
+    master: Addr<Master>,
+    token: Arc<str>,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn authorized(api: &Api, headers: &HeaderMap) -> bool {
+    let presented = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let ok = presented.len() == api.token.len()
+        && presented
+            .bytes()
+            .zip(api.token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    ok
+}
+
+/// The master actor did not take the request (it stopped).
+fn master_down(e: actix::MailboxError) -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the master is not running: {e}"),
+    )
+}
+
+/// Every route needs the token: checked here, before any handler runs, so that no route
+/// can be added without it.
+async fn require_token(
+    State(api): State<Api>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if authorized(&api, request.headers()) {
+        next.run(request).await
+    } else {
+        unauthorized()
+    }
+}
+
+fn unauthorized() -> Response {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong API token: send 'Authorization: Bearer <token>' with the token from the master's api-token file",
+    )
+}
+
+async fn nodes(State(api): State<Api>) -> Response {
+    match api.master.send(ListNodes).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn node(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match api.master.send(ListNodes).await {
+        Ok(list) => match list.into_iter().find(|n| n.id == id) {
+            Some(n) => Json(n).into_response(),
+            None => error(StatusCode::NOT_FOUND, format!("no node named {id:?}")),
+        },
+        Err(e) => master_down(e),
+    }
+}
+
+async fn drain(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match api.master.send(DrainNode(id)).await {
+        Ok(Ok(n)) => Json(n).into_response(),
+        Ok(Err(e)) => error(StatusCode::NOT_FOUND, e),
+        Err(e) => master_down(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    ttl_secs: Option<u64>,
+    role: Option<String>,
+}
+
+async fn create_token(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    let req: TokenRequest = if body.is_empty() {
+        TokenRequest {
+            ttl_secs: None,
+            role: None,
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                    "bad token request: {e} (expected {{\"ttl_secs\": 3600, \"role\": \"agent\"}})"
+                ),
+                )
+            }
+        }
+    };
+    let role = match req.role.as_deref() {
+        None | Some("agent") => TokenRole::Agent,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown role {other:?}: expected \"agent\""),
+            )
+        }
+    };
+    let ttl = Duration::from_secs(req.ttl_secs.unwrap_or(24 * 3600));
+    if ttl.is_zero() {
+        return error(StatusCode::BAD_REQUEST, "ttl_secs must be more than 0");
+    }
+    match api.master.send(CreateToken { ttl, role }).await {
+        Ok(Ok(t)) => Json(t).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn apply(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    let Ok(text) = String::from_utf8(body.to_vec()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the manifest is not UTF-8 (expected a JSON Deployment manifest)",
+        );
+    };
+    match api.master.send(ApplyDeployment(text)).await {
+        Ok(Ok(key)) => Json(json!({ "applied": key })).into_response(),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn deployments(State(api): State<Api>) -> Response {
+    match api.master.send(ListDeployments).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn delete_deployment(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let key = format!("{namespace}/{name}");
+    match api.master.send(DeleteDeployment(key.clone())).await {
+        Ok(Ok(())) => Json(json!({ "deleted": key })).into_response(),
+        Ok(Err(e @ DeploymentRefusal::NotFound(_))) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn tasks(State(api): State<Api>) -> Response {
+    match api.master.send(super::ListAllTasks).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn frameworks(State(api): State<Api>) -> Response {
+    match api.master.send(super::scheduler::ListFrameworks).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn describe_deployment(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    match api
+        .master
+        .send(DescribeDeployment(format!("{namespace}/{name}")))
+        .await
+    {
+        Ok(Ok(d)) => Json(d).into_response(),
+        Ok(Err(e)) => error(StatusCode::NOT_FOUND, e.to_string()),
+        Err(e) => master_down(e),
+    }
+}
+
+fn task_refusal(e: TaskQueryRefusal) -> Response {
+    match e {
+        TaskQueryRefusal::NotFound(_) => error(StatusCode::NOT_FOUND, e.to_string()),
+        TaskQueryRefusal::Unavailable(_) => error(StatusCode::BAD_GATEWAY, e.to_string()),
+    }
+}
+
+async fn describe_task(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match api.master.send(DescribeTaskOf(id)).await {
+        Ok(Ok(d)) => Json(d).into_response(),
+        Ok(Err(e)) => task_refusal(e),
+        Err(e) => master_down(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    stream: Option<String>,
+    bytes: Option<u64>,
+}
+
+/// The most of a log one request returns.
+const MAX_LOG_BYTES: u64 = 4 * 1024 * 1024;
+
+async fn task_logs(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    query: Result<axum::extract::Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(q) => q.0,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad log query: {e} (expected ?stream=stdout|stderr&bytes=N)"),
+            )
+        }
+    };
+    let stream = match q.stream.as_deref() {
+        None | Some("stdout") => actormesh::protocol::LogStream::Stdout,
+        Some("stderr") => actormesh::protocol::LogStream::Stderr,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown stream {other:?}: expected stdout or stderr"),
+            )
+        }
+    };
+    let max_bytes = q.bytes.unwrap_or(64 * 1024);
+    if max_bytes == 0 || max_bytes > MAX_LOG_BYTES {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("bytes={max_bytes} is out of range: expected 1 to {MAX_LOG_BYTES}"),
+        );
+    }
+    match api
+        .master
+        .send(TaskLogs {
+            task_id: id,
+            stream,
+            max_bytes,
+        })
+        .await
+    {
+        Ok(Ok(log)) => Json(log).into_response(),
+        Ok(Err(e)) => task_refusal(e),
+        Err(e) => master_down(e),
+    }
+}
+
+/// Serves the API on `addr`; returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    master: Addr<Master>,
+    token: String,
+) -> anyhow::Result<SocketAddr> {
+    let api = Api {
+        master,
+        token: token.into(),
+    };
+    let app = Router::new()
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{id}", get(node))
+        .route("/v1/nodes/{id}/drain", post(drain))
+        .route("/v1/tokens", post(create_token))
+        .route("/v1/deployments", get(deployments).post(apply))
+        .route(
+            "/v1/deployments/{namespace}/{name}",
+            get(describe_deployment).delete(delete_deployment),
+        )
+        .route("/v1/tasks", get(tasks))
+        .route("/v1/frameworks", get(frameworks))
+        .route("/v1/tasks/{id}", get(describe_task))
+        .route("/v1/tasks/{id}/logs", get(task_logs))
+        .route_layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            require_token,
+        ))
+        .with_state(api);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen for the API on {addr}: {e}"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    });
+    Ok(bound)
+}
