@@ -62,6 +62,9 @@ pub enum AgentError {
         /// The transport's reason.
         source: TransportError,
     },
+    /// The agent's endpoint refused new credentials.
+    #[error("cannot use the renewed certificate: {0}")]
+    Transport(#[from] TransportError),
     /// Something that is not the master answers at the master's address.
     #[error("{identity} answers at the master's address {addr}: refusing to register with it")]
     NotTheMaster {
@@ -102,14 +105,17 @@ pub enum AgentError {
     #[error("the reservations ({reserved} in all) exceed what this agent offers ({offered})")]
     ReservationsExceed {
         /// The reservations, summed.
-        reserved: Resources,
+        reserved: Box<Resources>,
         /// What the agent offers.
-        offered: Resources,
+        offered: Box<Resources>,
     },
 }
 
 impl AgentError {
-    pub(crate) fn storage(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn storage(
+        what: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| AgentError::Storage { what, path, source }
     }

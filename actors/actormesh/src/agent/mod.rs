@@ -6,14 +6,16 @@
 //! CSR over the mesh, keeping the old certificate in use until the new one arrives.
 
 pub mod command;
+mod error;
 pub mod tasks;
+
+pub use error::AgentError;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, bail, Context as _};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -113,7 +115,22 @@ const CREDS: &str = "creds";
 /// Writes key, certificate and CA as one set: into a new directory, then one atomic
 /// rename of the `creds` symlink, so a crash leaves the old set or the new one, never a
 /// mix of both.
-fn save_credentials(dir: &Path, key_pem: &str, cert_pem: &str, ca_pem: &str) -> anyhow::Result<()> {
+fn save_credentials(
+    dir: &Path,
+    key_pem: &str,
+    cert_pem: &str,
+    ca_pem: &str,
+) -> Result<(), AgentError> {
+    save_credential_set(dir, key_pem, cert_pem, ca_pem)
+        .map_err(AgentError::storage("write credentials in", dir))
+}
+
+fn save_credential_set(
+    dir: &Path,
+    key_pem: &str,
+    cert_pem: &str,
+    ca_pem: &str,
+) -> std::io::Result<()> {
     let stamp = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -137,7 +154,7 @@ fn save_credentials(dir: &Path, key_pem: &str, cert_pem: &str, ca_pem: &str) -> 
 
 /// The saved credentials: the `creds` set, or files directly in `dir` (made by hand with
 /// `actormesh ca issue`).
-fn load_credentials(dir: &Path) -> anyhow::Result<Credentials> {
+fn load_credentials(dir: &Path) -> Result<Credentials, AgentError> {
     let set = dir.join(CREDS);
     let from = if set.exists() { set } else { dir.to_path_buf() };
     Ok(Credentials::load(&from)?)
@@ -178,13 +195,11 @@ pub fn detect_resources(data_dir: &Path) -> Resources {
     r
 }
 
-async fn join(config: &AgentConfig) -> anyhow::Result<(Credentials, Saved)> {
-    let token_text = config.token.as_deref().ok_or_else(|| {
-        anyhow!(
-            "{} holds no certificate yet: pass --token (from `actormesh token create`) to join",
-            config.data_dir.display()
-        )
-    })?;
+async fn join(config: &AgentConfig) -> Result<(Credentials, Saved), AgentError> {
+    let token_text = config
+        .token
+        .as_deref()
+        .ok_or_else(|| AgentError::NoToken(config.data_dir.clone()))?;
     let token: JoinToken = token_text.parse()?;
     let key = NodeKey::generate()?;
     let wanted = actormesh_transport::SpiffeId::parse("spiffe://joining/node/agent")?;
@@ -201,12 +216,13 @@ async fn join(config: &AgentConfig) -> anyhow::Result<(Credentials, Saved)> {
         Duration::from_secs(15),
     )
     .await
-    .with_context(|| format!("joining through {}", config.join))?;
+    .map_err(|source| AgentError::Unreachable {
+        what: "joining through",
+        addr: config.join,
+        source,
+    })?;
     let BootstrapReply::Join(reply) = codec::decode::<BootstrapReply>(&reply)? else {
-        bail!(
-            "the bootstrap port at {} answered a join with something else",
-            config.join
-        );
+        return Err(AgentError::UnexpectedReply(config.join));
     };
     match reply {
         JoinReply::Accepted {
@@ -215,23 +231,24 @@ async fn join(config: &AgentConfig) -> anyhow::Result<(Credentials, Saved)> {
             master_addr,
         } => {
             let ca_pem = pem_of(&ca_der);
-            std::fs::create_dir_all(&config.data_dir)?;
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(AgentError::storage("create", &config.data_dir))?;
             save_credentials(&config.data_dir, &key.pem(), &cert_pem, &ca_pem)?;
             let saved = Saved {
                 agent_id,
                 master_addr,
             };
-            write_private(
-                &config.data_dir.join(SAVED),
-                &serde_json::to_string(&saved)?,
-            )?;
+            let saved_file = config.data_dir.join(SAVED);
+            let text = serde_json::to_string(&saved).map_err(|source| AgentError::StateFile {
+                path: saved_file.clone(),
+                source,
+            })?;
+            write_private(&saved_file, &text).map_err(AgentError::storage("write", &saved_file))?;
             let creds = key.credentials(&cert_pem, &ca_pem)?;
             info!(agent = %saved.agent_id, master = %saved.master_addr, "joined the cluster");
             Ok((creds, saved))
         }
-        JoinReply::Refused { reason } => {
-            bail!("the master refused to let this agent join: {reason}")
-        }
+        JoinReply::Refused { reason } => Err(AgentError::JoinRefused(reason)),
     }
 }
 
@@ -241,13 +258,15 @@ fn pem_of(der: &[u8]) -> String {
 
 /// Starts an agent: joins (first time) or reuses its saved certificate, starts its node,
 /// registers, then heartbeats and renews in the background. Call inside an actix system.
-pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
+pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let saved_file = config.data_dir.join(SAVED);
     let (creds, saved) = match std::fs::read_to_string(&saved_file) {
         Ok(text) => {
-            let mut saved: Saved = serde_json::from_str(&text).with_context(|| {
-                format!("{} is not a valid agent state file", saved_file.display())
-            })?;
+            let mut saved: Saved =
+                serde_json::from_str(&text).map_err(|source| AgentError::StateFile {
+                    path: saved_file.clone(),
+                    source,
+                })?;
             let creds = load_credentials(&config.data_dir)?;
             // The master may listen elsewhere since we last ran: ask its bootstrap port.
             let pin = actormesh_transport::pki::fingerprint(&creds.ca);
@@ -276,13 +295,16 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
         .endpoint()
         .link(saved.master_addr)
         .await
-        .with_context(|| format!("connecting to the master at {}", saved.master_addr))?;
+        .map_err(|source| AgentError::Unreachable {
+            what: "connecting to the master at",
+            addr: saved.master_addr,
+            source,
+        })?;
     if link.peer().path() != "/node/master" {
-        bail!(
-            "{} answers at the master's address {}: refusing to register with it",
-            link.peer(),
-            saved.master_addr
-        );
+        return Err(AgentError::NotTheMaster {
+            identity: link.peer().clone(),
+            addr: saved.master_addr,
+        });
     }
     let master = node.actor_ref(saved.master_addr, MASTER_ACTOR);
     // Command tasks an earlier run left: reported as running, and watched again.
@@ -300,9 +322,10 @@ pub async fn start(config: AgentConfig) -> anyhow::Result<AgentHandle> {
         .values()
         .fold(Resources::default(), |a, r| a.plus(r));
     if !resources.contains(&reserved_sum) {
-        bail!(
-            "the reservations ({reserved_sum} in all) exceed what this agent offers ({resources})"
-        );
+        return Err(AgentError::ReservationsExceed {
+            reserved: Box::new(reserved_sum),
+            offered: Box::new(resources),
+        });
     }
     let register = Register {
         agent_id: saved.agent_id.clone(),
@@ -384,7 +407,7 @@ async fn register_until_accepted(
     master: &RemoteRef,
     register: &Register,
     limit: Duration,
-) -> anyhow::Result<crate::protocol::Registered> {
+) -> Result<crate::protocol::Registered, AgentError> {
     let started = std::time::Instant::now();
     let mut delay = Duration::from_millis(100);
     loop {
@@ -398,20 +421,23 @@ async fn register_until_accepted(
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Ok(Err(reason)) => bail!("the master refused the registration: {reason}"),
+            Ok(Err(reason)) => return Err(AgentError::RegistrationRefused(reason)),
             // A refused handshake (revoked identity, unknown CA) will not get better.
             Err(AskError::Unreachable { reason, .. }) if reason.contains("refused") => {
-                bail!("the master refused this agent's connection: {reason}")
+                return Err(AgentError::ConnectionRefused(reason))
             }
             Err(e) if started.elapsed() < limit => {
                 warn!(error = %e, "master not reachable yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
-            Err(e) => bail!(
-                "the master at {} did not answer within {limit:?}: {e}",
-                master.addr()
-            ),
+            Err(source) => {
+                return Err(AgentError::NoAnswer {
+                    addr: master.addr(),
+                    limit,
+                    source,
+                })
+            }
         }
     }
 }
@@ -544,7 +570,7 @@ async fn renew_once(
     master: &RemoteRef,
     agent_id: &str,
     dir: &Path,
-) -> anyhow::Result<Credentials> {
+) -> Result<Credentials, AgentError> {
     let key = NodeKey::generate()?;
     let id = node.identity();
     let cert = master
@@ -556,7 +582,7 @@ async fn renew_once(
             Duration::from_secs(10),
         )
         .await?
-        .map_err(|r| anyhow!("the master refused: {r}"))?;
+        .map_err(AgentError::RenewalRefused)?;
     let ca_pem = pem_of(&load_credentials(dir)?.ca);
     let creds = key.credentials(&cert, &ca_pem)?;
     node.endpoint().replace_credentials(&creds)?;
