@@ -760,7 +760,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     m.ca_fingerprint
                 );
                 println!("api token file: {}", m.api_token_file.display());
-                wait_for_ctrl_c().await
+                until_stopped(&m).await
             })?;
         }
         Command::Agent(args) => {
@@ -1053,7 +1053,16 @@ async fn dev(args: DevArgs) -> anyhow::Result<()> {
         m.api,
         m.api_token_file.display()
     );
-    wait_for_ctrl_c().await
+    until_stopped(&m).await
+}
+
+/// Runs until Ctrl-C, or fails once the master steps down (its state store failed), so
+/// that a supervisor restarts it and it reloads what was stored.
+async fn until_stopped(m: &master::MasterHandle) -> anyhow::Result<()> {
+    tokio::select! {
+        r = wait_for_ctrl_c() => r,
+        why = m.stepped_down() => Err(anyhow::anyhow!(why)),
+    }
 }
 
 fn main() -> ExitCode {

@@ -38,7 +38,7 @@ use actormesh::protocol::{
 use actormesh::token::sha256_hex;
 use actormesh::{Node, NodeConfig};
 use membership::{AgentRecord, AgentState, DetectorConfig, Membership, MembershipEvent};
-use state::{Change, RedbStore, StateStore, Table};
+use state::{Change, RedbStore, StateStore, StoreError, StoreFuture, Table};
 use tokens::{JoinToken, TokenRecord, TokenRole};
 
 /// How a master is started.
@@ -100,9 +100,26 @@ pub struct MasterHandle {
     pub api_token_file: PathBuf,
     /// The CA fingerprint that join tokens pin.
     pub ca_fingerprint: String,
+    /// Why the master stepped down, once it has.
+    stepped_down: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl MasterHandle {
+    /// Resolves, with the reason, once the master has stepped down (its state store failed:
+    /// it acknowledges nothing more, and a restart reloads what was stored). A process that
+    /// runs a master should exit then.
+    pub async fn stepped_down(&self) -> String {
+        let mut rx = self.stepped_down.clone();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return "the master stopped".into();
+            }
+        }
+    }
+
     /// A join token for an agent, valid for `ttl`, made in this process (as `actormesh
     /// token create` would, without the API).
     pub async fn agent_token(&self, ttl: Duration) -> anyhow::Result<String> {
@@ -145,17 +162,17 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 /// The CA: from the store, else from `--ca`, else new; stored on first start.
-fn load_or_create_ca(
+async fn load_or_create_ca(
     store: &dyn StateStore,
     config: &MasterConfig,
 ) -> anyhow::Result<CertificateAuthority> {
     if let (Some(cert), Some(key)) = (
-        store.get(Table::Meta, META_CA_CERT)?,
-        store.get(Table::Meta, META_CA_KEY)?,
+        store.get(Table::Meta, META_CA_CERT).await?,
+        store.get(Table::Meta, META_CA_KEY).await?,
     ) {
         let ca = CertificateAuthority::from_pem(
-            std::str::from_utf8(&cert)?,
-            std::str::from_utf8(&key)?,
+            std::str::from_utf8(&cert.value)?,
+            std::str::from_utf8(&key.value)?,
         )?;
         if let Some(dir) = &config.ca_dir {
             let given = CertificateAuthority::load(dir)?;
@@ -173,39 +190,35 @@ fn load_or_create_ca(
         Some(dir) => CertificateAuthority::load(dir)?,
         None => CertificateAuthority::generate(&config.trust_domain, DEFAULT_CA_TTL)?,
     };
-    store.apply(&[
-        Change::Put {
-            table: Table::Meta,
-            key: META_CA_CERT.into(),
-            value: ca.cert_pem().as_bytes().to_vec(),
-        },
-        Change::Put {
-            table: Table::Meta,
-            key: META_CA_KEY.into(),
-            value: ca.key_pem().into_bytes(),
-        },
-    ])?;
+    store
+        .apply(vec![
+            Change::put(Table::Meta, META_CA_CERT, ca.cert_pem().as_bytes().to_vec()),
+            Change::put(Table::Meta, META_CA_KEY, ca.key_pem().into_bytes()),
+        ])
+        .await?;
     info!(trust_domain = ca.trust_domain(), "created the cluster CA");
     Ok(ca)
 }
 
 /// The operator API token: the file's, if its hash matches the store; else a new one.
-fn load_or_create_api_token(store: &dyn StateStore, dir: &Path) -> anyhow::Result<String> {
+async fn load_or_create_api_token(store: &dyn StateStore, dir: &Path) -> anyhow::Result<String> {
     let file = dir.join(API_TOKEN_FILE);
-    let stored = store.get(Table::Meta, META_API_TOKEN)?;
+    let stored = store.get(Table::Meta, META_API_TOKEN).await?;
     if let (Ok(token), Some(hash)) = (std::fs::read_to_string(&file), &stored) {
         let token = token.trim().to_string();
-        if sha256_hex(&token).as_bytes() == hash.as_slice() {
+        if sha256_hex(&token).as_bytes() == hash.value.as_slice() {
             return Ok(token);
         }
     }
     let token = tokens::random_string(40).map_err(|_| anyhow::anyhow!("no system randomness"))?;
     write_private(&file, &token)?;
-    store.apply(&[Change::Put {
-        table: Table::Meta,
-        key: META_API_TOKEN.into(),
-        value: sha256_hex(&token).into_bytes(),
-    }])?;
+    store
+        .apply(vec![Change::put(
+            Table::Meta,
+            META_API_TOKEN,
+            sha256_hex(&token).into_bytes(),
+        )])
+        .await?;
     Ok(token)
 }
 
@@ -232,29 +245,42 @@ fn master_credentials(ca: &CertificateAuthority, dir: &Path) -> anyhow::Result<C
 /// Starts a master: state, CA, mesh node, bootstrap port, API. Call inside an actix
 /// system.
 pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
+    let store = RedbStore::open(&config.data_dir).await?;
+    start_with_store(config, Arc::new(store)).await
+}
+
+/// Starts a master on `store` instead of the file store in its data dir (the data dir
+/// still holds its key and API token file).
+pub async fn start_with_store(
+    config: MasterConfig,
+    store: Arc<dyn StateStore>,
+) -> anyhow::Result<MasterHandle> {
+    std::fs::create_dir_all(&config.data_dir)?;
     std::fs::create_dir_all(&config.data_dir)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    let store: Arc<dyn StateStore> = Arc::new(RedbStore::open(&config.data_dir)?);
-    let ca = load_or_create_ca(store.as_ref(), &config)?;
-    let api_token = load_or_create_api_token(store.as_ref(), &config.data_dir)?;
+    let ca = load_or_create_ca(store.as_ref(), &config).await?;
+    let api_token = load_or_create_api_token(store.as_ref(), &config.data_dir).await?;
     let creds = master_credentials(&ca, &config.data_dir)?;
     let node = Node::start(NodeConfig::new(config.listen), &creds)?;
     let fingerprint = ca.fingerprint();
 
     let agents: Vec<AgentRecord> = store
-        .list(Table::Agents)?
+        .list(Table::Agents)
+        .await?
         .into_iter()
-        .map(|(_, v)| codec::decode(&v))
+        .map(|(_, v)| codec::decode(&v.value))
         .collect::<Result<_, _>>()?;
     let tokens: BTreeMap<String, TokenRecord> = store
-        .list(Table::Tokens)?
+        .list(Table::Tokens)
+        .await?
         .into_iter()
-        .map(|(k, v)| codec::decode(&v).map(|t| (k, t)))
+        .map(|(k, v)| codec::decode(&v.value).map(|t| (k, t)))
         .collect::<Result<_, _>>()?;
+    let config_rows = store.list(Table::Config).await?;
     for a in agents.iter().filter(|a| a.state == AgentState::Gone) {
         if let Ok(id) = SpiffeId::parse(&a.identity) {
             node.endpoint().revoke(&id);
@@ -265,8 +291,8 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         tokens = tokens.len(),
         "master state loaded"
     );
-    let store_for_load = store.clone();
     let had_agents = agents.iter().any(|a| a.state != AgentState::Gone);
+    let (stepped_down_tx, stepped_down) = tokio::sync::watch::channel(None);
     let epoch = u32::from_str_radix(&tokens::random_string(6).unwrap_or_default(), 36).unwrap_or(0);
     let mut allocator = allocator::Allocator::default();
     for (role, c) in &config.roles {
@@ -283,8 +309,8 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         agent_cert_ttl: config.agent_cert_ttl,
         node: node.clone(),
         tasks: BTreeMap::new(),
-        deployments: load_deployments(store_for_load.as_ref(), epoch)?,
-        fw: scheduler::Frameworks::load(store_for_load.as_ref(), config.offer_timeout, epoch)?,
+        deployments: load_deployments(&config_rows, epoch)?,
+        fw: scheduler::Frameworks::load(&config_rows, config.offer_timeout, epoch)?,
         allocator,
         roles: config.roles.clone(),
         round_scheduled: false,
@@ -296,6 +322,7 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         reservations: BTreeMap::new(),
         started: Instant::now(),
         had_agents,
+        stepped_down: stepped_down_tx,
     }
     .start();
     node.spawn(
@@ -338,6 +365,7 @@ pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
         api: api_addr,
         api_token_file: config.data_dir.join(API_TOKEN_FILE),
         ca_fingerprint: fingerprint,
+        stepped_down,
     })
 }
 
@@ -375,6 +403,8 @@ pub struct Master {
     /// Whether agents were known at start: then deployments wait for them to report what
     /// they run before anything is launched.
     had_agents: bool,
+    /// Set, with the reason, when the master steps down.
+    stepped_down: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl std::fmt::Debug for Master {
@@ -389,6 +419,12 @@ impl Actor for Master {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.spawn(
+            self.store
+                .closed()
+                .into_actor(self)
+                .map(|e, master, ctx| master.step_down(&e, ctx)),
+        );
         let every = self.membership.config().heartbeat_interval;
         ctx.run_interval(every, |m, ctx| {
             m.check();
@@ -397,26 +433,55 @@ impl Actor for Master {
     }
 }
 
+/// Answers `reply` once `stored` is durable, or with `refuse(error)` if the store did not
+/// accept it: nothing the store did not accept is acknowledged.
+fn when_stored<T: 'static, E: 'static>(
+    stored: StoreFuture<()>,
+    reply: T,
+    refuse: impl FnOnce(StoreError) -> E + 'static,
+) -> ResponseFuture<Result<T, E>> {
+    Box::pin(async move { stored.await.map(|()| reply).map_err(refuse) })
+}
+
 impl Master {
+    /// Queues `changes` as one batch in the store. The change is already made in memory;
+    /// whoever asked for it is answered once the returned future says it is durable. If
+    /// the store fails, the master steps down ([`Master::step_down`]).
+    fn persist(&self, changes: Vec<Change>) -> StoreFuture<()> {
+        self.store.apply(changes)
+    }
+
+    /// The state store failed: memory may now hold changes the store does not. The master
+    /// stops rather than acknowledge any of them (Mesos's master aborts on a registry
+    /// failure too); a restarted master, or in HA the next leader, reloads what was stored.
+    fn step_down(&mut self, e: &StoreError, ctx: &mut Context<Self>) {
+        let why = format!("the master stepped down: its state store failed ({e})");
+        error!("{why}; restart it to reload what was stored");
+        self.stepped_down.send_replace(Some(why));
+        ctx.stop();
+    }
+
     /// Writes agent `id`'s record, with `extra` changes in the same atomic batch.
-    fn persist_agent(&self, id: &str, extra: Vec<Change>) -> Result<(), String> {
+    fn persist_agent(&self, id: &str, extra: Vec<Change>) -> StoreFuture<()> {
         let Some(rec) = self.membership.get(id) else {
-            return Ok(());
+            return Box::pin(async { Ok(()) });
         };
         self.write_agent(rec, extra)
     }
 
-    fn write_agent(&self, rec: &AgentRecord, mut extra: Vec<Change>) -> Result<(), String> {
-        let value = codec::encode(rec).map_err(|e| e.to_string())?;
-        extra.push(Change::Put {
-            table: Table::Agents,
-            key: rec.id.clone(),
-            value,
-        });
-        self.store.apply(&extra).map_err(|e| {
-            error!(agent = %rec.id, error = %e, "cannot persist agent");
-            format!("the master could not record agent {}: {e}", rec.id)
-        })
+    fn write_agent(&self, rec: &AgentRecord, mut extra: Vec<Change>) -> StoreFuture<()> {
+        let value = match codec::encode(rec) {
+            Ok(v) => v,
+            Err(e) => {
+                let e = StoreError::Io {
+                    operation: "encode",
+                    reason: format!("agent {}: {e}", rec.id),
+                };
+                return Box::pin(async move { Err(e) });
+            }
+        };
+        extra.push(Change::put(Table::Agents, rec.id.clone(), value));
+        self.persist(extra)
     }
 
     fn publish(&mut self, event: MembershipEvent) {
@@ -434,9 +499,9 @@ impl Master {
             } else {
                 Vec::new()
             };
-            if let Err(e) = self.persist_agent(&event.agent, extra) {
-                error!(agent = %event.agent, error = %e, "membership change not persisted");
-            }
+            // Not awaited: no one waits for this answer, and a failed write makes the
+            // master step down.
+            drop(self.persist_agent(&event.agent, extra));
             if event.to != AgentState::Active {
                 self.agent_left(&event.agent, event.to);
             }
@@ -464,11 +529,7 @@ impl Master {
         };
         t.revoked = true;
         match codec::encode(t) {
-            Ok(value) => vec![Change::Put {
-                table: Table::Tokens,
-                key: t.id.clone(),
-                value,
-            }],
+            Ok(value) => vec![Change::put(Table::Tokens, t.id.clone(), value)],
             Err(_) => Vec::new(),
         }
     }
@@ -502,7 +563,9 @@ impl Master {
             })
     }
 
-    fn join(&mut self, req: JoinRequest) -> JoinReply {
+    /// Admits a joining node; `stored` gets the write of its record, which the reply waits
+    /// for.
+    fn join(&mut self, req: JoinRequest, stored: &mut Option<StoreFuture<()>>) -> JoinReply {
         let refuse = |reason: String| {
             warn!(%reason, "join refused");
             JoinReply::Refused { reason }
@@ -581,10 +644,9 @@ impl Master {
             cert_expiry: Some(expiry),
             running: vec![],
         };
-        // Written before anything changes in memory: a refused join leaves no trace.
-        if let Err(e) = self.write_agent(&record, Vec::new()) {
-            return refuse(e);
-        }
+        // The reply (the certificate) waits for this write; if it fails the master steps
+        // down, and the restarted master never heard of this agent.
+        *stored = Some(self.write_agent(&record, Vec::new()));
         let event = self.membership.join(record, Instant::now());
         self.publish(event);
         info!(agent = %id, "agent joined");
@@ -602,9 +664,21 @@ impl Master {
 pub struct Join(pub JoinRequest);
 
 impl Handler<Join> for Master {
-    type Result = MessageResult<Join>;
+    type Result = ResponseFuture<JoinReply>;
     fn handle(&mut self, m: Join, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.join(m.0))
+        let mut stored = None;
+        let reply = self.join(m.0, &mut stored);
+        Box::pin(async move {
+            match stored {
+                Some(write) => match write.await {
+                    Ok(()) => reply,
+                    Err(e) => JoinReply::Refused {
+                        reason: format!("the master could not record the agent: {e}"),
+                    },
+                },
+                None => reply,
+            }
+        })
     }
 }
 
@@ -614,9 +688,24 @@ impl Handler<Join> for Master {
 struct RegisterFrom(Register, Option<SpiffeId>);
 
 impl Handler<RegisterFrom> for Master {
-    type Result = Result<Registered, MasterRefusal>;
+    type Result = ResponseFuture<Result<Registered, MasterRefusal>>;
     fn handle(&mut self, m: RegisterFrom, ctx: &mut Context<Self>) -> Self::Result {
-        let (r, caller) = (m.0, m.1);
+        match self.register(m.0, m.1, ctx) {
+            Ok((stored, reply)) => when_stored(stored, reply, |e| {
+                MasterRefusal::Unavailable(format!("the master could not record the agent: {e}"))
+            }),
+            Err(refusal) => Box::pin(async move { Err(refusal) }),
+        }
+    }
+}
+
+impl Master {
+    fn register(
+        &mut self,
+        r: Register,
+        caller: Option<SpiffeId>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(StoreFuture<()>, Registered), MasterRefusal> {
         self.check_caller(&r.agent_id, &caller)?;
         let invalid = std::iter::once(("resources", &r.resources))
             .chain(r.held.values().map(|h| ("held", h)))
@@ -650,8 +739,7 @@ impl Handler<RegisterFrom> for Master {
             .insert(r.agent_id.clone(), r.reserved.clone());
         // Registration is soft state: if it cannot be written, the agent is told to retry
         // and registers again after a master restart anyway.
-        self.persist_agent(&r.agent_id, Vec::new())
-            .map_err(MasterRefusal::Unavailable)?;
+        let stored = self.persist_agent(&r.agent_id, Vec::new());
         if let Some(e) = event {
             self.publish(e);
         }
@@ -661,9 +749,10 @@ impl Handler<RegisterFrom> for Master {
             self.carry_out(kills, ctx);
         }
         self.schedule_round(ctx);
-        Ok(Registered {
+        let registered = Registered {
             heartbeat_interval_ms: self.membership.config().heartbeat_interval.as_millis() as u64,
-        })
+        };
+        Ok((stored, registered))
     }
 }
 
@@ -676,7 +765,8 @@ impl Handler<HeartbeatFrom> for Master {
     fn handle(&mut self, m: HeartbeatFrom, _: &mut Context<Self>) -> Self::Result {
         self.check_caller(&m.0.agent_id, &m.1)?;
         if let Some(e) = self.seen(&m.0.agent_id)? {
-            let _ = self.persist_agent(&m.0.agent_id, Vec::new());
+            // Not awaited: a failed write makes the master step down.
+            drop(self.persist_agent(&m.0.agent_id, Vec::new()));
             self.publish(e);
         }
         // An agent the allocator does not count (it was unreachable, or this master
@@ -692,8 +782,19 @@ impl Handler<HeartbeatFrom> for Master {
 struct RenewFrom(Renew, Option<SpiffeId>);
 
 impl Handler<RenewFrom> for Master {
-    type Result = Result<String, MasterRefusal>;
+    type Result = ResponseFuture<Result<String, MasterRefusal>>;
     fn handle(&mut self, m: RenewFrom, _: &mut Context<Self>) -> Self::Result {
+        match self.renew(m) {
+            Ok((stored, cert)) => when_stored(stored, cert, |e| {
+                MasterRefusal::Unavailable(format!("the master could not record the renewal: {e}"))
+            }),
+            Err(refusal) => Box::pin(async move { Err(refusal) }),
+        }
+    }
+}
+
+impl Master {
+    fn renew(&mut self, m: RenewFrom) -> Result<(StoreFuture<()>, String), MasterRefusal> {
         self.check_caller(&m.0.agent_id, &m.1)?;
         self.seen(&m.0.agent_id)?;
         let identity = SpiffeId::parse(&self.identity_of(&m.0.agent_id))
@@ -705,10 +806,9 @@ impl Handler<RenewFrom> for Master {
         if let Some(rec) = self.membership.record_mut(&m.0.agent_id) {
             rec.cert_expiry = SystemTime::now().checked_add(self.agent_cert_ttl);
         }
-        self.persist_agent(&m.0.agent_id, Vec::new())
-            .map_err(MasterRefusal::Unavailable)?;
+        let stored = self.persist_agent(&m.0.agent_id, Vec::new());
         info!(agent = %m.0.agent_id, "certificate renewed");
-        Ok(cert)
+        Ok((stored, cert))
     }
 }
 
@@ -747,8 +847,19 @@ impl std::fmt::Debug for CreatedToken {
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
 impl Handler<CreateToken> for Master {
-    type Result = Result<CreatedToken, String>;
+    type Result = ResponseFuture<Result<CreatedToken, String>>;
     fn handle(&mut self, m: CreateToken, _: &mut Context<Self>) -> Self::Result {
+        match self.create_token(m) {
+            Ok((stored, created)) => {
+                when_stored(stored, created, |e| format!("cannot record the token: {e}"))
+            }
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+}
+
+impl Master {
+    fn create_token(&mut self, m: CreateToken) -> Result<(StoreFuture<()>, CreatedToken), String> {
         let token = JoinToken::generate(&self.ca.fingerprint())
             .map_err(|_| "no system randomness".to_string())?;
         if m.ttl.is_zero() || m.ttl > MAX_TOKEN_TTL {
@@ -760,20 +871,15 @@ impl Handler<CreateToken> for Master {
         }
         let record = TokenRecord::new(&token, m.role, SystemTime::now(), m.ttl);
         let value = codec::encode(&record).map_err(|e| e.to_string())?;
-        self.store
-            .apply(&[Change::Put {
-                table: Table::Tokens,
-                key: token.id.clone(),
-                value,
-            }])
-            .map_err(|e| format!("cannot record the token: {e}"))?;
+        let stored = self.persist(vec![Change::put(Table::Tokens, token.id.clone(), value)]);
         let expires = record.expires;
         self.tokens.insert(token.id.clone(), record);
-        Ok(CreatedToken {
+        let created = CreatedToken {
             token: token.to_string(),
             id: token.id,
             expires,
-        })
+        };
+        Ok((stored, created))
     }
 }
 
@@ -795,18 +901,20 @@ impl Handler<ListNodes> for Master {
 pub struct DrainNode(pub String);
 
 impl Handler<DrainNode> for Master {
-    type Result = Result<AgentRecord, String>;
+    type Result = ResponseFuture<Result<AgentRecord, String>>;
     fn handle(&mut self, m: DrainNode, _: &mut Context<Self>) -> Self::Result {
-        let rec = self
-            .membership
-            .record_mut(&m.0)
-            .ok_or_else(|| format!("no node named {:?}", m.0))?;
+        let Some(rec) = self.membership.record_mut(&m.0) else {
+            let e = format!("no node named {:?}", m.0);
+            return Box::pin(async move { Err(e) });
+        };
         rec.draining = true;
         let rec = rec.clone();
-        self.persist_agent(&m.0, Vec::new())?;
+        let stored = self.persist_agent(&m.0, Vec::new());
         self.allocator.pause_agent(&m.0, true);
         self.rescind_offers_on(&m.0);
-        Ok(rec)
+        when_stored(stored, rec, move |e| {
+            format!("the master could not record that {} drains: {e}", m.0)
+        })
     }
 }
 
@@ -1070,13 +1178,13 @@ const MAX_REPORTED_TASKS: usize = 10_000;
 
 /// The deployments kept in the Config table.
 fn load_deployments(
-    store: &dyn StateStore,
+    config_rows: &[(String, state::Versioned)],
     epoch: u32,
 ) -> anyhow::Result<deployments::DeploymentBook> {
     let mut book = deployments::DeploymentBook::new(epoch);
-    for (k, v) in store.list(Table::Config)? {
+    for (k, v) in config_rows {
         if let Some(name) = k.strip_prefix(DEPLOYMENT_PREFIX) {
-            let text = String::from_utf8(v)?;
+            let text = String::from_utf8(v.value.clone())?;
             let d = crate::manifest::parse(std::path::Path::new(&format!("{name}.json")), &text)
                 .map_err(|e| {
                     anyhow::anyhow!("stored deployment {name} no longer validates: {e}")
@@ -1263,25 +1371,31 @@ impl Handler<KillNotDelivered> for Master {
 pub struct ApplyDeployment(pub String);
 
 impl Handler<ApplyDeployment> for Master {
-    type Result = Result<String, String>;
+    type Result = ResponseFuture<Result<String, String>>;
     fn handle(&mut self, m: ApplyDeployment, ctx: &mut Context<Self>) -> Self::Result {
-        let d = crate::manifest::parse(std::path::Path::new("manifest.json"), &m.0)
-            .map_err(|e| e.to_string())?;
+        let d = match crate::manifest::parse(std::path::Path::new("manifest.json"), &m.0) {
+            Ok(d) => d,
+            Err(e) => {
+                let e = e.to_string();
+                return Box::pin(async move { Err(e) });
+            }
+        };
         let key = deployments::key(&d);
-        // Stored before it takes effect: a master restart keeps it.
-        self.store
-            .apply(&[Change::Put {
-                table: Table::Config,
-                key: format!("{DEPLOYMENT_PREFIX}{key}"),
-                value: m.0.into_bytes(),
-            }])
-            .map_err(|e| format!("cannot record the deployment: {e}"))?;
+        // Queued before it takes effect, and acknowledged once stored: a master restart
+        // keeps every deployment `apply` reported applied.
+        let stored = self.persist(vec![Change::put(
+            Table::Config,
+            format!("{DEPLOYMENT_PREFIX}{key}"),
+            m.0.into_bytes(),
+        )]);
         self.deployments.apply(d);
         // What the deployments refused before may suit the new spec.
         self.allocator.revive(scheduler::DEPLOYMENTS_ROLE);
         self.schedule_round(ctx);
         info!(deployment = %key, "deployment applied");
-        Ok(key)
+        when_stored(stored, key, |e| {
+            format!("cannot record the deployment: {e}")
+        })
     }
 }
 
@@ -1333,7 +1447,8 @@ pub struct DeleteDeployment(pub String);
 pub enum DeploymentRefusal {
     /// No deployment has that key.
     NotFound(String),
-    /// The deletion could not be written to the state store; nothing changed.
+    /// The deletion could not be written to the state store; the master steps down and a
+    /// restarted master still has the deployment.
     Store(String),
 }
 
@@ -1344,32 +1459,34 @@ impl std::fmt::Display for DeploymentRefusal {
                 f,
                 "no deployment {key:?} (expected namespace/name of an applied deployment, e.g. default/web)"
             ),
-            Self::Store(e) => write!(f, "cannot record the deletion, nothing changed: {e}"),
+            Self::Store(e) => write!(
+                f,
+                "cannot record the deletion; the master steps down and keeps the deployment: {e}"
+            ),
         }
     }
 }
 
 impl Handler<DeleteDeployment> for Master {
-    type Result = Result<(), DeploymentRefusal>;
+    type Result = ResponseFuture<Result<(), DeploymentRefusal>>;
     fn handle(&mut self, m: DeleteDeployment, ctx: &mut Context<Self>) -> Self::Result {
         if !self
             .deployments
             .deployments()
             .any(|d| deployments::key(d) == m.0)
         {
-            return Err(DeploymentRefusal::NotFound(m.0));
+            return Box::pin(async move { Err(DeploymentRefusal::NotFound(m.0)) });
         }
-        self.store
-            .apply(&[Change::Delete {
-                table: Table::Config,
-                key: format!("{DEPLOYMENT_PREFIX}{}", m.0),
-            }])
-            .map_err(|e| DeploymentRefusal::Store(e.to_string()))?;
+        // The deletion is queued before the kills go out.
+        let stored = self.persist(vec![Change::delete(
+            Table::Config,
+            format!("{DEPLOYMENT_PREFIX}{}", m.0),
+        )]);
         let kills = self.deployments.delete(&m.0).unwrap_or_default();
         info!(deployment = %m.0, instances = kills.len(), "deployment deleted");
         self.carry_out(kills, ctx);
         self.schedule_round(ctx);
-        Ok(())
+        when_stored(stored, (), |e| DeploymentRefusal::Store(e.to_string()))
     }
 }
 

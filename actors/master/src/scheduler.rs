@@ -145,7 +145,7 @@ impl Frameworks {
     /// Frameworks, with those an earlier master process registered (disconnected until
     /// they re-register within their failover timeout).
     pub(super) fn load(
-        store: &dyn super::state::StateStore,
+        config_rows: &[(String, super::state::Versioned)],
         offer_timeout: Duration,
         epoch: u32,
     ) -> anyhow::Result<Self> {
@@ -158,9 +158,9 @@ impl Frameworks {
         let now = Instant::now();
         let mut roles = BTreeMap::new();
         let mut registered_by = BTreeMap::new();
-        for (k, v) in store.list(Table::Config)? {
+        for (k, v) in config_rows {
             if k.starts_with(FRAMEWORK_PREFIX) {
-                let f: StoredFramework = serde_json::from_slice(&v)?;
+                let f: StoredFramework = serde_json::from_slice(&v.value)?;
                 roles.insert(f.id.clone(), f.role.clone());
                 registered_by.insert(f.id.clone(), f.registered_by.clone());
                 book.restore(
@@ -772,12 +772,12 @@ impl Master {
         if let Some(role) = &role {
             self.resync_role(role);
         }
-        if let Err(e) = self.store.apply(&[Change::Delete {
-            table: Table::Config,
-            key: format!("{FRAMEWORK_PREFIX}{id}"),
-        }]) {
-            warn!(framework = id, error = %e, "cannot remove the framework's record");
-        }
+        // Not awaited: a failed write makes the master step down, and a restarted master
+        // finds the framework again and fails it over after its timeout.
+        drop(self.persist(vec![Change::delete(
+            Table::Config,
+            format!("{FRAMEWORK_PREFIX}{id}"),
+        )]));
     }
 
     /// The caller may speak for framework `id`.
@@ -884,8 +884,47 @@ fn valid_task_id(id: &str) -> Result<(), FrameworkError> {
 pub(super) struct RegisterFrameworkFrom(pub RegisterFramework, pub Option<SpiffeId>);
 
 impl Handler<RegisterFrameworkFrom> for Master {
-    type Result = Result<Registration, FrameworkError>;
-    fn handle(&mut self, m: RegisterFrameworkFrom, ctx: &mut Context<Self>) -> Self::Result {
+    type Result = ResponseActFuture<Self, Result<Registration, FrameworkError>>;
+    fn handle(&mut self, m: RegisterFrameworkFrom, _: &mut Context<Self>) -> Self::Result {
+        let (r, who, id, reregistered, stored) = match self.book_framework(m) {
+            Ok(booked) => booked,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e))),
+        };
+        // The framework hears of its registration, and gets offers, only once its record
+        // is stored: a master restart then still knows it.
+        Box::pin(stored.into_actor(self).map(move |stored, master, ctx| {
+            if let Err(e) = stored {
+                if reregistered {
+                    // Still disconnected: its failover timer keeps running.
+                    master.fw.book.disconnected(&id, Instant::now());
+                } else {
+                    master.fw.book.remove(&id);
+                }
+                return Err(FrameworkError::Unavailable(format!(
+                    "cannot record the framework: {e}"
+                )));
+            }
+            Ok(master.framework_registered(r, who, id, reregistered, ctx))
+        }))
+    }
+}
+
+impl Master {
+    /// Checks a registration and books the framework; returns the write of its record.
+    #[allow(clippy::type_complexity)]
+    fn book_framework(
+        &mut self,
+        m: RegisterFrameworkFrom,
+    ) -> Result<
+        (
+            RegisterFramework,
+            String,
+            String,
+            bool,
+            super::state::StoreFuture<()>,
+        ),
+        FrameworkError,
+    > {
         let (r, caller) = (m.0, m.1);
         let who = caller.map(|c| c.to_string()).ok_or_else(|| {
             FrameworkError::Forbidden("frameworks must register over the mesh".into())
@@ -931,21 +970,23 @@ impl Handler<RegisterFrameworkFrom> for Master {
         };
         let value =
             serde_json::to_vec(&stored).map_err(|e| FrameworkError::Unavailable(e.to_string()))?;
-        if let Err(e) = self.store.apply(&[Change::Put {
-            table: Table::Config,
-            key: format!("{FRAMEWORK_PREFIX}{id}"),
+        let stored = self.persist(vec![Change::put(
+            Table::Config,
+            format!("{FRAMEWORK_PREFIX}{id}"),
             value,
-        }]) {
-            if reregistered {
-                // Still disconnected: its failover timer keeps running.
-                self.fw.book.disconnected(&id, Instant::now());
-            } else {
-                self.fw.book.remove(&id);
-            }
-            return Err(FrameworkError::Unavailable(format!(
-                "cannot record the framework: {e}"
-            )));
-        }
+        )]);
+        Ok((r, who, id, reregistered, stored))
+    }
+
+    /// A framework's record is stored: it is told, watched, and offered resources.
+    fn framework_registered(
+        &mut self,
+        r: RegisterFramework,
+        who: String,
+        id: String,
+        reregistered: bool,
+        ctx: &mut Context<Self>,
+    ) -> Registration {
         let target = self.node.actor_ref(r.actor_addr, &r.actor_name);
         self.node.watch_with(&target, ctx.address().recipient());
         let registration = Registration {
@@ -962,7 +1003,7 @@ impl Handler<RegisterFrameworkFrom> for Master {
         self.deliver_updates();
         info!(framework = %id, name = %r.name, role = %r.role, reregistered, "framework registered");
         self.schedule_round(ctx);
-        Ok(registration)
+        registration
     }
 }
 
