@@ -681,8 +681,9 @@ mod tests {
         book.next_step(backing_off, t0);
         book.dial_failed(backing_off, "refused".into(), t0);
         let late = t0 + FORGET_PEER_AFTER + PRUNE_EVERY;
-        book.next_step(recent, late - ms(1));
-        book.dial_failed(recent, "refused".into(), late - ms(1));
+        let left = FakeLink::new(2, &id("r"), recent, true);
+        book.install(recent, left.clone(), late - ms(1));
+        left.die();
         // A pass after the limit: the first three are kept for their own reasons, the
         // fourth because it was seen within the limit.
         book.entry(addr(5), late + PRUNE_EVERY);
@@ -693,6 +694,7 @@ mod tests {
         let much_later = t0 + Duration::from_secs(3600);
         book.entry(addr(5), much_later);
         assert!(!book.peers.contains_key(&backing_off));
+        assert!(!book.peers.contains_key(&recent));
         assert!(book.peers.contains_key(&linked));
         assert!(book.peers.contains_key(&dialing));
     }
