@@ -251,15 +251,10 @@ pub(super) async fn accept(
     match decision {
         Err(AddressTaken { holder }) => {
             warn!(claimed = %peer_addr, claimant = %link.info().peer, %holder, "refused a link claiming another node's address");
-            let holder_name = holder.to_string();
-            refuse(
-                inner,
-                &mut send,
-                HelloReply::AddressTaken {
-                    holder: holder_name,
-                },
-            )
-            .await?;
+            let reply = HelloReply::AddressTaken {
+                holder: holder.to_string(),
+            };
+            refuse(inner, &mut send, reply).await?;
             link.close(close_code::PROTOCOL, "address claimed by another identity");
             Err(TransportError::Protocol {
                 addr: remote,
