@@ -33,6 +33,7 @@ pub mod identity;
 pub mod pki;
 pub mod sink;
 pub mod tls;
+mod x509;
 
 pub use endpoint::{Endpoint, EndpointConfig, Link, LinkInfo, NewLink, PROTOCOL_VERSION};
 pub use error::{Refusal, RefusedBy, TransportError};

@@ -239,7 +239,7 @@ impl CertificateAuthority {
                 expected: "a CA certificate",
                 reason: e.to_string(),
             })?;
-        let uri = crate::tls::spiffe_uri_of(&der).ok_or(PkiError::NoSpiffeId {
+        let uri = crate::x509::spiffe_uri_of(&der).ok_or(PkiError::NoSpiffeId {
             path: cert_path.clone(),
         })?;
         let trust_domain = uri
@@ -523,7 +523,7 @@ impl Credentials {
             .map_err(|e| bad(files::KEY, "a private key", e.to_string()))?;
         let ca = CertificateDer::from_pem_slice(ca.as_bytes())
             .map_err(|e| bad(files::CA_CERT, "the CA certificate", e.to_string()))?;
-        if crate::tls::spiffe_uri_of(&chain[0]).is_none() {
+        if crate::x509::spiffe_uri_of(&chain[0]).is_none() {
             return Err(PkiError::NoSpiffeId {
                 path: origin.join(files::CERT),
             });
@@ -533,7 +533,7 @@ impl Credentials {
 
     /// The SPIFFE ID in the leaf certificate.
     pub fn identity(&self) -> Result<SpiffeId, PkiError> {
-        let uri = crate::tls::spiffe_uri_of(&self.chain[0]).ok_or(PkiError::NoSpiffeId {
+        let uri = crate::x509::spiffe_uri_of(&self.chain[0]).ok_or(PkiError::NoSpiffeId {
             path: PathBuf::from(files::CERT),
         })?;
         Ok(SpiffeId::parse(&uri)?)
@@ -541,7 +541,7 @@ impl Credentials {
 
     /// When the leaf certificate expires.
     pub fn not_after(&self) -> Option<SystemTime> {
-        crate::tls::not_after_of(&self.chain[0])
+        crate::x509::not_after_of(&self.chain[0])
     }
 }
 

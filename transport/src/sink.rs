@@ -38,6 +38,14 @@ pub enum PushError<E> {
     Encode(E),
 }
 
+/// Why a [`SinkDriver`] stopped writing before the sink was closed or finished.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// quinn refused a write: the peer stopped the stream or the connection was lost.
+    #[error("{0}")]
+    Write(#[from] quinn::WriteError),
+}
+
 #[derive(Debug, Default)]
 struct State {
     buf: Vec<u8>,
@@ -174,10 +182,11 @@ impl SinkDriver {
         mut stream: SendStream,
         header: Vec<u8>,
         idle_close: Option<std::time::Duration>,
-    ) -> Result<(), String> {
+    ) -> Result<(), SinkError> {
         if !header.is_empty() {
             if let Err(e) = stream.write_chunk(Bytes::from(header)).await {
-                return Err(self.fail(e.to_string()));
+                self.fail(e.to_string());
+                return Err(e.into());
             }
         }
         loop {
@@ -191,7 +200,8 @@ impl SinkDriver {
             if !batch.is_empty() {
                 self.shared.space.notify_waiters();
                 if let Err(e) = stream.write_chunk(Bytes::from(batch)).await {
-                    return Err(self.fail(e.to_string()));
+                    self.fail(e.to_string());
+                    return Err(e.into());
                 }
                 continue;
             }
@@ -226,13 +236,12 @@ impl SinkDriver {
         self.fail(reason.to_string());
     }
 
-    fn fail(&self, reason: String) -> String {
+    fn fail(&self, reason: String) {
         let mut st = lock(&self.shared.state);
-        st.closed.get_or_insert_with(|| reason.clone());
+        st.closed.get_or_insert(reason);
         st.buf = Vec::new();
         drop(st);
         self.shared.space.notify_waiters();
-        reason
     }
 }
 

@@ -16,32 +16,15 @@ use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, OtherError,
     RootCertStore, SignatureScheme,
 };
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 use crate::error::TransportError;
 use crate::identity::SpiffeId;
 use crate::pki::Credentials;
+pub use crate::x509::{not_after_of, spiffe_uri_of};
 
 /// The crypto provider actormesh uses everywhere: ring.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The first `spiffe://` URI SAN of a certificate, if any.
-pub fn spiffe_uri_of(der: &CertificateDer<'_>) -> Option<String> {
-    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::URI(u) if u.starts_with("spiffe://") => Some((*u).to_string()),
-        _ => None,
-    })
-}
-
-/// When a certificate stops being valid.
-pub fn not_after_of(der: &CertificateDer<'_>) -> Option<SystemTime> {
-    let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;
-    let secs = cert.validity().not_after.timestamp();
-    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64))
 }
 
 /// The peer's identity was acceptable to the chain check but not to actormesh.
