@@ -56,9 +56,14 @@ pub struct SpiffeVerifier {
     trust_domain: String,
     algs: WebPkiSupportedAlgorithms,
     client: Arc<dyn ClientCertVerifier>,
-    /// Identities refused whatever their certificate says (removed nodes).
-    revoked: RwLock<std::collections::HashSet<String>>,
+    /// Identities refused whatever their certificate says (removed nodes), each until the
+    /// last certificate issued to it expires (`None`: for good).
+    revoked: RwLock<std::collections::HashMap<String, Option<SystemTime>>>,
 }
+
+/// A revocation is kept this long past the expiry of the certificate it covers, for clocks
+/// that run behind ours: until then a peer might still accept that certificate.
+pub const REVOCATION_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl SpiffeVerifier {
     /// Trusts certificates chained to `ca` whose SPIFFE ID is in `trust_domain`.
@@ -98,7 +103,32 @@ impl SpiffeVerifier {
         self.revoked
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.as_str().to_string());
+            .insert(id.as_str().to_string(), None);
+    }
+
+    /// Refuses `id` until `cert_expiry` (the expiry of the last certificate issued to it)
+    /// plus [`REVOCATION_SKEW`]; after that its certificates are refused as expired anyway,
+    /// and [`SpiffeVerifier::prune_revocations`] forgets it.
+    pub fn revoke_until(&self, id: &SpiffeId, cert_expiry: SystemTime) {
+        let until = cert_expiry.checked_add(REVOCATION_SKEW);
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        // A revocation for good is never shortened.
+        if revoked.get(id.as_str()) != Some(&None) {
+            revoked.insert(id.as_str().to_string(), until);
+        }
+    }
+
+    /// Forgets revocations whose certificates have expired by `now`; returns how many.
+    pub fn prune_revocations(&self, now: SystemTime) -> usize {
+        let mut revoked = self.revoked.write().unwrap_or_else(|p| p.into_inner());
+        let before = revoked.len();
+        revoked.retain(|_, until| until.is_none_or(|t| t > now));
+        before - revoked.len()
+    }
+
+    /// How many identities are revoked now.
+    pub fn revoked_count(&self) -> usize {
+        self.revoked.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Whether `id` has been revoked.
@@ -106,7 +136,7 @@ impl SpiffeVerifier {
         self.revoked
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(id.as_str())
+            .contains_key(id.as_str())
     }
 
     fn check_identity(&self, end_entity: &CertificateDer<'_>) -> Result<(), TlsError> {
@@ -345,4 +375,44 @@ pub fn rustls_configs(
     client.enable_early_data = false;
     client.resumption = rustls::client::Resumption::disabled();
     Ok((server, client))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::CertificateAuthority;
+    use std::time::Duration;
+
+    #[test]
+    fn revocations_are_forgotten_once_their_certificates_expired() {
+        let ca = CertificateAuthority::generate("t.local", Duration::from_secs(3600)).unwrap();
+        let v = SpiffeVerifier::new(ca.cert_der(), "t.local").unwrap();
+        let now = SystemTime::now();
+        let id = |i: usize| SpiffeId::node("t.local", &format!("n{i}")).unwrap();
+        let expiry =
+            |i: usize| now + Duration::from_secs(i as u64 * 60) + Duration::from_secs(86400);
+        // A thousand removed nodes over time, each with a 24 h certificate.
+        for i in 0..1000 {
+            v.revoke_until(&id(i), expiry(i));
+        }
+        v.revoke(&id(5000));
+        assert_eq!(v.revoked_count(), 1001);
+        // A day and a half later only those whose certificates could still be valid stay.
+        let later = now + Duration::from_secs(86400 + 12 * 3600);
+        v.prune_revocations(later);
+        let left = v.revoked_count();
+        assert!(left < 1001 && left > 1, "{left}");
+        for i in 0..1000 {
+            assert_eq!(
+                v.is_revoked(&id(i)),
+                expiry(i) + REVOCATION_SKEW > later,
+                "n{i}"
+            );
+        }
+        // Revoked for good stays, and is not shortened by a later expiry.
+        v.revoke_until(&id(5000), now);
+        v.prune_revocations(now + Duration::from_secs(10 * 86400));
+        assert!(v.is_revoked(&id(5000)));
+        assert_eq!(v.revoked_count(), 1);
+    }
 }

@@ -359,6 +359,30 @@ async fn agent_loss_and_framework_failover() {
     .unwrap_err();
     assert!(e.to_string().contains("may not take it over"), "{e}");
 
+    // Nor can a node register a framework whose event actor is on another node: the
+    // master would dial an address the registering identity does not hold.
+    let e = w1
+        .node
+        .actor_ref(m.node.local_addr(), actormesh::protocol::MASTER_ACTOR)
+        .ask_timeout(
+            actormesh::framework::RegisterFramework {
+                name: "elsewhere".into(),
+                role: "svc".into(),
+                failover_timeout_ms: 1000,
+                framework_id: None,
+                actor_addr: host.node.local_addr(),
+                actor_name: me.name().to_string(),
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("must be on the registering node"),
+        "{e}"
+    );
+
     // The framework's actor stops: the master notices, and the framework re-registers
     // with its id from a new actor within its failover timeout, keeping its task.
     host.node.stop(me.name());

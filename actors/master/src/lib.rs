@@ -283,9 +283,10 @@ pub async fn start_with_store(
     let config_rows = store.list(Table::Config).await?;
     for a in agents.iter().filter(|a| a.state == AgentState::Gone) {
         if let Ok(id) = SpiffeId::parse(&a.identity) {
-            node.endpoint().revoke(&id);
+            revoke(node.endpoint(), &id, a.cert_expiry);
         }
     }
+    node.endpoint().prune_revocations(SystemTime::now());
     info!(
         agents = agents.len(),
         tokens = tokens.len(),
@@ -323,6 +324,7 @@ pub async fn start_with_store(
         started: Instant::now(),
         had_agents,
         stepped_down: stepped_down_tx,
+        next_prune: Instant::now(),
     }
     .start();
     node.spawn(
@@ -405,6 +407,20 @@ pub struct Master {
     had_agents: bool,
     /// Set, with the reason, when the master steps down.
     stepped_down: tokio::sync::watch::Sender<Option<String>>,
+    /// When expired join tokens and revocations are next forgotten.
+    next_prune: Instant,
+}
+
+/// How often expired join tokens and revocations of expired certificates are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Revokes a removed node's identity until its last certificate expires (for good if the
+/// master never recorded an expiry).
+fn revoke(endpoint: &Endpoint, id: &SpiffeId, cert_expiry: Option<SystemTime>) {
+    match cert_expiry {
+        Some(expiry) => endpoint.revoke_until(id, expiry),
+        None => endpoint.revoke(id),
+    }
 }
 
 impl std::fmt::Debug for Master {
@@ -484,6 +500,26 @@ impl Master {
         self.persist(extra)
     }
 
+    /// Forgets join tokens past their expiry (they can join nothing) and revocations of
+    /// certificates that have expired, so neither grows without bound.
+    fn prune_expired(&mut self) {
+        let now = SystemTime::now();
+        let expired = tokens::prune_expired(&mut self.tokens, now);
+        if !expired.is_empty() {
+            info!(tokens = expired.len(), "expired join tokens forgotten");
+            // Not awaited: a failed write makes the master step down.
+            drop(
+                self.persist(
+                    expired
+                        .into_iter()
+                        .map(|id| Change::delete(Table::Tokens, id))
+                        .collect(),
+                ),
+            );
+        }
+        self.endpoint.prune_revocations(now);
+    }
+
     fn publish(&mut self, event: MembershipEvent) {
         info!(agent = %event.agent, from = ?event.from, to = %event.to, "membership change");
         self.subscribers.retain(|s| s.connected());
@@ -493,7 +529,12 @@ impl Master {
     }
 
     fn check(&mut self) {
-        for event in self.membership.check(Instant::now()) {
+        let now = Instant::now();
+        if now >= self.next_prune {
+            self.next_prune = now + PRUNE_EVERY;
+            self.prune_expired();
+        }
+        for event in self.membership.check(now) {
             let extra = if event.to == AgentState::Gone {
                 self.remove(&event.agent)
             } else {
@@ -517,7 +558,7 @@ impl Master {
             return Vec::new();
         };
         if let Ok(identity) = SpiffeId::parse(&rec.identity) {
-            self.endpoint.revoke(&identity);
+            revoke(&self.endpoint, &identity, rec.cert_expiry);
         }
         warn!(
             agent = id,

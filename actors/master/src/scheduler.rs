@@ -930,6 +930,17 @@ impl Master {
             FrameworkError::Forbidden("frameworks must register over the mesh".into())
         })?;
         valid_role(&r.role)?;
+        // The master dials the event actor's address: it must be the registering node's
+        // own, or a framework could make the master send events to any node.
+        let caller_addrs = SpiffeId::parse(&who)
+            .map(|id| self.endpoint.addresses_of(&id))
+            .unwrap_or_default();
+        if !caller_addrs.contains(&r.actor_addr) {
+            return Err(FrameworkError::Forbidden(format!(
+                "the framework's event actor must be on the registering node: {who} is at {caller_addrs:?}, not {}",
+                r.actor_addr
+            )));
+        }
         if r.name.trim().is_empty() || r.actor_name.is_empty() {
             return Err(FrameworkError::Invalid(
                 "a framework needs a name and the name of its event actor".into(),

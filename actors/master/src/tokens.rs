@@ -86,6 +86,23 @@ impl TokenRecord {
     }
 }
 
+/// Removes the tokens of `book` that expired before `now`; returns their ids. An expired
+/// token can join nothing, so the master need not remember it.
+pub fn prune_expired(
+    book: &mut std::collections::BTreeMap<String, TokenRecord>,
+    now: SystemTime,
+) -> Vec<String> {
+    let expired: Vec<String> = book
+        .values()
+        .filter(|t| t.expires <= now)
+        .map(|t| t.id.clone())
+        .collect();
+    for id in &expired {
+        book.remove(id);
+    }
+    expired
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -95,6 +112,30 @@ mod tests {
     use super::*;
 
     const FP: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn expired_tokens_are_forgotten_so_the_book_stays_bounded() {
+        let start = SystemTime::now();
+        let mut book = std::collections::BTreeMap::new();
+        // One token an hour for a year, each valid for a day.
+        for hour in 0..24 * 365u64 {
+            let made = start + Duration::from_secs(hour * 3600);
+            let t = JoinToken::generate(FP).unwrap();
+            let rec = TokenRecord::new(&t, TokenRole::Agent, made, Duration::from_secs(86400));
+            book.insert(rec.id.clone(), rec);
+            let gone = prune_expired(&mut book, made);
+            assert!(gone.iter().all(|id| !book.contains_key(id)));
+            assert!(
+                book.len() <= 25,
+                "{} tokens kept at hour {hour}",
+                book.len()
+            );
+        }
+        // Those still valid stay.
+        let end = start + Duration::from_secs((24 * 365 - 1) * 3600);
+        assert!(book.values().all(|t| t.expires > end));
+        assert_eq!(book.len(), 24);
+    }
 
     #[test]
     fn records_refuse_wrong_expired_and_revoked_tokens() {

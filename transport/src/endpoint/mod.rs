@@ -198,6 +198,31 @@ impl Endpoint {
         }
     }
 
+    /// The listen addresses of the live links to `id`: where that identity's node is, as
+    /// its verified links say.
+    pub fn addresses_of(&self, id: &SpiffeId) -> Vec<SocketAddr> {
+        lock(&self.inner.peers)
+            .links_of(id)
+            .iter()
+            .map(|l| l.info().peer_addr)
+            .collect()
+    }
+
+    /// Refuses `id` until the last certificate issued to it has expired (see
+    /// [`crate::tls::SpiffeVerifier::revoke_until`]), and closes its current links.
+    pub fn revoke_until(&self, id: &SpiffeId, cert_expiry: std::time::SystemTime) {
+        self.inner.verifier.revoke_until(id, cert_expiry);
+        let links = lock(&self.inner.peers).links_of(id);
+        for l in links {
+            l.close(close_code::REVOKED, "identity revoked");
+        }
+    }
+
+    /// Forgets revocations whose certificates have expired by `now`; returns how many.
+    pub fn prune_revocations(&self, now: std::time::SystemTime) -> usize {
+        self.inner.verifier.prune_revocations(now)
+    }
+
     /// Handshakes this endpoint refuses from now on, as they happen.
     pub fn subscribe_refusals(&self) -> tokio::sync::broadcast::Receiver<(SocketAddr, Refusal)> {
         self.inner.refusal_events.subscribe()
