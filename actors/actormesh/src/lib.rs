@@ -1,17 +1,36 @@
 //! # actormesh
 //!
-//! An actor runtime whose cluster is made of actors. Application developers write
-//! ordinary actix actors; actormesh runs them on many nodes, finds them by name and
+//! An actor runtime whose cluster is made of actors. Application developers write ordinary
+//! [actix](https://docs.rs/actix) actors; actormesh runs them on many nodes, finds them and
 //! carries their messages over QUIC with mutual TLS.
 //!
-//! This crate is the façade users depend on. Today it offers the foundation:
+//! This crate is the façade for actor authors. It pulls no control-plane dependency: the
+//! Master lives in `actormesh-master`, the `actormesh` binary in `actormesh-cli`.
 //!
-//! - [`Node`]: hosts named actors and reaches actors on other nodes;
-//! - [`RemoteRef`]: `tell` / `ask` to a named actor anywhere, local calls unserialized;
-//! - [`RemoteMessage`] (derive) and [`handler`] (attribute): declare messages with stable
-//!   wire names and register handlers without a hand-kept list;
-//! - supervision ([`RestartPolicy`]) and death watch ([`Node::watch`]);
+//! ## A tour
+//!
+//! - **Messages** are serde types with a stable wire name and a typed reply, declared with
+//!   [`RemoteMessage`] (derive). Names, not Rust type paths, go on the wire, so a message can
+//!   evolve and two versions can live side by side in a rolling upgrade.
+//! - **Actors** are plain actix actors. [`handler`] on an `impl Handler<M>` registers it for
+//!   remote delivery; no list is kept by hand, and a type without handlers is refused at
+//!   spawn.
+//! - **A [`Node`]** hosts named actors and holds one QUIC link per peer node. Its identity
+//!   is a SPIFFE ID from its certificate. [`LocalCa`] makes throwaway certificates for tests
+//!   and examples; in a cluster an [`agent`] joins the master with a token instead.
+//! - **A [`RemoteRef`]** names an actor anywhere: `tell` is at-most-once and ordered per
+//!   sender and receiver, `ask` completes exactly once with the reply or a typed
+//!   [`AskError`] (`Timeout`, `Unreachable`, `NoSuchActor`, `UnknownMessage`, ...). Calls to
+//!   an actor on the same node are not serialized.
+//! - **Supervision and death watch:** [`RestartPolicy`] restarts a crashed actor in place;
+//!   [`Node::watch`] tells you when an actor anywhere stops or its node becomes unreachable.
+//! - **Running work on a cluster:** [`agent::start`] makes this process an agent that
+//!   hosts your actor types ([`agent::tasks::ActorHost`]), so the master can place
+//!   instances on it; [`framework`] is the client for schedulers of your own (Mesos-style
+//!   offers); [`protocol`], [`resources`] and [`task`] are the types they exchange.
 //! - [`transport`]: certificates (`pki`), the QUIC endpoint and its typed errors.
+//!
+//! ## Two nodes
 //!
 //! ```
 //! use actormesh::prelude::*;
@@ -31,7 +50,28 @@
 //!     }
 //! }
 //!
-//! # fn main() {}
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! actix::System::new().block_on(async {
+//!     // Two nodes with certificates from one throwaway CA, on loopback ports the OS picks.
+//!     let ca = actormesh::LocalCa::new("example.local")?;
+//!     let server = ca.start_node("server")?;
+//!     let client = ca.start_node("client")?;
+//!     server.spawn("greeter", Greeter)?;
+//!
+//!     // The client calls the greeter by node address and actor name, over mutual TLS.
+//!     let greeter = client.actor_ref(server.local_addr(), "greeter");
+//!     let reply = greeter.ask(Greet { name: "you".into() }).await?;
+//!     assert_eq!(reply, "hello, you");
+//!
+//!     // Nothing there: a typed error, not a hang.
+//!     let nobody = client.actor_ref(server.local_addr(), "nobody");
+//!     assert!(matches!(
+//!         nobody.ask(Greet { name: "?".into() }).await,
+//!         Err(AskError::NoSuchActor { .. })
+//!     ));
+//!     Ok(())
+//! })
+//! # }
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -45,10 +85,12 @@ pub use actormesh_runtime::{
     RemoteRef, RestartPolicy, SpawnOptions, TellError, Terminated, TerminationReason, Watch,
 };
 pub use actormesh_transport as transport;
+pub use local_ca::{LocalCa, LocalCaError};
 
 pub mod agent;
 pub mod framework;
 pub mod health;
+mod local_ca;
 pub mod protocol;
 pub mod resources;
 pub mod task;
