@@ -660,6 +660,10 @@ mod tests {
         assert!(table.prune(later + Duration::from_secs(1)).is_empty());
         drop(held);
         assert_eq!(table.prune(later + Duration::from_secs(1)), vec![addr(2)]);
+        assert_eq!(
+            table.prune(later + PEER_GONE_KEPT + Duration::from_secs(1)),
+            vec![addr(1)]
+        );
     }
 
     #[test]
