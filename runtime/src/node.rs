@@ -97,13 +97,17 @@ impl NodeInner {
     }
 
     fn peer(&self, addr: SocketAddr) -> Arc<Peer> {
-        let mut peers = lock(&self.peers);
-        if let Some(p) = peers.get(&addr) {
-            return p;
-        }
-        peers.get_or_insert_with(addr, Instant::now(), || {
-            Peer::new(addr, Arc::downgrade(&self.ctx))
-        })
+        let filed = {
+            let mut peers = lock(&self.peers);
+            if let Some(p) = peers.get(&addr) {
+                return p;
+            }
+            peers.get_or_insert_with(addr, Instant::now(), || {
+                Peer::new(addr, Arc::downgrade(&self.ctx))
+            })
+        };
+        forget(filed.forgotten);
+        filed.peer
     }
 
     /// Tells a watcher; a remote one gets a `Terminated` on its node's control stream.
@@ -157,9 +161,20 @@ impl NodeInner {
         }
         lock(&self.watchers).forget_peer(peer.addr);
         let now = Instant::now();
-        let mut peers = lock(&self.peers);
-        peers.unlinked(peer.addr, now);
-        peers.prune(now);
+        let forgotten = {
+            let mut peers = lock(&self.peers);
+            peers.unlinked(peer.addr, now);
+            peers.prune(now)
+        };
+        forget(forgotten);
+    }
+}
+
+/// Peers pruned from the table: what still waited on them ends (outside the table's lock).
+fn forget(peers: Vec<Arc<Peer>>) {
+    for peer in peers {
+        debug!(peer = %peer.addr, "peer forgotten");
+        peer.forgotten();
     }
 }
 

@@ -480,6 +480,13 @@ impl Peer {
         }
     }
 
+    /// The node forgets this peer (no link, unused, past the limit): watches still placed
+    /// on it were never answered, and end now rather than never.
+    pub(crate) fn forgotten(&self) {
+        let watches = std::mem::take(&mut lock(&self.state).watches);
+        self.fire_lost_watches(watches, "the node was not reached");
+    }
+
     /// The peer reported that the actor of watch `id` is gone.
     pub(crate) fn watch_ended(&self, id: u64, reason: TerminationReason) {
         let entry = lock(&self.state).watches.remove(&id);
@@ -531,6 +538,13 @@ async fn retire(old: LinkCtx, lanes: Vec<Arc<Drained>>, limit: Duration) {
 /// entry again; short enough that nodes coming and going do not grow the table.
 pub(crate) const PEER_GONE_KEPT: Duration = Duration::from_secs(60);
 
+/// A peer looked up in a [`PeerTable`], and the peers pruned to make room for it.
+#[derive(Debug)]
+pub(crate) struct Filed<P> {
+    pub(crate) peer: Arc<P>,
+    pub(crate) forgotten: Vec<Arc<P>>,
+}
+
 #[derive(Debug)]
 struct PeerEntry<P> {
     peer: Arc<P>,
@@ -559,17 +573,21 @@ impl<P> PeerTable<P> {
     }
 
     /// The peer at `addr`, made by `make` if there is none (it has no link yet). Making
-    /// one prunes the table first, so the table grows only with peers in use.
+    /// one prunes the table first, so the table grows only with peers in use; the peers
+    /// pruned come back in `forgotten`.
     pub(crate) fn get_or_insert_with(
         &mut self,
         addr: SocketAddr,
         now: Instant,
         make: impl FnOnce() -> P,
-    ) -> Arc<P> {
+    ) -> Filed<P> {
         if let Some(e) = self.entries.get(&addr) {
-            return e.peer.clone();
+            return Filed {
+                peer: e.peer.clone(),
+                forgotten: Vec::new(),
+            };
         }
-        self.prune(now);
+        let forgotten = self.prune(now);
         let peer = Arc::new(make());
         self.entries.insert(
             addr,
@@ -578,7 +596,7 @@ impl<P> PeerTable<P> {
                 gone_since: Some(now),
             },
         );
-        peer
+        Filed { peer, forgotten }
     }
 
     /// The peer at `addr` has a link.
@@ -597,17 +615,17 @@ impl<P> PeerTable<P> {
 
     /// Forgets peers that have had no link for longer than the limit and that no
     /// reference, ask or task holds any more (one that is held is looked up again by
-    /// whoever holds it, so it must stay the one filed). Returns their addresses.
-    pub(crate) fn prune(&mut self, now: Instant) -> Vec<SocketAddr> {
+    /// whoever holds it, so it must stay the one filed). Returns them.
+    pub(crate) fn prune(&mut self, now: Instant) -> Vec<Arc<P>> {
         let kept = self.kept;
         let mut gone = Vec::new();
-        self.entries.retain(|addr, e| {
+        self.entries.retain(|_, e| {
             let stale = e
                 .gone_since
                 .is_some_and(|t| now.saturating_duration_since(t) > kept);
             let forget = stale && Arc::strong_count(&e.peer) == 1;
             if forget {
-                gone.push(*addr);
+                gone.push(e.peer.clone());
             }
             !forget
         });
@@ -628,18 +646,23 @@ mod tests {
         SocketAddr::from(([127, 0, 0, n], 4000))
     }
 
+    /// What `prune` hands back, by address (the tests file each peer as its address).
+    fn pruned(table: &mut PeerTable<SocketAddr>, now: Instant) -> Vec<SocketAddr> {
+        table.prune(now).into_iter().map(|p| *p).collect()
+    }
+
     #[test]
     fn peers_gone_past_the_limit_and_unreferenced_are_forgotten() {
         let mut table = PeerTable::new(PEER_GONE_KEPT);
         let t0 = Instant::now();
-        table.get_or_insert_with(addr(1), t0, || ());
+        table.get_or_insert_with(addr(1), t0, || addr(1));
         table.unlinked(addr(1), t0);
         assert!(
-            table.prune(t0 + PEER_GONE_KEPT).is_empty(),
+            pruned(&mut table, t0 + PEER_GONE_KEPT).is_empty(),
             "kept up to the limit"
         );
         assert_eq!(
-            table.prune(t0 + PEER_GONE_KEPT + Duration::from_secs(1)),
+            pruned(&mut table, t0 + PEER_GONE_KEPT + Duration::from_secs(1)),
             vec![addr(1)]
         );
         assert_eq!(table.len(), 0);
@@ -649,19 +672,22 @@ mod tests {
     fn linked_or_referenced_peers_are_kept() {
         let mut table = PeerTable::new(PEER_GONE_KEPT);
         let t0 = Instant::now();
-        table.get_or_insert_with(addr(1), t0, || ());
+        table.get_or_insert_with(addr(1), t0, || addr(1));
         table.linked(addr(1));
-        let held = table.get_or_insert_with(addr(2), t0, || ());
+        let held = table.get_or_insert_with(addr(2), t0, || addr(2)).peer;
         let later = t0 + PEER_GONE_KEPT * 2;
-        assert!(table.prune(later).is_empty());
+        assert!(pruned(&mut table, later).is_empty());
         assert_eq!(table.len(), 2);
         // The link goes: the clock for addr(1) starts then, not when it was first seen.
         table.unlinked(addr(1), later);
-        assert!(table.prune(later + Duration::from_secs(1)).is_empty());
+        assert!(pruned(&mut table, later + Duration::from_secs(1)).is_empty());
         drop(held);
-        assert_eq!(table.prune(later + Duration::from_secs(1)), vec![addr(2)]);
         assert_eq!(
-            table.prune(later + PEER_GONE_KEPT + Duration::from_secs(1)),
+            pruned(&mut table, later + Duration::from_secs(1)),
+            vec![addr(2)]
+        );
+        assert_eq!(
+            pruned(&mut table, later + PEER_GONE_KEPT + Duration::from_secs(1)),
             vec![addr(1)]
         );
     }
@@ -670,16 +696,23 @@ mod tests {
     fn the_table_stays_bounded_as_peers_come_and_go() {
         let mut table = PeerTable::new(PEER_GONE_KEPT);
         let t0 = Instant::now();
+        let mut forgotten = 0;
         // A new address every second for an hour, none referenced after use.
         for i in 0..3600u32 {
             let at = t0 + Duration::from_secs(u64::from(i));
             let a = SocketAddr::from(([10, 0, (i / 256) as u8, (i % 256) as u8], 4000));
-            table.get_or_insert_with(a, at, || ());
+            let filed = table.get_or_insert_with(a, at, || a);
+            forgotten += filed.forgotten.len();
         }
         assert!(
             table.len() <= PEER_GONE_KEPT.as_secs() as usize + 2,
             "{} peers kept",
             table.len()
+        );
+        assert_eq!(
+            forgotten + table.len(),
+            3600,
+            "each pruned peer is handed back"
         );
     }
 }
