@@ -173,7 +173,7 @@ async fn serve_lane(
             Some(p) => p,
             None => s.permits().acquire().await,
         };
-        if expired(&lf, received.elapsed()) {
+        if expired(&lf, || received.elapsed()) {
             if let Some(r) = reply {
                 r.fail(WireError::Timeout);
             }

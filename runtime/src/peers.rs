@@ -173,6 +173,7 @@ impl Peer {
     }
 
     /// The lane to `target`: the open one, or a new one whose writer connects first.
+    #[inline]
     fn lane(self: &Arc<Self>, target: &Arc<str>) -> Result<FrameSink, LinkError> {
         let ctx = self.ctx.upgrade().ok_or(LinkError::NodeGone)?;
         let found = lock(&self.state).lanes.lane_for(
