@@ -107,6 +107,29 @@ async fn order_is_kept_per_sender_receiver_pair() {
 }
 
 #[actix::test]
+async fn a_lane_opened_from_another_arbiter_runs_on_the_nodes_runtime() {
+    let pki = TestPki::new("basics.test");
+    let a = start(&pki, "a");
+    let b = start(&pki, "b");
+    b.spawn("sink", Sink::default()).unwrap();
+    let r = a.actor_ref(b.local_addr(), "sink");
+    let other = actix::Arbiter::new();
+    let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+    let from_other = r.clone();
+    // The first message to the actor opens the lane, which spawns its writer.
+    other.spawn(async move {
+        let _ = sent_tx.send(from_other.try_tell(Note(vec![1; 64])).is_ok());
+    });
+    assert!(sent_rx.await.unwrap());
+    // The calling arbiter goes away: a writer spawned there would go with it, and the
+    // note (and the ask behind it on the same lane) would never be sent.
+    other.stop();
+    other.join().unwrap();
+    let stats = r.ask_timeout(GetStats, Duration::from_secs(10)).await;
+    assert_eq!(stats.unwrap().notes, 1);
+}
+
+#[actix::test]
 async fn ten_thousand_concurrent_asks_all_complete() {
     let pki = TestPki::new("basics.test");
     let a = start(&pki, "a");

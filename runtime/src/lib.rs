@@ -27,22 +27,30 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod config;
 mod deadline;
+mod dispatch;
 mod error;
+mod inbound;
+mod lanes;
+mod locks;
 mod mailbox;
 mod message;
 mod node;
+mod peers;
 mod remote_ref;
+mod slots;
 mod supervise;
+mod watches;
 pub mod wire;
 
+pub use config::{NodeConfig, PRIORITY_SYSTEM};
 pub use error::{AskError, NodeError, TellError};
 pub use message::{caller, hosted_actor_types, Delivery, HandlerEntry, RemoteMessage};
-pub use node::{
-    Node, NodeConfig, SpawnOptions, Terminated, TerminationReason, Watch, PRIORITY_SYSTEM,
-};
+pub use node::{Node, SpawnOptions, Watch};
 pub use remote_ref::RemoteRef;
 pub use supervise::{Backoff, RestartPolicy};
+pub use watches::{Terminated, TerminationReason};
 
 /// Used by generated code; not part of the API.
 #[doc(hidden)]

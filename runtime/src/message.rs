@@ -13,7 +13,7 @@ use actormesh_transport::codec;
 use actormesh_transport::sink::{FrameSink, PushError};
 
 use crate::mailbox::Permit;
-use crate::node::Peer;
+use crate::peers::Peer;
 use crate::wire::{self, WireError};
 use actormesh_transport::SpiffeId;
 

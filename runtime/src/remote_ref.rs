@@ -2,7 +2,6 @@
 
 use std::any::TypeId;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -14,9 +13,18 @@ use actormesh_transport::sink::PushError;
 
 use crate::deadline::LazyDeadline;
 use crate::error::{AskError, TellError};
+use crate::locks::{read, write};
 use crate::message::{Delivery, HandlerEntry, RemoteMessage, ReplyTo};
-use crate::node::{lock, read, write, ActorSlot, Node, Peer, Reply};
+use crate::peers::{Peer, Reply};
+use crate::slots::ActorSlot;
 use crate::wire::{self, WireError};
+
+/// What a reference needs of the node it was made on. The node implements it, so a
+/// reference keeps its node alive as before without this module depending on the node.
+pub(crate) trait Home: Send + Sync + std::fmt::Debug {
+    /// The actor `name` hosted on this node.
+    fn slot(&self, name: &str) -> Option<Arc<ActorSlot>>;
+}
 
 #[derive(Debug, Clone)]
 enum Target {
@@ -34,37 +42,57 @@ enum Target {
 /// actor on this node never serialize the message.
 #[derive(Debug, Clone)]
 pub struct RemoteRef {
-    node: Node,
+    home: Arc<dyn Home>,
     name: Arc<str>,
     addr: SocketAddr,
+    /// The node's default deadline of `ask`, copied so a call reads no config.
+    default_timeout: Duration,
     target: Target,
 }
 
 impl RemoteRef {
-    pub(crate) fn local(node: Node, slot: Arc<ActorSlot>) -> Self {
+    pub(crate) fn local(
+        home: Arc<dyn Home>,
+        addr: SocketAddr,
+        default_timeout: Duration,
+        slot: Arc<ActorSlot>,
+    ) -> Self {
         Self {
-            addr: node.local_addr(),
-            name: slot.name.clone(),
+            home,
+            addr,
+            name: slot.name().clone(),
+            default_timeout,
             target: Target::Local(Arc::new(RwLock::new(Some(slot)))),
-            node,
         }
     }
 
-    pub(crate) fn local_by_name(node: Node, name: &str) -> Self {
+    pub(crate) fn local_by_name(
+        home: Arc<dyn Home>,
+        addr: SocketAddr,
+        default_timeout: Duration,
+        name: &str,
+    ) -> Self {
         Self {
-            addr: node.local_addr(),
+            home,
+            addr,
             name: Arc::from(name),
+            default_timeout,
             target: Target::Local(Arc::new(RwLock::new(None))),
-            node,
         }
     }
 
-    pub(crate) fn remote(node: Node, peer: Arc<Peer>, name: &str) -> Self {
+    pub(crate) fn remote(
+        home: Arc<dyn Home>,
+        default_timeout: Duration,
+        peer: Arc<Peer>,
+        name: &str,
+    ) -> Self {
         Self {
+            home,
             addr: peer.addr,
             name: Arc::from(name),
+            default_timeout,
             target: Target::Remote(peer),
-            node,
         }
     }
 
@@ -96,11 +124,11 @@ impl RemoteRef {
 
     fn local_slot(&self, cell: &RwLock<Option<Arc<ActorSlot>>>) -> Option<Arc<ActorSlot>> {
         if let Some(s) = read(cell).as_ref() {
-            if !s.stopped.load(Ordering::Acquire) {
+            if !s.has_ended() {
                 return Some(s.clone());
             }
         }
-        let s = self.node.inner.slot(&self.name)?;
+        let s = self.home.slot(&self.name)?;
         *write(cell) = Some(s.clone());
         Some(s)
     }
@@ -117,7 +145,7 @@ impl RemoteRef {
                 let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
                     return Err(TellError::UnknownMessage(msg));
                 };
-                let permit = slot.permits.acquire().await;
+                let permit = slot.permits().acquire().await;
                 deliver_local(
                     &slot,
                     entry,
@@ -145,7 +173,7 @@ impl RemoteRef {
                 let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
                     return Err(TellError::UnknownMessage(msg));
                 };
-                let Some(permit) = slot.permits.try_acquire() else {
+                let Some(permit) = slot.permits().try_acquire() else {
                     return Err(TellError::Full(msg));
                 };
                 deliver_local(
@@ -165,8 +193,7 @@ impl RemoteRef {
 
     /// Asks with the node's default deadline.
     pub async fn ask<M: RemoteMessage>(&self, msg: M) -> Result<M::Result, AskError> {
-        let timeout = self.node.config().default_ask_timeout;
-        self.ask_timeout(msg, timeout).await
+        self.ask_timeout(msg, self.default_timeout).await
     }
 
     /// Sends `msg` and waits for the reply, at most `timeout`.
@@ -227,24 +254,24 @@ impl RemoteRef {
         let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
             return Err(AskError::UnknownMessage {
                 actor: self.name.to_string(),
-                actor_type: slot.actor_type.to_string(),
+                actor_type: slot.actor_type().to_string(),
                 message: M::NAME.to_string(),
             });
         };
         // The clock is read only when the mailbox is full; the fast path needs no time.
-        let (permit, remaining) = match slot.permits.try_acquire() {
+        let (permit, remaining) = match slot.permits().try_acquire() {
             Some(p) => (p, timeout),
             None if !wait_for_room => return Err(self.mailbox_full()),
             None => {
                 let start = Instant::now();
-                match tokio::time::timeout(timeout, slot.permits.acquire()).await {
+                match tokio::time::timeout(timeout, slot.permits().acquire()).await {
                     Ok(p) => (p, timeout.saturating_sub(start.elapsed())),
                     Err(_) => return Err(AskError::Timeout { after: timeout }),
                 }
             }
         };
         let (tx, rx) = oneshot::channel();
-        let generation = slot.generation.load(Ordering::Acquire);
+        let generation = slot.generation();
         deliver_local(
             &slot,
             entry,
@@ -273,9 +300,8 @@ impl RemoteRef {
             node: self.addr,
             reason,
         };
-        let corr = peer.next_corr();
         let (tx, rx) = oneshot::channel();
-        lock(&peer.pending).insert(corr, tx);
+        let corr = peer.expect_reply(tx);
         let _guard = PendingGuard { peer, corr };
         let work = async {
             // The callee gets the time left when the frame is queued, not the whole timeout.
@@ -344,7 +370,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.peer.pending).remove(&self.corr);
+        self.peer.forget_reply(self.corr);
     }
 }
 
@@ -355,7 +381,7 @@ fn deliver_local<M: RemoteMessage>(
 ) -> Result<(), Delivery<M>> {
     let mut cell = Some(d);
     let delivered = {
-        let addr = read(&slot.addr);
+        let addr = slot.address();
         addr.as_deref().is_some_and(|a| (entry.local)(a, &mut cell))
     };
     match (delivered, cell) {

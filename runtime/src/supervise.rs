@@ -4,7 +4,6 @@
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -14,7 +13,26 @@ use actix::{Actor, Context};
 use tracing::{error, info};
 
 use crate::message::dropping_crashed;
-use crate::node::{write, ActorSlot, NodeInner, TerminationReason};
+use crate::slots::ActorSlot;
+use crate::watches::TerminationReason;
+
+/// Whoever hosts supervised actors, told when one has ended for good. The node implements
+/// it; the supervisor holds it weakly and stops supervising once the node is gone.
+pub(crate) trait ActorEnd: Send + Sync {
+    /// The actor in `slot` has ended: it is not restarted.
+    fn actor_ended(&self, slot: &Arc<ActorSlot>, reason: TerminationReason);
+}
+
+/// Why an actor's first instance did not start.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StartError {
+    /// The actor's factory panicked.
+    #[error("the actor factory panicked: {0}")]
+    FactoryPanicked(String),
+    /// A stop was requested before the first instance was installed.
+    #[error("the actor was stopped before it started")]
+    StoppedBeforeStart,
+}
 
 /// Delays between restarts: `initial`, doubling up to `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,23 +141,17 @@ type Instance<A> = (ContextFut<A, Context<A>>, u64);
 
 /// Makes an instance and installs its address in the slot, unless a stop was requested.
 /// The factory runs inside `catch_unwind`: a factory that panics is a failed start.
-fn instance<A, F>(slot: &ActorSlot, factory: &F) -> Result<Option<Instance<A>>, String>
+fn instance<A, F>(slot: &ActorSlot, factory: &F) -> Result<Option<Instance<A>>, StartError>
 where
     A: Actor<Context = Context<A>>,
     F: Fn() -> A,
 {
     let actor = catch_unwind(AssertUnwindSafe(factory))
-        .map_err(|p| format!("the actor factory panicked: {}", panic_text(p.as_ref())))?;
+        .map_err(|p| StartError::FactoryPanicked(panic_text(p.as_ref())))?;
     let fut = Context::<A>::new().into_future(actor);
-    // Checked under the address lock, which `request_stop` takes too: a stop requested
-    // while the actor restarts is never missed.
-    let mut addr = write(&slot.addr);
-    if slot.stop_requested.load(Ordering::Acquire) {
-        return Ok(None);
-    }
-    let generation = slot.generation.fetch_add(1, Ordering::AcqRel) + 1;
-    *addr = Some(Box::new(fut.address()));
-    Ok(Some((fut, generation)))
+    Ok(slot
+        .install_instance(Box::new(fut.address()))
+        .map(|generation| (fut, generation)))
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
@@ -152,11 +164,11 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 /// Starts the first instance now (so its address is usable at once) and supervises it on
 /// the current arbiter.
 pub(crate) fn start<A, F>(
-    node: Weak<NodeInner>,
+    node: Weak<dyn ActorEnd>,
     slot: Arc<ActorSlot>,
     factory: F,
     policy: RestartPolicy,
-) -> Result<(), String>
+) -> Result<(), StartError>
 where
     A: Actor<Context = Context<A>>,
     F: Fn() -> A + 'static,
@@ -166,7 +178,7 @@ where
             actix::spawn(supervise(node, slot, factory, policy, first));
             Ok(())
         }
-        None => Err("the actor was stopped before it started".into()),
+        None => Err(StartError::StoppedBeforeStart),
     }
 }
 
@@ -191,7 +203,7 @@ fn discard<A: Actor<Context = Context<A>>>(
 }
 
 async fn supervise<A, F>(
-    node: Weak<NodeInner>,
+    node: Weak<dyn ActorEnd>,
     slot: Arc<ActorSlot>,
     factory: F,
     policy: RestartPolicy,
@@ -205,7 +217,7 @@ async fn supervise<A, F>(
     loop {
         let (fut, generation) = current;
         let mut fut = Box::pin(fut);
-        let stop = slot.stop_signal.notified();
+        let stop = slot.stop_signal();
         tokio::pin!(stop);
         let mut stopping = false;
         let outcome = poll_fn(|cx| {
@@ -224,9 +236,8 @@ async fn supervise<A, F>(
         .await;
         let panicked = outcome.is_err();
         if let Err(payload) = &outcome {
-            slot.panicked.store(generation, Ordering::Release);
-            *write(&slot.addr) = None;
-            error!(actor = %slot.name, actor_type = slot.actor_type, panic = %panic_text(payload.as_ref()), "actor panicked");
+            slot.crashed(generation);
+            error!(actor = %slot.name(), actor_type = slot.actor_type(), panic = %panic_text(payload.as_ref()), "actor panicked");
         }
         // Asks still queued on a crashed instance are answered with `Panicked`.
         discard(fut, panicked);
@@ -237,13 +248,13 @@ async fn supervise<A, F>(
             TerminationReason::Stopped
         };
         let delay = match policy.limits(panicked) {
-            Some((max, within, backoff)) if !slot.stop_requested.load(Ordering::Acquire) => {
+            Some((max, within, backoff)) if !slot.stop_requested() => {
                 budget.next(Instant::now(), max, within, backoff)
             }
             _ => None,
         };
         if let Some(delay) = delay {
-            info!(actor = %slot.name, delay_ms = delay.as_millis() as u64, "restarting actor");
+            info!(actor = %slot.name(), delay_ms = delay.as_millis() as u64, "restarting actor");
             // The new mailbox takes messages at once; they are handled after the delay.
             match instance(&slot, &factory) {
                 Ok(Some(next)) => {
@@ -254,7 +265,7 @@ async fn supervise<A, F>(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    error!(actor = %slot.name, error = %e, "restart failed");
+                    error!(actor = %slot.name(), error = %e, "restart failed");
                     reason = TerminationReason::Panicked;
                 }
             }
@@ -262,16 +273,6 @@ async fn supervise<A, F>(
         node.actor_ended(&slot, reason);
         return;
     }
-}
-
-/// Asks the actor to stop: new messages are refused at once, `stopping` and `stopped` run,
-/// and it is not restarted.
-pub(crate) fn request_stop(slot: &ActorSlot) {
-    let mut addr = write(&slot.addr);
-    slot.stop_requested.store(true, Ordering::Release);
-    *addr = None;
-    drop(addr);
-    slot.stop_signal.notify_one();
 }
 
 #[cfg(test)]

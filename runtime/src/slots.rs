@@ -1,0 +1,245 @@
+//! The actor slot table: a slot per named actor hosted here, which outlives restarts of
+//! the actor's instances, and the reasons recent actors ended.
+//!
+//! A slot's fields are private. Its supervisor drives the instance's life through
+//! `install_instance`, `crashed` and `request_stop`; the table alone ends a slot (`end`).
+
+use std::any::TypeId;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
+
+use crate::locks::{lock, read, write};
+use crate::mailbox::MailboxGate;
+use crate::message::{ErasedAddr, HandlerEntry};
+use crate::watches::TerminationReason;
+
+/// A named actor on this node.
+pub(crate) struct ActorSlot {
+    /// Unique per node, unlike the name, which a later actor may take again.
+    id: u64,
+    name: Arc<str>,
+    actor_type: &'static str,
+    /// The running instance's `Addr`; `None` while there is none.
+    addr: RwLock<Option<Box<ErasedAddr>>>,
+    by_name: HashMap<&'static str, &'static HandlerEntry>,
+    /// Few entries per actor: a scan of TypeIds beats hashing them.
+    by_type: Vec<(TypeId, &'static HandlerEntry)>,
+    permits: Arc<MailboxGate>,
+    /// Incremented each time an instance starts.
+    generation: AtomicU64,
+    /// The newest generation that panicked.
+    panicked: AtomicU64,
+    /// The actor has ended for good.
+    ended: AtomicBool,
+    /// `Node::stop` was called: do not restart, stop the running instance.
+    stop_requested: AtomicBool,
+    stop_signal: Notify,
+}
+
+impl std::fmt::Debug for ActorSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActorSlot")
+            .field("name", &self.name)
+            .field("actor_type", &self.actor_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ActorSlot {
+    fn new(
+        id: u64,
+        name: &str,
+        actor_type: &'static str,
+        entries: &[&'static HandlerEntry],
+        capacity: usize,
+    ) -> Self {
+        Self {
+            id,
+            name: Arc::from(name),
+            actor_type,
+            addr: RwLock::new(None),
+            by_name: entries.iter().map(|e| (e.name, *e)).collect(),
+            by_type: entries.iter().map(|e| ((e.message)(), *e)).collect(),
+            permits: MailboxGate::new(capacity),
+            generation: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+            stop_requested: AtomicBool::new(false),
+            stop_signal: Notify::new(),
+        }
+    }
+
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub(crate) fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub(crate) fn actor_type(&self) -> &'static str {
+        self.actor_type
+    }
+
+    /// The handler of message type `message`, if the actor accepts it.
+    #[inline]
+    pub(crate) fn entry_for(&self, message: TypeId) -> Option<&'static HandlerEntry> {
+        self.by_type
+            .iter()
+            .find(|(t, _)| *t == message)
+            .map(|(_, e)| *e)
+    }
+
+    /// The handler of the message named `name` on the wire.
+    pub(crate) fn entry_named(&self, name: &str) -> Option<&'static HandlerEntry> {
+        self.by_name.get(name).copied()
+    }
+
+    pub(crate) fn permits(&self) -> &Arc<MailboxGate> {
+        &self.permits
+    }
+
+    /// The running instance's address, held for one delivery.
+    #[inline]
+    pub(crate) fn address(&self) -> RwLockReadGuard<'_, Option<Box<ErasedAddr>>> {
+        read(&self.addr)
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn panicked_since(&self, generation: u64) -> bool {
+        self.panicked.load(Ordering::Acquire) >= generation
+    }
+
+    #[inline]
+    pub(crate) fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn stop_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::Acquire)
+    }
+
+    /// Resolves once `request_stop` is called (registered when first polled).
+    pub(crate) fn stop_signal(&self) -> Notified<'_> {
+        self.stop_signal.notified()
+    }
+
+    /// Puts a new instance's address in place unless a stop was requested; returns the
+    /// instance's generation. Checked under the address lock, which `request_stop` takes
+    /// too, so a stop requested while the actor restarts is never missed.
+    pub(crate) fn install_instance(&self, addr: Box<ErasedAddr>) -> Option<u64> {
+        let mut current = write(&self.addr);
+        if self.stop_requested() {
+            return None;
+        }
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        *current = Some(addr);
+        Some(generation)
+    }
+
+    /// The instance of `generation` panicked: calls now fail until a new one is installed.
+    pub(crate) fn crashed(&self, generation: u64) {
+        self.panicked.store(generation, Ordering::Release);
+        *write(&self.addr) = None;
+    }
+
+    /// Asks the actor to stop: new messages are refused at once, `stopping` and `stopped`
+    /// run, and it is not restarted.
+    pub(crate) fn request_stop(&self) {
+        let mut addr = write(&self.addr);
+        self.stop_requested.store(true, Ordering::Release);
+        *addr = None;
+        drop(addr);
+        self.stop_signal.notify_one();
+    }
+}
+
+/// How many ended actors' reasons are kept for watches that arrive just after the end.
+const ENDED_KEPT: usize = 256;
+
+/// The actors hosted on this node, by name.
+#[derive(Debug, Default)]
+pub(crate) struct SlotTable {
+    slots: RwLock<HashMap<Arc<str>, Arc<ActorSlot>>>,
+    /// Recently ended actors and why, so a watch that arrives just after the end reports
+    /// the real reason instead of `NoSuchActor`.
+    ended: Mutex<VecDeque<(Arc<str>, TerminationReason)>>,
+    next_id: AtomicU64,
+}
+
+impl SlotTable {
+    /// The actor `name`, if it runs here.
+    #[inline]
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<ActorSlot>> {
+        read(&self.slots).get(name).cloned()
+    }
+
+    /// A fresh slot id, so its watch table can open before the slot can be found.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Files a new slot `id` under `name`; `None` if the name is taken.
+    pub(crate) fn insert(
+        &self,
+        id: u64,
+        name: &str,
+        actor_type: &'static str,
+        entries: &[&'static HandlerEntry],
+        capacity: usize,
+    ) -> Option<Arc<ActorSlot>> {
+        let mut slots = write(&self.slots);
+        if slots.contains_key(name) {
+            return None;
+        }
+        let slot = Arc::new(ActorSlot::new(id, name, actor_type, entries, capacity));
+        slots.insert(slot.name.clone(), slot.clone());
+        Some(slot)
+    }
+
+    /// Takes back a slot whose actor never started.
+    pub(crate) fn withdraw(&self, slot: &Arc<ActorSlot>) {
+        self.unfile(slot);
+    }
+
+    /// The actor in `slot` is gone for good: refuse calls, unregister it, keep the reason.
+    pub(crate) fn end(&self, slot: &Arc<ActorSlot>, reason: &TerminationReason) {
+        slot.ended.store(true, Ordering::Release);
+        *write(&slot.addr) = None;
+        self.unfile(slot);
+        let mut ended = lock(&self.ended);
+        if ended.len() == ENDED_KEPT {
+            ended.pop_front();
+        }
+        ended.push_back((slot.name.clone(), reason.clone()));
+    }
+
+    fn unfile(&self, slot: &Arc<ActorSlot>) {
+        let mut slots = write(&self.slots);
+        // A later actor may hold the name already.
+        if slots.get(&slot.name).is_some_and(|s| Arc::ptr_eq(s, slot)) {
+            slots.remove(&slot.name);
+        }
+    }
+
+    /// Why a watch on `name`, which is not running, ends.
+    pub(crate) fn absent_reason(&self, name: &str) -> TerminationReason {
+        lock(&self.ended)
+            .iter()
+            .rev()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, r)| r.clone())
+            .unwrap_or(TerminationReason::NoSuchActor)
+    }
+
+    pub(crate) fn names(&self) -> Vec<String> {
+        read(&self.slots).keys().map(|k| k.to_string()).collect()
+    }
+}
