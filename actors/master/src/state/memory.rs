@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-use super::{check_expect, Change, StateStore, StoreError, StoreFuture, Table, Versioned};
+use super::{
+    check_batch, first_failure, Change, StateStore, StoreError, StoreFuture, Table, Versioned,
+};
 
 /// State in memory. Clones share it, so a test can keep one to look at what was stored, or
 /// start a second master on what the first one left.
@@ -93,25 +95,9 @@ impl MemoryStore {
 
 impl Inner {
     fn check(&self, changes: &[Change]) -> Result<(), StoreError> {
-        // Versions as earlier changes of this batch leave them.
-        let mut seen: BTreeMap<(Table, &str), Option<u64>> = BTreeMap::new();
-        for c in changes {
-            let (table, key, _) = c.target();
-            let current = *seen
-                .entry((table, key))
-                .or_insert_with(|| self.rows.get(&(table, key.to_string())).map(|v| v.version));
-            check_expect(c, current)?;
-            match c {
-                Change::Put { .. } => {
-                    seen.insert((table, key), Some(current.unwrap_or(0) + 1));
-                }
-                Change::Delete { .. } => {
-                    seen.insert((table, key), None);
-                }
-                Change::Check { .. } => {}
-            }
-        }
-        Ok(())
+        check_batch(changes, |table, key| {
+            Ok(self.rows.get(&(table, key.to_string())).map(|v| v.version))
+        })
     }
 
     fn write(&mut self, changes: &[Change]) {
@@ -162,18 +148,7 @@ impl StateStore for MemoryStore {
     }
 
     fn closed(&self) -> Pin<Box<dyn Future<Output = StoreError> + Send + 'static>> {
-        let mut rx = self.closed.subscribe();
-        Box::pin(async move {
-            loop {
-                if let Some(e) = rx.borrow_and_update().clone() {
-                    return e;
-                }
-                if rx.changed().await.is_err() {
-                    // The store was dropped: nothing more can be written.
-                    return StoreError::Closed("the store was dropped".into());
-                }
-            }
-        })
+        first_failure(self.closed.subscribe())
     }
 }
 

@@ -236,6 +236,47 @@ fn check_expect(change: &Change, current: Option<u64>) -> Result<(), StoreError>
     })
 }
 
+/// Checks every requirement of a batch against the versions as its own earlier changes
+/// leave them; `current` reads a key's version before the batch.
+fn check_batch(
+    changes: &[Change],
+    mut current: impl FnMut(Table, &str) -> Result<Option<u64>, StoreError>,
+) -> Result<(), StoreError> {
+    let mut seen: std::collections::BTreeMap<(Table, &str), Option<u64>> = Default::default();
+    for c in changes {
+        let (table, key, _) = c.target();
+        let now = match seen.get(&(table, key)) {
+            Some(v) => *v,
+            None => current(table, key)?,
+        };
+        check_expect(c, now)?;
+        let after = match c {
+            Change::Put { .. } => Some(now.unwrap_or(0) + 1),
+            Change::Delete { .. } => None,
+            Change::Check { .. } => now,
+        };
+        seen.insert((table, key), after);
+    }
+    Ok(())
+}
+
+/// Resolves with the failure a backend publishes on `rx` (its [`StateStore::closed`]).
+fn first_failure(
+    mut rx: tokio::sync::watch::Receiver<Option<StoreError>>,
+) -> Pin<Box<dyn Future<Output = StoreError> + Send + 'static>> {
+    Box::pin(async move {
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                // The store was dropped: nothing more can be written.
+                return StoreError::Closed("the store was dropped".into());
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod contract {
     //! The behaviour every backend must have, run against each.

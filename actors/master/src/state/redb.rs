@@ -13,7 +13,9 @@ use std::sync::{mpsc, Arc};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{oneshot, watch};
 
-use super::{check_expect, Change, StateStore, StoreError, StoreFuture, Table, Versioned};
+use super::{
+    check_batch, first_failure, Change, StateStore, StoreError, StoreFuture, Table, Versioned,
+};
 
 /// At most this many batches go into one transaction, so that one commit's size stays
 /// bounded however far the master runs ahead.
@@ -216,7 +218,7 @@ impl Writer {
             let txn = db.begin_write().map_err(io("write"))?;
             let mut group = group.into_iter();
             for (changes, reply) in group.by_ref() {
-                match check_batch(&txn, &changes) {
+                match check_batch(&changes, |t, k| current_version(&txn, t, k)) {
                     Ok(()) => {
                         write_batch(&txn, &changes)?;
                         applied.push(reply);
@@ -277,26 +279,6 @@ fn current_version(
     let t = txn.open_table(def(table)).map_err(io("read"))?;
     let legacy = t.get(key).map_err(io("read"))?.map(|_| 1);
     Ok(legacy)
-}
-
-/// Checks every requirement of a batch, as its own earlier changes leave the versions.
-fn check_batch(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
-    let mut seen: std::collections::BTreeMap<(Table, &str), Option<u64>> = Default::default();
-    for c in changes {
-        let (table, key, _) = c.target();
-        let current = match seen.get(&(table, key)) {
-            Some(v) => *v,
-            None => current_version(txn, table, key)?,
-        };
-        check_expect(c, current)?;
-        let after = match c {
-            Change::Put { .. } => Some(current.unwrap_or(0) + 1),
-            Change::Delete { .. } => None,
-            Change::Check { .. } => current,
-        };
-        seen.insert((table, key), after);
-    }
-    Ok(())
 }
 
 fn write_batch(txn: &WriteTransaction, changes: &[Change]) -> Result<(), StoreError> {
@@ -386,17 +368,7 @@ impl StateStore for RedbStore {
     }
 
     fn closed(&self) -> Pin<Box<dyn Future<Output = StoreError> + Send + 'static>> {
-        let mut rx = self.closed.subscribe();
-        Box::pin(async move {
-            loop {
-                if let Some(e) = rx.borrow_and_update().clone() {
-                    return e;
-                }
-                if rx.changed().await.is_err() {
-                    return StoreError::Closed("the store was dropped".into());
-                }
-            }
-        })
+        first_failure(self.closed.subscribe())
     }
 }
 
