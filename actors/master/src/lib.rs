@@ -245,8 +245,21 @@ fn master_credentials(ca: &CertificateAuthority, dir: &Path) -> anyhow::Result<C
 /// Starts a master: state, CA, mesh node, bootstrap port, API. Call inside an actix
 /// system.
 pub async fn start(config: MasterConfig) -> anyhow::Result<MasterHandle> {
+    // The store holds the CA key: its directory is made private before the store is.
+    private_dir(&config.data_dir)?;
     let store = RedbStore::open(&config.data_dir).await?;
     start_with_store(config, Arc::new(store)).await
+}
+
+/// Creates `dir`, readable by this user only.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// Starts a master on `store` instead of the file store in its data dir (the data dir
@@ -255,13 +268,7 @@ pub async fn start_with_store(
     config: MasterConfig,
     store: Arc<dyn StateStore>,
 ) -> anyhow::Result<MasterHandle> {
-    std::fs::create_dir_all(&config.data_dir)?;
-    std::fs::create_dir_all(&config.data_dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))?;
-    }
+    private_dir(&config.data_dir)?;
     let ca = load_or_create_ca(store.as_ref(), &config).await?;
     let api_token = load_or_create_api_token(store.as_ref(), &config.data_dir).await?;
     let creds = master_credentials(&ca, &config.data_dir)?;
