@@ -7,6 +7,7 @@
 
 pub mod command;
 mod error;
+pub mod reports;
 pub mod tasks;
 
 pub use error::AgentError;

@@ -7,19 +7,19 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tracing::{info, warn};
 
 use super::command;
+use super::reports::{Attempt, MasterAnswer, ReportBook};
 use crate::protocol::{
-    DescribeTask, HealthSpec, KillTask, LaunchActor, LaunchCommand, LogStream, ReadTaskLog,
-    ReleaseStatus, TaskDetail, TaskLog, TaskStatusReport,
+    DescribeTask, HealthSpec, KillTask, LaunchActor, LaunchCommand, LogStream, MasterRefusal,
+    ReadTaskLog, ReleaseStatus, TaskDetail, TaskLog,
 };
-use crate::task::{TaskState, TaskStatus};
+use crate::task::TaskState;
 use crate::{
     Node, NodeError, RemoteRef, RestartPolicy, SpawnOptions, Terminated, TerminationReason,
 };
@@ -129,21 +129,14 @@ pub struct AgentGate {
     sandboxes: PathBuf,
     /// Health checks, by task id.
     health: BTreeMap<String, Health>,
-    /// Ended tasks' reports the master asked to keep until their framework acknowledges
-    /// them, with the mark to make then.
-    kept: BTreeMap<String, (TaskStatusReport, Option<PathBuf>)>,
-    /// End reports on their way to the master, by task id: how many.
-    sending: BTreeMap<String, u32>,
-    /// Tasks whose end the master released while its report was still on its way (the
-    /// framework acknowledged before the master's answer got here): not to be kept.
-    released_early: std::collections::BTreeSet<String>,
+    /// Status reports until the master is done with them (at least once).
+    reports: ReportBook,
     /// Registrations seen (from the shared task set): a new one sends the kept reports.
     registrations: u64,
-    /// This actor's address, for the report loops.
+    /// This actor's address, for the report tries.
     me: Option<Addr<AgentGate>>,
     /// Tasks being killed for failing their health check, with why.
     unhealthy: BTreeMap<String, String>,
-    next_uuid: AtomicU64,
 }
 
 /// A task's health check as its agent runs it.
@@ -310,7 +303,6 @@ impl AgentGate {
         Self {
             node,
             host,
-            agent_id,
             master,
             tasks: BTreeMap::new(),
             commands,
@@ -318,23 +310,21 @@ impl AgentGate {
             sandboxes,
             health,
             unhealthy: BTreeMap::new(),
-            kept: BTreeMap::new(),
-            sending: BTreeMap::new(),
-            released_early: Default::default(),
+            reports: ReportBook::new(agent_id.clone()),
+            agent_id,
             registrations: 0,
             me: None,
-            next_uuid: AtomicU64::new(1),
         }
     }
 
-    /// Sends a status report in the background, again and again (capped backoff) until the
+    /// Reports a task's new state to the master, again and again (capped backoff) until the
     /// master acknowledges it.
     fn report(&mut self, task_id: &str, state: TaskState, message: String) {
         self.report_then(task_id, state, message, None, None);
     }
 
-    /// Like [`Self::report`]; once the master acknowledges, `mark` (if any) is created, so
-    /// that a restarted agent knows the end was delivered.
+    /// Like [`Self::report`]; once the master is done with the report, `mark` (if any) is
+    /// created, so that a restarted agent knows the end was delivered.
     fn report_then(
         &mut self,
         task_id: &str,
@@ -343,80 +333,45 @@ impl AgentGate {
         mark: Option<PathBuf>,
         healthy: Option<bool>,
     ) {
-        let report = TaskStatusReport {
-            agent_id: self.agent_id.clone(),
-            status: TaskStatus {
-                task_id: task_id.to_string(),
-                agent_id: self.agent_id.clone(),
-                state,
-                message,
-                uuid: self.next_uuid.fetch_add(1, Ordering::Relaxed),
-                healthy,
-            },
-        };
-        self.send_report(report, mark);
+        let now = Instant::now();
+        self.reports
+            .report(task_id, state, message, healthy, mark, now);
+        self.send_due_reports(now);
     }
 
-    /// Sends `report` until the master takes it. If the master asks to keep it (an end its
-    /// framework has not acknowledged yet), it stays here and goes again at each
-    /// registration until the master releases it; `mark` is created only then.
-    fn send_report(&mut self, report: TaskStatusReport, mark: Option<PathBuf>) {
-        let master = self.master.clone();
+    /// Sends the reports the book says are due; each answer comes back as [`ReportAnswered`].
+    fn send_due_reports(&mut self, now: Instant) {
+        // Reports filed before `started` wait in the book for the first poll.
         let Some(gate) = self.me.clone() else {
-            // Reports come from handlers and the poll, all after `started`.
-            warn!(task = %report.status.task_id, "a status report before the agent gate started; dropped");
             return;
         };
-        // Only ends can be kept and released; other reports need no bookkeeping (one
-        // message fewer per report on the launch path).
-        let ends = report.status.state.is_terminal();
-        if ends {
-            *self
-                .sending
-                .entry(report.status.task_id.clone())
-                .or_default() += 1;
-        }
-        actix::spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                let outcome = match master
-                    .ask_timeout(report.clone(), Duration::from_secs(5))
-                    .await
-                {
-                    Ok(Ok(ack)) if ack.keep => Sent::Keep,
-                    Ok(Ok(_)) => Sent::Taken,
-                    Ok(Err(crate::protocol::MasterRefusal::Removed(e))) => {
-                        warn!(task = %report.status.task_id, error = %e, "this agent was removed; the status report is dropped");
-                        Sent::Dropped
+        for (attempt, report) in self.reports.due(now) {
+            let (master, gate) = (self.master.clone(), gate.clone());
+            actix::spawn(async move {
+                let task = report.status.task_id.clone();
+                let answer = match master.ask_timeout(report, Duration::from_secs(5)).await {
+                    Ok(Ok(ack)) if ack.keep => MasterAnswer::Keep,
+                    Ok(Ok(_)) => MasterAnswer::Taken,
+                    Ok(Err(MasterRefusal::Removed(e))) => {
+                        warn!(%task, error = %e, "this agent was removed; the status report is dropped");
+                        MasterAnswer::Refused
                     }
-                    Ok(Err(crate::protocol::MasterRefusal::Forbidden(e))) => {
-                        warn!(task = %report.status.task_id, error = %e, "the master refuses this status report; dropped");
-                        Sent::Dropped
+                    Ok(Err(MasterRefusal::Forbidden(e))) => {
+                        warn!(%task, error = %e, "the master refuses this status report; dropped");
+                        MasterAnswer::Refused
                     }
                     Ok(Err(e)) => {
-                        warn!(task = %report.status.task_id, error = %e, "status report refused; retrying");
-                        Sent::Retry
+                        warn!(%task, error = %e, "status report refused; retrying");
+                        MasterAnswer::NotDelivered
                     }
                     Err(e) => {
-                        warn!(task = %report.status.task_id, error = %e, "status report not delivered; retrying");
-                        Sent::Retry
+                        warn!(%task, error = %e, "status report not delivered; retrying");
+                        MasterAnswer::NotDelivered
                     }
                 };
-                if outcome != Sent::Retry {
-                    if ends || mark.is_some() || outcome == Sent::Keep {
-                        gate.do_send(ReportSent {
-                            report,
-                            mark,
-                            outcome,
-                            counted: ends,
-                        });
-                    }
-                    return;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        });
+                gate.do_send(ReportAnswered { attempt, answer });
+            });
+        }
     }
 
     fn from_master() -> Result<(), String> {
@@ -441,6 +396,7 @@ impl Actor for AgentGate {
             gate.poll_commands();
             gate.poll_health(ctx);
             gate.resend_kept();
+            gate.send_due_reports(Instant::now());
         });
     }
 }
@@ -448,52 +404,19 @@ impl Actor for AgentGate {
 /// How often command tasks are checked for their end.
 const COMMAND_POLL: Duration = Duration::from_millis(100);
 
-/// What became of a status report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sent {
-    /// Taken, to keep until the master releases it.
-    Keep,
-    /// Taken.
-    Taken,
-    /// Refused for good.
-    Dropped,
-    /// Not delivered; again.
-    Retry,
-}
-
-/// A status report's loop is done.
+/// The master answered one try at a status report.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-struct ReportSent {
-    report: TaskStatusReport,
-    mark: Option<PathBuf>,
-    outcome: Sent,
-    /// Counted in `sending` (an end).
-    counted: bool,
+struct ReportAnswered {
+    attempt: Attempt,
+    answer: MasterAnswer,
 }
 
-impl Handler<ReportSent> for AgentGate {
+impl Handler<ReportAnswered> for AgentGate {
     type Result = ();
-    fn handle(&mut self, m: ReportSent, _: &mut Context<Self>) {
-        let id = m.report.status.task_id.clone();
-        let released = self.released_early.contains(&id);
-        match m.outcome {
-            Sent::Keep if !released => {
-                self.kept.insert(id.clone(), (m.report, m.mark));
-            }
-            Sent::Keep | Sent::Taken => {
-                if let Some(mark) = m.mark {
-                    let _ = std::fs::write(mark, b"");
-                }
-            }
-            Sent::Dropped | Sent::Retry => {}
-        }
-        if let Some(n) = self.sending.get_mut(&id).filter(|_| m.counted) {
-            *n -= 1;
-            if *n == 0 {
-                self.sending.remove(&id);
-                self.released_early.remove(&id);
-            }
+    fn handle(&mut self, m: ReportAnswered, _: &mut Context<Self>) {
+        if let Some(mark) = self.reports.answered(m.attempt, m.answer, Instant::now()) {
+            let _ = std::fs::write(mark, b"");
         }
     }
 }
@@ -503,15 +426,8 @@ impl Handler<ReleaseStatus> for AgentGate {
     type Result = Result<(), String>;
     fn handle(&mut self, m: ReleaseStatus, _: &mut Context<Self>) -> Self::Result {
         Self::from_master()?;
-        match self.kept.remove(&m.task_id) {
-            Some((_, Some(mark))) => {
-                let _ = std::fs::write(mark, b"");
-            }
-            Some((_, None)) => {}
-            None if self.sending.contains_key(&m.task_id) => {
-                self.released_early.insert(m.task_id);
-            }
-            None => {}
+        if let Some(mark) = self.reports.released(&m.task_id) {
+            let _ = std::fs::write(mark, b"");
         }
         Ok(())
     }
@@ -536,19 +452,16 @@ impl AgentGate {
     }
 
     /// After each registration, the kept reports go to the master again (it may be a new
-    /// master that never saw them).
+    /// master that never saw them); the next [`Self::send_due_reports`] sends them.
     fn resend_kept(&mut self) {
         let registrations = self
             .task_ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .registrations;
-        if registrations == self.registrations {
-            return;
-        }
-        self.registrations = registrations;
-        for (report, mark) in std::mem::take(&mut self.kept).into_values() {
-            self.send_report(report, mark);
+        if registrations != self.registrations {
+            self.registrations = registrations;
+            self.reports.registered(Instant::now());
         }
     }
 
