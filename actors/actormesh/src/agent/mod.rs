@@ -11,6 +11,7 @@ pub mod reports;
 pub mod tasks;
 
 pub use error::AgentError;
+pub(crate) use error::TaskRefusal;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

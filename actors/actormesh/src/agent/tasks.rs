@@ -15,9 +15,10 @@ use tracing::{info, warn};
 
 use super::command;
 use super::reports::{Attempt, MasterAnswer, ReportBook};
+use super::TaskRefusal;
 use crate::protocol::{
-    DescribeTask, HealthSpec, KillTask, LaunchActor, LaunchCommand, LogStream, MasterRefusal,
-    ReadTaskLog, ReleaseStatus, TaskDetail, TaskLog,
+    DescribeTask, HealthSpec, InvalidTaskId, KillTask, LaunchActor, LaunchCommand, LogStream,
+    MasterRefusal, ReadTaskLog, ReleaseStatus, TaskDetail, TaskLog,
 };
 use crate::task::TaskState;
 use crate::{
@@ -171,7 +172,56 @@ const HEALTH_FILE: &str = "health.json";
 #[rtype(result = "()")]
 struct HealthResult {
     task_id: String,
-    outcome: Result<(), String>,
+    outcome: Result<(), CheckFailure>,
+}
+
+/// Why a health check failed; its text goes into the task's status message.
+#[derive(Debug, thiserror::Error)]
+enum CheckFailure {
+    /// The check of a command task names no program.
+    #[error("the health check has no command")]
+    NoCommand,
+    /// The check's program could not be started.
+    #[error("cannot run {program}: {source}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The check's program exited unsuccessfully.
+    #[error("{program} exited with {status}")]
+    Exited {
+        /// The program.
+        program: String,
+        /// How it exited.
+        status: std::process::ExitStatus,
+    },
+    /// The check's program ran past the check's timeout (it was killed).
+    #[error("{program} did not finish within {timeout:?}")]
+    TimedOut {
+        /// The program.
+        program: String,
+        /// The check's timeout.
+        timeout: Duration,
+    },
+    /// Waiting for the check's program failed.
+    #[error("cannot wait for {program}: {source}")]
+    Wait {
+        /// The program.
+        program: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The blocking task that runs the check did not finish.
+    #[error("the check did not run: {0}")]
+    NotRun(tokio::task::JoinError),
+    /// The actor instance answered that it is not healthy, with its reason.
+    #[error("{0}")]
+    Unhealthy(String),
+    /// The actor instance did not answer (no handler, timeout, gone).
+    #[error(transparent)]
+    NoAnswer(crate::AskError),
 }
 
 /// Runs a health check command in `dir` with `env`, at most `timeout`.
@@ -180,11 +230,10 @@ fn run_check(
     dir: &Path,
     env: &BTreeMap<String, String>,
     timeout: Duration,
-) -> Result<(), String> {
-    let (program, args) = command
-        .split_first()
-        .ok_or_else(|| "the health check has no command".to_string())?;
-    let mut child = std::process::Command::new(program)
+) -> Result<(), CheckFailure> {
+    let (program, args) = command.split_first().ok_or(CheckFailure::NoCommand)?;
+    let program = program.clone();
+    let mut child = std::process::Command::new(&program)
         .args(args)
         .envs(env)
         .current_dir(dir)
@@ -192,19 +241,22 @@ fn run_check(
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
+        .map_err(|source| CheckFailure::Spawn {
+            program: program.clone(),
+            source,
+        })?;
     let deadline = std::time::Instant::now() + timeout;
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("{program} exited with {status}")),
+            Ok(Some(status)) => return Err(CheckFailure::Exited { program, status }),
             Ok(None) if std::time::Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("{program} did not finish within {timeout:?}"));
+                return Err(CheckFailure::TimedOut { program, timeout });
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("cannot wait for {program}: {e}")),
+            Err(source) => return Err(CheckFailure::Wait { program, source }),
         }
     }
 }
@@ -217,7 +269,7 @@ const REPORTED: &str = "end_reported";
 const SANDBOX_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// A task id that is safe as a directory name and an actor name.
-fn valid_task_id(id: &str) -> Result<(), String> {
+fn valid_task_id(id: &str) -> Result<(), InvalidTaskId> {
     crate::protocol::check_task_id(id, 200)
 }
 
@@ -374,13 +426,11 @@ impl AgentGate {
         }
     }
 
-    fn from_master() -> Result<(), String> {
+    fn from_master() -> Result<(), TaskRefusal> {
         match crate::caller() {
             Some(c) if c.path() == "/node/master" => Ok(()),
-            Some(c) => Err(format!(
-                "{c} may not manage tasks here; only the master may"
-            )),
-            None => Err("task requests must come from the master over the mesh".into()),
+            Some(c) => Err(TaskRefusal::NotTheMaster(c)),
+            None => Err(TaskRefusal::NoCaller),
         }
     }
 }
@@ -425,7 +475,7 @@ impl Handler<ReportAnswered> for AgentGate {
 impl Handler<ReleaseStatus> for AgentGate {
     type Result = Result<(), String>;
     fn handle(&mut self, m: ReleaseStatus, _: &mut Context<Self>) -> Self::Result {
-        Self::from_master()?;
+        Self::from_master().map_err(|e| e.to_string())?;
         if let Some(mark) = self.reports.released(&m.task_id) {
             let _ = std::fs::write(mark, b"");
         }
@@ -496,7 +546,7 @@ impl AgentGate {
                         run_check(&command, &dir, &env, timeout)
                     })
                     .await
-                    .unwrap_or_else(|e| Err(format!("the check did not run: {e}")));
+                    .unwrap_or_else(|e| Err(CheckFailure::NotRun(e)));
                     me.do_send(HealthResult {
                         task_id: id,
                         outcome,
@@ -509,8 +559,8 @@ impl AgentGate {
                         .ask_timeout(crate::health::HealthCheck, timeout)
                         .await
                     {
-                        Ok(r) => r,
-                        Err(e) => Err(e.to_string()),
+                        Ok(answer) => answer.map_err(CheckFailure::Unhealthy),
+                        Err(e) => Err(CheckFailure::NoAnswer(e)),
                     };
                     me.do_send(HealthResult {
                         task_id: id,
@@ -569,25 +619,37 @@ impl AgentGate {
         }
     }
 
-    fn sandbox_of(&self, task_id: &str) -> Result<PathBuf, String> {
+    fn sandbox_of(&self, task_id: &str) -> Result<PathBuf, TaskRefusal> {
         valid_task_id(task_id)?;
         let dir = self.sandboxes.join(task_id);
         if dir.is_dir() {
             Ok(dir)
         } else if self.tasks.values().any(|t| t.id == task_id) {
-            Err(format!(
-                "task {task_id} is an actor task: it has no captured output"
-            ))
+            Err(TaskRefusal::NoCapturedOutput(task_id.to_string()))
         } else {
-            Err(format!("no task {task_id} on agent {}", self.agent_id))
+            Err(self.no_such_task(task_id))
+        }
+    }
+
+    fn no_such_task(&self, task_id: &str) -> TaskRefusal {
+        TaskRefusal::NoSuchTask {
+            task_id: task_id.to_string(),
+            agent: self.agent_id.clone(),
         }
     }
 }
 
+// The replies of task requests stay text on the wire (see `TaskRefusal`).
 #[crate::handler]
 impl Handler<LaunchCommand> for AgentGate {
     type Result = Result<(), String>;
     fn handle(&mut self, m: LaunchCommand, _: &mut Context<Self>) -> Self::Result {
+        self.launch_command(m).map_err(|e| e.to_string())
+    }
+}
+
+impl AgentGate {
+    fn launch_command(&mut self, m: LaunchCommand) -> Result<(), TaskRefusal> {
         Self::from_master()?;
         let id = m.task.id.clone();
         valid_task_id(&id)?;
@@ -596,11 +658,11 @@ impl Handler<LaunchCommand> for AgentGate {
         }
         let sandbox = self.sandboxes.join(&id);
         if sandbox.exists() {
-            return Err(format!(
-                "task id {id} was used before on agent {} (its sandbox {} is kept for its logs); launch it under a new id",
-                self.agent_id,
-                sandbox.display()
-            ));
+            return Err(TaskRefusal::IdUsedBefore {
+                id,
+                agent: self.agent_id.clone(),
+                sandbox,
+            });
         }
         self.report(&id, TaskState::Starting, String::new());
         match command::launch(&m.task, &self.sandboxes) {
@@ -641,7 +703,7 @@ impl Handler<LaunchCommand> for AgentGate {
             }
             Err(e) => {
                 self.report(&id, TaskState::Failed, e.to_string());
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
@@ -651,12 +713,18 @@ impl Handler<LaunchCommand> for AgentGate {
 impl Handler<ReadTaskLog> for AgentGate {
     type Result = Result<TaskLog, String>;
     fn handle(&mut self, m: ReadTaskLog, _: &mut Context<Self>) -> Self::Result {
+        self.read_log(m).map_err(|e| e.to_string())
+    }
+}
+
+impl AgentGate {
+    fn read_log(&self, m: ReadTaskLog) -> Result<TaskLog, TaskRefusal> {
         Self::from_master()?;
         let file = self.sandbox_of(&m.task_id)?.join(match m.stream {
             LogStream::Stdout => "stdout",
             LogStream::Stderr => "stderr",
         });
-        read_tail(&file, m.max_bytes).map_err(|e| format!("cannot read {}: {e}", file.display()))
+        read_tail(&file, m.max_bytes).map_err(|source| TaskRefusal::ReadLog { file, source })
     }
 }
 
@@ -679,6 +747,12 @@ fn read_tail(file: &Path, max: u64) -> std::io::Result<TaskLog> {
 impl Handler<DescribeTask> for AgentGate {
     type Result = Result<TaskDetail, String>;
     fn handle(&mut self, m: DescribeTask, _: &mut Context<Self>) -> Self::Result {
+        self.describe(m).map_err(|e| e.to_string())
+    }
+}
+
+impl AgentGate {
+    fn describe(&self, m: DescribeTask) -> Result<TaskDetail, TaskRefusal> {
         Self::from_master()?;
         if let Some(c) = self.commands.get(&m.task_id) {
             return Ok(TaskDetail {
@@ -707,8 +781,12 @@ impl Handler<DescribeTask> for AgentGate {
         }
         // An ended command task whose sandbox is still kept.
         let dir = self.sandbox_of(&m.task_id)?;
-        let ended = command::reattach(&dir)
-            .ok_or_else(|| format!("task {} left no checkpoint in {}", m.task_id, dir.display()))?;
+        let Some(ended) = command::reattach(&dir) else {
+            return Err(TaskRefusal::NoCheckpoint {
+                task_id: m.task_id,
+                sandbox: dir,
+            });
+        };
         Ok(TaskDetail {
             task_id: m.task_id,
             what: format!("command {}", ended.task().path),
@@ -724,6 +802,12 @@ impl Handler<DescribeTask> for AgentGate {
 impl Handler<LaunchActor> for AgentGate {
     type Result = Result<(), String>;
     fn handle(&mut self, m: LaunchActor, ctx: &mut Context<Self>) -> Self::Result {
+        self.launch_actor(m, ctx).map_err(|e| e.to_string())
+    }
+}
+
+impl AgentGate {
+    fn launch_actor(&mut self, m: LaunchActor, ctx: &mut Context<Self>) -> Result<(), TaskRefusal> {
         Self::from_master()?;
         if self.tasks.contains_key(&m.task_id) {
             return Ok(()); // A retried launch: already running.
@@ -738,10 +822,10 @@ impl Handler<LaunchActor> for AgentGate {
                     m.actor_type
                 ),
             );
-            return Err(format!(
-                "actor type {:?} is not hosted here (hosted: {known})",
-                m.actor_type
-            ));
+            return Err(TaskRefusal::NotHosted {
+                actor_type: m.actor_type,
+                hosted: known,
+            });
         };
         self.report(&m.task_id, TaskState::Starting, String::new());
         let restart = m
@@ -774,7 +858,7 @@ impl Handler<LaunchActor> for AgentGate {
             }
             Err(e) => {
                 self.report(&m.task_id, TaskState::Failed, e.to_string());
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
@@ -784,15 +868,19 @@ impl Handler<LaunchActor> for AgentGate {
 impl Handler<KillTask> for AgentGate {
     type Result = Result<(), String>;
     fn handle(&mut self, m: KillTask, ctx: &mut Context<Self>) -> Self::Result {
+        self.kill(m, ctx).map_err(|e| e.to_string())
+    }
+}
+
+impl AgentGate {
+    fn kill(&mut self, m: KillTask, ctx: &mut Context<Self>) -> Result<(), TaskRefusal> {
         Self::from_master()?;
         if self.stop_command(&m.task_id, ctx) {
             return Ok(());
         }
-        let task = self
-            .tasks
-            .values_mut()
-            .find(|t| t.id == m.task_id)
-            .ok_or_else(|| format!("no task {} on this agent", m.task_id))?;
+        let Some(task) = self.tasks.values_mut().find(|t| t.id == m.task_id) else {
+            return Err(self.no_such_task(&m.task_id));
+        };
         task.kill_requested = true;
         let name = task.name.clone();
         self.node.stop(&name);
