@@ -335,9 +335,19 @@ pub struct HealthSpec {
     pub command: Option<Vec<String>>,
 }
 
+/// A task id that cannot name a sandbox directory and an actor.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("task id {id:?} is not valid: expected 1-{max} letters, digits, '.', '-' or '_', not starting with '.'")]
+pub struct InvalidTaskId {
+    /// The id given.
+    pub id: String,
+    /// The longest id allowed where it was given.
+    pub max: usize,
+}
+
 /// Checks a task id: 1 to `max` letters, digits, '.', '-' or '_', not starting with '.'
 /// (it names a sandbox directory and an actor on the agent).
-pub fn check_task_id(id: &str, max: usize) -> Result<(), String> {
+pub fn check_task_id(id: &str, max: usize) -> Result<(), InvalidTaskId> {
     let ok = !id.is_empty()
         && id.len() <= max
         && !id.starts_with('.')
@@ -347,8 +357,9 @@ pub fn check_task_id(id: &str, max: usize) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "task id {id:?} is not valid: expected 1-{max} letters, digits, '.', '-' or '_', not starting with '.'"
-        ))
+        Err(InvalidTaskId {
+            id: id.to_string(),
+            max,
+        })
     }
 }

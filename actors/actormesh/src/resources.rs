@@ -29,6 +29,29 @@ pub struct ResourceError {
     pub expected: &'static str,
 }
 
+/// Resources that arrived decoded (not parsed) hold what a parse would have refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum InvalidResources {
+    /// A scalar amount is negative or not finite.
+    #[error("resource {kind}:{amount} is not valid: expected a finite amount of 0 or more")]
+    Amount {
+        /// The resource kind.
+        kind: String,
+        /// The amount given.
+        amount: f64,
+    },
+    /// A range runs from high to low.
+    #[error("resource {kind}:[{start}-{end}] is not valid: expected ranges from low to high")]
+    Range {
+        /// The resource kind.
+        kind: String,
+        /// Where the range starts.
+        start: u64,
+        /// Where it ends (below its start).
+        end: u64,
+    },
+}
+
 const FORMAT: &str =
     "name:value pairs separated by ';', e.g. cpus:4;mem:8GiB;disk:20GiB;ports:[31000-32000]";
 const SIZE: &str = "a size such as 512MiB, 8GiB, 2TB or a number of MiB";
@@ -306,19 +329,22 @@ impl Resources {
 
     /// Checks what parsing checks, for resources that arrived some other way (decoded from
     /// a message): amounts finite and not negative, ranges from low to high.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidResources> {
         for (k, v) in &self.scalars {
             if !v.is_finite() || *v < 0.0 {
-                return Err(format!(
-                    "resource {k}:{v} is not valid: expected a finite amount of 0 or more"
-                ));
+                return Err(InvalidResources::Amount {
+                    kind: k.clone(),
+                    amount: *v,
+                });
             }
         }
         for (k, rs) in &self.ranges {
-            if let Some((a, b)) = rs.iter().find(|(a, b)| a > b) {
-                return Err(format!(
-                    "resource {k}:[{a}-{b}] is not valid: expected ranges from low to high"
-                ));
+            if let Some(&(start, end)) = rs.iter().find(|(a, b)| a > b) {
+                return Err(InvalidResources::Range {
+                    kind: k.clone(),
+                    start,
+                    end,
+                });
             }
         }
         Ok(())
@@ -411,6 +437,32 @@ fn round2(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoded_resources_are_checked_like_parsed_ones() {
+        let mut r = Resources::default();
+        r.scalars.insert("cpus".into(), -100.0);
+        assert_eq!(
+            r.validate().map_err(|e| e.to_string()),
+            Err("resource cpus:-100 is not valid: expected a finite amount of 0 or more".into())
+        );
+        let mut r = Resources::default();
+        r.ranges.insert("ports".into(), vec![(9, 3)]);
+        assert_eq!(
+            r.validate(),
+            Err(InvalidResources::Range {
+                kind: "ports".into(),
+                start: 9,
+                end: 3
+            })
+        );
+        assert_eq!(
+            "cpus:1;ports:[3-9]"
+                .parse::<Resources>()
+                .map(|r| r.validate()),
+            Ok(Ok(()))
+        );
+    }
 
     #[test]
     fn parses_the_documented_example() {

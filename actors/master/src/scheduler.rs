@@ -875,7 +875,7 @@ fn valid_role(role: &str) -> Result<(), FrameworkError> {
 
 /// A framework's task id; short enough for the framework id to go in front of it.
 fn valid_task_id(id: &str) -> Result<(), FrameworkError> {
-    actormesh::protocol::check_task_id(id, 100).map_err(FrameworkError::Invalid)
+    actormesh::protocol::check_task_id(id, 100).map_err(|e| FrameworkError::Invalid(e.to_string()))
 }
 
 /// A framework call with the verified caller.

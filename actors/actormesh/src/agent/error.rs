@@ -1,4 +1,5 @@
-//! Why an agent could not start, join, register or renew its certificate.
+//! Why an agent could not start, join, register or renew its certificate, and why it
+//! refuses a request about a task.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -119,4 +120,70 @@ impl AgentError {
         let path = path.into();
         move |source| AgentError::Storage { what, path, source }
     }
+}
+
+/// Why the agent refused a request of the master's about a task. It goes back to the
+/// master as text: the `/v1` replies carry a `String`, and the master's call sites take one.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TaskRefusal {
+    /// The caller is not the master.
+    #[error("{0} may not manage tasks here; only the master may")]
+    NotTheMaster(SpiffeId),
+    /// The request did not come over the mesh, so no verified identity sent it.
+    #[error("task requests must come from the master over the mesh")]
+    NoCaller,
+    /// The task id cannot name a sandbox and an actor.
+    #[error(transparent)]
+    InvalidId(#[from] crate::protocol::InvalidTaskId),
+    /// An earlier task of this id left its sandbox (kept for its logs).
+    #[error("task id {id} was used before on agent {agent} (its sandbox {} is kept for its logs); launch it under a new id", sandbox.display())]
+    IdUsedBefore {
+        /// The task id.
+        id: String,
+        /// This agent.
+        agent: String,
+        /// The sandbox in the way.
+        sandbox: PathBuf,
+    },
+    /// The command task could not be started.
+    #[error(transparent)]
+    Launch(#[from] super::command::CommandError),
+    /// This agent's binary does not host the actor type.
+    #[error("actor type {actor_type:?} is not hosted here (hosted: {hosted})")]
+    NotHosted {
+        /// The type asked for.
+        actor_type: String,
+        /// The types hosted, comma-separated.
+        hosted: String,
+    },
+    /// The actor task could not be spawned.
+    #[error(transparent)]
+    Spawn(#[from] NodeError),
+    /// No task of this id runs here, or left a sandbox here.
+    #[error("no task {task_id} on agent {agent}")]
+    NoSuchTask {
+        /// The task id.
+        task_id: String,
+        /// This agent.
+        agent: String,
+    },
+    /// The task is an actor task, whose output is not captured.
+    #[error("task {0} is an actor task: it has no captured output")]
+    NoCapturedOutput(String),
+    /// A captured stream could not be read.
+    #[error("cannot read {}: {source}", file.display())]
+    ReadLog {
+        /// The stream's file in the sandbox.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An ended command task's sandbox holds no checkpoint to describe it from.
+    #[error("task {task_id} left no checkpoint in {}", sandbox.display())]
+    NoCheckpoint {
+        /// The task id.
+        task_id: String,
+        /// Its sandbox.
+        sandbox: PathBuf,
+    },
 }

@@ -7,9 +7,11 @@
 
 pub mod command;
 mod error;
+pub mod reports;
 pub mod tasks;
 
 pub use error::AgentError;
+pub(crate) use error::TaskRefusal;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

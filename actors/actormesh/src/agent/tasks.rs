@@ -3,26 +3,32 @@
 //! them, and reports every state change to the master until the master acknowledges it.
 //! A command task's end is marked in its sandbox once acknowledged, so a restarted agent
 //! reports ends that were not delivered and re-attaches to processes that still run.
+//! The report protocol itself is [`super::reports::ReportBook`]; health checks are in
+//! `tasks/health.rs`.
+
+mod health;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use tracing::{info, warn};
 
 use super::command;
+use super::reports::{Attempt, MasterAnswer, ReportBook};
+use super::TaskRefusal;
 use crate::protocol::{
-    DescribeTask, HealthSpec, KillTask, LaunchActor, LaunchCommand, LogStream, ReadTaskLog,
-    ReleaseStatus, TaskDetail, TaskLog, TaskStatusReport,
+    DescribeTask, HealthSpec, InvalidTaskId, KillTask, LaunchActor, LaunchCommand, LogStream,
+    MasterRefusal, ReadTaskLog, ReleaseStatus, TaskDetail, TaskLog,
 };
-use crate::task::{TaskState, TaskStatus};
+use crate::task::TaskState;
 use crate::{
     Node, NodeError, RemoteRef, RestartPolicy, SpawnOptions, Terminated, TerminationReason,
 };
+use health::{Health, HEALTH_FILE};
 
 type Factory = Rc<dyn Fn(&Node, &str, RestartPolicy) -> Result<RemoteRef, NodeError>>;
 
@@ -129,91 +135,14 @@ pub struct AgentGate {
     sandboxes: PathBuf,
     /// Health checks, by task id.
     health: BTreeMap<String, Health>,
-    /// Ended tasks' reports the master asked to keep until their framework acknowledges
-    /// them, with the mark to make then.
-    kept: BTreeMap<String, (TaskStatusReport, Option<PathBuf>)>,
-    /// End reports on their way to the master, by task id: how many.
-    sending: BTreeMap<String, u32>,
-    /// Tasks whose end the master released while its report was still on its way (the
-    /// framework acknowledged before the master's answer got here): not to be kept.
-    released_early: std::collections::BTreeSet<String>,
+    /// Status reports until the master is done with them (at least once).
+    reports: ReportBook,
     /// Registrations seen (from the shared task set): a new one sends the kept reports.
     registrations: u64,
-    /// This actor's address, for the report loops.
+    /// This actor's address, for the report tries.
     me: Option<Addr<AgentGate>>,
     /// Tasks being killed for failing their health check, with why.
     unhealthy: BTreeMap<String, String>,
-    next_uuid: AtomicU64,
-}
-
-/// A task's health check as its agent runs it.
-struct Health {
-    spec: HealthSpec,
-    started: std::time::Instant,
-    last: Option<std::time::Instant>,
-    in_flight: bool,
-    failures: u32,
-    /// The health last reported to the master.
-    reported: Option<bool>,
-}
-
-impl Health {
-    fn new(spec: HealthSpec) -> Self {
-        Self {
-            spec,
-            started: std::time::Instant::now(),
-            last: None,
-            in_flight: false,
-            failures: 0,
-            reported: None,
-        }
-    }
-}
-
-/// Where a command task's health check is kept, so a restarted agent runs it again.
-const HEALTH_FILE: &str = "health.json";
-
-/// The outcome of one health check.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-struct HealthResult {
-    task_id: String,
-    outcome: Result<(), String>,
-}
-
-/// Runs a health check command in `dir` with `env`, at most `timeout`.
-fn run_check(
-    command: &[String],
-    dir: &Path,
-    env: &BTreeMap<String, String>,
-    timeout: Duration,
-) -> Result<(), String> {
-    let (program, args) = command
-        .split_first()
-        .ok_or_else(|| "the health check has no command".to_string())?;
-    let mut child = std::process::Command::new(program)
-        .args(args)
-        .envs(env)
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => return Ok(()),
-            Ok(Some(status)) => return Err(format!("{program} exited with {status}")),
-            Ok(None) if std::time::Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{program} did not finish within {timeout:?}"));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(e) => return Err(format!("cannot wait for {program}: {e}")),
-        }
-    }
 }
 
 /// Where command tasks' sandboxes live under an agent's data directory.
@@ -224,7 +153,7 @@ const REPORTED: &str = "end_reported";
 const SANDBOX_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// A task id that is safe as a directory name and an actor name.
-fn valid_task_id(id: &str) -> Result<(), String> {
+fn valid_task_id(id: &str) -> Result<(), InvalidTaskId> {
     crate::protocol::check_task_id(id, 200)
 }
 
@@ -310,7 +239,6 @@ impl AgentGate {
         Self {
             node,
             host,
-            agent_id,
             master,
             tasks: BTreeMap::new(),
             commands,
@@ -318,23 +246,21 @@ impl AgentGate {
             sandboxes,
             health,
             unhealthy: BTreeMap::new(),
-            kept: BTreeMap::new(),
-            sending: BTreeMap::new(),
-            released_early: Default::default(),
+            reports: ReportBook::new(agent_id.clone()),
+            agent_id,
             registrations: 0,
             me: None,
-            next_uuid: AtomicU64::new(1),
         }
     }
 
-    /// Sends a status report in the background, again and again (capped backoff) until the
+    /// Reports a task's new state to the master, again and again (capped backoff) until the
     /// master acknowledges it.
     fn report(&mut self, task_id: &str, state: TaskState, message: String) {
         self.report_then(task_id, state, message, None, None);
     }
 
-    /// Like [`Self::report`]; once the master acknowledges, `mark` (if any) is created, so
-    /// that a restarted agent knows the end was delivered.
+    /// Like [`Self::report`]; once the master is done with the report, `mark` (if any) is
+    /// created, so that a restarted agent knows the end was delivered.
     fn report_then(
         &mut self,
         task_id: &str,
@@ -343,89 +269,52 @@ impl AgentGate {
         mark: Option<PathBuf>,
         healthy: Option<bool>,
     ) {
-        let report = TaskStatusReport {
-            agent_id: self.agent_id.clone(),
-            status: TaskStatus {
-                task_id: task_id.to_string(),
-                agent_id: self.agent_id.clone(),
-                state,
-                message,
-                uuid: self.next_uuid.fetch_add(1, Ordering::Relaxed),
-                healthy,
-            },
-        };
-        self.send_report(report, mark);
+        let now = Instant::now();
+        self.reports
+            .report(task_id, state, message, healthy, mark, now);
+        self.send_due_reports(now);
     }
 
-    /// Sends `report` until the master takes it. If the master asks to keep it (an end its
-    /// framework has not acknowledged yet), it stays here and goes again at each
-    /// registration until the master releases it; `mark` is created only then.
-    fn send_report(&mut self, report: TaskStatusReport, mark: Option<PathBuf>) {
-        let master = self.master.clone();
+    /// Sends the reports the book says are due; each answer comes back as [`ReportAnswered`].
+    fn send_due_reports(&mut self, now: Instant) {
+        // Reports filed before `started` wait in the book for the first poll.
         let Some(gate) = self.me.clone() else {
-            // Reports come from handlers and the poll, all after `started`.
-            warn!(task = %report.status.task_id, "a status report before the agent gate started; dropped");
             return;
         };
-        // Only ends can be kept and released; other reports need no bookkeeping (one
-        // message fewer per report on the launch path).
-        let ends = report.status.state.is_terminal();
-        if ends {
-            *self
-                .sending
-                .entry(report.status.task_id.clone())
-                .or_default() += 1;
-        }
-        actix::spawn(async move {
-            let mut delay = Duration::from_millis(100);
-            loop {
-                let outcome = match master
-                    .ask_timeout(report.clone(), Duration::from_secs(5))
-                    .await
-                {
-                    Ok(Ok(ack)) if ack.keep => Sent::Keep,
-                    Ok(Ok(_)) => Sent::Taken,
-                    Ok(Err(crate::protocol::MasterRefusal::Removed(e))) => {
-                        warn!(task = %report.status.task_id, error = %e, "this agent was removed; the status report is dropped");
-                        Sent::Dropped
+        for (attempt, report) in self.reports.due(now) {
+            let (master, gate) = (self.master.clone(), gate.clone());
+            actix::spawn(async move {
+                let task = report.status.task_id.clone();
+                let answer = match master.ask_timeout(report, Duration::from_secs(5)).await {
+                    Ok(Ok(ack)) if ack.keep => MasterAnswer::Keep,
+                    Ok(Ok(_)) => MasterAnswer::Taken,
+                    Ok(Err(MasterRefusal::Removed(e))) => {
+                        warn!(%task, error = %e, "this agent was removed; the status report is dropped");
+                        MasterAnswer::Refused
                     }
-                    Ok(Err(crate::protocol::MasterRefusal::Forbidden(e))) => {
-                        warn!(task = %report.status.task_id, error = %e, "the master refuses this status report; dropped");
-                        Sent::Dropped
+                    Ok(Err(MasterRefusal::Forbidden(e))) => {
+                        warn!(%task, error = %e, "the master refuses this status report; dropped");
+                        MasterAnswer::Refused
                     }
                     Ok(Err(e)) => {
-                        warn!(task = %report.status.task_id, error = %e, "status report refused; retrying");
-                        Sent::Retry
+                        warn!(%task, error = %e, "status report refused; retrying");
+                        MasterAnswer::NotDelivered
                     }
                     Err(e) => {
-                        warn!(task = %report.status.task_id, error = %e, "status report not delivered; retrying");
-                        Sent::Retry
+                        warn!(%task, error = %e, "status report not delivered; retrying");
+                        MasterAnswer::NotDelivered
                     }
                 };
-                if outcome != Sent::Retry {
-                    if ends || mark.is_some() || outcome == Sent::Keep {
-                        gate.do_send(ReportSent {
-                            report,
-                            mark,
-                            outcome,
-                            counted: ends,
-                        });
-                    }
-                    return;
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        });
+                gate.do_send(ReportAnswered { attempt, answer });
+            });
+        }
     }
 
-    fn from_master() -> Result<(), String> {
+    fn from_master() -> Result<(), TaskRefusal> {
         match crate::caller() {
             Some(c) if c.path() == "/node/master" => Ok(()),
-            Some(c) => Err(format!(
-                "{c} may not manage tasks here; only the master may"
-            )),
-            None => Err("task requests must come from the master over the mesh".into()),
+            Some(c) => Err(TaskRefusal::NotTheMaster(c)),
+            None => Err(TaskRefusal::NoCaller),
         }
     }
 }
@@ -441,6 +330,7 @@ impl Actor for AgentGate {
             gate.poll_commands();
             gate.poll_health(ctx);
             gate.resend_kept();
+            gate.send_due_reports(Instant::now());
         });
     }
 }
@@ -448,52 +338,19 @@ impl Actor for AgentGate {
 /// How often command tasks are checked for their end.
 const COMMAND_POLL: Duration = Duration::from_millis(100);
 
-/// What became of a status report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sent {
-    /// Taken, to keep until the master releases it.
-    Keep,
-    /// Taken.
-    Taken,
-    /// Refused for good.
-    Dropped,
-    /// Not delivered; again.
-    Retry,
-}
-
-/// A status report's loop is done.
+/// The master answered one try at a status report.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-struct ReportSent {
-    report: TaskStatusReport,
-    mark: Option<PathBuf>,
-    outcome: Sent,
-    /// Counted in `sending` (an end).
-    counted: bool,
+struct ReportAnswered {
+    attempt: Attempt,
+    answer: MasterAnswer,
 }
 
-impl Handler<ReportSent> for AgentGate {
+impl Handler<ReportAnswered> for AgentGate {
     type Result = ();
-    fn handle(&mut self, m: ReportSent, _: &mut Context<Self>) {
-        let id = m.report.status.task_id.clone();
-        let released = self.released_early.contains(&id);
-        match m.outcome {
-            Sent::Keep if !released => {
-                self.kept.insert(id.clone(), (m.report, m.mark));
-            }
-            Sent::Keep | Sent::Taken => {
-                if let Some(mark) = m.mark {
-                    let _ = std::fs::write(mark, b"");
-                }
-            }
-            Sent::Dropped | Sent::Retry => {}
-        }
-        if let Some(n) = self.sending.get_mut(&id).filter(|_| m.counted) {
-            *n -= 1;
-            if *n == 0 {
-                self.sending.remove(&id);
-                self.released_early.remove(&id);
-            }
+    fn handle(&mut self, m: ReportAnswered, _: &mut Context<Self>) {
+        if let Some(mark) = self.reports.answered(m.attempt, m.answer, Instant::now()) {
+            let _ = std::fs::write(mark, b"");
         }
     }
 }
@@ -502,16 +359,9 @@ impl Handler<ReportSent> for AgentGate {
 impl Handler<ReleaseStatus> for AgentGate {
     type Result = Result<(), String>;
     fn handle(&mut self, m: ReleaseStatus, _: &mut Context<Self>) -> Self::Result {
-        Self::from_master()?;
-        match self.kept.remove(&m.task_id) {
-            Some((_, Some(mark))) => {
-                let _ = std::fs::write(mark, b"");
-            }
-            Some((_, None)) => {}
-            None if self.sending.contains_key(&m.task_id) => {
-                self.released_early.insert(m.task_id);
-            }
-            None => {}
+        Self::from_master().map_err(|e| e.to_string())?;
+        if let Some(mark) = self.reports.released(&m.task_id) {
+            let _ = std::fs::write(mark, b"");
         }
         Ok(())
     }
@@ -536,75 +386,16 @@ impl AgentGate {
     }
 
     /// After each registration, the kept reports go to the master again (it may be a new
-    /// master that never saw them).
+    /// master that never saw them); the next [`Self::send_due_reports`] sends them.
     fn resend_kept(&mut self) {
         let registrations = self
             .task_ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .registrations;
-        if registrations == self.registrations {
-            return;
-        }
-        self.registrations = registrations;
-        for (report, mark) in std::mem::take(&mut self.kept).into_values() {
-            self.send_report(report, mark);
-        }
-    }
-
-    /// Starts the health checks that are due.
-    fn poll_health(&mut self, ctx: &mut Context<Self>) {
-        let now = std::time::Instant::now();
-        let due: Vec<String> = self
-            .health
-            .iter()
-            .filter(|(_, h)| {
-                !h.in_flight
-                    && h.last.is_none_or(|at| {
-                        now.duration_since(at) >= Duration::from_millis(h.spec.interval_ms)
-                    })
-            })
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in due {
-            let Some(h) = self.health.get_mut(&id) else {
-                continue;
-            };
-            h.in_flight = true;
-            h.last = Some(now);
-            let timeout = Duration::from_millis(h.spec.timeout_ms.max(1));
-            let me = ctx.address();
-            if let Some(c) = self.commands.get(&id) {
-                let command = h.spec.command.clone().unwrap_or_default();
-                let dir = c.running.dir().to_path_buf();
-                let env = c.running.task().env.clone();
-                actix::spawn(async move {
-                    let outcome = tokio::task::spawn_blocking(move || {
-                        run_check(&command, &dir, &env, timeout)
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(format!("the check did not run: {e}")));
-                    me.do_send(HealthResult {
-                        task_id: id,
-                        outcome,
-                    });
-                });
-            } else if let Some(t) = self.tasks.values().find(|t| t.id == id) {
-                let instance = self.node.local_ref(&t.name);
-                actix::spawn(async move {
-                    let outcome = match instance
-                        .ask_timeout(crate::health::HealthCheck, timeout)
-                        .await
-                    {
-                        Ok(r) => r,
-                        Err(e) => Err(e.to_string()),
-                    };
-                    me.do_send(HealthResult {
-                        task_id: id,
-                        outcome,
-                    });
-                });
-            }
+        if registrations != self.registrations {
+            self.registrations = registrations;
+            self.reports.registered(Instant::now());
         }
     }
 
@@ -656,25 +447,37 @@ impl AgentGate {
         }
     }
 
-    fn sandbox_of(&self, task_id: &str) -> Result<PathBuf, String> {
+    fn sandbox_of(&self, task_id: &str) -> Result<PathBuf, TaskRefusal> {
         valid_task_id(task_id)?;
         let dir = self.sandboxes.join(task_id);
         if dir.is_dir() {
             Ok(dir)
         } else if self.tasks.values().any(|t| t.id == task_id) {
-            Err(format!(
-                "task {task_id} is an actor task: it has no captured output"
-            ))
+            Err(TaskRefusal::NoCapturedOutput(task_id.to_string()))
         } else {
-            Err(format!("no task {task_id} on agent {}", self.agent_id))
+            Err(self.no_such_task(task_id))
+        }
+    }
+
+    fn no_such_task(&self, task_id: &str) -> TaskRefusal {
+        TaskRefusal::NoSuchTask {
+            task_id: task_id.to_string(),
+            agent: self.agent_id.clone(),
         }
     }
 }
 
+// The replies of task requests stay text on the wire (see `TaskRefusal`).
 #[crate::handler]
 impl Handler<LaunchCommand> for AgentGate {
     type Result = Result<(), String>;
     fn handle(&mut self, m: LaunchCommand, _: &mut Context<Self>) -> Self::Result {
+        self.launch_command(m).map_err(|e| e.to_string())
+    }
+}
+
+impl AgentGate {
+    fn launch_command(&mut self, m: LaunchCommand) -> Result<(), TaskRefusal> {
         Self::from_master()?;
         let id = m.task.id.clone();
         valid_task_id(&id)?;
@@ -683,11 +486,11 @@ impl Handler<LaunchCommand> for AgentGate {
         }
         let sandbox = self.sandboxes.join(&id);
         if sandbox.exists() {
-            return Err(format!(
-                "task id {id} was used before on agent {} (its sandbox {} is kept for its logs); launch it under a new id",
-                self.agent_id,
-                sandbox.display()
-            ));
+            return Err(TaskRefusal::IdUsedBefore {
+                id,
+                agent: self.agent_id.clone(),
+                sandbox,
+            });
         }
         self.report(&id, TaskState::Starting, String::new());
         match command::launch(&m.task, &self.sandboxes) {
@@ -728,7 +531,7 @@ impl Handler<LaunchCommand> for AgentGate {
             }
             Err(e) => {
                 self.report(&id, TaskState::Failed, e.to_string());
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
@@ -738,12 +541,18 @@ impl Handler<LaunchCommand> for AgentGate {
 impl Handler<ReadTaskLog> for AgentGate {
     type Result = Result<TaskLog, String>;
     fn handle(&mut self, m: ReadTaskLog, _: &mut Context<Self>) -> Self::Result {
+        self.read_log(m).map_err(|e| e.to_string())
+    }
+}
+
+impl AgentGate {
+    fn read_log(&self, m: ReadTaskLog) -> Result<TaskLog, TaskRefusal> {
         Self::from_master()?;
         let file = self.sandbox_of(&m.task_id)?.join(match m.stream {
             LogStream::Stdout => "stdout",
             LogStream::Stderr => "stderr",
         });
-        read_tail(&file, m.max_bytes).map_err(|e| format!("cannot read {}: {e}", file.display()))
+        read_tail(&file, m.max_bytes).map_err(|source| TaskRefusal::ReadLog { file, source })
     }
 }
 
@@ -766,6 +575,12 @@ fn read_tail(file: &Path, max: u64) -> std::io::Result<TaskLog> {
 impl Handler<DescribeTask> for AgentGate {
     type Result = Result<TaskDetail, String>;
     fn handle(&mut self, m: DescribeTask, _: &mut Context<Self>) -> Self::Result {
+        self.describe(m).map_err(|e| e.to_string())
+    }
+}
+
+impl AgentGate {
+    fn describe(&self, m: DescribeTask) -> Result<TaskDetail, TaskRefusal> {
         Self::from_master()?;
         if let Some(c) = self.commands.get(&m.task_id) {
             return Ok(TaskDetail {
@@ -794,8 +609,12 @@ impl Handler<DescribeTask> for AgentGate {
         }
         // An ended command task whose sandbox is still kept.
         let dir = self.sandbox_of(&m.task_id)?;
-        let ended = command::reattach(&dir)
-            .ok_or_else(|| format!("task {} left no checkpoint in {}", m.task_id, dir.display()))?;
+        let Some(ended) = command::reattach(&dir) else {
+            return Err(TaskRefusal::NoCheckpoint {
+                task_id: m.task_id,
+                sandbox: dir,
+            });
+        };
         Ok(TaskDetail {
             task_id: m.task_id,
             what: format!("command {}", ended.task().path),
@@ -811,6 +630,12 @@ impl Handler<DescribeTask> for AgentGate {
 impl Handler<LaunchActor> for AgentGate {
     type Result = Result<(), String>;
     fn handle(&mut self, m: LaunchActor, ctx: &mut Context<Self>) -> Self::Result {
+        self.launch_actor(m, ctx).map_err(|e| e.to_string())
+    }
+}
+
+impl AgentGate {
+    fn launch_actor(&mut self, m: LaunchActor, ctx: &mut Context<Self>) -> Result<(), TaskRefusal> {
         Self::from_master()?;
         if self.tasks.contains_key(&m.task_id) {
             return Ok(()); // A retried launch: already running.
@@ -825,10 +650,10 @@ impl Handler<LaunchActor> for AgentGate {
                     m.actor_type
                 ),
             );
-            return Err(format!(
-                "actor type {:?} is not hosted here (hosted: {known})",
-                m.actor_type
-            ));
+            return Err(TaskRefusal::NotHosted {
+                actor_type: m.actor_type,
+                hosted: known,
+            });
         };
         self.report(&m.task_id, TaskState::Starting, String::new());
         let restart = m
@@ -861,7 +686,7 @@ impl Handler<LaunchActor> for AgentGate {
             }
             Err(e) => {
                 self.report(&m.task_id, TaskState::Failed, e.to_string());
-                Err(e.to_string())
+                Err(e.into())
             }
         }
     }
@@ -871,91 +696,23 @@ impl Handler<LaunchActor> for AgentGate {
 impl Handler<KillTask> for AgentGate {
     type Result = Result<(), String>;
     fn handle(&mut self, m: KillTask, ctx: &mut Context<Self>) -> Self::Result {
+        self.kill(m, ctx).map_err(|e| e.to_string())
+    }
+}
+
+impl AgentGate {
+    fn kill(&mut self, m: KillTask, ctx: &mut Context<Self>) -> Result<(), TaskRefusal> {
         Self::from_master()?;
         if self.stop_command(&m.task_id, ctx) {
             return Ok(());
         }
-        let task = self
-            .tasks
-            .values_mut()
-            .find(|t| t.id == m.task_id)
-            .ok_or_else(|| format!("no task {} on this agent", m.task_id))?;
+        let Some(task) = self.tasks.values_mut().find(|t| t.id == m.task_id) else {
+            return Err(self.no_such_task(&m.task_id));
+        };
         task.kill_requested = true;
         let name = task.name.clone();
         self.node.stop(&name);
         Ok(())
-    }
-}
-
-impl Handler<HealthResult> for AgentGate {
-    type Result = ();
-    fn handle(&mut self, r: HealthResult, ctx: &mut Context<Self>) {
-        let Some(h) = self.health.get_mut(&r.task_id) else {
-            return; // The task ended meanwhile.
-        };
-        h.in_flight = false;
-        match r.outcome {
-            Ok(()) => {
-                h.failures = 0;
-                self.task_ids
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .healthy
-                    .insert(r.task_id.clone());
-                if h.reported != Some(true) {
-                    h.reported = Some(true);
-                    self.report_then(
-                        &r.task_id,
-                        TaskState::Running,
-                        "healthy".into(),
-                        None,
-                        Some(true),
-                    );
-                }
-            }
-            Err(why) => {
-                if h.started.elapsed() < Duration::from_millis(h.spec.grace_ms) {
-                    return;
-                }
-                h.failures += 1;
-                let (failures, limit) = (h.failures, h.spec.failures);
-                self.task_ids
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .healthy
-                    .remove(&r.task_id);
-                if h.reported != Some(false) {
-                    h.reported = Some(false);
-                    self.report_then(
-                        &r.task_id,
-                        TaskState::Running,
-                        format!("health check failed: {why}"),
-                        None,
-                        Some(false),
-                    );
-                }
-                if failures < limit {
-                    return;
-                }
-                warn!(task = %r.task_id, failures, %why, "health check failed too often; killing the task");
-                self.health.remove(&r.task_id);
-                self.unhealthy.insert(
-                    r.task_id.clone(),
-                    format!("health check failed {failures} times in a row: {why}"),
-                );
-                if !self.stop_command(&r.task_id, ctx) {
-                    // An actor task.
-                    if let Some(name) = self
-                        .tasks
-                        .values()
-                        .find(|t| t.id == r.task_id)
-                        .map(|t| t.name.clone())
-                    {
-                        self.node.stop(&name);
-                    }
-                }
-            }
-        }
     }
 }
 
