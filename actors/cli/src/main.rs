@@ -1,8 +1,6 @@
 //! The `actormesh` command.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
@@ -10,169 +8,19 @@ use actormesh::agent::{self, AgentConfig};
 use actormesh::resources::Resources;
 use actormesh::transport::pki::CertificateAuthority;
 use actormesh::transport::SpiffeId;
-use actormesh_cli::{parse_attr, parse_duration, parse_role_setting, ApiClient};
+use actormesh_cli::ApiClient;
 use actormesh_master::allocator::RoleConfig;
 use actormesh_master::membership::{AgentRecord, DetectorConfig};
 use actormesh_master::{self as master, MasterConfig};
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::Parser;
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "actormesh",
-    version,
-    about = "An actor runtime whose cluster is made of actors"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
+mod args;
 
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Cluster certificate authority: create one, issue certificates.
-    #[command(subcommand)]
-    Ca(CaCommand),
-    /// Run a master: membership, certificate authority, operator API.
-    Master(MasterArgs),
-    /// Run an agent that joins a master.
-    Agent(AgentArgs),
-    /// Join tokens.
-    #[command(subcommand)]
-    Token(TokenCommand),
-    /// List cluster objects.
-    Get {
-        #[command(subcommand)]
-        what: GetWhat,
-    },
-    /// Show one cluster object in detail.
-    Describe {
-        #[command(subcommand)]
-        what: DescribeWhat,
-    },
-    /// Remove a cluster object.
-    Delete {
-        #[command(subcommand)]
-        what: DeleteWhat,
-    },
-    /// Stop placing new work on a node.
-    Drain {
-        #[command(subcommand)]
-        what: DrainWhat,
-    },
-    /// Print the end of a command task's captured stdout (or stderr).
-    Logs {
-        /// The task id (from `actormesh get tasks`).
-        task: String,
-        /// Show stderr instead of stdout.
-        #[arg(long)]
-        stderr: bool,
-        /// At most this many bytes from the end.
-        #[arg(long, default_value_t = 64 * 1024)]
-        bytes: u64,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-    /// A whole cluster in one process: a master and one agent on embedded state.
-    Dev(DevArgs),
-    /// Validate a Deployment manifest (YAML, or JSON for .json) and submit it.
-    Apply {
-        /// The manifest file.
-        #[arg(short = 'f', long = "file")]
-        file: PathBuf,
-        /// Only validate; submit nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Return once the master has the deployment, without waiting for its replicas.
-        #[arg(long)]
-        no_wait: bool,
-        /// How long to wait for every replica to run (ms, s, m, h or d).
-        #[arg(long, value_parser = parse_duration, default_value = "60s")]
-        timeout: Duration,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum CaCommand {
-    /// Create a cluster CA: writes ca.pem and ca-key.pem (mode 0600) into --out.
-    Init {
-        /// Trust domain of the cluster, e.g. cluster.local.
-        #[arg(long)]
-        trust_domain: String,
-        /// Directory to create the CA in.
-        #[arg(long)]
-        out: PathBuf,
-        /// Lifetime of the CA certificate (ms, s, m, h or d).
-        #[arg(long, value_parser = parse_duration, default_value = "3650d")]
-        ttl: Duration,
-    },
-    /// Issue a certificate for a SPIFFE identity: writes cert.pem, key.pem (0600), ca.pem.
-    Issue {
-        /// Directory of the CA (made by `ca init`).
-        #[arg(long)]
-        ca: PathBuf,
-        /// Identity, e.g. spiffe://cluster.local/node/n1.
-        #[arg(long)]
-        identity: String,
-        /// Directory to write the certificate and key to.
-        #[arg(long)]
-        out: PathBuf,
-        /// Lifetime of the certificate (ms, s, m, h or d).
-        #[arg(long, value_parser = parse_duration, default_value = "24h")]
-        ttl: Duration,
-    },
-}
-
-#[derive(Args, Debug, Clone)]
-struct MasterArgs {
-    /// Where state, the CA and the API token are kept.
-    #[arg(long, default_value = "actormesh-data")]
-    data_dir: PathBuf,
-    /// Mesh (mutual TLS, QUIC) address.
-    #[arg(long, default_value = "127.0.0.1:7000")]
-    listen: SocketAddr,
-    /// Bootstrap address agents join through (QUIC).
-    #[arg(long, default_value = "127.0.0.1:7001")]
-    bootstrap: SocketAddr,
-    /// Operator API address (HTTP). Loopback unless you mean otherwise.
-    #[arg(long, default_value = "127.0.0.1:7080")]
-    api: SocketAddr,
-    /// Trust domain of the CA created at first start.
-    #[arg(long, default_value = "cluster.local")]
-    trust_domain: String,
-    /// Use this CA directory (from `actormesh ca init`) at first start.
-    #[arg(long)]
-    ca: Option<PathBuf>,
-    /// Agent heartbeat interval.
-    #[arg(long, value_parser = parse_duration, default_value = "250ms")]
-    heartbeat: Duration,
-    /// Silence after which an agent is Unreachable.
-    #[arg(long, value_parser = parse_duration, default_value = "2s")]
-    unreachable_after: Duration,
-    /// Silence after which an agent is Gone (removed, identity revoked).
-    #[arg(long, value_parser = parse_duration, default_value = "5m")]
-    gone_after: Duration,
-    /// Agents that may be removed in any minute.
-    #[arg(long, default_value_t = 5)]
-    max_removals_per_minute: u32,
-    /// Lifetime of agent certificates (renewed at half-life).
-    #[arg(long, value_parser = parse_duration, default_value = "24h")]
-    agent_cert_ttl: Duration,
-    /// How long a framework may hold an offer before it is rescinded.
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    offer_timeout: Duration,
-    /// A role's weight for fair sharing, e.g. analytics=2 (repeatable; others weigh 1).
-    #[arg(long = "role-weight", value_parser = parse_role_setting)]
-    role_weights: Vec<(String, String)>,
-    /// Resources a role is guaranteed, e.g. 'analytics=cpus:4;mem:8GiB' (repeatable).
-    #[arg(long = "role-guarantee", value_parser = parse_role_setting)]
-    role_guarantees: Vec<(String, String)>,
-    /// Resources a role may never exceed, e.g. 'batch=cpus:16' (repeatable).
-    #[arg(long = "role-limit", value_parser = parse_role_setting)]
-    role_limits: Vec<(String, String)>,
-}
+use args::{
+    ApplyArgs, CaCommand, Cli, Command, DeleteWhat, DescribeWhat, DevArgs, DrainWhat, GetWhat,
+    LogsArgs, MasterArgs, Output, TokenCommand,
+};
 
 impl MasterArgs {
     fn config(&self) -> anyhow::Result<MasterConfig> {
@@ -241,131 +89,6 @@ impl MasterArgs {
     }
 }
 
-#[derive(Args, Debug, Clone)]
-struct AgentArgs {
-    /// The master's bootstrap address.
-    #[arg(long)]
-    join: SocketAddr,
-    /// Join token from `actormesh token create` (only needed the first time).
-    #[arg(long, env = "ACTORMESH_JOIN_TOKEN")]
-    token: Option<String>,
-    /// Where this agent keeps its key, certificate and id.
-    #[arg(long, default_value = "actormesh-agent")]
-    data_dir: PathBuf,
-    /// Mesh address to listen on.
-    #[arg(long, default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
-    /// Agent name (lowercase letters, digits, '-'); the master picks one if empty.
-    #[arg(long, default_value = "")]
-    name: String,
-    /// Offered resources, e.g. 'cpus:4;mem:8GiB;disk:20GiB;ports:[31000-32000]'. Detected if absent.
-    #[arg(long)]
-    resources: Option<String>,
-    /// Attribute key=value (repeatable), e.g. --attr zone=a --attr rack=r1.
-    #[arg(long = "attr", value_parser = parse_attr)]
-    attrs: Vec<(String, String)>,
-    /// Resources set aside for a role, e.g. 'analytics=cpus:2;mem:4GiB' (repeatable):
-    /// offered to that role only.
-    #[arg(long = "reserve", value_parser = parse_role_setting)]
-    reserve: Vec<(String, String)>,
-    /// Also host the demo actor type `echo` as actor tasks (as `actormesh dev` does).
-    /// Without it this agent runs command tasks only: actor tasks need your own binary.
-    #[arg(long)]
-    demo_actors: bool,
-}
-
-#[derive(Args, Debug, Clone)]
-struct ApiArgs {
-    /// The master's operator API.
-    #[arg(
-        long,
-        env = "ACTORMESH_API",
-        default_value = "http://127.0.0.1:7080",
-        global = true
-    )]
-    api: String,
-    /// The API token (else read from --api-token-file).
-    #[arg(
-        long,
-        env = "ACTORMESH_API_TOKEN",
-        global = true,
-        hide_env_values = true
-    )]
-    api_token: Option<String>,
-    /// File holding the API token (the master writes it into its data dir).
-    #[arg(
-        long,
-        env = "ACTORMESH_API_TOKEN_FILE",
-        default_value = "actormesh-data/api-token",
-        global = true
-    )]
-    api_token_file: PathBuf,
-    /// Output format.
-    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
-    output: Output,
-}
-
-impl ApiArgs {
-    fn client(&self) -> anyhow::Result<ApiClient> {
-        let token = match &self.api_token {
-            Some(t) => t.clone(),
-            None => std::fs::read_to_string(&self.api_token_file).with_context(|| {
-                format!(
-                    "cannot read the API token from {} (pass --api-token or --api-token-file)",
-                    self.api_token_file.display()
-                )
-            })?,
-        };
-        Ok(ApiClient::new(&self.api, &token))
-    }
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-enum Output {
-    Table,
-    Json,
-}
-
-#[derive(Subcommand, Debug)]
-enum TokenCommand {
-    /// Create a join token; prints it (the secret is shown only here).
-    Create {
-        /// How long the token works.
-        #[arg(long, value_parser = parse_duration, default_value = "24h")]
-        ttl: Duration,
-        /// What the token allows.
-        #[arg(long, default_value = "agent", value_parser = ["agent"])]
-        role: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum GetWhat {
-    /// Nodes: state, resources, attributes, last heartbeat, certificate expiry.
-    Nodes {
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-    /// Deployments: replicas asked for, running, pending, and why any are not placed.
-    Deployments {
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-    /// Tasks of deployments and frameworks: owner, version, agent, state, resources.
-    Tasks {
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-    /// Frameworks (the deployment controller first): role, weight, share, tasks, offers.
-    Frameworks {
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-}
-
-/// Prints progress until every replica of deployment `key` runs; an error after `timeout`
 /// that says how far it got and why the rest are not placed.
 fn wait_for_replicas(client: &ApiClient, key: &str, timeout: Duration) -> anyhow::Result<()> {
     use actormesh_master::deployments::DeploymentSummary;
@@ -416,53 +139,6 @@ fn wait_for_replicas(client: &ApiClient, key: &str, timeout: Duration) -> anyhow
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-#[derive(Subcommand, Debug)]
-enum DeleteWhat {
-    /// A deployment, by namespace/name (e.g. default/web): its instances are stopped.
-    Deployment {
-        /// namespace/name, or just name for the default namespace.
-        name: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum DescribeWhat {
-    /// A node by id.
-    Node {
-        /// The node id.
-        id: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-    /// A deployment: its spec, standing, why replicas are not placed, and its tasks.
-    Deployment {
-        /// namespace/name, or just name for the default namespace.
-        name: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-    /// A task: state, agent, and what the agent says (pid, sandbox, limits in effect).
-    Task {
-        /// The task id (from `actormesh get tasks`).
-        id: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-enum DrainWhat {
-    /// A node by id.
-    Node {
-        /// The node id.
-        id: String,
-        #[command(flatten)]
-        api: ApiArgs,
-    },
 }
 
 /// `namespace/name` from `namespace/name` or `name` (the default namespace).
@@ -604,16 +280,6 @@ fn describe_task(d: &actormesh_master::TaskDescription) {
         (None, Some(e)) => println!("On the agent:    unknown ({e})"),
         (None, None) => {}
     }
-}
-
-#[derive(Args, Debug, Clone)]
-struct DevArgs {
-    /// Where the dev cluster keeps its state.
-    #[arg(long, default_value = "actormesh-dev")]
-    data_dir: PathBuf,
-    /// Operator API address.
-    #[arg(long, default_value = "127.0.0.1:7080")]
-    api: SocketAddr,
 }
 
 fn ago(t: Option<SystemTime>) -> String {
@@ -860,12 +526,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Output::Table => describe_task(&serde_json::from_value(v)?),
             }
         }
-        Command::Logs {
+        Command::Logs(LogsArgs {
             task,
             stderr,
             bytes,
             api,
-        } => {
+        }) => {
             let stream = if stderr { "stderr" } else { "stdout" };
             let v = api.client()?.call(
                 "GET",
@@ -912,13 +578,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Dev(args) => run_system(dev(args))?,
-        Command::Apply {
+        Command::Apply(ApplyArgs {
             file,
             dry_run,
             no_wait,
             timeout,
             api,
-        } => {
+        }) => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let d = actormesh_master::manifest::parse(&file, &text)?;
