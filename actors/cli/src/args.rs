@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use actormesh_cli::{parse_attr, parse_duration, parse_role_setting, ApiClient};
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -202,7 +204,7 @@ pub(crate) struct ApiArgs {
     pub(crate) api_token_file: PathBuf,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
-    pub(crate) output: Output,
+    pub(crate) output: Format,
 }
 
 impl ApiArgs {
@@ -218,12 +220,6 @@ impl ApiArgs {
         };
         Ok(ApiClient::new(&self.api, &token))
     }
-}
-
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Output {
-    Table,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
