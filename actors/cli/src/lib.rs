@@ -1,5 +1,10 @@
 //! The `actormesh` binary's library: the operator API client, flag parsers, logging set-up
 //! and the demo actor type that `actormesh dev` hosts.
+//!
+//! The binary itself (`main.rs`) keeps its modules next to this file: `args` (every flag),
+//! one module per command group (`serve` for master, agent and dev; `ca`, `token`, `apply`
+//! with delete, `get`, `describe`, `drain`, `logs`), `output` (table or `-o json`) and
+//! `tables`.
 
 pub mod demo;
 

@@ -1,0 +1,121 @@
+//! `apply` and `delete deployment`: submit a manifest (and wait for its replicas), remove a
+//! deployment.
+
+use std::time::Duration;
+
+use actormesh_cli::ApiClient;
+use actormesh_master::deployments::DeploymentSummary;
+use anyhow::Context as _;
+
+use crate::args::{ApplyArgs, DeleteWhat};
+use crate::output::{self, JsonLayout};
+
+pub(crate) fn apply(args: ApplyArgs) -> anyhow::Result<()> {
+    let ApplyArgs {
+        file,
+        dry_run,
+        no_wait,
+        timeout,
+        api,
+    } = args;
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let d = actormesh_master::manifest::parse(&file, &text)?;
+    if dry_run {
+        println!(
+            "{}: valid Deployment {}/{}",
+            file.display(),
+            d.manifest.namespace,
+            d.manifest.name
+        );
+        return Ok(());
+    }
+    let body = serde_json::to_value(&d.manifest)?;
+    let client = api.client()?;
+    let v = client.call("POST", "/v1/deployments", Some(body))?;
+    let key = v["applied"].as_str().unwrap_or_default().to_string();
+    println!("applied {key}");
+    if !no_wait {
+        wait_for_replicas(&client, &key, timeout)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn delete(what: DeleteWhat) -> anyhow::Result<()> {
+    let DeleteWhat::Deployment { name, api } = what;
+    let key = deployment_key(&name)?;
+    let answer = api
+        .client()?
+        .call("DELETE", &format!("/v1/deployments/{key}"), None)?;
+    output::print(
+        api.output,
+        JsonLayout::Line,
+        answer,
+        |_: serde_json::Value| format!("deleted {key}: its instances are being stopped\n"),
+    )
+}
+
+/// Prints progress until every replica of deployment `key` runs; an error after `timeout`
+/// that says how far it got and why the rest are not placed.
+fn wait_for_replicas(client: &ApiClient, key: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        let list: Vec<DeploymentSummary> =
+            serde_json::from_value(client.call("GET", "/v1/deployments", None)?)?;
+        let Some(d) = list
+            .into_iter()
+            .find(|d| format!("{}/{}", d.namespace, d.name) == key)
+        else {
+            anyhow::bail!("deployment {key} was deleted while waiting for it");
+        };
+        let now = (d.running, d.pending, d.old, d.unplaced.clone());
+        let asked = d.replicas.saturating_sub(d.done);
+        if last.as_ref() != Some(&now) {
+            println!(
+                "{key}: {}/{} running, {} starting{}{}",
+                d.running,
+                asked,
+                d.pending,
+                if d.old > 0 {
+                    format!(", {} of older versions", d.old)
+                } else {
+                    String::new()
+                },
+                d.unplaced
+                    .as_deref()
+                    .map(|w| format!("; not placed: {w}"))
+                    .unwrap_or_default()
+            );
+            last = Some(now);
+        }
+        if d.running >= asked && d.pending == 0 && d.old == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            anyhow::bail!(
+                "{key}: only {}/{} replicas running after {timeout:?}{} (the deployment stays applied; \
+                 `actormesh describe deployment {key}` shows its progress, --timeout waits longer, --no-wait does not wait)",
+                d.running,
+                asked,
+                d.unplaced
+                    .map(|w| format!("; not placed: {w}"))
+                    .unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `namespace/name` from `namespace/name` or `name` (the default namespace).
+pub(crate) fn deployment_key(name: &str) -> anyhow::Result<String> {
+    match name.split_once('/') {
+        Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => {
+            Ok(format!("{ns}/{n}"))
+        }
+        Some(_) => anyhow::bail!(
+            "{name:?} is not a deployment name: expected namespace/name (e.g. default/web) or name"
+        ),
+        None => Ok(format!("default/{name}")),
+    }
+}

@@ -1,0 +1,351 @@
+//! The command line: every command, its flags and their help texts (`clap` derive).
+//!
+//! Help texts are part of the interface: each `///` line here is what `--help` shows.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actormesh_cli::{parse_attr, parse_duration, parse_role_setting, ApiClient};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "actormesh",
+    version,
+    about = "An actor runtime whose cluster is made of actors"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum Command {
+    /// Cluster certificate authority: create one, issue certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Run a master: membership, certificate authority, operator API.
+    Master(MasterArgs),
+    /// Run an agent that joins a master.
+    Agent(AgentArgs),
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// List cluster objects.
+    Get {
+        #[command(subcommand)]
+        what: GetWhat,
+    },
+    /// Show one cluster object in detail.
+    Describe {
+        #[command(subcommand)]
+        what: DescribeWhat,
+    },
+    /// Remove a cluster object.
+    Delete {
+        #[command(subcommand)]
+        what: DeleteWhat,
+    },
+    /// Stop placing new work on a node.
+    Drain {
+        #[command(subcommand)]
+        what: DrainWhat,
+    },
+    /// Print the end of a command task's captured stdout (or stderr).
+    Logs(LogsArgs),
+    /// A whole cluster in one process: a master and one agent on embedded state.
+    Dev(DevArgs),
+    /// Validate a Deployment manifest (YAML, or JSON for .json) and submit it.
+    Apply(ApplyArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum CaCommand {
+    /// Create a cluster CA: writes ca.pem and ca-key.pem (mode 0600) into --out.
+    Init {
+        /// Trust domain of the cluster, e.g. cluster.local.
+        #[arg(long)]
+        trust_domain: String,
+        /// Directory to create the CA in.
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime of the CA certificate (ms, s, m, h or d).
+        #[arg(long, value_parser = parse_duration, default_value = "3650d")]
+        ttl: Duration,
+    },
+    /// Issue a certificate for a SPIFFE identity: writes cert.pem, key.pem (0600), ca.pem.
+    Issue {
+        /// Directory of the CA (made by `ca init`).
+        #[arg(long)]
+        ca: PathBuf,
+        /// Identity, e.g. spiffe://cluster.local/node/n1.
+        #[arg(long)]
+        identity: String,
+        /// Directory to write the certificate and key to.
+        #[arg(long)]
+        out: PathBuf,
+        /// Lifetime of the certificate (ms, s, m, h or d).
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        ttl: Duration,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct MasterArgs {
+    /// Where state, the CA and the API token are kept.
+    #[arg(long, default_value = "actormesh-data")]
+    pub(crate) data_dir: PathBuf,
+    /// Mesh (mutual TLS, QUIC) address.
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    pub(crate) listen: SocketAddr,
+    /// Bootstrap address agents join through (QUIC).
+    #[arg(long, default_value = "127.0.0.1:7001")]
+    pub(crate) bootstrap: SocketAddr,
+    /// Operator API address (HTTP). Loopback unless you mean otherwise.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub(crate) api: SocketAddr,
+    /// Trust domain of the CA created at first start.
+    #[arg(long, default_value = "cluster.local")]
+    pub(crate) trust_domain: String,
+    /// Use this CA directory (from `actormesh ca init`) at first start.
+    #[arg(long)]
+    pub(crate) ca: Option<PathBuf>,
+    /// Agent heartbeat interval.
+    #[arg(long, value_parser = parse_duration, default_value = "250ms")]
+    pub(crate) heartbeat: Duration,
+    /// Silence after which an agent is Unreachable.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub(crate) unreachable_after: Duration,
+    /// Silence after which an agent is Gone (removed, identity revoked).
+    #[arg(long, value_parser = parse_duration, default_value = "5m")]
+    pub(crate) gone_after: Duration,
+    /// Agents that may be removed in any minute.
+    #[arg(long, default_value_t = 5)]
+    pub(crate) max_removals_per_minute: u32,
+    /// Lifetime of agent certificates (renewed at half-life).
+    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    pub(crate) agent_cert_ttl: Duration,
+    /// How long a framework may hold an offer before it is rescinded.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub(crate) offer_timeout: Duration,
+    /// A role's weight for fair sharing, e.g. analytics=2 (repeatable; others weigh 1).
+    #[arg(long = "role-weight", value_parser = parse_role_setting)]
+    pub(crate) role_weights: Vec<(String, String)>,
+    /// Resources a role is guaranteed, e.g. 'analytics=cpus:4;mem:8GiB' (repeatable).
+    #[arg(long = "role-guarantee", value_parser = parse_role_setting)]
+    pub(crate) role_guarantees: Vec<(String, String)>,
+    /// Resources a role may never exceed, e.g. 'batch=cpus:16' (repeatable).
+    #[arg(long = "role-limit", value_parser = parse_role_setting)]
+    pub(crate) role_limits: Vec<(String, String)>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct AgentArgs {
+    /// The master's bootstrap address.
+    #[arg(long)]
+    pub(crate) join: SocketAddr,
+    /// Join token from `actormesh token create` (only needed the first time).
+    #[arg(long, env = "ACTORMESH_JOIN_TOKEN")]
+    pub(crate) token: Option<String>,
+    /// Where this agent keeps its key, certificate and id.
+    #[arg(long, default_value = "actormesh-agent")]
+    pub(crate) data_dir: PathBuf,
+    /// Mesh address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub(crate) listen: SocketAddr,
+    /// Agent name (lowercase letters, digits, '-'); the master picks one if empty.
+    #[arg(long, default_value = "")]
+    pub(crate) name: String,
+    /// Offered resources, e.g. 'cpus:4;mem:8GiB;disk:20GiB;ports:[31000-32000]'. Detected if absent.
+    #[arg(long)]
+    pub(crate) resources: Option<String>,
+    /// Attribute key=value (repeatable), e.g. --attr zone=a --attr rack=r1.
+    #[arg(long = "attr", value_parser = parse_attr)]
+    pub(crate) attrs: Vec<(String, String)>,
+    /// Resources set aside for a role, e.g. 'analytics=cpus:2;mem:4GiB' (repeatable):
+    /// offered to that role only.
+    #[arg(long = "reserve", value_parser = parse_role_setting)]
+    pub(crate) reserve: Vec<(String, String)>,
+    /// Also host the demo actor type `echo` as actor tasks (as `actormesh dev` does).
+    /// Without it this agent runs command tasks only: actor tasks need your own binary.
+    #[arg(long)]
+    pub(crate) demo_actors: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ApiArgs {
+    /// The master's operator API.
+    #[arg(
+        long,
+        env = "ACTORMESH_API",
+        default_value = "http://127.0.0.1:7080",
+        global = true
+    )]
+    pub(crate) api: String,
+    /// The API token (else read from --api-token-file).
+    #[arg(
+        long,
+        env = "ACTORMESH_API_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub(crate) api_token: Option<String>,
+    /// File holding the API token (the master writes it into its data dir).
+    #[arg(
+        long,
+        env = "ACTORMESH_API_TOKEN_FILE",
+        default_value = "actormesh-data/api-token",
+        global = true
+    )]
+    pub(crate) api_token_file: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table", global = true)]
+    pub(crate) output: Format,
+}
+
+impl ApiArgs {
+    pub(crate) fn client(&self) -> anyhow::Result<ApiClient> {
+        let token = match &self.api_token {
+            Some(t) => t.clone(),
+            None => std::fs::read_to_string(&self.api_token_file).with_context(|| {
+                format!(
+                    "cannot read the API token from {} (pass --api-token or --api-token-file)",
+                    self.api_token_file.display()
+                )
+            })?,
+        };
+        Ok(ApiClient::new(&self.api, &token))
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum TokenCommand {
+    /// Create a join token; prints it (the secret is shown only here).
+    Create {
+        /// How long the token works.
+        #[arg(long, value_parser = parse_duration, default_value = "24h")]
+        ttl: Duration,
+        /// What the token allows.
+        #[arg(long, default_value = "agent", value_parser = ["agent"])]
+        role: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum GetWhat {
+    /// Nodes: state, resources, attributes, last heartbeat, certificate expiry.
+    Nodes {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Deployments: replicas asked for, running, pending, and why any are not placed.
+    Deployments {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Tasks of deployments and frameworks: owner, version, agent, state, resources.
+    Tasks {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Frameworks (the deployment controller first): role, weight, share, tasks, offers.
+    Frameworks {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum DeleteWhat {
+    /// A deployment, by namespace/name (e.g. default/web): its instances are stopped.
+    Deployment {
+        /// namespace/name, or just name for the default namespace.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum DescribeWhat {
+    /// A node by id.
+    Node {
+        /// The node id.
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A deployment: its spec, standing, why replicas are not placed, and its tasks.
+    Deployment {
+        /// namespace/name, or just name for the default namespace.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A task: state, agent, and what the agent says (pid, sandbox, limits in effect).
+    Task {
+        /// The task id (from `actormesh get tasks`).
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum DrainWhat {
+    /// A node by id.
+    Node {
+        /// The node id.
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct DevArgs {
+    /// Where the dev cluster keeps its state.
+    #[arg(long, default_value = "actormesh-dev")]
+    pub(crate) data_dir: PathBuf,
+    /// Operator API address.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub(crate) api: SocketAddr,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct LogsArgs {
+    /// The task id (from `actormesh get tasks`).
+    pub(crate) task: String,
+    /// Show stderr instead of stdout.
+    #[arg(long)]
+    pub(crate) stderr: bool,
+    /// At most this many bytes from the end.
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub(crate) bytes: u64,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct ApplyArgs {
+    /// The manifest file.
+    #[arg(short = 'f', long = "file")]
+    pub(crate) file: PathBuf,
+    /// Only validate; submit nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+    /// Return once the master has the deployment, without waiting for its replicas.
+    #[arg(long)]
+    pub(crate) no_wait: bool,
+    /// How long to wait for every replica to run (ms, s, m, h or d).
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub(crate) timeout: Duration,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}

@@ -1,0 +1,213 @@
+//! `describe`: one cluster object in detail, as `Label:  value` lines for people.
+
+use std::fmt;
+
+use actormesh_master::deployments::DeploymentDescription;
+use actormesh_master::membership::AgentRecord;
+use actormesh_master::TaskDescription;
+
+use crate::apply::deployment_key;
+use crate::args::DescribeWhat;
+use crate::output::{self, JsonLayout};
+use crate::tables::{self, ago, until};
+
+pub(crate) fn run(what: DescribeWhat) -> anyhow::Result<()> {
+    match what {
+        DescribeWhat::Node { id, api } => {
+            let answer = api
+                .client()?
+                .call("GET", &format!("/v1/nodes/{id}"), None)?;
+            output::print(api.output, JsonLayout::Pretty, answer, |n: AgentRecord| {
+                NodeDetails(&n).to_string()
+            })
+        }
+        DescribeWhat::Deployment { name, api } => {
+            let key = deployment_key(&name)?;
+            let answer = api
+                .client()?
+                .call("GET", &format!("/v1/deployments/{key}"), None)?;
+            output::print(
+                api.output,
+                JsonLayout::Pretty,
+                answer,
+                |d: DeploymentDescription| DeploymentDetails(&d).to_string(),
+            )
+        }
+        DescribeWhat::Task { id, api } => {
+            let answer = api
+                .client()?
+                .call("GET", &format!("/v1/tasks/{id}"), None)?;
+            output::print(
+                api.output,
+                JsonLayout::Pretty,
+                answer,
+                |t: TaskDescription| TaskDetails(&t).to_string(),
+            )
+        }
+    }
+}
+
+/// `describe node`: what the master knows of a node.
+pub(crate) struct NodeDetails<'a>(pub(crate) &'a AgentRecord);
+
+impl fmt::Display for NodeDetails<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        writeln!(f, "Node:            {}", n.id)?;
+        writeln!(f, "Identity:        {}", n.identity)?;
+        writeln!(f, "State:           {}", n.state)?;
+        writeln!(f, "Draining:        {}", n.draining)?;
+        writeln!(
+            f,
+            "Address:         {}",
+            n.addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+        )?;
+        writeln!(f, "Resources:       {}", n.resources)?;
+        writeln!(
+            f,
+            "Attributes:      {}",
+            n.attrs
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )?;
+        writeln!(f, "Actor types:     {}", n.actor_types.join(", "))?;
+        writeln!(f, "Running:         {}", n.running.join(", "))?;
+        writeln!(f, "Joined with:     token {}", n.token_id)?;
+        writeln!(f, "Last heartbeat:  {}", ago(n.last_heartbeat))?;
+        writeln!(f, "Cert expires:    {}", until(n.cert_expiry))?;
+        Ok(())
+    }
+}
+
+/// `describe deployment`: its spec, standing, why replicas are not placed, its tasks.
+pub(crate) struct DeploymentDetails<'a>(pub(crate) &'a DeploymentDescription);
+
+impl fmt::Display for DeploymentDetails<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        let m = &d.manifest;
+        let s = &m.spec;
+        let what = match (&s.actor, &s.command) {
+            (Some(a), _) => format!("actor {a}"),
+            (None, Some(c)) => format!("command {} {}", c.path, c.args.join(" "))
+                .trim_end()
+                .to_string(),
+            (None, None) => "-".into(),
+        };
+        writeln!(f, "Deployment:      {}/{}", m.namespace, m.name)?;
+        writeln!(f, "Runs:            {what}")?;
+        writeln!(f, "Version:         {}", s.version)?;
+        writeln!(f,
+            "Replicas:        {} asked, {} running, {} starting, {} of older versions, {} ended for good",
+            s.replicas, d.summary.running, d.summary.pending, d.summary.old, d.summary.done
+        )?;
+        writeln!(f, "Resources:       need {}, want {}", d.need, d.want)?;
+        writeln!(f, "Priority:        {}", s.priority)?;
+        let c = &s.constraints;
+        let mut cons = Vec::new();
+        if let Some(a) = &c.spread_by {
+            cons.push(format!("spread by {a}"));
+        }
+        if c.unique_node {
+            cons.push("unique node".into());
+        }
+        for (k, v) in &c.node_selector {
+            cons.push(format!("{k}={v}"));
+        }
+        writeln!(
+            f,
+            "Constraints:     {}",
+            if cons.is_empty() {
+                "-".into()
+            } else {
+                cons.join(", ")
+            }
+        )?;
+        writeln!(
+            f,
+            "Restart:         {} (backoff {} to {}; {} failure(s) in a row)",
+            s.restart.policy, s.restart.backoff_initial, s.restart.backoff_max, d.failures
+        )?;
+        writeln!(
+            f,
+            "Rolling update:  max surge {}, max unavailable {}",
+            s.rolling_update.max_surge, s.rolling_update.max_unavailable
+        )?;
+        writeln!(
+            f,
+            "Not placed:      {}",
+            d.summary.unplaced.as_deref().unwrap_or("-")
+        )?;
+        writeln!(f)?;
+        write!(f, "{}", tables::tasks(&d.tasks))?;
+        Ok(())
+    }
+}
+
+/// `describe task`: its state, and what its agent says (pid, sandbox, limits).
+pub(crate) struct TaskDetails<'a>(pub(crate) &'a TaskDescription);
+
+impl fmt::Display for TaskDetails<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        writeln!(f, "Task:            {}", d.task_id)?;
+        writeln!(f, "Agent:           {}", d.agent)?;
+        if let Some(e) = &d.entry {
+            writeln!(
+                f,
+                "Deployment:      {} (version {})",
+                e.deployment, e.version
+            )?;
+            if e.stopping {
+                writeln!(
+                    f,
+                    "State:           Killing (killed; its resources are held until it ends)"
+                )?;
+            } else {
+                writeln!(f, "State:           {:?}", e.state)?;
+            }
+            writeln!(f, "Resources:       {}", e.resources)?;
+            if !e.message.is_empty() {
+                writeln!(f, "Message:         {}", e.message)?;
+            }
+        }
+        if let Some(s) = &d.last_status {
+            writeln!(
+                f,
+                "Last report:     {:?}{}",
+                s.state,
+                if s.message.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", s.message)
+                }
+            )?;
+        }
+        match (&d.on_agent, &d.agent_error) {
+            (Some(a), _) => {
+                writeln!(f, "Runs:            {}", a.what)?;
+                writeln!(f, "On the agent:    {}", a.status)?;
+                if let Some(pid) = a.pid {
+                    writeln!(f, "Pid:             {pid}")?;
+                }
+                if let Some(dir) = &a.sandbox {
+                    writeln!(f, "Sandbox:         {dir}")?;
+                }
+                writeln!(
+                    f,
+                    "Limits:          {}",
+                    if a.limits.is_empty() {
+                        "none".to_string()
+                    } else {
+                        a.limits.join(", ")
+                    }
+                )?;
+            }
+            (None, Some(e)) => writeln!(f, "On the agent:    unknown ({e})")?,
+            (None, None) => {}
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! The long-running commands: `master`, `agent`, and `dev` (both in one process).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actormesh::agent::{self, AgentConfig};
+use actormesh::resources::Resources;
+use actormesh_master::allocator::RoleConfig;
+use actormesh_master::membership::DetectorConfig;
+use actormesh_master::{self as master, MasterConfig};
+use anyhow::Context as _;
+
+use crate::args::{AgentArgs, DevArgs, MasterArgs};
+use crate::tables;
+
+pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    run_system(async move {
+        let m = master::start(config).await?;
+        println!(
+            "master ready: mesh {} bootstrap {} api http://{} ca-fingerprint {}",
+            m.node.local_addr(),
+            m.bootstrap,
+            m.api,
+            m.ca_fingerprint
+        );
+        println!("api token file: {}", m.api_token_file.display());
+        until_stopped(&m).await
+    })
+}
+
+pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let resources = args
+        .resources
+        .as_deref()
+        .map(str::parse::<Resources>)
+        .transpose()?;
+    let mut reserved: BTreeMap<String, Resources> = BTreeMap::new();
+    for (role, r) in &args.reserve {
+        let res: Resources = r
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--reserve {role}={r}: {e}"))?;
+        let sum = reserved.remove(role).unwrap_or_default().plus(&res);
+        reserved.insert(role.clone(), sum);
+    }
+    let config = AgentConfig {
+        join: args.join,
+        token: args.token,
+        data_dir: args.data_dir,
+        listen: args.listen,
+        name: args.name,
+        resources,
+        attrs: args.attrs.into_iter().collect::<BTreeMap<_, _>>(),
+        actor_types: Vec::new(),
+        reserved,
+        host: if args.demo_actors {
+            actormesh_cli::demo::host()
+        } else {
+            Default::default()
+        },
+    };
+    run_system(async move {
+        let a = agent::start(config).await?;
+        println!("agent {} ready on {}", a.agent_id, a.node.local_addr());
+        let mut removed = a.removed.clone();
+        tokio::select! {
+            r = wait_for_ctrl_c() => r,
+            reason = removed.wait_for(|r| r.is_some()) => {
+                let reason = reason.map(|r| r.clone().unwrap_or_default()).unwrap_or_default();
+                anyhow::bail!("this agent was removed from the cluster: {reason}")
+            }
+        }
+    })
+}
+
+pub(crate) fn dev(args: DevArgs) -> anyhow::Result<()> {
+    run_system(run_dev(args))
+}
+
+impl MasterArgs {
+    fn config(&self) -> anyhow::Result<MasterConfig> {
+        if self.unreachable_after <= self.heartbeat * 2 {
+            anyhow::bail!(
+                "--unreachable-after ({:?}) must be more than twice --heartbeat ({:?}), or healthy agents would be declared unreachable",
+                self.unreachable_after,
+                self.heartbeat
+            );
+        }
+        if self.gone_after <= self.unreachable_after {
+            anyhow::bail!("--gone-after must be longer than --unreachable-after");
+        }
+        if self.agent_cert_ttl > Duration::from_secs(366 * 24 * 3600) {
+            anyhow::bail!("--agent-cert-ttl must be at most a year (366d)");
+        }
+        let mut c = MasterConfig::new(self.data_dir.clone());
+        c.listen = self.listen;
+        c.bootstrap = self.bootstrap;
+        c.api = self.api;
+        c.trust_domain = self.trust_domain.clone();
+        c.ca_dir = self.ca.clone();
+        c.detector = DetectorConfig {
+            heartbeat_interval: self.heartbeat,
+            unreachable_after: self.unreachable_after,
+            gone_after: self.gone_after,
+            max_removals_per_minute: self.max_removals_per_minute,
+        };
+        c.agent_cert_ttl = self.agent_cert_ttl;
+        c.offer_timeout = self.offer_timeout;
+        c.roles = self.roles()?;
+        Ok(c)
+    }
+
+    fn roles(&self) -> anyhow::Result<BTreeMap<String, RoleConfig>> {
+        let mut roles: BTreeMap<String, RoleConfig> = BTreeMap::new();
+        for (role, w) in &self.role_weights {
+            let weight: f64 = w.parse().ok().filter(|w: &f64| w.is_finite() && *w > 0.0).ok_or_else(|| {
+                anyhow::anyhow!("--role-weight {role}={w}: the weight must be a number above 0, e.g. {role}=2")
+            })?;
+            roles.entry(role.clone()).or_default().weight = weight;
+        }
+        for (role, r) in &self.role_guarantees {
+            let res: Resources = r
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--role-guarantee {role}={r}: {e}"))?;
+            roles.entry(role.clone()).or_default().guarantee = res;
+        }
+        for (role, r) in &self.role_limits {
+            let res: Resources = r
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--role-limit {role}={r}: {e}"))?;
+            roles.entry(role.clone()).or_default().limit = Some(res);
+        }
+        for (role, c) in &roles {
+            if let Some(limit) = &c.limit {
+                if !limit.contains(&c.guarantee) {
+                    anyhow::bail!(
+                        "role {role}: the guarantee {} is above the limit {limit}",
+                        c.guarantee
+                    );
+                }
+            }
+        }
+        Ok(roles)
+    }
+}
+
+fn run_system<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    actix::System::new().block_on(f)
+}
+
+async fn wait_for_ctrl_c() -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+}
+
+/// A master and one agent in one process, with the token made internally.
+async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
+    let mut config = MasterConfig::new(args.data_dir.join("master"));
+    config.listen = "127.0.0.1:0".parse()?;
+    config.bootstrap = "127.0.0.1:0".parse()?;
+    config.api = args.api;
+    let m = master::start(config).await?;
+    let token = m.agent_token(Duration::from_secs(3600)).await?;
+    let a = agent::start(AgentConfig {
+        join: m.bootstrap,
+        token: Some(token),
+        data_dir: args.data_dir.join("agent"),
+        listen: "127.0.0.1:0".parse()?,
+        name: "dev-agent".into(),
+        resources: None,
+        attrs: BTreeMap::from([("zone".to_string(), "dev".to_string())]),
+        actor_types: Vec::new(),
+        reserved: Default::default(),
+        host: actormesh_cli::demo::host(),
+    })
+    .await?;
+    println!(
+        "dev cluster ready: master {} (api http://{}), agent {} on {}",
+        m.node.local_addr(),
+        m.api,
+        a.agent_id,
+        a.node.local_addr()
+    );
+    print!(
+        "{}",
+        tables::nodes(&m.master.send(master::ListNodes).await?)
+    );
+    println!(
+        "try: actormesh get nodes --api http://{} --api-token-file {}",
+        m.api,
+        m.api_token_file.display()
+    );
+    until_stopped(&m).await
+}
+
+/// Runs until Ctrl-C, or fails once the master steps down (its state store failed), so
+/// that a supervisor restarts it and it reloads what was stored.
+async fn until_stopped(m: &master::MasterHandle) -> anyhow::Result<()> {
+    tokio::select! {
+        r = wait_for_ctrl_c() => r,
+        why = m.stepped_down() => Err(anyhow::anyhow!(why)),
+    }
+}

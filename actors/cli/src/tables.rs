@@ -1,0 +1,389 @@
+//! The tables the CLI prints: one layout ([`render`]) and, per kind of row, its columns and
+//! cells. `get` prints them; `dev` prints the nodes table, `describe deployment` the tasks.
+
+use std::time::{Duration, SystemTime};
+
+use actormesh_master::deployments::{DeploymentSummary, TaskEntry};
+use actormesh_master::membership::AgentRecord;
+use actormesh_master::scheduler::FrameworkSummary;
+
+/// Which side of its column a cell (and the header) keeps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Align {
+    Left,
+    Right,
+}
+
+/// How wide a column is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Width {
+    /// As wide as its header or widest cell: the column lines up whatever the rows hold.
+    Fit,
+    /// At least this many characters: a longer cell pushes only the rest of its own line.
+    AtLeast(usize),
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Column {
+    header: &'static str,
+    width: Width,
+    align: Align,
+    /// Spaces between this column and the one before it.
+    gap: usize,
+}
+
+impl Column {
+    /// A left-aligned column as wide as its widest cell.
+    pub(crate) const fn fit(header: &'static str) -> Self {
+        Self::new(header, Width::Fit, Align::Left)
+    }
+
+    /// A left-aligned column at least `width` wide.
+    pub(crate) const fn left(header: &'static str, width: usize) -> Self {
+        Self::new(header, Width::AtLeast(width), Align::Left)
+    }
+
+    /// A right-aligned column (numbers) at least `width` wide.
+    pub(crate) const fn right(header: &'static str, width: usize) -> Self {
+        Self::new(header, Width::AtLeast(width), Align::Right)
+    }
+
+    /// `spaces` between this column and the one before it (one unless said).
+    pub(crate) const fn gap(self, spaces: usize) -> Self {
+        Self {
+            gap: spaces,
+            ..self
+        }
+    }
+
+    const fn new(header: &'static str, width: Width, align: Align) -> Self {
+        Self {
+            header,
+            width,
+            align,
+            gap: 1,
+        }
+    }
+}
+
+/// The header line and one line per row, each ending in a newline. The last column is not
+/// padded, so that long free text (a message, a reason) does not drag spaces behind it.
+pub(crate) fn render(columns: &[Column], rows: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| match c.width {
+            Width::AtLeast(w) => w,
+            Width::Fit => rows
+                .iter()
+                .filter_map(|r| r.get(i))
+                .map(String::len)
+                .fold(c.header.len(), usize::max),
+        })
+        .collect();
+    let mut out = String::new();
+    push_line(&mut out, columns, &widths, columns.iter().map(|c| c.header));
+    for r in rows {
+        push_line(&mut out, columns, &widths, r.iter().map(String::as_str));
+    }
+    out
+}
+
+fn push_line<'a>(
+    out: &mut String,
+    columns: &[Column],
+    widths: &[usize],
+    cells: impl Iterator<Item = &'a str>,
+) {
+    for (i, ((cell, c), w)) in cells.zip(columns).zip(widths).enumerate() {
+        if i > 0 {
+            out.extend(std::iter::repeat_n(' ', c.gap));
+        }
+        let w = if i + 1 == columns.len() { 0 } else { *w };
+        out.push_str(&match c.align {
+            Align::Left => format!("{cell:<w$}"),
+            Align::Right => format!("{cell:>w$}"),
+        });
+    }
+    out.push('\n');
+}
+
+const NODES: &[Column] = &[
+    Column::fit("ID"),
+    Column::fit("STATE").gap(2),
+    Column::fit("DRAINING").gap(2),
+    Column::fit("ADDRESS").gap(2),
+    Column::fit("RESOURCES").gap(2),
+    Column::fit("ATTRIBUTES").gap(2),
+    Column::fit("LAST HEARTBEAT").gap(2),
+    Column::fit("CERT EXPIRES").gap(2),
+];
+
+/// Nodes: state, whether draining, address, resources, attributes, heartbeat, certificate.
+pub(crate) fn nodes(nodes: &[AgentRecord]) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.id.clone(),
+                n.state.to_string(),
+                if n.draining { "yes" } else { "no" }.into(),
+                n.addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                n.resources.to_string(),
+                n.attrs
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                ago(n.last_heartbeat),
+                until(n.cert_expiry),
+            ]
+        })
+        .collect();
+    render(NODES, &rows)
+}
+
+const DEPLOYMENTS: &[Column] = &[
+    Column::left("NAME", 24),
+    Column::left("VERSION", 8),
+    Column::right("REPLICAS", 8),
+    Column::right("RUNNING", 8),
+    Column::right("PENDING", 8),
+    Column::left("WHY NOT PLACED", 0).gap(2),
+];
+
+/// Deployments: replicas asked for, running, pending, and why any are not placed.
+pub(crate) fn deployments(list: &[DeploymentSummary]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|d| {
+            vec![
+                format!("{}/{}", d.namespace, d.name),
+                d.version.clone(),
+                d.replicas.to_string(),
+                d.running.to_string(),
+                d.pending.to_string(),
+                d.unplaced.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    render(DEPLOYMENTS, &rows)
+}
+
+const TASKS: &[Column] = &[
+    Column::left("TASK", 28),
+    Column::left("OWNER", 20),
+    Column::left("VERSION", 8),
+    Column::left("AGENT", 12),
+    Column::left("STATE", 10),
+    Column::left("RESOURCES", 22),
+    Column::left("MESSAGE", 0),
+];
+
+/// Tasks: owner (deployment or framework), version, agent, state, resources, message.
+pub(crate) fn tasks(list: &[TaskEntry]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.deployment.clone(),
+                t.version.clone(),
+                t.agent.clone(),
+                // Killed, but its end not reported yet: it still holds its resources.
+                if t.stopping {
+                    "Killing".to_string()
+                } else {
+                    format!("{:?}", t.state)
+                },
+                t.resources.to_string(),
+                t.message.clone(),
+            ]
+        })
+        .collect();
+    render(TASKS, &rows)
+}
+
+const FRAMEWORKS: &[Column] = &[
+    Column::left("ID", 20),
+    Column::left("NAME", 24),
+    Column::left("ROLE", 12),
+    Column::left("STATE", 10),
+    Column::right("WEIGHT", 6),
+    Column::right("TASKS", 6),
+    Column::right("OFFERS", 6),
+    Column::right("SHARE", 7),
+    Column::left("ALLOCATED", 0).gap(2),
+];
+
+/// Frameworks: role, connection state, weight, tasks, offers, weighted share, allocation.
+pub(crate) fn frameworks(list: &[FrameworkSummary]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|f| {
+            let state = match (f.connected, f.suppressed) {
+                (false, _) => "failover",
+                (true, true) => "suppressed",
+                (true, false) => "active",
+            };
+            vec![
+                f.id.clone(),
+                f.name.clone(),
+                f.role.clone(),
+                state.to_string(),
+                f.weight.to_string(),
+                f.tasks.to_string(),
+                f.offers.to_string(),
+                format!("{:.3}", f.weighted_share),
+                f.allocated.to_string(),
+            ]
+        })
+        .collect();
+    render(FRAMEWORKS, &rows)
+}
+
+/// How long ago `t` was: `1.5s ago`, `3m ago`, or `-` (never, or in the future).
+pub(crate) fn ago(t: Option<SystemTime>) -> String {
+    match t.and_then(|t| SystemTime::now().duration_since(t).ok()) {
+        Some(d) if d < Duration::from_secs(120) => format!("{:.1}s ago", d.as_secs_f64()),
+        Some(d) => format!("{}m ago", d.as_secs() / 60),
+        None => "-".into(),
+    }
+}
+
+/// How long until `t`: `in 23h59m`, `expired`, or `-` (not known).
+pub(crate) fn until(t: Option<SystemTime>) -> String {
+    match t.map(|t| t.duration_since(SystemTime::now())) {
+        Some(Ok(d)) => format!("in {}h{:02}m", d.as_secs() / 3600, d.as_secs() % 3600 / 60),
+        Some(Err(_)) => "expired".into(),
+        None => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actormesh::task::TaskState;
+
+    pub(crate) fn deployment(
+        name: &str,
+        running: u32,
+        unplaced: Option<&str>,
+    ) -> DeploymentSummary {
+        DeploymentSummary {
+            namespace: "default".into(),
+            name: name.into(),
+            version: "v1".into(),
+            replicas: 2,
+            running,
+            pending: 2 - running,
+            old: 0,
+            done: 0,
+            unplaced: unplaced.map(Into::into),
+        }
+    }
+
+    fn task(id: &str, stopping: bool, message: &str) -> TaskEntry {
+        TaskEntry {
+            id: id.into(),
+            deployment: "default/web".into(),
+            version: "v1".into(),
+            agent: "n1".into(),
+            state: TaskState::Running,
+            message: message.into(),
+            resources: "cpus:0.5;mem:64MiB".parse().unwrap(),
+            seq: 0,
+            running_since: None,
+            healthy: None,
+            stopping,
+        }
+    }
+
+    #[test]
+    fn fitted_columns_line_up_on_the_widest_cell_two_spaces_apart() {
+        const COLUMNS: &[Column] = &[
+            Column::fit("ID"),
+            Column::fit("STATE").gap(2),
+            Column::fit("AT").gap(2),
+        ];
+        let rows = vec![
+            vec!["n1".to_string(), "Unreachable".into(), "-".into()],
+            vec![
+                "node-two".to_string(),
+                "Active".into(),
+                "127.0.0.1:7000".into(),
+            ],
+        ];
+        assert_eq!(
+            render(COLUMNS, &rows),
+            "ID        STATE        AT\n\
+             n1        Unreachable  -\n\
+             node-two  Active       127.0.0.1:7000\n"
+        );
+    }
+
+    #[test]
+    fn a_cell_longer_than_its_fixed_width_pushes_only_its_own_line() {
+        let list = [
+            deployment("web", 2, None),
+            deployment(
+                "a-name-longer-than-24-chars",
+                1,
+                Some("no agent with cpus:8"),
+            ),
+        ];
+        // Numbers keep to the right; an empty last cell still leaves its two-space gap.
+        assert_eq!(
+            deployments(&list),
+            "NAME                     VERSION  REPLICAS  RUNNING  PENDING  WHY NOT PLACED\n\
+             default/web              v1              2        2        0  \n\
+             default/a-name-longer-than-24-chars v1              2        1        1  no agent with cpus:8\n"
+        );
+    }
+
+    #[test]
+    fn a_killed_task_still_in_its_grace_reads_killing() {
+        let text = tasks(&[
+            task("default.web-1", false, ""),
+            task("default.web-2", true, "killed"),
+        ]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "TASK                         OWNER                VERSION  AGENT        STATE      RESOURCES              MESSAGE",
+                "default.web-1                default/web          v1       n1           Running    cpus:0.5;mem:64MiB     ",
+                "default.web-2                default/web          v1       n1           Killing    cpus:0.5;mem:64MiB     killed",
+            ]
+        );
+    }
+
+    #[test]
+    fn frameworks_show_their_connection_and_a_share_of_three_decimals() {
+        let framework = |id: &str, connected, suppressed| FrameworkSummary {
+            id: id.into(),
+            name: "etl".into(),
+            role: "analytics".into(),
+            connected,
+            suppressed,
+            tasks: 3,
+            offers: 1,
+            allocated: "cpus:1".parse().unwrap(),
+            weighted_share: 0.25,
+            weight: 2.0,
+        };
+        let text = frameworks(&[
+            framework("f1", true, false),
+            framework("f2", true, true),
+            framework("f3", false, true),
+        ]);
+        assert_eq!(
+            text,
+            "ID                   NAME                     ROLE         STATE      WEIGHT  TASKS OFFERS   SHARE  ALLOCATED\n\
+             f1                   etl                      analytics    active          2      3      1   0.250  cpus:1\n\
+             f2                   etl                      analytics    suppressed      2      3      1   0.250  cpus:1\n\
+             f3                   etl                      analytics    failover        2      3      1   0.250  cpus:1\n"
+        );
+    }
+}
