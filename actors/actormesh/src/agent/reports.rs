@@ -71,6 +71,11 @@ pub struct ReportBook {
     next_attempt: u64,
     /// By uuid, so reports go in the order they were made.
     outgoing: BTreeMap<u64, Outgoing>,
+    /// The outgoing reports with no try in flight, by when they are due: what `due` sends,
+    /// without passing over the reports in flight.
+    waiting: BTreeSet<(Instant, u64)>,
+    /// How many ends of each task are outgoing (almost always one).
+    ends_outgoing: BTreeMap<String, usize>,
     /// Ends the master asked to keep, by task id, with the mark to make on release.
     kept: BTreeMap<String, (TaskStatusReport, Option<PathBuf>)>,
     /// Tasks whose end the master released while an end of theirs was still on its way
@@ -86,6 +91,8 @@ impl ReportBook {
             next_uuid: 1,
             next_attempt: 1,
             outgoing: BTreeMap::new(),
+            waiting: BTreeSet::new(),
+            ends_outgoing: BTreeMap::new(),
             kept: BTreeMap::new(),
             released_early: BTreeSet::new(),
         }
@@ -116,16 +123,54 @@ impl ReportBook {
                 healthy,
             },
         };
-        self.outgoing.insert(uuid, Outgoing::new(report, mark, now));
+        self.file(report, mark, now);
         uuid
+    }
+
+    /// Puts `report` on its way, due at `now`.
+    fn file(&mut self, report: TaskStatusReport, mark: Option<PathBuf>, now: Instant) {
+        let uuid = report.status.uuid;
+        if report.status.state.is_terminal() {
+            *self
+                .ends_outgoing
+                .entry(report.status.task_id.clone())
+                .or_default() += 1;
+        }
+        self.waiting.insert((now, uuid));
+        self.outgoing.insert(uuid, Outgoing::new(report, mark, now));
+    }
+
+    /// Takes report `uuid` off its way.
+    fn unfile(&mut self, uuid: u64) -> Option<Outgoing> {
+        let o = self.outgoing.remove(&uuid)?;
+        self.waiting.remove(&(o.due, uuid));
+        if o.report.status.state.is_terminal() {
+            if let Some(n) = self.ends_outgoing.get_mut(&o.report.status.task_id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ends_outgoing.remove(&o.report.status.task_id);
+                }
+            }
+        }
+        Some(o)
     }
 
     /// The reports to send at `now`, each with the try it is: pass each one's answer to
     /// [`Self::answered`]. A report with a try in flight is not sent again until answered.
     pub fn due(&mut self, now: Instant) -> Vec<(Attempt, TaskStatusReport)> {
-        let mut send = Vec::new();
-        for (&uuid, o) in &mut self.outgoing {
-            if o.in_flight.is_none() && o.due <= now {
+        let mut due: Vec<u64> = Vec::new();
+        while let Some(&(at, uuid)) = self.waiting.first() {
+            if at > now {
+                break;
+            }
+            self.waiting.pop_first();
+            due.push(uuid);
+        }
+        // In the order the reports were made, as the master expects a task's states.
+        due.sort_unstable();
+        let mut send = Vec::with_capacity(due.len());
+        for uuid in due {
+            if let Some(o) = self.outgoing.get_mut(&uuid) {
                 let number = self.next_attempt;
                 self.next_attempt += 1;
                 o.in_flight = Some(number);
@@ -151,9 +196,10 @@ impl ReportBook {
         if answer == MasterAnswer::NotDelivered {
             o.due = now + o.backoff;
             o.backoff = (o.backoff * 2).min(RETRY_MAX);
+            self.waiting.insert((o.due, attempt.uuid));
             return None;
         }
-        let o = self.outgoing.remove(&attempt.uuid)?;
+        let o = self.unfile(attempt.uuid)?;
         let task_id = o.report.status.task_id.clone();
         let mark = match answer {
             MasterAnswer::Keep if !self.released_early.contains(&task_id) => {
@@ -186,15 +232,12 @@ impl ReportBook {
     /// may be a new one that never saw them.
     pub fn registered(&mut self, now: Instant) {
         for (report, mark) in std::mem::take(&mut self.kept).into_values() {
-            let uuid = report.status.uuid;
-            self.outgoing.insert(uuid, Outgoing::new(report, mark, now));
+            self.file(report, mark, now);
         }
     }
 
     fn end_on_its_way(&self, task_id: &str) -> bool {
-        self.outgoing
-            .values()
-            .any(|o| o.report.status.task_id == task_id && o.report.status.state.is_terminal())
+        self.ends_outgoing.contains_key(task_id)
     }
 }
 
