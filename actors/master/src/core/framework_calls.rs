@@ -432,7 +432,7 @@ impl ClusterCore {
                         healthy: None,
                     },
                 };
-                core.to_framework(&fw, FrameworkEvent::StatusUpdate(status));
+                core.tell_framework(&fw, FrameworkEvent::StatusUpdate(status));
             }
             Ok(())
         })

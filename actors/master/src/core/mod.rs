@@ -88,8 +88,8 @@ pub enum Effect {
         at: SocketAddr,
         /// The task id.
         task_id: String,
-        /// What to run.
-        launch: Launch,
+        /// What to run (boxed: it is far larger than the other effects).
+        launch: Box<Launch>,
     },
     /// A launch that cannot be sent (its agent is not Active or has no address): fed back
     /// as [`ClusterCore::launch_failed`] after this step, as a refused launch would be.

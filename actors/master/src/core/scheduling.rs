@@ -194,7 +194,7 @@ impl ClusterCore {
         if let Some(role) = self.fw.roles.get(&o.framework) {
             self.allocator.recover(role, &o.agent, &o.resources);
         }
-        self.to_framework(
+        self.tell_framework(
             &o.framework,
             FrameworkEvent::OfferRescinded {
                 offer_id: o.id.clone(),
@@ -243,12 +243,12 @@ impl ClusterCore {
     /// Sends the status updates that are due to connected frameworks.
     pub(super) fn deliver_updates(&mut self, now: Instant) {
         for (fw, status) in self.fw.book.due_updates(now) {
-            self.to_framework(&fw, FrameworkEvent::StatusUpdate(status));
+            self.tell_framework(&fw, FrameworkEvent::StatusUpdate(status));
         }
     }
 
     /// Sends `event` to framework `fw`, if it is connected.
-    pub(super) fn to_framework(&mut self, fw: &str, event: FrameworkEvent) {
+    pub(super) fn tell_framework(&mut self, fw: &str, event: FrameworkEvent) {
         if self.fw.refs.contains_key(fw) {
             self.out.push(Effect::ToFramework {
                 framework: fw.to_string(),
@@ -387,7 +387,7 @@ impl ClusterCore {
             });
         }
         for (fw, offers) in batches {
-            self.to_framework(&fw, FrameworkEvent::ResourceOffers(offers));
+            self.tell_framework(&fw, FrameworkEvent::ResourceOffers(offers));
         }
     }
 

@@ -71,7 +71,7 @@ impl ClusterCore {
                         agent,
                         at,
                         task_id,
-                        launch,
+                        launch: Box::new(launch),
                     });
                 }
                 Action::Kill { task_id, agent } => match self.agent_addr(&agent) {

@@ -171,7 +171,7 @@ fn kills(effects: &[Effect]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn to_framework(effects: &[Effect]) -> Vec<&FrameworkEvent> {
+fn framework_events(effects: &[Effect]) -> Vec<&FrameworkEvent> {
     effects
         .iter()
         .filter_map(|e| match e {
@@ -316,7 +316,7 @@ fn framework(core: &mut ClusterCore, failover: Duration, now: Instant) -> String
 /// Framework `fw` takes the first offer it gets and runs task `t1` (cpus:1) there.
 fn run_task(core: &mut ClusterCore, fw: &str, now: Instant) -> (String, String) {
     let effects = core.scheduled_round(now);
-    let offers: Vec<&Offer> = to_framework(&effects)
+    let offers: Vec<&Offer> = framework_events(&effects)
         .into_iter()
         .filter_map(|e| match e {
             FrameworkEvent::ResourceOffers(o) => Some(o),
@@ -353,7 +353,7 @@ fn a_framework_acknowledging_an_end_releases_the_report_its_agent_keeps() {
         step.reply.unwrap().keep,
         "the agent keeps the end until the framework acknowledges it"
     );
-    let uuid = to_framework(&step.effects)
+    let uuid = framework_events(&step.effects)
         .into_iter()
         .find_map(|e| match e {
             FrameworkEvent::StatusUpdate(s) if s.state == TaskState::Finished => Some(s.uuid),
@@ -382,7 +382,7 @@ fn a_framework_acknowledging_an_end_releases_the_report_its_agent_keeps() {
     // it once more (at least once).
     let step = report(&mut core, &agent, &task, TaskState::Finished, t0);
     assert!(step.reply.unwrap().keep);
-    assert!(to_framework(&step.effects)
+    assert!(framework_events(&step.effects)
         .iter()
         .any(|e| matches!(e, FrameworkEvent::StatusUpdate(s) if s.state == TaskState::Finished)));
 }

@@ -64,7 +64,7 @@ impl Master {
                     let me = ctx.address();
                     let target = self.node.actor_ref(at, AGENT_ACTOR);
                     actix::spawn(async move {
-                        let asked = match launch {
+                        let asked = match *launch {
                             Launch::Actor(l) => target.ask_timeout(l, AGENT_ANSWER).await,
                             Launch::Command(l) => target.ask_timeout(l, AGENT_ANSWER).await,
                         };
