@@ -21,6 +21,33 @@ use crate::CreatedToken;
 /// The longest a join token may live.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// Why a join was refused (sent to the joining node as text).
+#[derive(Debug, thiserror::Error)]
+pub enum JoinRefusal {
+    /// The token is unknown, expired, revoked, used for another role, or its secret or CA
+    /// pin is wrong.
+    #[error(transparent)]
+    Token(#[from] tokens::TokenRefusal),
+    /// The system's random generator failed to name the agent.
+    #[error("the master has no randomness")]
+    NoRandomness,
+    /// The requested name is not a valid agent name.
+    #[error("agent name {0:?} is not valid: use up to 63 lowercase letters, digits and '-'")]
+    InvalidName(String),
+    /// `master` names the master itself.
+    #[error("agent name \"master\" is reserved for the master itself")]
+    ReservedName,
+    /// Names are never reused (a join retried before the first registration excepted).
+    #[error("agent name {0} is taken (by a member in state {1}); choose another name")]
+    NameTaken(String, AgentState),
+    /// The name makes no valid identity in the trust domain.
+    #[error("{0}")]
+    Identity(#[from] actormesh_transport::identity::IdentityError),
+    /// The configured certificate lifetime overflows the clock.
+    #[error("the master's agent certificate lifetime is out of range")]
+    LifetimeOutOfRange,
+}
+
 /// A join the core admits, once the driver has signed its certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoinAdmission {
@@ -44,18 +71,18 @@ impl ClusterCore {
         req: &JoinRequest,
         random_name: impl FnOnce() -> Option<String>,
         wall: SystemTime,
-    ) -> Result<JoinAdmission, String> {
+    ) -> Result<JoinAdmission, JoinRefusal> {
         let presented = JoinToken {
             id: req.token_id.clone(),
             secret: req.token_secret.clone(),
             ca_fingerprint: self.ca_fingerprint.clone(),
         };
         let Some(record) = self.tokens.get(&req.token_id) else {
-            return Err(tokens::TokenRefusal::Unknown(req.token_id.clone()).to_string());
+            return Err(tokens::TokenRefusal::Unknown(req.token_id.clone()).into());
         };
-        record.check(&presented, wall).map_err(|r| r.to_string())?;
+        record.check(&presented, wall)?;
         let id = if req.name.is_empty() {
-            random_name().ok_or_else(|| "the master has no randomness".to_string())?
+            random_name().ok_or(JoinRefusal::NoRandomness)?
         } else {
             req.name.clone()
         };
@@ -64,12 +91,10 @@ impl ClusterCore {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return Err(format!(
-                "agent name {id:?} is not valid: use up to 63 lowercase letters, digits and '-'"
-            ));
+            return Err(JoinRefusal::InvalidName(id));
         }
         if id == "master" {
-            return Err("agent name \"master\" is reserved for the master itself".into());
+            return Err(JoinRefusal::ReservedName);
         }
         if let Some(existing) = self.membership.get(&id) {
             // A join whose reply was lost may be retried with the same token until the
@@ -79,16 +104,13 @@ impl ClusterCore {
                 && existing.addr.is_none()
                 && existing.state != AgentState::Gone;
             if !retry {
-                return Err(format!(
-                    "agent name {id} is taken (by a member in state {}); choose another name",
-                    existing.state
-                ));
+                return Err(JoinRefusal::NameTaken(id, existing.state));
             }
         }
-        let identity = SpiffeId::node(&self.trust_domain, &id).map_err(|e| e.to_string())?;
+        let identity = SpiffeId::node(&self.trust_domain, &id)?;
         let cert_expiry = wall
             .checked_add(self.agent_cert_ttl)
-            .ok_or_else(|| "the master's agent certificate lifetime is out of range".to_string())?;
+            .ok_or(JoinRefusal::LifetimeOutOfRange)?;
         Ok(JoinAdmission {
             agent_id: id,
             identity,

@@ -39,7 +39,7 @@ use crate::membership::{AgentRecord, AgentState, DetectorConfig, Membership, Mem
 use crate::state::{Change, StoreError, Table, Versioned};
 use crate::tokens::TokenRecord;
 
-pub use self::agents::{JoinAdmission, MAX_TOKEN_TTL};
+pub use self::agents::{JoinAdmission, JoinRefusal, MAX_TOKEN_TTL};
 pub use self::framework_calls::PendingFramework;
 pub use self::frameworks::DEPLOYMENTS_ROLE;
 pub use self::scheduling::FrameworkSummary;
@@ -226,6 +226,20 @@ pub enum LoadError {
     },
 }
 
+/// Why an agent cannot be sent a launch, a kill or a question now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentUnavailable {
+    /// No agent has that id.
+    #[error("no agent named {0:?}")]
+    Unknown(String),
+    /// The agent is Unreachable or Gone.
+    #[error("agent {0} is {1}, not Active")]
+    NotActive(String, AgentState),
+    /// The agent joined but has not registered yet.
+    #[error("agent {0} has not registered an address yet")]
+    NoAddress(String),
+}
+
 /// The master's state and rules.
 pub struct ClusterCore {
     membership: Membership,
@@ -374,16 +388,16 @@ impl ClusterCore {
     }
 
     /// The mesh address of an Active agent's `$agent` actor.
-    pub fn agent_addr(&self, agent: &str) -> Result<SocketAddr, String> {
+    pub fn agent_addr(&self, agent: &str) -> Result<SocketAddr, AgentUnavailable> {
         let rec = self
             .membership
             .get(agent)
-            .ok_or_else(|| format!("no agent named {agent:?}"))?;
+            .ok_or_else(|| AgentUnavailable::Unknown(agent.to_string()))?;
         if rec.state != AgentState::Active {
-            return Err(format!("agent {agent} is {}, not Active", rec.state));
+            return Err(AgentUnavailable::NotActive(agent.to_string(), rec.state));
         }
         rec.addr
-            .ok_or_else(|| format!("agent {agent} has not registered an address yet"))
+            .ok_or_else(|| AgentUnavailable::NoAddress(agent.to_string()))
     }
 
     /// Queues `changes` as one batch that no reply waits for (a failed write makes the

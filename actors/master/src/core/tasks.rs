@@ -42,7 +42,10 @@ impl ClusterCore {
                     let at = match self.agent_addr(&agent) {
                         Ok(at) => at,
                         Err(why) => {
-                            self.out.push(Effect::LaunchNotSent { task_id, why });
+                            self.out.push(Effect::LaunchNotSent {
+                                task_id,
+                                why: why.to_string(),
+                            });
                             continue;
                         }
                     };
@@ -241,7 +244,7 @@ impl ClusterCore {
         &mut self,
         agent: &str,
         task_id: &str,
-    ) -> Result<std::net::SocketAddr, String> {
+    ) -> Result<std::net::SocketAddr, super::AgentUnavailable> {
         let at = self.agent_addr(agent);
         self.tasks
             .entry(task_id.to_string())

@@ -54,7 +54,10 @@ impl Master {
                 .ok()
                 .map(|t| format!("agent-{}", t.id))
         };
-        let admission = self.core.check_join(&req, random_name, SystemTime::now())?;
+        let admission = self
+            .core
+            .check_join(&req, random_name, SystemTime::now())
+            .map_err(|e| e.to_string())?;
         let cert_pem = self
             .ca
             .sign_csr(&req.csr_pem, &admission.identity, admission.cert_ttl)

@@ -136,7 +136,8 @@ impl Handler<LaunchOn> for Master {
         let target = self
             .core
             .launch_on(&m.agent, &m.task_id)
-            .map(|at| self.node.actor_ref(at, AGENT_ACTOR));
+            .map(|at| self.node.actor_ref(at, AGENT_ACTOR))
+            .map_err(|e| e.to_string());
         Box::pin(async move {
             let launch = LaunchActor {
                 task_id: m.task_id,
@@ -171,7 +172,8 @@ impl Handler<KillOn> for Master {
         let target = self
             .core
             .agent_addr(&m.agent)
-            .map(|at| self.node.actor_ref(at, AGENT_ACTOR));
+            .map(|at| self.node.actor_ref(at, AGENT_ACTOR))
+            .map_err(|e| e.to_string());
         Box::pin(async move {
             target?
                 .ask_timeout(KillTask { task_id: m.task_id }, AGENT_ANSWER)

@@ -128,7 +128,7 @@ impl Master {
 
     /// The `$agent` actor of an Active agent.
     fn agent_actor(&self, agent: &str) -> Result<actormesh::RemoteRef, String> {
-        let at = self.core.agent_addr(agent)?;
+        let at = self.core.agent_addr(agent).map_err(|e| e.to_string())?;
         Ok(self.node.actor_ref(at, AGENT_ACTOR))
     }
 }
