@@ -298,7 +298,7 @@ pub async fn serve(
     addr: SocketAddr,
     master: Addr<Master>,
     token: String,
-) -> anyhow::Result<SocketAddr> {
+) -> std::io::Result<SocketAddr> {
     let api = Api {
         master,
         token: token.into(),
@@ -322,9 +322,7 @@ pub async fn serve(
             require_token,
         ))
         .with_state(api);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen for the API on {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

@@ -1,0 +1,204 @@
+//! Carrying out the core's effects: store writes, launches and kills on agents, framework
+//! events, membership events, revocations and timers. Results come back as events.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use actormesh::protocol::{KillTask, ReleaseStatus, AGENT_ACTOR};
+use actormesh_transport::{Endpoint, SpiffeId};
+
+use super::Master;
+use crate::core::{Batch, Effect, Launch};
+use crate::state::StoreFuture;
+
+/// How long an agent has to answer a launch, a kill or a release.
+const AGENT_ANSWER: Duration = Duration::from_secs(10);
+
+/// Revokes a removed node's identity until its last certificate expires (for good if the
+/// master never recorded an expiry).
+pub(super) fn revoke(endpoint: &Endpoint, id: &SpiffeId, until: Option<std::time::SystemTime>) {
+    match until {
+        Some(expiry) => endpoint.revoke_until(id, expiry),
+        None => endpoint.revoke(id),
+    }
+}
+
+impl Master {
+    /// Carries out `effects` in order (no reply waits for their writes; a failed one
+    /// makes the master step down).
+    pub(super) fn carry_out(&mut self, effects: Vec<Effect>, ctx: &mut Context<Self>) {
+        drop(self.carry_out_stored(effects, ctx));
+    }
+
+    /// Carries out `effects` in order. Returns the write of the batch the step's reply
+    /// acknowledges (ready if there is none).
+    pub(super) fn carry_out_stored(
+        &mut self,
+        effects: Vec<Effect>,
+        ctx: &mut Context<Self>,
+    ) -> StoreFuture<()> {
+        let mut acknowledged: Option<StoreFuture<()>> = None;
+        for effect in effects {
+            match effect {
+                Effect::Persist(Batch {
+                    changes,
+                    acknowledges,
+                }) => {
+                    let written: StoreFuture<()> = match changes {
+                        Ok(changes) => self.store.apply(changes),
+                        Err(e) => Box::pin(async move { Err(e) }),
+                    };
+                    // Other batches are not awaited: a failed write makes the master step
+                    // down, and the write goes on when its future is dropped.
+                    if acknowledges {
+                        acknowledged = Some(written);
+                    }
+                }
+                Effect::Launch {
+                    agent: _,
+                    at,
+                    task_id,
+                    launch,
+                } => {
+                    let me = ctx.address();
+                    let target = self.node.actor_ref(at, AGENT_ACTOR);
+                    actix::spawn(async move {
+                        let asked = match *launch {
+                            Launch::Actor(l) => target.ask_timeout(l, AGENT_ANSWER).await,
+                            Launch::Command(l) => target.ask_timeout(l, AGENT_ANSWER).await,
+                        };
+                        if let Err(why) = asked.map_err(|e| e.to_string()).and_then(|r| r) {
+                            me.do_send(LaunchFailed { task_id, why });
+                        }
+                    });
+                }
+                Effect::LaunchNotSent { task_id, why } => {
+                    ctx.address().do_send(LaunchFailed { task_id, why });
+                }
+                Effect::Kill { agent, at, task_id } => {
+                    let me = ctx.address();
+                    let target = self.node.actor_ref(at, AGENT_ACTOR);
+                    actix::spawn(async move {
+                        let kill = KillTask {
+                            task_id: task_id.clone(),
+                        };
+                        match target.ask_timeout(kill, AGENT_ANSWER).await {
+                            Ok(Ok(())) => {}
+                            // The agent answers a kill with an error only when it does
+                            // not run the task: nothing will report its end.
+                            Ok(Err(why)) => me.do_send(KillFoundNothing { task_id, why }),
+                            Err(e) => me.do_send(KillNotDelivered {
+                                task_id,
+                                agent,
+                                why: e.to_string(),
+                            }),
+                        }
+                    });
+                }
+                Effect::RetryKill {
+                    task_id,
+                    agent,
+                    after,
+                } => {
+                    ctx.run_later(after, move |master, ctx| {
+                        let effects = master.core.retry_kill(&task_id, &agent);
+                        master.carry_out(effects, ctx);
+                    });
+                }
+                Effect::ReleaseStatus { at, task_id } => {
+                    let target = self.node.actor_ref(at, AGENT_ACTOR);
+                    actix::spawn(async move {
+                        // Lost, the agent sends the end again when it registers.
+                        let _ = target
+                            .ask_timeout(ReleaseStatus { task_id }, AGENT_ANSWER)
+                            .await;
+                    });
+                }
+                Effect::ToFramework { framework, event } => {
+                    if let Some(target) = self.framework_actors.get(&framework) {
+                        let _ = target.try_tell(event);
+                    }
+                }
+                Effect::Watch {
+                    framework,
+                    at,
+                    actor,
+                } => {
+                    let target = self.node.actor_ref(at, &actor);
+                    self.node.watch_with(&target, ctx.address().recipient());
+                    self.framework_actors.insert(framework, target);
+                }
+                Effect::Unwatch { framework } => {
+                    self.framework_actors.remove(&framework);
+                }
+                Effect::Publish(event) => {
+                    self.subscribers.retain(|s| s.connected());
+                    for s in &self.subscribers {
+                        s.do_send(event.clone());
+                    }
+                }
+                Effect::Revoke { identity, until } => revoke(&self.endpoint, &identity, until),
+                Effect::PruneRevocations { now } => {
+                    self.endpoint.prune_revocations(now);
+                }
+                Effect::ScheduleRound => {
+                    ctx.run_later(Duration::ZERO, |master, ctx| {
+                        let effects = master.core.scheduled_round(Instant::now());
+                        master.carry_out(effects, ctx);
+                    });
+                }
+            }
+        }
+        acknowledged.unwrap_or_else(|| Box::pin(async { Ok(()) }))
+    }
+}
+
+/// A launch was refused, not answered, or could not be sent.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct LaunchFailed {
+    task_id: String,
+    why: String,
+}
+
+impl Handler<LaunchFailed> for Master {
+    type Result = ();
+    fn handle(&mut self, m: LaunchFailed, ctx: &mut Context<Self>) {
+        let effects = self.core.launch_failed(&m.task_id, &m.why, Instant::now());
+        self.carry_out(effects, ctx);
+    }
+}
+
+/// The agent of a killed task does not run it (its launch never got there, or it ended).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct KillFoundNothing {
+    task_id: String,
+    why: String,
+}
+
+impl Handler<KillFoundNothing> for Master {
+    type Result = ();
+    fn handle(&mut self, m: KillFoundNothing, ctx: &mut Context<Self>) {
+        let effects = self.core.kill_found_nothing(&m.task_id, &m.why);
+        self.carry_out(effects, ctx);
+    }
+}
+
+/// A kill did not reach its agent (timeout, connection lost).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct KillNotDelivered {
+    task_id: String,
+    agent: String,
+    why: String,
+}
+
+impl Handler<KillNotDelivered> for Master {
+    type Result = ();
+    fn handle(&mut self, m: KillNotDelivered, ctx: &mut Context<Self>) {
+        let effects = self.core.kill_not_delivered(&m.task_id, &m.agent, &m.why);
+        self.carry_out(effects, ctx);
+    }
+}

@@ -1,0 +1,218 @@
+//! The driver: the [`Master`] actor turns actix messages into [`ClusterCore`] events,
+//! carries out the effects the core returns (sends, spawns, store writes) and feeds their
+//! results back as events. It holds what needs I/O: the state store, the CA, the mesh
+//! node and endpoint, membership subscribers and framework actors' references.
+
+mod agents;
+mod boot;
+mod effects;
+mod frameworks;
+mod gate;
+mod operator;
+mod views;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use tracing::error;
+
+use actormesh::{Node, RemoteRef};
+use actormesh_transport::pki::CertificateAuthority;
+use actormesh_transport::Endpoint;
+
+use crate::allocator::RoleConfig;
+use crate::core::{ClusterCore, Step};
+use crate::membership::{DetectorConfig, MembershipEvent};
+use crate::state::{StateStore, StoreError, StoreFuture};
+
+pub use self::agents::Join;
+pub use self::boot::{start, start_with_store, MasterError, API_TOKEN_FILE};
+pub use self::frameworks::ListFrameworks;
+pub use self::gate::MasterGate;
+pub use self::operator::{
+    ApplyDeployment, CreateToken, CreatedToken, DeleteDeployment, DrainNode, KillOn, LaunchOn,
+    Subscribe,
+};
+pub use self::views::{
+    DescribeDeployment, DescribeTaskOf, ListAllTasks, ListDeploymentTasks, ListDeployments,
+    ListNodes, ListTasks, TaskDescription, TaskLogs, TaskQueryRefusal,
+};
+
+/// How a master is started.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// Where state, the CA and the API token live.
+    pub data_dir: PathBuf,
+    /// Mesh (mutual TLS) address.
+    pub listen: SocketAddr,
+    /// Bootstrap (join) address.
+    pub bootstrap: SocketAddr,
+    /// Operator HTTP API address (loopback unless told otherwise).
+    pub api: SocketAddr,
+    /// Trust domain of a CA created at first start.
+    pub trust_domain: String,
+    /// Use this CA (made by `actormesh ca init`) instead of creating one at first start.
+    pub ca_dir: Option<PathBuf>,
+    /// Failure detection.
+    pub detector: DetectorConfig,
+    /// Lifetime of agent certificates.
+    pub agent_cert_ttl: Duration,
+    /// How long a framework may hold an offer before it is rescinded.
+    pub offer_timeout: Duration,
+    /// Share settings (weight, guarantee, limit) per role; others get weight 1.
+    pub roles: BTreeMap<String, RoleConfig>,
+}
+
+impl MasterConfig {
+    /// Defaults: data in `data_dir`, mesh on 127.0.0.1:7000, bootstrap 7001, API 7080.
+    pub fn new(data_dir: PathBuf) -> Self {
+        let ip = std::net::Ipv4Addr::LOCALHOST.into();
+        Self {
+            data_dir,
+            listen: SocketAddr::new(ip, 7000),
+            bootstrap: SocketAddr::new(ip, 7001),
+            api: SocketAddr::new(ip, 7080),
+            trust_domain: "cluster.local".into(),
+            ca_dir: None,
+            detector: DetectorConfig::default(),
+            agent_cert_ttl: Duration::from_secs(24 * 3600),
+            offer_timeout: Duration::from_secs(10),
+            roles: BTreeMap::new(),
+        }
+    }
+}
+
+/// A running master.
+#[derive(Debug, Clone)]
+pub struct MasterHandle {
+    /// The master actor.
+    pub master: Addr<Master>,
+    /// The master's mesh node.
+    pub node: Node,
+    /// The bootstrap address.
+    pub bootstrap: SocketAddr,
+    /// The HTTP API address.
+    pub api: SocketAddr,
+    /// Where the API token is written.
+    pub api_token_file: PathBuf,
+    /// The CA fingerprint that join tokens pin.
+    pub ca_fingerprint: String,
+    /// Why the master stepped down, once it has.
+    stepped_down: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+impl MasterHandle {
+    /// Resolves, with the reason, once the master has stepped down (its state store failed:
+    /// it acknowledges nothing more, and a restart reloads what was stored). A process that
+    /// runs a master should exit then.
+    pub async fn stepped_down(&self) -> String {
+        let mut rx = self.stepped_down.clone();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return "the master stopped".into();
+            }
+        }
+    }
+
+    /// A join token for an agent, valid for `ttl`, made in this process (as `actormesh
+    /// token create` would, without the API).
+    pub async fn agent_token(&self, ttl: Duration) -> Result<String, MasterError> {
+        let created = self
+            .master
+            .send(CreateToken {
+                ttl,
+                role: crate::tokens::TokenRole::Agent,
+            })
+            .await
+            .map_err(|e| MasterError::Stopped(e.to_string()))?
+            .map_err(MasterError::Token)?;
+        Ok(created.token)
+    }
+}
+
+/// The master actor.
+pub struct Master {
+    /// The rules and the state they keep.
+    core: ClusterCore,
+    store: Arc<dyn StateStore>,
+    ca: CertificateAuthority,
+    subscribers: Vec<Recipient<MembershipEvent>>,
+    mesh_addr: SocketAddr,
+    endpoint: Endpoint,
+    /// To reach agents' `$agent` actors and frameworks' event actors.
+    node: Node,
+    /// The event actor of each connected framework.
+    framework_actors: BTreeMap<String, RemoteRef>,
+    /// Set, with the reason, when the master steps down.
+    stepped_down: tokio::sync::watch::Sender<Option<String>>,
+}
+
+impl std::fmt::Debug for Master {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Master")
+            .field("mesh", &self.mesh_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Actor for Master {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.spawn(
+            self.store
+                .closed()
+                .into_actor(self)
+                .map(|e, master, ctx| master.step_down(&e, ctx)),
+        );
+        let every = self.core.detector().heartbeat_interval;
+        ctx.run_interval(every, |m, ctx| {
+            let effects = m.core.tick(Instant::now(), SystemTime::now());
+            m.carry_out(effects, ctx);
+        });
+    }
+}
+
+/// Answers `reply` once `stored` is durable, or with `refuse(error)` if the store did not
+/// accept it: nothing the store did not accept is acknowledged.
+fn when_stored<T: 'static, E: 'static>(
+    stored: StoreFuture<()>,
+    reply: T,
+    refuse: impl FnOnce(StoreError) -> E + 'static,
+) -> ResponseFuture<Result<T, E>> {
+    Box::pin(async move { stored.await.map(|()| reply).map_err(refuse) })
+}
+
+impl Master {
+    /// Carries out a step's effects and answers its reply once the batch it acknowledges
+    /// is durable (at once if it refused).
+    fn answer<T: 'static, E: 'static>(
+        &mut self,
+        step: Step<Result<T, E>>,
+        ctx: &mut Context<Self>,
+        refuse: impl FnOnce(StoreError) -> E + 'static,
+    ) -> ResponseFuture<Result<T, E>> {
+        let stored = self.carry_out_stored(step.effects, ctx);
+        match step.reply {
+            Ok(reply) => when_stored(stored, reply, refuse),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+
+    /// The state store failed: memory may now hold changes the store does not. The master
+    /// stops rather than acknowledge any of them (Mesos's master aborts on a registry
+    /// failure too); a restarted master, or in HA the next leader, reloads what was stored.
+    fn step_down(&mut self, e: &StoreError, ctx: &mut Context<Self>) {
+        let why = format!("the master stepped down: its state store failed ({e})");
+        error!("{why}; restart it to reload what was stored");
+        self.stepped_down.send_replace(Some(why));
+        ctx.stop();
+    }
+}

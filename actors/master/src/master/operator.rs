@@ -1,0 +1,184 @@
+//! Operators' requests that change the cluster (from the HTTP API or in process): join
+//! tokens, draining, deployments, tasks launched directly, membership subscriptions.
+//!
+//! `CreateToken`, `DrainNode`, `ApplyDeployment`, `LaunchOn` and `KillOn` answer with a
+//! `String` refusal: the API and the CLI only show its text to the operator.
+
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use actormesh::protocol::{KillTask, LaunchActor, AGENT_ACTOR};
+
+use super::Master;
+use crate::core::DeploymentRefusal;
+use crate::membership::{AgentRecord, MembershipEvent};
+use crate::tokens::{JoinToken, TokenRole};
+
+/// How long an agent has to answer a launch or a kill.
+const AGENT_ANSWER: Duration = Duration::from_secs(10);
+
+/// Creates a join token; returns it as printed for operators.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<CreatedToken, String>")]
+pub struct CreateToken {
+    /// How long it works.
+    pub ttl: Duration,
+    /// What it allows.
+    pub role: TokenRole,
+}
+
+/// A token just made.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct CreatedToken {
+    /// The whole token, secret included (shown once).
+    pub token: String,
+    /// Its id.
+    pub id: String,
+    /// When it stops working.
+    pub expires: SystemTime,
+}
+
+impl std::fmt::Debug for CreatedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreatedToken")
+            .field("id", &self.id)
+            .field("token", &"<hidden>")
+            .field("expires", &self.expires)
+            .finish()
+    }
+}
+
+impl Handler<CreateToken> for Master {
+    type Result = ResponseFuture<Result<CreatedToken, String>>;
+    fn handle(&mut self, m: CreateToken, ctx: &mut Context<Self>) -> Self::Result {
+        let Ok(token) = JoinToken::generate(self.core.ca_fingerprint()) else {
+            return Box::pin(async { Err("no system randomness".to_string()) });
+        };
+        let step = self
+            .core
+            .create_token(token, m.role, m.ttl, SystemTime::now());
+        self.answer(step, ctx, |e| format!("cannot record the token: {e}"))
+    }
+}
+
+/// Marks an agent draining (no new work placed on it).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<AgentRecord, String>")]
+pub struct DrainNode(pub String);
+
+impl Handler<DrainNode> for Master {
+    type Result = ResponseFuture<Result<AgentRecord, String>>;
+    fn handle(&mut self, m: DrainNode, ctx: &mut Context<Self>) -> Self::Result {
+        let step = self.core.drain(&m.0);
+        self.answer(step, ctx, move |e| {
+            format!("the master could not record that {} drains: {e}", m.0)
+        })
+    }
+}
+
+/// Subscribes an actor to membership changes.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Subscribe(pub Recipient<MembershipEvent>);
+
+impl Handler<Subscribe> for Master {
+    type Result = ();
+    fn handle(&mut self, m: Subscribe, _: &mut Context<Self>) {
+        self.subscribers.push(m.0);
+    }
+}
+
+/// Adds or replaces a deployment from manifest JSON (validated again here).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct ApplyDeployment(pub String);
+
+impl Handler<ApplyDeployment> for Master {
+    type Result = ResponseFuture<Result<String, String>>;
+    fn handle(&mut self, m: ApplyDeployment, ctx: &mut Context<Self>) -> Self::Result {
+        let step = self.core.apply_deployment(m.0);
+        self.answer(step, ctx, |e| format!("cannot record the deployment: {e}"))
+    }
+}
+
+/// Removes deployment `namespace/name` and stops its instances gracefully.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), DeploymentRefusal>")]
+pub struct DeleteDeployment(pub String);
+
+impl Handler<DeleteDeployment> for Master {
+    type Result = ResponseFuture<Result<(), DeploymentRefusal>>;
+    fn handle(&mut self, m: DeleteDeployment, ctx: &mut Context<Self>) -> Self::Result {
+        let step = self.core.delete_deployment(&m.0);
+        self.answer(step, ctx, |e| DeploymentRefusal::Store(e.to_string()))
+    }
+}
+
+/// Starts an instance of `actor_type` named `name` on agent `agent` as task `task_id`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct LaunchOn {
+    /// The agent.
+    pub agent: String,
+    /// The task id.
+    pub task_id: String,
+    /// A type the agent hosts.
+    pub actor_type: String,
+    /// The instance's name on the agent's node.
+    pub name: String,
+}
+
+impl Handler<LaunchOn> for Master {
+    type Result = ResponseFuture<Result<(), String>>;
+    fn handle(&mut self, m: LaunchOn, _: &mut Context<Self>) -> Self::Result {
+        let target = self
+            .core
+            .launch_on(&m.agent, &m.task_id)
+            .map(|at| self.node.actor_ref(at, AGENT_ACTOR))
+            .map_err(|e| e.to_string());
+        Box::pin(async move {
+            let launch = LaunchActor {
+                task_id: m.task_id,
+                actor_type: m.actor_type,
+                name: m.name,
+                health: None,
+                restart: None,
+                resources: Default::default(),
+                version: String::new(),
+            };
+            target?
+                .ask_timeout(launch, AGENT_ANSWER)
+                .await
+                .map_err(|e| format!("agent {} did not answer: {e}", m.agent))?
+        })
+    }
+}
+
+/// Stops task `task_id` on agent `agent`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct KillOn {
+    /// The agent.
+    pub agent: String,
+    /// The task id.
+    pub task_id: String,
+}
+
+impl Handler<KillOn> for Master {
+    type Result = ResponseFuture<Result<(), String>>;
+    fn handle(&mut self, m: KillOn, _: &mut Context<Self>) -> Self::Result {
+        let target = self
+            .core
+            .agent_addr(&m.agent)
+            .map(|at| self.node.actor_ref(at, AGENT_ACTOR))
+            .map_err(|e| e.to_string());
+        Box::pin(async move {
+            target?
+                .ask_timeout(KillTask { task_id: m.task_id }, AGENT_ANSWER)
+                .await
+                .map_err(|e| format!("agent {} did not answer: {e}", m.agent))?
+        })
+    }
+}
