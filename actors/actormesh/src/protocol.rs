@@ -259,7 +259,7 @@ pub const AGENT_ACTOR: &str = "$agent";
 #[remote(name = "actormesh.agent.LaunchCommand/v1", reply = Result<(), String>)]
 pub struct LaunchCommand {
     /// What to run; `task.id` is the task id.
-    pub task: crate::agent::command::CommandTask,
+    pub task: crate::task::CommandTask,
     /// Its health check, if any.
     pub health: Option<HealthSpec>,
 }

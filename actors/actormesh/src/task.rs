@@ -1,4 +1,7 @@
-//! Task states and status updates (the Mesos model), as frameworks and agents see them.
+//! Task states and status updates (the Mesos model), as frameworks and agents see them, and
+//! what a command task runs.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -55,4 +58,34 @@ pub struct TaskStatus {
     /// With a health check: whether the last check passed (`None`: no check yet).
     #[serde(default)]
     pub healthy: Option<bool>,
+}
+
+/// What a command task runs (the Mesos command executor's task).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandTask {
+    /// Task id (also the sandbox directory name).
+    pub id: String,
+    /// Program path.
+    pub path: String,
+    /// Arguments.
+    pub args: Vec<String>,
+    /// Environment added to a clean one (PATH is kept).
+    pub env: BTreeMap<String, String>,
+    /// Memory limit in bytes.
+    pub mem_bytes: Option<u64>,
+    /// CPU limit in cores (cgroups only).
+    pub cpus: Option<f64>,
+    /// On kill: how long between SIGTERM and SIGKILL, in milliseconds.
+    #[serde(default = "default_grace_ms")]
+    pub kill_grace_ms: u64,
+    /// What the task holds (reported when a restarted agent registers again).
+    #[serde(default)]
+    pub resources: crate::resources::Resources,
+    /// Its deployment's version label, if any (reported likewise).
+    #[serde(default)]
+    pub version: String,
+}
+
+fn default_grace_ms() -> u64 {
+    10_000
 }

@@ -8,42 +8,13 @@
 //! sandbox, so the status survives an agent restart even though the restarted agent is not
 //! the process's parent.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// What to run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CommandTask {
-    /// Task id (also the sandbox directory name).
-    pub id: String,
-    /// Program path.
-    pub path: String,
-    /// Arguments.
-    pub args: Vec<String>,
-    /// Environment added to a clean one (PATH is kept).
-    pub env: BTreeMap<String, String>,
-    /// Memory limit in bytes.
-    pub mem_bytes: Option<u64>,
-    /// CPU limit in cores (cgroups only).
-    pub cpus: Option<f64>,
-    /// On kill: how long between SIGTERM and SIGKILL, in milliseconds.
-    #[serde(default = "default_grace_ms")]
-    pub kill_grace_ms: u64,
-    /// What the task holds (reported when a restarted agent registers again).
-    #[serde(default)]
-    pub resources: crate::resources::Resources,
-    /// Its deployment's version label, if any (reported likewise).
-    #[serde(default)]
-    pub version: String,
-}
-
-fn default_grace_ms() -> u64 {
-    10_000
-}
+pub use crate::task::CommandTask;
 
 /// How a command task ended (or that it still runs).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -474,6 +445,7 @@ impl Running {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn task(id: &str, path: &str, args: &[&str]) -> CommandTask {
         CommandTask {
