@@ -138,13 +138,20 @@ mod tests {
             parse_duration("7d").unwrap(),
             Duration::from_secs(7 * 86400)
         );
-        assert!(parse_duration("5w").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("5w")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit"));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_attr("zone=a").unwrap(), ("zone".into(), "a".into()));
         assert!(parse_attr("zone").unwrap_err().contains("key=value"));
-        assert!(parse_duration("h").unwrap_err().contains("whole number"));
+        assert!(parse_duration("h")
+            .unwrap_err()
+            .to_string()
+            .contains("whole number"));
         assert!(parse_duration("0s")
             .unwrap_err()
+            .to_string()
             .contains("longer than zero"));
     }
 }
