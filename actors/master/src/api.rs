@@ -31,7 +31,8 @@ use serde_json::json;
 use super::tokens::TokenRole;
 use super::{
     ApplyDeployment, CreateToken, DeleteDeployment, DeploymentRefusal, DescribeDeployment,
-    DescribeTaskOf, DrainNode, ListDeployments, ListNodes, Master, TaskLogs, TaskQueryRefusal,
+    DescribeTaskOf, DrainNode, ListDeployments, ListNodes, Master, OperatorError, TaskLogs,
+    TaskQueryRefusal,
 };
 
 #[derive(Clone)]
@@ -42,6 +43,17 @@ struct Api {
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// An operator request refused: 400 for a bad request, 404 for something missing, 503 when
+/// the master cannot carry it out now (its store failed).
+fn refused(e: OperatorError) -> Response {
+    let status = match e {
+        OperatorError::Invalid(_) => StatusCode::BAD_REQUEST,
+        OperatorError::NotFound(_) => StatusCode::NOT_FOUND,
+        OperatorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    error(status, e.to_string())
 }
 
 fn authorized(api: &Api, headers: &HeaderMap) -> bool {
@@ -108,7 +120,7 @@ async fn node(State(api): State<Api>, Path(id): Path<String>) -> Response {
 async fn drain(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.master.send(DrainNode(id)).await {
         Ok(Ok(n)) => Json(n).into_response(),
-        Ok(Err(e)) => error(StatusCode::NOT_FOUND, e),
+        Ok(Err(e)) => refused(e),
         Err(e) => master_down(e),
     }
 }
@@ -154,7 +166,7 @@ async fn create_token(State(api): State<Api>, body: axum::body::Bytes) -> Respon
     }
     match api.master.send(CreateToken { ttl, role }).await {
         Ok(Ok(t)) => Json(t).into_response(),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
+        Ok(Err(e)) => refused(e),
         Err(e) => master_down(e),
     }
 }
@@ -168,7 +180,7 @@ async fn apply(State(api): State<Api>, body: axum::body::Bytes) -> Response {
     };
     match api.master.send(ApplyDeployment(text)).await {
         Ok(Ok(key)) => Json(json!({ "applied": key })).into_response(),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, e),
+        Ok(Err(e)) => refused(e),
         Err(e) => master_down(e),
     }
 }

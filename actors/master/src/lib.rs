@@ -25,7 +25,7 @@ pub mod scheduler;
 pub mod state;
 pub mod tokens;
 
-pub use crate::core::{DeploymentRefusal, MAX_TOKEN_TTL};
+pub use crate::core::{DeploymentRefusal, OperatorError, MAX_TOKEN_TTL};
 pub use crate::master::{
     start, start_with_store, ApplyDeployment, CreateToken, CreatedToken, DeleteDeployment,
     DescribeDeployment, DescribeTaskOf, DrainNode, Join, KillOn, LaunchOn, ListAllTasks,

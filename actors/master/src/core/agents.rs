@@ -12,7 +12,7 @@ use actormesh::protocol::{
 use actormesh_transport::codec;
 use actormesh_transport::SpiffeId;
 
-use super::{ClusterCore, Effect, Step, PRUNE_EVERY};
+use super::{ClusterCore, Effect, OperatorError, Step, PRUNE_EVERY};
 use crate::membership::{self, AgentRecord, AgentState, MembershipEvent};
 use crate::state::{Change, Table};
 use crate::tokens::{self, JoinToken, TokenRecord, TokenRole};
@@ -312,17 +312,18 @@ impl ClusterCore {
         role: TokenRole,
         ttl: Duration,
         wall: SystemTime,
-    ) -> Step<Result<CreatedToken, String>> {
+    ) -> Step<Result<CreatedToken, OperatorError>> {
         self.step(|core| {
             if ttl.is_zero() || ttl > MAX_TOKEN_TTL {
-                return Err(format!(
+                return Err(OperatorError::Invalid(format!(
                     "a token's lifetime must be between 1 s and {} s (a year), not {} s",
                     MAX_TOKEN_TTL.as_secs(),
                     ttl.as_secs()
-                ));
+                )));
             }
             let record = TokenRecord::new(&token, role, wall, ttl);
-            let value = codec::encode(&record).map_err(|e| e.to_string())?;
+            let value =
+                codec::encode(&record).map_err(|e| OperatorError::Unavailable(e.to_string()))?;
             core.persist_acknowledged(vec![Change::put(Table::Tokens, token.id.clone(), value)]);
             let expires = record.expires;
             core.tokens.insert(token.id.clone(), record);
@@ -340,10 +341,10 @@ impl ClusterCore {
     }
 
     /// Marks agent `id` draining: no new work is placed on it.
-    pub fn drain(&mut self, id: &str) -> Step<Result<AgentRecord, String>> {
+    pub fn drain(&mut self, id: &str) -> Step<Result<AgentRecord, OperatorError>> {
         self.step(|core| {
             let Some(rec) = core.membership.record_mut(id) else {
-                return Err(format!("no node named {id:?}"));
+                return Err(OperatorError::NotFound(format!("no node named {id:?}")));
             };
             rec.draining = true;
             let rec = rec.clone();

@@ -45,6 +45,22 @@ pub use self::frameworks::DEPLOYMENTS_ROLE;
 pub use self::scheduling::FrameworkSummary;
 pub use self::tasks::DeploymentRefusal;
 
+/// Why an operator's request (create a token, drain a node, apply a deployment) was not
+/// carried out. The variant says whose fault it is, so the API answers 400, 404 or 503.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OperatorError {
+    /// The request is malformed or out of range (a bad manifest, a token lifetime of zero).
+    #[error("{0}")]
+    Invalid(String),
+    /// It names something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The master cannot carry it out now: its state store failed (it steps down), or the
+    /// system has no randomness. Asking again, of a restarted master, may work.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
 /// Where deployments are kept in the Config table.
 pub(crate) const DEPLOYMENT_PREFIX: &str = "deployment/";
 /// Reported states kept of tasks launched directly (not by a deployment or a framework).

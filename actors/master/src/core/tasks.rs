@@ -9,7 +9,10 @@ use actormesh::protocol::{LaunchActor, LaunchCommand, MasterRefusal, ReportAck, 
 use actormesh_transport::SpiffeId;
 
 use super::MAX_REPORTED_TASKS;
-use super::{ClusterCore, Effect, Launch, Step, DEPLOYMENTS_ROLE, DEPLOYMENT_PREFIX, KILL_RETRY};
+use super::{
+    ClusterCore, Effect, Launch, OperatorError, Step, DEPLOYMENTS_ROLE, DEPLOYMENT_PREFIX,
+    KILL_RETRY,
+};
 use crate::deployments::{self, Action, Launchable};
 use crate::frameworks::{TaskState, TaskStatus};
 use crate::state::{Change, Table};
@@ -262,10 +265,13 @@ impl ClusterCore {
     /// Adds or replaces a deployment from manifest JSON (validated again here); the reply
     /// (its key) waits for it to be stored, so a master restart keeps every deployment
     /// `apply` reported applied.
-    pub fn apply_deployment(&mut self, manifest_json: String) -> Step<Result<String, String>> {
+    pub fn apply_deployment(
+        &mut self,
+        manifest_json: String,
+    ) -> Step<Result<String, OperatorError>> {
         self.step(|core| {
             let d = crate::manifest::parse(std::path::Path::new("manifest.json"), &manifest_json)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| OperatorError::Invalid(e.to_string()))?;
             let key = deployments::key(&d);
             core.persist_acknowledged(vec![Change::put(
                 Table::Config,

@@ -100,7 +100,7 @@ pub enum MasterError {
     Stopped(String),
     /// The master refused to make a join token.
     #[error("cannot create a join token: {0}")]
-    Token(String),
+    Token(crate::core::OperatorError),
 }
 
 fn io_error<'a>(

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use actormesh::protocol::{KillTask, LaunchActor, AGENT_ACTOR};
 
 use super::Master;
-use crate::core::DeploymentRefusal;
+use crate::core::{DeploymentRefusal, OperatorError};
 use crate::membership::{AgentRecord, MembershipEvent};
 use crate::tokens::{JoinToken, TokenRole};
 
@@ -21,7 +21,7 @@ const AGENT_ANSWER: Duration = Duration::from_secs(10);
 
 /// Creates a join token; returns it as printed for operators.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<CreatedToken, String>")]
+#[rtype(result = "Result<CreatedToken, OperatorError>")]
 pub struct CreateToken {
     /// How long it works.
     pub ttl: Duration,
@@ -51,29 +51,36 @@ impl std::fmt::Debug for CreatedToken {
 }
 
 impl Handler<CreateToken> for Master {
-    type Result = ResponseFuture<Result<CreatedToken, String>>;
+    type Result = ResponseFuture<Result<CreatedToken, OperatorError>>;
     fn handle(&mut self, m: CreateToken, ctx: &mut Context<Self>) -> Self::Result {
         let Ok(token) = JoinToken::generate(self.core.ca_fingerprint()) else {
-            return Box::pin(async { Err("no system randomness".to_string()) });
+            return Box::pin(async {
+                Err(OperatorError::Unavailable("no system randomness".into()))
+            });
         };
         let step = self
             .core
             .create_token(token, m.role, m.ttl, SystemTime::now());
-        self.answer(step, ctx, |e| format!("cannot record the token: {e}"))
+        self.answer(step, ctx, |e| {
+            OperatorError::Unavailable(format!("cannot record the token: {e}"))
+        })
     }
 }
 
 /// Marks an agent draining (no new work placed on it).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<AgentRecord, String>")]
+#[rtype(result = "Result<AgentRecord, OperatorError>")]
 pub struct DrainNode(pub String);
 
 impl Handler<DrainNode> for Master {
-    type Result = ResponseFuture<Result<AgentRecord, String>>;
+    type Result = ResponseFuture<Result<AgentRecord, OperatorError>>;
     fn handle(&mut self, m: DrainNode, ctx: &mut Context<Self>) -> Self::Result {
         let step = self.core.drain(&m.0);
         self.answer(step, ctx, move |e| {
-            format!("the master could not record that {} drains: {e}", m.0)
+            OperatorError::Unavailable(format!(
+                "the master could not record that {} drains: {e}",
+                m.0
+            ))
         })
     }
 }
@@ -92,14 +99,16 @@ impl Handler<Subscribe> for Master {
 
 /// Adds or replaces a deployment from manifest JSON (validated again here).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<String, String>")]
+#[rtype(result = "Result<String, OperatorError>")]
 pub struct ApplyDeployment(pub String);
 
 impl Handler<ApplyDeployment> for Master {
-    type Result = ResponseFuture<Result<String, String>>;
+    type Result = ResponseFuture<Result<String, OperatorError>>;
     fn handle(&mut self, m: ApplyDeployment, ctx: &mut Context<Self>) -> Self::Result {
         let step = self.core.apply_deployment(m.0);
-        self.answer(step, ctx, |e| format!("cannot record the deployment: {e}"))
+        self.answer(step, ctx, |e| {
+            OperatorError::Unavailable(format!("cannot record the deployment: {e}"))
+        })
     }
 }
 
