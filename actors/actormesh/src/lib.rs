@@ -91,6 +91,7 @@ pub mod agent;
 pub mod framework;
 pub mod health;
 mod local_ca;
+pub mod mesh;
 pub mod protocol;
 pub mod resources;
 pub mod task;

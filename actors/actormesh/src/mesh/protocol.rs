@@ -1,0 +1,131 @@
+//! The messages between the master's registry and every node's Proxy.
+//!
+//! A node's Proxy subscribes at `$master` ([`Subscribe`]). The master answers with one full
+//! snapshot and then deltas of the changed services only, each an ask to the node's
+//! `$proxy` ([`Push`]); the reply acknowledges the version applied, or refuses it with the
+//! reason. A node may also serve its own actors as services ([`RegisterService`]); such a
+//! registration lives as long as the node's membership.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::mesh::registry::{Revocation, Service, ServiceName};
+use crate::protocol::MasterRefusal;
+use crate::RemoteMessage;
+
+/// The name of every node's Proxy actor.
+pub const PROXY_ACTOR: &str = "$proxy";
+
+/// A node's Proxy asks the master for the registry. The master takes the subscriber's
+/// identity from the link (`caller()`), and pushes to `$proxy` on the calling node.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.mesh.Subscribe/v1", reply = Result<Subscribed, MasterRefusal>)]
+pub struct Subscribe {
+    /// The subscriber's mesh address (where its `$proxy` listens).
+    pub addr: std::net::SocketAddr,
+    /// The registry version it applied last (after a reconnect), if any: the master then
+    /// sends a delta from there if it can, a full snapshot otherwise.
+    pub have: Option<u64>,
+}
+
+/// The master accepted a subscription; pushes follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribed {
+    /// The registry's version now.
+    pub version: u64,
+}
+
+/// How a push relates to what the proxy holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PushKind {
+    /// Everything: replace what you hold.
+    Full,
+    /// Changes since version `from`: apply only if you hold exactly `from`.
+    Delta {
+        /// The version the delta starts from.
+        from: u64,
+    },
+}
+
+/// The master pushes registry changes to a node's `$proxy`.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.mesh.Push/v1", reply = Result<u64, PushRefused>)]
+pub struct Push {
+    /// The registry version this push brings the proxy to.
+    pub version: u64,
+    /// Full snapshot or delta.
+    pub kind: PushKind,
+    /// Services added or changed (all of them in a full snapshot).
+    pub services: Vec<Service>,
+    /// Services gone since `from` (empty in a full snapshot).
+    pub removed: Vec<ServiceName>,
+    /// Revoked identities: all in force in a full snapshot, the new ones in a delta.
+    pub revoked: Vec<Revocation>,
+}
+
+/// Why a proxy did not apply a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PushRefused {
+    /// A delta from a version the proxy does not hold; send a full snapshot.
+    #[error("delta from version {from}, but this proxy holds {holds:?}")]
+    WrongBase {
+        /// The delta's base.
+        from: u64,
+        /// What the proxy holds.
+        holds: Option<u64>,
+    },
+    /// A version older than the one applied: the registry's version never goes back.
+    #[error("version {offered} is older than the applied {applied}")]
+    Older {
+        /// The push's version.
+        offered: u64,
+        /// The proxy's.
+        applied: u64,
+    },
+    /// The push is not valid (the reason names what).
+    #[error("invalid push: {0}")]
+    Invalid(String),
+}
+
+/// The operator asks a node's `$proxy` what it applied (`actormesh get proxy-config`).
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.mesh.DumpConfig/v1", reply = ProxyConfig)]
+pub struct DumpConfig;
+
+/// What a proxy applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyConfig {
+    /// The registry version applied (`None`: nothing yet).
+    pub version: Option<u64>,
+    /// Its services, sorted by name.
+    pub services: Vec<Service>,
+    /// The identities it refuses.
+    pub revoked: Vec<Revocation>,
+}
+
+/// A node registers one of its own actors as an endpoint of a service.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.mesh.RegisterService/v1", reply = Result<(), MasterRefusal>)]
+pub struct RegisterService {
+    /// The service.
+    pub service: ServiceName,
+    /// The actor's name on the calling node.
+    pub actor: String,
+    /// Its version label.
+    pub version: String,
+    /// Its labels (besides `version`).
+    pub labels: BTreeMap<String, String>,
+    /// Its weight (at least 1).
+    pub weight: u32,
+}
+
+/// A node takes one of its actors out of a service (it drains first: see the master).
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.mesh.DeregisterService/v1", reply = Result<(), MasterRefusal>)]
+pub struct DeregisterService {
+    /// The service.
+    pub service: ServiceName,
+    /// The actor's name on the calling node.
+    pub actor: String,
+}

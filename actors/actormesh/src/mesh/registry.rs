@@ -1,0 +1,194 @@
+//! What the master's service registry holds and pushes: services, their endpoints, and the
+//! versioned pushes that carry them to every node's Proxy. Plain data, shared by the master
+//! (which builds it) and the Proxy (which applies it).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The namespace of a bare name used outside any namespace.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// A service's name: `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceName {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name within the namespace.
+    pub name: String,
+}
+
+/// A service name that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid service name {given:?}: {reason}; expected `namespace/name` or `name`, each 1 to 63 of a-z, 0-9 and '-', starting with a letter or digit")]
+pub struct BadServiceName {
+    /// What was given.
+    pub given: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+fn check_part(given: &str, part: &str, what: &'static str) -> Result<(), BadServiceName> {
+    let bad = |reason| BadServiceName {
+        given: given.to_string(),
+        reason,
+    };
+    if part.is_empty() {
+        return Err(bad(match what {
+            "namespace" => "the namespace is empty",
+            _ => "the name is empty",
+        }));
+    }
+    if part.len() > 63 {
+        return Err(bad("a part is longer than 63 bytes"));
+    }
+    if !part
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(bad("only a-z, 0-9 and '-' are allowed"));
+    }
+    if part.starts_with('-') {
+        return Err(bad("a part may not start with '-'"));
+    }
+    Ok(())
+}
+
+impl ServiceName {
+    /// Parses `namespace/name`, or a bare `name` in `namespace`.
+    pub fn parse(s: &str, namespace: &str) -> Result<Self, BadServiceName> {
+        let (ns, name) = match s.split_once('/') {
+            Some((ns, name)) => (ns, name),
+            None => (namespace, s),
+        };
+        if name.contains('/') {
+            return Err(BadServiceName {
+                given: s.to_string(),
+                reason: "more than one '/'",
+            });
+        }
+        check_part(s, ns, "namespace")?;
+        check_part(s, name, "name")?;
+        Ok(Self {
+            namespace: ns.to_string(),
+            name: name.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+impl std::str::FromStr for ServiceName {
+    type Err = BadServiceName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s, DEFAULT_NAMESPACE)
+    }
+}
+
+/// How a caller picks among a service's endpoints.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BalancerKind {
+    /// Least request by power of two choices, weighed by peak-EWMA latency (Linkerd's).
+    #[default]
+    P2c,
+    /// Each endpoint in turn.
+    RoundRobin,
+    /// In proportion to endpoint weights.
+    Weighted,
+    /// Consistent hashing on the call's hash key: when an endpoint leaves, only its keys move.
+    Hash,
+}
+
+impl BalancerKind {
+    /// The name in manifests and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalancerKind::P2c => "p2c",
+            BalancerKind::RoundRobin => "round_robin",
+            BalancerKind::Weighted => "weighted",
+            BalancerKind::Hash => "hash",
+        }
+    }
+}
+
+/// One ready instance of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Unique within the service: the task id, or `<node>/<actor>` for a node's own actor.
+    pub id: String,
+    /// The SPIFFE id of the node that hosts it; callers check the link's verified peer
+    /// against it before sending.
+    pub node: String,
+    /// That node's mesh address.
+    pub addr: SocketAddr,
+    /// The actor's name on that node.
+    pub actor: String,
+    /// Its `version` label.
+    pub version: String,
+    /// Its labels, `version` included.
+    pub labels: BTreeMap<String, String>,
+    /// Its share of the traffic under weighted balancers (at least 1).
+    pub weight: u32,
+    /// The `zone` attribute of its node, if it has one.
+    pub zone: Option<String>,
+}
+
+/// A service and its ready endpoints, as one push carries it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// Its name.
+    pub name: ServiceName,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its balancer.
+    pub balancer: BalancerKind,
+    /// Whether callers prefer an endpoint on their own node, then in their own zone.
+    pub locality: bool,
+    /// Its ready endpoints, sorted by id.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A revoked identity and until when it stays refused (its certificate's expiry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// The SPIFFE id.
+    pub id: String,
+    /// Refused until then, in milliseconds since the Unix epoch.
+    pub until_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_resolve_bare_in_the_callers_namespace_and_refuse_what_is_not_a_name() {
+        let n = ServiceName::parse("ratings", "shop").unwrap();
+        assert_eq!(n.to_string(), "shop/ratings");
+        let n: ServiceName = "ratings".parse().unwrap();
+        assert_eq!(n.to_string(), "default/ratings");
+        assert_eq!(
+            ServiceName::parse("a/b", "shop").unwrap().to_string(),
+            "a/b"
+        );
+        for (bad, why) in [
+            ("", "the name is empty"),
+            ("/x", "the namespace is empty"),
+            ("a/b/c", "more than one '/'"),
+            ("Shop/x", "only a-z, 0-9 and '-' are allowed"),
+            ("-x", "a part may not start with '-'"),
+        ] {
+            let e = ServiceName::parse(bad, "default").unwrap_err();
+            assert_eq!(e.reason, why, "{bad:?}");
+            assert!(e.to_string().contains("expected `namespace/name`"));
+        }
+        assert!(ServiceName::parse(&"x".repeat(64), "default").is_err());
+    }
+}
