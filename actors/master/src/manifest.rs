@@ -15,7 +15,11 @@
 //!   health_check: { interval: 5s, timeout: 1s, failures: 3 }
 //!   restart: { policy: on-failure, backoff_initial: 1s, backoff_max: 1m }
 //!   rolling_update: { max_surge: 1, max_unavailable: 0 }
+//!   service: { name: ratings, labels: { tier: back }, weight: 1, balancer: p2c, locality: true }
 //! ```
+//!
+//! `service:` makes the instances endpoints of a service (actor deployments only: a
+//! command task has no actor to call).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -75,6 +79,45 @@ pub struct DeploymentSpec {
     /// Rolling update limits.
     #[serde(default)]
     pub rolling_update: RollingUpdate,
+    /// The service its instances serve, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSpec>,
+}
+
+/// The service a deployment's instances serve, as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Its name within the deployment's namespace (default: the deployment's name).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its labels (each endpoint also gets `version`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Each instance's weight under weighted balancers (default 1, at least 1).
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// `p2c` (default), `round_robin`, `weighted` or `hash`.
+    #[serde(default)]
+    pub balancer: Option<String>,
+    /// Whether callers prefer an endpoint on their node, then in their zone (default true).
+    #[serde(default)]
+    pub locality: Option<bool>,
+}
+
+/// A validated `service:` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceDecl {
+    /// `namespace/name`.
+    pub name: actormesh::mesh::ServiceName,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Each instance's weight.
+    pub weight: u32,
+    /// Its balancer.
+    pub balancer: actormesh::mesh::BalancerKind,
+    /// Whether callers prefer nearby endpoints.
+    pub locality: bool,
 }
 
 /// An OS process to run.
@@ -219,6 +262,8 @@ pub struct Deployment {
     pub backoff: (Duration, Duration),
     /// Parsed `command.kill_grace` (10 s if not given).
     pub kill_grace: Duration,
+    /// The validated `service:` block.
+    pub service: Option<ServiceDecl>,
 }
 
 /// A duration did not parse; each variant says what was expected.
@@ -497,6 +542,10 @@ pub fn parse(file: &Path, text: &str) -> Result<Deployment, ManifestError> {
             "max_surge or max_unavailable above 0",
         ));
     }
+    let service = match &s.service {
+        Some(svc) => Some(service_decl(svc, &m, &err)?),
+        None => None,
+    };
     Ok(Deployment {
         manifest: m,
         need,
@@ -504,6 +553,78 @@ pub fn parse(file: &Path, text: &str) -> Result<Deployment, ManifestError> {
         health,
         backoff: (initial, max),
         kill_grace,
+        service,
+    })
+}
+
+/// Validates a `service:` block of manifest `m`.
+fn service_decl(
+    svc: &ServiceSpec,
+    m: &Manifest,
+    err: &impl Fn(&str, String, &str) -> ManifestError,
+) -> Result<ServiceDecl, ManifestError> {
+    use actormesh::mesh::{BalancerKind, ServiceName};
+    if m.spec.command.is_some() {
+        return Err(err(
+            "spec.service",
+            "set for a command deployment".into(),
+            "no service block: a command task has no actor to call; serve it from an actor deployment",
+        ));
+    }
+    let given = svc.name.clone().unwrap_or_else(|| m.name.clone());
+    if given.contains('/') {
+        return Err(err(
+            "spec.service.name",
+            format!("{given:?} names a namespace"),
+            "a bare name: the service lives in the deployment's namespace",
+        ));
+    }
+    let name = ServiceName::parse(&given, &m.namespace).map_err(|e| {
+        err(
+            "spec.service.name",
+            format!("{given:?}: {}", e.reason),
+            "1-63 lowercase letters, digits and '-'",
+        )
+    })?;
+    for (k, v) in &svc.labels {
+        if k.is_empty() || k.len() > 63 || v.len() > 253 {
+            return Err(err(
+                &format!("spec.service.labels.{k}"),
+                "empty or too long".into(),
+                "a key of 1-63 bytes and a value of at most 253",
+            ));
+        }
+        if k == "version" {
+            return Err(err(
+                "spec.service.labels.version",
+                "set by hand".into(),
+                "no `version` label: each endpoint gets spec.version as its version label",
+            ));
+        }
+    }
+    let weight = svc.weight.unwrap_or(1);
+    if weight == 0 {
+        return Err(err("spec.service.weight", "0".into(), "at least 1"));
+    }
+    let balancer = match svc.balancer.as_deref() {
+        None | Some("p2c") => BalancerKind::P2c,
+        Some("round_robin") => BalancerKind::RoundRobin,
+        Some("weighted") => BalancerKind::Weighted,
+        Some("hash") => BalancerKind::Hash,
+        Some(other) => {
+            return Err(err(
+                "spec.service.balancer",
+                format!("{other:?} is not a balancer"),
+                "p2c, round_robin, weighted or hash",
+            ))
+        }
+    };
+    Ok(ServiceDecl {
+        name,
+        labels: svc.labels.clone(),
+        weight,
+        balancer,
+        locality: svc.locality.unwrap_or(true),
     })
 }
 
@@ -538,6 +659,40 @@ spec:
         let json = serde_json::to_string(&d.manifest).unwrap();
         let again = parse(Path::new("deploy.json"), &json).unwrap();
         assert_eq!(again.manifest, d.manifest);
+    }
+
+    #[test]
+    fn a_service_block_gets_its_defaults_and_a_command_deployment_refuses_one() {
+        use actormesh::mesh::BalancerKind;
+        let d = parse(Path::new("d.yaml"), &format!("{GOOD}  service: {{}}\n")).unwrap();
+        let s = d.service.unwrap();
+        assert_eq!(s.name.to_string(), "shop/ratings", "the deployment's name");
+        assert_eq!(
+            (s.weight, s.balancer, s.locality),
+            (1, BalancerKind::P2c, true)
+        );
+        let d = parse(
+            Path::new("d.yaml"),
+            &format!("{GOOD}  service: {{ name: rate, labels: {{ tier: back }}, weight: 3, balancer: hash, locality: false }}\n"),
+        )
+        .unwrap();
+        let s = d.service.clone().unwrap();
+        assert_eq!(s.name.to_string(), "shop/rate");
+        assert_eq!(s.labels["tier"], "back");
+        assert_eq!(
+            (s.weight, s.balancer, s.locality),
+            (3, BalancerKind::Hash, false)
+        );
+        let json = serde_json::to_string(&d.manifest).unwrap();
+        assert_eq!(
+            parse(Path::new("d.json"), &json).unwrap().service,
+            d.service
+        );
+        assert!(parse(Path::new("d.yaml"), GOOD).unwrap().service.is_none());
+        let cmd = "kind: Deployment\nname: job\nspec:\n  command: { path: /bin/true }\n  version: v1\n  replicas: 1\n  resources: { need: \"cpus:1\" }\n  service: {}\n";
+        let e = parse(Path::new("job.yaml"), cmd).unwrap_err();
+        assert_eq!(e.field, "spec.service");
+        assert!(e.expected.contains("no actor to call"), "{e}");
     }
 
     #[test]
@@ -580,6 +735,34 @@ spec:
                 "spec.rolling_update",
             ),
             (GOOD.replace("name: ratings", "name: Ratings!"), "name"),
+            (
+                format!("{GOOD}  service: {{ balancer: random }}\n"),
+                "spec.service.balancer",
+            ),
+            (
+                format!("{GOOD}  service: {{ weight: 0 }}\n"),
+                "spec.service.weight",
+            ),
+            (
+                format!("{GOOD}  service: {{ name: Rate }}\n"),
+                "spec.service.name",
+            ),
+            (
+                format!("{GOOD}  service: {{ name: a/b }}\n"),
+                "spec.service.name",
+            ),
+            (
+                format!("{GOOD}  service: {{ labels: {{ version: v9 }} }}\n"),
+                "spec.service.labels.version",
+            ),
+            (
+                format!("{GOOD}  service: {{ colour: red }}\n"),
+                "spec.service",
+            ),
+            (
+                format!("{GOOD}  service: {{ locality: maybe }}\n"),
+                "spec.service.locality",
+            ),
         ];
         for (text, field) in cases {
             let e = parse(Path::new("deploy.yaml"), &text).unwrap_err();
