@@ -11,6 +11,8 @@
 //!   [`state::StateStore`]. Agents reach it through [`MasterGate`] (the `$master` actor on
 //!   the mesh), which passes on the verified caller; joining nodes through the bootstrap
 //!   port, operators through the HTTP API ([`api`]).
+//! - [`services`] holds the service registry, the push bookkeeping per proxy and the
+//!   drain of endpoints, as plain state the core owns.
 //! - [`start`] brings it all up from a [`MasterConfig`].
 
 pub mod allocator;
@@ -22,6 +24,7 @@ pub mod manifest;
 mod master;
 pub mod membership;
 pub mod scheduler;
+pub mod services;
 pub mod state;
 pub mod tokens;
 
@@ -29,7 +32,7 @@ pub use crate::core::{DeploymentRefusal, OperatorError, MAX_TOKEN_TTL};
 pub use crate::master::{
     start, start_with_store, ApplyDeployment, CreateToken, CreatedToken, DeleteDeployment,
     DescribeDeployment, DescribeTaskOf, DrainNode, Join, KillOn, LaunchOn, ListAllTasks,
-    ListDeploymentTasks, ListDeployments, ListNodes, ListTasks, Master, MasterConfig, MasterError,
-    MasterGate, MasterHandle, Subscribe, TaskDescription, TaskLogs, TaskQueryRefusal,
-    API_TOKEN_FILE,
+    ListDeploymentTasks, ListDeployments, ListNodes, ListProxyStatus, ListServices, ListTasks,
+    Master, MasterConfig, MasterError, MasterGate, MasterHandle, ProxyConfigOf, ServiceEndpoints,
+    Subscribe, TaskDescription, TaskLogs, TaskQueryRefusal, API_TOKEN_FILE,
 };

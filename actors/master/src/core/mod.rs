@@ -16,6 +16,7 @@ mod agents;
 mod framework_calls;
 mod frameworks;
 mod scheduling;
+mod services;
 mod tasks;
 #[cfg(test)]
 mod tests;
@@ -181,6 +182,22 @@ pub enum Effect {
     },
     /// Call [`ClusterCore::scheduled_round`] soon (once for a burst of events).
     ScheduleRound,
+    /// Ask node `node`'s `$proxy` at `at` to apply `push`; feed the answer back as
+    /// [`ClusterCore::push_answered`] (no answer within the push config's `stale_after`
+    /// is a failure).
+    Push {
+        /// The node's SPIFFE id.
+        node: String,
+        /// Its mesh address.
+        at: SocketAddr,
+        /// The push (boxed: it is far larger than the other effects).
+        push: Box<actormesh::mesh::protocol::Push>,
+    },
+    /// Call [`ClusterCore::flush_pushes`] after `after`: the coalescing window of a change.
+    FlushPushes {
+        /// How long to wait.
+        after: Duration,
+    },
 }
 
 /// The outcome of one event: effects to carry out, in order, and the reply.
@@ -219,6 +236,10 @@ pub struct Setup {
     pub ca_fingerprint: String,
     /// Lifetime of agent certificates.
     pub agent_cert_ttl: Duration,
+    /// Timing of registry pushes to proxies.
+    pub push: crate::services::PushConfig,
+    /// How long the kill of an endpoint waits at most for every proxy to apply its removal.
+    pub drain_time: Duration,
 }
 
 /// Why stored state could not be loaded into a core.
@@ -287,6 +308,23 @@ pub struct ClusterCore {
     trust_domain: String,
     ca_fingerprint: String,
     agent_cert_ttl: Duration,
+    /// Services and their endpoints, versioned.
+    registry: crate::services::ServiceRegistry,
+    /// The subscribed proxies and the pushes to them.
+    pushes: crate::services::PushBook,
+    /// Kills of endpoints waiting for the proxies to apply their removal.
+    drains: crate::services::DrainBook,
+    /// Actors nodes registered as endpoints themselves (soft state: lost with the master,
+    /// registered again by the nodes).
+    node_services: crate::services::NodeServices,
+    /// No registry version at or above this may be used before it is written again.
+    version_ceiling: u64,
+    /// How long a kill of an endpoint waits at most.
+    drain_time: Duration,
+    /// The latest time an event was handled at (for events that are not given one).
+    clock: Instant,
+    /// The wall clock at the last tick, in ms since the epoch (revocations end by it).
+    wall_ms: u64,
     /// Effects of the event being handled.
     out: Vec<Effect>,
 }
@@ -304,6 +342,10 @@ impl ClusterCore {
     /// A core over stored state, started at `now`.
     pub fn new(setup: Setup, now: Instant) -> Result<Self, LoadError> {
         let had_agents = setup.agents.iter().any(|a| a.state != AgentState::Gone);
+        // The version continues above every one an earlier master used; pushes wait, as
+        // launches do, until known agents had the restart grace to register again.
+        let floor = services::stored_ceiling(&setup.config_rows);
+        let held = had_agents.then(|| now + setup.detector.unreachable_after * 2);
         let mut allocator = Allocator::default();
         for (role, c) in &setup.roles {
             allocator.set_role(role, c.clone());
@@ -330,6 +372,17 @@ impl ClusterCore {
             trust_domain: setup.trust_domain,
             ca_fingerprint: setup.ca_fingerprint,
             agent_cert_ttl: setup.agent_cert_ttl,
+            registry: crate::services::ServiceRegistry::new(
+                floor,
+                crate::services::DEFAULT_LOG_LEN,
+            ),
+            pushes: crate::services::PushBook::new(setup.push, held),
+            drains: crate::services::DrainBook::default(),
+            node_services: BTreeMap::new(),
+            version_ceiling: floor,
+            drain_time: setup.drain_time,
+            clock: now,
+            wall_ms: 0,
             out: Vec::new(),
         })
     }
@@ -348,6 +401,7 @@ impl ClusterCore {
     pub fn tick(&mut self, now: Instant, wall: SystemTime) -> Vec<Effect> {
         self.step(|core| {
             core.check(now, wall);
+            core.services_tick(wall);
             core.allocation_round(now);
         })
         .effects

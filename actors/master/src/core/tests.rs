@@ -15,6 +15,8 @@ use super::*;
 use crate::frameworks::TaskState;
 use crate::state::Versioned;
 
+mod services;
+
 const TD: &str = "test.local";
 
 fn detector() -> DetectorConfig {
@@ -56,6 +58,8 @@ fn core_over(
             trust_domain: TD.into(),
             ca_fingerprint: "fp".into(),
             agent_cert_ttl: Duration::from_secs(3600),
+            push: crate::services::PushConfig::default(),
+            drain_time: crate::services::DEFAULT_DRAIN,
         },
         t0,
     )

@@ -300,6 +300,12 @@ pub async fn start_with_store(
             trust_domain: ca.trust_domain().to_string(),
             ca_fingerprint: fingerprint.clone(),
             agent_cert_ttl: config.agent_cert_ttl,
+            push: crate::services::PushConfig {
+                window: config.push_window,
+                stale_after: config.push_stale_after,
+                ..Default::default()
+            },
+            drain_time: config.drain_time,
         },
         Instant::now(),
     )?;
@@ -313,6 +319,7 @@ pub async fn start_with_store(
         node: node.clone(),
         framework_actors: BTreeMap::new(),
         stepped_down: stepped_down_tx,
+        push_answer: config.push_stale_after,
     }
     .start();
     node.spawn(

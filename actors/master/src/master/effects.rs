@@ -5,11 +5,13 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use actormesh::mesh::protocol::PROXY_ACTOR;
 use actormesh::protocol::{KillTask, ReleaseStatus, AGENT_ACTOR};
 use actormesh_transport::{Endpoint, SpiffeId};
 
 use super::Master;
 use crate::core::{Batch, Effect, Launch};
+use crate::services::PushOutcome;
 use crate::state::StoreFuture;
 
 /// How long an agent has to answer a launch, a kill or a release.
@@ -39,6 +41,10 @@ impl Master {
         ctx: &mut Context<Self>,
     ) -> StoreFuture<()> {
         let mut acknowledged: Option<StoreFuture<()>> = None;
+        // Every step's effects pass through the registry: it follows the state the step
+        // left, holds kills of endpoints until the proxies applied their removal, and
+        // adds the pushes that are due.
+        let effects = self.core.settle(effects, Instant::now());
         for effect in effects {
             match effect {
                 Effect::Persist(Batch {
@@ -142,6 +148,30 @@ impl Master {
                 Effect::PruneRevocations { now } => {
                     self.endpoint.prune_revocations(now);
                 }
+                Effect::Push { node, at, push } => {
+                    let me = ctx.address();
+                    let target = self.node.actor_ref(at, PROXY_ACTOR);
+                    let limit = self.push_answer;
+                    let version = push.version;
+                    actix::spawn(async move {
+                        let outcome = match target.ask_timeout(*push, limit).await {
+                            Ok(Ok(v)) => PushOutcome::Applied(v),
+                            Ok(Err(refused)) => PushOutcome::Refused(refused),
+                            Err(e) => PushOutcome::Failed(e.to_string()),
+                        };
+                        me.do_send(PushAnswered {
+                            node,
+                            version,
+                            outcome,
+                        });
+                    });
+                }
+                Effect::FlushPushes { after } => {
+                    ctx.run_later(after, |master, ctx| {
+                        let effects = master.core.flush_pushes(Instant::now());
+                        master.carry_out(effects, ctx);
+                    });
+                }
                 Effect::ScheduleRound => {
                     ctx.run_later(Duration::ZERO, |master, ctx| {
                         let effects = master.core.scheduled_round(Instant::now());
@@ -199,6 +229,34 @@ impl Handler<KillNotDelivered> for Master {
     type Result = ();
     fn handle(&mut self, m: KillNotDelivered, ctx: &mut Context<Self>) {
         let effects = self.core.kill_not_delivered(&m.task_id, &m.agent, &m.why);
+        self.carry_out(effects, ctx);
+    }
+}
+
+/// A proxy answered a push, or did not in time.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct PushAnswered {
+    node: String,
+    version: u64,
+    outcome: PushOutcome,
+}
+
+impl Handler<PushAnswered> for Master {
+    type Result = ();
+    fn handle(&mut self, m: PushAnswered, ctx: &mut Context<Self>) {
+        match &m.outcome {
+            PushOutcome::Applied(_) => {}
+            PushOutcome::Refused(why) => {
+                tracing::info!(node = %m.node, version = m.version, %why, "push refused")
+            }
+            PushOutcome::Failed(why) => {
+                tracing::info!(node = %m.node, version = m.version, %why, "push not answered")
+            }
+        }
+        let effects = self
+            .core
+            .push_answered(&m.node, m.version, m.outcome, Instant::now());
         self.carry_out(effects, ctx);
     }
 }

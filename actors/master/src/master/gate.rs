@@ -17,7 +17,9 @@ use super::frameworks::{
     AcceptFrom, AcknowledgeFrom, DeclineFrom, KillFrom, ReconcileFrom, RegisterFrameworkFrom,
     SetOffersFrom, TeardownFrom,
 };
+use super::services::{DeregisterServiceFrom, RegisterServiceFrom, SubscribeFrom};
 use super::Master;
+use actormesh::mesh::protocol::{DeregisterService, RegisterService, Subscribe, Subscribed};
 
 /// The master's face on the mesh (`$master`): forwards agent messages with the verified
 /// caller to [`Master`].
@@ -75,6 +77,30 @@ impl Handler<TaskStatusReport> for MasterGate {
     type Result = ResponseFuture<Result<ReportAck, MasterRefusal>>;
     fn handle(&mut self, m: TaskStatusReport, _: &mut Context<Self>) -> Self::Result {
         forward(&self.master, TaskStatusFrom(m, actormesh::caller()))
+    }
+}
+
+#[actormesh::handler]
+impl Handler<Subscribe> for MasterGate {
+    type Result = ResponseFuture<Result<Subscribed, MasterRefusal>>;
+    fn handle(&mut self, m: Subscribe, _: &mut Context<Self>) -> Self::Result {
+        forward(&self.master, SubscribeFrom(m, actormesh::caller()))
+    }
+}
+
+#[actormesh::handler]
+impl Handler<RegisterService> for MasterGate {
+    type Result = ResponseFuture<Result<(), MasterRefusal>>;
+    fn handle(&mut self, m: RegisterService, _: &mut Context<Self>) -> Self::Result {
+        forward(&self.master, RegisterServiceFrom(m, actormesh::caller()))
+    }
+}
+
+#[actormesh::handler]
+impl Handler<DeregisterService> for MasterGate {
+    type Result = ResponseFuture<Result<(), MasterRefusal>>;
+    fn handle(&mut self, m: DeregisterService, _: &mut Context<Self>) -> Self::Result {
+        forward(&self.master, DeregisterServiceFrom(m, actormesh::caller()))
     }
 }
 

@@ -9,6 +9,7 @@ mod effects;
 mod frameworks;
 mod gate;
 mod operator;
+mod services;
 mod views;
 
 use std::collections::BTreeMap;
@@ -37,6 +38,7 @@ pub use self::operator::{
     ApplyDeployment, CreateToken, CreatedToken, DeleteDeployment, DrainNode, KillOn, LaunchOn,
     Subscribe,
 };
+pub use self::services::{ListProxyStatus, ListServices, ProxyConfigOf, ServiceEndpoints};
 pub use self::views::{
     DescribeDeployment, DescribeTaskOf, ListAllTasks, ListDeploymentTasks, ListDeployments,
     ListNodes, ListTasks, TaskDescription, TaskLogs, TaskQueryRefusal,
@@ -65,6 +67,14 @@ pub struct MasterConfig {
     pub offer_timeout: Duration,
     /// Share settings (weight, guarantee, limit) per role; others get weight 1.
     pub roles: BTreeMap<String, RoleConfig>,
+    /// Registry changes within this long go out to proxies as one push (default 10 ms).
+    pub push_window: Duration,
+    /// A proxy that has not acknowledged a change this long is STALE, and a push
+    /// unanswered this long failed (default 5 s).
+    pub push_stale_after: Duration,
+    /// The kill of an instance that is an endpoint waits, at most this long, until every
+    /// subscribed proxy applied its removal (default 5 s).
+    pub drain_time: Duration,
 }
 
 impl MasterConfig {
@@ -82,6 +92,9 @@ impl MasterConfig {
             agent_cert_ttl: Duration::from_secs(24 * 3600),
             offer_timeout: Duration::from_secs(10),
             roles: BTreeMap::new(),
+            push_window: Duration::from_millis(10),
+            push_stale_after: Duration::from_secs(5),
+            drain_time: crate::services::DEFAULT_DRAIN,
         }
     }
 }
@@ -152,6 +165,8 @@ pub struct Master {
     framework_actors: BTreeMap<String, RemoteRef>,
     /// Set, with the reason, when the master steps down.
     stepped_down: tokio::sync::watch::Sender<Option<String>>,
+    /// How long a proxy has to answer a push.
+    push_answer: Duration,
 }
 
 impl std::fmt::Debug for Master {

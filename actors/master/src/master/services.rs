@@ -1,0 +1,133 @@
+//! The registry's messages: proxies subscribe, nodes register their own actors (both
+//! through the gate, with the verified caller), and the operator's views of services,
+//! endpoints and proxies.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use actormesh::mesh::protocol::{
+    DeregisterService, DumpConfig, ProxyConfig, RegisterService, Subscribe, Subscribed, PROXY_ACTOR,
+};
+use actormesh::mesh::{Service, ServiceName};
+use actormesh::protocol::MasterRefusal;
+use actormesh_transport::SpiffeId;
+
+use super::Master;
+use crate::services::{ProxyStatus, ServiceSummary};
+use crate::OperatorError;
+
+/// How long a node's `$proxy` has to answer `DumpConfig`.
+const DUMP_ANSWER: Duration = Duration::from_secs(5);
+
+/// A proxy's subscription with the verified identity of its sender.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Subscribed, MasterRefusal>")]
+pub(super) struct SubscribeFrom(pub Subscribe, pub Option<SpiffeId>);
+
+impl Handler<SubscribeFrom> for Master {
+    type Result = Result<Subscribed, MasterRefusal>;
+    fn handle(&mut self, m: SubscribeFrom, ctx: &mut Context<Self>) -> Self::Result {
+        let step = self.core.subscribe(m.0, m.1, Instant::now());
+        self.carry_out(step.effects, ctx);
+        step.reply
+    }
+}
+
+/// A node's registration of one of its actors, with the verified sender.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MasterRefusal>")]
+pub(super) struct RegisterServiceFrom(pub RegisterService, pub Option<SpiffeId>);
+
+impl Handler<RegisterServiceFrom> for Master {
+    type Result = Result<(), MasterRefusal>;
+    fn handle(&mut self, m: RegisterServiceFrom, ctx: &mut Context<Self>) -> Self::Result {
+        let step = self.core.register_service(m.0, m.1);
+        self.carry_out(step.effects, ctx);
+        step.reply
+    }
+}
+
+/// A node's deregistration of one of its actors, with the verified sender.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), MasterRefusal>")]
+pub(super) struct DeregisterServiceFrom(pub DeregisterService, pub Option<SpiffeId>);
+
+impl Handler<DeregisterServiceFrom> for Master {
+    type Result = Result<(), MasterRefusal>;
+    fn handle(&mut self, m: DeregisterServiceFrom, ctx: &mut Context<Self>) -> Self::Result {
+        let step = self.core.deregister_service(m.0, m.1);
+        self.carry_out(step.effects, ctx);
+        step.reply
+    }
+}
+
+/// Every service (`get services`).
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<ServiceSummary>")]
+pub struct ListServices;
+
+impl Handler<ListServices> for Master {
+    type Result = Vec<ServiceSummary>;
+    fn handle(&mut self, _: ListServices, _: &mut Context<Self>) -> Self::Result {
+        self.core.service_summaries()
+    }
+}
+
+/// One service and its endpoints (`get endpoints <service>`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Service, OperatorError>")]
+pub struct ServiceEndpoints(pub ServiceName);
+
+impl Handler<ServiceEndpoints> for Master {
+    type Result = Result<Service, OperatorError>;
+    fn handle(&mut self, m: ServiceEndpoints, _: &mut Context<Self>) -> Self::Result {
+        self.core.service(&m.0).cloned().ok_or_else(|| {
+            OperatorError::NotFound(format!(
+                "no service {} (expected namespace/name of a service that `get services` lists)",
+                m.0
+            ))
+        })
+    }
+}
+
+/// Every subscribed proxy's standing (`get proxy-status`).
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<ProxyStatus>")]
+pub struct ListProxyStatus;
+
+impl Handler<ListProxyStatus> for Master {
+    type Result = Vec<ProxyStatus>;
+    fn handle(&mut self, _: ListProxyStatus, _: &mut Context<Self>) -> Self::Result {
+        self.core.proxy_status(Instant::now())
+    }
+}
+
+/// What node `0`'s proxy applied (`get proxy-config <node>`): asks its `$proxy`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<ProxyConfig, OperatorError>")]
+pub struct ProxyConfigOf(pub String);
+
+impl Handler<ProxyConfigOf> for Master {
+    type Result = ResponseFuture<Result<ProxyConfig, OperatorError>>;
+    fn handle(&mut self, m: ProxyConfigOf, _: &mut Context<Self>) -> Self::Result {
+        let Some((identity, at)) = self.core.proxy_of(&m.0) else {
+            let why = format!(
+                "no node {:?} (expected an agent id from `get nodes`, `master`, or its SPIFFE id)",
+                m.0
+            );
+            return Box::pin(async move { Err(OperatorError::NotFound(why)) });
+        };
+        let target = self.node.actor_ref(at, PROXY_ACTOR);
+        Box::pin(async move {
+            target
+                .ask_timeout(DumpConfig, DUMP_ANSWER)
+                .await
+                .map_err(|e| {
+                    OperatorError::Unavailable(format!(
+                        "the proxy of {identity} at {at} did not answer: {e}"
+                    ))
+                })
+        })
+    }
+}

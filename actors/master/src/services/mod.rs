@@ -1,0 +1,186 @@
+//! The master's service registry and its push to every node's Proxy, as plain state with
+//! time passed in (the core owns them; the driver sends the pushes):
+//!
+//! - [`endpoints_of`] says which services and endpoints the cluster has now: a
+//!   deployment's instances once Running (and healthy, with a health check) on an Active
+//!   agent, and the actors nodes registered themselves;
+//! - [`ServiceRegistry`] turns that into versions, with a bounded log for deltas;
+//! - [`PushBook`] keeps, per subscribed proxy, what it applied and what is in flight;
+//! - [`DrainBook`] holds the kills of endpoints until the proxies applied their removal.
+
+mod drain;
+mod push;
+mod registry;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use actormesh::mesh::{BalancerKind, Endpoint, Service, ServiceName};
+
+use crate::deployments::DeploymentBook;
+use crate::frameworks::TaskState;
+use crate::membership::{AgentRecord, AgentState};
+
+pub use self::drain::{DrainBook, HeldKill, DEFAULT_DRAIN};
+pub use self::push::{OutgoingPush, ProxyStatus, PushBook, PushConfig, PushOutcome};
+pub use self::registry::{ServiceRegistry, DEFAULT_LOG_LEN};
+
+/// Where the registry's version ceiling is kept in the Config table: a restarted master
+/// starts above every version an earlier one used.
+pub const VERSION_CEILING_KEY: &str = "registry/version-ceiling";
+/// Versions reserved at a time: the ceiling is written again when half of them are used.
+pub const VERSION_BLOCK: u64 = 1 << 20;
+
+/// An actor a node registered itself as an endpoint of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeEndpoint {
+    /// Its `version` label.
+    pub version: String,
+    /// Its labels (besides `version`).
+    pub labels: BTreeMap<String, String>,
+    /// Its weight.
+    pub weight: u32,
+}
+
+/// Node registrations: (agent id, service, actor) → the endpoint.
+pub type NodeServices = BTreeMap<(String, ServiceName, String), NodeEndpoint>;
+
+/// One service as `get services` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    /// `namespace/name`.
+    pub name: String,
+    /// Its balancer.
+    pub balancer: BalancerKind,
+    /// Whether callers prefer nearby endpoints.
+    pub locality: bool,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// Ready endpoints.
+    pub endpoints: usize,
+    /// The versions its endpoints run, sorted.
+    pub versions: Vec<String>,
+}
+
+impl ServiceSummary {
+    /// The summary of `s`.
+    pub fn of(s: &Service) -> Self {
+        let mut versions: Vec<String> = s.endpoints.iter().map(|e| e.version.clone()).collect();
+        versions.sort();
+        versions.dedup();
+        Self {
+            name: s.name.to_string(),
+            balancer: s.balancer,
+            locality: s.locality,
+            labels: s.labels.clone(),
+            endpoints: s.endpoints.len(),
+            versions,
+        }
+    }
+}
+
+/// The SPIFFE id of agent `id`'s node.
+pub fn node_identity(trust_domain: &str, id: &str) -> String {
+    format!("spiffe://{trust_domain}/node/{id}")
+}
+
+/// An Active agent's node identity, mesh address and zone, if it can serve.
+fn serving<'a>(
+    agent: &impl Fn(&str) -> Option<&'a AgentRecord>,
+    id: &str,
+    trust_domain: &str,
+) -> Option<(String, std::net::SocketAddr, Option<String>)> {
+    let rec = agent(id)?;
+    if rec.state != AgentState::Active {
+        return None;
+    }
+    Some((
+        node_identity(trust_domain, id),
+        rec.addr?,
+        rec.attrs.get("zone").cloned(),
+    ))
+}
+
+/// The services the cluster has now: each deployment with a `service:` block, its
+/// instances Running (and healthy, with a health check) on Active agents as endpoints;
+/// and the actors nodes registered, while their node is Active. Deployments that declare
+/// the same service share it (the first by key gives its balancer and labels).
+pub fn endpoints_of<'a>(
+    book: &DeploymentBook,
+    agent: impl Fn(&str) -> Option<&'a AgentRecord>,
+    nodes: &NodeServices,
+    trust_domain: &str,
+) -> BTreeMap<ServiceName, Service> {
+    let mut out: BTreeMap<ServiceName, Service> = BTreeMap::new();
+    let mut by_deployment = BTreeMap::new();
+    for d in book.deployments() {
+        let Some(decl) = &d.service else { continue };
+        let key = crate::deployments::key(d);
+        by_deployment.insert(key, (decl, d.health.is_some()));
+        out.entry(decl.name.clone()).or_insert_with(|| Service {
+            name: decl.name.clone(),
+            labels: decl.labels.clone(),
+            balancer: decl.balancer,
+            locality: decl.locality,
+            endpoints: Vec::new(),
+        });
+    }
+    for t in book.tasks() {
+        let Some((decl, checked)) = by_deployment.get(&t.deployment) else {
+            continue;
+        };
+        let ready =
+            t.state == TaskState::Running && !t.stopping && (!checked || t.healthy == Some(true));
+        if !ready {
+            continue;
+        }
+        let Some((node, addr, zone)) = serving(&agent, &t.agent, trust_domain) else {
+            continue;
+        };
+        let mut labels = decl.labels.clone();
+        labels.insert("version".into(), t.version.clone());
+        if let Some(s) = out.get_mut(&decl.name) {
+            s.endpoints.push(Endpoint {
+                id: t.id.clone(),
+                node,
+                addr,
+                actor: t.id.clone(),
+                version: t.version.clone(),
+                labels,
+                weight: decl.weight,
+                zone,
+            });
+        }
+    }
+    for ((agent_id, service, actor), e) in nodes {
+        let Some((node, addr, zone)) = serving(&agent, agent_id, trust_domain) else {
+            continue;
+        };
+        let mut labels = e.labels.clone();
+        labels.insert("version".into(), e.version.clone());
+        out.entry(service.clone())
+            .or_insert_with(|| Service {
+                name: service.clone(),
+                labels: BTreeMap::new(),
+                balancer: BalancerKind::default(),
+                locality: true,
+                endpoints: Vec::new(),
+            })
+            .endpoints
+            .push(Endpoint {
+                id: format!("{agent_id}/{actor}"),
+                node,
+                addr,
+                actor: actor.clone(),
+                version: e.version.clone(),
+                labels,
+                weight: e.weight,
+                zone,
+            });
+    }
+    for s in out.values_mut() {
+        s.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+    }
+    out
+}
