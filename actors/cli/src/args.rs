@@ -259,6 +259,30 @@ pub(crate) enum GetWhat {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Services: balancer, endpoints ready, versions.
+    Services {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A service's endpoints: id, node, address, actor, version, weight, zone, labels.
+    Endpoints {
+        /// namespace/name, or just name for the default namespace.
+        service: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Every node's proxy: version applied, versions behind, last push latency, STALE.
+    ProxyStatus {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// What one node's proxy applied (asked of that node).
+    ProxyConfig {
+        /// The node: an agent id from `get nodes`, or `master`.
+        node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,10 +1,15 @@
-//! `get nodes|deployments|tasks|frameworks`: a list from the API, as a table or JSON.
+//! `get nodes|deployments|tasks|frameworks|services|endpoints|proxy-status|proxy-config`:
+//! a list from the API, as a table or JSON.
 
 use serde::de::DeserializeOwned;
 
 use actormesh_master::deployments::{DeploymentSummary, TaskEntry};
 use actormesh_master::membership::AgentRecord;
 use actormesh_master::scheduler::FrameworkSummary;
+use actormesh_master::services::{ProxyStatusReport, ServiceSummary};
+
+use actormesh::mesh::protocol::ProxyConfig;
+use actormesh::mesh::{Service, ServiceName, DEFAULT_NAMESPACE};
 
 use crate::args::{ApiArgs, GetWhat};
 use crate::output::{self, JsonLayout};
@@ -22,6 +27,31 @@ pub(crate) fn run(what: GetWhat) -> anyhow::Result<()> {
         GetWhat::Frameworks { api } => list(&api, "/v1/frameworks", |f: Vec<FrameworkSummary>| {
             tables::frameworks(&f)
         }),
+        GetWhat::Services { api } => list(&api, "/v1/services", |s: Vec<ServiceSummary>| {
+            tables::services(&s)
+        }),
+        GetWhat::Endpoints { service, api } => {
+            let name = ServiceName::parse(&service, DEFAULT_NAMESPACE)?;
+            let path = format!("/v1/services/{}/{}", name.namespace, name.name);
+            list(&api, &path, |s: Service| tables::endpoints(&s.endpoints))
+        }
+        GetWhat::ProxyStatus { api } => list(&api, "/v1/proxy-status", |r: ProxyStatusReport| {
+            tables::proxy_status(&r)
+        }),
+        GetWhat::ProxyConfig { node, api } => {
+            // An agent id, or a node's SPIFFE id (`spiffe://<td>/node/<id>`).
+            let id = match node.strip_prefix("spiffe://") {
+                Some(rest) => rest.split_once("/node/").map_or("", |(_, id)| id),
+                None => node.as_str(),
+            };
+            if id.is_empty() || id.contains(['/', '?', '#', '%', ' ']) {
+                anyhow::bail!(
+                    "invalid node {node:?}: expected an agent id from `actormesh get nodes`, `master`, or spiffe://<trust domain>/node/<id>"
+                );
+            }
+            let path = format!("/v1/proxy-config/{id}");
+            list(&api, &path, |c: ProxyConfig| tables::proxy_config(&c))
+        }
     }
 }
 

@@ -6,6 +6,10 @@ use std::time::{Duration, SystemTime};
 use actormesh_master::deployments::{DeploymentSummary, TaskEntry};
 use actormesh_master::membership::AgentRecord;
 use actormesh_master::scheduler::FrameworkSummary;
+use actormesh_master::services::{ProxyStatusReport, ServiceSummary};
+
+use actormesh::mesh::protocol::ProxyConfig;
+use actormesh::mesh::Endpoint;
 
 /// Which side of its column a cell (and the header) keeps to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +248,177 @@ pub(crate) fn frameworks(list: &[FrameworkSummary]) -> String {
 }
 
 /// How long ago `t` was: `1.5s ago`, `3m ago`, or `-` (never, or in the future).
+const SERVICES: &[Column] = &[
+    Column::fit("NAME"),
+    Column::fit("BALANCER").gap(2),
+    Column::fit("LOCALITY").gap(2),
+    Column::right("ENDPOINTS", 9).gap(2),
+    Column::fit("VERSIONS").gap(2),
+];
+
+/// Services: balancer, locality, endpoints ready, versions.
+pub(crate) fn services(list: &[ServiceSummary]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.balancer.as_str().into(),
+                if s.locality { "on" } else { "off" }.into(),
+                s.endpoints.to_string(),
+                dash_if_empty(s.versions.join(",")),
+            ]
+        })
+        .collect();
+    render(SERVICES, &rows)
+}
+
+const ENDPOINTS: &[Column] = &[
+    Column::fit("ID"),
+    Column::fit("NODE").gap(2),
+    Column::fit("ADDRESS").gap(2),
+    Column::fit("ACTOR").gap(2),
+    Column::fit("VERSION").gap(2),
+    Column::right("WEIGHT", 6).gap(2),
+    Column::fit("ZONE").gap(2),
+    Column::fit("LABELS").gap(2),
+];
+
+/// A service's endpoints.
+pub(crate) fn endpoints(list: &[Endpoint]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.clone(),
+                e.node.clone(),
+                e.addr.to_string(),
+                e.actor.clone(),
+                e.version.clone(),
+                e.weight.to_string(),
+                e.zone.clone().unwrap_or_else(|| "-".into()),
+                dash_if_empty(
+                    e.labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            ]
+        })
+        .collect();
+    render(ENDPOINTS, &rows)
+}
+
+const PROXIES: &[Column] = &[
+    Column::fit("NODE"),
+    Column::fit("ADDRESS").gap(2),
+    Column::right("APPLIED", 7).gap(2),
+    Column::right("BEHIND", 6).gap(2),
+    Column::right("LAST PUSH", 9).gap(2),
+    Column::fit("STATUS").gap(2),
+];
+
+/// Every proxy: version applied, versions behind, last push latency, STALE; a first line
+/// with the registry's version.
+pub(crate) fn proxy_status(r: &ProxyStatusReport) -> String {
+    let rows: Vec<Vec<String>> = r
+        .proxies
+        .iter()
+        .map(|p| {
+            let status = if p.stale {
+                "STALE"
+            } else if p.behind > 0 || p.in_flight {
+                "SYNCING"
+            } else {
+                "SYNCED"
+            };
+            let status = match &p.last_error {
+                Some(e) => format!("{status} ({e})"),
+                None => status.to_string(),
+            };
+            vec![
+                p.node.clone(),
+                p.addr.to_string(),
+                p.applied.map_or_else(|| "-".into(), |v| v.to_string()),
+                p.behind.to_string(),
+                p.last_push_latency_ms
+                    .map_or_else(|| "-".into(), |ms| format!("{ms:.1}ms")),
+                status,
+            ]
+        })
+        .collect();
+    let held = if r.held {
+        " (pushes held while agents register again after a master restart)"
+    } else {
+        ""
+    };
+    format!(
+        "registry version {}{held}\n{}",
+        r.version,
+        render(PROXIES, &rows)
+    )
+}
+
+const APPLIED: &[Column] = &[
+    Column::fit("SERVICE"),
+    Column::fit("BALANCER").gap(2),
+    Column::fit("ENDPOINT").gap(2),
+    Column::fit("NODE").gap(2),
+    Column::fit("ADDRESS").gap(2),
+    Column::fit("VERSION").gap(2),
+    Column::right("WEIGHT", 6).gap(2),
+];
+
+/// What a proxy applied: its version, each service's endpoints, the revoked identities.
+pub(crate) fn proxy_config(c: &ProxyConfig) -> String {
+    let mut rows = Vec::new();
+    for s in &c.services {
+        if s.endpoints.is_empty() {
+            rows.push(vec![
+                s.name.to_string(),
+                s.balancer.as_str().into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ]);
+        }
+        for e in &s.endpoints {
+            rows.push(vec![
+                s.name.to_string(),
+                s.balancer.as_str().into(),
+                e.id.clone(),
+                e.node.clone(),
+                e.addr.to_string(),
+                e.version.clone(),
+                e.weight.to_string(),
+            ]);
+        }
+    }
+    let mut out = match c.version {
+        Some(v) => format!("applied version {v}\n"),
+        None => "applied nothing yet\n".to_string(),
+    };
+    out.push_str(&render(APPLIED, &rows));
+    if !c.revoked.is_empty() {
+        out.push_str("revoked:\n");
+        for r in &c.revoked {
+            out.push_str(&format!("  {}\n", r.id));
+        }
+    }
+    out
+}
+
+fn dash_if_empty(s: String) -> String {
+    if s.is_empty() {
+        "-".into()
+    } else {
+        s
+    }
+}
+
 pub(crate) fn ago(t: Option<SystemTime>) -> String {
     match t.and_then(|t| SystemTime::now().duration_since(t).ok()) {
         Some(d) if d < Duration::from_secs(120) => format!("{:.1}s ago", d.as_secs_f64()),

@@ -14,6 +14,10 @@
 //! | GET | `/v1/frameworks` | every framework, the deployment controller first |
 //! | GET | `/v1/tasks/{id}` | one task, with what its agent says of it (pid, sandbox, limits) |
 //! | GET | `/v1/tasks/{id}/logs?stream=stdout\|stderr&bytes=N` | the end of a command task's output |
+//! | GET | `/v1/services` | every service: name, balancer, locality, labels, endpoints ready, versions |
+//! | GET | `/v1/services/{namespace}/{name}` | one service with its endpoints (as pushed to proxies) |
+//! | GET | `/v1/proxy-status` | the registry version, whether pushes are held, each proxy's standing |
+//! | GET | `/v1/proxy-config/{node}` | what node `{node}`'s proxy applied (asked of its `$proxy`) |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -305,6 +309,44 @@ async fn task_logs(
     }
 }
 
+async fn services(State(api): State<Api>) -> Response {
+    match api.master.send(super::ListServices).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn service_endpoints(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let given = format!("{namespace}/{name}");
+    let name = match actormesh::mesh::ServiceName::parse(&given, "default") {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match api.master.send(super::ServiceEndpoints(name)).await {
+        Ok(Ok(s)) => Json(s).into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn proxy_status(State(api): State<Api>) -> Response {
+    match api.master.send(super::ListProxyStatus).await {
+        Ok(report) => Json(report).into_response(),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn proxy_config(State(api): State<Api>, Path(node): Path<String>) -> Response {
+    match api.master.send(super::ProxyConfigOf(node)).await {
+        Ok(Ok(c)) => Json(c).into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(e) => master_down(e),
+    }
+}
+
 /// Serves the API on `addr`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
@@ -329,6 +371,10 @@ pub async fn serve(
         .route("/v1/frameworks", get(frameworks))
         .route("/v1/tasks/{id}", get(describe_task))
         .route("/v1/tasks/{id}/logs", get(task_logs))
+        .route("/v1/services", get(services))
+        .route("/v1/services/{namespace}/{name}", get(service_endpoints))
+        .route("/v1/proxy-status", get(proxy_status))
+        .route("/v1/proxy-config/{node}", get(proxy_config))
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             require_token,

@@ -13,8 +13,8 @@ use actormesh_transport::SpiffeId;
 use super::{ClusterCore, Effect, Step};
 use crate::membership::AgentState;
 use crate::services::{
-    endpoints_of, HeldKill, NodeEndpoint, ProxyStatus, PushOutcome, ServiceSummary, VERSION_BLOCK,
-    VERSION_CEILING_KEY,
+    endpoints_of, HeldKill, NodeEndpoint, ProxyStatus, ProxyStatusReport, PushOutcome,
+    ServiceSummary, VERSION_BLOCK, VERSION_CEILING_KEY,
 };
 use crate::state::{Change, Table};
 
@@ -286,6 +286,15 @@ impl ClusterCore {
     /// Every subscribed proxy's standing at `now`, for `get proxy-status`.
     pub fn proxy_status(&self, now: Instant) -> Vec<ProxyStatus> {
         self.pushes.status(&self.registry, now)
+    }
+
+    /// The registry's version, whether pushes are held, and every proxy's standing.
+    pub fn proxy_status_report(&self, now: Instant) -> ProxyStatusReport {
+        ProxyStatusReport {
+            version: self.registry.version(),
+            held: self.pushes.held(now),
+            proxies: self.proxy_status(now),
+        }
     }
 
     /// The SPIFFE id and mesh address of node `node` (an agent id, `master`, or a SPIFFE

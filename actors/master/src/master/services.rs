@@ -14,7 +14,7 @@ use actormesh::protocol::MasterRefusal;
 use actormesh_transport::SpiffeId;
 
 use super::Master;
-use crate::services::{ProxyStatus, ServiceSummary};
+use crate::services::{ProxyStatusReport, ServiceSummary};
 use crate::OperatorError;
 
 /// How long a node's `$proxy` has to answer `DumpConfig`.
@@ -93,13 +93,13 @@ impl Handler<ServiceEndpoints> for Master {
 
 /// Every subscribed proxy's standing (`get proxy-status`).
 #[derive(Debug, Message)]
-#[rtype(result = "Vec<ProxyStatus>")]
+#[rtype(result = "ProxyStatusReport")]
 pub struct ListProxyStatus;
 
 impl Handler<ListProxyStatus> for Master {
-    type Result = Vec<ProxyStatus>;
+    type Result = MessageResult<ListProxyStatus>;
     fn handle(&mut self, _: ListProxyStatus, _: &mut Context<Self>) -> Self::Result {
-        self.core.proxy_status(Instant::now())
+        MessageResult(self.core.proxy_status_report(Instant::now()))
     }
 }
 

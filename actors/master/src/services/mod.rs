@@ -80,6 +80,17 @@ impl ServiceSummary {
     }
 }
 
+/// Every proxy's standing, for `get proxy-status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProxyStatusReport {
+    /// The registry's version now.
+    pub version: u64,
+    /// Pushes are held (a restarted master lets agents register again first).
+    pub held: bool,
+    /// Each subscribed proxy, by node.
+    pub proxies: Vec<ProxyStatus>,
+}
+
 /// The SPIFFE id of agent `id`'s node.
 pub fn node_identity(trust_domain: &str, id: &str) -> String {
     format!("spiffe://{trust_domain}/node/{id}")
