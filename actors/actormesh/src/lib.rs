@@ -28,6 +28,9 @@
 //!   hosts your actor types ([`agent::tasks::ActorHost`]), so the master can place
 //!   instances on it; [`framework`] is the client for schedulers of your own (Mesos-style
 //!   offers); [`protocol`], [`resources`] and [`task`] are the types they exchange.
+//! - **A program that is not a node** (a CLI, a tool) gets a client identity with
+//!   [`client::issue`] and a join token of role `client`, then starts a [`Node`] with it to
+//!   call actors over mutual TLS, without joining the cluster.
 //! - [`transport`]: certificates (`pki`), the QUIC endpoint and its typed errors.
 //!
 //! ## Two nodes
@@ -88,6 +91,7 @@ pub use actormesh_transport as transport;
 pub use local_ca::{LocalCa, LocalCaError};
 
 pub mod agent;
+pub mod client;
 pub mod framework;
 pub mod health;
 mod local_ca;

@@ -24,6 +24,10 @@ pub enum BootstrapRequest {
     /// Where does the master's mesh node listen now? (A restarted agent asks, since the
     /// master may have moved.)
     Locate,
+    /// Sign a client certificate (`spiffe://<td>/client/<name>`) for a program that is not
+    /// a node: no membership. New variants go at the end, so older masters and nodes keep
+    /// reading the ones they know.
+    IssueClient(ClientCertRequest),
 }
 
 /// The bootstrap port's answers.
@@ -35,6 +39,52 @@ pub enum BootstrapReply {
     Located {
         /// Where the master's mesh node listens.
         master_addr: SocketAddr,
+    },
+    /// The answer to a client certificate request.
+    Client(ClientCertReply),
+}
+
+/// Sent to the bootstrap port by a program that wants a client certificate, with a token
+/// of role `client`.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ClientCertRequest {
+    /// The token's id.
+    pub token_id: String,
+    /// The token's secret.
+    pub token_secret: String,
+    /// The client name: the certificate is for `spiffe://<td>/client/<name>`
+    /// (see [`crate::client::check_client_name`]).
+    pub name: String,
+    /// A PEM signing request over the key the client made for itself.
+    pub csr_pem: String,
+}
+
+impl std::fmt::Debug for ClientCertRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCertRequest")
+            .field("token_id", &self.token_id)
+            .field("token_secret", &"<hidden>")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The master's answer to a [`ClientCertRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ClientCertReply {
+    /// Signed: the identity, its certificate and where the master's mesh node listens.
+    Issued {
+        /// The SPIFFE id the certificate is for.
+        identity: String,
+        /// PEM certificate for the client's key.
+        cert_pem: String,
+        /// The master's mesh address.
+        master_addr: SocketAddr,
+    },
+    /// Refused, and why.
+    Refused {
+        /// Why, in words for the operator.
+        reason: String,
     },
 }
 

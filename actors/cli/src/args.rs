@@ -35,6 +35,9 @@ pub(crate) enum Command {
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Certificates from a running master: a client identity for a program that is not a node.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// List cluster objects.
     Get {
         #[command(subcommand)]
@@ -229,11 +232,33 @@ pub(crate) enum TokenCommand {
         /// How long the token works.
         #[arg(long, value_parser = parse_duration, default_value = "24h")]
         ttl: Duration,
-        /// What the token allows.
-        #[arg(long, default_value = "agent", value_parser = ["agent"])]
+        /// What the token allows: `agent` joins an agent; `client` issues a client
+        /// certificate (`actormesh cert issue --client`), with no membership.
+        #[arg(long, default_value = "agent", value_parser = ["agent", "client"])]
         role: String,
         #[command(flatten)]
         api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum CertCommand {
+    /// Get a client certificate, spiffe://<td>/client/<name>, from the master's bootstrap
+    /// port (a key made here, a signing request, the CA the token pins): writes key.pem,
+    /// cert.pem, ca.pem and client.json (mode 0600) into --out. The client is not a node.
+    Issue {
+        /// Client name: 1 to 63 lowercase letters, digits, '-' or '_'.
+        #[arg(long)]
+        client: String,
+        /// Token of role client, from `actormesh token create --role client`.
+        #[arg(long, env = "ACTORMESH_CLIENT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The master's bootstrap address.
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        join: SocketAddr,
+        /// Directory to write the key and certificate to (replaces a client identity there).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 

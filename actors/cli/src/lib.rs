@@ -5,10 +5,15 @@
 //! one module per command group (`serve` for master, agent and dev; `ca`, `token`, `apply`
 //! with delete, `get`, `describe`, `drain`, `logs`), `output` (table or `-o json`) and
 //! `tables`.
+//!
+//! [`client_identity`] loads the client certificate that `actormesh dev` writes for the CLI.
 
 pub mod demo;
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use actormesh::client::{ClientCredentials, ClientError};
 
 pub use actormesh_master::manifest::parse_duration;
 
@@ -32,6 +37,25 @@ pub fn parse_role_setting(s: &str) -> Result<(String, String), String> {
             "invalid role setting {s:?}: expected role=value, e.g. analytics=2 or 'analytics=cpus:4;mem:8GiB'"
         )),
     }
+}
+
+/// Where `actormesh dev` writes the CLI's client identity, inside its data dir.
+pub const DEV_CLIENT_DIR: &str = "client";
+
+/// The client name of the identity `actormesh dev` writes for the CLI
+/// (`spiffe://<td>/client/cli`).
+pub const DEV_CLIENT_NAME: &str = "cli";
+
+/// The client identity directory of a dev cluster whose data dir is `data_dir`.
+pub fn dev_client_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join(DEV_CLIENT_DIR)
+}
+
+/// The client identity `actormesh dev --data-dir <data_dir>` wrote for the CLI: its key,
+/// certificate, CA, and the master's mesh address. Start a [`actormesh::Node`] with its
+/// credentials to call actors on the dev cluster.
+pub fn client_identity(data_dir: &Path) -> Result<ClientCredentials, ClientError> {
+    actormesh::client::load(&dev_client_dir(data_dir))
 }
 
 /// A client of the master's operator API.

@@ -8,6 +8,7 @@ use clap::Parser;
 mod apply;
 mod args;
 mod ca;
+mod cert;
 mod describe;
 mod drain;
 mod get;
@@ -26,6 +27,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => serve::agent(args),
         Command::Dev(args) => serve::dev(args),
         Command::Token(command) => token::run(command),
+        Command::Cert(command) => cert::run(command),
         Command::Apply(args) => apply::apply(args),
         Command::Delete { what } => apply::delete(what),
         Command::Get { what } => get::run(what),

@@ -7,6 +7,7 @@ use actormesh::agent::{self, AgentConfig};
 use actormesh::resources::Resources;
 use actormesh_master::allocator::RoleConfig;
 use actormesh_master::membership::DetectorConfig;
+use actormesh_master::tokens::TokenRole;
 use actormesh_master::{self as master, MasterConfig};
 use anyhow::Context as _;
 
@@ -173,6 +174,13 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         host: actormesh_cli::demo::host(),
     })
     .await?;
+    let client = dev_client(&m, &args.data_dir).await?;
+    println!(
+        "client identity {} in {}",
+        client.identity,
+        client.dir.display()
+    );
+    tokio::spawn(renew_dev_client(m.clone(), args.data_dir.clone(), client));
     println!(
         "dev cluster ready: master {} (api http://{}), agent {} on {}",
         m.node.local_addr(),
@@ -190,6 +198,41 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         m.api_token_file.display()
     );
     until_stopped(&m).await
+}
+
+/// Issues the CLI's client identity into the dev data dir, over the bootstrap port with a
+/// short-lived client token, as any client gets one.
+async fn dev_client(
+    m: &master::MasterHandle,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<actormesh::client::ClientCredentials> {
+    let token = m.token(TokenRole::Client, Duration::from_secs(300)).await?;
+    let dir = actormesh_cli::dev_client_dir(data_dir);
+    Ok(actormesh::client::issue(m.bootstrap, &token, actormesh_cli::DEV_CLIENT_NAME, &dir).await?)
+}
+
+/// Client certificates are not renewed over the mesh: the dev process issues the CLI's
+/// again at half its life, so a dev cluster left running keeps a usable one.
+async fn renew_dev_client(
+    m: master::MasterHandle,
+    data_dir: std::path::PathBuf,
+    mut current: actormesh::client::ClientCredentials,
+) {
+    loop {
+        let left = current
+            .credentials
+            .not_after()
+            .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+            .unwrap_or_default();
+        tokio::time::sleep((left / 2).max(Duration::from_secs(1))).await;
+        match dev_client(&m, &data_dir).await {
+            Ok(renewed) => current = renewed,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew the CLI's client identity; retrying in a minute");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
+    }
 }
 
 /// Runs until Ctrl-C, or fails once the master steps down (its state store failed), so

@@ -5,7 +5,7 @@
 //! | GET | `/v1/nodes` | every node |
 //! | GET | `/v1/nodes/{id}` | one node |
 //! | POST | `/v1/nodes/{id}/drain` | mark a node draining |
-//! | POST | `/v1/tokens` | `{"ttl_secs": 3600, "role": "agent"}` → a join token |
+//! | POST | `/v1/tokens` | `{"ttl_secs": 3600, "role": "agent"}` (or `"client"`; no role: agent) → a join token |
 //! | POST | `/v1/deployments` | a Deployment manifest (JSON) → applied |
 //! | GET | `/v1/deployments` | every deployment with running/pending counts |
 //! | GET | `/v1/deployments/{namespace}/{name}` | one deployment: manifest, standing, tasks |
@@ -155,14 +155,11 @@ async fn create_token(State(api): State<Api>, body: axum::body::Bytes) -> Respon
             }
         }
     };
-    let role = match req.role.as_deref() {
-        None | Some("agent") => TokenRole::Agent,
-        Some(other) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("unknown role {other:?}: expected \"agent\""),
-            )
-        }
+    // A request without a role asks for an agent token, as before roles existed.
+    let role = match req.role.as_deref().map(str::parse::<TokenRole>) {
+        None => TokenRole::Agent,
+        Some(Ok(role)) => role,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
     let ttl = Duration::from_secs(req.ttl_secs.unwrap_or(24 * 3600));
     if ttl.is_zero() {

@@ -31,8 +31,8 @@ pub mod tokens;
 pub use crate::core::{DeploymentRefusal, OperatorError, MAX_TOKEN_TTL};
 pub use crate::master::{
     start, start_with_store, ApplyDeployment, CreateToken, CreatedToken, DeleteDeployment,
-    DescribeDeployment, DescribeTaskOf, DrainNode, Join, KillOn, LaunchOn, ListAllTasks,
-    ListDeploymentTasks, ListDeployments, ListNodes, ListProxyStatus, ListServices, ListTasks,
-    Master, MasterConfig, MasterError, MasterGate, MasterHandle, ProxyConfigOf, ServiceEndpoints,
-    Subscribe, TaskDescription, TaskLogs, TaskQueryRefusal, API_TOKEN_FILE,
+    DescribeDeployment, DescribeTaskOf, DrainNode, IssueClient, Join, KillOn, LaunchOn,
+    ListAllTasks, ListDeploymentTasks, ListDeployments, ListNodes, ListProxyStatus, ListServices,
+    ListTasks, Master, MasterConfig, MasterError, MasterGate, MasterHandle, ProxyConfigOf,
+    ServiceEndpoints, Subscribe, TaskDescription, TaskLogs, TaskQueryRefusal, API_TOKEN_FILE,
 };

@@ -80,7 +80,7 @@ impl ClusterCore {
         let Some(record) = self.tokens.get(&req.token_id) else {
             return Err(tokens::TokenRefusal::Unknown(req.token_id.clone()).into());
         };
-        record.check(&presented, wall)?;
+        record.check(&presented, TokenRole::Agent, wall)?;
         let id = if req.name.is_empty() {
             random_name().ok_or(JoinRefusal::NoRandomness)?
         } else {

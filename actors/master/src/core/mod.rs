@@ -13,6 +13,7 @@
 //! reply until that batch is durable.
 
 mod agents;
+mod clients;
 mod framework_calls;
 mod frameworks;
 mod scheduling;
@@ -41,6 +42,7 @@ use crate::state::{Change, StoreError, Table, Versioned};
 use crate::tokens::TokenRecord;
 
 pub use self::agents::{JoinAdmission, JoinRefusal, MAX_TOKEN_TTL};
+pub use self::clients::{ClientAdmission, ClientRefusal};
 pub use self::framework_calls::PendingFramework;
 pub use self::frameworks::DEPLOYMENTS_ROLE;
 pub use self::scheduling::FrameworkSummary;

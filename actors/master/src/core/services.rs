@@ -182,13 +182,24 @@ impl ClusterCore {
         now: Instant,
     ) -> Step<Result<Subscribed, MasterRefusal>> {
         self.step(|core| {
-            let id = core.calling_node(&caller)?;
-            if id != MASTER_NODE {
-                core.registered_node(&caller)?;
-            }
-            let node = core.identity_of(&id);
+            let c = caller.as_ref().ok_or_else(|| {
+                MasterRefusal::Forbidden("registry messages must come over the mesh".into())
+            })?;
+            // A client's node (no membership) may subscribe, to call by name; it is
+            // forgotten once it is gone for long.
+            let client =
+                actormesh::client::is_client_identity(c) && c.trust_domain() == core.trust_domain;
+            let node = if client {
+                c.to_string()
+            } else {
+                let id = core.calling_node(&caller)?;
+                if id != MASTER_NODE {
+                    core.registered_node(&caller)?;
+                }
+                core.identity_of(&id)
+            };
             core.pushes
-                .subscribe(&node, s.addr, s.have, &core.registry, now);
+                .subscribe(&node, s.addr, s.have, client, &core.registry, now);
             Ok(Subscribed {
                 version: core.registry.version(),
             })

@@ -40,7 +40,7 @@ fn node(id: &str) -> Option<SpiffeId> {
     Some(SpiffeId::node(TD, id).unwrap())
 }
 
-fn core_over(
+pub(super) fn core_over(
     agents: Vec<AgentRecord>,
     config_rows: Vec<(String, Versioned)>,
     t0: Instant,

@@ -4,11 +4,11 @@
 use std::time::{Instant, SystemTime};
 
 use actix::prelude::*;
-use tracing::warn;
+use tracing::{info, warn};
 
 use actormesh::protocol::{
-    Heartbeat, HeartbeatAck, JoinReply, JoinRequest, MasterRefusal, Register, Registered, Renew,
-    ReportAck, TaskStatusReport,
+    ClientCertReply, ClientCertRequest, Heartbeat, HeartbeatAck, JoinReply, JoinRequest,
+    MasterRefusal, Register, Registered, Renew, ReportAck, TaskStatusReport,
 };
 use actormesh_transport::SpiffeId;
 
@@ -36,6 +36,42 @@ impl Handler<Join> for Master {
             Err(reason) => {
                 warn!(%reason, "join refused");
                 Box::pin(async move { JoinReply::Refused { reason } })
+            }
+        }
+    }
+}
+
+/// A client certificate request from the bootstrap port: signed, or refused, at once;
+/// nothing is stored and no member is added.
+#[derive(Debug, Message)]
+#[rtype(result = "ClientCertReply")]
+pub struct IssueClient(pub ClientCertRequest);
+
+impl Handler<IssueClient> for Master {
+    type Result = MessageResult<IssueClient>;
+    fn handle(&mut self, m: IssueClient, _: &mut Context<Self>) -> Self::Result {
+        let signed = self
+            .core
+            .check_client(&m.0, SystemTime::now())
+            .map_err(|e| e.to_string())
+            .and_then(|admission| {
+                self.ca
+                    .sign_csr(&m.0.csr_pem, &admission.identity, admission.cert_ttl)
+                    .map(|cert| (admission.identity, cert))
+                    .map_err(|e| format!("cannot sign the certificate request: {e}"))
+            });
+        match signed {
+            Ok((identity, cert_pem)) => {
+                info!(client = %identity, token = %m.0.token_id, "client certificate issued");
+                MessageResult(ClientCertReply::Issued {
+                    identity: identity.to_string(),
+                    cert_pem,
+                    master_addr: self.mesh_addr,
+                })
+            }
+            Err(reason) => {
+                warn!(%reason, "client certificate refused");
+                MessageResult(ClientCertReply::Refused { reason })
             }
         }
     }

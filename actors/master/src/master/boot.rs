@@ -9,7 +9,9 @@ use std::time::{Duration, Instant, SystemTime};
 use actix::prelude::*;
 use tracing::info;
 
-use actormesh::protocol::{BootstrapReply, BootstrapRequest, JoinReply, MASTER_ACTOR};
+use actormesh::protocol::{
+    BootstrapReply, BootstrapRequest, ClientCertReply, JoinReply, MASTER_ACTOR,
+};
 use actormesh::token::sha256_hex;
 use actormesh::{Node, NodeConfig, NodeError};
 use actormesh_transport::bootstrap::BootstrapServer;
@@ -20,7 +22,7 @@ use actormesh_transport::pki::{
 };
 use actormesh_transport::{SpiffeId, TransportError};
 
-use super::agents::Join;
+use super::agents::{IssueClient, Join};
 use super::effects::revoke;
 use super::{Master, MasterConfig, MasterGate, MasterHandle};
 use crate::core::{ClusterCore, LoadError, Setup};
@@ -344,6 +346,13 @@ pub async fn start_with_store(
                 Ok(BootstrapRequest::Locate) => BootstrapReply::Located {
                     master_addr: mesh_addr,
                 },
+                Ok(BootstrapRequest::IssueClient(req)) => {
+                    BootstrapReply::Client(master.send(IssueClient(req)).await.unwrap_or_else(
+                        |e| ClientCertReply::Refused {
+                            reason: format!("the master is not running: {e}"),
+                        },
+                    ))
+                }
                 Err(e) => BootstrapReply::Join(JoinReply::Refused {
                     reason: format!("malformed bootstrap request from {from}: {e}"),
                 }),

@@ -1,5 +1,7 @@
 //! The master's face on the mesh (`$master`): forwards agents' and frameworks' messages to
-//! [`Master`] with the verified identity of the link they came on.
+//! [`Master`] with the verified identity of the link they came on. Agent messages from a
+//! client identity (`spiffe://<td>/client/<name>`) are refused here, by name: a client
+//! certificate gives no membership.
 
 use actix::prelude::*;
 
@@ -11,6 +13,9 @@ use actormesh::protocol::{
     Heartbeat, HeartbeatAck, MasterRefusal, Register, Registered, Renew, ReportAck,
     TaskStatusReport,
 };
+
+use actormesh::client::is_client_identity;
+use actormesh_transport::SpiffeId;
 
 use super::agents::{HeartbeatFrom, RegisterFrom, RenewFrom, TaskStatusFrom};
 use super::frameworks::{
@@ -48,11 +53,42 @@ where
     })
 }
 
+/// The caller of agent message `message`, unless it is a client identity: clients hold
+/// certificates from the cluster CA but are not members, so they may not act as agents.
+fn agent_caller(
+    message: &str,
+    caller: Option<SpiffeId>,
+) -> Result<Option<SpiffeId>, MasterRefusal> {
+    match caller {
+        Some(c) if is_client_identity(&c) => Err(MasterRefusal::Forbidden(format!(
+            "{c} is a client identity; {message} is an agent message and needs a node identity (spiffe://<td>/node/<agent>, from joining with an agent token)"
+        ))),
+        caller => Ok(caller),
+    }
+}
+
+/// Forwards agent message `message` with its verified caller, or refuses a client.
+fn forward_agent<M, R>(
+    master: &Addr<Master>,
+    message: &str,
+    with_caller: impl FnOnce(Option<SpiffeId>) -> M,
+) -> ResponseFuture<Result<R, MasterRefusal>>
+where
+    Master: Handler<M>,
+    M: Message<Result = Result<R, MasterRefusal>> + Send + 'static,
+    R: Send + 'static,
+{
+    match agent_caller(message, actormesh::caller()) {
+        Ok(caller) => forward(master, with_caller(caller)),
+        Err(refusal) => Box::pin(async move { Err(refusal) }),
+    }
+}
+
 #[actormesh::handler]
 impl Handler<Register> for MasterGate {
     type Result = ResponseFuture<Result<Registered, MasterRefusal>>;
     fn handle(&mut self, m: Register, _: &mut Context<Self>) -> Self::Result {
-        forward(&self.master, RegisterFrom(m, actormesh::caller()))
+        forward_agent(&self.master, "Register", |caller| RegisterFrom(m, caller))
     }
 }
 
@@ -60,7 +96,7 @@ impl Handler<Register> for MasterGate {
 impl Handler<Heartbeat> for MasterGate {
     type Result = ResponseFuture<Result<HeartbeatAck, MasterRefusal>>;
     fn handle(&mut self, m: Heartbeat, _: &mut Context<Self>) -> Self::Result {
-        forward(&self.master, HeartbeatFrom(m, actormesh::caller()))
+        forward_agent(&self.master, "Heartbeat", |caller| HeartbeatFrom(m, caller))
     }
 }
 
@@ -68,7 +104,7 @@ impl Handler<Heartbeat> for MasterGate {
 impl Handler<Renew> for MasterGate {
     type Result = ResponseFuture<Result<String, MasterRefusal>>;
     fn handle(&mut self, m: Renew, _: &mut Context<Self>) -> Self::Result {
-        forward(&self.master, RenewFrom(m, actormesh::caller()))
+        forward_agent(&self.master, "Renew", |caller| RenewFrom(m, caller))
     }
 }
 
@@ -76,7 +112,9 @@ impl Handler<Renew> for MasterGate {
 impl Handler<TaskStatusReport> for MasterGate {
     type Result = ResponseFuture<Result<ReportAck, MasterRefusal>>;
     fn handle(&mut self, m: TaskStatusReport, _: &mut Context<Self>) -> Self::Result {
-        forward(&self.master, TaskStatusFrom(m, actormesh::caller()))
+        forward_agent(&self.master, "TaskStatusReport", |caller| {
+            TaskStatusFrom(m, caller)
+        })
     }
 }
 
@@ -132,3 +170,22 @@ forward_framework!(ReconcileTasks, ReconcileFrom);
 forward_framework!(Acknowledge, AcknowledgeFrom);
 forward_framework!(SetOffers, SetOffersFrom);
 forward_framework!(Teardown, TeardownFrom);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_identity_is_refused_for_agent_messages_by_name() {
+        let client = SpiffeId::parse("spiffe://td/client/cli").unwrap();
+        let e = agent_caller("Register", Some(client)).unwrap_err();
+        assert_eq!(
+            e,
+            MasterRefusal::Forbidden("spiffe://td/client/cli is a client identity; Register is an agent message and needs a node identity (spiffe://<td>/node/<agent>, from joining with an agent token)".into())
+        );
+        // Nodes pass on to the core, which checks that they speak for themselves.
+        let node = SpiffeId::node("td", "n1").unwrap();
+        assert_eq!(agent_caller("Register", Some(node.clone())), Ok(Some(node)));
+        assert_eq!(agent_caller("Register", None), Ok(None));
+    }
+}

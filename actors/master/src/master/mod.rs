@@ -30,7 +30,7 @@ use crate::core::{ClusterCore, Step};
 use crate::membership::{DetectorConfig, MembershipEvent};
 use crate::state::{StateStore, StoreError, StoreFuture};
 
-pub use self::agents::Join;
+pub use self::agents::{IssueClient, Join};
 pub use self::boot::{start, start_with_store, MasterError, API_TOKEN_FILE};
 pub use self::frameworks::ListFrameworks;
 pub use self::gate::MasterGate;
@@ -137,12 +137,19 @@ impl MasterHandle {
     /// A join token for an agent, valid for `ttl`, made in this process (as `actormesh
     /// token create` would, without the API).
     pub async fn agent_token(&self, ttl: Duration) -> Result<String, MasterError> {
+        self.token(crate::tokens::TokenRole::Agent, ttl).await
+    }
+
+    /// A token of role `role`, valid for `ttl`, made in this process (as `actormesh token
+    /// create --role <role>` would, without the API).
+    pub async fn token(
+        &self,
+        role: crate::tokens::TokenRole,
+        ttl: Duration,
+    ) -> Result<String, MasterError> {
         let created = self
             .master
-            .send(CreateToken {
-                ttl,
-                role: crate::tokens::TokenRole::Agent,
-            })
+            .send(CreateToken { ttl, role })
             .await
             .map_err(|e| MasterError::Stopped(e.to_string()))?
             .map_err(MasterError::Token)?;

@@ -23,6 +23,10 @@ pub struct PushConfig {
     /// After a push failed (no answer, link lost, refused as invalid), the next try waits
     /// this long.
     pub retry_after: Duration,
+    /// A subscriber without membership (a client's node) whose pushes have failed this
+    /// long is forgotten; it subscribes again when it is back. Members leave with their
+    /// membership instead.
+    pub forget_client_after: Duration,
 }
 
 impl Default for PushConfig {
@@ -31,6 +35,7 @@ impl Default for PushConfig {
             window: Duration::from_millis(10),
             stale_after: Duration::from_secs(5),
             retry_after: Duration::from_secs(1),
+            forget_client_after: Duration::from_secs(60),
         }
     }
 }
@@ -66,6 +71,10 @@ struct Subscriber {
     last_latency: Option<Duration>,
     last_error: Option<String>,
     retry_at: Option<Instant>,
+    /// A client's node: it has no membership to leave with.
+    client: bool,
+    /// Since when its pushes fail (`None`: the last one was answered).
+    failing_since: Option<Instant>,
 }
 
 /// One proxy's standing, for `get proxy-status`.
@@ -136,12 +145,14 @@ impl PushBook {
 
     /// Node `node`'s proxy at `addr` subscribes, holding `have` (after a reconnect). A
     /// subscription again replaces the old one (the proxy restarted or reconnected), and
-    /// a push in flight to the old one is forgotten.
+    /// a push in flight to the old one is forgotten. A `client` (no membership) is
+    /// forgotten once its pushes failed for `forget_client_after`.
     pub fn subscribe(
         &mut self,
         node: &str,
         addr: SocketAddr,
         have: Option<u64>,
+        client: bool,
         reg: &ServiceRegistry,
         now: Instant,
     ) {
@@ -157,6 +168,8 @@ impl PushBook {
                 last_latency: None,
                 last_error: None,
                 retry_at: None,
+                client,
+                failing_since: None,
             },
         );
     }
@@ -200,6 +213,12 @@ impl PushBook {
             return Vec::new();
         }
         self.window_until = None;
+        let forget = self.cfg.forget_client_after;
+        self.subs.retain(|_, s| {
+            !(s.client
+                && s.failing_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= forget))
+        });
         let mut out = Vec::new();
         for (node, s) in &mut self.subs {
             if s.in_flight.is_some()
@@ -245,6 +264,7 @@ impl PushBook {
         };
         match outcome {
             PushOutcome::Applied(v) if v == version => {
+                s.failing_since = None;
                 s.applied = Some(v);
                 s.needs_full = false;
                 s.last_error = None;
@@ -275,6 +295,7 @@ impl PushBook {
                 // refused as WrongBase then, and a full snapshot follows.
                 s.last_error = Some(why);
                 s.retry_at = Some(now + self.cfg.retry_after);
+                s.failing_since.get_or_insert(now);
             }
         }
     }
@@ -349,7 +370,7 @@ mod tests {
         let mut reg = ServiceRegistry::new(0, 64);
         change(&mut reg, &["x"], t);
         let mut b = book();
-        b.subscribe("n1", addr(), None, &reg, t);
+        b.subscribe("n1", addr(), None, false, &reg, t);
         let first = b.due(&reg, t);
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].push.kind, PushKind::Full);
@@ -381,7 +402,7 @@ mod tests {
         let t = Instant::now();
         let mut reg = ServiceRegistry::new(0, 64);
         let mut b = book();
-        b.subscribe("n1", addr(), Some(0), &reg, t);
+        b.subscribe("n1", addr(), Some(0), false, &reg, t);
         assert!(b.due(&reg, t).is_empty(), "already holds version 0");
         assert!(b.changed(t).is_some());
         change(&mut reg, &["x"], t);
@@ -401,7 +422,7 @@ mod tests {
         let mut reg = ServiceRegistry::new(0, 64);
         change(&mut reg, &["x"], t);
         let mut b = book();
-        b.subscribe("n1", addr(), Some(0), &reg, t);
+        b.subscribe("n1", addr(), Some(0), false, &reg, t);
         let p = b.due(&reg, t);
         assert_eq!(p[0].push.kind, PushKind::Delta { from: 0 });
         b.answered(
@@ -432,8 +453,8 @@ mod tests {
         let t = Instant::now();
         let mut reg = ServiceRegistry::new(0, 64);
         let mut b = book();
-        b.subscribe("n1", addr(), Some(0), &reg, t);
-        b.subscribe("n2", addr(), Some(0), &reg, t);
+        b.subscribe("n1", addr(), Some(0), false, &reg, t);
+        b.subscribe("n2", addr(), Some(0), false, &reg, t);
         b.changed(t);
         change(&mut reg, &["x"], t);
         b.close_window(t + 10 * MS);
@@ -447,11 +468,60 @@ mod tests {
     }
 
     #[test]
+    fn a_client_whose_pushes_fail_for_long_is_forgotten_but_a_member_is_not() {
+        let t = Instant::now();
+        let reg = ServiceRegistry::new(0, 64);
+        let mut b = book();
+        b.subscribe("client", addr(), None, true, &reg, t);
+        b.subscribe("node", addr(), None, false, &reg, t);
+        let mut now = t;
+        while now < t + Duration::from_secs(61) {
+            for p in b.due(&reg, now) {
+                b.answered(
+                    &p.node,
+                    p.push.version,
+                    PushOutcome::Failed("gone".into()),
+                    &reg,
+                    now,
+                );
+            }
+            now += Duration::from_secs(1);
+        }
+        assert!(!b.is_subscribed("client"));
+        assert!(
+            b.is_subscribed("node"),
+            "a member leaves with its membership"
+        );
+        // An answer in time keeps a client.
+        b.subscribe("client", addr(), None, true, &reg, now);
+        let p = b.due(&reg, now);
+        b.answered(
+            "client",
+            p[0].push.version,
+            PushOutcome::Failed("x".into()),
+            &reg,
+            now,
+        );
+        let later = now + Duration::from_secs(30);
+        let p = b.due(&reg, later);
+        let mine = p.iter().find(|p| p.node == "client").unwrap();
+        b.answered(
+            "client",
+            mine.push.version,
+            PushOutcome::Applied(mine.push.version),
+            &reg,
+            later,
+        );
+        let _ = b.due(&reg, later + Duration::from_secs(61));
+        assert!(b.is_subscribed("client"));
+    }
+
+    #[test]
     fn nothing_goes_out_while_pushes_are_held() {
         let t = Instant::now();
         let mut reg = ServiceRegistry::new(50, 64);
         let mut b = PushBook::new(PushConfig::default(), Some(t + Duration::from_secs(4)));
-        b.subscribe("n1", addr(), Some(3), &reg, t);
+        b.subscribe("n1", addr(), Some(3), false, &reg, t);
         change(&mut reg, &["x"], t + MS);
         assert!(b.due(&reg, t + 3999 * MS).is_empty());
         let p = b.due(&reg, t + Duration::from_secs(4));

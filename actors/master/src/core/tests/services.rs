@@ -482,3 +482,45 @@ fn a_restarted_master_continues_above_the_stored_ceiling_and_holds_pushes_for_th
     );
     assert!(p[0].1.version >= VERSION_BLOCK);
 }
+
+#[test]
+fn a_client_may_subscribe_but_not_register_and_a_node_must_have_joined() {
+    let t0 = Instant::now();
+    let mut core = cluster(&["a"], t0);
+    let client = Some(SpiffeId::parse(&format!("spiffe://{TD}/client/cli")).unwrap());
+    let sub = |have| Subscribe {
+        addr: addr(40),
+        have,
+    };
+    core.subscribe(sub(None), client.clone(), t0).reply.unwrap();
+    assert_eq!(
+        core.proxy_status(t0)[0].node,
+        format!("spiffe://{TD}/client/cli")
+    );
+    let reg = RegisterService {
+        service: "default/x".parse().unwrap(),
+        actor: "x".into(),
+        version: "v1".into(),
+        labels: BTreeMap::new(),
+        weight: 1,
+    };
+    assert!(matches!(
+        core.register_service(reg, client).reply,
+        Err(actormesh::protocol::MasterRefusal::Forbidden(_))
+    ));
+    let foreign = Some(SpiffeId::parse("spiffe://other.td/client/cli").unwrap());
+    assert!(core.subscribe(sub(None), foreign, t0).reply.is_err());
+    assert!(core
+        .subscribe(sub(None), node("never-joined"), t0)
+        .reply
+        .is_err());
+    assert!(core.subscribe(sub(None), None, t0).reply.is_err());
+    core.subscribe(sub(Some(0)), node("master"), t0)
+        .reply
+        .unwrap();
+    assert_eq!(
+        core.proxy_status(t0).len(),
+        2,
+        "the master's own node, a seam"
+    );
+}

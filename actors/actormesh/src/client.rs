@@ -1,0 +1,410 @@
+//! Client identities: a certificate for a program that is not a node of the cluster (the
+//! CLI, a user's program), so that it can open mutual-TLS links to nodes and call actors.
+//!
+//! [`issue`] gets one from the master as an agent joins, but without membership: it makes
+//! a key here (the key never leaves), sends a signing request over the bootstrap port with
+//! a join token of role `client`, trusts only the CA that token pins, and writes the
+//! certificate for `spiffe://<trust-domain>/client/<name>` into a directory:
+//!
+//! | file | what |
+//! |---|---|
+//! | `key.pem` | the private key (mode 0600) |
+//! | `cert.pem` | the certificate (0600) |
+//! | `ca.pem` | the cluster CA certificate (0600) |
+//! | `client.json` | the identity and where the master was when it was issued (0600) |
+//!
+//! [`load`] reads such a directory back; its credentials start a [`crate::Node`]. The
+//! master does not list clients as nodes, and `$master` refuses a client identity for
+//! agent messages. A client certificate is not renewed: issue a new one before it expires.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use actormesh_transport::codec::{self, CodecError};
+use actormesh_transport::pki::{files, Credentials, NodeKey, PkiError};
+use actormesh_transport::{bootstrap, SpiffeId, TransportError};
+
+use crate::protocol::{
+    BootstrapReply, BootstrapRequest, ClientCertReply, ClientCertRequest, JoinReply,
+};
+use crate::token::{JoinToken, TokenFormatError};
+
+/// The path prefix of client identities: `spiffe://<td>/client/<name>`.
+pub const CLIENT_PATH_PREFIX: &str = "/client/";
+
+/// The file in a client directory that records its identity and the master's address.
+pub const CLIENT_FILE: &str = "client.json";
+
+/// The longest client name.
+pub const MAX_CLIENT_NAME: usize = 63;
+
+/// How long [`issue`] waits for the bootstrap port's answer.
+const ISSUE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A client name that cannot name an identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("client name {0:?} is not valid: use 1 to 63 lowercase letters, digits, '-' or '_', starting with a letter or digit")]
+pub struct InvalidClientName(pub String);
+
+/// Checks a client name: 1 to [`MAX_CLIENT_NAME`] lowercase letters, digits, `-` or `_`,
+/// starting with a letter or digit (one segment of a SPIFFE path).
+pub fn check_client_name(name: &str) -> Result<(), InvalidClientName> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_CLIENT_NAME
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidClientName(name.to_string()))
+    }
+}
+
+/// Whether `id` is a client identity (`spiffe://<td>/client/<name>`), not a node's or a
+/// service's.
+pub fn is_client_identity(id: &SpiffeId) -> bool {
+    id.path().starts_with(CLIENT_PATH_PREFIX)
+}
+
+/// `spiffe://<trust_domain>/client/<name>`, for a valid name.
+pub fn client_identity(trust_domain: &str, name: &str) -> Result<SpiffeId, ClientError> {
+    check_client_name(name)?;
+    Ok(SpiffeId::parse(&format!(
+        "spiffe://{trust_domain}{CLIENT_PATH_PREFIX}{name}"
+    ))?)
+}
+
+/// Why a client certificate could not be issued or loaded; each variant names what was
+/// wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The client name is not valid.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidClientName),
+    /// The token does not parse.
+    #[error(transparent)]
+    Token(#[from] TokenFormatError),
+    /// The identity is not a valid SPIFFE id.
+    #[error(transparent)]
+    Identity(#[from] actormesh_transport::identity::IdentityError),
+    /// Making the key or CSR, or reading the certificates failed.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// A bootstrap message could not be encoded or decoded.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// The bootstrap port could not be reached, or its CA is not the one the token pins.
+    #[error("cannot get a client certificate through {addr}: {source}")]
+    Unreachable {
+        /// The bootstrap address.
+        addr: SocketAddr,
+        /// The transport's reason.
+        source: TransportError,
+    },
+    /// The master refused (a wrong, expired or agent token, a bad name).
+    #[error("the master refused the client certificate: {0}")]
+    Refused(String),
+    /// The bootstrap port answered with something other than what was asked.
+    #[error("the bootstrap port at {0} answered a client certificate request with something else")]
+    UnexpectedReply(SocketAddr),
+    /// The certificate the master signed is not for a client identity.
+    #[error("the master signed {0}, which is not a client identity (spiffe://<td>/client/<name>)")]
+    NotAClient(SpiffeId),
+    /// Reading or writing the client directory failed.
+    #[error("cannot {what} {}: {source}", path.display())]
+    Storage {
+        /// What was being done.
+        what: &'static str,
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// `client.json` does not parse.
+    #[error("{} is not a valid client file: {source}", path.display())]
+    ClientFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: serde_json::Error,
+    },
+}
+
+/// What `client.json` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    /// The client's SPIFFE id.
+    pub identity: String,
+    /// The master's mesh address when the certificate was issued.
+    pub master_addr: SocketAddr,
+    /// The bootstrap address it was issued through (ask it with
+    /// [`BootstrapRequest::Locate`] if the master moved).
+    pub bootstrap: SocketAddr,
+}
+
+/// A client identity on disk, loaded.
+#[derive(Debug, Clone)]
+pub struct ClientCredentials {
+    /// The client's identity, `spiffe://<td>/client/<name>`.
+    pub identity: SpiffeId,
+    /// Key, certificate and CA: give them to [`crate::Node::start`].
+    pub credentials: Credentials,
+    /// The directory they are in.
+    pub dir: PathBuf,
+    /// Where the master's mesh node was, and the bootstrap port.
+    pub record: ClientRecord,
+}
+
+/// Gets a certificate for `spiffe://<td>/client/<name>` from the master's bootstrap port
+/// at `bootstrap`, with `token` (role `client`), and writes it into `out_dir` (created,
+/// mode 0700; files 0600). Replaces a client identity already there.
+pub async fn issue(
+    bootstrap: SocketAddr,
+    token: &str,
+    name: &str,
+    out_dir: &Path,
+) -> Result<ClientCredentials, ClientError> {
+    check_client_name(name)?;
+    let token: JoinToken = token.parse()?;
+    let key = NodeKey::generate()?;
+    // The master decides the identity; the CSR only carries the public key.
+    let placeholder = SpiffeId::parse(&format!("spiffe://joining{CLIENT_PATH_PREFIX}{name}"))?;
+    let request = BootstrapRequest::IssueClient(ClientCertRequest {
+        token_id: token.id.clone(),
+        token_secret: token.secret.clone(),
+        name: name.to_string(),
+        csr_pem: key.csr(&placeholder)?,
+    });
+    let (reply, ca_der) = bootstrap::request(
+        bootstrap,
+        &token.ca_fingerprint,
+        &codec::encode(&request)?,
+        ISSUE_TIMEOUT,
+    )
+    .await
+    .map_err(|source| ClientError::Unreachable {
+        addr: bootstrap,
+        source,
+    })?;
+    let (cert_pem, master_addr) = match codec::decode::<BootstrapReply>(&reply)? {
+        BootstrapReply::Client(ClientCertReply::Issued {
+            cert_pem,
+            master_addr,
+            ..
+        }) => (cert_pem, master_addr),
+        BootstrapReply::Client(ClientCertReply::Refused { reason })
+        // A master that predates client certificates answers with a join refusal.
+        | BootstrapReply::Join(JoinReply::Refused { reason }) => {
+            return Err(ClientError::Refused(reason))
+        }
+        _ => return Err(ClientError::UnexpectedReply(bootstrap)),
+    };
+    let ca_pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca_der.to_vec()));
+    let credentials = key.credentials(&cert_pem, &ca_pem)?;
+    let identity = credentials.identity()?;
+    if !is_client_identity(&identity) {
+        return Err(ClientError::NotAClient(identity));
+    }
+    let record = ClientRecord {
+        identity: identity.to_string(),
+        master_addr,
+        bootstrap,
+    };
+    save(out_dir, &key.pem(), &cert_pem, &ca_pem, &record)?;
+    Ok(ClientCredentials {
+        identity,
+        credentials,
+        dir: out_dir.to_path_buf(),
+        record,
+    })
+}
+
+/// Reads a client identity written by [`issue`] (or `actormesh cert issue --client`).
+pub fn load(dir: &Path) -> Result<ClientCredentials, ClientError> {
+    let credentials = Credentials::load(dir)?;
+    let identity = credentials.identity()?;
+    if !is_client_identity(&identity) {
+        return Err(ClientError::NotAClient(identity));
+    }
+    let file = dir.join(CLIENT_FILE);
+    let text = std::fs::read_to_string(&file).map_err(|source| ClientError::Storage {
+        what: "read",
+        path: file.clone(),
+        source,
+    })?;
+    let record: ClientRecord =
+        serde_json::from_str(&text).map_err(|source| ClientError::ClientFile {
+            path: file.clone(),
+            source,
+        })?;
+    Ok(ClientCredentials {
+        identity,
+        credentials,
+        dir: dir.to_path_buf(),
+        record,
+    })
+}
+
+fn save(
+    dir: &Path,
+    key_pem: &str,
+    cert_pem: &str,
+    ca_pem: &str,
+    record: &ClientRecord,
+) -> Result<(), ClientError> {
+    let storage = |what, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ClientError::Storage { what, path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(storage("create", dir))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(storage("restrict", dir))?;
+    }
+    let json = serde_json::to_string_pretty(record).map_err(|source| ClientError::ClientFile {
+        path: dir.join(CLIENT_FILE),
+        source,
+    })?;
+    // The certificate last: until it is in place, a reader finds the old set's certificate,
+    // which the new key does not match, and says so, rather than a half-written file.
+    for (file, text) in [
+        (files::CA_CERT, ca_pem),
+        (files::KEY, key_pem),
+        (CLIENT_FILE, json.as_str()),
+        (files::CERT, cert_pem),
+    ] {
+        let path = dir.join(file);
+        write_private(&path, text).map_err(storage("write", &path))?;
+    }
+    Ok(())
+}
+
+/// Writes `contents` to `path` with mode 0600, through a temporary file renamed into
+/// place, so a crash never leaves half a key or certificate.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_names_follow_the_rule_and_a_refusal_names_it() {
+        for good in ["cli", "a", "my-app_2", "0day", &"x".repeat(63)] {
+            assert_eq!(check_client_name(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "-cli",
+            "_cli",
+            "Cli",
+            "my app",
+            "a/b",
+            "a.b",
+            "é",
+            &"x".repeat(64),
+        ] {
+            let e = check_client_name(bad).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("1 to 63 lowercase letters, digits, '-' or '_'"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn client_identities_are_told_from_node_and_service_identities() {
+        let c = client_identity("td", "cli").unwrap();
+        assert_eq!(c.as_str(), "spiffe://td/client/cli");
+        assert!(is_client_identity(&c));
+        assert!(!is_client_identity(
+            &SpiffeId::node("td", "client").unwrap()
+        ));
+        assert!(!is_client_identity(
+            &SpiffeId::service("td", "client", "x").unwrap()
+        ));
+        assert!(matches!(
+            client_identity("td", "Bad"),
+            Err(ClientError::InvalidName(_))
+        ));
+    }
+
+    #[test]
+    fn saved_files_are_private_and_load_back() {
+        let dir = std::env::temp_dir().join(format!("am-client-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = crate::LocalCa::new("td").unwrap();
+        let issued = ca
+            .authority()
+            .issue(
+                &client_identity("td", "cli").unwrap(),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let record = ClientRecord {
+            identity: "spiffe://td/client/cli".into(),
+            master_addr: "127.0.0.1:7000".parse().unwrap(),
+            bootstrap: "127.0.0.1:7001".parse().unwrap(),
+        };
+        save(
+            &dir,
+            &issued.key_pem,
+            &issued.cert_pem,
+            &issued.ca_pem,
+            &record,
+        )
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for f in [files::KEY, files::CERT, files::CA_CERT, CLIENT_FILE] {
+                let mode = std::fs::metadata(dir.join(f)).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600, "{f}");
+            }
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        let loaded = load(&dir).unwrap();
+        assert_eq!(loaded.identity.as_str(), "spiffe://td/client/cli");
+        assert_eq!(loaded.record, record);
+        // A node certificate in a client directory is refused by name.
+        let node = ca
+            .authority()
+            .issue(
+                &SpiffeId::node("td", "n1").unwrap(),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        node.save(&dir.join("node")).unwrap();
+        std::fs::copy(dir.join(CLIENT_FILE), dir.join("node").join(CLIENT_FILE)).unwrap();
+        assert!(matches!(
+            load(&dir.join("node")),
+            Err(ClientError::NotAClient(_))
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
