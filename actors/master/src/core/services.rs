@@ -195,6 +195,14 @@ impl ClusterCore {
                 let id = core.calling_node(&caller)?;
                 if id != MASTER_NODE {
                     core.registered_node(&caller)?;
+                    // Pushes go to the node's own `$proxy`, at the address it registered.
+                    let registered = core.membership.get(&id).and_then(|a| a.addr);
+                    if registered != Some(s.addr) {
+                        return Err(MasterRefusal::Forbidden(format!(
+                            "node {id} subscribes for {} but registered {registered:?}: a node's proxy listens at its own address",
+                            s.addr
+                        )));
+                    }
                 }
                 core.identity_of(&id)
             };
