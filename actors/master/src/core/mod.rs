@@ -200,6 +200,12 @@ pub enum Effect {
         /// How long to wait.
         after: Duration,
     },
+    /// Answer the deregistration the driver gave `token` to
+    /// ([`ClusterCore::deregister_service`]): its endpoint is drained.
+    Drained {
+        /// The driver's token.
+        token: u64,
+    },
 }
 
 /// The outcome of one event: effects to carry out, in order, and the reply.
@@ -316,6 +322,8 @@ pub struct ClusterCore {
     pushes: crate::services::PushBook,
     /// Kills of endpoints waiting for the proxies to apply their removal.
     drains: crate::services::DrainBook,
+    /// Deregistrations answered once the registry version without them is drained.
+    deregistered: Vec<u64>,
     /// Actors nodes registered as endpoints themselves (soft state: lost with the master,
     /// registered again by the nodes).
     node_services: crate::services::NodeServices,
@@ -380,6 +388,7 @@ impl ClusterCore {
             ),
             pushes: crate::services::PushBook::new(setup.push, held),
             drains: crate::services::DrainBook::default(),
+            deregistered: Vec::new(),
             node_services: BTreeMap::new(),
             version_ceiling: floor,
             drain_time: setup.drain_time,

@@ -13,7 +13,7 @@ use actormesh_transport::SpiffeId;
 use super::{ClusterCore, Effect, Step};
 use crate::membership::AgentState;
 use crate::services::{
-    endpoints_of, HeldKill, NodeEndpoint, ProxyStatus, ProxyStatusReport, PushOutcome,
+    endpoints_of, HeldKill, HeldReply, NodeEndpoint, ProxyStatus, ProxyStatusReport, PushOutcome,
     ServiceSummary, VERSION_BLOCK, VERSION_CEILING_KEY,
 };
 use crate::state::{Change, Table};
@@ -113,7 +113,17 @@ impl ClusterCore {
                 e => out.push(e),
             }
         }
+        for token in std::mem::take(&mut self.deregistered) {
+            self.drains.hold_reply(HeldReply {
+                token,
+                version: self.registry.version(),
+                deadline: now + self.drain_time,
+            });
+        }
         let pushes = &self.pushes;
+        for token in self.drains.release_replies(|v| pushes.all_applied(v), now) {
+            out.push(Effect::Drained { token });
+        }
         for k in self.drains.release(|v| pushes.all_applied(v), now) {
             out.push(Effect::Kill {
                 agent: k.agent,
@@ -255,15 +265,19 @@ impl ClusterCore {
     }
 
     /// A node takes one of its actors out of a service (deregistering what is not
-    /// registered is no error).
+    /// registered is no error). The endpoint leaves discovery at once; the answer, under
+    /// the driver's `token`, is [`Effect::Drained`] once every subscribed proxy applied the
+    /// version without it, or the drain time passed, so the node stops the actor only then.
     pub fn deregister_service(
         &mut self,
         d: DeregisterService,
         caller: Option<SpiffeId>,
+        token: u64,
     ) -> Step<Result<(), MasterRefusal>> {
         self.step(|core| {
             let id = core.calling_node(&caller)?;
             core.node_services.remove(&(id, d.service, d.actor));
+            core.deregistered.push(token);
             Ok(())
         })
     }

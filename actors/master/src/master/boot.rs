@@ -322,6 +322,8 @@ pub async fn start_with_store(
         framework_actors: BTreeMap::new(),
         stepped_down: stepped_down_tx,
         push_answer: config.push_stale_after,
+        drained: BTreeMap::new(),
+        next_drain_token: 0,
     }
     .start();
     node.spawn(

@@ -166,6 +166,11 @@ impl Master {
                         });
                     });
                 }
+                Effect::Drained { token } => {
+                    if let Some(tx) = self.drained.remove(&token) {
+                        let _ = tx.send(());
+                    }
+                }
                 Effect::FlushPushes { after } => {
                     ctx.run_later(after, |master, ctx| {
                         let effects = master.core.flush_pushes(Instant::now());

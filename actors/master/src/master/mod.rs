@@ -174,6 +174,10 @@ pub struct Master {
     stepped_down: tokio::sync::watch::Sender<Option<String>>,
     /// How long a proxy has to answer a push.
     push_answer: Duration,
+    /// Deregistrations waiting for their endpoint to drain, by token.
+    drained: BTreeMap<u64, tokio::sync::oneshot::Sender<()>>,
+    /// The last token given to a deregistration.
+    next_drain_token: u64,
 }
 
 impl std::fmt::Debug for Master {

@@ -54,11 +54,25 @@ impl Handler<RegisterServiceFrom> for Master {
 pub(super) struct DeregisterServiceFrom(pub DeregisterService, pub Option<SpiffeId>);
 
 impl Handler<DeregisterServiceFrom> for Master {
-    type Result = Result<(), MasterRefusal>;
+    type Result = ResponseFuture<Result<(), MasterRefusal>>;
     fn handle(&mut self, m: DeregisterServiceFrom, ctx: &mut Context<Self>) -> Self::Result {
-        let step = self.core.deregister_service(m.0, m.1);
+        self.next_drain_token += 1;
+        let token = self.next_drain_token;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.drained.insert(token, tx);
+        let step = self.core.deregister_service(m.0, m.1, token);
+        if step.reply.is_err() {
+            self.drained.remove(&token);
+        }
         self.carry_out(step.effects, ctx);
-        step.reply
+        match step.reply {
+            // Answered once the endpoint is drained (the master stopping answers too).
+            Ok(()) => Box::pin(async move {
+                let _ = rx.await;
+                Ok(())
+            }),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
     }
 }
 

@@ -24,10 +24,23 @@ pub struct HeldKill {
     pub deadline: Instant,
 }
 
-/// Kills waiting for the proxies.
+/// An answer waiting for the proxies: a node's deregistration is answered once its
+/// endpoint is drained, so that the node stops its actor only then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldReply {
+    /// The driver's token for the answer.
+    pub token: u64,
+    /// The first registry version without the endpoint.
+    pub version: u64,
+    /// Answered then even if some proxy has not applied `version`.
+    pub deadline: Instant,
+}
+
+/// Kills and answers waiting for the proxies.
 #[derive(Debug, Default)]
 pub struct DrainBook {
     held: Vec<HeldKill>,
+    replies: Vec<HeldReply>,
 }
 
 impl DrainBook {
@@ -46,6 +59,20 @@ impl DrainBook {
             .partition(|k| applied(k.version) || now >= k.deadline);
         self.held = keep;
         out
+    }
+
+    /// Holds an answer.
+    pub fn hold_reply(&mut self, reply: HeldReply) {
+        self.replies.push(reply);
+    }
+
+    /// The answers to give at `now`, as [`Self::release`] decides for kills.
+    pub fn release_replies(&mut self, applied: impl Fn(u64) -> bool, now: Instant) -> Vec<u64> {
+        let (out, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.replies)
+            .into_iter()
+            .partition(|r| applied(r.version) || now >= r.deadline);
+        self.replies = keep;
+        out.into_iter().map(|r| r.token).collect()
     }
 
     /// Whether `task_id`'s kill is held.
@@ -104,5 +131,19 @@ mod tests {
         let out = d.release(|v| v <= 6, t + Duration::from_secs(1));
         assert_eq!(out.len(), 1, "the drain time passed");
         assert!(d.is_empty());
+        // Answers the same way.
+        for (token, version) in [(1, 5), (2, 7)] {
+            d.hold_reply(HeldReply {
+                token,
+                version,
+                deadline: t + Duration::from_secs(1),
+            });
+        }
+        assert_eq!(d.release_replies(|v| v <= 6, t), [1]);
+        assert!(d.release_replies(|v| v <= 6, t).is_empty());
+        assert_eq!(
+            d.release_replies(|_| false, t + Duration::from_secs(1)),
+            [2]
+        );
     }
 }

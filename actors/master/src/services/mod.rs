@@ -22,7 +22,7 @@ use crate::deployments::DeploymentBook;
 use crate::frameworks::TaskState;
 use crate::membership::{AgentRecord, AgentState};
 
-pub use self::drain::{DrainBook, HeldKill, DEFAULT_DRAIN};
+pub use self::drain::{DrainBook, HeldKill, HeldReply, DEFAULT_DRAIN};
 pub use self::push::{OutgoingPush, ProxyStatus, PushBook, PushConfig, PushOutcome};
 pub use self::registry::{ServiceRegistry, DEFAULT_LOG_LEN};
 

@@ -236,18 +236,21 @@ fn an_unreachable_node_takes_its_endpoints_out_in_the_same_version_and_gone_revo
     let mut zero = reg("x");
     zero.weight = 0;
     assert!(core.register_service(zero, node("a")).reply.is_err());
-    // Deregistering takes it out.
-    core.deregister_service(
+    // Deregistering takes it out; without proxies, the answer is due at once.
+    let step = core.deregister_service(
         DeregisterService {
             service: shop.clone(),
             actor: "cart".into(),
         },
         node("a"),
-    )
-    .reply
-    .unwrap();
-    let _ = settled(&mut core, Vec::new(), back);
+        7,
+    );
+    step.reply.unwrap();
+    let effects = settled(&mut core, step.effects, back);
     assert_eq!(ids(&core), ["b/cart"]);
+    assert!(effects
+        .iter()
+        .any(|e| matches!(e, Effect::Drained { token: 7 })));
 }
 
 #[test]
@@ -523,4 +526,99 @@ fn a_client_may_subscribe_but_not_register_and_a_node_must_have_joined() {
         2,
         "the master's own node, a seam"
     );
+}
+
+#[test]
+fn a_deregistration_is_answered_once_every_proxy_applied_it_or_the_drain_time_passed() {
+    let t0 = Instant::now();
+    let mut core = cluster(&["a", "b"], t0);
+    let shop: ServiceName = "default/shop".parse().unwrap();
+    core.register_service(
+        RegisterService {
+            service: shop.clone(),
+            actor: "cart".into(),
+            version: "v1".into(),
+            labels: BTreeMap::new(),
+            weight: 1,
+        },
+        node("b"),
+    )
+    .reply
+    .unwrap();
+    let _ = settled(&mut core, Vec::new(), t0);
+    let t0 = t0 + Duration::from_millis(10);
+    let step = core.subscribe(
+        Subscribe {
+            addr: addr(1),
+            have: None,
+        },
+        node("a"),
+        t0,
+    );
+    let p = pushes(&settled(&mut core, step.effects, t0));
+    let v = p[0].1.version;
+    let _ = core.push_answered(&p[0].0, v, PushOutcome::Applied(v), t0);
+    let drained = |effects: &[Effect]| {
+        effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Drained { .. }))
+            .count()
+    };
+    let dereg = |core: &mut ClusterCore, token| {
+        core.deregister_service(
+            DeregisterService {
+                service: shop.clone(),
+                actor: "cart".into(),
+            },
+            node("b"),
+            token,
+        )
+    };
+    let step = dereg(&mut core, 1);
+    step.reply.unwrap();
+    assert_eq!(
+        drained(&settled(&mut core, step.effects, t0)),
+        0,
+        "not yet applied"
+    );
+    let t1 = t0 + Duration::from_millis(10);
+    let flushed = core.flush_pushes(t1);
+    let p = pushes(&settled(&mut core, flushed, t1));
+    assert_eq!(p[0].1.removed, vec![shop.clone()], "its only endpoint left");
+    let v = p[0].1.version;
+    let effects = core.push_answered(&p[0].0, v, PushOutcome::Applied(v), t1);
+    assert_eq!(drained(&settled(&mut core, effects, t1)), 1);
+    // A proxy that never answers: the drain time.
+    core.register_service(
+        RegisterService {
+            service: shop.clone(),
+            actor: "cart".into(),
+            version: "v1".into(),
+            labels: BTreeMap::new(),
+            weight: 1,
+        },
+        node("b"),
+    )
+    .reply
+    .unwrap();
+    let _ = settled(&mut core, Vec::new(), t1);
+    let t2 = t1 + Duration::from_millis(10);
+    let flushed = core.flush_pushes(t2);
+    assert_eq!(
+        pushes(&settled(&mut core, flushed, t2)).len(),
+        1,
+        "never answered"
+    );
+    let step = dereg(&mut core, 2);
+    assert_eq!(drained(&settled(&mut core, step.effects, t2)), 0);
+    let end = t2 + crate::services::DEFAULT_DRAIN;
+    assert_eq!(
+        drained(&settled(
+            &mut core,
+            Vec::new(),
+            end - Duration::from_millis(1)
+        )),
+        0
+    );
+    assert_eq!(drained(&settled(&mut core, Vec::new(), end)), 1);
 }
