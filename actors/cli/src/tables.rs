@@ -561,4 +561,109 @@ mod tests {
              f3                   etl                      analytics    failover        2      3      1   0.250  cpus:1\n"
         );
     }
+
+    fn proxy(
+        node: &str,
+        applied: Option<u64>,
+        behind: u64,
+        stale: bool,
+    ) -> actormesh_master::services::ProxyStatus {
+        actormesh_master::services::ProxyStatus {
+            node: node.into(),
+            addr: "127.0.0.1:7100".parse().unwrap(),
+            applied,
+            current: 9,
+            behind,
+            last_push_latency_ms: applied.map(|_| 1.5),
+            stale,
+            in_flight: false,
+            last_error: stale.then(|| "deadline has elapsed".to_string()),
+        }
+    }
+
+    #[test]
+    fn proxy_status_says_the_version_and_marks_stale_proxies() {
+        let r = ProxyStatusReport {
+            version: 9,
+            held: false,
+            proxies: vec![
+                proxy("spiffe://td/node/a", Some(9), 0, false),
+                proxy("spiffe://td/node/b", Some(7), 2, true),
+                proxy("spiffe://td/node/c", None, 9, false),
+            ],
+        };
+        assert_eq!(
+            proxy_status(&r),
+            "registry version 9\n\
+             NODE                ADDRESS         APPLIED  BEHIND  LAST PUSH  STATUS\n\
+             spiffe://td/node/a  127.0.0.1:7100        9       0      1.5ms  SYNCED\n\
+             spiffe://td/node/b  127.0.0.1:7100        7       2      1.5ms  STALE (deadline has elapsed)\n\
+             spiffe://td/node/c  127.0.0.1:7100        -       9          -  SYNCING\n"
+        );
+        let held = ProxyStatusReport {
+            held: true,
+            proxies: vec![],
+            ..r
+        };
+        assert!(proxy_status(&held).starts_with("registry version 9 (pushes held"));
+    }
+
+    #[test]
+    fn services_and_endpoints_show_what_callers_route_by() {
+        let e = Endpoint {
+            id: "default.web-1".into(),
+            node: "spiffe://td/node/a".into(),
+            addr: "127.0.0.1:7100".parse().unwrap(),
+            actor: "default.web-1".into(),
+            version: "v2".into(),
+            labels: [("tier", "front"), ("version", "v2")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            weight: 3,
+            zone: None,
+        };
+        assert_eq!(
+            endpoints(std::slice::from_ref(&e)),
+            "ID             NODE                ADDRESS         ACTOR          VERSION  WEIGHT  ZONE  LABELS\n\
+             default.web-1  spiffe://td/node/a  127.0.0.1:7100  default.web-1  v2            3  -     tier=front,version=v2\n"
+        );
+        let s = ServiceSummary {
+            name: "default/web".into(),
+            balancer: actormesh::mesh::BalancerKind::RoundRobin,
+            locality: false,
+            labels: Default::default(),
+            endpoints: 0,
+            versions: vec![],
+        };
+        assert_eq!(
+            services(&[s]),
+            "NAME         BALANCER     LOCALITY  ENDPOINTS  VERSIONS\n\
+             default/web  round_robin  off               0  -\n"
+        );
+        let c = ProxyConfig {
+            version: Some(4),
+            services: vec![actormesh::mesh::Service {
+                name: "default/web".parse().unwrap(),
+                labels: Default::default(),
+                balancer: actormesh::mesh::BalancerKind::P2c,
+                locality: true,
+                endpoints: vec![e],
+            }],
+            revoked: vec![actormesh::mesh::Revocation {
+                id: "spiffe://td/node/gone".into(),
+                until_ms: 1,
+            }],
+        };
+        let text = proxy_config(&c);
+        assert!(text.starts_with("applied version 4\nSERVICE"), "{text}");
+        assert!(
+            text.contains("default/web  p2c       default.web-1"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("revoked:\n  spiffe://td/node/gone\n"),
+            "{text}"
+        );
+    }
 }
