@@ -38,14 +38,9 @@ async fn wait_endpoints(master: &Master, what: &str, cond: impl Fn(&Service) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_instances_are_endpoints_and_a_killed_agent_takes_its_own_out() {
     let dir = temp_dir("svc-views");
-    let master = Master::start(
-        &dir.join("master"),
-        free_udp(),
-        free_udp(),
-        free_tcp(),
-        &["--heartbeat", "100ms", "--unreachable-after", "1s"],
-    )
-    .await;
+    let (mesh, boot, api) = (free_udp(), free_udp(), free_tcp());
+    let flags = ["--heartbeat", "100ms", "--unreachable-after", "1s"];
+    let mut master = Master::start(&dir.join("master"), mesh, boot, api, &flags).await;
     let token = master.token(3600);
     let opts = |zone: &'static str| ["--demo-actors", "--resources", "cpus:4", "--attr", zone];
     let mut a1 = agent(
@@ -138,4 +133,18 @@ async fn running_instances_are_endpoints_and_a_killed_agent_takes_its_own_out() 
     let out = master.cli(&["get", "endpoints", "Bad/Name"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid service name"));
+
+    // A restarted master rebuilds the registry from what the agent reports, at a version
+    // above every one before.
+    master.proc.kill().await;
+    let master = Master::start(&dir.join("master"), mesh, boot, api, &flags).await;
+    let restarted: ProxyStatusReport = json_of(&master, &["get", "proxy-status", "-o", "json"]);
+    assert!(
+        restarted.version > later.version,
+        "{} after {}",
+        restarted.version,
+        later.version
+    );
+    let back = wait_endpoints(&master, "a2's endpoint again", |s| s.endpoints.len() == 1).await;
+    assert!(back.endpoints[0].node.ends_with("/node/a2"));
 }

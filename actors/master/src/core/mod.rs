@@ -360,7 +360,7 @@ impl ClusterCore {
         for (role, c) in &setup.roles {
             allocator.set_role(role, c.clone());
         }
-        Ok(Self {
+        let mut core = Self {
             deployments: load_deployments(&setup.config_rows, setup.epoch)?,
             fw: frameworks::Frameworks::load(
                 &setup.config_rows,
@@ -395,7 +395,12 @@ impl ClusterCore {
             clock: now,
             wall_ms: 0,
             out: Vec::new(),
-        })
+        };
+        // The deployments' services are known at once (their endpoints come as agents
+        // register); the ceiling is written at the first step, before any push.
+        let (desired, revoked) = core.registry_now();
+        let _ = core.registry.update(desired, revoked, now);
+        Ok(core)
     }
 
     /// Runs `event` and collects the effects it produced.

@@ -59,25 +59,7 @@ impl ClusterCore {
             self.pushes.unsubscribe(&self.identity_of(id));
             self.drains.forget_agent(id);
         }
-        let desired = endpoints_of(
-            &self.deployments,
-            |id| self.membership.get(id),
-            &self.node_services,
-            &self.trust_domain,
-        );
-        let revoked: Vec<Revocation> = self
-            .membership
-            .all()
-            .filter(|a| a.state == AgentState::Gone)
-            .map(|a| Revocation {
-                id: a.identity.clone(),
-                until_ms: a
-                    .cert_expiry
-                    .map(|t| ms_since_epoch(t + actormesh_transport::tls::REVOCATION_SKEW))
-                    .unwrap_or(u64::MAX),
-            })
-            .filter(|r| r.until_ms > self.wall_ms)
-            .collect();
+        let (desired, revoked) = self.registry_now();
         let mut out = Vec::with_capacity(effects.len());
         if self.registry.version() + VERSION_BLOCK / 2 > self.version_ceiling {
             // Reserved before any version of the new block goes out, in the same ordered log.
@@ -139,6 +121,35 @@ impl ClusterCore {
             });
         }
         out
+    }
+
+    /// The services and revocations the cluster's state says there are now.
+    pub(super) fn registry_now(
+        &self,
+    ) -> (
+        std::collections::BTreeMap<ServiceName, Service>,
+        Vec<Revocation>,
+    ) {
+        let desired = endpoints_of(
+            &self.deployments,
+            |id| self.membership.get(id),
+            &self.node_services,
+            &self.trust_domain,
+        );
+        let revoked = self
+            .membership
+            .all()
+            .filter(|a| a.state == AgentState::Gone)
+            .map(|a| Revocation {
+                id: a.identity.clone(),
+                until_ms: a
+                    .cert_expiry
+                    .map(|t| ms_since_epoch(t + actormesh_transport::tls::REVOCATION_SKEW))
+                    .unwrap_or(u64::MAX),
+            })
+            .filter(|r| r.until_ms > self.wall_ms)
+            .collect();
+        (desired, revoked)
     }
 
     /// The wall clock at the master's tick: revocations past their end are forgotten.

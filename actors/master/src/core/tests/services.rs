@@ -622,3 +622,56 @@ fn a_deregistration_is_answered_once_every_proxy_applied_it_or_the_drain_time_pa
     );
     assert_eq!(drained(&settled(&mut core, Vec::new(), end)), 1);
 }
+
+#[test]
+fn a_rolling_update_takes_the_old_instance_out_of_discovery_before_it_is_killed() {
+    let t0 = Instant::now();
+    let (mut core, launched) = serving(1, "", t0);
+    let _ = run(&mut core, &launched, t0);
+    let old = launched[0].1.clone();
+    let t0 = t0 + Duration::from_millis(10);
+    let step = core.subscribe(
+        Subscribe {
+            addr: addr(1),
+            have: None,
+        },
+        node("a"),
+        t0,
+    );
+    let p = pushes(&settled(&mut core, step.effects, t0));
+    let v = p[0].1.version;
+    let _ = core.push_answered(&p[0].0, v, PushOutcome::Applied(v), t0);
+    // v2: a surge instance first; once it runs, the v1 one is killed.
+    let v2 = svc_web(1, "").replace("\"v1\"", "\"v2\"");
+    let step = core.apply_deployment(v2);
+    step.reply.unwrap();
+    let _ = settled(&mut core, step.effects, t0);
+    let round = core.scheduled_round(t0);
+    let new = launches(&round);
+    let _ = settled(&mut core, round, t0);
+    assert_eq!(new.len(), 1);
+    let effects = run(&mut core, &new, t0);
+    let round = core.scheduled_round(t0);
+    let mut all = effects;
+    all.extend(round);
+    assert_eq!(kills(&all).len(), 1, "the controller kills v1: {all:?}");
+    let effects = settled(&mut core, all, t0);
+    assert!(kills(&effects).is_empty(), "held");
+    let s = core.service(&web_name()).unwrap();
+    assert_eq!(s.endpoints.len(), 1);
+    assert_eq!(
+        (s.endpoints[0].version.as_str(), s.endpoints[0].id != old),
+        ("v2", true)
+    );
+    let t1 = t0 + Duration::from_millis(10);
+    let flushed = core.flush_pushes(t1);
+    let p = pushes(&settled(&mut core, flushed, t1));
+    let v = p[0].1.version;
+    let effects = core.push_answered(&p[0].0, v, PushOutcome::Applied(v), t1);
+    let k = kills(&settled(&mut core, effects, t1));
+    assert_eq!(k.len(), 1);
+    assert_eq!(
+        k[0].1, old,
+        "the v1 instance goes once the proxy applied its removal"
+    );
+}
