@@ -248,6 +248,8 @@ pub struct Setup {
     pub push: crate::services::PushConfig,
     /// How long the kill of an endpoint waits at most for every proxy to apply its removal.
     pub drain_time: Duration,
+    /// The registry's version ceiling as stored (0 if none): versions continue from it.
+    pub registry_ceiling: u64,
 }
 
 /// Why stored state could not be loaded into a core.
@@ -354,7 +356,7 @@ impl ClusterCore {
         let had_agents = setup.agents.iter().any(|a| a.state != AgentState::Gone);
         // The version continues above every one an earlier master used; pushes wait, as
         // launches do, until known agents had the restart grace to register again.
-        let floor = services::stored_ceiling(&setup.config_rows);
+        let floor = setup.registry_ceiling;
         let held = had_agents.then(|| now + setup.detector.unreachable_after * 2);
         let mut allocator = Allocator::default();
         for (role, c) in &setup.roles {

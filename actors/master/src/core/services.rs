@@ -21,14 +21,6 @@ use crate::state::{Change, Table};
 /// The id the master's own node subscribes under (its Proxy is a seam for now).
 const MASTER_NODE: &str = "master";
 
-/// The registry's version ceiling as stored (decimal text).
-pub(super) fn stored_ceiling(rows: &[(String, crate::state::Versioned)]) -> u64 {
-    rows.iter()
-        .find(|(k, _)| k == VERSION_CEILING_KEY)
-        .and_then(|(_, v)| std::str::from_utf8(&v.value).ok()?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn ms_since_epoch(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -66,7 +58,7 @@ impl ClusterCore {
             self.version_ceiling = self.registry.version() + VERSION_BLOCK;
             out.push(Effect::Persist(super::Batch {
                 changes: Ok(vec![Change::put(
-                    Table::Config,
+                    Table::Meta,
                     VERSION_CEILING_KEY,
                     self.version_ceiling.to_string().into_bytes(),
                 )]),

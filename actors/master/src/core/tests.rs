@@ -40,30 +40,31 @@ fn node(id: &str) -> Option<SpiffeId> {
     Some(SpiffeId::node(TD, id).unwrap())
 }
 
+pub(super) fn setup(agents: Vec<AgentRecord>, config_rows: Vec<(String, Versioned)>) -> Setup {
+    Setup {
+        detector: detector(),
+        agents,
+        tokens: BTreeMap::new(),
+        config_rows,
+        offer_timeout: Duration::from_secs(10),
+        roles: BTreeMap::new(),
+        epoch: 7,
+        first_update_uuid: 1000,
+        trust_domain: TD.into(),
+        ca_fingerprint: "fp".into(),
+        agent_cert_ttl: Duration::from_secs(3600),
+        push: crate::services::PushConfig::default(),
+        drain_time: crate::services::DEFAULT_DRAIN,
+        registry_ceiling: 0,
+    }
+}
+
 pub(super) fn core_over(
     agents: Vec<AgentRecord>,
     config_rows: Vec<(String, Versioned)>,
     t0: Instant,
 ) -> ClusterCore {
-    ClusterCore::new(
-        Setup {
-            detector: detector(),
-            agents,
-            tokens: BTreeMap::new(),
-            config_rows,
-            offer_timeout: Duration::from_secs(10),
-            roles: BTreeMap::new(),
-            epoch: 7,
-            first_update_uuid: 1000,
-            trust_domain: TD.into(),
-            ca_fingerprint: "fp".into(),
-            agent_cert_ttl: Duration::from_secs(3600),
-            push: crate::services::PushConfig::default(),
-            drain_time: crate::services::DEFAULT_DRAIN,
-        },
-        t0,
-    )
-    .unwrap()
+    ClusterCore::new(setup(agents, config_rows), t0).unwrap()
 }
 
 /// A fresh master with agents that joined and registered at `t0`, each with 4 cpus.

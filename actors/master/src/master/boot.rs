@@ -272,6 +272,13 @@ pub async fn start_with_store(
         .map(|(k, v)| codec::decode(&v.value).map(|t| (k, t)))
         .collect::<Result<_, _>>()?;
     let config_rows = store.list(Table::Config).await?;
+    let registry_ceiling = crate::services::parse_ceiling(
+        store
+            .get(Table::Meta, crate::services::VERSION_CEILING_KEY)
+            .await?
+            .as_ref()
+            .map(|v| v.value.as_slice()),
+    );
     for a in agents.iter().filter(|a| a.state == AgentState::Gone) {
         if let Ok(id) = SpiffeId::parse(&a.identity) {
             revoke(node.endpoint(), &id, a.cert_expiry);
@@ -308,6 +315,7 @@ pub async fn start_with_store(
                 ..Default::default()
             },
             drain_time: config.drain_time,
+            registry_ceiling,
         },
         Instant::now(),
     )?;

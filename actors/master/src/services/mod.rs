@@ -26,9 +26,16 @@ pub use self::drain::{DrainBook, HeldKill, HeldReply, DEFAULT_DRAIN};
 pub use self::push::{OutgoingPush, ProxyStatus, PushBook, PushConfig, PushOutcome};
 pub use self::registry::{ServiceRegistry, DEFAULT_LOG_LEN};
 
-/// Where the registry's version ceiling is kept in the Config table: a restarted master
-/// starts above every version an earlier one used.
-pub const VERSION_CEILING_KEY: &str = "registry/version-ceiling";
+/// Where the registry's version ceiling is kept in the Meta table (decimal text): a
+/// restarted master starts above every version an earlier one used.
+pub const VERSION_CEILING_KEY: &str = "registry-version-ceiling";
+
+/// The stored ceiling's value (0 if there is none or it does not read as a number).
+pub fn parse_ceiling(stored: Option<&[u8]>) -> u64 {
+    stored
+        .and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok())
+        .unwrap_or(0)
+}
 /// Versions reserved at a time: the ceiling is written again when half of them are used.
 pub const VERSION_BLOCK: u64 = 1 << 20;
 

@@ -451,15 +451,10 @@ fn a_restarted_master_continues_above_the_stored_ceiling_and_holds_pushes_for_th
     assert!(used > 0 && used < VERSION_BLOCK, "version {used}");
     // A new master process over what the store holds.
     let agents: Vec<AgentRecord> = core.agents().cloned().collect();
-    let rows = vec![(
-        VERSION_CEILING_KEY.to_string(),
-        Versioned {
-            value: VERSION_BLOCK.to_string().into_bytes(),
-            version: 1,
-        },
-    )];
+    let mut stored = setup(agents, Vec::new());
+    stored.registry_ceiling = crate::services::parse_ceiling(Some(b"1048576"));
     let t1 = t0 + Duration::from_secs(1);
-    let mut after = core_over(agents, rows, t1);
+    let mut after = ClusterCore::new(stored, t1).unwrap();
     assert_eq!(after.registry_version(), VERSION_BLOCK, "never goes back");
     let step = after.subscribe(
         Subscribe {
