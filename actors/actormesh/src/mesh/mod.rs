@@ -2,6 +2,7 @@
 //!
 //! The master keeps a versioned registry of services and their ready endpoints
 //! ([`registry`]) and pushes it to every node's Proxy ([`protocol`]).
+pub mod balance;
 pub mod protocol;
 pub mod registry;
 
