@@ -5,6 +5,7 @@
 pub mod balance;
 pub mod protocol;
 pub mod registry;
+pub mod route;
 
 pub use registry::{
     BadServiceName, BalancerKind, Endpoint, Revocation, Service, ServiceName, DEFAULT_NAMESPACE,
