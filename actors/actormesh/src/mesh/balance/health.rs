@@ -144,12 +144,13 @@ impl EndpointState {
         }
     }
 
-    /// A started call ended at `now` after `latency`, with `outcome`.
+    /// A started call ended at `now` with `outcome`, after `latency` if it waited for an
+    /// answer (a `tell` does not: it gives no latency sample).
     pub fn finish(
         &self,
         admission: Admission,
         outcome: Outcome,
-        latency: Duration,
+        latency: Option<Duration>,
         now: Nanos,
         decay: Duration,
         policy: &HealthPolicy,
@@ -157,7 +158,7 @@ impl EndpointState {
         self.in_flight.fetch_sub(1, Relaxed);
         // A fast failure must not look like a fast endpoint: only answers feed the latency,
         // and an unknown outcome counts as slow as it was.
-        if outcome != Outcome::Unreachable {
+        if let Some(latency) = latency.filter(|_| outcome != Outcome::Unreachable) {
             self.observe(latency, now, decay);
         }
         if outcome.is_failure() {
@@ -236,7 +237,14 @@ mod tests {
     fn call(s: &EndpointState, now: Nanos, outcome: Outcome) -> Option<Admission> {
         let a = s.admit(now)?;
         s.start();
-        s.finish(a, outcome, Duration::from_millis(1), now, DECAY, &policy());
+        s.finish(
+            a,
+            outcome,
+            Some(Duration::from_millis(1)),
+            now,
+            DECAY,
+            &policy(),
+        );
         Some(a)
     }
 
@@ -259,7 +267,7 @@ mod tests {
         s.finish(
             Admission::Probe,
             Outcome::Success,
-            Duration::from_millis(1),
+            Some(Duration::from_millis(1)),
             102 * MS,
             DECAY,
             &policy(),

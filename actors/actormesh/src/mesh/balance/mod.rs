@@ -269,7 +269,7 @@ mod tests {
             s.finish(
                 Admission::Ready,
                 Outcome::Unreachable,
-                Duration::ZERO,
+                None,
                 now,
                 config.decay,
                 &config.health,
@@ -347,7 +347,7 @@ mod tests {
         s[1].finish(
             Admission::Probe,
             Outcome::Success,
-            Duration::from_millis(1),
+            Some(Duration::from_millis(1)),
             after,
             config.decay,
             &config.health,

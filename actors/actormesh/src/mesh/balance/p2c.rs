@@ -67,7 +67,7 @@ mod tests {
                 states[done].finish(
                     Admission::Ready,
                     Outcome::Success,
-                    latency(done),
+                    Some(latency(done)),
                     now,
                     DECAY,
                     &HealthPolicy::default(),
