@@ -374,3 +374,61 @@ async fn a_revocation_in_a_push_makes_the_node_refuse_that_identity() {
         .await;
     assert!(after.is_err(), "a revoked node is refused: {after:?}");
 }
+
+/// A stand-in for the master's registry: records each subscription and answers it.
+struct FakeRegistry(tokio::sync::mpsc::UnboundedSender<actormesh::mesh::protocol::Subscribe>);
+
+impl Actor for FakeRegistry {
+    type Context = Context<Self>;
+}
+
+#[actormesh::handler]
+impl Handler<actormesh::mesh::protocol::Subscribe> for FakeRegistry {
+    type Result = Result<actormesh::mesh::protocol::Subscribed, actormesh::protocol::MasterRefusal>;
+    fn handle(
+        &mut self,
+        m: actormesh::mesh::protocol::Subscribe,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        let _ = self.0.send(m);
+        Ok(actormesh::mesh::protocol::Subscribed { version: 0 })
+    }
+}
+
+#[actix::test]
+async fn the_proxy_subscribes_and_subscribes_again_with_what_it_has_when_the_master_returns() {
+    use actormesh::protocol::MASTER_ACTOR;
+    let c = Cluster::new(&["a"]);
+    let (tx, mut subs) = tokio::sync::mpsc::unbounded_channel();
+    c.master
+        .spawn(MASTER_ACTOR, FakeRegistry(tx.clone()))
+        .unwrap();
+    let mesh = c.caller(
+        "caller",
+        MeshOptions::default().master(c.master.local_addr()),
+    );
+    let first = subs.recv().await.unwrap();
+    assert_eq!(first.addr, mesh.node().local_addr());
+    assert_eq!(first.have, None);
+
+    let eps = vec![endpoint(&c.servers[0], "echo", 1)];
+    c.push(
+        &mesh,
+        full(7, vec![service("echo", BalancerKind::P2c, eps)]),
+    )
+    .await
+    .unwrap();
+    // The master goes: the proxy keeps serving what it applied.
+    let gone = c.master.watch(&c.master.local_ref(MASTER_ACTOR));
+    assert!(c.master.stop(MASTER_ACTOR));
+    gone.await;
+    let echo = mesh.service("echo").unwrap();
+    assert_eq!(echo.ask(Who).await.unwrap(), "a");
+    // It comes back: the proxy subscribes again, saying what it holds.
+    c.master
+        .spawn(MASTER_ACTOR, FakeRegistry(tx.clone()))
+        .unwrap();
+    let again = subs.recv().await.unwrap();
+    assert_eq!(again.have, Some(7));
+    assert_eq!(echo.ask(Who).await.unwrap(), "a");
+}
