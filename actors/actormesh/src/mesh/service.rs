@@ -18,7 +18,7 @@ use crate::{AskError, RemoteMessage, RemoteRef, TellError};
 /// User metadata and the caller's workload travel with the runtime's call context; when
 /// it lands, these options carry it too (one more field, passed on in
 /// [`ServiceRef::ask_with`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallOptions {
     /// The deadline (`None`: the node's default ask timeout).
     pub timeout: Option<Duration>,
@@ -190,7 +190,7 @@ impl ServiceRef {
     ) -> Result<M::Result, AskError> {
         let options = CallOptions {
             timeout: Some(timeout),
-            ..self.options
+            ..self.options.clone()
         };
         self.call(msg, &options, true).await
     }
@@ -213,7 +213,7 @@ impl ServiceRef {
     ) -> Result<M::Result, AskError> {
         let options = CallOptions {
             timeout: Some(timeout),
-            ..self.options
+            ..self.options.clone()
         };
         self.call(msg, &options, false).await
     }
