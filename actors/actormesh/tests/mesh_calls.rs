@@ -432,3 +432,18 @@ async fn the_proxy_subscribes_and_subscribes_again_with_what_it_has_when_the_mas
     assert_eq!(again.have, Some(7));
     assert_eq!(echo.ask(Who).await.unwrap(), "a");
 }
+
+#[test]
+fn calls_by_name_can_be_spawned_on_any_runtime() {
+    fn is_send<T: Send>(_: &T) {}
+    let sys = actix::System::new();
+    sys.block_on(async {
+        let c = Cluster::new(&[]);
+        let mesh = c.caller("caller", MeshOptions::default());
+        let svc = mesh.service("echo").unwrap();
+        let ask = svc.ask(Who);
+        is_send(&ask);
+        let tell = svc.tell(Who);
+        is_send(&tell);
+    });
+}

@@ -8,6 +8,7 @@
 //! the Proxy; tests use anything), made once by the table's connector.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::mesh::balance::{
@@ -78,11 +79,37 @@ impl<T> ServiceRoutes<T> {
     }
 }
 
+/// FNV-1a for the table's service names: they are short and come from the master (no
+/// hash flooding to fear), and every call looks one up.
+#[derive(Debug, Clone, Copy)]
+pub struct NameHasher(u64);
+
+impl Default for NameHasher {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for NameHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01B3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type ByName<T> = HashMap<ServiceName, Arc<ServiceRoutes<T>>, BuildHasherDefault<NameHasher>>;
+
 /// An immutable snapshot of the routes a Proxy applied.
 #[derive(Debug)]
 pub struct RouteTable<T> {
     version: Option<u64>,
-    services: HashMap<ServiceName, Arc<ServiceRoutes<T>>>,
+    services: ByName<T>,
     /// Revoked identities, by id, refused until (ms since the epoch).
     revoked: BTreeMap<String, u64>,
     context: Arc<RouteContext<T>>,
@@ -176,7 +203,7 @@ impl<T: Clone> RouteTable<T> {
     ) -> Self {
         Self {
             version: None,
-            services: HashMap::new(),
+            services: ByName::default(),
             revoked: BTreeMap::new(),
             context: Arc::new(RouteContext {
                 locality,
@@ -210,7 +237,9 @@ impl<T: Clone> RouteTable<T> {
         }
         check_push(push)?;
         let mut services = match push.kind {
-            PushKind::Full => HashMap::with_capacity(push.services.len()),
+            PushKind::Full => {
+                ByName::with_capacity_and_hasher(push.services.len(), Default::default())
+            }
             PushKind::Delta { .. } => self.services.clone(),
         };
         for r in &push.removed {

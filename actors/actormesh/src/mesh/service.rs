@@ -4,6 +4,7 @@
 //! `ArcSwap`), and records the outcome and latency in the endpoint's live state.
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::mesh::balance::{stable_hash, Admission, EndpointState, Outcome, PickInput, SplitMix64};
@@ -76,6 +77,25 @@ impl std::fmt::Debug for ServiceRef {
             .field("name", &self.name)
             .field("options", &self.options)
             .finish_non_exhaustive()
+    }
+}
+
+/// A call started on a picked endpoint.
+struct Started {
+    routes: Arc<ServiceRoutes<RemoteRef>>,
+    index: usize,
+    admission: Admission,
+    started: Instant,
+}
+
+impl Started {
+    fn in_flight(&self) -> InFlight<'_> {
+        InFlight {
+            state: self.routes.state(self.index),
+            admission: self.admission,
+            started: self.started,
+            done: false,
+        }
     }
 }
 
@@ -156,13 +176,11 @@ impl ServiceRef {
         &self.options
     }
 
-    /// The service's routes in the current table, with one endpoint picked for a call.
-    fn pick(
-        &self,
-        key: Option<u64>,
-    ) -> Option<(std::sync::Arc<ServiceRoutes<RemoteRef>>, usize, Admission)> {
+    /// Picks an endpoint for one call from the current table, and starts the call on it.
+    fn start_call(&self, key: Option<u64>) -> Option<Started> {
         let routes = self.routes.load().service(&self.name)?.clone();
-        let now = clock::now();
+        let started = Instant::now();
+        let now = clock::nanos(started);
         let picked = RANDOM.with(|cell| {
             let mut random = cell.get();
             let p = routes.pick(PickInput {
@@ -173,7 +191,13 @@ impl ServiceRef {
             cell.set(random);
             p
         })?;
-        Some((routes, picked.index, picked.admission))
+        routes.state(picked.index).start();
+        Some(Started {
+            routes,
+            index: picked.index,
+            admission: picked.admission,
+            started,
+        })
     }
 
     /// Asks an endpoint of the service, with the deadline of this reference's options (the
@@ -224,25 +248,18 @@ impl ServiceRef {
         options: &CallOptions,
         wait_for_room: bool,
     ) -> Result<M::Result, AskError> {
-        let Some((routes, index, admission)) = self.pick(options.hash_key) else {
+        let Some(started) = self.start_call(options.hash_key) else {
             return Err(no_endpoints(&self.name));
         };
-        let state = routes.state(index);
-        let target = routes.target(index);
+        let call = started.in_flight();
+        let target = started.routes.target(started.index);
         let timeout = options.timeout.unwrap_or(self.default_timeout);
-        state.start();
-        let call = InFlight {
-            state,
-            admission,
-            started: Instant::now(),
-            done: false,
-        };
         let result = if wait_for_room {
             target.ask_timeout(msg, timeout).await
         } else {
             target.try_ask(msg, timeout).await
         };
-        call.finish(ask_outcome(&result), true, &routes);
+        call.finish(ask_outcome(&result), true, &started.routes);
         result
     }
 
@@ -250,44 +267,30 @@ impl ServiceRef {
     /// (at-most-once, as [`RemoteRef::tell`]). Without an endpoint the message comes back
     /// as [`TellError::Unreachable`] naming the service.
     pub async fn tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
-        let Some((routes, index, admission)) = self.pick(self.options.hash_key) else {
+        let Some(started) = self.start_call(self.options.hash_key) else {
             return Err(TellError::Unreachable(
                 msg,
                 no_endpoints(&self.name).to_string(),
             ));
         };
-        let state = routes.state(index);
-        state.start();
-        let call = InFlight {
-            state,
-            admission,
-            started: Instant::now(),
-            done: false,
-        };
-        let result = routes.target(index).tell(msg).await;
-        call.finish(tell_outcome(&result), false, &routes);
+        let call = started.in_flight();
+        let result = started.routes.target(started.index).tell(msg).await;
+        call.finish(tell_outcome(&result), false, &started.routes);
         result
     }
 
     /// Like [`ServiceRef::tell`], but a full mailbox or lane gives [`TellError::Full`] with
     /// the message at once.
     pub fn try_tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
-        let Some((routes, index, admission)) = self.pick(self.options.hash_key) else {
+        let Some(started) = self.start_call(self.options.hash_key) else {
             return Err(TellError::Unreachable(
                 msg,
                 no_endpoints(&self.name).to_string(),
             ));
         };
-        let state = routes.state(index);
-        state.start();
-        let call = InFlight {
-            state,
-            admission,
-            started: Instant::now(),
-            done: false,
-        };
-        let result = routes.target(index).try_tell(msg);
-        call.finish(tell_outcome(&result), false, &routes);
+        let call = started.in_flight();
+        let result = started.routes.target(started.index).try_tell(msg);
+        call.finish(tell_outcome(&result), false, &started.routes);
         result
     }
 }
