@@ -28,6 +28,10 @@
 //!   hosts your actor types ([`agent::tasks::ActorHost`]), so the master can place
 //!   instances on it; [`framework`] is the client for schedulers of your own (Mesos-style
 //!   offers); [`protocol`], [`resources`] and [`task`] are the types they exchange.
+//! - **Calling by name:** [`mesh::Mesh`] is a node's part of the mesh: its Proxy
+//!   (`$proxy`) takes the master's registry pushes, and `mesh.service("shop/ratings")`
+//!   gives a [`mesh::ServiceRef`] whose `ask` picks a ready endpoint per call with the
+//!   service's balancer and calls it directly. Agents start theirs ([`agent::AgentHandle::mesh`]).
 //! - [`transport`]: certificates (`pki`), the QUIC endpoint and its typed errors.
 //!
 //! ## Two nodes

@@ -447,3 +447,56 @@ fn calls_by_name_can_be_spawned_on_any_runtime() {
         is_send(&tell);
     });
 }
+
+#[derive(Debug, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "test.mesh.Slow/v1", reply = String)]
+struct Slow;
+
+/// Answers `Slow` after its delay.
+struct Delayed(String, Duration);
+
+impl Actor for Delayed {
+    type Context = Context<Self>;
+}
+
+#[actormesh::handler]
+impl Handler<Slow> for Delayed {
+    type Result = ResponseFuture<String>;
+    fn handle(&mut self, _: Slow, _: &mut Context<Self>) -> Self::Result {
+        let (name, delay) = (self.0.clone(), self.1);
+        Box::pin(async move {
+            actix::clock::sleep(delay).await;
+            name
+        })
+    }
+}
+
+#[actix::test]
+async fn p2c_by_name_sends_little_to_an_endpoint_ten_times_slower() {
+    let c = Cluster::new(&["a", "b", "c"]);
+    for (i, n) in c.servers.iter().enumerate() {
+        let delay = Duration::from_millis(if i == 2 { 10 } else { 1 });
+        n.spawn("delayed", Delayed(["a", "b", "c"][i].into(), delay))
+            .unwrap();
+    }
+    let mesh = c.caller("caller", MeshOptions::default());
+    let eps = c
+        .servers
+        .iter()
+        .map(|n| endpoint(n, "delayed", 1))
+        .collect();
+    c.push(
+        &mesh,
+        full(1, vec![service("slowish", BalancerKind::P2c, eps)]),
+    )
+    .await
+    .unwrap();
+    let svc = mesh.service("slowish").unwrap();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..300 {
+        *counts.entry(svc.ask(Slow).await.unwrap()).or_insert(0) += 1;
+    }
+    let slow = counts.get("c").copied().unwrap_or(0);
+    assert!(slow * 100 < 15 * 300, "{counts:?}");
+    assert!(counts["a"] > 50 && counts["b"] > 50, "{counts:?}");
+}
