@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::mesh::balance::{
     stable_hash, BalanceConfig, EndpointState, Locality, Member, Nanos, PickInput, Picked, Random,
@@ -269,6 +270,16 @@ impl<T: Clone> RouteTable<T> {
         let ctx = &self.context;
         let mut endpoints = s.endpoints.clone();
         endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+        // A new endpoint starts at the service's best latency estimate, not at a guess far
+        // above it that would keep it idle until the guess decays: a first slow answer
+        // raises it at once (the estimate is peak-sensitive).
+        let seed = old
+            .into_iter()
+            .flat_map(|o| o.states.iter())
+            .map(|s| s.rtt_estimate(now, ctx.config.decay))
+            .filter(|e| *e > 0.0)
+            .min_by(f64::total_cmp)
+            .map_or(ctx.config.initial_rtt, |e| Duration::from_nanos(e as u64));
         let mut states = Vec::with_capacity(endpoints.len());
         let mut targets = Vec::with_capacity(endpoints.len());
         for e in &endpoints {
@@ -283,12 +294,8 @@ impl<T: Clone> RouteTable<T> {
                 (was.node == e.node && was.addr == e.addr && was.actor == e.actor)
                     .then(|| (o.states[i].clone(), o.targets[i].clone()))
             });
-            let (state, target) = kept.unwrap_or_else(|| {
-                (
-                    Arc::new(EndpointState::new(ctx.config.initial_rtt, now)),
-                    (ctx.connect)(e),
-                )
-            });
+            let (state, target) =
+                kept.unwrap_or_else(|| (Arc::new(EndpointState::new(seed, now)), (ctx.connect)(e)));
             states.push(state);
             targets.push(target);
         }
@@ -503,6 +510,24 @@ mod tests {
                 .unwrap();
             assert!(["w", "x"].contains(&a2.endpoints()[p.index].id.as_str()));
         }
+        // A new endpoint starts at the best estimate the service had (w's 2 ms), not at
+        // the configured 1 ms.
+        let decay = Duration::from_secs(10);
+        a2.state(0).observe(Duration::from_millis(2), 0, decay);
+        a2.state(1).observe(Duration::from_millis(3), 0, decay);
+        let t2b = t2
+            .apply(
+                &delta(
+                    2,
+                    3,
+                    vec![svc("a", vec![ep("x", 1), ep("w", 4), ep("v", 5)])],
+                    vec![],
+                ),
+                0,
+            )
+            .unwrap();
+        let v = t2b.service(&name("a")).unwrap().state(0);
+        assert_eq!(v.rtt_estimate(0, decay), 2_000_000.0);
         // An endpoint that moved is a new endpoint.
         let t3 = t2
             .apply(&delta(2, 3, vec![svc("a", vec![ep("x", 9)])], vec![]), 0)

@@ -108,8 +108,9 @@ pub struct Member<'a> {
 }
 
 impl ServiceBalancer {
-    /// Builds the balancer `kind` over `members` for a caller at `me`; `start` spreads the
-    /// starting points of round-robin counters among callers.
+    /// Builds the balancer `kind` over `members` for a caller at `me`, preferring its node
+    /// and zone if `locality` (not for [`BalancerKind::Hash`], whose keys must map alike on
+    /// every caller); `start` spreads the starting points of round-robin counters.
     pub fn new(
         kind: BalancerKind,
         members: &[Member<'_>],
@@ -118,6 +119,9 @@ impl ServiceBalancer {
         config: BalanceConfig,
         start: usize,
     ) -> Self {
+        // A key must reach the same endpoint from every caller, wherever it is: a hash
+        // balancer ignores locality.
+        let locality = locality && kind != BalancerKind::Hash;
         let tiers = if members.is_empty() {
             Vec::new()
         } else {
@@ -391,7 +395,12 @@ mod tests {
     fn a_hash_key_sticks_across_callers() {
         let me = Locality::default();
         let config = BalanceConfig::default();
-        let b1 = ServiceBalancer::new(BalancerKind::Hash, &members(), &me, false, config, 0);
+        // Even with locality asked for, on a node that hosts one of the endpoints.
+        let on_n1 = Locality {
+            node: "n1".into(),
+            zone: Some("z1".into()),
+        };
+        let b1 = ServiceBalancer::new(BalancerKind::Hash, &members(), &on_n1, true, config, 0);
         let b2 = ServiceBalancer::new(BalancerKind::Hash, &members(), &me, false, config, 7);
         let s = states(3);
         let mut r = SplitMix64(1);
