@@ -24,7 +24,7 @@ pub type Connector<T> = dyn Fn(&Endpoint) -> T + Send + Sync;
 
 /// What every table of one Proxy shares: where the node is, the balancers' settings and the
 /// connector.
-pub struct RouteContext<T> {
+struct RouteContext<T> {
     locality: Locality,
     config: BalanceConfig,
     connect: Box<Connector<T>>,
@@ -83,7 +83,7 @@ impl<T> ServiceRoutes<T> {
 /// FNV-1a for the table's service names: they are short and come from the master (no
 /// hash flooding to fear), and every call looks one up.
 #[derive(Debug, Clone, Copy)]
-pub struct NameHasher(u64);
+struct NameHasher(u64);
 
 impl Default for NameHasher {
     fn default() -> Self {
