@@ -31,6 +31,10 @@
 //! - **A program that is not a node** (a CLI, a tool) gets a client identity with
 //!   [`client::issue`] and a join token of role `client`, then starts a [`Node`] with it to
 //!   call actors over mutual TLS, without joining the cluster.
+//! - **Calling by name:** [`mesh::Mesh`] is a node's part of the mesh: its Proxy
+//!   (`$proxy`) takes the master's registry pushes, and `mesh.service("shop/ratings")`
+//!   gives a [`mesh::ServiceRef`] whose `ask` picks a ready endpoint per call with the
+//!   service's balancer and calls it directly. Agents start theirs ([`agent::AgentHandle::mesh`]).
 //! - [`transport`]: certificates (`pki`), the QUIC endpoint and its typed errors.
 //!
 //! ## Two nodes

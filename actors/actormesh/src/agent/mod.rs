@@ -26,6 +26,7 @@ use actormesh_transport::bootstrap;
 use actormesh_transport::codec;
 use actormesh_transport::pki::{files, Credentials, NodeKey};
 
+use crate::mesh::{Mesh, MeshOptions};
 use crate::protocol::{
     BootstrapReply, BootstrapRequest, Heartbeat, JoinReply, JoinRequest, MasterRefusal, Register,
     Renew, MASTER_ACTOR,
@@ -83,6 +84,15 @@ pub struct AgentHandle {
     pub master: RemoteRef,
     /// Set with the reason if the master removed this agent (it must rejoin).
     pub removed: watch::Receiver<Option<String>>,
+    mesh: Mesh,
+}
+
+impl AgentHandle {
+    /// The agent's part of the mesh: its Proxy, subscribed to the master, and calls by
+    /// service name.
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -380,6 +390,10 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     )?;
     let registered = register_until_accepted(&master, &register, Duration::from_secs(30)).await?;
     info!(agent = %saved.agent_id, "registered with the master");
+    // The Proxy subscribes once the master knows this agent as a member.
+    let mut mesh_options = MeshOptions::default().master(saved.master_addr);
+    mesh_options.zone = config.attrs.get("zone").cloned();
+    let mesh = Mesh::start(&node, mesh_options)?;
     let (removed_tx, removed) = watch::channel(None);
     let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
     tokio::spawn(heartbeat_loop(
@@ -402,6 +416,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         agent_id: saved.agent_id,
         master,
         removed,
+        mesh,
     })
 }
 

@@ -1,10 +1,21 @@
 //! The mesh: services found and called by name.
 //!
 //! The master keeps a versioned registry of services and their ready endpoints
-//! ([`registry`]) and pushes it to every node's Proxy ([`protocol`]).
+//! ([`registry`]) and pushes it to every node's Proxy ([`protocol`]). The Proxy applies
+//! each push to a [`route::RouteTable`] and publishes it; a [`ServiceRef`] (from
+//! [`Mesh::service`]) reads the published table per call, picks an endpoint with the
+//! service's balancer ([`balance`]) and calls it directly.
+pub mod balance;
+mod clock;
+mod handle;
 pub mod protocol;
+mod proxy;
 pub mod registry;
+pub mod route;
+mod service;
 
+pub use handle::{Mesh, MeshError, MeshOptions};
 pub use registry::{
     BadServiceName, BalancerKind, Endpoint, Revocation, Service, ServiceName, DEFAULT_NAMESPACE,
 };
+pub use service::{no_endpoints, CallOptions, ServiceRef};

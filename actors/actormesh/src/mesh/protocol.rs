@@ -86,6 +86,12 @@ pub enum PushRefused {
     /// The push is not valid (the reason names what).
     #[error("invalid push: {0}")]
     Invalid(String),
+    /// The push came from another node than the master.
+    #[error("a proxy takes pushes from the master only, not from {caller}")]
+    Forbidden {
+        /// The sender's verified identity.
+        caller: String,
+    },
 }
 
 /// The operator asks a node's `$proxy` what it applied (`actormesh get proxy-config`).

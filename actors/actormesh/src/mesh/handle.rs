@@ -1,0 +1,261 @@
+//! [`Mesh`]: a node's part of the mesh. It starts the node's Proxy (`$proxy`), subscribes
+//! it to the master, and makes [`ServiceRef`]s that call services by name.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::mesh::balance::{BalanceConfig, Locality};
+use crate::mesh::protocol::{
+    DeregisterService, ProxyConfig, RegisterService, Subscribe, PROXY_ACTOR,
+};
+use crate::mesh::proxy::{Proxy, Routes};
+use crate::mesh::registry::{BadServiceName, Endpoint, ServiceName, DEFAULT_NAMESPACE};
+use crate::mesh::route::RouteTable;
+use crate::mesh::service::ServiceRef;
+use crate::protocol::{MasterRefusal, MASTER_ACTOR};
+use crate::{AskError, Node, NodeError, RemoteRef};
+
+/// How a node takes part in the mesh.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// The master's mesh address: the Proxy subscribes there (`None`: it takes pushes but
+    /// subscribes nowhere, as on the master's own node or in tests).
+    pub master: Option<SocketAddr>,
+    /// The namespace bare service names resolve in.
+    pub namespace: String,
+    /// This node's `zone` attribute, for locality.
+    pub zone: Option<String>,
+    /// The balancers' settings.
+    pub balance: BalanceConfig,
+    /// The longest wait between two attempts to subscribe.
+    pub resubscribe_max: Duration,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        Self {
+            master: None,
+            namespace: DEFAULT_NAMESPACE.to_string(),
+            zone: None,
+            balance: BalanceConfig::default(),
+            resubscribe_max: Duration::from_secs(5),
+        }
+    }
+}
+
+impl MeshOptions {
+    /// Subscribing to the master at `addr`.
+    pub fn master(mut self, addr: SocketAddr) -> Self {
+        self.master = Some(addr);
+        self
+    }
+
+    /// In zone `zone`.
+    pub fn zone(mut self, zone: impl Into<String>) -> Self {
+        self.zone = Some(zone.into());
+        self
+    }
+
+    /// Bare names resolving in `namespace`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+}
+
+/// Why a registration with the master failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeshError {
+    /// This mesh has no master to register with.
+    #[error("this node's mesh has no master (MeshOptions::master was not set)")]
+    NoMaster,
+    /// The master did not answer.
+    #[error("the master did not answer: {0}")]
+    Ask(#[from] AskError),
+    /// The master refused.
+    #[error("the master refused: {0}")]
+    Refused(#[from] MasterRefusal),
+}
+
+#[derive(Debug)]
+struct MeshInner {
+    node: Node,
+    routes: Routes,
+    namespace: String,
+    master: Option<RemoteRef>,
+    applied: watch::Receiver<Option<u64>>,
+}
+
+/// A node's part of the mesh. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Mesh {
+    inner: Arc<MeshInner>,
+}
+
+/// The target a call to endpoint `e` uses: a reference to its actor, local (no
+/// serialization) when it is on this node. Pinning the endpoint's node identity on the
+/// link comes here when the runtime offers it.
+fn target_for(node: &Node, e: &Endpoint) -> RemoteRef {
+    node.actor_ref(e.addr, &e.actor)
+}
+
+impl Mesh {
+    /// Starts the node's Proxy (`$proxy`) and, if `options` name a master, subscribes it
+    /// there in the background (again whenever the master is lost and comes back; the
+    /// Proxy keeps serving its last table meanwhile). Call inside the node's actix system.
+    pub fn start(node: &Node, options: MeshOptions) -> Result<Mesh, NodeError> {
+        let locality = Locality {
+            node: node.identity().to_string(),
+            zone: options.zone.clone(),
+        };
+        let for_targets = node.clone();
+        let table = RouteTable::new(locality, options.balance, move |e| {
+            target_for(&for_targets, e)
+        });
+        let routes: Routes = Arc::new(ArcSwap::from_pointee(table));
+        let (applied_tx, applied) = watch::channel(None);
+        node.spawn(
+            PROXY_ACTOR,
+            Proxy {
+                node: node.clone(),
+                routes: routes.clone(),
+                applied: applied_tx,
+            },
+        )?;
+        let master = options
+            .master
+            .map(|addr| node.actor_ref(addr, MASTER_ACTOR));
+        let inner = Arc::new(MeshInner {
+            node: node.clone(),
+            routes,
+            namespace: options.namespace.clone(),
+            master: master.clone(),
+            applied,
+        });
+        if let Some(master) = master {
+            tokio::spawn(subscribe_loop(
+                Arc::downgrade(&inner),
+                node.clone(),
+                master,
+                options.resubscribe_max,
+            ));
+        }
+        Ok(Mesh { inner })
+    }
+
+    /// The node.
+    pub fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    /// The service `name`: `namespace/name`, or a bare `name` in this mesh's namespace.
+    pub fn service(&self, name: &str) -> Result<ServiceRef, BadServiceName> {
+        Ok(self.service_named(ServiceName::parse(name, &self.inner.namespace)?))
+    }
+
+    /// The service `name`.
+    pub fn service_named(&self, name: ServiceName) -> ServiceRef {
+        ServiceRef::new(
+            name,
+            self.inner.routes.clone(),
+            self.inner.node.config().default_ask_timeout,
+        )
+    }
+
+    /// The registry version the Proxy applied (`None`: nothing yet).
+    pub fn version(&self) -> Option<u64> {
+        self.inner.routes.load().version()
+    }
+
+    /// Follows the applied version: changes each time the Proxy applies a push.
+    pub fn applied(&self) -> watch::Receiver<Option<u64>> {
+        self.inner.applied.clone()
+    }
+
+    /// What the Proxy applied (as `DumpConfig` answers).
+    pub fn proxy_config(&self) -> ProxyConfig {
+        self.inner.routes.load().config()
+    }
+
+    fn master(&self) -> Result<&RemoteRef, MeshError> {
+        self.inner.master.as_ref().ok_or(MeshError::NoMaster)
+    }
+
+    /// Serves this node's actor `actor` as an endpoint of `service`, with this version,
+    /// labels and weight. The registration lives as long as the node's membership.
+    pub async fn register_service(
+        &self,
+        service: ServiceName,
+        actor: &str,
+        version: &str,
+        labels: BTreeMap<String, String>,
+        weight: u32,
+    ) -> Result<(), MeshError> {
+        let m = RegisterService {
+            service,
+            actor: actor.to_string(),
+            version: version.to_string(),
+            labels,
+            weight,
+        };
+        Ok(self.master()?.ask(m).await??)
+    }
+
+    /// Takes this node's actor `actor` out of `service` (the master drains it first).
+    pub async fn deregister_service(
+        &self,
+        service: ServiceName,
+        actor: &str,
+    ) -> Result<(), MeshError> {
+        let m = DeregisterService {
+            service,
+            actor: actor.to_string(),
+        };
+        Ok(self.master()?.ask(m).await??)
+    }
+}
+
+/// Subscribes at the master, and again each time the master is lost, with capped backoff
+/// between failed attempts. Ends when the mesh is dropped.
+async fn subscribe_loop(mesh: Weak<MeshInner>, node: Node, master: RemoteRef, max: Duration) {
+    let first = Duration::from_millis(100);
+    let mut delay = first;
+    let mut said_unknown = false;
+    loop {
+        let Some(have) = mesh.upgrade().map(|m| m.routes.load().version()) else {
+            return;
+        };
+        let subscribe = Subscribe {
+            addr: node.local_addr(),
+            have,
+        };
+        match master.ask_timeout(subscribe, Duration::from_secs(5)).await {
+            Ok(Ok(s)) => {
+                info!(master = %master.addr(), version = s.version, ?have, "subscribed to the master's registry");
+                delay = first;
+                said_unknown = false;
+                // Until the master stops or its node is unreachable; the last table serves.
+                let ended = node.watch(&master).await;
+                warn!(reason = ?ended.reason, "lost the master; serving the last routes and subscribing again");
+                continue;
+            }
+            Ok(Err(refusal)) => warn!(%refusal, "the master refused the subscription; retrying"),
+            Err(AskError::UnknownMessage { .. }) => {
+                // A master of an earlier version: no registry to subscribe to.
+                if !said_unknown {
+                    info!("the master does not serve the registry; will ask again");
+                    said_unknown = true;
+                }
+            }
+            Err(e) => debug!(error = %e, "could not subscribe to the master; retrying"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(max.max(first));
+    }
+}

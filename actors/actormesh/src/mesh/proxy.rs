@@ -1,0 +1,87 @@
+//! The Proxy actor (`$proxy`, one per node): applies the master's pushes to the node's
+//! [`RouteTable`] and publishes each new table at once for every caller on the node.
+//!
+//! The actor is the table's only writer, so pushes apply one at a time in order. Callers
+//! never queue behind it: they read the published table (an `ArcSwap`, no lock) per call.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use actix::prelude::{Actor, Context, Handler};
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::mesh::clock;
+use crate::mesh::protocol::{DumpConfig, Push, PushRefused};
+use crate::mesh::route::RouteTable;
+use crate::{Node, RemoteRef};
+
+/// The table every caller on a node reads.
+pub(crate) type Routes = Arc<ArcSwap<RouteTable<RemoteRef>>>;
+
+/// The Proxy actor.
+pub(crate) struct Proxy {
+    pub(crate) node: Node,
+    pub(crate) routes: Routes,
+    /// The version applied, for whoever waits for one.
+    pub(crate) applied: watch::Sender<Option<u64>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("version", &self.routes.load().version())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Actor for Proxy {
+    type Context = Context<Self>;
+}
+
+/// Pushes come from the master's node, or from this node (the master's own proxy).
+fn from_master() -> Result<(), PushRefused> {
+    match crate::caller() {
+        None => Ok(()),
+        Some(c) if c.path() == "/node/master" => Ok(()),
+        Some(c) => Err(PushRefused::Forbidden {
+            caller: c.to_string(),
+        }),
+    }
+}
+
+#[crate::handler]
+impl Handler<Push> for Proxy {
+    type Result = Result<u64, PushRefused>;
+    fn handle(&mut self, push: Push, _: &mut Context<Self>) -> Self::Result {
+        from_master()?;
+        let current = self.routes.load_full();
+        let next = current.apply(&push, clock::now()).inspect_err(|e| {
+            warn!(version = push.version, refusal = %e, "push refused");
+        })?;
+        // Revoked identities are refused by this node from now on, not only by the master.
+        for r in next.revoked_since(&current) {
+            match actormesh_transport::SpiffeId::parse(&r.id) {
+                Ok(id) => {
+                    let until = SystemTime::UNIX_EPOCH + Duration::from_millis(r.until_ms);
+                    self.node.endpoint().revoke_until(&id, until);
+                    info!(identity = %r.id, "identity revoked by the master");
+                }
+                // The table checked every id when it applied the push.
+                Err(e) => warn!(identity = %r.id, error = %e, "revocation not applied"),
+            }
+        }
+        self.routes.store(Arc::new(next));
+        self.applied.send_replace(Some(push.version));
+        Ok(push.version)
+    }
+}
+
+#[crate::handler]
+impl Handler<DumpConfig> for Proxy {
+    type Result = actix::MessageResult<DumpConfig>;
+    fn handle(&mut self, _: DumpConfig, _: &mut Context<Self>) -> Self::Result {
+        actix::MessageResult(self.routes.load().config())
+    }
+}

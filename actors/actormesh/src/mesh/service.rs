@@ -1,0 +1,296 @@
+//! [`ServiceRef`]: calls by service name. Each call picks an endpoint from the node's
+//! current route table with the service's balancer, calls the endpoint's cached
+//! [`RemoteRef`] directly (no proxy mailbox, no lock: the table is read through an
+//! `ArcSwap`), and records the outcome and latency in the endpoint's live state.
+
+use std::cell::Cell;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::mesh::balance::{stable_hash, Admission, EndpointState, Outcome, PickInput, SplitMix64};
+use crate::mesh::clock;
+use crate::mesh::proxy::Routes;
+use crate::mesh::registry::ServiceName;
+use crate::mesh::route::ServiceRoutes;
+use crate::{AskError, RemoteMessage, RemoteRef, TellError};
+
+/// Options of a call by name.
+///
+/// User metadata and the caller's workload travel with the runtime's call context; when
+/// it lands, these options carry it too (one more field, passed on in
+/// [`ServiceRef::ask_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallOptions {
+    /// The deadline (`None`: the node's default ask timeout).
+    pub timeout: Option<Duration>,
+    /// The key a `hash` balancer maps to an endpoint (`None`: a random endpoint).
+    pub hash_key: Option<u64>,
+}
+
+impl CallOptions {
+    /// With this deadline.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// With this hash key: calls with the same key reach the same endpoint while it is
+    /// there (under the `hash` balancer). The key is hashed the same way on every node.
+    pub fn hash_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.hash_key = Some(stable_hash(key.as_ref()));
+        self
+    }
+}
+
+/// The error of a call to a service with no endpoint to call.
+///
+/// The runtime's `AskError::NoEndpoints { service }` replaces this `Rejected` once it lands;
+/// this is the only place that makes it.
+pub fn no_endpoints(service: &ServiceName) -> AskError {
+    AskError::Rejected(format!(
+        "no endpoints: service {service} has no ready endpoint"
+    ))
+}
+
+thread_local! {
+    // Per thread, so picks share no cache line; seeded from the std's random keys.
+    static RANDOM: Cell<SplitMix64> = Cell::new(SplitMix64({
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(0);
+        h.finish()
+    }));
+}
+
+/// A service, called by name. Cheap to clone; made by [`crate::mesh::Mesh::service`].
+#[derive(Clone)]
+pub struct ServiceRef {
+    name: ServiceName,
+    routes: Routes,
+    default_timeout: Duration,
+    options: CallOptions,
+}
+
+impl std::fmt::Debug for ServiceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceRef")
+            .field("name", &self.name)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call started on a picked endpoint.
+struct Started {
+    routes: Arc<ServiceRoutes<RemoteRef>>,
+    index: usize,
+    admission: Admission,
+    started: Instant,
+}
+
+impl Started {
+    fn in_flight(&self) -> InFlight<'_> {
+        InFlight {
+            state: self.routes.state(self.index),
+            admission: self.admission,
+            started: self.started,
+            done: false,
+        }
+    }
+}
+
+/// One call in flight on an endpoint: its outcome goes into the endpoint's state, or, if
+/// the caller drops the call, the call is forgotten (and a probe it was is released).
+struct InFlight<'a> {
+    state: &'a EndpointState,
+    admission: Admission,
+    started: Instant,
+    done: bool,
+}
+
+impl InFlight<'_> {
+    fn finish(mut self, outcome: Outcome, waited: bool, routes: &ServiceRoutes<RemoteRef>) {
+        self.done = true;
+        let end = Instant::now();
+        let config = routes.config();
+        self.state.finish(
+            self.admission,
+            outcome,
+            waited.then(|| end - self.started),
+            clock::nanos(end),
+            config.decay,
+            &config.health,
+        );
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.state.abandon(self.admission);
+        }
+    }
+}
+
+fn ask_outcome<R>(r: &Result<R, AskError>) -> Outcome {
+    match r {
+        Ok(_) => Outcome::Success,
+        // Nothing serves there: as good as unreachable for this endpoint.
+        Err(AskError::Unreachable { .. } | AskError::NoSuchActor { .. }) => Outcome::Unreachable,
+        Err(AskError::Timeout { .. }) => Outcome::Unknown,
+        Err(_) => Outcome::Failed,
+    }
+}
+
+fn tell_outcome<M>(r: &Result<(), TellError<M>>) -> Outcome {
+    match r {
+        Ok(()) => Outcome::Success,
+        Err(TellError::Unreachable(..) | TellError::NoSuchActor(_)) => Outcome::Unreachable,
+        Err(_) => Outcome::Failed,
+    }
+}
+
+impl ServiceRef {
+    pub(crate) fn new(name: ServiceName, routes: Routes, default_timeout: Duration) -> Self {
+        Self {
+            name,
+            routes,
+            default_timeout,
+            options: CallOptions::default(),
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &ServiceName {
+        &self.name
+    }
+
+    /// The same service with these options for every call made through it.
+    pub fn with_options(mut self, options: CallOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &CallOptions {
+        &self.options
+    }
+
+    /// Picks an endpoint for one call from the current table, and starts the call on it.
+    fn start_call(&self, key: Option<u64>) -> Option<Started> {
+        let routes = self.routes.load().service(&self.name)?.clone();
+        let started = Instant::now();
+        let now = clock::nanos(started);
+        let picked = RANDOM.with(|cell| {
+            let mut random = cell.get();
+            let p = routes.pick(PickInput {
+                now,
+                key,
+                random: &mut random,
+            });
+            cell.set(random);
+            p
+        })?;
+        routes.state(picked.index).start();
+        Some(Started {
+            routes,
+            index: picked.index,
+            admission: picked.admission,
+            started,
+        })
+    }
+
+    /// Asks an endpoint of the service, with the deadline of this reference's options (the
+    /// node's default without one).
+    pub async fn ask<M: RemoteMessage>(&self, msg: M) -> Result<M::Result, AskError> {
+        self.call(msg, &self.options, true).await
+    }
+
+    /// Asks, waiting at most `timeout`.
+    pub async fn ask_timeout<M: RemoteMessage>(
+        &self,
+        msg: M,
+        timeout: Duration,
+    ) -> Result<M::Result, AskError> {
+        let options = CallOptions {
+            timeout: Some(timeout),
+            ..self.options.clone()
+        };
+        self.call(msg, &options, true).await
+    }
+
+    /// Asks with `options` for this call.
+    pub async fn ask_with<M: RemoteMessage>(
+        &self,
+        msg: M,
+        options: &CallOptions,
+    ) -> Result<M::Result, AskError> {
+        self.call(msg, options, true).await
+    }
+
+    /// Like [`ServiceRef::ask_timeout`], but fails at once with [`AskError::MailboxFull`]
+    /// when the picked endpoint's mailbox (or the lane to its node) is full.
+    pub async fn try_ask<M: RemoteMessage>(
+        &self,
+        msg: M,
+        timeout: Duration,
+    ) -> Result<M::Result, AskError> {
+        let options = CallOptions {
+            timeout: Some(timeout),
+            ..self.options.clone()
+        };
+        self.call(msg, &options, false).await
+    }
+
+    async fn call<M: RemoteMessage>(
+        &self,
+        msg: M,
+        options: &CallOptions,
+        wait_for_room: bool,
+    ) -> Result<M::Result, AskError> {
+        let Some(started) = self.start_call(options.hash_key) else {
+            return Err(no_endpoints(&self.name));
+        };
+        let call = started.in_flight();
+        let target = started.routes.target(started.index);
+        let timeout = options.timeout.unwrap_or(self.default_timeout);
+        let result = if wait_for_room {
+            target.ask_timeout(msg, timeout).await
+        } else {
+            target.try_ask(msg, timeout).await
+        };
+        call.finish(ask_outcome(&result), true, &started.routes);
+        result
+    }
+
+    /// Sends `msg` to an endpoint of the service without waiting for a reply
+    /// (at-most-once, as [`RemoteRef::tell`]). Without an endpoint the message comes back
+    /// as [`TellError::Unreachable`] naming the service.
+    pub async fn tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
+        let Some(started) = self.start_call(self.options.hash_key) else {
+            return Err(TellError::Unreachable(
+                msg,
+                no_endpoints(&self.name).to_string(),
+            ));
+        };
+        let call = started.in_flight();
+        let result = started.routes.target(started.index).tell(msg).await;
+        call.finish(tell_outcome(&result), false, &started.routes);
+        result
+    }
+
+    /// Like [`ServiceRef::tell`], but a full mailbox or lane gives [`TellError::Full`] with
+    /// the message at once.
+    pub fn try_tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
+        let Some(started) = self.start_call(self.options.hash_key) else {
+            return Err(TellError::Unreachable(
+                msg,
+                no_endpoints(&self.name).to_string(),
+            ));
+        };
+        let call = started.in_flight();
+        let result = started.routes.target(started.index).try_tell(msg);
+        call.finish(tell_outcome(&result), false, &started.routes);
+        result
+    }
+}
