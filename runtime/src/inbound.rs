@@ -130,7 +130,7 @@ async fn serve_lane(
                 return false;
             }
         };
-        let lf = match wire::decode_lane(&frame) {
+        let lf = match wire::decode_lane(&frame, 1) {
             Ok(f) => f,
             Err(e) => {
                 let what = format!("malformed frame on the lane to {target}");

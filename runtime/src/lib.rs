@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod call;
 mod config;
 mod deadline;
 mod dispatch;
@@ -44,8 +45,11 @@ mod supervise;
 mod watches;
 pub mod wire;
 
+pub use call::{
+    CallInfo, CallOptions, Metadata, MetadataError, TraceContext, METADATA_LIMIT, WORKLOAD_LIMIT,
+};
 pub use config::{NodeConfig, PRIORITY_SYSTEM};
-pub use error::{AskError, NodeError, TellError};
+pub use error::{AskError, CallOutcome, NodeError, TellError};
 pub use message::{caller, hosted_actor_types, Delivery, HandlerEntry, RemoteMessage};
 pub use node::{Node, SpawnOptions, Watch};
 pub use remote_ref::RemoteRef;

@@ -296,9 +296,10 @@ impl RemoteRef {
         timeout: Duration,
         wait_for_room: bool,
     ) -> Result<M::Result, AskError> {
-        let unreachable = |reason: String| AskError::Unreachable {
+        let unreachable = |reason: String, sent: bool| AskError::Unreachable {
             node: self.addr,
             reason,
+            sent,
         };
         let (tx, rx) = oneshot::channel();
         let corr = peer.expect_reply(tx);
@@ -318,7 +319,7 @@ impl RemoteRef {
             match pushed {
                 Ok(()) => {}
                 Err(PushError::Full) => return Err(self.mailbox_full()),
-                Err(PushError::Closed(reason)) => return Err(unreachable(reason)),
+                Err(PushError::Closed(reason)) => return Err(unreachable(reason, false)),
                 Err(e) => return Err(AskError::Rejected(format!("cannot send {}: {e}", M::NAME))),
             }
             match rx.await {
@@ -326,8 +327,8 @@ impl RemoteRef {
                     AskError::Rejected(format!("cannot decode the reply to {}: {e}", M::NAME))
                 }),
                 Ok(Reply::Err(e)) => Err(self.wire_error::<M>(e, timeout)),
-                Ok(Reply::Lost(reason)) => Err(unreachable(reason)),
-                Err(_) => Err(unreachable("the node shut down".into())),
+                Ok(Reply::Lost(reason)) => Err(unreachable(reason, true)),
+                Err(_) => Err(unreachable("the node shut down".into(), true)),
             }
         };
         match tokio::time::timeout_at(deadline, work).await {
