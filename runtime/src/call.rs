@@ -462,7 +462,34 @@ pub(crate) fn plan(
     json: bool,
     now: impl FnOnce() -> Instant,
 ) -> Outgoing {
-    let mut timeout = options.timeout.unwrap_or(own_timeout);
+    Outgoing {
+        timeout: outgoing_timeout(ambient, options, own_timeout, now),
+        meta: outgoing_meta(ambient, options, json),
+    }
+}
+
+/// The time an outgoing ask may take: its own (the options', else `own`), or what the call
+/// being handled has left if that is less.
+pub(crate) fn outgoing_timeout(
+    ambient: Option<&CallInfo>,
+    options: &CallOptions,
+    own: Duration,
+    now: impl FnOnce() -> Instant,
+) -> Duration {
+    let timeout = options.timeout.unwrap_or(own);
+    match ambient.map(|a| a.deadline) {
+        None | Some(Deadline::None) => timeout,
+        Some(Deadline::At(t)) => timeout.min(t.saturating_duration_since(now())),
+        Some(Deadline::Within(d)) => timeout.min(d),
+    }
+}
+
+/// The metadata block of an outgoing call, `None` when it would say nothing.
+pub(crate) fn outgoing_meta(
+    ambient: Option<&CallInfo>,
+    options: &CallOptions,
+    json: bool,
+) -> Option<CallMeta> {
     let mut meta = CallMeta {
         trace: options.trace,
         workload: None,
@@ -471,11 +498,6 @@ pub(crate) fn plan(
         json,
     };
     if let Some(a) = ambient {
-        match a.deadline {
-            Deadline::None => {}
-            Deadline::At(t) => timeout = timeout.min(t.saturating_duration_since(now())),
-            Deadline::Within(d) => timeout = timeout.min(d),
-        }
         meta.workload = a.handler_workload.clone();
         if let Some(m) = &a.meta {
             meta.metadata = m.metadata.propagated();
@@ -486,11 +508,16 @@ pub(crate) fn plan(
         meta.metadata
             .put(e.key.clone(), e.value.clone(), e.propagate);
     }
-    Outgoing {
-        timeout,
-        meta: (!meta.is_empty()).then_some(meta),
-    }
+    (!meta.is_empty()).then_some(meta)
 }
+
+/// Options of a call that gave none.
+pub(crate) const NO_OPTIONS: CallOptions = CallOptions {
+    timeout: None,
+    metadata: Metadata::new(),
+    attempt: 0,
+    trace: None,
+};
 
 #[cfg(test)]
 mod tests {

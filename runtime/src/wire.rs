@@ -380,6 +380,38 @@ pub fn encode_reply_ok<R: Serialize>(
     codec::encode_into(value, buf)
 }
 
+/// Appends the status and value of a successful reply (what follows the correlation id),
+/// as JSON when `json`.
+pub(crate) fn encode_reply_ok_body<R: Serialize>(
+    buf: &mut Vec<u8>,
+    value: &R,
+    json: bool,
+) -> Result<(), CodecError> {
+    buf.push(REPLY_OK);
+    if json {
+        serde_json::to_writer(&mut *buf, value).map_err(|e| CodecError::Encode(e.to_string()))
+    } else {
+        codec::encode_into(value, buf)
+    }
+}
+
+/// Appends the status and error of an error reply (what follows the correlation id).
+pub(crate) fn encode_reply_err_body(buf: &mut Vec<u8>, err: &WireError) -> Result<(), CodecError> {
+    buf.push(REPLY_ERR);
+    codec::encode_into(err, buf)
+}
+
+/// Decodes what follows the correlation id of a reply.
+pub(crate) fn decode_reply_body(mut b: &[u8]) -> Result<Result<&[u8], WireError>, Malformed> {
+    match take(&mut b, 1, "reply too short for its status")?[0] {
+        REPLY_OK => Ok(Ok(b)),
+        REPLY_ERR => codec::decode::<WireError>(b)
+            .map(Err)
+            .map_err(|_| Malformed("undecodable error reply")),
+        _ => Err(Malformed("unknown reply status")),
+    }
+}
+
 /// Appends an error reply frame body.
 pub fn encode_reply_err(buf: &mut Vec<u8>, corr: u64, err: &WireError) -> Result<(), CodecError> {
     buf.extend_from_slice(&corr.to_le_bytes());
@@ -391,13 +423,7 @@ pub fn encode_reply_err(buf: &mut Vec<u8>, corr: u64, err: &WireError) -> Result
 pub fn decode_reply(mut b: &[u8]) -> Result<(u64, Result<&[u8], WireError>), Malformed> {
     let corr = take(&mut b, 8, "reply too short for its id")?;
     let corr = u64::from_le_bytes(corr.try_into().map_err(|_| Malformed("id"))?);
-    match take(&mut b, 1, "reply too short for its status")?[0] {
-        REPLY_OK => Ok((corr, Ok(b))),
-        REPLY_ERR => codec::decode::<WireError>(b)
-            .map(|e| (corr, Err(e)))
-            .map_err(|_| Malformed("undecodable error reply")),
-        _ => Err(Malformed("unknown reply status")),
-    }
+    Ok((corr, decode_reply_body(b)?))
 }
 
 /// Messages on the control stream of a link.
