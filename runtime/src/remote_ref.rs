@@ -1,6 +1,7 @@
 //! [`RemoteRef`]: a location-transparent reference to a named actor.
 
 use std::any::TypeId;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -150,26 +151,31 @@ impl RemoteRef {
     /// or the lane to its node (remote) is full. Remote tells are at-most-once: `Ok` means
     /// queued for sending, not delivered. Made while handling a call, it carries that
     /// call's propagated metadata and the handling actor's workload.
-    pub async fn tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
-        self.tell_call(msg, None).await
+    pub fn tell<M: RemoteMessage>(
+        &self,
+        msg: M,
+    ) -> impl Future<Output = Result<(), TellError<M>>> + '_ {
+        self.tell_call(msg, None, CallInfo::ambient())
     }
 
     /// [`RemoteRef::tell`] with call options (metadata, attempt, trace; the timeout is
     /// not used: a tell has no deadline).
-    pub async fn tell_with_options<M: RemoteMessage>(
-        &self,
+    pub fn tell_with_options<'a, M: RemoteMessage>(
+        &'a self,
         msg: M,
-        options: &CallOptions,
-    ) -> Result<(), TellError<M>> {
-        self.tell_call(msg, Some(options)).await
+        options: &'a CallOptions,
+    ) -> impl Future<Output = Result<(), TellError<M>>> + 'a {
+        self.tell_call(msg, Some(options), CallInfo::ambient())
     }
 
+    /// `ambient` is read when the call is made, not when its future is first polled, so
+    /// a call made in a handler inherits from it even if it runs later.
     async fn tell_call<M: RemoteMessage>(
         &self,
         msg: M,
         options: Option<&CallOptions>,
+        ambient: Option<CallInfo>,
     ) -> Result<(), TellError<M>> {
-        let ambient = CallInfo::ambient();
         let meta = match (options, &ambient) {
             (None, None) => None,
             (o, a) => outgoing_meta(a.as_ref(), o.unwrap_or(&NO_OPTIONS), false),
@@ -280,29 +286,35 @@ impl RemoteRef {
     }
 
     /// Asks with the node's default deadline (or less: what the call being handled has left).
-    pub async fn ask<M: RemoteMessage>(&self, msg: M) -> Result<M::Result, AskError> {
-        self.ask_call(msg, None, self.default_timeout, true).await
+    ///
+    /// Every call reads the context of the call being handled when it is made (not when
+    /// its future is first polled), so a call made in a handler inherits from it.
+    pub fn ask<M: RemoteMessage>(
+        &self,
+        msg: M,
+    ) -> impl Future<Output = Result<M::Result, AskError>> + '_ {
+        self.ask_call(msg, None, self.default_timeout, true, CallInfo::ambient())
     }
 
     /// Sends `msg` and waits for the reply, at most `timeout` (or less: what the call
     /// being handled has left).
-    pub async fn ask_timeout<M: RemoteMessage>(
+    pub fn ask_timeout<M: RemoteMessage>(
         &self,
         msg: M,
         timeout: Duration,
-    ) -> Result<M::Result, AskError> {
-        self.ask_call(msg, None, timeout, true).await
+    ) -> impl Future<Output = Result<M::Result, AskError>> + '_ {
+        self.ask_call(msg, None, timeout, true, CallInfo::ambient())
     }
 
     /// Like [`RemoteRef::ask_timeout`], but fails at once with [`AskError::MailboxFull`]
     /// instead of waiting when the target's mailbox (local) or the lane to its node (remote)
     /// is full. The reply is still awaited, up to `timeout`.
-    pub async fn try_ask<M: RemoteMessage>(
+    pub fn try_ask<M: RemoteMessage>(
         &self,
         msg: M,
         timeout: Duration,
-    ) -> Result<M::Result, AskError> {
-        self.ask_call(msg, None, timeout, false).await
+    ) -> impl Future<Output = Result<M::Result, AskError>> + '_ {
+        self.ask_call(msg, None, timeout, false, CallInfo::ambient())
     }
 
     /// Asks with call options: timeout (the node's default if `None`), metadata, attempt
@@ -310,13 +322,18 @@ impl RemoteRef {
     /// if it is shorter, and its metadata marked to propagate is added. Metadata breaking
     /// a limit fails with [`AskError::InvalidMetadata`] before anything is sent. To a node
     /// of protocol version 1 the metadata is not sent (its frames have no place for it).
-    pub async fn ask_with_options<M: RemoteMessage>(
-        &self,
+    pub fn ask_with_options<'a, M: RemoteMessage>(
+        &'a self,
         msg: M,
-        options: &CallOptions,
-    ) -> Result<M::Result, AskError> {
-        self.ask_call(msg, Some(options), self.default_timeout, true)
-            .await
+        options: &'a CallOptions,
+    ) -> impl Future<Output = Result<M::Result, AskError>> + 'a {
+        self.ask_call(
+            msg,
+            Some(options),
+            self.default_timeout,
+            true,
+            CallInfo::ambient(),
+        )
     }
 
     /// A reference that checks, before each call, that the node at its address proves
@@ -392,10 +409,10 @@ impl RemoteRef {
         options: Option<&CallOptions>,
         timeout: Duration,
         wait_for_room: bool,
+        ambient: Option<CallInfo>,
     ) -> Result<M::Result, AskError> {
         // The plain path (no options, not inside a handler) carries nothing and reads no
         // clock beyond what it did before.
-        let ambient = CallInfo::ambient();
         let (timeout, meta) = match (options, &ambient) {
             (None, None) => (timeout, None),
             (o, a) => {
@@ -605,15 +622,20 @@ impl RemoteRef {
             sent,
         };
         let json = meta.as_ref().is_some_and(|m| m.json);
-        let meta =
-            match tokio::time::timeout_at(deadline, self.before_sending(peer, meta, json)).await {
-                Ok(Ok(m)) => m,
-                Ok(Err(Refused::Unreachable(r))) => return Err(unreachable(r, false)),
-                Ok(Err(Refused::NotDelivered(reason))) => {
-                    return Err(AskError::NotDelivered { reason })
-                }
-                Err(_) => return Err(AskError::Timeout { after: timeout }),
-            };
+        // The plain path needs no check, so it arms no timer for one.
+        let checked = if self.pinned.is_none() && (meta.is_none() || peer.version() != 0) {
+            Ok(downgrade(meta, peer.version(), json, self.addr))
+        } else {
+            tokio::time::timeout_at(deadline, self.before_sending(peer, meta, json)).await
+        };
+        let meta = match checked {
+            Ok(Ok(m)) => m,
+            Ok(Err(Refused::Unreachable(r))) => return Err(unreachable(r, false)),
+            Ok(Err(Refused::NotDelivered(reason))) => {
+                return Err(AskError::NotDelivered { reason })
+            }
+            Err(_) => return Err(AskError::Timeout { after: timeout }),
+        };
         let (tx, rx) = oneshot::channel();
         let corr = peer.expect_reply(tx);
         let _guard = PendingGuard { peer, corr };

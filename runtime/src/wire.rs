@@ -19,7 +19,7 @@
 //! A call with nothing to say goes in the version 1 kinds, byte for byte as before, so the
 //! plain path costs nothing and a version 1 peer is sent exactly the format it reads.
 //! Unknown flag bits are skipped with the rest of the body (`len` bounds it). The receiver
-//! enforces [`METADATA_LIMIT`](crate::METADATA_LIMIT) with [`MetadataError::TooLarge`].
+//! enforces [`METADATA_LIMIT`] (1 KiB) with [`MetadataError::TooLarge`].
 
 use std::sync::Arc;
 
