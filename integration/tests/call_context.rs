@@ -525,3 +525,83 @@ async fn a_json_call_to_a_v1_node_is_not_delivered() {
         other => panic!("expected NotDelivered, got {other:?}"),
     }
 }
+
+/// Sends one frame body on `send`.
+async fn send_frame(send: &mut quinn::SendStream, body: &[u8]) {
+    let mut out = Vec::new();
+    actormesh::transport::frame::push_frame(&mut out, body, 1 << 20).unwrap();
+    send.write_all(&out).await.unwrap();
+}
+
+/// An ask frame body of kind 4 (version 2) whose block holds `entries`, built by hand: the
+/// runtime's own sender refuses to encode one over the limit.
+fn ask_with_entries(corr: u64, entries: &[(&str, String)]) -> Vec<u8> {
+    let mut body = (entries.len() as u16).to_le_bytes().to_vec();
+    for (k, v) in entries {
+        body.push(1);
+        body.extend_from_slice(&(k.len() as u16).to_le_bytes());
+        body.extend_from_slice(k.as_bytes());
+        body.extend_from_slice(&(v.len() as u16).to_le_bytes());
+        body.extend_from_slice(v.as_bytes());
+    }
+    let mut f = vec![4];
+    f.extend_from_slice(&corr.to_le_bytes());
+    f.extend_from_slice(&5000u32.to_le_bytes());
+    f.push(8);
+    f.extend_from_slice(&(body.len() as u16).to_le_bytes());
+    f.extend_from_slice(&body);
+    let name = b"test.Echo/v1";
+    f.push(name.len() as u8);
+    f.extend_from_slice(name);
+    f.extend_from_slice(&actormesh::transport::codec::encode(&Echo(vec![5])).unwrap());
+    f
+}
+
+#[actix::test]
+async fn the_receiver_refuses_metadata_over_the_limit_and_the_lane_goes_on() {
+    use actormesh::transport::{codec, frame::FrameReader};
+    use actormesh_runtime::wire::{self, WireError};
+    let pki = TestPki::new("context.test");
+    let b = start(&pki, "b", 2);
+    b.spawn("sink", Sink::default()).unwrap();
+    let (_, raw) = pki.node("raw");
+    let conn = pki.raw_connect(Some(&raw), b.local_addr()).await.unwrap();
+    let (mut control, control_recv) = conn.open_bi().await.unwrap();
+    let mut hello = 2u32.to_le_bytes().to_vec();
+    let listen: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    codec::encode_into(&(listen, 1u64, false), &mut hello).unwrap();
+    send_frame(&mut control, &hello).await;
+    let mut control_recv = FrameReader::new(control_recv, 1 << 20);
+    control_recv.next().await.unwrap().expect("a Hello reply");
+    let mut lane = conn.open_uni().await.unwrap();
+    send_frame(
+        &mut lane,
+        &wire::encode_header(&wire::StreamHeader::Lane {
+            id: 1,
+            target: "sink".into(),
+        }),
+    )
+    .await;
+    let over = [("a", "x".repeat(600)), ("b", "y".repeat(600))];
+    send_frame(&mut lane, &ask_with_entries(7, &over)).await;
+    send_frame(&mut lane, &ask_with_entries(8, &[("a", "fits".into())])).await;
+    let replies = conn.accept_uni().await.unwrap();
+    let mut replies = FrameReader::new(replies, 1 << 20);
+    let header = replies.next().await.unwrap().unwrap();
+    assert_eq!(
+        wire::decode_header(&header).unwrap(),
+        wire::StreamHeader::Replies
+    );
+    let first = replies.next().await.unwrap().unwrap();
+    match wire::decode_reply(&first).unwrap() {
+        (7, Err(WireError::Rejected(reason))) => assert!(
+            reason.contains("1202 bytes of keys and values, over the 1024-byte limit"),
+            "{reason}"
+        ),
+        other => panic!("expected the over-limit ask to be rejected, got {other:?}"),
+    }
+    let second = replies.next().await.unwrap().unwrap();
+    let (corr, ok) = wire::decode_reply(&second).unwrap();
+    assert_eq!(corr, 8);
+    assert_eq!(codec::decode::<Vec<u8>>(ok.unwrap()).unwrap(), vec![5]);
+}
