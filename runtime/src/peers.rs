@@ -172,6 +172,12 @@ impl Peer {
         self.version.load(Ordering::Acquire)
     }
 
+    /// The link epoch: changes with every link installed or lost; odd while one is installed.
+    #[inline]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// Facts of the current link, if it is alive.
     pub(crate) fn current_link_info(&self) -> Option<Arc<actormesh_transport::LinkInfo>> {
         lock(&self.state)

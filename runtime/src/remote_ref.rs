@@ -3,6 +3,7 @@
 use std::any::TypeId;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -58,7 +59,17 @@ pub struct RemoteRef {
     default_timeout: Duration,
     target: Target,
     /// The identity the node at `addr` must prove before anything is sent to it.
-    pinned: Option<Arc<SpiffeId>>,
+    pinned: Option<Arc<Pin>>,
+}
+
+/// A pinned identity and the link it was last verified on.
+#[derive(Debug)]
+struct Pin {
+    expected: SpiffeId,
+    /// The peer's link epoch (odd: a link installed) whose link proved `expected`; 0 for
+    /// none. While the epoch is unchanged the same link carries the calls, so the check
+    /// costs two atomic loads.
+    verified: AtomicU64,
 }
 
 impl RemoteRef {
@@ -256,9 +267,10 @@ impl RemoteRef {
                 .map_err(|d| TellError::NoSuchActor(d.into_message()))
             }
             Target::Remote(peer) => {
-                if let Some(expected) = &self.pinned {
+                if let Some(pin) = self.pinned.as_ref().filter(|_| !self.pin_holds(peer)) {
+                    let expected = &pin.expected;
                     match peer.current_link_info() {
-                        Some(info) if info.peer == **expected => {}
+                        Some(info) if info.peer == *expected => {}
                         Some(info) => {
                             return Err(TellError::NotDelivered(
                                 msg,
@@ -340,14 +352,33 @@ impl RemoteRef {
     /// `expected` (the verified identity of the link); a call to any other identity fails
     /// with [`AskError::NotDelivered`] (tell: [`TellError::NotDelivered`]) naming both,
     /// and nothing is sent.
+    ///
+    /// The identity is compared once per link (a link is fixed to one verified identity);
+    /// later calls on the same link compare two integers.
     pub fn pinned(mut self, expected: SpiffeId) -> RemoteRef {
-        self.pinned = Some(Arc::new(expected));
+        self.pinned = Some(Arc::new(Pin {
+            expected,
+            verified: AtomicU64::new(0),
+        }));
         self
     }
 
     /// The identity this reference is pinned to.
     pub fn pinned_identity(&self) -> Option<&SpiffeId> {
-        self.pinned.as_deref()
+        self.pinned.as_ref().map(|p| &p.expected)
+    }
+
+    /// Whether nothing is left to check of the pin before sending to `peer`: no pin, or
+    /// the current link already proved it.
+    #[inline]
+    fn pin_holds(&self, peer: &Peer) -> bool {
+        match &self.pinned {
+            None => true,
+            Some(pin) => {
+                let epoch = peer.epoch();
+                epoch & 1 == 1 && pin.verified.load(Ordering::Acquire) == epoch
+            }
+        }
     }
 
     /// Calls the message named `message_name` with a JSON payload, without its Rust type;
@@ -458,12 +489,12 @@ impl RemoteRef {
     fn check_local_pin(&self) -> Result<(), String> {
         match &self.pinned {
             None => Ok(()),
-            Some(expected) => {
+            Some(pin) => {
                 let me = self.home.identity();
-                if me == **expected {
+                if me == pin.expected {
                     Ok(())
                 } else {
-                    Err(pin_mismatch(self.addr, expected, &me))
+                    Err(pin_mismatch(self.addr, &pin.expected, &me))
                 }
             }
         }
@@ -588,19 +619,26 @@ impl RemoteRef {
         meta: Option<CallMeta>,
         json: bool,
     ) -> Result<Option<CallMeta>, Refused> {
-        if self.pinned.is_none() && (meta.is_none() || peer.version() != 0) {
+        if self.pin_holds(peer) && (meta.is_none() || peer.version() != 0) {
             return downgrade(meta, peer.version(), json, self.addr);
         }
-        let info = peer
+        let before = peer.epoch();
+        let link = peer
             .connected_link()
             .await
             .map_err(|e| Refused::Unreachable(e.to_string()))?;
-        let info = info.info();
-        if let Some(expected) = &self.pinned {
-            if info.peer != **expected {
+        let info = link.info();
+        if let Some(pin) = &self.pinned {
+            if info.peer != pin.expected {
                 return Err(Refused::NotDelivered(pin_mismatch(
-                    self.addr, expected, &info.peer,
+                    self.addr,
+                    &pin.expected,
+                    &info.peer,
                 )));
+            }
+            // Cached only if the link checked is the one of this epoch.
+            if before & 1 == 1 && peer.epoch() == before {
+                pin.verified.store(before, Ordering::Release);
             }
         }
         downgrade(meta, info.version, json, self.addr)
@@ -623,7 +661,7 @@ impl RemoteRef {
         };
         let json = meta.as_ref().is_some_and(|m| m.json);
         // The plain path needs no check, so it arms no timer for one.
-        let checked = if self.pinned.is_none() && (meta.is_none() || peer.version() != 0) {
+        let checked = if self.pin_holds(peer) && (meta.is_none() || peer.version() != 0) {
             Ok(downgrade(meta, peer.version(), json, self.addr))
         } else {
             tokio::time::timeout_at(deadline, self.before_sending(peer, meta, json)).await
