@@ -198,13 +198,13 @@ async fn protocol_version_mismatch_names_both_versions() {
         Err(
             e @ TransportError::ProtocolVersion {
                 ours: 99,
-                theirs: 1,
+                theirs: 2,
                 ..
             },
         ) => {
             assert!(
                 e.to_string()
-                    .contains("we speak version 99, the peer speaks version 1"),
+                    .contains("we speak version 99, the peer speaks version 2"),
                 "{e}"
             );
         }

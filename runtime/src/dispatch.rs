@@ -80,6 +80,7 @@ mod tests {
     fn frame(name: &str, ask: Option<(u64, u32)>) -> LaneFrame<'_> {
         LaneFrame {
             ask,
+            meta: None,
             name,
             payload: &[],
         }

@@ -2,7 +2,7 @@
 //! and the reply stream. Each runs as a task on the node's runtime.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
@@ -10,6 +10,7 @@ use actormesh_transport::frame::{FrameError, FrameReader};
 use actormesh_transport::sink::FrameSink;
 use actormesh_transport::Link;
 
+use crate::call::{CallInfo, Deadline};
 use crate::dispatch::{dispatch, expired, Dispatch};
 use crate::message::RemoteReply;
 use crate::peers::{Peer, Reply};
@@ -107,6 +108,7 @@ async fn serve_lane(
     let mut slot = slots.get(target);
     let mut replies: Option<FrameSink> = None;
     let caller = Arc::new(link.peer().clone());
+    let version = link.info().version;
     // When the buffered frames were read from the network: an ask's time left counts from
     // there, so frames that waited behind a full mailbox are not mistaken for fresh ones.
     let mut received = Instant::now();
@@ -130,7 +132,7 @@ async fn serve_lane(
                 return false;
             }
         };
-        let lf = match wire::decode_lane(&frame) {
+        let lf = match wire::decode_lane(&frame, version) {
             Ok(f) => f,
             Err(e) => {
                 let what = format!("malformed frame on the lane to {target}");
@@ -138,6 +140,9 @@ async fn serve_lane(
                 return false;
             }
         };
+        // The block is decoded (and its limits enforced) only when the frame has one.
+        let meta = lf.meta.map(wire::decode_meta).transpose();
+        let json = matches!(&meta, Ok(Some(m)) if m.json);
         let reply = match lf.ask {
             Some((corr, _)) => {
                 if replies.as_ref().is_none_or(|r| r.is_closed()) {
@@ -145,9 +150,20 @@ async fn serve_lane(
                 }
                 replies
                     .clone()
-                    .map(|sink| RemoteReply::new(sink, corr, peer.clone()))
+                    .map(|sink| RemoteReply::new(sink, corr, peer.clone(), json))
             }
             None => None,
+        };
+        let meta = match meta {
+            Ok(m) => m.map(Arc::new),
+            Err(error) => {
+                let reason = format!("call metadata refused: {error}");
+                match reply {
+                    Some(r) => r.fail(WireError::Rejected(reason)),
+                    None => debug!(actor = %target, message = lf.name, %reason, "tell dropped"),
+                }
+                continue;
+            }
         };
         // An actor that ended may have been replaced under the same name.
         if slot.as_ref().is_none_or(|s| s.has_ended()) {
@@ -179,12 +195,15 @@ async fn serve_lane(
             }
             continue;
         }
+        let deadline = match lf.ask {
+            Some((_, ms)) => Deadline::At(received + Duration::from_millis(u64::from(ms))),
+            None => Deadline::None,
+        };
+        let call = CallInfo::new(deadline, Some(caller.clone()), meta, s.workload().cloned());
         let addr = s.address();
         match addr.as_deref() {
             Some(a) => {
-                if let Err(e) =
-                    (entry.remote)(a, lf.payload, reply, Some(permit), Some(caller.clone()))
-                {
+                if let Err(e) = (entry.remote)(a, lf.payload, reply, Some(permit), call) {
                     debug!(actor = %target, message = lf.name, error = %e, "delivery failed");
                 }
             }

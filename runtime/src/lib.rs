@@ -9,6 +9,12 @@
 //! `#[derive(RemoteMessage)]`; `#[actormesh::handler]` on `impl Handler<M> for A` registers
 //! the handler, so a node learns what each actor accepts without a hand-kept list.
 //!
+//! Each call carries a context: its deadline, the caller node's verified identity, the
+//! workload it asserts, an attempt number, trace context and user [`Metadata`]. A handler
+//! reads it as [`CallInfo::current`]; calls it makes inherit the deadline and the
+//! metadata marked to propagate ([`CallOptions`] sets them per call). Every [`AskError`]
+//! says whether the callee got the call ([`AskError::outcome`]).
+//!
 //! ```text
 //! #[derive(Serialize, Deserialize, RemoteMessage)]
 //! #[remote(name = "hello.Greet/v1", reply = String)]
@@ -27,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod call;
 mod config;
 mod deadline;
 mod dispatch;
@@ -44,8 +51,11 @@ mod supervise;
 mod watches;
 pub mod wire;
 
+pub use call::{
+    CallInfo, CallOptions, Metadata, MetadataError, TraceContext, METADATA_LIMIT, WORKLOAD_LIMIT,
+};
 pub use config::{NodeConfig, PRIORITY_SYSTEM};
-pub use error::{AskError, NodeError, TellError};
+pub use error::{AskError, CallOutcome, NodeError, TellError};
 pub use message::{caller, hosted_actor_types, Delivery, HandlerEntry, RemoteMessage};
 pub use node::{Node, SpawnOptions, Watch};
 pub use remote_ref::RemoteRef;

@@ -12,8 +12,9 @@ use tokio::sync::oneshot;
 use actormesh_transport::codec;
 use actormesh_transport::sink::{FrameSink, PushError};
 
+use crate::call::CallInfo;
 use crate::mailbox::Permit;
-use crate::peers::Peer;
+use crate::peers::{Peer, Reply};
 use crate::wire::{self, WireError};
 use actormesh_transport::SpiffeId;
 
@@ -45,12 +46,24 @@ pub(crate) enum ReplyTo<R> {
 /// the caller never waits for its deadline in vain.
 #[derive(Debug)]
 pub(crate) struct RemoteReply {
-    sink: FrameSink,
-    corr: u64,
+    dest: ReplyDest,
     done: bool,
-    /// The asking node: if `sink` closed (its link was replaced), the reply takes the
-    /// current link's reply stream instead.
-    peer: Arc<Peer>,
+    /// Encode the reply as JSON (the call's payload was JSON).
+    json: bool,
+}
+
+#[derive(Debug)]
+enum ReplyDest {
+    /// Onto the reply stream of the asking node.
+    Wire {
+        sink: FrameSink,
+        corr: u64,
+        /// The asking node: if `sink` closed (its link was replaced), the reply takes
+        /// the current link's reply stream instead.
+        peer: Arc<Peer>,
+    },
+    /// Encoded, to a caller on this node that has no Rust type for it (`ask_json`).
+    Local(Option<oneshot::Sender<Reply>>),
 }
 
 thread_local! {
@@ -73,33 +86,71 @@ pub(crate) fn dropping_crashed<R>(f: impl FnOnce() -> R) -> R {
 }
 
 impl RemoteReply {
-    pub(crate) fn new(sink: FrameSink, corr: u64, peer: Arc<Peer>) -> Self {
+    pub(crate) fn new(sink: FrameSink, corr: u64, peer: Arc<Peer>, json: bool) -> Self {
         Self {
-            sink,
-            corr,
+            dest: ReplyDest::Wire { sink, corr, peer },
             done: false,
-            peer,
+            json,
+        }
+    }
+
+    /// A reply encoded (as JSON when `json`) for a caller on this node.
+    pub(crate) fn local(tx: oneshot::Sender<Reply>, json: bool) -> Self {
+        Self {
+            dest: ReplyDest::Local(Some(tx)),
+            done: false,
+            json,
         }
     }
 
     /// Pushes one reply frame, re-routing to the current link if this one's stream closed.
+    /// `encode` writes the status and value after the correlation id.
     fn push(
-        &self,
+        &mut self,
         mut encode: impl FnMut(&mut Vec<u8>) -> Result<(), codec::CodecError>,
     ) -> Result<(), PushError<codec::CodecError>> {
-        match self.sink.try_push(&mut encode) {
-            Err(PushError::Closed(_)) => match self.peer.reply_sink() {
-                Some(current) => current.try_push(encode),
-                None => Err(PushError::Closed("no link to the asking node".into())),
-            },
-            other => other,
+        match &mut self.dest {
+            ReplyDest::Wire { sink, corr, peer } => {
+                let corr = *corr;
+                let mut frame = |buf: &mut Vec<u8>| {
+                    buf.extend_from_slice(&corr.to_le_bytes());
+                    encode(buf)
+                };
+                match sink.try_push(&mut frame) {
+                    Err(PushError::Closed(_)) => match peer.reply_sink() {
+                        Some(current) => current.try_push(frame),
+                        None => Err(PushError::Closed("no link to the asking node".into())),
+                    },
+                    other => other,
+                }
+            }
+            ReplyDest::Local(tx) => {
+                let mut buf = Vec::new();
+                encode(&mut buf).map_err(PushError::Encode)?;
+                let reply = match wire::decode_reply_body(&buf) {
+                    Ok(Ok(payload)) => Reply::Ok(bytes::Bytes::copy_from_slice(payload)),
+                    Ok(Err(e)) => Reply::Err(e),
+                    Err(e) => Reply::Err(WireError::Rejected(e.to_string())),
+                };
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(reply);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn peer_addr(&self) -> String {
+        match &self.dest {
+            ReplyDest::Wire { peer, .. } => peer.addr.to_string(),
+            ReplyDest::Local(_) => "this node".into(),
         }
     }
 
     pub(crate) fn ok<R: Serialize>(mut self, value: &R) {
         self.done = true;
-        let corr = self.corr;
-        match self.push(|buf| wire::encode_reply_ok(buf, corr, value)) {
+        let json = self.json;
+        match self.push(|buf| wire::encode_reply_ok_body(buf, value, json)) {
             Ok(()) => {}
             Err(PushError::Encode(err)) => {
                 self.done = false;
@@ -114,7 +165,7 @@ impl RemoteReply {
                 )));
             }
             Err(other) => tracing::warn!(
-                peer = %self.peer.addr,
+                peer = %self.peer_addr(),
                 error = %other,
                 "reply not sent; the caller will time out"
             ),
@@ -130,8 +181,7 @@ impl RemoteReply {
             return;
         }
         self.done = true;
-        let corr = self.corr;
-        let _ = self.push(|buf| wire::encode_reply_err(buf, corr, err));
+        let _ = self.push(|buf| wire::encode_reply_err_body(buf, err));
     }
 }
 
@@ -154,35 +204,15 @@ pub struct Delivery<M: RemoteMessage> {
     msg: M,
     reply: ReplyTo<M::Result>,
     _permit: Option<Permit>,
-    caller: Option<Arc<SpiffeId>>,
-}
-
-thread_local! {
-    /// The verified identity of the node whose message is being handled on this thread.
-    static CALLER: std::cell::RefCell<Option<Arc<SpiffeId>>> = const { std::cell::RefCell::new(None) };
+    call: Option<CallInfo>,
 }
 
 /// The verified identity of the node that sent the message being handled right now, taken
 /// from the certificate of the link it came on; `None` when the sender is on this node (or
 /// outside a handler). Use it in a handler to decide whether a caller may do what it asks.
+/// The same as `CallInfo::current()?.caller_node()`.
 pub fn caller() -> Option<SpiffeId> {
-    CALLER.with(|c| c.borrow().as_deref().cloned())
-}
-
-/// Sets the caller for the duration of one handler call, restoring it even on unwind.
-struct CallerScope(Option<Arc<SpiffeId>>);
-
-impl CallerScope {
-    fn enter(caller: Option<Arc<SpiffeId>>) -> Self {
-        Self(CALLER.with(|c| c.replace(caller)))
-    }
-}
-
-impl Drop for CallerScope {
-    fn drop(&mut self) {
-        let previous = self.0.take();
-        CALLER.with(|c| *c.borrow_mut() = previous);
-    }
+    CallInfo::ambient().and_then(|c| c.caller_node().cloned())
 }
 
 impl<M: RemoteMessage> std::fmt::Debug for Delivery<M> {
@@ -203,8 +233,16 @@ impl<M: RemoteMessage> Delivery<M> {
             msg,
             reply,
             _permit: permit,
-            caller: None,
+            call: None,
         }
+    }
+
+    /// The call context the handler runs with (nothing set: none).
+    pub(crate) fn with_call(mut self, call: CallInfo) -> Self {
+        if !call.is_empty() {
+            self.call = Some(call);
+        }
+        self
     }
 
     pub(crate) fn into_message(self) -> M {
@@ -220,13 +258,11 @@ impl<M: RemoteMessage> Delivery<M> {
             msg,
             reply,
             _permit,
-            caller,
+            call,
         } = self;
-        let response = if caller.is_some() {
-            let _scope = CallerScope::enter(caller);
-            <A as Handler<M>>::handle(act, msg, ctx)
-        } else {
-            <A as Handler<M>>::handle(act, msg, ctx)
+        let response = match call {
+            Some(call) => call.enter(|| <A as Handler<M>>::handle(act, msg, ctx)),
+            None => <A as Handler<M>>::handle(act, msg, ctx),
         };
         // The mailbox slot frees as soon as the handler has run.
         drop(_permit);
@@ -267,13 +303,14 @@ pub(crate) enum DeliverError {
     Closed,
 }
 
-/// Decodes a payload and queues it for the actor behind the address.
+/// Decodes a payload (binary, or JSON if the call says so) and queues it for the actor
+/// behind the address, with the call's context.
 pub(crate) type RemoteDeliverFn = fn(
     &ErasedAddr,
     &[u8],
     Option<RemoteReply>,
     Option<Permit>,
-    Option<Arc<SpiffeId>>,
+    CallInfo,
 ) -> Result<(), DeliverError>;
 
 /// One `impl Handler<M> for A` registered by `#[actormesh::handler]`.
@@ -312,16 +349,21 @@ fn deliver_remote<A, M>(
     payload: &[u8],
     reply: Option<RemoteReply>,
     permit: Option<Permit>,
-    caller: Option<Arc<SpiffeId>>,
+    call: CallInfo,
 ) -> Result<(), DeliverError>
 where
     A: Actor<Context = Context<A>> + Handler<Delivery<M>>,
     M: RemoteMessage,
 {
-    let msg: M = match codec::decode(payload) {
+    let decoded = if call.is_json() {
+        serde_json::from_slice::<M>(payload)
+            .map_err(|e| format!("cannot decode {} from JSON: {e}", M::NAME))
+    } else {
+        codec::decode::<M>(payload).map_err(|e| format!("cannot decode {}: {e}", M::NAME))
+    };
+    let msg: M = match decoded {
         Ok(m) => m,
-        Err(e) => {
-            let reason = format!("cannot decode {}: {e}", M::NAME);
+        Err(reason) => {
             if let Some(r) = reply {
                 r.fail(WireError::Rejected(reason.clone()));
             }
@@ -337,9 +379,7 @@ where
     };
     // The semaphore permit bounds the mailbox; actix's own capacity is bypassed on purpose
     // because its full-mailbox path does not wake waiting senders.
-    let mut delivery = Delivery::new(msg, reply, permit);
-    delivery.caller = caller;
-    addr.do_send(delivery);
+    addr.do_send(Delivery::new(msg, reply, permit).with_call(call));
     if addr.connected() {
         Ok(())
     } else {

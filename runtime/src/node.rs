@@ -41,6 +41,10 @@ pub struct SpawnOptions {
     pub mailbox_capacity: Option<usize>,
     /// What happens when the actor panics or stops.
     pub restart: RestartPolicy,
+    /// The workload the actor runs as (e.g. `shop/ratings`): the calls its handlers make
+    /// assert it to their callees, who read it as `CallInfo::asserted_workload` (asserted
+    /// by this node, not proven). At most 255 bytes.
+    pub workload: Option<String>,
 }
 
 impl Default for SpawnOptions {
@@ -48,6 +52,7 @@ impl Default for SpawnOptions {
         Self {
             mailbox_capacity: None,
             restart: RestartPolicy::Never,
+            workload: None,
         }
     }
 }
@@ -71,6 +76,10 @@ impl std::fmt::Debug for NodeInner {
 impl Home for NodeInner {
     fn slot(&self, name: &str) -> Option<Arc<ActorSlot>> {
         self.slots.get(name)
+    }
+
+    fn identity(&self) -> SpiffeId {
+        self.ctx.endpoint.identity()
     }
 }
 
@@ -281,6 +290,15 @@ impl Node {
         if entries.is_empty() {
             return Err(NodeError::NoHandlers(actor_type));
         }
+        if let Some(w) = &options.workload {
+            if w.is_empty() || w.len() > crate::call::WORKLOAD_LIMIT {
+                return Err(NodeError::Config(format!(
+                    "workload {w:?} must be 1 to {} bytes, it is {}",
+                    crate::call::WORKLOAD_LIMIT,
+                    w.len()
+                )));
+            }
+        }
         let capacity = options
             .mailbox_capacity
             .unwrap_or(self.inner.ctx.config.mailbox_capacity)
@@ -297,6 +315,9 @@ impl Node {
             lock(&self.inner.watchers).close(id);
             return Err(NodeError::NameTaken(name.to_string()));
         };
+        if let Some(w) = &options.workload {
+            slot.set_workload(Arc::from(w.as_str()));
+        }
         let owner: Weak<dyn ActorEnd> = Arc::downgrade(&self.inner) as Weak<dyn ActorEnd>;
         if let Err(e) = supervise::start(owner, slot.clone(), factory, options.restart) {
             self.inner.slots.withdraw(&slot);

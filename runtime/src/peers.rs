@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,14 @@ pub(crate) enum LinkError {
 pub(crate) enum Reply {
     Ok(Bytes),
     Err(WireError),
-    Lost(String),
+    /// The link went before the answer; `sent`: the ask may have reached the peer.
+    Lost(String, bool),
+}
+
+/// Whether an ask filed at link epoch `filed` cannot have been sent by `now`: no link was
+/// installed when it was filed (even epoch), and none has been since.
+fn never_sent(filed: u64, now: u64) -> bool {
+    filed & 1 == 0 && filed == now
 }
 
 /// What every peer of one node shares.
@@ -135,9 +142,14 @@ pub(crate) struct Peer {
     ctx: Weak<PeerContext>,
     state: Mutex<PeerState>,
     link_changed: Notify,
-    /// Asks awaiting replies, by correlation id.
-    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    /// Asks awaiting replies, by correlation id, with the link epoch they were filed in.
+    pending: Mutex<HashMap<u64, (oneshot::Sender<Reply>, u64)>>,
     next_corr: AtomicU64,
+    /// Twice the number of links installed, plus one while a link is installed: an ask
+    /// filed at an even epoch that is still current when a dial fails was never sent.
+    epoch: AtomicU64,
+    /// The protocol version of the current (or last) link; 0 before the first.
+    version: AtomicU32,
 }
 
 impl Peer {
@@ -149,13 +161,37 @@ impl Peer {
             link_changed: Notify::new(),
             pending: Mutex::new(HashMap::new()),
             next_corr: AtomicU64::new(1),
+            epoch: AtomicU64::new(0),
+            version: AtomicU32::new(0),
         }
+    }
+
+    /// The protocol version of the current (or last) link; 0 if there never was one.
+    #[inline]
+    pub(crate) fn version(&self) -> u32 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// The link epoch: changes with every link installed or lost; odd while one is installed.
+    #[inline]
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Facts of the current link, if it is alive.
+    pub(crate) fn current_link_info(&self) -> Option<Arc<actormesh_transport::LinkInfo>> {
+        lock(&self.state)
+            .link
+            .as_ref()
+            .filter(|c| c.link.is_alive())
+            .map(|c| c.link.info().clone())
     }
 
     /// Files an ask awaiting its reply; returns its correlation id.
     pub(crate) fn expect_reply(&self, tx: oneshot::Sender<Reply>) -> u64 {
         let corr = self.next_corr.fetch_add(1, Ordering::Relaxed);
-        lock(&self.pending).insert(corr, tx);
+        let epoch = self.epoch.load(Ordering::Acquire);
+        lock(&self.pending).insert(corr, (tx, epoch));
         corr
     }
 
@@ -167,7 +203,7 @@ impl Peer {
     /// Hands a reply that arrived to the ask waiting for it, if one still does.
     pub(crate) fn complete(&self, corr: u64, reply: Reply) {
         let waiter = lock(&self.pending).remove(&corr);
-        if let Some(tx) = waiter {
+        if let Some((tx, _)) = waiter {
             let _ = tx.send(reply);
         }
     }
@@ -238,7 +274,7 @@ impl Peer {
                 },
                 Err(e) => {
                     let reason = e.to_string();
-                    peer.fail_pending(&reason);
+                    peer.fail_unsent(&reason);
                     driver.abort(&reason);
                 }
             }
@@ -356,6 +392,12 @@ impl Peer {
                 )
             });
         }
+        self.version
+            .store(new.link.info().version, Ordering::Release);
+        self.epoch.store(
+            (self.epoch.load(Ordering::Acquire) | 1) + 2,
+            Ordering::Release,
+        );
         st.link = Some(new);
         drop(st);
         self.link_changed.notify_waiters();
@@ -388,6 +430,10 @@ impl Peer {
             }
             st.link = None;
             st.lanes.link_lost();
+            self.epoch.store(
+                (self.epoch.load(Ordering::Acquire) | 1) + 1,
+                Ordering::Release,
+            );
             std::mem::take(&mut st.watches)
         };
         self.link_changed.notify_waiters();
@@ -396,10 +442,22 @@ impl Peer {
         true
     }
 
+    /// Fails every pending ask: the link they may have gone on is gone.
     pub(crate) fn fail_pending(&self, reason: &str) {
         let pending = std::mem::take(&mut *lock(&self.pending));
-        for (_, tx) in pending {
-            let _ = tx.send(Reply::Lost(reason.to_string()));
+        for (_, (tx, _)) in pending {
+            let _ = tx.send(Reply::Lost(reason.to_string(), true));
+        }
+    }
+
+    /// A dial failed: every pending ask fails; those filed while no link was installed,
+    /// with none installed since, were never sent.
+    fn fail_unsent(&self, reason: &str) {
+        let now = self.epoch.load(Ordering::Acquire);
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        for (_, (tx, epoch)) in pending {
+            let sent = !never_sent(epoch, now);
+            let _ = tx.send(Reply::Lost(reason.to_string(), sent));
         }
     }
 
@@ -642,6 +700,17 @@ impl<P> PeerTable<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_asks_filed_with_no_link_and_none_since_count_as_never_sent() {
+        assert!(
+            never_sent(0, 0),
+            "no link ever: the dial failed before anything went"
+        );
+        assert!(!never_sent(3, 3), "filed while a link was installed");
+        assert!(!never_sent(4, 7), "a link was installed since");
+        assert!(!never_sent(4, 8), "a link came and went since");
+    }
 
     fn addr(n: u8) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, n], 4000))

@@ -1,20 +1,28 @@
 //! [`RemoteRef`]: a location-transparent reference to a named actor.
 
 use std::any::TypeId;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use actormesh_transport::codec;
+use actormesh_transport::codec::{self, CodecError};
 use actormesh_transport::sink::PushError;
+use actormesh_transport::SpiffeId;
 
+use crate::call::{
+    outgoing_meta, outgoing_timeout, plan, CallInfo, CallMeta, CallOptions, Deadline, NO_OPTIONS,
+};
 use crate::deadline::LazyDeadline;
 use crate::error::{AskError, TellError};
 use crate::locks::{read, write};
-use crate::message::{Delivery, HandlerEntry, RemoteMessage, ReplyTo};
+use crate::mailbox::Permit;
+use crate::message::{Delivery, HandlerEntry, RemoteMessage, RemoteReply, ReplyTo};
 use crate::peers::{Peer, Reply};
 use crate::slots::ActorSlot;
 use crate::wire::{self, WireError};
@@ -24,6 +32,8 @@ use crate::wire::{self, WireError};
 pub(crate) trait Home: Send + Sync + std::fmt::Debug {
     /// The actor `name` hosted on this node.
     fn slot(&self, name: &str) -> Option<Arc<ActorSlot>>;
+    /// This node's identity.
+    fn identity(&self) -> SpiffeId;
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +58,18 @@ pub struct RemoteRef {
     /// The node's default deadline of `ask`, copied so a call reads no config.
     default_timeout: Duration,
     target: Target,
+    /// The identity the node at `addr` must prove before anything is sent to it.
+    pinned: Option<Arc<Pin>>,
+}
+
+/// A pinned identity and the link it was last verified on.
+#[derive(Debug)]
+struct Pin {
+    expected: SpiffeId,
+    /// The peer's link epoch (odd: a link installed) whose link proved `expected`; 0 for
+    /// none. While the epoch is unchanged the same link carries the calls, so the check
+    /// costs two atomic loads.
+    verified: AtomicU64,
 }
 
 impl RemoteRef {
@@ -63,6 +85,7 @@ impl RemoteRef {
             name: slot.name().clone(),
             default_timeout,
             target: Target::Local(Arc::new(RwLock::new(Some(slot)))),
+            pinned: None,
         }
     }
 
@@ -78,6 +101,7 @@ impl RemoteRef {
             name: Arc::from(name),
             default_timeout,
             target: Target::Local(Arc::new(RwLock::new(None))),
+            pinned: None,
         }
     }
 
@@ -93,6 +117,7 @@ impl RemoteRef {
             name: Arc::from(name),
             default_timeout,
             target: Target::Remote(peer),
+            pinned: None,
         }
     }
 
@@ -135,10 +160,48 @@ impl RemoteRef {
 
     /// Sends `msg` without waiting for a reply, waiting while the target's mailbox (local)
     /// or the lane to its node (remote) is full. Remote tells are at-most-once: `Ok` means
-    /// queued for sending, not delivered.
-    pub async fn tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
+    /// queued for sending, not delivered. Made while handling a call, it carries that
+    /// call's propagated metadata and the handling actor's workload.
+    pub fn tell<M: RemoteMessage>(
+        &self,
+        msg: M,
+    ) -> impl Future<Output = Result<(), TellError<M>>> + '_ {
+        self.tell_call(msg, None, CallInfo::ambient())
+    }
+
+    /// [`RemoteRef::tell`] with call options (metadata, attempt, trace; the timeout is
+    /// not used: a tell has no deadline).
+    pub fn tell_with_options<'a, M: RemoteMessage>(
+        &'a self,
+        msg: M,
+        options: &'a CallOptions,
+    ) -> impl Future<Output = Result<(), TellError<M>>> + 'a {
+        self.tell_call(msg, Some(options), CallInfo::ambient())
+    }
+
+    /// `ambient` is read when the call is made, not when its future is first polled, so
+    /// a call made in a handler inherits from it even if it runs later.
+    async fn tell_call<M: RemoteMessage>(
+        &self,
+        msg: M,
+        options: Option<&CallOptions>,
+        ambient: Option<CallInfo>,
+    ) -> Result<(), TellError<M>> {
+        let meta = match (options, &ambient) {
+            (None, None) => None,
+            (o, a) => outgoing_meta(a.as_ref(), o.unwrap_or(&NO_OPTIONS), false),
+        };
+        if let Some(Err(e)) = meta.as_ref().map(CallMeta::check) {
+            return Err(TellError::NotDelivered(
+                msg,
+                format!("invalid call metadata: {e}"),
+            ));
+        }
         match &self.target {
             Target::Local(cell) => {
+                if let Err(reason) = self.check_local_pin() {
+                    return Err(TellError::NotDelivered(msg, reason));
+                }
                 let Some(slot) = self.local_slot(cell) else {
                     return Err(TellError::NoSuchActor(msg));
                 };
@@ -146,16 +209,26 @@ impl RemoteRef {
                     return Err(TellError::UnknownMessage(msg));
                 };
                 let permit = slot.permits().acquire().await;
+                let call = local_call(&slot, Deadline::None, meta);
                 deliver_local(
                     &slot,
                     entry,
-                    Delivery::new(msg, ReplyTo::None, Some(permit)),
+                    Delivery::new(msg, ReplyTo::None, Some(permit)).with_call(call),
                 )
                 .map_err(|d| TellError::NoSuchActor(d.into_message()))
             }
             Target::Remote(peer) => {
+                let meta = match self.before_sending(peer, meta, false).await {
+                    Ok(m) => m,
+                    Err(Refused::Unreachable(r)) => return Err(TellError::Unreachable(msg, r)),
+                    Err(Refused::NotDelivered(r)) => return Err(TellError::NotDelivered(msg, r)),
+                };
                 let pushed = peer
-                    .push_lane(&self.name, |b| wire::encode_tell(b, M::NAME, &msg))
+                    .push_lane(&self.name, |b| {
+                        wire::encode_call(b, None, meta.as_ref(), M::NAME, |b| {
+                            codec::encode_into(&msg, b)
+                        })
+                    })
                     .await;
                 push_result(pushed, msg)
             }
@@ -163,10 +236,19 @@ impl RemoteRef {
     }
 
     /// Sends `msg` without waiting at all: a full mailbox or lane gives
-    /// [`TellError::Full`] with the message handed back.
+    /// [`TellError::Full`] with the message handed back. It never waits for a link either:
+    /// to a node this node has no link to yet, it goes without call metadata (the node's
+    /// protocol version is not known yet), and a pinned reference refuses it.
     pub fn try_tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
+        let ambient = CallInfo::ambient();
+        let meta = ambient
+            .as_ref()
+            .and_then(|a| outgoing_meta(Some(a), &NO_OPTIONS, false));
         match &self.target {
             Target::Local(cell) => {
+                if let Err(reason) = self.check_local_pin() {
+                    return Err(TellError::NotDelivered(msg, reason));
+                }
                 let Some(slot) = self.local_slot(cell) else {
                     return Err(TellError::NoSuchActor(msg));
                 };
@@ -176,58 +258,223 @@ impl RemoteRef {
                 let Some(permit) = slot.permits().try_acquire() else {
                     return Err(TellError::Full(msg));
                 };
+                let call = local_call(&slot, Deadline::None, meta);
                 deliver_local(
                     &slot,
                     entry,
-                    Delivery::new(msg, ReplyTo::None, Some(permit)),
+                    Delivery::new(msg, ReplyTo::None, Some(permit)).with_call(call),
                 )
                 .map_err(|d| TellError::NoSuchActor(d.into_message()))
             }
             Target::Remote(peer) => {
-                let pushed =
-                    peer.try_push_lane(&self.name, |b| wire::encode_tell(b, M::NAME, &msg));
+                if let Some(pin) = self.pinned.as_ref().filter(|_| !self.pin_holds(peer)) {
+                    let expected = &pin.expected;
+                    match peer.current_link_info() {
+                        Some(info) if info.peer == *expected => {}
+                        Some(info) => {
+                            return Err(TellError::NotDelivered(
+                                msg,
+                                pin_mismatch(self.addr, expected, &info.peer),
+                            ))
+                        }
+                        None => {
+                            return Err(TellError::NotDelivered(
+                                msg,
+                                format!("no verified link to {} yet to check the pinned identity {expected} (try_tell does not dial)", self.addr),
+                            ))
+                        }
+                    }
+                }
+                // Metadata goes only where the link is known to read it.
+                let meta = meta.filter(|m| peer.version() >= 2 && m.check().is_ok());
+                let pushed = peer.try_push_lane(&self.name, |b| {
+                    wire::encode_call(b, None, meta.as_ref(), M::NAME, |b| {
+                        codec::encode_into(&msg, b)
+                    })
+                });
                 push_result(pushed, msg)
             }
         }
     }
 
-    /// Asks with the node's default deadline.
-    pub async fn ask<M: RemoteMessage>(&self, msg: M) -> Result<M::Result, AskError> {
-        self.ask_timeout(msg, self.default_timeout).await
+    /// Asks with the node's default deadline (or less: what the call being handled has left).
+    ///
+    /// Every call reads the context of the call being handled when it is made (not when
+    /// its future is first polled), so a call made in a handler inherits from it.
+    pub fn ask<M: RemoteMessage>(
+        &self,
+        msg: M,
+    ) -> impl Future<Output = Result<M::Result, AskError>> + '_ {
+        self.ask_call(msg, None, self.default_timeout, true, CallInfo::ambient())
     }
 
-    /// Sends `msg` and waits for the reply, at most `timeout`.
-    pub async fn ask_timeout<M: RemoteMessage>(
+    /// Sends `msg` and waits for the reply, at most `timeout` (or less: what the call
+    /// being handled has left).
+    pub fn ask_timeout<M: RemoteMessage>(
         &self,
         msg: M,
         timeout: Duration,
-    ) -> Result<M::Result, AskError> {
-        self.ask_with(msg, timeout, true).await
+    ) -> impl Future<Output = Result<M::Result, AskError>> + '_ {
+        self.ask_call(msg, None, timeout, true, CallInfo::ambient())
     }
 
     /// Like [`RemoteRef::ask_timeout`], but fails at once with [`AskError::MailboxFull`]
     /// instead of waiting when the target's mailbox (local) or the lane to its node (remote)
     /// is full. The reply is still awaited, up to `timeout`.
-    pub async fn try_ask<M: RemoteMessage>(
+    pub fn try_ask<M: RemoteMessage>(
         &self,
         msg: M,
         timeout: Duration,
-    ) -> Result<M::Result, AskError> {
-        self.ask_with(msg, timeout, false).await
+    ) -> impl Future<Output = Result<M::Result, AskError>> + '_ {
+        self.ask_call(msg, None, timeout, false, CallInfo::ambient())
     }
 
-    async fn ask_with<M: RemoteMessage>(
+    /// Asks with call options: timeout (the node's default if `None`), metadata, attempt
+    /// number and trace context. Made while handling a call, the deadline is that call's
+    /// if it is shorter, and its metadata marked to propagate is added. Metadata breaking
+    /// a limit fails with [`AskError::InvalidMetadata`] before anything is sent. To a node
+    /// of protocol version 1 the metadata is not sent (its frames have no place for it).
+    pub fn ask_with_options<'a, M: RemoteMessage>(
+        &'a self,
+        msg: M,
+        options: &'a CallOptions,
+    ) -> impl Future<Output = Result<M::Result, AskError>> + 'a {
+        self.ask_call(
+            msg,
+            Some(options),
+            self.default_timeout,
+            true,
+            CallInfo::ambient(),
+        )
+    }
+
+    /// A reference that checks, before each call, that the node at its address proves
+    /// `expected` (the verified identity of the link); a call to any other identity fails
+    /// with [`AskError::NotDelivered`] (tell: [`TellError::NotDelivered`]) naming both,
+    /// and nothing is sent.
+    ///
+    /// The identity is compared once per link (a link is fixed to one verified identity);
+    /// later calls on the same link compare two integers.
+    pub fn pinned(mut self, expected: SpiffeId) -> RemoteRef {
+        self.pinned = Some(Arc::new(Pin {
+            expected,
+            verified: AtomicU64::new(0),
+        }));
+        self
+    }
+
+    /// The identity this reference is pinned to.
+    pub fn pinned_identity(&self) -> Option<&SpiffeId> {
+        self.pinned.as_ref().map(|p| &p.expected)
+    }
+
+    /// Whether nothing is left to check of the pin before sending to `peer`: no pin, or
+    /// the current link already proved it.
+    #[inline]
+    fn pin_holds(&self, peer: &Peer) -> bool {
+        match &self.pinned {
+            None => true,
+            Some(pin) => {
+                let epoch = peer.epoch();
+                epoch & 1 == 1 && pin.verified.load(Ordering::Acquire) == epoch
+            }
+        }
+    }
+
+    /// Calls the message named `message_name` with a JSON payload, without its Rust type;
+    /// the reply comes back as JSON. The callee decodes the payload with the message's
+    /// serde form: bad JSON is [`AskError::Rejected`] with serde_json's message, naming the
+    /// field or position. Needs a node of protocol version 2 or later
+    /// ([`AskError::NotDelivered`] otherwise).
+    pub async fn ask_json(
+        &self,
+        message_name: &str,
+        payload: &serde_json::Value,
+        options: &CallOptions,
+    ) -> Result<serde_json::Value, AskError> {
+        if message_name.is_empty() || message_name.len() > 255 {
+            return Err(AskError::NotDelivered {
+                reason: format!(
+                    "message name {message_name:?} must be 1 to 255 bytes, it is {}",
+                    message_name.len()
+                ),
+            });
+        }
+        let body = serde_json::to_vec(payload).map_err(|e| AskError::NotDelivered {
+            reason: format!("cannot encode the JSON payload: {e}"),
+        })?;
+        let ambient = CallInfo::ambient();
+        let timeout = outgoing_timeout(
+            ambient.as_ref(),
+            options,
+            self.default_timeout,
+            std::time::Instant::now,
+        );
+        let meta =
+            outgoing_meta(ambient.as_ref(), options, true).expect("a JSON call always has a block");
+        meta.check().map_err(AskError::InvalidMetadata)?;
+        let bytes = match &self.target {
+            Target::Local(cell) => {
+                self.check_local_pin()
+                    .map_err(|reason| AskError::NotDelivered { reason })?;
+                self.ask_local_encoded(cell, message_name, &body, meta, timeout)
+                    .await?
+            }
+            Target::Remote(peer) => {
+                let payload = |b: &mut Vec<u8>| {
+                    b.extend_from_slice(&body);
+                    Ok(())
+                };
+                self.ask_remote(peer, message_name, payload, Some(meta), timeout, true)
+                    .await?
+            }
+        };
+        serde_json::from_slice(&bytes).map_err(|e| {
+            AskError::Rejected(format!("the reply to {message_name} is not JSON: {e}"))
+        })
+    }
+
+    async fn ask_call<M: RemoteMessage>(
         &self,
         msg: M,
+        options: Option<&CallOptions>,
         timeout: Duration,
         wait_for_room: bool,
+        ambient: Option<CallInfo>,
     ) -> Result<M::Result, AskError> {
+        // The plain path (no options, not inside a handler) carries nothing and reads no
+        // clock beyond what it did before.
+        let (timeout, meta) = match (options, &ambient) {
+            (None, None) => (timeout, None),
+            (o, a) => {
+                let o = plan(
+                    a.as_ref(),
+                    o.unwrap_or(&NO_OPTIONS),
+                    timeout,
+                    false,
+                    std::time::Instant::now,
+                );
+                (o.timeout, o.meta)
+            }
+        };
+        if let Some(m) = &meta {
+            m.check().map_err(AskError::InvalidMetadata)?;
+        }
         match &self.target {
-            Target::Local(cell) => self.ask_local(cell, msg, timeout, wait_for_room).await,
-            Target::Remote(peer) => {
-                let deadline = Instant::now() + timeout;
-                self.ask_remote(peer, msg, deadline, timeout, wait_for_room)
+            Target::Local(cell) => {
+                self.check_local_pin()
+                    .map_err(|reason| AskError::NotDelivered { reason })?;
+                self.ask_local(cell, msg, timeout, wait_for_room, meta)
                     .await
+            }
+            Target::Remote(peer) => {
+                let payload = |b: &mut Vec<u8>| codec::encode_into(&msg, b);
+                let bytes = self
+                    .ask_remote(peer, M::NAME, payload, meta, timeout, wait_for_room)
+                    .await?;
+                codec::decode::<M::Result>(&bytes).map_err(|e| {
+                    AskError::Rejected(format!("cannot decode the reply to {}: {e}", M::NAME))
+                })
             }
         }
     }
@@ -238,12 +485,28 @@ impl RemoteRef {
         }
     }
 
+    /// A pinned reference to an actor on this node checks this node's own identity.
+    fn check_local_pin(&self) -> Result<(), String> {
+        match &self.pinned {
+            None => Ok(()),
+            Some(pin) => {
+                let me = self.home.identity();
+                if me == pin.expected {
+                    Ok(())
+                } else {
+                    Err(pin_mismatch(self.addr, &pin.expected, &me))
+                }
+            }
+        }
+    }
+
     async fn ask_local<M: RemoteMessage>(
         &self,
         cell: &RwLock<Option<Arc<ActorSlot>>>,
         msg: M,
         timeout: Duration,
         wait_for_room: bool,
+        meta: Option<CallMeta>,
     ) -> Result<M::Result, AskError> {
         let Some(slot) = self.local_slot(cell) else {
             return Err(AskError::NoSuchActor {
@@ -258,24 +521,14 @@ impl RemoteRef {
                 message: M::NAME.to_string(),
             });
         };
-        // The clock is read only when the mailbox is full; the fast path needs no time.
-        let (permit, remaining) = match slot.permits().try_acquire() {
-            Some(p) => (p, timeout),
-            None if !wait_for_room => return Err(self.mailbox_full()),
-            None => {
-                let start = Instant::now();
-                match tokio::time::timeout(timeout, slot.permits().acquire()).await {
-                    Ok(p) => (p, timeout.saturating_sub(start.elapsed())),
-                    Err(_) => return Err(AskError::Timeout { after: timeout }),
-                }
-            }
-        };
+        let (permit, remaining) = self.local_permit(&slot, timeout, wait_for_room).await?;
         let (tx, rx) = oneshot::channel();
         let generation = slot.generation();
+        let call = local_call(&slot, Deadline::Within(remaining), meta);
         deliver_local(
             &slot,
             entry,
-            Delivery::new(msg, ReplyTo::Local(tx), Some(permit)),
+            Delivery::new(msg, ReplyTo::Local(tx), Some(permit)).with_call(call),
         )
         .map_err(|_| self.stopped())?;
         match LazyDeadline::new(rx, remaining).await {
@@ -288,17 +541,138 @@ impl RemoteRef {
         }
     }
 
-    async fn ask_remote<M: RemoteMessage>(
+    /// A mailbox place and the time left after waiting for it. The clock is read only
+    /// when the mailbox is full; the fast path needs no time.
+    async fn local_permit(
         &self,
-        peer: &Arc<Peer>,
-        msg: M,
-        deadline: Instant,
+        slot: &ActorSlot,
         timeout: Duration,
         wait_for_room: bool,
-    ) -> Result<M::Result, AskError> {
-        let unreachable = |reason: String| AskError::Unreachable {
+    ) -> Result<(Permit, Duration), AskError> {
+        match slot.permits().try_acquire() {
+            Some(p) => Ok((p, timeout)),
+            None if !wait_for_room => Err(self.mailbox_full()),
+            None => {
+                let start = Instant::now();
+                match tokio::time::timeout(timeout, slot.permits().acquire()).await {
+                    Ok(p) => Ok((p, timeout.saturating_sub(start.elapsed()))),
+                    Err(_) => Err(AskError::Timeout { after: timeout }),
+                }
+            }
+        }
+    }
+
+    /// An encoded (JSON) ask to an actor on this node, by message name.
+    async fn ask_local_encoded(
+        &self,
+        cell: &RwLock<Option<Arc<ActorSlot>>>,
+        name: &str,
+        payload: &[u8],
+        meta: CallMeta,
+        timeout: Duration,
+    ) -> Result<Bytes, AskError> {
+        let Some(slot) = self.local_slot(cell) else {
+            return Err(AskError::NoSuchActor {
+                actor: self.name.to_string(),
+                node: self.addr,
+            });
+        };
+        let Some(entry) = slot.entry_named(name) else {
+            return Err(AskError::UnknownMessage {
+                actor: self.name.to_string(),
+                actor_type: slot.actor_type().to_string(),
+                message: name.to_string(),
+            });
+        };
+        let (permit, remaining) = self.local_permit(&slot, timeout, true).await?;
+        let (tx, rx) = oneshot::channel();
+        let call = local_call(&slot, Deadline::Within(remaining), Some(meta));
+        let delivered = {
+            let addr = slot.address();
+            match addr.as_deref() {
+                Some(a) => {
+                    let reply = RemoteReply::local(tx, true);
+                    // A decoding failure has answered the reply already.
+                    let _ = (entry.remote)(a, payload, Some(reply), Some(permit), call);
+                    true
+                }
+                None => false,
+            }
+        };
+        if !delivered {
+            return Err(self.stopped());
+        }
+        match LazyDeadline::new(rx, remaining).await {
+            Ok(Ok(Reply::Ok(bytes))) => Ok(bytes),
+            Ok(Ok(Reply::Err(e))) => Err(self.wire_error(name, e, timeout)),
+            Ok(Ok(Reply::Lost(..))) | Ok(Err(_)) => Err(self.stopped()),
+            Err(_) => Err(AskError::Timeout { after: timeout }),
+        }
+    }
+
+    /// What must hold before a remote call is sent: the pinned identity, and a known
+    /// protocol version if the call has a block. Returns the block to send (none to a
+    /// version 1 node).
+    async fn before_sending(
+        &self,
+        peer: &Arc<Peer>,
+        meta: Option<CallMeta>,
+        json: bool,
+    ) -> Result<Option<CallMeta>, Refused> {
+        if self.pin_holds(peer) && (meta.is_none() || peer.version() != 0) {
+            return downgrade(meta, peer.version(), json, self.addr);
+        }
+        let before = peer.epoch();
+        let link = peer
+            .connected_link()
+            .await
+            .map_err(|e| Refused::Unreachable(e.to_string()))?;
+        let info = link.info();
+        if let Some(pin) = &self.pinned {
+            if info.peer != pin.expected {
+                return Err(Refused::NotDelivered(pin_mismatch(
+                    self.addr,
+                    &pin.expected,
+                    &info.peer,
+                )));
+            }
+            // Cached only if the link checked is the one of this epoch.
+            if before & 1 == 1 && peer.epoch() == before {
+                pin.verified.store(before, Ordering::Release);
+            }
+        }
+        downgrade(meta, info.version, json, self.addr)
+    }
+
+    async fn ask_remote(
+        &self,
+        peer: &Arc<Peer>,
+        name: &str,
+        payload: impl Fn(&mut Vec<u8>) -> Result<(), CodecError>,
+        meta: Option<CallMeta>,
+        timeout: Duration,
+        wait_for_room: bool,
+    ) -> Result<Bytes, AskError> {
+        let deadline = Instant::now() + timeout;
+        let unreachable = |reason: String, sent: bool| AskError::Unreachable {
             node: self.addr,
             reason,
+            sent,
+        };
+        let json = meta.as_ref().is_some_and(|m| m.json);
+        // The plain path needs no check, so it arms no timer for one.
+        let checked = if self.pin_holds(peer) && (meta.is_none() || peer.version() != 0) {
+            Ok(downgrade(meta, peer.version(), json, self.addr))
+        } else {
+            tokio::time::timeout_at(deadline, self.before_sending(peer, meta, json)).await
+        };
+        let meta = match checked {
+            Ok(Ok(m)) => m,
+            Ok(Err(Refused::Unreachable(r))) => return Err(unreachable(r, false)),
+            Ok(Err(Refused::NotDelivered(reason))) => {
+                return Err(AskError::NotDelivered { reason })
+            }
+            Err(_) => return Err(AskError::Timeout { after: timeout }),
         };
         let (tx, rx) = oneshot::channel();
         let corr = peer.expect_reply(tx);
@@ -308,7 +682,7 @@ impl RemoteRef {
             let encode = |b: &mut Vec<u8>| {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let ms = left.as_millis().min(u128::from(u32::MAX)) as u32;
-                wire::encode_ask(b, corr, ms, M::NAME, &msg)
+                wire::encode_call(b, Some((corr, ms)), meta.as_ref(), name, &payload)
             };
             let pushed = if wait_for_room {
                 peer.push_lane(&self.name, encode).await
@@ -318,16 +692,14 @@ impl RemoteRef {
             match pushed {
                 Ok(()) => {}
                 Err(PushError::Full) => return Err(self.mailbox_full()),
-                Err(PushError::Closed(reason)) => return Err(unreachable(reason)),
-                Err(e) => return Err(AskError::Rejected(format!("cannot send {}: {e}", M::NAME))),
+                Err(PushError::Closed(reason)) => return Err(unreachable(reason, false)),
+                Err(e) => return Err(AskError::Rejected(format!("cannot send {name}: {e}"))),
             }
             match rx.await {
-                Ok(Reply::Ok(bytes)) => codec::decode::<M::Result>(&bytes).map_err(|e| {
-                    AskError::Rejected(format!("cannot decode the reply to {}: {e}", M::NAME))
-                }),
-                Ok(Reply::Err(e)) => Err(self.wire_error::<M>(e, timeout)),
-                Ok(Reply::Lost(reason)) => Err(unreachable(reason)),
-                Err(_) => Err(unreachable("the node shut down".into())),
+                Ok(Reply::Ok(bytes)) => Ok(bytes),
+                Ok(Reply::Err(e)) => Err(self.wire_error(name, e, timeout)),
+                Ok(Reply::Lost(reason, sent)) => Err(unreachable(reason, sent)),
+                Err(_) => Err(unreachable("the node shut down".into(), true)),
             }
         };
         match tokio::time::timeout_at(deadline, work).await {
@@ -342,7 +714,7 @@ impl RemoteRef {
         }
     }
 
-    fn wire_error<M: RemoteMessage>(&self, e: WireError, timeout: Duration) -> AskError {
+    fn wire_error(&self, message: &str, e: WireError, timeout: Duration) -> AskError {
         let actor = self.name.to_string();
         match e {
             WireError::Stopped => AskError::Stopped { actor },
@@ -354,12 +726,49 @@ impl RemoteRef {
             WireError::UnknownMessage { actor_type } => AskError::UnknownMessage {
                 actor,
                 actor_type,
-                message: M::NAME.to_string(),
+                message: message.to_string(),
             },
             WireError::Rejected(r) => AskError::Rejected(r),
             WireError::Timeout => AskError::Timeout { after: timeout },
         }
     }
+}
+
+/// Why a call was refused before anything was sent.
+enum Refused {
+    /// No link could be had.
+    Unreachable(String),
+    /// The node is not the pinned identity, or cannot read the call.
+    NotDelivered(String),
+}
+
+/// The block to send on a link of `version`: a version 1 node reads none, so it goes
+/// without (a JSON call cannot).
+fn downgrade(
+    meta: Option<CallMeta>,
+    version: u32,
+    json: bool,
+    addr: SocketAddr,
+) -> Result<Option<CallMeta>, Refused> {
+    if version >= 2 || meta.is_none() {
+        return Ok(meta);
+    }
+    if json {
+        return Err(Refused::NotDelivered(format!(
+            "the node at {addr} speaks protocol version {version}, which has no JSON calls"
+        )));
+    }
+    Ok(None)
+}
+
+fn pin_mismatch(addr: SocketAddr, expected: &SpiffeId, found: &SpiffeId) -> String {
+    format!("the node at {addr} is {found}, not the pinned identity {expected}")
+}
+
+/// The context of a call delivered on this node: no caller node, the deadline, the block,
+/// and the workload of the actor that handles it.
+fn local_call(slot: &ActorSlot, deadline: Deadline, meta: Option<CallMeta>) -> CallInfo {
+    CallInfo::new(deadline, None, meta.map(Arc::new), slot.workload().cloned())
 }
 
 /// Removes an ask from the pending table when the caller stops waiting (deadline or drop).

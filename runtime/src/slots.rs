@@ -38,6 +38,9 @@ pub(crate) struct ActorSlot {
     /// `Node::stop` was called: do not restart, stop the running instance.
     stop_requested: AtomicBool,
     stop_signal: Notify,
+    /// The workload the actor runs as (`SpawnOptions::workload`): asserted on the calls
+    /// its handlers make.
+    workload: std::sync::OnceLock<Arc<str>>,
 }
 
 impl std::fmt::Debug for ActorSlot {
@@ -70,7 +73,18 @@ impl ActorSlot {
             ended: AtomicBool::new(false),
             stop_requested: AtomicBool::new(false),
             stop_signal: Notify::new(),
+            workload: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets the workload the actor runs as (once, at spawn).
+    pub(crate) fn set_workload(&self, workload: Arc<str>) {
+        let _ = self.workload.set(workload);
+    }
+
+    /// The workload the actor runs as.
+    pub(crate) fn workload(&self) -> Option<&Arc<str>> {
+        self.workload.get()
     }
 
     pub(crate) fn id(&self) -> u64 {

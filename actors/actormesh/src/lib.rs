@@ -88,8 +88,9 @@ extern crate self as actormesh;
 
 pub use actormesh_macros::{handler, RemoteMessage};
 pub use actormesh_runtime::{
-    caller, hosted_actor_types, AskError, Backoff, Node, NodeConfig, NodeError, RemoteMessage,
-    RemoteRef, RestartPolicy, SpawnOptions, TellError, Terminated, TerminationReason, Watch,
+    caller, hosted_actor_types, AskError, Backoff, CallInfo, CallOptions, CallOutcome, Metadata,
+    MetadataError, Node, NodeConfig, NodeError, RemoteMessage, RemoteRef, RestartPolicy,
+    SpawnOptions, TellError, Terminated, TerminationReason, TraceContext, Watch, METADATA_LIMIT,
 };
 pub use actormesh_transport as transport;
 pub use local_ca::{LocalCa, LocalCaError};
@@ -108,8 +109,9 @@ pub mod token;
 /// What most programs need: actix's prelude, serde's derives and actormesh's types.
 pub mod prelude {
     pub use crate::{
-        handler, AskError, Backoff, Node, NodeConfig, RemoteMessage, RemoteRef, RestartPolicy,
-        SpawnOptions, TellError, Terminated, TerminationReason,
+        handler, AskError, Backoff, CallInfo, CallOptions, Metadata, Node, NodeConfig,
+        RemoteMessage, RemoteRef, RestartPolicy, SpawnOptions, TellError, Terminated,
+        TerminationReason,
     };
     pub use actix::prelude::{Actor, ActorContext, AsyncContext, Context, Handler, MessageResult};
     pub use serde::{Deserialize, Serialize};

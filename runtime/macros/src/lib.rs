@@ -78,8 +78,10 @@ fn expand_message(input: &DeriveInput) -> syn::Result<TokenStream2> {
 ///
 /// Put it on the impl block. It keeps the impl as written and adds what the runtime needs
 /// to deliver an `M` that arrives from the network (or from a location-transparent
-/// reference) to any `A` that a node hosts. `#[handler(crate = "path")]` names the actormesh
-/// crate if it is not `::actormesh`.
+/// reference) to any `A` that a node hosts. The entry also decodes `M` from JSON and
+/// encodes its reply as JSON (serde_json, through the same serde derives), for callers
+/// without the Rust types (`RemoteRef::ask_json`, the CLI, the gateway).
+/// `#[handler(crate = "path")]` names the actormesh crate if it is not `::actormesh`.
 #[proc_macro_attribute]
 pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
     let item = parse_macro_input!(item as ItemImpl);

@@ -33,7 +33,9 @@ pub struct EndpointConfig {
     pub connection_window: u32,
     /// Concurrent streams a peer may open (one per remote actor in use, plus a few).
     pub max_streams: u32,
-    /// Protocol version announced (tests change it to check the mismatch error).
+    /// The highest protocol version spoken; the node speaks the one before too (only 1
+    /// when this is 1). Set it to 1 to behave exactly as a node of the first release;
+    /// tests set others to check the mismatch error.
     pub protocol_version: u32,
     /// A replaced link is closed after this long at the latest. The layer above closes it
     /// sooner, once it has drained (see `actormesh-runtime`); this bounds the wait.
@@ -61,6 +63,9 @@ impl EndpointConfig {
 
     pub(super) fn validate(&self) -> Result<(), TransportError> {
         let err = |s: String| Err(TransportError::Config(s));
+        if self.protocol_version == 0 {
+            return err("protocol_version must be at least 1".into());
+        }
         if self.keep_alive >= self.idle_timeout {
             return err(format!(
                 "keep_alive ({:?}) must be shorter than idle_timeout ({:?})",

@@ -1,5 +1,16 @@
 //! The Hello exchange on a link's control stream, from both sides: the dialer sends
 //! `Hello`, the acceptor decides by the peer book and answers with a `HelloReply`.
+//!
+//! **Versions.** A node configured with version `v` speaks `v` and `v - 1` (only 1 when
+//! `v` is 1). The Hello starts with the version the dialer offers, the highest it speaks;
+//! the acceptor takes it if it speaks it too, and the link then speaks that version.
+//! Otherwise it answers `VersionMismatch { ours }` with the highest it speaks, and the
+//! dialer, if it speaks that one, dials once more offering it. This is the only way a
+//! version 1 node can be reached: it refuses every version but 1 and any byte after its
+//! `Hello`, so nothing a newer Hello could add is readable by it. The extra dial happens
+//! only towards an older node. Versions further apart fail on both sides with an error
+//! naming both. A node configured with version 1 sends and accepts exactly what the
+//! version 1 code did.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -62,6 +73,22 @@ fn next_link_id(inner: &Inner) -> u64 {
     inner.next_link_id.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The versions a node configured with `version` speaks: it and the one before.
+pub(super) fn spoken(version: u32) -> std::ops::RangeInclusive<u32> {
+    version.saturating_sub(1).max(1)..=version
+}
+
+/// What the dialer does with the acceptor's `VersionMismatch { ours: theirs }` after
+/// offering `offered`: offer `theirs` if it speaks it and has not yet, else fail.
+pub(super) fn fallback(configured: u32, offered: u32, theirs: u32) -> Option<u32> {
+    (spoken(configured).contains(&theirs) && theirs < offered).then_some(theirs)
+}
+
+/// The version an acceptor configured with `configured` agrees to when offered `offered`.
+pub(super) fn agree(configured: u32, offered: u32) -> Option<u32> {
+    spoken(configured).contains(&offered).then_some(offered)
+}
+
 /// Dials `addr` and runs the Hello exchange as the dialer; `replaces` asks the peer to
 /// replace the current link (certificate cycling).
 pub(super) async fn dial(
@@ -69,7 +96,45 @@ pub(super) async fn dial(
     addr: SocketAddr,
     replaces: bool,
 ) -> Result<NewLink, DialError> {
-    debug!(%addr, replaces, "dialing");
+    let configured = inner.config.protocol_version;
+    let mut offered = configured;
+    loop {
+        match dial_offering(inner, addr, replaces, offered).await? {
+            Dialed::Link(link) => return Ok(link),
+            Dialed::Mismatch { theirs } => match fallback(configured, offered, theirs) {
+                Some(v) => {
+                    debug!(%addr, theirs, "the peer speaks an older version; dialing again");
+                    offered = v;
+                }
+                None => {
+                    return Err(DialError::Failed(TransportError::ProtocolVersion {
+                        addr,
+                        ours: configured,
+                        theirs,
+                    }))
+                }
+            },
+        }
+    }
+}
+
+/// How one dial offering a version ended, when it did not fail.
+enum Dialed {
+    Link(NewLink),
+    /// The peer does not speak the version offered; `theirs` is the highest it speaks.
+    Mismatch {
+        theirs: u32,
+    },
+}
+
+/// One dial offering `version`.
+async fn dial_offering(
+    inner: &Arc<Inner>,
+    addr: SocketAddr,
+    replaces: bool,
+    version: u32,
+) -> Result<Dialed, DialError> {
+    debug!(%addr, replaces, version, "dialing");
     let timeout = inner.config.handshake_timeout;
     let fail = DialError::Failed;
     let connecting = inner
@@ -90,7 +155,7 @@ pub(super) async fn dial(
             .open_bi()
             .await
             .map_err(|e| map_connection_error(addr, &e))?;
-        let mut hello = inner.config.protocol_version.to_le_bytes().to_vec();
+        let mut hello = version.to_le_bytes().to_vec();
         codec::encode_into(
             &Hello {
                 listen: inner.local_addr,
@@ -131,6 +196,7 @@ pub(super) async fn dial(
                 peer_incarnation: incarnation,
                 dialed_by_us: true,
                 local_cert_expiry,
+                version,
             };
             let link = Link::from_handshake(conn, facts).map_err(fail)?;
             if send.set_priority(PRIORITY_CONTROL).is_err() {
@@ -140,17 +206,13 @@ pub(super) async fn dial(
                     "control stream closed",
                 )));
             }
-            Ok(NewLink {
+            Ok(Dialed::Link(NewLink {
                 link,
                 control_send: send,
                 control_recv: recv,
-            })
+            }))
         }
-        HelloReply::VersionMismatch { ours } => Err(fail(TransportError::ProtocolVersion {
-            addr,
-            ours: inner.config.protocol_version,
-            theirs: ours,
-        })),
+        HelloReply::VersionMismatch { ours } => Ok(Dialed::Mismatch { theirs: ours }),
         HelloReply::Duplicate => Err(DialError::Duplicate),
         HelloReply::AddressTaken { holder } => Err(fail(TransportError::Protocol {
             addr,
@@ -209,8 +271,8 @@ pub(super) async fn accept(
             reason: "hello shorter than its version field".into(),
         });
     }
-    let version = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
-    if version != inner.config.protocol_version {
+    let offered = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
+    let Some(version) = agree(inner.config.protocol_version, offered) else {
         let ours = inner.config.protocol_version;
         refuse(inner, &mut send, HelloReply::VersionMismatch { ours }).await?;
         conn.close(
@@ -220,9 +282,9 @@ pub(super) async fn accept(
         return Err(TransportError::ProtocolVersion {
             addr: remote,
             ours,
-            theirs: version,
+            theirs: offered,
         });
-    }
+    };
     let hello: Hello = codec::decode(&frame[4..])?;
     let peer_addr = if hello.listen.ip().is_unspecified() {
         SocketAddr::new(remote.ip(), hello.listen.port())
@@ -235,6 +297,7 @@ pub(super) async fn accept(
         peer_incarnation: hello.incarnation,
         dialed_by_us: false,
         local_cert_expiry,
+        version,
     };
     let link = Link::from_handshake(conn, facts)?;
     let me = inner.certs.current().identity.clone();
@@ -288,5 +351,41 @@ pub(super) async fn accept(
                 control_recv: recv,
             }))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_speaks_its_version_and_the_one_before() {
+        assert_eq!(spoken(1), 1..=1);
+        assert_eq!(spoken(2), 1..=2);
+        assert_eq!(spoken(3), 2..=3);
+    }
+
+    #[test]
+    fn neighbouring_versions_agree_on_the_older_one() {
+        // A v2 dialer offers 2; a v1 acceptor (today's code) answers that it speaks 1.
+        assert_eq!(agree(1, 2), None);
+        assert_eq!(fallback(2, 2, 1), Some(1));
+        assert_eq!(agree(1, 1), Some(1));
+        // A v1 dialer offers 1 to a v2 acceptor, which takes it.
+        assert_eq!(agree(2, 1), Some(1));
+        assert_eq!(agree(2, 2), Some(2));
+        // A v3 dialer and a v2 acceptor meet at 2.
+        assert_eq!(agree(2, 3), None);
+        assert_eq!(fallback(3, 3, 2), Some(2));
+    }
+
+    #[test]
+    fn versions_further_apart_are_refused_and_the_dialer_never_loops() {
+        assert_eq!(agree(3, 1), None);
+        assert_eq!(agree(1, 3), None);
+        assert_eq!(fallback(3, 3, 1), None);
+        assert_eq!(fallback(1, 1, 3), None);
+        // Offered the fallback already: no second retry.
+        assert_eq!(fallback(2, 1, 1), None);
     }
 }

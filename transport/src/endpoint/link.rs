@@ -31,6 +31,8 @@ pub struct LinkInfo {
     pub local_cert_expiry: SystemTime,
     /// When the link was established.
     pub established: SystemTime,
+    /// The protocol version the link speaks, agreed in the Hello exchange.
+    pub version: u32,
 }
 
 /// An established, mutually authenticated connection to a peer.
@@ -91,6 +93,8 @@ pub(super) struct Handshaken {
     pub dialed_by_us: bool,
     /// Expiry of the certificate this side presented.
     pub local_cert_expiry: SystemTime,
+    /// The protocol version agreed.
+    pub version: u32,
 }
 
 impl Link {
@@ -132,6 +136,7 @@ impl Link {
                 peer_cert_expiry,
                 local_cert_expiry: facts.local_cert_expiry,
                 established: SystemTime::now(),
+                version: facts.version,
             }),
         })
     }

@@ -45,8 +45,10 @@ pub use peers::{admit, Admission, Existing};
 use handshake::{dial, DialError};
 use peers::{LinkStep, PeerBook};
 
-/// The actormesh wire protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The actormesh wire protocol version spoken by this build. A node also speaks the one
+/// before (see [`EndpointConfig::protocol_version`]): version 1 links carry the frames of
+/// the first release exactly; version 2 adds the call metadata block.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Application close codes on links.
 pub mod close_code {

@@ -371,6 +371,7 @@ mod tests {
                     peer_cert_expiry: SystemTime::UNIX_EPOCH,
                     local_cert_expiry: SystemTime::UNIX_EPOCH,
                     established: SystemTime::UNIX_EPOCH,
+                    version: super::super::PROTOCOL_VERSION,
                 }),
                 alive: Arc::new(AtomicBool::new(true)),
             }
