@@ -348,6 +348,23 @@ impl RemoteRef {
         )
     }
 
+    /// Like [`RemoteRef::ask_with_options`], but fails at once with
+    /// [`AskError::MailboxFull`] instead of waiting when the target's mailbox (local) or the
+    /// lane to its node (remote) is full.
+    pub fn try_ask_with_options<'a, M: RemoteMessage>(
+        &'a self,
+        msg: M,
+        options: &'a CallOptions,
+    ) -> impl Future<Output = Result<M::Result, AskError>> + 'a {
+        self.ask_call(
+            msg,
+            Some(options),
+            self.default_timeout,
+            false,
+            CallInfo::ambient(),
+        )
+    }
+
     /// A reference that checks, before each call, that the node at its address proves
     /// `expected` (the verified identity of the link); a call to any other identity fails
     /// with [`AskError::NotDelivered`] (tell: [`TellError::NotDelivered`]) naming both,

@@ -33,6 +33,19 @@ impl Handler<Who> for Server {
 }
 
 #[derive(Debug, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "test.mesh.Tenant/v1", reply = Option<String>)]
+struct Tenant;
+
+#[actormesh::handler]
+impl Handler<Tenant> for Server {
+    type Result = Option<String>;
+    fn handle(&mut self, _: Tenant, _: &mut Context<Self>) -> Option<String> {
+        let info = actormesh::CallInfo::current()?;
+        info.metadata().get("tenant").map(str::to_string)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, RemoteMessage)]
 #[remote(name = "test.mesh.Relay/v1", reply = String)]
 struct Relay;
 
@@ -242,14 +255,20 @@ async fn no_endpoints_is_a_clear_error_naming_the_service() {
     let mesh = c.caller("caller", MeshOptions::default());
     let unknown = mesh.service("shop/ratings").unwrap();
     match unknown.ask(Who).await {
-        Err(AskError::Rejected(why)) => assert!(why.contains("shop/ratings"), "{why}"),
+        Err(e @ AskError::NoEndpoints { .. }) => {
+            assert!(e.to_string().contains("shop/ratings"), "{e}");
+            assert!(e.is_retry_safe(), "nothing was sent");
+        }
         other => panic!("{other:?}"),
     }
-    assert!(unknown.tell(Who).await.is_err());
+    assert!(matches!(
+        unknown.tell(Who).await,
+        Err(actormesh::TellError::NotDelivered(..))
+    ));
     let empty = service("empty", BalancerKind::P2c, vec![]);
     c.push(&mesh, full(1, vec![empty])).await.unwrap();
     match mesh.service("empty").unwrap().ask(Who).await {
-        Err(AskError::Rejected(why)) => assert!(why.contains("default/empty"), "{why}"),
+        Err(AskError::NoEndpoints { service }) => assert_eq!(service, "default/empty"),
         other => panic!("{other:?}"),
     }
     assert!(mesh.service("Bad/Name").is_err());
@@ -504,4 +523,43 @@ async fn p2c_by_name_sends_little_to_an_endpoint_ten_times_slower() {
     let slow = counts.get("c").copied().unwrap_or(0);
     assert!(slow * 100 < 15 * 300, "{counts:?}");
     assert!(counts["a"] > 50 && counts["b"] > 50, "{counts:?}");
+}
+
+#[actix::test]
+async fn an_endpoint_is_called_only_on_the_node_the_registry_names() {
+    let c = Cluster::new(&["a", "b"]);
+    let mesh = c.caller("caller", MeshOptions::default());
+    // The registry says node b hosts this endpoint, but a answers at the address.
+    let mut impostor = endpoint(&c.servers[0], "echo", 1);
+    impostor.node = c.servers[1].identity().to_string();
+    let svc = service("pinned", BalancerKind::RoundRobin, vec![impostor]);
+    c.push(&mesh, full(1, vec![svc])).await.unwrap();
+    match mesh.service("pinned").unwrap().ask(Who).await {
+        Err(e @ AskError::NotDelivered { .. }) => {
+            let why = e.to_string();
+            assert!(why.contains("/node/a") && why.contains("/node/b"), "{why}");
+        }
+        other => panic!("expected NotDelivered, got {other:?}"),
+    }
+    // Metadata set on a call by name reaches the endpoint's handler.
+    let honest = service(
+        "honest",
+        BalancerKind::RoundRobin,
+        vec![endpoint(&c.servers[0], "echo", 1)],
+    );
+    let delta = Push {
+        version: 2,
+        kind: PushKind::Delta { from: 1 },
+        services: vec![honest],
+        removed: vec![],
+        revoked: vec![],
+    };
+    c.push(&mesh, delta).await.unwrap();
+    let o = CallOptions::default().metadata("tenant", "t1");
+    let honest = mesh.service("honest").unwrap();
+    assert_eq!(
+        honest.ask_with(Tenant, &o).await.unwrap().as_deref(),
+        Some("t1")
+    );
+    assert_eq!(honest.ask(Tenant).await.unwrap(), None);
 }

@@ -101,8 +101,16 @@ pub struct Mesh {
 /// The target a call to endpoint `e` uses: a reference to its actor, local (no
 /// serialization) when it is on this node. Pinning the endpoint's node identity on the
 /// link comes here when the runtime offers it.
+/// The reference a call to `e` takes: pinned to the endpoint's node identity, so a call
+/// reaches only the node the registry named, whoever answers at the address.
 fn target_for(node: &Node, e: &Endpoint) -> RemoteRef {
-    node.actor_ref(e.addr, &e.actor)
+    let target = node.actor_ref(e.addr, &e.actor);
+    match actormesh_transport::SpiffeId::parse(&e.node) {
+        Ok(id) => target.pinned(id),
+        // The route table refuses a push with an endpoint whose node is not a SPIFFE id,
+        // so this is not reached; unpinned would trust the address, so refuse instead.
+        Err(_) => target.pinned(node.identity()),
+    }
 }
 
 impl Mesh {

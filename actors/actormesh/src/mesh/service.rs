@@ -12,19 +12,22 @@ use crate::mesh::clock;
 use crate::mesh::proxy::Routes;
 use crate::mesh::registry::ServiceName;
 use crate::mesh::route::ServiceRoutes;
-use crate::{AskError, RemoteMessage, RemoteRef, TellError};
+use crate::{
+    AskError, CallOptions as RuntimeCallOptions, Metadata, RemoteMessage, RemoteRef, TellError,
+};
 
 /// Options of a call by name.
 ///
-/// User metadata and the caller's workload travel with the runtime's call context; when
-/// it lands, these options carry it too (one more field, passed on in
-/// [`ServiceRef::ask_with`]).
+/// Made while handling a call, a call by name also inherits that call's remaining deadline
+/// and its metadata marked to propagate (see [`crate::CallInfo`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CallOptions {
     /// The deadline (`None`: the node's default ask timeout).
     pub timeout: Option<Duration>,
     /// The key a `hash` balancer maps to an endpoint (`None`: a random endpoint).
     pub hash_key: Option<u64>,
+    /// User metadata sent with the call (at most [`crate::METADATA_LIMIT`] bytes).
+    pub metadata: Metadata,
 }
 
 impl CallOptions {
@@ -40,16 +43,35 @@ impl CallOptions {
         self.hash_key = Some(stable_hash(key.as_ref()));
         self
     }
+
+    /// With this metadata entry, seen by the callee only.
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert(key, value);
+        self
+    }
+
+    /// With this metadata entry, passed on by the callee to the calls it makes (like W3C
+    /// baggage).
+    pub fn propagated(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.metadata.insert_propagated(key, value);
+        self
+    }
+
+    /// The runtime's options for one call, or `None` when a plain call says the same.
+    fn runtime(&self, timeout: Duration) -> Option<RuntimeCallOptions> {
+        (!self.metadata.is_empty()).then(|| RuntimeCallOptions {
+            timeout: Some(timeout),
+            metadata: self.metadata.clone(),
+            ..RuntimeCallOptions::default()
+        })
+    }
 }
 
 /// The error of a call to a service with no endpoint to call.
-///
-/// The runtime's `AskError::NoEndpoints { service }` replaces this `Rejected` once it lands;
-/// this is the only place that makes it.
 pub fn no_endpoints(service: &ServiceName) -> AskError {
-    AskError::Rejected(format!(
-        "no endpoints: service {service} has no ready endpoint"
-    ))
+    AskError::NoEndpoints {
+        service: service.to_string(),
+    }
 }
 
 thread_local! {
@@ -135,6 +157,8 @@ impl Drop for InFlight<'_> {
 fn ask_outcome<R>(r: &Result<R, AskError>) -> Outcome {
     match r {
         Ok(_) => Outcome::Success,
+        // Sent, then the link went: whether the endpoint got it is unknown.
+        Err(AskError::Unreachable { sent: true, .. }) => Outcome::Unknown,
         // Nothing serves there: as good as unreachable for this endpoint.
         Err(AskError::Unreachable { .. } | AskError::NoSuchActor { .. }) => Outcome::Unreachable,
         Err(AskError::Timeout { .. }) => Outcome::Unknown,
@@ -254,27 +278,56 @@ impl ServiceRef {
         let call = started.in_flight();
         let target = started.routes.target(started.index);
         let timeout = options.timeout.unwrap_or(self.default_timeout);
-        let result = if wait_for_room {
-            target.ask_timeout(msg, timeout).await
-        } else {
-            target.try_ask(msg, timeout).await
+        let result = match (options.runtime(timeout), wait_for_room) {
+            (None, true) => target.ask_timeout(msg, timeout).await,
+            (None, false) => target.try_ask(msg, timeout).await,
+            (Some(o), true) => target.ask_with_options(msg, &o).await,
+            (Some(o), false) => target.try_ask_with_options(msg, &o).await,
         };
+        call.finish(ask_outcome(&result), true, &started.routes);
+        result
+    }
+
+    /// Calls the message named `message_name` with a JSON payload, without its Rust type
+    /// (the CLI's `actormesh call` and the HTTP gateway); the reply comes back as JSON. Bad
+    /// JSON is [`AskError::Rejected`] with the decoder's message, naming the field.
+    pub async fn ask_json(
+        &self,
+        message_name: &str,
+        payload: &serde_json::Value,
+        options: &CallOptions,
+    ) -> Result<serde_json::Value, AskError> {
+        let Some(started) = self.start_call(options.hash_key) else {
+            return Err(no_endpoints(&self.name));
+        };
+        let call = started.in_flight();
+        let target = started.routes.target(started.index);
+        let runtime = RuntimeCallOptions {
+            timeout: Some(options.timeout.unwrap_or(self.default_timeout)),
+            metadata: options.metadata.clone(),
+            ..RuntimeCallOptions::default()
+        };
+        let result = target.ask_json(message_name, payload, &runtime).await;
         call.finish(ask_outcome(&result), true, &started.routes);
         result
     }
 
     /// Sends `msg` to an endpoint of the service without waiting for a reply
     /// (at-most-once, as [`RemoteRef::tell`]). Without an endpoint the message comes back
-    /// as [`TellError::Unreachable`] naming the service.
+    /// as [`TellError::NotDelivered`] naming the service.
     pub async fn tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
         let Some(started) = self.start_call(self.options.hash_key) else {
-            return Err(TellError::Unreachable(
+            return Err(TellError::NotDelivered(
                 msg,
                 no_endpoints(&self.name).to_string(),
             ));
         };
         let call = started.in_flight();
-        let result = started.routes.target(started.index).tell(msg).await;
+        let target = started.routes.target(started.index);
+        let result = match self.options.runtime(self.default_timeout) {
+            None => target.tell(msg).await,
+            Some(o) => target.tell_with_options(msg, &o).await,
+        };
         call.finish(tell_outcome(&result), false, &started.routes);
         result
     }
@@ -283,7 +336,7 @@ impl ServiceRef {
     /// the message at once.
     pub fn try_tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
         let Some(started) = self.start_call(self.options.hash_key) else {
-            return Err(TellError::Unreachable(
+            return Err(TellError::NotDelivered(
                 msg,
                 no_endpoints(&self.name).to_string(),
             ));
