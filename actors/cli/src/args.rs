@@ -64,6 +64,44 @@ pub(crate) enum Command {
     Dev(DevArgs),
     /// Validate a Deployment manifest (YAML, or JSON for .json) and submit it.
     Apply(ApplyArgs),
+    /// Call a service by name with a JSON payload and print the reply as JSON.
+    ///
+    /// Exit codes: 0 answered; 1 could not start (no identity, no registry from the
+    /// master); 2 usage; 3 bad input (JSON, service name, metadata); 4 timeout; 5
+    /// unavailable (no ready endpoint, unreachable, full, not delivered); 6 not found (no
+    /// such actor, unknown message); 7 rejected by the callee (e.g. a field it could not
+    /// decode); 8 the callee stopped or crashed; 9 permission denied.
+    Call(CallArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct CallArgs {
+    /// The service: `namespace/name`, or a bare name in --namespace.
+    pub(crate) service: String,
+    /// The message's wire name, e.g. demo.Echo/v1.
+    pub(crate) message: String,
+    /// The payload as JSON, e.g. '"hello"' or '{"id": 7}'.
+    pub(crate) json: String,
+    /// How long the whole call may take (ms, s, m, h or d).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub(crate) timeout: Duration,
+    /// Metadata sent with the call, as key=value (repeatable).
+    #[arg(long = "metadata", value_name = "KEY=VALUE")]
+    pub(crate) metadata: Vec<String>,
+    /// The namespace a bare service name resolves in.
+    #[arg(long, default_value = "default")]
+    pub(crate) namespace: String,
+    /// The directory of the client identity (`actormesh dev` writes one into
+    /// <data-dir>/client; `actormesh cert issue --client` writes one where you say).
+    #[arg(
+        long,
+        env = "ACTORMESH_IDENTITY",
+        default_value = "actormesh-dev/client"
+    )]
+    pub(crate) identity: PathBuf,
+    /// The master's mesh address (default: the one recorded with the identity).
+    #[arg(long)]
+    pub(crate) master: Option<SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -8,6 +8,7 @@ use clap::Parser;
 mod apply;
 mod args;
 mod ca;
+mod call;
 mod cert;
 mod describe;
 mod drain;
@@ -20,8 +21,9 @@ mod token;
 
 use args::{Cli, Command};
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let done = match cli.command {
+        Command::Call(args) => return call::run(args),
         Command::Ca(command) => ca::run(command),
         Command::Master(args) => serve::master(args),
         Command::Agent(args) => serve::agent(args),
@@ -34,13 +36,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Describe { what } => describe::run(what),
         Command::Drain { what } => drain::run(what),
         Command::Logs(args) => logs::run(args),
-    }
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
-    actormesh_cli::init_logging();
-    match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+    let cli = Cli::parse();
+    // A call prints its reply on stdout and only what went wrong on stderr.
+    match cli.command {
+        Command::Call(_) => actormesh_cli::init_logging_with_default("warn"),
+        _ => actormesh_cli::init_logging(),
+    }
+    match run(cli) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
