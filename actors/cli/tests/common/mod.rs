@@ -28,6 +28,13 @@ impl Proc {
         Self::spawn_cmd(Command::new(BIN), args)
     }
 
+    /// Runs `actormesh args` in the working directory `dir`.
+    pub fn spawn_in(dir: &Path, args: &[&str]) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(dir);
+        Self::spawn_cmd(cmd, args)
+    }
+
     /// Runs `actormesh args` inside network namespace `ns` (`ip netns exec`).
     pub fn spawn_in_netns(ns: &str, args: &[&str]) -> Self {
         let mut cmd = Command::new("ip");
