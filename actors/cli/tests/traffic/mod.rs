@@ -75,6 +75,12 @@ pub struct Cluster {
 /// `(name, host)`, each offering `cpus:4`, with attribute `host=<name>` (for node
 /// selectors).
 pub async fn cluster(test: &str, agents: Vec<(&str, ActorHost)>) -> Cluster {
+    if std::env::var("RUST_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let dir = std::env::temp_dir().join(format!("am-traffic-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let m = master::start(inproc::master_config(&dir, true))
