@@ -287,7 +287,7 @@ async fn a_message_rollout_from_get_v1_to_get_v2_fails_no_v1_caller() {
     }
     stop_load(stop, handles).await;
 
-    let load = load.borrow();
+    let load = std::mem::take(&mut *load.borrow_mut());
     eprintln!(
         "message rollout: v1 callers got {} answers ({:?}), {} failed",
         load.ok,
