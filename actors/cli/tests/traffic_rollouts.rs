@@ -83,8 +83,38 @@ impl Handler<GetV2> for GetterV2 {
     }
 }
 
+/// How long a [`Busy`] instance works on each call: shorter than the agent's wait for a
+/// killed actor's mailbox to stay empty (20 ms), longer than a push and its ack.
+const BUSY_WORK: Duration = Duration::from_millis(10);
+
+/// Answers [`Who`] one call at a time, taking [`BUSY_WORK`] for each: under load, calls
+/// wait in its mailbox.
+struct Busy {
+    id: String,
+}
+
+impl Actor for Busy {
+    type Context = Context<Self>;
+}
+
+#[actormesh::handler]
+impl Handler<Who> for Busy {
+    type Result = AtomicResponse<Self, String>;
+    fn handle(&mut self, _: Who, _: &mut Context<Self>) -> Self::Result {
+        let id = self.id.clone();
+        let work = async move {
+            tokio::time::sleep(BUSY_WORK).await;
+            id
+        };
+        AtomicResponse::new(Box::pin(work.into_actor(self)))
+    }
+}
+
 fn getter_host(agent: &'static str) -> ActorHost {
     who_host(agent, WORK)
+        .with("busy", move || Busy {
+            id: agent.to_string(),
+        })
         .with("getter-v1", move || GetterV1 {
             id: agent.to_string(),
         })
@@ -94,8 +124,12 @@ fn getter_host(agent: &'static str) -> ActorHost {
 }
 
 fn deployment(actor: &str, version: &str) -> String {
+    scaled(actor, version, 3)
+}
+
+fn scaled(actor: &str, version: &str, replicas: u32) -> String {
     format!(
-        r#"{{"kind":"Deployment","name":"x","spec":{{"actor":"{actor}","version":"{version}","replicas":3,"resources":{{"need":"cpus:1"}},"rolling_update":{{"max_surge":1,"max_unavailable":0}},"service":{{"balancer":"round_robin"}}}}}}"#
+        r#"{{"kind":"Deployment","name":"x","spec":{{"actor":"{actor}","version":"{version}","replicas":{replicas},"resources":{{"need":"cpus:1"}},"rolling_update":{{"max_surge":1,"max_unavailable":0}},"service":{{"balancer":"round_robin"}}}}}}"#
     )
 }
 
@@ -312,4 +346,52 @@ async fn a_message_rollout_from_get_v1_to_get_v2_fails_no_v1_caller() {
             .unwrap_or_else(|e| panic!("x.Get/v2 after the rollout: {e}"));
         assert!(who.starts_with("v2:") && who.ends_with('+'), "{who}");
     }
+}
+
+#[actix::test]
+async fn a_scale_down_of_a_busy_actor_fails_none_of_the_calls_queued_in_its_mailbox() {
+    let hosts = vec![
+        ("a1", getter_host("a1")),
+        ("a2", getter_host("a2")),
+        ("a3", getter_host("a3")),
+    ];
+    let c = cluster("busy", hosts).await;
+    let mesh = c.caller("busy-caller").await;
+    c.apply(&scaled("busy", "v1", 3)).await;
+    wait_rolled(&c, &mesh, "v1").await;
+
+    // 12 callers on 3 instances that take one call at a time: calls queue.
+    let s = mesh.service("x").unwrap();
+    let stop = Rc::new(Cell::new(false));
+    let (load, handles) = start_load(&mesh, 12, stop.clone(), move |i| {
+        let s = s.clone();
+        async move { s.ask_timeout(Who(i), Duration::from_secs(5)).await }
+    });
+    while load.borrow().ok < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    c.apply(&scaled("busy", "v1", 1)).await;
+    wait_endpoints(&mesh, "x", Duration::from_secs(20), |e| e.len() == 1).await;
+    let start = Instant::now();
+    while c
+        .master
+        .master
+        .send(actormesh_master::ListDeploymentTasks)
+        .await
+        .unwrap()
+        .iter()
+        .any(|t| t.stopping)
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "kills not done");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_load(stop, handles).await;
+    let load = std::mem::take(&mut *load.borrow_mut());
+    eprintln!(
+        "scale-down 3 -> 1 of a busy actor: {} answered ({:?}), {} failed",
+        load.ok,
+        load.answered_by,
+        load.failed.len()
+    );
+    assert!(load.failed.is_empty(), "calls failed: {:#?}", load.failed);
 }
