@@ -83,9 +83,10 @@ impl Handler<GetV2> for GetterV2 {
     }
 }
 
-/// How long a [`Busy`] instance works on each call: shorter than the agent's wait for a
-/// killed actor's mailbox to stay empty (20 ms), longer than a push and its ack.
-const BUSY_WORK: Duration = Duration::from_millis(10);
+/// How long a [`Busy`] instance works on each call: well within the agent's wait for a
+/// killed actor's mailbox to stay empty (50 ms), and with 4 calls queued per instance
+/// longer than a push and its acknowledgement.
+const BUSY_WORK: Duration = Duration::from_millis(5);
 
 /// Answers [`Who`] one call at a time, taking [`BUSY_WORK`] for each: under load, calls
 /// wait in its mailbox.
