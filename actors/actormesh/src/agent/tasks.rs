@@ -338,6 +338,48 @@ impl Actor for AgentGate {
 /// How often command tasks are checked for their end.
 const COMMAND_POLL: Duration = Duration::from_millis(100);
 
+/// How often a killed actor's mailbox is looked at before it stops.
+const DRAIN_POLL: Duration = Duration::from_millis(5);
+/// How long a killed actor's mailbox must stay empty before it stops: calls sent just
+/// before the kill arrive within this on a working link, and the handler of the last one
+/// (an async one too) finishes within it if it is short.
+const DRAIN_QUIET: Duration = Duration::from_millis(50);
+/// The longest a kill waits for a busy mailbox.
+const DRAIN_MAX: Duration = Duration::from_secs(1);
+
+/// When a killed actor task may stop: once its mailbox stayed empty for [`DRAIN_QUIET`],
+/// or [`DRAIN_MAX`] after the kill, whichever comes first; or at once if it is gone.
+#[derive(Debug)]
+struct MailboxDrain {
+    killed: Instant,
+    empty_since: Option<Instant>,
+}
+
+impl MailboxDrain {
+    fn new(killed: Instant) -> Self {
+        Self {
+            killed,
+            empty_since: None,
+        }
+    }
+
+    /// Whether to stop now, seeing `depth` queued messages (`None`: no such actor).
+    fn ready(&mut self, depth: Option<usize>, now: Instant) -> bool {
+        let Some(depth) = depth else {
+            return true;
+        };
+        if now.saturating_duration_since(self.killed) >= DRAIN_MAX {
+            return true;
+        }
+        if depth > 0 {
+            self.empty_since = None;
+            return false;
+        }
+        let since = *self.empty_since.get_or_insert(now);
+        now.saturating_duration_since(since) >= DRAIN_QUIET
+    }
+}
+
 /// The master answered one try at a status report.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -711,7 +753,17 @@ impl AgentGate {
         };
         task.kill_requested = true;
         let name = task.name.clone();
-        self.node.stop(&name);
+        // Calls already queued in its mailbox are answered first (a kill of an endpoint
+        // comes once the proxies stopped sending, but calls they sent just before may
+        // still be queued or on their way): stopping at once would fail them `Stopped`.
+        let node = self.node.clone();
+        actix::spawn(async move {
+            let mut drain = MailboxDrain::new(Instant::now());
+            while !drain.ready(node.mailbox_depth(&name), Instant::now()) {
+                tokio::time::sleep(DRAIN_POLL).await;
+            }
+            node.stop(&name);
+        });
         Ok(())
     }
 }
@@ -739,5 +791,31 @@ impl Handler<Terminated> for AgentGate {
             (other, _) => (TaskState::Lost, format!("{other:?}")),
         };
         self.report(&task.id, state, message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_killed_actor_stops_once_its_mailbox_stayed_empty_or_the_drain_bound_passed() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut d = MailboxDrain::new(t);
+        assert!(
+            !d.ready(Some(2), t),
+            "calls queued: they are answered first"
+        );
+        assert!(!d.ready(Some(0), t + ms(5)), "empty, not yet for long");
+        assert!(!d.ready(Some(1), t + ms(20)), "a call arrived: wait again");
+        assert!(!d.ready(Some(0), t + ms(25)));
+        assert!(!d.ready(Some(0), t + ms(74)));
+        assert!(d.ready(Some(0), t + ms(75)), "empty for DRAIN_QUIET");
+
+        let mut busy = MailboxDrain::new(t);
+        assert!(!busy.ready(Some(9), t + DRAIN_MAX - ms(1)));
+        assert!(busy.ready(Some(9), t + DRAIN_MAX), "bounded");
+        assert!(MailboxDrain::new(t).ready(None, t), "already gone");
     }
 }
