@@ -1,6 +1,7 @@
 //! The master's side of the push, end to end in one process. The agent's real Proxy
-//! (`AgentHandle::mesh`) subscribes by itself, applies the endpoints as they come up (a call
-//! by name reaches them), `proxy-status` shows it converged and `proxy-config` asks it. A
+//! (`AgentHandle::mesh`) and the master's own (`MasterHandle::mesh`) subscribe by
+//! themselves and apply the endpoints as they come up (calls by name reach them);
+//! `proxy-status` shows them converged and `proxy-config` asks the node. A
 //! second subscriber, a client's node with a stand-in `$proxy` (a test double that applies
 //! full snapshots and deltas, refuses a delta from a base it does not hold, and takes its
 //! time to acknowledge a removal), shows that pushes are one snapshot and then deltas, and
@@ -257,6 +258,10 @@ async fn a_proxy_gets_a_snapshot_then_deltas_converges_and_holds_back_the_kill_i
     real_proxy_holds(a.mesh(), 2).await;
     let ping = a.mesh().service("default/ping").unwrap();
     assert_eq!(ping.ask(Ping(7)).await.unwrap(), 7);
+    // So did the master's own Proxy: code in the master's process calls by name too.
+    real_proxy_holds(m.mesh(), 2).await;
+    let from_master = m.mesh().service("default/ping").unwrap();
+    assert_eq!(from_master.ask(Ping(8)).await.unwrap(), 8);
     let c = m
         .master
         .send(ProxyConfigOf(a.agent_id.clone()))
@@ -281,6 +286,15 @@ async fn a_proxy_gets_a_snapshot_then_deltas_converges_and_holds_back_the_kill_i
         "{status:#?}"
     );
     assert!(p.last_push_latency_ms.is_some());
+    let own = status
+        .proxies
+        .iter()
+        .find(|p| p.node == "spiffe://cluster.local/node/master")
+        .unwrap_or_else(|| panic!("the master's own proxy is not in {status:#?}"));
+    assert_eq!(
+        (own.applied, own.addr, own.stale),
+        (Some(status.version), m.node.local_addr(), false)
+    );
     let standin = status
         .proxies
         .iter()
