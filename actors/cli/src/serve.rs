@@ -11,7 +11,7 @@ use actormesh_master::tokens::TokenRole;
 use actormesh_master::{self as master, MasterConfig};
 use anyhow::Context as _;
 
-use crate::args::{AgentArgs, DevArgs, MasterArgs};
+use crate::args::{AgentArgs, DevArgs, MasterArgs, PushArgs};
 use crate::tables;
 
 pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
@@ -108,6 +108,7 @@ impl MasterArgs {
         c.agent_cert_ttl = self.agent_cert_ttl;
         c.offer_timeout = self.offer_timeout;
         c.roles = self.roles()?;
+        self.push.apply(&mut c)?;
         Ok(c)
     }
 
@@ -145,6 +146,24 @@ impl MasterArgs {
     }
 }
 
+impl PushArgs {
+    /// Sets the push settings of `c`, refusing a window that is not shorter than the STALE
+    /// limit (every proxy would be STALE while each window is open).
+    fn apply(&self, c: &mut MasterConfig) -> anyhow::Result<()> {
+        if self.push_window >= self.push_stale_after {
+            anyhow::bail!(
+                "--push-window ({:?}) must be shorter than --push-stale-after ({:?}), or every proxy would be STALE while a push waits for its window",
+                self.push_window,
+                self.push_stale_after
+            );
+        }
+        c.push_window = self.push_window;
+        c.push_stale_after = self.push_stale_after;
+        c.drain_time = self.drain_time;
+        Ok(())
+    }
+}
+
 fn run_system<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
     actix::System::new().block_on(f)
 }
@@ -159,6 +178,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     config.listen = "127.0.0.1:0".parse()?;
     config.bootstrap = "127.0.0.1:0".parse()?;
     config.api = args.api;
+    args.push.apply(&mut config)?;
     let m = master::start(config).await?;
     let token = m.agent_token(Duration::from_secs(3600)).await?;
     let a = agent::start(AgentConfig {
@@ -241,5 +261,66 @@ async fn until_stopped(m: &master::MasterHandle) -> anyhow::Result<()> {
     tokio::select! {
         r = wait_for_ctrl_c() => r,
         why = m.stepped_down() => Err(anyhow::anyhow!(why)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::args::{Cli, Command};
+
+    fn master_config(args: &[&str]) -> anyhow::Result<actormesh_master::MasterConfig> {
+        let mut all = vec!["actormesh", "master"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all)?.command {
+            Command::Master(m) => m.config(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn push_flags_set_the_masters_push_settings() {
+        let c = master_config(&[
+            "--push-window",
+            "25ms",
+            "--push-stale-after",
+            "2s",
+            "--drain-time",
+            "750ms",
+        ])
+        .unwrap();
+        assert_eq!(c.push_window, std::time::Duration::from_millis(25));
+        assert_eq!(c.push_stale_after, std::time::Duration::from_secs(2));
+        assert_eq!(c.drain_time, std::time::Duration::from_millis(750));
+        // The defaults are MasterConfig's.
+        let d = master_config(&[]).unwrap();
+        let defaults = actormesh_master::MasterConfig::new("x".into());
+        assert_eq!(
+            (d.push_window, d.push_stale_after, d.drain_time),
+            (
+                defaults.push_window,
+                defaults.push_stale_after,
+                defaults.drain_time
+            )
+        );
+    }
+
+    #[test]
+    fn a_push_window_not_shorter_than_the_stale_limit_is_refused() {
+        let e = master_config(&["--push-window", "5s", "--push-stale-after", "5s"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--push-window (5s) must be shorter than --push-stale-after (5s), or every proxy would be STALE while a push waits for its window"
+        );
+    }
+
+    #[test]
+    fn bad_durations_name_the_flag() {
+        let e = master_config(&["--drain-time", "5 parsecs"]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("--drain-time"), "{text}");
+        let e = master_config(&["--push-window", "0ms"]).unwrap_err();
+        assert!(e.to_string().contains("--push-window"), "{e}");
     }
 }
