@@ -194,6 +194,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         host: actormesh_cli::demo::host(),
     })
     .await?;
+    deploy_dev_echo(&m).await?;
     let client = dev_client(&m, &args.data_dir).await?;
     println!(
         "client identity {} in {}",
@@ -212,12 +213,61 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         "{}",
         tables::nodes(&m.master.send(master::ListNodes).await?)
     );
+    print!(
+        "{}",
+        tables::services(&m.master.send(master::ListServices).await?)
+    );
     println!(
         "try: actormesh get nodes --api http://{} --api-token-file {}",
         m.api,
         m.api_token_file.display()
     );
     until_stopped(&m).await
+}
+
+/// How long `dev` waits for its echo service to have a ready endpoint before it says so
+/// and goes on.
+const DEV_ECHO_READY: Duration = Duration::from_secs(30);
+
+/// At the first start (no `default/echo` deployment yet), deploys the demo echo as the
+/// service `default/echo`; a later start keeps what the user made of it. Then waits, at
+/// most [`DEV_ECHO_READY`], until the master's own Proxy has an endpoint of it, so that
+/// "ready" means it can be called.
+async fn deploy_dev_echo(m: &master::MasterHandle) -> anyhow::Result<()> {
+    use actormesh_cli::demo::{ECHO_DEPLOYMENT, ECHO_SERVICE};
+    let deployments = m.master.send(master::ListDeployments).await?;
+    if !deployments
+        .iter()
+        .any(|d| format!("{}/{}", d.namespace, d.name) == ECHO_SERVICE)
+    {
+        m.master
+            .send(master::ApplyDeployment(ECHO_DEPLOYMENT.into()))
+            .await?
+            .context("deploying the demo echo")?;
+        println!("deployed {ECHO_SERVICE} (actor echo), served as the service {ECHO_SERVICE}");
+    }
+    let mesh = m.mesh();
+    let has_endpoint = || {
+        mesh.proxy_config()
+            .services
+            .iter()
+            .any(|s| s.name.to_string() == ECHO_SERVICE && !s.endpoints.is_empty())
+    };
+    let mut applied = mesh.applied();
+    let ready = tokio::time::timeout(DEV_ECHO_READY, async {
+        while !has_endpoint() {
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    if ready.is_err() || !has_endpoint() {
+        tracing::warn!(
+            "the service {ECHO_SERVICE} has no ready endpoint after {DEV_ECHO_READY:?}; see `actormesh get deployments`"
+        );
+    }
+    Ok(())
 }
 
 /// Issues the CLI's client identity into the dev data dir, over the bootstrap port with a
