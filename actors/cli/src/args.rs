@@ -182,6 +182,24 @@ pub(crate) struct MasterArgs {
     /// Resources a role may never exceed, e.g. 'batch=cpus:16' (repeatable).
     #[arg(long = "role-limit", value_parser = parse_role_setting)]
     pub(crate) role_limits: Vec<(String, String)>,
+    #[command(flatten)]
+    pub(crate) push: PushArgs,
+}
+
+/// How the master pushes the service registry to proxies (`master` and `dev`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct PushArgs {
+    /// Registry changes within this long go out to proxies as one push.
+    #[arg(long, value_parser = parse_duration, default_value = "10ms")]
+    pub(crate) push_window: Duration,
+    /// A proxy that has not acknowledged a change this long is STALE (and an unanswered
+    /// push has failed).
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub(crate) push_stale_after: Duration,
+    /// The kill of an instance that is an endpoint waits, at most this long, until every
+    /// proxy applied its removal.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub(crate) drain_time: Duration,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -403,6 +421,8 @@ pub(crate) struct DevArgs {
     /// Operator API address.
     #[arg(long, default_value = "127.0.0.1:7080")]
     pub(crate) api: SocketAddr,
+    #[command(flatten)]
+    pub(crate) push: PushArgs,
 }
 
 #[derive(Args, Debug)]

@@ -35,6 +35,13 @@ impl Handler<actormesh::health::HealthCheck> for Echoer {
     }
 }
 
+/// The deployment `actormesh dev` makes at its first start (manifest JSON, as the API
+/// takes it): one `echo` instance, served as the service `default/echo`.
+pub const ECHO_DEPLOYMENT: &str = r#"{"kind":"Deployment","name":"echo","spec":{"actor":"echo","version":"v1","replicas":1,"resources":{"need":"mem:64MiB"},"service":{}}}"#;
+
+/// The namespace and name of [`ECHO_DEPLOYMENT`], and of the service it serves.
+pub const ECHO_SERVICE: &str = "default/echo";
+
 /// The demo types: `echo` ([`Echoer`]).
 pub fn host() -> ActorHost {
     ActorHost::new().with("echo", || Echoer)

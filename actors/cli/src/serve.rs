@@ -11,7 +11,7 @@ use actormesh_master::tokens::TokenRole;
 use actormesh_master::{self as master, MasterConfig};
 use anyhow::Context as _;
 
-use crate::args::{AgentArgs, DevArgs, MasterArgs};
+use crate::args::{AgentArgs, DevArgs, MasterArgs, PushArgs};
 use crate::tables;
 
 pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
@@ -108,6 +108,7 @@ impl MasterArgs {
         c.agent_cert_ttl = self.agent_cert_ttl;
         c.offer_timeout = self.offer_timeout;
         c.roles = self.roles()?;
+        self.push.apply(&mut c)?;
         Ok(c)
     }
 
@@ -145,6 +146,24 @@ impl MasterArgs {
     }
 }
 
+impl PushArgs {
+    /// Sets the push settings of `c`, refusing a window that is not shorter than the STALE
+    /// limit (every proxy would be STALE while each window is open).
+    fn apply(&self, c: &mut MasterConfig) -> anyhow::Result<()> {
+        if self.push_window >= self.push_stale_after {
+            anyhow::bail!(
+                "--push-window ({:?}) must be shorter than --push-stale-after ({:?}), or every proxy would be STALE while a push waits for its window",
+                self.push_window,
+                self.push_stale_after
+            );
+        }
+        c.push_window = self.push_window;
+        c.push_stale_after = self.push_stale_after;
+        c.drain_time = self.drain_time;
+        Ok(())
+    }
+}
+
 fn run_system<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
     actix::System::new().block_on(f)
 }
@@ -159,6 +178,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     config.listen = "127.0.0.1:0".parse()?;
     config.bootstrap = "127.0.0.1:0".parse()?;
     config.api = args.api;
+    args.push.apply(&mut config)?;
     let m = master::start(config).await?;
     let token = m.agent_token(Duration::from_secs(3600)).await?;
     let a = agent::start(AgentConfig {
@@ -174,6 +194,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         host: actormesh_cli::demo::host(),
     })
     .await?;
+    deploy_dev_echo(&m).await?;
     let client = dev_client(&m, &args.data_dir).await?;
     println!(
         "client identity {} in {}",
@@ -192,12 +213,61 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         "{}",
         tables::nodes(&m.master.send(master::ListNodes).await?)
     );
+    print!(
+        "{}",
+        tables::services(&m.master.send(master::ListServices).await?)
+    );
     println!(
         "try: actormesh get nodes --api http://{} --api-token-file {}",
         m.api,
         m.api_token_file.display()
     );
     until_stopped(&m).await
+}
+
+/// How long `dev` waits for its echo service to have a ready endpoint before it says so
+/// and goes on.
+const DEV_ECHO_READY: Duration = Duration::from_secs(30);
+
+/// At the first start (no `default/echo` deployment yet), deploys the demo echo as the
+/// service `default/echo`; a later start keeps what the user made of it. Then waits, at
+/// most [`DEV_ECHO_READY`], until the master's own Proxy has an endpoint of it, so that
+/// "ready" means it can be called.
+async fn deploy_dev_echo(m: &master::MasterHandle) -> anyhow::Result<()> {
+    use actormesh_cli::demo::{ECHO_DEPLOYMENT, ECHO_SERVICE};
+    let deployments = m.master.send(master::ListDeployments).await?;
+    if !deployments
+        .iter()
+        .any(|d| format!("{}/{}", d.namespace, d.name) == ECHO_SERVICE)
+    {
+        m.master
+            .send(master::ApplyDeployment(ECHO_DEPLOYMENT.into()))
+            .await?
+            .context("deploying the demo echo")?;
+        println!("deployed {ECHO_SERVICE} (actor echo), served as the service {ECHO_SERVICE}");
+    }
+    let mesh = m.mesh();
+    let has_endpoint = || {
+        mesh.proxy_config()
+            .services
+            .iter()
+            .any(|s| s.name.to_string() == ECHO_SERVICE && !s.endpoints.is_empty())
+    };
+    let mut applied = mesh.applied();
+    let ready = tokio::time::timeout(DEV_ECHO_READY, async {
+        while !has_endpoint() {
+            if applied.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    if ready.is_err() || !has_endpoint() {
+        tracing::warn!(
+            "the service {ECHO_SERVICE} has no ready endpoint after {DEV_ECHO_READY:?}; see `actormesh get deployments`"
+        );
+    }
+    Ok(())
 }
 
 /// Issues the CLI's client identity into the dev data dir, over the bootstrap port with a
@@ -241,5 +311,66 @@ async fn until_stopped(m: &master::MasterHandle) -> anyhow::Result<()> {
     tokio::select! {
         r = wait_for_ctrl_c() => r,
         why = m.stepped_down() => Err(anyhow::anyhow!(why)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::args::{Cli, Command};
+
+    fn master_config(args: &[&str]) -> anyhow::Result<actormesh_master::MasterConfig> {
+        let mut all = vec!["actormesh", "master"];
+        all.extend_from_slice(args);
+        match Cli::try_parse_from(all)?.command {
+            Command::Master(m) => m.config(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn push_flags_set_the_masters_push_settings() {
+        let c = master_config(&[
+            "--push-window",
+            "25ms",
+            "--push-stale-after",
+            "2s",
+            "--drain-time",
+            "750ms",
+        ])
+        .unwrap();
+        assert_eq!(c.push_window, std::time::Duration::from_millis(25));
+        assert_eq!(c.push_stale_after, std::time::Duration::from_secs(2));
+        assert_eq!(c.drain_time, std::time::Duration::from_millis(750));
+        // The defaults are MasterConfig's.
+        let d = master_config(&[]).unwrap();
+        let defaults = actormesh_master::MasterConfig::new("x".into());
+        assert_eq!(
+            (d.push_window, d.push_stale_after, d.drain_time),
+            (
+                defaults.push_window,
+                defaults.push_stale_after,
+                defaults.drain_time
+            )
+        );
+    }
+
+    #[test]
+    fn a_push_window_not_shorter_than_the_stale_limit_is_refused() {
+        let e = master_config(&["--push-window", "5s", "--push-stale-after", "5s"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--push-window (5s) must be shorter than --push-stale-after (5s), or every proxy would be STALE while a push waits for its window"
+        );
+    }
+
+    #[test]
+    fn bad_durations_name_the_flag() {
+        let e = master_config(&["--drain-time", "5 parsecs"]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("--drain-time"), "{text}");
+        let e = master_config(&["--push-window", "0ms"]).unwrap_err();
+        assert!(e.to_string().contains("--push-window"), "{e}");
     }
 }

@@ -1,57 +1,122 @@
-//! The README's main job: `actormesh dev`, then a deployment of its demo `echo` type.
+//! The README's main job: `actormesh dev` serves its demo echo as the service
+//! `default/echo` at once (`get services`, `get endpoints`), a user scales it with a
+//! manifest of their own, and a restarted dev keeps what the user made of it.
 
 mod common;
 
+use std::time::{Duration, Instant};
+
+use actormesh::mesh::Service;
+use actormesh_master::deployments::DeploymentSummary;
+use actormesh_master::services::ServiceSummary;
 use common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dev_cluster_runs_a_deployment_of_its_demo_type() {
-    let dir = temp_dir("dev");
-    let api = free_tcp().to_string();
-    let mut dev = Proc::spawn(&[
-        "dev",
-        "--data-dir",
-        dir.join("state").to_str().unwrap(),
-        "--api",
-        &api,
-    ]);
+/// Starts `actormesh dev` on `dir` with its API at `api`; returns it and the
+/// `--api … --api-token-file …` arguments it says to use.
+async fn start_dev(dir: &std::path::Path, api: &str) -> (Proc, Vec<String>) {
+    let mut dev = Proc::spawn(&["dev", "--data-dir", dir.to_str().unwrap(), "--api", api]);
     // "try: actormesh get nodes --api http://… --api-token-file …"
     let hint = dev.line("try: actormesh get nodes ").await;
     let args: Vec<String> = hint.split_whitespace().map(str::to_string).collect();
     assert_eq!(args.len(), 4, "{hint}");
+    (dev, args)
+}
+
+fn cli(api: &[String], first: &[&str]) -> std::process::Output {
+    let mut all: Vec<String> = first.iter().map(|s| s.to_string()).collect();
+    all.extend(api.iter().cloned());
+    tokio::task::block_in_place(|| std::process::Command::new(BIN).args(&all).output().unwrap())
+}
+
+fn json_of<T: serde::de::DeserializeOwned>(api: &[String], args: &[&str]) -> T {
+    let out = cli(api, args);
+    assert!(out.status.success(), "{args:?}: {out:?}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {out:?}"))
+}
+
+/// Polls `get endpoints default/echo` (every 50 ms, at most 30 s) until `cond` holds.
+async fn wait_echo(api: &[String], what: &str, cond: impl Fn(&Service) -> bool) -> Service {
+    let start = Instant::now();
+    loop {
+        let s: Service = json_of(api, &["get", "endpoints", "default/echo", "-o", "json"]);
+        if cond(&s) {
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{what}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dev_cluster_serves_its_demo_echo_as_a_service() {
+    let dir = temp_dir("dev");
+    let state = dir.join("state");
+    let api = free_tcp().to_string();
+    let (mut dev, args) = start_dev(&state, &api).await;
+
+    // dev deployed the echo as a service, and said it is ready once it has an endpoint.
+    let services: Vec<ServiceSummary> = json_of(&args, &["get", "services", "-o", "json"]);
+    let echo = services
+        .iter()
+        .find(|s| s.name == "default/echo")
+        .unwrap_or_else(|| panic!("no default/echo in {services:?}"));
+    assert_eq!(
+        (echo.endpoints, echo.versions.as_slice()),
+        (1, ["v1".to_string()].as_slice()),
+        "{echo:?}"
+    );
+    let out = cli(&args, &["get", "endpoints", "default/echo"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && table.contains("/node/dev-agent") && table.contains(" v1 "),
+        "{table}"
+    );
+    let e = &wait_echo(&args, "one endpoint", |s| s.endpoints.len() == 1)
+        .await
+        .endpoints[0];
+    assert_eq!(e.zone.as_deref(), Some("dev"), "{e:?}");
+
+    // The user scales it with their own manifest; apply waits for both.
     let manifest = dir.join("echo.yaml");
     std::fs::write(
         &manifest,
-        "kind: Deployment\nname: echo\nspec:\n  actor: echo\n  version: v1\n  replicas: 1\n  resources: { need: \"cpus:1\" }\n",
+        "kind: Deployment\nname: echo\nspec:\n  actor: echo\n  version: v1\n  replicas: 2\n  resources: { need: \"mem:64MiB\" }\n  service: {}\n",
     )
     .unwrap();
-    let cli = |first: &[&str]| {
-        let mut all: Vec<String> = first.iter().map(|s| s.to_string()).collect();
-        all.extend(args.iter().cloned());
-        std::process::Command::new(BIN).args(&all).output().unwrap()
-    };
-    // apply waits until the replica runs.
-    let out = tokio::task::block_in_place(|| {
-        cli(&[
+    let out = cli(
+        &args,
+        &[
             "apply",
             "-f",
             manifest.to_str().unwrap(),
             "--timeout",
             "30s",
-        ])
-    });
+        ],
+    );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        out.status.success() && said.contains("default/echo: 1/1 running"),
+        out.status.success() && said.contains("default/echo: 2/2 running"),
         "{said}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = tokio::task::block_in_place(|| cli(&["get", "tasks"]));
+    wait_echo(&args, "two endpoints", |s| s.endpoints.len() == 2).await;
+    let out = cli(&args, &["get", "tasks"]);
     let tasks = String::from_utf8_lossy(&out.stdout);
     assert!(
         tasks.contains("default/echo") && tasks.contains("dev-agent") && tasks.contains("Running"),
         "{tasks}"
     );
+
+    // A restarted dev does not deploy its echo over the user's.
+    dev.kill().await;
+    let (mut dev, args) = start_dev(&state, &api).await;
+    let deployments: Vec<DeploymentSummary> = json_of(&args, &["get", "deployments", "-o", "json"]);
+    let echo = deployments
+        .iter()
+        .find(|d| (d.namespace.as_str(), d.name.as_str()) == ("default", "echo"))
+        .unwrap_or_else(|| panic!("{deployments:?}"));
+    assert_eq!(echo.replicas, 2, "the user's replicas stay: {echo:?}");
+    wait_echo(&args, "two endpoints again", |s| s.endpoints.len() == 2).await;
     dev.kill().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,12 +1,17 @@
-//! The master's side of the push, end to end in one process: an agent's node subscribes,
-//! a stand-in `$proxy` (a test double of the node-side Proxy: it applies full snapshots and
-//! deltas and refuses a delta from a base it does not hold) gets a snapshot and then
-//! deltas, `proxy-status` shows it converged, `proxy-config` asks it, and the kill of an
-//! endpoint on scale-down waits for the proxy to acknowledge its removal.
+//! The master's side of the push, end to end in one process. The agent's real Proxy
+//! (`AgentHandle::mesh`) and the master's own (`MasterHandle::mesh`) subscribe by
+//! themselves and apply the endpoints as they come up (calls by name reach them);
+//! `proxy-status` shows them converged and `proxy-config` asks the node. A
+//! second subscriber, a client's node with a stand-in `$proxy` (a test double that applies
+//! full snapshots and deltas, refuses a delta from a base it does not hold, and takes its
+//! time to acknowledge a removal), shows that pushes are one snapshot and then deltas, and
+//! that the kill of an endpoint on scale-down waits until every proxy acknowledged its
+//! removal.
 
 mod inproc;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -16,7 +21,9 @@ use actormesh::mesh::protocol::{
 };
 use actormesh::mesh::{Revocation, Service, ServiceName};
 use actormesh::prelude::{Deserialize, RemoteMessage, Serialize};
-use actormesh::Node;
+use actormesh::protocol::MASTER_ACTOR;
+use actormesh::{Node, NodeConfig};
+use actormesh_master::tokens::TokenRole;
 use actormesh_master::{self as master, ApplyDeployment, ListProxyStatus, ProxyConfigOf};
 use tokio::sync::mpsc;
 
@@ -42,10 +49,14 @@ impl Handler<Ping> for Pinged {
 #[derive(Debug)]
 struct Seen {
     push: Push,
+    /// Endpoints it holds after the push.
+    endpoints: usize,
     /// For each endpoint the push removed: whether it still answered before the ack.
     removed_alive: Vec<(String, bool)>,
 }
 
+/// A stand-in `$proxy` on a client's node (not a real Proxy, so that it can hold its
+/// acknowledgement back and see each push's kind).
 struct StandInProxy {
     node: Node,
     version: Option<u64>,
@@ -60,6 +71,20 @@ impl Actor for StandInProxy {
     type Context = Context<Self>;
 }
 
+impl StandInProxy {
+    /// (id, actor, node address) of every endpoint held.
+    fn endpoints(&self) -> Vec<(String, String, SocketAddr)> {
+        self.services
+            .values()
+            .flat_map(|s| {
+                s.endpoints
+                    .iter()
+                    .map(|e| (e.id.clone(), e.actor.clone(), e.addr))
+            })
+            .collect()
+    }
+}
+
 #[actormesh::handler]
 impl Handler<Push> for StandInProxy {
     type Result = ResponseFuture<Result<u64, PushRefused>>;
@@ -70,11 +95,7 @@ impl Handler<Push> for StandInProxy {
                 return Box::pin(async move { Err(PushRefused::WrongBase { from, holds }) });
             }
         }
-        let before: Vec<(String, String)> = self
-            .services
-            .values()
-            .flat_map(|s| s.endpoints.iter().map(|e| (e.id.clone(), e.actor.clone())))
-            .collect();
+        let before = self.endpoints();
         if p.kind == PushKind::Full {
             self.services.clear();
             self.revoked.clear();
@@ -87,22 +108,20 @@ impl Handler<Push> for StandInProxy {
         }
         self.revoked.extend(p.revoked.iter().cloned());
         self.version = Some(p.version);
-        let now: Vec<String> = self
-            .services
-            .values()
-            .flat_map(|s| s.endpoints.iter().map(|e| e.id.clone()))
-            .collect();
-        let gone: Vec<(String, String)> = before
+        let now = self.endpoints();
+        let gone: Vec<(String, String, SocketAddr)> = before
             .into_iter()
-            .filter(|(id, _)| !now.contains(id))
+            .filter(|(id, _, _)| !now.iter().any(|(n, _, _)| n == id))
             .collect();
+        let endpoints = now.len();
         let (node, seen, slow) = (self.node.clone(), self.seen.clone(), self.slow_removal);
         Box::pin(async move {
             let mut removed_alive = Vec::new();
             if !gone.is_empty() {
                 tokio::time::sleep(slow).await;
-                for (id, actor) in gone {
-                    let r = node.actor_ref(node.local_addr(), &actor);
+                for (id, actor, addr) in gone {
+                    // Over the network, to the agent that runs it.
+                    let r = node.actor_ref(addr, &actor);
                     let alive = r
                         .ask_timeout(Ping(1), Duration::from_millis(500))
                         .await
@@ -113,6 +132,7 @@ impl Handler<Push> for StandInProxy {
             let version = p.version;
             let _ = seen.send(Seen {
                 push: p,
+                endpoints,
                 removed_alive,
             });
             Ok(version)
@@ -149,6 +169,23 @@ fn endpoint_count(p: &ProxyConfig) -> usize {
     p.services.iter().map(|s| s.endpoints.len()).sum()
 }
 
+/// Waits (at most 10 s) until the real Proxy of `mesh` holds `n` endpoints.
+async fn real_proxy_holds(mesh: &actormesh::mesh::Mesh, n: usize) {
+    let mut applied = mesh.applied();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while endpoint_count(&mesh.proxy_config()) != n {
+            applied.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "the agent's proxy does not hold {n} endpoints: {:?}",
+            mesh.proxy_config()
+        )
+    });
+}
+
 #[actix::test]
 async fn a_proxy_gets_a_snapshot_then_deltas_converges_and_holds_back_the_kill_it_has_not_acked() {
     let dir = std::env::temp_dir().join(format!("am-push-{}", std::process::id()));
@@ -160,12 +197,27 @@ async fn a_proxy_gets_a_snapshot_then_deltas_converges_and_holds_back_the_kill_i
     config.resources = Some("cpus:2".parse().unwrap());
     config.host = ActorHost::new().with("pinged", || Pinged);
     let a = inproc::start_agent(config).await;
+    let n1 = format!("spiffe://cluster.local/node/{}", a.agent_id);
+
+    // A client's node subscribes a stand-in proxy that is slow to acknowledge removals.
+    let token = m
+        .token(TokenRole::Client, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let client = actormesh::client::issue(m.bootstrap, &token, "standin", &dir.join("client"))
+        .await
+        .unwrap();
+    let client_node = Node::start(
+        NodeConfig::new("127.0.0.1:0".parse().unwrap()),
+        &client.credentials,
+    )
+    .unwrap();
     let (tx, mut seen) = mpsc::unbounded_channel();
-    a.node
+    client_node
         .spawn(
             PROXY_ACTOR,
             StandInProxy {
-                node: a.node.clone(),
+                node: client_node.clone(),
                 version: None,
                 services: BTreeMap::new(),
                 revoked: Vec::new(),
@@ -174,10 +226,10 @@ async fn a_proxy_gets_a_snapshot_then_deltas_converges_and_holds_back_the_kill_i
             },
         )
         .unwrap();
-    let subscribed = a
-        .master
+    let subscribed = client_node
+        .actor_ref(m.node.local_addr(), MASTER_ACTOR)
         .ask(Subscribe {
-            addr: a.node.local_addr(),
+            addr: client_node.local_addr(),
             have: None,
         })
         .await
@@ -198,35 +250,60 @@ async fn a_proxy_gets_a_snapshot_then_deltas_converges_and_holds_back_the_kill_i
         let s = next(&mut seen).await;
         assert_eq!(s.push.kind, PushKind::Delta { from: applied });
         applied = s.push.version;
-        let c = m
-            .master
-            .send(ProxyConfigOf("n1".into()))
-            .await
-            .unwrap()
-            .unwrap();
-        if endpoint_count(&c) == 2 {
-            assert_eq!(
-                c.version,
-                Some(applied),
-                "proxy-config asks the node's proxy"
-            );
+        if s.endpoints == 2 {
             break;
         }
     }
-    let status = m.master.send(ListProxyStatus).await.unwrap();
-    let p = &status.proxies[0];
+    // The agent's own Proxy applied them too, and calls by name reach them.
+    real_proxy_holds(a.mesh(), 2).await;
+    let ping = a.mesh().service("default/ping").unwrap();
+    assert_eq!(ping.ask(Ping(7)).await.unwrap(), 7);
+    // So did the master's own Proxy: code in the master's process calls by name too.
+    real_proxy_holds(m.mesh(), 2).await;
+    let from_master = m.mesh().service("default/ping").unwrap();
+    assert_eq!(from_master.ask(Ping(8)).await.unwrap(), 8);
+    let c = m
+        .master
+        .send(ProxyConfigOf(a.agent_id.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(endpoint_count(&c), 2);
     assert_eq!(
-        p.node,
-        format!("spiffe://cluster.local/node/{}", a.agent_id)
+        c.version,
+        a.mesh().version(),
+        "proxy-config asks the node's proxy"
     );
+    let status = m.master.send(ListProxyStatus).await.unwrap();
+    let p = status
+        .proxies
+        .iter()
+        .find(|p| p.node == n1)
+        .unwrap_or_else(|| panic!("{n1} not in {status:#?}"));
     assert_eq!(
         (p.applied, p.behind, p.stale),
-        (Some(status.version), 0, false)
+        (Some(status.version), 0, false),
+        "{status:#?}"
     );
     assert!(p.last_push_latency_ms.is_some());
+    let own = status
+        .proxies
+        .iter()
+        .find(|p| p.node == "spiffe://cluster.local/node/master")
+        .unwrap_or_else(|| panic!("the master's own proxy is not in {status:#?}"));
+    assert_eq!(
+        (own.applied, own.addr, own.stale),
+        (Some(status.version), m.node.local_addr(), false)
+    );
+    let standin = status
+        .proxies
+        .iter()
+        .find(|p| p.node == client.identity.to_string())
+        .unwrap_or_else(|| panic!("the stand-in is not in {status:#?}"));
+    assert_eq!(standin.applied, Some(applied));
 
     // Scale down to 1: the endpoint leaves discovery; its instance still answers while the
-    // proxy takes its time to acknowledge, and is killed after.
+    // stand-in takes its time to acknowledge, and is killed after.
     m.master
         .send(ApplyDeployment(manifest(1)))
         .await
@@ -244,6 +321,7 @@ async fn a_proxy_gets_a_snapshot_then_deltas_converges_and_holds_back_the_kill_i
         alive,
         "{id} was killed before the proxy acknowledged its removal"
     );
+    real_proxy_holds(a.mesh(), 1).await;
     let actor = id.clone();
     let gone = async {
         loop {

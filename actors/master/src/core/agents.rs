@@ -177,14 +177,20 @@ impl ClusterCore {
         now: Instant,
         wall: SystemTime,
     ) -> Result<Option<MembershipEvent>, MasterRefusal> {
-        self.membership
+        let event = self
+            .membership
             .seen(agent_id, now, wall)
             .map_err(|e| match e {
                 membership::MemberRefusal::Gone(_) => MasterRefusal::Removed(e.to_string()),
                 membership::MemberRefusal::Unknown(_) => {
                     MasterRefusal::NotRegistered(e.to_string())
                 }
-            })
+            })?;
+        // A changed state (an Unreachable agent is back) changes its endpoints.
+        if event.is_some() {
+            self.registry_dirty = true;
+        }
+        Ok(event)
     }
 
     /// An agent registers (again) with what it runs: its instances are adopted or killed,
@@ -263,6 +269,9 @@ impl ClusterCore {
         wall: SystemTime,
     ) -> Step<Result<HeartbeatAck, MasterRefusal>> {
         self.step(|core| {
+            // A heartbeat changes the registry only by changing the agent's state, which
+            // `seen` marks; most change nothing, and `settle` need not recompute.
+            core.quiet = true;
             core.check_caller(&hb.agent_id, &caller)?;
             if let Some(e) = core.seen(&hb.agent_id, now, wall)? {
                 core.persist_agent(&hb.agent_id, Vec::new(), false);

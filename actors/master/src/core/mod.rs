@@ -337,6 +337,14 @@ pub struct ClusterCore {
     clock: Instant,
     /// The wall clock at the last tick, in ms since the epoch (revocations end by it).
     wall_ms: u64,
+    /// Something the registry is derived from may have changed since the last `settle`:
+    /// set by every event but a quiet one (a heartbeat that changed no agent's state), so
+    /// `settle` recomputes the services only then.
+    registry_dirty: bool,
+    /// The event being handled declared that it changed nothing the registry reads.
+    quiet: bool,
+    /// How many times `settle` recomputed the services.
+    recomputed: u64,
     /// Effects of the event being handled.
     out: Vec<Effect>,
 }
@@ -396,6 +404,9 @@ impl ClusterCore {
             drain_time: setup.drain_time,
             clock: now,
             wall_ms: 0,
+            registry_dirty: true,
+            quiet: false,
+            recomputed: 0,
             out: Vec::new(),
         };
         // The deployments' services are known at once (their endpoints come as agents
@@ -407,7 +418,12 @@ impl ClusterCore {
 
     /// Runs `event` and collects the effects it produced.
     fn step<T>(&mut self, event: impl FnOnce(&mut Self) -> T) -> Step<T> {
+        self.quiet = false;
         let reply = event(self);
+        // Unless the event said it changed nothing the registry reads, it may have.
+        if !std::mem::take(&mut self.quiet) {
+            self.registry_dirty = true;
+        }
         Step {
             effects: std::mem::take(&mut self.out),
             reply,

@@ -39,33 +39,15 @@ impl ClusterCore {
             .iter()
             .map(|e| matches!(e, Effect::Kill { task_id, .. } if self.registry.has_endpoint(task_id)))
             .collect();
-        // Gone nodes leave: their registrations, their subscriptions, held kills on them.
-        let gone: Vec<String> = self
-            .membership
-            .all()
-            .filter(|a| a.state == AgentState::Gone)
-            .map(|a| a.id.clone())
-            .collect();
-        for id in &gone {
-            self.node_services.retain(|(agent, _, _), _| agent != id);
-            self.pushes.unsubscribe(&self.identity_of(id));
-            self.drains.forget_agent(id);
-        }
-        let (desired, revoked) = self.registry_now();
         let mut out = Vec::with_capacity(effects.len());
-        if self.registry.version() + VERSION_BLOCK / 2 > self.version_ceiling {
-            // Reserved before any version of the new block goes out, in the same ordered log.
-            self.version_ceiling = self.registry.version() + VERSION_BLOCK;
-            out.push(Effect::Persist(super::Batch {
-                changes: Ok(vec![Change::put(
-                    Table::Meta,
-                    VERSION_CEILING_KEY,
-                    self.version_ceiling.to_string().into_bytes(),
-                )]),
-                acknowledges: false,
-            }));
-        }
-        let changed = self.registry.update(desired, revoked, now);
+        // Only after events that may have changed what the registry is derived from (not
+        // after a heartbeat that changed nothing): O(tasks + registrations) each time.
+        let changed = if std::mem::take(&mut self.registry_dirty) {
+            self.recomputed += 1;
+            self.recompute_registry(now, &mut out)
+        } else {
+            None
+        };
         if changed.is_some() {
             if let Some(after) = self.pushes.changed(now) {
                 out.push(Effect::FlushPushes { after });
@@ -116,6 +98,43 @@ impl ClusterCore {
     }
 
     /// The services and revocations the cluster's state says there are now.
+    /// Gone nodes leave (their registrations, subscriptions, held kills on them), the
+    /// services are computed anew and the registry updated; the version ceiling is
+    /// written ahead, into `out`, when the version nears it. Returns what `update` does.
+    fn recompute_registry(&mut self, now: Instant, out: &mut Vec<Effect>) -> Option<u64> {
+        let gone: Vec<String> = self
+            .membership
+            .all()
+            .filter(|a| a.state == AgentState::Gone)
+            .map(|a| a.id.clone())
+            .collect();
+        for id in &gone {
+            self.node_services.retain(|(agent, _, _), _| agent != id);
+            self.pushes.unsubscribe(&self.identity_of(id));
+            self.drains.forget_agent(id);
+        }
+        let (desired, revoked) = self.registry_now();
+        if self.registry.version() + VERSION_BLOCK / 2 > self.version_ceiling {
+            // Reserved before any version of the new block goes out, in the same ordered log.
+            self.version_ceiling = self.registry.version() + VERSION_BLOCK;
+            out.push(Effect::Persist(super::Batch {
+                changes: Ok(vec![Change::put(
+                    Table::Meta,
+                    VERSION_CEILING_KEY,
+                    self.version_ceiling.to_string().into_bytes(),
+                )]),
+                acknowledges: false,
+            }));
+        }
+        self.registry.update(desired, revoked, now)
+    }
+
+    /// How many times `settle` recomputed the services (they are recomputed only after
+    /// events that may change them).
+    pub fn registry_recomputations(&self) -> u64 {
+        self.recomputed
+    }
+
     pub(super) fn registry_now(
         &self,
     ) -> (

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use actix::prelude::*;
 use tracing::info;
 
+use actormesh::mesh::{Mesh, MeshOptions};
 use actormesh::protocol::{
     BootstrapReply, BootstrapRequest, ClientCertReply, JoinReply, MASTER_ACTOR,
 };
@@ -340,6 +341,9 @@ pub async fn start_with_store(
             master: master.clone(),
         },
     )?;
+    // The master's own Proxy, subscribed at its own `$master` (a local call: no caller),
+    // so code in the master's process calls services by name as any node does.
+    let mesh = Mesh::start(&node, MeshOptions::default().master(node.local_addr()))?;
     let join_master = master.clone();
     let mesh_addr = node.local_addr();
     let bootstrap = BootstrapServer::bind(config.bootstrap, &creds, move |body, from| {
@@ -382,6 +386,7 @@ pub async fn start_with_store(
     Ok(MasterHandle {
         master,
         node,
+        mesh,
         bootstrap: bootstrap_addr,
         api: api_addr,
         api_token_file: config.data_dir.join(API_TOKEN_FILE),

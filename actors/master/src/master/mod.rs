@@ -21,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 use actix::prelude::*;
 use tracing::error;
 
+use actormesh::mesh::Mesh;
 use actormesh::{Node, RemoteRef};
 use actormesh_transport::pki::CertificateAuthority;
 use actormesh_transport::Endpoint;
@@ -106,6 +107,8 @@ pub struct MasterHandle {
     pub master: Addr<Master>,
     /// The master's mesh node.
     pub node: Node,
+    /// The master's part of the mesh: its own Proxy, subscribed to its registry.
+    mesh: Mesh,
     /// The bootstrap address.
     pub bootstrap: SocketAddr,
     /// The HTTP API address.
@@ -119,6 +122,13 @@ pub struct MasterHandle {
 }
 
 impl MasterHandle {
+    /// The master's part of the mesh: its own Proxy (`$proxy` on the master's node,
+    /// subscribed as `node/master`), to call services by name from code in the master's
+    /// process (`mesh().service("shop/ratings")`).
+    pub fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
     /// Resolves, with the reason, once the master has stepped down (its state store failed:
     /// it acknowledges nothing more, and a restart reloads what was stored). A process that
     /// runs a master should exit then.

@@ -2,6 +2,7 @@
 //! through the gate, with the verified caller), and the operator's views of services,
 //! endpoints and proxies.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -25,10 +26,31 @@ const DUMP_ANSWER: Duration = Duration::from_secs(5);
 #[rtype(result = "Result<Subscribed, MasterRefusal>")]
 pub(super) struct SubscribeFrom(pub Subscribe, pub Option<SpiffeId>);
 
+/// Who a subscription is from: the verified caller of a call that crossed a link. A call
+/// made on the master's own node has no caller (the runtime sets one for every call that
+/// arrives over a link), and stands for the master's own Proxy. Either way, the master's
+/// node identity subscribes only the proxy at the master's own address, so pushes meant
+/// for `node/master` never go elsewhere.
+pub(super) fn subscriber(
+    caller: Option<SpiffeId>,
+    addr: SocketAddr,
+    own: &SpiffeId,
+    own_addr: SocketAddr,
+) -> Result<SpiffeId, MasterRefusal> {
+    let who = caller.unwrap_or_else(|| own.clone());
+    if &who == own && addr != own_addr {
+        return Err(MasterRefusal::Forbidden(format!(
+            "{who} subscribes for {addr}, but the master's own proxy is at {own_addr}"
+        )));
+    }
+    Ok(who)
+}
+
 impl Handler<SubscribeFrom> for Master {
     type Result = Result<Subscribed, MasterRefusal>;
     fn handle(&mut self, m: SubscribeFrom, ctx: &mut Context<Self>) -> Self::Result {
-        let step = self.core.subscribe(m.0, m.1, Instant::now());
+        let who = subscriber(m.1, m.0.addr, &self.node.identity(), self.mesh_addr)?;
+        let step = self.core.subscribe(m.0, Some(who), Instant::now());
         self.carry_out(step.effects, ctx);
         step.reply
     }
@@ -143,5 +165,38 @@ impl Handler<ProxyConfigOf> for Master {
                     ))
                 })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_on_the_masters_own_node_subscribes_its_own_proxy_only() {
+        let own = SpiffeId::node("td", "master").unwrap();
+        let here: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let elsewhere: SocketAddr = "127.0.0.1:9999".parse().unwrap();
+        // No caller: the master's own node, for its own proxy.
+        assert_eq!(subscriber(None, here, &own, here), Ok(own.clone()));
+        // ... and for no other address, locally or over a link.
+        let e = subscriber(None, elsewhere, &own, here).unwrap_err();
+        assert_eq!(
+            e,
+            MasterRefusal::Forbidden(
+                "spiffe://td/node/master subscribes for 127.0.0.1:9999, but the master's own proxy is at 127.0.0.1:7000".into()
+            )
+        );
+        assert!(subscriber(Some(own.clone()), elsewhere, &own, here).is_err());
+        // Other callers pass on to the core's rules, at whatever address they give.
+        let agent = SpiffeId::node("td", "n1").unwrap();
+        assert_eq!(
+            subscriber(Some(agent.clone()), here, &own, here),
+            Ok(agent.clone())
+        );
+        assert_eq!(
+            subscriber(Some(agent.clone()), elsewhere, &own, here),
+            Ok(agent)
+        );
     }
 }

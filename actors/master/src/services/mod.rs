@@ -144,7 +144,14 @@ pub fn endpoints_of<'a>(
             endpoints: Vec::new(),
         });
     }
-    for t in book.tasks() {
+    // With no deployment serving a service there is no task to look at (the walk is
+    // O(tasks), and a cluster without services should not pay it on every event).
+    let walk = if by_deployment.is_empty() {
+        0
+    } else {
+        usize::MAX
+    };
+    for t in book.tasks().take(walk) {
         let Some((decl, checked)) = by_deployment.get(&t.deployment) else {
             continue;
         };

@@ -670,3 +670,30 @@ fn a_rolling_update_takes_the_old_instance_out_of_discovery_before_it_is_killed(
         "the v1 instance goes once the proxy applied its removal"
     );
 }
+
+#[test]
+fn heartbeats_that_change_nothing_do_not_recompute_the_services_and_other_events_do() {
+    let t0 = Instant::now();
+    let (mut core, launched) = serving(2, "", t0);
+    let _ = run(&mut core, &launched, t0);
+    assert_eq!(endpoint_ids(&core).len(), 2);
+    let before = core.registry_recomputations();
+    let mut now = t0;
+    for _ in 0..5 {
+        now += Duration::from_millis(100);
+        heartbeat(&mut core, "a", now);
+        heartbeat(&mut core, "b", now);
+        let _ = settled(&mut core, Vec::new(), now);
+    }
+    assert_eq!(
+        core.registry_recomputations(),
+        before,
+        "a heartbeat of an Active agent changes no service"
+    );
+    // A task's end changes its service: recomputed, and its endpoint is gone.
+    let (agent, task) = &launched[0];
+    let step = report(&mut core, agent, task, TaskState::Failed, now);
+    let _ = settled(&mut core, step.effects, now);
+    assert_eq!(core.registry_recomputations(), before + 1);
+    assert_eq!(endpoint_ids(&core), vec![launched[1].1.clone()]);
+}
