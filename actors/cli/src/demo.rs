@@ -26,6 +26,23 @@ impl Handler<Echo> for Echoer {
     }
 }
 
+/// Asks an `echo` instance to greet someone: a message with a named field, to call with
+/// JSON (`actormesh call default/echo demo.Greet/v1 '{"name": "you"}'`).
+#[derive(Debug, Clone, Serialize, Deserialize, actormesh::RemoteMessage)]
+#[remote(name = "demo.Greet/v1", reply = String)]
+pub struct Greet {
+    /// Who to greet.
+    pub name: String,
+}
+
+#[actormesh::handler]
+impl Handler<Greet> for Echoer {
+    type Result = String;
+    fn handle(&mut self, m: Greet, _: &mut Context<Self>) -> String {
+        format!("hello, {}", m.name)
+    }
+}
+
 /// An echo instance is healthy as long as it answers.
 #[actormesh::handler]
 impl Handler<actormesh::health::HealthCheck> for Echoer {

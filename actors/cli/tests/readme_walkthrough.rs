@@ -84,6 +84,7 @@ async fn the_readme_walkthrough_works_as_written() {
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
+        eprintln!("step ok:\n{script}\n{stdout}");
         outputs.push((step.clone(), stdout));
     }
     // The call by name printed the reply as JSON.
