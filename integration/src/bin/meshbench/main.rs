@@ -82,6 +82,12 @@ enum Suite {
         /// Endpoints on the agent whose memory is measured.
         #[arg(long, default_value_t = 100)]
         endpoints: usize,
+        /// Heartbeat interval of the push cluster's agents, in ms (default: the master's).
+        #[arg(long)]
+        heartbeat_ms: Option<u64>,
+        /// Only the push measurement.
+        #[arg(long)]
+        push_only: bool,
     },
     /// (internal) An agent process hosting sinks, for the mesh suite.
     #[command(hide = true)]
@@ -143,6 +149,8 @@ fn main() -> anyhow::Result<()> {
             services,
             changes,
             endpoints,
+            heartbeat_ms,
+            push_only,
         } => mesh::run(mesh::Settings {
             rounds: rounds.max(1),
             scale,
@@ -150,6 +158,8 @@ fn main() -> anyhow::Result<()> {
             services: services.max(1),
             changes: changes.max(1),
             endpoints: endpoints.max(1),
+            heartbeat: heartbeat_ms.map(|ms| Duration::from_millis(ms.max(10))),
+            push_only,
         }),
         Suite::MeshAgentProc {
             join,

@@ -54,6 +54,10 @@ pub struct Settings {
     pub services: usize,
     pub changes: usize,
     pub endpoints: usize,
+    /// The push cluster's heartbeat interval (`None`: the master's default).
+    pub heartbeat: Option<Duration>,
+    /// Only the push measurement.
+    pub push_only: bool,
 }
 
 pub fn run(s: Settings) -> anyhow::Result<()> {
@@ -66,8 +70,11 @@ pub fn run(s: Settings) -> anyhow::Result<()> {
 }
 
 async fn run_in(dir: PathBuf, s: Settings) -> anyhow::Result<()> {
+    // Each phase prints its lines as it ends, so that one that fails loses no other.
+    if s.push_only {
+        return push_lines(&dir, &s).await;
+    }
     let calls = calls_and_memory(&dir.join("calls"), &s).await?;
-    let push = push_convergence(&dir.join("push"), &s).await?;
 
     for (name, p) in [("mesh_ask_seq_p50", 0.5), ("mesh_ask_seq_p99", 0.99)] {
         Line {
@@ -85,6 +92,18 @@ async fn run_in(dir: PathBuf, s: Settings) -> anyhow::Result<()> {
         baseline: median(calls.direct_pipe),
     }
     .print();
+    Line {
+        name: "node_rss_mb_100_endpoints",
+        value: calls.rss_serving_mib,
+        unit: "MiB",
+        baseline: calls.rss_idle_mib,
+    }
+    .print();
+    push_lines(&dir, &s).await
+}
+
+async fn push_lines(dir: &Path, s: &Settings) -> anyhow::Result<()> {
+    let push = push_convergence(&dir.join("push"), s).await?;
     // Baseline: the same change's time to the first proxy, so the ratio is what fanning
     // out to every proxy adds over reaching one.
     Line {
@@ -101,13 +120,6 @@ async fn run_in(dir: PathBuf, s: Settings) -> anyhow::Result<()> {
         value: p99_ms(push.acked),
         unit: "ms",
         baseline: push.window.as_secs_f64() * 1e3,
-    }
-    .print();
-    Line {
-        name: "node_rss_mb_100_endpoints",
-        value: calls.rss_serving_mib,
-        unit: "MiB",
-        baseline: calls.rss_idle_mib,
     }
     .print();
     Ok(())
@@ -134,7 +146,7 @@ type Started = (
 );
 
 impl MasterThread {
-    fn start(dir: PathBuf) -> anyhow::Result<Self> {
+    fn start(dir: PathBuf, heartbeat: Option<Duration>) -> anyhow::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<Started>>();
         std::thread::Builder::new()
             .name("master".into())
@@ -144,6 +156,11 @@ impl MasterThread {
                     config.listen = "127.0.0.1:0".parse().expect("address");
                     config.bootstrap = "127.0.0.1:0".parse().expect("address");
                     config.api = "127.0.0.1:0".parse().expect("address");
+                    if let Some(every) = heartbeat {
+                        config.detector.heartbeat_interval = every;
+                        // Eight missed beats, as the default (250 ms, 2 s).
+                        config.detector.unreachable_after = every * 8;
+                    }
                     let window = config.push_window;
                     let started = async {
                         let m = master::start(config).await?;
@@ -227,8 +244,9 @@ impl MasterThread {
         }
     }
 
-    /// Polls (every 20 ms, at most `limit`) until `proxies` proxies are subscribed and all
-    /// applied the registry's current version; that version.
+    /// Polls (every 20 ms, at most `limit`) until at least `proxies` proxies are subscribed
+    /// (the master's own node may be one more) and all applied the registry's current
+    /// version; that version.
     async fn until_converged(&self, proxies: usize, limit: Duration) -> anyhow::Result<u64> {
         let start = Instant::now();
         loop {
@@ -238,12 +256,13 @@ impl MasterThread {
                 .iter()
                 .filter(|p| p.applied == Some(s.version))
                 .count();
-            if s.proxies.len() == proxies && done == proxies {
+            if s.proxies.len() >= proxies && done == s.proxies.len() {
                 return Ok(s.version);
             }
             if start.elapsed() > limit {
+                let nodes: Vec<&str> = s.proxies.iter().map(|p| p.node.as_str()).collect();
                 anyhow::bail!(
-                    "{done} of {proxies} proxies at version {} after {limit:?} ({} subscribed)",
+                    "{done} of {proxies} proxies at version {} after {limit:?} ({} subscribed: {nodes:?})",
                     s.version,
                     s.proxies.len()
                 );
@@ -378,7 +397,7 @@ struct CallFigures {
 
 async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigures> {
     let exe = std::env::current_exe()?;
-    let m = MasterThread::start(dir.join("master"))?;
+    let m = MasterThread::start(dir.join("master"), None)?;
     let mut server = spawn_agent_proc(&exe, &m, dir, "server").await?;
     // The caller hosts nothing, so it is given no endpoint: every call by name is remote.
     let caller = agent::start(m.agent_config(dir, "caller", "caller", ActorHost::new()))
@@ -551,20 +570,15 @@ fn p99_ms(mut v: Vec<Duration>) -> f64 {
 type AppliedLog = Rc<RefCell<Vec<(u64, Instant)>>>;
 
 async fn push_convergence(dir: &Path, s: &Settings) -> anyhow::Result<PushFigures> {
-    let m = MasterThread::start(dir.join("master"))?;
-    let mut agents: Vec<AgentHandle> = Vec::new();
-    for batch in (0..s.nodes).collect::<Vec<_>>().chunks(JOIN_BATCH) {
-        let joins = batch.iter().map(|i| {
-            agent::start(m.agent_config(dir, &format!("p{i}"), "proxy", ActorHost::new()))
-        });
-        for a in futures::future::join_all(joins).await {
-            agents.push(a.context("a push agent")?);
-        }
-    }
-
-    // The services: each a sink that one of the nodes registers, spread over the nodes.
+    let m = MasterThread::start(dir.join("master"), s.heartbeat)?;
+    // A tenth of the nodes register the services, then the rest join and get them in
+    // one snapshot each. (Registering 1,000 services one by one while 100 proxies are
+    // subscribed makes a push per coalescing window to each of them; on this 2-core
+    // machine that starved heartbeats until agents dropped their links to the master.)
+    let registrars = s.nodes.div_ceil(10);
+    let mut agents = start_agents(&m, dir, 0..registrars).await?;
     let registrations = agents.iter().enumerate().map(|(i, a)| async move {
-        for k in (i..s.services).step_by(s.nodes) {
+        for k in (i..s.services).step_by(registrars) {
             let actor = format!("svc-{k}");
             a.node.spawn(&actor, Sink::default())?;
             a.mesh()
@@ -577,6 +591,7 @@ async fn push_convergence(dir: &Path, s: &Settings) -> anyhow::Result<PushFigure
     for r in futures::future::join_all(registrations).await {
         r?;
     }
+    agents.extend(start_agents(&m, dir, registrars..s.nodes).await?);
     let mut version = m.until_converged(s.nodes, Duration::from_secs(120)).await?;
     let held = agents[0].mesh().proxy_config().services.len();
     anyhow::ensure!(
@@ -624,6 +639,7 @@ async fn push_convergence(dir: &Path, s: &Settings) -> anyhow::Result<PushFigure
         node.mesh()
             .register_service(target.clone(), &actor, "v1", BTreeMap::new(), 1)
             .await?;
+        let registered = t0.elapsed();
         // The version that holds the change: the registry's, right after it answered.
         let v = m.master.send(ListProxyStatus).await?.version;
         anyhow::ensure!(v > version, "change {c} made no new version ({v})");
@@ -653,6 +669,12 @@ async fn push_convergence(dir: &Path, s: &Settings) -> anyhow::Result<PushFigure
         f.first.push(first.duration_since(t0));
         f.last.push(last.duration_since(t0));
         f.acked.push(acked(&m, v, s.nodes).await?);
+        if std::env::var_os("MESHBENCH_TRACE").is_some() {
+            eprintln!(
+                "change {c}: v{v} registered {registered:?} first {:?} last {:?} acked {:?}",
+                f.first[c], f.last[c], f.acked[c]
+            );
+        }
     }
     for w in watchers {
         w.abort();
@@ -675,6 +697,24 @@ async fn push_convergence(dir: &Path, s: &Settings) -> anyhow::Result<PushFigure
     Ok(f)
 }
 
+/// Starts agents `p<i>` for each `i` of `range`, [`JOIN_BATCH`] at a time.
+async fn start_agents(
+    m: &MasterThread,
+    dir: &Path,
+    range: std::ops::Range<usize>,
+) -> anyhow::Result<Vec<AgentHandle>> {
+    let mut agents = Vec::new();
+    for batch in range.collect::<Vec<_>>().chunks(JOIN_BATCH) {
+        let joins = batch.iter().map(|i| {
+            agent::start(m.agent_config(dir, &format!("p{i}"), "proxy", ActorHost::new()))
+        });
+        for a in futures::future::join_all(joins).await {
+            agents.push(a.context("a push agent")?);
+        }
+    }
+    Ok(agents)
+}
+
 /// Once every proxy acknowledged version `v` (polled every 2 ms, at most
 /// [`CHANGE_LIMIT`]), the longest of their last push latencies as the master measured them.
 async fn acked(m: &MasterThread, v: u64, proxies: usize) -> anyhow::Result<Duration> {
@@ -686,7 +726,7 @@ async fn acked(m: &MasterThread, v: u64, proxies: usize) -> anyhow::Result<Durat
             .iter()
             .filter(|p| p.applied.is_some_and(|a| a >= v))
             .collect();
-        if acked.len() == proxies {
+        if acked.len() >= proxies && acked.len() == s.proxies.len() {
             let ms = acked
                 .iter()
                 .filter_map(|p| p.last_push_latency_ms)
