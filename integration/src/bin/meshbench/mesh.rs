@@ -11,7 +11,8 @@
 //! - Push: a fresh master thread, 100 lightweight agents in this process (each its own
 //!   node and Proxy on loopback QUIC), 1,000 services their nodes registered; 100 endpoint
 //!   registrations one after the other, each timed from the request until the last proxy
-//!   applied the version that carries it.
+//!   applied the version that carries it. `MESHBENCH_TRACE=1` prints each change's times
+//!   to stderr.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -171,13 +172,8 @@ impl MasterThread {
                     match started {
                         Ok((m, token)) => {
                             let (stop, stopped) = tokio::sync::oneshot::channel();
-                            let _ = tx.send(Ok((
-                                m.master.clone(),
-                                m.bootstrap,
-                                token,
-                                window,
-                                stop,
-                            )));
+                            let _ =
+                                tx.send(Ok((m.master.clone(), m.bootstrap, token, window, stop)));
                             // Until the suite is done with this master.
                             let _ = stopped.await;
                             m.node.shutdown();
@@ -188,9 +184,9 @@ impl MasterThread {
                     }
                 })
             })?;
-        let (master, bootstrap, token, window, stop) = rx
-            .recv_timeout(Duration::from_secs(60))
-            .context("the master did not start within 60 s")??;
+        let (master, bootstrap, token, window, stop) =
+            rx.recv_timeout(Duration::from_secs(60))
+                .context("the master did not start within 60 s")??;
         Ok(Self {
             master,
             bootstrap,
@@ -349,7 +345,10 @@ async fn spawn_agent_proc(
     dir: &Path,
     name: &str,
 ) -> anyhow::Result<ChildProc> {
-    let (join, data) = (m.bootstrap.to_string(), dir.join(name).display().to_string());
+    let (join, data) = (
+        m.bootstrap.to_string(),
+        dir.join(name).display().to_string(),
+    );
     let mut child = ChildProc::spawn(
         exe,
         &[
@@ -423,7 +422,9 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    direct.ask_timeout(Echo(vec![0; PAYLOAD]), CALL_LIMIT).await?;
+    direct
+        .ask_timeout(Echo(vec![0; PAYLOAD]), CALL_LIMIT)
+        .await?;
 
     let n = |base: f64| ((base * s.scale) as usize).max(1000);
     let mut f = CallFigures {
@@ -445,7 +446,8 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
                 f.direct_pipe
                     .push(pipelined_rate(n(100_000.0), direct_ask).await?);
             } else {
-                f.by_name_lat.push(latencies(n(5_000.0), by_name_ask).await?);
+                f.by_name_lat
+                    .push(latencies(n(5_000.0), by_name_ask).await?);
                 f.by_name_pipe
                     .push(pipelined_rate(n(100_000.0), by_name_ask).await?);
             }
@@ -660,7 +662,9 @@ async fn push_convergence(dir: &Path, s: &Settings) -> anyhow::Result<PushFigure
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 let behind = logs.iter().filter(|l| reached(l).is_none()).count();
-                anyhow::bail!("change {c}: {behind} proxies lack version {v} after {CHANGE_LIMIT:?}");
+                anyhow::bail!(
+                    "change {c}: {behind} proxies lack version {v} after {CHANGE_LIMIT:?}"
+                );
             }
             let _ = tokio::time::timeout(left, seen.notified()).await;
         };
