@@ -21,11 +21,12 @@ use clap::{Parser, Subcommand};
 use futures::stream::{FuturesUnordered, StreamExt};
 
 mod cluster;
+mod mesh;
 mod scheduling;
 
-const PAYLOAD: usize = 64;
+pub(crate) const PAYLOAD: usize = 64;
 /// Asks in flight in the pipelined measurements.
-const PIPELINE: usize = 64;
+pub(crate) const PIPELINE: usize = 64;
 
 #[derive(Parser, Debug)]
 #[command(about = "actormesh end-to-end benchmark")]
@@ -59,6 +60,48 @@ enum Suite {
         /// Agents for the recovery and join measurements.
         #[arg(long, default_value_t = 50)]
         agents: usize,
+    },
+    /// Mesh: calls by service name against direct calls, push convergence over 100
+    /// proxies, an agent's memory with 100 endpoints.
+    Mesh {
+        /// Rounds per call measurement; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Scale of call counts (1.0 = default sizes).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Lightweight nodes (in this process), each with its Proxy, for the push.
+        #[arg(long, default_value_t = 100)]
+        nodes: usize,
+        /// Services in the registry during the push measurement.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        /// Endpoint changes timed.
+        #[arg(long, default_value_t = 100)]
+        changes: usize,
+        /// Endpoints on the agent whose memory is measured.
+        #[arg(long, default_value_t = 100)]
+        endpoints: usize,
+        /// Heartbeat interval of the push cluster's agents, in ms (default: the master's).
+        #[arg(long)]
+        heartbeat_ms: Option<u64>,
+        /// Only the push measurement.
+        #[arg(long)]
+        push_only: bool,
+    },
+    /// (internal) An agent process hosting sinks, for the mesh suite.
+    #[command(hide = true)]
+    MeshAgentProc {
+        #[arg(long)]
+        join: SocketAddr,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        role: String,
     },
     /// (internal) A master process for the cluster suite.
     #[command(hide = true)]
@@ -99,6 +142,32 @@ fn main() -> anyhow::Result<()> {
         Suite::Messaging { rounds, scale } => messaging(rounds.max(1), scale),
         Suite::Cluster { agents } => cluster::run(agents.max(1)),
         Suite::Scheduling { agents, instances } => scheduling::run(agents.max(1), instances.max(1)),
+        Suite::Mesh {
+            rounds,
+            scale,
+            nodes,
+            services,
+            changes,
+            endpoints,
+            heartbeat_ms,
+            push_only,
+        } => mesh::run(mesh::Settings {
+            rounds: rounds.max(1),
+            scale,
+            nodes: nodes.max(1),
+            services: services.max(1),
+            changes: changes.max(1),
+            endpoints: endpoints.max(1),
+            heartbeat: heartbeat_ms.map(|ms| Duration::from_millis(ms.max(10))),
+            push_only,
+        }),
+        Suite::MeshAgentProc {
+            join,
+            token,
+            data_dir,
+            name,
+            role,
+        } => mesh::agent_proc(join, token, data_dir, name, role),
         Suite::MasterProc {
             data_dir,
             listen,
@@ -337,7 +406,7 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e6
 }
