@@ -284,27 +284,9 @@ fn save(
         (files::CERT, cert_pem),
     ] {
         let path = dir.join(file);
-        write_private(&path, text).map_err(storage("write", &path))?;
+        crate::agent::write_private(&path, text).map_err(storage("write", &path))?;
     }
     Ok(())
-}
-
-/// Writes `contents` to `path` with mode 0600, through a temporary file renamed into
-/// place, so a crash never leaves half a key or certificate.
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -103,7 +103,8 @@ struct Saved {
 
 const SAVED: &str = "agent.json";
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+/// Writes `contents` to `path` with mode 0600 (keys, certificates, saved identities).
+pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut opts = std::fs::OpenOptions::new();

@@ -64,6 +64,25 @@ pub struct JoinAdmission {
 }
 
 impl ClusterCore {
+    /// Checks a presented token's id and secret for a use that needs `role`.
+    pub(super) fn check_token(
+        &self,
+        id: &str,
+        secret: &str,
+        role: TokenRole,
+        wall: SystemTime,
+    ) -> Result<(), tokens::TokenRefusal> {
+        let presented = JoinToken {
+            id: id.to_string(),
+            secret: secret.to_string(),
+            ca_fingerprint: self.ca_fingerprint.clone(),
+        };
+        let Some(record) = self.tokens.get(id) else {
+            return Err(tokens::TokenRefusal::Unknown(id.to_string()));
+        };
+        record.check(&presented, role, wall)
+    }
+
     /// Checks a join request at `wall`; `random_name` names an agent that asked for no
     /// name. The driver signs the certificate, then calls [`Self::admit`].
     pub fn check_join(
@@ -72,15 +91,7 @@ impl ClusterCore {
         random_name: impl FnOnce() -> Option<String>,
         wall: SystemTime,
     ) -> Result<JoinAdmission, JoinRefusal> {
-        let presented = JoinToken {
-            id: req.token_id.clone(),
-            secret: req.token_secret.clone(),
-            ca_fingerprint: self.ca_fingerprint.clone(),
-        };
-        let Some(record) = self.tokens.get(&req.token_id) else {
-            return Err(tokens::TokenRefusal::Unknown(req.token_id.clone()).into());
-        };
-        record.check(&presented, TokenRole::Agent, wall)?;
+        self.check_token(&req.token_id, &req.token_secret, TokenRole::Agent, wall)?;
         let id = if req.name.is_empty() {
             random_name().ok_or(JoinRefusal::NoRandomness)?
         } else {

@@ -9,7 +9,7 @@ use actormesh::protocol::ClientCertRequest;
 use actormesh_transport::SpiffeId;
 
 use super::ClusterCore;
-use crate::tokens::{self, JoinToken, TokenRole};
+use crate::tokens::{self, TokenRole};
 
 /// Why a client certificate was refused (sent to the client as text).
 #[derive(Debug, thiserror::Error)]
@@ -42,15 +42,7 @@ impl ClusterCore {
         req: &ClientCertRequest,
         wall: SystemTime,
     ) -> Result<ClientAdmission, ClientRefusal> {
-        let presented = JoinToken {
-            id: req.token_id.clone(),
-            secret: req.token_secret.clone(),
-            ca_fingerprint: self.ca_fingerprint.clone(),
-        };
-        let Some(record) = self.tokens.get(&req.token_id) else {
-            return Err(tokens::TokenRefusal::Unknown(req.token_id.clone()).into());
-        };
-        record.check(&presented, TokenRole::Client, wall)?;
+        self.check_token(&req.token_id, &req.token_secret, TokenRole::Client, wall)?;
         let identity = client_identity(&self.trust_domain, &req.name).map_err(|e| match e {
             ClientError::InvalidName(n) => ClientRefusal::InvalidName(n),
             other => ClientRefusal::Identity(other.to_string()),
@@ -71,6 +63,7 @@ mod tests {
     use super::*;
     use crate::core::tests::core_over;
     use crate::core::JoinRefusal;
+    use crate::tokens::JoinToken;
 
     fn wall() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000)
