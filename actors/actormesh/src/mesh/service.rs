@@ -236,10 +236,7 @@ impl ServiceRef {
         msg: M,
         timeout: Duration,
     ) -> Result<M::Result, AskError> {
-        let options = CallOptions {
-            timeout: Some(timeout),
-            ..self.options.clone()
-        };
+        let options = self.options.clone().timeout(timeout);
         self.call(msg, &options, true).await
     }
 
@@ -259,10 +256,7 @@ impl ServiceRef {
         msg: M,
         timeout: Duration,
     ) -> Result<M::Result, AskError> {
-        let options = CallOptions {
-            timeout: Some(timeout),
-            ..self.options.clone()
-        };
+        let options = self.options.clone().timeout(timeout);
         self.call(msg, &options, false).await
     }
 

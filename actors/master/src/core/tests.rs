@@ -67,21 +67,26 @@ pub(super) fn core_over(
     ClusterCore::new(setup(agents, config_rows), t0).unwrap()
 }
 
+/// Agent `id` joins at `t0` with an hour-long certificate.
+fn admit(core: &mut ClusterCore, id: &str, t0: Instant) {
+    let _ = core.admit(
+        JoinAdmission {
+            agent_id: id.to_string(),
+            identity: node(id).unwrap(),
+            cert_ttl: Duration::from_secs(3600),
+            cert_expiry: wall() + Duration::from_secs(3600),
+            token_id: "t".into(),
+        },
+        t0,
+        wall(),
+    );
+}
+
 /// A fresh master with agents that joined and registered at `t0`, each with 4 cpus.
 fn cluster(agents: &[&str], t0: Instant) -> ClusterCore {
     let mut core = core_over(Vec::new(), Vec::new(), t0);
     for (i, id) in agents.iter().enumerate() {
-        let _ = core.admit(
-            JoinAdmission {
-                agent_id: id.to_string(),
-                identity: node(id).unwrap(),
-                cert_ttl: Duration::from_secs(3600),
-                cert_expiry: wall() + Duration::from_secs(3600),
-                token_id: "t".into(),
-            },
-            t0,
-            wall(),
-        );
+        admit(&mut core, id, t0);
         let step = register(&mut core, id, i as u16 + 1, &[], t0);
         step.reply.unwrap();
     }

@@ -49,17 +49,7 @@ fn settled(core: &mut ClusterCore, effects: Vec<Effect>, now: Instant) -> Vec<Ef
 fn serving(n: u32, extra: &str, t0: Instant) -> (ClusterCore, Vec<(String, String)>) {
     let mut core = core_over(Vec::new(), Vec::new(), t0);
     for (i, id) in ["a", "b"].iter().enumerate() {
-        let _ = core.admit(
-            JoinAdmission {
-                agent_id: id.to_string(),
-                identity: node(id).unwrap(),
-                cert_ttl: Duration::from_secs(3600),
-                cert_expiry: wall() + Duration::from_secs(3600),
-                token_id: "t".into(),
-            },
-            t0,
-            wall(),
-        );
+        admit(&mut core, id, t0);
         let r = Register {
             agent_id: id.to_string(),
             addr: addr(i as u16 + 1),
