@@ -9,7 +9,6 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use actormesh::protocol::{MasterRefusal, Register, MASTER_ACTOR};
-use actormesh::{Node, NodeConfig};
 use actormesh_cli::demo::Echo;
 use common::*;
 
@@ -53,28 +52,6 @@ fn assert_private(dir: &Path) {
             .mode();
         assert_eq!(mode & 0o777, 0o600, "{f} must be private");
     }
-}
-
-/// Runs `f` with a node started from `credentials`, in an actix system of its own (the
-/// test's runtime is tokio's, for the processes).
-async fn on_node<F, Fut, T>(credentials: actormesh::transport::pki::Credentials, f: F) -> T
-where
-    F: FnOnce(Node) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = T>,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(move || {
-        actix::System::new().block_on(async move {
-            let node = Node::start(
-                NodeConfig::new("127.0.0.1:0".parse().unwrap()),
-                &credentials,
-            )
-            .unwrap();
-            f(node).await
-        })
-    })
-    .await
-    .unwrap()
 }
 
 /// A registration as an agent would send it, from whatever node sends it.

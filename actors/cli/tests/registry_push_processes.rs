@@ -11,7 +11,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use actormesh::mesh::protocol::{DumpConfig, ProxyConfig, PROXY_ACTOR};
-use actormesh::{Node, NodeConfig};
 use actormesh_master::membership::AgentState;
 use actormesh_master::services::{ProxyStatus, ProxyStatusReport};
 use common::*;
@@ -214,28 +213,6 @@ async fn every_proxy_converges_after_a_change_and_catches_up_after_being_away() 
     );
     drop(agents);
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// Runs `f` with a node started from `credentials`, in an actix system of its own (the
-/// test's runtime is tokio's, for the processes).
-async fn on_node<F, Fut, T>(credentials: actormesh::transport::pki::Credentials, f: F) -> T
-where
-    F: FnOnce(Node) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = T>,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(move || {
-        actix::System::new().block_on(async move {
-            let node = Node::start(
-                NodeConfig::new("127.0.0.1:0".parse().unwrap()),
-                &credentials,
-            )
-            .unwrap();
-            f(node).await
-        })
-    })
-    .await
-    .unwrap()
 }
 
 /// Asks the `$proxy` of the node at `at` for its config, from a node with `credentials`.

@@ -335,3 +335,25 @@ pub async fn refused_agent(
     }
     Proc::spawn(&args).exit_stderr().await
 }
+
+/// Runs `f` with a node started from `credentials`, in an actix system of its own (the
+/// test's runtime is tokio's, for the processes).
+pub async fn on_node<F, Fut, T>(credentials: actormesh::transport::pki::Credentials, f: F) -> T
+where
+    F: FnOnce(actormesh::Node) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        actix::System::new().block_on(async move {
+            let node = actormesh::Node::start(
+                actormesh::NodeConfig::new("127.0.0.1:0".parse().unwrap()),
+                &credentials,
+            )
+            .unwrap();
+            f(node).await
+        })
+    })
+    .await
+    .unwrap()
+}
