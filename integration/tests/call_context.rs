@@ -236,10 +236,15 @@ async fn a_tell_from_a_synchronous_handler_carries_the_propagated_metadata() {
         .await
         .unwrap();
     let at_c = c.local_ref("probe");
+    let waiting = std::time::Instant::now();
     let recorded = loop {
         if let Some(r) = at_c.ask(Recorded).await.unwrap() {
             break r;
         }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "the tell never reached the probe"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     assert_eq!(recorded.get("tenant"), Some("acme"));

@@ -256,7 +256,12 @@ async fn a_rolling_update_under_load_fails_no_call() {
     let during = load.borrow().ok;
     // A little more load on the new instances alone.
     let more = load.borrow().ok + 300;
+    let waiting = Instant::now();
     while load.borrow().ok < more && load.borrow().failed.is_empty() {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(20),
+            "the load stalled"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop_load(stop, handles).await;
@@ -315,9 +320,14 @@ async fn a_message_rollout_from_get_v1_to_get_v2_fails_no_v1_caller() {
     c.apply(&deployment("getter-v2", "v2")).await;
     wait_rolled(&c, &mesh, "v2").await;
     let more = load.borrow().answered_by.get("v2").copied().unwrap_or(0) + 300;
+    let waiting = Instant::now();
     while load.borrow().answered_by.get("v2").copied().unwrap_or(0) < more
         && load.borrow().failed.is_empty()
     {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(20),
+            "the load stalled"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop_load(stop, handles).await;
@@ -368,7 +378,12 @@ async fn a_scale_down_of_a_busy_actor_fails_none_of_the_calls_queued_in_its_mail
         let s = s.clone();
         async move { s.ask_timeout(Who(i), Duration::from_secs(5)).await }
     });
+    let waiting = Instant::now();
     while load.borrow().ok < 100 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(20),
+            "the load never started"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     c.apply(&scaled("busy", "v1", 1)).await;
