@@ -2,13 +2,18 @@
 //! attempt number and user metadata ([`Metadata`]); how a handler reads it ([`CallInfo`]);
 //! and what an outgoing call inherits from the call being handled ([`plan`]).
 //!
-//! The plain path costs nothing: a call with no context and no options carries no block
-//! and builds no [`CallMeta`], and a handler's context is only pieces already at hand (an
-//! `Arc` of the link's identity, the deadline computed from the time the frame was read).
+//! The plain path costs little: a call with no context and no options carries no block
+//! and builds no [`CallMeta`]; a handler's context is the deadline and one shared
+//! [`CallContext`], built once per lane and target (or per actor, for calls from its own
+//! node), so a plain call clones one `Arc` or none. The context is one thread-local, set
+//! while a handler runs and while a [`CallInfo::scope`]d future is polled, so a call reads
+//! it with one thread-local access.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -266,7 +271,7 @@ pub(crate) enum Deadline {
 
 /// What a handler knows about the call it is handling: the deadline, the caller node's
 /// verified identity, the workload the caller asserts, the attempt number, the trace
-/// context and the metadata. Cheap to clone (a few `Arc`s).
+/// context and the metadata. Cheap to clone (the deadline and one `Arc`).
 ///
 /// Read it with [`CallInfo::current`] in a handler. In an asynchronous handler, take it
 /// before the first `.await` and run the future inside [`CallInfo::scope`], so that the
@@ -292,82 +297,121 @@ pub(crate) enum Deadline {
 #[derive(Debug, Clone, Default)]
 pub struct CallInfo {
     deadline: Deadline,
+    /// Everything but the deadline, shared: a lane or an actor builds the context of its
+    /// plain calls once, so a call only clones one `Arc` (or none) to carry it.
+    ctx: Option<Arc<CallContext>>,
+}
+
+/// The part of a call's context that does not change from call to call on one lane (or
+/// for one actor): who calls, what the call carries, and who handles it.
+#[derive(Debug, Default)]
+pub(crate) struct CallContext {
     caller: Option<Arc<SpiffeId>>,
     meta: Option<Arc<CallMeta>>,
     /// The workload of the actor handling the call: what its own calls assert.
     handler_workload: Option<Arc<str>>,
 }
 
-thread_local! {
-    /// The call whose handler runs on this thread right now.
-    static CURRENT: RefCell<Option<CallInfo>> = const { RefCell::new(None) };
+impl CallContext {
+    /// The shared context, `None` when it would say nothing.
+    pub(crate) fn shared(
+        caller: Option<Arc<SpiffeId>>,
+        meta: Option<Arc<CallMeta>>,
+        handler_workload: Option<Arc<str>>,
+    ) -> Option<Arc<Self>> {
+        if caller.is_none() && meta.is_none() && handler_workload.is_none() {
+            return None;
+        }
+        Some(Arc::new(Self {
+            caller,
+            meta,
+            handler_workload,
+        }))
+    }
 }
 
-tokio::task_local! {
-    /// The call a future runs for, set by [`CallInfo::scope`].
-    static SCOPED: CallInfo;
+thread_local! {
+    /// The call whose handler runs on this thread right now.
+    static CURRENT: Cell<Option<CallInfo>> = const { Cell::new(None) };
 }
 
 impl CallInfo {
+    #[cfg(test)]
     pub(crate) fn new(
         deadline: Deadline,
         caller: Option<Arc<SpiffeId>>,
         meta: Option<Arc<CallMeta>>,
         handler_workload: Option<Arc<str>>,
     ) -> Self {
-        Self {
+        Self::with_context(
             deadline,
-            caller,
-            meta,
-            handler_workload,
-        }
+            CallContext::shared(caller, meta, handler_workload),
+        )
+    }
+
+    /// A call with `deadline` and a context shared with other calls.
+    #[inline]
+    pub(crate) fn with_context(deadline: Deadline, ctx: Option<Arc<CallContext>>) -> Self {
+        Self { deadline, ctx }
     }
 
     /// Whether it says nothing at all (then a handler runs without a context).
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
-        self.deadline == Deadline::None
-            && self.caller.is_none()
-            && self.meta.is_none()
-            && self.handler_workload.is_none()
+        self.deadline == Deadline::None && self.ctx.is_none()
+    }
+
+    #[inline]
+    fn meta(&self) -> Option<&CallMeta> {
+        self.ctx.as_ref()?.meta.as_deref()
     }
 
     /// The call being handled: inside a handler (until it returns), or inside a future
     /// run by [`CallInfo::scope`]. `None` elsewhere.
     pub fn current() -> Option<CallInfo> {
-        let sync = CURRENT.with(|c| {
-            let mut c = c.borrow_mut();
-            let info = c.as_mut()?;
+        CURRENT.with(|c| {
+            let mut info = c.take()?;
             // Pinned once, so every reader (and the future it is moved into) counts down
             // from the same instant.
             if let Deadline::Within(d) = info.deadline {
                 info.deadline = Deadline::At(Instant::now() + d);
             }
-            Some(info.clone())
-        });
-        sync.or_else(|| SCOPED.try_with(|c| c.clone()).ok())
+            let copy = info.clone();
+            c.set(Some(info));
+            Some(copy)
+        })
     }
 
     /// The context an outgoing call inherits; reads no clock.
+    #[inline]
     pub(crate) fn ambient() -> Option<CallInfo> {
-        CURRENT
-            .with(|c| c.borrow().clone())
-            .or_else(|| SCOPED.try_with(|c| c.clone()).ok())
+        CURRENT.with(|c| {
+            let info = c.take()?;
+            let copy = info.clone();
+            c.set(Some(info));
+            Some(copy)
+        })
     }
 
     /// Runs `fut` with this call as its context: [`CallInfo::current`] inside it returns
     /// this, and asks made inside it inherit its deadline and propagated metadata.
     pub fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
-        SCOPED.scope(self, fut)
+        Scoped {
+            info: Some(self),
+            fut: Box::pin(fut),
+        }
     }
 
     /// Runs `f` (a handler) with this call as the thread's context, restoring the previous
     /// one afterwards, even on unwind.
+    #[inline]
     pub(crate) fn enter<R>(self, f: impl FnOnce() -> R) -> R {
         struct Restore(Option<CallInfo>);
         impl Drop for Restore {
+            #[inline]
             fn drop(&mut self) {
                 let previous = self.0.take();
-                CURRENT.with(|c| *c.borrow_mut() = previous);
+                CURRENT.with(|c| c.set(previous));
             }
         }
         let _restore = Restore(CURRENT.with(|c| c.replace(Some(self))));
@@ -395,7 +439,7 @@ impl CallInfo {
     /// The verified identity of the node that sent the call, from the certificate of the
     /// link it came on; `None` for a call from this node.
     pub fn caller_node(&self) -> Option<&SpiffeId> {
-        self.caller.as_deref()
+        self.ctx.as_ref()?.caller.as_deref()
     }
 
     /// The workload the sending node asserts for the caller (e.g. `shop/ratings`). It is
@@ -403,27 +447,59 @@ impl CallInfo {
     /// identities, any node of the trust domain can assert any workload. Do not authorize
     /// on it; use [`CallInfo::caller_node`], which is verified.
     pub fn asserted_workload(&self) -> Option<&str> {
-        self.meta.as_ref()?.workload.as_deref()
+        self.meta()?.workload.as_deref()
     }
 
     /// The attempt number the caller gave (0 when it gave none; retries count up).
     pub fn attempt(&self) -> u32 {
-        self.meta.as_ref().map_or(0, |m| m.attempt)
+        self.meta().map_or(0, |m| m.attempt)
     }
 
     /// The trace context the call carries.
     pub fn trace(&self) -> Option<&TraceContext> {
-        self.meta.as_ref()?.trace.as_ref()
+        self.meta()?.trace.as_ref()
     }
 
     /// The call's user metadata.
     pub fn metadata(&self) -> &Metadata {
-        self.meta.as_ref().map_or(&NO_METADATA, |m| &m.metadata)
+        self.meta().map_or(&NO_METADATA, |m| &m.metadata)
     }
 
     /// Whether the payload and the reply of this call are JSON.
     pub(crate) fn is_json(&self) -> bool {
-        self.meta.as_ref().is_some_and(|m| m.json)
+        self.meta().is_some_and(|m| m.json)
+    }
+}
+
+/// A future run with a call as its context ([`CallInfo::scope`]): the call is the thread's
+/// context while the future is polled, so reading it costs every call one thread-local
+/// read, whether in a handler or in a scoped future.
+struct Scoped<F> {
+    /// The call, between polls (pinned by the first reader like a handler's).
+    info: Option<CallInfo>,
+    fut: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for Scoped<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        /// Puts the previous context back and keeps this one for the next poll, even if
+        /// the future panics.
+        struct Entered<'a> {
+            info: &'a mut Option<CallInfo>,
+            previous: Option<CallInfo>,
+        }
+        impl Drop for Entered<'_> {
+            fn drop(&mut self) {
+                let previous = self.previous.take();
+                *self.info = CURRENT.with(|c| c.replace(previous));
+            }
+        }
+        let Scoped { info, fut } = &mut *self;
+        let previous = CURRENT.with(|c| c.replace(info.take()));
+        let _entered = Entered { info, previous };
+        fut.as_mut().poll(cx)
     }
 }
 
@@ -497,7 +573,7 @@ pub(crate) fn outgoing_meta(
         metadata: Metadata::new(),
         json,
     };
-    if let Some(a) = ambient {
+    if let Some(a) = ambient.and_then(|a| a.ctx.as_deref()) {
         meta.workload = a.handler_workload.clone();
         if let Some(m) = &a.meta {
             meta.metadata = m.metadata.propagated();
@@ -670,5 +746,33 @@ mod tests {
             .await;
         assert_eq!(seen, Some(Some("v".into())));
         assert!(CallInfo::current().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_scoped_local_deadline_is_pinned_once_across_polls() {
+        let info = CallInfo::new(Deadline::Within(Duration::from_secs(60)), None, None, None);
+        let (first, second) = info
+            .scope(async {
+                let a = CallInfo::current().unwrap().deadline().unwrap();
+                tokio::task::yield_now().await;
+                let b = CallInfo::current().unwrap().deadline().unwrap();
+                (a, b)
+            })
+            .await;
+        assert_eq!(first, second, "the time left counts down from one instant");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_scoped_future_leaves_no_context_behind() {
+        use futures::FutureExt;
+        let info = handling(Deadline::None, Metadata::new().with("k", "v"), None);
+        let outcome = std::panic::AssertUnwindSafe(info.scope(async {
+            tokio::task::yield_now().await;
+            panic!("handler bug");
+        }))
+        .catch_unwind()
+        .await;
+        assert!(outcome.is_err());
+        assert!(CallInfo::current().is_none(), "restored on unwind");
     }
 }

@@ -8,13 +8,13 @@ use tracing::{debug, warn};
 
 use actormesh_transport::frame::{FrameError, FrameReader};
 use actormesh_transport::sink::FrameSink;
-use actormesh_transport::Link;
+use actormesh_transport::{Link, SpiffeId};
 
-use crate::call::{CallInfo, Deadline};
+use crate::call::{CallContext, CallInfo, Deadline};
 use crate::dispatch::{dispatch, expired, Dispatch};
 use crate::message::RemoteReply;
 use crate::peers::{Peer, Reply};
-use crate::slots::SlotTable;
+use crate::slots::{ActorSlot, SlotTable};
 use crate::wire::{self, Control, StreamHeader, WireError};
 
 /// Stop code sent on a stream whose frames broke the protocol.
@@ -97,6 +97,23 @@ async fn serve_replies(peer: &Peer, link: &Link, mut reader: FrameReader<quinn::
     }
 }
 
+/// The shared context of a plain call on a lane from `caller` to the instance `slot`: the
+/// one built for this instance, or a new one if the instance changed.
+fn plain_context(
+    plain: &mut Option<(Arc<ActorSlot>, Option<Arc<CallContext>>)>,
+    slot: &Arc<ActorSlot>,
+    caller: &Arc<SpiffeId>,
+) -> Option<Arc<CallContext>> {
+    match plain {
+        Some((s, ctx)) if Arc::ptr_eq(s, slot) => ctx.clone(),
+        _ => {
+            let ctx = CallContext::shared(Some(caller.clone()), None, slot.workload().cloned());
+            *plain = Some((slot.clone(), ctx.clone()));
+            ctx
+        }
+    }
+}
+
 /// Reads one lane and delivers its frames; true if it was read to a clean end.
 async fn serve_lane(
     slots: &SlotTable,
@@ -108,6 +125,8 @@ async fn serve_lane(
     let mut slot = slots.get(target);
     let mut replies: Option<FrameSink> = None;
     let caller = Arc::new(link.peer().clone());
+    // The context of the lane's plain calls (no block), built once per target instance.
+    let mut plain = None;
     let version = link.info().version;
     // When the buffered frames were read from the network: an ask's time left counts from
     // there, so frames that waited behind a full mailbox are not mistaken for fresh ones.
@@ -199,7 +218,11 @@ async fn serve_lane(
             Some((_, ms)) => Deadline::At(received + Duration::from_millis(u64::from(ms))),
             None => Deadline::None,
         };
-        let call = CallInfo::new(deadline, Some(caller.clone()), meta, s.workload().cloned());
+        let ctx = match meta {
+            None => plain_context(&mut plain, s, &caller),
+            Some(m) => CallContext::shared(Some(caller.clone()), Some(m), s.workload().cloned()),
+        };
+        let call = CallInfo::with_context(deadline, ctx);
         let addr = s.address();
         match addr.as_deref() {
             Some(a) => {

@@ -228,21 +228,21 @@ impl<M: RemoteMessage> actix::Message for Delivery<M> {
 }
 
 impl<M: RemoteMessage> Delivery<M> {
-    pub(crate) fn new(msg: M, reply: ReplyTo<M::Result>, permit: Option<Permit>) -> Self {
+    /// A delivery whose handler runs with `call` as its context (none when it says
+    /// nothing). Built in one step: the envelope is moved once, into the mailbox.
+    #[inline]
+    pub(crate) fn new(
+        msg: M,
+        reply: ReplyTo<M::Result>,
+        permit: Option<Permit>,
+        call: CallInfo,
+    ) -> Self {
         Self {
             msg,
             reply,
             _permit: permit,
-            call: None,
+            call: (!call.is_empty()).then_some(call),
         }
-    }
-
-    /// The call context the handler runs with (nothing set: none).
-    pub(crate) fn with_call(mut self, call: CallInfo) -> Self {
-        if !call.is_empty() {
-            self.call = Some(call);
-        }
-        self
     }
 
     pub(crate) fn into_message(self) -> M {
@@ -379,7 +379,7 @@ where
     };
     // The semaphore permit bounds the mailbox; actix's own capacity is bypassed on purpose
     // because its full-mailbox path does not wake waiting senders.
-    addr.do_send(Delivery::new(msg, reply, permit).with_call(call));
+    addr.do_send(Delivery::new(msg, reply, permit, call));
     if addr.connected() {
         Ok(())
     } else {

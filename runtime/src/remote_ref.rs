@@ -16,7 +16,8 @@ use actormesh_transport::sink::PushError;
 use actormesh_transport::SpiffeId;
 
 use crate::call::{
-    outgoing_meta, outgoing_timeout, plan, CallInfo, CallMeta, CallOptions, Deadline, NO_OPTIONS,
+    outgoing_meta, outgoing_timeout, plan, CallContext, CallInfo, CallMeta, CallOptions, Deadline,
+    MetadataError, NO_OPTIONS,
 };
 use crate::deadline::LazyDeadline;
 use crate::error::{AskError, TellError};
@@ -162,41 +163,42 @@ impl RemoteRef {
     /// or the lane to its node (remote) is full. Remote tells are at-most-once: `Ok` means
     /// queued for sending, not delivered. Made while handling a call, it carries that
     /// call's propagated metadata and the handling actor's workload.
+    #[inline(always)]
     pub fn tell<M: RemoteMessage>(
         &self,
         msg: M,
     ) -> impl Future<Output = Result<(), TellError<M>>> + '_ {
-        self.tell_call(msg, None, CallInfo::ambient())
+        self.tell_call(msg, tell_block(None))
     }
 
     /// [`RemoteRef::tell`] with call options (metadata, attempt, trace; the timeout is
     /// not used: a tell has no deadline).
+    #[inline(always)]
     pub fn tell_with_options<'a, M: RemoteMessage>(
         &'a self,
         msg: M,
         options: &'a CallOptions,
     ) -> impl Future<Output = Result<(), TellError<M>>> + 'a {
-        self.tell_call(msg, Some(options), CallInfo::ambient())
+        self.tell_call(msg, tell_block(Some(options)))
     }
 
-    /// `ambient` is read when the call is made, not when its future is first polled, so
-    /// a call made in a handler inherits from it even if it runs later.
+    /// `block` was planned when the call was made (see [`tell_block`]), not when this
+    /// future is first polled, so a call made in a handler inherits from it even if it
+    /// runs later.
     async fn tell_call<M: RemoteMessage>(
         &self,
         msg: M,
-        options: Option<&CallOptions>,
-        ambient: Option<CallInfo>,
+        block: Result<Block, MetadataError>,
     ) -> Result<(), TellError<M>> {
-        let meta = match (options, &ambient) {
-            (None, None) => None,
-            (o, a) => outgoing_meta(a.as_ref(), o.unwrap_or(&NO_OPTIONS), false),
+        let meta = match block {
+            Ok(m) => m,
+            Err(e) => {
+                return Err(TellError::NotDelivered(
+                    msg,
+                    format!("invalid call metadata: {e}"),
+                ))
+            }
         };
-        if let Some(Err(e)) = meta.as_ref().map(CallMeta::check) {
-            return Err(TellError::NotDelivered(
-                msg,
-                format!("invalid call metadata: {e}"),
-            ));
-        }
         match &self.target {
             Target::Local(cell) => {
                 if let Err(reason) = self.check_local_pin() {
@@ -213,19 +215,25 @@ impl RemoteRef {
                 deliver_local(
                     &slot,
                     entry,
-                    Delivery::new(msg, ReplyTo::None, Some(permit)).with_call(call),
+                    Delivery::new(msg, ReplyTo::None, Some(permit), call),
                 )
                 .map_err(|d| TellError::NoSuchActor(d.into_message()))
             }
             Target::Remote(peer) => {
-                let meta = match self.before_sending(peer, meta, false).await {
+                let checked = if self.pin_holds(peer) && (meta.is_none() || peer.version() != 0) {
+                    downgrade(meta, peer.version(), false, self.addr)
+                } else {
+                    // Off the plain path, so its state does not weigh on every tell.
+                    Box::pin(self.before_sending(peer, meta, false)).await
+                };
+                let meta = match checked {
                     Ok(m) => m,
                     Err(Refused::Unreachable(r)) => return Err(TellError::Unreachable(msg, r)),
                     Err(Refused::NotDelivered(r)) => return Err(TellError::NotDelivered(msg, r)),
                 };
                 let pushed = peer
                     .push_lane(&self.name, |b| {
-                        wire::encode_call(b, None, meta.as_ref(), M::NAME, |b| {
+                        wire::encode_call(b, None, meta.as_deref(), M::NAME, |b| {
                             codec::encode_into(&msg, b)
                         })
                     })
@@ -240,10 +248,10 @@ impl RemoteRef {
     /// to a node this node has no link to yet, it goes without call metadata (the node's
     /// protocol version is not known yet), and a pinned reference refuses it.
     pub fn try_tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
-        let ambient = CallInfo::ambient();
-        let meta = ambient
+        let meta = CallInfo::ambient()
             .as_ref()
-            .and_then(|a| outgoing_meta(Some(a), &NO_OPTIONS, false));
+            .and_then(|a| outgoing_meta(Some(a), &NO_OPTIONS, false))
+            .map(Arc::new);
         match &self.target {
             Target::Local(cell) => {
                 if let Err(reason) = self.check_local_pin() {
@@ -262,7 +270,7 @@ impl RemoteRef {
                 deliver_local(
                     &slot,
                     entry,
-                    Delivery::new(msg, ReplyTo::None, Some(permit)).with_call(call),
+                    Delivery::new(msg, ReplyTo::None, Some(permit), call),
                 )
                 .map_err(|d| TellError::NoSuchActor(d.into_message()))
             }
@@ -288,7 +296,7 @@ impl RemoteRef {
                 // Metadata goes only where the link is known to read it.
                 let meta = meta.filter(|m| peer.version() >= 2 && m.check().is_ok());
                 let pushed = peer.try_push_lane(&self.name, |b| {
-                    wire::encode_call(b, None, meta.as_ref(), M::NAME, |b| {
+                    wire::encode_call(b, None, meta.as_deref(), M::NAME, |b| {
                         codec::encode_into(&msg, b)
                     })
                 });
@@ -301,32 +309,35 @@ impl RemoteRef {
     ///
     /// Every call reads the context of the call being handled when it is made (not when
     /// its future is first polled), so a call made in a handler inherits from it.
+    #[inline(always)]
     pub fn ask<M: RemoteMessage>(
         &self,
         msg: M,
     ) -> impl Future<Output = Result<M::Result, AskError>> + '_ {
-        self.ask_call(msg, None, self.default_timeout, true, CallInfo::ambient())
+        self.ask_call(msg, ask_plan(None, self.default_timeout), true)
     }
 
     /// Sends `msg` and waits for the reply, at most `timeout` (or less: what the call
     /// being handled has left).
+    #[inline(always)]
     pub fn ask_timeout<M: RemoteMessage>(
         &self,
         msg: M,
         timeout: Duration,
     ) -> impl Future<Output = Result<M::Result, AskError>> + '_ {
-        self.ask_call(msg, None, timeout, true, CallInfo::ambient())
+        self.ask_call(msg, ask_plan(None, timeout), true)
     }
 
     /// Like [`RemoteRef::ask_timeout`], but fails at once with [`AskError::MailboxFull`]
     /// instead of waiting when the target's mailbox (local) or the lane to its node (remote)
     /// is full. The reply is still awaited, up to `timeout`.
+    #[inline(always)]
     pub fn try_ask<M: RemoteMessage>(
         &self,
         msg: M,
         timeout: Duration,
     ) -> impl Future<Output = Result<M::Result, AskError>> + '_ {
-        self.ask_call(msg, None, timeout, false, CallInfo::ambient())
+        self.ask_call(msg, ask_plan(None, timeout), false)
     }
 
     /// Asks with call options: timeout (the node's default if `None`), metadata, attempt
@@ -334,35 +345,25 @@ impl RemoteRef {
     /// if it is shorter, and its metadata marked to propagate is added. Metadata breaking
     /// a limit fails with [`AskError::InvalidMetadata`] before anything is sent. To a node
     /// of protocol version 1 the metadata is not sent (its frames have no place for it).
+    #[inline(always)]
     pub fn ask_with_options<'a, M: RemoteMessage>(
         &'a self,
         msg: M,
         options: &'a CallOptions,
     ) -> impl Future<Output = Result<M::Result, AskError>> + 'a {
-        self.ask_call(
-            msg,
-            Some(options),
-            self.default_timeout,
-            true,
-            CallInfo::ambient(),
-        )
+        self.ask_call(msg, ask_plan(Some(options), self.default_timeout), true)
     }
 
     /// Like [`RemoteRef::ask_with_options`], but fails at once with
     /// [`AskError::MailboxFull`] instead of waiting when the target's mailbox (local) or the
     /// lane to its node (remote) is full.
+    #[inline(always)]
     pub fn try_ask_with_options<'a, M: RemoteMessage>(
         &'a self,
         msg: M,
         options: &'a CallOptions,
     ) -> impl Future<Output = Result<M::Result, AskError>> + 'a {
-        self.ask_call(
-            msg,
-            Some(options),
-            self.default_timeout,
-            false,
-            CallInfo::ambient(),
-        )
+        self.ask_call(msg, ask_plan(Some(options), self.default_timeout), false)
     }
 
     /// A reference that checks, before each call, that the node at its address proves
@@ -430,6 +431,7 @@ impl RemoteRef {
         let meta =
             outgoing_meta(ambient.as_ref(), options, true).expect("a JSON call always has a block");
         meta.check().map_err(AskError::InvalidMetadata)?;
+        let meta = Arc::new(meta);
         let bytes = match &self.target {
             Target::Local(cell) => {
                 self.check_local_pin()
@@ -451,32 +453,14 @@ impl RemoteRef {
         })
     }
 
+    /// `planned` was decided when the call was made (see [`ask_plan`]).
     async fn ask_call<M: RemoteMessage>(
         &self,
         msg: M,
-        options: Option<&CallOptions>,
-        timeout: Duration,
+        planned: Result<(Duration, Block), MetadataError>,
         wait_for_room: bool,
-        ambient: Option<CallInfo>,
     ) -> Result<M::Result, AskError> {
-        // The plain path (no options, not inside a handler) carries nothing and reads no
-        // clock beyond what it did before.
-        let (timeout, meta) = match (options, &ambient) {
-            (None, None) => (timeout, None),
-            (o, a) => {
-                let o = plan(
-                    a.as_ref(),
-                    o.unwrap_or(&NO_OPTIONS),
-                    timeout,
-                    false,
-                    std::time::Instant::now,
-                );
-                (o.timeout, o.meta)
-            }
-        };
-        if let Some(m) = &meta {
-            m.check().map_err(AskError::InvalidMetadata)?;
-        }
+        let (timeout, meta) = planned.map_err(AskError::InvalidMetadata)?;
         match &self.target {
             Target::Local(cell) => {
                 self.check_local_pin()
@@ -486,9 +470,11 @@ impl RemoteRef {
             }
             Target::Remote(peer) => {
                 let payload = |b: &mut Vec<u8>| codec::encode_into(&msg, b);
-                let bytes = self
-                    .ask_remote(peer, M::NAME, payload, meta, timeout, wait_for_room)
-                    .await?;
+                // Boxed: a remote ask's state (its timers, the lane push) would otherwise
+                // make every ask's future, local ones too, several times larger.
+                let bytes =
+                    Box::pin(self.ask_remote(peer, M::NAME, payload, meta, timeout, wait_for_room))
+                        .await?;
                 codec::decode::<M::Result>(&bytes).map_err(|e| {
                     AskError::Rejected(format!("cannot decode the reply to {}: {e}", M::NAME))
                 })
@@ -503,17 +489,21 @@ impl RemoteRef {
     }
 
     /// A pinned reference to an actor on this node checks this node's own identity.
+    #[inline]
     fn check_local_pin(&self) -> Result<(), String> {
         match &self.pinned {
             None => Ok(()),
-            Some(pin) => {
-                let me = self.home.identity();
-                if me == pin.expected {
-                    Ok(())
-                } else {
-                    Err(pin_mismatch(self.addr, &pin.expected, &me))
-                }
-            }
+            Some(pin) => self.check_own_identity(&pin.expected),
+        }
+    }
+
+    #[cold]
+    fn check_own_identity(&self, expected: &SpiffeId) -> Result<(), String> {
+        let me = self.home.identity();
+        if me == *expected {
+            Ok(())
+        } else {
+            Err(pin_mismatch(self.addr, expected, &me))
         }
     }
 
@@ -523,7 +513,7 @@ impl RemoteRef {
         msg: M,
         timeout: Duration,
         wait_for_room: bool,
-        meta: Option<CallMeta>,
+        meta: Block,
     ) -> Result<M::Result, AskError> {
         let Some(slot) = self.local_slot(cell) else {
             return Err(AskError::NoSuchActor {
@@ -545,7 +535,7 @@ impl RemoteRef {
         deliver_local(
             &slot,
             entry,
-            Delivery::new(msg, ReplyTo::Local(tx), Some(permit)).with_call(call),
+            Delivery::new(msg, ReplyTo::Local(tx), Some(permit), call),
         )
         .map_err(|_| self.stopped())?;
         match LazyDeadline::new(rx, remaining).await {
@@ -560,6 +550,7 @@ impl RemoteRef {
 
     /// A mailbox place and the time left after waiting for it. The clock is read only
     /// when the mailbox is full; the fast path needs no time.
+    #[inline]
     async fn local_permit(
         &self,
         slot: &ActorSlot,
@@ -569,13 +560,21 @@ impl RemoteRef {
         match slot.permits().try_acquire() {
             Some(p) => Ok((p, timeout)),
             None if !wait_for_room => Err(self.mailbox_full()),
-            None => {
-                let start = Instant::now();
-                match tokio::time::timeout(timeout, slot.permits().acquire()).await {
-                    Ok(p) => Ok((p, timeout.saturating_sub(start.elapsed()))),
-                    Err(_) => Err(AskError::Timeout { after: timeout }),
-                }
-            }
+            // Boxed: the timer it needs would otherwise make every local ask's future
+            // larger, and the mailbox is rarely full.
+            None => Box::pin(self.wait_for_permit(slot, timeout)).await,
+        }
+    }
+
+    async fn wait_for_permit(
+        &self,
+        slot: &ActorSlot,
+        timeout: Duration,
+    ) -> Result<(Permit, Duration), AskError> {
+        let start = Instant::now();
+        match tokio::time::timeout(timeout, slot.permits().acquire()).await {
+            Ok(p) => Ok((p, timeout.saturating_sub(start.elapsed()))),
+            Err(_) => Err(AskError::Timeout { after: timeout }),
         }
     }
 
@@ -585,7 +584,7 @@ impl RemoteRef {
         cell: &RwLock<Option<Arc<ActorSlot>>>,
         name: &str,
         payload: &[u8],
-        meta: CallMeta,
+        meta: Arc<CallMeta>,
         timeout: Duration,
     ) -> Result<Bytes, AskError> {
         let Some(slot) = self.local_slot(cell) else {
@@ -633,9 +632,9 @@ impl RemoteRef {
     async fn before_sending(
         &self,
         peer: &Arc<Peer>,
-        meta: Option<CallMeta>,
+        meta: Block,
         json: bool,
-    ) -> Result<Option<CallMeta>, Refused> {
+    ) -> Result<Block, Refused> {
         if self.pin_holds(peer) && (meta.is_none() || peer.version() != 0) {
             return downgrade(meta, peer.version(), json, self.addr);
         }
@@ -666,7 +665,7 @@ impl RemoteRef {
         peer: &Arc<Peer>,
         name: &str,
         payload: impl Fn(&mut Vec<u8>) -> Result<(), CodecError>,
-        meta: Option<CallMeta>,
+        meta: Block,
         timeout: Duration,
         wait_for_room: bool,
     ) -> Result<Bytes, AskError> {
@@ -681,7 +680,8 @@ impl RemoteRef {
         let checked = if self.pin_holds(peer) && (meta.is_none() || peer.version() != 0) {
             Ok(downgrade(meta, peer.version(), json, self.addr))
         } else {
-            tokio::time::timeout_at(deadline, self.before_sending(peer, meta, json)).await
+            // Off the plain path, so its state does not weigh on every ask.
+            tokio::time::timeout_at(deadline, Box::pin(self.before_sending(peer, meta, json))).await
         };
         let meta = match checked {
             Ok(Ok(m)) => m,
@@ -699,7 +699,7 @@ impl RemoteRef {
             let encode = |b: &mut Vec<u8>| {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let ms = left.as_millis().min(u128::from(u32::MAX)) as u32;
-                wire::encode_call(b, Some((corr, ms)), meta.as_ref(), name, &payload)
+                wire::encode_call(b, Some((corr, ms)), meta.as_deref(), name, &payload)
             };
             let pushed = if wait_for_room {
                 peer.push_lane(&self.name, encode).await
@@ -761,12 +761,7 @@ enum Refused {
 
 /// The block to send on a link of `version`: a version 1 node reads none, so it goes
 /// without (a JSON call cannot).
-fn downgrade(
-    meta: Option<CallMeta>,
-    version: u32,
-    json: bool,
-    addr: SocketAddr,
-) -> Result<Option<CallMeta>, Refused> {
+fn downgrade(meta: Block, version: u32, json: bool, addr: SocketAddr) -> Result<Block, Refused> {
     if version >= 2 || meta.is_none() {
         return Ok(meta);
     }
@@ -784,8 +779,60 @@ fn pin_mismatch(addr: SocketAddr, expected: &SpiffeId, found: &SpiffeId) -> Stri
 
 /// The context of a call delivered on this node: no caller node, the deadline, the block,
 /// and the workload of the actor that handles it.
-fn local_call(slot: &ActorSlot, deadline: Deadline, meta: Option<CallMeta>) -> CallInfo {
-    CallInfo::new(deadline, None, meta.map(Arc::new), slot.workload().cloned())
+#[inline]
+fn local_call(slot: &ActorSlot, deadline: Deadline, meta: Block) -> CallInfo {
+    let ctx = match meta {
+        None => slot.local_context().cloned(),
+        Some(m) => CallContext::shared(None, Some(m), slot.workload().cloned()),
+    };
+    CallInfo::with_context(deadline, ctx)
+}
+
+/// The metadata block a call sends; `None` when it would say nothing.
+type Block = Option<Arc<CallMeta>>;
+
+/// What an ask made now carries: its timeout and block, from the call being handled (read
+/// now, when the call is made, not when its future is first polled) and the options. The
+/// plain path (no options, not inside a handler) carries nothing and reads no clock.
+#[inline(always)]
+fn ask_plan(
+    options: Option<&CallOptions>,
+    timeout: Duration,
+) -> Result<(Duration, Block), MetadataError> {
+    let ambient = CallInfo::ambient();
+    if options.is_none() && ambient.is_none() {
+        return Ok((timeout, None));
+    }
+    let o = plan(
+        ambient.as_ref(),
+        options.unwrap_or(&NO_OPTIONS),
+        timeout,
+        false,
+        std::time::Instant::now,
+    );
+    match o.meta {
+        None => Ok((o.timeout, None)),
+        Some(m) => {
+            m.check()?;
+            Ok((o.timeout, Some(Arc::new(m))))
+        }
+    }
+}
+
+/// What a tell made now carries (see [`ask_plan`]).
+#[inline(always)]
+fn tell_block(options: Option<&CallOptions>) -> Result<Block, MetadataError> {
+    let ambient = CallInfo::ambient();
+    if options.is_none() && ambient.is_none() {
+        return Ok(None);
+    }
+    match outgoing_meta(ambient.as_ref(), options.unwrap_or(&NO_OPTIONS), false) {
+        None => Ok(None),
+        Some(m) => {
+            m.check()?;
+            Ok(Some(Arc::new(m)))
+        }
+    }
 }
 
 /// Removes an ask from the pending table when the caller stops waiting (deadline or drop).

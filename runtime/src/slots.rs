@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
+use crate::call::CallContext;
 use crate::locks::{lock, read, write};
 use crate::mailbox::MailboxGate;
 use crate::message::{ErasedAddr, HandlerEntry};
@@ -41,6 +42,9 @@ pub(crate) struct ActorSlot {
     /// The workload the actor runs as (`SpawnOptions::workload`): asserted on the calls
     /// its handlers make.
     workload: std::sync::OnceLock<Arc<str>>,
+    /// The context of a plain call from this node to the actor (its workload, no caller,
+    /// no block), built once: none when the actor has no workload.
+    local_context: std::sync::OnceLock<Arc<CallContext>>,
 }
 
 impl std::fmt::Debug for ActorSlot {
@@ -74,12 +78,22 @@ impl ActorSlot {
             stop_requested: AtomicBool::new(false),
             stop_signal: Notify::new(),
             workload: std::sync::OnceLock::new(),
+            local_context: std::sync::OnceLock::new(),
         }
     }
 
     /// Sets the workload the actor runs as (once, at spawn).
     pub(crate) fn set_workload(&self, workload: Arc<str>) {
+        if let Some(ctx) = CallContext::shared(None, None, Some(workload.clone())) {
+            let _ = self.local_context.set(ctx);
+        }
         let _ = self.workload.set(workload);
+    }
+
+    /// The context of a plain call from this node to the actor.
+    #[inline]
+    pub(crate) fn local_context(&self) -> Option<&Arc<CallContext>> {
+        self.local_context.get()
     }
 
     /// The workload the actor runs as.
