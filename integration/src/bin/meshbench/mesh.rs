@@ -437,21 +437,16 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
     };
     let direct_ask = |p| direct.ask_timeout(Echo(p), CALL_LIMIT);
     let by_name_ask = |p| by_name.ask_timeout(Echo(p), CALL_LIMIT);
-    // Interleaved rounds, the order swapped every round, so that machine noise and any
-    // warm-up hit both alike.
-    for round in 0..s.rounds {
-        for first in [round % 2 == 0, round % 2 == 1] {
-            if first {
-                f.direct_lat.push(latencies(n(5_000.0), direct_ask).await?);
-                f.direct_pipe
-                    .push(pipelined_rate(n(100_000.0), direct_ask).await?);
-            } else {
-                f.by_name_lat
-                    .push(latencies(n(5_000.0), by_name_ask).await?);
-                f.by_name_pipe
-                    .push(pipelined_rate(n(100_000.0), by_name_ask).await?);
-            }
-        }
+    // Interleaved in short runs (a hundred sequential asks, a tenth of a pipelined
+    // round), the order swapped every run, so that the machine's noise, which changes
+    // over seconds on these machines, hits both alike.
+    for _ in 0..s.rounds {
+        let (d, b) = paired_latencies(n(5_000.0), direct_ask, by_name_ask).await?;
+        f.direct_lat.push(d);
+        f.by_name_lat.push(b);
+        let (d, b) = paired_rates(n(100_000.0), direct_ask, by_name_ask).await?;
+        f.direct_pipe.push(d);
+        f.by_name_pipe.push(b);
     }
     let (idle, serving) = memory(&exe, &m, dir, &caller, s.endpoints).await?;
     f.rss_idle_mib = idle;
@@ -461,29 +456,80 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
     Ok(f)
 }
 
-async fn latencies<F, Fut>(n: usize, mut ask: F) -> anyhow::Result<Vec<Duration>>
+/// `n` sequential asks each way, `a` and `b` taking turns every hundred, the order
+/// swapped every turn: the sorted latencies of each.
+async fn paired_latencies<A, B, FutA, FutB>(
+    n: usize,
+    mut a: A,
+    mut b: B,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)>
 where
-    F: FnMut(Vec<u8>) -> Fut,
-    Fut: Future<Output = Result<Vec<u8>, AskError>>,
+    A: FnMut(Vec<u8>) -> FutA,
+    B: FnMut(Vec<u8>) -> FutB,
+    FutA: Future<Output = Result<Vec<u8>, AskError>>,
+    FutB: Future<Output = Result<Vec<u8>, AskError>>,
 {
+    const TURN: usize = 100;
     let begun = Instant::now();
-    let mut lat = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        let reply = ask(vec![1u8; PAYLOAD]).await?;
-        lat.push(t.elapsed());
-        anyhow::ensure!(reply.len() == PAYLOAD, "bad echo");
+    let (mut la, mut lb) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut turn = 0;
+    while la.len() < n || lb.len() < n {
+        for a_now in [turn % 2 == 0, turn % 2 == 1] {
+            for _ in 0..TURN {
+                let t = Instant::now();
+                let reply = if a_now {
+                    a(vec![1u8; PAYLOAD]).await?
+                } else {
+                    b(vec![1u8; PAYLOAD]).await?
+                };
+                let took = t.elapsed();
+                anyhow::ensure!(reply.len() == PAYLOAD, "bad echo");
+                if a_now {
+                    la.push(took)
+                } else {
+                    lb.push(took)
+                }
+            }
+        }
+        turn += 1;
         anyhow::ensure!(
             begun.elapsed() < LOOP_LIMIT,
-            "sequential asks: {} of {n} in {LOOP_LIMIT:?}",
-            lat.len()
+            "sequential asks: {} and {} of {n} in {LOOP_LIMIT:?}",
+            la.len(),
+            lb.len()
         );
     }
-    lat.sort();
-    Ok(lat)
+    la.sort();
+    lb.sort();
+    Ok((la, lb))
 }
 
-async fn pipelined_rate<F, Fut>(n: usize, mut ask: F) -> anyhow::Result<f64>
+/// The pipelined rates of `a` and `b`, each over `n` asks done in ten turns taken in
+/// alternation (the order swapped every turn): the rate of each over its own turns.
+async fn paired_rates<A, B, FutA, FutB>(n: usize, mut a: A, mut b: B) -> anyhow::Result<(f64, f64)>
+where
+    A: FnMut(Vec<u8>) -> FutA,
+    B: FnMut(Vec<u8>) -> FutB,
+    FutA: Future<Output = Result<Vec<u8>, AskError>>,
+    FutB: Future<Output = Result<Vec<u8>, AskError>>,
+{
+    const TURNS: usize = 10;
+    let per_turn = (n / TURNS).max(1);
+    let (mut ta, mut tb) = (Duration::ZERO, Duration::ZERO);
+    for turn in 0..TURNS {
+        for a_now in [turn % 2 == 0, turn % 2 == 1] {
+            if a_now {
+                ta += pipelined_time(per_turn, &mut a).await?;
+            } else {
+                tb += pipelined_time(per_turn, &mut b).await?;
+            }
+        }
+    }
+    let done = (per_turn * TURNS) as f64;
+    Ok((done / ta.as_secs_f64(), done / tb.as_secs_f64()))
+}
+
+async fn pipelined_time<F, Fut>(n: usize, mut ask: F) -> anyhow::Result<Duration>
 where
     F: FnMut(Vec<u8>) -> Fut,
     Fut: Future<Output = Result<Vec<u8>, AskError>>,
@@ -504,7 +550,7 @@ where
             "pipelined asks: {done} of {n} in {LOOP_LIMIT:?}"
         );
     }
-    Ok(done as f64 / start.elapsed().as_secs_f64())
+    Ok(start.elapsed())
 }
 
 /// Two agent processes alike but for their `role`; `endpoints` instances of a service go
