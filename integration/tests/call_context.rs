@@ -196,6 +196,40 @@ async fn deadline_and_propagated_metadata_hold_across_three_nodes() {
     assert_eq!(c.caller.as_deref(), Some(pki.id("b").to_string().as_str()));
 }
 
+/// The plain path (no options anywhere) uses a context shared by the lane, or by the
+/// actor for calls from its own node: it must still carry the handler's workload on.
+#[actix::test]
+async fn plain_calls_carry_the_handlers_workload_remote_and_local() {
+    let pki = TestPki::new("context.test");
+    let (_a, b, _c, relay) = chain(&pki);
+    for _ in 0..2 {
+        // Twice: the second call takes the context the lane built for the first.
+        let seen = relay
+            .ask(Observe {
+                forward: Forward::Scoped,
+            })
+            .await
+            .unwrap();
+        assert!(seen.metadata.is_empty());
+        let c = seen.next.expect("C answered");
+        assert_eq!(c.workload.as_deref(), Some("shop/relay"));
+        assert_eq!(c.caller.as_deref(), Some(pki.id("b").to_string().as_str()));
+    }
+    // From B's own node: the actor's own plain context.
+    let local = b.local_ref("relay");
+    for _ in 0..2 {
+        let seen = local
+            .ask(Observe {
+                forward: Forward::Scoped,
+            })
+            .await
+            .unwrap();
+        assert_eq!(seen.caller, None);
+        let c = seen.next.expect("C answered");
+        assert_eq!(c.workload.as_deref(), Some("shop/relay"));
+    }
+}
+
 #[actix::test]
 async fn a_short_deadline_is_inherited_rather_than_the_default() {
     let pki = TestPki::new("context.test");

@@ -89,7 +89,7 @@ mod tests {
     #[test]
     fn a_message_the_actor_accepts_goes_to_its_handler() {
         let table = SlotTable::default();
-        let slot = table.insert(1, "p", "Pinged", &[&PING], 4).unwrap();
+        let slot = table.insert(1, "p", "Pinged", &[&PING], 4, None).unwrap();
         match dispatch(&frame(Ping::NAME, None), Some(&slot)) {
             Dispatch::Deliver(entry) => assert!(std::ptr::eq(entry, &PING)),
             other => panic!("expected delivery, got {other:?}"),
@@ -99,7 +99,7 @@ mod tests {
     #[test]
     fn nothing_there_and_unknown_messages_are_refused_with_their_error() {
         let table = SlotTable::default();
-        let slot = table.insert(1, "p", "Pinged", &[&PING], 4).unwrap();
+        let slot = table.insert(1, "p", "Pinged", &[&PING], 4, None).unwrap();
         assert!(matches!(
             dispatch(&frame(Ping::NAME, Some((1, 100))), None),
             Dispatch::Refuse(WireError::NoSuchActor)

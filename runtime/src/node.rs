@@ -307,17 +307,17 @@ impl Node {
         // found is filed rather than fired as if the actor had ended.
         let id = self.inner.slots.next_id();
         lock(&self.inner.watchers).open(id);
-        let Some(slot) = self
-            .inner
-            .slots
-            .insert(id, name, actor_type, &entries, capacity)
-        else {
+        let Some(slot) = self.inner.slots.insert(
+            id,
+            name,
+            actor_type,
+            &entries,
+            capacity,
+            options.workload.as_deref().map(Arc::from),
+        ) else {
             lock(&self.inner.watchers).close(id);
             return Err(NodeError::NameTaken(name.to_string()));
         };
-        if let Some(w) = &options.workload {
-            slot.set_workload(Arc::from(w.as_str()));
-        }
         let owner: Weak<dyn ActorEnd> = Arc::downgrade(&self.inner) as Weak<dyn ActorEnd>;
         if let Err(e) = supervise::start(owner, slot.clone(), factory, options.restart) {
             self.inner.slots.withdraw(&slot);

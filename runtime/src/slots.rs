@@ -41,10 +41,10 @@ pub(crate) struct ActorSlot {
     stop_signal: Notify,
     /// The workload the actor runs as (`SpawnOptions::workload`): asserted on the calls
     /// its handlers make.
-    workload: std::sync::OnceLock<Arc<str>>,
+    workload: Option<Arc<str>>,
     /// The context of a plain call from this node to the actor (its workload, no caller,
     /// no block), built once: none when the actor has no workload.
-    local_context: std::sync::OnceLock<Arc<CallContext>>,
+    local_context: Option<Arc<CallContext>>,
 }
 
 impl std::fmt::Debug for ActorSlot {
@@ -63,6 +63,7 @@ impl ActorSlot {
         actor_type: &'static str,
         entries: &[&'static HandlerEntry],
         capacity: usize,
+        workload: Option<Arc<str>>,
     ) -> Self {
         Self {
             id,
@@ -77,28 +78,20 @@ impl ActorSlot {
             ended: AtomicBool::new(false),
             stop_requested: AtomicBool::new(false),
             stop_signal: Notify::new(),
-            workload: std::sync::OnceLock::new(),
-            local_context: std::sync::OnceLock::new(),
+            local_context: CallContext::shared(None, None, workload.clone()),
+            workload,
         }
-    }
-
-    /// Sets the workload the actor runs as (once, at spawn).
-    pub(crate) fn set_workload(&self, workload: Arc<str>) {
-        if let Some(ctx) = CallContext::shared(None, None, Some(workload.clone())) {
-            let _ = self.local_context.set(ctx);
-        }
-        let _ = self.workload.set(workload);
     }
 
     /// The context of a plain call from this node to the actor.
     #[inline]
     pub(crate) fn local_context(&self) -> Option<&Arc<CallContext>> {
-        self.local_context.get()
+        self.local_context.as_ref()
     }
 
     /// The workload the actor runs as.
     pub(crate) fn workload(&self) -> Option<&Arc<str>> {
-        self.workload.get()
+        self.workload.as_ref()
     }
 
     pub(crate) fn id(&self) -> u64 {
@@ -222,12 +215,17 @@ impl SlotTable {
         actor_type: &'static str,
         entries: &[&'static HandlerEntry],
         capacity: usize,
+        workload: Option<Arc<str>>,
     ) -> Option<Arc<ActorSlot>> {
         let mut slots = write(&self.slots);
         if slots.contains_key(name) {
             return None;
         }
-        let slot = Arc::new(ActorSlot::new(id, name, actor_type, entries, capacity));
+        // The workload is set before the slot can be found, so no lane can build (and
+        // keep) a context without it.
+        let slot = Arc::new(ActorSlot::new(
+            id, name, actor_type, entries, capacity, workload,
+        ));
         slots.insert(slot.name.clone(), slot.clone());
         Some(slot)
     }
