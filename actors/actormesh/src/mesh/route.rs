@@ -112,6 +112,20 @@ type Shard<T> = HashMap<ServiceName, Arc<ServiceRoutes<T>>, BuildHasherDefault<N
 /// main cost of a push).
 const SHARDS: usize = 64;
 
+/// Where a service name is kept in every route table ([`RouteTable::service_in`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardIndex(usize);
+
+impl ShardIndex {
+    /// The shard of `name`.
+    pub fn of(name: &ServiceName) -> Self {
+        let mut h = NameHasher::default();
+        name.hash(&mut h);
+        // The high bits: the shard's own map uses the low ones.
+        Self((h.finish() >> 58) as usize % SHARDS)
+    }
+}
+
 #[derive(Debug)]
 struct ByName<T> {
     shards: Vec<Arc<Shard<T>>>,
@@ -138,10 +152,7 @@ impl<T> Default for ByName<T> {
 
 impl<T> ByName<T> {
     fn shard_of(name: &ServiceName) -> usize {
-        let mut h = NameHasher::default();
-        name.hash(&mut h);
-        // The high bits: the shard's own map uses the low ones.
-        (h.finish() >> 58) as usize % SHARDS
+        ShardIndex::of(name).0
     }
 
     #[inline]
@@ -406,6 +417,17 @@ impl<T> RouteTable<T> {
         self.services.get(name)
     }
 
+    /// A service's routes, by its name and its [`ShardIndex`] (taken once, so that a
+    /// caller looking the same name up on every call hashes it once per call, not twice).
+    #[inline]
+    pub fn service_in(
+        &self,
+        shard: ShardIndex,
+        name: &ServiceName,
+    ) -> Option<&Arc<ServiceRoutes<T>>> {
+        self.services.shards[shard.0].get(name)
+    }
+
     /// How many services the table holds.
     pub fn len(&self) -> usize {
         self.services.len()
@@ -550,7 +572,10 @@ mod tests {
         let shared = (0..SHARDS)
             .filter(|i| Arc::ptr_eq(&t1.services.shards[*i], &t2.services.shards[*i]))
             .count();
-        assert_eq!(shared, SHARDS - touched.iter().collect::<HashSet<_>>().len());
+        assert_eq!(
+            shared,
+            SHARDS - touched.iter().collect::<HashSet<_>>().len()
+        );
         // The table it replaced is unchanged.
         assert_eq!(t1.len(), 500);
         assert_eq!(ids(&t1, "s7"), ["e7"]);

@@ -11,7 +11,7 @@ use crate::mesh::balance::{stable_hash, Admission, EndpointState, Outcome, PickI
 use crate::mesh::clock;
 use crate::mesh::proxy::Routes;
 use crate::mesh::registry::ServiceName;
-use crate::mesh::route::ServiceRoutes;
+use crate::mesh::route::{ServiceRoutes, ShardIndex};
 use crate::{
     AskError, CallOptions as RuntimeCallOptions, Metadata, RemoteMessage, RemoteRef, TellError,
 };
@@ -88,6 +88,7 @@ thread_local! {
 #[derive(Clone)]
 pub struct ServiceRef {
     name: ServiceName,
+    shard: ShardIndex,
     routes: Routes,
     default_timeout: Duration,
     options: CallOptions,
@@ -177,6 +178,7 @@ fn tell_outcome<M>(r: &Result<(), TellError<M>>) -> Outcome {
 impl ServiceRef {
     pub(crate) fn new(name: ServiceName, routes: Routes, default_timeout: Duration) -> Self {
         Self {
+            shard: ShardIndex::of(&name),
             name,
             routes,
             default_timeout,
@@ -202,7 +204,11 @@ impl ServiceRef {
 
     /// Picks an endpoint for one call from the current table, and starts the call on it.
     fn start_call(&self, key: Option<u64>) -> Option<Started> {
-        let routes = self.routes.load().service(&self.name)?.clone();
+        let routes = self
+            .routes
+            .load()
+            .service_in(self.shard, &self.name)?
+            .clone();
         let started = Instant::now();
         let now = clock::nanos(started);
         let picked = RANDOM.with(|cell| {
