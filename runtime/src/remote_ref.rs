@@ -220,7 +220,7 @@ impl RemoteRef {
                 .map_err(|d| TellError::NoSuchActor(d.into_message()))
             }
             Target::Remote(peer) => {
-                let checked = if self.pin_holds(peer) && (meta.is_none() || peer.version() != 0) {
+                let checked = if self.ready_to_send(peer, &meta) {
                     downgrade(meta, peer.version(), false, self.addr)
                 } else {
                     // Off the plain path, so its state does not weigh on every tell.
@@ -626,18 +626,23 @@ impl RemoteRef {
         }
     }
 
-    /// What must hold before a remote call is sent: the pinned identity, and a known
-    /// protocol version if the call has a block. Returns the block to send (none to a
-    /// version 1 node).
+    /// Whether a remote call can be sent with nothing to wait for: the pin (if any) holds
+    /// on the current link, and a call with a block knows the link's protocol version.
+    /// Otherwise [`RemoteRef::before_sending`] finds out.
+    #[inline]
+    fn ready_to_send(&self, peer: &Peer, meta: &Block) -> bool {
+        self.pin_holds(peer) && (meta.is_none() || peer.version() != 0)
+    }
+
+    /// What must hold before a remote call is sent, when [`RemoteRef::ready_to_send`]
+    /// cannot tell yet: the pinned identity, and a known protocol version if the call has a
+    /// block. Waits for a link. Returns the block to send (none to a version 1 node).
     async fn before_sending(
         &self,
         peer: &Arc<Peer>,
         meta: Block,
         json: bool,
     ) -> Result<Block, Refused> {
-        if self.pin_holds(peer) && (meta.is_none() || peer.version() != 0) {
-            return downgrade(meta, peer.version(), json, self.addr);
-        }
         let before = peer.epoch();
         let link = peer
             .connected_link()
@@ -677,7 +682,7 @@ impl RemoteRef {
         };
         let json = meta.as_ref().is_some_and(|m| m.json);
         // The plain path needs no check, so it arms no timer for one.
-        let checked = if self.pin_holds(peer) && (meta.is_none() || peer.version() != 0) {
+        let checked = if self.ready_to_send(peer, &meta) {
             Ok(downgrade(meta, peer.version(), json, self.addr))
         } else {
             // Off the plain path, so its state does not weigh on every ask.
