@@ -8,6 +8,7 @@
 pub mod balance;
 mod clock;
 mod handle;
+pub mod policy;
 pub mod protocol;
 mod proxy;
 pub mod registry;
