@@ -29,6 +29,10 @@ pub trait RemoteMessage:
 {
     /// The name on the wire, e.g. `bookinfo.ratings.Get/v1`.
     const NAME: &'static str;
+    /// Whether handling it twice does what handling it once does
+    /// (`#[remote(..., idempotent)]`): a call of it may then be retried after any error,
+    /// not only after [`crate::AskError::NotDelivered`].
+    const IDEMPOTENT: bool = false;
 }
 
 /// Where the reply to a delivery goes.

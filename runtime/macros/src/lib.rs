@@ -16,6 +16,8 @@ use syn::{parse_macro_input, spanned::Spanned, DeriveInput, ItemImpl, LitStr, Pa
 /// The name goes on the wire instead of the Rust path, so a type can be renamed or moved,
 /// and two versions of a message can live side by side during a rolling upgrade. The name
 /// must be 1 to 255 bytes of printable ASCII without spaces. `reply` defaults to `()`.
+/// `idempotent` declares that handling the message twice does what handling it once does,
+/// so a call may be retried after any error (without it, only after `NotDelivered`).
 /// `crate = "path"` names the actormesh crate if it is not `::actormesh`.
 #[proc_macro_derive(RemoteMessage, attributes(remote))]
 pub fn derive_remote_message(input: TokenStream) -> TokenStream {
@@ -30,19 +32,22 @@ fn expand_message(input: &DeriveInput) -> syn::Result<TokenStream2> {
     let mut name: Option<LitStr> = None;
     let mut reply: Option<Type> = None;
     let mut krate: Option<Path> = None;
+    let mut idempotent = false;
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("remote")) {
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("name") {
                 name = Some(meta.value()?.parse()?);
             } else if meta.path.is_ident("reply") {
                 reply = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("idempotent") {
+                idempotent = true;
             } else if meta.path.is_ident("crate") {
                 let s: LitStr = meta.value()?.parse()?;
                 krate = Some(s.parse()?);
             } else {
-                return Err(
-                    meta.error("expected `name = \"...\"`, `reply = Type` or `crate = \"path\"`")
-                );
+                return Err(meta.error(
+                    "expected `name = \"...\"`, `reply = Type`, `idempotent` or `crate = \"path\"`",
+                ));
             }
             Ok(())
         })?;
@@ -70,6 +75,7 @@ fn expand_message(input: &DeriveInput) -> syn::Result<TokenStream2> {
         }
         impl #impl_g #krate::RemoteMessage for #ident #ty_g #where_g {
             const NAME: &'static str = #name;
+            const IDEMPOTENT: bool = #idempotent;
         }
     })
 }

@@ -2,7 +2,34 @@
 //! path will compose, each a plain core that takes the time as an argument, so its tests
 //! need no clock and no network.
 //!
-//! Built so far: the retry budget ([`budget`]) and the token bucket of local rate limits
-//! ([`bucket`]). Neither is wired into calls yet.
+//! Built so far: the retry budget ([`budget`]), the token bucket of local rate limits
+//! ([`bucket`]), and idempotency declared on a message (`#[remote(..., idempotent)]`,
+//! `RemoteMessage::IDEMPOTENT`). None is wired into calls yet.
 pub mod bucket;
 pub mod budget;
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use crate::RemoteMessage;
+
+    #[derive(Serialize, Deserialize, RemoteMessage)]
+    #[remote(name = "policy.test.Get/v1", reply = u32, idempotent)]
+    struct Get;
+
+    #[derive(Serialize, Deserialize, RemoteMessage)]
+    #[remote(name = "policy.test.Add/v1")]
+    struct Add;
+
+    /// What a retry layer reads, generic over the message as it will be.
+    fn idempotent<M: RemoteMessage>() -> bool {
+        M::IDEMPOTENT
+    }
+
+    #[test]
+    fn idempotency_is_declared_on_the_message_and_off_by_default() {
+        assert!(idempotent::<Get>());
+        assert!(!idempotent::<Add>());
+    }
+}
