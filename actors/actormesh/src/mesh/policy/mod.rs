@@ -3,10 +3,14 @@
 //! need no clock and no network.
 //!
 //! Built so far: the retry budget ([`budget`]), the token bucket of local rate limits
-//! ([`bucket`]), and idempotency declared on a message (`#[remote(..., idempotent)]`,
-//! `RemoteMessage::IDEMPOTENT`). None is wired into calls yet.
+//! ([`bucket`]), the circuit breaker's limits ([`breaker`]), how much outlier detection
+//! may eject and for how long ([`ejection`]), and idempotency declared on a message
+//! (`#[remote(..., idempotent)]`, `RemoteMessage::IDEMPOTENT`). None is wired into calls
+//! yet.
+pub mod breaker;
 pub mod bucket;
 pub mod budget;
+pub mod ejection;
 
 #[cfg(test)]
 mod tests {
