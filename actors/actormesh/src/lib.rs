@@ -97,6 +97,7 @@ pub use local_ca::{LocalCa, LocalCaError};
 
 pub mod agent;
 pub mod client;
+pub mod duration;
 pub mod framework;
 pub mod health;
 mod local_ca;

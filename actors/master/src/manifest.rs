@@ -29,6 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use actormesh::resources::Resources;
 
+pub use actormesh::duration::{parse_duration, DurationError};
+
 /// A manifest as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -264,64 +266,6 @@ pub struct Deployment {
     pub kill_grace: Duration,
     /// The validated `service:` block.
     pub service: Option<ServiceDecl>,
-}
-
-/// A duration did not parse; each variant says what was expected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DurationError {
-    /// No whole number at the start.
-    #[error(
-        "invalid duration {0:?}: expected a whole number followed by ms, s, m, h or d (e.g. 24h)"
-    )]
-    NotANumber(String),
-    /// More seconds than a duration holds.
-    #[error("invalid duration {0:?}: too long")]
-    TooLong(String),
-    /// A unit other than ms, s, m, h or d.
-    #[error(
-        "invalid duration {input:?}: unknown unit {unit:?}, expected ms, s, m, h or d (e.g. 24h)"
-    )]
-    UnknownUnit {
-        /// What was given.
-        input: String,
-        /// The unit in it.
-        unit: String,
-    },
-    /// Zero, where a duration must be longer.
-    #[error("invalid duration {0:?}: must be longer than zero")]
-    Zero(String),
-}
-
-/// Parses `250ms`, `90s`, `30m`, `24h`, `7d` or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| DurationError::NotANumber(s.to_string()))?;
-    let secs = |mul: u64| {
-        n.checked_mul(mul)
-            .map(Duration::from_secs)
-            .ok_or_else(|| DurationError::TooLong(s.to_string()))
-    };
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" => secs(60)?,
-        "h" => secs(3600)?,
-        "d" => secs(86400)?,
-        other => {
-            return Err(DurationError::UnknownUnit {
-                input: s.to_string(),
-                unit: other.to_string(),
-            })
-        }
-    };
-    if d.is_zero() {
-        return Err(DurationError::Zero(s.to_string()));
-    }
-    Ok(d)
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
