@@ -5,12 +5,14 @@
 //! Built so far: the retry budget ([`budget`]), the token bucket of local rate limits
 //! ([`bucket`]), the circuit breaker's limits ([`breaker`]), how much outlier detection
 //! may eject and for how long ([`ejection`]), and idempotency declared on a message
-//! (`#[remote(..., idempotent)]`, `RemoteMessage::IDEMPOTENT`). None is wired into calls
-//! yet.
+//! (`#[remote(..., idempotent)]`, `RemoteMessage::IDEMPOTENT`), and the `Route` and
+//! `DestinationPolicy` objects with their validation ([`spec`]). None is wired into calls,
+//! manifests or pushes yet.
 pub mod breaker;
 pub mod bucket;
 pub mod budget;
 pub mod ejection;
+pub mod spec;
 
 #[cfg(test)]
 mod tests {
