@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use actormesh_cli::ApiClient;
 use actormesh_master::deployments::DeploymentSummary;
+use actormesh_master::manifest::Object;
 use anyhow::Context as _;
 
 use crate::args::{ApplyArgs, DeleteWhat};
@@ -20,16 +21,20 @@ pub(crate) fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     } = args;
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
-    let d = actormesh_master::manifest::parse(&file, &text)?;
+    let object = actormesh_master::manifest::parse_object(&file, &text)?;
     if dry_run {
-        println!(
-            "{}: valid Deployment {}/{}",
-            file.display(),
-            d.manifest.namespace,
-            d.manifest.name
-        );
+        println!("{}: valid {}", file.display(), object.describe());
         return Ok(());
     }
+    let d = match object {
+        Object::Deployment(d) => d,
+        other => anyhow::bail!(
+            "{}: {} is valid, but this version of actormesh cannot apply it yet: routes and \
+             destination policies are validated (apply --dry-run) and not yet served",
+            file.display(),
+            other.describe()
+        ),
+    };
     let body = serde_json::to_value(&d.manifest)?;
     let client = api.client()?;
     let v = client.call("POST", "/v1/deployments", Some(body))?;

@@ -31,6 +31,9 @@ use actormesh::resources::Resources;
 
 pub use actormesh::duration::{parse_duration, DurationError};
 
+mod traffic;
+pub use traffic::{parse_object, Object, PolicyManifest, RouteManifest};
+
 /// A manifest as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -272,7 +275,7 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
-fn valid_name(s: &str) -> bool {
+pub(crate) fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes()
@@ -281,6 +284,41 @@ fn valid_name(s: &str) -> bool {
 }
 
 /// Parses and validates a manifest; `file` names it in errors and picks JSON for `.json`.
+/// Reads `text` (JSON if the file is `.json`, YAML otherwise) as a `T`; on failure, the
+/// field's path (`document` for syntax errors) and the message.
+pub(crate) fn read<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    text: &str,
+) -> Result<T, (String, String)> {
+    let r = if file.extension().is_some_and(|e| e == "json") {
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
+    } else {
+        // The field path is taken as the error passes through; the outer error then only says
+        // the document ended early.
+        let mut at: Option<(String, String)> = None;
+        let result = serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                at = Some((e.path().to_string(), e.inner().to_string()));
+                e.into_inner()
+            })
+        });
+        result.map_err(|e| at.unwrap_or_else(|| ("document".to_string(), e.to_string())))
+    };
+    r.map_err(|(path, msg)| {
+        let field = if path.is_empty() || path == "." {
+            "document".to_string()
+        } else {
+            path
+        };
+        (field, msg)
+    })
+}
+
+/// The kinds of object `apply` takes.
+pub const KINDS: &str = "Deployment, Route or DestinationPolicy";
+
 pub fn parse(file: &Path, text: &str) -> Result<Deployment, ManifestError> {
     let fname = file.display().to_string();
     let err = |field: &str, problem: String, expected: &str| ManifestError {
@@ -289,29 +327,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Deployment, ManifestError> {
         problem,
         expected: expected.to_string(),
     };
-    let parsed: Result<Manifest, (String, String)> =
-        if file.extension().is_some_and(|e| e == "json") {
-            let mut de = serde_json::Deserializer::from_str(text);
-            serde_path_to_error::deserialize(&mut de)
-                .map_err(|e| (e.path().to_string(), e.into_inner().to_string()))
-        } else {
-            // The field path is taken as the error passes through; the outer error then only says
-            // the document ended early.
-            let mut at: Option<(String, String)> = None;
-            let result = serde_saphyr::with_deserializer_from_str(text, |de| {
-                serde_path_to_error::deserialize(de).map_err(|e| {
-                    at = Some((e.path().to_string(), e.inner().to_string()));
-                    e.into_inner()
-                })
-            });
-            result.map_err(|e| at.unwrap_or_else(|| ("document".to_string(), e.to_string())))
-        };
-    let m = parsed.map_err(|(path, msg)| {
-        let field = if path.is_empty() || path == "." {
-            "document".to_string()
-        } else {
-            path
-        };
+    let parsed: Result<Manifest, (String, String)> = read(file, text);
+    let m = parsed.map_err(|(field, msg)| {
         err(
             &field,
             msg,
@@ -321,8 +338,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Deployment, ManifestError> {
     if m.kind != "Deployment" {
         return Err(err(
             "kind",
-            format!("{:?} is not a known kind", m.kind),
-            "Deployment",
+            format!("{:?} is not a Deployment", m.kind),
+            "Deployment (this reads deployments only; apply takes Deployment, Route or DestinationPolicy)",
         ));
     }
     if !valid_name(&m.name) {

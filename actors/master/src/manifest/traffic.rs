@@ -1,0 +1,249 @@
+//! `kind: Route` and `kind: DestinationPolicy` manifests, and [`parse_object`], which reads
+//! any kind `apply` takes. The specs are the façade's [`actormesh::mesh::policy::spec`]
+//! types, validated there; errors here add the file and the `spec.` prefix of the field.
+//!
+//! ```yaml
+//! kind: Route
+//! name: ratings
+//! namespace: shop
+//! spec:
+//!   service: ratings
+//!   rules:
+//!     - match: { message: { prefix: "shop.ratings." }, metadata: { tenant: { exact: beta } } }
+//!       split: [ { subset: v2, weight: 100 } ]
+//!     - split: [ { subset: v1, weight: 90 }, { subset: v2, weight: 10 } ]
+//!       timeout: 2s
+//!       retries: { attempts: 2, per_try_timeout: 500ms, on: [unreachable, timeout] }
+//! ---
+//! kind: DestinationPolicy
+//! name: ratings
+//! namespace: shop
+//! spec:
+//!   service: ratings
+//!   subsets: [ { name: v1, labels: { version: v1 } }, { name: v2, labels: { version: v2 } } ]
+//!   circuit_breaker: { max_in_flight_per_endpoint: 100 }
+//!   outlier_detection: { consecutive_errors: 5 }
+//!   rate_limit: { rate: 200, burst: 50 }
+//! ```
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use actormesh::mesh::policy::spec::{DestinationPolicySpec, FieldError, RouteSpec};
+
+use super::{parse, read, valid_name, Deployment, ManifestError, KINDS};
+
+/// A Route as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteManifest {
+    /// `Route`.
+    pub kind: String,
+    /// Name, unique in its namespace.
+    pub name: String,
+    /// Namespace (default `default`).
+    #[serde(default = "super::default_namespace")]
+    pub namespace: String,
+    /// The rules.
+    pub spec: RouteSpec,
+}
+
+/// A DestinationPolicy as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyManifest {
+    /// `DestinationPolicy`.
+    pub kind: String,
+    /// Name, unique in its namespace.
+    pub name: String,
+    /// Namespace (default `default`).
+    #[serde(default = "super::default_namespace")]
+    pub namespace: String,
+    /// The policy.
+    pub spec: DestinationPolicySpec,
+}
+
+/// A validated object of any kind `apply` takes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Object {
+    /// A deployment.
+    Deployment(Box<Deployment>),
+    /// A route.
+    Route(RouteManifest),
+    /// A destination policy.
+    DestinationPolicy(PolicyManifest),
+}
+
+impl Object {
+    /// `Kind namespace/name`, as `apply` reports it.
+    pub fn describe(&self) -> String {
+        match self {
+            Object::Deployment(d) => {
+                format!("Deployment {}/{}", d.manifest.namespace, d.manifest.name)
+            }
+            Object::Route(r) => format!("Route {}/{}", r.namespace, r.name),
+            Object::DestinationPolicy(p) => {
+                format!("DestinationPolicy {}/{}", p.namespace, p.name)
+            }
+        }
+    }
+}
+
+/// Just the kind, read first to choose the parser.
+#[derive(Deserialize)]
+struct Kind {
+    kind: Option<String>,
+}
+
+/// Reads a manifest of any kind `apply` takes, validated; errors name the file, the field
+/// and what was expected.
+pub fn parse_object(file: &Path, text: &str) -> Result<Object, ManifestError> {
+    let err = |field: &str, problem: String, expected: &str| ManifestError {
+        file: file.display().to_string(),
+        field: field.to_string(),
+        problem,
+        expected: expected.to_string(),
+    };
+    let kind: Kind = read(file, text).map_err(|(field, msg)| err(&field, msg, KINDS))?;
+    match kind.kind.as_deref() {
+        Some("Deployment") => parse(file, text).map(|d| Object::Deployment(Box::new(d))),
+        Some("Route") => {
+            let m: RouteManifest = read(file, text).map_err(|(field, msg)| {
+                err(
+                    &field,
+                    msg,
+                    "a Route: kind, name, namespace and spec (service, rules)",
+                )
+            })?;
+            names(&m.name, &m.namespace).map_err(|(f, p, e)| err(f, p, e))?;
+            m.spec.validate().map_err(|e| in_spec(file, e))?;
+            Ok(Object::Route(m))
+        }
+        Some("DestinationPolicy") => {
+            let m: PolicyManifest = read(file, text).map_err(|(field, msg)| {
+                err(
+                    &field,
+                    msg,
+                    "a DestinationPolicy: kind, name, namespace and spec (service, subsets, ...)",
+                )
+            })?;
+            names(&m.name, &m.namespace).map_err(|(f, p, e)| err(f, p, e))?;
+            m.spec.validate().map_err(|e| in_spec(file, e))?;
+            Ok(Object::DestinationPolicy(m))
+        }
+        Some(other) => Err(err("kind", format!("{other:?} is not a known kind"), KINDS)),
+        None => Err(err("kind", "missing".into(), KINDS)),
+    }
+}
+
+fn names<'a>(name: &str, namespace: &str) -> Result<(), (&'a str, String, &'a str)> {
+    if !valid_name(name) {
+        return Err((
+            "name",
+            format!("{name:?} is not a valid name"),
+            "1-63 lowercase letters, digits and '-'",
+        ));
+    }
+    if !valid_name(namespace) {
+        return Err((
+            "namespace",
+            format!("{namespace:?} is not a valid namespace"),
+            "1-63 lowercase letters, digits and '-'",
+        ));
+    }
+    Ok(())
+}
+
+fn in_spec(file: &Path, e: FieldError) -> ManifestError {
+    ManifestError {
+        file: file.display().to_string(),
+        field: format!("spec.{}", e.field),
+        problem: e.problem,
+        expected: e.expected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const ROUTE: &str = "kind: Route
+name: ratings
+namespace: shop
+spec:
+  service: ratings
+  rules:
+    - match: { message: { prefix: \"shop.ratings.\" }, metadata: { tenant: { exact: beta } } }
+      split: [ { subset: v2, weight: 100 } ]
+    - split: [ { subset: v1, weight: 90 }, { subset: v2, weight: 10 } ]
+      timeout: 2s
+      retries: { attempts: 2, per_try_timeout: 500ms, on: [unreachable, timeout] }
+";
+
+    const POLICY: &str = "kind: DestinationPolicy
+name: ratings
+namespace: shop
+spec:
+  service: ratings
+  subsets: [ { name: v1, labels: { version: v1 } }, { name: v2, labels: { version: v2 }, balancer: round_robin } ]
+  circuit_breaker: { max_in_flight_per_endpoint: 100 }
+  outlier_detection: { consecutive_errors: 3 }
+  rate_limit: { rate: 200, burst: 50 }
+";
+
+    fn refused(text: &str) -> ManifestError {
+        parse_object(Path::new("t.yaml"), text).unwrap_err()
+    }
+
+    #[test]
+    fn a_route_and_a_policy_read_with_their_defaults() {
+        let Object::Route(r) = parse_object(Path::new("r.yaml"), ROUTE).unwrap() else {
+            panic!("not a route")
+        };
+        assert_eq!(r.spec.rules.len(), 2);
+        assert_eq!(r.spec.rules[1].timeout, Some(Duration::from_secs(2)));
+        let Object::DestinationPolicy(p) = parse_object(Path::new("p.yaml"), POLICY).unwrap()
+        else {
+            panic!("not a policy")
+        };
+        let b = p.spec.circuit_breaker.unwrap();
+        assert_eq!((b.max_in_flight_per_endpoint, b.max_retries), (100, 3));
+        let o = p.spec.outlier_detection.unwrap();
+        assert_eq!((o.consecutive_errors, o.max_ejection_percent), (3, 10));
+        assert_eq!(o.base_ejection, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_field() {
+        let e = refused(&ROUTE.replace("weight: 90", "weight: 80"));
+        assert_eq!(
+            (e.file.as_str(), e.field.as_str()),
+            ("t.yaml", "spec.rules[1].split")
+        );
+        assert!(e.to_string().contains("sum to 90"), "{e}");
+        let e = refused(&ROUTE.replace("per_try_timeout: 500ms", "per_try_timeout: soon"));
+        assert_eq!(e.field, "spec.rules[1].retries.per_try_timeout");
+        let e = refused(&ROUTE.replace("on: [unreachable, timeout]", "on: [sometimes]"));
+        assert_eq!(e.field, "spec.rules[1].retries.on[0]");
+        let e = refused(&POLICY.replace("balancer: round_robin", "balancer: fastest"));
+        assert_eq!(e.field, "spec.subsets[1].balancer");
+        let e = refused(&POLICY.replace("rate: 200", "rate: 200, bursty: 1"));
+        assert_eq!(e.field, "spec.rate_limit.bursty");
+        assert!(e.problem.contains("bursty"), "{e}");
+        let e = refused(&ROUTE.replace("name: ratings", "name: Ratings"));
+        assert_eq!(e.field, "name");
+        let e = refused(&ROUTE.replace("kind: Route", "kind: VirtualService"));
+        assert_eq!(e.field, "kind");
+        assert!(e.expected.contains("DestinationPolicy"), "{e}");
+    }
+
+    #[test]
+    fn a_deployment_reads_through_the_same_entry() {
+        let d = "kind: Deployment\nname: web\nspec:\n  actor: echo\n  version: v1\n  replicas: 1\n  resources: { need: \"cpus:1\" }\n";
+        let o = parse_object(Path::new("d.yaml"), d).unwrap();
+        assert_eq!(o.describe(), "Deployment default/web");
+    }
+}
