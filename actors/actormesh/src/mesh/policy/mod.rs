@@ -6,8 +6,10 @@
 //! ([`bucket`]), the circuit breaker's limits ([`breaker`]), how much outlier detection
 //! may eject and for how long ([`ejection`]), and idempotency declared on a message
 //! (`#[remote(..., idempotent)]`, `RemoteMessage::IDEMPOTENT`), and the `Route` and
-//! `DestinationPolicy` objects with their validation ([`spec`]). None is wired into calls,
-//! manifests or pushes yet.
+//! `DestinationPolicy` objects with their validation ([`spec`]) and the checks across them
+//! ([`analyze`]). The master reads their manifests (`apply --dry-run`); none is applied,
+//! pushed or wired into calls yet.
+pub mod analyze;
 pub mod breaker;
 pub mod bucket;
 pub mod budget;
