@@ -62,7 +62,8 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// A whole cluster in one process: a master and one agent on embedded state.
     Dev(DevArgs),
-    /// Validate a Deployment manifest (YAML, or JSON for .json) and submit it.
+    /// Validate a manifest (YAML, or JSON for .json) and submit it: a Deployment, or, with
+    /// --dry-run only for now, a Route or DestinationPolicy.
     Apply(ApplyArgs),
     /// Call a service by name with a JSON payload and print the reply as JSON.
     ///
@@ -72,6 +73,25 @@ pub(crate) enum Command {
     /// such actor, unknown message); 7 rejected by the callee (e.g. a field it could not
     /// decode); 8 the callee stopped or crashed; 9 permission denied.
     Call(CallArgs),
+    /// Check Route and DestinationPolicy manifests across each other and against the
+    /// master's services; every finding has a code, the object and the field.
+    ///
+    /// Codes: AM1001 a route to a subset no policy defines; AM1002 a subset no endpoint
+    /// matches; AM1003 a service the registry does not have; AM1004 two Routes for one
+    /// service; AM1005 a rule an earlier rule always takes first. Exit 1 on any finding.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct AnalyzeArgs {
+    /// Manifest files (YAML, or JSON for .json); repeat for several.
+    #[arg(short = 'f', long = "file", required = true)]
+    pub(crate) files: Vec<PathBuf>,
+    /// Check the files only, without asking the master for its services.
+    #[arg(long)]
+    pub(crate) offline: bool,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
 }
 
 #[derive(Args, Debug)]

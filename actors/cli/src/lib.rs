@@ -94,6 +94,22 @@ impl ApiClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
+        self.call_found(method, path, body)?
+            .map_err(|not_found| anyhow::anyhow!(not_found))
+    }
+
+    /// GET `path`: its JSON answer, or `None` if the master has no such thing (404).
+    pub fn get_optional(&self, path: &str) -> anyhow::Result<Option<serde_json::Value>> {
+        Ok(self.call_found("GET", path, None)?.ok())
+    }
+
+    /// The answer, or (`Err` inside) the master's words for a 404 to a GET.
+    fn call_found(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<Result<serde_json::Value, String>> {
         let url = format!("{}{}", self.base, path);
         let auth = format!("Bearer {}", self.token);
         let result = match (method, body) {
@@ -124,13 +140,17 @@ impl ApiClient {
             )
         })?;
         if status.is_success() {
-            Ok(value)
+            Ok(Ok(value))
         } else {
             let msg = value
                 .get("error")
                 .and_then(|e| e.as_str())
                 .unwrap_or("no message");
-            anyhow::bail!("the master API answered {status}: {msg}")
+            let said = format!("the master API answered {status}: {msg}");
+            if status == 404 && method == "GET" {
+                return Ok(Err(said));
+            }
+            anyhow::bail!(said)
         }
     }
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod analyze;
 mod apply;
 mod args;
 mod ca;
@@ -31,6 +32,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(command) => token::run(command),
         Command::Cert(command) => cert::run(command),
         Command::Apply(args) => apply::apply(args),
+        Command::Analyze(args) => analyze::run(args),
         Command::Delete { what } => apply::delete(what),
         Command::Get { what } => get::run(what),
         Command::Describe { what } => describe::run(what),
