@@ -227,6 +227,24 @@ mod tests {
             p.decide(&unreachable(false), 1, false, Duration::ZERO, &mut r),
             Err(Stop::Deadline)
         );
+        // No backoff at all still needs time left for the try itself.
+        let eager = RetryPolicy::new(&Retries {
+            attempts: 3,
+            per_try_timeout: None,
+            on: vec![RetryOn::Unreachable],
+            backoff: Backoff {
+                base: Duration::ZERO,
+                max: Duration::ZERO,
+            },
+        });
+        assert_eq!(
+            eager.decide(&unreachable(false), 1, false, Duration::ZERO, &mut r),
+            Err(Stop::Deadline)
+        );
+        assert_eq!(
+            eager.decide(&unreachable(false), 1, false, MS, &mut r),
+            Ok(Duration::ZERO)
+        );
         assert_eq!(
             try_timeout(p.per_try_timeout(), 30 * MS),
             30 * MS,
