@@ -2,7 +2,8 @@
 //! path will compose, each a plain core that takes the time as an argument, so its tests
 //! need no clock and no network.
 //!
-//! Built so far: when a failed try goes again and how long each try may take ([`retry`]),
+//! Built so far: what a Route decides for a call (rule, subset, faults, mirror:
+//! [`choose`]), when a failed try goes again and how long each try may take ([`retry`]),
 //! the retry budget ([`budget`]), the token bucket of local rate limits
 //! ([`bucket`]), the circuit breaker's limits ([`breaker`]), how much outlier detection
 //! may eject and for how long ([`ejection`]), and idempotency declared on a message
@@ -14,6 +15,7 @@ pub mod analyze;
 pub mod breaker;
 pub mod bucket;
 pub mod budget;
+pub mod choose;
 pub mod ejection;
 pub mod retry;
 pub mod spec;
