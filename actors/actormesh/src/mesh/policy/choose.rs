@@ -222,7 +222,7 @@ mod tests {
             let i = self.0 % 100;
             self.0 += 1;
             // The smallest value whose multiply-shift by 100 gives i.
-            (((i << 64) + 99) / 100) as u64
+            (i << 64).div_ceil(100) as u64
         }
     }
 
