@@ -18,9 +18,10 @@ spec:
       retries: { attempts: 2, per_try_timeout: 500ms }
 ";
 
-fn apply(args: &[&str]) -> (bool, String, String) {
+/// Runs `actormesh <command> <args>`: whether it succeeded, its stdout and its stderr.
+fn actormesh(command: &str, args: &[&str]) -> (bool, String, String) {
     let out = std::process::Command::new(BIN)
-        .arg("apply")
+        .arg(command)
         .args(args)
         .output()
         .expect("run actormesh");
@@ -29,6 +30,14 @@ fn apply(args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn apply(args: &[&str]) -> (bool, String, String) {
+    actormesh("apply", args)
+}
+
+fn analyze(args: &[&str]) -> (bool, String, String) {
+    actormesh("analyze", args)
 }
 
 #[test]
@@ -64,19 +73,6 @@ fn dry_run_names_valid_routes_and_policies_and_refuses_bad_ones_by_field() {
     // Without --dry-run: valid, but not served yet, and said so before any master is asked.
     let (ok, _, err) = apply(&["-f", route.to_str().unwrap()]);
     assert!(!ok && err.contains("cannot apply it yet"), "{err}");
-}
-
-fn analyze(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(BIN)
-        .arg("analyze")
-        .args(args)
-        .output()
-        .expect("run actormesh");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 const POLICY: &str = "kind: DestinationPolicy
