@@ -420,6 +420,17 @@ pub(crate) enum DescribeWhat {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// A service: its balancer and labels, and each endpoint as one node's proxy sees it
+    /// now (ready or ejected, calls in flight, latency estimate).
+    Service {
+        /// `namespace/name`, or a bare name in the default namespace.
+        service: String,
+        /// Whose view: an agent id from `get nodes`, or `master`.
+        #[arg(long, default_value = "master")]
+        node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]

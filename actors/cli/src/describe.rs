@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use actormesh::mesh::protocol::EndpointLive;
+use actormesh::mesh::{Service, ServiceName, DEFAULT_NAMESPACE};
 use actormesh_master::deployments::DeploymentDescription;
 use actormesh_master::membership::AgentRecord;
 use actormesh_master::TaskDescription;
@@ -33,6 +35,18 @@ pub(crate) fn run(what: DescribeWhat) -> anyhow::Result<()> {
                 |d: DeploymentDescription| DeploymentDetails(&d).to_string(),
             )
         }
+        DescribeWhat::Service { service, node, api } => {
+            let name = ServiceName::parse(&service, DEFAULT_NAMESPACE)?;
+            let client = api.client()?;
+            let path = format!("{}/{}", name.namespace, name.name);
+            let registry = client.call("GET", &format!("/v1/services/{path}"), None)?;
+            let live = client.call("GET", &format!("/v1/proxy-endpoints/{node}/{path}"), None)?;
+            let answer =
+                serde_json::json!({ "service": registry, "node": node, "endpoints": live });
+            output::print(api.output, JsonLayout::Pretty, answer, |d: ServiceView| {
+                d.to_string()
+            })
+        }
         DescribeWhat::Task { id, api } => {
             let answer = api
                 .client()?
@@ -44,6 +58,65 @@ pub(crate) fn run(what: DescribeWhat) -> anyhow::Result<()> {
                 |t: TaskDescription| TaskDetails(&t).to_string(),
             )
         }
+    }
+}
+
+/// `describe service`: the registry's service and one node's live view of its endpoints.
+#[derive(serde::Deserialize)]
+pub(crate) struct ServiceView {
+    service: Service,
+    node: String,
+    endpoints: Vec<EndpointLive>,
+}
+
+impl fmt::Display for ServiceView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.service;
+        writeln!(f, "Service:         {}", s.name)?;
+        writeln!(f, "Balancer:        {}", s.balancer.as_str())?;
+        writeln!(f, "Locality:        {}", s.locality)?;
+        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        writeln!(f, "Labels:          {}", labels.join(", "))?;
+        writeln!(
+            f,
+            "Route:           none (traffic policy cannot be applied yet)"
+        )?;
+        writeln!(f, "Seen by:         the proxy of {}", self.node)?;
+        let rows: Vec<Vec<String>> = s
+            .endpoints
+            .iter()
+            .map(|e| {
+                let live = self.endpoints.iter().find(|l| l.id == e.id);
+                vec![
+                    e.id.clone(),
+                    e.version.clone(),
+                    e.addr.to_string(),
+                    match live.map(|l| l.ejected_for_ms) {
+                        None => "not in its table yet".into(),
+                        Some(None) => "ready".into(),
+                        Some(Some(0)) => "ejected, probe due".into(),
+                        Some(Some(ms)) => format!("ejected for {ms} ms"),
+                    },
+                    live.map_or("-".into(), |l| l.in_flight.to_string()),
+                    live.map_or("-".into(), |l| format!("{:.2}", l.ewma_ms)),
+                ]
+            })
+            .collect();
+        write!(
+            f,
+            "{}",
+            tables::render(
+                &[
+                    tables::Column::fit("ENDPOINT"),
+                    tables::Column::fit("VERSION"),
+                    tables::Column::fit("ADDRESS"),
+                    tables::Column::fit("STATE"),
+                    tables::Column::right("IN FLIGHT", 9),
+                    tables::Column::right("EWMA MS", 7),
+                ],
+                &rows,
+            )
+        )
     }
 }
 

@@ -102,6 +102,45 @@ async fn running_instances_are_endpoints_and_a_killed_agent_takes_its_own_out() 
     let status: ProxyStatusReport = json_of(&master, &["get", "proxy-status", "-o", "json"]);
     assert!(status.version > 0, "{status:?}");
 
+    // The master's proxy's live view of both endpoints, once it applied them.
+    let waiting = std::time::Instant::now();
+    let view = loop {
+        let out = master.cli(&["describe", "service", "echo"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.matches(" ready ").count() == 2 {
+            break text;
+        }
+        assert!(
+            waiting.elapsed() < std::time::Duration::from_secs(20),
+            "the master's proxy never showed both endpoints ready: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(view.contains("Service:         default/echo"), "{view}");
+    assert!(
+        view.contains("Seen by:         the proxy of master"),
+        "{view}"
+    );
+    for e in &s.endpoints {
+        assert!(view.contains(&e.id), "{view}");
+    }
+    let live: serde_json::Value = json_of(
+        &master,
+        &["describe", "service", "echo", "--node", "a1", "-o", "json"],
+    );
+    assert_eq!(live["node"], "a1");
+    assert!(
+        live["endpoints"].as_array().is_some_and(|e| e.len() == 2),
+        "{live}"
+    );
+    let out = master.cli(&["describe", "service", "echo", "--node", "nobody"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("no node \"nobody\""),
+        "{out:?}"
+    );
+
     // a1 dies: its endpoint goes at once, its replacement cannot go to a1 or a2 (unique
     // node), so one endpoint stays.
     let on_a1 = s

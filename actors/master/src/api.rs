@@ -18,6 +18,7 @@
 //! | GET | `/v1/services/{namespace}/{name}` | one service with its endpoints (as pushed to proxies) |
 //! | GET | `/v1/proxy-status` | the registry version, whether pushes are held, each proxy's standing |
 //! | GET | `/v1/proxy-config/{node}` | what node `{node}`'s proxy applied (asked of its `$proxy`) |
+//! | GET | `/v1/proxy-endpoints/{node}/{namespace}/{name}` | the live state of a service's endpoints as node `{node}`'s proxy sees them: ejection, in flight, latency estimate |
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -344,6 +345,22 @@ async fn proxy_config(State(api): State<Api>, Path(node): Path<String>) -> Respo
     }
 }
 
+async fn proxy_endpoints(
+    State(api): State<Api>,
+    Path((node, namespace, name)): Path<(String, String, String)>,
+) -> Response {
+    let given = format!("{namespace}/{name}");
+    let name = match actormesh::mesh::ServiceName::parse(&given, "default") {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    match api.master.send(super::ProxyEndpointsOf(node, name)).await {
+        Ok(Ok(c)) => Json(c).into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(e) => master_down(e),
+    }
+}
+
 /// Serves the API on `addr`; returns the bound address.
 pub async fn serve(
     addr: SocketAddr,
@@ -372,6 +389,10 @@ pub async fn serve(
         .route("/v1/services/{namespace}/{name}", get(service_endpoints))
         .route("/v1/proxy-status", get(proxy_status))
         .route("/v1/proxy-config/{node}", get(proxy_config))
+        .route(
+            "/v1/proxy-endpoints/{node}/{namespace}/{name}",
+            get(proxy_endpoints),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             require_token,

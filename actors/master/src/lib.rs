@@ -34,5 +34,6 @@ pub use crate::master::{
     DescribeDeployment, DescribeTaskOf, DrainNode, IssueClient, Join, KillOn, LaunchOn,
     ListAllTasks, ListDeploymentTasks, ListDeployments, ListNodes, ListProxyStatus, ListServices,
     ListTasks, Master, MasterConfig, MasterError, MasterGate, MasterHandle, ProxyConfigOf,
-    ServiceEndpoints, Subscribe, TaskDescription, TaskLogs, TaskQueryRefusal, API_TOKEN_FILE,
+    ProxyEndpointsOf, ServiceEndpoints, Subscribe, TaskDescription, TaskLogs, TaskQueryRefusal,
+    API_TOKEN_FILE,
 };

@@ -110,6 +110,26 @@ pub struct ProxyConfig {
     pub revoked: Vec<Revocation>,
 }
 
+/// Ask a node's `$proxy` for the live state of one service's endpoints as this node sees
+/// them (`describe service`); `None` if its table has no such service.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.mesh.DumpEndpoints/v1", reply = Option<Vec<EndpointLive>>)]
+pub struct DumpEndpoints(pub ServiceName);
+
+/// One endpoint as a node's proxy sees it now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointLive {
+    /// The endpoint's id.
+    pub id: String,
+    /// How long it stays ejected, in milliseconds (`None`: not ejected; 0: waiting for a
+    /// probe).
+    pub ejected_for_ms: Option<u64>,
+    /// Calls in flight from this node.
+    pub in_flight: u32,
+    /// The latency estimate (peak EWMA), in milliseconds.
+    pub ewma_ms: f64,
+}
+
 /// A node registers one of its own actors as an endpoint of a service.
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
 #[remote(name = "actormesh.mesh.RegisterService/v1", reply = Result<(), MasterRefusal>)]

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::mesh::clock;
-use crate::mesh::protocol::{DumpConfig, Push, PushRefused};
+use crate::mesh::protocol::{DumpConfig, DumpEndpoints, EndpointLive, Push, PushRefused};
 use crate::mesh::route::RouteTable;
 use crate::{Node, RemoteRef};
 
@@ -75,6 +75,32 @@ impl Handler<Push> for Proxy {
         self.routes.store(Arc::new(next));
         self.applied.send_replace(Some(push.version));
         Ok(push.version)
+    }
+}
+
+#[crate::handler]
+impl Handler<DumpEndpoints> for Proxy {
+    type Result = actix::MessageResult<DumpEndpoints>;
+    fn handle(&mut self, m: DumpEndpoints, _: &mut Context<Self>) -> Self::Result {
+        let table = self.routes.load();
+        let now = clock::now();
+        actix::MessageResult(table.service(&m.0).map(|routes| {
+            let decay = routes.config().decay;
+            routes
+                .endpoints()
+                .iter()
+                .enumerate()
+                .map(|(i, e)| {
+                    let state = routes.state(i);
+                    EndpointLive {
+                        id: e.id.clone(),
+                        ejected_for_ms: state.ejected_for(now).map(|d| d.as_millis() as u64),
+                        in_flight: state.in_flight(),
+                        ewma_ms: state.rtt_estimate(now, decay) / 1e6,
+                    }
+                })
+                .collect()
+        }))
     }
 }
 

@@ -39,7 +39,9 @@ pub use self::operator::{
     ApplyDeployment, CreateToken, CreatedToken, DeleteDeployment, DrainNode, KillOn, LaunchOn,
     Subscribe,
 };
-pub use self::services::{ListProxyStatus, ListServices, ProxyConfigOf, ServiceEndpoints};
+pub use self::services::{
+    ListProxyStatus, ListServices, ProxyConfigOf, ProxyEndpointsOf, ServiceEndpoints,
+};
 pub use self::views::{
     DescribeDeployment, DescribeTaskOf, ListAllTasks, ListDeploymentTasks, ListDeployments,
     ListNodes, ListTasks, TaskDescription, TaskLogs, TaskQueryRefusal,

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use actormesh::mesh::protocol::{
-    DeregisterService, DumpConfig, ProxyConfig, RegisterService, Subscribe, Subscribed, PROXY_ACTOR,
+    DeregisterService, DumpConfig, DumpEndpoints, EndpointLive, ProxyConfig, RegisterService,
+    Subscribe, Subscribed, PROXY_ACTOR,
 };
 use actormesh::mesh::{Service, ServiceName};
 use actormesh::protocol::MasterRefusal;
@@ -18,7 +19,7 @@ use super::Master;
 use crate::services::{ProxyStatusReport, ServiceSummary};
 use crate::OperatorError;
 
-/// How long a node's `$proxy` has to answer `DumpConfig`.
+/// How long a node's `$proxy` has to answer `DumpConfig` or `DumpEndpoints`.
 const DUMP_ANSWER: Duration = Duration::from_secs(5);
 
 /// A proxy's subscription with the verified identity of its sender.
@@ -147,23 +148,50 @@ pub struct ProxyConfigOf(pub String);
 impl Handler<ProxyConfigOf> for Master {
     type Result = ResponseFuture<Result<ProxyConfig, OperatorError>>;
     fn handle(&mut self, m: ProxyConfigOf, _: &mut Context<Self>) -> Self::Result {
-        let Some((identity, at)) = self.core.proxy_of(&m.0) else {
+        self.ask_proxy(&m.0, DumpConfig)
+    }
+}
+
+/// The live state of a service's endpoints as node `0`'s proxy sees them (`describe
+/// service --node`): asks its `$proxy`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<EndpointLive>, OperatorError>")]
+pub struct ProxyEndpointsOf(pub String, pub ServiceName);
+
+impl Handler<ProxyEndpointsOf> for Master {
+    type Result = ResponseFuture<Result<Vec<EndpointLive>, OperatorError>>;
+    fn handle(&mut self, m: ProxyEndpointsOf, _: &mut Context<Self>) -> Self::Result {
+        let service = m.1.clone();
+        let asked = self.ask_proxy(&m.0, DumpEndpoints(m.1));
+        let node = m.0;
+        Box::pin(async move {
+            asked.await?.ok_or_else(|| {
+                OperatorError::NotFound(format!("the proxy of {node} has no service {service}"))
+            })
+        })
+    }
+}
+
+impl Master {
+    /// Asks node `node`'s `$proxy` (an agent id, `master`, or a SPIFFE id) `msg`.
+    fn ask_proxy<M: actormesh::RemoteMessage>(
+        &self,
+        node: &str,
+        msg: M,
+    ) -> ResponseFuture<Result<M::Result, OperatorError>> {
+        let Some((identity, at)) = self.core.proxy_of(node) else {
             let why = format!(
-                "no node {:?} (expected an agent id from `get nodes`, `master`, or its SPIFFE id)",
-                m.0
+                "no node {node:?} (expected an agent id from `get nodes`, `master`, or its SPIFFE id)"
             );
             return Box::pin(async move { Err(OperatorError::NotFound(why)) });
         };
         let target = self.node.actor_ref(at, PROXY_ACTOR);
         Box::pin(async move {
-            target
-                .ask_timeout(DumpConfig, DUMP_ANSWER)
-                .await
-                .map_err(|e| {
-                    OperatorError::Unavailable(format!(
-                        "the proxy of {identity} at {at} did not answer: {e}"
-                    ))
-                })
+            target.ask_timeout(msg, DUMP_ANSWER).await.map_err(|e| {
+                OperatorError::Unavailable(format!(
+                    "the proxy of {identity} at {at} did not answer: {e}"
+                ))
+            })
         })
     }
 }

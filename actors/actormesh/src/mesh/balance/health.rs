@@ -114,6 +114,15 @@ impl EndpointState {
         self.ejected_until.load(Relaxed) != 0
     }
 
+    /// How long it stays ejected after `now`: `None` when it is not ejected, zero when its
+    /// ejection is over and it waits for a probe to succeed.
+    pub fn ejected_for(&self, now: Nanos) -> Option<Duration> {
+        match self.ejected_until.load(Relaxed) {
+            0 => None,
+            until => Some(Duration::from_nanos(until.saturating_sub(now))),
+        }
+    }
+
     /// Whether a pick may use this endpoint at `now`. A due probe is claimed by the first
     /// caller only; the others see the endpoint as ejected until the probe's outcome.
     pub fn admit(&self, now: Nanos) -> Option<Admission> {
