@@ -228,6 +228,9 @@ spec:
         assert_eq!(e.field, "spec.rules[1].retries.per_try_timeout");
         let e = refused(&ROUTE.replace("on: [unreachable, timeout]", "on: [sometimes]"));
         assert_eq!(e.field, "spec.rules[1].retries.on[0]");
+        let e = refused(&ROUTE.replace("tenant: { exact: beta }", "tenant: { regex: \"(beta\" }"));
+        assert_eq!(e.field, "spec.rules[0].match.metadata.tenant.regex");
+        assert!(e.problem.contains("not a regular expression"), "{e}");
         let e = refused(&POLICY.replace("balancer: round_robin", "balancer: fastest"));
         assert_eq!(e.field, "spec.subsets[1].balancer");
         let e = refused(&POLICY.replace("rate: 200", "rate: 200, bursty: 1"));

@@ -217,7 +217,10 @@ fn metadata_covers(e: &MetadataMatch, l: &MetadataMatch) -> bool {
     match (e, l) {
         (
             MetadataMatch::Present(_),
-            MetadataMatch::Exact(_) | MetadataMatch::Prefix(_) | MetadataMatch::Present(_),
+            MetadataMatch::Exact(_)
+            | MetadataMatch::Prefix(_)
+            | MetadataMatch::Regex(_)
+            | MetadataMatch::Present(_),
         ) => true,
         (MetadataMatch::Prefix(p), MetadataMatch::Exact(v) | MetadataMatch::Prefix(v)) => {
             v.starts_with(p.as_str())

@@ -89,6 +89,75 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
     pattern[p..].iter().all(|&c| c == b'*')
 }
 
+/// A regular expression that must match a whole value (RE2 syntax, as Envoy's), compiled
+/// when it is read, so a bad one is refused naming its field and a call only runs it.
+#[derive(Clone)]
+pub struct Pattern {
+    source: String,
+    compiled: regex::Regex,
+}
+
+/// The longest pattern accepted, and the most memory its compiled form may take.
+const PATTERN_LIMIT: usize = 1024;
+const PATTERN_MEMORY: usize = 1 << 20;
+
+impl Pattern {
+    /// Compiles `source`, anchored at both ends.
+    pub fn new(source: &str) -> Result<Self, String> {
+        if source.len() > PATTERN_LIMIT {
+            return Err(format!(
+                "the pattern is {} bytes, over the limit of {PATTERN_LIMIT}",
+                source.len()
+            ));
+        }
+        let compiled = regex::RegexBuilder::new(&format!("^(?:{source})$"))
+            .size_limit(PATTERN_MEMORY)
+            .build()
+            .map_err(|e| format!("not a regular expression: {e}"))?;
+        Ok(Self {
+            source: source.to_string(),
+            compiled,
+        })
+    }
+
+    /// Whether the whole of `value` matches.
+    pub fn matches(&self, value: &str) -> bool {
+        self.compiled.is_match(value)
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+}
+
+impl std::fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pattern({:?})", self.source)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Pattern {}
+
+impl Serialize for Pattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
+}
+
+impl<'de> Deserialize<'de> for Pattern {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let source = String::deserialize(d)?;
+        Pattern::new(&source).map_err(serde::de::Error::custom)
+    }
+}
+
 /// How one metadata entry is matched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -97,6 +166,8 @@ pub enum MetadataMatch {
     Exact(String),
     /// The value starts with this.
     Prefix(String),
+    /// The whole value matches this regular expression.
+    Regex(Pattern),
     /// The entry is there (`present: true`), whatever its value.
     Present(bool),
     /// The entry is not there (`absent: true`).
@@ -109,6 +180,7 @@ impl MetadataMatch {
         match self {
             MetadataMatch::Exact(s) => value == Some(s.as_str()),
             MetadataMatch::Prefix(p) => value.is_some_and(|v| v.starts_with(p.as_str())),
+            MetadataMatch::Regex(r) => value.is_some_and(|v| r.matches(v)),
             MetadataMatch::Present(_) => value.is_some(),
             MetadataMatch::Absent(_) => value.is_none(),
         }
@@ -788,6 +860,28 @@ mod tests {
             "unknown source"
         );
         assert!(RuleMatch::default().is_catch_all());
+    }
+
+    #[test]
+    fn a_regex_matches_the_whole_value_and_a_bad_one_is_refused_by_field() {
+        let m = MetadataMatch::Regex(Pattern::new("v[0-9]+").unwrap());
+        assert!(m.matches(Some("v12")));
+        assert!(!m.matches(Some("xv12")), "anchored at the start");
+        assert!(!m.matches(Some("v12x")), "anchored at the end");
+        assert!(!m.matches(None));
+        let bad: Result<RouteSpec, _> = serde_json::from_value(serde_json::json!({
+            "service": "ratings",
+            "rules": [{ "match": { "metadata": { "tenant": { "regex": "(unclosed" } } } }]
+        }));
+        let e = bad.unwrap_err().to_string();
+        assert!(e.contains("not a regular expression"), "{e}");
+        assert!(
+            Pattern::new(&"a".repeat(2000)).is_err(),
+            "over the length limit"
+        );
+        // Written back as it was given.
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json, serde_json::json!({ "regex": "v[0-9]+" }));
     }
 
     #[test]
