@@ -6,11 +6,14 @@
 //!   agent, and the actors nodes registered themselves;
 //! - [`ServiceRegistry`] turns that into versions, with a bounded log for deltas;
 //! - [`PushBook`] keeps, per subscribed proxy, what it applied and what is in flight;
-//! - [`DrainBook`] holds the kills of endpoints until the proxies applied their removal.
+//! - [`DrainBook`] holds the kills of endpoints until the proxies applied their removal;
+//! - [`TrafficBook`] keeps the applied Routes and DestinationPolicies, one of each per
+//!   service (issue 10, in progress: not yet held by the core).
 
 mod drain;
 mod push;
 mod registry;
+mod traffic;
 
 use std::collections::BTreeMap;
 
@@ -25,6 +28,9 @@ use crate::membership::{AgentRecord, AgentState};
 pub use self::drain::{DrainBook, HeldKill, HeldReply, DEFAULT_DRAIN};
 pub use self::push::{OutgoingPush, ProxyStatus, PushBook, PushConfig, PushOutcome};
 pub use self::registry::{ServiceRegistry, DEFAULT_LOG_LEN};
+pub use self::traffic::{
+    TrafficBook, TrafficLoadError, TrafficRefusal, POLICY_PREFIX, ROUTE_PREFIX,
+};
 
 /// Where the registry's version ceiling is kept in the Meta table (decimal text): a
 /// restarted master starts above every version an earlier one used.

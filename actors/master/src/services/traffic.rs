@@ -1,0 +1,303 @@
+//! The applied Routes and DestinationPolicies (issue 10, in progress: the core does not
+//! hold one yet). A plain book: one Route and one policy per service at most, each kept in
+//! the Config table as its manifest's JSON under `route/<ns>/<name>` or
+//! `policy/<ns>/<name>`, so a restarted master reloads exactly what was applied.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use actormesh::mesh::policy::spec::{DestinationPolicySpec, RouteSpec};
+use actormesh::mesh::ServiceName;
+
+use crate::manifest::{parse_object, Object, PolicyManifest, RouteManifest};
+use crate::state::{Change, Table};
+
+/// Config-table prefix of Routes.
+pub const ROUTE_PREFIX: &str = "route/";
+/// Config-table prefix of DestinationPolicies.
+pub const POLICY_PREFIX: &str = "policy/";
+
+/// Why the book refused a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrafficRefusal {
+    /// Another object of the same kind already applies to the service.
+    #[error("{kind} {existing} already applies to {service}; a service has one {kind} (change or delete that one)")]
+    Taken {
+        /// `Route` or `DestinationPolicy`.
+        kind: &'static str,
+        /// The service.
+        service: String,
+        /// The object that has it, `namespace/name`.
+        existing: String,
+    },
+    /// The spec names no valid service.
+    #[error("{0}")]
+    BadService(String),
+    /// No such object to delete.
+    #[error("no {kind} {key}")]
+    NotFound {
+        /// `Route` or `DestinationPolicy`.
+        kind: &'static str,
+        /// `namespace/name`.
+        key: String,
+    },
+}
+
+/// A row of the Config table that did not load.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("stored {key}: {reason}")]
+pub struct TrafficLoadError {
+    /// The row's key.
+    pub key: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// The applied objects, by `namespace/name`, and which service each applies to.
+#[derive(Debug, Default, Clone)]
+pub struct TrafficBook {
+    routes: BTreeMap<String, (ServiceName, RouteManifest)>,
+    policies: BTreeMap<String, (ServiceName, PolicyManifest)>,
+}
+
+fn service_of(spec_service: &str, namespace: &str) -> Result<ServiceName, TrafficRefusal> {
+    ServiceName::parse(spec_service, namespace)
+        .map_err(|e| TrafficRefusal::BadService(e.to_string()))
+}
+
+/// The key of `(namespace, name)` in the book and (behind its prefix) in the store.
+fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// Applies `m` under `key` in `objects`, refusing it if another key has its service.
+fn put<M: Clone + serde::Serialize>(
+    objects: &mut BTreeMap<String, (ServiceName, M)>,
+    kind: &'static str,
+    prefix: &str,
+    key: String,
+    service: ServiceName,
+    m: M,
+) -> Result<Vec<Change>, TrafficRefusal> {
+    if let Some((existing, _)) = objects
+        .iter()
+        .find(|(k, (s, _))| **k != key && *s == service)
+    {
+        return Err(TrafficRefusal::Taken {
+            kind,
+            service: service.to_string(),
+            existing: existing.clone(),
+        });
+    }
+    let value = serde_json::to_vec(&m).expect("a manifest serializes to JSON");
+    let change = Change::put(Table::Config, format!("{prefix}{key}"), value);
+    objects.insert(key, (service, m));
+    Ok(vec![change])
+}
+
+impl TrafficBook {
+    /// An empty book.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The book as the Config table holds it (rows of other kinds are skipped).
+    pub fn load<'a>(
+        rows: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) -> Result<Self, TrafficLoadError> {
+        let mut book = Self::new();
+        for (k, v) in rows {
+            if !(k.starts_with(ROUTE_PREFIX) || k.starts_with(POLICY_PREFIX)) {
+                continue;
+            }
+            let bad = |reason: String| TrafficLoadError {
+                key: k.to_string(),
+                reason,
+            };
+            let text = std::str::from_utf8(v).map_err(|e| bad(e.to_string()))?;
+            let refused = |e: TrafficRefusal| bad(e.to_string());
+            match parse_object(Path::new("stored.json"), text).map_err(|e| bad(e.to_string()))? {
+                Object::Route(r) => {
+                    book.apply_route(r).map_err(refused)?;
+                }
+                Object::DestinationPolicy(p) => {
+                    book.apply_policy(p).map_err(refused)?;
+                }
+                Object::Deployment(_) => {
+                    return Err(bad("a Deployment under a traffic key".into()))
+                }
+            }
+        }
+        Ok(book)
+    }
+
+    /// Applies (creates or replaces) a Route; the store changes to make.
+    pub fn apply_route(&mut self, m: RouteManifest) -> Result<Vec<Change>, TrafficRefusal> {
+        let service = service_of(&m.spec.service, &m.namespace)?;
+        let k = key(&m.namespace, &m.name);
+        put(&mut self.routes, "Route", ROUTE_PREFIX, k, service, m)
+    }
+
+    /// Applies (creates or replaces) a DestinationPolicy; the store changes to make.
+    pub fn apply_policy(&mut self, m: PolicyManifest) -> Result<Vec<Change>, TrafficRefusal> {
+        let service = service_of(&m.spec.service, &m.namespace)?;
+        let k = key(&m.namespace, &m.name);
+        put(
+            &mut self.policies,
+            "DestinationPolicy",
+            POLICY_PREFIX,
+            k,
+            service,
+            m,
+        )
+    }
+
+    /// Deletes the Route `namespace/name`.
+    pub fn delete_route(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Change>, TrafficRefusal> {
+        let k = key(namespace, name);
+        self.routes
+            .remove(&k)
+            .map(|_| vec![Change::delete(Table::Config, format!("{ROUTE_PREFIX}{k}"))])
+            .ok_or(TrafficRefusal::NotFound {
+                kind: "Route",
+                key: k,
+            })
+    }
+
+    /// Deletes the DestinationPolicy `namespace/name`.
+    pub fn delete_policy(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Change>, TrafficRefusal> {
+        let k = key(namespace, name);
+        self.policies
+            .remove(&k)
+            .map(|_| vec![Change::delete(Table::Config, format!("{POLICY_PREFIX}{k}"))])
+            .ok_or(TrafficRefusal::NotFound {
+                kind: "DestinationPolicy",
+                key: k,
+            })
+    }
+
+    /// The Route and the policy that apply to `service`.
+    pub fn of(
+        &self,
+        service: &ServiceName,
+    ) -> (Option<&RouteSpec>, Option<&DestinationPolicySpec>) {
+        (
+            self.routes
+                .values()
+                .find(|(s, _)| s == service)
+                .map(|(_, m)| &m.spec),
+            self.policies
+                .values()
+                .find(|(s, _)| s == service)
+                .map(|(_, m)| &m.spec),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, service: &str) -> RouteManifest {
+        let text = format!(
+            "kind: Route\nname: {name}\nnamespace: shop\nspec:\n  service: {service}\n  rules:\n    - timeout: 2s\n"
+        );
+        match parse_object(Path::new("r.yaml"), &text).unwrap() {
+            Object::Route(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn policy(name: &str, service: &str) -> PolicyManifest {
+        let text = format!(
+            "kind: DestinationPolicy\nname: {name}\nnamespace: shop\nspec:\n  service: {service}\n  subsets: [ {{ name: v1, labels: {{ version: v1 }} }} ]\n"
+        );
+        match parse_object(Path::new("p.yaml"), &text).unwrap() {
+            Object::DestinationPolicy(p) => p,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ratings() -> ServiceName {
+        ServiceName::parse("shop/ratings", "default").unwrap()
+    }
+
+    #[test]
+    fn a_service_has_one_route_and_one_policy() {
+        let mut book = TrafficBook::new();
+        book.apply_route(route("r1", "ratings")).unwrap();
+        // Replacing the same Route is fine; another Route for the service is not.
+        book.apply_route(route("r1", "ratings")).unwrap();
+        assert_eq!(
+            book.apply_route(route("r2", "shop/ratings")).unwrap_err(),
+            TrafficRefusal::Taken {
+                kind: "Route",
+                service: "shop/ratings".into(),
+                existing: "shop/r1".into(),
+            }
+        );
+        // The Route may move to another service, freeing this one.
+        book.apply_route(route("r1", "reviews")).unwrap();
+        book.apply_route(route("r2", "ratings")).unwrap();
+        book.apply_policy(policy("p1", "ratings")).unwrap();
+        assert!(matches!(
+            book.apply_policy(policy("p2", "ratings")),
+            Err(TrafficRefusal::Taken {
+                kind: "DestinationPolicy",
+                ..
+            })
+        ));
+        let (r, p) = book.of(&ratings());
+        assert_eq!(r.unwrap().service, "ratings");
+        assert_eq!(p.unwrap().subsets[0].name, "v1");
+    }
+
+    #[test]
+    fn what_is_stored_reloads_as_it_was_and_deletes_are_stored() {
+        let mut book = TrafficBook::new();
+        let mut rows: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        let mut keep = |changes: Vec<Change>| {
+            for c in changes {
+                match c {
+                    Change::Put { key, value, .. } => {
+                        rows.insert(key, value);
+                    }
+                    Change::Delete { key, .. } => {
+                        rows.remove(&key);
+                    }
+                    other => panic!("the book only puts and deletes: {other:?}"),
+                }
+            }
+        };
+        keep(book.apply_route(route("r1", "ratings")).unwrap());
+        keep(book.apply_policy(policy("p1", "ratings")).unwrap());
+        keep(book.apply_policy(policy("p2", "reviews")).unwrap());
+        keep(book.delete_policy("shop", "p2").unwrap());
+        assert_eq!(
+            book.delete_policy("shop", "p2").unwrap_err(),
+            TrafficRefusal::NotFound {
+                kind: "DestinationPolicy",
+                key: "shop/p2".into(),
+            }
+        );
+        let mut all: Vec<(&str, &[u8])> = rows
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        all.push(("deployment/default/web", b"not ours"));
+        let again = TrafficBook::load(all).unwrap();
+        assert_eq!(again.of(&ratings()), book.of(&ratings()));
+        let reviews = ServiceName::parse("shop/reviews", "default").unwrap();
+        assert_eq!(again.of(&reviews), (None, None));
+        let broken = TrafficBook::load([("route/shop/x", b"{".as_slice())]).unwrap_err();
+        assert_eq!(broken.key, "route/shop/x");
+    }
+}
