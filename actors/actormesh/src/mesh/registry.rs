@@ -30,6 +30,16 @@ pub struct BadServiceName {
     pub reason: &'static str,
 }
 
+/// The one rule for the names of namespaces, services, deployments and subsets: 1 to 63
+/// of a-z, 0-9 and '-', not starting with '-'.
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+}
+
 fn check_part(given: &str, part: &str, what: &'static str) -> Result<(), BadServiceName> {
     let bad = |reason| BadServiceName {
         given: given.to_string(),

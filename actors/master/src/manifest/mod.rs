@@ -275,13 +275,7 @@ fn duration(s: &str) -> Result<Duration, String> {
     parse_duration(s).map_err(|e| e.to_string())
 }
 
-pub(crate) fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-}
+pub(crate) use actormesh::mesh::registry::is_valid_name as valid_name;
 
 /// Parses and validates a manifest; `file` names it in errors and picks JSON for `.json`.
 /// Reads `text` (JSON if the file is `.json`, YAML otherwise) as a `T`; on failure, the

@@ -427,16 +427,11 @@ fn percent(field: String, p: f64) -> Result<(), FieldError> {
 }
 
 fn subset_name(field: String, s: &str) -> Result<(), FieldError> {
-    if s.is_empty()
-        || s.len() > 63
-        || !s
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
+    if !crate::mesh::registry::is_valid_name(s) {
         return Err(refuse(
             field,
             format!("{s:?} is not a subset name"),
-            "1-63 lowercase letters, digits and '-'",
+            "1-63 lowercase letters, digits and '-', not starting with '-'",
         ));
     }
     Ok(())
@@ -950,6 +945,13 @@ mod tests {
                     ..Rule::default()
                 },
                 "rules[0].mirror.subset",
+            ),
+            (
+                Rule {
+                    split: split(&[("v1", 50), ("-v2", 50)]),
+                    ..Rule::default()
+                },
+                "rules[0].split[1].subset",
             ),
             (
                 Rule {
