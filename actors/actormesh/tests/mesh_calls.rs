@@ -131,6 +131,7 @@ fn service(name: &str, balancer: BalancerKind, endpoints: Vec<Endpoint>) -> Serv
         balancer,
         locality: false,
         endpoints,
+        traffic: Default::default(),
     }
 }
 

@@ -26,17 +26,13 @@ pub(crate) fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         println!("{}: valid {}", file.display(), object.describe());
         return Ok(());
     }
+    let client = api.client()?;
     let d = match object {
         Object::Deployment(d) => d,
-        other => anyhow::bail!(
-            "{}: {} is valid, but this version of actormesh cannot apply it yet: routes and \
-             destination policies are validated (apply --dry-run) and not yet served",
-            file.display(),
-            other.describe()
-        ),
+        Object::Route(r) => return apply_traffic(&client, serde_json::to_value(&r)?),
+        Object::DestinationPolicy(p) => return apply_traffic(&client, serde_json::to_value(&p)?),
     };
     let body = serde_json::to_value(&d.manifest)?;
-    let client = api.client()?;
     let v = client.call("POST", "/v1/deployments", Some(body))?;
     let key = v["applied"].as_str().unwrap_or_default().to_string();
     println!("applied {key}");
@@ -46,8 +42,43 @@ pub(crate) fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Applies a Route or DestinationPolicy and prints what `analyze` warns of with it in
+/// place (the object is applied all the same, as `istioctl` does).
+fn apply_traffic(client: &ApiClient, body: serde_json::Value) -> anyhow::Result<()> {
+    let v = client.call("POST", "/v1/traffic", Some(body))?;
+    println!("applied {}", v["applied"].as_str().unwrap_or_default());
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!(
+            "warning {} {} {}: {}",
+            w["code"].as_str().unwrap_or_default(),
+            w["object"].as_str().unwrap_or_default(),
+            w["field"].as_str().unwrap_or_default(),
+            w["message"].as_str().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn delete(what: DeleteWhat) -> anyhow::Result<()> {
-    let DeleteWhat::Deployment { name, api } = what;
+    let (name, api, path, what) = match what {
+        DeleteWhat::Deployment { name, api } => (name, api, "deployments", None),
+        DeleteWhat::Route { name, api } => (name, api, "routes", Some("Route")),
+        DeleteWhat::DestinationPolicy { name, api } => {
+            (name, api, "destination-policies", Some("DestinationPolicy"))
+        }
+    };
+    if let Some(kind) = what {
+        let key = object_key(&name, kind)?;
+        let answer = api
+            .client()?
+            .call("DELETE", &format!("/v1/{path}/{key}"), None)?;
+        return output::print(
+            api.output,
+            JsonLayout::Line,
+            answer,
+            |_: serde_json::Value| format!("deleted {kind} {key}\n"),
+        );
+    }
     let key = deployment_key(&name)?;
     let answer = api
         .client()?
@@ -114,12 +145,17 @@ fn wait_for_replicas(client: &ApiClient, key: &str, timeout: Duration) -> anyhow
 
 /// `namespace/name` from `namespace/name` or `name` (the default namespace).
 pub(crate) fn deployment_key(name: &str) -> anyhow::Result<String> {
+    object_key(name, "deployment")
+}
+
+/// `namespace/name` of an object named `name` (a bare name is in `default`).
+fn object_key(name: &str, kind: &str) -> anyhow::Result<String> {
     match name.split_once('/') {
         Some((ns, n)) if !ns.is_empty() && !n.is_empty() && !n.contains('/') => {
             Ok(format!("{ns}/{n}"))
         }
         Some(_) => anyhow::bail!(
-            "{name:?} is not a deployment name: expected namespace/name (e.g. default/web) or name"
+            "{name:?} is not a {kind} name: expected namespace/name (e.g. default/web) or name"
         ),
         None => Ok(format!("default/{name}")),
     }

@@ -372,6 +372,11 @@ pub(crate) enum GetWhat {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Applied Routes and DestinationPolicies: kind, name, service, rules or subsets.
+    Traffic {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Every node's proxy: version applied, versions behind, last push latency, STALE.
     ProxyStatus {
         #[command(flatten)]
@@ -390,6 +395,20 @@ pub(crate) enum GetWhat {
 pub(crate) enum DeleteWhat {
     /// A deployment, by namespace/name (e.g. default/web): its instances are stopped.
     Deployment {
+        /// namespace/name, or just name for the default namespace.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A Route, by namespace/name: its service goes back to no rules at the next push.
+    Route {
+        /// namespace/name, or just name for the default namespace.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A DestinationPolicy, by namespace/name: its service goes back to no policy.
+    DestinationPolicy {
         /// namespace/name, or just name for the default namespace.
         name: String,
         #[command(flatten)]

@@ -77,10 +77,19 @@ impl fmt::Display for ServiceView {
         writeln!(f, "Locality:        {}", s.locality)?;
         let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(f, "Labels:          {}", labels.join(", "))?;
-        writeln!(
-            f,
-            "Route:           none (traffic policy cannot be applied yet)"
-        )?;
+        match &s.traffic.route {
+            None => writeln!(f, "Route:           none")?,
+            Some(r) => writeln!(
+                f,
+                "Route:           {} ({} rule(s))",
+                r.object,
+                r.spec.rules.len()
+            )?,
+        }
+        match &s.traffic.policy {
+            None => writeln!(f, "Policy:          none")?,
+            Some(p) => writeln!(f, "Policy:          {}", p.object)?,
+        }
         writeln!(f, "Seen by:         the proxy of {}", self.node)?;
         let rows: Vec<Vec<String>> = s
             .endpoints

@@ -1,4 +1,4 @@
-//! `get nodes|deployments|tasks|frameworks|services|endpoints|proxy-status|proxy-config`:
+//! `get nodes|deployments|tasks|frameworks|services|endpoints|traffic|proxy-status|proxy-config`:
 //! a list from the API, as a table or JSON.
 
 use serde::de::DeserializeOwned;
@@ -11,7 +11,16 @@ use actormesh_master::services::{ProxyStatusReport, ServiceSummary};
 use actormesh::mesh::protocol::ProxyConfig;
 use actormesh::mesh::{Service, ServiceName, DEFAULT_NAMESPACE};
 
+use actormesh_master::manifest::{PolicyManifest, RouteManifest};
+
 use crate::args::{ApiArgs, GetWhat};
+
+/// What `GET /v1/traffic` answers.
+#[derive(serde::Deserialize)]
+struct TrafficList {
+    routes: Vec<RouteManifest>,
+    destination_policies: Vec<PolicyManifest>,
+}
 use crate::output::{self, JsonLayout};
 use crate::tables;
 
@@ -35,6 +44,9 @@ pub(crate) fn run(what: GetWhat) -> anyhow::Result<()> {
             let path = format!("/v1/services/{}/{}", name.namespace, name.name);
             list(&api, &path, |s: Service| tables::endpoints(&s.endpoints))
         }
+        GetWhat::Traffic { api } => list(&api, "/v1/traffic", |t: TrafficList| {
+            tables::traffic(&t.routes, &t.destination_policies)
+        }),
         GetWhat::ProxyStatus { api } => list(&api, "/v1/proxy-status", |r: ProxyStatusReport| {
             tables::proxy_status(&r)
         }),

@@ -273,6 +273,45 @@ pub(crate) fn services(list: &[ServiceSummary]) -> String {
     render(SERVICES, &rows)
 }
 
+const TRAFFIC: &[Column] = &[
+    Column::fit("KIND"),
+    Column::fit("NAME").gap(2),
+    Column::fit("SERVICE").gap(2),
+    Column::fit("DETAIL").gap(2),
+];
+
+/// The applied Routes and DestinationPolicies.
+pub(crate) fn traffic(
+    routes: &[actormesh_master::manifest::RouteManifest],
+    policies: &[actormesh_master::manifest::PolicyManifest],
+) -> String {
+    let mut rows: Vec<Vec<String>> = routes
+        .iter()
+        .map(|r| {
+            vec![
+                "Route".into(),
+                format!("{}/{}", r.namespace, r.name),
+                r.spec.service.clone(),
+                format!("{} rule(s)", r.spec.rules.len()),
+            ]
+        })
+        .collect();
+    rows.extend(policies.iter().map(|p| {
+        let subsets: Vec<&str> = p.spec.subsets.iter().map(|s| s.name.as_str()).collect();
+        vec![
+            "DestinationPolicy".into(),
+            format!("{}/{}", p.namespace, p.name),
+            p.spec.service.clone(),
+            if subsets.is_empty() {
+                "no subsets".into()
+            } else {
+                format!("subsets {}", subsets.join(","))
+            },
+        ]
+    }));
+    render(TRAFFIC, &rows)
+}
+
 const ENDPOINTS: &[Column] = &[
     Column::fit("ID"),
     Column::fit("NODE").gap(2),
@@ -649,6 +688,7 @@ mod tests {
                 balancer: actormesh::mesh::BalancerKind::P2c,
                 locality: true,
                 endpoints: vec![e],
+                traffic: Default::default(),
             }],
             revoked: vec![actormesh::mesh::Revocation {
                 id: "spiffe://td/node/gone".into(),

@@ -35,10 +35,11 @@ use serde_json::json;
 
 use super::tokens::TokenRole;
 use super::{
-    ApplyDeployment, CreateToken, DeleteDeployment, DeploymentRefusal, DescribeDeployment,
-    DescribeTaskOf, DrainNode, ListDeployments, ListNodes, Master, OperatorError, TaskLogs,
-    TaskQueryRefusal,
+    ApplyDeployment, ApplyTraffic, CreateToken, DeleteDeployment, DeleteTraffic, DeploymentRefusal,
+    DescribeDeployment, DescribeTaskOf, DrainNode, ListDeployments, ListNodes, ListTraffic, Master,
+    OperatorError, TaskLogs, TaskQueryRefusal,
 };
+use crate::core::TrafficKind;
 
 #[derive(Clone)]
 struct Api {
@@ -185,6 +186,52 @@ async fn apply(State(api): State<Api>, body: axum::body::Bytes) -> Response {
         Ok(Err(e)) => refused(e),
         Err(e) => master_down(e),
     }
+}
+
+async fn apply_traffic(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    let Ok(text) = String::from_utf8(body.to_vec()) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "the manifest is not UTF-8 (expected a JSON Route or DestinationPolicy manifest)",
+        );
+    };
+    match api.master.send(ApplyTraffic(text)).await {
+        Ok(Ok(applied)) => Json(applied).into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn list_traffic(State(api): State<Api>) -> Response {
+    match api.master.send(ListTraffic).await {
+        Ok((routes, policies)) => {
+            Json(json!({ "routes": routes, "destination_policies": policies })).into_response()
+        }
+        Err(e) => master_down(e),
+    }
+}
+
+async fn delete_traffic(api: Api, kind: TrafficKind, namespace: String, name: String) -> Response {
+    let key = format!("{namespace}/{name}");
+    match api.master.send(DeleteTraffic(kind, namespace, name)).await {
+        Ok(Ok(())) => Json(json!({ "deleted": key })).into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn delete_route(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    delete_traffic(api, TrafficKind::Route, namespace, name).await
+}
+
+async fn delete_policy(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    delete_traffic(api, TrafficKind::DestinationPolicy, namespace, name).await
 }
 
 async fn deployments(State(api): State<Api>) -> Response {
@@ -380,6 +427,15 @@ pub async fn serve(
         .route(
             "/v1/deployments/{namespace}/{name}",
             get(describe_deployment).delete(delete_deployment),
+        )
+        .route("/v1/traffic", get(list_traffic).post(apply_traffic))
+        .route(
+            "/v1/routes/{namespace}/{name}",
+            axum::routing::delete(delete_route),
+        )
+        .route(
+            "/v1/destination-policies/{namespace}/{name}",
+            axum::routing::delete(delete_policy),
         )
         .route("/v1/tasks", get(tasks))
         .route("/v1/frameworks", get(frameworks))

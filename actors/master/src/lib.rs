@@ -30,10 +30,10 @@ pub mod tokens;
 
 pub use crate::core::{DeploymentRefusal, OperatorError, MAX_TOKEN_TTL};
 pub use crate::master::{
-    start, start_with_store, ApplyDeployment, CreateToken, CreatedToken, DeleteDeployment,
-    DescribeDeployment, DescribeTaskOf, DrainNode, IssueClient, Join, KillOn, LaunchOn,
-    ListAllTasks, ListDeploymentTasks, ListDeployments, ListNodes, ListProxyStatus, ListServices,
-    ListTasks, Master, MasterConfig, MasterError, MasterGate, MasterHandle, ProxyConfigOf,
-    ProxyEndpointsOf, ServiceEndpoints, Subscribe, TaskDescription, TaskLogs, TaskQueryRefusal,
-    API_TOKEN_FILE,
+    start, start_with_store, ApplyDeployment, ApplyTraffic, CreateToken, CreatedToken,
+    DeleteDeployment, DeleteTraffic, DescribeDeployment, DescribeTaskOf, DrainNode, IssueClient,
+    Join, KillOn, LaunchOn, ListAllTasks, ListDeploymentTasks, ListDeployments, ListNodes,
+    ListProxyStatus, ListServices, ListTasks, ListTraffic, Master, MasterConfig, MasterError,
+    MasterGate, MasterHandle, ProxyConfigOf, ProxyEndpointsOf, ServiceEndpoints, Subscribe,
+    TaskDescription, TaskLogs, TaskQueryRefusal, API_TOKEN_FILE,
 };

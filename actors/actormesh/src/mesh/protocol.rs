@@ -50,7 +50,9 @@ pub enum PushKind {
 
 /// The master pushes registry changes to a node's `$proxy`.
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
-#[remote(name = "actormesh.mesh.Push/v1", reply = Result<u64, PushRefused>)]
+/// v2: services carry their traffic policy (`Service::traffic`); a v1 proxy answers
+/// `UnknownMessage` rather than misreading it.
+#[remote(name = "actormesh.mesh.Push/v2", reply = Result<u64, PushRefused>)]
 pub struct Push {
     /// The registry version this push brings the proxy to.
     pub version: u64,
@@ -96,7 +98,7 @@ pub enum PushRefused {
 
 /// The operator asks a node's `$proxy` what it applied (`actormesh get proxy-config`).
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
-#[remote(name = "actormesh.mesh.DumpConfig/v1", reply = ProxyConfig)]
+#[remote(name = "actormesh.mesh.DumpConfig/v2", reply = ProxyConfig)]
 pub struct DumpConfig;
 
 /// What a proxy applied.

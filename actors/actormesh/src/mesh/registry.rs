@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::mesh::policy::spec::{DestinationPolicySpec, RouteSpec};
+
 /// The namespace of a bare name used outside any namespace.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -163,6 +165,80 @@ pub struct Service {
     pub locality: bool,
     /// Its ready endpoints, sorted by id.
     pub endpoints: Vec<Endpoint>,
+    /// The Route and DestinationPolicy applied to it (never skipped when empty: bincode
+    /// reads fields by position).
+    #[serde(default)]
+    pub traffic: Traffic,
+}
+
+/// An object applied to a service: its `namespace/name` and its spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Applied<T> {
+    /// The object's `namespace/name`.
+    pub object: String,
+    /// Its spec.
+    pub spec: T,
+}
+
+/// The traffic policy the master applied to a service. It travels in pushes as JSON (its
+/// specs use serde forms that bincode cannot carry), and a proxy checks it again when it
+/// applies a push.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Traffic {
+    /// The service's Route.
+    pub route: Option<Applied<RouteSpec>>,
+    /// Its DestinationPolicy.
+    pub policy: Option<Applied<DestinationPolicySpec>>,
+}
+
+// The specs' floats (percentages, ratios) are validated finite: equality is total on them.
+impl Eq for Traffic {}
+
+impl Traffic {
+    /// Whether nothing is applied.
+    pub fn is_empty(&self) -> bool {
+        self.route.is_none() && self.policy.is_none()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrafficForm {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    route: Option<Applied<RouteSpec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    policy: Option<Applied<DestinationPolicySpec>>,
+}
+
+impl Serialize for Traffic {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let form = TrafficForm {
+            route: self.route.clone(),
+            policy: self.policy.clone(),
+        };
+        if s.is_human_readable() {
+            form.serialize(s)
+        } else {
+            let json = serde_json::to_string(&form).map_err(serde::ser::Error::custom)?;
+            s.serialize_str(&json)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Traffic {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let form = if d.is_human_readable() {
+            TrafficForm::deserialize(d)?
+        } else {
+            let json = String::deserialize(d)?;
+            serde_json::from_str(&json).map_err(serde::de::Error::custom)?
+        };
+        Ok(Self {
+            route: form.route,
+            policy: form.policy,
+        })
+    }
 }
 
 /// A revoked identity and until when it stays refused (its certificate's expiry).
@@ -200,5 +276,54 @@ mod tests {
             assert!(e.to_string().contains("expected `namespace/name`"));
         }
         assert!(ServiceName::parse(&"x".repeat(64), "default").is_err());
+    }
+
+    #[test]
+    fn a_service_with_traffic_policy_crosses_the_wire_and_reads_as_json_objects() {
+        let route: RouteSpec = serde_json::from_str(
+            r#"{"service":"web","rules":[{"match":{"metadata":{"user":{"regex":"ja.*"}}},"split":[{"subset":"v2","weight":100}],"timeout":"1s"}]}"#,
+        )
+        .unwrap();
+        let policy: DestinationPolicySpec = serde_json::from_str(
+            r#"{"service":"web","subsets":[{"name":"v2","labels":{"version":"v2"}}],"outlier_detection":{}}"#,
+        )
+        .unwrap();
+        let s = Service {
+            name: "shop/web".parse().unwrap(),
+            labels: BTreeMap::new(),
+            balancer: BalancerKind::P2c,
+            locality: true,
+            endpoints: vec![],
+            traffic: Traffic {
+                route: Some(Applied {
+                    object: "shop/web".into(),
+                    spec: route,
+                }),
+                policy: Some(Applied {
+                    object: "shop/web-policy".into(),
+                    spec: policy,
+                }),
+            },
+        };
+        let bytes = actormesh_transport::codec::encode(&s).unwrap();
+        let back: Service = actormesh_transport::codec::decode(&bytes).unwrap();
+        assert_eq!(back, s);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["traffic"]["route"]["object"], "shop/web");
+        assert_eq!(
+            json["traffic"]["policy"]["spec"]["subsets"][0]["name"],
+            "v2"
+        );
+        let back: Service = serde_json::from_value(json).unwrap();
+        assert_eq!(back, s);
+        // A service without policy, as an earlier master's JSON shows it.
+        let plain = serde_json::json!({"name":{"namespace":"a","name":"b"},"labels":{},"balancer":"p2c","locality":false,"endpoints":[]});
+        let plain: Service = serde_json::from_value(plain).unwrap();
+        assert!(plain.traffic.is_empty());
+        let bytes = actormesh_transport::codec::encode(&plain).unwrap();
+        assert_eq!(
+            actormesh_transport::codec::decode::<Service>(&bytes).unwrap(),
+            plain
+        );
     }
 }

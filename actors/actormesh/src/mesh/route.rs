@@ -507,6 +507,7 @@ mod tests {
             balancer: BalancerKind::RoundRobin,
             locality: false,
             endpoints: eps,
+            traffic: Default::default(),
         }
     }
 

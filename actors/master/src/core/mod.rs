@@ -21,6 +21,7 @@ mod services;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod traffic;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -47,6 +48,7 @@ pub use self::framework_calls::PendingFramework;
 pub use self::frameworks::DEPLOYMENTS_ROLE;
 pub use self::scheduling::FrameworkSummary;
 pub use self::tasks::DeploymentRefusal;
+pub use self::traffic::{TrafficApplied, TrafficKind};
 
 /// Why an operator's request (create a token, drain a node, apply a deployment) was not
 /// carried out. The variant says whose fault it is, so the API answers 400, 404 or 503.
@@ -263,6 +265,9 @@ pub enum LoadError {
         /// Why.
         reason: String,
     },
+    /// A stored Route or DestinationPolicy no longer reads.
+    #[error("{0}")]
+    Traffic(#[from] crate::services::TrafficLoadError),
     /// A stored framework record cannot be read.
     #[error("stored framework {key} cannot be read: {reason}")]
     Framework {
@@ -326,6 +331,8 @@ pub struct ClusterCore {
     drains: crate::services::DrainBook,
     /// Deregistrations answered once the registry version without them is drained.
     deregistered: Vec<u64>,
+    /// The applied Routes and DestinationPolicies.
+    traffic: crate::services::TrafficBook,
     /// Actors nodes registered as endpoints themselves (soft state: lost with the master,
     /// registered again by the nodes).
     node_services: crate::services::NodeServices,
@@ -399,6 +406,12 @@ impl ClusterCore {
             pushes: crate::services::PushBook::new(setup.push, held),
             drains: crate::services::DrainBook::default(),
             deregistered: Vec::new(),
+            traffic: crate::services::TrafficBook::load(
+                setup
+                    .config_rows
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.value.as_slice())),
+            )?,
             node_services: BTreeMap::new(),
             version_ceiling: floor,
             drain_time: setup.drain_time,

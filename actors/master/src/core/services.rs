@@ -141,12 +141,15 @@ impl ClusterCore {
         std::collections::BTreeMap<ServiceName, Service>,
         Vec<Revocation>,
     ) {
-        let desired = endpoints_of(
+        let mut desired = endpoints_of(
             &self.deployments,
             |id| self.membership.get(id),
             &self.node_services,
             &self.trust_domain,
         );
+        for (name, s) in desired.iter_mut() {
+            s.traffic = self.traffic.traffic_of(name);
+        }
         let revoked = self
             .membership
             .all()

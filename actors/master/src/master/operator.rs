@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 use actormesh::protocol::{KillTask, LaunchActor, AGENT_ACTOR};
 
 use super::Master;
-use crate::core::{DeploymentRefusal, OperatorError};
+use crate::core::{DeploymentRefusal, OperatorError, TrafficApplied, TrafficKind};
+use crate::manifest::{PolicyManifest, RouteManifest};
 use crate::membership::{AgentRecord, MembershipEvent};
 use crate::tokens::{JoinToken, TokenRole};
 
@@ -122,6 +123,48 @@ impl Handler<DeleteDeployment> for Master {
     fn handle(&mut self, m: DeleteDeployment, ctx: &mut Context<Self>) -> Self::Result {
         let step = self.core.delete_deployment(&m.0);
         self.answer(step, ctx, |e| DeploymentRefusal::Store(e.to_string()))
+    }
+}
+
+/// Adds or replaces a Route or DestinationPolicy from manifest JSON (validated again here).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<TrafficApplied, OperatorError>")]
+pub struct ApplyTraffic(pub String);
+
+impl Handler<ApplyTraffic> for Master {
+    type Result = ResponseFuture<Result<TrafficApplied, OperatorError>>;
+    fn handle(&mut self, m: ApplyTraffic, ctx: &mut Context<Self>) -> Self::Result {
+        let step = self.core.apply_traffic(m.0);
+        self.answer(step, ctx, |e| {
+            OperatorError::Unavailable(format!("cannot record the object: {e}"))
+        })
+    }
+}
+
+/// Deletes a Route or DestinationPolicy: kind, namespace, name.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), OperatorError>")]
+pub struct DeleteTraffic(pub TrafficKind, pub String, pub String);
+
+impl Handler<DeleteTraffic> for Master {
+    type Result = ResponseFuture<Result<(), OperatorError>>;
+    fn handle(&mut self, m: DeleteTraffic, ctx: &mut Context<Self>) -> Self::Result {
+        let step = self.core.delete_traffic(m.0, &m.1, &m.2);
+        self.answer(step, ctx, |e| {
+            OperatorError::Unavailable(format!("cannot record the deletion: {e}"))
+        })
+    }
+}
+
+/// The applied Routes and DestinationPolicies.
+#[derive(Debug, Message)]
+#[rtype(result = "(Vec<RouteManifest>, Vec<PolicyManifest>)")]
+pub struct ListTraffic;
+
+impl Handler<ListTraffic> for Master {
+    type Result = MessageResult<ListTraffic>;
+    fn handle(&mut self, _: ListTraffic, _: &mut Context<Self>) -> Self::Result {
+        MessageResult((self.core.routes(), self.core.destination_policies()))
     }
 }
 

@@ -148,6 +148,7 @@ pub fn endpoints_of<'a>(
             balancer: decl.balancer,
             locality: decl.locality,
             endpoints: Vec::new(),
+            traffic: Default::default(),
         });
     }
     // With no deployment serving a service there is no task to look at (the walk is
@@ -197,6 +198,7 @@ pub fn endpoints_of<'a>(
                 balancer: BalancerKind::default(),
                 locality: true,
                 endpoints: Vec::new(),
+                traffic: Default::default(),
             })
             .endpoints
             .push(Endpoint {

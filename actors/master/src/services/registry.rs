@@ -220,6 +220,7 @@ pub(crate) mod tests {
                 balancer: BalancerKind::P2c,
                 locality: true,
                 endpoints: endpoints.iter().map(|e| endpoint(e)).collect(),
+                traffic: Default::default(),
             },
         )
     }

@@ -1,12 +1,14 @@
-//! The applied Routes and DestinationPolicies (issue 10, in progress: the core does not
-//! hold one yet). A plain book: one Route and one policy per service at most, each kept in
+//! The applied Routes and DestinationPolicies, which the core holds and the registry
+//! pushes with each service ([`TrafficBook::traffic_of`]). A plain book: one Route and one policy per service at most, each kept in
 //! the Config table as its manifest's JSON under `route/<ns>/<name>` or
 //! `policy/<ns>/<name>`, so a restarted master reloads exactly what was applied.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use actormesh::mesh::policy::analyze::Named;
 use actormesh::mesh::policy::spec::{DestinationPolicySpec, RouteSpec};
+use actormesh::mesh::registry::{Applied, Traffic};
 use actormesh::mesh::ServiceName;
 
 use crate::manifest::{parse_object, Object, PolicyManifest, RouteManifest};
@@ -198,6 +200,88 @@ impl TrafficBook {
                 .values()
                 .find(|(s, _)| s == service)
                 .map(|(_, m)| &m.spec),
+        )
+    }
+}
+
+impl TrafficBook {
+    /// What is applied to `service`, as the registry pushes it.
+    pub fn traffic_of(&self, service: &ServiceName) -> Traffic {
+        Traffic {
+            route: self
+                .routes
+                .iter()
+                .find(|(_, (s, _))| s == service)
+                .map(|(k, (_, m))| Applied {
+                    object: k.clone(),
+                    spec: m.spec.clone(),
+                }),
+            policy: self
+                .policies
+                .iter()
+                .find(|(_, (s, _))| s == service)
+                .map(|(k, (_, m))| Applied {
+                    object: k.clone(),
+                    spec: m.spec.clone(),
+                }),
+        }
+    }
+
+    /// Every applied Route, by `namespace/name`.
+    pub fn routes(&self) -> impl Iterator<Item = &RouteManifest> {
+        self.routes.values().map(|(_, m)| m)
+    }
+
+    /// Every applied DestinationPolicy, by `namespace/name`.
+    pub fn policies(&self) -> impl Iterator<Item = &PolicyManifest> {
+        self.policies.values().map(|(_, m)| m)
+    }
+
+    /// The applied objects as `analyze` takes them, with `extra` (objects about to be
+    /// applied) in place of the applied ones of the same name.
+    pub fn named<'a>(
+        &'a self,
+        extra_routes: &'a [RouteManifest],
+        extra_policies: &'a [PolicyManifest],
+    ) -> (
+        Vec<Named<'a, RouteSpec>>,
+        Vec<Named<'a, DestinationPolicySpec>>,
+    ) {
+        fn merge<'a, S, M: 'a>(
+            applied: impl Iterator<Item = &'a M>,
+            extra: &'a [M],
+            names: impl Fn(&'a M) -> (&'a str, &'a str, &'a S),
+        ) -> Vec<Named<'a, S>> {
+            let replaced: Vec<(&str, &str)> = extra
+                .iter()
+                .map(|m| {
+                    let (ns, n, _) = names(m);
+                    (ns, n)
+                })
+                .collect();
+            applied
+                .filter(|m| {
+                    let (ns, n, _) = names(m);
+                    !replaced.contains(&(ns, n))
+                })
+                .chain(extra)
+                .map(|m| {
+                    let (namespace, name, spec) = names(m);
+                    Named {
+                        namespace,
+                        name,
+                        spec,
+                    }
+                })
+                .collect()
+        }
+        (
+            merge(self.routes(), extra_routes, |m| {
+                (m.namespace.as_str(), m.name.as_str(), &m.spec)
+            }),
+            merge(self.policies(), extra_policies, |m| {
+                (m.namespace.as_str(), m.name.as_str(), &m.spec)
+            }),
         )
     }
 }

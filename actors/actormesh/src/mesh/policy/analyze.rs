@@ -11,7 +11,7 @@ use super::spec::{
 };
 
 /// One thing `analyze` found.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct Finding {
     /// A stable code, e.g. `AM1001`.
     pub code: &'static str,
@@ -264,6 +264,7 @@ mod tests {
             balancer: BalancerKind::P2c,
             locality: false,
             endpoints: eps,
+            traffic: Default::default(),
         }
     }
 

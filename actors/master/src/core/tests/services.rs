@@ -687,3 +687,99 @@ fn heartbeats_that_change_nothing_do_not_recompute_the_services_and_other_events
     assert_eq!(core.registry_recomputations(), before + 1);
     assert_eq!(endpoint_ids(&core), vec![launched[1].1.clone()]);
 }
+
+/// The Config rows an event's effects write, applied to `rows`.
+fn keep_config(rows: &mut Vec<(String, Versioned)>, effects: &[Effect]) {
+    for e in effects {
+        if let Effect::Persist(Batch {
+            changes: Ok(changes),
+            ..
+        }) = e
+        {
+            for c in changes {
+                match c {
+                    Change::Put {
+                        table: Table::Config,
+                        key,
+                        value,
+                        ..
+                    } => {
+                        rows.retain(|(k, _)| k != key);
+                        rows.push((
+                            key.clone(),
+                            Versioned {
+                                value: value.clone(),
+                                version: 1,
+                            },
+                        ));
+                    }
+                    Change::Delete {
+                        table: Table::Config,
+                        key,
+                        ..
+                    } => rows.retain(|(k, _)| k != key),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn an_applied_route_is_a_new_version_of_its_service_and_survives_a_restart() {
+    let t0 = Instant::now();
+    let (mut core, _) = serving(1, "", t0);
+    let mut rows = Vec::new();
+    let applied = core.apply_deployment(svc_web(1, "")).effects;
+    keep_config(&mut rows, &applied);
+    let _ = settled(&mut core, applied, t0);
+    let before = core.registry_version();
+    let route = r#"{"kind":"Route","name":"web-canary","spec":{"service":"web","rules":[{"split":[{"subset":"v1","weight":90},{"subset":"v2","weight":10}],"timeout":"2s"}]}}"#;
+    let step = core.apply_traffic(route.to_string());
+    let answer = step.reply.unwrap();
+    assert_eq!(answer.applied, "Route default/web-canary");
+    // No policy defines the subsets yet: applied, with analyze's warning.
+    assert!(
+        answer.warnings.iter().any(|w| w.code == "AM1001"),
+        "{:?}",
+        answer.warnings
+    );
+    assert!(step
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::Persist(b) if b.acknowledges)));
+    keep_config(&mut rows, &step.effects);
+    let _ = settled(&mut core, step.effects, t0);
+    assert!(core.registry_version() > before, "a change of the service");
+    let traffic = &core.service(&web_name()).unwrap().traffic;
+    assert_eq!(traffic.route.as_ref().unwrap().object, "default/web-canary");
+    assert_eq!(traffic.route.as_ref().unwrap().spec.rules[0].split.len(), 2);
+    // A second Route for the same service is refused, naming the first.
+    let other = route.replace("web-canary", "web-other");
+    let refused = core.apply_traffic(other).reply.unwrap_err();
+    assert!(
+        refused.to_string().contains("default/web-canary"),
+        "{refused}"
+    );
+    // A restarted master over the stored rows pushes the same.
+    let agents: Vec<AgentRecord> = core.agents().cloned().collect();
+    let again = ClusterCore::new(setup(agents, rows.clone()), t0).unwrap();
+    assert_eq!(
+        again.service(&web_name()).unwrap().traffic,
+        core.service(&web_name()).unwrap().traffic
+    );
+    // Deleted: the service goes back to no rules, in a new version.
+    let v = core.registry_version();
+    let step = core.delete_traffic(TrafficKind::Route, "default", "web-canary");
+    step.reply.unwrap();
+    keep_config(&mut rows, &step.effects);
+    let _ = settled(&mut core, step.effects, t0);
+    assert!(core.registry_version() > v);
+    assert!(core.service(&web_name()).unwrap().traffic.is_empty());
+    assert!(rows.iter().all(|(k, _)| !k.starts_with("route/")));
+    assert!(matches!(
+        core.delete_traffic(TrafficKind::Route, "default", "web-canary")
+            .reply,
+        Err(OperatorError::NotFound(_))
+    ));
+}

@@ -1,0 +1,107 @@
+//! Traffic policy: Routes and DestinationPolicies are applied and deleted here, stored in
+//! the Config table, and pushed with their services by the registry (every change is a
+//! new registry version of the services it touches).
+
+use serde::Serialize;
+use tracing::info;
+
+use actormesh::mesh::policy::analyze::{analyze, Finding};
+use actormesh::mesh::Service;
+
+use super::{ClusterCore, OperatorError, Step};
+use crate::manifest::{parse_object, Object, PolicyManifest, RouteManifest};
+
+/// What `apply` of a Route or DestinationPolicy answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrafficApplied {
+    /// `Kind namespace/name`.
+    pub applied: String,
+    /// What `analyze` finds across the applied objects and the registry with it in place
+    /// (warnings: the object is applied all the same).
+    pub warnings: Vec<Finding>,
+}
+
+/// The kinds `delete` takes besides deployments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrafficKind {
+    /// `kind: Route`.
+    Route,
+    /// `kind: DestinationPolicy`.
+    DestinationPolicy,
+}
+
+impl ClusterCore {
+    /// Applies (creates or replaces) the Route or DestinationPolicy in `manifest_json`. The
+    /// reply waits until it is stored; the registry pushes it with its service.
+    pub fn apply_traffic(
+        &mut self,
+        manifest_json: String,
+    ) -> Step<Result<TrafficApplied, OperatorError>> {
+        self.step(|core| {
+            let path = std::path::Path::new("manifest.json");
+            let object = parse_object(path, &manifest_json)
+                .map_err(|e| OperatorError::Invalid(e.to_string()))?;
+            let applied = object.describe();
+            let (routes, policies) = match &object {
+                Object::Route(r) => (vec![r.clone()], vec![]),
+                Object::DestinationPolicy(p) => (vec![], vec![p.clone()]),
+                Object::Deployment(_) => {
+                    return Err(OperatorError::Invalid(
+                        "a Deployment goes to /v1/deployments, not /v1/traffic".into(),
+                    ))
+                }
+            };
+            let warnings = core.analyze_with(&routes, &policies);
+            let changes = match object {
+                Object::Route(r) => core.traffic.apply_route(r),
+                Object::DestinationPolicy(p) => core.traffic.apply_policy(p),
+                Object::Deployment(_) => unreachable!("refused above"),
+            }
+            .map_err(|e| OperatorError::Invalid(e.to_string()))?;
+            core.persist_acknowledged(changes);
+            info!(object = %applied, warnings = warnings.len(), "traffic policy applied");
+            Ok(TrafficApplied { applied, warnings })
+        })
+    }
+
+    /// Deletes the Route or DestinationPolicy `namespace/name`.
+    pub fn delete_traffic(
+        &mut self,
+        kind: TrafficKind,
+        namespace: &str,
+        name: &str,
+    ) -> Step<Result<(), OperatorError>> {
+        self.step(|core| {
+            let changes = match kind {
+                TrafficKind::Route => core.traffic.delete_route(namespace, name),
+                TrafficKind::DestinationPolicy => core.traffic.delete_policy(namespace, name),
+            }
+            .map_err(|e| OperatorError::NotFound(e.to_string()))?;
+            core.persist_acknowledged(changes);
+            info!(?kind, %namespace, %name, "traffic policy deleted");
+            Ok(())
+        })
+    }
+
+    /// Every applied Route.
+    pub fn routes(&self) -> Vec<RouteManifest> {
+        self.traffic.routes().cloned().collect()
+    }
+
+    /// Every applied DestinationPolicy.
+    pub fn destination_policies(&self) -> Vec<PolicyManifest> {
+        self.traffic.policies().cloned().collect()
+    }
+
+    /// What `analyze` finds across the applied objects, `routes` and `policies` (in place of
+    /// applied ones of the same name) and the registry.
+    pub fn analyze_with(
+        &self,
+        routes: &[RouteManifest],
+        policies: &[PolicyManifest],
+    ) -> Vec<Finding> {
+        let (r, p) = self.traffic.named(routes, policies);
+        let services: Vec<Service> = self.registry.services().cloned().collect();
+        analyze(&r, &p, &services)
+    }
+}
