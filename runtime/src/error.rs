@@ -26,6 +26,8 @@ use crate::call::MetadataError;
 /// | `InvalidMetadata` | the call's metadata breaks a limit; refused by the caller before sending | no | 400 |
 /// | `NoEndpoints` | the service has no ready instance | no | 503 |
 /// | `PermissionDenied { policy, rule }` | authorization said no | no | 403 |
+/// | `CircuitOpen { service, limit }` | the caller's circuit breaker for the service is at a limit; answered at once | no | 503 |
+/// | `RateLimited { service }` | the callee's local rate limit for the service has no token | no | 429 |
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum AskError {
     /// No reply arrived before the deadline. The callee may or may not have handled it.
@@ -113,6 +115,22 @@ pub enum AskError {
     /// the same way again, so [`AskError::is_retry_safe`] is false although nothing was sent.
     #[error("invalid call metadata: {0}")]
     InvalidMetadata(MetadataError),
+    /// The caller's circuit breaker for the service is at one of its limits: the call was
+    /// refused at once, without waiting, and never sent.
+    #[error("circuit open for service {service:?}: {limit} reached")]
+    CircuitOpen {
+        /// The service.
+        service: String,
+        /// The limit reached (e.g. `max pending`).
+        limit: String,
+    },
+    /// The callee's local rate limit for the service had no token: refused where the call
+    /// arrived, before the mailbox.
+    #[error("rate limited: service {service:?} takes no more calls now")]
+    RateLimited {
+        /// The service.
+        service: String,
+    },
 }
 
 /// Whether the callee got a call that failed, which decides what a retry may do.
@@ -140,7 +158,9 @@ impl AskError {
             | AskError::NotDelivered { .. }
             | AskError::NoEndpoints { .. }
             | AskError::PermissionDenied { .. }
-            | AskError::InvalidMetadata(_) => CallOutcome::NotDelivered,
+            | AskError::InvalidMetadata(_)
+            | AskError::CircuitOpen { .. }
+            | AskError::RateLimited { .. } => CallOutcome::NotDelivered,
             AskError::Stopped { .. } | AskError::Panicked { .. } | AskError::Rejected(_) => {
                 CallOutcome::Delivered
             }
@@ -149,12 +169,16 @@ impl AskError {
 
     /// Whether sending the same call again is safe and may succeed: the callee never got
     /// it, and the refusal is not one the same call meets again (invalid metadata, a
-    /// denied permission). A retry may still go elsewhere (another endpoint).
+    /// denied permission) or that says to back off (an open circuit, a rate limit). A
+    /// retry may still go elsewhere (another endpoint).
     pub fn is_retry_safe(&self) -> bool {
         self.outcome() == CallOutcome::NotDelivered
             && !matches!(
                 self,
-                AskError::InvalidMetadata(_) | AskError::PermissionDenied { .. }
+                AskError::InvalidMetadata(_)
+                    | AskError::PermissionDenied { .. }
+                    | AskError::CircuitOpen { .. }
+                    | AskError::RateLimited { .. }
             )
     }
 
@@ -165,7 +189,9 @@ impl AskError {
             AskError::Unreachable { .. }
             | AskError::MailboxFull { .. }
             | AskError::NotDelivered { .. }
-            | AskError::NoEndpoints { .. } => 503,
+            | AskError::NoEndpoints { .. }
+            | AskError::CircuitOpen { .. } => 503,
+            AskError::RateLimited { .. } => 429,
             AskError::NoSuchActor { .. } | AskError::UnknownMessage { .. } => 404,
             AskError::Stopped { .. } | AskError::Panicked { .. } => 500,
             AskError::Rejected(_) | AskError::InvalidMetadata(_) => 400,
@@ -293,6 +319,13 @@ mod tests {
                 size: 2000,
                 limit: 1024,
             }),
+            AskError::CircuitOpen {
+                service: "shop/ratings".into(),
+                limit: "max pending".into(),
+            },
+            AskError::RateLimited {
+                service: "shop/ratings".into(),
+            },
         ]
     }
 
@@ -313,6 +346,8 @@ mod tests {
             (NotDelivered, 503, true),
             (NotDelivered, 403, false),
             (NotDelivered, 400, false),
+            (NotDelivered, 503, false),
+            (NotDelivered, 429, false),
         ];
         let kinds = every_kind();
         assert_eq!(kinds.len(), expected.len());

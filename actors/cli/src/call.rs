@@ -32,6 +32,8 @@ pub(crate) mod exit {
     pub const FAILED: u8 = 8;
     /// Authorization said no.
     pub const DENIED: u8 = 9;
+    /// The callee's rate limit refused the call: try again later.
+    pub const RATE_LIMITED: u8 = 10;
 }
 
 /// The exit code for a failed call.
@@ -42,6 +44,7 @@ pub(crate) fn exit_code(e: &AskError) -> u8 {
         AskError::Rejected(_) => exit::REJECTED,
         AskError::InvalidMetadata(_) => exit::BAD_INPUT,
         AskError::PermissionDenied { .. } => exit::DENIED,
+        AskError::RateLimited { .. } => exit::RATE_LIMITED,
         AskError::Stopped { .. } | AskError::Panicked { .. } => exit::FAILED,
         _ => exit::UNAVAILABLE,
     }
@@ -200,6 +203,19 @@ mod tests {
                     rule: "r".into(),
                 },
                 exit::DENIED,
+            ),
+            (
+                AskError::RateLimited {
+                    service: "shop/ratings".into(),
+                },
+                exit::RATE_LIMITED,
+            ),
+            (
+                AskError::CircuitOpen {
+                    service: "shop/ratings".into(),
+                    limit: "max pending".into(),
+                },
+                exit::UNAVAILABLE,
             ),
         ];
         for (e, code) in cases {
