@@ -38,6 +38,7 @@ mod config;
 mod deadline;
 mod dispatch;
 mod error;
+mod gate;
 mod inbound;
 mod lanes;
 mod locks;
@@ -56,6 +57,7 @@ pub use call::{
 };
 pub use config::{NodeConfig, PRIORITY_SYSTEM};
 pub use error::{AskError, CallOutcome, NodeError, TellError};
+pub use gate::{Arrival, InboundGate, Refusal};
 pub use message::{caller, hosted_actor_types, Delivery, HandlerEntry, RemoteMessage};
 pub use node::{Node, SpawnOptions, Watch};
 pub use remote_ref::RemoteRef;

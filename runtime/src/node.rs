@@ -81,6 +81,11 @@ impl Home for NodeInner {
     fn identity(&self) -> SpiffeId {
         self.ctx.endpoint.identity()
     }
+
+    #[inline]
+    fn admit(&self, actor: &str, message: &str) -> Result<(), crate::gate::Refusal> {
+        self.slots.gate.admit(actor, message, None)
+    }
 }
 
 impl ActorEnd for NodeInner {
@@ -244,6 +249,14 @@ impl Node {
     /// This node's identity.
     pub fn identity(&self) -> SpiffeId {
         self.inner.ctx.endpoint.identity()
+    }
+
+    /// Installs the gate that decides on every call to this node's actors as it arrives
+    /// (from the network or from this node), before it takes a mailbox place; `None`
+    /// removes it. A refused ask fails with the refusal's [`crate::AskError`]; a refused
+    /// tell is dropped (remote) or handed back as `TellError::NotDelivered` (local).
+    pub fn set_inbound_gate(&self, gate: Option<Arc<dyn crate::InboundGate>>) {
+        self.inner.slots.gate.set(gate);
     }
 
     /// The transport endpoint (for certificate replacement and diagnostics).

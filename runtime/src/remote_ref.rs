@@ -35,6 +35,9 @@ pub(crate) trait Home: Send + Sync + std::fmt::Debug {
     fn slot(&self, name: &str) -> Option<Arc<ActorSlot>>;
     /// This node's identity.
     fn identity(&self) -> SpiffeId;
+    /// Whether a call from this node to its actor `actor` of `message` passes the node's
+    /// inbound gate.
+    fn admit(&self, actor: &str, message: &str) -> Result<(), crate::gate::Refusal>;
 }
 
 #[derive(Debug, Clone)]
@@ -210,6 +213,9 @@ impl RemoteRef {
                 let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
                     return Err(TellError::UnknownMessage(msg));
                 };
+                if let Err(r) = self.home.admit(&self.name, M::NAME) {
+                    return Err(TellError::NotDelivered(msg, r.to_string()));
+                }
                 let permit = slot.permits().acquire().await;
                 let call = local_call(&slot, Deadline::None, meta);
                 deliver_local(
@@ -263,6 +269,9 @@ impl RemoteRef {
                 let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
                     return Err(TellError::UnknownMessage(msg));
                 };
+                if let Err(r) = self.home.admit(&self.name, M::NAME) {
+                    return Err(TellError::NotDelivered(msg, r.to_string()));
+                }
                 let Some(permit) = slot.permits().try_acquire() else {
                     return Err(TellError::Full(msg));
                 };
@@ -528,6 +537,7 @@ impl RemoteRef {
                 message: M::NAME.to_string(),
             });
         };
+        self.home.admit(&self.name, M::NAME)?;
         let (permit, remaining) = self.local_permit(&slot, timeout, wait_for_room).await?;
         let (tx, rx) = oneshot::channel();
         let generation = slot.generation();
@@ -600,6 +610,7 @@ impl RemoteRef {
                 message: name.to_string(),
             });
         };
+        self.home.admit(&self.name, name)?;
         let (permit, remaining) = self.local_permit(&slot, timeout, true).await?;
         let (tx, rx) = oneshot::channel();
         let call = local_call(&slot, Deadline::Within(remaining), Some(meta));
@@ -752,6 +763,7 @@ impl RemoteRef {
             },
             WireError::Rejected(r) => AskError::Rejected(r),
             WireError::Timeout => AskError::Timeout { after: timeout },
+            WireError::Refused(r) => r.into(),
         }
     }
 }

@@ -193,6 +193,8 @@ pub(crate) struct SlotTable {
     /// the real reason instead of `NoSuchActor`.
     ended: Mutex<VecDeque<(Arc<str>, TerminationReason)>>,
     next_id: AtomicU64,
+    /// What decides on calls as they arrive, before a mailbox place is taken.
+    pub(crate) gate: crate::gate::GateCell,
 }
 
 impl SlotTable {

@@ -366,6 +366,8 @@ pub enum WireError {
     Rejected(String),
     /// The deadline passed before the message reached the actor.
     Timeout,
+    /// The node's inbound gate refused the call before it took a mailbox place.
+    Refused(crate::gate::Refusal),
 }
 
 /// Appends a successful reply frame body.

@@ -45,6 +45,9 @@ pub struct HealthPolicy {
     pub base_ejection: Duration,
     /// The longest ejection.
     pub max_ejection: Duration,
+    /// The n-th ejection in a row lasts n × `base_ejection` (Envoy's outlier detection)
+    /// rather than doubling each time.
+    pub linear: bool,
 }
 
 impl Default for HealthPolicy {
@@ -53,6 +56,7 @@ impl Default for HealthPolicy {
             failures_to_eject: 2,
             base_ejection: Duration::from_secs(1),
             max_ejection: Duration::from_secs(30),
+            linear: false,
         }
     }
 }
@@ -61,8 +65,12 @@ impl HealthPolicy {
     fn ejection(&self, times_in_a_row: u32) -> Nanos {
         let base = self.base_ejection.as_nanos() as u64;
         let max = self.max_ejection.as_nanos() as u64;
-        base.saturating_mul(1u64 << times_in_a_row.saturating_sub(1).min(32))
-            .min(max)
+        let factor = if self.linear {
+            u64::from(times_in_a_row.max(1))
+        } else {
+            1u64 << times_in_a_row.saturating_sub(1).min(32)
+        };
+        base.saturating_mul(factor).min(max)
     }
 }
 
@@ -164,6 +172,24 @@ impl EndpointState {
         decay: Duration,
         policy: &HealthPolicy,
     ) {
+        self.finish_capped(admission, outcome, latency, now, decay, policy, || true)
+    }
+
+    /// As [`EndpointState::finish`], but an endpoint that reached its failures is ejected
+    /// only if `may_eject` says the service may lose one more (outlier detection's
+    /// max-ejected and min-healthy shares); it is asked only then, and not for an endpoint
+    /// that is out already (a failed probe, a late failure while ejected).
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish_capped(
+        &self,
+        admission: Admission,
+        outcome: Outcome,
+        latency: Option<Duration>,
+        now: Nanos,
+        decay: Duration,
+        policy: &HealthPolicy,
+        may_eject: impl FnOnce() -> bool,
+    ) {
         self.in_flight.fetch_sub(1, Relaxed);
         // A fast failure must not look like a fast endpoint: only answers feed the latency,
         // and an unknown outcome counts as slow as it was.
@@ -173,7 +199,10 @@ impl EndpointState {
         if outcome.is_failure() {
             let failures = self.failures.fetch_add(1, Relaxed) + 1;
             let probe_failed = admission == Admission::Probe;
-            if probe_failed || failures >= policy.failures_to_eject.max(1) {
+            if probe_failed
+                || (failures >= policy.failures_to_eject.max(1)
+                    && (self.is_ejected() || may_eject()))
+            {
                 let times = self.ejections.fetch_add(1, Relaxed) + 1;
                 self.ejected_until
                     .store(now.saturating_add(policy.ejection(times)).max(1), Relaxed);
@@ -240,6 +269,7 @@ mod tests {
             failures_to_eject: 2,
             base_ejection: Duration::from_millis(100),
             max_ejection: Duration::from_millis(1000),
+            linear: false,
         }
     }
 

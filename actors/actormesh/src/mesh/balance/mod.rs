@@ -174,17 +174,60 @@ impl ServiceBalancer {
         states: &[Arc<EndpointState>],
         input: PickInput<'_, R>,
     ) -> Option<Picked> {
+        self.pick_avoiding(states, input, &[])
+    }
+
+    /// Picks an endpoint other than those in `avoid` (a retry's earlier tries) if there is
+    /// one that may be used; else as [`ServiceBalancer::pick`]. Under consistent hashing
+    /// this is the next endpoint on the ring for the call's key.
+    pub fn pick_avoiding<R: Random>(
+        &self,
+        states: &[Arc<EndpointState>],
+        input: PickInput<'_, R>,
+        avoid: &[usize],
+    ) -> Option<Picked> {
         let PickInput { now, key, random } = input;
         let key = key.unwrap_or_else(|| random.next_u64());
+        if !avoid.is_empty() {
+            if let Some(p) = self.pick_in_tiers(states, now, key, random, avoid) {
+                return Some(p);
+            }
+        }
+        if let Some(p) = self.pick_in_tiers(states, now, key, random, &[]) {
+            return Some(p);
+        }
+        // Panic mode: every endpoint is ejected; use them all.
+        let all = self.tiers.last()?;
+        let p = self.pick_in(all, states, now, key, random, |_| true)?;
+        Some(Picked {
+            index: all.members[p] as usize,
+            admission: Admission::Ready,
+        })
+    }
+
+    fn pick_in_tiers<R: Random>(
+        &self,
+        states: &[Arc<EndpointState>],
+        now: Nanos,
+        key: u64,
+        random: &mut R,
+        avoid: &[usize],
+    ) -> Option<Picked> {
         for tier in &self.tiers {
             let probe = Cell::new(false);
-            let admit = |p: usize| match states[tier.members[p] as usize].admit(now) {
-                Some(Admission::Ready) => true,
-                Some(Admission::Probe) => {
-                    probe.set(true);
-                    true
+            let admit = |p: usize| {
+                let index = tier.members[p] as usize;
+                if avoid.contains(&index) {
+                    return false;
                 }
-                None => false,
+                match states[index].admit(now) {
+                    Some(Admission::Ready) => true,
+                    Some(Admission::Probe) => {
+                        probe.set(true);
+                        true
+                    }
+                    None => false,
+                }
             };
             if let Some(p) = self.pick_in(tier, states, now, key, random, admit) {
                 return Some(Picked {
@@ -197,13 +240,7 @@ impl ServiceBalancer {
                 });
             }
         }
-        // Panic mode: every endpoint is ejected; use them all.
-        let all = self.tiers.last()?;
-        let p = self.pick_in(all, states, now, key, random, |_| true)?;
-        Some(Picked {
-            index: all.members[p] as usize,
-            admission: Admission::Ready,
-        })
+        None
     }
 
     fn pick_in<R: Random>(
