@@ -450,6 +450,12 @@ impl CallInfo {
         self.meta()?.workload.as_deref()
     }
 
+    /// The workload of the actor handling this call (`SpawnOptions::workload`): what the
+    /// calls it makes assert, and what a caller-side route matches `source` against.
+    pub fn handler_workload(&self) -> Option<&str> {
+        self.ctx.as_ref()?.handler_workload.as_deref()
+    }
+
     /// The attempt number the caller gave (0 when it gave none; retries count up).
     pub fn attempt(&self) -> u32 {
         self.meta().map_or(0, |m| m.attempt)

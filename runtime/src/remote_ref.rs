@@ -445,7 +445,7 @@ impl RemoteRef {
             Target::Local(cell) => {
                 self.check_local_pin()
                     .map_err(|reason| AskError::NotDelivered { reason })?;
-                self.ask_local_encoded(cell, message_name, &body, meta, timeout)
+                self.ask_local_encoded(cell, message_name, &body, meta, timeout, true)
                     .await?
             }
             Target::Remote(peer) => {
@@ -460,6 +460,53 @@ impl RemoteRef {
         serde_json::from_slice(&bytes).map_err(|e| {
             AskError::Rejected(format!("the reply to {message_name} is not JSON: {e}"))
         })
+    }
+
+    /// Calls the message named `message_name` with `payload` already encoded as its type
+    /// encodes it (the runtime's codec); the reply comes back encoded. The mesh sends its
+    /// copies of a call (mirrors) this way, so that they hold no borrow of the message.
+    pub async fn ask_encoded(
+        &self,
+        message_name: &str,
+        payload: &[u8],
+        options: &CallOptions,
+    ) -> Result<Bytes, AskError> {
+        if message_name.is_empty() || message_name.len() > 255 {
+            return Err(AskError::NotDelivered {
+                reason: format!(
+                    "message name {message_name:?} must be 1 to 255 bytes, it is {}",
+                    message_name.len()
+                ),
+            });
+        }
+        let ambient = CallInfo::ambient();
+        let timeout = outgoing_timeout(
+            ambient.as_ref(),
+            options,
+            self.default_timeout,
+            std::time::Instant::now,
+        );
+        let meta = outgoing_meta(ambient.as_ref(), options, false);
+        if let Some(m) = &meta {
+            m.check().map_err(AskError::InvalidMetadata)?;
+        }
+        match &self.target {
+            Target::Local(cell) => {
+                self.check_local_pin()
+                    .map_err(|reason| AskError::NotDelivered { reason })?;
+                let meta = Arc::new(meta.unwrap_or_default());
+                self.ask_local_encoded(cell, message_name, payload, meta, timeout, false)
+                    .await
+            }
+            Target::Remote(peer) => {
+                let body = |b: &mut Vec<u8>| {
+                    b.extend_from_slice(payload);
+                    Ok(())
+                };
+                self.ask_remote(peer, message_name, body, meta.map(Arc::new), timeout, true)
+                    .await
+            }
+        }
     }
 
     /// `planned` was decided when the call was made (see [`ask_plan`]).
@@ -596,6 +643,7 @@ impl RemoteRef {
         payload: &[u8],
         meta: Arc<CallMeta>,
         timeout: Duration,
+        json: bool,
     ) -> Result<Bytes, AskError> {
         let Some(slot) = self.local_slot(cell) else {
             return Err(AskError::NoSuchActor {
@@ -618,7 +666,7 @@ impl RemoteRef {
             let addr = slot.address();
             match addr.as_deref() {
                 Some(a) => {
-                    let reply = RemoteReply::local(tx, true);
+                    let reply = RemoteReply::local(tx, json);
                     // A decoding failure has answered the reply already.
                     let _ = (entry.remote)(a, payload, Some(reply), Some(permit), call);
                     true

@@ -88,9 +88,10 @@ extern crate self as actormesh;
 
 pub use actormesh_macros::{handler, RemoteMessage};
 pub use actormesh_runtime::{
-    caller, hosted_actor_types, AskError, Backoff, CallInfo, CallOptions, CallOutcome, Metadata,
-    MetadataError, Node, NodeConfig, NodeError, RemoteMessage, RemoteRef, RestartPolicy,
-    SpawnOptions, TellError, Terminated, TerminationReason, TraceContext, Watch, METADATA_LIMIT,
+    caller, hosted_actor_types, Arrival, AskError, Backoff, CallInfo, CallOptions, CallOutcome,
+    InboundGate, Metadata, MetadataError, Node, NodeConfig, NodeError, Refusal, RemoteMessage,
+    RemoteRef, RestartPolicy, SpawnOptions, TellError, Terminated, TerminationReason, TraceContext,
+    Watch, METADATA_LIMIT,
 };
 pub use actormesh_transport as transport;
 pub use local_ca::{LocalCa, LocalCaError};

@@ -6,6 +6,7 @@
 //! [`Mesh::service`]) reads the published table per call, picks an endpoint with the
 //! service's balancer ([`balance`]) and calls it directly.
 pub mod balance;
+mod calls;
 mod clock;
 mod handle;
 pub mod policy;

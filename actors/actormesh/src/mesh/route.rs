@@ -16,6 +16,8 @@ use crate::mesh::balance::{
     stable_hash, BalanceConfig, EndpointState, Locality, Member, Nanos, PickInput, Picked, Random,
     ServiceBalancer,
 };
+use crate::mesh::policy::active::{service_balancer, ActivePolicy};
+use crate::mesh::policy::bucket::TokenBucket;
 use crate::mesh::protocol::{ProxyConfig, Push, PushKind, PushRefused};
 use crate::mesh::registry::{Endpoint, Revocation, Service, ServiceName};
 
@@ -46,9 +48,43 @@ pub struct ServiceRoutes<T> {
     states: Vec<Arc<EndpointState>>,
     targets: Vec<T>,
     balancer: ServiceBalancer,
+    /// Its traffic policy, if a Route or DestinationPolicy is applied.
+    policy: Option<Box<ActivePolicy>>,
 }
 
 impl<T> ServiceRoutes<T> {
+    /// Its traffic policy (`None`: calls go to the whole service with no policy).
+    #[inline]
+    pub fn policy(&self) -> Option<&ActivePolicy> {
+        self.policy.as_deref()
+    }
+
+    /// The rule that ejects its endpoints: outlier detection's if the policy sets it,
+    /// else the node's passive health.
+    pub fn health(&self) -> crate::mesh::balance::HealthPolicy {
+        self.policy()
+            .and_then(ActivePolicy::health)
+            .unwrap_or(self.balancer.config().health)
+    }
+
+    /// Whether one more endpoint may be ejected now: under outlier detection, within its
+    /// max-ejected and min-healthy shares; without it, always (every endpoint out is
+    /// panic mode, where all are used).
+    pub fn may_eject(&self) -> bool {
+        match self.policy().and_then(ActivePolicy::outlier) {
+            None => true,
+            Some(o) => {
+                let ejected = self.states.iter().filter(|s| s.is_ejected()).count();
+                o.may_eject(self.states.len(), ejected)
+            }
+        }
+    }
+
+    /// All endpoints' live states, by index.
+    pub fn states(&self) -> &[Arc<EndpointState>] {
+        &self.states
+    }
+
     /// The service as pushed.
     pub fn service(&self) -> &Service {
         &self.service
@@ -77,6 +113,16 @@ impl<T> ServiceRoutes<T> {
     /// Picks an endpoint for one call; `None` when the service has no endpoint.
     pub fn pick<R: Random>(&self, input: PickInput<'_, R>) -> Option<Picked> {
         self.balancer.pick(&self.states, input)
+    }
+
+    /// Picks an endpoint other than those in `avoid` (a retry's earlier tries) if one may
+    /// be used.
+    pub fn pick_avoiding<R: Random>(
+        &self,
+        input: PickInput<'_, R>,
+        avoid: &[usize],
+    ) -> Option<Picked> {
+        self.balancer.pick_avoiding(&self.states, input, avoid)
     }
 }
 
@@ -185,11 +231,22 @@ impl<T> ByName<T> {
     }
 }
 
+/// A rate limit of a service one of this node's actors serves: the service and its bucket.
+pub type LocalLimit = (ServiceName, Arc<std::sync::Mutex<TokenBucket>>);
+
+/// The rate limits of this node's actors, by actor name: what the node's inbound gate
+/// checks as calls arrive.
+pub type LocalLimits = HashMap<String, Vec<LocalLimit>>;
+
 /// An immutable snapshot of the routes a Proxy applied.
 #[derive(Debug)]
 pub struct RouteTable<T> {
     version: Option<u64>,
     services: ByName<T>,
+    /// Services with a rate limit and an endpoint on this node.
+    limited: std::collections::BTreeSet<ServiceName>,
+    /// Their limits by local actor, shared with the previous table when unchanged.
+    limits: Arc<LocalLimits>,
     /// Revoked identities, by id, refused until (ms since the epoch).
     revoked: BTreeMap<String, u64>,
     context: Arc<RouteContext<T>>,
@@ -284,6 +341,8 @@ impl<T: Clone> RouteTable<T> {
         Self {
             version: None,
             services: ByName::default(),
+            limited: Default::default(),
+            limits: Arc::default(),
             revoked: BTreeMap::new(),
             context: Arc::new(RouteContext {
                 locality,
@@ -324,7 +383,7 @@ impl<T: Clone> RouteTable<T> {
             services.remove(r);
         }
         for s in &push.services {
-            let routes = self.build(s, self.services.get(&s.name).map(|a| &**a), now);
+            let routes = self.build(s, self.services.get(&s.name).map(|a| &**a), now)?;
             services.insert(s.name.clone(), Arc::new(routes));
         }
         let mut revoked = match push.kind {
@@ -335,15 +394,71 @@ impl<T: Clone> RouteTable<T> {
             let until = revoked.entry(r.id.clone()).or_insert(r.until_ms);
             *until = (*until).max(r.until_ms);
         }
+        let (limited, limits) = self.local_limits(push, &services);
         Ok(RouteTable {
             version: Some(push.version),
             services,
+            limited,
+            limits,
             revoked,
             context: self.context.clone(),
         })
     }
 
-    fn build(&self, s: &Service, old: Option<&ServiceRoutes<T>>, now: Nanos) -> ServiceRoutes<T> {
+    /// The rate-limited services with an endpoint on this node after `push`, and their
+    /// limits by local actor (the previous ones, shared, if the push changed none of them).
+    fn local_limits(
+        &self,
+        push: &Push,
+        services: &ByName<T>,
+    ) -> (std::collections::BTreeSet<ServiceName>, Arc<LocalLimits>) {
+        let me = &self.context.locality.node;
+        let mut limited = match push.kind {
+            PushKind::Full => Default::default(),
+            PushKind::Delta { .. } => self.limited.clone(),
+        };
+        let mut touched = matches!(push.kind, PushKind::Full) && !self.limited.is_empty();
+        for r in &push.removed {
+            touched |= limited.remove(r);
+        }
+        for s in &push.services {
+            let Some(routes) = services.get(&s.name) else {
+                continue;
+            };
+            let local = routes.policy().and_then(|p| p.limiter()).is_some()
+                && routes.endpoints().iter().any(|e| &e.node == me);
+            touched |= limited.remove(&s.name) | local;
+            if local {
+                limited.insert(s.name.clone());
+            }
+        }
+        if !touched {
+            return (limited, self.limits.clone());
+        }
+        let mut limits = LocalLimits::new();
+        for name in &limited {
+            let Some(routes) = services.get(name) else {
+                continue;
+            };
+            let Some(bucket) = routes.policy().and_then(|p| p.limiter()) else {
+                continue;
+            };
+            for e in routes.endpoints().iter().filter(|e| &e.node == me) {
+                limits
+                    .entry(e.actor.clone())
+                    .or_default()
+                    .push((name.clone(), bucket.clone()));
+            }
+        }
+        (limited, Arc::new(limits))
+    }
+
+    fn build(
+        &self,
+        s: &Service,
+        old: Option<&ServiceRoutes<T>>,
+        now: Nanos,
+    ) -> Result<ServiceRoutes<T>, PushRefused> {
         let ctx = &self.context;
         let mut endpoints = s.endpoints.clone();
         endpoints.sort_by(|a, b| a.id.cmp(&b.id));
@@ -386,15 +501,30 @@ impl<T: Clone> RouteTable<T> {
             })
             .collect();
         let start = stable_hash(ctx.locality.node.as_bytes()) as usize;
+        let make = |kind, indices: &[usize]| {
+            let of: Vec<Member<'_>> = indices.iter().map(|i| members[*i]).collect();
+            ServiceBalancer::new(kind, &of, &ctx.locality, s.locality, ctx.config, start)
+        };
         let balancer = ServiceBalancer::new(
-            s.balancer,
+            service_balancer(&s.traffic, s.balancer),
             &members,
             &ctx.locality,
             s.locality,
             ctx.config,
             start,
         );
-        ServiceRoutes {
+        let policy = ActivePolicy::build(
+            &s.traffic,
+            &endpoints,
+            &states,
+            s.balancer,
+            old.and_then(|o| o.policy()),
+            &make,
+            now,
+        )
+        .map_err(|e| invalid(format!("service {}: {e}", s.name)))?
+        .map(Box::new);
+        Ok(ServiceRoutes {
             service: Service {
                 endpoints,
                 ..s.clone()
@@ -402,7 +532,8 @@ impl<T: Clone> RouteTable<T> {
             states,
             targets,
             balancer,
-        }
+            policy,
+        })
     }
 }
 
@@ -426,6 +557,11 @@ impl<T> RouteTable<T> {
         name: &ServiceName,
     ) -> Option<&Arc<ServiceRoutes<T>>> {
         self.services.shards[shard.0].get(name)
+    }
+
+    /// The rate limits of this node's actors, by actor name.
+    pub fn limits(&self) -> &Arc<LocalLimits> {
+        &self.limits
     }
 
     /// How many services the table holds.

@@ -8,10 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::mesh::balance::{stable_hash, Admission, EndpointState, Outcome, PickInput, SplitMix64};
+use crate::mesh::calls::Plan;
 use crate::mesh::clock;
 use crate::mesh::proxy::Routes;
 use crate::mesh::registry::ServiceName;
 use crate::mesh::route::{ServiceRoutes, ShardIndex};
+use crate::transport::codec;
 use crate::{
     AskError, CallOptions as RuntimeCallOptions, Metadata, RemoteMessage, RemoteRef, TellError,
 };
@@ -84,6 +86,17 @@ thread_local! {
     }));
 }
 
+/// Runs `f` with this thread's random numbers.
+#[inline]
+pub(crate) fn with_random<T>(f: impl FnOnce(&mut SplitMix64) -> T) -> T {
+    RANDOM.with(|cell| {
+        let mut random = cell.get();
+        let out = f(&mut random);
+        cell.set(random);
+        out
+    })
+}
+
 /// A service, called by name. Cheap to clone; made by [`crate::mesh::Mesh::service`].
 #[derive(Clone)]
 pub struct ServiceRef {
@@ -124,25 +137,43 @@ impl Started {
 
 /// One call in flight on an endpoint: its outcome goes into the endpoint's state, or, if
 /// the caller drops the call, the call is forgotten (and a probe it was is released).
-struct InFlight<'a> {
+pub(crate) struct InFlight<'a> {
     state: &'a EndpointState,
     admission: Admission,
     started: Instant,
     done: bool,
 }
 
-impl InFlight<'_> {
-    fn finish(mut self, outcome: Outcome, waited: bool, routes: &ServiceRoutes<RemoteRef>) {
+impl<'a> InFlight<'a> {
+    /// A call started now on the endpoint of `state` (already counted by `start`).
+    pub(crate) fn new(state: &'a EndpointState, admission: Admission) -> Self {
+        Self {
+            state,
+            admission,
+            started: Instant::now(),
+            done: false,
+        }
+    }
+
+    /// The call ended with `outcome`; `waited` if it waited for an answer (a latency
+    /// sample). Under outlier detection an ejection is capped by its shares.
+    pub(crate) fn finish(
+        mut self,
+        outcome: Outcome,
+        waited: bool,
+        routes: &ServiceRoutes<RemoteRef>,
+    ) {
         self.done = true;
         let end = Instant::now();
         let config = routes.config();
-        self.state.finish(
+        self.state.finish_capped(
             self.admission,
             outcome,
             waited.then(|| end - self.started),
             clock::nanos(end),
             config.decay,
-            &config.health,
+            &routes.health(),
+            || routes.may_eject(),
         );
     }
 }
@@ -155,7 +186,7 @@ impl Drop for InFlight<'_> {
     }
 }
 
-fn ask_outcome<R>(r: &Result<R, AskError>) -> Outcome {
+pub(crate) fn ask_outcome<R>(r: &Result<R, AskError>) -> Outcome {
     match r {
         Ok(_) => Outcome::Success,
         // Sent, then the link went: whether the endpoint got it is unknown.
@@ -202,25 +233,20 @@ impl ServiceRef {
         &self.options
     }
 
-    /// Picks an endpoint for one call from the current table, and starts the call on it.
-    fn start_call(&self, key: Option<u64>) -> Option<Started> {
-        let routes = self
-            .routes
+    /// The service's routes in the current table.
+    #[inline]
+    fn routes_now(&self) -> Option<Arc<ServiceRoutes<RemoteRef>>> {
+        self.routes
             .load()
-            .service_in(self.shard, &self.name)?
-            .clone();
+            .service_in(self.shard, &self.name)
+            .cloned()
+    }
+
+    /// Picks an endpoint of `routes` for one call (no policy), and starts the call on it.
+    fn start_on(&self, routes: Arc<ServiceRoutes<RemoteRef>>, key: Option<u64>) -> Option<Started> {
         let started = Instant::now();
         let now = clock::nanos(started);
-        let picked = RANDOM.with(|cell| {
-            let mut random = cell.get();
-            let p = routes.pick(PickInput {
-                now,
-                key,
-                random: &mut random,
-            });
-            cell.set(random);
-            p
-        })?;
+        let picked = with_random(|random| routes.pick(PickInput { now, key, random }))?;
         routes.state(picked.index).start();
         Some(Started {
             routes,
@@ -272,7 +298,14 @@ impl ServiceRef {
         options: &CallOptions,
         wait_for_room: bool,
     ) -> Result<M::Result, AskError> {
-        let Some(started) = self.start_call(options.hash_key) else {
+        let Some(routes) = self.routes_now() else {
+            return Err(no_endpoints(&self.name));
+        };
+        if routes.policy().is_some() {
+            // Boxed: the policy's state would otherwise weigh on every plain call's future.
+            return Box::pin(self.ask_by_policy(msg, options, wait_for_room, routes)).await;
+        }
+        let Some(started) = self.start_on(routes, options.hash_key) else {
             return Err(no_endpoints(&self.name));
         };
         let call = started.in_flight();
@@ -297,7 +330,13 @@ impl ServiceRef {
         payload: &serde_json::Value,
         options: &CallOptions,
     ) -> Result<serde_json::Value, AskError> {
-        let Some(started) = self.start_call(options.hash_key) else {
+        let Some(routes) = self.routes_now() else {
+            return Err(no_endpoints(&self.name));
+        };
+        if routes.policy().is_some() {
+            return Box::pin(self.ask_json_by_policy(message_name, payload, options, routes)).await;
+        }
+        let Some(started) = self.start_on(routes, options.hash_key) else {
             return Err(no_endpoints(&self.name));
         };
         let call = started.in_flight();
@@ -316,7 +355,16 @@ impl ServiceRef {
     /// (at-most-once, as [`RemoteRef::tell`]). Without an endpoint the message comes back
     /// as [`TellError::NotDelivered`] naming the service.
     pub async fn tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
-        let Some(started) = self.start_call(self.options.hash_key) else {
+        let Some(routes) = self.routes_now() else {
+            return Err(TellError::NotDelivered(
+                msg,
+                no_endpoints(&self.name).to_string(),
+            ));
+        };
+        if routes.policy().is_some() {
+            return Box::pin(self.tell_by_policy(msg, routes, true)).await;
+        }
+        let Some(started) = self.start_on(routes, self.options.hash_key) else {
             return Err(TellError::NotDelivered(
                 msg,
                 no_endpoints(&self.name).to_string(),
@@ -335,7 +383,16 @@ impl ServiceRef {
     /// Like [`ServiceRef::tell`], but a full mailbox or lane gives [`TellError::Full`] with
     /// the message at once.
     pub fn try_tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
-        let Some(started) = self.start_call(self.options.hash_key) else {
+        let Some(routes) = self.routes_now() else {
+            return Err(TellError::NotDelivered(
+                msg,
+                no_endpoints(&self.name).to_string(),
+            ));
+        };
+        if routes.policy().is_some() {
+            return self.try_tell_by_policy(msg, routes);
+        }
+        let Some(started) = self.start_on(routes, self.options.hash_key) else {
             return Err(TellError::NotDelivered(
                 msg,
                 no_endpoints(&self.name).to_string(),
@@ -346,4 +403,148 @@ impl ServiceRef {
         call.finish(tell_outcome(&result), false, &started.routes);
         result
     }
+
+    /// An ask under the service's traffic policy ([`crate::mesh::calls`]).
+    async fn ask_by_policy<M: RemoteMessage>(
+        &self,
+        msg: M,
+        options: &CallOptions,
+        wait_for_room: bool,
+        routes: Arc<ServiceRoutes<RemoteRef>>,
+    ) -> Result<M::Result, AskError> {
+        let plan = Plan::new(routes, M::NAME, options, self.default_timeout);
+        plan.faults().await?;
+        // Retries and mirrors send copies: decoded from one encoding of the message.
+        let copies = if plan.may_retry() || plan.mirrors() {
+            Some(Arc::new(codec::encode(&msg).map_err(|e| {
+                AskError::Rejected(format!("cannot encode {}: {e}", M::NAME))
+            })?))
+        } else {
+            None
+        };
+        if let Some(bytes) = copies.as_ref().filter(|_| plan.mirrors()) {
+            plan.mirror(shadow_of(M::NAME, bytes.clone()), &options.metadata);
+        }
+        let mut first = Some(msg);
+        plan.run(&self.name, M::IDEMPOTENT, options, |target, o| {
+            let m = match first.take() {
+                Some(m) => Ok(m),
+                None => decode_copy::<M>(copies.as_deref().expect("copied when retries may run")),
+            };
+            async move {
+                let m = m?;
+                if wait_for_room {
+                    target.ask_with_options(m, &o).await
+                } else {
+                    target.try_ask_with_options(m, &o).await
+                }
+            }
+        })
+        .await
+    }
+
+    /// A JSON ask under the service's traffic policy. The message's idempotency is not
+    /// known without its type: only what was never delivered is retried.
+    async fn ask_json_by_policy(
+        &self,
+        message_name: &str,
+        payload: &serde_json::Value,
+        options: &CallOptions,
+        routes: Arc<ServiceRoutes<RemoteRef>>,
+    ) -> Result<serde_json::Value, AskError> {
+        let plan = Plan::new(routes, message_name, options, self.default_timeout);
+        plan.faults().await?;
+        if plan.mirrors() {
+            let (name, copy) = (message_name.to_string(), payload.clone());
+            plan.mirror(
+                Box::new(move |target, o| {
+                    Box::pin(async move { target.ask_json(&name, &copy, &o).await.map(|_| ()) })
+                }),
+                &options.metadata,
+            );
+        }
+        plan.run(&self.name, false, options, |target, o| async move {
+            target.ask_json(message_name, payload, &o).await
+        })
+        .await
+    }
+
+    /// A tell under the service's traffic policy: the route's subset, faults and mirror
+    /// apply; a tell is at most once, so it is never retried and takes no breaker place.
+    async fn tell_by_policy<M: RemoteMessage>(
+        &self,
+        msg: M,
+        routes: Arc<ServiceRoutes<RemoteRef>>,
+        wait: bool,
+    ) -> Result<(), TellError<M>> {
+        let plan = Plan::new(routes, M::NAME, &self.options, self.default_timeout);
+        let faults = if wait {
+            plan.faults().await
+        } else {
+            plan.abort_now()
+        };
+        if let Err(e) = faults {
+            return Err(TellError::NotDelivered(msg, e.to_string()));
+        }
+        if plan.mirrors() {
+            if let Ok(bytes) = codec::encode(&msg) {
+                plan.mirror(shadow_of(M::NAME, Arc::new(bytes)), &self.options.metadata);
+            }
+        }
+        let now = clock::nanos(Instant::now());
+        let picked = match plan.pick(&self.name, self.options.hash_key, &[], now) {
+            Ok(p) => p,
+            Err(e) => return Err(TellError::NotDelivered(msg, e.to_string())),
+        };
+        let routes = plan.routes();
+        routes.state(picked.index).start();
+        let call = InFlight::new(routes.state(picked.index), picked.admission);
+        let target = routes.target(picked.index);
+        let result = if wait {
+            match self.options.runtime(self.default_timeout) {
+                None => target.tell(msg).await,
+                Some(o) => target.tell_with_options(msg, &o).await,
+            }
+        } else {
+            target.try_tell(msg)
+        };
+        call.finish(tell_outcome(&result), false, routes);
+        result
+    }
+
+    /// A `try_tell` under the policy: as [`ServiceRef::tell`], but an injected delay does
+    /// not apply (it never waits).
+    fn try_tell_by_policy<M: RemoteMessage>(
+        &self,
+        msg: M,
+        routes: Arc<ServiceRoutes<RemoteRef>>,
+    ) -> Result<(), TellError<M>> {
+        let plan = Plan::new(routes, M::NAME, &self.options, self.default_timeout);
+        if let Err(e) = plan.abort_now() {
+            return Err(TellError::NotDelivered(msg, e.to_string()));
+        }
+        let now = clock::nanos(Instant::now());
+        let picked = match plan.pick(&self.name, self.options.hash_key, &[], now) {
+            Ok(p) => p,
+            Err(e) => return Err(TellError::NotDelivered(msg, e.to_string())),
+        };
+        let routes = plan.routes();
+        routes.state(picked.index).start();
+        let call = InFlight::new(routes.state(picked.index), picked.admission);
+        let result = routes.target(picked.index).try_tell(msg);
+        call.finish(tell_outcome(&result), false, routes);
+        result
+    }
+}
+
+/// The shadow copy of a call of `name` encoded as `bytes`: asked, its reply discarded.
+fn shadow_of(name: &'static str, bytes: Arc<Vec<u8>>) -> crate::mesh::calls::Shadow {
+    Box::new(move |target, o| {
+        Box::pin(async move { target.ask_encoded(name, &bytes, &o).await.map(|_| ()) })
+    })
+}
+
+/// A copy of a message, decoded from its encoding.
+fn decode_copy<M: RemoteMessage>(bytes: &[u8]) -> Result<M, AskError> {
+    codec::decode(bytes).map_err(|e| AskError::Rejected(format!("cannot copy {}: {e}", M::NAME)))
 }

@@ -11,6 +11,7 @@
 //! `DestinationPolicy` objects with their validation ([`spec`]) and the checks across them
 //! ([`analyze`]). The master reads their manifests (`apply --dry-run`); none is applied,
 //! pushed or wired into calls yet.
+pub mod active;
 pub mod analyze;
 pub mod breaker;
 pub mod bucket;
