@@ -69,26 +69,183 @@ pub(crate) struct ServiceView {
     endpoints: Vec<EndpointLive>,
 }
 
+/// The indent of a route's or policy's detail lines (under `Route:` and `Policy:`).
+const PAD: &str = "                 ";
+
+/// `2s`, `500ms`: how manifests write durations.
+fn dur(d: std::time::Duration) -> String {
+    actormesh::duration::format_duration(d)
+}
+
+/// One rule of a route, as `describe service` shows it: what it matches and does, with
+/// both timeouts spelled out (each try gets the earlier of its own and what the overall
+/// one leaves).
+fn write_rule(
+    f: &mut fmt::Formatter<'_>,
+    i: usize,
+    r: &actormesh::mesh::policy::spec::Rule,
+) -> fmt::Result {
+    let matches = if r.matches.is_catch_all() {
+        "every call".to_string()
+    } else {
+        serde_json::to_string(&r.matches).unwrap_or_default()
+    };
+    writeln!(f, "{:<17}match {matches}", format!("  rule {i}:"))?;
+    if !r.split.is_empty() {
+        let parts: Vec<String> = r
+            .split
+            .iter()
+            .map(|s| format!("{} {}", s.subset, s.weight))
+            .collect();
+        writeln!(f, "{PAD}split {}", parts.join(", "))?;
+    }
+    let overall = r
+        .timeout
+        .map_or("the caller's (node default)".to_string(), dur);
+    let per_try = r
+        .retries
+        .as_ref()
+        .and_then(|t| t.per_try_timeout)
+        .map_or("none (the overall one)".to_string(), dur);
+    writeln!(f, "{PAD}timeout {overall} overall, per try {per_try}")?;
+    if let Some(t) = &r.retries {
+        let on: Vec<String> = t
+            .on
+            .iter()
+            .map(|o| {
+                serde_json::to_value(o).map_or(String::new(), |v| v.as_str().unwrap_or("").into())
+            })
+            .collect();
+        writeln!(
+            f,
+            "{PAD}retries {} on {} (and not delivered), backoff {}..{}; only idempotent messages after a delivery",
+            t.attempts,
+            on.join(","),
+            dur(t.backoff.base),
+            dur(t.backoff.max)
+        )?;
+    }
+    if let Some(fault) = &r.fault {
+        if let Some(d) = &fault.delay {
+            writeln!(f, "{PAD}fault delay {} for {} %", dur(d.fixed), d.percent)?;
+        }
+        if let Some(a) = &fault.abort {
+            let kind = serde_json::to_value(a.error)
+                .map_or(String::new(), |v| v.as_str().unwrap_or("").into());
+            writeln!(f, "{PAD}fault abort {kind} for {} %", a.percent)?;
+        }
+    }
+    if let Some(m) = &r.mirror {
+        writeln!(f, "{PAD}mirror to {} for {} %", m.subset, m.percent)?;
+    }
+    Ok(())
+}
+
+fn write_policy(
+    f: &mut fmt::Formatter<'_>,
+    p: &actormesh::mesh::policy::spec::DestinationPolicySpec,
+    service: &Service,
+) -> fmt::Result {
+    for s in &p.subsets {
+        let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let members = service
+            .endpoints
+            .iter()
+            .filter(|e| actormesh::mesh::policy::active::in_subset(&s.labels, e))
+            .count();
+        let balancer = s
+            .balancer
+            .map_or(String::new(), |b| format!(", {}", b.as_str()));
+        writeln!(
+            f,
+            "{:<17}{} ({members} endpoint(s){balancer})",
+            format!("  subset {}:", s.name),
+            labels.join(",")
+        )?;
+    }
+    if let Some(b) = &p.circuit_breaker {
+        writeln!(
+            f,
+            "  breaker:       {} in flight per endpoint, {} pending, {} concurrent retries",
+            b.max_in_flight_per_endpoint, b.max_pending, b.max_retries
+        )?;
+    }
+    if let Some(o) = &p.outlier_detection {
+        writeln!(
+            f,
+            "  outliers:      {} errors in a row eject for n × {}; at most {} % ejected (at least one), at least {} % healthy",
+            o.consecutive_errors,
+            dur(o.base_ejection),
+            o.max_ejection_percent,
+            o.min_healthy_percent
+        )?;
+    }
+    if let Some(b) = &p.retry_budget {
+        writeln!(
+            f,
+            "  retry budget:  {} % of calls + {} a second, over {}",
+            b.ratio * 100.0,
+            b.min_per_second,
+            dur(b.ttl)
+        )?;
+    }
+    if let Some(r) = &p.rate_limit {
+        let burst = r
+            .burst
+            .map_or("a second's worth".to_string(), |b| b.to_string());
+        writeln!(
+            f,
+            "  rate limit:    {} a second, burst {burst}, where calls arrive",
+            r.rate
+        )?;
+    }
+    Ok(())
+}
+
 impl fmt::Display for ServiceView {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = &self.service;
         writeln!(f, "Service:         {}", s.name)?;
-        writeln!(f, "Balancer:        {}", s.balancer.as_str())?;
+        let balancer = actormesh::mesh::policy::active::service_balancer(&s.traffic, s.balancer);
+        if balancer == s.balancer {
+            writeln!(f, "Balancer:        {}", balancer.as_str())?;
+        } else {
+            writeln!(
+                f,
+                "Balancer:        {} (set by the policy; the service declares {})",
+                balancer.as_str(),
+                s.balancer.as_str()
+            )?;
+        }
         writeln!(f, "Locality:        {}", s.locality)?;
         let labels: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         writeln!(f, "Labels:          {}", labels.join(", "))?;
         match &s.traffic.route {
-            None => writeln!(f, "Route:           none")?,
-            Some(r) => writeln!(
-                f,
-                "Route:           {} ({} rule(s))",
-                r.object,
-                r.spec.rules.len()
-            )?,
+            None => writeln!(f, "Route:           none (every call to the whole service)")?,
+            Some(r) => {
+                writeln!(f, "Route:           {}", r.object)?;
+                for (i, rule) in r.spec.rules.iter().enumerate() {
+                    write_rule(f, i, rule)?;
+                }
+                if !r
+                    .spec
+                    .rules
+                    .last()
+                    .is_some_and(|l| l.matches.is_catch_all())
+                {
+                    writeln!(
+                        f,
+                        "  otherwise:     the whole service, no timeout or retries of the route"
+                    )?;
+                }
+            }
         }
         match &s.traffic.policy {
             None => writeln!(f, "Policy:          none")?,
-            Some(p) => writeln!(f, "Policy:          {}", p.object)?,
+            Some(p) => {
+                writeln!(f, "Policy:          {}", p.object)?;
+                write_policy(f, &p.spec, s)?;
+            }
         }
         writeln!(f, "Seen by:         the proxy of {}", self.node)?;
         let rows: Vec<Vec<String>> = s
@@ -106,6 +263,9 @@ impl fmt::Display for ServiceView {
                         Some(Some(0)) => "ejected, probe due".into(),
                         Some(Some(ms)) => format!("ejected for {ms} ms"),
                     },
+                    live.map_or("-".into(), |l| tables::dash_if_empty(l.subsets.join(","))),
+                    live.and_then(|l| l.breaker.clone())
+                        .unwrap_or_else(|| "-".into()),
                     live.map_or("-".into(), |l| l.in_flight.to_string()),
                     live.map_or("-".into(), |l| format!("{:.2}", l.ewma_ms)),
                 ]
@@ -120,6 +280,8 @@ impl fmt::Display for ServiceView {
                     tables::Column::fit("VERSION"),
                     tables::Column::fit("ADDRESS"),
                     tables::Column::fit("STATE"),
+                    tables::Column::fit("SUBSETS"),
+                    tables::Column::fit("BREAKER"),
                     tables::Column::right("IN FLIGHT", 9),
                     tables::Column::right("EWMA MS", 7),
                 ],

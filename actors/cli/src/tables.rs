@@ -450,7 +450,7 @@ pub(crate) fn proxy_config(c: &ProxyConfig) -> String {
     out
 }
 
-fn dash_if_empty(s: String) -> String {
+pub(crate) fn dash_if_empty(s: String) -> String {
     if s.is_empty() {
         "-".into()
     } else {

@@ -115,7 +115,7 @@ pub struct ProxyConfig {
 /// Ask a node's `$proxy` for the live state of one service's endpoints as this node sees
 /// them (`describe service`); `None` if its table has no such service.
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
-#[remote(name = "actormesh.mesh.DumpEndpoints/v1", reply = Option<Vec<EndpointLive>>)]
+#[remote(name = "actormesh.mesh.DumpEndpoints/v2", reply = Option<Vec<EndpointLive>>)]
 pub struct DumpEndpoints(pub ServiceName);
 
 /// One endpoint as a node's proxy sees it now.
@@ -130,6 +130,11 @@ pub struct EndpointLive {
     pub in_flight: u32,
     /// The latency estimate (peak EWMA), in milliseconds.
     pub ewma_ms: f64,
+    /// The subsets of the service's DestinationPolicy it is in.
+    pub subsets: Vec<String>,
+    /// The circuit breaker as this endpoint's calls meet it: `None` without a breaker,
+    /// else `closed`, or `open: <limit>` while a limit is reached.
+    pub breaker: Option<String>,
 }
 
 /// A node registers one of its own actors as an endpoint of a service.

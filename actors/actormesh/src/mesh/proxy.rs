@@ -125,11 +125,25 @@ impl Handler<DumpEndpoints> for Proxy {
                 .enumerate()
                 .map(|(i, e)| {
                     let state = routes.state(i);
+                    let policy = routes.policy();
                     EndpointLive {
                         id: e.id.clone(),
                         ejected_for_ms: state.ejected_for(now).map(|d| d.as_millis() as u64),
                         in_flight: state.in_flight(),
                         ewma_ms: state.rtt_estimate(now, decay) / 1e6,
+                        subsets: policy.map_or_else(Vec::new, |p| {
+                            p.subsets()
+                                .iter()
+                                .filter(|s| s.members().contains(&i))
+                                .map(|s| s.name().to_string())
+                                .collect()
+                        }),
+                        breaker: policy.and_then(|p| p.breaker()).map(|b| {
+                            match b.open_limit(state.in_flight()) {
+                                None => "closed".to_string(),
+                                Some(limit) => format!("open: {limit}"),
+                            }
+                        }),
                     }
                 })
                 .collect()
