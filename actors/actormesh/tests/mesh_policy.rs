@@ -131,6 +131,19 @@ impl Handler<Deadline> for Front {
     }
 }
 
+#[actormesh::handler]
+impl Handler<Get> for Front {
+    type Result = ResponseFuture<String>;
+    fn handle(&mut self, _: Get, _: &mut Context<Self>) -> Self::Result {
+        let back = self.0.service("back").unwrap();
+        let call = async move { back.ask(Get).await.unwrap_or_else(|e| e.to_string()) };
+        match CallInfo::current() {
+            Some(info) => Box::pin(info.scope(call)),
+            None => Box::pin(call),
+        }
+    }
+}
+
 /// One serving node: its mesh (so rate limits apply where calls arrive) and behaviour.
 struct Served {
     mesh: Mesh,
@@ -327,6 +340,58 @@ async fn a_route_on_a_metadata_value_sends_only_the_matching_calls() {
     );
 }
 
+#[actix::test]
+async fn a_route_one_hop_down_matches_the_metadata_the_first_call_propagates() {
+    let c = Cluster::new(&["v1", "v2"]);
+    let front_node = c.ca.start_node("front").unwrap();
+    let front_mesh = Mesh::start(&front_node, MeshOptions::default()).unwrap();
+    front_node
+        .spawn("front", Front(front_mesh.clone()))
+        .unwrap();
+    let mut front = svc(vec![endpoint(&front_node, "front", "v1")], "", "");
+    front.name = "default/front".parse().unwrap();
+    let route = r#"{"service":"back","rules":[
+        {"match":{"metadata":{"end-user":{"exact":"jason"}}},"split":[{"subset":"v2","weight":100}]},
+        {"split":[{"subset":"v1","weight":100}]}]}"#;
+    let mut back = svc(
+        c.endpoints(),
+        route,
+        &SUBSETS.replace(r#""svc""#, r#""back""#),
+    );
+    back.name = "default/back".parse().unwrap();
+    let push = Push {
+        version: 1,
+        kind: PushKind::Full,
+        services: vec![front, back],
+        removed: vec![],
+        revoked: vec![],
+    };
+    for m in [&c.caller, &front_mesh] {
+        let r = c
+            .master
+            .actor_ref(m.node().local_addr(), PROXY_ACTOR)
+            .ask(push.clone())
+            .await
+            .unwrap();
+        assert_eq!(r, Ok(1));
+    }
+    let s = c.caller.service("front").unwrap();
+    let propagated = CallOptions::default().propagated("end-user", "jason");
+    let first_hop_only = CallOptions::default().metadata("end-user", "jason");
+    for _ in 0..10 {
+        assert_eq!(
+            s.ask_with(Get, &propagated).await.unwrap(),
+            "b",
+            "v2 for jason"
+        );
+        assert_eq!(
+            s.ask_with(Get, &first_hop_only).await.unwrap(),
+            "a",
+            "not propagated: the second hop does not see it"
+        );
+    }
+}
+
 /// `a` does not serve `svc` (no such actor there); `b` does.
 fn one_broken(c: &Cluster) -> Vec<Endpoint> {
     let mut eps = c.endpoints();
@@ -347,11 +412,27 @@ async fn retries_go_to_another_endpoint() {
         c.by_name("b").retries() >= 1,
         "the first call to a is retried on b"
     );
+    // Under hashing a retry goes to the next endpoint for the key, not the same one again:
+    // with one retry, every key answers (a new broken endpoint, not yet ejected).
+    let mut eps = one_broken(&c);
+    eps[0].actor = "missing-again".into();
+    let mut hashed = svc(
+        eps,
+        &route.replace(r#""attempts":2"#, r#""attempts":1"#),
+        "",
+    );
+    hashed.balancer = BalancerKind::Hash;
+    c.push(2, vec![hashed]).await;
+    let s = c.caller.service("svc").unwrap();
+    for key in 0..20u32 {
+        let keyed = CallOptions::default().hash_key(key.to_le_bytes());
+        assert_eq!(s.ask_with(Get, &keyed).await.unwrap(), "b", "key {key}");
+    }
     // Without the route's retries, the same failure reaches the caller (a new endpoint
     // there, so a's ejection above does not hide it).
     let mut eps = one_broken(&c);
     eps[0].actor = "missing-too".into();
-    c.push(2, vec![svc(eps, "", "")]).await;
+    c.push(3, vec![svc(eps, "", "")]).await;
     let s = c.caller.service("svc").unwrap();
     let mut failed = 0;
     for _ in 0..4 {
@@ -396,11 +477,13 @@ async fn only_idempotent_messages_are_retried_after_a_timeout() {
 async fn once_the_budget_is_spent_retries_stay_within_ratio_and_minimum() {
     let c = Cluster::new(&["v1", "v1"]);
     for s in &c.servers {
-        s.behaviour.delay_ms.store(2_000, Ordering::SeqCst);
+        s.behaviour.delay_ms.store(5_000, Ordering::SeqCst);
     }
     // Every try times out; each could be retried 3 times. The budget: 20 % of calls, no
     // minimum per second.
-    let route = r#"{"service":"svc","rules":[{"timeout":"1s","retries":{"attempts":3,"per_try_timeout":"50ms","on":["timeout"],"backoff":{"base":"1ms","max":"1ms"}}}]}"#;
+    // Tries are long enough (300 ms) to reach the server however loaded the machine is,
+    // so the server sees every retry.
+    let route = r#"{"service":"svc","rules":[{"timeout":"2s","retries":{"attempts":3,"per_try_timeout":"300ms","on":["timeout"],"backoff":{"base":"1ms","max":"1ms"}}}]}"#;
     let policy = r#"{"service":"svc","retry_budget":{"ratio":0.2,"min_per_second":0,"ttl":"10s"}}"#;
     c.push(1, vec![svc(c.endpoints(), route, policy)]).await;
     let s = c.caller.service("svc").unwrap();

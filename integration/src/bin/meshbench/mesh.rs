@@ -6,6 +6,9 @@
 //!   caller agent in this process that is given no endpoint. By-name asks (`ServiceRef`)
 //!   and direct asks (`RemoteRef` to the same instance) from the same node alternate round
 //!   by round, as the messaging suite alternates raw quinn and actormesh.
+//! - Policy: by-name asks to a second service alike but for its Route (a split, a
+//!   timeout, retries) and DestinationPolicy (subsets, a breaker, outlier detection),
+//!   against by-name asks with no policy, alternating the same way; nothing fires.
 //! - Memory: two agent processes alike but for one attribute; a deployment places 100
 //!   instances, endpoints of one service, on one of them; VmRSS of each.
 //! - Push: a fresh master thread, 100 lightweight agents in this process (each its own
@@ -29,7 +32,8 @@ use actormesh::prelude::*;
 use actormesh_integration::actors::{Echo, Sink};
 use actormesh_integration::harness::ChildProc;
 use actormesh_master::{
-    self as master, ApplyDeployment, ListProxyStatus, Master, MasterConfig, ServiceEndpoints,
+    self as master, ApplyDeployment, ApplyTraffic, ListProxyStatus, Master, MasterConfig,
+    ServiceEndpoints,
 };
 use anyhow::{anyhow, Context as _};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -86,6 +90,19 @@ async fn run_in(dir: PathBuf, s: Settings) -> anyhow::Result<()> {
         }
         .print();
     }
+    Line {
+        name: "mesh_policy_overhead_p50",
+        value: median(
+            calls
+                .policy_lat
+                .iter()
+                .map(|l| percentile(l, 0.5))
+                .collect(),
+        ),
+        unit: "us",
+        baseline: median(calls.plain_lat.iter().map(|l| percentile(l, 0.5)).collect()),
+    }
+    .print();
     Line {
         name: "mesh_ask_pipelined_throughput",
         value: median(calls.by_name_pipe),
@@ -274,6 +291,22 @@ impl MasterThread {
             .map_err(|e| anyhow!("deployment refused: {e}"))?;
         Ok(())
     }
+
+    /// Applies a Route or DestinationPolicy; its analyze warnings are errors here.
+    async fn apply_traffic(&self, manifest: String) -> anyhow::Result<()> {
+        let applied = self
+            .master
+            .send(ApplyTraffic(manifest))
+            .await?
+            .map_err(|e| anyhow!("traffic policy refused: {e}"))?;
+        anyhow::ensure!(
+            applied.warnings.is_empty(),
+            "{}: {:?}",
+            applied.applied,
+            applied.warnings
+        );
+        Ok(())
+    }
 }
 
 impl Drop for MasterThread {
@@ -314,6 +347,12 @@ fn manifest(name: &str, replicas: usize, role: &str) -> String {
         r#"{{"kind":"Deployment","name":"{name}","namespace":"{NAMESPACE}","spec":{{"actor":"sink","version":"v1","replicas":{replicas},"resources":{{"need":"cpus:0.1;mem:1"}},"constraints":{{"node_selector":{{"role":"{role}"}}}},"service":{{"locality":false}}}}}}"#
     )
 }
+
+/// The route of `bench/echo-policy`: a split over two subsets, a timeout, retries.
+const ROUTE: &str = r#"{"kind":"Route","name":"echo-policy","namespace":"bench","spec":{"service":"echo-policy","rules":[{"split":[{"subset":"a","weight":50},{"subset":"b","weight":50}],"timeout":"10s","retries":{"attempts":2,"per_try_timeout":"5s","on":["unreachable","timeout"]}}]}}"#;
+
+/// Its policy: two subsets (both hold the one endpoint), a breaker, outlier detection.
+const POLICY: &str = r#"{"kind":"DestinationPolicy","name":"echo-policy","namespace":"bench","spec":{"service":"echo-policy","subsets":[{"name":"a","labels":{"version":"v1"}},{"name":"b","labels":{"version":"v1"}}],"circuit_breaker":{},"outlier_detection":{}}}"#;
 
 fn service_name(name: &str) -> ServiceName {
     ServiceName {
@@ -388,6 +427,10 @@ fn rss_mib(pid: u32) -> anyhow::Result<f64> {
 struct CallFigures {
     direct_lat: Vec<Vec<Duration>>,
     by_name_lat: Vec<Vec<Duration>>,
+    /// By name to a service with no policy, paired with…
+    plain_lat: Vec<Vec<Duration>>,
+    /// …by name to a like service through a route and a policy that never fire.
+    policy_lat: Vec<Vec<Duration>>,
     direct_pipe: Vec<f64>,
     by_name_pipe: Vec<f64>,
     rss_idle_mib: f64,
@@ -426,10 +469,40 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         .ask_timeout(Echo(vec![0; PAYLOAD]), CALL_LIMIT)
         .await?;
 
+    // The same actor type on the same agent, as a second service with a Route (a split,
+    // a timeout, retries) and a DestinationPolicy (subsets, a breaker, outlier detection).
+    let policed = service_name("echo-policy");
+    m.apply(manifest("echo-policy", 1, "server")).await?;
+    m.until_endpoints(&policed, 1, Duration::from_secs(60))
+        .await?;
+    m.apply_traffic(POLICY.to_string()).await?;
+    m.apply_traffic(ROUTE.to_string()).await?;
+    let with_policy = caller.mesh().service(&policed.to_string())?;
+    let start = Instant::now();
+    while caller
+        .mesh()
+        .proxy_config()
+        .services
+        .iter()
+        .find(|s| s.name == policed)
+        .is_none_or(|s| s.traffic.route.is_none() || s.endpoints.is_empty())
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "{policed} with its route not at the caller within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    with_policy
+        .ask_timeout(Echo(vec![0; PAYLOAD]), CALL_LIMIT)
+        .await?;
+
     let n = |base: f64| ((base * s.scale) as usize).max(1000);
     let mut f = CallFigures {
         direct_lat: Vec::new(),
         by_name_lat: Vec::new(),
+        plain_lat: Vec::new(),
+        policy_lat: Vec::new(),
         direct_pipe: Vec::new(),
         by_name_pipe: Vec::new(),
         rss_idle_mib: 0.0,
@@ -447,6 +520,10 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         let (d, b) = paired_rates(n(100_000.0), direct_ask, by_name_ask).await?;
         f.direct_pipe.push(d);
         f.by_name_pipe.push(b);
+        let policy_ask = |p| with_policy.ask_timeout(Echo(p), CALL_LIMIT);
+        let (plain, policed) = paired_latencies(n(5_000.0), by_name_ask, policy_ask).await?;
+        f.plain_lat.push(plain);
+        f.policy_lat.push(policed);
     }
     let (idle, serving) = memory(&exe, &m, dir, &caller, s.endpoints).await?;
     f.rss_idle_mib = idle;

@@ -367,7 +367,7 @@ mod tests {
             .unwrap()
     }
 
-    const POLICY: &str = r#"{"service":"r","subsets":[{"name":"v1","labels":{"version":"v1"}},{"name":"v2","labels":{"version":"v2"},"balancer":"round_robin"}],"circuit_breaker":{"max_pending":2},"rate_limit":{"rate":5}}"#;
+    const POLICY: &str = r#"{"service":"r","subsets":[{"name":"v1","labels":{"version":"v1"}},{"name":"v2","labels":{"version":"v2"},"balancer":"round_robin"},{"name":"h","labels":{"version":"v2"},"balancer":"hash"}],"circuit_breaker":{"max_pending":2},"rate_limit":{"rate":5}}"#;
 
     #[test]
     fn subsets_pick_only_their_members_and_a_retry_avoids_the_tried_one() {
@@ -393,6 +393,21 @@ mod tests {
                 random: &mut r,
             };
             assert_eq!(v2.pick(input, &[picked]).unwrap().index, 3 - picked);
+        }
+        // Under hashing a key has one endpoint; a retry of it goes to the other (the next
+        // on the ring), every time.
+        let h = p.subset("h").unwrap();
+        fn key(r: &mut SplitMix64) -> PickInput<'_, SplitMix64> {
+            PickInput {
+                now: 0,
+                key: Some(42),
+                random: r,
+            }
+        }
+        let first = h.pick(key(&mut r), &[]).unwrap().index;
+        for _ in 0..10 {
+            assert_eq!(h.pick(key(&mut r), &[]).unwrap().index, first);
+            assert_eq!(h.pick(key(&mut r), &[first]).unwrap().index, 3 - first);
         }
         // With every member tried, a retry goes back to one of them.
         let input = PickInput {
