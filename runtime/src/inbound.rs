@@ -203,7 +203,7 @@ async fn serve_lane(
         // Delivery is decided only for a target that is there.
         let Some(s) = slot.as_ref() else { continue };
         // The gate decides before the call takes a mailbox place.
-        if let Err(refusal) = slots.gate.admit(target, lf.name, Some(&caller)) {
+        if let Err(refusal) = s.admit(lf.name, Some(&caller)) {
             match reply {
                 Some(r) => r.fail(WireError::Refused(refusal)),
                 None => debug!(actor = %target, message = lf.name, %refusal, "tell refused"),

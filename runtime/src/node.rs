@@ -81,11 +81,6 @@ impl Home for NodeInner {
     fn identity(&self) -> SpiffeId {
         self.ctx.endpoint.identity()
     }
-
-    #[inline]
-    fn admit(&self, actor: &str, message: &str) -> Result<(), crate::gate::Refusal> {
-        self.slots.gate.admit(actor, message, None)
-    }
 }
 
 impl ActorEnd for NodeInner {

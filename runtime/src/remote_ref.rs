@@ -35,9 +35,6 @@ pub(crate) trait Home: Send + Sync + std::fmt::Debug {
     fn slot(&self, name: &str) -> Option<Arc<ActorSlot>>;
     /// This node's identity.
     fn identity(&self) -> SpiffeId;
-    /// Whether a call from this node to its actor `actor` of `message` passes the node's
-    /// inbound gate.
-    fn admit(&self, actor: &str, message: &str) -> Result<(), crate::gate::Refusal>;
 }
 
 #[derive(Debug, Clone)]
@@ -213,7 +210,7 @@ impl RemoteRef {
                 let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
                     return Err(TellError::UnknownMessage(msg));
                 };
-                if let Err(r) = self.home.admit(&self.name, M::NAME) {
+                if let Err(r) = slot.admit(M::NAME, None) {
                     return Err(TellError::NotDelivered(msg, r.to_string()));
                 }
                 let permit = slot.permits().acquire().await;
@@ -269,7 +266,7 @@ impl RemoteRef {
                 let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
                     return Err(TellError::UnknownMessage(msg));
                 };
-                if let Err(r) = self.home.admit(&self.name, M::NAME) {
+                if let Err(r) = slot.admit(M::NAME, None) {
                     return Err(TellError::NotDelivered(msg, r.to_string()));
                 }
                 let Some(permit) = slot.permits().try_acquire() else {
@@ -584,7 +581,7 @@ impl RemoteRef {
                 message: M::NAME.to_string(),
             });
         };
-        self.home.admit(&self.name, M::NAME)?;
+        slot.admit(M::NAME, None)?;
         let (permit, remaining) = self.local_permit(&slot, timeout, wait_for_room).await?;
         let (tx, rx) = oneshot::channel();
         let generation = slot.generation();
@@ -658,7 +655,7 @@ impl RemoteRef {
                 message: name.to_string(),
             });
         };
-        self.home.admit(&self.name, name)?;
+        slot.admit(name, None)?;
         let (permit, remaining) = self.local_permit(&slot, timeout, true).await?;
         let (tx, rx) = oneshot::channel();
         let call = local_call(&slot, Deadline::Within(remaining), Some(meta));

@@ -45,6 +45,8 @@ pub(crate) struct ActorSlot {
     /// The context of a plain call from this node to the actor (its workload, no caller,
     /// no block), built once: none when the actor has no workload.
     local_context: Option<Arc<CallContext>>,
+    /// The node's inbound gate (shared by every slot of the node).
+    gate: Arc<crate::gate::GateCell>,
 }
 
 impl std::fmt::Debug for ActorSlot {
@@ -64,8 +66,10 @@ impl ActorSlot {
         entries: &[&'static HandlerEntry],
         capacity: usize,
         workload: Option<Arc<str>>,
+        gate: Arc<crate::gate::GateCell>,
     ) -> Self {
         Self {
+            gate,
             id,
             name: Arc::from(name),
             actor_type,
@@ -81,6 +85,17 @@ impl ActorSlot {
             local_context: CallContext::shared(None, None, workload.clone()),
             workload,
         }
+    }
+
+    /// Whether a call of `message` from `caller` (`None`: this node) passes the node's
+    /// inbound gate; one relaxed load when no gate is installed.
+    #[inline]
+    pub(crate) fn admit(
+        &self,
+        message: &str,
+        caller: Option<&actormesh_transport::SpiffeId>,
+    ) -> Result<(), crate::gate::Refusal> {
+        self.gate.admit(&self.name, message, caller)
     }
 
     /// The context of a plain call from this node to the actor.
@@ -194,7 +209,7 @@ pub(crate) struct SlotTable {
     ended: Mutex<VecDeque<(Arc<str>, TerminationReason)>>,
     next_id: AtomicU64,
     /// What decides on calls as they arrive, before a mailbox place is taken.
-    pub(crate) gate: crate::gate::GateCell,
+    pub(crate) gate: Arc<crate::gate::GateCell>,
 }
 
 impl SlotTable {
@@ -226,7 +241,13 @@ impl SlotTable {
         // The workload is set before the slot can be found, so no lane can build (and
         // keep) a context without it.
         let slot = Arc::new(ActorSlot::new(
-            id, name, actor_type, entries, capacity, workload,
+            id,
+            name,
+            actor_type,
+            entries,
+            capacity,
+            workload,
+            self.gate.clone(),
         ));
         slots.insert(slot.name.clone(), slot.clone());
         Some(slot)

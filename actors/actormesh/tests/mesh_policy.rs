@@ -615,6 +615,65 @@ async fn the_breaker_opens_at_once_at_its_limit_and_closes_when_calls_finish() {
 }
 
 #[actix::test]
+async fn a_breaker_tripped_by_failures_refuses_at_once_then_half_opens_for_one_trial() {
+    let c = Cluster::new(&["v1"]);
+    let mut eps = c.endpoints();
+    eps[0].actor = "later".into();
+    let policy =
+        r#"{"service":"svc","circuit_breaker":{"consecutive_failures":3,"open_for":"300ms"}}"#;
+    c.push(1, vec![svc(eps, "", policy)]).await;
+    let s = c.caller.service("svc").unwrap();
+    for _ in 0..3 {
+        let e = s.ask(Get).await.unwrap_err();
+        assert!(matches!(e, AskError::NoSuchActor { .. }), "{e}");
+    }
+    // Tripped: refused at once, never sent.
+    let e = s.ask(Get).await.unwrap_err();
+    assert!(
+        matches!(&e, AskError::CircuitOpen { limit, .. } if limit.contains("failures in a row")),
+        "{e}"
+    );
+    let live = c.live().await;
+    assert_eq!(
+        live[0].breaker.as_deref(),
+        Some("open: open after failures in a row")
+    );
+    // The actor comes up; after the open time one trial call goes through and closes it.
+    let behaviour = Arc::new(Behaviour::default());
+    c.servers[0]
+        .mesh
+        .node()
+        .spawn(
+            "later",
+            Server {
+                name: "a".into(),
+                behaviour: behaviour.clone(),
+            },
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match s.ask(Get).await {
+            Ok(who) => {
+                assert_eq!(who, "a");
+                break;
+            }
+            Err(AskError::CircuitOpen { .. }) => {
+                assert_eq!(behaviour.arrivals(), 0, "nothing is sent while open");
+                assert!(Instant::now() < deadline, "it never half-opened");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(behaviour.arrivals(), 1, "one trial");
+    for _ in 0..5 {
+        assert_eq!(s.ask(Get).await.unwrap(), "a", "closed after the trial");
+    }
+    assert_eq!(c.live().await[0].breaker.as_deref(), Some("closed"));
+}
+
+#[actix::test]
 async fn an_outlier_is_ejected_within_the_cap_and_returns_after_its_ejection_time() {
     let c = Cluster::new(&["v1", "v1", "v1"]);
     let mut eps = c.endpoints();

@@ -169,6 +169,13 @@ fn write_policy(
             "  breaker:       {} in flight per endpoint, {} pending, {} concurrent retries",
             b.max_in_flight_per_endpoint, b.max_pending, b.max_retries
         )?;
+        if let Some(n) = b.consecutive_failures {
+            writeln!(
+                f,
+                "{PAD}trips open after {n} failures in a row for {}, then one trial call",
+                dur(b.open_for)
+            )?;
+        }
     }
     if let Some(o) = &p.outlier_detection {
         writeln!(

@@ -5,7 +5,8 @@
 //! 2. An injected delay is waited, an injected abort answered.
 //! 3. A shadow copy goes to the mirror subset, its reply discarded; the caller never
 //!    waits for it.
-//! 4. The breaker gives the call a pending place, or it fails at once with `CircuitOpen`.
+//! 4. The breaker gives the call a pending place (and, tripped open on failures, refuses it
+//!    or lets it be the half-open trial), or it fails at once with `CircuitOpen`.
 //! 5. Each try picks an endpoint of the subset (a retry avoids the endpoints tried),
 //!    checks the endpoint's in-flight limit, and waits at most the earlier of its per-try
 //!    timeout and what the overall timeout leaves (that is also the deadline the callee
@@ -266,6 +267,13 @@ impl Plan {
         let routes = &self.routes;
         let deadline = self.started + self.overall;
         let breaker = policy.breaker();
+        // A tripped breaker refuses at once; a half-open one lets this call be its trial.
+        let mut trial = match breaker {
+            Some(b) => b
+                .enter(clock::nanos(self.started))
+                .map_err(|l| circuit_open(service, l))?,
+            None => None,
+        };
         let _pending = match breaker {
             Some(b) => Some(b.pending().map_err(|l| circuit_open(service, l))?),
             None => None,
@@ -304,7 +312,15 @@ impl Plan {
                 ..RuntimeCallOptions::default()
             };
             let result = send(target, try_options).await;
-            call.finish(ask_outcome(&result), true, routes);
+            let outcome = ask_outcome(&result);
+            call.finish(outcome, true, routes);
+            if let Some(b) = breaker {
+                let now = clock::nanos(Instant::now());
+                match trial.take() {
+                    Some(t) => t.finish(outcome.is_failure(), now),
+                    None => b.record(outcome.is_failure(), now),
+                }
+            }
             let e = match result {
                 Ok(v) => return Ok(v),
                 Err(e) => e,

@@ -139,7 +139,12 @@ impl Handler<DumpEndpoints> for Proxy {
                                 .collect()
                         }),
                         breaker: policy.and_then(|p| p.breaker()).map(|b| {
-                            match b.open_limit(state.in_flight()) {
+                            let limit = if b.tripped(now) {
+                                Some(crate::mesh::policy::breaker::Limit::Tripped)
+                            } else {
+                                b.open_limit(state.in_flight())
+                            };
+                            match limit {
                                 None => "closed".to_string(),
                                 Some(limit) => format!("open: {limit}"),
                             }

@@ -31,7 +31,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn is_failure(self) -> bool {
+    /// Whether passive health (and a breaker's trip) counts it as a failure.
+    pub fn is_failure(self) -> bool {
         matches!(self, Outcome::Unreachable | Outcome::Unknown)
     }
 }

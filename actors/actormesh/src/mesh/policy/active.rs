@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::breaker::{Breaker, BreakerConfig};
+use super::breaker::{Breaker, BreakerConfig, Trip};
 use super::bucket::{BucketConfig, TokenBucket};
 use super::budget::{BudgetConfig, RetryBudget};
 use super::choose::{decide, Decision};
@@ -157,6 +157,10 @@ impl ActivePolicy {
                 max_in_flight_per_endpoint: b.max_in_flight_per_endpoint,
                 max_pending: b.max_pending,
                 max_retries: b.max_retries,
+                trip: b.consecutive_failures.map(|n| Trip {
+                    consecutive_failures: n,
+                    open_for: b.open_for,
+                }),
             };
             old.and_then(|o| o.breaker.clone())
                 .filter(|kept| *kept.config() == config)

@@ -1,11 +1,30 @@
-//! Circuit breaking as Envoy's: limits on what a service may have outstanding, checked
-//! before a call goes out. A call over a limit is refused at once (`CircuitOpen`), never
-//! made to wait; the breaker is open only while a limit is reached, so it closes as soon
-//! as calls finish. Counters are atomics, so every caller of a node shares them without a
-//! lock; a call holds a guard that gives its place back when dropped.
+//! Circuit breaking. Two kinds of opening, both answered at once (`CircuitOpen`), never by
+//! making the call wait:
+//!
+//! - **Limits**, as Envoy's: on what a service may have outstanding, checked before a call
+//!   goes out. The breaker is open only while a limit is reached, so it closes as soon as
+//!   calls finish.
+//! - **A trip** (optional), as resilience4j's and Hystrix's: after `consecutive_failures`
+//!   failed calls in a row the breaker opens for `open_for`; then it half-opens and lets
+//!   one trial call through: its success closes the breaker, its failure opens it again.
+//!
+//! Counters are atomics, so every caller of a node shares them without a lock; a call
+//! holds a guard that gives its place (or its trial) back when dropped. Time is passed in.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use crate::mesh::balance::Nanos;
+
+/// When a breaker trips open on failures, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trip {
+    /// Failed calls in a row that open it (at least 1).
+    pub consecutive_failures: u32,
+    /// How long it stays open before it half-opens.
+    pub open_for: Duration,
+}
 
 /// A breaker's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,15 +35,18 @@ pub struct BreakerConfig {
     pub max_pending: u32,
     /// Retries in flight across the service.
     pub max_retries: u32,
+    /// Opening on failures in a row (`None`: limits only).
+    pub trip: Option<Trip>,
 }
 
 impl Default for BreakerConfig {
-    /// Envoy's defaults: 1,024 requests, 1,024 pending, 3 retries.
+    /// Envoy's defaults: 1,024 requests, 1,024 pending, 3 retries; no trip.
     fn default() -> Self {
         Self {
             max_in_flight_per_endpoint: 1024,
             max_pending: 1024,
             max_retries: 3,
+            trip: None,
         }
     }
 }
@@ -38,6 +60,9 @@ pub enum Limit {
     Pending,
     /// The service has `max_retries` retries in flight.
     Retries,
+    /// It tripped on failures in a row and has not half-opened yet (or its trial call is
+    /// in flight).
+    Tripped,
 }
 
 impl std::fmt::Display for Limit {
@@ -46,6 +71,7 @@ impl std::fmt::Display for Limit {
             Limit::InFlight => "max in flight per endpoint",
             Limit::Pending => "max pending",
             Limit::Retries => "max concurrent retries",
+            Limit::Tripped => "open after failures in a row",
         })
     }
 }
@@ -58,6 +84,12 @@ pub struct Breaker {
     retries: AtomicU32,
     /// Calls refused since the breaker was made, for `describe`.
     refused: AtomicU64,
+    /// Failed calls in a row while closed.
+    failures: AtomicU32,
+    /// Open until then (0: closed).
+    open_until: AtomicU64,
+    /// The half-open breaker's trial call is in flight.
+    trial: AtomicBool,
 }
 
 /// A place taken under a limit; dropping it gives the place back. It holds the breaker,
@@ -164,6 +196,98 @@ impl Breaker {
     }
 }
 
+/// The one call a half-open breaker lets through. Its outcome closes or reopens the
+/// breaker; dropped without one (the caller gave up), it lets the next call be the trial.
+#[derive(Debug)]
+#[must_use = "the trial's outcome decides the breaker"]
+pub struct Trial {
+    breaker: Arc<Breaker>,
+    done: bool,
+}
+
+impl Trial {
+    /// The trial call ended at `now`: closed again on success, open again on failure.
+    pub fn finish(mut self, failed: bool, now: Nanos) {
+        self.done = true;
+        let b = &self.breaker;
+        if failed {
+            b.open(now);
+        } else {
+            b.failures.store(0, Ordering::Release);
+            b.open_until.store(0, Ordering::Release);
+        }
+        b.trial.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for Trial {
+    fn drop(&mut self) {
+        if !self.done {
+            self.breaker.trial.store(false, Ordering::Release);
+        }
+    }
+}
+
+impl Breaker {
+    /// Whether a call may start at `now` as far as the trip goes: `Ok(None)` when closed (or
+    /// without a trip), `Ok(Some(trial))` for the one trial call of a half-open breaker,
+    /// `Err(Limit::Tripped)` while open or while the trial is in flight.
+    pub fn enter(self: &Arc<Self>, now: Nanos) -> Result<Option<Trial>, Limit> {
+        if self.config.trip.is_none() {
+            return Ok(None);
+        }
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            return Ok(None);
+        }
+        if now >= until
+            && self
+                .trial
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            return Ok(Some(Trial {
+                breaker: self.clone(),
+                done: false,
+            }));
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        Err(Limit::Tripped)
+    }
+
+    /// A call that was not a trial ended at `now`; `failed` as passive health counts
+    /// failures (unreachable, or no answer in time). Only calls of a closed breaker count.
+    pub fn record(&self, failed: bool, now: Nanos) {
+        let Some(trip) = self.config.trip else { return };
+        if self.open_until.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        if !failed {
+            self.failures.store(0, Ordering::Release);
+            return;
+        }
+        if self.failures.fetch_add(1, Ordering::AcqRel) + 1 >= trip.consecutive_failures.max(1) {
+            self.open(now);
+        }
+    }
+
+    fn open(&self, now: Nanos) {
+        let open_for = self.config.trip.map_or(0, |t| t.open_for.as_nanos() as u64);
+        self.failures.store(0, Ordering::Release);
+        self.open_until
+            .store(now.saturating_add(open_for).max(1), Ordering::Release);
+    }
+
+    /// Whether the trip holds the breaker open at `now` (or half-open with its trial in
+    /// flight): for `describe`.
+    pub fn tripped(&self, now: Nanos) -> bool {
+        match self.open_until.load(Ordering::Acquire) {
+            0 => false,
+            until => now < until || self.trial.load(Ordering::Acquire),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,7 +297,77 @@ mod tests {
             max_in_flight_per_endpoint: in_flight,
             max_pending: pending,
             max_retries: retries,
+            trip: None,
         }))
+    }
+
+    const MS: Nanos = 1_000_000;
+
+    fn tripping(failures: u32, open_ms: u64) -> Arc<Breaker> {
+        Arc::new(Breaker::new(BreakerConfig {
+            trip: Some(Trip {
+                consecutive_failures: failures,
+                open_for: Duration::from_millis(open_ms),
+            }),
+            ..BreakerConfig::default()
+        }))
+    }
+
+    #[test]
+    fn failures_in_a_row_trip_it_open_then_one_trial_decides() {
+        let b = tripping(3, 100);
+        b.record(true, 0);
+        b.record(true, MS);
+        b.record(false, 2 * MS);
+        b.record(true, 3 * MS);
+        b.record(true, 4 * MS);
+        assert!(
+            b.enter(5 * MS).unwrap().is_none(),
+            "a success broke the run"
+        );
+        b.record(true, 5 * MS);
+        assert_eq!(b.enter(6 * MS).unwrap_err(), Limit::Tripped);
+        assert!(b.tripped(6 * MS));
+        assert_eq!(
+            b.enter(104 * MS).unwrap_err(),
+            Limit::Tripped,
+            "open for 100 ms"
+        );
+        // Half-open: one trial, the others still refused.
+        let trial = b.enter(105 * MS).unwrap().expect("the trial");
+        assert_eq!(b.enter(105 * MS).unwrap_err(), Limit::Tripped);
+        // Late outcomes of calls from before the trip change nothing.
+        b.record(false, 106 * MS);
+        assert!(b.tripped(106 * MS));
+        trial.finish(true, 110 * MS);
+        assert_eq!(
+            b.enter(111 * MS).unwrap_err(),
+            Limit::Tripped,
+            "a failed trial reopens"
+        );
+        let trial = b.enter(210 * MS).unwrap().expect("half-open again");
+        trial.finish(false, 211 * MS);
+        assert!(b.enter(212 * MS).unwrap().is_none(), "closed");
+        assert!(!b.tripped(212 * MS));
+        assert_eq!(b.refused(), 4);
+    }
+
+    #[test]
+    fn a_trial_given_up_lets_the_next_call_be_the_trial() {
+        let b = tripping(1, 10);
+        b.record(true, 0);
+        let trial = b.enter(10 * MS).unwrap().unwrap();
+        drop(trial);
+        assert!(b.enter(10 * MS).unwrap().is_some());
+    }
+
+    #[test]
+    fn without_a_trip_failures_never_open_it() {
+        let b = breaker(10, 10, 10);
+        for t in 0..100 {
+            b.record(true, t);
+        }
+        assert!(b.enter(100).unwrap().is_none());
     }
 
     #[test]

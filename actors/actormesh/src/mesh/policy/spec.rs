@@ -590,6 +590,16 @@ pub struct BreakerSpec {
     /// Retries in flight across the service (default 3).
     #[serde(default = "default_3")]
     pub max_retries: u32,
+    /// Failed calls in a row that trip it open (default: no trip, limits only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// How long a tripped breaker stays open before one trial call (default 5 s).
+    #[serde(default = "default_5s", with = "crate::duration::text")]
+    pub open_for: Duration,
+}
+
+fn default_5s() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_1024() -> u32 {
@@ -744,6 +754,20 @@ impl DestinationPolicySpec {
                 if v == 0 {
                     return Err(refuse(format!("circuit_breaker.{f}"), "0", "at least 1"));
                 }
+            }
+            if c.consecutive_failures == Some(0) {
+                return Err(refuse(
+                    "circuit_breaker.consecutive_failures",
+                    "0",
+                    "at least 1 (or leave it out: limits only)",
+                ));
+            }
+            if c.open_for.is_zero() {
+                return Err(refuse(
+                    "circuit_breaker.open_for",
+                    "0s",
+                    "a duration above 0, e.g. 5s",
+                ));
             }
         }
         if let Some(o) = &self.outlier_detection {
