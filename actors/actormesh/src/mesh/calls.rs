@@ -43,13 +43,15 @@ pub(crate) type Shadow = Box<
 /// What the route decided for one call, before anything is sent.
 pub(crate) struct Plan {
     routes: Arc<ServiceRoutes<RemoteRef>>,
-    rule: Option<usize>,
-    /// The subset drawn (its index among the policy's subsets), or the name of one the
-    /// policy does not define; `None`: the whole service.
-    subset: Option<Result<usize, String>>,
+    /// The rule that matched. Indexes are `u32`, so that the plan, which every call under
+    /// a policy carries in its (boxed) future, stays small.
+    rule: Option<u32>,
+    /// The subset drawn: its index among the policy's subsets, or (`Err`) the index in the
+    /// rule's split of one the policy does not define; `None`: the whole service.
+    subset: Option<Result<u32, u32>>,
     delay: Option<Duration>,
     abort: Option<AbortKind>,
-    mirror: Option<usize>,
+    mirror: Option<u32>,
     /// The overall timeout: the rule's, the caller's, or the node's default, and never
     /// more than the call being handled has left.
     overall: Duration,
@@ -109,22 +111,28 @@ impl Plan {
             with_random(|r| match policy.decide(message, metadata, workload, r) {
                 None => (None, None, None, None, None),
                 Some(d) => (
-                    d.rule,
+                    d.rule.map(|i| i as u32),
                     d.subset.map(|name| {
                         policy
                             .subsets()
                             .iter()
                             .position(|s| s.name() == name)
-                            .ok_or_else(|| name.to_string())
+                            .map(|i| i as u32)
+                            .ok_or_else(|| policy.split_index(d.rule, name))
                     }),
                     d.delay,
                     d.abort,
-                    d.mirror
-                        .and_then(|name| policy.subsets().iter().position(|s| s.name() == name)),
+                    d.mirror.and_then(|name| {
+                        policy
+                            .subsets()
+                            .iter()
+                            .position(|s| s.name() == name)
+                            .map(|i| i as u32)
+                    }),
                 ),
             });
         let own = overall_timeout(
-            rule.and_then(|i| policy.timeout(i)),
+            rule.and_then(|i| policy.timeout(i as usize)),
             options.timeout,
             default_timeout,
         );
@@ -150,7 +158,7 @@ impl Plan {
     }
 
     fn retries(&self) -> Option<&RetryPolicy> {
-        self.rule.and_then(|i| self.policy().retries(i))
+        self.rule.and_then(|i| self.policy().retries(i as usize))
     }
 
     /// Whether a failed try may be sent again (then the message must be copied).
@@ -161,6 +169,12 @@ impl Plan {
     /// Whether a copy goes to a mirror subset.
     pub(crate) fn mirrors(&self) -> bool {
         self.mirror.is_some()
+    }
+
+    /// Whether the route injects a fault into this call.
+    #[inline]
+    pub(crate) fn has_faults(&self) -> bool {
+        self.delay.is_some() || self.abort.is_some()
     }
 
     /// The injected fault, if the route injects one into this call: waits the delay
@@ -182,7 +196,9 @@ impl Plan {
     /// The injected abort, if any (no waiting: for calls that cannot wait).
     pub(crate) fn abort_now(&self) -> Result<(), AskError> {
         match (self.abort, self.rule) {
-            (Some(kind), Some(rule)) => Err(self.policy().abort_error(kind, rule, self.overall)),
+            (Some(kind), Some(rule)) => {
+                Err(self.policy().abort_error(kind, rule as usize, self.overall))
+            }
             _ => Ok(()),
         }
     }
@@ -203,9 +219,14 @@ impl Plan {
                 None => routes
                     .pick_avoiding(input, avoid)
                     .ok_or_else(|| crate::mesh::no_endpoints(service)),
-                Some(Err(unknown)) => Err(no_endpoints_in(service, unknown)),
+                Some(Err(j)) => {
+                    let name = self
+                        .policy()
+                        .split_subset(self.rule.unwrap_or(0) as usize, *j as usize);
+                    Err(no_endpoints_in(service, name))
+                }
                 Some(Ok(i)) => {
-                    let subset = &self.policy().subsets()[*i];
+                    let subset = &self.policy().subsets()[*i as usize];
                     subset
                         .pick(input, avoid)
                         .ok_or_else(|| no_endpoints_in(service, subset.name()))
@@ -223,7 +244,7 @@ impl Plan {
     pub(crate) fn mirror(&self, shadow: Shadow, metadata: &crate::Metadata) {
         let Some(i) = self.mirror else { return };
         let routes = self.routes.clone();
-        let subset = &self.policy().subsets()[i];
+        let subset = &self.policy().subsets()[i as usize];
         let now = clock::nanos(Instant::now());
         let picked = with_random(|random| {
             subset.pick(
@@ -250,28 +271,28 @@ impl Plan {
         });
     }
 
-    /// Runs the tries: `send` makes one on a target with its options (the first takes the
-    /// message, later ones a copy). Injected faults and the mirror are the caller's, before.
-    pub(crate) async fn run<R, S, Fut>(
-        &self,
+    /// Runs the tries: `send` makes one on a target (borrowed from the plan's routes) with
+    /// its options (the first takes the message, later ones a copy). Injected faults and
+    /// the mirror are the caller's, before.
+    pub(crate) async fn run<'a, R, S, Fut>(
+        &'a self,
         service: &ServiceName,
         idempotent: bool,
         options: &CallOptions,
         mut send: S,
     ) -> Result<R, AskError>
     where
-        S: FnMut(RemoteRef, RuntimeCallOptions) -> Fut,
+        S: FnMut(&'a RemoteRef, RuntimeCallOptions) -> Fut,
         Fut: Future<Output = Result<R, AskError>>,
     {
         let policy = self.policy();
         let routes = &self.routes;
         let deadline = self.started + self.overall;
         let breaker = policy.breaker();
+        let t0 = clock::nanos(self.started);
         // A tripped breaker refuses at once; a half-open one lets this call be its trial.
         let mut trial = match breaker {
-            Some(b) => b
-                .enter(clock::nanos(self.started))
-                .map_err(|l| circuit_open(service, l))?,
+            Some(b) => b.enter(t0).map_err(|l| circuit_open(service, l))?,
             None => None,
         };
         let _pending = match breaker {
@@ -281,13 +302,14 @@ impl Plan {
         let retries = self.retries();
         let budget = retries.and(policy.budget());
         if let Some(b) = budget {
-            lock(b).call(clock::nanos(self.started));
+            lock(b).call(t0);
         }
         let mut tried: Vec<usize> = Vec::new();
         let mut attempt = 0u32;
         let mut _retry_place = None;
+        // The first try starts when the call was planned; later ones read the clock.
+        let mut now = self.started;
         loop {
-            let now = Instant::now();
             let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
                 return Err(AskError::Timeout {
@@ -298,27 +320,26 @@ impl Plan {
             let picked = self.pick(service, options.hash_key, &tried, clock::nanos(now))?;
             let state = routes.state(picked.index);
             state.start();
-            let call = InFlight::new(state, picked.admission);
+            let call = InFlight::started_at(state, picked.admission, now);
             if let Some(Err(l)) = breaker.map(|b| b.admit(state.in_flight() - 1)) {
                 // Never sent: the endpoint's state forgets the call.
                 drop(call);
                 return Err(circuit_open(service, l));
             }
-            let target = routes.target(picked.index).clone();
             let try_options = RuntimeCallOptions {
                 timeout: Some(timeout),
                 metadata: options.metadata.clone(),
                 attempt,
                 ..RuntimeCallOptions::default()
             };
-            let result = send(target, try_options).await;
+            // Borrowed from the plan's routes: no reference is cloned per try.
+            let result = send(routes.target(picked.index), try_options).await;
             let outcome = ask_outcome(&result);
-            call.finish(outcome, true, routes);
+            let ended = call.finish(outcome, true, routes);
             if let Some(b) = breaker {
-                let now = clock::nanos(Instant::now());
                 match trial.take() {
-                    Some(t) => t.finish(outcome.is_failure(), now),
-                    None => b.record(outcome.is_failure(), now),
+                    Some(t) => t.finish(outcome.is_failure(), ended),
+                    None => b.record(outcome.is_failure(), ended),
                 }
             }
             let e = match result {
@@ -326,14 +347,15 @@ impl Plan {
                 Err(e) => e,
             };
             let Some(r) = retries else { return Err(e) };
-            let left = deadline.saturating_duration_since(Instant::now());
+            now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
             let backoff = match with_random(|rng| r.decide(&e, attempt + 1, idempotent, left, rng))
             {
                 Ok(b) => b,
                 Err(_) => return Err(e),
             };
             if let Some(b) = budget {
-                if !lock(b).try_retry(clock::nanos(Instant::now())) {
+                if !lock(b).try_retry(clock::nanos(now)) {
                     return Err(e);
                 }
             }
@@ -346,6 +368,7 @@ impl Plan {
             attempt += 1;
             if !backoff.is_zero() {
                 tokio::time::sleep(backoff).await;
+                now = Instant::now();
             }
         }
     }

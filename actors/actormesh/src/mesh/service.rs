@@ -147,22 +147,32 @@ pub(crate) struct InFlight<'a> {
 impl<'a> InFlight<'a> {
     /// A call started now on the endpoint of `state` (already counted by `start`).
     pub(crate) fn new(state: &'a EndpointState, admission: Admission) -> Self {
+        Self::started_at(state, admission, Instant::now())
+    }
+
+    /// A call started at `started` on the endpoint of `state`.
+    pub(crate) fn started_at(
+        state: &'a EndpointState,
+        admission: Admission,
+        started: Instant,
+    ) -> Self {
         Self {
             state,
             admission,
-            started: Instant::now(),
+            started,
             done: false,
         }
     }
 
     /// The call ended with `outcome`; `waited` if it waited for an answer (a latency
-    /// sample). Under outlier detection an ejection is capped by its shares.
+    /// sample). Under outlier detection an ejection is capped by its shares. Returns when
+    /// it ended, in the cores' nanoseconds.
     pub(crate) fn finish(
         mut self,
         outcome: Outcome,
         waited: bool,
         routes: &ServiceRoutes<RemoteRef>,
-    ) {
+    ) -> crate::mesh::balance::Nanos {
         self.done = true;
         let end = Instant::now();
         let config = routes.config();
@@ -175,6 +185,7 @@ impl<'a> InFlight<'a> {
             &routes.health(),
             || routes.may_eject(),
         );
+        clock::nanos(end)
     }
 }
 
@@ -413,17 +424,23 @@ impl ServiceRef {
         routes: Arc<ServiceRoutes<RemoteRef>>,
     ) -> Result<M::Result, AskError> {
         let plan = Plan::new(routes, M::NAME, options, self.default_timeout);
-        plan.faults().await?;
+        if plan.has_faults() {
+            plan.faults().await?;
+        }
         // Retries and mirrors send copies: decoded from one encoding of the message.
         let copies = if plan.may_retry() || plan.mirrors() {
-            Some(Arc::new(codec::encode(&msg).map_err(|e| {
-                AskError::Rejected(format!("cannot encode {}: {e}", M::NAME))
-            })?))
+            Some(
+                codec::encode(&msg)
+                    .map_err(|e| AskError::Rejected(format!("cannot encode {}: {e}", M::NAME)))?,
+            )
         } else {
             None
         };
         if let Some(bytes) = copies.as_ref().filter(|_| plan.mirrors()) {
-            plan.mirror(shadow_of(M::NAME, bytes.clone()), &options.metadata);
+            plan.mirror(
+                shadow_of(M::NAME, Arc::new(bytes.clone())),
+                &options.metadata,
+            );
         }
         let mut first = Some(msg);
         plan.run(&self.name, M::IDEMPOTENT, options, |target, o| {
@@ -453,7 +470,9 @@ impl ServiceRef {
         routes: Arc<ServiceRoutes<RemoteRef>>,
     ) -> Result<serde_json::Value, AskError> {
         let plan = Plan::new(routes, message_name, options, self.default_timeout);
-        plan.faults().await?;
+        if plan.has_faults() {
+            plan.faults().await?;
+        }
         if plan.mirrors() {
             let (name, copy) = (message_name.to_string(), payload.clone());
             plan.mirror(

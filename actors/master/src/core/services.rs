@@ -147,8 +147,10 @@ impl ClusterCore {
             &self.node_services,
             &self.trust_domain,
         );
-        for (name, s) in desired.iter_mut() {
-            s.traffic = self.traffic.traffic_of(name);
+        for (name, traffic) in self.traffic.by_service() {
+            if let Some(s) = desired.get_mut(&name) {
+                s.traffic = traffic;
+            }
         }
         let revoked = self
             .membership

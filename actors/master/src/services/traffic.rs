@@ -1,5 +1,5 @@
 //! The applied Routes and DestinationPolicies, which the core holds and the registry
-//! pushes with each service ([`TrafficBook::traffic_of`]). A plain book: one Route and one policy per service at most, each kept in
+//! pushes with each service ([`TrafficBook::by_service`]). A plain book: one Route and one policy per service at most, each kept in
 //! the Config table as its manifest's JSON under `route/<ns>/<name>` or
 //! `policy/<ns>/<name>`, so a restarted master reloads exactly what was applied.
 
@@ -205,26 +205,23 @@ impl TrafficBook {
 }
 
 impl TrafficBook {
-    /// What is applied to `service`, as the registry pushes it.
-    pub fn traffic_of(&self, service: &ServiceName) -> Traffic {
-        Traffic {
-            route: self
-                .routes
-                .iter()
-                .find(|(_, (s, _))| s == service)
-                .map(|(k, (_, m))| Applied {
-                    object: k.clone(),
-                    spec: m.spec.clone(),
-                }),
-            policy: self
-                .policies
-                .iter()
-                .find(|(_, (s, _))| s == service)
-                .map(|(k, (_, m))| Applied {
-                    object: k.clone(),
-                    spec: m.spec.clone(),
-                }),
+    /// What is applied, by service: every service some object applies to (one pass over
+    /// the objects, for the registry's recompute).
+    pub fn by_service(&self) -> BTreeMap<ServiceName, Traffic> {
+        let mut out: BTreeMap<ServiceName, Traffic> = BTreeMap::new();
+        for (k, (service, m)) in &self.routes {
+            out.entry(service.clone()).or_default().route = Some(Applied {
+                object: k.clone(),
+                spec: m.spec.clone(),
+            });
         }
+        for (k, (service, m)) in &self.policies {
+            out.entry(service.clone()).or_default().policy = Some(Applied {
+                object: k.clone(),
+                spec: m.spec.clone(),
+            });
+        }
+        out
     }
 
     /// Every applied Route, by `namespace/name`.

@@ -240,6 +240,25 @@ impl ActivePolicy {
         self.retries.get(rule)?.as_ref()
     }
 
+    /// Where `name` (as [`ActivePolicy::decide`] gave it, borrowed from the route) is in
+    /// the split of rule `rule`.
+    pub fn split_index(&self, rule: Option<usize>, name: &str) -> u32 {
+        self.route
+            .as_ref()
+            .and_then(|r| r.spec.rules.get(rule?))
+            .and_then(|r| r.split.iter().position(|s| s.subset == name))
+            .unwrap_or(0) as u32
+    }
+
+    /// The subset named at place `j` of rule `rule`'s split (`""` if there is none).
+    pub fn split_subset(&self, rule: usize, j: usize) -> &str {
+        self.route
+            .as_ref()
+            .and_then(|r| r.spec.rules.get(rule))
+            .and_then(|r| r.split.get(j))
+            .map_or("", |s| s.subset.as_str())
+    }
+
     /// The overall timeout rule `rule` sets.
     pub fn timeout(&self, rule: usize) -> Option<Duration> {
         self.route.as_ref()?.spec.rules.get(rule)?.timeout
