@@ -65,16 +65,17 @@ async fn cli(c: &Cluster, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-/// Waits until the caller's table shows `web` with a route (or without one).
+/// Waits until the caller's table shows `web` with a route (and its policy), or without a
+/// route.
 async fn wait_route(mesh: &Mesh, present: bool) {
     let name: ServiceName = "default/web".parse().unwrap();
     let start = Instant::now();
     loop {
-        let has = mesh
-            .proxy_config()
-            .services
-            .iter()
-            .any(|s| s.name == name && s.traffic.route.is_some() == present);
+        let has = mesh.proxy_config().services.iter().any(|s| {
+            s.name == name
+                && s.traffic.route.is_some() == present
+                && (!present || s.traffic.policy.is_some())
+        });
         if has {
             return;
         }
@@ -125,17 +126,25 @@ async fn an_applied_route_and_policy_reach_the_callers_and_describe_shows_them()
     std::fs::write(dir.join("policy.yaml"), POLICY).unwrap();
     let route = dir.join("route.yaml").display().to_string();
     let policy = dir.join("policy.yaml").display().to_string();
-    let (ok, out, err) = cli(&c, &["apply", "-f", &policy]).await;
-    assert!(
-        ok && out.contains("applied DestinationPolicy default/web"),
-        "{out}{err}"
-    );
+    // The route first: applied, with analyze's warning that no policy defines its subsets.
     let (ok, out, err) = cli(&c, &["apply", "-f", &route]).await;
     assert!(
         ok && out.contains("applied Route default/web"),
         "{out}{err}"
     );
-    assert!(!err.contains("warning"), "subsets are defined: {err}");
+    assert!(
+        err.contains("warning AM1001 Route default/web rules[0].split[0].subset"),
+        "{err}"
+    );
+    let (ok, out, err) = cli(&c, &["apply", "-f", &policy]).await;
+    assert!(
+        ok && out.contains("applied DestinationPolicy default/web"),
+        "{out}{err}"
+    );
+    assert!(
+        !err.contains("warning"),
+        "the subsets are defined now: {err}"
+    );
 
     wait_route(&mesh, true).await;
     let jason = CallOptions::default().metadata("end-user", "jason");
