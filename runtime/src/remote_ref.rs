@@ -416,14 +416,7 @@ impl RemoteRef {
         payload: &serde_json::Value,
         options: &CallOptions,
     ) -> Result<serde_json::Value, AskError> {
-        if message_name.is_empty() || message_name.len() > 255 {
-            return Err(AskError::NotDelivered {
-                reason: format!(
-                    "message name {message_name:?} must be 1 to 255 bytes, it is {}",
-                    message_name.len()
-                ),
-            });
-        }
+        check_message_name(message_name)?;
         let body = serde_json::to_vec(payload).map_err(|e| AskError::NotDelivered {
             reason: format!("cannot encode the JSON payload: {e}"),
         })?;
@@ -468,14 +461,7 @@ impl RemoteRef {
         payload: &[u8],
         options: &CallOptions,
     ) -> Result<Bytes, AskError> {
-        if message_name.is_empty() || message_name.len() > 255 {
-            return Err(AskError::NotDelivered {
-                reason: format!(
-                    "message name {message_name:?} must be 1 to 255 bytes, it is {}",
-                    message_name.len()
-                ),
-            });
-        }
+        check_message_name(message_name)?;
         let ambient = CallInfo::ambient();
         let timeout = outgoing_timeout(
             ambient.as_ref(),
@@ -848,6 +834,19 @@ fn local_call(slot: &ActorSlot, deadline: Deadline, meta: Block) -> CallInfo {
         Some(m) => CallContext::shared(None, Some(m), slot.workload().cloned()),
     };
     CallInfo::with_context(deadline, ctx)
+}
+
+/// A message name given as text (`ask_json`, `ask_encoded`) must fit the frame.
+fn check_message_name(name: &str) -> Result<(), AskError> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(AskError::NotDelivered {
+            reason: format!(
+                "message name {name:?} must be 1 to 255 bytes, it is {}",
+                name.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// The metadata block a call sends; `None` when it would say nothing.

@@ -204,6 +204,17 @@ impl Cluster {
 
     /// Pushes `services` as version `version` to every node's proxy.
     async fn push(&self, version: u64, services: Vec<Service>) {
+        let meshes: Vec<&Mesh> = self
+            .servers
+            .iter()
+            .map(|s| &s.mesh)
+            .chain(std::iter::once(&self.caller))
+            .collect();
+        self.push_to(&meshes, version, services).await;
+    }
+
+    /// Pushes `services` as a full snapshot of version `version` to these meshes' proxies.
+    async fn push_to(&self, meshes: &[&Mesh], version: u64, services: Vec<Service>) {
         let push = Push {
             version,
             kind: PushKind::Full,
@@ -211,11 +222,6 @@ impl Cluster {
             removed: vec![],
             revoked: vec![],
         };
-        let meshes = self
-            .servers
-            .iter()
-            .map(|s| &s.mesh)
-            .chain(std::iter::once(&self.caller));
         for m in meshes {
             let applied = self
                 .master
@@ -359,22 +365,8 @@ async fn a_route_one_hop_down_matches_the_metadata_the_first_call_propagates() {
         &SUBSETS.replace(r#""svc""#, r#""back""#),
     );
     back.name = "default/back".parse().unwrap();
-    let push = Push {
-        version: 1,
-        kind: PushKind::Full,
-        services: vec![front, back],
-        removed: vec![],
-        revoked: vec![],
-    };
-    for m in [&c.caller, &front_mesh] {
-        let r = c
-            .master
-            .actor_ref(m.node().local_addr(), PROXY_ACTOR)
-            .ask(push.clone())
-            .await
-            .unwrap();
-        assert_eq!(r, Ok(1));
-    }
+    c.push_to(&[&c.caller, &front_mesh], 1, vec![front, back])
+        .await;
     let s = c.caller.service("front").unwrap();
     let propagated = CallOptions::default().propagated("end-user", "jason");
     let first_hop_only = CallOptions::default().metadata("end-user", "jason");
@@ -444,8 +436,9 @@ async fn retries_go_to_another_endpoint() {
 #[actix::test]
 async fn only_idempotent_messages_are_retried_after_a_timeout() {
     let c = Cluster::new(&["v1", "v1"]);
-    c.by_name("a").delay_ms.store(2_000, Ordering::SeqCst);
-    let route = r#"{"service":"svc","rules":[{"timeout":"1s","retries":{"attempts":1,"per_try_timeout":"100ms","on":["timeout"],"backoff":{"base":"1ms","max":"1ms"}}}]}"#;
+    c.by_name("a").delay_ms.store(10_000, Ordering::SeqCst);
+    // Tries of 500 ms: b answers well within one, however loaded the machine is.
+    let route = r#"{"service":"svc","rules":[{"timeout":"5s","retries":{"attempts":1,"per_try_timeout":"500ms","on":["timeout"],"backoff":{"base":"1ms","max":"1ms"}}}]}"#;
     c.push(1, vec![svc(c.endpoints(), route, "")]).await;
     let s = c.caller.service("svc").unwrap();
     // Round robin: of two calls in a row, one goes to a. Put first: a's failures would
@@ -502,26 +495,24 @@ async fn once_the_budget_is_spent_retries_stay_within_ratio_and_minimum() {
 #[actix::test]
 async fn the_callee_gets_the_earlier_of_the_per_try_and_overall_deadline_and_it_propagates() {
     let c = Cluster::new(&["v1"]);
-    let route = |per_try: &str| {
-        format!(
-            r#"{{"service":"svc","rules":[{{"timeout":"300ms","retries":{{"attempts":1,"per_try_timeout":"{per_try}"}}}}]}}"#
-        )
-    };
-    c.push(1, vec![svc(c.endpoints(), &route("100ms"), "")])
-        .await;
+    // Bounds with seconds of margin: a loaded machine may take tens of milliseconds to
+    // carry a call, and the callee reads its deadline when the handler runs.
+    let route = r#"{"service":"svc","rules":[{"timeout":"10s","retries":{"attempts":1,"per_try_timeout":"1s"}}]}"#;
+    c.push(1, vec![svc(c.endpoints(), route, "")]).await;
     let s = c.caller.service("svc").unwrap();
     let got = s.ask(Deadline).await.unwrap().unwrap();
-    assert!(got <= 100 && got > 50, "per-try 100ms of 300ms: {got} ms");
+    assert!(got <= 1_000, "per-try 1s of 10s: {got} ms");
     // Without a per-try timeout the try has the overall one.
-    let whole = r#"{"service":"svc","rules":[{"timeout":"300ms"}]}"#;
-    c.push(2, vec![svc(c.endpoints(), whole, "")]).await;
+    let overall = r#"{"service":"svc","rules":[{"timeout":"10s"}]}"#;
+    c.push(2, vec![svc(c.endpoints(), overall, "")]).await;
     let got = s.ask(Deadline).await.unwrap().unwrap();
-    assert!(got <= 300 && got > 200, "overall 300ms: {got} ms");
+    assert!(got <= 10_000 && got > 1_000, "overall 10s: {got} ms");
     // A caller's shorter deadline wins over the route's.
     let short = CallOptions::default().timeout(Duration::from_millis(80));
     let got = s.ask_with(Deadline, &short).await.unwrap().unwrap();
     assert!(got <= 80, "{got} ms");
 
+    let whole = r#"{"service":"svc","rules":[{"timeout":"300ms"}]}"#;
     // Two hops: caller → front (route: 300ms) → back (no route): back gets what is left.
     let front_node = c.ca.start_node("front").unwrap();
     let front_mesh = Mesh::start(&front_node, MeshOptions::default()).unwrap();
@@ -533,22 +524,8 @@ async fn the_callee_gets_the_earlier_of_the_per_try_and_overall_deadline_and_it_
     front.traffic.route.as_mut().unwrap().spec.service = "front".into();
     let mut back = svc(c.endpoints(), "", "");
     back.name = "default/back".parse().unwrap();
-    let push = Push {
-        version: 3,
-        kind: PushKind::Full,
-        services: vec![front, back],
-        removed: vec![],
-        revoked: vec![],
-    };
-    for m in [&c.caller, &front_mesh] {
-        let r = c
-            .master
-            .actor_ref(m.node().local_addr(), PROXY_ACTOR)
-            .ask(push.clone())
-            .await
-            .unwrap();
-        assert_eq!(r, Ok(3));
-    }
+    c.push_to(&[&c.caller, &front_mesh], 3, vec![front, back])
+        .await;
     let got = c
         .caller
         .service("front")
@@ -564,16 +541,17 @@ async fn the_callee_gets_the_earlier_of_the_per_try_and_overall_deadline_and_it_
 async fn tries_stop_at_the_overall_timeout() {
     let c = Cluster::new(&["v1", "v1"]);
     for s in &c.servers {
-        s.behaviour.delay_ms.store(2_000, Ordering::SeqCst);
+        s.behaviour.delay_ms.store(10_000, Ordering::SeqCst);
     }
-    let route = r#"{"service":"svc","rules":[{"timeout":"250ms","retries":{"attempts":5,"per_try_timeout":"100ms","on":["timeout"],"backoff":{"base":"1ms","max":"1ms"}}}]}"#;
+    // Tries of 1 s in 2.5 s: two whole ones and a half, each with time to arrive.
+    let route = r#"{"service":"svc","rules":[{"timeout":"2500ms","retries":{"attempts":5,"per_try_timeout":"1s","on":["timeout"],"backoff":{"base":"1ms","max":"1ms"}}}]}"#;
     c.push(1, vec![svc(c.endpoints(), route, "")]).await;
     let e = c.caller.service("svc").unwrap().ask(Get).await.unwrap_err();
     assert!(matches!(e, AskError::Timeout { .. }), "{e}");
     let arrivals: u32 = c.servers.iter().map(|s| s.behaviour.arrivals()).sum();
     assert!(
         (2..=3).contains(&arrivals),
-        "100 ms tries within 250 ms: {arrivals}"
+        "1 s tries within 2.5 s: {arrivals}"
     );
 }
 
@@ -722,10 +700,11 @@ async fn an_outlier_is_ejected_within_the_cap_and_returns_after_its_ejection_tim
 async fn injected_faults_hit_their_share_of_10000_calls() {
     let c = Cluster::new(&["v1"]);
     // Aborts for 25 %; delays longer than the timeout (so they show as timeouts) for 10 %.
-    let route = r#"{"service":"svc","rules":[{"timeout":"1s","fault":{"abort":{"error":"unavailable","percent":25},"delay":{"fixed":"10s","percent":10}}}]}"#;
+    let route = r#"{"service":"svc","rules":[{"timeout":"3s","fault":{"abort":{"error":"unavailable","percent":25},"delay":{"fixed":"10s","percent":10}}}]}"#;
     c.push(1, vec![svc(c.endpoints(), route, "")]).await;
     let s = c.caller.service("svc").unwrap();
-    // Enough at once that the delayed calls (1 s each) do not hold up the rest.
+    // Enough at once that the delayed calls (3 s each) do not hold up the rest, and a 3 s
+    // timeout that no call that is not delayed comes near.
     let got = calls(10_000, 1_000, || s.ask(Get)).await;
     let timeouts = got
         .iter()

@@ -373,7 +373,7 @@ impl ServiceRef {
             ));
         };
         if routes.policy().is_some() {
-            return Box::pin(self.tell_by_policy(msg, routes, true)).await;
+            return Box::pin(self.tell_by_policy(msg, routes)).await;
         }
         let Some(started) = self.start_on(routes, self.options.hash_key) else {
             return Err(TellError::NotDelivered(
@@ -494,15 +494,9 @@ impl ServiceRef {
         &self,
         msg: M,
         routes: Arc<ServiceRoutes<RemoteRef>>,
-        wait: bool,
     ) -> Result<(), TellError<M>> {
         let plan = Plan::new(routes, M::NAME, &self.options, self.default_timeout);
-        let faults = if wait {
-            plan.faults().await
-        } else {
-            plan.abort_now()
-        };
-        if let Err(e) = faults {
+        if let Err(e) = plan.faults().await {
             return Err(TellError::NotDelivered(msg, e.to_string()));
         }
         if plan.mirrors() {
@@ -510,49 +504,44 @@ impl ServiceRef {
                 plan.mirror(shadow_of(M::NAME, Arc::new(bytes)), &self.options.metadata);
             }
         }
-        let now = clock::nanos(Instant::now());
-        let picked = match plan.pick(&self.name, self.options.hash_key, &[], now) {
-            Ok(p) => p,
+        let (target, call) = match self.tell_target(&plan) {
+            Ok(t) => t,
             Err(e) => return Err(TellError::NotDelivered(msg, e.to_string())),
         };
-        let routes = plan.routes();
-        routes.state(picked.index).start();
-        let call = InFlight::new(routes.state(picked.index), picked.admission);
-        let target = routes.target(picked.index);
-        let result = if wait {
-            match self.options.runtime(self.default_timeout) {
-                None => target.tell(msg).await,
-                Some(o) => target.tell_with_options(msg, &o).await,
-            }
-        } else {
-            target.try_tell(msg)
+        let result = match self.options.runtime(self.default_timeout) {
+            None => target.tell(msg).await,
+            Some(o) => target.tell_with_options(msg, &o).await,
         };
-        call.finish(tell_outcome(&result), false, routes);
+        call.finish(tell_outcome(&result), false, plan.routes());
         result
     }
 
-    /// A `try_tell` under the policy: as [`ServiceRef::tell`], but an injected delay does
-    /// not apply (it never waits).
+    /// A `try_tell` under the policy: as [`ServiceRef::tell`], but it neither waits out an
+    /// injected delay nor mirrors (it never waits).
     fn try_tell_by_policy<M: RemoteMessage>(
         &self,
         msg: M,
         routes: Arc<ServiceRoutes<RemoteRef>>,
     ) -> Result<(), TellError<M>> {
         let plan = Plan::new(routes, M::NAME, &self.options, self.default_timeout);
-        if let Err(e) = plan.abort_now() {
-            return Err(TellError::NotDelivered(msg, e.to_string()));
-        }
-        let now = clock::nanos(Instant::now());
-        let picked = match plan.pick(&self.name, self.options.hash_key, &[], now) {
-            Ok(p) => p,
+        let target = plan.abort_now().and_then(|()| self.tell_target(&plan));
+        let (target, call) = match target {
+            Ok(t) => t,
             Err(e) => return Err(TellError::NotDelivered(msg, e.to_string())),
         };
+        let result = target.try_tell(msg);
+        call.finish(tell_outcome(&result), false, plan.routes());
+        result
+    }
+
+    /// The endpoint a tell under `plan` goes to, and the call started on it.
+    fn tell_target<'p>(&self, plan: &'p Plan) -> Result<(&'p RemoteRef, InFlight<'p>), AskError> {
+        let now = clock::nanos(Instant::now());
+        let picked = plan.pick(&self.name, self.options.hash_key, &[], now)?;
         let routes = plan.routes();
         routes.state(picked.index).start();
         let call = InFlight::new(routes.state(picked.index), picked.admission);
-        let result = routes.target(picked.index).try_tell(msg);
-        call.finish(tell_outcome(&result), false, routes);
-        result
+        Ok((routes.target(picked.index), call))
     }
 }
 
