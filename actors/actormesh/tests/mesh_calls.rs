@@ -494,8 +494,11 @@ impl Handler<Slow> for Delayed {
 #[actix::test]
 async fn p2c_by_name_sends_little_to_an_endpoint_ten_times_slower() {
     let c = Cluster::new(&["a", "b", "c"]);
+    // 5 ms against 50 ms: a fast endpoint's latency estimate is peak-sensitive, so one
+    // stall of a loaded machine (tens of ms) must not make it look slower than c (10 ms
+    // against 1 ms failed so under CI load: a 30 ms sample starved b for the whole test).
     for (i, n) in c.servers.iter().enumerate() {
-        let delay = Duration::from_millis(if i == 2 { 10 } else { 1 });
+        let delay = Duration::from_millis(if i == 2 { 50 } else { 5 });
         n.spawn("delayed", Delayed(["a", "b", "c"][i].into(), delay))
             .unwrap();
     }
