@@ -464,7 +464,7 @@ fn a_restarted_master_adopts_what_it_knows_kills_the_rest_and_waits_for_known_ag
     );
     let soon = t0 + Duration::from_millis(100);
     let running = [
-        "default.web-old1",
+        "default.web-1f.1",
         "fw-old-1_t1",
         "fw-unknown-9_t2",
         "default.deleted-x1",
@@ -480,7 +480,7 @@ fn a_restarted_master_adopts_what_it_knows_kills_the_rest_and_waits_for_known_ag
             ("a".to_string(), "fw-unknown-9_t2".to_string()),
         ]
     );
-    assert_eq!(task_state(&core, "default.web-old1"), TaskState::Running);
+    assert_eq!(task_state(&core, "default.web-1f.1"), TaskState::Running);
     assert!(core
         .all_tasks()
         .iter()

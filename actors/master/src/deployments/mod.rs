@@ -211,9 +211,18 @@ pub struct DeploymentBook {
 /// Ended instances kept per deployment (beyond those that fill a slot), for `get tasks`.
 pub const HISTORY: usize = 20;
 
-/// The instance name (and task id) prefix of a deployment: `namespace.name-`.
+/// The instance name (and task id) prefix of a deployment: `namespace.name-`. A task id is
+/// the prefix, the master process's epoch in hex, `.`, and a counter: the separator keeps
+/// ids of different master processes apart (`2edc0` + `30810` and `2edc030` + `810` were
+/// once one id).
 fn task_prefix(d: &Deployment) -> String {
     format!("{}.{}-", d.manifest.namespace, d.manifest.name)
+}
+
+/// Whether `s` is what follows a deployment's prefix in its task ids: `<epoch hex>.<n>`
+/// (and `<epoch hex><n>` from masters before the separator).
+fn is_instance_suffix(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.')
 }
 
 /// Whether `id` has the shape of a deployment task id (`namespace.name-suffix`).
@@ -332,10 +341,15 @@ impl DeploymentBook {
         }
     }
 
+    /// The deployment whose instance `task_id` is: its prefix `namespace.name-`, then an
+    /// instance suffix. The suffix has no `-`, so `web-api`'s instances are never taken for
+    /// `web`'s, though they share its prefix.
     fn owner_of(&self, task_id: &str) -> Option<(&String, &Deployment)> {
-        self.deployments
-            .iter()
-            .find(|(_, d)| task_id.starts_with(&task_prefix(d)))
+        self.deployments.iter().find(|(_, d)| {
+            task_id
+                .strip_prefix(&task_prefix(d))
+                .is_some_and(is_instance_suffix)
+        })
     }
 
     fn live_count(&self, key: &str) -> usize {
@@ -448,6 +462,74 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn named(name: &str, replicas: u32) -> Deployment {
+        let text = format!(
+            "kind: Deployment\nname: {name}\nspec:\n  actor: echo\n  version: v1\n  replicas: {replicas}\n  resources: {{ need: \"cpus:1\" }}\n"
+        );
+        crate::manifest::parse(Path::new("d.yaml"), &text).unwrap()
+    }
+
+    #[test]
+    fn a_restarted_master_adopts_each_instance_into_its_own_deployment_when_names_share_a_prefix() {
+        let agents = vec![agent("a1", "x", 8)];
+        let mut before = DeploymentBook::new(7);
+        before.apply(named("web", 1));
+        before.apply(named("web-api", 2));
+        let launched: Vec<String> = before
+            .reconcile(&agents, Instant::now())
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Launch { task_id, .. } => Some(task_id),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(launched.len(), 3);
+        let mut after = DeploymentBook::new(8);
+        after.apply(named("web", 1));
+        after.apply(named("web-api", 2));
+        let kills = after.adopt(
+            "a1",
+            &launched,
+            &[],
+            &BTreeMap::new(),
+            &BTreeMap::new(),
+            Instant::now(),
+        );
+        assert!(kills.is_empty(), "{kills:?}");
+        let count = |key: &str| after.tasks().filter(|t| t.deployment == key).count();
+        assert_eq!(
+            count("default/web"),
+            1,
+            "{:?}",
+            after.tasks().collect::<Vec<_>>()
+        );
+        assert_eq!(count("default/web-api"), 2);
+        assert!(after.reconcile(&agents, Instant::now()).is_empty());
+    }
+
+    #[test]
+    fn task_ids_of_different_master_processes_never_collide() {
+        // Epoch 0x2edc0 with counter 30810 and epoch 0x2edc030 with counter 810 once both
+        // made `default.web-2edc030810`.
+        let mut a = DeploymentBook::new(0x2edc0);
+        let mut b = DeploymentBook::new(0x2edc030);
+        a.next = 30810;
+        b.next = 810;
+        a.apply(named("web", 1));
+        b.apply(named("web", 1));
+        let agents = vec![agent("a1", "x", 8)];
+        let id = |book: &mut DeploymentBook| {
+            book.reconcile(&agents, Instant::now())
+                .into_iter()
+                .find_map(|a| match a {
+                    Action::Launch { task_id, .. } => Some(task_id),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_ne!(id(&mut a), id(&mut b));
     }
 
     #[test]

@@ -197,7 +197,7 @@ impl DeploymentBook {
         while missing > 0 {
             match self.choose(d, agents, left, &on_agent) {
                 Ok(agent) => {
-                    let id = format!("{}{:x}{}", task_prefix(d), self.epoch, self.next);
+                    let id = format!("{}{:x}.{}", task_prefix(d), self.epoch, self.next);
                     self.next += 1;
                     let l = left.entry(agent.clone()).or_default();
                     *l = l.minus(&d.need);
