@@ -68,7 +68,8 @@ pub struct AgentRecord {
     pub last_heartbeat: Option<SystemTime>,
     /// Expiry of its current certificate.
     pub cert_expiry: Option<SystemTime>,
-    /// What it reported running at its last registration (soft state).
+    /// What it reported running at its last registration (soft state). The API's node
+    /// views (`ClusterCore::agent_views`) put the tasks the master knows there now instead.
     pub running: Vec<String>,
 }
 

@@ -473,6 +473,37 @@ impl ClusterCore {
         self.membership.all()
     }
 
+    /// Every agent's record for `get nodes` and `describe node`, its `running` the tasks
+    /// the master knows to be there now (deployment and framework instances and direct
+    /// tasks not ended, and killed ones still in their kill grace), sorted; not what the
+    /// agent reported when it last registered, which is soon out of date.
+    pub fn agent_views(&self) -> Vec<AgentRecord> {
+        let mut on: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        let entries = self.all_tasks();
+        for t in &entries {
+            if !t.state.is_terminal() || t.stopping {
+                on.entry(t.agent.as_str()).or_default().push(t.id.clone());
+            }
+        }
+        for (id, s) in &self.tasks {
+            if !s.state.is_terminal() {
+                on.entry(s.agent_id.as_str()).or_default().push(id.clone());
+            }
+        }
+        self.membership
+            .all()
+            .map(|a| {
+                let mut running = on.remove(a.id.as_str()).unwrap_or_default();
+                running.sort();
+                running.dedup();
+                AgentRecord {
+                    running,
+                    ..a.clone()
+                }
+            })
+            .collect()
+    }
+
     /// The deployment controller's book.
     pub fn deployments(&self) -> &DeploymentBook {
         &self.deployments

@@ -22,7 +22,7 @@ pub struct ListNodes;
 impl Handler<ListNodes> for Master {
     type Result = MessageResult<ListNodes>;
     fn handle(&mut self, _: ListNodes, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.core.agents().cloned().collect())
+        MessageResult(self.core.agent_views())
     }
 }
 

@@ -783,3 +783,37 @@ fn an_applied_route_is_a_new_version_of_its_service_and_survives_a_restart() {
         Err(OperatorError::NotFound(_))
     ));
 }
+
+#[test]
+fn a_node_view_lists_the_instances_running_there_now_not_its_registration_report() {
+    let t0 = Instant::now();
+    let (mut core, launched) = serving(2, "", t0);
+    let _ = run(&mut core, &launched, t0);
+    let on = |core: &ClusterCore, id: &str| {
+        core.agent_views()
+            .into_iter()
+            .find(|a| a.id == id)
+            .unwrap()
+            .running
+    };
+    let mut want_a: Vec<String> = launched
+        .iter()
+        .filter(|(agent, _)| agent == "a")
+        .map(|(_, t)| t.clone())
+        .collect();
+    want_a.sort();
+    assert_eq!(
+        on(&core, "a"),
+        want_a,
+        "registered with nothing, runs its instances"
+    );
+    let total: usize = ["a", "b"].iter().map(|id| on(&core, id).len()).sum();
+    assert_eq!(total, 2);
+    // The stored record keeps what the agent reported (nothing).
+    assert!(core.agents().all(|a| a.running.is_empty()));
+    // Ended instances leave the view.
+    for (agent, task) in &launched {
+        let _ = report(&mut core, agent, task, TaskState::Failed, t0);
+    }
+    assert!(core.agent_views().iter().all(|a| a.running.is_empty()));
+}
