@@ -471,6 +471,10 @@ pub(crate) struct DevArgs {
     /// Operator API address.
     #[arg(long, default_value = "127.0.0.1:7080")]
     pub(crate) api: SocketAddr,
+    /// Bootstrap address, where your own agents join (port 0: one chosen by the system;
+    /// the ready lines print it with a join command).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub(crate) bootstrap: SocketAddr,
     #[command(flatten)]
     pub(crate) push: PushArgs,
 }

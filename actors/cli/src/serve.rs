@@ -176,7 +176,7 @@ async fn wait_for_ctrl_c() -> anyhow::Result<()> {
 async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let mut config = MasterConfig::new(args.data_dir.join("master"));
     config.listen = "127.0.0.1:0".parse()?;
-    config.bootstrap = "127.0.0.1:0".parse()?;
+    config.bootstrap = args.bootstrap;
     config.api = args.api;
     args.push.apply(&mut config)?;
     let m = master::start(config).await?;
@@ -203,9 +203,10 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     );
     tokio::spawn(renew_dev_client(m.clone(), args.data_dir.clone(), client));
     println!(
-        "dev cluster ready: master {} (api http://{}), agent {} on {}",
+        "dev cluster ready: master {} (api http://{}, bootstrap {}), agent {} on {}",
         m.node.local_addr(),
         m.api,
+        m.bootstrap,
         a.agent_id,
         a.node.local_addr()
     );
@@ -221,6 +222,17 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         "try: actormesh get nodes --api http://{} --api-token-file {}",
         m.api,
         m.api_token_file.display()
+    );
+    // A token for the user's own agents (an hour, as `token create` gives by default a
+    // day): the command to copy, and what a binary of theirs passes to `agent::start`.
+    let join = m.agent_token(Duration::from_secs(3600)).await?;
+    println!(
+        "join an agent: actormesh agent --join {} --token {join} --data-dir ./my-agent",
+        m.bootstrap
+    );
+    println!(
+        "  (your own binary: AgentConfig {{ join: \"{}\", token: Some(<that token>), .. }}, or ACTORMESH_JOIN_TOKEN; valid 1h, `actormesh token create` for more)",
+        m.bootstrap
     );
     until_stopped(&m).await
 }

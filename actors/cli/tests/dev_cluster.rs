@@ -54,6 +54,28 @@ async fn the_dev_cluster_serves_its_demo_echo_as_a_service() {
     let api = free_tcp().to_string();
     let (mut dev, args) = start_dev(&state, &api).await;
 
+    // The join command it prints works as printed: a second agent joins.
+    let join = dev.line("join an agent: ").await;
+    let mut words: Vec<String> = join.split_whitespace().map(str::to_string).collect();
+    assert_eq!(&words[..2], ["actormesh", "agent"], "{join}");
+    let agent_dir = dir.join("my-agent");
+    let last = words.len() - 1;
+    words[last] = agent_dir.display().to_string();
+    words.extend(["--name".into(), "mine".into()]);
+    let argv: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+    let mut mine = Proc::spawn(&argv);
+    let start = Instant::now();
+    loop {
+        let nodes: Vec<actormesh_master::membership::AgentRecord> =
+            json_of(&args, &["get", "nodes", "-o", "json"]);
+        if nodes.iter().any(|n| n.id == "mine") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{nodes:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    mine.kill().await;
+
     // dev deployed the echo as a service, and said it is ready once it has an endpoint.
     let services: Vec<ServiceSummary> = json_of(&args, &["get", "services", "-o", "json"]);
     let echo = services
