@@ -63,14 +63,7 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
     run_system(async move {
         let a = agent::start(config).await?;
         println!("agent {} ready on {}", a.agent_id, a.node.local_addr());
-        let mut removed = a.removed.clone();
-        tokio::select! {
-            r = wait_for_ctrl_c() => r,
-            reason = removed.wait_for(|r| r.is_some()) => {
-                let reason = reason.map(|r| r.clone().unwrap_or_default()).unwrap_or_default();
-                anyhow::bail!("this agent was removed from the cluster: {reason}")
-            }
-        }
+        Ok(a.run_until_stopped().await?)
     })
 }
 

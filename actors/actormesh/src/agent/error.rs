@@ -110,6 +110,12 @@ pub enum AgentError {
         /// What the agent offers.
         offered: Box<Resources>,
     },
+    /// The master removed this agent (`run_until_stopped`): it must join again.
+    #[error("this agent was removed from the cluster: {0}")]
+    Removed(String),
+    /// Waiting for Ctrl-C failed (`run_until_stopped`).
+    #[error("cannot wait for Ctrl-C: {0}")]
+    Signal(String),
 }
 
 impl AgentError {

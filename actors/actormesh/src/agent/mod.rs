@@ -12,6 +12,7 @@ pub mod tasks;
 
 pub use error::AgentError;
 pub(crate) use error::TaskRefusal;
+pub use tasks::ActorHost;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -73,6 +74,83 @@ impl std::fmt::Debug for AgentConfig {
     }
 }
 
+impl AgentConfig {
+    /// An agent joining the master whose bootstrap address is `join`, keeping its key,
+    /// certificate and id in `data_dir`. Everything else has its default: no token (give
+    /// one with [`AgentConfig::token`] the first time), listening on `127.0.0.1:0`, the
+    /// name the master picks, resources detected, no attributes, no reservations, no
+    /// hosted types (add them with [`AgentConfig::host`]).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), actormesh::agent::AgentError> {
+    /// use actormesh::agent::{self, ActorHost, AgentConfig};
+    /// # struct Kv; impl actix::Actor for Kv { type Context = actix::Context<Self>; }
+    /// let config = AgentConfig::new("127.0.0.1:7001".parse().unwrap(), "./kv-agent")
+    ///     .token(std::env::var("ACTORMESH_JOIN_TOKEN").ok())
+    ///     .name("kv-1")
+    ///     .host(ActorHost::new().with("kv", || Kv));
+    /// let agent = agent::start(config).await?;
+    /// agent.run_until_stopped().await
+    /// # }
+    /// ```
+    pub fn new(join: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            join,
+            token: None,
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            name: String::new(),
+            resources: None,
+            attrs: BTreeMap::new(),
+            actor_types: Vec::new(),
+            host: ActorHost::default(),
+            reserved: BTreeMap::new(),
+        }
+    }
+
+    /// With this join token (`None`: reuse the certificate saved in the data dir).
+    pub fn token(mut self, token: impl Into<Option<String>>) -> Self {
+        self.token = token.into();
+        self
+    }
+
+    /// Asking for this agent name.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Listening for the mesh on `addr`.
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Offering these resources instead of the detected ones.
+    pub fn resources(mut self, resources: Resources) -> Self {
+        self.resources = Some(resources);
+        self
+    }
+
+    /// With attribute `key=value` (e.g. `zone`).
+    pub fn attr(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attrs.insert(key.into(), value.into());
+        self
+    }
+
+    /// Hosting these actor types: the master may start them here as tasks.
+    pub fn host(mut self, host: ActorHost) -> Self {
+        self.host = host;
+        self
+    }
+
+    /// Setting `resources` aside for `role`'s offers only.
+    pub fn reserve(mut self, role: impl Into<String>, resources: Resources) -> Self {
+        self.reserved.insert(role.into(), resources);
+        self
+    }
+}
+
 /// A running agent.
 #[derive(Debug, Clone)]
 pub struct AgentHandle {
@@ -92,6 +170,20 @@ impl AgentHandle {
     /// service name.
     pub fn mesh(&self) -> &Mesh {
         &self.mesh
+    }
+
+    /// Serves until the process gets Ctrl-C (SIGINT), `Ok`, or the master removes this
+    /// agent, [`AgentError::Removed`] with the master's reason (the agent must join again
+    /// with a new token). What every agent binary's `main` ends with.
+    pub async fn run_until_stopped(&self) -> Result<(), AgentError> {
+        let mut removed = self.removed.clone();
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.map_err(|e| AgentError::Signal(e.to_string())),
+            reason = removed.wait_for(|r| r.is_some()) => {
+                let reason = reason.map(|r| r.clone().unwrap_or_default()).unwrap_or_default();
+                Err(AgentError::Removed(reason))
+            }
+        }
     }
 }
 
@@ -607,4 +699,36 @@ async fn renew_once(
     save_credentials(dir, &key.pem(), &cert, &ca_pem)?;
     info!(expires = ?creds.not_after(), "certificate renewed");
     Ok(creds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_from_the_builder_has_the_documented_defaults_and_takes_each_setting() {
+        let join: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let c = AgentConfig::new(join, "./a");
+        assert_eq!(c.join, join);
+        assert_eq!(c.data_dir, PathBuf::from("./a"));
+        assert_eq!(c.listen, "127.0.0.1:0".parse::<SocketAddr>().unwrap());
+        assert!(c.token.is_none() && c.name.is_empty() && c.resources.is_none());
+        assert!(c.attrs.is_empty() && c.reserved.is_empty() && c.actor_types.is_empty());
+        let cpus: Resources = "cpus:2".parse().unwrap();
+        let c = c
+            .token("am1.x".to_string())
+            .name("kv-1")
+            .listen("127.0.0.1:9000".parse().unwrap())
+            .resources(cpus.clone())
+            .attr("zone", "a")
+            .reserve("batch", cpus.clone());
+        assert_eq!(c.token.as_deref(), Some("am1.x"));
+        assert_eq!(c.name, "kv-1");
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.resources, Some(cpus.clone()));
+        assert_eq!(c.attrs["zone"], "a");
+        assert_eq!(c.reserved["batch"], cpus);
+        // A token given as None keeps the saved certificate's path.
+        assert!(c.token(None).token.is_none());
+    }
 }

@@ -29,18 +29,11 @@ pub async fn agent_config(
     name: &str,
 ) -> AgentConfig {
     let token = m.agent_token(Duration::from_secs(60)).await.unwrap();
-    AgentConfig {
-        join: m.bootstrap,
-        token: Some(token),
-        data_dir: dir.join(name),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        name: name.into(),
-        resources: None,
-        attrs: Default::default(),
-        actor_types: Vec::new(),
-        reserved: Default::default(),
-        host: Default::default(),
-    }
+    // The builder's defaults are what these tests assume: listen on 127.0.0.1:0, detect
+    // resources, no attributes, types or reservations.
+    AgentConfig::new(m.bootstrap, dir.join(name))
+        .token(token)
+        .name(name)
 }
 
 /// Starts an agent from `config`.
