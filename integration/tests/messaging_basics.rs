@@ -36,7 +36,14 @@ async fn unknown_message_and_missing_actor_are_typed_errors() {
     let b = start(&pki, "b");
     b.spawn("sink", Sink::default()).unwrap();
     let r = a.actor_ref(b.local_addr(), "sink");
-    match r.ask(Nobody).await {
+    let said = r.ask(Nobody).await;
+    // The usual cause is an `impl Handler` without the attribute: the error says so.
+    let text = said.as_ref().unwrap_err().to_string();
+    assert!(
+        text.contains("mark that impl with #[actormesh::handler]"),
+        "{text}"
+    );
+    match said {
         Err(AskError::UnknownMessage {
             actor,
             message,

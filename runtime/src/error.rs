@@ -56,7 +56,7 @@ pub enum AskError {
         node: SocketAddr,
     },
     /// The actor exists but has no handler for that message name.
-    #[error("actor {actor:?} ({actor_type}) does not accept message {message:?}")]
+    #[error("actor {actor:?} ({actor_type}) does not accept message {message:?}: if it has an `impl Handler` for it, mark that impl with #[actormesh::handler] (only marked impls are reachable by name)")]
     UnknownMessage {
         /// The actor.
         actor: String,
@@ -213,7 +213,7 @@ pub enum TellError<M> {
     #[error("no such actor")]
     NoSuchActor(M),
     /// The actor does not accept this message (local targets only).
-    #[error("the actor does not accept this message")]
+    #[error("the actor does not accept this message (is its `impl Handler` marked #[actormesh::handler]?)")]
     UnknownMessage(M),
     /// The message could not be encoded.
     #[error("cannot encode the message: {1}")]
