@@ -92,6 +92,21 @@ fn parse_size(token: &str, v: &str) -> Result<f64, ResourceError> {
     Ok(n * bytes_per_unit / MIB)
 }
 
+/// A scalar other than `mem` and `disk` takes a plain number; a value that reads as a size
+/// (`64MiB`) most likely meant `mem` (or `disk`): say so.
+fn with_unit_hint(e: ResourceError, name: &str, value: &str) -> ResourceError {
+    if parse_size(&e.token, value).is_err() {
+        return e;
+    }
+    let guess = if name.starts_with('d') { "disk" } else { "mem" };
+    ResourceError {
+        problem: format!(
+            "{value:?} has a unit, and only mem and disk take units (custom resources such as {name:?} are plain numbers); did you mean {guess}:{value}?"
+        ),
+        ..e
+    }
+}
+
 fn parse_number(token: &str, v: &str) -> Result<f64, ResourceError> {
     let n: f64 = v
         .parse()
@@ -183,8 +198,8 @@ impl std::str::FromStr for Resources {
                 r.scalars
                     .insert(name.to_string(), parse_size(token, value)?);
             } else {
-                r.scalars
-                    .insert(name.to_string(), parse_number(token, value)?);
+                let n = parse_number(token, value).map_err(|e| with_unit_hint(e, name, value))?;
+                r.scalars.insert(name.to_string(), n);
             }
         }
         if seen.is_empty() {
@@ -490,6 +505,20 @@ mod tests {
 
     fn r(s: &str) -> Resources {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_unit_on_a_custom_scalar_points_to_mem_and_disk() {
+        let e = "memory:64MiB".parse::<Resources>().unwrap_err().to_string();
+        assert!(
+            e.contains("only mem and disk take units") && e.contains("did you mean mem:64MiB?"),
+            "{e}"
+        );
+        let e = "disks:2GiB".parse::<Resources>().unwrap_err().to_string();
+        assert!(e.contains("did you mean disk:2GiB?"), "{e}");
+        // Not a size either: the plain message.
+        let e = "gpus:many".parse::<Resources>().unwrap_err().to_string();
+        assert!(e.contains("\"many\" is not a number"), "{e}");
     }
 
     #[test]
