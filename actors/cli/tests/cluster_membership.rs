@@ -436,3 +436,54 @@ async fn apply_validates_and_get_deployments_says_why_replicas_are_not_placed() 
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_given_a_ca_says_it_imported_it_not_that_it_created_one() {
+    use std::io::{BufRead, Read};
+    let dir = temp_dir("ca-import");
+    let ca = dir.join("ca");
+    let status = std::process::Command::new(BIN)
+        .args(["ca", "init", "--trust-domain", "import.test", "--out"])
+        .arg(&ca)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (m, b, a) = (free_udp(), free_udp(), free_tcp());
+    // Its INFO lines (the tests' processes log WARN and above).
+    let mut child = std::process::Command::new(BIN)
+        .args(["master", "--data-dir"])
+        .arg(dir.join("master"))
+        .args(["--listen", &m.to_string(), "--bootstrap", &b.to_string()])
+        .args(["--api", &a.to_string(), "--ca", ca.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with("master ready:"))
+    });
+    let ready = tokio::time::timeout(Duration::from_secs(60), ready)
+        .await
+        .expect("master ready within 60 s")
+        .unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(ready, "{stderr}");
+    assert!(
+        stderr.contains("imported the cluster CA") && !stderr.contains("created the cluster CA"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

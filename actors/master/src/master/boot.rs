@@ -174,7 +174,15 @@ async fn load_or_create_ca(
             Change::put(Table::Meta, META_CA_KEY, ca.key_pem().into_bytes()),
         ])
         .await?;
-    info!(trust_domain = ca.trust_domain(), "created the cluster CA");
+    match &config.ca_dir {
+        Some(dir) => info!(
+            trust_domain = ca.trust_domain(),
+            fingerprint = %ca.fingerprint(),
+            from = %dir.display(),
+            "imported the cluster CA"
+        ),
+        None => info!(trust_domain = ca.trust_domain(), "created the cluster CA"),
+    }
     Ok(ca)
 }
 
