@@ -487,3 +487,32 @@ async fn a_master_given_a_ca_says_it_imported_it_not_that_it_created_one() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_whose_api_port_is_taken_says_so_once_and_does_not_panic() {
+    let dir = temp_dir("api-taken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = taken.local_addr().unwrap().to_string();
+    let (m, b) = (free_udp().to_string(), free_udp().to_string());
+    let data = dir.join("master");
+    let proc = Proc::spawn(&[
+        "master",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--listen",
+        &m,
+        "--bootstrap",
+        &b,
+        "--api",
+        &api,
+    ]);
+    let stderr = proc.exit_stderr().await;
+    assert!(
+        stderr.contains(&format!("cannot listen for the API on {api}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.matches("Address already in use").count(), 1, "{stderr}");
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -408,9 +408,10 @@ async fn proxy_endpoints(
     }
 }
 
-/// Serves the API on `addr`; returns the bound address.
-pub async fn serve(
-    addr: SocketAddr,
+/// Serves the API on `listener` (bound before the master's actors start, so that a taken
+/// port fails the start cleanly); returns its address.
+pub fn serve(
+    listener: tokio::net::TcpListener,
     master: Addr<Master>,
     token: String,
 ) -> std::io::Result<SocketAddr> {
@@ -454,7 +455,6 @@ pub async fn serve(
             require_token,
         ))
         .with_state(api);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

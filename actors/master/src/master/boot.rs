@@ -91,12 +91,12 @@ pub enum MasterError {
     #[error("the bootstrap port: {0}")]
     Bootstrap(#[from] TransportError),
     /// The operator API could not listen.
-    #[error("cannot listen for the API on {addr}: {source}")]
+    #[error("cannot listen for the API on {addr}: {reason}")]
     Api {
         /// The address asked for.
         addr: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
+        /// Why (the OS error's text: as a source it would be printed twice).
+        reason: String,
     },
     /// The master actor is not running.
     #[error("the master is not running: {0}")]
@@ -328,6 +328,14 @@ pub async fn start_with_store(
         },
         Instant::now(),
     )?;
+    // Bound before any actor starts: a taken port then fails the start with its error
+    // alone (an actor dropped with the system's runtime panicked first).
+    let api_listener = tokio::net::TcpListener::bind(config.api)
+        .await
+        .map_err(|e| MasterError::Api {
+            addr: config.api,
+            reason: e.to_string(),
+        })?;
     let master = Master {
         core,
         store,
@@ -384,12 +392,12 @@ pub async fn start_with_store(
     })?;
     // The listener's task keeps serving after this handle is dropped.
     let bootstrap_addr = bootstrap.local_addr()?;
-    let api_addr = crate::api::serve(config.api, master.clone(), api_token)
-        .await
-        .map_err(|source| MasterError::Api {
+    let api_addr = crate::api::serve(api_listener, master.clone(), api_token).map_err(|e| {
+        MasterError::Api {
             addr: config.api,
-            source,
-        })?;
+            reason: e.to_string(),
+        }
+    })?;
     info!(mesh = %node.local_addr(), bootstrap = %bootstrap_addr, api = %api_addr, "master up");
     Ok(MasterHandle {
         master,
