@@ -512,7 +512,11 @@ async fn a_master_whose_api_port_is_taken_says_so_once_and_does_not_panic() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(stderr.matches("Address already in use").count(), 1, "{stderr}");
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
     drop(taken);
     let _ = std::fs::remove_dir_all(&dir);
 }
