@@ -360,6 +360,27 @@ impl Handler<actormesh::health::HealthCheck> for Doubler {
     }
 }
 
+/// Healthy once it has lived 150 ms: a rollout of it takes several health checks, so the
+/// rolling state lasts long enough to be seen however loaded the machine is (with
+/// instances healthy at their first check, a whole rollout fit between two looks).
+struct Warming(std::time::Instant);
+
+impl Actor for Warming {
+    type Context = Context<Self>;
+}
+
+#[actormesh::handler]
+impl Handler<actormesh::health::HealthCheck> for Warming {
+    type Result = Result<(), String>;
+    fn handle(&mut self, _: actormesh::health::HealthCheck, _: &mut Context<Self>) -> Self::Result {
+        if self.0.elapsed() >= Duration::from_millis(150) {
+            Ok(())
+        } else {
+            Err("warming up".into())
+        }
+    }
+}
+
 #[actix::test]
 async fn health_checks_gate_availability_and_replace_unhealthy_instances() {
     use actormesh_master::frameworks::TaskState;
@@ -545,7 +566,7 @@ async fn a_rolling_update_keeps_the_asked_availability_with_real_agents() {
     let m = start_master(&dir, true).await;
     let mut agents = Vec::new();
     for name in ["u1", "u2"] {
-        let host = ActorHost::new().with("doubler", || Doubler);
+        let host = ActorHost::new().with("doubler", || Warming(std::time::Instant::now()));
         let a = join(
             &m,
             &dir,
