@@ -477,14 +477,7 @@ mod tests {
         let mut before = DeploymentBook::new(7);
         before.apply(named("web", 1));
         before.apply(named("web-api", 2));
-        let launched: Vec<String> = before
-            .reconcile(&agents, Instant::now())
-            .into_iter()
-            .filter_map(|a| match a {
-                Action::Launch { task_id, .. } => Some(task_id),
-                _ => None,
-            })
-            .collect();
+        let launched = launches(&before.reconcile(&agents, Instant::now()));
         assert_eq!(launched.len(), 3);
         let mut after = DeploymentBook::new(8);
         after.apply(named("web", 1));
@@ -521,13 +514,7 @@ mod tests {
         b.apply(named("web", 1));
         let agents = vec![agent("a1", "x", 8)];
         let id = |book: &mut DeploymentBook| {
-            book.reconcile(&agents, Instant::now())
-                .into_iter()
-                .find_map(|a| match a {
-                    Action::Launch { task_id, .. } => Some(task_id),
-                    _ => None,
-                })
-                .unwrap()
+            launches(&book.reconcile(&agents, Instant::now()))[0].clone()
         };
         assert_ne!(id(&mut a), id(&mut b));
     }
