@@ -13,11 +13,27 @@
 //! | `ca.pem` | the cluster CA certificate (0600) |
 //! | `client.json` | the identity and where the master was when it was issued (0600) |
 //!
-//! [`load`] reads such a directory back; its credentials start a [`crate::Node`]. The
+//! [`load`] reads such a directory back; its credentials start a [`crate::Node`], and
+//! [`connect`] does all of it: loads the identity, starts a node and its part of the mesh,
+//! and waits for the master's registry, so that services can be called by name:
+//!
+//! ```no_run
+//! # async fn kv() -> Result<(), Box<dyn std::error::Error>> {
+//! # #[derive(serde::Serialize, serde::Deserialize, actormesh::RemoteMessage)]
+//! # #[remote(name = "kv.Get/v1", reply = Option<String>)]
+//! # struct Get { key: String }
+//! use std::time::Duration;
+//! let mesh = actormesh::client::connect("actormesh-dev/client".as_ref(), Duration::from_secs(5)).await?;
+//! let value = mesh.service("default/kv")?.ask(Get { key: "greeting".into() }).await?;
+//! mesh.node().shutdown();
+//! # Ok(()) }
+//! ```
+//!
+//! The
 //! master does not list clients as nodes, and `$master` refuses a client identity for
 //! agent messages. A client certificate is not renewed: issue a new one before it expires.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,10 +43,12 @@ use actormesh_transport::codec::{self, CodecError};
 use actormesh_transport::pki::{files, Credentials, NodeKey, PkiError};
 use actormesh_transport::{bootstrap, SpiffeId, TransportError};
 
+use crate::mesh::{Mesh, MeshOptions};
 use crate::protocol::{
     BootstrapReply, BootstrapRequest, ClientCertReply, ClientCertRequest, JoinReply,
 };
 use crate::token::{JoinToken, TokenFormatError};
+use crate::{Node, NodeConfig, NodeError};
 
 /// The path prefix of client identities: `spiffe://<td>/client/<name>`.
 pub const CLIENT_PATH_PREFIX: &str = "/client/";
@@ -253,6 +271,89 @@ pub fn load(dir: &Path) -> Result<ClientCredentials, ClientError> {
     })
 }
 
+/// Why [`connect`] gave no mesh; each variant names what to check.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The client identity could not be loaded.
+    #[error("no client identity in {}: {source} (`actormesh dev` writes one into <data-dir>/client; else `actormesh cert issue --client <name> --token <t> --out <dir>`)", dir.display())]
+    Identity {
+        /// The directory given.
+        dir: PathBuf,
+        /// Why it did not load.
+        source: ClientError,
+    },
+    /// The client's node did not start.
+    #[error("cannot start the client node: {0}")]
+    Node(#[from] NodeError),
+    /// The master sent no registry in time.
+    #[error("the master at {master} sent no registry within {waited:?}; is it running, and does it accept this client ({identity})?")]
+    NoRegistry {
+        /// The master's mesh address.
+        master: SocketAddr,
+        /// How long it was waited for.
+        waited: Duration,
+        /// The client's identity.
+        identity: SpiffeId,
+    },
+}
+
+/// The local address a client node binds to reach `peer`: loopback for a master on
+/// loopback, else any address of the peer's family.
+fn bind_for(peer: SocketAddr) -> SocketAddr {
+    let ip = match peer.ip() {
+        ip if ip.is_loopback() => ip,
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    SocketAddr::new(ip, 0)
+}
+
+/// Loads the client identity in `dir` (see [`load`]) and [`ClientCredentials::connect`]s
+/// it to the master it was issued by, in the namespace `default`.
+pub async fn connect(dir: &Path, wait: Duration) -> Result<Mesh, ConnectError> {
+    let client = load(dir).map_err(|source| ConnectError::Identity {
+        dir: dir.to_path_buf(),
+        source,
+    })?;
+    client.connect(MeshOptions::default(), wait).await
+}
+
+impl ClientCredentials {
+    /// Starts a node with this identity on a port the OS picks, and its part of the mesh
+    /// (a Proxy subscribed to `options.master`, or the master recorded with the identity
+    /// when that is `None`), and waits at most `wait` until the Proxy has the master's
+    /// registry, so that a call by name right after finds the endpoints. Call inside an
+    /// actix system; `mesh.node().shutdown()` closes the node's links.
+    pub async fn connect(
+        &self,
+        mut options: MeshOptions,
+        wait: Duration,
+    ) -> Result<Mesh, ConnectError> {
+        let master = *options.master.get_or_insert(self.record.master_addr);
+        let node = Node::start(NodeConfig::new(bind_for(master)), &self.credentials)?;
+        let mesh = match Mesh::start(&node, options) {
+            Ok(mesh) => mesh,
+            Err(e) => {
+                node.shutdown();
+                return Err(e.into());
+            }
+        };
+        let mut applied = mesh.applied();
+        let got = tokio::time::timeout(wait, applied.wait_for(|v| v.is_some()))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !got {
+            node.shutdown();
+            return Err(ConnectError::NoRegistry {
+                master,
+                waited: wait,
+                identity: self.identity.clone(),
+            });
+        }
+        Ok(mesh)
+    }
+}
+
 fn save(
     dir: &Path,
     key_pem: &str,
@@ -292,6 +393,15 @@ fn save(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_node_binds_loopback_only_for_a_master_on_loopback() {
+        let bind = |a: &str| bind_for(a.parse().unwrap()).to_string();
+        assert_eq!(bind("127.0.0.1:7000"), "127.0.0.1:0");
+        assert_eq!(bind("[::1]:7000"), "[::1]:0");
+        assert_eq!(bind("10.1.2.3:7000"), "0.0.0.0:0");
+        assert_eq!(bind("[fd00::1]:7000"), "[::]:0");
+    }
 
     #[test]
     fn client_names_follow_the_rule_and_a_refusal_names_it() {

@@ -25,12 +25,13 @@
 //! - **Supervision and death watch:** [`RestartPolicy`] restarts a crashed actor in place;
 //!   [`Node::watch`] tells you when an actor anywhere stops or its node becomes unreachable.
 //! - **Running work on a cluster:** [`agent::start`] makes this process an agent that
-//!   hosts your actor types ([`agent::tasks::ActorHost`]), so the master can place
+//!   hosts your actor types ([`agent::ActorHost`]), so the master can place
 //!   instances on it; [`framework`] is the client for schedulers of your own (Mesos-style
 //!   offers); [`protocol`], [`resources`] and [`task`] are the types they exchange.
 //! - **A program that is not a node** (a CLI, a tool) gets a client identity with
 //!   [`client::issue`] and a join token of role `client`, then starts a [`Node`] with it to
-//!   call actors over mutual TLS, without joining the cluster.
+//!   call actors over mutual TLS, without joining the cluster; [`client::connect`] starts
+//!   the node and its mesh and waits for the registry, ready to call services by name.
 //! - **Calling by name:** [`mesh::Mesh`] is a node's part of the mesh: its Proxy
 //!   (`$proxy`) takes the master's registry pushes, and `mesh.service("shop/ratings")`
 //!   gives a [`mesh::ServiceRef`] whose `ask` picks a ready endpoint per call with the

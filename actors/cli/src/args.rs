@@ -108,6 +108,10 @@ pub(crate) struct CallArgs {
     /// Metadata sent with the call, as key=value (repeatable).
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
     pub(crate) metadata: Vec<String>,
+    /// The key a `hash` balancer picks the endpoint by: calls with the same key reach the
+    /// same endpoint (as `CallOptions::hash_key` in Rust; default: none, a random one).
+    #[arg(long, value_name = "KEY")]
+    pub(crate) hash_key: Option<String>,
     /// The namespace a bare service name resolves in.
     #[arg(long, default_value = "default")]
     pub(crate) namespace: String,

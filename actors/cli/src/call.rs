@@ -4,10 +4,11 @@
 //! endpoint directly once the first snapshot is applied.
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use actormesh::mesh::{CallOptions, Mesh, MeshOptions, ServiceName};
-use actormesh::{AskError, CallOutcome, Node, NodeConfig};
+use actormesh::client::ConnectError;
+use actormesh::mesh::{CallOptions, MeshOptions, ServiceName};
+use actormesh::{AskError, CallOutcome};
 use anyhow::Context as _;
 
 use crate::args::CallArgs;
@@ -89,35 +90,28 @@ pub(crate) fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
         Err(e) => return bad(e),
     };
     options.timeout = Some(args.timeout);
+    if let Some(key) = &args.hash_key {
+        options = options.hash_key(key);
+    }
     let client = actormesh::client::load(&args.identity).with_context(|| {
         format!(
             "no client identity in {} (`actormesh dev` writes one there; else use `actormesh cert issue --client <name> --token <t> --out <dir>` and pass --identity <dir>)",
             args.identity.display()
         )
     })?;
-    let master = args.master.unwrap_or(client.record.master_addr);
+    let mut mesh_options = MeshOptions::default().namespace(&args.namespace);
+    mesh_options.master = args.master;
     actix::System::new().block_on(async move {
-        let node = Node::start(
-            NodeConfig::new("127.0.0.1:0".parse().expect("a socket address")),
-            &client.credentials,
-        )
-        .context("cannot start the client node")?;
-        let mesh = Mesh::start(
-            &node,
-            MeshOptions::default()
-                .master(master)
-                .namespace(&args.namespace),
-        )
-        .context("cannot start the client's proxy")?;
         let started = Instant::now();
-        if !first_snapshot(&mesh, args.timeout).await {
-            node.shutdown();
-            eprintln!(
-                "error: the master at {master} sent no registry within {:?}; is it running, and does it accept this client ({})?",
-                args.timeout, client.identity
-            );
-            return Ok(ExitCode::from(exit::SETUP));
-        }
+        let mesh = match client.connect(mesh_options, args.timeout).await {
+            Ok(mesh) => mesh,
+            Err(e @ ConnectError::NoRegistry { .. }) => {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(exit::SETUP));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let node = mesh.node().clone();
         options.timeout = Some(args.timeout.saturating_sub(started.elapsed()));
         let reply = mesh
             .service_named(service)
@@ -142,17 +136,10 @@ pub(crate) fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Waits until the Proxy applied the master's first push, at most `limit`.
-async fn first_snapshot(mesh: &Mesh, limit: Duration) -> bool {
-    let mut applied = mesh.applied();
-    tokio::time::timeout(limit, applied.wait_for(|v| v.is_some()))
-        .await
-        .is_ok_and(|r| r.is_ok())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn metadata_pairs_parse_and_bad_ones_name_what_is_wrong() {

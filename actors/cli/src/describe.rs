@@ -405,6 +405,13 @@ impl fmt::Display for TaskDetails<'_> {
         let d = self.0;
         writeln!(f, "Task:            {}", d.task_id)?;
         writeln!(f, "Agent:           {}", d.agent)?;
+        if let Some(e) = &d.endpoint {
+            writeln!(
+                f,
+                "Endpoint:        actor {} on {} at {}",
+                e.actor, e.node, e.addr
+            )?;
+        }
         if let Some(e) = &d.entry {
             writeln!(
                 f,

@@ -224,7 +224,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         m.bootstrap
     );
     println!(
-        "  (your own binary: AgentConfig {{ join: \"{}\", token: Some(<that token>), .. }}, or ACTORMESH_JOIN_TOKEN; valid 1h, `actormesh token create` for more)",
+        "  (your own binary: AgentConfig::new(\"{}\".parse()?, \"./my-agent\").token(<that token>), or ACTORMESH_JOIN_TOKEN; valid 1h, `actormesh token create` for more)",
         m.bootstrap
     );
     until_stopped(&m).await

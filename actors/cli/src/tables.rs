@@ -182,10 +182,20 @@ const TASKS: &[Column] = &[
     Column::left("AGENT", 12),
     Column::left("STATE", 10),
     Column::left("RESOURCES", 22),
-    Column::left("MESSAGE", 0),
+    Column::fit("ENDPOINT"),
+    Column::left("MESSAGE", 0).gap(2),
 ];
 
-/// Tasks: owner (deployment or framework), version, agent, state, resources, message.
+/// An actor task's endpoint as `address/actor` (what `node.actor_ref(address, actor)`
+/// takes), `-` for a task that serves no actor.
+pub(crate) fn task_endpoint(t: &TaskEntry) -> String {
+    t.endpoint
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |e| format!("{}/{}", e.addr, e.actor))
+}
+
+/// Tasks: owner (deployment or framework), version, agent, state, resources, endpoint,
+/// message.
 pub(crate) fn tasks(list: &[TaskEntry]) -> String {
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -202,6 +212,7 @@ pub(crate) fn tasks(list: &[TaskEntry]) -> String {
                     format!("{:?}", t.state)
                 },
                 t.resources.to_string(),
+                task_endpoint(t),
                 t.message.clone(),
             ]
         })
@@ -511,6 +522,7 @@ mod tests {
             running_since: None,
             healthy: None,
             stopping,
+            endpoint: None,
         }
     }
 
@@ -558,17 +570,20 @@ mod tests {
 
     #[test]
     fn a_killed_task_still_in_its_grace_reads_killing() {
-        let text = tasks(&[
-            task("default.web-1", false, ""),
-            task("default.web-2", true, "killed"),
-        ]);
+        let mut serving = task("default.web-1", false, "");
+        serving.endpoint = Some(actormesh_master::deployments::TaskEndpoint {
+            node: "spiffe://cluster.local/node/n1".into(),
+            addr: "127.0.0.1:7100".parse().unwrap(),
+            actor: "default.web-1".into(),
+        });
+        let text = tasks(&[serving, task("default.web-2", true, "killed")]);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines,
             [
-                "TASK                         OWNER                VERSION  AGENT        STATE      RESOURCES              MESSAGE",
-                "default.web-1                default/web          v1       n1           Running    cpus:0.5;mem:64MiB     ",
-                "default.web-2                default/web          v1       n1           Killing    cpus:0.5;mem:64MiB     killed",
+                "TASK                         OWNER                VERSION  AGENT        STATE      RESOURCES              ENDPOINT                      MESSAGE",
+                "default.web-1                default/web          v1       n1           Running    cpus:0.5;mem:64MiB     127.0.0.1:7100/default.web-1  ",
+                "default.web-2                default/web          v1       n1           Killing    cpus:0.5;mem:64MiB     -                             killed",
             ]
         );
     }

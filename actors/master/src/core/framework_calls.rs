@@ -299,6 +299,7 @@ impl ClusterCore {
                     resources: l.resources.clone(),
                     state: TaskState::Staging,
                     message: String::new(),
+                    actor: Some(matches!(l.kind, TaskKind::Actor { .. })),
                 },
             );
             let what = match l.kind {

@@ -35,6 +35,8 @@ pub(super) struct FrameworkTask {
     pub(super) resources: Resources,
     pub(super) state: TaskState,
     pub(super) message: String,
+    /// Whether it is an actor task (`None`: adopted after a master restart, unknown).
+    pub(super) actor: Option<bool>,
 }
 
 /// Frameworks as the master keeps them.
@@ -97,6 +99,11 @@ impl Frameworks {
             .is_some_and(|t| t.state.is_terminal() && self.book.get(&t.framework).is_some())
     }
 
+    /// Whether framework task `id` is an actor task (`None`: unknown or no such task).
+    pub(super) fn is_actor_task(&self, id: &str) -> Option<bool> {
+        self.tasks.get(id).and_then(|t| t.actor)
+    }
+
     /// The agent of framework task `id` (an agent task id).
     pub(super) fn task_agent(&self, id: &str) -> Option<String> {
         self.tasks.get(id).map(|t| t.agent.clone())
@@ -118,6 +125,7 @@ impl Frameworks {
                 running_since: None,
                 healthy: None,
                 stopping: false,
+                endpoint: None,
             })
             .collect()
     }
@@ -268,6 +276,7 @@ impl ClusterCore {
                         resources: held.get(id).cloned().unwrap_or_default(),
                         state: TaskState::Running,
                         message: "adopted after a master restart".into(),
+                        actor: None,
                     },
                 );
             } else {
@@ -302,6 +311,7 @@ impl ClusterCore {
                 resources: Resources::default(),
                 state: TaskState::Running,
                 message: String::new(),
+                actor: None,
             },
         );
         self.framework_task_status(s.clone(), now)

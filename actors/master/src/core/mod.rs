@@ -523,7 +523,30 @@ impl ClusterCore {
     pub fn all_tasks(&self) -> Vec<deployments::TaskEntry> {
         let mut all: Vec<deployments::TaskEntry> = self.deployments.tasks().cloned().collect();
         all.extend(self.fw.task_entries());
+        for t in &mut all {
+            t.endpoint = self.task_endpoint(&t.id, &t.agent);
+        }
         all
+    }
+
+    /// Where actor task `id` on `agent` serves: the agent's node and address, and the
+    /// instance's actor name, which is the task id (a deployment's instances are named by
+    /// their task ids, a framework's by `instance_name`, which is the agent's task id).
+    /// `None` for a command task, a task of unknown kind, or an agent with no address.
+    pub fn task_endpoint(&self, id: &str, agent: &str) -> Option<deployments::TaskEndpoint> {
+        let actor = self
+            .deployments
+            .is_actor_task(id)
+            .or_else(|| self.fw.is_actor_task(id))?;
+        if !actor {
+            return None;
+        }
+        let rec = self.membership.get(agent)?;
+        Some(deployments::TaskEndpoint {
+            node: rec.identity.clone(),
+            addr: rec.addr?,
+            actor: id.to_string(),
+        })
     }
 
     /// The agent of task `id`: from the deployments, else the frameworks, else the reports.

@@ -127,6 +127,7 @@ impl DeploymentBook {
                             running_since: Some(now),
                             healthy: healthy.contains(name).then_some(true),
                             stopping: false,
+                            endpoint: None,
                         },
                     );
                 }

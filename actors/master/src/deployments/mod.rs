@@ -110,6 +110,22 @@ pub struct TaskEntry {
     /// it still holds its resources.
     #[serde(default)]
     pub stopping: bool,
+    /// Where an actor task serves: its node's address and the instance's actor name.
+    /// Filled in views (`get tasks`, `describe task`) from the agent's current address;
+    /// `None` for a command task, or while its agent has no address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<TaskEndpoint>,
+}
+
+/// Where an actor task's instance serves: `node.actor_ref(addr, actor)` calls it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskEndpoint {
+    /// The agent node's SPIFFE identity.
+    pub node: String,
+    /// The node's mesh address.
+    pub addr: std::net::SocketAddr,
+    /// The instance's actor name on that node (a deployment instance's is its task id).
+    pub actor: String,
 }
 
 impl TaskEntry {
@@ -407,6 +423,14 @@ impl DeploymentBook {
     /// A task of the book.
     pub fn task(&self, id: &str) -> Option<&TaskEntry> {
         self.tasks.get(id)
+    }
+
+    /// Whether task `id` is an instance of an actor deployment (`None`: no such task, or
+    /// its deployment is gone).
+    pub fn is_actor_task(&self, id: &str) -> Option<bool> {
+        let t = self.tasks.get(id)?;
+        let d = self.deployments.get(&t.deployment)?;
+        Some(d.manifest.spec.actor.is_some())
     }
 }
 

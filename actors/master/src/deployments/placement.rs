@@ -216,6 +216,7 @@ impl DeploymentBook {
                             running_since: None,
                             healthy: None,
                             stopping: false,
+                            endpoint: None,
                         },
                     );
                     launched.push((actions.len(), agent.clone()));

@@ -10,7 +10,7 @@ use actormesh::protocol::{DescribeTask, LogStream, ReadTaskLog, TaskDetail, Task
 
 use super::Master;
 use crate::core::DeploymentRefusal;
-use crate::deployments::{DeploymentDescription, DeploymentSummary, TaskEntry};
+use crate::deployments::{DeploymentDescription, DeploymentSummary, TaskEndpoint, TaskEntry};
 use crate::frameworks::TaskStatus;
 use crate::membership::AgentRecord;
 
@@ -116,6 +116,9 @@ pub struct TaskDescription {
     pub on_agent: Option<TaskDetail>,
     /// Why the agent did not say, if it did not.
     pub agent_error: Option<String>,
+    /// Where it serves, if it is an actor task (see [`TaskEntry::endpoint`]).
+    #[serde(default)]
+    pub endpoint: Option<TaskEndpoint>,
 }
 
 impl Master {
@@ -152,6 +155,7 @@ impl Handler<DescribeTaskOf> for Master {
             last_status: self.core.direct_task(&m.0).cloned(),
             on_agent: None,
             agent_error: None,
+            endpoint: self.core.task_endpoint(&m.0, &agent),
         };
         let target = self.agent_actor(&agent);
         Box::pin(async move {

@@ -817,3 +817,37 @@ fn a_node_view_lists_the_instances_running_there_now_not_its_registration_report
     }
     assert!(core.agent_views().iter().all(|a| a.running.is_empty()));
 }
+
+#[test]
+fn a_task_view_names_where_an_actor_instance_serves_and_no_endpoint_for_a_command() {
+    let t0 = Instant::now();
+    let (mut core, launched) = serving(2, "", t0);
+    core.apply_deployment(
+        r#"{"kind":"Deployment","name":"job","spec":{"command":{"path":"/bin/true"},"version":"v1","replicas":1,"resources":{"need":"cpus:1"}}}"#
+            .to_string(),
+    )
+    .reply
+    .unwrap();
+    let command = launches(&core.scheduled_round(t0));
+    assert_eq!(command.len(), 1, "the command deployment is placed");
+    let tasks = core.all_tasks();
+    for (agent, task) in &launched {
+        let t = tasks.iter().find(|t| &t.id == task).unwrap();
+        let e = t
+            .endpoint
+            .as_ref()
+            .expect("an actor instance has an endpoint");
+        assert_eq!(
+            e.actor, *task,
+            "a deployment instance is named by its task id"
+        );
+        assert_eq!(
+            e.addr,
+            addr(if agent == "a" { 1 } else { 2 }),
+            "its agent's address"
+        );
+        assert_eq!(e.node, node(agent).unwrap().to_string());
+    }
+    let job = tasks.iter().find(|t| t.id == command[0].1).unwrap();
+    assert_eq!(job.endpoint, None, "a command task serves no actor");
+}
