@@ -181,12 +181,14 @@ impl DeploymentBook {
                 t.running_since
                     .map(|since| now.saturating_duration_since(since)),
             );
-            self.failed(&dep, ran.unwrap_or_default(), now);
+            let why = format!("{} {:?}: {}", s.task_id, s.state, s.message);
+            self.failed(&dep, ran.unwrap_or_default(), why, now);
         }
     }
 
-    /// An instance of `key` failed after running for `ran`: the next launch waits.
-    fn failed(&mut self, key: &str, ran: Duration, now: Instant) {
+    /// An instance of `key` failed after running for `ran`, for the reason `why`: the
+    /// next launch waits.
+    fn failed(&mut self, key: &str, ran: Duration, why: String, now: Instant) {
         let Some(d) = self.deployments.get(key) else {
             return;
         };
@@ -201,6 +203,8 @@ impl DeploymentBook {
             .unwrap_or(max)
             .min(max);
         b.not_before = Some(now + delay);
+        b.delay = delay;
+        b.last_failure = why;
     }
 
     /// Instances on `agent` are gone (the agent was lost or is unreachable): they will be
@@ -237,6 +241,7 @@ impl DeploymentBook {
             return;
         };
         self.end(task_id, TaskState::Failed, why);
-        self.failed(&dep, Duration::ZERO, now);
+        let why = format!("{task_id} could not be launched: {why}");
+        self.failed(&dep, Duration::ZERO, why, now);
     }
 }

@@ -208,6 +208,10 @@ pub enum Holding {
 struct Backoff {
     failures: u32,
     not_before: Option<Instant>,
+    /// The wait before the next launch, from the last failure.
+    delay: std::time::Duration,
+    /// The last failed instance, its state and its reason.
+    last_failure: String,
 }
 
 /// Deployments and their tasks.
@@ -773,6 +777,66 @@ mod tests {
     }
 
     #[test]
+    fn a_rolling_update_that_cannot_finish_on_its_agents_says_so_and_how_to_fix_it() {
+        let rolling = |unavailable: u32| {
+            format!(
+                "  rolling_update: {{ max_surge: 1, max_unavailable: {unavailable} }}\n  constraints: {{ unique_node: true }}\n"
+            )
+        };
+        // As many agents as replicas, each holding an old instance: a new one has no node,
+        // and max_unavailable 0 lets no old one go first.
+        let mut book = DeploymentBook::default();
+        book.apply(deployment(2, &rolling(0)));
+        let agents = vec![agent("a1", "x", 64), agent("a2", "x", 64)];
+        let now = Instant::now();
+        let first = book.reconcile(&agents, now);
+        running(&mut book, &first);
+        book.apply(deployment(2, &rolling(0)).with_version("v2"));
+        assert!(book.reconcile(&agents, now).is_empty(), "nothing can move");
+        let why = book.summaries()[0].unplaced.clone().unwrap();
+        assert!(
+            why.contains("the rolling update to v2 cannot finish on these agents")
+                && why.contains("already hold an instance (unique node)")
+                && why.contains("Set rolling_update.max_unavailable to 1 or more, or add an agent"),
+            "{why}"
+        );
+        // A third agent: the update goes on, and the report was only about the stall.
+        let three = vec![agents[0].clone(), agents[1].clone(), agent("a3", "x", 64)];
+        let placed = launches(&book.reconcile(&three, now));
+        assert_eq!(placed.len(), 1, "the surge instance goes to the new agent");
+        // With max_unavailable 1 an old instance stops first: waiting, not stuck.
+        let mut book = DeploymentBook::default();
+        book.apply(deployment(2, &rolling(1)));
+        let first = book.reconcile(&agents, now);
+        running(&mut book, &first);
+        book.apply(deployment(2, &rolling(1)).with_version("v2"));
+        let actions = book.reconcile(&agents, now);
+        assert_eq!(
+            kills(&actions).len(),
+            1,
+            "an old instance makes room: {actions:?}"
+        );
+        let why = book.summaries()[0].unplaced.clone().unwrap_or_default();
+        assert!(!why.contains("cannot finish"), "{why}");
+        // A new version no agent could take even with the old ones gone: the plain reason.
+        let mut book = DeploymentBook::default();
+        book.apply(deployment(2, &rolling(0)));
+        let first = book.reconcile(&agents, now);
+        running(&mut book, &first);
+        let text = format!(
+            "kind: Deployment\nname: web\nspec:\n  actor: echo\n  version: v2\n  replicas: 2\n  resources: {{ need: \"cpus:100\" }}\n{}",
+            rolling(0)
+        );
+        book.apply(crate::manifest::parse(Path::new("d.yaml"), &text).unwrap());
+        assert!(book.reconcile(&agents, now).is_empty());
+        let why = book.summaries()[0].unplaced.clone().unwrap();
+        assert!(
+            why.starts_with("no agent with cpus:100") && !why.contains("cannot finish"),
+            "{why}"
+        );
+    }
+
+    #[test]
     fn a_rolling_update_never_drops_below_the_availability_asked_for() {
         for (surge, unavailable) in [(1, 0), (0, 1), (2, 1)] {
             let replicas = 4;
@@ -814,6 +878,51 @@ mod tests {
             let s = &book.summaries()[0];
             assert_eq!((s.running, s.old, s.version.as_str()), (replicas, 0, "v2"));
         }
+    }
+
+    #[test]
+    fn a_deployment_backing_off_says_why_its_last_instance_failed_and_says_it_the_same_until_the_next_launch(
+    ) {
+        let agents = vec![agent("a1", "x", 8)];
+        let t0 = Instant::now();
+        let mut book = DeploymentBook::default();
+        book.apply(deployment(
+            1,
+            "  restart: { policy: on-failure, backoff_initial: 2s, backoff_max: 4s }\n",
+        ));
+        let ids = launches(&book.reconcile(&agents, t0));
+        book.on_status(
+            &TaskStatus {
+                task_id: ids[0].clone(),
+                agent_id: "a1".into(),
+                state: TaskState::Failed,
+                message: "the actor panicked: no config file".into(),
+                uuid: 0,
+                healthy: None,
+            },
+            t0,
+        );
+        let said = |book: &mut DeploymentBook, at: Duration| {
+            assert!(book.reconcile(&agents, t0 + at).is_empty(), "backing off");
+            book.summaries()[0].unplaced.clone().unwrap()
+        };
+        let first = said(&mut book, Duration::ZERO);
+        assert!(
+            first.contains(&format!(
+                "{} Failed: the actor panicked: no config file",
+                ids[0]
+            )),
+            "{first}"
+        );
+        assert!(
+            first.contains("after 1 failure(s)") && first.contains("2.0s"),
+            "{first}"
+        );
+        assert_eq!(
+            said(&mut book, Duration::from_millis(1500)),
+            first,
+            "no countdown: a watcher prints it once"
+        );
     }
 
     #[test]

@@ -163,13 +163,16 @@ impl DeploymentBook {
         }
         if missing > 0 {
             if let Some(b) = self.backoff.get(k) {
-                if let Some(at) = b.not_before.filter(|at| *at > now) {
+                if b.not_before.is_some_and(|at| at > now) {
                     self.unplaced.insert(
                         k.to_string(),
+                        // Says the same until the next launch, so that a watcher (`apply`)
+                        // prints it once: the delay, not a countdown.
                         format!(
-                            "restarting with backoff after {} failure(s): next launch in {:.1}s",
+                            "restarting with backoff after {} failure(s), the next launch {:.1}s after the last ({})",
                             b.failures,
-                            (at - now).as_secs_f64()
+                            b.delay.as_secs_f64(),
+                            b.last_failure
                         ),
                     );
                     return;
@@ -229,7 +232,24 @@ impl DeploymentBook {
                     missing -= 1;
                 }
                 Err(reason) => {
-                    why = Some(reason);
+                    why = Some(
+                        if self.rollout_stuck(
+                            k,
+                            d,
+                            agents,
+                            left,
+                            &on_agent,
+                            available,
+                            min_available,
+                        ) {
+                            format!(
+                            "the rolling update to {version} cannot finish on these agents: {reason}, and no instance of an older version may stop first (max_unavailable {}: none until a new one runs). Set rolling_update.max_unavailable to 1 or more, or add an agent that can take an instance",
+                            spec.rolling_update.max_unavailable
+                        )
+                        } else {
+                            reason
+                        },
+                    );
                     break;
                 }
             }
@@ -268,6 +288,51 @@ impl DeploymentBook {
                 }
             }
         }
+    }
+
+    /// Whether a rolling update of `k` waits for something that cannot happen: no new
+    /// instance can be placed, only the older versions' instances stand in the way (with
+    /// their places and resources free, one could), and none of them may stop, because
+    /// availability allows no fewer (`available <= min_available`) and no new instance is
+    /// still starting (one that becomes available would let an old one go) and none is
+    /// stopping (its end frees a place). It stays so until an agent joins or the settings
+    /// change.
+    #[allow(clippy::too_many_arguments)]
+    fn rollout_stuck(
+        &self,
+        k: &str,
+        d: &Deployment,
+        agents: &[AgentView],
+        left: &BTreeMap<String, Resources>,
+        on_agent: &BTreeMap<String, usize>,
+        available: usize,
+        min_available: usize,
+    ) -> bool {
+        let version = &d.manifest.spec.version;
+        let checked = d.health.is_some();
+        let mut old = false;
+        let (mut left, mut on_agent) = (left.clone(), on_agent.clone());
+        for t in self.tasks.values().filter(|t| t.deployment == k) {
+            if t.stopping {
+                return false;
+            }
+            if !t.live() {
+                continue;
+            }
+            if &t.version == version {
+                if !t.available(checked) {
+                    return false;
+                }
+                continue;
+            }
+            old = true;
+            if let Some(n) = on_agent.get_mut(&t.agent) {
+                *n = n.saturating_sub(1);
+            }
+            let free = left.get(&t.agent).cloned().unwrap_or_default();
+            left.insert(t.agent.clone(), free.plus(&t.resources));
+        }
+        old && available <= min_available && self.choose(d, agents, &left, &on_agent).is_ok()
     }
 
     /// The agent for one more instance of `d`, or why there is none.
