@@ -41,3 +41,66 @@ async fn a_pinned_ca_gets_a_reply_and_another_is_refused() {
         other => panic!("expected the master to be refused as an unknown CA, got {other:?}"),
     }
 }
+
+/// Joining the wrong port fails at once and says what answers there: a mesh port, the
+/// operator API (HTTP on TCP, nothing on UDP), or nothing at all.
+#[tokio::test]
+async fn a_join_through_the_wrong_port_says_what_answers_there() {
+    use actormesh::transport::{Endpoint, EndpointConfig};
+    use std::io::{Read, Write};
+    let pki = TestPki::new("boot.test");
+    let (_, master) = pki.node("master");
+    let pin = fingerprint(pki.ca.cert_der());
+    // Waiting it out would answer "no bootstrap reply": each answer below comes from an
+    // event (a TLS alert, an ICMP port unreachable) instead.
+    let limit = Duration::from_secs(60);
+
+    let (mesh, _) =
+        Endpoint::bind(EndpointConfig::new("127.0.0.1:0".parse().unwrap()), &master).unwrap();
+    match request(mesh.local_addr(), &pin, b"join", limit).await {
+        Err(e @ TransportError::NotABootstrapPort { .. }) => {
+            let said = e.to_string();
+            assert!(
+                said.contains("is not a bootstrap port") && said.contains("mesh port"),
+                "{said}"
+            );
+        }
+        other => panic!("expected a mesh port to be named, got {other:?}"),
+    }
+
+    // An HTTP server on TCP, with nothing on the same UDP port.
+    let http = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http_addr = http.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in http.incoming().flatten() {
+            let mut buf = [0u8; 512];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    match request(http_addr, &pin, b"join", limit).await {
+        Err(e @ TransportError::NotABootstrapPort { .. }) => {
+            let said = e.to_string();
+            assert!(
+                said.contains("answers HTTP") && said.contains("operator API (--api)"),
+                "{said}"
+            );
+        }
+        other => panic!("expected the HTTP API to be named, got {other:?}"),
+    }
+
+    // Nothing on the port: a UDP port just freed.
+    let dead = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    match request(dead, &pin, b"join", limit).await {
+        Err(TransportError::Unreachable { reason, .. }) => {
+            assert!(
+                reason.contains("nothing listens on this UDP port"),
+                "{reason}"
+            )
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+}

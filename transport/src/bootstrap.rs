@@ -190,6 +190,81 @@ impl BootstrapServer {
     }
 }
 
+/// A refusal of the join protocol (TLS alert 120, no application protocol in common) means
+/// an actormesh QUIC port of another kind: most likely a mesh port.
+fn not_a_bootstrap_port(addr: SocketAddr, e: TransportError) -> TransportError {
+    match e {
+        TransportError::HandshakeRefused {
+            refusal: crate::error::Refusal::Other(ref why),
+            ..
+        } if why.contains("TLS alert 120") => TransportError::NotABootstrapPort {
+            addr,
+            found: "it is an actormesh QUIC port that does not speak the join protocol, most likely a mesh port (the master's --listen or a node's); join through the master's --bootstrap address (`actormesh dev` prints it)".into(),
+        },
+        e => e,
+    }
+}
+
+/// Resolves only if nothing listens on UDP `addr`: a connected UDP socket learns of an
+/// ICMP port-unreachable as `ConnectionRefused`. Then says what answers on TCP there, if
+/// anything (the operator API is HTTP). Pends forever when the port takes datagrams.
+async fn nothing_on_udp(addr: SocketAddr) -> TransportError {
+    let refused = async {
+        let bind: SocketAddr = if addr.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
+        socket.connect(addr).await.ok()?;
+        let mut buf = [0u8; 64];
+        // A datagram too short for QUIC: a QUIC server drops it. ICMP replies can be
+        // rate-limited, so a few tries.
+        for _ in 0..3 {
+            if let Err(e) = socket.send(&[0]).await {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return Some(());
+                }
+            }
+            match tokio::time::timeout(Duration::from_millis(300), socket.recv(&mut buf)).await {
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Some(()),
+                _ => {}
+            }
+        }
+        None
+    };
+    if refused.await.is_none() {
+        return std::future::pending().await;
+    }
+    if answers_http(addr).await {
+        return TransportError::NotABootstrapPort {
+            addr,
+            found: "it answers HTTP on TCP and nothing listens on UDP, so it looks like the master's operator API (--api); join through its --bootstrap address (`actormesh dev` prints it)".into(),
+        };
+    }
+    TransportError::Unreachable {
+        addr,
+        reason: "nothing listens on this UDP port (it refused the datagram); is the master running, and is this its --bootstrap address?".into(),
+    }
+}
+
+/// Whether `addr` takes a TCP connection and answers a request with an HTTP status line.
+async fn answers_http(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET / HTTP/1.0\r\n\r\n").await.ok()?;
+        let mut head = [0u8; 5];
+        s.read_exact(&mut head).await.ok()?;
+        Some(&head == b"HTTP/")
+    };
+    tokio::time::timeout(Duration::from_secs(2), probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
 /// Sends one request to a bootstrap server whose CA has `ca_fingerprint`; returns the
 /// reply and the CA certificate found in the server's chain.
 pub async fn request(
@@ -259,13 +334,24 @@ pub async fn request(
         conn.close(0u8.into(), b"done");
         Ok::<_, TransportError>(reply.to_vec())
     };
-    let reply =
-        tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_| TransportError::Unreachable {
+    let work = async {
+        // A port that refuses datagrams (ICMP port unreachable) fails at once, not after
+        // the timeout, and says what does answer there.
+        tokio::select! {
+            r = work => r,
+            refused = nothing_on_udp(addr) => Err(refused),
+        }
+    };
+    let reply = match tokio::time::timeout(timeout, work).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => return Err(not_a_bootstrap_port(addr, e)),
+        Err(_) => {
+            return Err(TransportError::Unreachable {
                 addr,
                 reason: format!("no bootstrap reply within {timeout:?}"),
-            })??;
+            })
+        }
+    };
     let ca = verifier
         .found
         .lock()

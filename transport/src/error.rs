@@ -125,4 +125,13 @@ pub enum TransportError {
     /// The endpoint has been shut down.
     #[error("the endpoint is shut down")]
     Shutdown,
+    /// A bootstrap request went to an address that answers as something else (a mesh
+    /// port, or an HTTP server such as the operator API).
+    #[error("{addr} is not a bootstrap port: {found}")]
+    NotABootstrapPort {
+        /// The address.
+        addr: SocketAddr,
+        /// What answers there instead, and what to use.
+        found: String,
+    },
 }

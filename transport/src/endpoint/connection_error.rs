@@ -53,6 +53,9 @@ fn refusal_from_alert(alert: u8, detail: Option<String>) -> Refusal {
         46 => Refusal::WrongTrustDomain { detail },
         42 => Refusal::NoSpiffeId,
         44 => Refusal::Revoked,
+        120 => Refusal::Other(
+            "no application protocol in common (TLS alert 120): the port serves another actormesh protocol".into(),
+        ),
         other => Refusal::Other(match detail {
             Some(d) => format!("TLS alert {other}: {d}"),
             None => format!("TLS alert {other}"),

@@ -54,14 +54,16 @@ pub enum AgentError {
     #[error(transparent)]
     Node(#[from] NodeError),
     /// The master (its bootstrap port or mesh address) could not be reached.
-    #[error("{what} {addr}: {source}")]
+    // The reason is part of the message and not a `source`, so that a printer of the
+    // error chain (anyhow's `{:#}`) says it once.
+    #[error("{what} {addr}: {error}")]
     Unreachable {
         /// What was being done ("joining through", "connecting to the master at").
         what: &'static str,
         /// Where.
         addr: SocketAddr,
         /// The transport's reason.
-        source: TransportError,
+        error: TransportError,
     },
     /// The agent's endpoint refused new credentials.
     #[error("cannot use the renewed certificate: {0}")]
@@ -192,4 +194,28 @@ pub(crate) enum TaskRefusal {
         /// Its sandbox.
         sandbox: PathBuf,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_master_is_said_once_by_a_printer_of_the_error_chain() {
+        let addr: SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let e = AgentError::Unreachable {
+            what: "joining through",
+            addr,
+            error: TransportError::Unreachable {
+                addr,
+                reason: "nothing listens on this UDP port".into(),
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "joining through 127.0.0.1:7001: cannot reach 127.0.0.1:7001: nothing listens on this UDP port"
+        );
+        // anyhow's `{:#}` appends each source: the reason is not one, so it is said once.
+        assert!(std::error::Error::source(&e).is_none());
+    }
 }

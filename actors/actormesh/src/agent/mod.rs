@@ -321,10 +321,10 @@ async fn join(config: &AgentConfig) -> Result<(Credentials, Saved), AgentError> 
         Duration::from_secs(15),
     )
     .await
-    .map_err(|source| AgentError::Unreachable {
+    .map_err(|error| AgentError::Unreachable {
         what: "joining through",
         addr: config.join,
-        source,
+        error,
     })?;
     let BootstrapReply::Join(reply) = codec::decode::<BootstrapReply>(&reply)? else {
         return Err(AgentError::UnexpectedReply(config.join));
@@ -400,10 +400,10 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         .endpoint()
         .link(saved.master_addr)
         .await
-        .map_err(|source| AgentError::Unreachable {
+        .map_err(|error| AgentError::Unreachable {
             what: "connecting to the master at",
             addr: saved.master_addr,
-            source,
+            error,
         })?;
     if link.peer().path() != "/node/master" {
         return Err(AgentError::NotTheMaster {
