@@ -67,7 +67,7 @@ pub use watches::{Terminated, TerminationReason};
 /// Used by generated code; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::message::{Delivery, HandlerEntry};
+    pub use crate::message::{register, reply_is, Delivery, HandlerEntry, Registration};
     pub use actix;
     pub use inventory;
 }

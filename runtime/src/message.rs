@@ -20,6 +20,11 @@ use actormesh_transport::SpiffeId;
 
 /// A message that can cross the network: a serde type with a stable, versioned name and a
 /// typed reply (its actix `Message::Result`). Declare it with `#[derive(RemoteMessage)]`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a remote message",
+    label = "`{Self}` needs `#[derive(RemoteMessage)]`",
+    note = "declare it with `#[derive(Serialize, Deserialize, RemoteMessage)]` and `#[remote(name = \"pkg.Message/v1\", reply = ReplyType)]`"
+)]
 pub trait RemoteMessage:
     actix::Message<Result: Serialize + DeserializeOwned + Send + 'static>
     + Serialize
@@ -204,7 +209,7 @@ impl Drop for RemoteReply {
 
 /// The envelope in which the runtime delivers a message to an actor. Generated code
 /// implements `Handler<Delivery<M>>` for every `#[handler]`; users never build one.
-pub struct Delivery<M: RemoteMessage> {
+pub struct Delivery<M: actix::Message> {
     msg: M,
     reply: ReplyTo<M::Result>,
     _permit: Option<Permit>,
@@ -227,8 +232,53 @@ impl<M: RemoteMessage> std::fmt::Debug for Delivery<M> {
     }
 }
 
-impl<M: RemoteMessage> actix::Message for Delivery<M> {
+// Bound by `actix::Message` only, so that the types `#[handler]` writes stay well formed
+// for a message that is not a `RemoteMessage`: then only `register` fails, once.
+impl<M: actix::Message + 'static> actix::Message for Delivery<M> {
     type Result = ();
+}
+
+/// What `#[handler]` registers for `impl Handler<M> for A`: the registry entry and the
+/// function its `Handler<Delivery<M>>` calls. Made by [`register`], the one generic call
+/// that holds every bound.
+#[allow(missing_debug_implementations)]
+pub struct Registration<A: Actor<Context = Context<A>>, M: actix::Message> {
+    /// The entry the node's registry collects.
+    pub entry: HandlerEntry,
+    /// Runs `A`'s `Handler<M>` for a delivery and routes its response.
+    pub deliver: fn(Delivery<M>, &mut A, &mut Context<A>),
+}
+
+/// The registration of `impl Handler<M> for A`. Used by `#[actormesh::handler]`.
+pub const fn register<A, M>() -> Registration<A, M>
+where
+    A: Actor<Context = Context<A>> + Handler<M> + Handler<Delivery<M>>,
+    M: RemoteMessage,
+{
+    Registration {
+        entry: HandlerEntry::of::<A, M>(),
+        deliver: Delivery::<M>::handle::<A>,
+    }
+}
+
+/// A message's reply type (`Self`) is the handler's `Result` (`T`). `#[handler]` checks
+/// it where the handler's `Result` is a plain type, so that a message declared without
+/// `reply = T` gets an error that says its reply is `()`.
+#[diagnostic::on_unimplemented(
+    message = "the handler's `type Result` is `{T}`, but the message replies `{Self}`",
+    label = "the message's reply type is `{Self}`",
+    note = "a RemoteMessage replies what `#[remote(name = \"...\", reply = T)]` says, and `()` when it has no `reply =`: declare `reply = {T}` on the message"
+)]
+pub trait ReplyType<T> {}
+
+impl<T> ReplyType<T> for T {}
+
+/// Compiles only if `M` replies with `T`. Used by `#[actormesh::handler]`.
+pub const fn reply_is<M, T>()
+where
+    M: actix::Message,
+    M::Result: ReplyType<T>,
+{
 }
 
 impl<M: RemoteMessage> Delivery<M> {

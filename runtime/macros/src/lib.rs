@@ -134,22 +134,69 @@ fn expand_handler(item: &ItemImpl, krate: &Path) -> syn::Result<TokenStream2> {
         _ => return Err(err()),
     };
     let actor = &item.self_ty;
+    let reply_check = handler_result(item).filter(|t| is_plain_reply(t)).map(|t| {
+        quote! {
+            const _: () = #krate::__private::reply_is::<#msg, #t>();
+        }
+    });
+    // Every bound is in the one call of `register`: a message that is not a
+    // RemoteMessage is one error, which says to derive it.
     Ok(quote! {
         #item
 
-        impl #krate::__private::actix::Handler<#krate::__private::Delivery<#msg>> for #actor {
-            type Result = ();
-            fn handle(
-                &mut self,
-                delivery: #krate::__private::Delivery<#msg>,
-                ctx: &mut <Self as #krate::__private::actix::Actor>::Context,
-            ) {
-                delivery.handle(self, ctx)
-            }
-        }
+        const _: () = {
+            const REGISTRATION: #krate::__private::Registration<#actor, #msg> =
+                #krate::__private::register::<#actor, #msg>();
 
-        #krate::__private::inventory::submit! {
-            #krate::__private::HandlerEntry::of::<#actor, #msg>()
-        }
+            impl #krate::__private::actix::Handler<#krate::__private::Delivery<#msg>> for #actor {
+                type Result = ();
+                fn handle(
+                    &mut self,
+                    delivery: #krate::__private::Delivery<#msg>,
+                    ctx: &mut <Self as #krate::__private::actix::Actor>::Context,
+                ) {
+                    (REGISTRATION.deliver)(delivery, self, ctx)
+                }
+            }
+
+            #krate::__private::inventory::submit! {
+                REGISTRATION.entry
+            }
+
+            #reply_check
+        };
     })
+}
+
+/// The impl's `type Result = T;`.
+fn handler_result(item: &ItemImpl) -> Option<&Type> {
+    item.items.iter().find_map(|i| match i {
+        syn::ImplItem::Type(t) if t.ident == "Result" => Some(&t.ty),
+        _ => None,
+    })
+}
+
+/// Whether a handler's `Result` type is the reply itself (a type the message's reply must
+/// equal), not one of actix's response wrappers (futures, `MessageResult`, ...) whose
+/// relation to the reply the compiler checks in its own way.
+fn is_plain_reply(t: &Type) -> bool {
+    const WRAPPERS: &[&str] = &[
+        "MessageResult",
+        "ResponseFuture",
+        "ResponseActFuture",
+        "Response",
+        "ActorResponse",
+        "AtomicResponse",
+        "Pin",
+        "Box",
+    ];
+    match t {
+        Type::Tuple(_) => true,
+        Type::Path(p) if p.qself.is_none() => p
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident != "Self" && !WRAPPERS.iter().any(|w| s.ident == w)),
+        _ => false,
+    }
 }
