@@ -6,6 +6,7 @@ use std::time::Duration;
 use actormesh_cli::ApiClient;
 use actormesh_master::deployments::DeploymentSummary;
 use actormesh_master::manifest::Object;
+use actormesh_master::membership::AgentRecord;
 use anyhow::Context as _;
 
 use crate::args::{ApplyArgs, DeleteWhat};
@@ -61,6 +62,17 @@ fn apply_traffic(client: &ApiClient, body: serde_json::Value) -> anyhow::Result<
 
 pub(crate) fn delete(what: DeleteWhat) -> anyhow::Result<()> {
     let (name, api, path, what) = match what {
+        DeleteWhat::Node { id, api } => {
+            let answer = api
+                .client()?
+                .call("DELETE", &format!("/v1/nodes/{id}"), None)?;
+            return output::print(api.output, JsonLayout::Line, answer, |n: AgentRecord| {
+                format!(
+                        "deleted node {}: it is Gone, its identity and join token are revoked, and what ran there is replaced elsewhere\n",
+                        n.id
+                    )
+            });
+        }
         DeleteWhat::Deployment { name, api } => (name, api, "deployments", None),
         DeleteWhat::Route { name, api } => (name, api, "routes", Some("Route")),
         DeleteWhat::DestinationPolicy { name, api } => {

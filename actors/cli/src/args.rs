@@ -397,6 +397,15 @@ pub(crate) enum GetWhat {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum DeleteWhat {
+    /// A node, by id: it is Gone at once (as after --gone-after): its identity and join
+    /// token are revoked, its links close, and its instances are replaced elsewhere. To
+    /// come back it joins again with a new token.
+    Node {
+        /// The node id (as `actormesh get nodes` lists).
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// A deployment, by namespace/name (e.g. default/web): its instances are stopped.
     Deployment {
         /// namespace/name, or just name for the default namespace.

@@ -520,3 +520,39 @@ async fn a_master_whose_api_port_is_taken_says_so_once_and_does_not_panic() {
     drop(taken);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_node_is_gone_at_once_and_its_agent_stops_with_the_reason() {
+    let dir = temp_dir("delete-node");
+    let master = Master::start(&dir.join("master"), free_udp(), free_udp(), free_tcp(), &[]).await;
+    let token = master.token(600);
+    let agent = agent(&master, &dir.join("a1"), "oops", Some(&token), &[]).await;
+    master
+        .wait_state("oops", AgentState::Active, Duration::from_secs(30))
+        .await;
+    let out = master.cli(&["delete", "node", "oops"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("deleted node oops: it is Gone"),
+        "{said}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(master.state_of("oops"), Some(AgentState::Gone));
+    // The agent learns it was removed and stops, saying so.
+    let stderr = agent.exit_stderr().await;
+    assert!(stderr.contains("removed"), "{stderr}");
+    // Again: it is Gone already; a node that never was is not found.
+    let again = master.cli(&["delete", "node", "oops"]);
+    let why = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && why.contains("Gone already"),
+        "{why}"
+    );
+    let none = master.cli(&["delete", "node", "nobody"]);
+    let why = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        !none.status.success() && why.contains("no node named \"nobody\""),
+        "{why}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -35,9 +35,9 @@ use serde_json::json;
 
 use super::tokens::TokenRole;
 use super::{
-    ApplyDeployment, ApplyTraffic, CreateToken, DeleteDeployment, DeleteTraffic, DeploymentRefusal,
-    DescribeDeployment, DescribeTaskOf, DrainNode, ListDeployments, ListNodes, ListTraffic, Master,
-    OperatorError, TaskLogs, TaskQueryRefusal,
+    ApplyDeployment, ApplyTraffic, CreateToken, DeleteDeployment, DeleteNode, DeleteTraffic,
+    DeploymentRefusal, DescribeDeployment, DescribeTaskOf, DrainNode, ListDeployments, ListNodes,
+    ListTraffic, Master, OperatorError, TaskLogs, TaskQueryRefusal,
 };
 use crate::core::TrafficKind;
 
@@ -119,6 +119,14 @@ async fn node(State(api): State<Api>, Path(id): Path<String>) -> Response {
             Some(n) => Json(n).into_response(),
             None => error(StatusCode::NOT_FOUND, format!("no node named {id:?}")),
         },
+        Err(e) => master_down(e),
+    }
+}
+
+async fn delete_node(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match api.master.send(DeleteNode(id)).await {
+        Ok(Ok(n)) => Json(n).into_response(),
+        Ok(Err(e)) => refused(e),
         Err(e) => master_down(e),
     }
 }
@@ -421,7 +429,7 @@ pub fn serve(
     };
     let app = Router::new()
         .route("/v1/nodes", get(nodes))
-        .route("/v1/nodes/{id}", get(node))
+        .route("/v1/nodes/{id}", get(node).delete(delete_node))
         .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/tokens", post(create_token))
         .route("/v1/deployments", get(deployments).post(apply))

@@ -31,9 +31,9 @@ pub mod tokens;
 pub use crate::core::{DeploymentRefusal, OperatorError, MAX_TOKEN_TTL};
 pub use crate::master::{
     start, start_with_store, ApplyDeployment, ApplyTraffic, CreateToken, CreatedToken,
-    DeleteDeployment, DeleteTraffic, DescribeDeployment, DescribeTaskOf, DrainNode, IssueClient,
-    Join, KillOn, LaunchOn, ListAllTasks, ListDeploymentTasks, ListDeployments, ListNodes,
-    ListProxyStatus, ListServices, ListTasks, ListTraffic, Master, MasterConfig, MasterError,
-    MasterGate, MasterHandle, ProxyConfigOf, ProxyEndpointsOf, ServiceEndpoints, Subscribe,
-    TaskDescription, TaskLogs, TaskQueryRefusal, API_TOKEN_FILE,
+    DeleteDeployment, DeleteNode, DeleteTraffic, DescribeDeployment, DescribeTaskOf, DrainNode,
+    IssueClient, Join, KillOn, LaunchOn, ListAllTasks, ListDeploymentTasks, ListDeployments,
+    ListNodes, ListProxyStatus, ListServices, ListTasks, ListTraffic, Master, MasterConfig,
+    MasterError, MasterGate, MasterHandle, ProxyConfigOf, ProxyEndpointsOf, ServiceEndpoints,
+    Subscribe, TaskDescription, TaskLogs, TaskQueryRefusal, API_TOKEN_FILE,
 };

@@ -208,6 +208,24 @@ impl Membership {
         self.agents.get_mut(id)
     }
 
+    /// Makes agent `id` `Gone` now, on an operator's word (`delete node`): not counted
+    /// against `max_removals_per_minute`, which guards against the detector's mass
+    /// removals. `None` if there is no such agent or it is `Gone` already.
+    pub fn remove_now(&mut self, id: &str) -> Option<MembershipEvent> {
+        let a = self.agents.get_mut(id)?;
+        if a.state == AgentState::Gone {
+            return None;
+        }
+        let from = a.state;
+        a.state = AgentState::Gone;
+        self.last_seen.remove(id);
+        Some(MembershipEvent {
+            agent: id.to_string(),
+            from: Some(from),
+            to: AgentState::Gone,
+        })
+    }
+
     /// Runs the failure detector at `now`; returns the state changes.
     pub fn check(&mut self, now: Instant) -> Vec<MembershipEvent> {
         // Credit the master's own lateness to everyone (see the module docs).

@@ -253,11 +253,20 @@ impl Endpoint {
                         last_error,
                         retry_in,
                     } => {
+                        // A refusal stays typed: the caller learns why, e.g. that its
+                        // identity was revoked.
+                        if let Some((by, refusal)) =
+                            last_error.as_ref().and_then(|f| f.refused.clone())
+                        {
+                            return Err(TransportError::HandshakeRefused { addr, by, refusal });
+                        }
                         return Err(TransportError::Unreachable {
                             addr,
                             reason: format!(
                                 "{} (next dial in {} ms)",
-                                last_error.as_deref().unwrap_or("earlier dial failed"),
+                                last_error
+                                    .as_ref()
+                                    .map_or("earlier dial failed", |f| f.text.as_str()),
                                 retry_in.as_millis()
                             ),
                         });
@@ -302,7 +311,7 @@ impl Endpoint {
                         Ok(None)
                     }
                     Err(DialError::Failed(e)) => {
-                        peers.dial_failed(addr, e.to_string(), now);
+                        peers.dial_failed(addr, peers::DialFailure::from(&e), now);
                         Err(e)
                     }
                 }

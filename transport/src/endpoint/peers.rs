@@ -97,6 +97,39 @@ impl LinkFacts for Link {
     }
 }
 
+/// Why the last dial to a peer failed: its text, and the handshake refusal when it was
+/// one, so that a caller backing off still learns it was refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DialFailure {
+    /// The error as it reads.
+    pub text: String,
+    /// Who refused the handshake and why, if the dial was refused.
+    pub refused: Option<(crate::error::RefusedBy, crate::error::Refusal)>,
+}
+
+impl From<&str> for DialFailure {
+    fn from(text: &str) -> Self {
+        DialFailure {
+            text: text.to_string(),
+            refused: None,
+        }
+    }
+}
+
+impl From<&crate::error::TransportError> for DialFailure {
+    fn from(e: &crate::error::TransportError) -> Self {
+        DialFailure {
+            text: e.to_string(),
+            refused: match e {
+                crate::error::TransportError::HandshakeRefused { by, refusal, .. } => {
+                    Some((*by, refusal.clone()))
+                }
+                _ => None,
+            },
+        }
+    }
+}
+
 /// What a caller that wants a link to a peer does next.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum LinkStep<L> {
@@ -107,7 +140,7 @@ pub(crate) enum LinkStep<L> {
     /// The last dial failed and its retry time has not come: fail at once.
     BackingOff {
         /// The error of the last dial.
-        last_error: Option<String>,
+        last_error: Option<DialFailure>,
         /// How long until the next dial is allowed.
         retry_in: Duration,
     },
@@ -141,7 +174,7 @@ struct PeerEntry<L> {
     dialing: bool,
     failures: u32,
     retry_at: Option<Instant>,
-    last_error: Option<String>,
+    last_error: Option<DialFailure>,
     /// The last time anything happened for this peer or it was seen with a live link.
     last_seen: Instant,
 }
@@ -234,7 +267,7 @@ impl<L: LinkFacts> PeerBook<L> {
     }
 
     /// Our dial failed with `error`. Returns how long the peer is now left alone.
-    pub fn dial_failed(&mut self, addr: SocketAddr, error: String, now: Instant) -> Duration {
+    pub fn dial_failed(&mut self, addr: SocketAddr, error: DialFailure, now: Instant) -> Duration {
         let backoff = self.backoff;
         let entry = self.entry(addr, now);
         entry.dialing = false;
@@ -474,6 +507,28 @@ mod tests {
         assert_eq!(b.after_failures(3), ms(200));
         assert_eq!(b.after_failures(30), Duration::from_secs(5));
         assert_eq!(b.after_failures(u32::MAX), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_refused_dial_is_remembered_as_a_refusal_while_backing_off() {
+        use crate::error::{Refusal, RefusedBy, TransportError};
+        let mut book = book();
+        let t0 = Instant::now();
+        let peer = addr(9);
+        assert_eq!(book.next_step(peer, t0), LinkStep::Dial);
+        let refused = TransportError::HandshakeRefused {
+            addr: peer,
+            by: RefusedBy::Peer,
+            refusal: Refusal::Revoked,
+        };
+        book.dial_failed(peer, DialFailure::from(&refused), t0);
+        match book.next_step(peer, t0 + ms(10)) {
+            LinkStep::BackingOff {
+                last_error: Some(f),
+                ..
+            } => assert_eq!(f.refused, Some((RefusedBy::Peer, Refusal::Revoked))),
+            other => panic!("expected to back off with the refusal, got {other:?}"),
+        }
     }
 
     #[test]

@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 use actormesh_transport::bootstrap;
 use actormesh_transport::codec;
 use actormesh_transport::pki::{files, Credentials, NodeKey};
+use actormesh_transport::{Refusal, RefusedBy, TransportError};
 
 use crate::mesh::{Mesh, MeshOptions};
 use crate::protocol::{
@@ -611,6 +612,22 @@ async fn heartbeat_loop(
                 return;
             }
             Err(AskError::Timeout { .. }) | Err(AskError::Unreachable { .. }) => {
+                // A master that revoked this agent's identity (it was removed: Gone, or
+                // `delete node`) refuses the handshake saying so: stop, with the reason.
+                if let Err(
+                    e @ TransportError::HandshakeRefused {
+                        by: RefusedBy::Peer,
+                        refusal: Refusal::Revoked,
+                        ..
+                    },
+                ) = node.endpoint().link(master.addr()).await
+                {
+                    error!(error = %e, "the master removed this agent");
+                    let _ = removed.send(Some(format!(
+                        "the master removed this agent and revoked its identity ({e}); join again with a new token"
+                    )));
+                    return;
+                }
                 if !lost {
                     warn!("master unreachable; still heartbeating");
                 }

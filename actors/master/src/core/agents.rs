@@ -375,6 +375,39 @@ impl ClusterCore {
         })
     }
 
+    /// Removes agent `id` now (`delete node`), as `--gone-after` would: it is `Gone`, its
+    /// identity and join token are revoked (its links close, it cannot come back without a
+    /// new token), its offers are rescinded and its instances replaced elsewhere. Answered
+    /// once that is on disk.
+    pub fn delete_agent(
+        &mut self,
+        id: &str,
+        now: Instant,
+    ) -> Step<Result<AgentRecord, OperatorError>> {
+        self.step(|core| {
+            let Some(event) = core.membership.remove_now(id) else {
+                return Err(match core.membership.get(id) {
+                    Some(_) => OperatorError::Invalid(format!(
+                        "node {id:?} is Gone already: its identity and join token are revoked"
+                    )),
+                    None => OperatorError::NotFound(format!(
+                        "no node named {id:?} (expected a node id as `actormesh get nodes` lists)"
+                    )),
+                });
+            };
+            let extra = core.remove(id);
+            core.persist_agent(id, extra, true);
+            core.agent_left(id, AgentState::Gone, now);
+            core.publish(event);
+            core.schedule_round();
+            Ok(core
+                .membership
+                .get(id)
+                .cloned()
+                .expect("the agent was just removed, not forgotten"))
+        })
+    }
+
     /// Failure detection at `now`, and the pruning that is due.
     pub(super) fn check(&mut self, now: Instant, wall: SystemTime) {
         if now >= self.next_prune {

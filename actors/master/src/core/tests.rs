@@ -504,3 +504,51 @@ fn a_restarted_master_adopts_what_it_knows_kills_the_rest_and_waits_for_known_ag
         "the second replica, once the grace is over"
     );
 }
+
+#[test]
+fn a_deleted_node_is_gone_at_once_its_identity_revoked_and_its_instances_replaced() {
+    let t0 = Instant::now();
+    let (mut core, on, other, task) = launched_web(t0);
+    let _ = report(&mut core, &on, &task, TaskState::Running, t0);
+    let step = core.delete_agent(&on, t0);
+    let rec = step.reply.expect("deleted");
+    assert_eq!(rec.state, AgentState::Gone);
+    assert!(
+        step.effects.iter().any(
+            |e| matches!(e, Effect::Revoke { identity, .. } if identity.to_string() == rec.identity)
+        ),
+        "its identity is revoked: {:?}",
+        step.effects
+    );
+    assert!(
+        step.effects
+            .iter()
+            .any(|e| matches!(e, Effect::Persist(b) if b.acknowledges)),
+        "answered once on disk"
+    );
+    assert_eq!(
+        core.deployments().task(&task).unwrap().state,
+        TaskState::Lost,
+        "what ran there is lost"
+    );
+    let mut replaced = launches(&step.effects);
+    replaced.extend(launches(&core.scheduled_round(t0 + Duration::from_secs(1))));
+    assert_eq!(replaced.len(), 1, "and replaced: {:?}", step.effects);
+    assert_eq!(replaced[0].0, other, "on the node that is left");
+    // Deleting it again, or a node that never was, says what is wrong.
+    match core.delete_agent(&on, t0).reply {
+        Err(OperatorError::Invalid(why)) => assert!(why.contains("Gone already"), "{why}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    match core.delete_agent("nobody", t0).reply {
+        Err(OperatorError::NotFound(why)) => assert!(why.contains("actormesh get nodes"), "{why}"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    // Not the detector: the removal does not use up its budget of removals a minute.
+    assert_eq!(
+        core.agents()
+            .filter(|a| a.state == AgentState::Gone)
+            .count(),
+        1
+    );
+}

@@ -36,8 +36,8 @@ pub use self::boot::{start, start_with_store, MasterError, API_TOKEN_FILE};
 pub use self::frameworks::ListFrameworks;
 pub use self::gate::MasterGate;
 pub use self::operator::{
-    ApplyDeployment, ApplyTraffic, CreateToken, CreatedToken, DeleteDeployment, DeleteTraffic,
-    DrainNode, KillOn, LaunchOn, ListTraffic, Subscribe,
+    ApplyDeployment, ApplyTraffic, CreateToken, CreatedToken, DeleteDeployment, DeleteNode,
+    DeleteTraffic, DrainNode, KillOn, LaunchOn, ListTraffic, Subscribe,
 };
 pub use self::services::{
     ListProxyStatus, ListServices, ProxyConfigOf, ProxyEndpointsOf, ServiceEndpoints,

@@ -4,7 +4,7 @@
 //! `CreateToken`, `DrainNode`, `ApplyDeployment`, `LaunchOn` and `KillOn` answer with a
 //! `String` refusal: the API and the CLI only show its text to the operator.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -80,6 +80,25 @@ impl Handler<DrainNode> for Master {
         self.answer(step, ctx, move |e| {
             OperatorError::Unavailable(format!(
                 "the master could not record that {} drains: {e}",
+                m.0
+            ))
+        })
+    }
+}
+
+/// Removes an agent now (`delete node`): Gone, identity and token revoked, its instances
+/// replaced.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<AgentRecord, OperatorError>")]
+pub struct DeleteNode(pub String);
+
+impl Handler<DeleteNode> for Master {
+    type Result = ResponseFuture<Result<AgentRecord, OperatorError>>;
+    fn handle(&mut self, m: DeleteNode, ctx: &mut Context<Self>) -> Self::Result {
+        let step = self.core.delete_agent(&m.0, Instant::now());
+        self.answer(step, ctx, move |e| {
+            OperatorError::Unavailable(format!(
+                "the master could not record that {} is removed: {e}",
                 m.0
             ))
         })
