@@ -26,6 +26,7 @@ pub mod membership;
 pub mod scheduler;
 pub mod services;
 pub mod state;
+pub mod timestamp;
 pub mod tokens;
 
 pub use crate::core::{DeploymentRefusal, OperatorError, MAX_TOKEN_TTL};

@@ -62,11 +62,14 @@ pub struct AgentRecord {
     pub draining: bool,
     /// The join token it used.
     pub token_id: String,
-    /// When it joined.
+    /// When it joined (RFC 3339 in JSON, as every time of the API).
+    #[serde(with = "crate::timestamp")]
     pub joined_at: SystemTime,
     /// Wall-clock time of the last heartbeat seen (for display).
+    #[serde(with = "crate::timestamp::option")]
     pub last_heartbeat: Option<SystemTime>,
     /// Expiry of its current certificate.
+    #[serde(with = "crate::timestamp::option")]
     pub cert_expiry: Option<SystemTime>,
     /// What it reported running at its last registration (soft state). The API's node
     /// views (`ClusterCore::agent_views`) put the tasks the master knows there now instead.
@@ -300,6 +303,23 @@ mod tests {
             cert_expiry: None,
             running: vec![],
         }
+    }
+
+    #[test]
+    fn a_record_in_json_has_rfc3339_times_and_its_stored_form_reads_back() {
+        let mut r = record("a");
+        r.joined_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_157_779);
+        r.cert_expiry = Some(r.joined_at + Duration::from_secs(86_400));
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["joined_at"], "2026-12-01T20:42:59Z");
+        assert_eq!(json["cert_expiry"], "2026-12-02T20:42:59Z");
+        assert_eq!(json["last_heartbeat"], serde_json::Value::Null);
+        assert_eq!(serde_json::from_value::<AgentRecord>(json).unwrap(), r);
+        let stored = actormesh_transport::codec::encode(&r).unwrap();
+        assert_eq!(
+            actormesh_transport::codec::decode::<AgentRecord>(&stored).unwrap(),
+            r
+        );
     }
 
     fn cfg() -> DetectorConfig {

@@ -75,6 +75,7 @@ pub struct TokenRecord {
     /// What it allows.
     pub role: TokenRole,
     /// When it stops working.
+    #[serde(with = "crate::timestamp")]
     pub expires: SystemTime,
     /// Revoked by an operator, or because the node that used it was removed.
     pub revoked: bool,

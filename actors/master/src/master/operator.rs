@@ -38,6 +38,7 @@ pub struct CreatedToken {
     /// Its id.
     pub id: String,
     /// When it stops working.
+    #[serde(with = "crate::timestamp")]
     pub expires: SystemTime,
 }
 
