@@ -140,6 +140,12 @@ fn wait_for_replicas(client: &ApiClient, key: &str, timeout: Duration) -> anyhow
         if d.running >= asked && d.pending == 0 && d.old == 0 {
             return Ok(());
         }
+        if d.stalled {
+            anyhow::bail!(
+                "{key}: {} (the deployment stays applied; `actormesh describe deployment {key}` follows it)",
+                d.unplaced.unwrap_or_default()
+            );
+        }
         if std::time::Instant::now() >= deadline {
             anyhow::bail!(
                 "{key}: only {}/{} replicas running after {timeout:?}{} (the deployment stays applied; \

@@ -68,6 +68,7 @@ mod tests {
                 old: 0,
                 done: 0,
                 unplaced: Some("no agent with mem:8GiB".into()),
+                stalled: false,
             })
             .collect()
     }

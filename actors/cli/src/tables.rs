@@ -506,6 +506,7 @@ mod tests {
             old: 0,
             done: 0,
             unplaced: unplaced.map(Into::into),
+            stalled: false,
         }
     }
 

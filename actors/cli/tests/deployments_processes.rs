@@ -139,3 +139,36 @@ async fn a_master_restarted_mid_deploy_neither_duplicates_nor_loses_instances() 
     assert_eq!(live.len(), 6, "{tasks:#?}");
     assert!(before.is_subset(&live));
 }
+
+/// The example: `unique_node`, `max_surge: 1`, `max_unavailable: 0` and as many
+/// agents as replicas. `apply` of the new version stops waiting at once and says why and
+/// what to change, instead of waiting out its timeout at "0/2 running, 2 of older versions".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_of_a_rolling_update_that_cannot_finish_says_so_and_how_to_fix_it() {
+    let dir = temp_dir("dep-stalled");
+    let master = Master::start(&dir.join("master"), free_udp(), free_udp(), free_tcp(), &[]).await;
+    let token = master.token(3600);
+    let opts = ["--demo-actors", "--resources", "cpus:4"];
+    let _a1 = agent(&master, &dir.join("a1"), "a1", Some(&token), &opts).await;
+    let _a2 = agent(&master, &dir.join("a2"), "a2", Some(&token), &opts).await;
+    let manifest = |version: &str| {
+        format!(
+            "kind: Deployment\nname: echo\nspec:\n  actor: echo\n  version: {version}\n  replicas: 2\n  resources: {{ need: \"cpus:1\" }}\n  constraints: {{ unique_node: true }}\n  rolling_update: {{ max_surge: 1, max_unavailable: 0 }}\n"
+        )
+    };
+    let f = dir.join("echo.yaml");
+    std::fs::write(&f, manifest("v1")).unwrap();
+    let out = master.cli(&["apply", "-f", f.to_str().unwrap(), "--timeout", "30s"]);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(&f, manifest("v2")).unwrap();
+    // A timeout far beyond the test: only the stall ends the wait.
+    let out = master.cli(&["apply", "-f", f.to_str().unwrap(), "--timeout", "10m"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        said.contains("the rolling update to v2 cannot finish on these agents")
+            && said.contains("Set rolling_update.max_unavailable to 1 or more"),
+        "{said}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -165,6 +165,10 @@ pub struct DeploymentSummary {
     pub done: u32,
     /// Why replicas are missing, if they are.
     pub unplaced: Option<String>,
+    /// Its rolling update cannot finish on the agents there are (`unplaced` says why and
+    /// what to change): waiting for it is pointless until an agent joins.
+    #[serde(default)]
+    pub stalled: bool,
 }
 
 /// One deployment in full, for `describe deployment`.
@@ -220,6 +224,8 @@ pub struct DeploymentBook {
     deployments: BTreeMap<String, Deployment>,
     tasks: BTreeMap<String, TaskEntry>,
     unplaced: BTreeMap<String, String>,
+    /// Deployments whose rolling update cannot finish on the agents there are.
+    stalled: std::collections::BTreeSet<String>,
     backoff: BTreeMap<String, Backoff>,
     /// Holdings changed since the master last asked.
     ledger: Vec<Holding>,
@@ -399,6 +405,7 @@ impl DeploymentBook {
     pub fn delete(&mut self, key: &str) -> Option<Vec<Action>> {
         self.deployments.remove(key)?;
         self.unplaced.remove(key);
+        self.stalled.remove(key);
         self.backoff.remove(key);
         let live: Vec<(String, String)> = self
             .tasks
@@ -793,6 +800,7 @@ mod tests {
         running(&mut book, &first);
         book.apply(deployment(2, &rolling(0)).with_version("v2"));
         assert!(book.reconcile(&agents, now).is_empty(), "nothing can move");
+        assert!(book.summaries()[0].stalled, "apply stops waiting for it");
         let why = book.summaries()[0].unplaced.clone().unwrap();
         assert!(
             why.contains("the rolling update to v2 cannot finish on these agents")
@@ -804,6 +812,7 @@ mod tests {
         let three = vec![agents[0].clone(), agents[1].clone(), agent("a3", "x", 64)];
         let placed = launches(&book.reconcile(&three, now));
         assert_eq!(placed.len(), 1, "the surge instance goes to the new agent");
+        assert!(!book.summaries()[0].stalled);
         // With max_unavailable 1 an old instance stops first: waiting, not stuck.
         let mut book = DeploymentBook::default();
         book.apply(deployment(2, &rolling(1)));

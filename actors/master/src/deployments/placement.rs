@@ -63,6 +63,7 @@ impl DeploymentBook {
         launched: &mut Vec<(usize, String)>,
         now: Instant,
     ) {
+        self.stalled.remove(k);
         let spec = &d.manifest.spec;
         let version = &spec.version;
         let policy = spec.restart.policy.as_str();
@@ -232,24 +233,17 @@ impl DeploymentBook {
                     missing -= 1;
                 }
                 Err(reason) => {
-                    why = Some(
-                        if self.rollout_stuck(
-                            k,
-                            d,
-                            agents,
-                            left,
-                            &on_agent,
-                            available,
-                            min_available,
-                        ) {
-                            format!(
+                    let stuck =
+                        self.rollout_stuck(k, d, agents, left, &on_agent, available, min_available);
+                    why = Some(if stuck {
+                        self.stalled.insert(k.to_string());
+                        format!(
                             "the rolling update to {version} cannot finish on these agents: {reason}, and no instance of an older version may stop first (max_unavailable {}: none until a new one runs). Set rolling_update.max_unavailable to 1 or more, or add an agent that can take an instance",
                             spec.rolling_update.max_unavailable
                         )
-                        } else {
-                            reason
-                        },
-                    );
+                    } else {
+                        reason
+                    });
                     break;
                 }
             }

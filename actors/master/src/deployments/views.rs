@@ -53,6 +53,7 @@ impl DeploymentBook {
                 t.version == spec.version && fills_slot(&spec.restart.policy, t.state)
             }),
             unplaced: self.unplaced.get(k).cloned(),
+            stalled: self.stalled.contains(k),
         }
     }
 }
