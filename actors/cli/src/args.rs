@@ -21,6 +21,16 @@ use crate::output::Format;
 pub(crate) struct Cli {
     #[command(subcommand)]
     pub(crate) command: Command,
+    /// How log lines on stderr look: text (coloured only on a terminal) or json (one
+    /// object a line, for log collectors).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "ACTORMESH_LOG_FORMAT"
+    )]
+    pub(crate) log_format: actormesh_cli::LogFormat,
 }
 
 #[derive(Subcommand, Debug)]

@@ -157,17 +157,34 @@ impl ApiClient {
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {
-    init_logging_with_default("info");
+    init_logging_with_default("info", LogFormat::Text);
 }
 
-/// Logs to stderr, filtered by `RUST_LOG`, or by `default` when it is unset.
-pub fn init_logging_with_default(default: &str) {
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object a line (timestamp, level, target, fields), never coloured.
+    Json,
+}
+
+/// Logs to stderr in `format`, filtered by `RUST_LOG`, or by `default` when it is unset.
+/// Colour codes go only to a terminal: files and pipes get plain text.
+pub fn init_logging_with_default(default: &str, format: LogFormat) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    };
 }
 
 #[cfg(test)]

@@ -45,10 +45,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // A call prints its reply on stdout and only what went wrong on stderr.
-    match cli.command {
-        Command::Call(_) => actormesh_cli::init_logging_with_default("warn"),
-        _ => actormesh_cli::init_logging(),
-    }
+    let default = match cli.command {
+        Command::Call(_) => "warn",
+        _ => "info",
+    };
+    actormesh_cli::init_logging_with_default(default, cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

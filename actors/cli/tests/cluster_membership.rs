@@ -556,3 +556,47 @@ async fn a_deleted_node_is_gone_at_once_and_its_agent_stops_with_the_reason() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Logs into a pipe carry no colour codes; `--log-format json` writes one object a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_into_a_pipe_are_plain_text_or_json_lines() {
+    let dir = temp_dir("log-format");
+    // A taken API port: the master logs its start, then exits with the error.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let api = taken.local_addr().unwrap().to_string();
+    let run = |format: &str, data: &str| {
+        let data = dir.join(data);
+        let (m, b) = (free_udp().to_string(), free_udp().to_string());
+        tokio::task::block_in_place(|| {
+            std::process::Command::new(BIN)
+                .args(["--log-format", format, "master", "--data-dir"])
+                .arg(&data)
+                .args(["--listen", &m, "--bootstrap", &b, "--api", &api])
+                .env("RUST_LOG", "info")
+                .output()
+                .unwrap()
+        })
+    };
+    let text = run("text", "m1");
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(stderr.contains("created the cluster CA"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no colour codes in a pipe: {stderr:?}"
+    );
+    let json = run("json", "m2");
+    let stderr = String::from_utf8_lossy(&json.stderr);
+    let logged: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        logged
+            .iter()
+            .any(|v| v["level"] == "INFO" && v["fields"]["message"] == "created the cluster CA"),
+        "{stderr}"
+    );
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&dir);
+}

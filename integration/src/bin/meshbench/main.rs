@@ -137,7 +137,7 @@ enum Suite {
 }
 
 fn main() -> anyhow::Result<()> {
-    actormesh_cli::init_logging_with_default("warn");
+    actormesh_cli::init_logging_with_default("warn", actormesh_cli::LogFormat::Text);
     match Cli::parse().suite {
         Suite::Messaging { rounds, scale } => messaging(rounds.max(1), scale),
         Suite::Cluster { agents } => cluster::run(agents.max(1)),
