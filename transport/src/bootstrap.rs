@@ -195,9 +195,9 @@ impl BootstrapServer {
 fn not_a_bootstrap_port(addr: SocketAddr, e: TransportError) -> TransportError {
     match e {
         TransportError::HandshakeRefused {
-            refusal: crate::error::Refusal::Other(ref why),
+            refusal: crate::error::Refusal::NoCommonProtocol,
             ..
-        } if why.contains("TLS alert 120") => TransportError::NotABootstrapPort {
+        } => TransportError::NotABootstrapPort {
             addr,
             found: "it is an actormesh QUIC port that does not speak the join protocol, most likely a mesh port (the master's --listen or a node's); join through the master's --bootstrap address (`actormesh dev` prints it)".into(),
         },

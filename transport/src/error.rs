@@ -24,6 +24,9 @@ pub enum Refusal {
     NoSpiffeId,
     /// The identity has been revoked (the node was removed from the cluster).
     Revoked,
+    /// No application protocol in common (TLS alert 120): the port serves another
+    /// protocol, e.g. a mesh port asked to join, or a bootstrap port asked for a link.
+    NoCommonProtocol,
     /// The certificate was refused for another reason (named).
     Other(String),
 }
@@ -44,6 +47,9 @@ impl fmt::Display for Refusal {
             Refusal::Revoked => {
                 f.write_str("identity revoked: the node was removed from the cluster")
             }
+            Refusal::NoCommonProtocol => f.write_str(
+                "no application protocol in common (TLS alert 120): the port serves another protocol",
+            ),
             Refusal::Other(s) => f.write_str(s),
         }
     }

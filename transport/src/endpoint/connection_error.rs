@@ -53,9 +53,7 @@ fn refusal_from_alert(alert: u8, detail: Option<String>) -> Refusal {
         46 => Refusal::WrongTrustDomain { detail },
         42 => Refusal::NoSpiffeId,
         44 => Refusal::Revoked,
-        120 => Refusal::Other(
-            "no application protocol in common (TLS alert 120): the port serves another actormesh protocol".into(),
-        ),
+        120 => Refusal::NoCommonProtocol,
         other => Refusal::Other(match detail {
             Some(d) => format!("TLS alert {other}: {d}"),
             None => format!("TLS alert {other}"),

@@ -614,13 +614,15 @@ async fn heartbeat_loop(
             Err(AskError::Timeout { .. }) | Err(AskError::Unreachable { .. }) => {
                 // A master that revoked this agent's identity (it was removed: Gone, or
                 // `delete node`) refuses the handshake saying so: stop, with the reason.
-                if let Err(
+                // The look waits at most one interval, so a master that is only down
+                // (a dial under way) does not slow the heartbeats.
+                if let Ok(Err(
                     e @ TransportError::HandshakeRefused {
                         by: RefusedBy::Peer,
                         refusal: Refusal::Revoked,
                         ..
                     },
-                ) = node.endpoint().link(master.addr()).await
+                )) = tokio::time::timeout(interval, node.endpoint().link(master.addr())).await
                 {
                     error!(error = %e, "the master removed this agent");
                     let _ = removed.send(Some(format!(
