@@ -271,20 +271,21 @@ pub fn load(dir: &Path) -> Result<ClientCredentials, ClientError> {
     })
 }
 
-/// Why [`connect`] gave no mesh; each variant names what to check.
+/// Why [`connect`] gave no mesh; each variant names what to check. The cause is part of
+/// the message, not a `source`, so a printer of the error chain says it once.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The client identity could not be loaded.
-    #[error("no client identity in {}: {source} (`actormesh dev` writes one into <data-dir>/client; else `actormesh cert issue --client <name> --token <t> --out <dir>`)", dir.display())]
+    #[error("no client identity in {}: {error} (`actormesh dev` writes one into <data-dir>/client; else `actormesh cert issue --client <name> --token <t> --out <dir>`)", dir.display())]
     Identity {
         /// The directory given.
         dir: PathBuf,
         /// Why it did not load.
-        source: ClientError,
+        error: ClientError,
     },
     /// The client's node did not start.
     #[error("cannot start the client node: {0}")]
-    Node(#[from] NodeError),
+    Node(NodeError),
     /// The master sent no registry in time.
     #[error("the master at {master} sent no registry within {waited:?}; is it running, and does it accept this client ({identity})?")]
     NoRegistry {
@@ -311,9 +312,9 @@ fn bind_for(peer: SocketAddr) -> SocketAddr {
 /// Loads the client identity in `dir` (see [`load`]) and [`ClientCredentials::connect`]s
 /// it to the master it was issued by, in the namespace `default`.
 pub async fn connect(dir: &Path, wait: Duration) -> Result<Mesh, ConnectError> {
-    let client = load(dir).map_err(|source| ConnectError::Identity {
+    let client = load(dir).map_err(|error| ConnectError::Identity {
         dir: dir.to_path_buf(),
-        source,
+        error,
     })?;
     client.connect(MeshOptions::default(), wait).await
 }
@@ -330,12 +331,13 @@ impl ClientCredentials {
         wait: Duration,
     ) -> Result<Mesh, ConnectError> {
         let master = *options.master.get_or_insert(self.record.master_addr);
-        let node = Node::start(NodeConfig::new(bind_for(master)), &self.credentials)?;
+        let node = Node::start(NodeConfig::new(bind_for(master)), &self.credentials)
+            .map_err(ConnectError::Node)?;
         let mesh = match Mesh::start(&node, options) {
             Ok(mesh) => mesh,
             Err(e) => {
                 node.shutdown();
-                return Err(e.into());
+                return Err(ConnectError::Node(e));
             }
         };
         let mut applied = mesh.applied();

@@ -15,6 +15,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use actormesh::agent::{self, ActorHost, AgentConfig};
@@ -122,9 +123,10 @@ where
     Ok(())
 }
 
+/// Runs the command; an error is printed as one line with its causes.
 #[actix::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> ExitCode {
+    let done = match Cli::parse().command {
         Command::Agent {
             join,
             token,
@@ -134,5 +136,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Put { key, value, client } => call(client, &key.clone(), Put { key, value }).await,
         Command::Get { key, client } => call(client, &key.clone(), Get { key }).await,
         Command::Delete { key, client } => call(client, &key.clone(), Delete { key }).await,
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
