@@ -233,8 +233,17 @@ impl DeploymentBook {
                     missing -= 1;
                 }
                 Err(reason) => {
-                    let stuck =
-                        self.rollout_stuck(k, d, agents, left, &on_agent, available, min_available);
+                    // Only a rolling update can be stuck (and the look copies the books).
+                    let stuck = old_count > 0
+                        && self.rollout_stuck(
+                            k,
+                            d,
+                            agents,
+                            left,
+                            &on_agent,
+                            available,
+                            min_available,
+                        );
                     why = Some(if stuck {
                         self.stalled.insert(k.to_string());
                         format!(
