@@ -479,7 +479,8 @@ impl ClusterCore {
     /// agent reported when it last registered, which is soon out of date.
     pub fn agent_views(&self) -> Vec<AgentRecord> {
         let mut on: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        let entries = self.all_tasks();
+        // Where tasks run, not where they serve: no endpoints needed.
+        let entries = self.task_entries();
         for t in &entries {
             if !t.state.is_terminal() || t.stopping {
                 on.entry(t.agent.as_str()).or_default().push(t.id.clone());
@@ -521,11 +522,17 @@ impl ClusterCore {
 
     /// Every task of a deployment or a framework (owner `framework/<id>`), for `get tasks`.
     pub fn all_tasks(&self) -> Vec<deployments::TaskEntry> {
-        let mut all: Vec<deployments::TaskEntry> = self.deployments.tasks().cloned().collect();
-        all.extend(self.fw.task_entries());
+        let mut all = self.task_entries();
         for t in &mut all {
             t.endpoint = self.task_endpoint(&t.id, &t.agent);
         }
+        all
+    }
+
+    /// Deployment and framework tasks, without their endpoints.
+    fn task_entries(&self) -> Vec<deployments::TaskEntry> {
+        let mut all: Vec<deployments::TaskEntry> = self.deployments.tasks().cloned().collect();
+        all.extend(self.fw.task_entries());
         all
     }
 
