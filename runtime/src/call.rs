@@ -382,6 +382,18 @@ impl CallInfo {
         })
     }
 
+    /// Runs `f` with the call being handled, if any, without cloning it or pinning its
+    /// deadline: the cheapest way to read, say, the handler's workload.
+    #[inline]
+    pub fn with_current<R>(f: impl FnOnce(Option<&CallInfo>) -> R) -> R {
+        CURRENT.with(|c| {
+            let info = c.take();
+            let out = f(info.as_ref());
+            c.set(info);
+            out
+        })
+    }
+
     /// The context an outgoing call inherits; reads no clock.
     #[inline]
     pub(crate) fn ambient() -> Option<CallInfo> {

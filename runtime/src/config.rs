@@ -25,6 +25,13 @@ pub struct NodeConfig {
     /// A lane (the stream to one remote actor) unused for this long is closed; the next
     /// message opens a new one. Keeps the number of streams to what is in use.
     pub lane_idle_close: Duration,
+    /// Keep call figures (requests, outcomes, latency, calls in flight, handler time, by
+    /// source and message): what `/metrics` and `actormesh top` show. Off, a call pays one
+    /// branch for them. Set when `metrics_listen` is.
+    pub metrics: bool,
+    /// Serve Prometheus metrics at `/metrics` on this TCP address (with `metrics`). Needs
+    /// a metrics server built in: the `actormesh` façade's `metrics` feature provides it.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl NodeConfig {
@@ -40,6 +47,8 @@ impl NodeConfig {
             mailbox_capacity: 1024,
             lane_high_water: 1024 * 1024,
             lane_idle_close: Duration::from_secs(30),
+            metrics: false,
+            metrics_listen: None,
         }
     }
 }

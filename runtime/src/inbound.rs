@@ -15,7 +15,9 @@ use crate::dispatch::{dispatch, expired, Dispatch};
 use crate::message::RemoteReply;
 use crate::peers::{Peer, Reply};
 use crate::slots::{ActorSlot, SlotTable};
+use crate::stats::Outcome;
 use crate::wire::{self, Control, StreamHeader, WireError};
+use crate::AskError;
 
 /// Stop code sent on a stream whose frames broke the protocol.
 const STOP_PROTOCOL: u32 = 1;
@@ -203,7 +205,10 @@ async fn serve_lane(
         // Delivery is decided only for a target that is there.
         let Some(s) = slot.as_ref() else { continue };
         // The gate decides before the call takes a mailbox place.
+        let workload = meta.as_ref().and_then(|m| m.workload.clone());
         if let Err(refusal) = s.admit(lf.name, Some(&caller)) {
+            let outcome = Outcome::of_error(&AskError::from(refusal.clone()));
+            s.refused(entry, workload.as_deref(), Some(&caller), received, outcome);
             match reply {
                 Some(r) => r.fail(WireError::Refused(refusal)),
                 None => debug!(actor = %target, message = lf.name, %refusal, "tell refused"),
@@ -217,6 +222,8 @@ async fn serve_lane(
             None => s.permits().acquire().await,
         };
         if expired(&lf, || received.elapsed()) {
+            let (w, c) = (workload.as_deref(), Some(&*caller));
+            s.refused(entry, w, c, received, Outcome::Timeout);
             if let Some(r) = reply {
                 r.fail(WireError::Timeout);
             }
@@ -226,6 +233,7 @@ async fn serve_lane(
             Some((_, ms)) => Deadline::At(received + Duration::from_millis(u64::from(ms))),
             None => Deadline::None,
         };
+        let observed = s.observe(entry, workload.as_deref(), Some(&caller), || received);
         let ctx = match meta {
             None => plain_context(&mut plain, s, &caller),
             Some(m) => CallContext::shared(Some(caller.clone()), Some(m), s.workload().cloned()),
@@ -234,7 +242,7 @@ async fn serve_lane(
         let addr = s.address();
         match addr.as_deref() {
             Some(a) => {
-                if let Err(e) = (entry.remote)(a, lf.payload, reply, Some(permit), call) {
+                if let Err(e) = (entry.remote)(a, lf.payload, reply, Some(permit), call, observed) {
                     debug!(actor = %target, message = lf.name, error = %e, "delivery failed");
                 }
             }

@@ -71,6 +71,11 @@ impl MailboxGate {
         }
     }
 
+    /// Places in all.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Messages queued and not yet handled.
     pub(crate) fn depth(&self) -> usize {
         self.used.load(SeqCst)

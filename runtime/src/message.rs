@@ -15,8 +15,10 @@ use actormesh_transport::sink::{FrameSink, PushError};
 use crate::call::CallInfo;
 use crate::mailbox::Permit;
 use crate::peers::{Peer, Reply};
+use crate::stats::{Observed, Outcome};
 use crate::wire::{self, WireError};
 use actormesh_transport::SpiffeId;
+use std::time::Instant;
 
 /// A message that can cross the network: a serde type with a stable, versioned name and a
 /// typed reply (its actix `Message::Result`). Declare it with `#[derive(RemoteMessage)]`.
@@ -78,6 +80,11 @@ enum ReplyDest {
 thread_local! {
     /// Set while the runtime drops the mailbox of an actor that panicked.
     static CRASH_DROP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the runtime is dropping a crashed actor's mailbox now.
+pub(crate) fn dropping_crash() -> bool {
+    CRASH_DROP.with(|c| c.get())
 }
 
 /// Runs `f` (dropping a crashed actor's state) so that unanswered replies report a panic.
@@ -214,6 +221,8 @@ pub struct Delivery<M: actix::Message> {
     reply: ReplyTo<M::Result>,
     _permit: Option<Permit>,
     call: Option<CallInfo>,
+    /// The call's server-side figures, when the node keeps them.
+    observed: Option<Observed>,
 }
 
 /// The verified identity of the node that sent the message being handled right now, taken
@@ -290,12 +299,14 @@ impl<M: RemoteMessage> Delivery<M> {
         reply: ReplyTo<M::Result>,
         permit: Option<Permit>,
         call: CallInfo,
+        observed: Option<Observed>,
     ) -> Self {
         Self {
             msg,
             reply,
             _permit: permit,
             call: (!call.is_empty()).then_some(call),
+            observed,
         }
     }
 
@@ -313,7 +324,13 @@ impl<M: RemoteMessage> Delivery<M> {
             reply,
             _permit,
             call,
+            observed,
         } = self;
+        if let Some(observed) = observed {
+            // Off the plain path: a node that keeps figures times the handler and sees
+            // when its response resolves.
+            return observed_handle(act, ctx, msg, reply, _permit, call, observed);
+        }
         let response = match call {
             Some(call) => call.enter(|| <A as Handler<M>>::handle(act, msg, ctx)),
             None => <A as Handler<M>>::handle(act, msg, ctx),
@@ -343,6 +360,54 @@ impl<M: RemoteMessage> Delivery<M> {
     }
 }
 
+/// [`Delivery::handle`] for a call whose figures the node keeps: the handler's time, and
+/// the call's outcome once its response resolves.
+#[cold]
+fn observed_handle<A, M>(
+    act: &mut A,
+    ctx: &mut Context<A>,
+    msg: M,
+    reply: ReplyTo<M::Result>,
+    permit: Option<Permit>,
+    call: Option<CallInfo>,
+    observed: Observed,
+) where
+    A: Actor<Context = Context<A>> + Handler<M>,
+    M: RemoteMessage,
+{
+    let started = Instant::now();
+    let response = match call {
+        Some(call) => call.enter(|| <A as Handler<M>>::handle(act, msg, ctx)),
+        None => <A as Handler<M>>::handle(act, msg, ctx),
+    };
+    observed.handler_ran(started.elapsed());
+    drop(permit);
+    let answer = move |value: M::Result, observed: Observed| {
+        observed.finish(Outcome::Ok);
+        match reply {
+            ReplyTo::None => {}
+            ReplyTo::Local(tx) => {
+                let _ = tx.send(value);
+            }
+            ReplyTo::Remote(remote) => remote.ok(&value),
+        }
+    };
+    let (tx, mut rx) = oneshot::channel();
+    response.handle(ctx, Some(tx));
+    match rx.try_recv() {
+        Ok(value) => answer(value, observed),
+        Err(oneshot::error::TryRecvError::Empty) => {
+            actix::spawn(async move {
+                if let Ok(value) = rx.await {
+                    answer(value, observed);
+                }
+            });
+        }
+        // Dropped unanswered: `observed` counts it stopped (or panicked).
+        Err(oneshot::error::TryRecvError::Closed) => {}
+    }
+}
+
 /// An actor's address with its type erased; holds an `Addr<A>`.
 pub(crate) type ErasedAddr = dyn Any + Send + Sync;
 
@@ -365,6 +430,7 @@ pub(crate) type RemoteDeliverFn = fn(
     Option<RemoteReply>,
     Option<Permit>,
     CallInfo,
+    Option<Observed>,
 ) -> Result<(), DeliverError>;
 
 /// One `impl Handler<M> for A` registered by `#[actormesh::handler]`.
@@ -404,6 +470,7 @@ fn deliver_remote<A, M>(
     reply: Option<RemoteReply>,
     permit: Option<Permit>,
     call: CallInfo,
+    observed: Option<Observed>,
 ) -> Result<(), DeliverError>
 where
     A: Actor<Context = Context<A>> + Handler<Delivery<M>>,
@@ -421,6 +488,9 @@ where
             if let Some(r) = reply {
                 r.fail(WireError::Rejected(reason.clone()));
             }
+            if let Some(o) = observed {
+                o.finish(Outcome::Rejected);
+            }
             return Err(DeliverError::Decode(reason));
         }
     };
@@ -433,7 +503,7 @@ where
     };
     // The semaphore permit bounds the mailbox; actix's own capacity is bypassed on purpose
     // because its full-mailbox path does not wake waiting senders.
-    addr.do_send(Delivery::new(msg, reply, permit, call));
+    addr.do_send(Delivery::new(msg, reply, permit, call, observed));
     if addr.connected() {
         Ok(())
     } else {

@@ -3,7 +3,7 @@
 //! to the peers, control frames to the watch tables, incoming streams to the readers in
 //! `inbound`, and actor ends from the supervisor to the slot table and the watchers.
 
-use std::any::TypeId;
+use std::any::{Any, TypeId};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -63,6 +63,11 @@ pub(crate) struct NodeInner {
     peers: Mutex<PeerTable<Peer>>,
     watchers: Mutex<WatcherBook>,
     next_watch: AtomicU64,
+    /// Values other layers attach to the node, one per type (the mesh's call figures,
+    /// the master's), for the metrics server to find.
+    extensions: Mutex<Vec<(TypeId, Arc<dyn Any + Send + Sync>)>>,
+    /// Where the metrics server listens, once started.
+    metrics_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 impl std::fmt::Debug for NodeInner {
@@ -224,16 +229,91 @@ impl Node {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             NodeError::Config("a node starts inside a tokio runtime (an actix system)".into())
         })?;
+        let server = match config.metrics_listen {
+            None => None,
+            Some(addr) => Some((addr, metrics_server()?)),
+        };
+        let figures = config.metrics || server.is_some();
         let (endpoint, links) = Endpoint::bind(config.endpoint.clone(), credentials)?;
+        let slots = SlotTable::keeping_figures(figures);
         let inner = Arc::new(NodeInner {
             ctx: Arc::new(PeerContext::new(endpoint, config, runtime)),
-            slots: Arc::new(SlotTable::default()),
+            slots: Arc::new(slots),
             peers: Mutex::new(PeerTable::new(PEER_GONE_KEPT)),
             watchers: Mutex::new(WatcherBook::new(MAX_WATCHERS)),
             next_watch: AtomicU64::new(1),
+            extensions: Mutex::new(Vec::new()),
+            metrics_addr: std::sync::OnceLock::new(),
         });
         inner.ctx.spawn(link_loop(Arc::downgrade(&inner), links));
-        Ok(Node { inner })
+        let node = Node { inner };
+        if let Some((addr, server)) = server {
+            let bound = (server.serve)(&node, addr).map_err(|reason| {
+                node.shutdown();
+                NodeError::Config(format!("cannot serve metrics on {addr}: {reason}"))
+            })?;
+            let _ = node.inner.metrics_addr.set(bound);
+        }
+        Ok(node)
+    }
+
+    /// A handle that does not keep the node alive.
+    pub fn downgrade(&self) -> WeakNode {
+        WeakNode(Arc::downgrade(&self.inner))
+    }
+
+    /// Where this node serves `/metrics` (`NodeConfig::metrics_listen`, its port chosen).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.inner.metrics_addr.get().copied()
+    }
+
+    /// Whether the node keeps call figures (`NodeConfig::metrics`).
+    pub fn keeps_figures(&self) -> bool {
+        self.inner.slots.server.is_some()
+    }
+
+    /// The server-side call figures of this node's actors (empty unless it keeps them).
+    pub fn server_figures(&self) -> Vec<crate::stats::ServerFigures> {
+        self.inner
+            .slots
+            .server
+            .as_ref()
+            .map(|b| b.snapshot())
+            .unwrap_or_default()
+    }
+
+    /// Every actor's mailbox.
+    pub fn actor_figures(&self) -> Vec<crate::stats::ActorFigures> {
+        self.inner.slots.actor_figures()
+    }
+
+    /// Every live link's figures, from quinn's statistics.
+    pub fn peer_figures(&self) -> Vec<crate::stats::PeerFigures> {
+        let peers = lock(&self.inner.peers).all();
+        let mut out: Vec<_> = peers.iter().filter_map(|p| p.figures()).collect();
+        out.sort_by_key(|p| p.addr);
+        out
+    }
+
+    /// The value of type `T` attached to this node, made by `make` if there is none.
+    pub fn extension<T: Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Arc<T> {
+        let mut ext = lock(&self.inner.extensions);
+        if let Some((_, v)) = ext.iter().find(|(t, _)| *t == TypeId::of::<T>()) {
+            if let Ok(v) = v.clone().downcast::<T>() {
+                return v;
+            }
+        }
+        let v = Arc::new(make());
+        ext.push((TypeId::of::<T>(), v.clone()));
+        v
+    }
+
+    /// The value of type `T` attached to this node, if any.
+    pub fn find_extension<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
+        let ext = lock(&self.inner.extensions);
+        ext.iter()
+            .find(|(t, _)| *t == TypeId::of::<T>())
+            .and_then(|(_, v)| v.clone().downcast::<T>().ok())
     }
 
     /// The address this node listens on.
@@ -436,6 +516,37 @@ impl Node {
     pub fn shutdown(&self) {
         self.inner.ctx.endpoint.shutdown();
     }
+}
+
+/// A [`Node`] handle that does not keep it alive.
+#[derive(Debug, Clone)]
+pub struct WeakNode(Weak<NodeInner>);
+
+impl WeakNode {
+    /// The node, while something else holds it.
+    pub fn upgrade(&self) -> Option<Node> {
+        self.0.upgrade().map(|inner| Node { inner })
+    }
+}
+
+/// A server of `/metrics` that a binary links in; the node starts the first one found
+/// when `NodeConfig::metrics_listen` is set. The `actormesh` façade's `metrics` feature
+/// submits one.
+#[derive(Debug)]
+pub struct MetricsServer {
+    /// Serves the node's metrics on `addr` (on the node's runtime); returns the address
+    /// bound.
+    pub serve: fn(&Node, SocketAddr) -> Result<SocketAddr, String>,
+}
+
+inventory::collect!(MetricsServer);
+
+fn metrics_server() -> Result<&'static MetricsServer, NodeError> {
+    inventory::iter::<MetricsServer>.into_iter().next().ok_or_else(|| {
+        NodeError::Config(
+            "NodeConfig::metrics_listen is set, but this binary has no metrics server built in: enable the `metrics` feature of the actormesh crate".into(),
+        )
+    })
 }
 
 /// A future that resolves with [`Terminated`] when a watched actor is gone.

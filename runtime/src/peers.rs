@@ -288,6 +288,31 @@ impl Peer {
         lock(&self.state).lanes.done(id);
     }
 
+    /// The figures of the current link, if it is alive.
+    pub(crate) fn figures(&self) -> Option<crate::stats::PeerFigures> {
+        let (link, lanes) = {
+            let state = lock(&self.state);
+            let link = state
+                .link
+                .as_ref()
+                .filter(|c| c.link.is_alive())?
+                .link
+                .clone();
+            (link, state.lanes.open_count())
+        };
+        let stats = link.connection().stats();
+        Some(crate::stats::PeerFigures {
+            addr: self.addr,
+            identity: link.peer().to_string(),
+            rtt: stats.path.rtt,
+            sent_bytes: stats.udp_tx.bytes,
+            received_bytes: stats.udp_rx.bytes,
+            lost_packets: stats.path.lost_packets,
+            open_lanes: lanes as u64,
+            pending_asks: lock(&self.pending).len() as u64,
+        })
+    }
+
     /// Open lanes from this node to the peer.
     pub(crate) fn open_lanes(&self) -> usize {
         lock(&self.state).lanes.open_count()
@@ -625,6 +650,11 @@ impl<P> PeerTable<P> {
             entries: HashMap::new(),
             kept,
         }
+    }
+
+    /// Every peer.
+    pub(crate) fn all(&self) -> Vec<Arc<P>> {
+        self.entries.values().map(|e| e.peer.clone()).collect()
     }
 
     pub(crate) fn get(&self, addr: &SocketAddr) -> Option<Arc<P>> {

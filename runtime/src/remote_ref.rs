@@ -21,11 +21,13 @@ use crate::call::{
 };
 use crate::deadline::LazyDeadline;
 use crate::error::{AskError, TellError};
+use crate::gate::Refusal;
 use crate::locks::{read, write};
 use crate::mailbox::Permit;
 use crate::message::{Delivery, HandlerEntry, RemoteMessage, RemoteReply, ReplyTo};
 use crate::peers::{Peer, Reply};
 use crate::slots::ActorSlot;
+use crate::stats::Outcome;
 use crate::wire::{self, WireError};
 
 /// What a reference needs of the node it was made on. The node implements it, so a
@@ -211,14 +213,17 @@ impl RemoteRef {
                     return Err(TellError::UnknownMessage(msg));
                 };
                 if let Err(r) = slot.admit(M::NAME, None) {
+                    refused_here(&slot, entry, &meta, &r);
                     return Err(TellError::NotDelivered(msg, r.to_string()));
                 }
+                let arrived =
+                    slot.observe(entry, workload_of(&meta), None, std::time::Instant::now);
                 let permit = slot.permits().acquire().await;
                 let call = local_call(&slot, Deadline::None, meta);
                 deliver_local(
                     &slot,
                     entry,
-                    Delivery::new(msg, ReplyTo::None, Some(permit), call),
+                    Delivery::new(msg, ReplyTo::None, Some(permit), call, arrived),
                 )
                 .map_err(|d| TellError::NoSuchActor(d.into_message()))
             }
@@ -267,16 +272,19 @@ impl RemoteRef {
                     return Err(TellError::UnknownMessage(msg));
                 };
                 if let Err(r) = slot.admit(M::NAME, None) {
+                    refused_here(&slot, entry, &meta, &r);
                     return Err(TellError::NotDelivered(msg, r.to_string()));
                 }
                 let Some(permit) = slot.permits().try_acquire() else {
                     return Err(TellError::Full(msg));
                 };
+                let arrived =
+                    slot.observe(entry, workload_of(&meta), None, std::time::Instant::now);
                 let call = local_call(&slot, Deadline::None, meta);
                 deliver_local(
                     &slot,
                     entry,
-                    Delivery::new(msg, ReplyTo::None, Some(permit), call),
+                    Delivery::new(msg, ReplyTo::None, Some(permit), call, arrived),
                 )
                 .map_err(|d| TellError::NoSuchActor(d.into_message()))
             }
@@ -567,7 +575,11 @@ impl RemoteRef {
                 message: M::NAME.to_string(),
             });
         };
-        slot.admit(M::NAME, None)?;
+        if let Err(r) = slot.admit(M::NAME, None) {
+            refused_here(&slot, entry, &meta, &r);
+            return Err(r.into());
+        }
+        let arrived = slot.observe(entry, workload_of(&meta), None, std::time::Instant::now);
         let (permit, remaining) = self.local_permit(&slot, timeout, wait_for_room).await?;
         let (tx, rx) = oneshot::channel();
         let generation = slot.generation();
@@ -575,7 +587,7 @@ impl RemoteRef {
         deliver_local(
             &slot,
             entry,
-            Delivery::new(msg, ReplyTo::Local(tx), Some(permit), call),
+            Delivery::new(msg, ReplyTo::Local(tx), Some(permit), call, arrived),
         )
         .map_err(|_| self.stopped())?;
         match LazyDeadline::new(rx, remaining).await {
@@ -641,17 +653,22 @@ impl RemoteRef {
                 message: name.to_string(),
             });
         };
-        slot.admit(name, None)?;
+        let block = Some(meta);
+        if let Err(r) = slot.admit(name, None) {
+            refused_here(&slot, entry, &block, &r);
+            return Err(r.into());
+        }
+        let arrived = slot.observe(entry, workload_of(&block), None, std::time::Instant::now);
         let (permit, remaining) = self.local_permit(&slot, timeout, true).await?;
         let (tx, rx) = oneshot::channel();
-        let call = local_call(&slot, Deadline::Within(remaining), Some(meta));
+        let call = local_call(&slot, Deadline::Within(remaining), block);
         let delivered = {
             let addr = slot.address();
             match addr.as_deref() {
                 Some(a) => {
                     let reply = RemoteReply::local(tx, json);
                     // A decoding failure has answered the reply already.
-                    let _ = (entry.remote)(a, payload, Some(reply), Some(permit), call);
+                    let _ = (entry.remote)(a, payload, Some(reply), Some(permit), call, arrived);
                     true
                 }
                 None => false,
@@ -906,6 +923,25 @@ impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.peer.forget_reply(self.corr);
     }
+}
+
+/// The workload a local call's block asserts.
+#[inline]
+fn workload_of(meta: &Block) -> Option<&str> {
+    meta.as_ref()?.workload.as_deref()
+}
+
+/// Counts a local call the gate refused.
+#[cold]
+fn refused_here(slot: &ActorSlot, entry: &'static HandlerEntry, meta: &Block, r: &Refusal) {
+    let outcome = Outcome::of_error(&AskError::from(r.clone()));
+    slot.refused(
+        entry,
+        workload_of(meta),
+        None,
+        std::time::Instant::now(),
+        outcome,
+    );
 }
 
 fn deliver_local<M: RemoteMessage>(

@@ -16,7 +16,10 @@ use crate::call::CallContext;
 use crate::locks::{lock, read, write};
 use crate::mailbox::MailboxGate;
 use crate::message::{ErasedAddr, HandlerEntry};
+use crate::stats::{source_label, HandlerStats, Observed, Outcome, ServerBook};
 use crate::watches::TerminationReason;
+use actormesh_transport::SpiffeId;
+use std::time::Instant;
 
 /// A named actor on this node.
 pub(crate) struct ActorSlot {
@@ -47,6 +50,9 @@ pub(crate) struct ActorSlot {
     local_context: Option<Arc<CallContext>>,
     /// The node's inbound gate (shared by every slot of the node).
     gate: Arc<crate::gate::GateCell>,
+    /// The server-side figures of each handler, by the entry's address, when the node
+    /// keeps figures (`NodeConfig::metrics`).
+    stats: Option<Box<[HandlerRow]>>,
 }
 
 impl std::fmt::Debug for ActorSlot {
@@ -66,10 +72,18 @@ impl ActorSlot {
         entries: &[&'static HandlerEntry],
         capacity: usize,
         workload: Option<Arc<str>>,
-        gate: Arc<crate::gate::GateCell>,
+        table: &SlotTable,
     ) -> Self {
+        let destination = workload.as_deref().unwrap_or(actor_type);
+        let stats = table.server.as_deref().map(|book| {
+            entries
+                .iter()
+                .map(|e| (entry_key(e), book.row(destination, e.name)))
+                .collect()
+        });
         Self {
-            gate,
+            stats,
+            gate: table.gate.clone(),
             id,
             name: Arc::from(name),
             actor_type,
@@ -96,6 +110,41 @@ impl ActorSlot {
         caller: Option<&actormesh_transport::SpiffeId>,
     ) -> Result<(), crate::gate::Refusal> {
         self.gate.admit(&self.name, message, caller)
+    }
+
+    /// The figures of a call to `entry` that arrived at `arrived` (read only when the
+    /// node keeps figures), from `workload` on node `caller` (`None`: this node).
+    #[inline]
+    pub(crate) fn observe(
+        &self,
+        entry: &'static HandlerEntry,
+        workload: Option<&str>,
+        caller: Option<&SpiffeId>,
+        arrived: impl FnOnce() -> Instant,
+    ) -> Option<Observed> {
+        let stats = self.stats.as_deref()?;
+        let key = entry_key(entry);
+        let (_, row) = stats.iter().find(|(k, _)| *k == key)?;
+        let from_client = caller.is_some_and(|c| c.path().starts_with("/client/"));
+        Some(Observed::start(
+            row,
+            source_label(workload, from_client),
+            arrived(),
+        ))
+    }
+
+    /// Counts a call to `entry` refused where it arrived, with `outcome`.
+    pub(crate) fn refused(
+        &self,
+        entry: &'static HandlerEntry,
+        workload: Option<&str>,
+        caller: Option<&SpiffeId>,
+        arrived: Instant,
+        outcome: Outcome,
+    ) {
+        if let Some(o) = self.observe(entry, workload, caller, || arrived) {
+            o.finish(outcome);
+        }
     }
 
     /// The context of a plain call from this node to the actor.
@@ -197,6 +246,14 @@ impl ActorSlot {
     }
 }
 
+/// A handler's server-side figures, by its entry's identity ([`entry_key`]).
+type HandlerRow = (usize, Arc<HandlerStats>);
+
+/// A handler entry's identity: its address (entries are statics).
+fn entry_key(entry: &'static HandlerEntry) -> usize {
+    entry as *const HandlerEntry as usize
+}
+
 /// How many ended actors' reasons are kept for watches that arrive just after the end.
 const ENDED_KEPT: usize = 256;
 
@@ -210,9 +267,19 @@ pub(crate) struct SlotTable {
     next_id: AtomicU64,
     /// What decides on calls as they arrive, before a mailbox place is taken.
     pub(crate) gate: Arc<crate::gate::GateCell>,
+    /// The node's server-side figures, when it keeps them.
+    pub(crate) server: Option<Arc<ServerBook>>,
 }
 
 impl SlotTable {
+    /// An empty table; its actors' calls are counted when `figures`.
+    pub(crate) fn keeping_figures(figures: bool) -> Self {
+        Self {
+            server: figures.then(Default::default),
+            ..Self::default()
+        }
+    }
+
     /// The actor `name`, if it runs here.
     #[inline]
     pub(crate) fn get(&self, name: &str) -> Option<Arc<ActorSlot>> {
@@ -241,13 +308,7 @@ impl SlotTable {
         // The workload is set before the slot can be found, so no lane can build (and
         // keep) a context without it.
         let slot = Arc::new(ActorSlot::new(
-            id,
-            name,
-            actor_type,
-            entries,
-            capacity,
-            workload,
-            self.gate.clone(),
+            id, name, actor_type, entries, capacity, workload, self,
         ));
         slots.insert(slot.name.clone(), slot.clone());
         Some(slot)
@@ -286,6 +347,22 @@ impl SlotTable {
             .find(|(n, _)| &**n == name)
             .map(|(_, r)| r.clone())
             .unwrap_or(TerminationReason::NoSuchActor)
+    }
+
+    /// Every actor's mailbox, as the metrics show it.
+    pub(crate) fn actor_figures(&self) -> Vec<crate::stats::ActorFigures> {
+        let mut out: Vec<_> = read(&self.slots)
+            .values()
+            .map(|s| crate::stats::ActorFigures {
+                name: s.name.to_string(),
+                actor_type: s.actor_type.to_string(),
+                workload: s.workload.as_deref().map(str::to_string),
+                mailbox_depth: s.permits.depth() as u64,
+                mailbox_capacity: s.permits.capacity() as u64,
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
     }
 
     pub(crate) fn names(&self) -> Vec<String> {

@@ -88,11 +88,12 @@
 extern crate self as actormesh;
 
 pub use actormesh_macros::{handler, RemoteMessage};
+pub use actormesh_runtime::stats;
 pub use actormesh_runtime::{
     caller, hosted_actor_types, Arrival, AskError, Backoff, CallInfo, CallOptions, CallOutcome,
     InboundGate, Metadata, MetadataError, Node, NodeConfig, NodeError, Refusal, RemoteMessage,
     RemoteRef, RestartPolicy, SpawnOptions, TellError, Terminated, TerminationReason, TraceContext,
-    Watch, METADATA_LIMIT,
+    Watch, WeakNode, METADATA_LIMIT,
 };
 pub use actormesh_transport as transport;
 pub use local_ca::{LocalCa, LocalCaError};
@@ -104,6 +105,7 @@ pub mod framework;
 pub mod health;
 mod local_ca;
 pub mod mesh;
+pub mod metrics;
 pub mod protocol;
 pub mod resources;
 pub mod task;

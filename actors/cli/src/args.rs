@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use actormesh_cli::{parse_attr, parse_duration, parse_role_setting, ApiClient};
+use actormesh_cli::{
+    parse_attr, parse_duration, parse_metrics_listen, parse_role_setting, ApiClient,
+};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
@@ -216,6 +218,9 @@ pub(crate) struct MasterArgs {
     /// Resources a role may never exceed, e.g. 'batch=cpus:16' (repeatable).
     #[arg(long = "role-limit", value_parser = parse_role_setting)]
     pub(crate) role_limits: Vec<(String, String)>,
+    /// Serve Prometheus metrics at /metrics here: HOST:PORT, or a PORT on loopback.
+    #[arg(long, value_parser = parse_metrics_listen)]
+    pub(crate) metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     pub(crate) push: PushArgs,
 }
@@ -267,6 +272,9 @@ pub(crate) struct AgentArgs {
     /// Without it this agent runs command tasks only: actor tasks need your own binary.
     #[arg(long)]
     pub(crate) demo_actors: bool,
+    /// Serve Prometheus metrics at /metrics here: HOST:PORT, or a PORT on loopback.
+    #[arg(long, value_parser = parse_metrics_listen)]
+    pub(crate) metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -498,6 +506,11 @@ pub(crate) struct DevArgs {
     /// the ready lines print it with a join command).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub(crate) bootstrap: SocketAddr,
+    /// The master's Prometheus metrics (/metrics): HOST:PORT, or a PORT on loopback (0:
+    /// one chosen by the system). The agent's get a port chosen by the system; the ready
+    /// lines print both.
+    #[arg(long, value_parser = parse_metrics_listen, default_value = "127.0.0.1:0")]
+    pub(crate) metrics_listen: SocketAddr,
     #[command(flatten)]
     pub(crate) push: PushArgs,
 }

@@ -17,6 +17,17 @@ use actormesh::client::{ClientCredentials, ClientError};
 
 pub use actormesh_master::manifest::parse_duration;
 
+/// Parses a metrics address (for `--metrics-listen`): `HOST:PORT`, or a bare `PORT` on
+/// loopback.
+pub fn parse_metrics_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.trim().parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.trim().parse().map_err(|_| {
+        format!("invalid metrics address {s:?}: expected HOST:PORT (e.g. 127.0.0.1:9464) or a port on loopback (e.g. 9464)")
+    })
+}
+
 /// Parses `key=value` (for `--attr`).
 pub fn parse_attr(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
@@ -185,6 +196,28 @@ pub fn init_logging_with_default(default: &str, format: LogFormat) {
             .try_init(),
         LogFormat::Json => builder.json().with_ansi(false).try_init(),
     };
+}
+
+#[cfg(test)]
+mod metrics_listen_tests {
+    use super::parse_metrics_listen;
+
+    #[test]
+    fn a_bare_port_is_on_loopback_and_bad_input_names_the_forms() {
+        assert_eq!(
+            parse_metrics_listen("9464").unwrap().to_string(),
+            "127.0.0.1:9464"
+        );
+        assert_eq!(
+            parse_metrics_listen("0.0.0.0:9").unwrap().to_string(),
+            "0.0.0.0:9"
+        );
+        let e = parse_metrics_listen("localhost").unwrap_err();
+        assert!(
+            e.contains("HOST:PORT") && e.contains("\"localhost\""),
+            "{e}"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,9 @@ pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
             m.ca_fingerprint
         );
         println!("api token file: {}", m.api_token_file.display());
+        if let Some(addr) = m.node.metrics_addr() {
+            println!("metrics: http://{addr}/metrics");
+        }
         until_stopped(&m).await
     })
 }
@@ -54,6 +57,7 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
         attrs: args.attrs.into_iter().collect::<BTreeMap<_, _>>(),
         actor_types: Vec::new(),
         reserved,
+        metrics_listen: args.metrics_listen,
         host: if args.demo_actors {
             actormesh_cli::demo::host()
         } else {
@@ -63,6 +67,9 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
     run_system(async move {
         let a = agent::start(config).await?;
         println!("agent {} ready on {}", a.agent_id, a.node.local_addr());
+        if let Some(addr) = a.node.metrics_addr() {
+            println!("metrics: http://{addr}/metrics");
+        }
         Ok(a.run_until_stopped().await?)
     })
 }
@@ -101,6 +108,7 @@ impl MasterArgs {
         c.agent_cert_ttl = self.agent_cert_ttl;
         c.offer_timeout = self.offer_timeout;
         c.roles = self.roles()?;
+        c.metrics_listen = self.metrics_listen;
         self.push.apply(&mut c)?;
         Ok(c)
     }
@@ -171,6 +179,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     config.listen = "127.0.0.1:0".parse()?;
     config.bootstrap = args.bootstrap;
     config.api = args.api;
+    config.metrics_listen = Some(args.metrics_listen);
     args.push.apply(&mut config)?;
     let m = master::start(config).await?;
     let token = m.agent_token(Duration::from_secs(3600)).await?;
@@ -184,6 +193,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         attrs: BTreeMap::from([("zone".to_string(), "dev".to_string())]),
         actor_types: Vec::new(),
         reserved: Default::default(),
+        metrics_listen: Some("127.0.0.1:0".parse()?),
         host: actormesh_cli::demo::host(),
     })
     .await?;
@@ -203,6 +213,9 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         a.agent_id,
         a.node.local_addr()
     );
+    if let (Some(mm), Some(am)) = (m.node.metrics_addr(), a.node.metrics_addr()) {
+        println!("metrics: master http://{mm}/metrics, agent http://{am}/metrics");
+    }
     print!(
         "{}",
         tables::nodes(&m.master.send(master::ListNodes).await?)

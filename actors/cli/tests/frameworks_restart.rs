@@ -45,6 +45,7 @@ async fn a_framework_keeps_its_tasks_across_a_master_restart() {
         attrs: Default::default(),
         actor_types: Vec::new(),
         reserved: Default::default(),
+        metrics_listen: None,
         host: Default::default(),
     })
     .await

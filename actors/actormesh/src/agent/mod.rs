@@ -61,6 +61,9 @@ pub struct AgentConfig {
     pub host: tasks::ActorHost,
     /// Resources set aside per role: offered to that role only (part of `resources`).
     pub reserved: BTreeMap<String, Resources>,
+    /// Serve Prometheus metrics at `/metrics` here (`NodeConfig::metrics_listen`; needs
+    /// the `metrics` feature).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -106,7 +109,14 @@ impl AgentConfig {
             actor_types: Vec::new(),
             host: ActorHost::default(),
             reserved: BTreeMap::new(),
+            metrics_listen: None,
         }
+    }
+
+    /// Serving Prometheus metrics at `/metrics` on `addr` (needs the `metrics` feature).
+    pub fn metrics_listen(mut self, addr: SocketAddr) -> Self {
+        self.metrics_listen = Some(addr);
+        self
     }
 
     /// With this join token (`None`: reuse the certificate saved in the data dir).
@@ -395,7 +405,9 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         }
         Err(_) => join(&config).await?,
     };
-    let node = Node::start(NodeConfig::new(config.listen), &creds)?;
+    let mut node_config = NodeConfig::new(config.listen);
+    node_config.metrics_listen = config.metrics_listen;
+    let node = Node::start(node_config, &creds)?;
     // Whoever answers at the master's address must be the master, not just any member.
     let link = node
         .endpoint()

@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::mesh::balance::{BalanceConfig, Locality};
+use crate::mesh::figures::{MeshFigures, ServiceFigures};
 use crate::mesh::protocol::{
     DeregisterService, ProxyConfig, RegisterService, Subscribe, PROXY_ACTOR,
 };
@@ -90,6 +91,8 @@ struct MeshInner {
     namespace: String,
     master: Option<RemoteRef>,
     applied: watch::Receiver<Option<u64>>,
+    /// The client-side call figures, when the node keeps figures.
+    figures: Option<Arc<MeshFigures>>,
 }
 
 /// A node's part of the mesh. Cheap to clone.
@@ -139,12 +142,17 @@ impl Mesh {
         let master = options
             .master
             .map(|addr| node.actor_ref(addr, MASTER_ACTOR));
+        let figures = node.keeps_figures().then(|| {
+            let is_client = node.identity().path().starts_with("/client/");
+            node.extension(|| MeshFigures::new(is_client))
+        });
         let inner = Arc::new(MeshInner {
             node: node.clone(),
             routes,
             namespace: options.namespace.clone(),
             master: master.clone(),
             applied,
+            figures,
         });
         if let Some(master) = master {
             tokio::spawn(subscribe_loop(
@@ -169,10 +177,16 @@ impl Mesh {
 
     /// The service `name`.
     pub fn service_named(&self, name: ServiceName) -> ServiceRef {
+        let figures = self
+            .inner
+            .figures
+            .as_ref()
+            .map(|f| ServiceFigures::of(f, &name));
         ServiceRef::new(
             name,
             self.inner.routes.clone(),
             self.inner.node.config().default_ask_timeout,
+            figures,
         )
     }
 

@@ -8,6 +8,7 @@
 pub mod balance;
 mod calls;
 mod clock;
+pub mod figures;
 mod handle;
 pub mod policy;
 pub mod protocol;
@@ -16,6 +17,7 @@ pub mod registry;
 pub mod route;
 mod service;
 
+pub use figures::MeshFigures;
 pub use handle::{Mesh, MeshError, MeshOptions};
 pub use registry::{
     BadServiceName, BalancerKind, Endpoint, Revocation, Service, ServiceName, DEFAULT_NAMESPACE,

@@ -10,9 +10,11 @@ use std::time::{Duration, Instant};
 use crate::mesh::balance::{stable_hash, Admission, EndpointState, Outcome, PickInput, SplitMix64};
 use crate::mesh::calls::Plan;
 use crate::mesh::clock;
+use crate::mesh::figures::ServiceFigures;
 use crate::mesh::proxy::Routes;
 use crate::mesh::registry::ServiceName;
 use crate::mesh::route::{ServiceRoutes, ShardIndex};
+use crate::stats::Outcome as Figure;
 use crate::transport::codec;
 use crate::{
     AskError, CallOptions as RuntimeCallOptions, Metadata, RemoteMessage, RemoteRef, TellError,
@@ -105,6 +107,8 @@ pub struct ServiceRef {
     routes: Routes,
     default_timeout: Duration,
     options: CallOptions,
+    /// The service's client-side figures, when the node keeps figures.
+    figures: Option<ServiceFigures>,
 }
 
 impl std::fmt::Debug for ServiceRef {
@@ -217,14 +221,33 @@ fn tell_outcome<M>(r: &Result<(), TellError<M>>) -> Outcome {
     }
 }
 
+/// How a tell counts in the figures.
+fn tell_figure<M>(r: &Result<(), TellError<M>>) -> Figure {
+    match r {
+        Ok(()) => Figure::Ok,
+        Err(TellError::Full(_)) => Figure::MailboxFull,
+        Err(TellError::Unreachable(..)) => Figure::Unreachable,
+        Err(TellError::NoSuchActor(_)) => Figure::NoSuchActor,
+        Err(TellError::UnknownMessage(_)) => Figure::UnknownMessage,
+        Err(TellError::Encode(..)) => Figure::Rejected,
+        Err(TellError::NotDelivered(..)) => Figure::NotDelivered,
+    }
+}
+
 impl ServiceRef {
-    pub(crate) fn new(name: ServiceName, routes: Routes, default_timeout: Duration) -> Self {
+    pub(crate) fn new(
+        name: ServiceName,
+        routes: Routes,
+        default_timeout: Duration,
+        figures: Option<ServiceFigures>,
+    ) -> Self {
         Self {
             shard: ShardIndex::of(&name),
             name,
             routes,
             default_timeout,
             options: CallOptions::default(),
+            figures,
         }
     }
 
@@ -303,7 +326,25 @@ impl ServiceRef {
         self.call(msg, &options, false).await
     }
 
+    #[inline]
     async fn call<M: RemoteMessage>(
+        &self,
+        msg: M,
+        options: &CallOptions,
+        wait_for_room: bool,
+    ) -> Result<M::Result, AskError> {
+        match &self.figures {
+            None => self.call_inner(msg, options, wait_for_room).await,
+            Some(f) => {
+                let timer = f.begin(M::NAME);
+                let result = self.call_inner(msg, options, wait_for_room).await;
+                timer.finish(Figure::of(&result));
+                result
+            }
+        }
+    }
+
+    async fn call_inner<M: RemoteMessage>(
         &self,
         msg: M,
         options: &CallOptions,
@@ -341,6 +382,20 @@ impl ServiceRef {
         payload: &serde_json::Value,
         options: &CallOptions,
     ) -> Result<serde_json::Value, AskError> {
+        let timer = self.figures.as_ref().map(|f| f.begin(message_name));
+        let result = self.ask_json_inner(message_name, payload, options).await;
+        if let Some(t) = timer {
+            t.finish(Figure::of(&result));
+        }
+        result
+    }
+
+    async fn ask_json_inner(
+        &self,
+        message_name: &str,
+        payload: &serde_json::Value,
+        options: &CallOptions,
+    ) -> Result<serde_json::Value, AskError> {
         let Some(routes) = self.routes_now() else {
             return Err(no_endpoints(&self.name));
         };
@@ -366,6 +421,15 @@ impl ServiceRef {
     /// (at-most-once, as [`RemoteRef::tell`]). Without an endpoint the message comes back
     /// as [`TellError::NotDelivered`] naming the service.
     pub async fn tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
+        let timer = self.figures.as_ref().map(|f| f.begin(M::NAME));
+        let result = self.tell_inner(msg).await;
+        if let Some(t) = timer {
+            t.finish(tell_figure(&result));
+        }
+        result
+    }
+
+    async fn tell_inner<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
         let Some(routes) = self.routes_now() else {
             return Err(TellError::NotDelivered(
                 msg,
@@ -394,6 +458,15 @@ impl ServiceRef {
     /// Like [`ServiceRef::tell`], but a full mailbox or lane gives [`TellError::Full`] with
     /// the message at once.
     pub fn try_tell<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
+        let timer = self.figures.as_ref().map(|f| f.begin(M::NAME));
+        let result = self.try_tell_inner(msg);
+        if let Some(t) = timer {
+            t.finish(tell_figure(&result));
+        }
+        result
+    }
+
+    fn try_tell_inner<M: RemoteMessage>(&self, msg: M) -> Result<(), TellError<M>> {
         let Some(routes) = self.routes_now() else {
             return Err(TellError::NotDelivered(
                 msg,

@@ -265,7 +265,9 @@ pub async fn start_with_store(
     let ca = load_or_create_ca(store.as_ref(), &config).await?;
     let api_token = load_or_create_api_token(store.as_ref(), dir).await?;
     let creds = master_credentials(&ca, dir)?;
-    let node = Node::start(NodeConfig::new(config.listen), &creds)?;
+    let mut node_config = NodeConfig::new(config.listen);
+    node_config.metrics_listen = config.metrics_listen;
+    let node = Node::start(node_config, &creds)?;
     let fingerprint = ca.fingerprint();
 
     let agents: Vec<AgentRecord> = store

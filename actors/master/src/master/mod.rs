@@ -78,6 +78,8 @@ pub struct MasterConfig {
     /// The kill of an instance that is an endpoint waits, at most this long, until every
     /// subscribed proxy applied its removal (default 5 s).
     pub drain_time: Duration,
+    /// Serve Prometheus metrics at `/metrics` here (`None`: not served).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl MasterConfig {
@@ -98,6 +100,7 @@ impl MasterConfig {
             push_window: Duration::from_millis(10),
             push_stale_after: Duration::from_secs(5),
             drain_time: crate::services::DEFAULT_DRAIN,
+            metrics_listen: None,
         }
     }
 }

@@ -59,6 +59,7 @@ fn agent_config(
         attrs: Default::default(),
         actor_types: Vec::new(),
         reserved: Default::default(),
+        metrics_listen: None,
         host: Default::default(),
     }
 }

@@ -336,6 +336,7 @@ fn agent_config(
         attrs: BTreeMap::from([("role".to_string(), role.to_string())]),
         actor_types: Vec::new(),
         reserved: Default::default(),
+        metrics_listen: None,
         host,
     }
 }

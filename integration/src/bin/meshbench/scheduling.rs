@@ -84,6 +84,7 @@ async fn run_in(dir: std::path::PathBuf, n_agents: usize, instances: usize) -> a
                 attrs: Default::default(),
                 actor_types: Vec::new(),
                 reserved: Default::default(),
+                metrics_listen: None,
                 host: ActorHost::new().with("sink", Sink::default),
             })
             .await

@@ -1,0 +1,327 @@
+//! `/metrics` on real nodes, scraped by Debian's Prometheus: a master and two agent
+//! processes (`--metrics-listen`) and a client node in this process calling the echo
+//! service by name. PromQL over Prometheus' HTTP API returns the calls made, inbound and
+//! outbound, and a non-empty latency histogram; `promtool check metrics` passes on every
+//! node's classic text; the OpenMetrics format is served when the scraper asks for it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use actormesh::mesh::{Mesh, MeshOptions};
+use actormesh::{Node, NodeConfig};
+use actormesh_cli::demo::Echo;
+use common::*;
+
+const CALLS: usize = 100;
+
+fn manifest() -> String {
+    r#"{"kind":"Deployment","name":"echo","spec":{"actor":"echo","version":"v1","replicas":2,"resources":{"need":"cpus:1"},"constraints":{"unique_node":true},"service":{"balancer":"round_robin"}}}"#.to_string()
+}
+
+fn get(url: &str, accept: Option<&str>) -> (String, String) {
+    try_get(url, accept).unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+fn try_get(url: &str, accept: Option<&str>) -> Result<(String, String), ureq::Error> {
+    let mut req = ureq::get(url);
+    if let Some(a) = accept {
+        req = req.header("Accept", a);
+    }
+    let mut resp = req.call()?;
+    let ty = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    Ok((ty, resp.body_mut().read_to_string()?))
+}
+
+/// The metrics address a process printed (`metrics: http://ADDR/metrics`, the rest
+/// after the prefix).
+fn metrics_addr(line: &str) -> SocketAddr {
+    line.trim()
+        .strip_prefix("http://")
+        .and_then(|l| l.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("not a metrics line: {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+fn need(tool: &str) {
+    let found = std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} is not installed: scripts/test installs Debian's prometheus package (it needs root)"
+    );
+}
+
+/// One PromQL instant query's single value, if it has one.
+fn query(prometheus: SocketAddr, promql: &str) -> Option<f64> {
+    let url = format!(
+        "http://{prometheus}/api/v1/query?query={}",
+        promql
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    );
+    let body: serde_json::Value = serde_json::from_str(&get(&url, None).1).ok()?;
+    let result = body["data"]["result"].as_array()?;
+    let v = result.first()?["value"][1].as_str()?;
+    v.parse().ok()
+}
+
+/// Polls `promql` (at most 60 s, as scrapes come in every second) until `ok` holds for
+/// its value; returns the value.
+async fn wait_query(prometheus: SocketAddr, promql: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let began = Instant::now();
+    loop {
+        let v = tokio::task::block_in_place(|| query(prometheus, promql));
+        if let Some(v) = v.filter(|v| ok(*v)) {
+            return v;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "{promql} is {v:?} after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn client_calls(
+    credentials: actormesh::transport::pki::Credentials,
+    master: SocketAddr,
+    metrics: SocketAddr,
+) -> Node {
+    let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
+    config.metrics_listen = Some(metrics);
+    let node = Node::start(config, &credentials).unwrap();
+    let mesh = Mesh::start(&node, MeshOptions::default().master(master)).unwrap();
+    let began = Instant::now();
+    let echo = mesh.service("echo").unwrap();
+    while mesh
+        .proxy_config()
+        .services
+        .iter()
+        .find(|s| s.name.to_string() == "default/echo")
+        .is_none_or(|s| s.endpoints.len() < 2)
+    {
+        assert!(began.elapsed() < Duration::from_secs(30), "no 2 endpoints");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for i in 0..CALLS {
+        let reply = echo.ask(Echo(format!("call {i}"))).await.unwrap();
+        assert_eq!(reply, format!("call {i}"));
+    }
+    node
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_every_node_and_queries_return_the_calls() {
+    need("prometheus");
+    need("promtool");
+    let dir = temp_dir("metrics");
+    let mm = free_tcp().to_string();
+    let mut master = Master::start(
+        &dir.join("m"),
+        free_udp(),
+        free_udp(),
+        free_tcp(),
+        &["--metrics-listen", &mm],
+    )
+    .await;
+    let master_metrics = metrics_addr(&master.proc.line("metrics: ").await);
+    let token = master.token(3600);
+    let mut agents = Vec::new();
+    let mut targets = vec![master_metrics];
+    for name in ["a1", "a2"] {
+        let port = free_tcp().port().to_string();
+        let opts = [
+            "--demo-actors",
+            "--resources",
+            "cpus:2",
+            "--metrics-listen",
+            &port,
+        ];
+        let mut a = agent(&master, &dir.join(name), name, Some(&token), &opts).await;
+        targets.push(metrics_addr(&a.line("metrics: ").await));
+        agents.push(a);
+    }
+    let f = dir.join("echo.json");
+    std::fs::write(&f, manifest()).unwrap();
+    let out = master.cli(&["apply", "-f", f.to_str().unwrap(), "--timeout", "30s"]);
+    assert!(out.status.success(), "{out:?}");
+
+    // A client node in this process, serving its own metrics, makes the calls.
+    let client_token = master
+        .client()
+        .call(
+            "POST",
+            "/v1/tokens",
+            Some(serde_json::json!({ "ttl_secs": 600, "role": "client" })),
+        )
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let creds =
+        actormesh::client::issue(master.bootstrap, &client_token, "load", &dir.join("client"))
+            .await
+            .unwrap();
+    let client_metrics = free_tcp();
+    targets.push(client_metrics);
+    let master_mesh = master.mesh;
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let (called_tx, called_rx) = std::sync::mpsc::channel::<()>();
+    let client = std::thread::spawn(move || {
+        actix::System::new().block_on(async move {
+            let node = client_calls(creds.credentials, master_mesh, client_metrics).await;
+            called_tx.send(()).unwrap();
+            // Keeps serving its metrics until the test is done with them.
+            let _ = tokio::task::spawn_blocking(move || done_rx.recv()).await;
+            drop(node);
+        })
+    });
+    tokio::task::spawn_blocking(move || called_rx.recv_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("the client made its calls");
+
+    // Every node's classic text passes promtool; OpenMetrics when asked for.
+    for t in &targets {
+        let (ty, text) = tokio::task::block_in_place(|| get(&format!("http://{t}/metrics"), None));
+        assert!(ty.starts_with("text/plain; version=0.0.4"), "{t}: {ty}");
+        let mut check = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = check.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics on {t}: {}{}\n{text}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (ty, open) = tokio::task::block_in_place(|| {
+            get(
+                &format!("http://{t}/metrics"),
+                Some("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+            )
+        });
+        assert!(ty.starts_with("application/openmetrics-text"), "{t}: {ty}");
+        assert!(open.trim_end().ends_with("# EOF"), "{t}: no # EOF");
+    }
+
+    // A real Prometheus scraping the four nodes every second.
+    let prom_dir = dir.join("prometheus");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: actormesh\n    static_configs:\n      - targets: [{}]\n",
+        targets
+            .iter()
+            .map(|t| format!("'{t}'"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    std::fs::write(prom_dir.join("prometheus.yml"), config).unwrap();
+    let prom_addr = free_tcp();
+    let mut prom = tokio::process::Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            prom_dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            prom_dir.join("data").display()
+        ))
+        .arg(format!("--web.listen-address={prom_addr}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start prometheus");
+
+    // Ready once it answers /-/ready; it must not have exited meanwhile.
+    let began = Instant::now();
+    while tokio::task::block_in_place(|| try_get(&format!("http://{prom_addr}/-/ready"), None))
+        .is_err()
+    {
+        assert!(prom.try_wait().unwrap().is_none(), "prometheus exited");
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "prometheus not ready in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let up = wait_query(prom_addr, "count(up == 1)", |v| v == targets.len() as f64).await;
+    assert_eq!(up, 4.0);
+    let n = CALLS as f64;
+    // Inbound: the two instances served them all, counted where they arrived.
+    wait_query(
+        prom_addr,
+        r#"sum(actormesh_inbound_requests_total{message="demo.Echo/v1",outcome="ok"})"#,
+        |v| v == n,
+    )
+    .await;
+    // Round robin: each agent served half.
+    for t in &targets[1..3] {
+        let q = format!(
+            r#"sum(actormesh_inbound_requests_total{{instance="{t}",message="demo.Echo/v1"}})"#
+        );
+        wait_query(prom_addr, &q, |v| v == n / 2.0).await;
+    }
+    // Outbound: the client counted its calls by name, as a client.
+    wait_query(
+        prom_addr,
+        r#"sum(actormesh_outbound_requests_total{source="client",service="default/echo",message="demo.Echo/v1",outcome="ok"})"#,
+        |v| v == n,
+    )
+    .await;
+    // The latency histograms hold every call, and a quantile comes out of them.
+    wait_query(
+        prom_addr,
+        r#"sum(actormesh_inbound_latency_seconds_count{message="demo.Echo/v1"})"#,
+        |v| v == n,
+    )
+    .await;
+    let p99 = wait_query(
+        prom_addr,
+        r#"histogram_quantile(0.99, sum by (le) (actormesh_outbound_latency_seconds_bucket{service="default/echo"}))"#,
+        |v| v > 0.0 && v.is_finite(),
+    )
+    .await;
+    assert!(p99 < 5.0, "p99 {p99}");
+    // Transport figures per peer, from quinn.
+    wait_query(prom_addr, r#"count(actormesh_peer_rtt_seconds)"#, |v| {
+        v >= 3.0
+    })
+    .await;
+
+    let _ = prom.kill().await;
+    done_tx.send(()).unwrap();
+    client.join().unwrap();
+    for mut a in agents {
+        a.kill().await;
+    }
+    master.proc.kill().await;
+}
