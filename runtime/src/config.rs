@@ -32,6 +32,10 @@ pub struct NodeConfig {
     /// Serve Prometheus metrics at `/metrics` on this TCP address (with `metrics`). Needs
     /// a metrics server built in: the `actormesh` façade's `metrics` feature provides it.
     pub metrics_listen: Option<SocketAddr>,
+    /// Write an access log: one structured line per call that arrives here (tracing target
+    /// `actormesh::access`, level info), for this share of the calls (0 < share ≤ 1: one
+    /// call in round(1 / share)). Off by default; on, the node keeps call figures too.
+    pub access_log: Option<f64>,
 }
 
 impl NodeConfig {
@@ -49,6 +53,7 @@ impl NodeConfig {
             lane_idle_close: Duration::from_secs(30),
             metrics: false,
             metrics_listen: None,
+            access_log: None,
         }
     }
 }

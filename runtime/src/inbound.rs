@@ -233,7 +233,9 @@ async fn serve_lane(
             Some((_, ms)) => Deadline::At(received + Duration::from_millis(u64::from(ms))),
             None => Deadline::None,
         };
-        let observed = s.observe(entry, workload.as_deref(), Some(&caller), || received);
+        let mut observed = s.observe(entry, workload.as_deref(), Some(&caller), || received);
+        let trace_id = meta.as_ref().and_then(|m| m.trace).map(|t| t.trace_id);
+        s.sample_access(&mut observed, Some(&caller), trace_id);
         let ctx = match meta {
             None => plain_context(&mut plain, s, &caller),
             Some(m) => CallContext::shared(Some(caller.clone()), Some(m), s.workload().cloned()),

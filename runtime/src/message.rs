@@ -380,10 +380,13 @@ fn observed_handle<A, M>(
         Some(call) => call.enter(|| <A as Handler<M>>::handle(act, msg, ctx)),
         None => <A as Handler<M>>::handle(act, msg, ctx),
     };
-    observed.handler_ran(started.elapsed());
+    let ran = Instant::now();
+    observed.handler_ran(ran - started);
     drop(permit);
-    let answer = move |value: M::Result, observed: Observed| {
-        observed.finish(Outcome::Ok);
+    // A synchronous response ends the call when the handler returned: that clock read
+    // serves both figures.
+    let answer = move |value: M::Result, observed: Observed, ended: Option<Instant>| {
+        observed.finish_at(Outcome::Ok, ended.unwrap_or_else(Instant::now));
         match reply {
             ReplyTo::None => {}
             ReplyTo::Local(tx) => {
@@ -395,11 +398,11 @@ fn observed_handle<A, M>(
     let (tx, mut rx) = oneshot::channel();
     response.handle(ctx, Some(tx));
     match rx.try_recv() {
-        Ok(value) => answer(value, observed),
+        Ok(value) => answer(value, observed, Some(ran)),
         Err(oneshot::error::TryRecvError::Empty) => {
             actix::spawn(async move {
                 if let Ok(value) = rx.await {
-                    answer(value, observed);
+                    answer(value, observed, None);
                 }
             });
         }

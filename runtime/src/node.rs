@@ -233,9 +233,14 @@ impl Node {
             None => None,
             Some(addr) => Some((addr, metrics_server()?)),
         };
+        let access = config
+            .access_log
+            .map(crate::stats::AccessSampler::new)
+            .transpose()
+            .map_err(NodeError::Config)?;
         let figures = config.metrics || server.is_some();
         let (endpoint, links) = Endpoint::bind(config.endpoint.clone(), credentials)?;
-        let slots = SlotTable::keeping_figures(figures);
+        let slots = SlotTable::keeping_figures(figures, access);
         let inner = Arc::new(NodeInner {
             ctx: Arc::new(PeerContext::new(endpoint, config, runtime)),
             slots: Arc::new(slots),
@@ -280,6 +285,15 @@ impl Node {
             .as_ref()
             .map(|b| b.snapshot())
             .unwrap_or_default()
+    }
+
+    /// Counts the calls of actor `name` (if it runs here and has no workload) under
+    /// `service` from now on: the mesh says so of the local endpoints of a service. The
+    /// first service named for an actor stays.
+    pub fn serve_as(&self, name: &str, service: &str) {
+        if let Some(slot) = self.inner.slots.get(name) {
+            slot.serve_as(service);
+        }
     }
 
     /// Every actor's mailbox.

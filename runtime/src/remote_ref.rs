@@ -27,7 +27,7 @@ use crate::mailbox::Permit;
 use crate::message::{Delivery, HandlerEntry, RemoteMessage, RemoteReply, ReplyTo};
 use crate::peers::{Peer, Reply};
 use crate::slots::ActorSlot;
-use crate::stats::Outcome;
+use crate::stats::{Observed, Outcome};
 use crate::wire::{self, WireError};
 
 /// What a reference needs of the node it was made on. The node implements it, so a
@@ -216,8 +216,7 @@ impl RemoteRef {
                     refused_here(&slot, entry, &meta, &r);
                     return Err(TellError::NotDelivered(msg, r.to_string()));
                 }
-                let arrived =
-                    slot.observe(entry, workload_of(&meta), None, std::time::Instant::now);
+                let arrived = observe_local(&slot, entry, &meta);
                 let permit = slot.permits().acquire().await;
                 let call = local_call(&slot, Deadline::None, meta);
                 deliver_local(
@@ -278,8 +277,7 @@ impl RemoteRef {
                 let Some(permit) = slot.permits().try_acquire() else {
                     return Err(TellError::Full(msg));
                 };
-                let arrived =
-                    slot.observe(entry, workload_of(&meta), None, std::time::Instant::now);
+                let arrived = observe_local(&slot, entry, &meta);
                 let call = local_call(&slot, Deadline::None, meta);
                 deliver_local(
                     &slot,
@@ -579,7 +577,7 @@ impl RemoteRef {
             refused_here(&slot, entry, &meta, &r);
             return Err(r.into());
         }
-        let arrived = slot.observe(entry, workload_of(&meta), None, std::time::Instant::now);
+        let arrived = observe_local(&slot, entry, &meta);
         let (permit, remaining) = self.local_permit(&slot, timeout, wait_for_room).await?;
         let (tx, rx) = oneshot::channel();
         let generation = slot.generation();
@@ -658,7 +656,7 @@ impl RemoteRef {
             refused_here(&slot, entry, &block, &r);
             return Err(r.into());
         }
-        let arrived = slot.observe(entry, workload_of(&block), None, std::time::Instant::now);
+        let arrived = observe_local(&slot, entry, &block);
         let (permit, remaining) = self.local_permit(&slot, timeout, true).await?;
         let (tx, rx) = oneshot::channel();
         let call = local_call(&slot, Deadline::Within(remaining), block);
@@ -929,6 +927,17 @@ impl Drop for PendingGuard<'_> {
 #[inline]
 fn workload_of(meta: &Block) -> Option<&str> {
     meta.as_ref()?.workload.as_deref()
+}
+
+/// The figures (and, if sampled, the access line) of a local call to `entry`.
+#[inline]
+fn observe_local(slot: &ActorSlot, entry: &'static HandlerEntry, meta: &Block) -> Option<Observed> {
+    let mut o = slot.observe(entry, workload_of(meta), None, std::time::Instant::now);
+    if o.is_some() {
+        let trace_id = meta.as_ref().and_then(|m| m.trace).map(|t| t.trace_id);
+        slot.sample_access(&mut o, None, trace_id);
+    }
+    o
 }
 
 /// Counts a local call the gate refused.

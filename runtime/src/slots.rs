@@ -16,7 +16,9 @@ use crate::call::CallContext;
 use crate::locks::{lock, read, write};
 use crate::mailbox::MailboxGate;
 use crate::message::{ErasedAddr, HandlerEntry};
-use crate::stats::{source_label, HandlerStats, Observed, Outcome, ServerBook};
+use crate::stats::{
+    source_label, Access, AccessSampler, HandlerStats, Observed, Outcome, ServerBook,
+};
 use crate::watches::TerminationReason;
 use actormesh_transport::SpiffeId;
 use std::time::Instant;
@@ -53,6 +55,13 @@ pub(crate) struct ActorSlot {
     /// The server-side figures of each handler, by the entry's address, when the node
     /// keeps figures (`NodeConfig::metrics`).
     stats: Option<Box<[HandlerRow]>>,
+    /// The same, under the service the mesh says the actor serves (`Node::serve_as`),
+    /// once it says so: the figures then name the service, not the actor's type.
+    service_stats: std::sync::OnceLock<(Arc<str>, Box<[HandlerRow]>)>,
+    /// The node's server book, to find the service's rows in.
+    server: Option<Arc<ServerBook>>,
+    /// The node's access log, when it writes one.
+    access: Option<Arc<AccessSampler>>,
 }
 
 impl std::fmt::Debug for ActorSlot {
@@ -83,6 +92,9 @@ impl ActorSlot {
         });
         Self {
             stats,
+            service_stats: std::sync::OnceLock::new(),
+            server: table.server.clone(),
+            access: table.access.clone(),
             gate: table.gate.clone(),
             id,
             name: Arc::from(name),
@@ -122,7 +134,10 @@ impl ActorSlot {
         caller: Option<&SpiffeId>,
         arrived: impl FnOnce() -> Instant,
     ) -> Option<Observed> {
-        let stats = self.stats.as_deref()?;
+        let stats = match self.service_stats.get() {
+            Some((_, rows)) => &**rows,
+            None => self.stats.as_deref()?,
+        };
         let key = entry_key(entry);
         let (_, row) = stats.iter().find(|(k, _)| *k == key)?;
         let from_client = caller.is_some_and(|c| c.path().starts_with("/client/"));
@@ -131,6 +146,44 @@ impl ActorSlot {
             source_label(workload, from_client),
             arrived(),
         ))
+    }
+
+    /// Whether the access log writes the call `observed` (if the node writes one and samples
+    /// this call): then it takes what the line needs.
+    #[inline]
+    pub(crate) fn sample_access(
+        &self,
+        observed: &mut Option<Observed>,
+        caller: Option<&Arc<SpiffeId>>,
+        trace_id: Option<[u8; 16]>,
+    ) {
+        if let (Some(o), Some(sampler)) = (observed.as_mut(), self.access.as_deref()) {
+            if sampler.take() {
+                o.log_access(Access {
+                    actor: self.name.clone(),
+                    caller: caller.cloned(),
+                    trace_id,
+                });
+            }
+        }
+    }
+
+    /// From now on, counts the actor's calls under `service` (the first service named
+    /// stays: an actor serving several keeps the first). Nothing without figures, or
+    /// when the actor has a workload of its own.
+    pub(crate) fn serve_as(&self, service: &str) {
+        let Some(book) = self.server.as_deref() else {
+            return;
+        };
+        if self.workload.is_some() || self.service_stats.get().is_some() {
+            return;
+        }
+        let rows = self
+            .by_type
+            .iter()
+            .map(|(_, e)| (entry_key(e), book.row(service, e.name)))
+            .collect();
+        let _ = self.service_stats.set((Arc::from(service), rows));
     }
 
     /// Counts a call to `entry` refused where it arrived, with `outcome`.
@@ -269,13 +322,16 @@ pub(crate) struct SlotTable {
     pub(crate) gate: Arc<crate::gate::GateCell>,
     /// The node's server-side figures, when it keeps them.
     pub(crate) server: Option<Arc<ServerBook>>,
+    /// The node's access log, when it writes one (it keeps figures then).
+    pub(crate) access: Option<Arc<AccessSampler>>,
 }
 
 impl SlotTable {
     /// An empty table; its actors' calls are counted when `figures`.
-    pub(crate) fn keeping_figures(figures: bool) -> Self {
+    pub(crate) fn keeping_figures(figures: bool, access: Option<AccessSampler>) -> Self {
         Self {
-            server: figures.then(Default::default),
+            server: (figures || access.is_some()).then(Default::default),
+            access: access.map(Arc::new),
             ..Self::default()
         }
     }

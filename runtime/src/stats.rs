@@ -13,9 +13,11 @@
 //!
 //! [`ServiceRef`]: https://docs.rs/actormesh/latest/actormesh/mesh/struct.ServiceRef.html
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+
+use actormesh_transport::SpiffeId;
 
 use crate::error::AskError;
 use crate::locks::lock;
@@ -289,62 +291,69 @@ impl Outcome {
         }
     }
 
+    /// Its counter: `ALL` lists the outcomes in the order they are declared.
+    #[inline]
     fn index(self) -> usize {
-        Outcome::ALL
-            .iter()
-            .position(|o| *o == self)
-            .expect("every outcome is in ALL")
+        self as usize
     }
 }
 
 /// The figures of one (source, destination, message): calls by outcome, their latency,
-/// and the calls in flight.
+/// and the calls in flight. In flight is the calls started less those ended (counted by
+/// outcome, or given up), so that a call costs one counter less than a gauge of its own.
 #[derive(Debug, Default)]
 pub struct CallStats {
+    started: AtomicU64,
     outcomes: [AtomicU64; 15],
+    abandoned: AtomicU64,
     latency: Histogram,
-    in_flight: AtomicI64,
 }
 
 impl CallStats {
     /// A call started.
     #[inline]
     pub fn start(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A call that [`CallStats::start`]ed ended with `outcome` after `took`.
     #[inline]
     pub fn finish(&self, outcome: Outcome, took: Duration) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.count(outcome, took);
+        self.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        self.latency.record(took);
     }
 
     /// A call that [`CallStats::start`]ed was given up by its caller: it leaves the calls
     /// in flight, with no outcome.
     #[inline]
     pub fn abandon(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.abandoned.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A call (never counted in flight) ended with `outcome` after `took`.
     #[inline]
     pub fn count(&self, outcome: Outcome, took: Duration) {
-        self.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
-        self.latency.record(took);
+        self.start();
+        self.finish(outcome, took);
     }
 
     /// The figures now.
     pub fn snapshot(&self) -> StatsSnapshot {
+        // Ends before starts: a call that ends in between is then counted started too,
+        // and in flight never goes below what it is.
+        let outcomes: Vec<(String, u64)> = Outcome::ALL
+            .iter()
+            .zip(&self.outcomes)
+            .map(|(o, n)| (o.as_str().to_string(), n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let ended =
+            outcomes.iter().map(|(_, n)| n).sum::<u64>() + self.abandoned.load(Ordering::Relaxed);
+        let started = self.started.load(Ordering::Relaxed);
         StatsSnapshot {
-            outcomes: Outcome::ALL
-                .iter()
-                .zip(&self.outcomes)
-                .map(|(o, n)| (o.as_str().to_string(), n.load(Ordering::Relaxed)))
-                .filter(|(_, n)| *n > 0)
-                .collect(),
+            outcomes,
             latency: self.latency.snapshot(),
-            in_flight: self.in_flight.load(Ordering::Relaxed).max(0) as u64,
+            in_flight: started.saturating_sub(ended),
         }
     }
 }
@@ -433,6 +442,14 @@ impl<T: Default, const N: usize> Capped<T, N> {
         N
     }
 
+    /// The label at `index` ([`OTHER`] past the cap).
+    fn label(&self, index: usize) -> &str {
+        self.rows
+            .get(index)
+            .and_then(|r| r.get())
+            .map_or(OTHER, |r| &*r.label)
+    }
+
     /// The value at `index` (from [`Capped::index`]).
     #[inline]
     fn at(&self, index: usize) -> &T {
@@ -476,6 +493,11 @@ impl BySource {
     #[inline]
     pub fn index(&self, source: &str) -> usize {
         self.sources.index(source)
+    }
+
+    /// The source label at `index`.
+    pub fn label(&self, index: usize) -> &str {
+        self.sources.label(index)
     }
 
     /// The figures at `index`.
@@ -546,6 +568,52 @@ pub struct HandlerStats {
     pub calls: BySource,
     /// The handler's running time.
     pub handler_time: Histogram,
+    /// The destination it counts for (a service, or an actor type).
+    destination: Arc<str>,
+    /// The message.
+    message: &'static str,
+}
+
+/// What an access log line says beyond the figures' labels: taken only for the calls the
+/// access log samples.
+#[derive(Debug)]
+pub(crate) struct Access {
+    /// The actor's name on this node.
+    pub(crate) actor: Arc<str>,
+    /// The calling node's verified identity (`None`: this node).
+    pub(crate) caller: Option<Arc<SpiffeId>>,
+    /// The call's trace id, if it carries one.
+    pub(crate) trace_id: Option<[u8; 16]>,
+}
+
+/// Which calls the access log writes: one in `every`, counted per node.
+#[derive(Debug)]
+pub(crate) struct AccessSampler {
+    every: u64,
+    seen: AtomicU64,
+}
+
+impl AccessSampler {
+    /// Writing about `ratio` of the calls (0 < ratio ≤ 1): one in round(1 / ratio).
+    pub(crate) fn new(ratio: f64) -> Result<Self, String> {
+        if !(ratio > 0.0 && ratio <= 1.0) {
+            return Err(format!(
+                "the access log's sample ratio must be above 0 and at most 1 (1: every call, 0.01: one in a hundred), not {ratio}"
+            ));
+        }
+        Ok(Self {
+            every: (1.0 / ratio).round().max(1.0) as u64,
+            seen: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether this call is written.
+    #[inline]
+    pub(crate) fn take(&self) -> bool {
+        self.seen
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(self.every)
+    }
 }
 
 /// One call being served, counted in flight from its arrival until it is answered. Dropped
@@ -556,6 +624,8 @@ pub(crate) struct Observed {
     source: usize,
     arrived: Instant,
     done: bool,
+    /// Set when the access log writes this call.
+    access: Option<Box<Access>>,
 }
 
 impl std::fmt::Debug for Observed {
@@ -575,7 +645,13 @@ impl Observed {
             source,
             arrived,
             done: false,
+            access: None,
         }
+    }
+
+    /// The access log writes this call when it ends.
+    pub(crate) fn log_access(&mut self, access: Access) {
+        self.access = Some(Box::new(access));
     }
 
     /// The handler ran for `took`.
@@ -586,19 +662,32 @@ impl Observed {
 
     /// The call was answered (or, a tell, handled) with `outcome`.
     #[inline]
-    pub(crate) fn finish(mut self, outcome: Outcome) {
-        self.end(outcome);
+    pub(crate) fn finish(self, outcome: Outcome) {
+        self.finish_at(outcome, Instant::now());
     }
 
-    fn end(&mut self, outcome: Outcome) {
+    /// The call was answered with `outcome` at `ended`.
+    #[inline]
+    pub(crate) fn finish_at(mut self, outcome: Outcome, ended: Instant) {
+        self.end(outcome, ended);
+    }
+
+    fn end(&mut self, outcome: Outcome, ended: Instant) {
         if self.done {
             return;
         }
         self.done = true;
-        self.stats
-            .calls
-            .at(self.source)
-            .finish(outcome, self.arrived.elapsed());
+        let took = ended.saturating_duration_since(self.arrived);
+        self.stats.calls.at(self.source).finish(outcome, took);
+        if let Some(a) = self.access.take() {
+            access_line(
+                &self.stats,
+                self.stats.calls.label(self.source),
+                &a,
+                outcome,
+                took,
+            );
+        }
     }
 }
 
@@ -610,9 +699,27 @@ impl Drop for Observed {
             } else {
                 Outcome::Stopped
             };
-            self.end(outcome);
+            self.end(outcome, Instant::now());
         }
     }
+}
+
+/// One structured line of the access log (target `actormesh::access`, level info).
+#[cold]
+fn access_line(stats: &HandlerStats, source: &str, a: &Access, outcome: Outcome, took: Duration) {
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    tracing::info!(
+        target: "actormesh::access",
+        service = %stats.destination,
+        message = stats.message,
+        actor = %a.actor,
+        source,
+        caller = %a.caller.as_deref().map_or_else(|| "local".to_string(), |c| c.to_string()),
+        outcome = outcome.as_str(),
+        duration_us = took.as_micros() as u64,
+        trace_id = %a.trace_id.map(|t| hex(&t)).unwrap_or_default(),
+        "call"
+    );
 }
 
 /// A node's server-side figures, by (destination, message). A destination is the
@@ -655,8 +762,13 @@ impl ServerBook {
         {
             return s.clone();
         }
-        let stats = Arc::new(HandlerStats::default());
-        rows.push((Arc::from(destination), message, stats.clone()));
+        let destination: Arc<str> = Arc::from(destination);
+        let stats = Arc::new(HandlerStats {
+            destination: destination.clone(),
+            message,
+            ..HandlerStats::default()
+        });
+        rows.push((destination, message, stats.clone()));
         stats
     }
 
@@ -821,6 +933,28 @@ mod tests {
             snap.iter().map(|f| f.destination.clone()).collect();
         assert_eq!(distinct.len(), DESTINATIONS_PER_NODE + 1);
         assert!(distinct.contains(OTHER));
+    }
+
+    #[test]
+    fn each_outcome_has_its_own_counter() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(o.index(), i, "{o:?}");
+        }
+    }
+
+    #[test]
+    fn in_flight_is_started_less_ended() {
+        let s = CallStats::default();
+        s.start();
+        s.start();
+        s.start();
+        assert_eq!(s.snapshot().in_flight, 3);
+        s.finish(Outcome::Ok, Duration::ZERO);
+        s.abandon();
+        let snap = s.snapshot();
+        assert_eq!((snap.in_flight, snap.requests()), (1, 1));
+        s.count(Outcome::Timeout, Duration::ZERO);
+        assert_eq!(s.snapshot().in_flight, 1);
     }
 
     #[test]

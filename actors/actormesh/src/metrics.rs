@@ -50,6 +50,8 @@ enum Kind {
 #[derive(Debug)]
 struct Family {
     name: String,
+    // Read by the encoder (the `metrics` feature).
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     help: String,
     kind: Kind,
     samples: Vec<(Vec<(String, String)>, Value)>,

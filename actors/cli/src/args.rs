@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use actormesh_cli::{
-    parse_attr, parse_duration, parse_metrics_listen, parse_role_setting, ApiClient,
+    parse_access_share, parse_attr, parse_duration, parse_metrics_listen, parse_role_setting,
+    ApiClient,
 };
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -92,6 +93,39 @@ pub(crate) enum Command {
     /// matches; AM1003 a service the registry does not have; AM1004 two Routes for one
     /// service; AM1005 a rule an earlier rule always takes first. Exit 1 on any finding.
     Analyze(AnalyzeArgs),
+    /// Requests per second, success rate and p50/p95/p99 per service and message, from
+    /// every node that serves an endpoint (over the mesh, as a client identity), like
+    /// `linkerd viz stat`. Nodes count calls only with metrics on (`--metrics-listen`).
+    Top(TopArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct TopArgs {
+    /// Keep going: a new view every interval.
+    #[arg(long)]
+    pub(crate) watch: bool,
+    /// The time between the two samples a view is made of.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub(crate) interval: Duration,
+    /// How long a node may take to give its figures.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub(crate) timeout: Duration,
+    /// Also show actors that serve no service (system actors, by Rust type).
+    #[arg(long)]
+    pub(crate) all: bool,
+    /// Output format (with --watch, json is one line a view).
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub(crate) output: Format,
+    /// The directory of the client identity (as for `call`).
+    #[arg(
+        long,
+        env = "ACTORMESH_IDENTITY",
+        default_value = "actormesh-dev/client"
+    )]
+    pub(crate) identity: PathBuf,
+    /// The master's mesh address (default: the one recorded with the identity).
+    #[arg(long)]
+    pub(crate) master: Option<SocketAddr>,
 }
 
 #[derive(Args, Debug)]
@@ -221,6 +255,10 @@ pub(crate) struct MasterArgs {
     /// Serve Prometheus metrics at /metrics here: HOST:PORT, or a PORT on loopback.
     #[arg(long, value_parser = parse_metrics_listen)]
     pub(crate) metrics_listen: Option<SocketAddr>,
+    /// Write an access log line (target actormesh::access) for this share of the calls
+    /// that arrive here: 1 every call, 0.01 one in a hundred. Off by default.
+    #[arg(long, value_parser = parse_access_share, value_name = "SHARE")]
+    pub(crate) access_log: Option<f64>,
     #[command(flatten)]
     pub(crate) push: PushArgs,
 }
@@ -275,6 +313,10 @@ pub(crate) struct AgentArgs {
     /// Serve Prometheus metrics at /metrics here: HOST:PORT, or a PORT on loopback.
     #[arg(long, value_parser = parse_metrics_listen)]
     pub(crate) metrics_listen: Option<SocketAddr>,
+    /// Write an access log line (target actormesh::access) for this share of the calls
+    /// that arrive here: 1 every call, 0.01 one in a hundred. Off by default.
+    #[arg(long, value_parser = parse_access_share, value_name = "SHARE")]
+    pub(crate) access_log: Option<f64>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -181,12 +181,34 @@ pub enum LogFormat {
     Json,
 }
 
+/// The tracing target of the access log.
+pub const ACCESS_TARGET: &str = "actormesh::access";
+
+/// Parses the access log's share of calls (for `--access-log`): above 0, at most 1.
+pub fn parse_access_share(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
+        _ => Err(format!(
+            "invalid access log share {s:?}: expected a number above 0 and at most 1 (1: every call, 0.01: one call in a hundred)"
+        )),
+    }
+}
+
 /// Logs to stderr in `format`, filtered by `RUST_LOG`, or by `default` when it is unset.
-/// Colour codes go only to a terminal: files and pipes get plain text.
+/// Colour codes go only to a terminal: files and pipes get plain text. The access log's
+/// target is always on (it writes only when a node's `--access-log` is).
 pub fn init_logging_with_default(default: &str, format: LogFormat) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // The access log (off unless --access-log) is written whatever the level, unless
+    // RUST_LOG says otherwise of it.
+    let says = std::env::var("RUST_LOG").is_ok_and(|v| v.contains(ACCESS_TARGET));
+    if !says {
+        if let Ok(d) = format!("{ACCESS_TARGET}=info").parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

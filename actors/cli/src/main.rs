@@ -19,12 +19,14 @@ mod output;
 mod serve;
 mod tables;
 mod token;
+mod top;
 
 use args::{Cli, Command};
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let done = match cli.command {
         Command::Call(args) => return call::run(args),
+        Command::Top(args) => return top::run(args),
         Command::Ca(command) => ca::run(command),
         Command::Master(args) => serve::master(args),
         Command::Agent(args) => serve::agent(args),
@@ -46,7 +48,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A call prints its reply on stdout and only what went wrong on stderr.
     let default = match cli.command {
-        Command::Call(_) => "warn",
+        Command::Call(_) | Command::Top(_) => "warn",
         _ => "info",
     };
     actormesh_cli::init_logging_with_default(default, cli.log_format);

@@ -58,6 +58,7 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
         actor_types: Vec::new(),
         reserved,
         metrics_listen: args.metrics_listen,
+        access_log: args.access_log,
         host: if args.demo_actors {
             actormesh_cli::demo::host()
         } else {
@@ -109,6 +110,7 @@ impl MasterArgs {
         c.offer_timeout = self.offer_timeout;
         c.roles = self.roles()?;
         c.metrics_listen = self.metrics_listen;
+        c.access_log = self.access_log;
         self.push.apply(&mut c)?;
         Ok(c)
     }
@@ -194,6 +196,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         actor_types: Vec::new(),
         reserved: Default::default(),
         metrics_listen: Some("127.0.0.1:0".parse()?),
+        access_log: None,
         host: actormesh_cli::demo::host(),
     })
     .await?;

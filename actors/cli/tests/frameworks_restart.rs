@@ -46,6 +46,7 @@ async fn a_framework_keeps_its_tasks_across_a_master_restart() {
         actor_types: Vec::new(),
         reserved: Default::default(),
         metrics_listen: None,
+        access_log: None,
         host: Default::default(),
     })
     .await

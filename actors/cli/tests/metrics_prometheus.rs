@@ -3,6 +3,8 @@
 //! service by name. PromQL over Prometheus' HTTP API returns the calls made, inbound and
 //! outbound, and a non-empty latency histogram; `promtool check metrics` passes on every
 //! node's classic text; the OpenMetrics format is served when the scraper asks for it.
+//! One agent writes an access log line per call; `actormesh top` shows the service's
+//! rate, success and latency from the agents' figures over the mesh.
 
 mod common;
 
@@ -102,7 +104,7 @@ async fn client_calls(
     credentials: actormesh::transport::pki::Credentials,
     master: SocketAddr,
     metrics: SocketAddr,
-) -> Node {
+) -> (Node, actormesh::mesh::ServiceRef) {
     let mut config = NodeConfig::new("127.0.0.1:0".parse().unwrap());
     config.metrics_listen = Some(metrics);
     let node = Node::start(config, &credentials).unwrap();
@@ -123,7 +125,23 @@ async fn client_calls(
         let reply = echo.ask(Echo(format!("call {i}"))).await.unwrap();
         assert_eq!(reply, format!("call {i}"));
     }
-    node
+    (node, echo)
+}
+
+/// Calls `echo` every 2 ms until `stop` says so (at most 30 s, 15,000 calls); returns how
+/// many it made.
+async fn more_calls(
+    echo: &actormesh::mesh::ServiceRef,
+    stop: std::sync::mpsc::Receiver<()>,
+) -> usize {
+    let began = Instant::now();
+    let mut made = 0;
+    while stop.try_recv().is_err() && began.elapsed() < Duration::from_secs(30) && made < 15_000 {
+        echo.ask(Echo("more".into())).await.unwrap();
+        made += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    made
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,13 +164,16 @@ async fn prometheus_scrapes_every_node_and_queries_return_the_calls() {
     let mut targets = vec![master_metrics];
     for name in ["a1", "a2"] {
         let port = free_tcp().port().to_string();
-        let opts = [
+        let mut opts = vec![
             "--demo-actors",
             "--resources",
             "cpus:2",
             "--metrics-listen",
             &port,
         ];
+        if name == "a1" {
+            opts.extend(["--access-log", "1", "--log-format", "json"]);
+        }
         let mut a = agent(&master, &dir.join(name), name, Some(&token), &opts).await;
         targets.push(metrics_addr(&a.line("metrics: ").await));
         agents.push(a);
@@ -183,13 +204,19 @@ async fn prometheus_scrapes_every_node_and_queries_return_the_calls() {
     let master_mesh = master.mesh;
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
     let (called_tx, called_rx) = std::sync::mpsc::channel::<()>();
+    let (more_tx, more_rx) = std::sync::mpsc::channel::<()>();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     let client = std::thread::spawn(move || {
         actix::System::new().block_on(async move {
-            let node = client_calls(creds.credentials, master_mesh, client_metrics).await;
+            let (node, echo) = client_calls(creds.credentials, master_mesh, client_metrics).await;
             called_tx.send(()).unwrap();
+            // Then calls again while `top` watches, until told to stop.
+            let _ = tokio::task::spawn_blocking(move || more_rx.recv()).await;
+            let made = more_calls(&echo, stop_rx).await;
             // Keeps serving its metrics until the test is done with them.
             let _ = tokio::task::spawn_blocking(move || done_rx.recv()).await;
             drop(node);
+            made
         })
     });
     tokio::task::spawn_blocking(move || called_rx.recv_timeout(Duration::from_secs(60)))
@@ -276,10 +303,11 @@ async fn prometheus_scrapes_every_node_and_queries_return_the_calls() {
     let up = wait_query(prom_addr, "count(up == 1)", |v| v == targets.len() as f64).await;
     assert_eq!(up, 4.0);
     let n = CALLS as f64;
-    // Inbound: the two instances served them all, counted where they arrived.
+    // Inbound: the two instances served them all, counted where they arrived, under
+    // their service (their proxy names it).
     wait_query(
         prom_addr,
-        r#"sum(actormesh_inbound_requests_total{message="demo.Echo/v1",outcome="ok"})"#,
+        r#"sum(actormesh_inbound_requests_total{service="default/echo",message="demo.Echo/v1",outcome="ok"})"#,
         |v| v == n,
     )
     .await;
@@ -318,8 +346,90 @@ async fn prometheus_scrapes_every_node_and_queries_return_the_calls() {
     .await;
 
     let _ = prom.kill().await;
+
+    // The access log of a1: one JSON line per call it served, with the call's labels.
+    let began = Instant::now();
+    let lines = loop {
+        let text = agents[0].stderr_so_far();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| {
+                v["target"] == "actormesh::access" && v["fields"]["message"] == "demo.Echo/v1"
+            })
+            .collect();
+        if lines.len() >= CALLS / 2 {
+            break lines;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "{} access lines:\n{text}",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), CALLS / 2);
+    let f = &lines[0]["fields"];
+    assert_eq!(f["service"], "default/echo", "{f}");
+    assert_eq!(f["source"], "client", "{f}");
+    assert_eq!(f["outcome"], "ok", "{f}");
+    assert!(
+        f["caller"].as_str().unwrap().ends_with("/client/load"),
+        "{f}"
+    );
+    assert!(f["duration_us"].as_u64().is_some(), "{f}");
+    // a2 writes none.
+    assert!(!agents[1].stderr_so_far().contains("actormesh::access"));
+
+    // `actormesh top` while the client calls again, with an identity of its own.
+    let top_identity = dir.join("top");
+    actormesh::client::issue(master.bootstrap, &client_token, "top", &top_identity)
+        .await
+        .unwrap();
+    more_tx.send(()).unwrap();
+    let mesh_addr = master.mesh.to_string();
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(BIN)
+            .args([
+                "top",
+                "-o",
+                "json",
+                "--interval",
+                "1s",
+                "--identity",
+                top_identity.to_str().unwrap(),
+                "--master",
+                &mesh_addr,
+            ])
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    });
+    stop_tx.send(()).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = view.as_array().unwrap();
+    let echo = rows
+        .iter()
+        .find(|r| r["service"] == "default/echo" && r["message"] == "demo.Echo/v1")
+        .unwrap_or_else(|| panic!("no echo row in {view}"));
+    assert!(echo["requests"].as_u64().unwrap() > 0, "{echo}");
+    assert!(echo["rps"].as_f64().unwrap() > 0.0, "{echo}");
+    assert_eq!(echo["success_rate"].as_f64(), Some(1.0), "{echo}");
+    for q in ["p50_ms", "p95_ms", "p99_ms"] {
+        let v = echo[q].as_f64().unwrap_or_else(|| panic!("{q} in {echo}"));
+        assert!(v > 0.0 && v < 5000.0, "{q} {v}");
+    }
+    // Only services unless --all: system actors (by Rust type) are not listed.
+    assert!(
+        rows.iter()
+            .all(|r| !r["service"].as_str().unwrap().contains("::")),
+        "{view}"
+    );
+
     done_tx.send(()).unwrap();
-    client.join().unwrap();
+    let made = client.join().unwrap();
+    assert!(made > 0);
     for mut a in agents {
         a.kill().await;
     }

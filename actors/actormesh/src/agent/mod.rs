@@ -64,6 +64,9 @@ pub struct AgentConfig {
     /// Serve Prometheus metrics at `/metrics` here (`NodeConfig::metrics_listen`; needs
     /// the `metrics` feature).
     pub metrics_listen: Option<SocketAddr>,
+    /// Write an access log for this share of the calls that arrive here
+    /// (`NodeConfig::access_log`).
+    pub access_log: Option<f64>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -110,6 +113,7 @@ impl AgentConfig {
             host: ActorHost::default(),
             reserved: BTreeMap::new(),
             metrics_listen: None,
+            access_log: None,
         }
     }
 
@@ -407,6 +411,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     };
     let mut node_config = NodeConfig::new(config.listen);
     node_config.metrics_listen = config.metrics_listen;
+    node_config.access_log = config.access_log;
     let node = Node::start(node_config, &creds)?;
     // Whoever answers at the master's address must be the master, not just any member.
     let link = node

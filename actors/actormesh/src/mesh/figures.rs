@@ -86,6 +86,12 @@ impl ServiceFigures {
     /// A call of `message` starts now, from the workload of the handler it is made in.
     #[inline]
     pub(crate) fn begin(&self, message: &str) -> CallTimer<'_> {
+        self.begin_at(message, Instant::now())
+    }
+
+    /// A call of `message` started at `started`.
+    #[inline]
+    pub(crate) fn begin_at(&self, message: &str, started: Instant) -> CallTimer<'_> {
         let by = self.table.message(message);
         let stats = CallInfo::with_current(|c| {
             by.source(c.and_then(|c| c.handler_workload()).unwrap_or(self.outside))
@@ -93,7 +99,7 @@ impl ServiceFigures {
         stats.start();
         CallTimer {
             stats,
-            started: Instant::now(),
+            started,
             done: false,
         }
     }

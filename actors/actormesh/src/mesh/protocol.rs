@@ -112,6 +112,26 @@ pub struct ProxyConfig {
     pub revoked: Vec<Revocation>,
 }
 
+/// Ask a node's `$proxy` for the node's call figures (`actormesh top`): over the mesh, so
+/// that it works with `/metrics` on loopback or not served at all.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.mesh.Figures/v1", reply = NodeFigures)]
+pub struct GetFigures;
+
+/// A node's call figures now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFigures {
+    /// The node's identity.
+    pub node: String,
+    /// Whether it keeps figures at all (`NodeConfig::metrics`); without, both lists are
+    /// empty.
+    pub keeps_figures: bool,
+    /// Calls that arrived there, by destination and message, each by source.
+    pub inbound: Vec<crate::stats::ServerFigures>,
+    /// Calls by name made there: `(service, message, source, figures)`.
+    pub outbound: Vec<(String, String, String, crate::stats::StatsSnapshot)>,
+}
+
 /// Ask a node's `$proxy` for the live state of one service's endpoints as this node sees
 /// them (`describe service`); `None` if its table has no such service.
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]

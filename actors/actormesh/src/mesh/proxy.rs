@@ -14,7 +14,9 @@ use tracing::{info, warn};
 
 use crate::mesh::clock;
 use crate::mesh::policy::active::lock;
-use crate::mesh::protocol::{DumpConfig, DumpEndpoints, EndpointLive, Push, PushRefused};
+use crate::mesh::protocol::{
+    DumpConfig, DumpEndpoints, EndpointLive, GetFigures, NodeFigures, Push, PushRefused,
+};
 use crate::mesh::route::{LocalLimits, RouteTable};
 use crate::{Arrival, InboundGate, Node, Refusal, RemoteRef};
 
@@ -80,6 +82,16 @@ impl Handler<Push> for Proxy {
                 }) as Arc<dyn InboundGate>
             });
             self.node.set_inbound_gate(gate);
+        }
+        // The figures of this node's endpoints name their service (of the services this
+        // push brings: every one in a full push, the changed ones in a delta).
+        if self.node.keeps_figures() {
+            let me = self.node.identity().to_string();
+            for service in &push.services {
+                for e in service.endpoints.iter().filter(|e| e.node == me) {
+                    self.node.serve_as(&e.actor, &service.name.to_string());
+                }
+            }
         }
         self.routes.store(Arc::new(next));
         self.applied.send_replace(Some(push.version));
@@ -153,6 +165,24 @@ impl Handler<DumpEndpoints> for Proxy {
                 })
                 .collect()
         }))
+    }
+}
+
+#[crate::handler]
+impl Handler<GetFigures> for Proxy {
+    type Result = actix::MessageResult<GetFigures>;
+    fn handle(&mut self, _: GetFigures, _: &mut Context<Self>) -> Self::Result {
+        let outbound = self
+            .node
+            .find_extension::<crate::mesh::MeshFigures>()
+            .map(|f| f.snapshot())
+            .unwrap_or_default();
+        actix::MessageResult(NodeFigures {
+            node: self.node.identity().to_string(),
+            keeps_figures: self.node.keeps_figures(),
+            inbound: self.node.server_figures(),
+            outbound,
+        })
     }
 }
 

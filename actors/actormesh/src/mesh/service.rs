@@ -277,8 +277,12 @@ impl ServiceRef {
     }
 
     /// Picks an endpoint of `routes` for one call (no policy), and starts the call on it.
-    fn start_on(&self, routes: Arc<ServiceRoutes<RemoteRef>>, key: Option<u64>) -> Option<Started> {
-        let started = Instant::now();
+    fn start_on(
+        &self,
+        routes: Arc<ServiceRoutes<RemoteRef>>,
+        key: Option<u64>,
+        started: Instant,
+    ) -> Option<Started> {
         let now = clock::nanos(started);
         let picked = with_random(|random| routes.pick(PickInput { now, key, random }))?;
         routes.state(picked.index).start();
@@ -333,11 +337,13 @@ impl ServiceRef {
         options: &CallOptions,
         wait_for_room: bool,
     ) -> Result<M::Result, AskError> {
+        // One clock read for the endpoint's latency estimate and the call's figures.
+        let started = Instant::now();
         match &self.figures {
-            None => self.call_inner(msg, options, wait_for_room).await,
+            None => self.call_inner(msg, options, wait_for_room, started).await,
             Some(f) => {
-                let timer = f.begin(M::NAME);
-                let result = self.call_inner(msg, options, wait_for_room).await;
+                let timer = f.begin_at(M::NAME, started);
+                let result = self.call_inner(msg, options, wait_for_room, started).await;
                 timer.finish(Figure::of(&result));
                 result
             }
@@ -349,6 +355,7 @@ impl ServiceRef {
         msg: M,
         options: &CallOptions,
         wait_for_room: bool,
+        now: Instant,
     ) -> Result<M::Result, AskError> {
         let Some(routes) = self.routes_now() else {
             return Err(no_endpoints(&self.name));
@@ -357,7 +364,7 @@ impl ServiceRef {
             // Boxed: the policy's state would otherwise weigh on every plain call's future.
             return Box::pin(self.ask_by_policy(msg, options, wait_for_room, routes)).await;
         }
-        let Some(started) = self.start_on(routes, options.hash_key) else {
+        let Some(started) = self.start_on(routes, options.hash_key, now) else {
             return Err(no_endpoints(&self.name));
         };
         let call = started.in_flight();
@@ -402,7 +409,7 @@ impl ServiceRef {
         if routes.policy().is_some() {
             return Box::pin(self.ask_json_by_policy(message_name, payload, options, routes)).await;
         }
-        let Some(started) = self.start_on(routes, options.hash_key) else {
+        let Some(started) = self.start_on(routes, options.hash_key, Instant::now()) else {
             return Err(no_endpoints(&self.name));
         };
         let call = started.in_flight();
@@ -439,7 +446,7 @@ impl ServiceRef {
         if routes.policy().is_some() {
             return Box::pin(self.tell_by_policy(msg, routes)).await;
         }
-        let Some(started) = self.start_on(routes, self.options.hash_key) else {
+        let Some(started) = self.start_on(routes, self.options.hash_key, Instant::now()) else {
             return Err(TellError::NotDelivered(
                 msg,
                 no_endpoints(&self.name).to_string(),
@@ -476,7 +483,7 @@ impl ServiceRef {
         if routes.policy().is_some() {
             return self.try_tell_by_policy(msg, routes);
         }
-        let Some(started) = self.start_on(routes, self.options.hash_key) else {
+        let Some(started) = self.start_on(routes, self.options.hash_key, Instant::now()) else {
             return Err(TellError::NotDelivered(
                 msg,
                 no_endpoints(&self.name).to_string(),

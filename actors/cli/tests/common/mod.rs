@@ -95,6 +95,11 @@ impl Proc {
             .unwrap_or_else(|_| panic!("no {prefix:?} line within 60 s"))
     }
 
+    /// What the process printed on stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
     }

@@ -338,6 +338,11 @@ impl ClusterCore {
         self.registry.service(name)
     }
 
+    /// The latencies of applied pushes (shared with the metrics).
+    pub fn push_latency(&self) -> std::sync::Arc<actormesh::stats::Histogram> {
+        self.pushes.latency().clone()
+    }
+
     /// The registry's version now.
     pub fn registry_version(&self) -> u64 {
         self.registry.version()

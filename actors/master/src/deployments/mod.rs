@@ -230,6 +230,8 @@ pub struct DeploymentBook {
     /// Holdings changed since the master last asked.
     ledger: Vec<Holding>,
     next: u64,
+    /// Instances placed on agents by this master process (for the metrics).
+    placed: u64,
     /// Differs per master process, so task ids never repeat across restarts.
     epoch: u32,
 }
@@ -317,6 +319,11 @@ impl DeploymentBook {
             epoch,
             ..Default::default()
         }
+    }
+
+    /// Instances placed on agents by this book (since the master process started).
+    pub fn placements(&self) -> u64 {
+        self.placed
     }
 
     /// What the deployments took or gave back since the last call (launches through
@@ -583,6 +590,19 @@ mod tests {
             .iter()
             .all(|a| matches!(a, Action::Launch { agent, .. } if agent != "b1")));
         assert_eq!(book.summaries()[0].pending, 2);
+    }
+
+    #[test]
+    fn placements_count_each_instance_placed() {
+        let now = Instant::now();
+        let mut book = DeploymentBook::default();
+        book.apply(deployment(3, ""));
+        let agents = vec![agent("a1", "x", 4), agent("a2", "x", 4)];
+        assert_eq!(book.reconcile(&agents, now).len(), 3);
+        assert_eq!(book.placements(), 3);
+        // Nothing more to place: the count stays.
+        book.reconcile(&agents, now);
+        assert_eq!(book.placements(), 3);
     }
 
     #[test]

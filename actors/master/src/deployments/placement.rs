@@ -203,6 +203,7 @@ impl DeploymentBook {
                 Ok(agent) => {
                     let id = format!("{}{:x}.{}", task_prefix(d), self.epoch, self.next);
                     self.next += 1;
+                    self.placed += 1;
                     let l = left.entry(agent.clone()).or_default();
                     *l = l.minus(&d.need);
                     *on_agent.entry(agent.clone()).or_default() += 1;

@@ -267,6 +267,7 @@ pub async fn start_with_store(
     let creds = master_credentials(&ca, dir)?;
     let mut node_config = NodeConfig::new(config.listen);
     node_config.metrics_listen = config.metrics_listen;
+    node_config.access_log = config.access_log;
     let node = Node::start(node_config, &creds)?;
     let fingerprint = ca.fingerprint();
 
@@ -338,7 +339,10 @@ pub async fn start_with_store(
             addr: config.api,
             reason: e.to_string(),
         })?;
+    let figures = Arc::new(super::figures::ControlFigures::new(&core));
+    actormesh::metrics::register(&node, figures.clone());
     let master = Master {
+        figures,
         core,
         store,
         ca,

@@ -179,7 +179,9 @@ impl Master {
                 }
                 Effect::ScheduleRound => {
                     ctx.run_later(Duration::ZERO, |master, ctx| {
-                        let effects = master.core.scheduled_round(Instant::now());
+                        let began = Instant::now();
+                        let effects = master.core.scheduled_round(began);
+                        master.figures.round_time.record(began.elapsed());
                         master.carry_out(effects, ctx);
                     });
                 }

@@ -6,6 +6,7 @@
 mod agents;
 mod boot;
 mod effects;
+mod figures;
 mod frameworks;
 mod gate;
 mod operator;
@@ -80,6 +81,8 @@ pub struct MasterConfig {
     pub drain_time: Duration,
     /// Serve Prometheus metrics at `/metrics` here (`None`: not served).
     pub metrics_listen: Option<SocketAddr>,
+    /// Write an access log for this share of the calls that arrive here.
+    pub access_log: Option<f64>,
 }
 
 impl MasterConfig {
@@ -101,6 +104,7 @@ impl MasterConfig {
             push_stale_after: Duration::from_secs(5),
             drain_time: crate::services::DEFAULT_DRAIN,
             metrics_listen: None,
+            access_log: None,
         }
     }
 }
@@ -193,6 +197,8 @@ pub struct Master {
     drained: BTreeMap<u64, tokio::sync::oneshot::Sender<()>>,
     /// The last token given to a deregistration.
     next_drain_token: u64,
+    /// The control-plane metrics.
+    figures: Arc<figures::ControlFigures>,
 }
 
 impl std::fmt::Debug for Master {
@@ -215,8 +221,14 @@ impl Actor for Master {
         );
         let every = self.core.detector().heartbeat_interval;
         ctx.run_interval(every, |m, ctx| {
-            let effects = m.core.tick(Instant::now(), SystemTime::now());
+            let began = Instant::now();
+            let effects = m.core.tick(began, SystemTime::now());
+            m.figures.round_time.record(began.elapsed());
             m.carry_out(effects, ctx);
+        });
+        self.figures.refresh(&self.core, Instant::now());
+        ctx.run_interval(Duration::from_secs(1), |m, _| {
+            m.figures.refresh(&m.core, Instant::now());
         });
     }
 }

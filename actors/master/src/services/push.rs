@@ -120,6 +120,9 @@ pub struct PushBook {
     held_until: Option<Instant>,
     /// A coalescing window is open until then.
     window_until: Option<Instant>,
+    /// From a change to a proxy's acknowledgement, for every push applied: shared with the
+    /// master's metrics (atomics; recording takes no lock).
+    latency: std::sync::Arc<actormesh::stats::Histogram>,
 }
 
 impl PushBook {
@@ -130,7 +133,13 @@ impl PushBook {
             subs: BTreeMap::new(),
             held_until,
             window_until: None,
+            latency: Default::default(),
         }
+    }
+
+    /// The latency histogram of applied pushes.
+    pub fn latency(&self) -> &std::sync::Arc<actormesh::stats::Histogram> {
+        &self.latency
     }
 
     /// Its timing.
@@ -268,7 +277,9 @@ impl PushBook {
                 s.applied = Some(v);
                 s.needs_full = false;
                 s.last_error = None;
-                s.last_latency = Some(now.saturating_duration_since(flight.behind_since));
+                let took = now.saturating_duration_since(flight.behind_since);
+                self.latency.record(took);
+                s.last_latency = Some(took);
                 s.behind_since = if v >= reg.version() {
                     None
                 } else {
@@ -395,6 +406,10 @@ mod tests {
         assert_eq!((st.applied, st.behind, st.stale), (Some(2), 0, false));
         // Latency: from the change at the master (t + 1 ms) to its acknowledgement.
         assert_eq!(st.last_push_latency_ms, Some(12.0));
+        // The metrics' histogram holds both applied pushes: the snapshot (the change at t,
+        // acknowledged at t + 12 ms) and the delta (12 ms too).
+        let h = b.latency().snapshot();
+        assert_eq!((h.count(), h.sum_nanos), (2, 24_000_000));
     }
 
     #[test]

@@ -60,6 +60,7 @@ fn agent_config(
         actor_types: Vec::new(),
         reserved: Default::default(),
         metrics_listen: None,
+        access_log: None,
         host: Default::default(),
     }
 }

@@ -102,6 +102,9 @@ enum Suite {
         name: String,
         #[arg(long)]
         role: String,
+        /// Keep call figures and serve them at /metrics (on a port the system picks).
+        #[arg(long)]
+        metrics: bool,
     },
     /// (internal) A master process for the cluster suite.
     #[command(hide = true)]
@@ -167,7 +170,8 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             name,
             role,
-        } => mesh::agent_proc(join, token, data_dir, name, role),
+            metrics,
+        } => mesh::agent_proc(join, token, data_dir, name, role, metrics),
         Suite::MasterProc {
             data_dir,
             listen,

@@ -110,6 +110,15 @@ async fn run_in(dir: PathBuf, s: Settings) -> anyhow::Result<()> {
         baseline: median(calls.direct_pipe),
     }
     .print();
+    // Call figures kept on both nodes and /metrics served (no scrapes during the run);
+    // traces are not part of it yet.
+    Line {
+        name: "mesh_ask_pipelined_throughput_metrics_on",
+        value: median(calls.figures_on_pipe),
+        unit: "req/s",
+        baseline: median(calls.figures_off_pipe),
+    }
+    .print();
     Line {
         name: "node_rss_mb_100_endpoints",
         value: calls.rss_serving_mib,
@@ -337,6 +346,7 @@ fn agent_config(
         actor_types: Vec::new(),
         reserved: Default::default(),
         metrics_listen: None,
+        access_log: None,
         host,
     }
 }
@@ -369,10 +379,15 @@ pub fn agent_proc(
     data_dir: PathBuf,
     name: String,
     role: String,
+    metrics: bool,
 ) -> anyhow::Result<()> {
     actix::System::new().block_on(async move {
         let host = ActorHost::new().with("sink", Sink::default);
-        let a = agent::start(agent_config(join, token, data_dir, &name, &role, host)).await?;
+        let mut config = agent_config(join, token, data_dir, &name, &role, host);
+        if metrics {
+            config.metrics_listen = Some("127.0.0.1:0".parse().expect("address"));
+        }
+        let a = agent::start(config).await?;
         println!("READY {}", a.agent_id);
         std::future::pending::<()>().await;
         anyhow::Ok(())
@@ -384,27 +399,29 @@ async fn spawn_agent_proc(
     m: &MasterThread,
     dir: &Path,
     name: &str,
+    metrics: bool,
 ) -> anyhow::Result<ChildProc> {
     let (join, data) = (
         m.bootstrap.to_string(),
         dir.join(name).display().to_string(),
     );
-    let mut child = ChildProc::spawn(
-        exe,
-        &[
-            "mesh-agent-proc",
-            "--join",
-            &join,
-            "--token",
-            &m.token,
-            "--data-dir",
-            &data,
-            "--name",
-            name,
-            "--role",
-            name,
-        ],
-    )?;
+    let mut args = vec![
+        "mesh-agent-proc",
+        "--join",
+        &join,
+        "--token",
+        &m.token,
+        "--data-dir",
+        &data,
+        "--name",
+        name,
+        "--role",
+        name,
+    ];
+    if metrics {
+        args.push("--metrics");
+    }
+    let mut child = ChildProc::spawn(exe, &args)?;
     child
         .wait_line("READY", Duration::from_secs(30))
         .await
@@ -434,6 +451,10 @@ struct CallFigures {
     policy_lat: Vec<Vec<Duration>>,
     direct_pipe: Vec<f64>,
     by_name_pipe: Vec<f64>,
+    /// By name between nodes that keep no figures, paired with…
+    figures_off_pipe: Vec<f64>,
+    /// …by name between like nodes that keep them and serve /metrics.
+    figures_on_pipe: Vec<f64>,
     rss_idle_mib: f64,
     rss_serving_mib: f64,
 }
@@ -441,7 +462,7 @@ struct CallFigures {
 async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigures> {
     let exe = std::env::current_exe()?;
     let m = MasterThread::start(dir.join("master"), None)?;
-    let mut server = spawn_agent_proc(&exe, &m, dir, "server").await?;
+    let mut server = spawn_agent_proc(&exe, &m, dir, "server", false).await?;
     // The caller hosts nothing, so it is given no endpoint: every call by name is remote.
     let caller = agent::start(m.agent_config(dir, "caller", "caller", ActorHost::new()))
         .await
@@ -498,6 +519,36 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         .ask_timeout(Echo(vec![0; PAYLOAD]), CALL_LIMIT)
         .await?;
 
+    // A caller and a server that keep call figures and serve /metrics, beside the pair
+    // that keep none: the same service, actor and deployment shape.
+    let mut server_m = spawn_agent_proc(&exe, &m, dir, "server-m", true).await?;
+    let mut caller_config = m.agent_config(dir, "caller-m", "caller-m", ActorHost::new());
+    caller_config.metrics_listen = Some("127.0.0.1:0".parse().expect("address"));
+    let caller_m = agent::start(caller_config)
+        .await
+        .context("the caller agent with metrics")?;
+    let counted = service_name("echo-m");
+    m.apply(manifest("echo-m", 1, "server-m")).await?;
+    m.until_endpoints(&counted, 1, Duration::from_secs(60))
+        .await?;
+    let with_figures = caller_m.mesh().service(&counted.to_string())?;
+    let start = Instant::now();
+    while with_figures
+        .ask_timeout(Echo(vec![0; PAYLOAD]), CALL_LIMIT)
+        .await
+        .is_err()
+    {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "{counted} not callable by name within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::ensure!(
+        caller_m.node.keeps_figures() && !caller.node.keeps_figures(),
+        "the caller with metrics keeps figures, the other does not"
+    );
+
     let n = |base: f64| ((base * s.scale) as usize).max(1000);
     let mut f = CallFigures {
         direct_lat: Vec::new(),
@@ -506,6 +557,8 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         policy_lat: Vec::new(),
         direct_pipe: Vec::new(),
         by_name_pipe: Vec::new(),
+        figures_off_pipe: Vec::new(),
+        figures_on_pipe: Vec::new(),
         rss_idle_mib: 0.0,
         rss_serving_mib: 0.0,
     };
@@ -521,6 +574,10 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         let (d, b) = paired_rates(n(100_000.0), direct_ask, by_name_ask).await?;
         f.direct_pipe.push(d);
         f.by_name_pipe.push(b);
+        let figures_ask = |p| with_figures.ask_timeout(Echo(p), CALL_LIMIT);
+        let (off, on) = paired_rates(n(100_000.0), by_name_ask, figures_ask).await?;
+        f.figures_off_pipe.push(off);
+        f.figures_on_pipe.push(on);
         let policy_ask = |p| with_policy.ask_timeout(Echo(p), CALL_LIMIT);
         let (plain, policed) = paired_latencies(n(5_000.0), by_name_ask, policy_ask).await?;
         f.plain_lat.push(plain);
@@ -530,7 +587,9 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
     f.rss_idle_mib = idle;
     f.rss_serving_mib = serving;
     server.kill().await;
+    server_m.kill().await;
     caller.node.shutdown();
+    caller_m.node.shutdown();
     Ok(f)
 }
 
@@ -641,8 +700,8 @@ async fn memory(
     caller: &AgentHandle,
     endpoints: usize,
 ) -> anyhow::Result<(f64, f64)> {
-    let mut idle = spawn_agent_proc(exe, m, dir, "idle").await?;
-    let mut serving = spawn_agent_proc(exe, m, dir, "serving").await?;
+    let mut idle = spawn_agent_proc(exe, m, dir, "idle", false).await?;
+    let mut serving = spawn_agent_proc(exe, m, dir, "serving", false).await?;
     let service = service_name("resident");
     m.apply(manifest("resident", endpoints, "serving")).await?;
     let eps = m

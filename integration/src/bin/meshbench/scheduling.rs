@@ -85,6 +85,7 @@ async fn run_in(dir: std::path::PathBuf, n_agents: usize, instances: usize) -> a
                 actor_types: Vec::new(),
                 reserved: Default::default(),
                 metrics_listen: None,
+                access_log: None,
                 host: ActorHost::new().with("sink", Sink::default),
             })
             .await
