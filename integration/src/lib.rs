@@ -5,4 +5,5 @@
 
 pub mod actors;
 pub mod harness;
+pub mod otlp_receiver;
 pub mod pki;

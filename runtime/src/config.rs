@@ -36,6 +36,10 @@ pub struct NodeConfig {
     /// `actormesh::access`, level info), for this share of the calls (0 < share ≤ 1: one
     /// call in round(1 / share)). Off by default; on, the node keeps call figures too.
     pub access_log: Option<f64>,
+    /// Trace calls: a server span for every call that arrives with a sampled trace
+    /// context, and the sampling of roots for the mesh's client spans. Off by default; on,
+    /// the node keeps call figures too.
+    pub tracing: Option<crate::trace::Tracing>,
 }
 
 impl NodeConfig {
@@ -54,6 +58,7 @@ impl NodeConfig {
             metrics: false,
             metrics_listen: None,
             access_log: None,
+            tracing: None,
         }
     }
 }

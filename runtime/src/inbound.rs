@@ -236,6 +236,7 @@ async fn serve_lane(
         let mut observed = s.observe(entry, workload.as_deref(), Some(&caller), || received);
         let trace_id = meta.as_ref().and_then(|m| m.trace).map(|t| t.trace_id);
         s.sample_access(&mut observed, Some(&caller), trace_id);
+        let meta = s.server_span(&mut observed, entry, Some(&caller), meta);
         let ctx = match meta {
             None => plain_context(&mut plain, s, &caller),
             Some(m) => CallContext::shared(Some(caller.clone()), Some(m), s.workload().cloned()),

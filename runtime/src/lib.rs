@@ -50,6 +50,7 @@ mod remote_ref;
 mod slots;
 pub mod stats;
 mod supervise;
+pub mod trace;
 mod watches;
 pub mod wire;
 

@@ -240,7 +240,7 @@ impl Node {
             .map_err(NodeError::Config)?;
         let figures = config.metrics || server.is_some();
         let (endpoint, links) = Endpoint::bind(config.endpoint.clone(), credentials)?;
-        let slots = SlotTable::keeping_figures(figures, access);
+        let slots = SlotTable::keeping_figures(figures, access, config.tracing.clone());
         let inner = Arc::new(NodeInner {
             ctx: Arc::new(PeerContext::new(endpoint, config, runtime)),
             slots: Arc::new(slots),

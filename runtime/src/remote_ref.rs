@@ -216,7 +216,7 @@ impl RemoteRef {
                     refused_here(&slot, entry, &meta, &r);
                     return Err(TellError::NotDelivered(msg, r.to_string()));
                 }
-                let arrived = observe_local(&slot, entry, &meta);
+                let (arrived, meta) = observe_local(&slot, entry, meta);
                 let permit = slot.permits().acquire().await;
                 let call = local_call(&slot, Deadline::None, meta);
                 deliver_local(
@@ -277,7 +277,7 @@ impl RemoteRef {
                 let Some(permit) = slot.permits().try_acquire() else {
                     return Err(TellError::Full(msg));
                 };
-                let arrived = observe_local(&slot, entry, &meta);
+                let (arrived, meta) = observe_local(&slot, entry, meta);
                 let call = local_call(&slot, Deadline::None, meta);
                 deliver_local(
                     &slot,
@@ -577,7 +577,7 @@ impl RemoteRef {
             refused_here(&slot, entry, &meta, &r);
             return Err(r.into());
         }
-        let arrived = observe_local(&slot, entry, &meta);
+        let (arrived, meta) = observe_local(&slot, entry, meta);
         let (permit, remaining) = self.local_permit(&slot, timeout, wait_for_room).await?;
         let (tx, rx) = oneshot::channel();
         let generation = slot.generation();
@@ -656,7 +656,7 @@ impl RemoteRef {
             refused_here(&slot, entry, &block, &r);
             return Err(r.into());
         }
-        let arrived = observe_local(&slot, entry, &block);
+        let (arrived, block) = observe_local(&slot, entry, block);
         let (permit, remaining) = self.local_permit(&slot, timeout, true).await?;
         let (tx, rx) = oneshot::channel();
         let call = local_call(&slot, Deadline::Within(remaining), block);
@@ -929,15 +929,22 @@ fn workload_of(meta: &Block) -> Option<&str> {
     meta.as_ref()?.workload.as_deref()
 }
 
-/// The figures (and, if sampled, the access line) of a local call to `entry`.
+/// The figures (and, if sampled, the access line and the server span) of a local call to
+/// `entry`, and the block the handler sees (its trace context the server span's).
 #[inline]
-fn observe_local(slot: &ActorSlot, entry: &'static HandlerEntry, meta: &Block) -> Option<Observed> {
-    let mut o = slot.observe(entry, workload_of(meta), None, std::time::Instant::now);
-    if o.is_some() {
-        let trace_id = meta.as_ref().and_then(|m| m.trace).map(|t| t.trace_id);
-        slot.sample_access(&mut o, None, trace_id);
+fn observe_local(
+    slot: &ActorSlot,
+    entry: &'static HandlerEntry,
+    meta: Block,
+) -> (Option<Observed>, Block) {
+    let mut o = slot.observe(entry, workload_of(&meta), None, std::time::Instant::now);
+    if o.is_none() {
+        return (o, meta);
     }
-    o
+    let trace_id = meta.as_ref().and_then(|m| m.trace).map(|t| t.trace_id);
+    slot.sample_access(&mut o, None, trace_id);
+    let meta = slot.server_span(&mut o, entry, None, meta);
+    (o, meta)
 }
 
 /// Counts a local call the gate refused.

@@ -62,6 +62,8 @@ pub(crate) struct ActorSlot {
     server: Option<Arc<ServerBook>>,
     /// The node's access log, when it writes one.
     access: Option<Arc<AccessSampler>>,
+    /// The node's tracing, when it traces.
+    tracing: Option<crate::trace::Tracing>,
 }
 
 impl std::fmt::Debug for ActorSlot {
@@ -95,6 +97,7 @@ impl ActorSlot {
             service_stats: std::sync::OnceLock::new(),
             server: table.server.clone(),
             access: table.access.clone(),
+            tracing: table.tracing.clone(),
             gate: table.gate.clone(),
             id,
             name: Arc::from(name),
@@ -166,6 +169,43 @@ impl ActorSlot {
                 });
             }
         }
+    }
+
+    /// A server span for the call `observed` if the node traces and the call's trace is
+    /// sampled; returns the block the handler sees, whose trace context is then the
+    /// server span's, so the calls the handler makes are its children.
+    #[inline]
+    pub(crate) fn server_span(
+        &self,
+        observed: &mut Option<Observed>,
+        entry: &'static HandlerEntry,
+        caller: Option<&Arc<SpiffeId>>,
+        meta: Option<Arc<crate::call::CallMeta>>,
+    ) -> Option<Arc<crate::call::CallMeta>> {
+        let (Some(tracing), Some(o)) = (self.tracing.as_ref(), observed.as_mut()) else {
+            return meta;
+        };
+        let Some(m) = meta.as_ref() else { return meta };
+        let Some(ctx) = m.trace.filter(crate::trace::is_sampled) else {
+            return meta;
+        };
+        let mut span = crate::trace::OpenSpan::start(
+            tracing,
+            crate::trace::SpanKind::Server,
+            entry.name,
+            ctx.trace_id,
+            Some(ctx.span_id),
+        );
+        span.attribute("actor", self.name.to_string());
+        if let Some(c) = caller {
+            span.attribute("caller", c.to_string());
+        }
+        let child = span.context();
+        o.trace(span);
+        Some(Arc::new(crate::call::CallMeta {
+            trace: Some(child),
+            ..(**m).clone()
+        }))
     }
 
     /// From now on, counts the actor's calls under `service` (the first service named
@@ -324,14 +364,21 @@ pub(crate) struct SlotTable {
     pub(crate) server: Option<Arc<ServerBook>>,
     /// The node's access log, when it writes one (it keeps figures then).
     pub(crate) access: Option<Arc<AccessSampler>>,
+    /// The node's tracing, when it traces (it keeps figures then).
+    pub(crate) tracing: Option<crate::trace::Tracing>,
 }
 
 impl SlotTable {
     /// An empty table; its actors' calls are counted when `figures`.
-    pub(crate) fn keeping_figures(figures: bool, access: Option<AccessSampler>) -> Self {
+    pub(crate) fn keeping_figures(
+        figures: bool,
+        access: Option<AccessSampler>,
+        tracing: Option<crate::trace::Tracing>,
+    ) -> Self {
         Self {
-            server: (figures || access.is_some()).then(Default::default),
+            server: (figures || access.is_some() || tracing.is_some()).then(Default::default),
             access: access.map(Arc::new),
+            tracing,
             ..Self::default()
         }
     }

@@ -621,11 +621,20 @@ impl AccessSampler {
 /// actor's mailbox).
 pub(crate) struct Observed {
     stats: Arc<HandlerStats>,
-    source: usize,
     arrived: Instant,
+    /// The source's row in `stats.calls`.
+    source: u32,
     done: bool,
-    /// Set when the access log writes this call.
-    access: Option<Box<Access>>,
+    /// Set when the access log writes this call or it is traced (boxed: the envelope
+    /// every delivery moves stays small).
+    extra: Option<Box<Extra>>,
+}
+
+/// What a sampled call carries beyond its figures.
+#[derive(Debug, Default)]
+struct Extra {
+    access: Option<Access>,
+    span: Option<crate::trace::OpenSpan>,
 }
 
 impl std::fmt::Debug for Observed {
@@ -638,20 +647,29 @@ impl Observed {
     /// A call to the handler of `stats` from `source` that arrived at `arrived`.
     #[inline]
     pub(crate) fn start(stats: &Arc<HandlerStats>, source: &str, arrived: Instant) -> Self {
-        let source = stats.calls.index(source);
-        stats.calls.at(source).start();
+        let index = stats.calls.index(source);
+        stats.calls.at(index).start();
         Self {
             stats: stats.clone(),
-            source,
             arrived,
+            // At most SOURCES_PER_ROW.
+            source: index as u32,
             done: false,
-            access: None,
+            extra: None,
         }
+    }
+
+    /// The call is traced: `span` ends with it.
+    pub(crate) fn trace(&mut self, mut span: crate::trace::OpenSpan) {
+        span.attribute("service", self.stats.destination.to_string());
+        let source = self.stats.calls.label(self.source as usize).to_string();
+        span.attribute("source", source);
+        self.extra.get_or_insert_with(Box::default).span = Some(span);
     }
 
     /// The access log writes this call when it ends.
     pub(crate) fn log_access(&mut self, access: Access) {
-        self.access = Some(Box::new(access));
+        self.extra.get_or_insert_with(Box::default).access = Some(access);
     }
 
     /// The handler ran for `took`.
@@ -678,15 +696,23 @@ impl Observed {
         }
         self.done = true;
         let took = ended.saturating_duration_since(self.arrived);
-        self.stats.calls.at(self.source).finish(outcome, took);
-        if let Some(a) = self.access.take() {
+        let source = self.source as usize;
+        self.stats.calls.at(source).finish(outcome, took);
+        let Some(extra) = self.extra.take() else {
+            return;
+        };
+        if let Some(a) = &extra.access {
             access_line(
                 &self.stats,
-                self.stats.calls.label(self.source),
-                &a,
+                self.stats.calls.label(source),
+                a,
                 outcome,
                 took,
             );
+        }
+        if let Some(span) = extra.span {
+            let error = (outcome != Outcome::Ok).then(|| outcome.as_str().to_string());
+            span.finish(outcome.as_str(), error);
         }
     }
 }

@@ -88,13 +88,13 @@
 extern crate self as actormesh;
 
 pub use actormesh_macros::{handler, RemoteMessage};
-pub use actormesh_runtime::stats;
 pub use actormesh_runtime::{
     caller, hosted_actor_types, Arrival, AskError, Backoff, CallInfo, CallOptions, CallOutcome,
     InboundGate, Metadata, MetadataError, Node, NodeConfig, NodeError, Refusal, RemoteMessage,
     RemoteRef, RestartPolicy, SpawnOptions, TellError, Terminated, TerminationReason, TraceContext,
     Watch, WeakNode, METADATA_LIMIT,
 };
+pub use actormesh_runtime::{stats, trace};
 pub use actormesh_transport as transport;
 pub use local_ca::{LocalCa, LocalCaError};
 
@@ -106,6 +106,8 @@ pub mod health;
 mod local_ca;
 pub mod mesh;
 pub mod metrics;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod protocol;
 pub mod resources;
 pub mod task;

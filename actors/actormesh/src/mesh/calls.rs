@@ -330,7 +330,7 @@ impl Plan {
                 timeout: Some(timeout),
                 metadata: options.metadata.clone(),
                 attempt,
-                ..RuntimeCallOptions::default()
+                trace: options.trace,
             };
             // Borrowed from the plan's routes: no reference is cloned per try.
             let result = send(routes.target(picked.index), try_options).await;

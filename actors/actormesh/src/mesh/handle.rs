@@ -187,6 +187,7 @@ impl Mesh {
             self.inner.routes.clone(),
             self.inner.node.config().default_ask_timeout,
             figures,
+            self.inner.node.config().tracing.clone(),
         )
     }
 

@@ -15,9 +15,11 @@ use crate::mesh::proxy::Routes;
 use crate::mesh::registry::ServiceName;
 use crate::mesh::route::{ServiceRoutes, ShardIndex};
 use crate::stats::Outcome as Figure;
+use crate::trace::{self, OpenSpan, SpanKind, Tracing};
 use crate::transport::codec;
 use crate::{
-    AskError, CallOptions as RuntimeCallOptions, Metadata, RemoteMessage, RemoteRef, TellError,
+    AskError, CallInfo, CallOptions as RuntimeCallOptions, Metadata, RemoteMessage, RemoteRef,
+    TellError,
 };
 
 /// Options of a call by name.
@@ -32,6 +34,9 @@ pub struct CallOptions {
     pub hash_key: Option<u64>,
     /// User metadata sent with the call (at most [`crate::METADATA_LIMIT`] bytes).
     pub metadata: Metadata,
+    /// The trace context the call continues (e.g. an HTTP `traceparent`); `None`: the
+    /// handled call's, or, on a node that traces, a new trace if this root is sampled.
+    pub trace: Option<crate::TraceContext>,
 }
 
 impl CallOptions {
@@ -61,11 +66,18 @@ impl CallOptions {
         self
     }
 
+    /// Continuing this trace context.
+    pub fn trace(mut self, context: crate::TraceContext) -> Self {
+        self.trace = Some(context);
+        self
+    }
+
     /// The runtime's options for one call, or `None` when a plain call says the same.
     fn runtime(&self, timeout: Duration) -> Option<RuntimeCallOptions> {
-        (!self.metadata.is_empty()).then(|| RuntimeCallOptions {
+        (!self.metadata.is_empty() || self.trace.is_some()).then(|| RuntimeCallOptions {
             timeout: Some(timeout),
             metadata: self.metadata.clone(),
+            trace: self.trace,
             ..RuntimeCallOptions::default()
         })
     }
@@ -109,6 +121,8 @@ pub struct ServiceRef {
     options: CallOptions,
     /// The service's client-side figures, when the node keeps figures.
     figures: Option<ServiceFigures>,
+    /// The node's tracing, when it traces (it keeps figures then).
+    tracing: Option<Tracing>,
 }
 
 impl std::fmt::Debug for ServiceRef {
@@ -221,6 +235,14 @@ fn tell_outcome<M>(r: &Result<(), TellError<M>>) -> Outcome {
     }
 }
 
+/// Ends a client span with the call's outcome.
+fn finish_span<T>(span: OpenSpan, result: &Result<T, AskError>) {
+    match result {
+        Ok(_) => span.finish("ok", None),
+        Err(e) => span.finish(Figure::of_error(e).as_str(), Some(e.to_string())),
+    }
+}
+
 /// How a tell counts in the figures.
 fn tell_figure<M>(r: &Result<(), TellError<M>>) -> Figure {
     match r {
@@ -240,8 +262,10 @@ impl ServiceRef {
         routes: Routes,
         default_timeout: Duration,
         figures: Option<ServiceFigures>,
+        tracing: Option<Tracing>,
     ) -> Self {
         Self {
+            tracing,
             shard: ShardIndex::of(&name),
             name,
             routes,
@@ -339,15 +363,52 @@ impl ServiceRef {
     ) -> Result<M::Result, AskError> {
         // One clock read for the endpoint's latency estimate and the call's figures.
         let started = Instant::now();
-        match &self.figures {
+        let Some(f) = &self.figures else {
+            return self.call_inner(msg, options, wait_for_room, started).await;
+        };
+        let timer = f.begin_at(M::NAME, started);
+        let result = match self.client_span(M::NAME, options) {
             None => self.call_inner(msg, options, wait_for_room, started).await,
-            Some(f) => {
-                let timer = f.begin_at(M::NAME, started);
-                let result = self.call_inner(msg, options, wait_for_room, started).await;
-                timer.finish(Figure::of(&result));
+            Some(span) => {
+                let traced = options.clone().trace(span.context());
+                let result = self.call_inner(msg, &traced, wait_for_room, started).await;
+                finish_span(span, &result);
                 result
             }
-        }
+        };
+        timer.finish(Figure::of(&result));
+        result
+    }
+
+    /// A client span for a call of `message`, if the node traces and the call's trace is
+    /// sampled: the trace it continues (its options', else the handled call's), or, at a
+    /// root, a new one if the node's sampling picks it.
+    fn client_span(&self, message: &str, options: &CallOptions) -> Option<OpenSpan> {
+        let tracing = self.tracing.as_ref()?;
+        let parent = options
+            .trace
+            .or_else(|| CallInfo::with_current(|c| c.and_then(|c| c.trace().copied())));
+        let mut span = match parent {
+            Some(p) if trace::is_sampled(&p) => OpenSpan::start(
+                tracing,
+                SpanKind::Client,
+                message,
+                p.trace_id,
+                Some(p.span_id),
+            ),
+            // An unsampled trace is followed, not sampled again.
+            Some(_) => return None,
+            None if tracing.sample() => OpenSpan::start(
+                tracing,
+                SpanKind::Client,
+                message,
+                trace::new_trace_id(),
+                None,
+            ),
+            None => return None,
+        };
+        span.attribute("service", self.name.to_string());
+        Some(span)
     }
 
     async fn call_inner<M: RemoteMessage>(
@@ -389,11 +450,20 @@ impl ServiceRef {
         payload: &serde_json::Value,
         options: &CallOptions,
     ) -> Result<serde_json::Value, AskError> {
-        let timer = self.figures.as_ref().map(|f| f.begin(message_name));
-        let result = self.ask_json_inner(message_name, payload, options).await;
-        if let Some(t) = timer {
-            t.finish(Figure::of(&result));
-        }
+        let Some(f) = &self.figures else {
+            return self.ask_json_inner(message_name, payload, options).await;
+        };
+        let timer = f.begin(message_name);
+        let result = match self.client_span(message_name, options) {
+            None => self.ask_json_inner(message_name, payload, options).await,
+            Some(span) => {
+                let traced = options.clone().trace(span.context());
+                let result = self.ask_json_inner(message_name, payload, &traced).await;
+                finish_span(span, &result);
+                result
+            }
+        };
+        timer.finish(Figure::of(&result));
         result
     }
 
@@ -417,6 +487,7 @@ impl ServiceRef {
         let runtime = RuntimeCallOptions {
             timeout: Some(options.timeout.unwrap_or(self.default_timeout)),
             metadata: options.metadata.clone(),
+            trace: options.trace,
             ..RuntimeCallOptions::default()
         };
         let result = target.ask_json(message_name, payload, &runtime).await;

@@ -1,0 +1,114 @@
+//! An OTLP/HTTP trace receiver on loopback, built on opentelemetry-proto's types: it
+//! takes `POST /v1/traces` (protobuf) as a collector does and keeps every span, for the
+//! tests that check what the exporter sent and for the benchmark's export.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::http::{header, StatusCode};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message as _;
+
+/// One received span, with the `service.name` of the resource it came under.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Received {
+    /// The exporting resource's `service.name`.
+    pub service: String,
+    /// The span.
+    pub span: opentelemetry_proto::tonic::trace::v1::Span,
+}
+
+/// A running receiver.
+#[derive(Debug, Clone)]
+pub struct Receiver {
+    addr: SocketAddr,
+    spans: Arc<Mutex<Vec<Received>>>,
+    requests: Arc<Mutex<u64>>,
+}
+
+fn service_name(r: &opentelemetry_proto::tonic::trace::v1::ResourceSpans) -> String {
+    r.resource
+        .as_ref()
+        .and_then(|res| {
+            res.attributes
+                .iter()
+                .find(|kv| kv.key == "service.name")
+                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => {
+                        Some(s.clone())
+                    }
+                    _ => None,
+                })
+        })
+        .unwrap_or_default()
+}
+
+impl Receiver {
+    /// Listens on a loopback port the system picks; call inside a tokio runtime.
+    pub async fn start() -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(0));
+        let (keep, count) = (spans.clone(), requests.clone());
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: Bytes| {
+                let (keep, count) = (keep.clone(), count.clone());
+                async move {
+                    let Ok(req) = ExportTraceServiceRequest::decode(body) else {
+                        return (
+                            StatusCode::BAD_REQUEST,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            b"not an ExportTraceServiceRequest".to_vec(),
+                        );
+                    };
+                    *count.lock().unwrap() += 1;
+                    let mut kept = keep.lock().unwrap();
+                    for r in &req.resource_spans {
+                        let service = service_name(r);
+                        for scope in &r.scope_spans {
+                            for span in &scope.spans {
+                                kept.push(Received {
+                                    service: service.clone(),
+                                    span: span.clone(),
+                                });
+                            }
+                        }
+                    }
+                    (
+                        StatusCode::OK,
+                        [(header::CONTENT_TYPE, "application/x-protobuf")],
+                        ExportTraceServiceResponse::default().encode_to_vec(),
+                    )
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self {
+            addr,
+            spans,
+            requests,
+        })
+    }
+
+    /// The base URL to give an exporter (`http://127.0.0.1:port`).
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<Received> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// Export requests received so far.
+    pub fn requests(&self) -> u64 {
+        *self.requests.lock().unwrap()
+    }
+}
