@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use actormesh_cli::{
-    parse_access_share, parse_attr, parse_duration, parse_metrics_listen, parse_role_setting,
-    ApiClient,
+    parse_attr, parse_duration, parse_metrics_listen, parse_role_setting, parse_share, ApiClient,
 };
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
@@ -97,6 +96,18 @@ pub(crate) enum Command {
     /// every node that serves an endpoint (over the mesh, as a client identity), like
     /// `linkerd viz stat`. Nodes count calls only with metrics on (`--metrics-listen`).
     Top(TopArgs),
+}
+
+/// Trace export (`master`, `agent`, `dev`).
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TraceArgs {
+    /// Export traces over OTLP/HTTP (protobuf) to this collector, e.g.
+    /// http://127.0.0.1:4318 (/v1/traces is added). Off by default.
+    #[arg(long, value_name = "URL")]
+    pub(crate) otlp_endpoint: Option<String>,
+    /// The share of root calls that start a trace (with --otlp-endpoint).
+    #[arg(long, value_parser = parse_share, default_value = "0.01", value_name = "SHARE")]
+    pub(crate) trace_sample: f64,
 }
 
 #[derive(Args, Debug)]
@@ -257,8 +268,10 @@ pub(crate) struct MasterArgs {
     pub(crate) metrics_listen: Option<SocketAddr>,
     /// Write an access log line (target actormesh::access) for this share of the calls
     /// that arrive here: 1 every call, 0.01 one in a hundred. Off by default.
-    #[arg(long, value_parser = parse_access_share, value_name = "SHARE")]
+    #[arg(long, value_parser = parse_share, value_name = "SHARE")]
     pub(crate) access_log: Option<f64>,
+    #[command(flatten)]
+    pub(crate) trace: TraceArgs,
     #[command(flatten)]
     pub(crate) push: PushArgs,
 }
@@ -315,8 +328,10 @@ pub(crate) struct AgentArgs {
     pub(crate) metrics_listen: Option<SocketAddr>,
     /// Write an access log line (target actormesh::access) for this share of the calls
     /// that arrive here: 1 every call, 0.01 one in a hundred. Off by default.
-    #[arg(long, value_parser = parse_access_share, value_name = "SHARE")]
+    #[arg(long, value_parser = parse_share, value_name = "SHARE")]
     pub(crate) access_log: Option<f64>,
+    #[command(flatten)]
+    pub(crate) trace: TraceArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -553,6 +568,8 @@ pub(crate) struct DevArgs {
     /// lines print both.
     #[arg(long, value_parser = parse_metrics_listen, default_value = "127.0.0.1:0")]
     pub(crate) metrics_listen: SocketAddr,
+    #[command(flatten)]
+    pub(crate) trace: TraceArgs,
     #[command(flatten)]
     pub(crate) push: PushArgs,
 }

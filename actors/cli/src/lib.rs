@@ -184,12 +184,12 @@ pub enum LogFormat {
 /// The tracing target of the access log.
 pub const ACCESS_TARGET: &str = "actormesh::access";
 
-/// Parses the access log's share of calls (for `--access-log`): above 0, at most 1.
-pub fn parse_access_share(s: &str) -> Result<f64, String> {
+/// Parses a share of calls (for `--access-log`, `--trace-sample`): above 0, at most 1.
+pub fn parse_share(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 1.0 => Ok(v),
         _ => Err(format!(
-            "invalid access log share {s:?}: expected a number above 0 and at most 1 (1: every call, 0.01: one call in a hundred)"
+            "invalid share {s:?}: expected a number above 0 and at most 1 (1: every call, 0.01: one call in a hundred)"
         )),
     }
 }

@@ -47,6 +47,7 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
         let sum = reserved.remove(role).unwrap_or_default().plus(&res);
         reserved.insert(role.clone(), sum);
     }
+    let tracing = args.trace.tracing(&format!("agent/{}", args.name))?;
     let config = AgentConfig {
         join: args.join,
         token: args.token,
@@ -59,6 +60,7 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
         reserved,
         metrics_listen: args.metrics_listen,
         access_log: args.access_log,
+        tracing,
         host: if args.demo_actors {
             actormesh_cli::demo::host()
         } else {
@@ -111,6 +113,7 @@ impl MasterArgs {
         c.roles = self.roles()?;
         c.metrics_listen = self.metrics_listen;
         c.access_log = self.access_log;
+        c.tracing = self.trace.tracing("master")?;
         self.push.apply(&mut c)?;
         Ok(c)
     }
@@ -149,6 +152,20 @@ impl MasterArgs {
     }
 }
 
+impl crate::args::TraceArgs {
+    /// The node's tracing: spans exported to --otlp-endpoint as `service.name` `name`.
+    fn tracing(&self, name: &str) -> anyhow::Result<Option<actormesh::trace::Tracing>> {
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return Ok(None);
+        };
+        let exporter = actormesh::otlp::OtlpExporter::start(endpoint, name)
+            .map_err(|e| anyhow::anyhow!("--otlp-endpoint: {e}"))?;
+        let tracing = actormesh::trace::Tracing::new(exporter, self.trace_sample)
+            .map_err(|e| anyhow::anyhow!("--trace-sample: {e}"))?;
+        Ok(Some(tracing))
+    }
+}
+
 impl PushArgs {
     /// Sets the push settings of `c`, refusing a window that is not shorter than the STALE
     /// limit (every proxy would be STALE while each window is open).
@@ -182,6 +199,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     config.bootstrap = args.bootstrap;
     config.api = args.api;
     config.metrics_listen = Some(args.metrics_listen);
+    config.tracing = args.trace.tracing("master")?;
     args.push.apply(&mut config)?;
     let m = master::start(config).await?;
     let token = m.agent_token(Duration::from_secs(3600)).await?;
@@ -197,6 +215,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         reserved: Default::default(),
         metrics_listen: Some("127.0.0.1:0".parse()?),
         access_log: None,
+        tracing: args.trace.tracing("agent/dev-agent")?,
         host: actormesh_cli::demo::host(),
     })
     .await?;

@@ -47,6 +47,7 @@ async fn a_framework_keeps_its_tasks_across_a_master_restart() {
         reserved: Default::default(),
         metrics_listen: None,
         access_log: None,
+        tracing: None,
         host: Default::default(),
     })
     .await

@@ -67,6 +67,8 @@ pub struct AgentConfig {
     /// Write an access log for this share of the calls that arrive here
     /// (`NodeConfig::access_log`).
     pub access_log: Option<f64>,
+    /// Trace calls (`NodeConfig::tracing`): spans to this sink, roots sampled at its ratio.
+    pub tracing: Option<crate::trace::Tracing>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -114,6 +116,7 @@ impl AgentConfig {
             reserved: BTreeMap::new(),
             metrics_listen: None,
             access_log: None,
+            tracing: None,
         }
     }
 
@@ -412,6 +415,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let mut node_config = NodeConfig::new(config.listen);
     node_config.metrics_listen = config.metrics_listen;
     node_config.access_log = config.access_log;
+    node_config.tracing = config.tracing.clone();
     let node = Node::start(node_config, &creds)?;
     // Whoever answers at the master's address must be the master, not just any member.
     let link = node

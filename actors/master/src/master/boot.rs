@@ -268,6 +268,7 @@ pub async fn start_with_store(
     let mut node_config = NodeConfig::new(config.listen);
     node_config.metrics_listen = config.metrics_listen;
     node_config.access_log = config.access_log;
+    node_config.tracing = config.tracing.clone();
     let node = Node::start(node_config, &creds)?;
     let fingerprint = ca.fingerprint();
 

@@ -83,6 +83,8 @@ pub struct MasterConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Write an access log for this share of the calls that arrive here.
     pub access_log: Option<f64>,
+    /// Trace calls: spans to this sink, roots sampled at its ratio.
+    pub tracing: Option<actormesh::trace::Tracing>,
 }
 
 impl MasterConfig {
@@ -105,6 +107,7 @@ impl MasterConfig {
             drain_time: crate::services::DEFAULT_DRAIN,
             metrics_listen: None,
             access_log: None,
+            tracing: None,
         }
     }
 }

@@ -61,6 +61,7 @@ fn agent_config(
         reserved: Default::default(),
         metrics_listen: None,
         access_log: None,
+        tracing: None,
         host: Default::default(),
     }
 }

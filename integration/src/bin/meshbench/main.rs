@@ -105,6 +105,9 @@ enum Suite {
         /// Keep call figures and serve them at /metrics (on a port the system picks).
         #[arg(long)]
         metrics: bool,
+        /// Trace (1 % of roots) and export spans over OTLP/HTTP here.
+        #[arg(long)]
+        otlp_endpoint: Option<String>,
     },
     /// (internal) A master process for the cluster suite.
     #[command(hide = true)]
@@ -171,7 +174,8 @@ fn main() -> anyhow::Result<()> {
             name,
             role,
             metrics,
-        } => mesh::agent_proc(join, token, data_dir, name, role, metrics),
+            otlp_endpoint,
+        } => mesh::agent_proc(join, token, data_dir, name, role, metrics, otlp_endpoint),
         Suite::MasterProc {
             data_dir,
             listen,

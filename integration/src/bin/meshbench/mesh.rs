@@ -110,8 +110,8 @@ async fn run_in(dir: PathBuf, s: Settings) -> anyhow::Result<()> {
         baseline: median(calls.direct_pipe),
     }
     .print();
-    // Call figures kept on both nodes and /metrics served (no scrapes during the run);
-    // traces are not part of it yet.
+    // Call figures kept on both nodes and /metrics served (no scrapes during the run), and
+    // 1 % of the calls traced, their spans exported over OTLP/HTTP to a local receiver.
     Line {
         name: "mesh_ask_pipelined_throughput_metrics_on",
         value: median(calls.figures_on_pipe),
@@ -347,6 +347,7 @@ fn agent_config(
         reserved: Default::default(),
         metrics_listen: None,
         access_log: None,
+        tracing: None,
         host,
     }
 }
@@ -380,12 +381,16 @@ pub fn agent_proc(
     name: String,
     role: String,
     metrics: bool,
+    otlp_endpoint: Option<String>,
 ) -> anyhow::Result<()> {
     actix::System::new().block_on(async move {
         let host = ActorHost::new().with("sink", Sink::default);
         let mut config = agent_config(join, token, data_dir, &name, &role, host);
         if metrics {
             config.metrics_listen = Some("127.0.0.1:0".parse().expect("address"));
+        }
+        if let Some(url) = otlp_endpoint {
+            config.tracing = Some(tracing_to(&url, &name)?);
         }
         let a = agent::start(config).await?;
         println!("READY {}", a.agent_id);
@@ -394,12 +399,51 @@ pub fn agent_proc(
     })
 }
 
+/// Tracing at [`TRACE_SAMPLE`] of the roots, exported to `url` as `name`.
+fn tracing_to(url: &str, name: &str) -> anyhow::Result<actormesh::trace::Tracing> {
+    let exporter = actormesh::otlp::OtlpExporter::start(url, name).map_err(|e| anyhow!(e))?;
+    actormesh::trace::Tracing::new(exporter, TRACE_SAMPLE).map_err(|e| anyhow!(e))
+}
+
+/// The share of root calls traced in the metrics-on measurement.
+const TRACE_SAMPLE: f64 = 0.01;
+
+/// An OTLP/HTTP receiver on a thread of its own (its own runtime), so that decoding
+/// spans does not share the measured caller's thread.
+fn receiver_thread() -> anyhow::Result<actormesh_integration::otlp_receiver::Receiver> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("otlp-receiver".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let _ = tx.send(actormesh_integration::otlp_receiver::Receiver::start().await);
+                std::future::pending::<()>().await;
+            });
+        })?;
+    Ok(rx.recv_timeout(Duration::from_secs(10))??)
+}
+
 async fn spawn_agent_proc(
     exe: &Path,
     m: &MasterThread,
     dir: &Path,
     name: &str,
     metrics: bool,
+) -> anyhow::Result<ChildProc> {
+    spawn_agent_proc_with(exe, m, dir, name, metrics, None).await
+}
+
+async fn spawn_agent_proc_with(
+    exe: &Path,
+    m: &MasterThread,
+    dir: &Path,
+    name: &str,
+    metrics: bool,
+    otlp: Option<&str>,
 ) -> anyhow::Result<ChildProc> {
     let (join, data) = (
         m.bootstrap.to_string(),
@@ -420,6 +464,9 @@ async fn spawn_agent_proc(
     ];
     if metrics {
         args.push("--metrics");
+    }
+    if let Some(url) = otlp {
+        args.extend(["--otlp-endpoint", url]);
     }
     let mut child = ChildProc::spawn(exe, &args)?;
     child
@@ -521,9 +568,13 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
 
     // A caller and a server that keep call figures and serve /metrics, beside the pair
     // that keep none: the same service, actor and deployment shape.
-    let mut server_m = spawn_agent_proc(&exe, &m, dir, "server-m", true).await?;
+    // Both trace 1 % of their roots and export the spans over OTLP/HTTP to a receiver.
+    let receiver = receiver_thread()?;
+    let url = receiver.endpoint();
+    let mut server_m = spawn_agent_proc_with(&exe, &m, dir, "server-m", true, Some(&url)).await?;
     let mut caller_config = m.agent_config(dir, "caller-m", "caller-m", ActorHost::new());
     caller_config.metrics_listen = Some("127.0.0.1:0".parse().expect("address"));
+    caller_config.tracing = Some(tracing_to(&url, "caller-m")?);
     let caller_m = agent::start(caller_config)
         .await
         .context("the caller agent with metrics")?;
@@ -583,6 +634,20 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         f.plain_lat.push(plain);
         f.policy_lat.push(policed);
     }
+    // The traced calls' spans reached the receiver (both sides of each traced call).
+    let start = Instant::now();
+    while receiver.spans().is_empty() {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "no span exported from the traced calls"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "metrics-on measurement: {} spans exported in {} requests",
+        receiver.spans().len(),
+        receiver.requests()
+    );
     let (idle, serving) = memory(&exe, &m, dir, &caller, s.endpoints).await?;
     f.rss_idle_mib = idle;
     f.rss_serving_mib = serving;

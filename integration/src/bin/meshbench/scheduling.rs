@@ -86,6 +86,7 @@ async fn run_in(dir: std::path::PathBuf, n_agents: usize, instances: usize) -> a
                 reserved: Default::default(),
                 metrics_listen: None,
                 access_log: None,
+                tracing: None,
                 host: ActorHost::new().with("sink", Sink::default),
             })
             .await
