@@ -27,6 +27,7 @@ pub struct Receiver {
     addr: SocketAddr,
     spans: Arc<Mutex<Vec<Received>>>,
     requests: Arc<Mutex<u64>>,
+    counted: Arc<Mutex<u64>>,
 }
 
 fn service_name(r: &opentelemetry_proto::tonic::trace::v1::ResourceSpans) -> String {
@@ -47,17 +48,29 @@ fn service_name(r: &opentelemetry_proto::tonic::trace::v1::ResourceSpans) -> Str
 }
 
 impl Receiver {
-    /// Listens on a loopback port the system picks; call inside a tokio runtime.
+    /// Listens on a loopback port the system picks, keeping every span; call inside a
+    /// tokio runtime.
     pub async fn start() -> std::io::Result<Self> {
+        Self::start_with(true).await
+    }
+
+    /// Like [`Receiver::start`], but only counts the spans (for the benchmark: decoding
+    /// them is the collector's work, keeping them is not).
+    pub async fn start_counting() -> std::io::Result<Self> {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(keep_spans: bool) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let spans = Arc::new(Mutex::new(Vec::new()));
         let requests = Arc::new(Mutex::new(0));
-        let (keep, count) = (spans.clone(), requests.clone());
+        let counted = Arc::new(Mutex::new(0));
+        let (keep, count, seen) = (spans.clone(), requests.clone(), counted.clone());
         let app = axum::Router::new().route(
             "/v1/traces",
             axum::routing::post(move |body: Bytes| {
-                let (keep, count) = (keep.clone(), count.clone());
+                let (keep, count, seen) = (keep.clone(), count.clone(), seen.clone());
                 async move {
                     let Ok(req) = ExportTraceServiceRequest::decode(body) else {
                         return (
@@ -67,6 +80,19 @@ impl Receiver {
                         );
                     };
                     *count.lock().unwrap() += 1;
+                    *seen.lock().unwrap() += req
+                        .resource_spans
+                        .iter()
+                        .flat_map(|r| &r.scope_spans)
+                        .map(|s| s.spans.len() as u64)
+                        .sum::<u64>();
+                    if !keep_spans {
+                        return (
+                            StatusCode::OK,
+                            [(header::CONTENT_TYPE, "application/x-protobuf")],
+                            ExportTraceServiceResponse::default().encode_to_vec(),
+                        );
+                    }
                     let mut kept = keep.lock().unwrap();
                     for r in &req.resource_spans {
                         let service = service_name(r);
@@ -94,6 +120,7 @@ impl Receiver {
             addr,
             spans,
             requests,
+            counted,
         })
     }
 
@@ -105,6 +132,11 @@ impl Receiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Received> {
         self.spans.lock().unwrap().clone()
+    }
+
+    /// Spans received so far (kept or only counted).
+    pub fn received(&self) -> u64 {
+        *self.counted.lock().unwrap()
     }
 
     /// Export requests received so far.

@@ -15,6 +15,8 @@
 //! | `actormesh_inbound_requests_total` (counter) | `source`, `service`, `message`, `outcome` |
 //! | `actormesh_inbound_latency_seconds` (histogram) | `source`, `service`, `message` |
 //! | `actormesh_inbound_in_flight` (gauge) | `source`, `service`, `message` |
+//! | `actormesh_outbound_retries_total`, `actormesh_outbound_circuit_open_total` (counters) | `service` |
+//! | `actormesh_outbound_endpoints`, `actormesh_outbound_endpoints_ejected`, `actormesh_outbound_breaker_open` (gauges) | `service` |
 //! | `actormesh_handler_seconds` (histogram) | `service`, `message` |
 //! | `actormesh_mailbox_depth`, `actormesh_mailbox_capacity` (gauges) | `actor`, `actor_type` |
 //! | `actormesh_peer_rtt_seconds`, `actormesh_peer_open_streams`, `actormesh_peer_pending_asks` (gauges) | `peer`, `addr` |
@@ -164,6 +166,41 @@ pub fn gather(node: &Node) -> Families {
                 ("message", message.as_str()),
             ];
             calls(&mut out, "outbound", &labels, &f);
+        }
+        for p in mesh.policy() {
+            let labels = [("service", p.service.as_str())];
+            out.counter(
+                "actormesh_outbound_retries",
+                "Tries sent again by the service's route retries.",
+                &labels,
+                p.retries,
+            );
+            out.counter(
+                "actormesh_outbound_circuit_open",
+                "Calls the service's circuit breaker refused at once.",
+                &labels,
+                p.circuit_open,
+            );
+            out.gauge(
+                "actormesh_outbound_endpoints",
+                "Endpoints of the service in this node's route table.",
+                &labels,
+                p.endpoints as f64,
+            );
+            out.gauge(
+                "actormesh_outbound_endpoints_ejected",
+                "Endpoints of the service this node ejects now (passive health, outlier detection).",
+                &labels,
+                p.ejected as f64,
+            );
+            if let Some(open) = p.breaker_open {
+                out.gauge(
+                    "actormesh_outbound_breaker_open",
+                    "1 while the service's circuit breaker is tripped open, else 0.",
+                    &labels,
+                    f64::from(u8::from(open)),
+                );
+            }
         }
     }
     for row in node.server_figures() {

@@ -4,11 +4,12 @@
 //! [`OtlpExporter::start`] gives a [`SpanSink`] for `Tracing::new`. Recording a span only
 //! queues it (a bounded channel of [`QUEUE`] spans; past it spans are dropped and
 //! counted, never waited for). A thread of the exporter's own, with its own
-//! current-thread tokio runtime, sends batches of up to [`BATCH`] spans, or what has
-//! queued after [`FLUSH_EVERY`].
+//! current-thread tokio runtime, sends batches of up to [`BATCH`] spans of what has
+//! queued, every [`POLL`]: it sleeps in between rather than wait on the queue, so that
+//! recording a span never wakes a thread.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, SyncSender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,8 +27,8 @@ use crate::trace::{Span, SpanKind, SpanSink};
 pub const QUEUE: usize = 8192;
 /// Spans sent in one request at most.
 pub const BATCH: usize = 512;
-/// What has queued is sent at least this often.
-pub const FLUSH_EVERY: Duration = Duration::from_millis(500);
+/// How often the exporter takes what has queued (and sends it, in batches).
+pub const POLL: Duration = Duration::from_millis(100);
 
 /// The exporter: a [`SpanSink`] whose spans a background thread ships.
 #[derive(Debug)]
@@ -138,21 +139,25 @@ impl OtlpExporter {
                     let scope = InstrumentationScope::builder("actormesh").build();
                     let mut last_warning: Option<Instant> = None;
                     loop {
-                        let mut batch = Vec::new();
-                        let deadline = Instant::now() + FLUSH_EVERY;
+                        // Sleeps, then takes what queued: a recording never has to wake
+                        // this thread (no futex on a call's path).
+                        tokio::time::sleep(POLL).await;
                         let mut closed = false;
-                        while batch.len() < BATCH {
-                            let left = deadline.saturating_duration_since(Instant::now());
-                            match rx.recv_timeout(left) {
-                                Ok(span) => batch.push(otel_span(span, &scope)),
-                                Err(RecvTimeoutError::Timeout) => break,
-                                Err(RecvTimeoutError::Disconnected) => {
-                                    closed = true;
-                                    break;
+                        loop {
+                            let mut batch = Vec::new();
+                            while batch.len() < BATCH {
+                                match rx.try_recv() {
+                                    Ok(span) => batch.push(otel_span(span, &scope)),
+                                    Err(TryRecvError::Empty) => break,
+                                    Err(TryRecvError::Disconnected) => {
+                                        closed = true;
+                                        break;
+                                    }
                                 }
                             }
-                        }
-                        if !batch.is_empty() {
+                            if batch.is_empty() {
+                                break;
+                            }
                             let n = batch.len() as u64;
                             match exporter.export(batch).await {
                                 Ok(()) => {

@@ -339,6 +339,45 @@ async fn prometheus_scrapes_every_node_and_queries_return_the_calls() {
     )
     .await;
     assert!(p99 < 5.0, "p99 {p99}");
+    // The master's control plane: two agents active, the two instances placed, pushes
+    // acknowledged, and no proxy behind once they all applied.
+    let master_job = format!(r#"instance="{master_metrics}""#);
+    for (q, want) in [
+        (
+            format!(r#"actormesh_master_agents{{{master_job},state="Active"}}"#),
+            2.0,
+        ),
+        (
+            format!(r#"actormesh_master_placements_total{{{master_job}}}"#),
+            2.0,
+        ),
+        (
+            format!(r#"actormesh_master_instances_running{{{master_job}}}"#),
+            2.0,
+        ),
+        (
+            format!(r#"actormesh_master_replicas_pending{{{master_job}}}"#),
+            0.0,
+        ),
+        (
+            format!(r#"actormesh_master_proxies_behind{{{master_job}}}"#),
+            0.0,
+        ),
+    ] {
+        wait_query(prom_addr, &q, |v| v == want).await;
+    }
+    wait_query(
+        prom_addr,
+        &format!(r#"actormesh_master_push_latency_seconds_count{{{master_job}}}"#),
+        |v| v > 0.0,
+    )
+    .await;
+    wait_query(
+        prom_addr,
+        &format!(r#"actormesh_master_registry_version{{{master_job}}}"#),
+        |v| v > 0.0,
+    )
+    .await;
     // Transport figures per peer, from quinn.
     wait_query(prom_addr, r#"count(actormesh_peer_rtt_seconds)"#, |v| {
         v >= 3.0

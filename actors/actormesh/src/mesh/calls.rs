@@ -17,11 +17,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::mesh::balance::{Nanos, PickInput, Picked};
 use crate::mesh::clock;
+use crate::mesh::figures::PolicyCounters;
 use crate::mesh::policy::active::{lock, ActivePolicy};
 use crate::mesh::policy::breaker::Limit;
 use crate::mesh::policy::retry::{self, RetryPolicy};
@@ -56,6 +58,8 @@ pub(crate) struct Plan {
     /// more than the call being handled has left.
     overall: Duration,
     started: Instant,
+    /// The service's policy counters, when the node keeps figures.
+    counters: Option<Arc<PolicyCounters>>,
 }
 
 /// The overall timeout of a call: the rule's and the caller's, the shorter if both are set;
@@ -150,7 +154,22 @@ impl Plan {
             mirror,
             overall,
             started,
+            counters: None,
         }
+    }
+
+    /// Counting retries and breaker refusals in `counters`.
+    pub(crate) fn counted(mut self, counters: Option<Arc<PolicyCounters>>) -> Self {
+        self.counters = counters;
+        self
+    }
+
+    /// The breaker refused the call at `limit`: counted, and its error.
+    fn refused(&self, service: &ServiceName, limit: Limit) -> AskError {
+        if let Some(c) = &self.counters {
+            c.circuit_open.fetch_add(1, Ordering::Relaxed);
+        }
+        circuit_open(service, limit)
     }
 
     fn policy(&self) -> &ActivePolicy {
@@ -292,11 +311,11 @@ impl Plan {
         let t0 = clock::nanos(self.started);
         // A tripped breaker refuses at once; a half-open one lets this call be its trial.
         let mut trial = match breaker {
-            Some(b) => b.enter(t0).map_err(|l| circuit_open(service, l))?,
+            Some(b) => b.enter(t0).map_err(|l| self.refused(service, l))?,
             None => None,
         };
         let _pending = match breaker {
-            Some(b) => Some(b.pending().map_err(|l| circuit_open(service, l))?),
+            Some(b) => Some(b.pending().map_err(|l| self.refused(service, l))?),
             None => None,
         };
         let retries = self.retries();
@@ -324,7 +343,7 @@ impl Plan {
             if let Some(Err(l)) = breaker.map(|b| b.admit(state.in_flight() - 1)) {
                 // Never sent: the endpoint's state forgets the call.
                 drop(call);
-                return Err(circuit_open(service, l));
+                return Err(self.refused(service, l));
             }
             let try_options = RuntimeCallOptions {
                 timeout: Some(timeout),
@@ -366,6 +385,9 @@ impl Plan {
             };
             tried.push(picked.index);
             attempt += 1;
+            if let Some(c) = &self.counters {
+                c.retries.fetch_add(1, Ordering::Relaxed);
+            }
             if !backoff.is_zero() {
                 tokio::time::sleep(backoff).await;
                 now = Instant::now();

@@ -4,35 +4,123 @@
 //! made; a call then finds its row by a short lock-free scan.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
+use crate::mesh::clock;
+use crate::mesh::proxy::Routes;
 use crate::mesh::registry::ServiceName;
+use crate::mesh::route::RouteTable;
 use crate::stats::{self, ByMessage, CallStats, Outcome, StatsSnapshot, OTHER};
 use crate::CallInfo;
+use crate::RemoteRef;
 
 /// Distinct services a node counts client-side figures for; past it, [`OTHER`].
 pub const SERVICES_PER_NODE: usize = 1024;
 
+/// What a service's traffic policy did on this node, counted as it happens.
+#[derive(Debug, Default)]
+pub struct PolicyCounters {
+    /// Tries sent again by the route's retries.
+    pub retries: AtomicU64,
+    /// Calls the circuit breaker refused at once.
+    pub circuit_open: AtomicU64,
+}
+
+/// A service's client-side figures.
+#[derive(Debug, Default)]
+pub(crate) struct ServiceTable {
+    calls: ByMessage,
+    policy: Arc<PolicyCounters>,
+}
+
+/// One service's traffic policy state on this node, for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyFigures {
+    /// The service.
+    pub service: String,
+    /// Retries sent.
+    pub retries: u64,
+    /// Calls refused by the circuit breaker.
+    pub circuit_open: u64,
+    /// Endpoints ejected now (passive health or outlier detection).
+    pub ejected: u64,
+    /// Endpoints in all.
+    pub endpoints: u64,
+    /// Whether the breaker is tripped open now (`None`: the service has no breaker).
+    pub breaker_open: Option<bool>,
+}
+
 /// A node's client-side call figures, attached to its [`crate::Node`] (one per node).
-#[derive(Debug)]
 pub struct MeshFigures {
-    services: Mutex<HashMap<String, Arc<ByMessage>>>,
+    services: Mutex<HashMap<String, Arc<ServiceTable>>>,
     /// The source label of calls made outside a handler: `client` on a client identity's
     /// node, else `unknown`.
     outside: &'static str,
+    /// The mesh's route table, for the state of endpoints and breakers (weak: the table
+    /// holds references to the node, which holds this).
+    routes: Weak<ArcSwap<RouteTable<RemoteRef>>>,
+}
+
+impl std::fmt::Debug for MeshFigures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshFigures").finish_non_exhaustive()
+    }
 }
 
 impl MeshFigures {
-    pub(crate) fn new(node_is_client: bool) -> Self {
+    pub(crate) fn new(node_is_client: bool, routes: &Routes) -> Self {
         Self {
             services: Mutex::new(HashMap::new()),
             outside: stats::source_label(None, node_is_client),
+            routes: Arc::downgrade(routes),
         }
     }
 
+    /// Every service's policy state now: counters of this node's calls, and the endpoint
+    /// and breaker state of the current route table.
+    pub fn policy(&self) -> Vec<PolicyFigures> {
+        let counters: HashMap<String, Arc<PolicyCounters>> = self
+            .services
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.policy.clone()))
+            .collect();
+        let mut out = Vec::new();
+        let Some(routes) = self.routes.upgrade() else {
+            return out;
+        };
+        let table = routes.load();
+        let now = clock::now();
+        for r in table.services() {
+            let name = r.service().name.to_string();
+            let c = counters.get(&name);
+            let policy = r.policy();
+            if c.is_none() && policy.is_none() {
+                continue;
+            }
+            let n = r.endpoints().len();
+            out.push(PolicyFigures {
+                retries: c.map_or(0, |c| c.retries.load(Ordering::Relaxed)),
+                circuit_open: c.map_or(0, |c| c.circuit_open.load(Ordering::Relaxed)),
+                ejected: (0..n)
+                    .filter(|i| r.state(*i).ejected_for(now).is_some())
+                    .count() as u64,
+                endpoints: n as u64,
+                breaker_open: policy.and_then(|p| p.breaker()).map(|b| b.tripped(now)),
+                service: name,
+            });
+        }
+        out.sort_by(|a, b| a.service.cmp(&b.service));
+        out
+    }
+
     /// The table of `service` (found once per `ServiceRef`).
-    pub(crate) fn service(&self, service: &ServiceName) -> Arc<ByMessage> {
+    pub(crate) fn service(&self, service: &ServiceName) -> Arc<ServiceTable> {
         let mut services = self.services.lock().unwrap_or_else(|e| e.into_inner());
         let key = service.to_string();
         if let Some(t) = services.get(&key) {
@@ -58,7 +146,8 @@ impl MeshFigures {
         let mut out: Vec<_> = services
             .into_iter()
             .flat_map(|(service, by)| {
-                by.snapshot()
+                by.calls
+                    .snapshot()
                     .into_iter()
                     .map(move |(m, s, f)| (service.clone(), m, s, f))
             })
@@ -71,7 +160,7 @@ impl MeshFigures {
 /// A service's table as a `ServiceRef` holds it.
 #[derive(Debug, Clone)]
 pub(crate) struct ServiceFigures {
-    table: Arc<ByMessage>,
+    table: Arc<ServiceTable>,
     outside: &'static str,
 }
 
@@ -92,7 +181,7 @@ impl ServiceFigures {
     /// A call of `message` started at `started`.
     #[inline]
     pub(crate) fn begin_at(&self, message: &str, started: Instant) -> CallTimer<'_> {
-        let by = self.table.message(message);
+        let by = self.table.calls.message(message);
         let stats = CallInfo::with_current(|c| {
             by.source(c.and_then(|c| c.handler_workload()).unwrap_or(self.outside))
         });
@@ -102,6 +191,13 @@ impl ServiceFigures {
             started,
             done: false,
         }
+    }
+}
+
+impl ServiceFigures {
+    /// The service's policy counters.
+    pub(crate) fn policy(&self) -> &Arc<PolicyCounters> {
+        &self.table.policy
     }
 }
 

@@ -144,7 +144,7 @@ impl Mesh {
             .map(|addr| node.actor_ref(addr, MASTER_ACTOR));
         let figures = node.keeps_figures().then(|| {
             let is_client = node.identity().path().starts_with("/client/");
-            node.extension(|| MeshFigures::new(is_client))
+            node.extension(|| MeshFigures::new(is_client, &routes))
         });
         let inner = Arc::new(MeshInner {
             node: node.clone(),

@@ -548,6 +548,11 @@ impl<T> RouteTable<T> {
         self.services.get(name)
     }
 
+    /// Every service's routes.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<ServiceRoutes<T>>> {
+        self.services.values()
+    }
+
     /// A service's routes, by its name and its [`ShardIndex`] (taken once, so that a
     /// caller looking the same name up on every call hashes it once per call, not twice).
     #[inline]

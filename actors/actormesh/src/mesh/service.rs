@@ -380,6 +380,11 @@ impl ServiceRef {
         result
     }
 
+    /// The service's policy counters, when the node keeps figures.
+    fn counters(&self) -> Option<Arc<crate::mesh::figures::PolicyCounters>> {
+        self.figures.as_ref().map(|f| f.policy().clone())
+    }
+
     /// A client span for a call of `message`, if the node traces and the call's trace is
     /// sampled: the trace it continues (its options', else the handled call's), or, at a
     /// root, a new one if the node's sampling picks it.
@@ -574,7 +579,8 @@ impl ServiceRef {
         wait_for_room: bool,
         routes: Arc<ServiceRoutes<RemoteRef>>,
     ) -> Result<M::Result, AskError> {
-        let plan = Plan::new(routes, M::NAME, options, self.default_timeout);
+        let plan =
+            Plan::new(routes, M::NAME, options, self.default_timeout).counted(self.counters());
         if plan.has_faults() {
             plan.faults().await?;
         }
@@ -620,7 +626,8 @@ impl ServiceRef {
         options: &CallOptions,
         routes: Arc<ServiceRoutes<RemoteRef>>,
     ) -> Result<serde_json::Value, AskError> {
-        let plan = Plan::new(routes, message_name, options, self.default_timeout);
+        let plan =
+            Plan::new(routes, message_name, options, self.default_timeout).counted(self.counters());
         if plan.has_faults() {
             plan.faults().await?;
         }
@@ -646,7 +653,8 @@ impl ServiceRef {
         msg: M,
         routes: Arc<ServiceRoutes<RemoteRef>>,
     ) -> Result<(), TellError<M>> {
-        let plan = Plan::new(routes, M::NAME, &self.options, self.default_timeout);
+        let plan = Plan::new(routes, M::NAME, &self.options, self.default_timeout)
+            .counted(self.counters());
         if let Err(e) = plan.faults().await {
             return Err(TellError::NotDelivered(msg, e.to_string()));
         }
@@ -674,7 +682,8 @@ impl ServiceRef {
         msg: M,
         routes: Arc<ServiceRoutes<RemoteRef>>,
     ) -> Result<(), TellError<M>> {
-        let plan = Plan::new(routes, M::NAME, &self.options, self.default_timeout);
+        let plan = Plan::new(routes, M::NAME, &self.options, self.default_timeout)
+            .counted(self.counters());
         let target = plan.abort_now().and_then(|()| self.tell_target(&plan));
         let (target, call) = match target {
             Ok(t) => t,

@@ -110,6 +110,15 @@ async fn run_in(dir: PathBuf, s: Settings) -> anyhow::Result<()> {
         baseline: median(calls.direct_pipe),
     }
     .print();
+    // CPU seconds per second of the calling node's thread and the serving node's process
+    // together at 1,000 calls/s (ztunnel: 0.06 vCPU at 1,000 rps), beside direct asks.
+    Line {
+        name: "proxy_cpu_per_1000rps",
+        value: median(calls.cpu_by_name),
+        unit: "cpu-s/s",
+        baseline: median(calls.cpu_direct),
+    }
+    .print();
     // Call figures kept on both nodes and /metrics served (no scrapes during the run), and
     // 1 % of the calls traced, their spans exported over OTLP/HTTP to a local receiver.
     Line {
@@ -420,7 +429,8 @@ fn receiver_thread() -> anyhow::Result<actormesh_integration::otlp_receiver::Rec
                 .build()
                 .expect("a runtime");
             rt.block_on(async move {
-                let _ = tx.send(actormesh_integration::otlp_receiver::Receiver::start().await);
+                let _ =
+                    tx.send(actormesh_integration::otlp_receiver::Receiver::start_counting().await);
                 std::future::pending::<()>().await;
             });
         })?;
@@ -498,6 +508,11 @@ struct CallFigures {
     policy_lat: Vec<Vec<Duration>>,
     direct_pipe: Vec<f64>,
     by_name_pipe: Vec<f64>,
+    /// CPU seconds per second of the caller's thread and the server process at 1,000
+    /// calls/s by name, paired with…
+    cpu_by_name: Vec<f64>,
+    /// …the same with direct asks.
+    cpu_direct: Vec<f64>,
     /// By name between nodes that keep no figures, paired with…
     figures_off_pipe: Vec<f64>,
     /// …by name between like nodes that keep them and serve /metrics.
@@ -608,6 +623,8 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         policy_lat: Vec::new(),
         direct_pipe: Vec::new(),
         by_name_pipe: Vec::new(),
+        cpu_by_name: Vec::new(),
+        cpu_direct: Vec::new(),
         figures_off_pipe: Vec::new(),
         figures_on_pipe: Vec::new(),
         rss_idle_mib: 0.0,
@@ -625,6 +642,19 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         let (d, b) = paired_rates(n(100_000.0), direct_ask, by_name_ask).await?;
         f.direct_pipe.push(d);
         f.by_name_pipe.push(b);
+        // CPU at a fixed rate: by name, then direct, the order swapped every round.
+        let server_pid = server.child.id().context("the server's pid")?;
+        let span = Duration::from_secs_f64((2.0 * s.scale).max(1.0));
+        let first_by_name = f.cpu_by_name.len().is_multiple_of(2);
+        for by_name_now in [first_by_name, !first_by_name] {
+            if by_name_now {
+                f.cpu_by_name
+                    .push(cpu_at_rate(span, server_pid, &by_name_ask).await?);
+            } else {
+                f.cpu_direct
+                    .push(cpu_at_rate(span, server_pid, &direct_ask).await?);
+            }
+        }
         let figures_ask = |p| with_figures.ask_timeout(Echo(p), CALL_LIMIT);
         let (off, on) = paired_rates(n(100_000.0), by_name_ask, figures_ask).await?;
         f.figures_off_pipe.push(off);
@@ -636,7 +666,7 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
     }
     // The traced calls' spans reached the receiver (both sides of each traced call).
     let start = Instant::now();
-    while receiver.spans().is_empty() {
+    while receiver.received() == 0 {
         anyhow::ensure!(
             start.elapsed() < Duration::from_secs(10),
             "no span exported from the traced calls"
@@ -645,7 +675,7 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
     }
     eprintln!(
         "metrics-on measurement: {} spans exported in {} requests",
-        receiver.spans().len(),
+        receiver.received(),
         receiver.requests()
     );
     let (idle, serving) = memory(&exe, &m, dir, &caller, s.endpoints).await?;
@@ -656,6 +686,70 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
     caller.node.shutdown();
     caller_m.node.shutdown();
     Ok(f)
+}
+
+/// CPU time used so far, in nanoseconds, by the thread calling this (`/proc/thread-self`),
+/// or by every thread of process `pid`.
+fn cpu_nanos(pid: Option<u32>) -> anyhow::Result<u64> {
+    // The first field of schedstat: time spent on the CPU, in nanoseconds.
+    let read = |path: &str| -> anyhow::Result<u64> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        text.split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no CPU time in {path}"))
+    };
+    match pid {
+        None => read("/proc/thread-self/schedstat"),
+        Some(pid) => {
+            let mut total = 0;
+            for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+                let task = task?.path();
+                // A thread may end between listing and reading.
+                if let Ok(n) = read(&format!("{}/schedstat", task.display())) {
+                    total += n;
+                }
+            }
+            Ok(total)
+        }
+    }
+}
+
+/// Calls at 1,000 a second for `span` (not waiting for one to end before the next starts,
+/// so that latency does not lower the rate), then waits for the last; the CPU seconds per
+/// second used meanwhile by this thread (the caller's node runs on it) and the server
+/// process together.
+async fn cpu_at_rate<F, Fut>(span: Duration, server: u32, ask: &F) -> anyhow::Result<f64>
+where
+    F: Fn(Vec<u8>) -> Fut,
+    Fut: Future<Output = Result<Vec<u8>, AskError>>,
+{
+    const RATE: u64 = 1000;
+    let total = (span.as_secs_f64() * RATE as f64) as u64;
+    let (caller0, server0) = (cpu_nanos(None)?, cpu_nanos(Some(server))?);
+    let began = Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut inflight = FuturesUnordered::new();
+    let mut sent = 0;
+    while sent < total || !inflight.is_empty() {
+        tokio::select! {
+            _ = ticker.tick(), if sent < total => {
+                inflight.push(ask(vec![3u8; PAYLOAD]));
+                sent += 1;
+            }
+            Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                anyhow::ensure!(reply?.len() == PAYLOAD, "bad echo");
+            }
+        }
+        anyhow::ensure!(
+            began.elapsed() < LOOP_LIMIT,
+            "calls at 1,000/s ran past {LOOP_LIMIT:?}"
+        );
+    }
+    let took = began.elapsed().as_secs_f64();
+    let used = (cpu_nanos(None)? - caller0) + cpu_nanos(Some(server))?.saturating_sub(server0);
+    Ok(used as f64 / 1e9 / took)
 }
 
 /// `n` sequential asks each way, `a` and `b` taking turns every hundred, the order
