@@ -127,7 +127,15 @@ pub(crate) struct TopArgs {
     /// Output format (with --watch, json is one line a view).
     #[arg(short = 'o', long, value_enum, default_value = "table")]
     pub(crate) output: Format,
-    /// The directory of the client identity (as for `call`).
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+/// Who a command that joins the mesh is (`call`, `top`): a client identity.
+#[derive(Args, Debug)]
+pub(crate) struct ClientArgs {
+    /// The directory of the client identity (`actormesh dev` writes one into
+    /// <data-dir>/client; `actormesh cert issue --client` writes one where you say).
     #[arg(
         long,
         env = "ACTORMESH_IDENTITY",
@@ -137,6 +145,18 @@ pub(crate) struct TopArgs {
     /// The master's mesh address (default: the one recorded with the identity).
     #[arg(long)]
     pub(crate) master: Option<SocketAddr>,
+}
+
+impl ClientArgs {
+    /// The client identity, or an error that says how to get one.
+    pub(crate) fn load(&self) -> anyhow::Result<actormesh::client::ClientCredentials> {
+        actormesh::client::load(&self.identity).with_context(|| {
+            format!(
+                "no client identity in {} (`actormesh dev` writes one there; else use `actormesh cert issue --client <name> --token <t> --out <dir>` and pass --identity <dir>)",
+                self.identity.display()
+            )
+        })
+    }
 }
 
 #[derive(Args, Debug)]
@@ -172,17 +192,8 @@ pub(crate) struct CallArgs {
     /// The namespace a bare service name resolves in.
     #[arg(long, default_value = "default")]
     pub(crate) namespace: String,
-    /// The directory of the client identity (`actormesh dev` writes one into
-    /// <data-dir>/client; `actormesh cert issue --client` writes one where you say).
-    #[arg(
-        long,
-        env = "ACTORMESH_IDENTITY",
-        default_value = "actormesh-dev/client"
-    )]
-    pub(crate) identity: PathBuf,
-    /// The master's mesh address (default: the one recorded with the identity).
-    #[arg(long)]
-    pub(crate) master: Option<SocketAddr>,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
 }
 
 #[derive(Subcommand, Debug)]

@@ -9,7 +9,6 @@ use std::time::Instant;
 use actormesh::client::ConnectError;
 use actormesh::mesh::{CallOptions, MeshOptions, ServiceName};
 use actormesh::{AskError, CallOutcome};
-use anyhow::Context as _;
 
 use crate::args::CallArgs;
 
@@ -93,14 +92,9 @@ pub(crate) fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
     if let Some(key) = &args.hash_key {
         options = options.hash_key(key);
     }
-    let client = actormesh::client::load(&args.identity).with_context(|| {
-        format!(
-            "no client identity in {} (`actormesh dev` writes one there; else use `actormesh cert issue --client <name> --token <t> --out <dir>` and pass --identity <dir>)",
-            args.identity.display()
-        )
-    })?;
+    let client = args.client.load()?;
     let mut mesh_options = MeshOptions::default().namespace(&args.namespace);
-    mesh_options.master = args.master;
+    mesh_options.master = args.client.master;
     actix::System::new().block_on(async move {
         let started = Instant::now();
         let mesh = match client.connect(mesh_options, args.timeout).await {

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use actormesh::mesh::protocol::{GetFigures, NodeFigures, PROXY_ACTOR};
 use actormesh::mesh::{Mesh, MeshOptions};
 use actormesh::stats::{HistogramSnapshot, StatsSnapshot};
-use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::args::TopArgs;
@@ -203,14 +202,9 @@ pub(crate) fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
             args.interval
         );
     }
-    let client = actormesh::client::load(&args.identity).with_context(|| {
-        format!(
-            "no client identity in {} (`actormesh dev` writes one there; else use `actormesh cert issue --client <name> --token <t> --out <dir>` and pass --identity <dir>)",
-            args.identity.display()
-        )
-    })?;
+    let client = args.client.load()?;
     let options = MeshOptions {
-        master: args.master,
+        master: args.client.master,
         ..MeshOptions::default()
     };
     actix::System::new().block_on(async move {

@@ -184,17 +184,7 @@ async fn prometheus_scrapes_every_node_and_queries_return_the_calls() {
     assert!(out.status.success(), "{out:?}");
 
     // A client node in this process, serving its own metrics, makes the calls.
-    let client_token = master
-        .client()
-        .call(
-            "POST",
-            "/v1/tokens",
-            Some(serde_json::json!({ "ttl_secs": 600, "role": "client" })),
-        )
-        .unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let client_token = master.client_token(600);
     let creds =
         actormesh::client::issue(master.bootstrap, &client_token, "load", &dir.join("client"))
             .await

@@ -155,17 +155,7 @@ async fn killing_one_of_three_agents_under_load_gives_typed_errors_that_stop_wit
     };
 
     // A client identity, issued with a client token over the bootstrap port.
-    let client_token = master
-        .client()
-        .call(
-            "POST",
-            "/v1/tokens",
-            Some(serde_json::json!({ "ttl_secs": 600, "role": "client" })),
-        )
-        .unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let client_token = master.client_token(600);
     let creds =
         actormesh::client::issue(master.bootstrap, &client_token, "load", &dir.join("client"))
             .await

@@ -212,9 +212,16 @@ pub(crate) struct CallTimer<'a> {
 impl CallTimer<'_> {
     /// The call ended with `outcome`.
     #[inline]
-    pub(crate) fn finish(mut self, outcome: Outcome) {
+    pub(crate) fn finish(self, outcome: Outcome) {
+        self.finish_at(outcome, Instant::now());
+    }
+
+    /// The call ended with `outcome` at `ended`.
+    #[inline]
+    pub(crate) fn finish_at(mut self, outcome: Outcome, ended: Instant) {
         self.done = true;
-        self.stats.finish(outcome, self.started.elapsed());
+        self.stats
+            .finish(outcome, ended.saturating_duration_since(self.started));
     }
 }
 

@@ -186,11 +186,21 @@ impl<'a> InFlight<'a> {
     /// sample). Under outlier detection an ejection is capped by its shares. Returns when
     /// it ended, in the cores' nanoseconds.
     pub(crate) fn finish(
-        mut self,
+        self,
         outcome: Outcome,
         waited: bool,
         routes: &ServiceRoutes<RemoteRef>,
     ) -> crate::mesh::balance::Nanos {
+        clock::nanos(self.finish_at(outcome, waited, routes))
+    }
+
+    /// As [`InFlight::finish`], returning when it ended.
+    pub(crate) fn finish_at(
+        mut self,
+        outcome: Outcome,
+        waited: bool,
+        routes: &ServiceRoutes<RemoteRef>,
+    ) -> Instant {
         self.done = true;
         let end = Instant::now();
         let config = routes.config();
@@ -203,7 +213,7 @@ impl<'a> InFlight<'a> {
             &routes.health(),
             || routes.may_eject(),
         );
-        clock::nanos(end)
+        end
     }
 }
 
@@ -363,20 +373,28 @@ impl ServiceRef {
     ) -> Result<M::Result, AskError> {
         // One clock read for the endpoint's latency estimate and the call's figures.
         let started = Instant::now();
+        let mut ended = None;
         let Some(f) = &self.figures else {
-            return self.call_inner(msg, options, wait_for_room, started).await;
+            return self
+                .call_inner(msg, options, wait_for_room, started, &mut ended)
+                .await;
         };
         let timer = f.begin_at(M::NAME, started);
         let result = match self.client_span(M::NAME, options) {
-            None => self.call_inner(msg, options, wait_for_room, started).await,
+            None => {
+                self.call_inner(msg, options, wait_for_room, started, &mut ended)
+                    .await
+            }
             Some(span) => {
                 let traced = options.clone().trace(span.context());
-                let result = self.call_inner(msg, &traced, wait_for_room, started).await;
+                let result = self
+                    .call_inner(msg, &traced, wait_for_room, started, &mut ended)
+                    .await;
                 finish_span(span, &result);
                 result
             }
         };
-        timer.finish(Figure::of(&result));
+        timer.finish_at(Figure::of(&result), ended.unwrap_or_else(Instant::now));
         result
     }
 
@@ -416,12 +434,15 @@ impl ServiceRef {
         Some(span)
     }
 
+    /// A call by name started at `now`; `ended` is set to when it ended, if the endpoint's
+    /// bookkeeping read the clock then (so the figures need not read it again).
     async fn call_inner<M: RemoteMessage>(
         &self,
         msg: M,
         options: &CallOptions,
         wait_for_room: bool,
         now: Instant,
+        ended: &mut Option<Instant>,
     ) -> Result<M::Result, AskError> {
         let Some(routes) = self.routes_now() else {
             return Err(no_endpoints(&self.name));
@@ -442,7 +463,7 @@ impl ServiceRef {
             (Some(o), true) => target.ask_with_options(msg, &o).await,
             (Some(o), false) => target.try_ask_with_options(msg, &o).await,
         };
-        call.finish(ask_outcome(&result), true, &started.routes);
+        *ended = Some(call.finish_at(ask_outcome(&result), true, &started.routes));
         result
     }
 

@@ -221,6 +221,20 @@ impl Master {
         v["token"].as_str().unwrap().to_string()
     }
 
+    /// A join token of role `client` (for `actormesh::client::issue`).
+    pub fn client_token(&self, ttl_secs: u64) -> String {
+        self.client()
+            .call(
+                "POST",
+                "/v1/tokens",
+                Some(serde_json::json!({ "ttl_secs": ttl_secs, "role": "client" })),
+            )
+            .unwrap()["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
     /// Runs `actormesh <args> --api <this master> --api-token-file <its token>`.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         let api = format!("http://{}", self.api);

@@ -648,11 +648,11 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         let first_by_name = f.cpu_by_name.len().is_multiple_of(2);
         for by_name_now in [first_by_name, !first_by_name] {
             if by_name_now {
-                f.cpu_by_name
-                    .push(cpu_at_rate(span, server_pid, &by_name_ask).await?);
+                let t = RateTarget::ByName(by_name.clone());
+                f.cpu_by_name.push(cpu_at_rate(span, server_pid, t).await?);
             } else {
-                f.cpu_direct
-                    .push(cpu_at_rate(span, server_pid, &direct_ask).await?);
+                let t = RateTarget::Direct(direct.clone());
+                f.cpu_direct.push(cpu_at_rate(span, server_pid, t).await?);
             }
         }
         let figures_ask = |p| with_figures.ask_timeout(Echo(p), CALL_LIMIT);
@@ -673,10 +673,15 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let server_m_pid = server_m.child.id().context("the server's pid")?;
     eprintln!(
-        "metrics-on measurement: {} spans exported in {} requests",
+        "metrics-on measurement: {} spans exported in {} requests; CPU of the exporters {:.3} s (caller {:.3} s, server {:.3} s), of the receiver {:.3} s",
         receiver.received(),
-        receiver.requests()
+        receiver.requests(),
+        thread_cpu(None, "otlp-export") + thread_cpu(Some(server_m_pid), "otlp-export"),
+        thread_cpu(None, "otlp-export"),
+        thread_cpu(Some(server_m_pid), "otlp-export"),
+        thread_cpu(None, "otlp-receiver"),
     );
     let (idle, serving) = memory(&exe, &m, dir, &caller, s.endpoints).await?;
     f.rss_idle_mib = idle;
@@ -686,6 +691,32 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
     caller.node.shutdown();
     caller_m.node.shutdown();
     Ok(f)
+}
+
+/// CPU seconds used so far by the threads named `name` of process `pid` (`None`: this one).
+fn thread_cpu(pid: Option<u32>, name: &str) -> f64 {
+    let dir = match pid {
+        Some(p) => format!("/proc/{p}/task"),
+        None => "/proc/self/task".to_string(),
+    };
+    let Ok(tasks) = std::fs::read_dir(dir) else {
+        return 0.0;
+    };
+    let mut nanos = 0u64;
+    for t in tasks.flatten() {
+        let path = t.path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+        nanos += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    nanos as f64 / 1e9
 }
 
 /// CPU time used so far, in nanoseconds, by the thread calling this (`/proc/thread-self`),
@@ -715,38 +746,66 @@ fn cpu_nanos(pid: Option<u32>) -> anyhow::Result<u64> {
     }
 }
 
-/// Calls at 1,000 a second for `span` (not waiting for one to end before the next starts,
-/// so that latency does not lower the rate), then waits for the last; the CPU seconds per
-/// second used meanwhile by this thread (the caller's node runs on it) and the server
-/// process together.
-async fn cpu_at_rate<F, Fut>(span: Duration, server: u32, ask: &F) -> anyhow::Result<f64>
-where
-    F: Fn(Vec<u8>) -> Fut,
-    Fut: Future<Output = Result<Vec<u8>, AskError>>,
-{
+/// What the fixed-rate load calls.
+#[derive(Clone)]
+enum RateTarget {
+    ByName(actormesh::mesh::ServiceRef),
+    Direct(actormesh::RemoteRef),
+}
+
+impl RateTarget {
+    async fn ask(&self) -> Result<Vec<u8>, AskError> {
+        let m = Echo(vec![3u8; PAYLOAD]);
+        match self {
+            RateTarget::ByName(s) => s.ask_timeout(m, CALL_LIMIT).await,
+            RateTarget::Direct(r) => r.ask_timeout(m, CALL_LIMIT).await,
+        }
+    }
+}
+
+/// Calls `target` at 1,000 a second for `span` from a thread of its own (the load is the
+/// application's, not the node's: it is not counted), not waiting for one call to end
+/// before the next starts; then waits for the last. The CPU seconds per second used
+/// meanwhile by this thread (the caller's node runs on it: its links, lanes and replies)
+/// and the server process together.
+async fn cpu_at_rate(span: Duration, server: u32, target: RateTarget) -> anyhow::Result<f64> {
     const RATE: u64 = 1000;
     let total = (span.as_secs_f64() * RATE as f64) as u64;
     let (caller0, server0) = (cpu_nanos(None)?, cpu_nanos(Some(server))?);
     let began = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut inflight = FuturesUnordered::new();
-    let mut sent = 0;
-    while sent < total || !inflight.is_empty() {
-        tokio::select! {
-            _ = ticker.tick(), if sent < total => {
-                inflight.push(ask(vec![3u8; PAYLOAD]));
-                sent += 1;
-            }
-            Some(reply) = inflight.next(), if !inflight.is_empty() => {
-                anyhow::ensure!(reply?.len() == PAYLOAD, "bad echo");
-            }
-        }
-        anyhow::ensure!(
-            began.elapsed() < LOOP_LIMIT,
-            "calls at 1,000/s ran past {LOOP_LIMIT:?}"
-        );
-    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("load-1000".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            let _ = tx.send(rt.block_on(async move {
+                let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+                let mut inflight = FuturesUnordered::new();
+                let mut sent = 0;
+                while sent < total || !inflight.is_empty() {
+                    tokio::select! {
+                        _ = ticker.tick(), if sent < total => {
+                            let t = target.clone();
+                            inflight.push(async move { t.ask().await });
+                            sent += 1;
+                        }
+                        Some(reply) = inflight.next(), if !inflight.is_empty() => {
+                            anyhow::ensure!(reply?.len() == PAYLOAD, "bad echo");
+                        }
+                    }
+                    anyhow::ensure!(
+                        began.elapsed() < LOOP_LIMIT,
+                        "calls at 1,000/s ran past {LOOP_LIMIT:?}"
+                    );
+                }
+                anyhow::Ok(())
+            }));
+        })?;
+    rx.await.context("the load thread ended")??;
     let took = began.elapsed().as_secs_f64();
     let used = (cpu_nanos(None)? - caller0) + cpu_nanos(Some(server))?.saturating_sub(server0);
     Ok(used as f64 / 1e9 / took)
