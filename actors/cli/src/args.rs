@@ -274,9 +274,10 @@ pub(crate) struct MasterArgs {
     /// Resources a role may never exceed, e.g. 'batch=cpus:16' (repeatable).
     #[arg(long = "role-limit", value_parser = parse_role_setting)]
     pub(crate) role_limits: Vec<(String, String)>,
-    /// Serve Prometheus metrics at /metrics here: HOST:PORT, or a PORT on loopback.
-    #[arg(long, value_parser = parse_metrics_listen)]
-    pub(crate) metrics_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at /metrics here: HOST:PORT, a PORT on loopback, or off.
+    /// By default on loopback, on a port the system picks (the ready lines print it).
+    #[arg(long, value_parser = parse_metrics_listen, default_value = "127.0.0.1:0")]
+    pub(crate) metrics_listen: actormesh_cli::MetricsListen,
     /// Write an access log line (target actormesh::access) for this share of the calls
     /// that arrive here: 1 every call, 0.01 one in a hundred. Off by default.
     #[arg(long, value_parser = parse_share, value_name = "SHARE")]
@@ -334,9 +335,10 @@ pub(crate) struct AgentArgs {
     /// Without it this agent runs command tasks only: actor tasks need your own binary.
     #[arg(long)]
     pub(crate) demo_actors: bool,
-    /// Serve Prometheus metrics at /metrics here: HOST:PORT, or a PORT on loopback.
-    #[arg(long, value_parser = parse_metrics_listen)]
-    pub(crate) metrics_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics at /metrics here: HOST:PORT, a PORT on loopback, or off.
+    /// By default on loopback, on a port the system picks (the ready lines print it).
+    #[arg(long, value_parser = parse_metrics_listen, default_value = "127.0.0.1:0")]
+    pub(crate) metrics_listen: actormesh_cli::MetricsListen,
     /// Write an access log line (target actormesh::access) for this share of the calls
     /// that arrive here: 1 every call, 0.01 one in a hundred. Off by default.
     #[arg(long, value_parser = parse_share, value_name = "SHARE")]
@@ -574,11 +576,11 @@ pub(crate) struct DevArgs {
     /// the ready lines print it with a join command).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub(crate) bootstrap: SocketAddr,
-    /// The master's Prometheus metrics (/metrics): HOST:PORT, or a PORT on loopback (0:
-    /// one chosen by the system). The agent's get a port chosen by the system; the ready
-    /// lines print both.
+    /// The master's Prometheus metrics (/metrics): HOST:PORT, a PORT on loopback (0: one
+    /// chosen by the system), or off. The agent's get a port chosen by the system; the
+    /// ready lines print both.
     #[arg(long, value_parser = parse_metrics_listen, default_value = "127.0.0.1:0")]
-    pub(crate) metrics_listen: SocketAddr,
+    pub(crate) metrics_listen: actormesh_cli::MetricsListen,
     #[command(flatten)]
     pub(crate) trace: TraceArgs,
     #[command(flatten)]

@@ -17,14 +17,25 @@ use actormesh::client::{ClientCredentials, ClientError};
 
 pub use actormesh_master::manifest::parse_duration;
 
-/// Parses a metrics address (for `--metrics-listen`): `HOST:PORT`, or a bare `PORT` on
-/// loopback.
-pub fn parse_metrics_listen(s: &str) -> Result<std::net::SocketAddr, String> {
-    if let Ok(port) = s.trim().parse::<u16>() {
-        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+/// Where `--metrics-listen` says to serve metrics (`None`: off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<std::net::SocketAddr>);
+
+/// Parses a metrics address (for `--metrics-listen`): `HOST:PORT`, a bare `PORT` on
+/// loopback, or `off` (no metrics served, no call figures kept).
+pub fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(MetricsListen(None));
     }
-    s.trim().parse().map_err(|_| {
-        format!("invalid metrics address {s:?}: expected HOST:PORT (e.g. 127.0.0.1:9464) or a port on loopback (e.g. 9464)")
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(MetricsListen(Some(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            port,
+        )))));
+    }
+    s.parse().map(|a| MetricsListen(Some(a))).map_err(|_| {
+        format!("invalid metrics address {s:?}: expected HOST:PORT (e.g. 127.0.0.1:9464), a port on loopback (e.g. 9464), or off")
     })
 }
 
@@ -226,14 +237,10 @@ mod metrics_listen_tests {
 
     #[test]
     fn a_bare_port_is_on_loopback_and_bad_input_names_the_forms() {
-        assert_eq!(
-            parse_metrics_listen("9464").unwrap().to_string(),
-            "127.0.0.1:9464"
-        );
-        assert_eq!(
-            parse_metrics_listen("0.0.0.0:9").unwrap().to_string(),
-            "0.0.0.0:9"
-        );
+        let addr = |s: &str| parse_metrics_listen(s).unwrap().0.map(|a| a.to_string());
+        assert_eq!(addr("9464").as_deref(), Some("127.0.0.1:9464"));
+        assert_eq!(addr("0.0.0.0:9").as_deref(), Some("0.0.0.0:9"));
+        assert_eq!(addr("off"), None);
         let e = parse_metrics_listen("localhost").unwrap_err();
         assert!(
             e.contains("HOST:PORT") && e.contains("\"localhost\""),

@@ -58,7 +58,7 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
         attrs: args.attrs.into_iter().collect::<BTreeMap<_, _>>(),
         actor_types: Vec::new(),
         reserved,
-        metrics_listen: args.metrics_listen,
+        metrics_listen: args.metrics_listen.0,
         access_log: args.access_log,
         tracing,
         host: if args.demo_actors {
@@ -111,7 +111,7 @@ impl MasterArgs {
         c.agent_cert_ttl = self.agent_cert_ttl;
         c.offer_timeout = self.offer_timeout;
         c.roles = self.roles()?;
-        c.metrics_listen = self.metrics_listen;
+        c.metrics_listen = self.metrics_listen.0;
         c.access_log = self.access_log;
         c.tracing = self.trace.tracing("master")?;
         self.push.apply(&mut c)?;
@@ -198,7 +198,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     config.listen = "127.0.0.1:0".parse()?;
     config.bootstrap = args.bootstrap;
     config.api = args.api;
-    config.metrics_listen = Some(args.metrics_listen);
+    config.metrics_listen = args.metrics_listen.0;
     config.tracing = args.trace.tracing("master")?;
     args.push.apply(&mut config)?;
     let m = master::start(config).await?;
@@ -213,7 +213,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         attrs: BTreeMap::from([("zone".to_string(), "dev".to_string())]),
         actor_types: Vec::new(),
         reserved: Default::default(),
-        metrics_listen: Some("127.0.0.1:0".parse()?),
+        metrics_listen: args.metrics_listen.0.map(|_| ([127, 0, 0, 1], 0).into()),
         access_log: None,
         tracing: args.trace.tracing("agent/dev-agent")?,
         host: actormesh_cli::demo::host(),
