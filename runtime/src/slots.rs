@@ -137,9 +137,11 @@ impl ActorSlot {
         caller: Option<&SpiffeId>,
         arrived: impl FnOnce() -> Instant,
     ) -> Option<Observed> {
+        // A plain field first: a node that keeps no figures stops here.
+        let by_type = self.stats.as_deref()?;
         let stats = match self.service_stats.get() {
             Some((_, rows)) => &**rows,
-            None => self.stats.as_deref()?,
+            None => by_type,
         };
         let key = entry_key(entry);
         let (_, row) = stats.iter().find(|(k, _)| *k == key)?;
@@ -375,8 +377,13 @@ impl SlotTable {
         access: Option<AccessSampler>,
         tracing: Option<crate::trace::Tracing>,
     ) -> Self {
+        let keeps = figures || access.is_some() || tracing.is_some();
+        if keeps {
+            // Arrivals are counted from the first such node's start.
+            crate::stats::epoch();
+        }
         Self {
-            server: (figures || access.is_some() || tracing.is_some()).then(Default::default),
+            server: keeps.then(Default::default),
             access: access.map(Arc::new),
             tracing,
             ..Self::default()

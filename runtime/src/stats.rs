@@ -621,13 +621,27 @@ impl AccessSampler {
 /// actor's mailbox).
 pub(crate) struct Observed {
     stats: Arc<HandlerStats>,
-    arrived: Instant,
-    /// The source's row in `stats.calls`.
-    source: u32,
-    done: bool,
-    /// Set when the access log writes this call or it is traced (boxed: the envelope
-    /// every delivery moves stays small).
+    /// In one word, so that the envelope every delivery moves stays small (24 bytes with
+    /// the rest): the arrival in nanoseconds since [`epoch`] (bits 0–55: 833 days), the
+    /// source's row in `stats.calls` (bits 56–62) and whether it ended (bit 63).
+    word: u64,
+    /// Set when the access log writes this call or it is traced (boxed, for the same
+    /// reason).
     extra: Option<Box<Extra>>,
+}
+
+const ARRIVAL_BITS: u64 = (1 << 56) - 1;
+const ENDED: u64 = 1 << 63;
+
+/// The instant arrivals are counted from: the first time a node that keeps figures
+/// started in this process.
+pub(crate) fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// What a sampled call carries beyond its figures.
@@ -647,22 +661,25 @@ impl Observed {
     /// A call to the handler of `stats` from `source` that arrived at `arrived`.
     #[inline]
     pub(crate) fn start(stats: &Arc<HandlerStats>, source: &str, arrived: Instant) -> Self {
+        // At most SOURCES_PER_ROW: 7 bits.
         let index = stats.calls.index(source);
         stats.calls.at(index).start();
         Self {
             stats: stats.clone(),
-            arrived,
-            // At most SOURCES_PER_ROW.
-            source: index as u32,
-            done: false,
+            word: (since_epoch(arrived) & ARRIVAL_BITS) | ((index as u64 & 0x7f) << 56),
             extra: None,
         }
+    }
+
+    #[inline]
+    fn source(&self) -> usize {
+        ((self.word >> 56) & 0x7f) as usize
     }
 
     /// The call is traced: `span` ends with it.
     pub(crate) fn trace(&mut self, mut span: crate::trace::OpenSpan) {
         span.attribute("service", self.stats.destination.to_string());
-        let source = self.stats.calls.label(self.source as usize).to_string();
+        let source = self.stats.calls.label(self.source()).to_string();
         span.attribute("source", source);
         self.extra.get_or_insert_with(Box::default).span = Some(span);
     }
@@ -691,12 +708,13 @@ impl Observed {
     }
 
     fn end(&mut self, outcome: Outcome, ended: Instant) {
-        if self.done {
+        if self.word & ENDED != 0 {
             return;
         }
-        self.done = true;
-        let took = ended.saturating_duration_since(self.arrived);
-        let source = self.source as usize;
+        self.word |= ENDED;
+        let nanos = since_epoch(ended).saturating_sub(self.word & ARRIVAL_BITS);
+        let took = Duration::from_nanos(nanos);
+        let source = self.source();
         self.stats.calls.at(source).finish(outcome, took);
         let Some(extra) = self.extra.take() else {
             return;
@@ -719,7 +737,7 @@ impl Observed {
 
 impl Drop for Observed {
     fn drop(&mut self) {
-        if !self.done {
+        if self.word & ENDED == 0 {
             let outcome = if std::thread::panicking() || crate::message::dropping_crash() {
                 Outcome::Panicked
             } else {
@@ -959,6 +977,30 @@ mod tests {
             snap.iter().map(|f| f.destination.clone()).collect();
         assert_eq!(distinct.len(), DESTINATIONS_PER_NODE + 1);
         assert!(distinct.contains(OTHER));
+    }
+
+    #[test]
+    fn a_call_s_figures_add_24_bytes_to_its_envelope_and_keep_their_arrival_and_source() {
+        assert_eq!(std::mem::size_of::<Option<Observed>>(), 24);
+        let stats = Arc::new(HandlerStats::default());
+        for i in 0..SOURCES_PER_ROW + 2 {
+            stats.calls.source(&format!("ns/s{i}"));
+        }
+        // Arrivals count from the epoch, taken when a node that keeps figures starts.
+        epoch();
+        let arrived = Instant::now();
+        let o = Observed::start(&stats, "ns/s3", arrived);
+        assert_eq!(o.source(), 3);
+        o.finish_at(Outcome::Ok, arrived + Duration::from_millis(7));
+        let past = Observed::start(&stats, "ns/s99", arrived);
+        assert_eq!(past.source(), SOURCES_PER_ROW, "past the cap: other");
+        drop(past);
+        let snap = stats.calls.snapshot();
+        let s3 = &snap.iter().find(|(l, _)| l == "ns/s3").unwrap().1;
+        assert_eq!(s3.ok(), 1);
+        assert_eq!(s3.latency.sum_nanos, 7_000_000);
+        let other = &snap.iter().find(|(l, _)| l == OTHER).unwrap().1;
+        assert_eq!(other.outcomes, vec![("stopped".to_string(), 1)]);
     }
 
     #[test]
