@@ -361,8 +361,9 @@ impl<M: RemoteMessage> Delivery<M> {
 }
 
 /// [`Delivery::handle`] for a call whose figures the node keeps: the handler's time, and
-/// the call's outcome once its response resolves.
-#[cold]
+/// the call's outcome once its response resolves. Not inlined, so that the plain path's
+/// code stays what it was.
+#[inline(never)]
 fn observed_handle<A, M>(
     act: &mut A,
     ctx: &mut Context<A>,
