@@ -30,20 +30,24 @@ pub struct Receiver {
     counted: Arc<Mutex<u64>>,
 }
 
+/// The string value of attribute `key` in `attributes`, if it has one.
+pub fn string_attribute(
+    attributes: &[opentelemetry_proto::tonic::common::v1::KeyValue],
+    key: &str,
+) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value;
+    attributes.iter().find(|kv| kv.key == key).and_then(|kv| {
+        match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        }
+    })
+}
+
 fn service_name(r: &opentelemetry_proto::tonic::trace::v1::ResourceSpans) -> String {
     r.resource
         .as_ref()
-        .and_then(|res| {
-            res.attributes
-                .iter()
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-                    opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => {
-                        Some(s.clone())
-                    }
-                    _ => None,
-                })
-        })
+        .and_then(|res| string_attribute(&res.attributes, "service.name"))
         .unwrap_or_default()
 }
 

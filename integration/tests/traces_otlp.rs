@@ -14,7 +14,7 @@ use actormesh::otlp::OtlpExporter;
 use actormesh::prelude::{Deserialize, RemoteMessage, Serialize};
 use actormesh::trace::Tracing;
 use actormesh::{CallInfo, LocalCa, Node, NodeConfig};
-use actormesh_integration::otlp_receiver::{Received, Receiver};
+use actormesh_integration::otlp_receiver::{string_attribute, Received, Receiver};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 
 #[derive(Debug, Serialize, Deserialize, RemoteMessage)]
@@ -105,14 +105,7 @@ async fn exported(exporters: &[Arc<OtlpExporter>]) {
 
 /// A string attribute of `span`.
 fn attribute(span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str) -> Option<String> {
-    use opentelemetry_proto::tonic::common::v1::any_value::Value;
-    span.attributes
-        .iter()
-        .find(|kv| kv.key == key)
-        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-            Value::StringValue(s) => Some(s.clone()),
-            _ => None,
-        })
+    string_attribute(&span.attributes, key)
 }
 
 #[actix::test]

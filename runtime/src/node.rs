@@ -235,7 +235,7 @@ impl Node {
         };
         let access = config
             .access_log
-            .map(crate::stats::AccessSampler::new)
+            .map(|share| crate::stats::OneIn::new(share, "access log's share of calls"))
             .transpose()
             .map_err(NodeError::Config)?;
         let figures = config.metrics || server.is_some();

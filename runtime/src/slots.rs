@@ -16,9 +16,7 @@ use crate::call::CallContext;
 use crate::locks::{lock, read, write};
 use crate::mailbox::MailboxGate;
 use crate::message::{ErasedAddr, HandlerEntry};
-use crate::stats::{
-    source_label, Access, AccessSampler, HandlerStats, Observed, Outcome, ServerBook,
-};
+use crate::stats::{source_label, Access, HandlerStats, Observed, OneIn, Outcome, ServerBook};
 use crate::watches::TerminationReason;
 use actormesh_transport::SpiffeId;
 use std::time::Instant;
@@ -61,7 +59,7 @@ pub(crate) struct ActorSlot {
     /// The node's server book, to find the service's rows in.
     server: Option<Arc<ServerBook>>,
     /// The node's access log, when it writes one.
-    access: Option<Arc<AccessSampler>>,
+    access: Option<Arc<OneIn>>,
     /// The node's tracing, when it traces.
     tracing: Option<crate::trace::Tracing>,
 }
@@ -365,7 +363,7 @@ pub(crate) struct SlotTable {
     /// The node's server-side figures, when it keeps them.
     pub(crate) server: Option<Arc<ServerBook>>,
     /// The node's access log, when it writes one (it keeps figures then).
-    pub(crate) access: Option<Arc<AccessSampler>>,
+    pub(crate) access: Option<Arc<OneIn>>,
     /// The node's tracing, when it traces (it keeps figures then).
     pub(crate) tracing: Option<crate::trace::Tracing>,
 }
@@ -374,7 +372,7 @@ impl SlotTable {
     /// An empty table; its actors' calls are counted when `figures`.
     pub(crate) fn keeping_figures(
         figures: bool,
-        access: Option<AccessSampler>,
+        access: Option<OneIn>,
         tracing: Option<crate::trace::Tracing>,
     ) -> Self {
         let keeps = figures || access.is_some() || tracing.is_some();

@@ -384,6 +384,31 @@ impl StatsSnapshot {
             .sum()
     }
 
+    /// What happened since `earlier` (a snapshot of the same figures); all of these if
+    /// their counts went down (the node restarted).
+    pub fn since(&self, earlier: &StatsSnapshot) -> StatsSnapshot {
+        if self.requests() < earlier.requests() {
+            return self.clone();
+        }
+        let was = |o: &str| {
+            earlier
+                .outcomes
+                .iter()
+                .find(|(e, _)| e == o)
+                .map_or(0, |(_, n)| *n)
+        };
+        StatsSnapshot {
+            outcomes: self
+                .outcomes
+                .iter()
+                .map(|(o, n)| (o.clone(), n.saturating_sub(was(o))))
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+            latency: self.latency.since(&earlier.latency),
+            in_flight: self.in_flight,
+        }
+    }
+
     /// Adds `other`'s figures to these.
     pub fn add(&mut self, other: &StatsSnapshot) {
         for (o, n) in &other.outcomes {
@@ -586,33 +611,39 @@ pub(crate) struct Access {
     pub(crate) trace_id: Option<[u8; 16]>,
 }
 
-/// Which calls the access log writes: one in `every`, counted per node.
+/// A share of calls, taken exactly: one in round(1 / share), counted with one atomic (the
+/// access log's and the trace roots' sampling).
 #[derive(Debug)]
-pub(crate) struct AccessSampler {
+pub struct OneIn {
     every: u64,
     seen: AtomicU64,
 }
 
-impl AccessSampler {
-    /// Writing about `ratio` of the calls (0 < ratio ≤ 1): one in round(1 / ratio).
-    pub(crate) fn new(ratio: f64) -> Result<Self, String> {
-        if !(ratio > 0.0 && ratio <= 1.0) {
+impl OneIn {
+    /// About `share` of the calls (0 < share ≤ 1); `what` names it in the error.
+    pub fn new(share: f64, what: &str) -> Result<Self, String> {
+        if !(share > 0.0 && share <= 1.0) {
             return Err(format!(
-                "the access log's sample ratio must be above 0 and at most 1 (1: every call, 0.01: one in a hundred), not {ratio}"
+                "the {what} must be above 0 and at most 1 (1: every call, 0.01: one in a hundred), not {share}"
             ));
         }
         Ok(Self {
-            every: (1.0 / ratio).round().max(1.0) as u64,
+            every: (1.0 / share).round().max(1.0) as u64,
             seen: AtomicU64::new(0),
         })
     }
 
-    /// Whether this call is written.
+    /// Whether this call is one of the share.
     #[inline]
-    pub(crate) fn take(&self) -> bool {
+    pub fn take(&self) -> bool {
         self.seen
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(self.every)
+    }
+
+    /// One call in how many.
+    pub fn every(&self) -> u64 {
+        self.every
     }
 }
 

@@ -9,11 +9,11 @@
 //! flag, bit 0 of the trace flags). An unsampled root sends no context at all, so the 99 %
 //! of calls a 1 % ratio leaves out stay on the plain path.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::call::TraceContext;
+use crate::stats::OneIn;
 
 /// Bit 0 of the trace flags: the trace is sampled.
 pub const SAMPLED: u8 = 1;
@@ -60,15 +60,13 @@ pub trait SpanSink: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Tracing {
     sink: Arc<dyn SpanSink>,
-    /// One root in `every` is sampled.
-    every: u64,
-    seen: Arc<AtomicU64>,
+    roots: Arc<OneIn>,
 }
 
 impl std::fmt::Debug for Tracing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tracing")
-            .field("one_in", &self.every)
+            .field("one_in", &self.roots.every())
             .finish_non_exhaustive()
     }
 }
@@ -77,24 +75,16 @@ impl Tracing {
     /// Spans to `sink`; `ratio` of the root calls (0 < ratio ≤ 1) start a sampled trace:
     /// one in round(1 / ratio), counted per node, so a ratio is exact over any run.
     pub fn new(sink: Arc<dyn SpanSink>, ratio: f64) -> Result<Self, String> {
-        if !(ratio > 0.0 && ratio <= 1.0) {
-            return Err(format!(
-                "the trace sampling ratio must be above 0 and at most 1 (1: every call, 0.01: one in a hundred), not {ratio}"
-            ));
-        }
         Ok(Self {
             sink,
-            every: (1.0 / ratio).round().max(1.0) as u64,
-            seen: Arc::new(AtomicU64::new(0)),
+            roots: Arc::new(OneIn::new(ratio, "trace sampling ratio")?),
         })
     }
 
     /// Whether a root call starts a sampled trace.
     #[inline]
     pub fn sample(&self) -> bool {
-        self.seen
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(self.every)
+        self.roots.take()
     }
 
     /// Hands a finished span to the sink.

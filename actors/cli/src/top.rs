@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use actormesh::mesh::protocol::{GetFigures, NodeFigures, PROXY_ACTOR};
 use actormesh::mesh::{Mesh, MeshOptions};
-use actormesh::stats::{HistogramSnapshot, StatsSnapshot};
+use actormesh::stats::HistogramSnapshot;
 use serde::Serialize;
 
 use crate::args::TopArgs;
@@ -39,34 +39,6 @@ pub(crate) struct TopRow {
     pub(crate) p99_ms: Option<f64>,
 }
 
-/// `after` less `before`, or `after` whole if its counts went down (the node restarted).
-fn since(after: &StatsSnapshot, before: Option<&StatsSnapshot>) -> StatsSnapshot {
-    let Some(before) = before else {
-        return after.clone();
-    };
-    if after.requests() < before.requests() {
-        return after.clone();
-    }
-    let outcomes = after
-        .outcomes
-        .iter()
-        .map(|(o, n)| {
-            let was = before
-                .outcomes
-                .iter()
-                .find(|(b, _)| b == o)
-                .map_or(0, |(_, m)| *m);
-            (o.clone(), n.saturating_sub(was))
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect();
-    StatsSnapshot {
-        outcomes,
-        latency: after.latency.since(&before.latency),
-        in_flight: after.in_flight,
-    }
-}
-
 /// What happened between two samples of the same nodes, per (service, message), summed
 /// over the nodes that served it and the sources that called it. Only services unless
 /// `all` (actors that serve none are named by their Rust type, with `::`).
@@ -91,7 +63,10 @@ pub(crate) fn rows(
                         .and_then(|r| r.sources.iter().find(|(x, _)| x == source))
                         .map(|(_, s)| s)
                 });
-                let d = since(s, was);
+                let d = match was {
+                    Some(before) => s.since(before),
+                    None => s.clone(),
+                };
                 let e = sums
                     .entry((row.destination.clone(), row.message.clone()))
                     .or_default();
@@ -239,7 +214,7 @@ pub(crate) fn run(args: TopArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use actormesh::stats::{Histogram, ServerFigures};
+    use actormesh::stats::{Histogram, ServerFigures, StatsSnapshot};
 
     fn stats(ok: u64, failed: u64, each: Duration) -> StatsSnapshot {
         let h = Histogram::default();

@@ -709,27 +709,24 @@ fn thread_cpu(pid: Option<u32>, name: &str) -> f64 {
         if comm.trim() != name {
             continue;
         }
-        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
-        nanos += stat
-            .split_whitespace()
-            .next()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
+        nanos += schedstat_nanos(&path.join("schedstat").display().to_string()).unwrap_or(0);
     }
     nanos as f64 / 1e9
+}
+
+/// The first field of a task's `schedstat`: its time on the CPU, in nanoseconds.
+fn schedstat_nanos(path: &str) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+    text.split_whitespace()
+        .next()
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no CPU time in {path}"))
 }
 
 /// CPU time used so far, in nanoseconds, by the thread calling this (`/proc/thread-self`),
 /// or by every thread of process `pid`.
 fn cpu_nanos(pid: Option<u32>) -> anyhow::Result<u64> {
-    // The first field of schedstat: time spent on the CPU, in nanoseconds.
-    let read = |path: &str| -> anyhow::Result<u64> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-        text.split_whitespace()
-            .next()
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no CPU time in {path}"))
-    };
+    let read = schedstat_nanos;
     match pid {
         None => read("/proc/thread-self/schedstat"),
         Some(pid) => {
