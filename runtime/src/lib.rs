@@ -35,6 +35,7 @@
 
 mod call;
 mod config;
+mod crash;
 mod deadline;
 mod dispatch;
 mod error;
@@ -47,6 +48,7 @@ mod message;
 mod node;
 mod peers;
 mod remote_ref;
+mod sample;
 mod slots;
 pub mod stats;
 mod supervise;

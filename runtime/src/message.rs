@@ -1,7 +1,6 @@
 //! Remote messages, the delivery envelope and the automatic handler registry.
 
 use std::any::{Any, TypeId};
-use std::cell::Cell;
 
 use actix::dev::MessageResponse;
 use actix::{Actor, Addr, Context, Handler};
@@ -13,6 +12,7 @@ use actormesh_transport::codec;
 use actormesh_transport::sink::{FrameSink, PushError};
 
 use crate::call::CallInfo;
+use crate::crash::dropping_crash;
 use crate::mailbox::Permit;
 use crate::peers::{Peer, Reply};
 use crate::stats::{Observed, Outcome};
@@ -75,30 +75,6 @@ enum ReplyDest {
     },
     /// Encoded, to a caller on this node that has no Rust type for it (`ask_json`).
     Local(Option<oneshot::Sender<Reply>>),
-}
-
-thread_local! {
-    /// Set while the runtime drops the mailbox of an actor that panicked.
-    static CRASH_DROP: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the runtime is dropping a crashed actor's mailbox now.
-pub(crate) fn dropping_crash() -> bool {
-    CRASH_DROP.with(|c| c.get())
-}
-
-/// Runs `f` (dropping a crashed actor's state) so that unanswered replies report a panic.
-/// The flag is reset even if `f` unwinds.
-pub(crate) fn dropping_crashed<R>(f: impl FnOnce() -> R) -> R {
-    struct Reset;
-    impl Drop for Reset {
-        fn drop(&mut self) {
-            CRASH_DROP.with(|c| c.set(false));
-        }
-    }
-    CRASH_DROP.with(|c| c.set(true));
-    let _reset = Reset;
-    f()
 }
 
 impl RemoteReply {
@@ -204,7 +180,7 @@ impl RemoteReply {
 impl Drop for RemoteReply {
     fn drop(&mut self) {
         if !self.done {
-            let err = if std::thread::panicking() || CRASH_DROP.with(|c| c.get()) {
+            let err = if std::thread::panicking() || dropping_crash() {
                 WireError::Panicked
             } else {
                 WireError::Stopped

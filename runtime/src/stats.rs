@@ -21,6 +21,7 @@ use actormesh_transport::SpiffeId;
 
 use crate::error::AskError;
 use crate::locks::lock;
+pub use crate::sample::OneIn;
 
 /// Distinct source workloads counted per (service, message); past it, [`OTHER`].
 pub const SOURCES_PER_ROW: usize = 32;
@@ -611,42 +612,6 @@ pub(crate) struct Access {
     pub(crate) trace_id: Option<[u8; 16]>,
 }
 
-/// A share of calls, taken exactly: one in round(1 / share), counted with one atomic (the
-/// access log's and the trace roots' sampling).
-#[derive(Debug)]
-pub struct OneIn {
-    every: u64,
-    seen: AtomicU64,
-}
-
-impl OneIn {
-    /// About `share` of the calls (0 < share ≤ 1); `what` names it in the error.
-    pub fn new(share: f64, what: &str) -> Result<Self, String> {
-        if !(share > 0.0 && share <= 1.0) {
-            return Err(format!(
-                "the {what} must be above 0 and at most 1 (1: every call, 0.01: one in a hundred), not {share}"
-            ));
-        }
-        Ok(Self {
-            every: (1.0 / share).round().max(1.0) as u64,
-            seen: AtomicU64::new(0),
-        })
-    }
-
-    /// Whether this call is one of the share.
-    #[inline]
-    pub fn take(&self) -> bool {
-        self.seen
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(self.every)
-    }
-
-    /// One call in how many.
-    pub fn every(&self) -> u64 {
-        self.every
-    }
-}
-
 /// One call being served, counted in flight from its arrival until it is answered. Dropped
 /// unanswered, it counts as `stopped` (`panicked` while unwinding or dropping a crashed
 /// actor's mailbox).
@@ -769,7 +734,7 @@ impl Observed {
 impl Drop for Observed {
     fn drop(&mut self) {
         if self.word & ENDED == 0 {
-            let outcome = if std::thread::panicking() || crate::message::dropping_crash() {
+            let outcome = if std::thread::panicking() || crate::crash::dropping_crash() {
                 Outcome::Panicked
             } else {
                 Outcome::Stopped

@@ -12,7 +12,7 @@ use actix::dev::ContextFut;
 use actix::{Actor, Context};
 use tracing::{error, info};
 
-use crate::message::dropping_crashed;
+use crate::crash::dropping_crashed;
 use crate::slots::ActorSlot;
 use crate::watches::TerminationReason;
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::call::TraceContext;
-use crate::stats::OneIn;
+use crate::sample::OneIn;
 
 /// Bit 0 of the trace flags: the trace is sampled.
 pub const SAMPLED: u8 = 1;

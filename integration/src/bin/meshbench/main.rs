@@ -21,8 +21,11 @@ use clap::{Parser, Subcommand};
 use futures::stream::{FuturesUnordered, StreamExt};
 
 mod cluster;
+mod cpu;
 mod mesh;
 mod scheduling;
+mod telemetry;
+mod turns;
 
 pub(crate) const PAYLOAD: usize = 64;
 /// Asks in flight in the pipelined measurements.

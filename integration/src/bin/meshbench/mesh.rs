@@ -19,7 +19,6 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -28,7 +27,6 @@ use std::time::{Duration, Instant};
 use actix::Addr;
 use actormesh::agent::{self, tasks::ActorHost, AgentConfig, AgentHandle};
 use actormesh::mesh::{Endpoint, ServiceName};
-use actormesh::prelude::*;
 use actormesh_integration::actors::{Echo, Sink};
 use actormesh_integration::harness::ChildProc;
 use actormesh_master::{
@@ -36,16 +34,18 @@ use actormesh_master::{
     ServiceEndpoints,
 };
 use anyhow::{anyhow, Context as _};
-use futures::stream::{FuturesUnordered, StreamExt};
 
-use crate::{median, percentile, Line, PAYLOAD, PIPELINE};
+use crate::cpu::{cpu_at_rate, thread_cpu, RateTarget};
+use crate::telemetry::{receiver_thread, tracing_to};
+use crate::turns::{paired_latencies, paired_rates};
+use crate::{median, percentile, Line, PAYLOAD};
 
 /// The namespace of every service the suite makes.
 const NAMESPACE: &str = "bench";
 /// The longest a single call may take before the run fails.
-const CALL_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const CALL_LIMIT: Duration = Duration::from_secs(10);
 /// The longest one measurement loop may take before the run fails.
-const LOOP_LIMIT: Duration = Duration::from_secs(120);
+pub(crate) const LOOP_LIMIT: Duration = Duration::from_secs(120);
 /// The longest one endpoint change may take to reach every proxy before the run fails.
 const CHANGE_LIMIT: Duration = Duration::from_secs(10);
 /// Agents started at once while the push cluster comes up.
@@ -408,35 +408,6 @@ pub fn agent_proc(
     })
 }
 
-/// Tracing at [`TRACE_SAMPLE`] of the roots, exported to `url` as `name`.
-fn tracing_to(url: &str, name: &str) -> anyhow::Result<actormesh::trace::Tracing> {
-    let exporter = actormesh::otlp::OtlpExporter::start(url, name).map_err(|e| anyhow!(e))?;
-    actormesh::trace::Tracing::new(exporter, TRACE_SAMPLE).map_err(|e| anyhow!(e))
-}
-
-/// The share of root calls traced in the metrics-on measurement.
-const TRACE_SAMPLE: f64 = 0.01;
-
-/// An OTLP/HTTP receiver on a thread of its own (its own runtime), so that decoding
-/// spans does not share the measured caller's thread.
-fn receiver_thread() -> anyhow::Result<actormesh_integration::otlp_receiver::Receiver> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("otlp-receiver".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(async move {
-                let _ =
-                    tx.send(actormesh_integration::otlp_receiver::Receiver::start_counting().await);
-                std::future::pending::<()>().await;
-            });
-        })?;
-    Ok(rx.recv_timeout(Duration::from_secs(10))??)
-}
-
 async fn spawn_agent_proc(
     exe: &Path,
     m: &MasterThread,
@@ -691,218 +662,6 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
     caller.node.shutdown();
     caller_m.node.shutdown();
     Ok(f)
-}
-
-/// CPU seconds used so far by the threads named `name` of process `pid` (`None`: this one).
-fn thread_cpu(pid: Option<u32>, name: &str) -> f64 {
-    let dir = match pid {
-        Some(p) => format!("/proc/{p}/task"),
-        None => "/proc/self/task".to_string(),
-    };
-    let Ok(tasks) = std::fs::read_dir(dir) else {
-        return 0.0;
-    };
-    let mut nanos = 0u64;
-    for t in tasks.flatten() {
-        let path = t.path();
-        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if comm.trim() != name {
-            continue;
-        }
-        nanos += schedstat_nanos(&path.join("schedstat").display().to_string()).unwrap_or(0);
-    }
-    nanos as f64 / 1e9
-}
-
-/// The first field of a task's `schedstat`: its time on the CPU, in nanoseconds.
-fn schedstat_nanos(path: &str) -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
-    text.split_whitespace()
-        .next()
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no CPU time in {path}"))
-}
-
-/// CPU time used so far, in nanoseconds, by the thread calling this (`/proc/thread-self`),
-/// or by every thread of process `pid`.
-fn cpu_nanos(pid: Option<u32>) -> anyhow::Result<u64> {
-    let read = schedstat_nanos;
-    match pid {
-        None => read("/proc/thread-self/schedstat"),
-        Some(pid) => {
-            let mut total = 0;
-            for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-                let task = task?.path();
-                // A thread may end between listing and reading.
-                if let Ok(n) = read(&format!("{}/schedstat", task.display())) {
-                    total += n;
-                }
-            }
-            Ok(total)
-        }
-    }
-}
-
-/// What the fixed-rate load calls.
-#[derive(Clone)]
-enum RateTarget {
-    ByName(actormesh::mesh::ServiceRef),
-    Direct(actormesh::RemoteRef),
-}
-
-impl RateTarget {
-    async fn ask(&self) -> Result<Vec<u8>, AskError> {
-        let m = Echo(vec![3u8; PAYLOAD]);
-        match self {
-            RateTarget::ByName(s) => s.ask_timeout(m, CALL_LIMIT).await,
-            RateTarget::Direct(r) => r.ask_timeout(m, CALL_LIMIT).await,
-        }
-    }
-}
-
-/// Calls `target` at 1,000 a second for `span` from a thread of its own (the load is the
-/// application's, not the node's: it is not counted), not waiting for one call to end
-/// before the next starts; then waits for the last. The CPU seconds per second used
-/// meanwhile by this thread (the caller's node runs on it: its links, lanes and replies)
-/// and the server process together.
-async fn cpu_at_rate(span: Duration, server: u32, target: RateTarget) -> anyhow::Result<f64> {
-    const RATE: u64 = 1000;
-    let total = (span.as_secs_f64() * RATE as f64) as u64;
-    let (caller0, server0) = (cpu_nanos(None)?, cpu_nanos(Some(server))?);
-    let began = Instant::now();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("load-1000".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            let _ = tx.send(rt.block_on(async move {
-                let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / RATE));
-                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-                let mut inflight = FuturesUnordered::new();
-                let mut sent = 0;
-                while sent < total || !inflight.is_empty() {
-                    tokio::select! {
-                        _ = ticker.tick(), if sent < total => {
-                            let t = target.clone();
-                            inflight.push(async move { t.ask().await });
-                            sent += 1;
-                        }
-                        Some(reply) = inflight.next(), if !inflight.is_empty() => {
-                            anyhow::ensure!(reply?.len() == PAYLOAD, "bad echo");
-                        }
-                    }
-                    anyhow::ensure!(
-                        began.elapsed() < LOOP_LIMIT,
-                        "calls at 1,000/s ran past {LOOP_LIMIT:?}"
-                    );
-                }
-                anyhow::Ok(())
-            }));
-        })?;
-    rx.await.context("the load thread ended")??;
-    let took = began.elapsed().as_secs_f64();
-    let used = (cpu_nanos(None)? - caller0) + cpu_nanos(Some(server))?.saturating_sub(server0);
-    Ok(used as f64 / 1e9 / took)
-}
-
-/// `n` sequential asks each way, `a` and `b` taking turns every hundred, the order
-/// swapped every turn: the sorted latencies of each.
-async fn paired_latencies<A, B, FutA, FutB>(
-    n: usize,
-    mut a: A,
-    mut b: B,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)>
-where
-    A: FnMut(Vec<u8>) -> FutA,
-    B: FnMut(Vec<u8>) -> FutB,
-    FutA: Future<Output = Result<Vec<u8>, AskError>>,
-    FutB: Future<Output = Result<Vec<u8>, AskError>>,
-{
-    const TURN: usize = 100;
-    let begun = Instant::now();
-    let (mut la, mut lb) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let mut turn = 0;
-    while la.len() < n || lb.len() < n {
-        for a_now in [turn % 2 == 0, turn % 2 == 1] {
-            for _ in 0..TURN {
-                let t = Instant::now();
-                let reply = if a_now {
-                    a(vec![1u8; PAYLOAD]).await?
-                } else {
-                    b(vec![1u8; PAYLOAD]).await?
-                };
-                let took = t.elapsed();
-                anyhow::ensure!(reply.len() == PAYLOAD, "bad echo");
-                if a_now {
-                    la.push(took)
-                } else {
-                    lb.push(took)
-                }
-            }
-        }
-        turn += 1;
-        anyhow::ensure!(
-            begun.elapsed() < LOOP_LIMIT,
-            "sequential asks: {} and {} of {n} in {LOOP_LIMIT:?}",
-            la.len(),
-            lb.len()
-        );
-    }
-    la.sort();
-    lb.sort();
-    Ok((la, lb))
-}
-
-/// The pipelined rates of `a` and `b`, each over `n` asks done in ten turns taken in
-/// alternation (the order swapped every turn): the rate of each over its own turns.
-async fn paired_rates<A, B, FutA, FutB>(n: usize, mut a: A, mut b: B) -> anyhow::Result<(f64, f64)>
-where
-    A: FnMut(Vec<u8>) -> FutA,
-    B: FnMut(Vec<u8>) -> FutB,
-    FutA: Future<Output = Result<Vec<u8>, AskError>>,
-    FutB: Future<Output = Result<Vec<u8>, AskError>>,
-{
-    const TURNS: usize = 10;
-    let per_turn = (n / TURNS).max(1);
-    let (mut ta, mut tb) = (Duration::ZERO, Duration::ZERO);
-    for turn in 0..TURNS {
-        for a_now in [turn % 2 == 0, turn % 2 == 1] {
-            if a_now {
-                ta += pipelined_time(per_turn, &mut a).await?;
-            } else {
-                tb += pipelined_time(per_turn, &mut b).await?;
-            }
-        }
-    }
-    let done = (per_turn * TURNS) as f64;
-    Ok((done / ta.as_secs_f64(), done / tb.as_secs_f64()))
-}
-
-async fn pipelined_time<F, Fut>(n: usize, mut ask: F) -> anyhow::Result<Duration>
-where
-    F: FnMut(Vec<u8>) -> Fut,
-    Fut: Future<Output = Result<Vec<u8>, AskError>>,
-{
-    let start = Instant::now();
-    let mut inflight = FuturesUnordered::new();
-    let (mut sent, mut done) = (0, 0);
-    while done < n {
-        while inflight.len() < PIPELINE && sent < n {
-            inflight.push(ask(vec![9u8; PAYLOAD]));
-            sent += 1;
-        }
-        let reply = inflight.next().await.context("asks ran out")??;
-        anyhow::ensure!(reply.len() == PAYLOAD, "bad echo");
-        done += 1;
-        anyhow::ensure!(
-            start.elapsed() < LOOP_LIMIT,
-            "pipelined asks: {done} of {n} in {LOOP_LIMIT:?}"
-        );
-    }
-    Ok(start.elapsed())
 }
 
 /// Two agent processes alike but for their `role`; `endpoints` instances of a service go
