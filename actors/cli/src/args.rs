@@ -98,6 +98,21 @@ pub(crate) enum Command {
     Top(TopArgs),
 }
 
+/// What a node of `master` or `agent` shows of its calls: metrics, the access log, traces.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TelemetryArgs {
+    /// Serve Prometheus metrics at /metrics here: HOST:PORT, a PORT on loopback, or off.
+    /// By default on loopback, on a port the system picks (the ready lines print it).
+    #[arg(long, value_parser = parse_metrics_listen, default_value = "127.0.0.1:0")]
+    pub(crate) metrics_listen: actormesh_cli::MetricsListen,
+    /// Write an access log line (target actormesh::access) for this share of the calls
+    /// that arrive here: 1 every call, 0.01 one in a hundred. Off by default.
+    #[arg(long, value_parser = parse_share, value_name = "SHARE")]
+    pub(crate) access_log: Option<f64>,
+    #[command(flatten)]
+    pub(crate) trace: TraceArgs,
+}
+
 /// Trace export (`master`, `agent`, `dev`).
 #[derive(Args, Debug, Clone)]
 pub(crate) struct TraceArgs {
@@ -274,16 +289,8 @@ pub(crate) struct MasterArgs {
     /// Resources a role may never exceed, e.g. 'batch=cpus:16' (repeatable).
     #[arg(long = "role-limit", value_parser = parse_role_setting)]
     pub(crate) role_limits: Vec<(String, String)>,
-    /// Serve Prometheus metrics at /metrics here: HOST:PORT, a PORT on loopback, or off.
-    /// By default on loopback, on a port the system picks (the ready lines print it).
-    #[arg(long, value_parser = parse_metrics_listen, default_value = "127.0.0.1:0")]
-    pub(crate) metrics_listen: actormesh_cli::MetricsListen,
-    /// Write an access log line (target actormesh::access) for this share of the calls
-    /// that arrive here: 1 every call, 0.01 one in a hundred. Off by default.
-    #[arg(long, value_parser = parse_share, value_name = "SHARE")]
-    pub(crate) access_log: Option<f64>,
     #[command(flatten)]
-    pub(crate) trace: TraceArgs,
+    pub(crate) telemetry: TelemetryArgs,
     #[command(flatten)]
     pub(crate) push: PushArgs,
 }
@@ -335,16 +342,8 @@ pub(crate) struct AgentArgs {
     /// Without it this agent runs command tasks only: actor tasks need your own binary.
     #[arg(long)]
     pub(crate) demo_actors: bool,
-    /// Serve Prometheus metrics at /metrics here: HOST:PORT, a PORT on loopback, or off.
-    /// By default on loopback, on a port the system picks (the ready lines print it).
-    #[arg(long, value_parser = parse_metrics_listen, default_value = "127.0.0.1:0")]
-    pub(crate) metrics_listen: actormesh_cli::MetricsListen,
-    /// Write an access log line (target actormesh::access) for this share of the calls
-    /// that arrive here: 1 every call, 0.01 one in a hundred. Off by default.
-    #[arg(long, value_parser = parse_share, value_name = "SHARE")]
-    pub(crate) access_log: Option<f64>,
     #[command(flatten)]
-    pub(crate) trace: TraceArgs,
+    pub(crate) telemetry: TelemetryArgs,
 }
 
 #[derive(Args, Debug, Clone)]

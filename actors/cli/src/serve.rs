@@ -47,7 +47,10 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
         let sum = reserved.remove(role).unwrap_or_default().plus(&res);
         reserved.insert(role.clone(), sum);
     }
-    let tracing = args.trace.tracing(&format!("agent/{}", args.name))?;
+    let tracing = args
+        .telemetry
+        .trace
+        .tracing(&format!("agent/{}", args.name))?;
     let config = AgentConfig {
         join: args.join,
         token: args.token,
@@ -58,8 +61,8 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
         attrs: args.attrs.into_iter().collect::<BTreeMap<_, _>>(),
         actor_types: Vec::new(),
         reserved,
-        metrics_listen: args.metrics_listen.0,
-        access_log: args.access_log,
+        metrics_listen: args.telemetry.metrics_listen.0,
+        access_log: args.telemetry.access_log,
         tracing,
         host: if args.demo_actors {
             actormesh_cli::demo::host()
@@ -111,9 +114,9 @@ impl MasterArgs {
         c.agent_cert_ttl = self.agent_cert_ttl;
         c.offer_timeout = self.offer_timeout;
         c.roles = self.roles()?;
-        c.metrics_listen = self.metrics_listen.0;
-        c.access_log = self.access_log;
-        c.tracing = self.trace.tracing("master")?;
+        c.metrics_listen = self.telemetry.metrics_listen.0;
+        c.access_log = self.telemetry.access_log;
+        c.tracing = self.telemetry.trace.tracing("master")?;
         self.push.apply(&mut c)?;
         Ok(c)
     }
