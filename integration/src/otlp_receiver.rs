@@ -25,9 +25,24 @@ pub struct Received {
 #[derive(Debug, Clone)]
 pub struct Receiver {
     addr: SocketAddr,
-    spans: Arc<Mutex<Vec<Received>>>,
-    requests: Arc<Mutex<u64>>,
-    counted: Arc<Mutex<u64>>,
+    state: Arc<Mutex<State>>,
+}
+
+/// What it has received.
+#[derive(Debug, Default)]
+struct State {
+    /// Export requests.
+    requests: u64,
+    /// Spans in them, kept or only counted.
+    received: u64,
+    /// The spans, when it keeps them.
+    spans: Vec<Received>,
+}
+
+impl Receiver {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The string value of attribute `key` in `attributes`, if it has one.
@@ -67,14 +82,12 @@ impl Receiver {
     async fn start_with(keep_spans: bool) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let spans = Arc::new(Mutex::new(Vec::new()));
-        let requests = Arc::new(Mutex::new(0));
-        let counted = Arc::new(Mutex::new(0));
-        let (keep, count, seen) = (spans.clone(), requests.clone(), counted.clone());
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
         let app = axum::Router::new().route(
             "/v1/traces",
             axum::routing::post(move |body: Bytes| {
-                let (keep, count, seen) = (keep.clone(), count.clone(), seen.clone());
+                let state = shared.clone();
                 async move {
                     let Ok(req) = ExportTraceServiceRequest::decode(body) else {
                         return (
@@ -83,32 +96,21 @@ impl Receiver {
                             b"not an ExportTraceServiceRequest".to_vec(),
                         );
                     };
-                    *count.lock().unwrap() += 1;
-                    *seen.lock().unwrap() += req
-                        .resource_spans
-                        .iter()
-                        .flat_map(|r| &r.scope_spans)
-                        .map(|s| s.spans.len() as u64)
-                        .sum::<u64>();
-                    if !keep_spans {
-                        return (
-                            StatusCode::OK,
-                            [(header::CONTENT_TYPE, "application/x-protobuf")],
-                            ExportTraceServiceResponse::default().encode_to_vec(),
-                        );
-                    }
-                    let mut kept = keep.lock().unwrap();
+                    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+                    st.requests += 1;
                     for r in &req.resource_spans {
                         let service = service_name(r);
-                        for scope in &r.scope_spans {
-                            for span in &scope.spans {
-                                kept.push(Received {
+                        for span in r.scope_spans.iter().flat_map(|s| &s.spans) {
+                            st.received += 1;
+                            if keep_spans {
+                                st.spans.push(Received {
                                     service: service.clone(),
                                     span: span.clone(),
                                 });
                             }
                         }
                     }
+                    drop(st);
                     (
                         StatusCode::OK,
                         [(header::CONTENT_TYPE, "application/x-protobuf")],
@@ -120,12 +122,7 @@ impl Receiver {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self {
-            addr,
-            spans,
-            requests,
-            counted,
-        })
+        Ok(Self { addr, state })
     }
 
     /// The base URL to give an exporter (`http://127.0.0.1:port`).
@@ -135,16 +132,16 @@ impl Receiver {
 
     /// Every span received so far.
     pub fn spans(&self) -> Vec<Received> {
-        self.spans.lock().unwrap().clone()
+        self.state().spans.clone()
     }
 
     /// Spans received so far (kept or only counted).
     pub fn received(&self) -> u64 {
-        *self.counted.lock().unwrap()
+        self.state().received
     }
 
     /// Export requests received so far.
     pub fn requests(&self) -> u64 {
-        *self.requests.lock().unwrap()
+        self.state().requests
     }
 }

@@ -205,10 +205,11 @@ async fn serve_lane(
         // Delivery is decided only for a target that is there.
         let Some(s) = slot.as_ref() else { continue };
         // The gate decides before the call takes a mailbox place.
-        let workload = meta.as_ref().and_then(|m| m.workload.clone());
+        // Borrowed from the block: nothing is cloned for a call whose figures nobody keeps.
+        let workload = meta.as_deref().and_then(|m| m.workload.as_deref());
         if let Err(refusal) = s.admit(lf.name, Some(&caller)) {
             let outcome = Outcome::of_error(&AskError::from(refusal.clone()));
-            s.refused(entry, workload.as_deref(), Some(&caller), received, outcome);
+            s.refused(entry, workload, Some(&caller), received, outcome);
             match reply {
                 Some(r) => r.fail(WireError::Refused(refusal)),
                 None => debug!(actor = %target, message = lf.name, %refusal, "tell refused"),
@@ -222,8 +223,7 @@ async fn serve_lane(
             None => s.permits().acquire().await,
         };
         if expired(&lf, || received.elapsed()) {
-            let (w, c) = (workload.as_deref(), Some(&*caller));
-            s.refused(entry, w, c, received, Outcome::Timeout);
+            s.refused(entry, workload, Some(&caller), received, Outcome::Timeout);
             if let Some(r) = reply {
                 r.fail(WireError::Timeout);
             }
@@ -233,7 +233,7 @@ async fn serve_lane(
             Some((_, ms)) => Deadline::At(received + Duration::from_millis(u64::from(ms))),
             None => Deadline::None,
         };
-        let mut observed = s.observe(entry, workload.as_deref(), Some(&caller), || received);
+        let mut observed = s.observe(entry, workload, Some(&caller), || received);
         let trace_id = meta.as_ref().and_then(|m| m.trace).map(|t| t.trace_id);
         s.sample_access(&mut observed, Some(&caller), trace_id);
         let meta = s.server_span(&mut observed, entry, Some(&caller), meta);
