@@ -93,7 +93,7 @@ pub struct Metadata {
 }
 
 /// Metadata of a call without any.
-static NO_METADATA: Metadata = Metadata::new();
+pub(crate) static NO_METADATA: Metadata = Metadata::new();
 
 impl Metadata {
     /// No entries.
@@ -310,6 +310,9 @@ pub(crate) struct CallContext {
     meta: Option<Arc<CallMeta>>,
     /// The workload of the actor handling the call: what its own calls assert.
     handler_workload: Option<Arc<str>>,
+    /// The workload the block asserts is proven: this node asserted it, or the node's
+    /// inbound gate vouched that the calling node hosts it.
+    proven: bool,
 }
 
 impl CallContext {
@@ -318,6 +321,7 @@ impl CallContext {
         caller: Option<Arc<SpiffeId>>,
         meta: Option<Arc<CallMeta>>,
         handler_workload: Option<Arc<str>>,
+        proven: bool,
     ) -> Option<Arc<Self>> {
         if caller.is_none() && meta.is_none() && handler_workload.is_none() {
             return None;
@@ -326,6 +330,7 @@ impl CallContext {
             caller,
             meta,
             handler_workload,
+            proven,
         }))
     }
 }
@@ -343,9 +348,10 @@ impl CallInfo {
         meta: Option<Arc<CallMeta>>,
         handler_workload: Option<Arc<str>>,
     ) -> Self {
+        let proven = caller.is_none();
         Self::with_context(
             deadline,
-            CallContext::shared(caller, meta, handler_workload),
+            CallContext::shared(caller, meta, handler_workload, proven),
         )
     }
 
@@ -454,12 +460,23 @@ impl CallInfo {
         self.ctx.as_ref()?.caller.as_deref()
     }
 
-    /// The workload the sending node asserts for the caller (e.g. `shop/ratings`). It is
-    /// what the sending node says, not proven: until the security issue binds workloads to
-    /// identities, any node of the trust domain can assert any workload. Do not authorize
-    /// on it; use [`CallInfo::caller_node`], which is verified.
+    /// The workload the sending node asserts for the caller (e.g. `shop/ratings`), proven
+    /// or not: any node of the trust domain can assert any workload. Authorize on
+    /// [`CallInfo::workload`] (or [`CallInfo::caller_node`]) instead.
     pub fn asserted_workload(&self) -> Option<&str> {
         self.meta()?.workload.as_deref()
+    }
+
+    /// The caller's workload (`namespace/name`), proven: asserted by this node for one of
+    /// its own actors, or asserted by the calling node while the mesh's pushed registry
+    /// says that node hosts an instance of it (its certificate proves the node). `None`
+    /// when the call asserts none, or asserts one its node is not known to host.
+    pub fn workload(&self) -> Option<&str> {
+        let ctx = self.ctx.as_ref()?;
+        if ctx.caller.is_some() && !ctx.proven {
+            return None;
+        }
+        ctx.meta.as_ref()?.workload.as_deref()
     }
 
     /// The workload of the actor handling this call (`SpawnOptions::workload`): what the

@@ -10,7 +10,7 @@ use actormesh_transport::frame::{FrameError, FrameReader};
 use actormesh_transport::sink::FrameSink;
 use actormesh_transport::{Link, SpiffeId};
 
-use crate::call::{CallContext, CallInfo, Deadline};
+use crate::call::{CallContext, CallInfo, Deadline, NO_METADATA};
 use crate::dispatch::{dispatch, expired, Dispatch};
 use crate::message::RemoteReply;
 use crate::peers::{Peer, Reply};
@@ -109,7 +109,8 @@ fn plain_context(
     match plain {
         Some((s, ctx)) if Arc::ptr_eq(s, slot) => ctx.clone(),
         _ => {
-            let ctx = CallContext::shared(Some(caller.clone()), None, slot.workload().cloned());
+            let ctx =
+                CallContext::shared(Some(caller.clone()), None, slot.workload().cloned(), false);
             *plain = Some((slot.clone(), ctx.clone()));
             ctx
         }
@@ -207,7 +208,11 @@ async fn serve_lane(
         // The gate decides before the call takes a mailbox place.
         // Borrowed from the block: nothing is cloned for a call whose figures nobody keeps.
         let workload = meta.as_deref().and_then(|m| m.workload.as_deref());
-        if let Err(refusal) = s.admit(lf.name, Some(&caller)) {
+        // The calling node's certificate proves the node; the workload it asserts is its
+        // caller's only if this node's gate says that node hosts an instance of it.
+        let proven = workload.filter(|w| s.vouches(&caller, w));
+        let metadata = meta.as_deref().map_or(&NO_METADATA, |m| &m.metadata);
+        if let Err(refusal) = s.admit(lf.name, Some(&caller), proven, metadata) {
             let outcome = Outcome::of_error(&AskError::from(refusal.clone()));
             s.refused(entry, workload, Some(&caller), received, outcome);
             match reply {
@@ -234,12 +239,18 @@ async fn serve_lane(
             None => Deadline::None,
         };
         let mut observed = s.observe(entry, workload, Some(&caller), || received);
+        let proven = proven.is_some();
         let trace_id = meta.as_ref().and_then(|m| m.trace).map(|t| t.trace_id);
         s.sample_access(&mut observed, Some(&caller), trace_id);
         let meta = s.server_span(&mut observed, entry, Some(&caller), meta);
         let ctx = match meta {
             None => plain_context(&mut plain, s, &caller),
-            Some(m) => CallContext::shared(Some(caller.clone()), Some(m), s.workload().cloned()),
+            Some(m) => CallContext::shared(
+                Some(caller.clone()),
+                Some(m),
+                s.workload().cloned(),
+                proven,
+            ),
         };
         let call = CallInfo::with_context(deadline, ctx);
         let addr = s.address();

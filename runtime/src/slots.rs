@@ -109,20 +109,34 @@ impl ActorSlot {
             ended: AtomicBool::new(false),
             stop_requested: AtomicBool::new(false),
             stop_signal: Notify::new(),
-            local_context: CallContext::shared(None, None, workload.clone()),
+            local_context: CallContext::shared(None, None, workload.clone(), true),
             workload,
         }
     }
 
-    /// Whether a call of `message` from `caller` (`None`: this node) passes the node's
-    /// inbound gate; one relaxed load when no gate is installed.
+    /// Whether a call of `message` from `caller` (`None`: this node), as the proven
+    /// `workload`, with `metadata`, passes the node's inbound gate; one relaxed load when
+    /// no gate decides.
     #[inline]
     pub(crate) fn admit(
         &self,
         message: &str,
         caller: Option<&actormesh_transport::SpiffeId>,
+        workload: Option<&str>,
+        metadata: &crate::Metadata,
     ) -> Result<(), crate::gate::Refusal> {
-        self.gate.admit(&self.name, message, caller)
+        self.gate.admit(&crate::gate::Arrival {
+            actor: &self.name,
+            message,
+            caller,
+            workload,
+            metadata,
+        })
+    }
+
+    /// Whether the node's gate vouches that `caller` hosts `workload`.
+    pub(crate) fn vouches(&self, caller: &actormesh_transport::SpiffeId, workload: &str) -> bool {
+        self.gate.vouches(caller, workload)
     }
 
     /// The figures of a call to `entry` that arrived at `arrived` (read only when the

@@ -5,6 +5,7 @@
 //! each push to a [`route::RouteTable`] and publishes it; a [`ServiceRef`] (from
 //! [`Mesh::service`]) reads the published table per call, picks an endpoint with the
 //! service's balancer ([`balance`]) and calls it directly.
+pub mod authz;
 pub mod balance;
 mod calls;
 mod clock;

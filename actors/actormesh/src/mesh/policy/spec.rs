@@ -61,6 +61,11 @@ impl NameMatch {
     }
 }
 
+/// Whether `text` matches the glob `pattern` (`*` any run, `?` one character).
+pub(crate) fn glob_matches(pattern: &str, text: &str) -> bool {
+    glob(pattern.as_bytes(), text.as_bytes())
+}
+
 /// `*` and `?` globbing, iterative with one backtrack point (linear in practice, no
 /// recursion to blow up on many stars).
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
