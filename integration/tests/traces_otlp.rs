@@ -77,6 +77,7 @@ fn service(name: &str, e: Endpoint) -> Service {
         locality: false,
         endpoints: vec![e],
         traffic: Default::default(),
+        hosts: Vec::new(),
     }
 }
 
@@ -150,6 +151,7 @@ async fn a_chain_of_calls_by_name_is_one_trace_of_client_and_server_spans() {
         services,
         removed: vec![],
         revoked: vec![],
+        mesh: Default::default(),
     };
     for m in &meshes {
         let applied = master
@@ -262,6 +264,7 @@ async fn a_root_not_sampled_sends_no_trace_and_the_ratio_holds() {
         services: vec![service("s", endpoint(&server, "s"))],
         removed: vec![],
         revoked: vec![],
+        mesh: Default::default(),
     };
     for m in [&server_mesh, &caller] {
         master

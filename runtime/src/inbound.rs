@@ -245,12 +245,9 @@ async fn serve_lane(
         let meta = s.server_span(&mut observed, entry, Some(&caller), meta);
         let ctx = match meta {
             None => plain_context(&mut plain, s, &caller),
-            Some(m) => CallContext::shared(
-                Some(caller.clone()),
-                Some(m),
-                s.workload().cloned(),
-                proven,
-            ),
+            Some(m) => {
+                CallContext::shared(Some(caller.clone()), Some(m), s.workload().cloned(), proven)
+            }
         };
         let call = CallInfo::with_context(deadline, ctx);
         let addr = s.address();

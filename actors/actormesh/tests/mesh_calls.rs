@@ -132,6 +132,7 @@ fn service(name: &str, balancer: BalancerKind, endpoints: Vec<Endpoint>) -> Serv
         locality: false,
         endpoints,
         traffic: Default::default(),
+        hosts: Vec::new(),
     }
 }
 
@@ -142,6 +143,7 @@ fn full(version: u64, services: Vec<Service>) -> Push {
         services,
         removed: vec![],
         revoked: vec![],
+        mesh: Default::default(),
     }
 }
 
@@ -187,6 +189,7 @@ async fn round_robin_by_name_gives_each_endpoint_its_turn_and_a_delta_removes_on
         )],
         removed: vec![],
         revoked: vec![],
+        mesh: Default::default(),
     };
     assert_eq!(c.push(&mesh, delta).await, Ok(2));
     let counts = tally(&mesh, "echo", 100, CallOptions::default()).await;
@@ -239,6 +242,7 @@ async fn weighted_and_hash_balancers_by_name() {
         services: vec![three],
         removed: vec![],
         revoked: vec![],
+        mesh: Default::default(),
     };
     assert_eq!(c.push(&mesh, delta).await, Ok(2));
     for (k, was) in &owner {
@@ -557,6 +561,7 @@ async fn an_endpoint_is_called_only_on_the_node_the_registry_names() {
         services: vec![honest],
         removed: vec![],
         revoked: vec![],
+        mesh: Default::default(),
     };
     c.push(&mesh, delta).await.unwrap();
     let o = CallOptions::default().metadata("tenant", "t1");

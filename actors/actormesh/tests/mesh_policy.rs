@@ -221,6 +221,7 @@ impl Cluster {
             services,
             removed: vec![],
             revoked: vec![],
+            mesh: Default::default(),
         };
         for m in meshes {
             let applied = self
@@ -282,7 +283,9 @@ fn svc(endpoints: Vec<Endpoint>, route: &str, policy: &str) -> Service {
                 object: "default/svc-policy".into(),
                 spec: serde_json::from_str(policy).expect("policy JSON"),
             }),
+            authz: Vec::new(),
         },
+        hosts: Vec::new(),
     }
 }
 

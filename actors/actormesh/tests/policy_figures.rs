@@ -59,7 +59,9 @@ fn svc(endpoints: Vec<Endpoint>, route: &str, policy: &str) -> Service {
                 object: "default/svc-policy".into(),
                 spec: serde_json::from_str(policy).unwrap(),
             }),
+            authz: Vec::new(),
         },
+        hosts: Vec::new(),
     }
 }
 
@@ -70,6 +72,7 @@ async fn push(master: &Node, to: &Mesh, service: Service) {
         services: vec![service],
         removed: vec![],
         revoked: vec![],
+        mesh: Default::default(),
     };
     let applied = master
         .actor_ref(to.node().local_addr(), PROXY_ACTOR)

@@ -22,8 +22,9 @@ pub(crate) fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         match parse_object(file, &text)? {
             Object::Route(r) => routes.push(r),
             Object::DestinationPolicy(p) => policies.push(p),
-            // A deployment has nothing of its own to check across objects.
-            Object::Deployment(_) => {}
+            // A deployment or an authorization policy has nothing to check across the
+            // traffic objects.
+            Object::Deployment(_) | Object::AuthorizationPolicy(_) => {}
         }
     }
     let named: BTreeSet<ServiceName> = routes

@@ -32,6 +32,7 @@ pub(crate) fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         Object::Deployment(d) => d,
         Object::Route(r) => return apply_traffic(&client, serde_json::to_value(&r)?),
         Object::DestinationPolicy(p) => return apply_traffic(&client, serde_json::to_value(&p)?),
+        Object::AuthorizationPolicy(p) => return apply_traffic(&client, serde_json::to_value(&p)?),
     };
     let body = serde_json::to_value(&d.manifest)?;
     let v = client.call("POST", "/v1/deployments", Some(body))?;
@@ -78,6 +79,12 @@ pub(crate) fn delete(what: DeleteWhat) -> anyhow::Result<()> {
         DeleteWhat::DestinationPolicy { name, api } => {
             (name, api, "destination-policies", Some("DestinationPolicy"))
         }
+        DeleteWhat::AuthorizationPolicy { name, api } => (
+            name,
+            api,
+            "authorization-policies",
+            Some("AuthorizationPolicy"),
+        ),
     };
     if let Some(kind) = what {
         let key = object_key(&name, kind)?;

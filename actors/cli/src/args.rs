@@ -309,6 +309,13 @@ pub(crate) struct PushArgs {
     /// proxy applied its removal.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub(crate) drain_time: Duration,
+    /// What decides a call to a service that no ALLOW AuthorizationPolicy applies to:
+    /// allow or deny.
+    #[arg(long, default_value = "allow")]
+    pub(crate) authz_default: actormesh::mesh::authz::AuthzDefault,
+    /// Denials tell callers outside the service's namespace no policy or rule name.
+    #[arg(long)]
+    pub(crate) hide_policy_names: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -509,6 +516,13 @@ pub(crate) enum DeleteWhat {
     },
     /// A DestinationPolicy, by namespace/name: its service goes back to no policy.
     DestinationPolicy {
+        /// namespace/name, or just name for the default namespace.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// An AuthorizationPolicy, by namespace/name: it stops applying at the next push.
+    AuthorizationPolicy {
         /// namespace/name, or just name for the default namespace.
         name: String,
         #[command(flatten)]

@@ -11,7 +11,7 @@ use actormesh_master::services::{ProxyStatusReport, ServiceSummary};
 use actormesh::mesh::protocol::ProxyConfig;
 use actormesh::mesh::{Service, ServiceName, DEFAULT_NAMESPACE};
 
-use actormesh_master::manifest::{PolicyManifest, RouteManifest};
+use actormesh_master::manifest::{AuthzManifest, PolicyManifest, RouteManifest};
 
 use crate::args::{ApiArgs, GetWhat};
 
@@ -20,6 +20,8 @@ use crate::args::{ApiArgs, GetWhat};
 struct TrafficList {
     routes: Vec<RouteManifest>,
     destination_policies: Vec<PolicyManifest>,
+    #[serde(default)]
+    authorization_policies: Vec<AuthzManifest>,
 }
 use crate::output::{self, JsonLayout};
 use crate::tables;
@@ -45,7 +47,11 @@ pub(crate) fn run(what: GetWhat) -> anyhow::Result<()> {
             list(&api, &path, |s: Service| tables::endpoints(&s.endpoints))
         }
         GetWhat::Traffic { api } => list(&api, "/v1/traffic", |t: TrafficList| {
-            tables::traffic(&t.routes, &t.destination_policies)
+            tables::traffic(
+                &t.routes,
+                &t.destination_policies,
+                &t.authorization_policies,
+            )
         }),
         GetWhat::ProxyStatus { api } => list(&api, "/v1/proxy-status", |r: ProxyStatusReport| {
             tables::proxy_status(&r)

@@ -183,6 +183,10 @@ impl PushArgs {
         c.push_window = self.push_window;
         c.push_stale_after = self.push_stale_after;
         c.drain_time = self.drain_time;
+        c.mesh = actormesh::mesh::MeshSettings {
+            authz_default: self.authz_default,
+            hide_policy_names: self.hide_policy_names,
+        };
         Ok(())
     }
 }

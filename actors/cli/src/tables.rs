@@ -295,6 +295,7 @@ const TRAFFIC: &[Column] = &[
 pub(crate) fn traffic(
     routes: &[actormesh_master::manifest::RouteManifest],
     policies: &[actormesh_master::manifest::PolicyManifest],
+    authz: &[actormesh_master::manifest::AuthzManifest],
 ) -> String {
     let mut rows: Vec<Vec<String>> = routes
         .iter()
@@ -318,6 +319,17 @@ pub(crate) fn traffic(
             } else {
                 format!("subsets {}", subsets.join(","))
             },
+        ]
+    }));
+    rows.extend(authz.iter().map(|p| {
+        vec![
+            "AuthorizationPolicy".into(),
+            format!("{}/{}", p.namespace, p.name),
+            p.spec
+                .service
+                .clone()
+                .unwrap_or_else(|| format!("{}/*", p.namespace)),
+            format!("{} {} rule(s)", p.spec.action.as_str(), p.spec.rules.len()),
         ]
     }));
     render(TRAFFIC, &rows)
@@ -705,11 +717,13 @@ mod tests {
                 locality: true,
                 endpoints: vec![e],
                 traffic: Default::default(),
+                hosts: Vec::new(),
             }],
             revoked: vec![actormesh::mesh::Revocation {
                 id: "spiffe://td/node/gone".into(),
                 until_ms: 1,
             }],
+            mesh: Default::default(),
         };
         let text = proxy_config(&c);
         assert!(text.starts_with("applied version 4\nSERVICE"), "{text}");

@@ -148,6 +148,7 @@ impl Handler<DumpConfig> for StandInProxy {
             version: self.version,
             services: self.services.values().cloned().collect(),
             revoked: self.revoked.clone(),
+            mesh: Default::default(),
         })
     }
 }

@@ -200,7 +200,7 @@ async fn apply_traffic(State(api): State<Api>, body: axum::body::Bytes) -> Respo
     let Ok(text) = String::from_utf8(body.to_vec()) else {
         return error(
             StatusCode::BAD_REQUEST,
-            "the manifest is not UTF-8 (expected a JSON Route or DestinationPolicy manifest)",
+            "the manifest is not UTF-8 (expected a JSON Route, DestinationPolicy or AuthorizationPolicy manifest)",
         );
     };
     match api.master.send(ApplyTraffic(text)).await {
@@ -212,9 +212,7 @@ async fn apply_traffic(State(api): State<Api>, body: axum::body::Bytes) -> Respo
 
 async fn list_traffic(State(api): State<Api>) -> Response {
     match api.master.send(ListTraffic).await {
-        Ok((routes, policies)) => {
-            Json(json!({ "routes": routes, "destination_policies": policies })).into_response()
-        }
+        Ok(list) => Json(list).into_response(),
         Err(e) => master_down(e),
     }
 }
@@ -240,6 +238,13 @@ async fn delete_policy(
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
     delete_traffic(api, TrafficKind::DestinationPolicy, namespace, name).await
+}
+
+async fn delete_authz(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    delete_traffic(api, TrafficKind::AuthorizationPolicy, namespace, name).await
 }
 
 async fn deployments(State(api): State<Api>) -> Response {
@@ -445,6 +450,10 @@ pub fn serve(
         .route(
             "/v1/destination-policies/{namespace}/{name}",
             axum::routing::delete(delete_policy),
+        )
+        .route(
+            "/v1/authorization-policies/{namespace}/{name}",
+            axum::routing::delete(delete_authz),
         )
         .route("/v1/tasks", get(tasks))
         .route("/v1/frameworks", get(frameworks))

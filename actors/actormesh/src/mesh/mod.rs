@@ -11,6 +11,7 @@ mod calls;
 mod clock;
 pub mod figures;
 mod handle;
+pub mod inbound;
 pub mod policy;
 pub mod protocol;
 mod proxy;
@@ -21,6 +22,7 @@ mod service;
 pub use figures::MeshFigures;
 pub use handle::{Mesh, MeshError, MeshOptions};
 pub use registry::{
-    BadServiceName, BalancerKind, Endpoint, Revocation, Service, ServiceName, DEFAULT_NAMESPACE,
+    BadServiceName, BalancerKind, Endpoint, MeshSettings, Revocation, Service, ServiceName,
+    DEFAULT_NAMESPACE,
 };
 pub use service::{no_endpoints, CallOptions, ServiceRef};

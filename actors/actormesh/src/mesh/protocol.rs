@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::mesh::registry::{Revocation, Service, ServiceName};
+use crate::mesh::registry::{MeshSettings, Revocation, Service, ServiceName};
 use crate::protocol::MasterRefusal;
 use crate::RemoteMessage;
 
@@ -50,9 +50,10 @@ pub enum PushKind {
 
 /// The master pushes registry changes to a node's `$proxy`.
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
-/// v2: services carry their traffic policy (`Service::traffic`); a v1 proxy answers
-/// `UnknownMessage` rather than misreading it.
-#[remote(name = "actormesh.mesh.Push/v2", reply = Result<u64, PushRefused>)]
+/// v2: services carry their traffic policy (`Service::traffic`); v3: their hosts and
+/// authorization policies, and the push the mesh's settings. A proxy of an earlier
+/// version answers `UnknownMessage` rather than misreading it.
+#[remote(name = "actormesh.mesh.Push/v3", reply = Result<u64, PushRefused>)]
 pub struct Push {
     /// The registry version this push brings the proxy to.
     pub version: u64,
@@ -64,6 +65,8 @@ pub struct Push {
     pub removed: Vec<ServiceName>,
     /// Revoked identities: all in force in a full snapshot, the new ones in a delta.
     pub revoked: Vec<Revocation>,
+    /// The master's mesh-wide settings (in every push).
+    pub mesh: MeshSettings,
 }
 
 /// Why a proxy did not apply a push.
@@ -98,7 +101,7 @@ pub enum PushRefused {
 
 /// The operator asks a node's `$proxy` what it applied (`actormesh get proxy-config`).
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
-#[remote(name = "actormesh.mesh.DumpConfig/v2", reply = ProxyConfig)]
+#[remote(name = "actormesh.mesh.DumpConfig/v3", reply = ProxyConfig)]
 pub struct DumpConfig;
 
 /// What a proxy applied.
@@ -110,6 +113,9 @@ pub struct ProxyConfig {
     pub services: Vec<Service>,
     /// The identities it refuses.
     pub revoked: Vec<Revocation>,
+    /// The mesh-wide settings of the last push.
+    #[serde(default)]
+    pub mesh: MeshSettings,
 }
 
 /// Ask a node's `$proxy` for the node's call figures (`actormesh top`): over the mesh, so

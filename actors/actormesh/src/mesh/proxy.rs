@@ -13,12 +13,12 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::mesh::clock;
-use crate::mesh::policy::active::lock;
+use crate::mesh::inbound::MeshGate;
 use crate::mesh::protocol::{
     DumpConfig, DumpEndpoints, EndpointLive, GetFigures, NodeFigures, Push, PushRefused,
 };
-use crate::mesh::route::{LocalLimits, RouteTable};
-use crate::{Arrival, InboundGate, Node, Refusal, RemoteRef};
+use crate::mesh::route::RouteTable;
+use crate::{InboundGate, Node, RemoteRef};
 
 /// The table every caller on a node reads.
 pub(crate) type Routes = Arc<ArcSwap<RouteTable<RemoteRef>>>;
@@ -75,12 +75,9 @@ impl Handler<Push> for Proxy {
                 Err(e) => warn!(identity = %r.id, error = %e, "revocation not applied"),
             }
         }
-        if !Arc::ptr_eq(next.limits(), current.limits()) {
-            let gate = (!next.limits().is_empty()).then(|| {
-                Arc::new(LimitGate {
-                    limits: next.limits().clone(),
-                }) as Arc<dyn InboundGate>
-            });
+        if !Arc::ptr_eq(next.inbound(), current.inbound()) {
+            let gate = (!next.inbound().is_empty())
+                .then(|| Arc::new(MeshGate::new(next.inbound().clone())) as Arc<dyn InboundGate>);
             self.node.set_inbound_gate(gate);
         }
         // The figures of this node's endpoints name their service (of the services this
@@ -96,30 +93,6 @@ impl Handler<Push> for Proxy {
         self.routes.store(Arc::new(next));
         self.applied.send_replace(Some(push.version));
         Ok(push.version)
-    }
-}
-
-/// The node's inbound gate while any of its actors serves a rate-limited service: a call
-/// to such an actor takes a token of each such service's bucket, or is refused with
-/// `RateLimited` before it takes a mailbox place.
-struct LimitGate {
-    limits: Arc<LocalLimits>,
-}
-
-impl InboundGate for LimitGate {
-    fn admit(&self, call: &Arrival<'_>) -> Result<(), Refusal> {
-        let Some(limits) = self.limits.get(call.actor) else {
-            return Ok(());
-        };
-        let now = clock::now();
-        for (service, bucket) in limits {
-            if !lock(bucket).try_take(now) {
-                return Err(Refusal::RateLimited {
-                    service: service.to_string(),
-                });
-            }
-        }
-        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::mesh::authz::{AuthorizationPolicySpec, AuthzDefault};
 use crate::mesh::policy::spec::{DestinationPolicySpec, RouteSpec};
 
 /// The namespace of a bare name used outside any namespace.
@@ -165,10 +166,25 @@ pub struct Service {
     pub locality: bool,
     /// Its ready endpoints, sorted by id.
     pub endpoints: Vec<Endpoint>,
-    /// The Route and DestinationPolicy applied to it (never skipped when empty: bincode
-    /// reads fields by position).
+    /// The Route, DestinationPolicy and AuthorizationPolicies applied to it (never
+    /// skipped when empty: bincode reads fields by position).
     #[serde(default)]
     pub traffic: Traffic,
+    /// The nodes (SPIFFE ids, sorted) that host an instance of it, ready or not: a
+    /// deployment's placed instances and node registrations. A call that one of them
+    /// asserts as coming from this service's workload is believed; from any other node,
+    /// it is not.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// Mesh-wide settings of the master, carried by every push.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshSettings {
+    /// What decides a call to a service no ALLOW policy applies to.
+    pub authz_default: AuthzDefault,
+    /// Denials tell callers outside the service's namespace no policy or rule name.
+    pub hide_policy_names: bool,
 }
 
 /// An object applied to a service: its `namespace/name` and its spec.
@@ -190,6 +206,9 @@ pub struct Traffic {
     pub route: Option<Applied<RouteSpec>>,
     /// Its DestinationPolicy.
     pub policy: Option<Applied<DestinationPolicySpec>>,
+    /// The AuthorizationPolicies that apply to it (its own and its namespace's), by
+    /// object name.
+    pub authz: Vec<Applied<AuthorizationPolicySpec>>,
 }
 
 // The specs' floats (percentages, ratios) are validated finite: equality is total on them.
@@ -198,7 +217,13 @@ impl Eq for Traffic {}
 impl Traffic {
     /// Whether nothing is applied.
     pub fn is_empty(&self) -> bool {
-        self.route.is_none() && self.policy.is_none()
+        self.route.is_none() && self.policy.is_none() && self.authz.is_empty()
+    }
+
+    /// Whether a Route or a DestinationPolicy is applied: what callers' calls follow
+    /// (AuthorizationPolicies are the callee's).
+    pub fn shapes_calls(&self) -> bool {
+        self.route.is_some() || self.policy.is_some()
     }
 }
 
@@ -209,6 +234,8 @@ struct TrafficForm {
     route: Option<Applied<RouteSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     policy: Option<Applied<DestinationPolicySpec>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    authz: Vec<Applied<AuthorizationPolicySpec>>,
 }
 
 impl Serialize for Traffic {
@@ -216,6 +243,7 @@ impl Serialize for Traffic {
         let form = TrafficForm {
             route: self.route.clone(),
             policy: self.policy.clone(),
+            authz: self.authz.clone(),
         };
         if s.is_human_readable() {
             form.serialize(s)
@@ -237,6 +265,7 @@ impl<'de> Deserialize<'de> for Traffic {
         Ok(Self {
             route: form.route,
             policy: form.policy,
+            authz: form.authz,
         })
     }
 }
@@ -303,7 +332,9 @@ mod tests {
                     object: "shop/web-policy".into(),
                     spec: policy,
                 }),
+                authz: Vec::new(),
             },
+            hosts: Vec::new(),
         };
         let bytes = actormesh_transport::codec::encode(&s).unwrap();
         let back: Service = actormesh_transport::codec::decode(&bytes).unwrap();

@@ -12,14 +12,15 @@ use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::mesh::authz::ServiceAuthz;
 use crate::mesh::balance::{
     stable_hash, BalanceConfig, EndpointState, Locality, Member, Nanos, PickInput, Picked, Random,
     ServiceBalancer,
 };
+use crate::mesh::inbound::{InboundRules, ServiceView};
 use crate::mesh::policy::active::{service_balancer, ActivePolicy};
-use crate::mesh::policy::bucket::TokenBucket;
 use crate::mesh::protocol::{ProxyConfig, Push, PushKind, PushRefused};
-use crate::mesh::registry::{Endpoint, Revocation, Service, ServiceName};
+use crate::mesh::registry::{Endpoint, MeshSettings, Revocation, Service, ServiceName};
 
 /// Makes the target a call uses for an endpoint (a `RemoteRef` to its actor).
 pub type Connector<T> = dyn Fn(&Endpoint) -> T + Send + Sync;
@@ -50,6 +51,8 @@ pub struct ServiceRoutes<T> {
     balancer: ServiceBalancer,
     /// Its traffic policy, if a Route or DestinationPolicy is applied.
     policy: Option<Box<ActivePolicy>>,
+    /// Its authorization, compiled, when in force (a policy applies or the default denies).
+    authz: Option<Arc<ServiceAuthz>>,
 }
 
 impl<T> ServiceRoutes<T> {
@@ -57,6 +60,11 @@ impl<T> ServiceRoutes<T> {
     #[inline]
     pub fn policy(&self) -> Option<&ActivePolicy> {
         self.policy.as_deref()
+    }
+
+    /// Its authorization, when in force.
+    pub fn authz(&self) -> Option<&Arc<ServiceAuthz>> {
+        self.authz.as_ref()
     }
 
     /// The rule that ejects its endpoints: outlier detection's if the policy sets it,
@@ -231,22 +239,16 @@ impl<T> ByName<T> {
     }
 }
 
-/// A rate limit of a service one of this node's actors serves: the service and its bucket.
-pub type LocalLimit = (ServiceName, Arc<std::sync::Mutex<TokenBucket>>);
-
-/// The rate limits of this node's actors, by actor name: what the node's inbound gate
-/// checks as calls arrive.
-pub type LocalLimits = HashMap<String, Vec<LocalLimit>>;
-
 /// An immutable snapshot of the routes a Proxy applied.
 #[derive(Debug)]
 pub struct RouteTable<T> {
     version: Option<u64>,
     services: ByName<T>,
-    /// Services with a rate limit and an endpoint on this node.
-    limited: std::collections::BTreeSet<ServiceName>,
-    /// Their limits by local actor, shared with the previous table when unchanged.
-    limits: Arc<LocalLimits>,
+    /// What this node's inbound gate decides (authorization, rate limits, workload
+    /// hosts), shared with the previous table when a push changed none of it.
+    inbound: Arc<InboundRules>,
+    /// The master's mesh-wide settings of the last push.
+    mesh: MeshSettings,
     /// Revoked identities, by id, refused until (ms since the epoch).
     revoked: BTreeMap<String, u64>,
     context: Arc<RouteContext<T>>,
@@ -341,8 +343,8 @@ impl<T: Clone> RouteTable<T> {
         Self {
             version: None,
             services: ByName::default(),
-            limited: Default::default(),
-            limits: Arc::default(),
+            inbound: Arc::default(),
+            mesh: MeshSettings::default(),
             revoked: BTreeMap::new(),
             context: Arc::new(RouteContext {
                 locality,
@@ -382,9 +384,27 @@ impl<T: Clone> RouteTable<T> {
         for r in &push.removed {
             services.remove(r);
         }
+        let resettled = push.mesh != self.mesh;
+        let mut inbound_changed =
+            matches!(push.kind, PushKind::Full) || !push.removed.is_empty() || resettled;
         for s in &push.services {
-            let routes = self.build(s, self.services.get(&s.name).map(|a| &**a), now)?;
+            let old = self.services.get(&s.name).map(|a| &**a);
+            let routes = self.build(s, old, push.mesh, now)?;
+            inbound_changed |= old.is_none_or(|o| inbound_differs(o, &routes));
             services.insert(s.name.clone(), Arc::new(routes));
+        }
+        if resettled && matches!(push.kind, PushKind::Delta { .. }) {
+            // New settings (the default decides authorization): every service again.
+            let pushed: HashSet<&ServiceName> = push.services.iter().map(|s| &s.name).collect();
+            let others: Vec<Arc<ServiceRoutes<T>>> = services
+                .values()
+                .filter(|r| !pushed.contains(&r.service.name))
+                .cloned()
+                .collect();
+            for old in others {
+                let routes = self.build(&old.service, Some(&old), push.mesh, now)?;
+                services.insert(old.service.name.clone(), Arc::new(routes));
+            }
         }
         let mut revoked = match push.kind {
             PushKind::Full => BTreeMap::new(),
@@ -394,69 +414,30 @@ impl<T: Clone> RouteTable<T> {
             let until = revoked.entry(r.id.clone()).or_insert(r.until_ms);
             *until = (*until).max(r.until_ms);
         }
-        let (limited, limits) = self.local_limits(push, &services);
+        let inbound = if inbound_changed {
+            Arc::new(InboundRules::build(
+                &self.context.locality.node,
+                push.mesh,
+                services.values().map(|r| r.view()),
+            ))
+        } else {
+            self.inbound.clone()
+        };
         Ok(RouteTable {
             version: Some(push.version),
             services,
-            limited,
-            limits,
+            inbound,
+            mesh: push.mesh,
             revoked,
             context: self.context.clone(),
         })
-    }
-
-    /// The rate-limited services with an endpoint on this node after `push`, and their
-    /// limits by local actor (the previous ones, shared, if the push changed none of them).
-    fn local_limits(
-        &self,
-        push: &Push,
-        services: &ByName<T>,
-    ) -> (std::collections::BTreeSet<ServiceName>, Arc<LocalLimits>) {
-        let me = &self.context.locality.node;
-        let mut limited = match push.kind {
-            PushKind::Full => Default::default(),
-            PushKind::Delta { .. } => self.limited.clone(),
-        };
-        let mut touched = matches!(push.kind, PushKind::Full) && !self.limited.is_empty();
-        for r in &push.removed {
-            touched |= limited.remove(r);
-        }
-        for s in &push.services {
-            let Some(routes) = services.get(&s.name) else {
-                continue;
-            };
-            let local = routes.policy().and_then(|p| p.limiter()).is_some()
-                && routes.endpoints().iter().any(|e| &e.node == me);
-            touched |= limited.remove(&s.name) | local;
-            if local {
-                limited.insert(s.name.clone());
-            }
-        }
-        if !touched {
-            return (limited, self.limits.clone());
-        }
-        let mut limits = LocalLimits::new();
-        for name in &limited {
-            let Some(routes) = services.get(name) else {
-                continue;
-            };
-            let Some(bucket) = routes.policy().and_then(|p| p.limiter()) else {
-                continue;
-            };
-            for e in routes.endpoints().iter().filter(|e| &e.node == me) {
-                limits
-                    .entry(e.actor.clone())
-                    .or_default()
-                    .push((name.clone(), bucket.clone()));
-            }
-        }
-        (limited, Arc::new(limits))
     }
 
     fn build(
         &self,
         s: &Service,
         old: Option<&ServiceRoutes<T>>,
+        mesh: MeshSettings,
         now: Nanos,
     ) -> Result<ServiceRoutes<T>, PushRefused> {
         let ctx = &self.context;
@@ -524,6 +505,23 @@ impl<T: Clone> RouteTable<T> {
         )
         .map_err(|e| invalid(format!("service {}: {e}", s.name)))?
         .map(Box::new);
+        for p in &s.traffic.authz {
+            p.spec.validate().map_err(|e| {
+                invalid(format!(
+                    "service {}: AuthorizationPolicy {}: spec.{e}",
+                    s.name, p.object
+                ))
+            })?;
+        }
+        let authz = if old.is_some_and(|o| {
+            o.service.traffic.authz == s.traffic.authz
+                && o.authz.as_ref().map(|a| a.default()) == Some(mesh.authz_default)
+        }) {
+            old.and_then(|o| o.authz.clone())
+        } else {
+            let a = ServiceAuthz::new(&s.name, &s.traffic.authz, mesh.authz_default);
+            a.in_force().then(|| Arc::new(a))
+        };
         Ok(ServiceRoutes {
             service: Service {
                 endpoints,
@@ -533,7 +531,48 @@ impl<T: Clone> RouteTable<T> {
             targets,
             balancer,
             policy,
+            authz,
         })
+    }
+}
+
+/// Whether `new` changes what the inbound gate reads of its service: hosts, where its
+/// endpoints are, its authorization or its rate limit.
+fn inbound_differs<T>(old: &ServiceRoutes<T>, new: &ServiceRoutes<T>) -> bool {
+    fn places<T>(r: &ServiceRoutes<T>) -> impl Iterator<Item = (&str, &str)> {
+        r.endpoints()
+            .iter()
+            .map(|e| (e.node.as_str(), e.actor.as_str()))
+    }
+    let limit = |r: &ServiceRoutes<T>| r.policy().and_then(|p| p.limiter()).map(Arc::as_ptr);
+    old.service.hosts != new.service.hosts
+        || !places(old).eq(places(new))
+        || !same_arc(&old.authz, &new.authz)
+        || limit(old) != limit(new)
+}
+
+fn same_arc<X>(a: &Option<Arc<X>>, b: &Option<Arc<X>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    }
+}
+
+impl<T> ServiceRoutes<T> {
+    /// What the inbound rules read of it.
+    fn view(&self) -> ServiceView<'_> {
+        ServiceView {
+            name: &self.service.name,
+            hosts: &self.service.hosts,
+            endpoint_nodes: self
+                .endpoints()
+                .iter()
+                .map(|e| (e.node.as_str(), e.actor.as_str()))
+                .collect(),
+            authz: self.authz.clone(),
+            limit: self.policy().and_then(|p| p.limiter()).cloned(),
+        }
     }
 }
 
@@ -564,9 +603,14 @@ impl<T> RouteTable<T> {
         self.services.shards[shard.0].get(name)
     }
 
-    /// The rate limits of this node's actors, by actor name.
-    pub fn limits(&self) -> &Arc<LocalLimits> {
-        &self.limits
+    /// What this node's inbound gate decides from this table.
+    pub fn inbound(&self) -> &Arc<InboundRules> {
+        &self.inbound
+    }
+
+    /// The master's mesh-wide settings of the last push.
+    pub fn mesh(&self) -> MeshSettings {
+        self.mesh
     }
 
     /// How many services the table holds.
@@ -612,6 +656,7 @@ impl<T> RouteTable<T> {
             version: self.version,
             services,
             revoked: self.revoked(),
+            mesh: self.mesh,
         }
     }
 }
@@ -649,6 +694,7 @@ mod tests {
             locality: false,
             endpoints: eps,
             traffic: Default::default(),
+            hosts: Vec::new(),
         }
     }
 
@@ -659,6 +705,7 @@ mod tests {
             services,
             removed: vec![],
             revoked: vec![],
+            mesh: Default::default(),
         }
     }
 
@@ -669,6 +716,7 @@ mod tests {
             services,
             removed,
             revoked: vec![],
+            mesh: Default::default(),
         }
     }
 

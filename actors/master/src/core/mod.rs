@@ -252,6 +252,8 @@ pub struct Setup {
     pub drain_time: Duration,
     /// The registry's version ceiling as stored (0 if none): versions continue from it.
     pub registry_ceiling: u64,
+    /// The mesh-wide settings every push carries (the authorization default).
+    pub mesh: actormesh::mesh::MeshSettings,
 }
 
 /// Why stored state could not be loaded into a core.
@@ -402,7 +404,8 @@ impl ClusterCore {
             registry: crate::services::ServiceRegistry::new(
                 floor,
                 crate::services::DEFAULT_LOG_LEN,
-            ),
+            )
+            .with_mesh(setup.mesh),
             pushes: crate::services::PushBook::new(setup.push, held),
             drains: crate::services::DrainBook::default(),
             deregistered: Vec::new(),

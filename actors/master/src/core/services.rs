@@ -152,6 +152,11 @@ impl ClusterCore {
                 s.traffic = traffic;
             }
         }
+        if self.traffic.has_authz() {
+            for (name, s) in desired.iter_mut() {
+                s.traffic.authz = self.traffic.authz_for(name);
+            }
+        }
         let revoked = self
             .membership
             .all()

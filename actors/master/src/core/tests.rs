@@ -56,6 +56,7 @@ pub(super) fn setup(agents: Vec<AgentRecord>, config_rows: Vec<(String, Versione
         push: crate::services::PushConfig::default(),
         drain_time: crate::services::DEFAULT_DRAIN,
         registry_ceiling: 0,
+        mesh: Default::default(),
     }
 }
 

@@ -9,7 +9,7 @@ use actormesh::mesh::policy::analyze::{analyze, Finding};
 use actormesh::mesh::Service;
 
 use super::{ClusterCore, OperatorError, Step};
-use crate::manifest::{parse_object, Object, PolicyManifest, RouteManifest};
+use crate::manifest::{parse_object, AuthzManifest, Object, PolicyManifest, RouteManifest};
 
 /// What `apply` of a Route or DestinationPolicy answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -28,6 +28,8 @@ pub enum TrafficKind {
     Route,
     /// `kind: DestinationPolicy`.
     DestinationPolicy,
+    /// `kind: AuthorizationPolicy`.
+    AuthorizationPolicy,
 }
 
 impl ClusterCore {
@@ -45,6 +47,7 @@ impl ClusterCore {
             let (routes, policies) = match &object {
                 Object::Route(r) => (vec![r.clone()], vec![]),
                 Object::DestinationPolicy(p) => (vec![], vec![p.clone()]),
+                Object::AuthorizationPolicy(_) => (vec![], vec![]),
                 Object::Deployment(_) => {
                     return Err(OperatorError::Invalid(
                         "a Deployment goes to /v1/deployments, not /v1/traffic".into(),
@@ -55,6 +58,7 @@ impl ClusterCore {
             let changes = match object {
                 Object::Route(r) => core.traffic.apply_route(r),
                 Object::DestinationPolicy(p) => core.traffic.apply_policy(p),
+                Object::AuthorizationPolicy(p) => core.traffic.apply_authz(p),
                 Object::Deployment(_) => unreachable!("refused above"),
             }
             .map_err(|e| OperatorError::Invalid(e.to_string()))?;
@@ -75,6 +79,7 @@ impl ClusterCore {
             let changes = match kind {
                 TrafficKind::Route => core.traffic.delete_route(namespace, name),
                 TrafficKind::DestinationPolicy => core.traffic.delete_policy(namespace, name),
+                TrafficKind::AuthorizationPolicy => core.traffic.delete_authz(namespace, name),
             }
             .map_err(|e| OperatorError::NotFound(e.to_string()))?;
             core.persist_acknowledged(changes);
@@ -91,6 +96,16 @@ impl ClusterCore {
     /// Every applied DestinationPolicy.
     pub fn destination_policies(&self) -> Vec<PolicyManifest> {
         self.traffic.policies().cloned().collect()
+    }
+
+    /// The mesh-wide settings every push carries.
+    pub fn mesh_settings(&self) -> actormesh::mesh::MeshSettings {
+        self.registry.mesh()
+    }
+
+    /// Every applied AuthorizationPolicy.
+    pub fn authorization_policies(&self) -> Vec<AuthzManifest> {
+        self.traffic.authorization_policies().cloned().collect()
     }
 
     /// What `analyze` finds across the applied objects, `routes` and `policies` (in place of

@@ -32,7 +32,7 @@ use actormesh::resources::Resources;
 pub use actormesh::duration::{parse_duration, DurationError};
 
 mod traffic;
-pub use traffic::{parse_object, Object, PolicyManifest, RouteManifest};
+pub use traffic::{parse_object, AuthzManifest, Object, PolicyManifest, RouteManifest};
 
 /// A manifest as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -311,7 +311,7 @@ pub(crate) fn read<T: serde::de::DeserializeOwned>(
 }
 
 /// The kinds of object `apply` takes.
-pub const KINDS: &str = "Deployment, Route or DestinationPolicy";
+pub const KINDS: &str = "Deployment, Route, DestinationPolicy or AuthorizationPolicy";
 
 pub fn parse(file: &Path, text: &str) -> Result<Deployment, ManifestError> {
     let fname = file.display().to_string();
@@ -333,7 +333,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Deployment, ManifestError> {
         return Err(err(
             "kind",
             format!("{:?} is not a Deployment", m.kind),
-            "Deployment (this reads deployments only; apply takes Deployment, Route or DestinationPolicy)",
+            "Deployment (this reads deployments only; apply takes Deployment, Route, DestinationPolicy or AuthorizationPolicy)",
         ));
     }
     if !valid_name(&m.name) {

@@ -1,5 +1,5 @@
-//! `kind: Route` and `kind: DestinationPolicy` manifests, and [`parse_object`], which reads
-//! any kind `apply` takes. The specs are the façade's [`actormesh::mesh::policy::spec`]
+//! `kind: Route`, `kind: DestinationPolicy` and `kind: AuthorizationPolicy` manifests, and
+//! [`parse_object`], which reads any kind `apply` takes. The specs are the façade's [`actormesh::mesh::policy::spec`]
 //! types, validated there; errors here add the file and the `spec.` prefix of the field.
 //!
 //! ```yaml
@@ -30,6 +30,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use actormesh::mesh::authz::AuthorizationPolicySpec;
 use actormesh::mesh::policy::spec::{DestinationPolicySpec, FieldError, RouteSpec};
 
 use super::{parse, read, valid_name, Deployment, ManifestError, KINDS};
@@ -64,6 +65,22 @@ pub struct PolicyManifest {
     pub spec: DestinationPolicySpec,
 }
 
+/// An AuthorizationPolicy as written (`spec.service` absent: every service of its
+/// namespace).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthzManifest {
+    /// `AuthorizationPolicy`.
+    pub kind: String,
+    /// Name, unique in its namespace.
+    pub name: String,
+    /// Namespace (default `default`): the policy governs services of this namespace only.
+    #[serde(default = "super::default_namespace")]
+    pub namespace: String,
+    /// The policy.
+    pub spec: AuthorizationPolicySpec,
+}
+
 /// A validated object of any kind `apply` takes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
@@ -73,6 +90,8 @@ pub enum Object {
     Route(RouteManifest),
     /// A destination policy.
     DestinationPolicy(PolicyManifest),
+    /// An authorization policy.
+    AuthorizationPolicy(AuthzManifest),
 }
 
 impl Object {
@@ -85,6 +104,9 @@ impl Object {
             Object::Route(r) => format!("Route {}/{}", r.namespace, r.name),
             Object::DestinationPolicy(p) => {
                 format!("DestinationPolicy {}/{}", p.namespace, p.name)
+            }
+            Object::AuthorizationPolicy(p) => {
+                format!("AuthorizationPolicy {}/{}", p.namespace, p.name)
             }
         }
     }
@@ -131,6 +153,19 @@ pub fn parse_object(file: &Path, text: &str) -> Result<Object, ManifestError> {
             names(&m.name, &m.namespace).map_err(|(f, p, e)| err(f, p, e))?;
             m.spec.validate().map_err(|e| in_spec(file, e))?;
             Ok(Object::DestinationPolicy(m))
+        }
+        Some("AuthorizationPolicy") => {
+            let m: AuthzManifest = read(file, text).map_err(|(field, msg)| {
+                err(
+                    &field,
+                    msg,
+                    "an AuthorizationPolicy: kind, name, namespace and spec (service, action, rules)",
+                )
+            })?;
+            names(&m.name, &m.namespace).map_err(|(f, p, e)| err(f, p, e))?;
+            m.spec.validate().map_err(|e| in_spec(file, e))?;
+            m.spec.scope(&m.namespace).map_err(|e| in_spec(file, e))?;
+            Ok(Object::AuthorizationPolicy(m))
         }
         Some(other) => Err(err("kind", format!("{other:?} is not a known kind"), KINDS)),
         None => Err(err("kind", "missing".into(), KINDS)),

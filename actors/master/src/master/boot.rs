@@ -329,6 +329,7 @@ pub async fn start_with_store(
             },
             drain_time: config.drain_time,
             registry_ceiling,
+            mesh: config.mesh,
         },
         Instant::now(),
     )?;

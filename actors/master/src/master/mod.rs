@@ -85,6 +85,9 @@ pub struct MasterConfig {
     pub access_log: Option<f64>,
     /// Trace calls: spans to this sink, roots sampled at its ratio.
     pub tracing: Option<actormesh::trace::Tracing>,
+    /// Mesh-wide settings pushed to every proxy: the authorization default (`allow`
+    /// unless set) and whether denials hide policy names from other namespaces.
+    pub mesh: actormesh::mesh::MeshSettings,
 }
 
 impl MasterConfig {
@@ -108,6 +111,7 @@ impl MasterConfig {
             metrics_listen: None,
             access_log: None,
             tracing: None,
+            mesh: Default::default(),
         }
     }
 }

@@ -146,7 +146,8 @@ impl Handler<DeleteDeployment> for Master {
     }
 }
 
-/// Adds or replaces a Route or DestinationPolicy from manifest JSON (validated again here).
+/// Adds or replaces a Route, DestinationPolicy or AuthorizationPolicy from manifest JSON
+/// (validated again here).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<TrafficApplied, OperatorError>")]
 pub struct ApplyTraffic(pub String);
@@ -161,7 +162,7 @@ impl Handler<ApplyTraffic> for Master {
     }
 }
 
-/// Deletes a Route or DestinationPolicy: kind, namespace, name.
+/// Deletes a Route, DestinationPolicy or AuthorizationPolicy: kind, namespace, name.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), OperatorError>")]
 pub struct DeleteTraffic(pub TrafficKind, pub String, pub String);
@@ -176,15 +177,34 @@ impl Handler<DeleteTraffic> for Master {
     }
 }
 
-/// The applied Routes and DestinationPolicies.
+/// The applied Routes, DestinationPolicies and AuthorizationPolicies, and the mesh-wide
+/// settings (`GET /v1/traffic`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TrafficList {
+    /// Routes.
+    pub routes: Vec<RouteManifest>,
+    /// DestinationPolicies.
+    pub destination_policies: Vec<PolicyManifest>,
+    /// AuthorizationPolicies.
+    pub authorization_policies: Vec<crate::manifest::AuthzManifest>,
+    /// The settings every push carries (the authorization default).
+    pub mesh: actormesh::mesh::MeshSettings,
+}
+
+/// What is applied ([`TrafficList`]).
 #[derive(Debug, Message)]
-#[rtype(result = "(Vec<RouteManifest>, Vec<PolicyManifest>)")]
+#[rtype(result = "TrafficList")]
 pub struct ListTraffic;
 
 impl Handler<ListTraffic> for Master {
     type Result = MessageResult<ListTraffic>;
     fn handle(&mut self, _: ListTraffic, _: &mut Context<Self>) -> Self::Result {
-        MessageResult((self.core.routes(), self.core.destination_policies()))
+        MessageResult(TrafficList {
+            routes: self.core.routes(),
+            destination_policies: self.core.destination_policies(),
+            authorization_policies: self.core.authorization_policies(),
+            mesh: self.core.mesh_settings(),
+        })
     }
 }
 

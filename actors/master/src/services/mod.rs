@@ -126,10 +126,24 @@ fn serving<'a>(
     ))
 }
 
+/// The node identity of agent `id` while it may run instances (it is not Gone).
+fn hosting<'a>(
+    agent: &impl Fn(&str) -> Option<&'a AgentRecord>,
+    id: &str,
+    trust_domain: &str,
+) -> Option<String> {
+    let rec = agent(id)?;
+    (rec.state != AgentState::Gone).then(|| node_identity(trust_domain, id))
+}
+
 /// The services the cluster has now: each deployment with a `service:` block, its
 /// instances Running (and healthy, with a health check) on Active agents as endpoints;
 /// and the actors nodes registered, while their node is Active. Deployments that declare
 /// the same service share it (the first by key gives its balancer and labels).
+///
+/// Each service's `hosts` are the nodes its instances were placed on and have not ended
+/// there (ready or not, stopping or not), on agents that are not Gone, and the nodes that
+/// registered it: the nodes whose calls may carry its workload.
 pub fn endpoints_of<'a>(
     book: &DeploymentBook,
     agent: impl Fn(&str) -> Option<&'a AgentRecord>,
@@ -149,6 +163,7 @@ pub fn endpoints_of<'a>(
             locality: decl.locality,
             endpoints: Vec::new(),
             traffic: Default::default(),
+            hosts: Vec::new(),
         });
     }
     // With no deployment serving a service there is no task to look at (the walk is
@@ -162,6 +177,14 @@ pub fn endpoints_of<'a>(
         let Some((decl, checked)) = by_deployment.get(&t.deployment) else {
             continue;
         };
+        if !t.state.is_terminal() {
+            if let (Some(s), Some(node)) = (
+                out.get_mut(&decl.name),
+                hosting(&agent, &t.agent, trust_domain),
+            ) {
+                s.hosts.push(node);
+            }
+        }
         let ready =
             t.state == TaskState::Running && !t.stopping && (!checked || t.healthy == Some(true));
         if !ready {
@@ -186,34 +209,41 @@ pub fn endpoints_of<'a>(
         }
     }
     for ((agent_id, service, actor), e) in nodes {
+        // Registered by a node that is not Gone: the service is known, and its node may
+        // call as it; only an Active node serves it.
+        let Some(host) = hosting(&agent, agent_id, trust_domain) else {
+            continue;
+        };
+        let entry = out.entry(service.clone()).or_insert_with(|| Service {
+            name: service.clone(),
+            labels: BTreeMap::new(),
+            balancer: BalancerKind::default(),
+            locality: true,
+            endpoints: Vec::new(),
+            traffic: Default::default(),
+            hosts: Vec::new(),
+        });
+        entry.hosts.push(host);
         let Some((node, addr, zone)) = serving(&agent, agent_id, trust_domain) else {
             continue;
         };
         let mut labels = e.labels.clone();
         labels.insert("version".into(), e.version.clone());
-        out.entry(service.clone())
-            .or_insert_with(|| Service {
-                name: service.clone(),
-                labels: BTreeMap::new(),
-                balancer: BalancerKind::default(),
-                locality: true,
-                endpoints: Vec::new(),
-                traffic: Default::default(),
-            })
-            .endpoints
-            .push(Endpoint {
-                id: format!("{agent_id}/{actor}"),
-                node,
-                addr,
-                actor: actor.clone(),
-                version: e.version.clone(),
-                labels,
-                weight: e.weight,
-                zone,
-            });
+        entry.endpoints.push(Endpoint {
+            id: format!("{agent_id}/{actor}"),
+            node,
+            addr,
+            actor: actor.clone(),
+            version: e.version.clone(),
+            labels,
+            weight: e.weight,
+            zone,
+        });
     }
     for s in out.values_mut() {
         s.endpoints.sort_by(|a, b| a.id.cmp(&b.id));
+        s.hosts.sort();
+        s.hosts.dedup();
     }
     out
 }

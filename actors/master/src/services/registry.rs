@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use actormesh::mesh::protocol::{Push, PushKind};
-use actormesh::mesh::{Revocation, Service, ServiceName};
+use actormesh::mesh::{MeshSettings, Revocation, Service, ServiceName};
 
 /// Changes kept in the log by default: a proxy further behind gets a full snapshot.
 pub const DEFAULT_LOG_LEN: usize = 1024;
@@ -32,6 +32,8 @@ pub struct ServiceRegistry {
     revoked: BTreeMap<String, u64>,
     log: VecDeque<LogEntry>,
     log_len: usize,
+    /// The mesh-wide settings every push carries.
+    mesh: MeshSettings,
 }
 
 impl ServiceRegistry {
@@ -44,7 +46,19 @@ impl ServiceRegistry {
             revoked: BTreeMap::new(),
             log: VecDeque::new(),
             log_len: log_len.max(1),
+            mesh: MeshSettings::default(),
         }
+    }
+
+    /// With these mesh-wide settings in every push.
+    pub fn with_mesh(mut self, mesh: MeshSettings) -> Self {
+        self.mesh = mesh;
+        self
+    }
+
+    /// The mesh-wide settings.
+    pub fn mesh(&self) -> MeshSettings {
+        self.mesh
     }
 
     /// The version now.
@@ -159,6 +173,7 @@ impl ServiceRegistry {
             services: self.services.values().cloned().collect(),
             removed: Vec::new(),
             revoked: self.revoked(),
+            mesh: self.mesh,
         }
     }
 
@@ -187,6 +202,7 @@ impl ServiceRegistry {
             services,
             removed,
             revoked,
+            mesh: self.mesh,
         }
     }
 }
@@ -221,6 +237,7 @@ pub(crate) mod tests {
                 locality: true,
                 endpoints: endpoints.iter().map(|e| endpoint(e)).collect(),
                 traffic: Default::default(),
+                hosts: Vec::new(),
             },
         )
     }

@@ -1,23 +1,29 @@
-//! The applied Routes and DestinationPolicies, which the core holds and the registry
-//! pushes with each service ([`TrafficBook::by_service`]). A plain book: one Route and one policy per service at most, each kept in
-//! the Config table as its manifest's JSON under `route/<ns>/<name>` or
-//! `policy/<ns>/<name>`, so a restarted master reloads exactly what was applied.
+//! The applied Routes, DestinationPolicies and AuthorizationPolicies, which the core holds
+//! and the registry pushes with each service ([`TrafficBook::by_service`],
+//! [`TrafficBook::authz_for`]). A plain book: one Route and one DestinationPolicy per
+//! service at most, any number of AuthorizationPolicies (per service or namespace-wide),
+//! each kept in the Config table as its manifest's JSON under `route/<ns>/<name>`,
+//! `policy/<ns>/<name>` or `authz/<ns>/<name>`, so a restarted master reloads exactly what
+//! was applied.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use actormesh::mesh::authz::AuthorizationPolicySpec;
 use actormesh::mesh::policy::analyze::Named;
 use actormesh::mesh::policy::spec::{DestinationPolicySpec, RouteSpec};
 use actormesh::mesh::registry::{Applied, Traffic};
 use actormesh::mesh::ServiceName;
 
-use crate::manifest::{parse_object, Object, PolicyManifest, RouteManifest};
+use crate::manifest::{parse_object, AuthzManifest, Object, PolicyManifest, RouteManifest};
 use crate::state::{Change, Table};
 
 /// Config-table prefix of Routes.
 pub const ROUTE_PREFIX: &str = "route/";
 /// Config-table prefix of DestinationPolicies.
 pub const POLICY_PREFIX: &str = "policy/";
+/// Config-table prefix of AuthorizationPolicies.
+pub const AUTHZ_PREFIX: &str = "authz/";
 
 /// Why the book refused a change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +66,9 @@ pub struct TrafficLoadError {
 pub struct TrafficBook {
     routes: BTreeMap<String, (ServiceName, RouteManifest)>,
     policies: BTreeMap<String, (ServiceName, PolicyManifest)>,
+    /// AuthorizationPolicies by `namespace/name`, with the service each names (`None`:
+    /// every service of its namespace).
+    authz: BTreeMap<String, (Option<ServiceName>, AuthzManifest)>,
 }
 
 fn service_of(spec_service: &str, namespace: &str) -> Result<ServiceName, TrafficRefusal> {
@@ -109,7 +118,10 @@ impl TrafficBook {
     ) -> Result<Self, TrafficLoadError> {
         let mut book = Self::new();
         for (k, v) in rows {
-            if !(k.starts_with(ROUTE_PREFIX) || k.starts_with(POLICY_PREFIX)) {
+            if !(k.starts_with(ROUTE_PREFIX)
+                || k.starts_with(POLICY_PREFIX)
+                || k.starts_with(AUTHZ_PREFIX))
+            {
                 continue;
             }
             let bad = |reason: String| TrafficLoadError {
@@ -124,6 +136,9 @@ impl TrafficBook {
                 }
                 Object::DestinationPolicy(p) => {
                     book.apply_policy(p).map_err(refused)?;
+                }
+                Object::AuthorizationPolicy(p) => {
+                    book.apply_authz(p).map_err(refused)?;
                 }
                 Object::Deployment(_) => {
                     return Err(bad("a Deployment under a traffic key".into()))
@@ -152,6 +167,60 @@ impl TrafficBook {
             service,
             m,
         )
+    }
+
+    /// Applies (creates or replaces) an AuthorizationPolicy; the store changes to make.
+    pub fn apply_authz(&mut self, m: AuthzManifest) -> Result<Vec<Change>, TrafficRefusal> {
+        let scope = m
+            .spec
+            .scope(&m.namespace)
+            .map_err(|e| TrafficRefusal::BadService(format!("spec.{e}")))?;
+        let k = key(&m.namespace, &m.name);
+        let value = serde_json::to_vec(&m).expect("a manifest serializes to JSON");
+        let change = Change::put(Table::Config, format!("{AUTHZ_PREFIX}{k}"), value);
+        self.authz.insert(k, (scope, m));
+        Ok(vec![change])
+    }
+
+    /// Deletes the AuthorizationPolicy `namespace/name`.
+    pub fn delete_authz(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Change>, TrafficRefusal> {
+        let k = key(namespace, name);
+        self.authz
+            .remove(&k)
+            .map(|_| vec![Change::delete(Table::Config, format!("{AUTHZ_PREFIX}{k}"))])
+            .ok_or(TrafficRefusal::NotFound {
+                kind: "AuthorizationPolicy",
+                key: k,
+            })
+    }
+
+    /// The AuthorizationPolicies that apply to `service`, by object name: its namespace's
+    /// namespace-wide ones and its own.
+    pub fn authz_for(&self, service: &ServiceName) -> Vec<Applied<AuthorizationPolicySpec>> {
+        let from = format!("{}/", service.namespace);
+        self.authz
+            .range(from.clone()..)
+            .take_while(|(k, _)| k.starts_with(&from))
+            .filter(|(_, (scope, _))| scope.as_ref().is_none_or(|s| s == service))
+            .map(|(k, (_, m))| Applied {
+                object: k.clone(),
+                spec: m.spec.clone(),
+            })
+            .collect()
+    }
+
+    /// Every applied AuthorizationPolicy, by `namespace/name`.
+    pub fn authorization_policies(&self) -> impl Iterator<Item = &AuthzManifest> {
+        self.authz.values().map(|(_, m)| m)
+    }
+
+    /// Whether any AuthorizationPolicy is applied.
+    pub fn has_authz(&self) -> bool {
+        !self.authz.is_empty()
     }
 
     /// Deletes the Route `namespace/name`.

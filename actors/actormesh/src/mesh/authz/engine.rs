@@ -13,12 +13,16 @@
 
 use std::collections::HashMap;
 
-use crate::mesh::authz::spec::{AuthorizationPolicySpec, AuthzAction, Condition, Operation, Source};
+use crate::mesh::authz::spec::{
+    AuthorizationPolicySpec, AuthzAction, Condition, Operation, Source,
+};
 use crate::mesh::registry::{Applied, ServiceName};
 use crate::Metadata;
 
 /// What decides when no ALLOW policy applies to a service.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum AuthzDefault {
     /// The call is allowed.
@@ -428,16 +432,15 @@ impl ServiceAuthz {
                 let to = if r.to.is_empty() {
                     None
                 } else {
-                    let ops: Vec<COperation> = r
-                        .to
-                        .iter()
-                        .map(|t| &t.operation)
-                        .filter(|o| operation_reaches(o, namespace, &name))
-                        .map(|o| COperation {
-                            messages: globs(&o.messages, |p| p),
-                            not_messages: globs(&o.not_messages, |p| p),
-                        })
-                        .collect();
+                    let ops: Vec<COperation> =
+                        r.to.iter()
+                            .map(|t| &t.operation)
+                            .filter(|o| operation_reaches(o, namespace, &name))
+                            .map(|o| COperation {
+                                messages: globs(&o.messages, |p| p),
+                                not_messages: globs(&o.not_messages, |p| p),
+                            })
+                            .collect();
                     if ops.is_empty() {
                         // No operation of it can be a call to this service.
                         continue;
@@ -463,6 +466,11 @@ impl ServiceAuthz {
     /// Whether a call could ever be denied: some policy applies, or the default denies.
     pub fn in_force(&self) -> bool {
         !self.policies.is_empty() || self.default == AuthzDefault::Deny
+    }
+
+    /// The mesh default it was compiled with.
+    pub fn default(&self) -> AuthzDefault {
+        self.default
     }
 
     /// The service.
@@ -574,39 +582,69 @@ fn source_reason(s: &Source, f: &Facts<'_>) -> Result<(), String> {
     let same = |p: &str| p.to_string();
     let ns = f.namespace;
     if !first_failing_glob(&s.principals, Some(f.principal), b) {
-        return Err(format!("principal {} is not among {:?}", f.principal, s.principals));
+        return Err(format!(
+            "principal {} is not among {:?}",
+            f.principal, s.principals
+        ));
     }
     if !s.not_principals.is_empty() && first_failing_glob(&s.not_principals, Some(f.principal), b) {
-        return Err(format!("principal {} is among not_principals {:?}", f.principal, s.not_principals));
+        return Err(format!(
+            "principal {} is among not_principals {:?}",
+            f.principal, s.not_principals
+        ));
     }
     if !first_failing_glob(&s.namespaces, ns, same) {
-        return Err(format!("namespace {} is not among {:?}", ns.unwrap_or("(none)"), s.namespaces));
+        return Err(format!(
+            "namespace {} is not among {:?}",
+            ns.unwrap_or("(none)"),
+            s.namespaces
+        ));
     }
     if !s.not_namespaces.is_empty()
         && ns.is_some()
         && first_failing_glob(&s.not_namespaces, ns, same)
     {
-        return Err(format!("namespace {} is among not_namespaces {:?}", ns.unwrap_or(""), s.not_namespaces));
+        return Err(format!(
+            "namespace {} is among not_namespaces {:?}",
+            ns.unwrap_or(""),
+            s.not_namespaces
+        ));
     }
     if !s.nodes.is_empty() && !node_matches(&node_globs(&s.nodes), f.node) {
         return Err(format!("node {} is not among {:?}", f.node, s.nodes));
     }
     if node_matches(&node_globs(&s.not_nodes), f.node) {
-        return Err(format!("node {} is among not_nodes {:?}", f.node, s.not_nodes));
+        return Err(format!(
+            "node {} is among not_nodes {:?}",
+            f.node, s.not_nodes
+        ));
     }
     Ok(())
 }
 
-fn operation_reason(o: &Operation, namespace: &str, service: &str, f: &Facts<'_>) -> Result<(), String> {
+fn operation_reason(
+    o: &Operation,
+    namespace: &str,
+    service: &str,
+    f: &Facts<'_>,
+) -> Result<(), String> {
     if !operation_reaches(o, namespace, service) {
-        return Err(format!("service {service} is not a service of this operation"));
+        return Err(format!(
+            "service {service} is not a service of this operation"
+        ));
     }
     let same = |p: &str| p.to_string();
     if !first_failing_glob(&o.messages, Some(f.message), same) {
-        return Err(format!("message {} is not among {:?}", f.message, o.messages));
+        return Err(format!(
+            "message {} is not among {:?}",
+            f.message, o.messages
+        ));
     }
     if !o.not_messages.is_empty() && first_failing_glob(&o.not_messages, Some(f.message), same) {
-        return Err(format!("message {} is among not_messages {:?}", f.message, o.not_messages));
+        return Err(format!(
+            "message {} is among not_messages {:?}",
+            f.message, o.not_messages
+        ));
     }
     Ok(())
 }
@@ -622,7 +660,10 @@ fn condition_reason(c: &Condition, m: &Metadata) -> Result<(), String> {
     }
     if let Some(v) = v {
         if !c.not_values.is_empty() && first_failing_glob(&c.not_values, Some(v), same) {
-            return Err(format!("metadata {}={v} is among not_values {:?}", c.key, c.not_values));
+            return Err(format!(
+                "metadata {}={v} is among not_values {:?}",
+                c.key, c.not_values
+            ));
         }
     }
     Ok(())
@@ -640,23 +681,26 @@ fn rule_reason(
             .from
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| source_reason(&s.source, f).err().map(|e| format!("from[{i}]: {e}")))
+            .filter_map(|(i, s)| {
+                source_reason(&s.source, f)
+                    .err()
+                    .map(|e| format!("from[{i}]: {e}"))
+            })
             .collect();
         if reasons.len() == r.from.len() {
             return Err(reasons.join("; "));
         }
     }
     if !r.to.is_empty() {
-        let reasons: Vec<String> = r
-            .to
-            .iter()
-            .enumerate()
-            .filter_map(|(i, o)| {
-                operation_reason(&o.operation, namespace, service, f)
-                    .err()
-                    .map(|e| format!("to[{i}]: {e}"))
-            })
-            .collect();
+        let reasons: Vec<String> =
+            r.to.iter()
+                .enumerate()
+                .filter_map(|(i, o)| {
+                    operation_reason(&o.operation, namespace, service, f)
+                        .err()
+                        .map(|e| format!("to[{i}]: {e}"))
+                })
+                .collect();
         if reasons.len() == r.to.len() {
             return Err(reasons.join("; "));
         }

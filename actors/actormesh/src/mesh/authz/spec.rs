@@ -251,9 +251,8 @@ impl AuthorizationPolicySpec {
     /// Checks every value; the error names the field and what was expected.
     pub fn validate(&self) -> Result<(), FieldError> {
         if let Some(s) = &self.service {
-            ServiceName::parse(s, "default").map_err(|e| {
-                refuse("service".into(), e.to_string(), "a service name")
-            })?;
+            ServiceName::parse(s, "default")
+                .map_err(|e| refuse("service".into(), e.to_string(), "a service name"))?;
         }
         if self.rules.len() > RULES_LIMIT {
             return Err(refuse(
@@ -356,14 +355,29 @@ mod tests {
         );
         assert_eq!(p.action, AuthzAction::Deny);
         p.validate().unwrap();
-        assert_eq!(p.scope("shop").unwrap().unwrap().to_string(), "shop/reviews");
+        assert_eq!(
+            p.scope("shop").unwrap().unwrap().to_string(),
+            "shop/reviews"
+        );
         assert_eq!(read(r#"{"action":"allow"}"#).action, AuthzAction::Allow);
         assert_eq!(read("{}").action, AuthzAction::Allow, "ALLOW by default");
         for (json, field) in [
-            (r#"{"rules":[{"from":[{"source":{}}]}]}"#, "rules[0].from[0].source"),
-            (r#"{"rules":[{"to":[{"operation":{}}]}]}"#, "rules[0].to[0].operation"),
-            (r#"{"rules":[{},{"when":[{"key":"k"}]}]}"#, "rules[1].when[0]"),
-            (r#"{"rules":[{"when":[{"key":"","values":["a"]}]}]}"#, "rules[0].when[0].key"),
+            (
+                r#"{"rules":[{"from":[{"source":{}}]}]}"#,
+                "rules[0].from[0].source",
+            ),
+            (
+                r#"{"rules":[{"to":[{"operation":{}}]}]}"#,
+                "rules[0].to[0].operation",
+            ),
+            (
+                r#"{"rules":[{},{"when":[{"key":"k"}]}]}"#,
+                "rules[1].when[0]",
+            ),
+            (
+                r#"{"rules":[{"when":[{"key":"","values":["a"]}]}]}"#,
+                "rules[0].when[0].key",
+            ),
             (
                 r#"{"rules":[{"from":[{"source":{"principals":[""]}}]}]}"#,
                 "rules[0].from[0].source.principals[0]",
@@ -378,7 +392,9 @@ mod tests {
             assert_eq!(e.field, field, "{json}: {e}");
             assert!(!e.expected.is_empty());
         }
-        let e = read(r#"{"service":"other/reviews"}"#).scope("shop").unwrap_err();
+        let e = read(r#"{"service":"other/reviews"}"#)
+            .scope("shop")
+            .unwrap_err();
         assert!(e.problem.contains("another namespace"), "{e}");
         assert!(serde_json::from_str::<AuthorizationPolicySpec>(r#"{"action":"PERMIT"}"#).is_err());
         assert!(serde_json::from_str::<AuthorizationPolicySpec>(r#"{"rulez":[]}"#).is_err());

@@ -49,7 +49,11 @@ fn decide(
     let e = explain(&reviews(), policies, default, f);
     assert_eq!(
         (e.decision.as_str(), e.policy.as_str(), e.rule.as_str()),
-        (if v.allowed() { "allow" } else { "deny" }, p.as_str(), r.as_str()),
+        (
+            if v.allowed() { "allow" } else { "deny" },
+            p.as_str(),
+            r.as_str()
+        ),
         "the engine and explain disagree on {f:?}"
     );
     (v.allowed(), p, r)
@@ -59,8 +63,14 @@ fn decide(
 fn any_matching_deny_denies_whatever_allow_says() {
     let m = Metadata::new();
     let ps = [
-        policy("shop/allow-web", r#"{"rules":[{"from":[{"source":{"principals":["td/ns/shop/sa/web"]}}]}]}"#),
-        policy("shop/no-delete", r#"{"action":"DENY","rules":[{"to":[{"operation":{"messages":["*.Delete/*"]}}]}]}"#),
+        policy(
+            "shop/allow-web",
+            r#"{"rules":[{"from":[{"source":{"principals":["td/ns/shop/sa/web"]}}]}]}"#,
+        ),
+        policy(
+            "shop/no-delete",
+            r#"{"action":"DENY","rules":[{"to":[{"operation":{"messages":["*.Delete/*"]}}]}]}"#,
+        ),
     ];
     assert_eq!(
         decide(&ps, AuthzDefault::Allow, &facts(WEB, "shop.Delete/v1", &m)),
@@ -76,13 +86,26 @@ fn any_matching_deny_denies_whatever_allow_says() {
 fn once_an_allow_policy_applies_a_call_must_match_one() {
     let m = Metadata::new();
     let ps = [
-        policy("shop/a", r#"{"rules":[{"from":[{"source":{"principals":["td/ns/shop/sa/web"]}}]}]}"#),
+        policy(
+            "shop/a",
+            r#"{"rules":[{"from":[{"source":{"principals":["td/ns/shop/sa/web"]}}]}]}"#,
+        ),
         policy("shop/b", r#"{"rules":[]}"#),
     ];
-    let (allowed, p, r) = decide(&ps, AuthzDefault::Allow, &facts("td/ns/shop/sa/db", "x", &m));
-    assert!(!allowed, "the default allow does not apply once ALLOW policies do");
+    let (allowed, p, r) = decide(
+        &ps,
+        AuthzDefault::Allow,
+        &facts("td/ns/shop/sa/db", "x", &m),
+    );
+    assert!(
+        !allowed,
+        "the default allow does not apply once ALLOW policies do"
+    );
     assert_eq!(p, "shop/a,shop/b");
-    assert!(r.contains("no rule of the ALLOW policies of shop/reviews matched"), "{r}");
+    assert!(
+        r.contains("no rule of the ALLOW policies of shop/reviews matched"),
+        "{r}"
+    );
     // An ALLOW policy without rules allows nothing; `rules: [{}]` allows everything.
     let none = [policy("shop/b", r#"{}"#)];
     assert!(!decide(&none, AuthzDefault::Allow, &facts(WEB, "x", &m)).0);
@@ -93,15 +116,26 @@ fn once_an_allow_policy_applies_a_call_must_match_one() {
 #[test]
 fn without_allow_policies_the_mesh_default_decides() {
     let m = Metadata::new();
-    let deny_only = [policy("shop/d", r#"{"action":"DENY","rules":[{"from":[{"source":{"principals":["nobody"]}}]}]}"#)];
+    let deny_only = [policy(
+        "shop/d",
+        r#"{"action":"DENY","rules":[{"from":[{"source":{"principals":["nobody"]}}]}]}"#,
+    )];
     for ps in [&[][..], &deny_only[..]] {
         assert_eq!(
             decide(ps, AuthzDefault::Allow, &facts(WEB, "x", &m)),
-            (true, "default-allow".into(), "no ALLOW policy applies to shop/reviews".into())
+            (
+                true,
+                "default-allow".into(),
+                "no ALLOW policy applies to shop/reviews".into()
+            )
         );
         assert_eq!(
             decide(ps, AuthzDefault::Deny, &facts(WEB, "x", &m)),
-            (false, "default-deny".into(), "no ALLOW policy applies to shop/reviews".into())
+            (
+                false,
+                "default-deny".into(),
+                "no ALLOW policy applies to shop/reviews".into()
+            )
         );
     }
     assert!(!ServiceAuthz::new(&reviews(), &[], AuthzDefault::Allow).in_force());
@@ -112,13 +146,25 @@ fn without_allow_policies_the_mesh_default_decides() {
 #[test]
 fn audit_reports_a_match_and_changes_nothing() {
     let m = Metadata::new();
-    let ps = [policy("shop/watch", r#"{"action":"AUDIT","rules":[{"to":[{"operation":{"messages":["shop.Get/v1"]}}]}]}"#)];
+    let ps = [policy(
+        "shop/watch",
+        r#"{"action":"AUDIT","rules":[{"to":[{"operation":{"messages":["shop.Get/v1"]}}]}]}"#,
+    )];
     let c = ServiceAuthz::new(&reviews(), &ps, AuthzDefault::Deny);
     let (v, audit) = c.decide(&facts(WEB, "shop.Get/v1", &m));
-    assert_eq!(v, Verdict::DeniedByDefault, "an AUDIT policy is not an ALLOW policy");
+    assert_eq!(
+        v,
+        Verdict::DeniedByDefault,
+        "an AUDIT policy is not an ALLOW policy"
+    );
     assert_eq!(audit, Some(RuleAt { policy: 0, rule: 0 }));
     assert_eq!(c.decide(&facts(WEB, "shop.Put/v1", &m)).1, None);
-    let e = explain(&reviews(), &ps, AuthzDefault::Deny, &facts(WEB, "shop.Get/v1", &m));
+    let e = explain(
+        &reviews(),
+        &ps,
+        AuthzDefault::Deny,
+        &facts(WEB, "shop.Get/v1", &m),
+    );
     assert_eq!(e.audited.as_deref(), Some("shop/watch rules[0]"));
 }
 
@@ -129,46 +175,122 @@ fn globs_match_principals_messages_nodes_and_values() {
     let yes = |json: &str, f: &Facts<'_>| decide(&allow(json), AuthzDefault::Deny, f).0;
     let f = facts(WEB, "shop.reviews.Get/v1", &m);
     // Principals, with or without the scheme: exact, prefix, suffix, inner globs.
-    assert!(yes(r#"{"rules":[{"from":[{"source":{"principals":["spiffe://td/ns/shop/sa/web"]}}]}]}"#, &f));
-    assert!(yes(r#"{"rules":[{"from":[{"source":{"principals":["td/ns/shop/*"]}}]}]}"#, &f));
-    assert!(yes(r#"{"rules":[{"from":[{"source":{"principals":["*/sa/web"]}}]}]}"#, &f));
-    assert!(yes(r#"{"rules":[{"from":[{"source":{"principals":["td/ns/*/sa/w?b"]}}]}]}"#, &f));
-    assert!(!yes(r#"{"rules":[{"from":[{"source":{"principals":["td/ns/shop/sa/we"]}}]}]}"#, &f));
+    assert!(yes(
+        r#"{"rules":[{"from":[{"source":{"principals":["spiffe://td/ns/shop/sa/web"]}}]}]}"#,
+        &f
+    ));
+    assert!(yes(
+        r#"{"rules":[{"from":[{"source":{"principals":["td/ns/shop/*"]}}]}]}"#,
+        &f
+    ));
+    assert!(yes(
+        r#"{"rules":[{"from":[{"source":{"principals":["*/sa/web"]}}]}]}"#,
+        &f
+    ));
+    assert!(yes(
+        r#"{"rules":[{"from":[{"source":{"principals":["td/ns/*/sa/w?b"]}}]}]}"#,
+        &f
+    ));
+    assert!(!yes(
+        r#"{"rules":[{"from":[{"source":{"principals":["td/ns/shop/sa/we"]}}]}]}"#,
+        &f
+    ));
     // Messages.
-    assert!(yes(r#"{"rules":[{"to":[{"operation":{"messages":["shop.*.Get/*"]}}]}]}"#, &f));
-    assert!(!yes(r#"{"rules":[{"to":[{"operation":{"messages":["shop.*.Put/*"]}}]}]}"#, &f));
+    assert!(yes(
+        r#"{"rules":[{"to":[{"operation":{"messages":["shop.*.Get/*"]}}]}]}"#,
+        &f
+    ));
+    assert!(!yes(
+        r#"{"rules":[{"to":[{"operation":{"messages":["shop.*.Put/*"]}}]}]}"#,
+        &f
+    ));
     // Nodes: bare ids and whole identities.
-    assert!(yes(r#"{"rules":[{"from":[{"source":{"nodes":["agent-*"]}}]}]}"#, &f));
-    assert!(yes(r#"{"rules":[{"from":[{"source":{"nodes":["spiffe://td/node/agent-1"]}}]}]}"#, &f));
-    assert!(!yes(r#"{"rules":[{"from":[{"source":{"nodes":["agent-2"]}}]}]}"#, &f));
+    assert!(yes(
+        r#"{"rules":[{"from":[{"source":{"nodes":["agent-*"]}}]}]}"#,
+        &f
+    ));
+    assert!(yes(
+        r#"{"rules":[{"from":[{"source":{"nodes":["spiffe://td/node/agent-1"]}}]}]}"#,
+        &f
+    ));
+    assert!(!yes(
+        r#"{"rules":[{"from":[{"source":{"nodes":["agent-2"]}}]}]}"#,
+        &f
+    ));
     // Metadata values.
-    assert!(yes(r#"{"rules":[{"when":[{"key":"end-user","values":["admin-*"]}]}]}"#, &f));
-    assert!(!yes(r#"{"rules":[{"when":[{"key":"end-user","values":["jason"]}]}]}"#, &f));
+    assert!(yes(
+        r#"{"rules":[{"when":[{"key":"end-user","values":["admin-*"]}]}]}"#,
+        &f
+    ));
+    assert!(!yes(
+        r#"{"rules":[{"when":[{"key":"end-user","values":["jason"]}]}]}"#,
+        &f
+    ));
 }
 
 #[test]
 fn not_forms_exclude_and_absent_values_fail_values_but_pass_not_values() {
     let m = Metadata::new();
-    let yes = |json: &str, f: &Facts<'_>| decide(&[policy("shop/p", json)], AuthzDefault::Deny, f).0;
+    let yes =
+        |json: &str, f: &Facts<'_>| decide(&[policy("shop/p", json)], AuthzDefault::Deny, f).0;
     let web = facts(WEB, "shop.Get/v1", &m);
     let node = facts(NODE, "shop.Get/v1", &m);
-    assert!(!yes(r#"{"rules":[{"from":[{"source":{"not_principals":["*/sa/web"]}}]}]}"#, &web));
-    assert!(yes(r#"{"rules":[{"from":[{"source":{"not_principals":["*/sa/web"]}}]}]}"#, &node));
+    assert!(!yes(
+        r#"{"rules":[{"from":[{"source":{"not_principals":["*/sa/web"]}}]}]}"#,
+        &web
+    ));
+    assert!(yes(
+        r#"{"rules":[{"from":[{"source":{"not_principals":["*/sa/web"]}}]}]}"#,
+        &node
+    ));
     // A node caller has no namespace: it matches no `namespaces` and every `not_namespaces`.
-    assert!(yes(r#"{"rules":[{"from":[{"source":{"namespaces":["shop"]}}]}]}"#, &web));
-    assert!(!yes(r#"{"rules":[{"from":[{"source":{"namespaces":["shop"]}}]}]}"#, &node));
-    assert!(!yes(r#"{"rules":[{"from":[{"source":{"not_namespaces":["shop"]}}]}]}"#, &web));
-    assert!(yes(r#"{"rules":[{"from":[{"source":{"not_namespaces":["shop"]}}]}]}"#, &node));
-    assert!(!yes(r#"{"rules":[{"from":[{"source":{"not_nodes":["agent-1"]}}]}]}"#, &web));
-    assert!(!yes(r#"{"rules":[{"to":[{"operation":{"not_messages":["shop.Get/*"]}}]}]}"#, &web));
-    assert!(!yes(r#"{"rules":[{"when":[{"key":"k","values":["*"]}]}]}"#, &web));
-    assert!(yes(r#"{"rules":[{"when":[{"key":"k","not_values":["x"]}]}]}"#, &web));
+    assert!(yes(
+        r#"{"rules":[{"from":[{"source":{"namespaces":["shop"]}}]}]}"#,
+        &web
+    ));
+    assert!(!yes(
+        r#"{"rules":[{"from":[{"source":{"namespaces":["shop"]}}]}]}"#,
+        &node
+    ));
+    assert!(!yes(
+        r#"{"rules":[{"from":[{"source":{"not_namespaces":["shop"]}}]}]}"#,
+        &web
+    ));
+    assert!(yes(
+        r#"{"rules":[{"from":[{"source":{"not_namespaces":["shop"]}}]}]}"#,
+        &node
+    ));
+    assert!(!yes(
+        r#"{"rules":[{"from":[{"source":{"not_nodes":["agent-1"]}}]}]}"#,
+        &web
+    ));
+    assert!(!yes(
+        r#"{"rules":[{"to":[{"operation":{"not_messages":["shop.Get/*"]}}]}]}"#,
+        &web
+    ));
+    assert!(!yes(
+        r#"{"rules":[{"when":[{"key":"k","values":["*"]}]}]}"#,
+        &web
+    ));
+    assert!(yes(
+        r#"{"rules":[{"when":[{"key":"k","not_values":["x"]}]}]}"#,
+        &web
+    ));
     let mx = Metadata::new().with("k", "x");
     let with_x = facts(WEB, "shop.Get/v1", &mx);
-    assert!(!yes(r#"{"rules":[{"when":[{"key":"k","not_values":["x"]}]}]}"#, &with_x));
+    assert!(!yes(
+        r#"{"rules":[{"when":[{"key":"k","not_values":["x"]}]}]}"#,
+        &with_x
+    ));
     // Every part of a rule must hold; any entry of `from` (or `to`) may.
-    assert!(!yes(r#"{"rules":[{"from":[{"source":{"principals":["*/sa/web"]}}],"when":[{"key":"k","values":["y"]}]}]}"#, &with_x));
-    assert!(yes(r#"{"rules":[{"from":[{"source":{"principals":["nobody"]}},{"source":{"principals":["*/sa/web"]}}]}]}"#, &web));
+    assert!(!yes(
+        r#"{"rules":[{"from":[{"source":{"principals":["*/sa/web"]}}],"when":[{"key":"k","values":["y"]}]}]}"#,
+        &with_x
+    ));
+    assert!(yes(
+        r#"{"rules":[{"from":[{"source":{"principals":["nobody"]}},{"source":{"principals":["*/sa/web"]}}]}]}"#,
+        &web
+    ));
 }
 
 #[test]
@@ -181,7 +303,10 @@ fn a_namespace_wide_policy_reaches_only_the_services_its_operations_name() {
     // Neither rule reaches shop/reviews: the first names ratings, the second excludes it.
     assert!(decide(&ps, AuthzDefault::Allow, &facts(WEB, "x", &m)).0);
     let c = ServiceAuthz::new(&"shop/ratings".parse().unwrap(), &ps, AuthzDefault::Allow);
-    assert_eq!(c.decide(&facts(WEB, "x", &m)).0, Verdict::DeniedBy(RuleAt { policy: 0, rule: 0 }));
+    assert_eq!(
+        c.decide(&facts(WEB, "x", &m)).0,
+        Verdict::DeniedBy(RuleAt { policy: 0, rule: 0 })
+    );
 }
 
 #[test]
@@ -192,9 +317,18 @@ fn the_first_matching_rule_in_order_is_reported_across_indexed_and_open_rules() 
         "shop/p",
         r#"{"rules":[{"from":[{"source":{"principals":["*/sa/db"]}}]},{"from":[{"source":{"principals":["td/ns/shop/sa/web"]}}]},{"from":[{"source":{"principals":["*"]}}]}]}"#,
     )];
-    assert_eq!(decide(&ps, AuthzDefault::Deny, &facts(WEB, "x", &m)).2, "rules[1]");
-    assert_eq!(decide(&ps, AuthzDefault::Deny, &facts("td/ns/shop/sa/db", "x", &m)).2, "rules[0]");
-    assert_eq!(decide(&ps, AuthzDefault::Deny, &facts(NODE, "x", &m)).2, "rules[2]");
+    assert_eq!(
+        decide(&ps, AuthzDefault::Deny, &facts(WEB, "x", &m)).2,
+        "rules[1]"
+    );
+    assert_eq!(
+        decide(&ps, AuthzDefault::Deny, &facts("td/ns/shop/sa/db", "x", &m)).2,
+        "rules[0]"
+    );
+    assert_eq!(
+        decide(&ps, AuthzDefault::Deny, &facts(NODE, "x", &m)).2,
+        "rules[2]"
+    );
 }
 
 /// Random policies over small pools, so that rules often nearly match: the compiled
@@ -202,15 +336,31 @@ fn the_first_matching_rule_in_order_is_reported_across_indexed_and_open_rules() 
 #[test]
 fn the_engine_decides_as_the_plain_reading_on_random_policies() {
     let mut r = SplitMix64(0x5eed);
-    let principals = ["td/ns/shop/sa/web", "td/ns/shop/sa/db", "td/ns/ops/sa/web", "td/node/agent-1", "td/client/cli"];
-    let patterns = ["td/ns/shop/sa/web", "*/sa/web", "td/ns/shop/*", "*", "td/node/*", "spiffe://td/client/cli", "td/ns/?ps/sa/web"];
+    let principals = [
+        "td/ns/shop/sa/web",
+        "td/ns/shop/sa/db",
+        "td/ns/ops/sa/web",
+        "td/node/agent-1",
+        "td/client/cli",
+    ];
+    let patterns = [
+        "td/ns/shop/sa/web",
+        "*/sa/web",
+        "td/ns/shop/*",
+        "*",
+        "td/node/*",
+        "spiffe://td/client/cli",
+        "td/ns/?ps/sa/web",
+    ];
     let namespaces = ["shop", "ops", "s*"];
     let nodes = ["agent-1", "agent-2", "agent-*", "td/node/agent-1"];
     let messages = ["shop.Get/v1", "shop.Put/v1", "shop.*", "*/v1"];
     let services = ["reviews", "ratings", "shop/*", "ops/reviews"];
     let values = ["a", "b", "a*"];
     let pick = |r: &mut SplitMix64, pool: &[&str]| -> Vec<String> {
-        (0..r.below(3)).map(|_| pool[r.below(pool.len())].to_string()).collect()
+        (0..r.below(3))
+            .map(|_| pool[r.below(pool.len())].to_string())
+            .collect()
     };
     let (mut cases, mut allowed) = (0, 0);
     for round in 0..400 {
@@ -236,7 +386,10 @@ fn the_engine_decides_as_the_plain_reading_on_random_policies() {
                         }
                     }
                     if s.is_empty() {
-                        s.insert("principals".into(), vec![patterns[r.below(patterns.len())]].into());
+                        s.insert(
+                            "principals".into(),
+                            vec![patterns[r.below(patterns.len())]].into(),
+                        );
                     }
                     rule.insert("from".into(), serde_json::json!([{ "source": s }]));
                 }
@@ -254,7 +407,10 @@ fn the_engine_decides_as_the_plain_reading_on_random_policies() {
                         }
                     }
                     if o.is_empty() {
-                        o.insert("messages".into(), vec![messages[r.below(messages.len())]].into());
+                        o.insert(
+                            "messages".into(),
+                            vec![messages[r.below(messages.len())]].into(),
+                        );
                     }
                     rule.insert("to".into(), serde_json::json!([{ "operation": o }]));
                 }
@@ -282,7 +438,11 @@ fn the_engine_decides_as_the_plain_reading_on_random_policies() {
         let default = [AuthzDefault::Allow, AuthzDefault::Deny][r.below(2)];
         for p in principals {
             for msg in ["shop.Get/v1", "shop.Put/v2"] {
-                for m in [Metadata::new(), Metadata::new().with("k", "a"), Metadata::new().with("k", "b")] {
+                for m in [
+                    Metadata::new(),
+                    Metadata::new().with("k", "a"),
+                    Metadata::new().with("k", "b"),
+                ] {
                     allowed += usize::from(decide(&ps, default, &facts(p, msg, &m)).0);
                     cases += 1;
                 }
@@ -291,5 +451,8 @@ fn the_engine_decides_as_the_plain_reading_on_random_policies() {
     }
     assert_eq!(cases, 400 * 5 * 2 * 3);
     // Both decisions are common, so the agreement says something.
-    assert!(allowed > cases / 10 && allowed < cases * 9 / 10, "{allowed} of {cases} allowed");
+    assert!(
+        allowed > cases / 10 && allowed < cases * 9 / 10,
+        "{allowed} of {cases} allowed"
+    );
 }

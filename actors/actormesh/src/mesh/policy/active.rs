@@ -111,7 +111,7 @@ impl ActivePolicy {
         make_balancer: &MakeBalancer<'_>,
         now: Nanos,
     ) -> Result<Option<ActivePolicy>, String> {
-        if traffic.is_empty() {
+        if !traffic.shapes_calls() {
             return Ok(None);
         }
         if let Some(r) = &traffic.route {
@@ -358,6 +358,7 @@ mod tests {
                 object: "shop/p".into(),
                 spec: serde_json::from_str(policy).unwrap(),
             }),
+            authz: Vec::new(),
         }
     }
 

@@ -265,6 +265,7 @@ mod tests {
             locality: false,
             endpoints: eps,
             traffic: Default::default(),
+            hosts: Vec::new(),
         }
     }
 

@@ -1,0 +1,258 @@
+//! What a node's inbound gate decides from the pushed table: per local actor, the
+//! authorization and the rate limit of each service it serves, and which nodes host which
+//! workloads (so that a workload a calling node asserts is believed only from a node that
+//! hosts an instance of it). Built by the route table on each push that changes any of it;
+//! the Proxy installs a [`MeshGate`] over it.
+//!
+//! Order at the gate: workload proof (the runtime asks [`InboundGate::hosts`] first), then
+//! authorization of every service the actor serves, then their rate limits, so that a
+//! denied call spends no token.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tracing::info;
+
+use crate::mesh::authz::engine::{bare, workload_principal, Facts, ServiceAuthz, Verdict};
+use crate::mesh::clock;
+use crate::mesh::policy::active::lock;
+use crate::mesh::policy::bucket::TokenBucket;
+use crate::mesh::registry::{MeshSettings, ServiceName};
+use crate::{Arrival, InboundGate, Refusal};
+use actormesh_transport::SpiffeId;
+
+/// One service a local actor serves, with what can refuse a call to it.
+#[derive(Debug, Clone)]
+pub struct Served {
+    /// The service.
+    pub service: ServiceName,
+    /// Its authorization, when in force (a policy applies or the default denies).
+    pub authz: Option<Arc<ServiceAuthz>>,
+    /// Its local rate limit.
+    pub limit: Option<Arc<Mutex<TokenBucket>>>,
+}
+
+/// The inbound rules of one table.
+#[derive(Debug, Default)]
+pub struct InboundRules {
+    /// By local actor name: the services it serves that may refuse a call.
+    actors: HashMap<String, Vec<Served>>,
+    /// Node SPIFFE id → the workloads (`namespace/name`) it hosts → their principals.
+    hosts: HashMap<Box<str>, HashMap<Box<str>, Box<str>>>,
+    /// This node's SPIFFE id.
+    me: Box<str>,
+    mesh: MeshSettings,
+}
+
+impl InboundRules {
+    /// The rules of this node (`me`) over `services`: each with its endpoints, hosts,
+    /// compiled authorization and rate limit.
+    pub fn build<'a>(
+        me: &str,
+        mesh: MeshSettings,
+        services: impl Iterator<Item = ServiceView<'a>>,
+    ) -> Self {
+        let mut out = Self {
+            me: me.into(),
+            mesh,
+            ..Self::default()
+        };
+        for s in services {
+            let workload = s.name.to_string();
+            let nodes = s
+                .hosts
+                .iter()
+                .map(String::as_str)
+                .chain(s.endpoint_nodes.iter().map(|(n, _)| *n));
+            for node in nodes {
+                let td = bare(node).split_once('/').map_or("", |(td, _)| td);
+                let Some(principal) = workload_principal(td, &workload) else {
+                    continue;
+                };
+                out.hosts
+                    .entry(node.into())
+                    .or_default()
+                    .entry(workload.as_str().into())
+                    .or_insert_with(|| principal.into());
+            }
+            if s.authz.is_none() && s.limit.is_none() {
+                continue;
+            }
+            for (node, actor) in s.endpoint_nodes.iter() {
+                if *node != me {
+                    continue;
+                }
+                let list = out.actors.entry(actor.to_string()).or_default();
+                if !list.iter().any(|x| x.service == *s.name) {
+                    list.push(Served {
+                        service: s.name.clone(),
+                        authz: s.authz.clone(),
+                        limit: s.limit.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether a gate over it has nothing to do (no call to refuse, no host to vouch for).
+    pub fn is_empty(&self) -> bool {
+        self.actors.is_empty() && self.hosts.is_empty()
+    }
+
+    /// Whether it can refuse a call.
+    pub fn decides(&self) -> bool {
+        !self.actors.is_empty()
+    }
+
+    /// Whether node `node` (a SPIFFE id) hosts an instance of `workload`.
+    pub fn hosts(&self, node: &str, workload: &str) -> bool {
+        self.hosts
+            .get(node)
+            .is_some_and(|w| w.contains_key(workload))
+    }
+
+    /// What may refuse calls to local actor `actor`.
+    pub fn served_by(&self, actor: &str) -> Option<&[Served]> {
+        self.actors.get(actor).map(Vec::as_slice)
+    }
+
+    /// The mesh settings it was built with.
+    pub fn settings(&self) -> MeshSettings {
+        self.mesh
+    }
+
+    /// The principal (without `spiffe://`) of a call from `node` (a SPIFFE id) as the
+    /// proven `workload`, or as the node itself.
+    fn principal<'a>(&'a self, node: &'a str, workload: Option<&'a str>) -> Cow<'a, str> {
+        let Some(w) = workload else {
+            return Cow::Borrowed(bare(node));
+        };
+        if let Some(p) = self.hosts.get(node).and_then(|m| m.get(w)) {
+            return Cow::Borrowed(p);
+        }
+        // A local actor's own workload that the registry does not list: made once per call.
+        let td = bare(node).split_once('/').map_or("", |(td, _)| td);
+        Cow::Owned(workload_principal(td, w).unwrap_or_else(|| bare(node).to_string()))
+    }
+}
+
+/// A service as [`InboundRules::build`] reads it.
+#[derive(Debug)]
+pub struct ServiceView<'a> {
+    /// Its name.
+    pub name: &'a ServiceName,
+    /// Its hosts.
+    pub hosts: &'a [String],
+    /// Each endpoint's node and actor.
+    pub endpoint_nodes: Vec<(&'a str, &'a str)>,
+    /// Its authorization, when in force.
+    pub authz: Option<Arc<ServiceAuthz>>,
+    /// Its local rate limit.
+    pub limit: Option<Arc<Mutex<TokenBucket>>>,
+}
+
+/// How many denials a gate logs a second; the rest are counted and reported with the next.
+const DENIALS_LOGGED_PER_SECOND: u32 = 20;
+
+/// The node's inbound gate over one table's rules.
+#[derive(Debug)]
+pub(crate) struct MeshGate {
+    rules: Arc<InboundRules>,
+    /// The second (of the mesh clock) whose denials are being logged, and how many were.
+    log_second: AtomicU64,
+    logged: AtomicU32,
+    suppressed: AtomicU64,
+}
+
+impl MeshGate {
+    pub(crate) fn new(rules: Arc<InboundRules>) -> Self {
+        Self {
+            rules,
+            log_second: AtomicU64::new(u64::MAX),
+            logged: AtomicU32::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this denial gets a log line now (at most so many a second).
+    fn may_log(&self) -> Option<u64> {
+        let second = clock::now() / 1_000_000_000;
+        if self.log_second.swap(second, Ordering::Relaxed) != second {
+            self.logged.store(0, Ordering::Relaxed);
+        }
+        if self.logged.fetch_add(1, Ordering::Relaxed) < DENIALS_LOGGED_PER_SECOND {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+}
+
+impl InboundGate for MeshGate {
+    fn decides(&self) -> bool {
+        self.rules.decides()
+    }
+
+    fn hosts(&self, caller: &SpiffeId, workload: &str) -> bool {
+        self.rules.hosts(caller.as_str(), workload)
+    }
+
+    fn admit(&self, call: &Arrival<'_>) -> Result<(), Refusal> {
+        let Some(served) = self.rules.served_by(call.actor) else {
+            return Ok(());
+        };
+        if served.iter().any(|s| s.authz.is_some()) {
+            let node = call.caller.map_or(&*self.rules.me, |c| c.as_str());
+            let principal = self.rules.principal(node, call.workload);
+            let facts = Facts {
+                principal: &principal,
+                namespace: call
+                    .workload
+                    .and_then(|w| w.split_once('/'))
+                    .map(|(ns, _)| ns),
+                node: bare(node),
+                message: call.message,
+                metadata: call.metadata,
+            };
+            for s in served {
+                let Some(authz) = &s.authz else { continue };
+                let (verdict, audit) = authz.decide(&facts);
+                if let Some(at) = audit {
+                    let (policy, rule) = authz.names(Verdict::AllowedBy(at));
+                    info!(target: "actormesh::audit", service = %s.service, message = call.message, principal = %principal, node, %policy, %rule, allowed = verdict.allowed(), "call audited");
+                }
+                if verdict.allowed() {
+                    continue;
+                }
+                let (policy, rule) = authz.names(verdict);
+                if let Some(suppressed) = self.may_log() {
+                    info!(target: "actormesh::authz", service = %s.service, message = call.message, principal = %principal, node, %policy, %rule, suppressed, "call denied");
+                }
+                let hide = self.rules.mesh.hide_policy_names
+                    && facts.namespace != Some(s.service.namespace.as_str());
+                return Err(if hide {
+                    Refusal::PermissionDenied {
+                        policy: "(hidden)".into(),
+                        rule: "(hidden)".into(),
+                    }
+                } else {
+                    Refusal::PermissionDenied { policy, rule }
+                });
+            }
+        }
+        let now = clock::now();
+        for s in served {
+            let Some(bucket) = &s.limit else { continue };
+            if !lock(bucket).try_take(now) {
+                return Err(Refusal::RateLimited {
+                    service: s.service.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
