@@ -211,8 +211,11 @@ pub struct Renew {
 }
 
 /// The master asks an agent to start an instance of an actor type it hosts.
+///
+/// v2 adds `workload`; the agent still takes [`LaunchActorV1`] (a master of the previous
+/// version), whose instances run without one.
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
-#[remote(name = "actormesh.agent.LaunchActor/v1", reply = Result<(), String>)]
+#[remote(name = "actormesh.agent.LaunchActor/v2", reply = Result<(), String>)]
 pub struct LaunchActor {
     /// The task id (the master's).
     pub task_id: String,
@@ -229,6 +232,45 @@ pub struct LaunchActor {
     pub resources: Resources,
     /// The version label of its deployment (reported when the agent registers again).
     pub version: String,
+    /// The service (`namespace/name`) the instance serves, as its workload: its calls
+    /// assert it (`SpawnOptions::workload`), and callees believe it because the registry
+    /// lists this agent's node among the service's hosts.
+    pub workload: Option<String>,
+}
+
+/// [`LaunchActor`] as a master of the previous version sends it: no workload.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.agent.LaunchActor/v1", reply = Result<(), String>)]
+pub struct LaunchActorV1 {
+    /// The task id.
+    pub task_id: String,
+    /// The actor type.
+    pub actor_type: String,
+    /// The instance's name.
+    pub name: String,
+    /// Its health check.
+    pub health: Option<HealthSpec>,
+    /// Its restart policy.
+    pub restart: Option<RestartSpec>,
+    /// What the task holds.
+    pub resources: Resources,
+    /// Its deployment's version label.
+    pub version: String,
+}
+
+impl From<LaunchActorV1> for LaunchActor {
+    fn from(m: LaunchActorV1) -> Self {
+        LaunchActor {
+            task_id: m.task_id,
+            actor_type: m.actor_type,
+            name: m.name,
+            health: m.health,
+            restart: m.restart,
+            resources: m.resources,
+            version: m.version,
+            workload: None,
+        }
+    }
 }
 
 /// A restart policy for an actor task's supervision on its agent.

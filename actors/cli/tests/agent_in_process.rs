@@ -215,6 +215,7 @@ async fn the_master_starts_and_kills_actor_tasks_on_an_agent() {
             restart: None,
             resources: Default::default(),
             version: String::new(),
+            workload: None,
         })
         .await
         .unwrap();

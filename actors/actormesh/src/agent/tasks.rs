@@ -21,8 +21,8 @@ use super::command;
 use super::reports::{Attempt, MasterAnswer, ReportBook};
 use super::TaskRefusal;
 use crate::protocol::{
-    DescribeTask, HealthSpec, InvalidTaskId, KillTask, LaunchActor, LaunchCommand, LogStream,
-    MasterRefusal, ReadTaskLog, ReleaseStatus, TaskDetail, TaskLog,
+    DescribeTask, HealthSpec, InvalidTaskId, KillTask, LaunchActor, LaunchActorV1, LaunchCommand,
+    LogStream, MasterRefusal, ReadTaskLog, ReleaseStatus, TaskDetail, TaskLog,
 };
 use crate::task::TaskState;
 use crate::{
@@ -30,7 +30,8 @@ use crate::{
 };
 use health::{Health, HEALTH_FILE};
 
-type Factory = Rc<dyn Fn(&Node, &str, RestartPolicy) -> Result<RemoteRef, NodeError>>;
+type Factory =
+    Rc<dyn Fn(&Node, &str, RestartPolicy, Option<String>) -> Result<RemoteRef, NodeError>>;
 
 /// The actor types this agent can start as tasks, by the name the master uses for them.
 #[derive(Clone, Default)]
@@ -57,16 +58,19 @@ impl ActorHost {
         A: Actor<Context = Context<A>>,
         F: Fn() -> A + Clone + 'static,
     {
-        let make: Factory = Rc::new(move |node: &Node, name: &str, restart: RestartPolicy| {
-            node.spawn_with(
-                name,
-                SpawnOptions {
-                    restart,
-                    ..Default::default()
-                },
-                factory.clone(),
-            )
-        });
+        let make: Factory = Rc::new(
+            move |node: &Node, name: &str, restart: RestartPolicy, workload: Option<String>| {
+                node.spawn_with(
+                    name,
+                    SpawnOptions {
+                        restart,
+                        workload,
+                        ..Default::default()
+                    },
+                    factory.clone(),
+                )
+            },
+        );
         self.factories.insert(type_name.to_string(), make);
         self
     }
@@ -676,6 +680,14 @@ impl Handler<LaunchActor> for AgentGate {
     }
 }
 
+#[crate::handler]
+impl Handler<LaunchActorV1> for AgentGate {
+    type Result = Result<(), String>;
+    fn handle(&mut self, m: LaunchActorV1, ctx: &mut Context<Self>) -> Self::Result {
+        self.launch_actor(m.into(), ctx).map_err(|e| e.to_string())
+    }
+}
+
 impl AgentGate {
     fn launch_actor(&mut self, m: LaunchActor, ctx: &mut Context<Self>) -> Result<(), TaskRefusal> {
         Self::from_master()?;
@@ -702,7 +714,7 @@ impl AgentGate {
             .restart
             .as_ref()
             .map_or_else(RestartPolicy::on_failure, |r| r.policy());
-        match factory(&self.node, &m.name, restart) {
+        match factory(&self.node, &m.name, restart, m.workload.clone()) {
             Ok(r) => {
                 self.node.watch_with(&r, ctx.address().recipient());
                 self.tasks.insert(

@@ -284,6 +284,19 @@ impl ClusterCore {
             if r.labels.contains_key("version") {
                 return invalid("a `version` label (expected it in the version field)");
             }
+            // A deployment's service is served by its instances only: a node cannot add
+            // endpoints to it (and so cannot receive its calls).
+            if let Some(d) = core
+                .deployments
+                .deployments()
+                .find(|d| d.service.as_ref().is_some_and(|s| s.name == r.service))
+            {
+                return Err(MasterRefusal::Forbidden(format!(
+                    "node {id} may not register endpoints of {}: deployment {} serves it, and only its instances do",
+                    r.service,
+                    crate::deployments::key(d)
+                )));
+            }
             core.node_services.insert(
                 (id, r.service, r.actor),
                 NodeEndpoint {

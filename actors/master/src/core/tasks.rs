@@ -58,6 +58,7 @@ impl ClusterCore {
                         .map(|t| (t.resources.clone(), t.version.clone()))
                         .or_else(|| self.fw.task_resources(&task_id).map(|r| (r, String::new())))
                         .unwrap_or_default();
+                    let workload = self.deployments.workload_of(&task_id);
                     let launch = match what {
                         Launchable::Actor(actor_type, restart) => Launch::Actor(LaunchActor {
                             task_id: task_id.clone(),
@@ -67,6 +68,7 @@ impl ClusterCore {
                             restart,
                             resources,
                             version,
+                            workload,
                         }),
                         Launchable::Command(task) => Launch::Command(LaunchCommand {
                             task: *task,

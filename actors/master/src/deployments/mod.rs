@@ -443,6 +443,14 @@ impl DeploymentBook {
         self.tasks.get(id)
     }
 
+    /// The service task `id` serves as its workload (`namespace/name`), if its deployment
+    /// declares one.
+    pub fn workload_of(&self, id: &str) -> Option<String> {
+        let t = self.tasks.get(id)?;
+        let d = self.deployments.get(&t.deployment)?;
+        d.service.as_ref().map(|s| s.name.to_string())
+    }
+
     /// Whether task `id` is an instance of an actor deployment (`None`: no such task, or
     /// its deployment is gone).
     pub fn is_actor_task(&self, id: &str) -> Option<bool> {

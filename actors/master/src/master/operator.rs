@@ -239,6 +239,7 @@ impl Handler<LaunchOn> for Master {
                 restart: None,
                 resources: Default::default(),
                 version: String::new(),
+                workload: None,
             };
             target?
                 .ask_timeout(launch, AGENT_ANSWER)

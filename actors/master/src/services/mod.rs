@@ -208,7 +208,16 @@ pub fn endpoints_of<'a>(
             });
         }
     }
+    let declared: std::collections::BTreeSet<&ServiceName> = book
+        .deployments()
+        .filter_map(|d| d.service.as_ref().map(|s| &s.name))
+        .collect();
     for ((agent_id, service, actor), e) in nodes {
+        // A deployment's service is its instances' alone (a registration made before the
+        // deployment declared it does not join it).
+        if declared.contains(service) {
+            continue;
+        }
         // Registered by a node that is not Gone: the service is known, and its node may
         // call as it; only an Active node serves it.
         let Some(host) = hosting(&agent, agent_id, trust_domain) else {
