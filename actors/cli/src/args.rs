@@ -96,6 +96,43 @@ pub(crate) enum Command {
     /// every node that serves an endpoint (over the mesh, as a client identity), like
     /// `linkerd viz stat`. Nodes count calls only with metrics on (`--metrics-listen`).
     Top(TopArgs),
+    /// Authorization: what the callee's proxy would decide.
+    #[command(subcommand)]
+    Authz(AuthzCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub(crate) enum AuthzCommand {
+    /// Explain the decision on a call from the policies the master pushes with the
+    /// service: which policy and rule decided, and why each rule did or did not match.
+    /// Exit 0 if the call would be allowed, 1 if denied.
+    Check(AuthzCheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct AuthzCheckArgs {
+    /// The caller's identity: a workload (spiffe://<td>/ns/<ns>/sa/<service>), a node
+    /// (spiffe://<td>/node/<id>) or a client (spiffe://<td>/client/<name>).
+    #[arg(long)]
+    pub(crate) from: String,
+    /// The node the call comes from, for rules on nodes (default: --from itself when it
+    /// is a node or client identity; a workload's node is otherwise unknown).
+    #[arg(long)]
+    pub(crate) from_node: Option<String>,
+    /// The service called: `namespace/name`, or a bare name in --namespace.
+    #[arg(long)]
+    pub(crate) to: String,
+    /// The message name, e.g. demo.Echo/v1.
+    #[arg(long)]
+    pub(crate) message: String,
+    /// Call metadata, as key=value (repeatable).
+    #[arg(long = "metadata", value_name = "KEY=VALUE")]
+    pub(crate) metadata: Vec<String>,
+    /// The namespace a bare service name resolves in.
+    #[arg(long, default_value = "default")]
+    pub(crate) namespace: String,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
 }
 
 /// What a node of `master` or `agent` shows of its calls: metrics, the access log, traces.

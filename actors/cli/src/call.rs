@@ -51,7 +51,7 @@ pub(crate) fn exit_code(e: &AskError) -> u8 {
 }
 
 /// Parses `k=v` metadata arguments.
-fn metadata(pairs: &[String]) -> Result<CallOptions, String> {
+pub(crate) fn metadata(pairs: &[String]) -> Result<CallOptions, String> {
     let mut options = CallOptions::default();
     for pair in pairs {
         let Some((k, v)) = pair.split_once('=') else {

@@ -8,6 +8,7 @@ use clap::Parser;
 mod analyze;
 mod apply;
 mod args;
+mod authz;
 mod ca;
 mod call;
 mod cert;
@@ -27,6 +28,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let done = match cli.command {
         Command::Call(args) => return call::run(args),
         Command::Top(args) => return top::run(args),
+        Command::Authz(args::AuthzCommand::Check(args)) => return authz::check(args),
         Command::Ca(command) => ca::run(command),
         Command::Master(args) => serve::master(args),
         Command::Agent(args) => serve::agent(args),
