@@ -212,12 +212,18 @@ pub fn init_logging_with_default(default: &str, format: LogFormat) {
     use std::io::IsTerminal;
     let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // The access log (off unless --access-log) is written whatever the level, unless
-    // RUST_LOG says otherwise of it.
-    let says = std::env::var("RUST_LOG").is_ok_and(|v| v.contains(ACCESS_TARGET));
-    if !says {
-        if let Ok(d) = format!("{ACCESS_TARGET}=info").parse() {
-            filter = filter.add_directive(d);
+    // The access log (off unless --access-log) and the callee's lines on denied and
+    // audited calls are written whatever the level, unless RUST_LOG says otherwise of them.
+    for target in [
+        ACCESS_TARGET,
+        actormesh::mesh::inbound::DENIAL_TARGET,
+        actormesh::mesh::inbound::AUDIT_TARGET,
+    ] {
+        let says = std::env::var("RUST_LOG").is_ok_and(|v| v.contains(target));
+        if !says {
+            if let Ok(d) = format!("{target}=info").parse() {
+                filter = filter.add_directive(d);
+            }
         }
     }
     let builder = tracing_subscriber::fmt()

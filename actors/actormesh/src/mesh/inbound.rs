@@ -154,6 +154,11 @@ pub struct ServiceView<'a> {
     pub limit: Option<Arc<Mutex<TokenBucket>>>,
 }
 
+/// The tracing target of the callee's line on a denied call (policy and rule).
+pub const DENIAL_TARGET: &str = "actormesh::authz";
+/// The tracing target of the callee's line on a call an AUDIT rule matched.
+pub const AUDIT_TARGET: &str = "actormesh::audit";
+
 /// How many denials a gate logs a second; the rest are counted and reported with the next.
 const DENIALS_LOGGED_PER_SECOND: u32 = 20;
 
@@ -223,14 +228,14 @@ impl InboundGate for MeshGate {
                 let (verdict, audit) = authz.decide(&facts);
                 if let Some(at) = audit {
                     let (policy, rule) = authz.names(Verdict::AllowedBy(at));
-                    info!(target: "actormesh::audit", service = %s.service, message = call.message, principal = %principal, node, %policy, %rule, allowed = verdict.allowed(), "call audited");
+                    info!(target: AUDIT_TARGET, service = %s.service, message = call.message, principal = %principal, node, %policy, %rule, allowed = verdict.allowed(), "call audited");
                 }
                 if verdict.allowed() {
                     continue;
                 }
                 let (policy, rule) = authz.names(verdict);
                 if let Some(suppressed) = self.may_log() {
-                    info!(target: "actormesh::authz", service = %s.service, message = call.message, principal = %principal, node, %policy, %rule, suppressed, "call denied");
+                    info!(target: DENIAL_TARGET, service = %s.service, message = call.message, principal = %principal, node, %policy, %rule, suppressed, "call denied");
                 }
                 let hide = self.rules.mesh.hide_policy_names
                     && facts.namespace != Some(s.service.namespace.as_str());
