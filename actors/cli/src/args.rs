@@ -74,8 +74,8 @@ pub(crate) enum Command {
     Logs(LogsArgs),
     /// A whole cluster in one process: a master and one agent on embedded state.
     Dev(DevArgs),
-    /// Validate a manifest (YAML, or JSON for .json) and submit it: a Deployment, or, with
-    /// --dry-run only for now, a Route or DestinationPolicy.
+    /// Validate a manifest (YAML, or JSON for .json) and submit it: a Deployment, Route,
+    /// DestinationPolicy or AuthorizationPolicy.
     Apply(ApplyArgs),
     /// Call a service by name with a JSON payload and print the reply as JSON.
     ///

@@ -103,6 +103,27 @@ async fn run_in(dir: PathBuf, s: Settings) -> anyhow::Result<()> {
         baseline: median(calls.plain_lat.iter().map(|l| percentile(l, 0.5)).collect()),
     }
     .print();
+    for (name, authz, open) in [
+        ("mesh_authz_overhead_p50", &calls.authz_lat, &calls.open_lat),
+        (
+            "mesh_authz_overhead_p50_distinct_principals",
+            &calls.authz_lat_distinct,
+            &calls.open_lat_distinct,
+        ),
+        (
+            "mesh_authz_overhead_p50_globs_unindexed",
+            &calls.authz_lat_globs,
+            &calls.open_lat_globs,
+        ),
+    ] {
+        Line {
+            name,
+            value: median(authz.iter().map(|l| percentile(l, 0.5)).collect()),
+            unit: "us",
+            baseline: median(open.iter().map(|l| percentile(l, 0.5)).collect()),
+        }
+        .print();
+    }
     Line {
         name: "mesh_ask_pipelined_throughput",
         value: median(calls.by_name_pipe),
@@ -375,6 +396,61 @@ const ROUTE: &str = r#"{"kind":"Route","name":"echo-policy","namespace":"bench",
 /// Its policy: two subsets (both hold the one endpoint), a breaker, outlier detection.
 const POLICY: &str = r#"{"kind":"DestinationPolicy","name":"echo-policy","namespace":"bench","spec":{"service":"echo-policy","subsets":[{"name":"a","labels":{"version":"v1"}},{"name":"b","labels":{"version":"v1"}}],"circuit_breaker":{},"outlier_detection":{}}}"#;
 
+/// The metadata value the last rule of the last authorization policy allows.
+const AUTHZ_TENANT: &str = "t-99-9";
+/// Policies on each authorization service, of [`AUTHZ_RULES`] rules each.
+const AUTHZ_POLICIES: usize = 100;
+const AUTHZ_RULES: usize = 10;
+
+/// How the benchmark's 1,000 rules name the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthzShape {
+    /// Every rule names the caller's principal, with `when` tenant `t-i-j`.
+    Same,
+    /// Every rule but the last names another principal.
+    Distinct,
+    /// Every rule names the caller by a glob (`*/node/<id>`) and its tenant by a glob
+    /// (`t-i-j*`): no exact attribute to index a rule by.
+    Globs,
+}
+
+/// The AuthorizationPolicies of `service`: ALLOW, rule `j` of policy `i` from the caller
+/// (as `shape` names it) when `tenant` is `t-i-j`, so that only the last rule of the last
+/// policy allows the call.
+fn authz_policies(service: &str, principal: &str, shape: AuthzShape) -> Vec<String> {
+    let node = principal.rsplit('/').next().unwrap_or_default();
+    (0..AUTHZ_POLICIES)
+        .map(|i| {
+            let rules: Vec<serde_json::Value> = (0..AUTHZ_RULES)
+                .map(|j| {
+                    let last = i == AUTHZ_POLICIES - 1 && j == AUTHZ_RULES - 1;
+                    let (from, tenant) = match shape {
+                        AuthzShape::Distinct if !last => (
+                            format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/client-{i}-{j}"),
+                            format!("t-{i}-{j}"),
+                        ),
+                        AuthzShape::Same | AuthzShape::Distinct => {
+                            (principal.to_string(), format!("t-{i}-{j}"))
+                        }
+                        AuthzShape::Globs => (format!("*/node/{node}"), format!("t-{i}-{j}*")),
+                    };
+                    serde_json::json!({
+                        "from": [{ "source": { "principals": [from] } }],
+                        "when": [{ "key": "tenant", "values": [tenant] }],
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "kind": "AuthorizationPolicy",
+                "name": format!("{service}-{i:03}"),
+                "namespace": NAMESPACE,
+                "spec": { "service": service, "action": "ALLOW", "rules": rules },
+            })
+            .to_string()
+        })
+        .collect()
+}
+
 fn service_name(name: &str) -> ServiceName {
     ServiceName {
         namespace: NAMESPACE.to_string(),
@@ -477,6 +553,19 @@ struct CallFigures {
     plain_lat: Vec<Vec<Duration>>,
     /// …by name to a like service through a route and a policy that never fire.
     policy_lat: Vec<Vec<Duration>>,
+    /// By name, with metadata, to a service with no AuthorizationPolicy, paired with…
+    open_lat: Vec<Vec<Duration>>,
+    /// …the same call to a like service under 100 policies of 10 rules, every rule
+    /// naming the caller's principal with a `when` on the metadata, the allowing rule the
+    /// last one (each rule could match on its principal, so each is a candidate).
+    authz_lat: Vec<Vec<Duration>>,
+    /// The same pair, the 1,000 rules each naming another principal but the last.
+    open_lat_distinct: Vec<Vec<Duration>>,
+    authz_lat_distinct: Vec<Vec<Duration>>,
+    /// The same pair, every rule's principal and `when` value a glob: nothing to index,
+    /// so the call walks all 1,000 rules.
+    open_lat_globs: Vec<Vec<Duration>>,
+    authz_lat_globs: Vec<Vec<Duration>>,
     direct_pipe: Vec<f64>,
     by_name_pipe: Vec<f64>,
     /// CPU seconds per second of the caller's thread and the server process at 1,000
@@ -552,6 +641,61 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         .ask_timeout(Echo(vec![0; PAYLOAD]), CALL_LIMIT)
         .await?;
 
+    // Two more like services, each under 100 AuthorizationPolicies of 10 rules with `when`
+    // conditions; the call carries the metadata that the last rule of the last policy
+    // allows. The baseline is the plain service called with the same metadata.
+    let principal = caller.node.identity().to_string();
+    let mut authz_refs = Vec::new();
+    for (service, shape) in [
+        ("echo-authz", AuthzShape::Same),
+        ("echo-authz-d", AuthzShape::Distinct),
+        ("echo-authz-g", AuthzShape::Globs),
+    ] {
+        let name = service_name(service);
+        m.apply(manifest(service, 1, "server")).await?;
+        m.until_endpoints(&name, 1, Duration::from_secs(60)).await?;
+        for p in authz_policies(service, &principal, shape) {
+            m.apply_traffic(p).await?;
+        }
+        let options = actormesh::mesh::CallOptions::default().metadata("tenant", AUTHZ_TENANT);
+        let r = caller
+            .mesh()
+            .service(&name.to_string())?
+            .with_options(options);
+        let start = Instant::now();
+        while caller
+            .mesh()
+            .proxy_config()
+            .services
+            .iter()
+            .find(|s| s.name == name)
+            .is_none_or(|s| s.traffic.authz.len() < AUTHZ_POLICIES || s.endpoints.is_empty())
+            || r.ask_timeout(Echo(vec![0; PAYLOAD]), CALL_LIMIT)
+                .await
+                .is_err()
+        {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(60),
+                "{name} with its {AUTHZ_POLICIES} policies not callable within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A caller the rules do not name is refused: the policies are in force.
+        let refused = caller
+            .mesh()
+            .service(&name.to_string())?
+            .ask_timeout(Echo(vec![0; PAYLOAD]), CALL_LIMIT)
+            .await;
+        anyhow::ensure!(
+            matches!(refused, Err(actormesh::AskError::PermissionDenied { .. })),
+            "{name}: a call without the tenant was not denied: {refused:?}"
+        );
+        authz_refs.push(r);
+    }
+    let open_with_meta = by_name
+        .clone()
+        .with_options(actormesh::mesh::CallOptions::default().metadata("tenant", AUTHZ_TENANT));
+
     // A caller and a server that keep call figures and serve /metrics, beside the pair
     // that keep none: the same service, actor and deployment shape.
     // Both trace 1 % of their roots and export the spans over OTLP/HTTP to a receiver.
@@ -592,6 +736,12 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         by_name_lat: Vec::new(),
         plain_lat: Vec::new(),
         policy_lat: Vec::new(),
+        open_lat: Vec::new(),
+        authz_lat: Vec::new(),
+        open_lat_distinct: Vec::new(),
+        authz_lat_distinct: Vec::new(),
+        open_lat_globs: Vec::new(),
+        authz_lat_globs: Vec::new(),
         direct_pipe: Vec::new(),
         by_name_pipe: Vec::new(),
         cpu_by_name: Vec::new(),
@@ -634,6 +784,19 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
         let (plain, policed) = paired_latencies(n(5_000.0), by_name_ask, policy_ask).await?;
         f.plain_lat.push(plain);
         f.policy_lat.push(policed);
+        let open_ask = |p| open_with_meta.ask_timeout(Echo(p), CALL_LIMIT);
+        let authz_ask = |p| authz_refs[0].ask_timeout(Echo(p), CALL_LIMIT);
+        let (open, authz) = paired_latencies(n(5_000.0), open_ask, authz_ask).await?;
+        f.open_lat.push(open);
+        f.authz_lat.push(authz);
+        let distinct_ask = |p| authz_refs[1].ask_timeout(Echo(p), CALL_LIMIT);
+        let (open, authz) = paired_latencies(n(5_000.0), open_ask, distinct_ask).await?;
+        f.open_lat_distinct.push(open);
+        f.authz_lat_distinct.push(authz);
+        let globs_ask = |p| authz_refs[2].ask_timeout(Echo(p), CALL_LIMIT);
+        let (open, authz) = paired_latencies(n(5_000.0), open_ask, globs_ask).await?;
+        f.open_lat_globs.push(open);
+        f.authz_lat_globs.push(authz);
     }
     // The traced calls' spans reached the receiver (both sides of each traced call).
     let start = Instant::now();

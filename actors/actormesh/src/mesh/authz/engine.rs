@@ -5,8 +5,10 @@
 //! [`ServiceAuthz`] is one service's applicable policies compiled for the call path: the
 //! `to.services` parts are settled for that service when it is built (a rule that can
 //! never match it is dropped), globs are sorted by shape (exact, prefix, suffix, any,
-//! general), and the rules of each action are indexed by the exact principals they name,
-//! so that a call evaluates only the rules that could match its principal, in order.
+//! general), and each rule of an action is indexed by one exact attribute every call it
+//! matches must have (its exact principals, or the exact values of one `when` key),
+//! whichever fewer rules share, so that a call evaluates only the rules that could match
+//! its principal and metadata, in order.
 //! [`explain`] is the plain reading of the same rules over the specs, rule by rule, with
 //! the reason each did or did not match: `actormesh authz check` prints it, and a test
 //! checks on random policies that both always decide alike.
@@ -313,50 +315,125 @@ impl CRule {
             })
             && self.when.iter().all(|c| c.holds(f.metadata))
     }
-
-    /// The exact principals the rule is limited to, if it is: every source names
-    /// principals, none of them a glob.
-    fn exact_principals(&self, spec: &[crate::mesh::authz::spec::From]) -> Option<Vec<String>> {
-        if spec.is_empty() {
-            return None;
-        }
-        let mut out = Vec::new();
-        for f in spec {
-            let p = &f.source.principals;
-            if p.is_empty() || p.iter().any(|p| is_wild(bare(p))) {
-                return None;
-            }
-            out.extend(p.iter().map(|p| bare(p).to_string()));
-        }
-        Some(out)
-    }
 }
 
-/// The rules of one action, in order, indexed by exact principal.
+/// An attribute every call a rule matches must have: what the rule is indexed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Attr {
+    /// The principal is one of these (every source names only exact principals).
+    Principal(Vec<String>),
+    /// Metadata `key` has one of these values (a `when` with exact `values`).
+    Meta(String, Vec<String>),
+}
+
+/// What rule `r` could be indexed by.
+fn attrs(r: &crate::mesh::authz::spec::AuthzRule) -> Vec<Attr> {
+    let mut out = Vec::new();
+    if !r.from.is_empty()
+        && r.from.iter().all(|f| {
+            !f.source.principals.is_empty() && f.source.principals.iter().all(|p| !is_wild(bare(p)))
+        })
+    {
+        let mut all: Vec<String> = r
+            .from
+            .iter()
+            .flat_map(|f| f.source.principals.iter().map(|p| bare(p).to_string()))
+            .collect();
+        all.sort();
+        all.dedup();
+        out.push(Attr::Principal(all));
+    }
+    for c in &r.when {
+        if !c.values.is_empty() && c.values.iter().all(|v| !is_wild(v)) {
+            let mut values = c.values.clone();
+            values.sort();
+            values.dedup();
+            out.push(Attr::Meta(c.key.clone(), values));
+        }
+    }
+    out
+}
+
+/// The most lists a call merges (principal, open rules, one per indexed metadata key);
+/// with more metadata keys indexed, a call walks every rule instead.
+const MERGED: usize = 8;
+
+/// Exact value → the rules indexed by it (ascending).
+type ByValue = HashMap<Box<str>, Vec<u32>>;
+
+/// The rules of one action, in order, each indexed by one attribute (or open).
 #[derive(Debug, Clone, Default)]
 struct ActionRules {
     rules: Vec<CRule>,
-    /// Exact principal → the rules limited to it (indexes into `rules`, ascending).
-    by_principal: HashMap<Box<str>, Vec<u32>>,
-    /// The rules not limited to exact principals (ascending).
+    /// Exact principal → the rules indexed by it (indexes into `rules`, ascending).
+    by_principal: ByValue,
+    /// Metadata key → its values' rules.
+    by_meta: Vec<(Box<str>, ByValue)>,
+    /// The rules indexed by nothing (ascending).
     open: Vec<u32>,
 }
 
 impl ActionRules {
-    fn push(&mut self, rule: CRule, exact: Option<Vec<String>>) {
-        let i = self.rules.len() as u32;
-        match exact {
-            Some(principals) => {
-                for p in principals {
-                    let list = self.by_principal.entry(p.into()).or_default();
-                    if list.last() != Some(&i) {
-                        list.push(i);
+    /// The rules, each with what it could be indexed by; each is indexed by the attribute
+    /// whose values fewer rules share.
+    fn new(rules: Vec<(CRule, Vec<Attr>)>) -> Self {
+        let mut shared: HashMap<(Option<&str>, &str), usize> = HashMap::new();
+        for (_, attrs) in &rules {
+            for a in attrs {
+                match a {
+                    Attr::Principal(ps) => ps.iter().for_each(|p| {
+                        *shared.entry((None, p)).or_default() += 1;
+                    }),
+                    Attr::Meta(k, vs) => vs.iter().for_each(|v| {
+                        *shared.entry((Some(k), v)).or_default() += 1;
+                    }),
+                }
+            }
+        }
+        let cost = |a: &Attr| -> usize {
+            match a {
+                Attr::Principal(ps) => ps.iter().map(|p| shared[&(None, p.as_str())]).sum(),
+                Attr::Meta(k, vs) => vs
+                    .iter()
+                    .map(|v| shared[&(Some(k.as_str()), v.as_str())])
+                    .sum(),
+            }
+        };
+        let chosen: Vec<Option<Attr>> = rules
+            .iter()
+            .map(|(_, attrs)| attrs.iter().min_by_key(|a| cost(a)).cloned())
+            .collect();
+        let mut out = Self::default();
+        for (i, ((rule, _), attr)) in rules.into_iter().zip(chosen).enumerate() {
+            let i = i as u32;
+            let add = |list: &mut Vec<u32>| {
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            };
+            match attr {
+                None => out.open.push(i),
+                Some(Attr::Principal(ps)) => {
+                    for p in ps {
+                        add(out.by_principal.entry(p.into()).or_default());
+                    }
+                }
+                Some(Attr::Meta(k, vs)) => {
+                    let at = match out.by_meta.iter().position(|(key, _)| **key == *k) {
+                        Some(at) => at,
+                        None => {
+                            out.by_meta.push((k.as_str().into(), HashMap::new()));
+                            out.by_meta.len() - 1
+                        }
+                    };
+                    for v in vs {
+                        add(out.by_meta[at].1.entry(v.into()).or_default());
                     }
                 }
             }
-            None => self.open.push(i),
+            out.rules.push(rule);
         }
-        self.rules.push(rule);
+        out
     }
 
     /// The first rule, in order, that matches.
@@ -365,20 +442,35 @@ impl ActionRules {
         if self.rules.is_empty() {
             return None;
         }
-        let indexed: &[u32] = self
+        if self.by_meta.len() + 2 > MERGED {
+            return self.rules.iter().find(|r| r.matches(f)).map(|r| r.at);
+        }
+        let mut lists: [&[u32]; MERGED] = [&[]; MERGED];
+        lists[0] = &self.open;
+        lists[1] = self
             .by_principal
             .get(f.principal)
             .map_or(&[], |v| v.as_slice());
-        let (mut a, mut b) = (indexed.iter().peekable(), self.open.iter().peekable());
+        let mut n = 2;
+        for (key, values) in &self.by_meta {
+            if let Some(list) = f.metadata.get(key).and_then(|v| values.get(v)) {
+                lists[n] = list;
+                n += 1;
+            }
+        }
+        // Merged in rule order: the smallest head next, until one matches.
         loop {
-            let next = match (a.peek(), b.peek()) {
-                (Some(&&x), Some(&&y)) if x < y => a.next(),
-                (Some(_), Some(_)) => b.next(),
-                (Some(_), None) => a.next(),
-                (None, Some(_)) => b.next(),
-                (None, None) => return None,
-            };
-            let rule = &self.rules[*next.expect("peeked") as usize];
+            let mut best: Option<usize> = None;
+            for (i, l) in lists[..n].iter().enumerate() {
+                if let Some(&head) = l.first() {
+                    if best.is_none_or(|b| head < lists[b][0]) {
+                        best = Some(i);
+                    }
+                }
+            }
+            let b = best?;
+            let rule = &self.rules[lists[b][0] as usize];
+            lists[b] = &lists[b][1..];
             if rule.matches(f) {
                 return Some(rule.at);
             }
@@ -417,6 +509,7 @@ impl ServiceAuthz {
             allow_policies: 0,
             default,
         };
+        let (mut deny, mut allow, mut audit) = (Vec::new(), Vec::new(), Vec::new());
         for (pi, p) in policies.iter().enumerate() {
             let namespace = p.object.split_once('/').map_or("", |(ns, _)| ns);
             out.policies.push((p.object.clone(), p.spec.action));
@@ -424,9 +517,9 @@ impl ServiceAuthz {
                 out.allow_policies += 1;
             }
             let set = match p.spec.action {
-                AuthzAction::Allow => &mut out.allow,
-                AuthzAction::Deny => &mut out.deny,
-                AuthzAction::Audit => &mut out.audit,
+                AuthzAction::Allow => &mut allow,
+                AuthzAction::Deny => &mut deny,
+                AuthzAction::Audit => &mut audit,
             };
             for (ri, r) in p.spec.rules.iter().enumerate() {
                 let to = if r.to.is_empty() {
@@ -456,10 +549,12 @@ impl ServiceAuthz {
                     to,
                     when: r.when.iter().map(CCondition::new).collect(),
                 };
-                let exact = rule.exact_principals(&r.from);
-                set.push(rule, exact);
+                set.push((rule, attrs(r)));
             }
         }
+        out.deny = ActionRules::new(deny);
+        out.allow = ActionRules::new(allow);
+        out.audit = ActionRules::new(audit);
         out
     }
 

@@ -331,6 +331,36 @@ fn the_first_matching_rule_in_order_is_reported_across_indexed_and_open_rules() 
     );
 }
 
+#[test]
+fn rules_indexed_by_metadata_values_are_found_in_order_among_the_others() {
+    // Every rule names WEB; each has its own exact tenant, so each is indexed by it. The
+    // open rule (a glob tenant) sits between them in order.
+    let mut rules: Vec<String> = (0..50)
+        .map(|j| format!(r#"{{"from":[{{"source":{{"principals":["td/ns/shop/sa/web"]}}}}],"when":[{{"key":"tenant","values":["t-{j}"]}}]}}"#))
+        .collect();
+    rules.insert(
+        10,
+        r#"{"when":[{"key":"tenant","values":["t-4*"]}]}"#.to_string(),
+    );
+    let ps = [policy(
+        "shop/p",
+        &format!(r#"{{"rules":[{}]}}"#, rules.join(",")),
+    )];
+    let rule_of = |tenant: &str| {
+        let m = Metadata::new().with("tenant", tenant);
+        decide(&ps, AuthzDefault::Deny, &facts(WEB, "x", &m)).2
+    };
+    assert_eq!(rule_of("t-3"), "rules[3]");
+    assert_eq!(rule_of("t-39"), "rules[40]");
+    // t-4 is rule 4 (indexed) before the open rule 10; t-41 is rule 42, after it: the
+    // open rule takes it first.
+    assert_eq!(rule_of("t-4"), "rules[4]");
+    assert_eq!(rule_of("t-41"), "rules[10]");
+    let m = Metadata::new().with("tenant", "t-7");
+    assert!(!decide(&ps, AuthzDefault::Deny, &facts("td/ns/shop/sa/db", "x", &m)).0);
+    assert!(!decide(&ps, AuthzDefault::Deny, &facts(WEB, "x", &Metadata::new())).0);
+}
+
 /// Random policies over small pools, so that rules often nearly match: the compiled
 /// engine and the plain reading decide every call alike.
 #[test]
