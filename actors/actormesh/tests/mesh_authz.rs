@@ -209,6 +209,35 @@ impl Cluster {
         }
     }
 
+    /// `default/back` under `policies` alone: the service front is gone.
+    async fn push_without_front(&self, version: u64, policies: &[(&str, &str)]) {
+        self.push(version, policies, ALLOW).await;
+        let current = self.back.proxy_config();
+        let back = current
+            .services
+            .iter()
+            .find(|s| s.name.name == "back")
+            .unwrap()
+            .clone();
+        let push = Push {
+            version: version + 1,
+            kind: PushKind::Delta { from: version },
+            services: vec![back],
+            removed: vec!["default/front".parse().unwrap()],
+            revoked: vec![],
+            mesh: ALLOW,
+        };
+        for m in [&self.back, &self.front, &self.forger, &self.caller] {
+            let applied = self
+                .master
+                .actor_ref(m.node().local_addr(), PROXY_ACTOR)
+                .ask(push.clone())
+                .await
+                .unwrap();
+            assert_eq!(applied, Ok(version + 1));
+        }
+    }
+
     /// `actor` on `mesh`'s node relays a call to back.
     async fn relay(
         &self,
@@ -294,6 +323,13 @@ async fn a_workload_is_proven_only_from_a_node_that_hosts_it_and_policies_decide
         proven
     );
     // Only the three allowed calls reached the handler: a denial takes no mailbox place.
+    assert_eq!(c.arrivals() - before, 3);
+
+    // The service front is deleted: from the push without it, its instances are no longer
+    // believed to be front anywhere, and are refused as their nodes.
+    c.push_without_front(3, &[ONLY_FRONT]).await;
+    let (policy, _) = denied(c.relay(&c.front, "front", None).await);
+    assert_eq!(policy, "default/only-front");
     assert_eq!(c.arrivals() - before, 3);
 }
 

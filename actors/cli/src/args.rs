@@ -471,6 +471,16 @@ pub(crate) enum CertCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Revoke a client identity: every node refuses it within one push (its links close,
+    /// its handshakes fail), and the master issues no certificate for the name, until every
+    /// certificate it could hold has expired.
+    Revoke {
+        /// Client name, or its SPIFFE id (spiffe://<td>/client/<name>).
+        #[arg(long)]
+        client: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]

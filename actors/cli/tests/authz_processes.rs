@@ -279,3 +279,114 @@ async fn under_a_deny_default_only_what_an_allow_policy_names_is_answered() {
     c.agent.kill().await;
     let _ = std::fs::remove_dir_all(&c.dir);
 }
+
+/// `demo.Echo/v1`, as the demo's echo takes it (the test calls the instance directly).
+#[derive(Debug, serde::Serialize, serde::Deserialize, actormesh::RemoteMessage)]
+#[remote(name = "demo.Echo/v1", reply = String)]
+struct Echo(String);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_client_certificate_is_refused_at_the_agent_within_one_push() {
+    let mut c = cluster("authz-revoke", &[]).await;
+    wait_for_endpoint(&c).await;
+    let task = tokio::task::block_in_place(|| c.master.tasks())
+        .into_iter()
+        .next()
+        .expect("the echo task");
+    let agent_addr = tokio::task::block_in_place(|| c.master.nodes())[0]
+        .addr
+        .expect("the agent's address");
+    let bob = actormesh::client::load(&c.identity("bob")).unwrap();
+    let alice = actormesh::client::load(&c.identity("alice")).unwrap();
+
+    // alice links to the agent directly (not through the master), and is answered.
+    let (revoked_tx, revoked_rx) = std::sync::mpsc::channel::<()>();
+    let (linked_tx, linked_rx) = tokio::sync::oneshot::channel::<()>();
+    let task_id = task.id.clone();
+    let alice_side = tokio::spawn(on_node(alice.credentials.clone(), move |node| async move {
+        let echo = node.actor_ref(agent_addr, &task_id);
+        assert_eq!(echo.ask(Echo("hi".into())).await.unwrap(), "hi");
+        linked_tx.send(()).unwrap();
+        tokio::task::spawn_blocking(move || revoked_rx.recv().unwrap())
+            .await
+            .unwrap();
+        // Within one push the agent closes the link and refuses every new handshake.
+        let start = Instant::now();
+        loop {
+            match echo
+                .ask_timeout(Echo("again".into()), Duration::from_secs(2))
+                .await
+            {
+                Ok(_) => {}
+                Err(actormesh::AskError::Unreachable { .. }) => break,
+                Err(other) => panic!("expected Unreachable, got {other:?}"),
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the agent still answers a revoked client"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // It stays refused.
+        let again = echo
+            .ask_timeout(Echo("later".into()), Duration::from_secs(2))
+            .await;
+        assert!(
+            matches!(again, Err(actormesh::AskError::Unreachable { .. })),
+            "{again:?}"
+        );
+    }));
+    linked_rx.await.unwrap();
+    let out = c.master.cli(&["cert", "revoke", "--client", "alice"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        text(&out.stdout)
+            .starts_with("revoked spiffe://cluster.local/client/alice: every node refuses it"),
+        "{out:?}"
+    );
+    revoked_tx.send(()).unwrap();
+    alice_side.await.unwrap();
+
+    // bob, not revoked, still reaches the agent; no new certificate is issued for alice.
+    let task_id = task.id.clone();
+    on_node(bob.credentials.clone(), move |node| async move {
+        let echo = node.actor_ref(agent_addr, &task_id);
+        assert_eq!(echo.ask(Echo("bob".into())).await.unwrap(), "bob");
+    })
+    .await;
+    let client_token = c.master.client_token(600);
+    let out = c.cli_plain(&[
+        "cert",
+        "issue",
+        "--client",
+        "alice",
+        "--token",
+        &client_token,
+        "--join",
+        &c.master.bootstrap.to_string(),
+        "--out",
+        c.dir.join("alice-again").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr)
+            .contains("client identity spiffe://cluster.local/client/alice is revoked"),
+        "{out:?}"
+    );
+    // The revocation is listed, and a bad name is refused naming what is expected.
+    let listed = c
+        .master
+        .client()
+        .call("GET", "/v1/revocations", None)
+        .unwrap();
+    assert_eq!(listed[0]["identity"], "spiffe://cluster.local/client/alice");
+    let out = c.master.cli(&["cert", "revoke", "--client", "Not/valid"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr)
+            .contains("expected a client name or spiffe://cluster.local/client/<name>"),
+        "{out:?}"
+    );
+    c.agent.kill().await;
+    let _ = std::fs::remove_dir_all(&c.dir);
+}

@@ -37,7 +37,7 @@ use super::tokens::TokenRole;
 use super::{
     ApplyDeployment, ApplyTraffic, CreateToken, DeleteDeployment, DeleteNode, DeleteTraffic,
     DeploymentRefusal, DescribeDeployment, DescribeTaskOf, DrainNode, ListDeployments, ListNodes,
-    ListTraffic, Master, OperatorError, TaskLogs, TaskQueryRefusal,
+    ListRevocations, ListTraffic, Master, OperatorError, RevokeClient, TaskLogs, TaskQueryRefusal,
 };
 use crate::core::TrafficKind;
 
@@ -178,6 +178,37 @@ async fn create_token(State(api): State<Api>, body: axum::body::Bytes) -> Respon
     match api.master.send(CreateToken { ttl, role }).await {
         Ok(Ok(t)) => Json(t).into_response(),
         Ok(Err(e)) => refused(e),
+        Err(e) => master_down(e),
+    }
+}
+
+/// A revocation request: `{"client": "<name or SPIFFE id>"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationRequest {
+    client: String,
+}
+
+async fn revoke(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    let req: RevocationRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad revocation request: {e} (expected {{\"client\": \"<name>\"}})"),
+            )
+        }
+    };
+    match api.master.send(RevokeClient(req.client)).await {
+        Ok(Ok(r)) => Json(r).into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn revocations(State(api): State<Api>) -> Response {
+    match api.master.send(ListRevocations).await {
+        Ok(list) => Json(list).into_response(),
         Err(e) => master_down(e),
     }
 }
@@ -437,6 +468,7 @@ pub fn serve(
         .route("/v1/nodes/{id}", get(node).delete(delete_node))
         .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/tokens", post(create_token))
+        .route("/v1/revocations", get(revocations).post(revoke))
         .route("/v1/deployments", get(deployments).post(apply))
         .route(
             "/v1/deployments/{namespace}/{name}",

@@ -34,7 +34,8 @@ pub use crate::master::{
     start, start_with_store, ApplyDeployment, ApplyTraffic, CreateToken, CreatedToken,
     DeleteDeployment, DeleteNode, DeleteTraffic, DescribeDeployment, DescribeTaskOf, DrainNode,
     IssueClient, Join, KillOn, LaunchOn, ListAllTasks, ListDeploymentTasks, ListDeployments,
-    ListNodes, ListProxyStatus, ListServices, ListTasks, ListTraffic, Master, MasterConfig,
-    MasterError, MasterGate, MasterHandle, ProxyConfigOf, ProxyEndpointsOf, ServiceEndpoints,
-    Subscribe, TaskDescription, TaskLogs, TaskQueryRefusal, API_TOKEN_FILE,
+    ListNodes, ListProxyStatus, ListRevocations, ListServices, ListTasks, ListTraffic, Master,
+    MasterConfig, MasterError, MasterGate, MasterHandle, ProxyConfigOf, ProxyEndpointsOf,
+    RevokeClient, ServiceEndpoints, Subscribe, TaskDescription, TaskLogs, TaskQueryRefusal,
+    API_TOKEN_FILE,
 };

@@ -441,6 +441,14 @@ impl ClusterCore {
                     .collect(),
             );
         }
+        let ended = self.prune_client_revocations(wall);
+        if !ended.is_empty() {
+            info!(
+                revocations = ended.len(),
+                "ended client revocations forgotten"
+            );
+            self.persist(ended);
+        }
         self.out.push(Effect::PruneRevocations { now: wall });
     }
 

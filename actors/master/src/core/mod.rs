@@ -43,7 +43,7 @@ use crate::state::{Change, StoreError, Table, Versioned};
 use crate::tokens::TokenRecord;
 
 pub use self::agents::{JoinAdmission, JoinRefusal, MAX_TOKEN_TTL};
-pub use self::clients::{ClientAdmission, ClientRefusal};
+pub use self::clients::{ClientAdmission, ClientRefusal, ClientRevocation};
 pub use self::framework_calls::PendingFramework;
 pub use self::frameworks::DEPLOYMENTS_ROLE;
 pub use self::scheduling::FrameworkSummary;
@@ -278,6 +278,9 @@ pub enum LoadError {
         /// Why.
         reason: String,
     },
+    /// A stored client revocation cannot be read.
+    #[error("{0}")]
+    Revocation(String),
 }
 
 /// Why an agent cannot be sent a launch, a kill or a question now.
@@ -335,6 +338,8 @@ pub struct ClusterCore {
     deregistered: Vec<u64>,
     /// The applied Routes and DestinationPolicies.
     traffic: crate::services::TrafficBook,
+    /// Revoked client identities → refused until (ms since the epoch).
+    revoked_clients: BTreeMap<String, u64>,
     /// Actors nodes registered as endpoints themselves (soft state: lost with the master,
     /// registered again by the nodes).
     node_services: crate::services::NodeServices,
@@ -409,6 +414,13 @@ impl ClusterCore {
             pushes: crate::services::PushBook::new(setup.push, held),
             drains: crate::services::DrainBook::default(),
             deregistered: Vec::new(),
+            revoked_clients: clients::load_revocations(
+                setup
+                    .config_rows
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.value.as_slice())),
+            )
+            .map_err(LoadError::Revocation)?,
             traffic: crate::services::TrafficBook::load(
                 setup
                     .config_rows

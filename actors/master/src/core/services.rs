@@ -21,7 +21,7 @@ use crate::state::{Change, Table};
 /// The id the master's own node subscribes under (its Proxy is a seam for now).
 const MASTER_NODE: &str = "master";
 
-fn ms_since_epoch(t: SystemTime) -> u64 {
+pub(super) fn ms_since_epoch(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
@@ -168,6 +168,14 @@ impl ClusterCore {
                     .map(|t| ms_since_epoch(t + actormesh_transport::tls::REVOCATION_SKEW))
                     .unwrap_or(u64::MAX),
             })
+            .chain(
+                self.revoked_clients
+                    .iter()
+                    .map(|(id, &until_ms)| Revocation {
+                        id: id.clone(),
+                        until_ms,
+                    }),
+            )
             .filter(|r| r.until_ms > self.wall_ms)
             .collect();
         (desired, revoked)

@@ -38,7 +38,8 @@ pub use self::frameworks::ListFrameworks;
 pub use self::gate::MasterGate;
 pub use self::operator::{
     ApplyDeployment, ApplyTraffic, CreateToken, CreatedToken, DeleteDeployment, DeleteNode,
-    DeleteTraffic, DrainNode, KillOn, LaunchOn, ListTraffic, Subscribe,
+    DeleteTraffic, DrainNode, KillOn, LaunchOn, ListRevocations, ListTraffic, RevokeClient,
+    Subscribe,
 };
 pub use self::services::{
     ListProxyStatus, ListServices, ProxyConfigOf, ProxyEndpointsOf, ServiceEndpoints,

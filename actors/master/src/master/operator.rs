@@ -146,6 +146,34 @@ impl Handler<DeleteDeployment> for Master {
     }
 }
 
+/// Revokes a client identity (a name or its SPIFFE id): every node refuses it within one
+/// push, and no certificate is issued for it, until its certificates have expired.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<crate::core::ClientRevocation, OperatorError>")]
+pub struct RevokeClient(pub String);
+
+impl Handler<RevokeClient> for Master {
+    type Result = ResponseFuture<Result<crate::core::ClientRevocation, OperatorError>>;
+    fn handle(&mut self, m: RevokeClient, ctx: &mut Context<Self>) -> Self::Result {
+        let step = self.core.revoke_client(&m.0, SystemTime::now());
+        self.answer(step, ctx, |e| {
+            OperatorError::Unavailable(format!("cannot record the revocation: {e}"))
+        })
+    }
+}
+
+/// The client identities revoked now.
+#[derive(Debug, Message)]
+#[rtype(result = "Vec<crate::core::ClientRevocation>")]
+pub struct ListRevocations;
+
+impl Handler<ListRevocations> for Master {
+    type Result = MessageResult<ListRevocations>;
+    fn handle(&mut self, _: ListRevocations, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.core.client_revocations())
+    }
+}
+
 /// Adds or replaces a Route, DestinationPolicy or AuthorizationPolicy from manifest JSON
 /// (validated again here).
 #[derive(Debug, Message)]
