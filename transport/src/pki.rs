@@ -71,6 +71,14 @@ pub enum PkiError {
         /// The CA's trust domain.
         trust_domain: String,
     },
+    /// A private key that other users of the host may read (group or other bits set).
+    #[error("{path} has mode {mode:o}: a private key must be readable by its owner only (chmod 600 {path})")]
+    KeyNotPrivate {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// Refusing to overwrite existing files.
     #[error("{path} already exists; refusing to overwrite it (remove it or choose another --out)")]
     Exists {
@@ -171,6 +179,27 @@ fn write_new(path: &Path, contents: &str, private: bool) -> Result<(), PkiError>
     f.sync_all().map_err(io_err(path))
 }
 
+/// Refuses a key file that group or others may read or write.
+fn private_only(path: &Path) -> Result<(), PkiError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path)
+            .map_err(io_err(path))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(PkiError::KeyNotPrivate {
+                path: path.to_path_buf(),
+                mode,
+            });
+        }
+    }
+    let _ = path;
+    Ok(())
+}
+
 fn read(path: &Path) -> Result<String, PkiError> {
     fs::read_to_string(path).map_err(io_err(path))
 }
@@ -208,9 +237,11 @@ impl CertificateAuthority {
         })
     }
 
-    /// Loads a CA from a directory made by [`CertificateAuthority::save`].
+    /// Loads a CA from a directory made by [`CertificateAuthority::save`]. Its key must be
+    /// readable by its owner only.
     pub fn load(dir: &Path) -> Result<Self, PkiError> {
         let cert_pem = read(&dir.join(files::CA_CERT))?;
+        private_only(&dir.join(files::CA_KEY))?;
         let key_pem = read(&dir.join(files::CA_KEY))?;
         Self::from_pem_at(cert_pem, &key_pem, dir)
     }
@@ -580,6 +611,19 @@ mod tests {
             ca.save(&dir.join("ca")),
             Err(PkiError::Exists { .. })
         ));
+        // A CA key that others could read is refused, saying how to fix it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let key = dir.join("ca").join(files::CA_KEY);
+            fs::set_permissions(&key, fs::Permissions::from_mode(0o640)).unwrap();
+            let e = CertificateAuthority::load(&dir.join("ca")).unwrap_err();
+            assert!(
+                matches!(e, PkiError::KeyNotPrivate { mode: 0o640, .. }),
+                "{e}"
+            );
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 

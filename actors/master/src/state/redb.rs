@@ -136,11 +136,14 @@ fn open_db(dir: &PathBuf) -> Result<redb::Database, StoreError> {
     };
     std::fs::create_dir_all(dir).map_err(|e| open_err(e.to_string()))?;
     let db = redb::Database::create(&path).map_err(|e| open_err(e.to_string()))?;
-    // The store holds the CA key: readable by the master's user only.
+    // The store holds the CA key: readable by the master's user only, in a directory
+    // only that user can enter.
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| open_err(e.to_string()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| open_err(e.to_string()))?;
     }
     // Create every table once, so that reads never meet a missing one.
@@ -400,8 +403,18 @@ mod tests {
     #[tokio::test]
     async fn survives_reopening() {
         let dir = temp("reopen");
+        std::fs::create_dir_all(&dir).unwrap();
         {
             let s = RedbStore::open(&dir).await.unwrap();
+            // It holds the CA key: only the master's user may read it, or enter its dir,
+            // also when the dir was made before with looser bits.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode(&dir.join("state.redb")), 0o600);
+                assert_eq!(mode(&dir), 0o700);
+            }
             s.apply(vec![
                 Change::put(Table::Agents, "a1", b"one".to_vec()),
                 Change::put(Table::Agents, "a2", b"two".to_vec()),
