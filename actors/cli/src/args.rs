@@ -438,15 +438,33 @@ impl ApiArgs {
 
 #[derive(Subcommand, Debug)]
 pub(crate) enum TokenCommand {
-    /// Create a join token; prints it (the secret is shown only here).
+    /// Create a join token, or with --scope and --holder an operator API token (`--role
+    /// api`); prints it (the secret is shown only here).
     Create {
         /// How long the token works.
         #[arg(long, value_parser = parse_duration, default_value = "24h")]
         ttl: Duration,
-        /// What the token allows: `agent` joins an agent; `client` issues a client
-        /// certificate (`actormesh cert issue --client`), with no membership.
-        #[arg(long, default_value = "agent", value_parser = ["agent", "client"])]
-        role: String,
+        /// What the token allows: `agent` joins an agent (needs an admin API token);
+        /// `client` issues a client certificate (`actormesh cert issue --client`), with
+        /// no membership; `api` is an operator API token (the default with --scope).
+        #[arg(long, value_parser = ["agent", "client", "api"])]
+        role: Option<String>,
+        /// An operator API token's scope: viewer (get, describe), operator (apply, delete,
+        /// drain, client join tokens, the audit log) or admin (everything: agent join
+        /// tokens, API tokens, certificates). (`--api` names the API's address, so an API
+        /// token is asked for by its scope.)
+        #[arg(long, value_parser = ["viewer", "operator", "admin"], requires = "holder")]
+        scope: Option<String>,
+        /// Who the API token belongs to (shown in the audit log).
+        #[arg(long, requires = "scope")]
+        holder: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Revoke an operator API token by id (from `actormesh get api-tokens`).
+    Revoke {
+        /// The token's id.
+        id: String,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -531,6 +549,19 @@ pub(crate) enum GetWhat {
     ProxyConfig {
         /// The node: an agent id from `get nodes`, or `master`.
         node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Operator API tokens: id, holder, scope, expiry, revocation (needs admin).
+    ApiTokens {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The audit log: every change made through the API, who made it and when.
+    Audit {
+        /// The last this many entries.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
         #[command(flatten)]
         api: ApiArgs,
     },

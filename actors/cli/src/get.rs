@@ -53,6 +53,16 @@ pub(crate) fn run(what: GetWhat) -> anyhow::Result<()> {
                 &t.authorization_policies,
             )
         }),
+        GetWhat::ApiTokens { api } => list(
+            &api,
+            "/v1/api-tokens",
+            |t: Vec<actormesh_master::access::ApiTokenView>| tables::api_tokens(&t),
+        ),
+        GetWhat::Audit { limit, api } => list(
+            &api,
+            &format!("/v1/audit?limit={limit}"),
+            |a: Vec<actormesh_master::access::AuditEntry>| tables::audit(&a),
+        ),
         GetWhat::ProxyStatus { api } => list(&api, "/v1/proxy-status", |r: ProxyStatusReport| {
             tables::proxy_status(&r)
         }),

@@ -284,6 +284,64 @@ pub(crate) fn services(list: &[ServiceSummary]) -> String {
     render(SERVICES, &rows)
 }
 
+const API_TOKENS: &[Column] = &[
+    Column::fit("ID"),
+    Column::fit("HOLDER").gap(2),
+    Column::fit("SCOPE").gap(2),
+    Column::fit("EXPIRES").gap(2),
+    Column::fit("REVOKED").gap(2),
+];
+
+fn at_ms(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Operator API tokens.
+pub(crate) fn api_tokens(tokens: &[actormesh_master::access::ApiTokenView]) -> String {
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.holder.clone(),
+                t.scope.as_str().to_string(),
+                t.expires_ms
+                    .map_or_else(|| "never".to_string(), |e| until(Some(at_ms(e)))),
+                t.revoked_ms
+                    .map_or_else(|| "-".to_string(), |r| ago(Some(at_ms(r)))),
+            ]
+        })
+        .collect();
+    render(API_TOKENS, &rows)
+}
+
+const AUDIT: &[Column] = &[
+    Column::fit("WHEN"),
+    Column::fit("HOLDER").gap(2),
+    Column::fit("SCOPE").gap(2),
+    Column::fit("STATUS").gap(2),
+    Column::fit("WHAT").gap(2),
+    Column::fit("OBJECT").gap(2),
+];
+
+/// The audit log, oldest first.
+pub(crate) fn audit(entries: &[actormesh_master::access::AuditEntry]) -> String {
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            vec![
+                actormesh_master::timestamp::format(at_ms(e.at_ms)),
+                e.holder.clone(),
+                e.scope.as_str().to_string(),
+                e.status.to_string(),
+                e.what.clone(),
+                e.object.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    render(AUDIT, &rows)
+}
+
 const TRAFFIC: &[Column] = &[
     Column::fit("KIND"),
     Column::fit("NAME").gap(2),

@@ -39,7 +39,11 @@ use super::{
     DeploymentRefusal, DescribeDeployment, DescribeTaskOf, DrainNode, ListDeployments, ListNodes,
     ListRevocations, ListTraffic, Master, OperatorError, RevokeClient, TaskLogs, TaskQueryRefusal,
 };
+use crate::access::{Caller, Scope, FILE_HOLDER};
 use crate::core::TrafficKind;
+use crate::master::{
+    CheckApiToken, CreateApiToken, ListApiTokens, ListAudit, RecordAudit, RevokeApiToken,
+};
 
 #[derive(Clone)]
 struct Api {
@@ -62,19 +66,39 @@ fn refused(e: OperatorError) -> Response {
     error(status, e.to_string())
 }
 
-fn authorized(api: &Api, headers: &HeaderMap) -> bool {
-    let presented = headers
+/// The bearer token a request presents ("" if none).
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let ok = presented.len() == api.token.len()
-        && presented
-            .bytes()
-            .zip(api.token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-    ok
+        .unwrap_or("")
+}
+
+/// Whether `presented` is the api-token file's token.
+fn is_file_token(api: &Api, presented: &str) -> bool {
+    crate::tokens::constant_time_eq(presented.as_bytes(), api.token.as_bytes())
+}
+
+/// The object a change names, for the audit log: a manifest's kind and name, a token's
+/// role or holder, a revoked client.
+fn object_named(body: &[u8]) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str());
+    if let (Some(kind), Some(name)) = (s("kind"), s("name")) {
+        let ns = s("namespace").unwrap_or("default");
+        return Some(format!("{kind} {ns}/{name}"));
+    }
+    if let Some(holder) = s("holder") {
+        return Some(format!(
+            "API token for {holder} ({})",
+            s("scope").unwrap_or("?")
+        ));
+    }
+    if let Some(client) = s("client") {
+        return Some(format!("client {client}"));
+    }
+    s("role").map(|r| format!("join token of role {r}"))
 }
 
 /// The master actor did not take the request (it stopped).
@@ -85,24 +109,91 @@ fn master_down(e: actix::MailboxError) -> Response {
     )
 }
 
-/// Every route needs the token: checked here, before any handler runs, so that no route
-/// can be added without it.
+/// Every route needs a token whose scope covers it: checked here, before any handler
+/// runs, so that no route can be added without it. Every request that would change
+/// something (not a `GET`) is recorded in the audit log with its holder and outcome,
+/// refused ones too.
 async fn require_token(
     State(api): State<Api>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if authorized(&api, request.headers()) {
-        next.run(request).await
+    let presented = bearer(request.headers()).to_string();
+    let caller = if is_file_token(&api, &presented) {
+        Caller {
+            holder: FILE_HOLDER.to_string(),
+            scope: Scope::Admin,
+        }
+    } else if presented.is_empty() {
+        return unauthorized("missing API token".into());
     } else {
-        unauthorized()
+        match api.master.send(CheckApiToken(presented)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return unauthorized(e.to_string()),
+            Err(e) => return master_down(e),
+        }
+    };
+    let method = request.method().as_str().to_string();
+    let path = request.uri().path().to_string();
+    let need = crate::access::needed(&method, &path);
+    let changes = method != "GET";
+    let (parts, body) = request.into_parts();
+    // A change names its object in the audit log: its body is read first (bounded).
+    let bytes = if changes {
+        match axum::body::to_bytes(body, 4 << 20).await {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("cannot read the request body (at most 4 MiB): {e}"),
+                )
+            }
+        }
+    } else {
+        axum::body::Bytes::new()
+    };
+    let object = changes.then(|| object_named(&bytes)).flatten();
+    let audit = |status: StatusCode, caller: Caller| {
+        if changes {
+            api.master.do_send(RecordAudit {
+                caller,
+                what: format!("{method} {path}"),
+                object: object.clone(),
+                status: status.as_u16(),
+            });
+        }
+    };
+    if caller.scope < need {
+        let response = error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the API token of {} has scope {}; {method} {path} needs {} (see `actormesh token create --scope`)",
+                caller.holder,
+                caller.scope.as_str(),
+                need.as_str()
+            ),
+        );
+        audit(response.status(), caller);
+        return response;
     }
+    let mut request = axum::extract::Request::from_parts(
+        parts,
+        if changes {
+            axum::body::Body::from(bytes.clone())
+        } else {
+            axum::body::Body::empty()
+        },
+    );
+    request.extensions_mut().insert(caller.clone());
+    let response = next.run(request).await;
+    audit(response.status(), caller);
+    response
 }
 
-fn unauthorized() -> Response {
+fn unauthorized(why: String) -> Response {
     error(
         StatusCode::UNAUTHORIZED,
-        "missing or wrong API token: send 'Authorization: Bearer <token>' with the token from the master's api-token file",
+        format!("{why}: send 'Authorization: Bearer <token>' with the token from the master's api-token file, or one from `actormesh token create --scope <s> --holder <name>`"),
     )
 }
 
@@ -146,7 +237,11 @@ struct TokenRequest {
     role: Option<String>,
 }
 
-async fn create_token(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+async fn create_token(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    body: axum::body::Bytes,
+) -> Response {
     let req: TokenRequest = if body.is_empty() {
         TokenRequest {
             ttl_secs: None,
@@ -175,9 +270,89 @@ async fn create_token(State(api): State<Api>, body: axum::body::Bytes) -> Respon
     if ttl.is_zero() {
         return error(StatusCode::BAD_REQUEST, "ttl_secs must be more than 0");
     }
+    // A node's membership is the admin's to grant; a client certificate the operator's.
+    if role == TokenRole::Agent && caller.scope < Scope::Admin {
+        return error(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the API token of {} has scope {}; a join token of role agent needs admin (role client needs operator)",
+                caller.holder,
+                caller.scope.as_str()
+            ),
+        );
+    }
     match api.master.send(CreateToken { ttl, role }).await {
         Ok(Ok(t)) => Json(t).into_response(),
         Ok(Err(e)) => refused(e),
+        Err(e) => master_down(e),
+    }
+}
+
+/// An API token request: `{"holder": "alice", "scope": "viewer", "ttl_secs": 86400}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiTokenRequest {
+    holder: String,
+    scope: String,
+    ttl_secs: Option<u64>,
+}
+
+async fn create_api_token(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    let req: ApiTokenRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad API token request: {e} (expected {{\"holder\": \"alice\", \"scope\": \"viewer\", \"ttl_secs\": 86400}})"),
+            )
+        }
+    };
+    let scope = match req.scope.parse::<Scope>() {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let ttl = req.ttl_secs.map(Duration::from_secs);
+    match api
+        .master
+        .send(CreateApiToken {
+            holder: req.holder,
+            scope,
+            ttl,
+        })
+        .await
+    {
+        Ok(Ok(t)) => Json(t).into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn api_tokens(State(api): State<Api>) -> Response {
+    match api.master.send(ListApiTokens).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn revoke_api_token(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match api.master.send(RevokeApiToken(id)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(e) => master_down(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(api): State<Api>,
+    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+) -> Response {
+    match api.master.send(ListAudit(q.limit.unwrap_or(100))).await {
+        Ok(list) => Json(list).into_response(),
         Err(e) => master_down(e),
     }
 }
@@ -469,6 +644,12 @@ pub fn serve(
         .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/tokens", post(create_token))
         .route("/v1/revocations", get(revocations).post(revoke))
+        .route("/v1/api-tokens", get(api_tokens).post(create_api_token))
+        .route(
+            "/v1/api-tokens/{id}",
+            axum::routing::delete(revoke_api_token),
+        )
+        .route("/v1/audit", get(audit))
         .route("/v1/deployments", get(deployments).post(apply))
         .route(
             "/v1/deployments/{namespace}/{name}",

@@ -15,6 +15,7 @@
 //!   drain of endpoints, as plain state the core owns.
 //! - [`start`] brings it all up from a [`MasterConfig`].
 
+pub mod access;
 pub mod allocator;
 pub mod api;
 pub mod core;

@@ -12,6 +12,7 @@
 //! with an [`Effect::Persist`] whose [`Batch::acknowledges`] is set: the driver holds the
 //! reply until that batch is durable.
 
+mod access;
 mod agents;
 mod clients;
 mod framework_calls;
@@ -278,7 +279,7 @@ pub enum LoadError {
         /// Why.
         reason: String,
     },
-    /// A stored client revocation cannot be read.
+    /// A stored client revocation, API token or audit entry cannot be read.
     #[error("{0}")]
     Revocation(String),
 }
@@ -340,6 +341,8 @@ pub struct ClusterCore {
     traffic: crate::services::TrafficBook,
     /// Revoked client identities → refused until (ms since the epoch).
     revoked_clients: BTreeMap<String, u64>,
+    /// API tokens and the audit log.
+    access: crate::access::Access,
     /// Actors nodes registered as endpoints themselves (soft state: lost with the master,
     /// registered again by the nodes).
     node_services: crate::services::NodeServices,
@@ -414,6 +417,13 @@ impl ClusterCore {
             pushes: crate::services::PushBook::new(setup.push, held),
             drains: crate::services::DrainBook::default(),
             deregistered: Vec::new(),
+            access: crate::access::Access::load(
+                setup
+                    .config_rows
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.value.as_slice())),
+            )
+            .map_err(LoadError::Revocation)?,
             revoked_clients: clients::load_revocations(
                 setup
                     .config_rows

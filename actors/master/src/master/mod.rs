@@ -3,6 +3,7 @@
 //! results back as events. It holds what needs I/O: the state store, the CA, the mesh
 //! node and endpoint, membership subscribers and framework actors' references.
 
+mod access;
 mod agents;
 mod boot;
 mod effects;
@@ -32,6 +33,9 @@ use crate::core::{ClusterCore, Step};
 use crate::membership::{DetectorConfig, MembershipEvent};
 use crate::state::{StateStore, StoreError, StoreFuture};
 
+pub use self::access::{
+    CheckApiToken, CreateApiToken, ListApiTokens, ListAudit, RecordAudit, RevokeApiToken,
+};
 pub use self::agents::{IssueClient, Join};
 pub use self::boot::{start, start_with_store, MasterError, API_TOKEN_FILE};
 pub use self::frameworks::ListFrameworks;
