@@ -323,6 +323,11 @@ pub(crate) struct MasterArgs {
     /// Resources a role is guaranteed, e.g. 'analytics=cpus:4;mem:8GiB' (repeatable).
     #[arg(long = "role-guarantee", value_parser = parse_role_setting)]
     pub(crate) role_guarantees: Vec<(String, String)>,
+    /// Who may register frameworks under which roles: IDENTITY=ROLE, both globs, e.g.
+    /// 'spiffe://cluster.local/client/*=batch' (repeatable). Default: every client
+    /// identity, any role; node (agent) identities none.
+    #[arg(long = "framework-role", value_name = "IDENTITY=ROLE")]
+    pub(crate) framework_roles: Vec<actormesh_master::access::FrameworkGrant>,
     /// Resources a role may never exceed, e.g. 'batch=cpus:16' (repeatable).
     #[arg(long = "role-limit", value_parser = parse_role_setting)]
     pub(crate) role_limits: Vec<(String, String)>,

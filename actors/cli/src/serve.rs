@@ -105,6 +105,7 @@ impl MasterArgs {
         c.api = self.api;
         c.trust_domain = self.trust_domain.clone();
         c.ca_dir = self.ca.clone();
+        c.framework_grants = self.framework_roles.clone();
         c.detector = DetectorConfig {
             heartbeat_interval: self.heartbeat,
             unreachable_after: self.unreachable_after,

@@ -133,7 +133,7 @@ async fn each_scope_does_what_it_should_and_nothing_more() {
     );
     let (code, out) = cli.run("amapi.nothing.here", &["get", "nodes"]);
     assert!(
-        code != 0 && out.contains("unknown or wrong API token"),
+        code != 0 && out.contains("missing or wrong API token (not a token of this master"),
         "{out}"
     );
 
@@ -170,6 +170,135 @@ async fn each_scope_does_what_it_should_and_nothing_more() {
     assert!(
         table.starts_with("WHEN") && table.contains("otto"),
         "{table}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A framework's event actor for the registration test: takes events, does nothing.
+struct Quiet;
+
+impl actix::Actor for Quiet {
+    type Context = actix::Context<Self>;
+}
+
+#[actormesh::handler]
+impl actix::Handler<actormesh::framework::FrameworkEvent> for Quiet {
+    type Result = ();
+    fn handle(&mut self, _: actormesh::framework::FrameworkEvent, _: &mut actix::Context<Self>) {}
+}
+
+/// `actormesh <args>`, run to its end.
+fn plain(args: &[&str]) -> std::process::Output {
+    tokio::task::block_in_place(|| std::process::Command::new(BIN).args(args).output().unwrap())
+}
+
+/// Registers a framework under `role` from a node with `credentials`.
+async fn register(
+    credentials: actormesh::transport::pki::Credentials,
+    master: std::net::SocketAddr,
+    role: &'static str,
+) -> Result<(), actormesh::framework::FrameworkError> {
+    on_node(credentials, move |node| async move {
+        let me = node.spawn("events", Quiet).unwrap();
+        actormesh::framework::Scheduler::register(
+            &node,
+            master,
+            &me,
+            "fw",
+            role,
+            std::time::Duration::from_secs(5),
+            None,
+        )
+        .await
+        .map(|_| ())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_granted_identities_register_frameworks_and_an_agent_is_not_one_by_default() {
+    let dir = temp_dir("fw-grants");
+    // Default grants first: clients may, agents may not.
+    let master = Master::start(&dir.join("m"), free_udp(), free_udp(), free_tcp(), &[]).await;
+    let token = master.token(600);
+    let mut a1 = agent(&master, &dir.join("a1"), "a1", Some(&token), &[]).await;
+    let agent_creds = actormesh::transport::pki::Credentials::load(&dir.join("a1").join("creds"))
+        .or_else(|_| actormesh::transport::pki::Credentials::load(&dir.join("a1")))
+        .unwrap();
+    let e = register(agent_creds, master.mesh, "batch")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "spiffe://cluster.local/node/a1 may not register a framework under role \"batch\""
+        ) && e.to_string().contains("master --framework-role"),
+        "{e}"
+    );
+    let issue = |name: &str| {
+        let out = plain(&[
+            "cert",
+            "issue",
+            "--client",
+            name,
+            "--token",
+            &master.client_token(600),
+            "--join",
+            &master.bootstrap.to_string(),
+            "--out",
+            dir.join(name).to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        actormesh::client::load(&dir.join(name))
+            .unwrap()
+            .credentials
+    };
+    register(issue("ops"), master.mesh, "batch").await.unwrap();
+    a1.kill().await;
+    drop(master);
+
+    // Configured grants replace the default: only ops, only under batch.
+    let master = Master::start(
+        &dir.join("m2"),
+        free_udp(),
+        free_udp(),
+        free_tcp(),
+        &[
+            "--framework-role",
+            "spiffe://cluster.local/client/ops=batch",
+        ],
+    )
+    .await;
+    let issue = |name: &str| {
+        let out = plain(&[
+            "cert",
+            "issue",
+            "--client",
+            name,
+            "--token",
+            &master.client_token(600),
+            "--join",
+            &master.bootstrap.to_string(),
+            "--out",
+            dir.join(format!("{name}2")).to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        actormesh::client::load(&dir.join(format!("{name}2")))
+            .unwrap()
+            .credentials
+    };
+    register(issue("ops"), master.mesh, "batch").await.unwrap();
+    let e = register(issue("ops"), master.mesh, "etl")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("under role \"etl\""), "{e}");
+    let e = register(issue("dev"), master.mesh, "batch")
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("client/dev may not register")
+            && e.to_string()
+                .contains("spiffe://cluster.local/client/ops=batch"),
+        "{e}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

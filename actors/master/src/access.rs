@@ -31,6 +31,48 @@ pub const AUDIT_KEPT: usize = 10_000;
 /// The holder of the token in the master's `api-token` file.
 pub const FILE_HOLDER: &str = "api-token-file";
 
+/// Who may register frameworks under which roles: identities matching `identity` (a glob
+/// over SPIFFE ids) under roles matching `role` (a glob). Written `IDENTITY=ROLE`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameworkGrant {
+    /// A glob over the registering identity (`spiffe://<td>/client/*`).
+    pub identity: String,
+    /// A glob over the role (`batch`, `etl-*`, `*`).
+    pub role: String,
+}
+
+impl std::str::FromStr for FrameworkGrant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((identity, role)) if !identity.is_empty() && !role.is_empty() => Ok(Self {
+                identity: identity.to_string(),
+                role: role.to_string(),
+            }),
+            _ => Err(format!(
+                "{s:?} is not a framework grant (expected IDENTITY=ROLE with globs, e.g. 'spiffe://cluster.local/client/*=batch')"
+            )),
+        }
+    }
+}
+
+/// The grants when none is configured: every client identity of the trust domain, under
+/// any role (node identities, agents', may register none).
+pub fn default_framework_grants(trust_domain: &str) -> Vec<FrameworkGrant> {
+    vec![FrameworkGrant {
+        identity: format!("spiffe://{trust_domain}/client/*"),
+        role: "*".into(),
+    }]
+}
+
+/// Whether `grants` let `identity` register a framework under `role`.
+pub fn may_register(grants: &[FrameworkGrant], identity: &str, role: &str) -> bool {
+    use actormesh::mesh::policy::spec::glob_matches;
+    grants
+        .iter()
+        .any(|g| glob_matches(&g.identity, identity) && glob_matches(&g.role, role))
+}
+
 /// What an API token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -138,7 +180,7 @@ impl std::fmt::Debug for CreatedApiToken {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccessRefusal {
     /// Not a token of this master, or its secret is wrong.
-    #[error("unknown or wrong API token: send 'Authorization: Bearer <token>' with the api-token file's token or one from `actormesh token create --scope <s> --holder <name>`")]
+    #[error("not a token of this master, or its secret is wrong")]
     Unknown,
     /// Revoked.
     #[error("API token {0} was revoked")]
@@ -367,6 +409,28 @@ mod tests {
 
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000)
+    }
+
+    #[test]
+    fn framework_grants_name_identities_and_roles_and_by_default_only_clients_register() {
+        let d = default_framework_grants("td");
+        assert!(may_register(&d, "spiffe://td/client/cli", "batch"));
+        assert!(!may_register(&d, "spiffe://td/node/agent-1", "batch"));
+        let g: Vec<FrameworkGrant> = [
+            "spiffe://td/node/agent-*=etl-*",
+            "spiffe://td/client/ops=batch",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        assert!(may_register(&g, "spiffe://td/node/agent-2", "etl-nightly"));
+        assert!(!may_register(&g, "spiffe://td/node/agent-2", "batch"));
+        assert!(may_register(&g, "spiffe://td/client/ops", "batch"));
+        assert!(!may_register(&g, "spiffe://td/client/cli", "batch"));
+        assert!("nope"
+            .parse::<FrameworkGrant>()
+            .unwrap_err()
+            .contains("expected IDENTITY=ROLE"));
     }
 
     #[test]

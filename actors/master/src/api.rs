@@ -125,7 +125,7 @@ async fn require_token(
             scope: Scope::Admin,
         }
     } else if presented.is_empty() {
-        return unauthorized("missing API token".into());
+        return unauthorized("none was sent".into());
     } else {
         match api.master.send(CheckApiToken(presented)).await {
             Ok(Ok(c)) => c,
@@ -193,7 +193,7 @@ async fn require_token(
 fn unauthorized(why: String) -> Response {
     error(
         StatusCode::UNAUTHORIZED,
-        format!("{why}: send 'Authorization: Bearer <token>' with the token from the master's api-token file, or one from `actormesh token create --scope <s> --holder <name>`"),
+        format!("missing or wrong API token ({why}): send 'Authorization: Bearer <token>' with the token from the master's api-token file, or one from `actormesh token create --scope <s> --holder <name>`"),
     )
 }
 

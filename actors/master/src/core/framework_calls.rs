@@ -56,6 +56,18 @@ impl ClusterCore {
             FrameworkError::Forbidden("frameworks must register over the mesh".into())
         })?;
         valid_role(&r.role)?;
+        if !crate::access::may_register(&self.framework_grants, &who, &r.role) {
+            let grants: Vec<String> = self
+                .framework_grants
+                .iter()
+                .map(|g| format!("{}={}", g.identity, g.role))
+                .collect();
+            return Err(FrameworkError::Forbidden(format!(
+                "{who} may not register a framework under role {:?}: the master grants {} (set with master --framework-role IDENTITY=ROLE)",
+                r.role,
+                grants.join(", ")
+            )));
+        }
         if !caller_addrs.contains(&r.actor_addr) {
             return Err(FrameworkError::Forbidden(format!(
                 "the framework's event actor must be on the registering node: {who} is at {caller_addrs:?}, not {}",

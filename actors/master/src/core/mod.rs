@@ -255,6 +255,8 @@ pub struct Setup {
     pub registry_ceiling: u64,
     /// The mesh-wide settings every push carries (the authorization default).
     pub mesh: actormesh::mesh::MeshSettings,
+    /// Who may register frameworks under which roles (empty: client identities only).
+    pub framework_grants: Vec<crate::access::FrameworkGrant>,
 }
 
 /// Why stored state could not be loaded into a core.
@@ -343,6 +345,8 @@ pub struct ClusterCore {
     revoked_clients: BTreeMap<String, u64>,
     /// API tokens and the audit log.
     access: crate::access::Access,
+    /// Who may register frameworks under which roles.
+    framework_grants: Vec<crate::access::FrameworkGrant>,
     /// Actors nodes registered as endpoints themselves (soft state: lost with the master,
     /// registered again by the nodes).
     node_services: crate::services::NodeServices,
@@ -406,7 +410,7 @@ impl ClusterCore {
             started: now,
             had_agents,
             next_prune: now,
-            trust_domain: setup.trust_domain,
+            trust_domain: setup.trust_domain.clone(),
             ca_fingerprint: setup.ca_fingerprint,
             agent_cert_ttl: setup.agent_cert_ttl,
             registry: crate::services::ServiceRegistry::new(
@@ -417,6 +421,11 @@ impl ClusterCore {
             pushes: crate::services::PushBook::new(setup.push, held),
             drains: crate::services::DrainBook::default(),
             deregistered: Vec::new(),
+            framework_grants: if setup.framework_grants.is_empty() {
+                crate::access::default_framework_grants(&setup.trust_domain)
+            } else {
+                setup.framework_grants.clone()
+            },
             access: crate::access::Access::load(
                 setup
                     .config_rows

@@ -57,6 +57,7 @@ pub(super) fn setup(agents: Vec<AgentRecord>, config_rows: Vec<(String, Versione
         drain_time: crate::services::DEFAULT_DRAIN,
         registry_ceiling: 0,
         mesh: Default::default(),
+        framework_grants: Vec::new(),
     }
 }
 

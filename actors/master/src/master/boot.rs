@@ -330,6 +330,7 @@ pub async fn start_with_store(
             drain_time: config.drain_time,
             registry_ceiling,
             mesh: config.mesh,
+            framework_grants: config.framework_grants.clone(),
         },
         Instant::now(),
     )?;

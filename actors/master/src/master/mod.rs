@@ -93,6 +93,9 @@ pub struct MasterConfig {
     /// Mesh-wide settings pushed to every proxy: the authorization default (`allow`
     /// unless set) and whether denials hide policy names from other namespaces.
     pub mesh: actormesh::mesh::MeshSettings,
+    /// Who may register frameworks under which roles (empty: every client identity of
+    /// the trust domain, under any role; node identities none).
+    pub framework_grants: Vec<crate::access::FrameworkGrant>,
 }
 
 impl MasterConfig {
@@ -117,6 +120,7 @@ impl MasterConfig {
             access_log: None,
             tracing: None,
             mesh: Default::default(),
+            framework_grants: Vec::new(),
         }
     }
 }

@@ -62,7 +62,7 @@ impl NameMatch {
 }
 
 /// Whether `text` matches the glob `pattern` (`*` any run, `?` one character).
-pub(crate) fn glob_matches(pattern: &str, text: &str) -> bool {
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
     glob(pattern.as_bytes(), text.as_bytes())
 }
 
