@@ -314,6 +314,9 @@ pub(crate) struct MasterArgs {
     /// Lifetime of agent certificates (renewed at half-life).
     #[arg(long, value_parser = parse_duration, default_value = "24h")]
     pub(crate) agent_cert_ttl: Duration,
+    /// Lifetime of the master's own certificate, renewed at half its life.
+    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    pub(crate) master_cert_ttl: Duration,
     /// How long a framework may hold an offer before it is rescinded.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub(crate) offer_timeout: Duration,

@@ -113,6 +113,15 @@ impl MasterArgs {
             max_removals_per_minute: self.max_removals_per_minute,
         };
         c.agent_cert_ttl = self.agent_cert_ttl;
+        if self.master_cert_ttl < Duration::from_secs(60)
+            || self.master_cert_ttl > Duration::from_secs(366 * 24 * 3600)
+        {
+            anyhow::bail!(
+                "--master-cert-ttl must be between a minute and a year (366d); it is {:?}",
+                self.master_cert_ttl
+            );
+        }
+        c.master_cert_ttl = self.master_cert_ttl;
         c.offer_timeout = self.offer_timeout;
         c.roles = self.roles()?;
         c.metrics_listen = self.telemetry.metrics_listen.0;

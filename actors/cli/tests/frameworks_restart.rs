@@ -23,7 +23,15 @@ fn frameworks(master: &Master) -> Vec<FrameworkSummary> {
 async fn a_framework_keeps_its_tasks_across_a_master_restart() {
     let dir = temp_dir("fw-restart");
     let (mesh, boot, api) = (free_udp(), free_udp(), free_tcp());
-    let flags = ["--heartbeat", "100ms", "--unreachable-after", "1s"];
+    // The framework registers from an agent's node: granted, as an operator would.
+    let flags = [
+        "--heartbeat",
+        "100ms",
+        "--unreachable-after",
+        "1s",
+        "--framework-role",
+        "spiffe://cluster.local/node/fwhost=*",
+    ];
     let mut master = Master::start(&dir.join("master"), mesh, boot, api, &flags).await;
     let token = master.token(3600);
     let _w1 = agent(

@@ -165,3 +165,9 @@ mod tests {
         assert!(bad.contains("is not an RFC 3339 time"), "{bad}");
     }
 }
+
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn ms_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
-use tracing::info;
+use tracing::{info, warn};
 
 use actormesh::mesh::{Mesh, MeshOptions};
 use actormesh::protocol::{
@@ -213,9 +213,14 @@ async fn load_or_create_api_token(
 }
 
 /// The master's own mesh credentials: a key kept in the data dir, a certificate issued
-/// from the CA at each start.
-fn master_credentials(ca: &CertificateAuthority, dir: &Path) -> Result<Credentials, MasterError> {
-    let key_file = dir.join("master-key.pem");
+/// from the CA at each start, valid for `ttl` (renewed at half its life by
+/// [`renew_master_certificate`]).
+fn master_credentials(
+    ca: &CertificateAuthority,
+    dir: &Path,
+    ttl: Duration,
+) -> Result<Credentials, MasterError> {
+    let key_file = dir.join(MASTER_KEY_FILE);
     let key = match std::fs::read_to_string(&key_file) {
         Ok(pem) => NodeKey::from_pem(&pem)?,
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -229,8 +234,67 @@ fn master_credentials(ca: &CertificateAuthority, dir: &Path) -> Result<Credentia
         }
     };
     let id = SpiffeId::node(ca.trust_domain(), "master")?;
-    let cert = ca.sign_csr(&key.csr(&id)?, &id, Duration::from_secs(365 * 24 * 3600))?;
+    let cert = ca.sign_csr(&key.csr(&id)?, &id, ttl)?;
     Ok(key.credentials(&cert, ca.cert_pem())?)
+}
+
+/// The master's key file in its data dir.
+const MASTER_KEY_FILE: &str = "master-key.pem";
+
+/// Renews the master's own certificate as an agent renews its own: at half its life, a
+/// new key and a certificate for `ttl`, handed to the node's endpoint (new links use it;
+/// links up keep theirs) and the key written over the old one. A failure is retried a
+/// minute later (or at a quarter of what is left, if sooner). Ends with the node.
+async fn renew_master_certificate(
+    node: actormesh::WeakNode,
+    ca: CertificateAuthority,
+    dir: std::path::PathBuf,
+    ttl: Duration,
+    mut expiry: SystemTime,
+    expires: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let mut wait = half_left(expiry);
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(node) = node.upgrade() else { return };
+        let renewed = (|| -> Result<Credentials, MasterError> {
+            let key = NodeKey::generate()?;
+            let id = node.identity();
+            let cert = ca.sign_csr(&key.csr(&id)?, &id, ttl)?;
+            let creds = key.credentials(&cert, ca.cert_pem())?;
+            node.endpoint().replace_credentials(&creds)?;
+            let file = dir.join(MASTER_KEY_FILE);
+            let tmp = dir.join(format!("{MASTER_KEY_FILE}.new"));
+            write_private(&tmp, &key.pem())
+                .map_err(io_error("cannot write the master key", &tmp))?;
+            std::fs::rename(&tmp, &file)
+                .map_err(io_error("cannot replace the master key", &file))?;
+            Ok(creds)
+        })();
+        match renewed {
+            Ok(creds) => {
+                expiry = creds.not_after().unwrap_or(SystemTime::now() + ttl);
+                expires.store(
+                    crate::timestamp::ms_since_epoch(expiry),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                info!(expires = %crate::timestamp::format(expiry), "master certificate renewed");
+                wait = half_left(expiry);
+            }
+            Err(e) => {
+                let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
+                wait = Duration::from_secs(60)
+                    .min(left / 4)
+                    .max(Duration::from_millis(100));
+                warn!(error = %e, retry_in = ?wait, "master certificate renewal failed");
+            }
+        }
+    }
+}
+
+/// Half the time left until `expiry`.
+fn half_left(expiry: SystemTime) -> Duration {
+    expiry.duration_since(SystemTime::now()).unwrap_or_default() / 2
 }
 
 /// Starts a master: state, CA, mesh node, bootstrap port, API. Call inside an actix
@@ -264,7 +328,13 @@ pub async fn start_with_store(
     private_dir(dir)?;
     let ca = load_or_create_ca(store.as_ref(), &config).await?;
     let api_token = load_or_create_api_token(store.as_ref(), dir).await?;
-    let creds = master_credentials(&ca, dir)?;
+    let creds = master_credentials(&ca, dir, config.master_cert_ttl)?;
+    let cert_expiry = creds
+        .not_after()
+        .unwrap_or(SystemTime::now() + config.master_cert_ttl);
+    let cert_expires = Arc::new(std::sync::atomic::AtomicU64::new(
+        crate::timestamp::ms_since_epoch(cert_expiry),
+    ));
     let mut node_config = NodeConfig::new(config.listen);
     node_config.metrics_listen = config.metrics_listen;
     node_config.access_log = config.access_log;
@@ -344,6 +414,8 @@ pub async fn start_with_store(
         })?;
     let figures = Arc::new(super::figures::ControlFigures::new(&core));
     actormesh::metrics::register(&node, figures.clone());
+    // The renewal signs with a CA of its own (the same certificate and key).
+    let renewing_ca = CertificateAuthority::from_pem(ca.cert_pem(), &ca.key_pem())?;
     let master = Master {
         figures,
         core,
@@ -407,6 +479,14 @@ pub async fn start_with_store(
             reason: e.to_string(),
         }
     })?;
+    actix::spawn(renew_master_certificate(
+        node.downgrade(),
+        renewing_ca,
+        config.data_dir.clone(),
+        config.master_cert_ttl,
+        cert_expiry,
+        cert_expires.clone(),
+    ));
     info!(mesh = %node.local_addr(), bootstrap = %bootstrap_addr, api = %api_addr, "master up");
     Ok(MasterHandle {
         master,
@@ -417,5 +497,6 @@ pub async fn start_with_store(
         api_token_file: config.data_dir.join(API_TOKEN_FILE),
         ca_fingerprint: fingerprint,
         stepped_down,
+        cert_expires,
     })
 }

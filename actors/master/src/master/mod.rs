@@ -96,6 +96,8 @@ pub struct MasterConfig {
     /// Who may register frameworks under which roles (empty: every client identity of
     /// the trust domain, under any role; node identities none).
     pub framework_grants: Vec<crate::access::FrameworkGrant>,
+    /// Lifetime of the master's own certificate (renewed at half its life).
+    pub master_cert_ttl: Duration,
 }
 
 impl MasterConfig {
@@ -121,6 +123,7 @@ impl MasterConfig {
             tracing: None,
             mesh: Default::default(),
             framework_grants: Vec::new(),
+            master_cert_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -144,9 +147,18 @@ pub struct MasterHandle {
     pub ca_fingerprint: String,
     /// Why the master stepped down, once it has.
     stepped_down: tokio::sync::watch::Receiver<Option<String>>,
+    /// When the master's own certificate expires now (ms since the epoch; renewals move it).
+    cert_expires: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MasterHandle {
+    /// When the master's own certificate expires now: it lives `master_cert_ttl` and is
+    /// renewed at half its life.
+    pub fn certificate_expiry(&self) -> SystemTime {
+        SystemTime::UNIX_EPOCH
+            + Duration::from_millis(self.cert_expires.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// The master's part of the mesh: its own Proxy (`$proxy` on the master's node,
     /// subscribed as `node/master`), to call services by name from code in the master's
     /// process (`mesh().service("shop/ratings")`).
