@@ -85,6 +85,12 @@ pub mod option {
     }
 }
 
+/// Milliseconds since the Unix epoch (0 before it).
+pub fn ms_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,10 +170,4 @@ mod tests {
                 .to_string();
         assert!(bad.contains("is not an RFC 3339 time"), "{bad}");
     }
-}
-
-/// Milliseconds since the Unix epoch (0 before it).
-pub fn ms_since_epoch(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
