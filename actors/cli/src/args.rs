@@ -41,7 +41,7 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Ca(CaCommand),
     /// Run a master: membership, certificate authority, operator API.
-    Master(MasterArgs),
+    Master(Box<MasterArgs>),
     /// Run an agent that joins a master.
     Agent(AgentArgs),
     /// Join tokens.

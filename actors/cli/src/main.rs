@@ -30,7 +30,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Top(args) => return top::run(args),
         Command::Authz(args::AuthzCommand::Check(args)) => return authz::check(args),
         Command::Ca(command) => ca::run(command),
-        Command::Master(args) => serve::master(args),
+        Command::Master(args) => serve::master(*args),
         Command::Agent(args) => serve::agent(args),
         Command::Dev(args) => serve::dev(args),
         Command::Token(command) => token::run(command),
