@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod actors;
+pub mod fuzz;
 pub mod harness;
 pub mod otlp_receiver;
 pub mod pki;

@@ -221,6 +221,12 @@ fn meta_str<'a>(b: &mut &'a [u8], n: usize, what: &str) -> Result<&'a str, Metad
 
 /// Decodes a metadata block (as [`LaneFrame::meta`] holds it), enforcing the limits.
 /// Nothing is allocated before the size of the entries has been checked.
+/// Decodes a call's metadata block and checks its limits as a receiver does, keeping
+/// nothing (what the fuzz targets and tests drive).
+pub fn validate_meta(block: &[u8]) -> Result<(), MetadataError> {
+    decode_meta(block).map(|_| ())
+}
+
 pub(crate) fn decode_meta(block: &[u8]) -> Result<CallMeta, MetadataError> {
     let mut b = block;
     let flags = meta_take(&mut b, 1, "no flags")?[0];
