@@ -331,6 +331,11 @@ pub(crate) struct MasterArgs {
     /// identity, any role; node (agent) identities none.
     #[arg(long = "framework-role", value_name = "IDENTITY=ROLE")]
     pub(crate) framework_roles: Vec<actormesh_master::access::FrameworkGrant>,
+    /// Which nodes may register endpoints of which services themselves: IDENTITY=SERVICE,
+    /// both globs, e.g. 'spiffe://cluster.local/node/edge-*=shop/*' (repeatable). Default:
+    /// every node, every service no deployment declares.
+    #[arg(long = "service-grant", value_name = "IDENTITY=SERVICE")]
+    pub(crate) service_grants: Vec<actormesh_master::access::ServiceGrant>,
     /// Resources a role may never exceed, e.g. 'batch=cpus:16' (repeatable).
     #[arg(long = "role-limit", value_parser = parse_role_setting)]
     pub(crate) role_limits: Vec<(String, String)>,

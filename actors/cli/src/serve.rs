@@ -106,6 +106,7 @@ impl MasterArgs {
         c.trust_domain = self.trust_domain.clone();
         c.ca_dir = self.ca.clone();
         c.framework_grants = self.framework_roles.clone();
+        c.service_grants = self.service_grants.clone();
         c.detector = DetectorConfig {
             heartbeat_interval: self.heartbeat,
             unreachable_after: self.unreachable_after,

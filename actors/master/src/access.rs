@@ -73,6 +73,45 @@ pub fn may_register(grants: &[FrameworkGrant], identity: &str, role: &str) -> bo
         .any(|g| glob_matches(&g.identity, identity) && glob_matches(&g.role, role))
 }
 
+/// Which node identities may register endpoints of which services themselves
+/// (`RegisterService`): identities matching `identity` (a glob over SPIFFE ids) for
+/// services matching `service` (a glob over `namespace/name`). Written `IDENTITY=SERVICE`.
+/// A deployment's service is its instances' alone, whatever the grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceGrant {
+    /// A glob over the registering node's identity.
+    pub identity: String,
+    /// A glob over the service's `namespace/name`.
+    pub service: String,
+}
+
+impl std::str::FromStr for ServiceGrant {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once('=') {
+            Some((identity, service)) if !identity.is_empty() && !service.is_empty() => {
+                Ok(Self {
+                    identity: identity.to_string(),
+                    service: service.to_string(),
+                })
+            }
+            _ => Err(format!(
+                "{s:?} is not a service grant (expected IDENTITY=SERVICE with globs, e.g. 'spiffe://cluster.local/node/edge-*=shop/*')"
+            )),
+        }
+    }
+}
+
+/// Whether `grants` let node `identity` register endpoints of `service`; no grant
+/// configured lets every node register every service no deployment declares.
+pub fn may_serve(grants: &[ServiceGrant], identity: &str, service: &str) -> bool {
+    use actormesh::mesh::policy::spec::glob_matches;
+    grants.is_empty()
+        || grants
+            .iter()
+            .any(|g| glob_matches(&g.identity, identity) && glob_matches(&g.service, service))
+}
+
 /// What an API token allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -431,6 +470,22 @@ mod tests {
             .parse::<FrameworkGrant>()
             .unwrap_err()
             .contains("expected IDENTITY=ROLE"));
+    }
+
+    #[test]
+    fn service_grants_name_nodes_and_services_and_none_grants_all() {
+        assert!(may_serve(&[], "spiffe://td/node/a", "shop/web"));
+        let g: Vec<ServiceGrant> = ["spiffe://td/node/edge-*=shop/*"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert!(may_serve(&g, "spiffe://td/node/edge-1", "shop/web"));
+        assert!(!may_serve(&g, "spiffe://td/node/core-1", "shop/web"));
+        assert!(!may_serve(&g, "spiffe://td/node/edge-1", "ops/web"));
+        assert!("x"
+            .parse::<ServiceGrant>()
+            .unwrap_err()
+            .contains("IDENTITY=SERVICE"));
     }
 
     #[test]

@@ -347,6 +347,8 @@ pub struct ClusterCore {
     access: crate::access::Access,
     /// Who may register frameworks under which roles.
     framework_grants: Vec<crate::access::FrameworkGrant>,
+    /// Which nodes may register endpoints of which services (empty: all).
+    service_grants: Vec<crate::access::ServiceGrant>,
     /// Actors nodes registered as endpoints themselves (soft state: lost with the master,
     /// registered again by the nodes).
     node_services: crate::services::NodeServices,
@@ -421,6 +423,7 @@ impl ClusterCore {
             pushes: crate::services::PushBook::new(setup.push, held),
             drains: crate::services::DrainBook::default(),
             deregistered: Vec::new(),
+            service_grants: Vec::new(),
             framework_grants: if setup.framework_grants.is_empty() {
                 crate::access::default_framework_grants(&setup.trust_domain)
             } else {

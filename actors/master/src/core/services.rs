@@ -187,6 +187,12 @@ impl ClusterCore {
         self.registry.forget_revocations(self.wall_ms);
     }
 
+    /// Which nodes may register endpoints of which services (none given: every node, every
+    /// service no deployment declares).
+    pub fn set_service_grants(&mut self, grants: Vec<crate::access::ServiceGrant>) {
+        self.service_grants = grants;
+    }
+
     /// The node id of a caller of the mesh: `spiffe://<td>/node/<id>` of this trust domain.
     fn calling_node(&self, caller: &Option<SpiffeId>) -> Result<String, MasterRefusal> {
         let c = caller.as_ref().ok_or_else(|| {
@@ -303,6 +309,19 @@ impl ClusterCore {
                     "node {id} may not register endpoints of {}: deployment {} serves it, and only its instances do",
                     r.service,
                     crate::deployments::key(d)
+                )));
+            }
+            let identity = crate::services::node_identity(&core.trust_domain, &id);
+            let service = r.service.to_string();
+            if !crate::access::may_serve(&core.service_grants, &identity, &service) {
+                let grants: Vec<String> = core
+                    .service_grants
+                    .iter()
+                    .map(|g| format!("{}={}", g.identity, g.service))
+                    .collect();
+                return Err(MasterRefusal::Forbidden(format!(
+                    "node {id} may not register endpoints of {service}: the master grants {} (set with master --service-grant IDENTITY=SERVICE)",
+                    grants.join(", ")
                 )));
             }
             core.node_services.insert(

@@ -404,6 +404,8 @@ pub async fn start_with_store(
         },
         Instant::now(),
     )?;
+    let mut core = core;
+    core.set_service_grants(config.service_grants.clone());
     // Bound before any actor starts: a taken port then fails the start with its error
     // alone (an actor dropped with the system's runtime panicked first).
     let api_listener = tokio::net::TcpListener::bind(config.api)

@@ -98,6 +98,9 @@ pub struct MasterConfig {
     pub framework_grants: Vec<crate::access::FrameworkGrant>,
     /// Lifetime of the master's own certificate (renewed at half its life).
     pub master_cert_ttl: Duration,
+    /// Which nodes may register endpoints of which services (empty: every node, every
+    /// service no deployment declares).
+    pub service_grants: Vec<crate::access::ServiceGrant>,
 }
 
 impl MasterConfig {
@@ -124,6 +127,7 @@ impl MasterConfig {
             mesh: Default::default(),
             framework_grants: Vec::new(),
             master_cert_ttl: Duration::from_secs(24 * 3600),
+            service_grants: Vec::new(),
         }
     }
 }

@@ -226,6 +226,26 @@ fn an_unreachable_node_takes_its_endpoints_out_in_the_same_version_and_gone_revo
     let mut zero = reg("x");
     zero.weight = 0;
     assert!(core.register_service(zero, node("a")).reply.is_err());
+    // With grants, only the nodes named may register the services named.
+    core.set_service_grants(vec!["spiffe://test.local/node/a=default/*"
+        .parse()
+        .unwrap()]);
+    let other = |actor: &str| RegisterService {
+        service: "default/other".parse().unwrap(),
+        ..reg(actor)
+    };
+    let refused = core
+        .register_service(other("y"), node("b"))
+        .reply
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("node b may not register endpoints of default/other"),
+        "{refused}"
+    );
+    core.register_service(other("y"), node("a")).reply.unwrap();
+    core.set_service_grants(Vec::new());
     // Deregistering takes it out; without proxies, the answer is due at once.
     let step = core.deregister_service(
         DeregisterService {
