@@ -198,6 +198,11 @@ impl Cluster {
             revoked: vec![],
             mesh,
         };
+        self.send(push).await;
+    }
+
+    /// Sends `push` to every node's proxy; each applies it.
+    async fn send(&self, push: Push) {
         for m in [&self.back, &self.front, &self.forger, &self.caller] {
             let applied = self
                 .master
@@ -205,7 +210,7 @@ impl Cluster {
                 .ask(push.clone())
                 .await
                 .unwrap();
-            assert_eq!(applied, Ok(version));
+            assert_eq!(applied, Ok(push.version));
         }
     }
 
@@ -227,15 +232,7 @@ impl Cluster {
             revoked: vec![],
             mesh: ALLOW,
         };
-        for m in [&self.back, &self.front, &self.forger, &self.caller] {
-            let applied = self
-                .master
-                .actor_ref(m.node().local_addr(), PROXY_ACTOR)
-                .ask(push.clone())
-                .await
-                .unwrap();
-            assert_eq!(applied, Ok(version + 1));
-        }
+        self.send(push).await;
     }
 
     /// `actor` on `mesh`'s node relays a call to back.

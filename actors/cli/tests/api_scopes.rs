@@ -192,6 +192,28 @@ fn plain(args: &[&str]) -> std::process::Output {
     tokio::task::block_in_place(|| std::process::Command::new(BIN).args(args).output().unwrap())
 }
 
+/// A client identity `name` from `master`, written into `out`; its credentials.
+fn issue_client(
+    master: &Master,
+    name: &str,
+    out: &std::path::Path,
+) -> actormesh::transport::pki::Credentials {
+    let done = plain(&[
+        "cert",
+        "issue",
+        "--client",
+        name,
+        "--token",
+        &master.client_token(600),
+        "--join",
+        &master.bootstrap.to_string(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(done.status.success(), "{done:?}");
+    actormesh::client::load(out).unwrap().credentials
+}
+
 /// Registers a framework under `role` from a node with `credentials`.
 async fn register(
     credentials: actormesh::transport::pki::Credentials,
@@ -234,24 +256,7 @@ async fn only_granted_identities_register_frameworks_and_an_agent_is_not_one_by_
         ) && e.to_string().contains("master --framework-role"),
         "{e}"
     );
-    let issue = |name: &str| {
-        let out = plain(&[
-            "cert",
-            "issue",
-            "--client",
-            name,
-            "--token",
-            &master.client_token(600),
-            "--join",
-            &master.bootstrap.to_string(),
-            "--out",
-            dir.join(name).to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{out:?}");
-        actormesh::client::load(&dir.join(name))
-            .unwrap()
-            .credentials
-    };
+    let issue = |name: &str| issue_client(&master, name, &dir.join(name));
     register(issue("ops"), master.mesh, "batch").await.unwrap();
     a1.kill().await;
     drop(master);
@@ -268,24 +273,7 @@ async fn only_granted_identities_register_frameworks_and_an_agent_is_not_one_by_
         ],
     )
     .await;
-    let issue = |name: &str| {
-        let out = plain(&[
-            "cert",
-            "issue",
-            "--client",
-            name,
-            "--token",
-            &master.client_token(600),
-            "--join",
-            &master.bootstrap.to_string(),
-            "--out",
-            dir.join(format!("{name}2")).to_str().unwrap(),
-        ]);
-        assert!(out.status.success(), "{out:?}");
-        actormesh::client::load(&dir.join(format!("{name}2")))
-            .unwrap()
-            .credentials
-    };
+    let issue = |name: &str| issue_client(&master, name, &dir.join(format!("{name}2")));
     register(issue("ops"), master.mesh, "batch").await.unwrap();
     let e = register(issue("ops"), master.mesh, "etl")
         .await
