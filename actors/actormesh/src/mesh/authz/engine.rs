@@ -490,7 +490,17 @@ pub struct ServiceAuthz {
     /// How many ALLOW policies apply (rules or not).
     allow_policies: usize,
     default: AuthzDefault,
+    /// This compile's id (every compile makes a new one), for the memo.
+    id: u64,
+    /// With many open rules, the metadata keys the rules read (sorted): decisions are
+    /// memoized per thread ([`super::memo`]). `None`: every call evaluates.
+    memo_keys: Option<Vec<Box<str>>>,
 }
+
+/// Open rules (indexed by nothing) from which decisions are memoized.
+pub const MEMO_AFTER: usize = 32;
+
+static COMPILES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl ServiceAuthz {
     /// Compiles the policies applying to `service` under the mesh's `default`.
@@ -508,6 +518,8 @@ impl ServiceAuthz {
             audit: ActionRules::default(),
             allow_policies: 0,
             default,
+            id: COMPILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            memo_keys: None,
         };
         let (mut deny, mut allow, mut audit) = (Vec::new(), Vec::new(), Vec::new());
         for (pi, p) in policies.iter().enumerate() {
@@ -555,7 +567,23 @@ impl ServiceAuthz {
         out.deny = ActionRules::new(deny);
         out.allow = ActionRules::new(allow);
         out.audit = ActionRules::new(audit);
+        let open = out.deny.open.len() + out.allow.open.len() + out.audit.open.len();
+        if open >= MEMO_AFTER {
+            let mut keys: Vec<Box<str>> = policies
+                .iter()
+                .flat_map(|p| p.spec.rules.iter())
+                .flat_map(|r| r.when.iter().map(|c| c.key.as_str().into()))
+                .collect();
+            keys.sort();
+            keys.dedup();
+            out.memo_keys = Some(keys);
+        }
         out
+    }
+
+    /// Whether decisions are memoized (many open rules).
+    pub fn memoized(&self) -> bool {
+        self.memo_keys.is_some()
     }
 
     /// Whether a call could ever be denied: some policy applies, or the default denies.
@@ -581,6 +609,15 @@ impl ServiceAuthz {
     /// The decision on a call, and the first AUDIT rule that matched it.
     #[inline]
     pub fn decide(&self, f: &Facts<'_>) -> (Verdict, Option<RuleAt>) {
+        match &self.memo_keys {
+            Some(keys) => super::memo::decide(self.id, keys, f, || self.evaluate(f)),
+            None => self.evaluate(f),
+        }
+    }
+
+    /// The decision, rule by rule (no memo).
+    #[inline]
+    fn evaluate(&self, f: &Facts<'_>) -> (Verdict, Option<RuleAt>) {
         let audit = self.audit.first_match(f);
         if let Some(at) = self.deny.first_match(f) {
             return (Verdict::DeniedBy(at), audit);

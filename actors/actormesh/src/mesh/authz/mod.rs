@@ -5,6 +5,7 @@
 //! where a call arrives, before it takes a mailbox place, on the network path and the
 //! local path alike.
 pub mod engine;
+mod memo;
 pub mod spec;
 
 pub use engine::{explain, AuthzDefault, Explanation, Facts, ServiceAuthz, Verdict};

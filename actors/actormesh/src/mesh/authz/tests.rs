@@ -361,6 +361,73 @@ fn rules_indexed_by_metadata_values_are_found_in_order_among_the_others() {
     assert!(!decide(&ps, AuthzDefault::Deny, &facts(WEB, "x", &Metadata::new())).0);
 }
 
+#[test]
+fn many_unindexed_rules_are_memoized_per_call_shape_and_decide_as_before() {
+    // 40 rules, each a glob on the principal and on a tenant value: nothing to index.
+    let rules: Vec<String> = (0..40)
+        .map(|j| format!(r#"{{"from":[{{"source":{{"principals":["*/sa/w*"]}}}}],"when":[{{"key":"tenant","values":["t-{j}*"]}}]}}"#))
+        .collect();
+    let ps = [policy(
+        "shop/p",
+        &format!(r#"{{"rules":[{}]}}"#, rules.join(",")),
+    )];
+    let c = ServiceAuthz::new(&reviews(), &ps, AuthzDefault::Deny);
+    assert!(c.memoized());
+    // The same compiled policies answer every case, twice: the second time from the memo.
+    for round in 0..2 {
+        for (tenant, principal, message, expect) in [
+            (Some("t-7"), WEB, "x", Some("rules[7]")),
+            (Some("t-39"), WEB, "x", Some("rules[3]")),
+            (Some("u-1"), WEB, "x", None),
+            (None, WEB, "x", None),
+            (Some("t-7"), "td/ns/shop/sa/db", "x", None),
+            (Some("t-7"), WEB, "y", Some("rules[7]")),
+        ] {
+            let m = tenant.map_or_else(Metadata::new, |t| Metadata::new().with("tenant", t));
+            // Other metadata keys are not part of a decision.
+            let m = m.with("other", format!("x{round}"));
+            let f = facts(principal, message, &m);
+            let (v, _) = c.decide(&f);
+            let e = explain(&reviews(), &ps, AuthzDefault::Deny, &f);
+            let (_, rule) = c.names(v);
+            assert_eq!(
+                v.allowed(),
+                expect.is_some(),
+                "{tenant:?} {principal} round {round}"
+            );
+            assert_eq!(e.decision == "allow", v.allowed());
+            assert_eq!(e.rule, rule);
+            if let Some(r) = expect {
+                assert_eq!(rule, r);
+            }
+        }
+    }
+    // A rule on the message: the memo tells messages apart.
+    let by_message = [policy(
+        "shop/m",
+        &format!(
+            r#"{{"rules":[{},{{"to":[{{"operation":{{"messages":["y"]}}}}]}}]}}"#,
+            rules.join(",")
+        ),
+    )];
+    let cm = ServiceAuthz::new(&reviews(), &by_message, AuthzDefault::Deny);
+    let m = Metadata::new();
+    for _ in 0..2 {
+        assert!(!cm.decide(&facts(WEB, "x", &m)).0.allowed());
+        assert!(cm.decide(&facts(WEB, "y", &m)).0.allowed());
+    }
+    // A new compile (the same policies under another default) is a new memo key.
+    let allow_all = ServiceAuthz::new(&reviews(), &[], AuthzDefault::Allow);
+    assert!(!allow_all.memoized());
+    let c2 = ServiceAuthz::new(&reviews(), &ps, AuthzDefault::Allow);
+    let m = Metadata::new().with("tenant", "u-1");
+    assert_eq!(c.decide(&facts(WEB, "x", &m)).0, Verdict::NoAllowMatched);
+    assert_eq!(c2.decide(&facts(WEB, "x", &m)).0, Verdict::NoAllowMatched);
+    let none = [policy("shop/p", r#"{"action":"AUDIT","rules":[{}]}"#)];
+    let c3 = ServiceAuthz::new(&reviews(), &none, AuthzDefault::Deny);
+    assert_eq!(c3.decide(&facts(WEB, "x", &m)).0, Verdict::DeniedByDefault);
+}
+
 /// Random policies over small pools, so that rules often nearly match: the compiled
 /// engine and the plain reading decide every call alike.
 #[test]
