@@ -9,7 +9,7 @@
 //! denied call spends no token.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -34,16 +34,38 @@ pub struct Served {
     pub limit: Option<Arc<Mutex<TokenBucket>>>,
 }
 
-/// The inbound rules of one table.
+/// Workload (`namespace/name`) → its principal, of one node.
+type Hosted = HashMap<Box<str>, Box<str>>;
+
+/// The inbound rules of one table. A delta updates them in the size of the change
+/// ([`InboundRules::updated`]): the hosts are shared per node with the previous rules,
+/// and the actors' list is rebuilt only when a service with an endpoint here changed.
 #[derive(Debug, Default)]
 pub struct InboundRules {
     /// By local actor name: the services it serves that may refuse a call.
     actors: HashMap<String, Vec<Served>>,
-    /// Node SPIFFE id → the workloads (`namespace/name`) it hosts → their principals.
-    hosts: HashMap<Box<str>, HashMap<Box<str>, Box<str>>>,
+    /// The services with an endpoint here that may refuse a call.
+    local: BTreeSet<ServiceName>,
+    /// Node SPIFFE id → what it hosts, shared with the previous rules until it changes.
+    hosts: HashMap<Box<str>, std::sync::Arc<Hosted>>,
     /// This node's SPIFFE id.
     me: Box<str>,
     mesh: MeshSettings,
+}
+
+/// The nodes `s` is on: its hosts and its endpoints' nodes.
+fn nodes_of<'a>(s: &ServiceView<'a>) -> BTreeSet<&'a str> {
+    s.hosts
+        .iter()
+        .map(String::as_str)
+        .chain(s.endpoint_nodes.iter().map(|(n, _)| *n))
+        .collect()
+}
+
+/// The principal of workload `workload` on `node` (its trust domain's).
+fn principal_on(node: &str, workload: &str) -> Option<Box<str>> {
+    let td = bare(node).split_once('/').map_or("", |(td, _)| td);
+    workload_principal(td, workload).map(Into::into)
 }
 
 impl InboundRules {
@@ -59,32 +81,100 @@ impl InboundRules {
             mesh,
             ..Self::default()
         };
+        let mut hosts: HashMap<Box<str>, Hosted> = HashMap::new();
+        let mut local = Vec::new();
         for s in services {
             let workload = s.name.to_string();
-            let nodes = s
-                .hosts
-                .iter()
-                .map(String::as_str)
-                .chain(s.endpoint_nodes.iter().map(|(n, _)| *n));
-            for node in nodes {
-                let td = bare(node).split_once('/').map_or("", |(td, _)| td);
-                let Some(principal) = workload_principal(td, &workload) else {
+            for node in nodes_of(&s) {
+                let Some(principal) = principal_on(node, &workload) else {
                     continue;
                 };
-                out.hosts
+                hosts
                     .entry(node.into())
                     .or_default()
-                    .entry(workload.as_str().into())
-                    .or_insert_with(|| principal.into());
+                    .insert(workload.as_str().into(), principal);
             }
-            if s.authz.is_none() && s.limit.is_none() {
+            if out.serves_here(&s) {
+                out.local.insert(s.name.clone());
+                local.push(s);
+            }
+        }
+        out.hosts = hosts
+            .into_iter()
+            .map(|(n, h)| (n, std::sync::Arc::new(h)))
+            .collect();
+        out.actors = out.actors_of(local);
+        out
+    }
+
+    /// The rules after a delta: `changes` holds, for each service the push changed or
+    /// removed, its view before and after (`None`: it was not there, or is gone);
+    /// `current` gives any service's view now (to rebuild the actors' list).
+    pub fn updated<'a>(
+        &self,
+        changes: Vec<(Option<ServiceView<'a>>, Option<ServiceView<'a>>)>,
+        current: impl Fn(&ServiceName) -> Option<ServiceView<'a>>,
+    ) -> Self {
+        let mut out = Self {
+            actors: HashMap::new(),
+            local: self.local.clone(),
+            hosts: self.hosts.clone(),
+            me: self.me.clone(),
+            mesh: self.mesh,
+        };
+        let mut local_changed = false;
+        for (old, new) in changes {
+            let Some(name) = new.as_ref().or(old.as_ref()).map(|v| v.name.clone()) else {
                 continue;
+            };
+            let workload = name.to_string();
+            let before = old.as_ref().map(nodes_of).unwrap_or_default();
+            let after = new.as_ref().map(nodes_of).unwrap_or_default();
+            for gone in before.difference(&after) {
+                if let Some(h) = out.hosts.get_mut(*gone) {
+                    std::sync::Arc::make_mut(h).remove(workload.as_str());
+                    if h.is_empty() {
+                        out.hosts.remove(*gone);
+                    }
+                }
             }
+            for came in after.difference(&before) {
+                if let Some(principal) = principal_on(came, &workload) {
+                    let h = out.hosts.entry((*came).into()).or_default();
+                    std::sync::Arc::make_mut(h).insert(workload.as_str().into(), principal);
+                }
+            }
+            let was = out.local.remove(&name);
+            let is = new.as_ref().is_some_and(|v| out.serves_here(v));
+            if is {
+                out.local.insert(name);
+            }
+            local_changed |= was || is;
+        }
+        out.actors = if local_changed {
+            let views: Vec<ServiceView<'a>> = out.local.iter().filter_map(&current).collect();
+            out.actors_of(views)
+        } else {
+            self.actors.clone()
+        };
+        out
+    }
+
+    /// Whether `s` has an endpoint here and something that may refuse a call to it.
+    fn serves_here(&self, s: &ServiceView<'_>) -> bool {
+        (s.authz.is_some() || s.limit.is_some())
+            && s.endpoint_nodes.iter().any(|(n, _)| *n == &*self.me)
+    }
+
+    /// By local actor, the services of `local` it serves.
+    fn actors_of(&self, local: Vec<ServiceView<'_>>) -> HashMap<String, Vec<Served>> {
+        let mut actors: HashMap<String, Vec<Served>> = HashMap::new();
+        for s in local {
             for (node, actor) in s.endpoint_nodes.iter() {
-                if *node != me {
+                if *node != &*self.me {
                     continue;
                 }
-                let list = out.actors.entry(actor.to_string()).or_default();
+                let list = actors.entry(actor.to_string()).or_default();
                 if !list.iter().any(|x| x.service == *s.name) {
                     list.push(Served {
                         service: s.name.clone(),
@@ -94,7 +184,43 @@ impl InboundRules {
                 }
             }
         }
-        out
+        actors
+    }
+
+    /// What it holds, comparable: each node's hosted workloads with their principals, and
+    /// each local actor's services with whether authorization and a limit apply.
+    #[allow(clippy::type_complexity)]
+    pub fn summary(
+        &self,
+    ) -> (
+        std::collections::BTreeMap<String, Vec<(String, String)>>,
+        std::collections::BTreeMap<String, Vec<(String, bool, bool)>>,
+    ) {
+        let hosts = self
+            .hosts
+            .iter()
+            .map(|(n, h)| {
+                let mut v: Vec<(String, String)> = h
+                    .iter()
+                    .map(|(w, p)| (w.to_string(), p.to_string()))
+                    .collect();
+                v.sort();
+                (n.to_string(), v)
+            })
+            .collect();
+        let actors = self
+            .actors
+            .iter()
+            .map(|(a, list)| {
+                let mut v: Vec<(String, bool, bool)> = list
+                    .iter()
+                    .map(|s| (s.service.to_string(), s.authz.is_some(), s.limit.is_some()))
+                    .collect();
+                v.sort();
+                (a.clone(), v)
+            })
+            .collect();
+        (hosts, actors)
     }
 
     /// Whether a gate over it has nothing to do (no call to refuse, no host to vouch for).

@@ -385,12 +385,16 @@ impl<T: Clone> RouteTable<T> {
             services.remove(r);
         }
         let resettled = push.mesh != self.mesh;
-        let mut inbound_changed =
-            matches!(push.kind, PushKind::Full) || !push.removed.is_empty() || resettled;
+        let rebuild = matches!(push.kind, PushKind::Full) || resettled;
+        // The services whose inbound rules may differ: removed, new, or changed in what
+        // the gate reads.
+        let mut inbound_changes: Vec<&ServiceName> = push.removed.iter().collect();
         for s in &push.services {
             let old = self.services.get(&s.name).map(|a| &**a);
             let routes = self.build(s, old, push.mesh, now)?;
-            inbound_changed |= old.is_none_or(|o| inbound_differs(o, &routes));
+            if old.is_none_or(|o| inbound_differs(o, &routes)) {
+                inbound_changes.push(&s.name);
+            }
             services.insert(s.name.clone(), Arc::new(routes));
         }
         if resettled && matches!(push.kind, PushKind::Delta { .. }) {
@@ -414,14 +418,28 @@ impl<T: Clone> RouteTable<T> {
             let until = revoked.entry(r.id.clone()).or_insert(r.until_ms);
             *until = (*until).max(r.until_ms);
         }
-        let inbound = if inbound_changed {
+        let inbound = if rebuild {
             Arc::new(InboundRules::build(
                 &self.context.locality.node,
                 push.mesh,
                 services.values().map(|r| r.view()),
             ))
-        } else {
+        } else if inbound_changes.is_empty() {
             self.inbound.clone()
+        } else {
+            let changes = inbound_changes
+                .into_iter()
+                .map(|name| {
+                    (
+                        self.services.get(name).map(|r| r.view()),
+                        services.get(name).map(|r| r.view()),
+                    )
+                })
+                .collect();
+            Arc::new(
+                self.inbound
+                    .updated(changes, |name| services.get(name).map(|r| r.view())),
+            )
         };
         Ok(RouteTable {
             version: Some(push.version),
@@ -706,6 +724,72 @@ mod tests {
             removed: vec![],
             revoked: vec![],
             mesh: Default::default(),
+        }
+    }
+
+    /// Random deltas over a few services (endpoints here and elsewhere, hosts, policies
+    /// coming and going): the inbound rules each delta updates are those a full rebuild
+    /// of the same table makes.
+    #[test]
+    fn inbound_rules_updated_by_deltas_are_those_built_from_scratch() {
+        let me = "spiffe://t.local/node/me";
+        let mut t = RouteTable::new(
+            Locality {
+                node: me.into(),
+                zone: None,
+            },
+            BalanceConfig::default(),
+            |e| e.id.clone(),
+        );
+        let mut r = SplitMix64(7);
+        let names = ["a", "b", "c", "d"];
+        let mut version = 1;
+        t = t.apply(&full(version, vec![]), 0).unwrap();
+        for _ in 0..300 {
+            let mut services = Vec::new();
+            let mut removed = Vec::new();
+            for n in names {
+                match r.below(4) {
+                    0 => removed.push(name(n)),
+                    1 => {}
+                    _ => {
+                        let mut eps = Vec::new();
+                        for (i, node) in ["me", "x", "y"].iter().enumerate() {
+                            if r.below(2) == 0 {
+                                let mut e = ep(node, 7000 + i as u16);
+                                e.id = format!("{n}-{node}");
+                                e.actor = format!("{n}-actor");
+                                eps.push(e);
+                            }
+                        }
+                        let mut s = svc(n, eps);
+                        s.hosts = ["me", "x", "z"]
+                            .iter()
+                            .filter(|_| r.below(2) == 0)
+                            .map(|h| format!("spiffe://t.local/node/{h}"))
+                            .collect();
+                        if r.below(2) == 0 {
+                            s.traffic.authz = vec![crate::mesh::registry::Applied {
+                                object: "default/p".into(),
+                                spec: serde_json::from_str(r#"{"rules":[{}]}"#).unwrap(),
+                            }];
+                        }
+                        services.push(s);
+                    }
+                }
+            }
+            let present: HashSet<&ServiceName> = services.iter().map(|s| &s.name).collect();
+            removed.retain(|n| !present.contains(n) && t.service(n).is_some());
+            version += 1;
+            t = t
+                .apply(&delta(version - 1, version, services, removed), 0)
+                .unwrap();
+            let scratch = InboundRules::build(me, t.mesh(), t.services().map(|s| s.view()));
+            assert_eq!(
+                t.inbound().summary(),
+                scratch.summary(),
+                "after version {version}"
+            );
         }
     }
 
