@@ -212,7 +212,7 @@ impl RemoteRef {
                 let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
                     return Err(TellError::UnknownMessage(msg));
                 };
-                if let Err(r) = admit_local(&slot, M::NAME, &meta) {
+                if let Err(r) = slot.admit_local(M::NAME, meta.as_deref()) {
                     refused_here(&slot, entry, &meta, &r);
                     return Err(TellError::NotDelivered(msg, r.to_string()));
                 }
@@ -270,7 +270,7 @@ impl RemoteRef {
                 let Some(entry) = slot.entry_for(TypeId::of::<M>()) else {
                     return Err(TellError::UnknownMessage(msg));
                 };
-                if let Err(r) = admit_local(&slot, M::NAME, &meta) {
+                if let Err(r) = slot.admit_local(M::NAME, meta.as_deref()) {
                     refused_here(&slot, entry, &meta, &r);
                     return Err(TellError::NotDelivered(msg, r.to_string()));
                 }
@@ -573,7 +573,7 @@ impl RemoteRef {
                 message: M::NAME.to_string(),
             });
         };
-        if let Err(r) = admit_local(&slot, M::NAME, &meta) {
+        if let Err(r) = slot.admit_local(M::NAME, meta.as_deref()) {
             refused_here(&slot, entry, &meta, &r);
             return Err(r.into());
         }
@@ -652,7 +652,7 @@ impl RemoteRef {
             });
         };
         let block = Some(meta);
-        if let Err(r) = admit_local(&slot, name, &block) {
+        if let Err(r) = slot.admit_local(name, block.as_deref()) {
             refused_here(&slot, entry, &block, &r);
             return Err(r.into());
         }
@@ -949,19 +949,6 @@ fn observe_local(
 
 /// Counts a local call the gate refused.
 #[cold]
-/// The gate's decision on a call from this node: the workload its block asserts is the
-/// calling handler's, set by this node, so it is proven.
-#[inline]
-fn admit_local(slot: &ActorSlot, message: &str, meta: &Block) -> Result<(), Refusal> {
-    let m = meta.as_deref();
-    slot.admit(
-        message,
-        None,
-        m.and_then(|m| m.workload.as_deref()),
-        m.map_or(&crate::call::NO_METADATA, |m| &m.metadata),
-    )
-}
-
 fn refused_here(slot: &ActorSlot, entry: &'static HandlerEntry, meta: &Block, r: &Refusal) {
     let outcome = Outcome::of_error(&AskError::from(r.clone()));
     slot.refused(

@@ -134,6 +134,22 @@ impl ActorSlot {
         })
     }
 
+    /// The gate's decision on a call from this node with block `meta`: the workload it
+    /// asserts is the calling handler's, set by this node, so it is proven.
+    #[inline]
+    pub(crate) fn admit_local(
+        &self,
+        message: &str,
+        meta: Option<&crate::call::CallMeta>,
+    ) -> Result<(), crate::gate::Refusal> {
+        self.admit(
+            message,
+            None,
+            meta.and_then(|m| m.workload.as_deref()),
+            meta.map_or(&crate::call::NO_METADATA, |m| &m.metadata),
+        )
+    }
+
     /// Whether the node's gate vouches that `caller` hosts `workload`.
     pub(crate) fn vouches(&self, caller: &actormesh_transport::SpiffeId, workload: &str) -> bool {
         self.gate.vouches(caller, workload)

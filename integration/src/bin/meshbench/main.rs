@@ -20,6 +20,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use futures::stream::{FuturesUnordered, StreamExt};
 
+mod authz;
 mod cluster;
 mod cpu;
 mod mesh;

@@ -35,13 +35,14 @@ use actormesh_master::{
 };
 use anyhow::{anyhow, Context as _};
 
+use crate::authz::AUTHZ_TENANT;
 use crate::cpu::{cpu_at_rate, thread_cpu, RateTarget};
 use crate::telemetry::{receiver_thread, tracing_to};
 use crate::turns::{paired_latencies, paired_rates};
 use crate::{median, percentile, Line, PAYLOAD};
 
 /// The namespace of every service the suite makes.
-const NAMESPACE: &str = "bench";
+pub(crate) const NAMESPACE: &str = "bench";
 /// The longest a single call may take before the run fails.
 pub(crate) const CALL_LIMIT: Duration = Duration::from_secs(10);
 /// The longest one measurement loop may take before the run fails.
@@ -186,7 +187,7 @@ async fn push_lines(dir: &Path, s: &Settings) -> anyhow::Result<()> {
 
 /// A master in this process on a thread of its own (its own actix system), so that its
 /// work does not share the thread of the agents measured.
-struct MasterThread {
+pub(crate) struct MasterThread {
     master: Addr<Master>,
     bootstrap: SocketAddr,
     token: String,
@@ -274,7 +275,7 @@ impl MasterThread {
     }
 
     /// Polls (every 20 ms, at most `limit`) until `service` has `want` endpoints.
-    async fn until_endpoints(
+    pub(crate) async fn until_endpoints(
         &self,
         service: &ServiceName,
         want: usize,
@@ -323,7 +324,7 @@ impl MasterThread {
         }
     }
 
-    async fn apply(&self, manifest: String) -> anyhow::Result<()> {
+    pub(crate) async fn apply(&self, manifest: String) -> anyhow::Result<()> {
         self.master
             .send(ApplyDeployment(manifest))
             .await?
@@ -332,7 +333,7 @@ impl MasterThread {
     }
 
     /// Applies a Route or DestinationPolicy; its analyze warnings are errors here.
-    async fn apply_traffic(&self, manifest: String) -> anyhow::Result<()> {
+    pub(crate) async fn apply_traffic(&self, manifest: String) -> anyhow::Result<()> {
         let applied = self
             .master
             .send(ApplyTraffic(manifest))
@@ -384,7 +385,7 @@ fn agent_config(
 
 /// An actor deployment of `replicas` sinks on the agents of role `role`, serving the
 /// service `bench/<name>` with locality off.
-fn manifest(name: &str, replicas: usize, role: &str) -> String {
+pub(crate) fn manifest(name: &str, replicas: usize, role: &str) -> String {
     format!(
         r#"{{"kind":"Deployment","name":"{name}","namespace":"{NAMESPACE}","spec":{{"actor":"sink","version":"v1","replicas":{replicas},"resources":{{"need":"cpus:0.1;mem:1"}},"constraints":{{"node_selector":{{"role":"{role}"}}}},"service":{{"locality":false}}}}}}"#
     )
@@ -396,62 +397,7 @@ const ROUTE: &str = r#"{"kind":"Route","name":"echo-policy","namespace":"bench",
 /// Its policy: two subsets (both hold the one endpoint), a breaker, outlier detection.
 const POLICY: &str = r#"{"kind":"DestinationPolicy","name":"echo-policy","namespace":"bench","spec":{"service":"echo-policy","subsets":[{"name":"a","labels":{"version":"v1"}},{"name":"b","labels":{"version":"v1"}}],"circuit_breaker":{},"outlier_detection":{}}}"#;
 
-/// The metadata value the last rule of the last authorization policy allows.
-const AUTHZ_TENANT: &str = "t-99-9";
-/// Policies on each authorization service, of [`AUTHZ_RULES`] rules each.
-const AUTHZ_POLICIES: usize = 100;
-const AUTHZ_RULES: usize = 10;
-
-/// How the benchmark's 1,000 rules name the caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AuthzShape {
-    /// Every rule names the caller's principal, with `when` tenant `t-i-j`.
-    Same,
-    /// Every rule but the last names another principal.
-    Distinct,
-    /// Every rule names the caller by a glob (`*/node/<id>`) and its tenant by a glob
-    /// (`t-i-j*`): no exact attribute to index a rule by.
-    Globs,
-}
-
-/// The AuthorizationPolicies of `service`: ALLOW, rule `j` of policy `i` from the caller
-/// (as `shape` names it) when `tenant` is `t-i-j`, so that only the last rule of the last
-/// policy allows the call.
-fn authz_policies(service: &str, principal: &str, shape: AuthzShape) -> Vec<String> {
-    let node = principal.rsplit('/').next().unwrap_or_default();
-    (0..AUTHZ_POLICIES)
-        .map(|i| {
-            let rules: Vec<serde_json::Value> = (0..AUTHZ_RULES)
-                .map(|j| {
-                    let last = i == AUTHZ_POLICIES - 1 && j == AUTHZ_RULES - 1;
-                    let (from, tenant) = match shape {
-                        AuthzShape::Distinct if !last => (
-                            format!("spiffe://cluster.local/ns/{NAMESPACE}/sa/client-{i}-{j}"),
-                            format!("t-{i}-{j}"),
-                        ),
-                        AuthzShape::Same | AuthzShape::Distinct => {
-                            (principal.to_string(), format!("t-{i}-{j}"))
-                        }
-                        AuthzShape::Globs => (format!("*/node/{node}"), format!("t-{i}-{j}*")),
-                    };
-                    serde_json::json!({
-                        "from": [{ "source": { "principals": [from] } }],
-                        "when": [{ "key": "tenant", "values": [tenant] }],
-                    })
-                })
-                .collect();
-            serde_json::json!({
-                "kind": "AuthorizationPolicy",
-                "name": format!("{service}-{i:03}"),
-                "namespace": NAMESPACE,
-                "spec": { "service": service, "action": "ALLOW", "rules": rules },
-            })
-            .to_string()
-        })
-        .collect()
-}
-
-fn service_name(name: &str) -> ServiceName {
+pub(crate) fn service_name(name: &str) -> ServiceName {
     ServiceName {
         namespace: NAMESPACE.to_string(),
         name: name.to_string(),
@@ -644,54 +590,7 @@ async fn calls_and_memory(dir: &Path, s: &Settings) -> anyhow::Result<CallFigure
     // Two more like services, each under 100 AuthorizationPolicies of 10 rules with `when`
     // conditions; the call carries the metadata that the last rule of the last policy
     // allows. The baseline is the plain service called with the same metadata.
-    let principal = caller.node.identity().to_string();
-    let mut authz_refs = Vec::new();
-    for (service, shape) in [
-        ("echo-authz", AuthzShape::Same),
-        ("echo-authz-d", AuthzShape::Distinct),
-        ("echo-authz-g", AuthzShape::Globs),
-    ] {
-        let name = service_name(service);
-        m.apply(manifest(service, 1, "server")).await?;
-        m.until_endpoints(&name, 1, Duration::from_secs(60)).await?;
-        for p in authz_policies(service, &principal, shape) {
-            m.apply_traffic(p).await?;
-        }
-        let options = actormesh::mesh::CallOptions::default().metadata("tenant", AUTHZ_TENANT);
-        let r = caller
-            .mesh()
-            .service(&name.to_string())?
-            .with_options(options);
-        let start = Instant::now();
-        while caller
-            .mesh()
-            .proxy_config()
-            .services
-            .iter()
-            .find(|s| s.name == name)
-            .is_none_or(|s| s.traffic.authz.len() < AUTHZ_POLICIES || s.endpoints.is_empty())
-            || r.ask_timeout(Echo(vec![0; PAYLOAD]), CALL_LIMIT)
-                .await
-                .is_err()
-        {
-            anyhow::ensure!(
-                start.elapsed() < Duration::from_secs(60),
-                "{name} with its {AUTHZ_POLICIES} policies not callable within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        // A caller the rules do not name is refused: the policies are in force.
-        let refused = caller
-            .mesh()
-            .service(&name.to_string())?
-            .ask_timeout(Echo(vec![0; PAYLOAD]), CALL_LIMIT)
-            .await;
-        anyhow::ensure!(
-            matches!(refused, Err(actormesh::AskError::PermissionDenied { .. })),
-            "{name}: a call without the tenant was not denied: {refused:?}"
-        );
-        authz_refs.push(r);
-    }
+    let authz_refs = crate::authz::services(&m, &caller).await?;
     let open_with_meta = by_name
         .clone()
         .with_options(actormesh::mesh::CallOptions::default().metadata("tenant", AUTHZ_TENANT));
