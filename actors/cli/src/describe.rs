@@ -254,6 +254,39 @@ impl fmt::Display for ServiceView {
                 write_policy(f, &p.spec, s)?;
             }
         }
+        if s.traffic.authz.is_empty() {
+            writeln!(
+                f,
+                "Authorization:   no AuthorizationPolicy (the mesh default decides)"
+            )?;
+        } else {
+            writeln!(f, "Authorization:")?;
+            for p in &s.traffic.authz {
+                let scope = p
+                    .spec
+                    .service
+                    .as_deref()
+                    .map_or("its namespace", |_| "this service");
+                writeln!(
+                    f,
+                    "  {:<14} {} {} rule(s), for {scope}",
+                    p.object,
+                    p.spec.action.as_str(),
+                    p.spec.rules.len()
+                )?;
+            }
+        }
+        let hosts: Vec<&str> = s
+            .hosts
+            .iter()
+            .map(|h| h.rsplit('/').next().unwrap_or(h))
+            .collect();
+        writeln!(
+            f,
+            "Hosts:           {} (the nodes whose calls may come as {})",
+            tables::dash_if_empty(hosts.join(", ")),
+            s.name
+        )?;
         writeln!(f, "Seen by:         the proxy of {}", self.node)?;
         let rows: Vec<Vec<String>> = s
             .endpoints

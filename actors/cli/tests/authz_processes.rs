@@ -215,6 +215,16 @@ async fn allow_deny_and_audit_decide_as_authz_check_says() {
         )
     );
 
+    // `describe service` shows the policies that apply and the hosts.
+    let out = c.master.cli(&["describe", "service", "echo"]);
+    let view = text(&out.stdout);
+    assert!(
+        view.contains("default/only-alice ALLOW 1 rule(s), for this service")
+            && view
+                .contains("Hosts:           a1 (the nodes whose calls may come as default/echo)"),
+        "{view}{}",
+        text(&out.stderr)
+    );
     // A namespace-wide DENY on metadata wins over the ALLOW that matches alice.
     c.apply("no-mallory", NO_MALLORY);
     c.until("alice", Some("mallory-7"), 9).await;
