@@ -101,9 +101,9 @@ pub enum AskError {
         /// The service asked for.
         service: String,
     },
-    /// An authorization policy refused the call where it arrived. Nothing produces it yet:
-    /// it is the error of the security issue's policies, declared now so that callers and
-    /// the gateway already handle it.
+    /// An AuthorizationPolicy (or the mesh's default, `policy: "default-deny"`) refused the
+    /// call where it arrived, before it took a mailbox place; a Route's injected abort of
+    /// kind `denied` gives it too. Not retried.
     #[error("permission denied by policy {policy:?}, rule {rule:?}")]
     PermissionDenied {
         /// The policy that said no.

@@ -192,8 +192,9 @@ impl MetadataMatch {
     }
 }
 
-/// Who the call comes from, as the caller's workload stands (asserted by the sending
-/// node until workload identity is proven).
+/// Who the call comes from: the workload of the handler the call is made in. A Route
+/// decides on the caller's node, so this is that node's own actor's workload (proof is the
+/// callee's matter: see AuthorizationPolicy).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum SourceMatch {
