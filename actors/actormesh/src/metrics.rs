@@ -158,6 +158,20 @@ pub fn register(node: &Node, collector: Arc<dyn Collect>) {
 /// Everything `node` shows, now.
 pub fn gather(node: &Node) -> Families {
     let mut out = Families::default();
+    if let Some(a) = node.find_extension::<crate::mesh::inbound::AuthzFigures>() {
+        for (service, policy, decision, n) in a.snapshot() {
+            out.counter(
+                "actormesh_authz_decisions",
+                "Calls an AuthorizationPolicy (or the mesh default) denied, or an AUDIT policy matched, where they arrived, by service and deciding policy.",
+                &[
+                    ("service", service.as_str()),
+                    ("policy", policy.as_str()),
+                    ("decision", decision),
+                ],
+                n,
+            );
+        }
+    }
     if let Some(mesh) = node.find_extension::<MeshFigures>() {
         for (service, message, source, f) in mesh.snapshot() {
             let labels = [

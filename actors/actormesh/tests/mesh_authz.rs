@@ -119,7 +119,10 @@ impl Cluster {
         let ca = LocalCa::new("authz.test").unwrap();
         let master = ca.start_node("master").unwrap();
         let mesh_of = |name: &str| {
-            let node = ca.start_node(name).unwrap();
+            // The callee keeps figures: its denials are counted by policy.
+            let mut config = actormesh::NodeConfig::new("127.0.0.1:0".parse().unwrap());
+            config.metrics = name == "back";
+            let node = ca.start_node_with(name, config).unwrap();
             Mesh::start(&node, MeshOptions::default()).unwrap()
         };
         let (back, front, forger, caller) = (
@@ -328,6 +331,21 @@ async fn a_workload_is_proven_only_from_a_node_that_hosts_it_and_policies_decide
     let (policy, _) = denied(c.relay(&c.front, "front", None).await);
     assert_eq!(policy, "default/only-front");
     assert_eq!(c.arrivals() - before, 3);
+
+    // The callee counted each denial by the policy that decided.
+    let figures = actormesh::metrics::gather(c.back.node());
+    let denials = |policy: &str| {
+        figures.value(
+            "actormesh_authz_decisions",
+            &[
+                ("service", "default/back"),
+                ("policy", policy),
+                ("decision", "denied"),
+            ],
+        )
+    };
+    assert_eq!(denials("default/only-front"), Some(3.0));
+    assert_eq!(denials("default/no-mallory"), Some(2.0));
 }
 
 #[actix::test]

@@ -280,6 +280,37 @@ pub struct ServiceView<'a> {
     pub limit: Option<Arc<Mutex<TokenBucket>>>,
 }
 
+/// How many (service, policy, decision) rows [`AuthzFigures`] keeps; past it, rows count
+/// under policy `other`.
+pub const AUTHZ_ROWS: usize = 1024;
+
+/// The node's authorization figures (when it keeps figures): denied and audited calls by
+/// service and the policy that decided (`actormesh_authz_decisions_total`).
+#[derive(Debug, Default)]
+pub struct AuthzFigures {
+    rows: std::sync::Mutex<std::collections::BTreeMap<(String, String, &'static str), u64>>,
+}
+
+impl AuthzFigures {
+    /// One call of `service` that `policy` decided: `denied` or `audited`.
+    pub fn count(&self, service: &ServiceName, policy: &str, decision: &'static str) {
+        let mut rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut key = (service.to_string(), policy.to_string(), decision);
+        if !rows.contains_key(&key) && rows.len() >= AUTHZ_ROWS {
+            key.1 = "other".to_string();
+        }
+        *rows.entry(key).or_default() += 1;
+    }
+
+    /// Every row: (service, policy, decision, calls).
+    pub fn snapshot(&self) -> Vec<(String, String, &'static str, u64)> {
+        let rows = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        rows.iter()
+            .map(|((s, p, d), n)| (s.clone(), p.clone(), *d, *n))
+            .collect()
+    }
+}
+
 /// The tracing target of the callee's line on a denied call (policy and rule).
 pub const DENIAL_TARGET: &str = "actormesh::authz";
 /// The tracing target of the callee's line on a call an AUDIT rule matched.
@@ -292,6 +323,8 @@ const DENIALS_LOGGED_PER_SECOND: u32 = 20;
 #[derive(Debug)]
 pub(crate) struct MeshGate {
     rules: Arc<InboundRules>,
+    /// Where denials and audits are counted, when the node keeps figures.
+    figures: Option<Arc<AuthzFigures>>,
     /// The second (of the mesh clock) whose denials are being logged, and how many were.
     log_second: AtomicU64,
     logged: AtomicU32,
@@ -299,9 +332,10 @@ pub(crate) struct MeshGate {
 }
 
 impl MeshGate {
-    pub(crate) fn new(rules: Arc<InboundRules>) -> Self {
+    pub(crate) fn new(rules: Arc<InboundRules>, figures: Option<Arc<AuthzFigures>>) -> Self {
         Self {
             rules,
+            figures,
             log_second: AtomicU64::new(u64::MAX),
             logged: AtomicU32::new(0),
             suppressed: AtomicU64::new(0),
@@ -354,12 +388,18 @@ impl InboundGate for MeshGate {
                 let (verdict, audit) = authz.decide(&facts);
                 if let Some(at) = audit {
                     let (policy, rule) = authz.names(Verdict::AllowedBy(at));
+                    if let Some(f) = &self.figures {
+                        f.count(&s.service, &policy, "audited");
+                    }
                     info!(target: AUDIT_TARGET, service = %s.service, message = call.message, principal = %principal, node, %policy, %rule, allowed = verdict.allowed(), "call audited");
                 }
                 if verdict.allowed() {
                     continue;
                 }
                 let (policy, rule) = authz.names(verdict);
+                if let Some(f) = &self.figures {
+                    f.count(&s.service, &policy, "denied");
+                }
                 if let Some(suppressed) = self.may_log() {
                     info!(target: DENIAL_TARGET, service = %s.service, message = call.message, principal = %principal, node, %policy, %rule, suppressed, "call denied");
                 }

@@ -76,8 +76,13 @@ impl Handler<Push> for Proxy {
             }
         }
         if !Arc::ptr_eq(next.inbound(), current.inbound()) {
-            let gate = (!next.inbound().is_empty())
-                .then(|| Arc::new(MeshGate::new(next.inbound().clone())) as Arc<dyn InboundGate>);
+            let figures = self.node.keeps_figures().then(|| {
+                self.node
+                    .extension(crate::mesh::inbound::AuthzFigures::default)
+            });
+            let gate = (!next.inbound().is_empty()).then(|| {
+                Arc::new(MeshGate::new(next.inbound().clone(), figures)) as Arc<dyn InboundGate>
+            });
             self.node.set_inbound_gate(gate);
         }
         // The figures of this node's endpoints name their service (of the services this
