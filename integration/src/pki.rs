@@ -64,8 +64,11 @@ impl TestPki {
     /// for tests that speak to a node below the actormesh API.
     pub fn raw_client_config(&self, creds: Option<&Credentials>) -> quinn::ClientConfig {
         use actormesh::transport::tls;
-        let verifier =
-            tls::SpiffeVerifier::new(self.ca.cert_der(), self.ca.trust_domain()).expect("verifier");
+        let verifier = tls::SpiffeVerifier::new(
+            std::slice::from_ref(self.ca.cert_der()),
+            self.ca.trust_domain(),
+        )
+        .expect("verifier");
         let builder = rustls::ClientConfig::builder_with_provider(tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .expect("TLS 1.3")

@@ -28,7 +28,7 @@ async fn a_pinned_ca_gets_a_reply_and_another_is_refused() {
         .await
         .unwrap();
     assert_eq!(reply, b"echo:hello");
-    assert_eq!(&ca, pki.ca.cert_der());
+    assert_eq!(ca, vec![pki.ca.cert_der().clone()]);
 
     let other = TestPki::new("boot.test");
     let wrong = fingerprint(other.ca.cert_der());

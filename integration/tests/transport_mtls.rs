@@ -74,7 +74,7 @@ async fn cert_from_another_ca_is_refused_as_unknown_ca() {
         .unwrap()
         .credentials()
         .unwrap();
-    creds.ca = pki.ca.cert_der().clone();
+    creds.trust = vec![pki.ca.cert_der().clone()];
     let client = bind(&creds);
     let mut refusals = server.subscribe_refusals();
     let (by, refusal) = dial_refused(&client, server.local_addr()).await;
@@ -336,7 +336,7 @@ fn a_key_that_does_not_match_its_certificate_is_refused_at_start() {
     let mixed = actormesh::transport::pki::Credentials {
         chain: a.chain.clone(),
         key: b.key.clone_key(),
-        ca: a.ca.clone(),
+        trust: a.trust.clone(),
     };
     let err = actormesh::transport::tls::CertStore::new(&mixed).unwrap_err();
     assert!(err.to_string().contains("does not belong"), "{err}");

@@ -33,12 +33,15 @@ const MAX_FRAME: usize = 64 * 1024;
 const MAX_CONCURRENT: usize = 64;
 
 /// Accepts a server whose chain contains the CA with the pinned fingerprint and whose
-/// certificate that CA signed. Remembers the CA certificate it found.
+/// certificate chains to that CA (directly, or through a bridge the old CA signed for the
+/// new one during a rotation). Remembers the trust bundle it found: the pinned CA first,
+/// then the other CA certificates the server lists (covered by the handshake's signature,
+/// so as authentic as the reply).
 #[derive(Debug)]
 struct PinnedCa {
     fingerprint: String,
     algs: WebPkiSupportedAlgorithms,
-    found: Mutex<Option<CertificateDer<'static>>>,
+    found: Mutex<Option<Vec<CertificateDer<'static>>>>,
 }
 
 impl ServerCertVerifier for PinnedCa {
@@ -64,7 +67,7 @@ impl ServerCertVerifier for PinnedCa {
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
             &roots,
-            &[],
+            intermediates,
             now,
             self.algs.all,
         )?;
@@ -77,7 +80,14 @@ impl ServerCertVerifier for PinnedCa {
                 CertificateError::NotValidForName,
             ));
         }
-        *self.found.lock().unwrap_or_else(|p| p.into_inner()) = Some(ca.clone().into_owned());
+        let mut bundle = vec![ca.clone().into_owned()];
+        bundle.extend(
+            intermediates
+                .iter()
+                .filter(|c| fingerprint(c) != self.fingerprint && crate::trust::is_root(c))
+                .map(|c| c.clone().into_owned()),
+        );
+        *self.found.lock().unwrap_or_else(|p| p.into_inner()) = Some(bundle);
         Ok(ServerCertVerified::assertion())
     }
 
@@ -113,11 +123,24 @@ fn tls_err(e: TlsError) -> TransportError {
 #[derive(Debug)]
 pub struct BootstrapServer {
     endpoint: quinn::Endpoint,
+    certs: Arc<CertStore>,
+}
+
+/// What the bootstrap port presents: the chain, then every CA of the trust bundle (so a
+/// joining node finds the CA it pinned, and learns the whole bundle).
+fn presented(credentials: &Credentials) -> Credentials {
+    let mut creds = credentials.clone();
+    for ca in &credentials.trust {
+        if !creds.chain.contains(ca) {
+            creds.chain.push(ca.clone());
+        }
+    }
+    creds
 }
 
 impl BootstrapServer {
-    /// Listens on `addr`, presenting `credentials` with the CA certificate appended to the
-    /// chain (so joining nodes can find the CA they pinned).
+    /// Listens on `addr`, presenting `credentials` with the CA certificates of their trust
+    /// bundle appended to the chain (so joining nodes can find the CA they pinned).
     pub fn bind<F, Fut>(
         addr: SocketAddr,
         credentials: &Credentials,
@@ -127,14 +150,12 @@ impl BootstrapServer {
         F: Fn(Vec<u8>, SocketAddr) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
     {
-        let mut creds = credentials.clone();
-        creds.chain.push(creds.ca.clone());
-        let certs = CertStore::new(&creds)?;
+        let certs = CertStore::new(&presented(credentials))?;
         let mut tls = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(tls_err)?
             .with_no_client_auth()
-            .with_cert_resolver(certs);
+            .with_cert_resolver(certs.clone());
         tls.alpn_protocols = vec![ALPN_JOIN.to_vec()];
         tls.max_early_data_size = 0;
         tls.send_tls13_tickets = 0;
@@ -179,7 +200,13 @@ impl BootstrapServer {
                 });
             }
         });
-        Ok(Self { endpoint })
+        Ok(Self { endpoint, certs })
+    }
+
+    /// Presents `credentials` (and their trust bundle) from the next request on: the
+    /// master's renewed certificate, or its bundle during a CA rotation.
+    pub fn replace_credentials(&self, credentials: &Credentials) -> Result<(), TransportError> {
+        self.certs.replace(&presented(credentials))
     }
 
     /// The bound address.
@@ -266,13 +293,13 @@ async fn answers_http(addr: SocketAddr) -> bool {
 }
 
 /// Sends one request to a bootstrap server whose CA has `ca_fingerprint`; returns the
-/// reply and the CA certificate found in the server's chain.
+/// reply and the trust bundle found in the server's chain (the pinned CA first).
 pub async fn request(
     addr: SocketAddr,
     ca_fingerprint: &str,
     body: &[u8],
     timeout: Duration,
-) -> Result<(Vec<u8>, CertificateDer<'static>), TransportError> {
+) -> Result<(Vec<u8>, Vec<CertificateDer<'static>>), TransportError> {
     let verifier = Arc::new(PinnedCa {
         fingerprint: ca_fingerprint.to_string(),
         algs: provider().signature_verification_algorithms,

@@ -10,6 +10,7 @@
 //! - [`endpoint`]: [`Endpoint`] keeps one [`Link`] per peer, dials with capped exponential
 //!   backoff, collapses simultaneous dials deterministically and cycles links before their
 //!   certificates expire.
+//! - [`trust`]: trust bundles (the old and the new CA during a rotation).
 //! - [`frame`] and [`codec`]: every decode is bounded, and bad input is a typed error.
 //!
 //! ```no_run
@@ -33,6 +34,7 @@ pub mod identity;
 pub mod pki;
 pub mod sink;
 pub mod tls;
+pub mod trust;
 mod x509;
 
 pub use endpoint::{Endpoint, EndpointConfig, Link, LinkInfo, NewLink, PROTOCOL_VERSION};

@@ -421,6 +421,19 @@ impl CertificateAuthority {
         Ok(cert.pem())
     }
 
+    /// A certificate for `next`'s name and key signed by this CA: a leaf `next` signs,
+    /// presented with it, verifies for a peer that trusts only this CA (a rotation's
+    /// bridge).
+    pub fn cross_sign(&self, next: &CertificateAuthority) -> Result<String, PkiError> {
+        let params =
+            CertificateParams::from_ca_cert_pem(next.cert_pem()).map_err(|e| PkiError::BadPem {
+                path: PathBuf::from("<new CA>"),
+                expected: "a CA certificate",
+                reason: e.to_string(),
+            })?;
+        Ok(params.signed_by(&next.key, &self.cert, &self.key)?.pem())
+    }
+
     /// The SHA-256 fingerprint of the CA certificate, as lowercase hex: what join tokens
     /// pin.
     pub fn fingerprint(&self) -> String {
@@ -503,15 +516,16 @@ impl IssuedCert {
     }
 }
 
-/// What a node needs for mutual TLS: its certificate chain and key, and the CA it trusts.
+/// What a node needs for mutual TLS: its certificate chain and key, and the CAs it trusts.
 #[derive(Debug)]
 pub struct Credentials {
     /// Leaf first, then any intermediates.
     pub chain: Vec<CertificateDer<'static>>,
     /// The private key of the leaf.
     pub key: PrivateKeyDer<'static>,
-    /// The cluster CA certificate (the trust anchor).
-    pub ca: CertificateDer<'static>,
+    /// The trust bundle: the cluster CA, or during a CA rotation the old and the new one
+    /// (`ca.pem` holds them one after the other).
+    pub trust: Vec<CertificateDer<'static>>,
 }
 
 impl Clone for Credentials {
@@ -519,7 +533,7 @@ impl Clone for Credentials {
         Self {
             chain: self.chain.clone(),
             key: self.key.clone_key(),
-            ca: self.ca.clone(),
+            trust: self.trust.clone(),
         }
     }
 }
@@ -552,14 +566,13 @@ impl Credentials {
         }
         let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
             .map_err(|e| bad(files::KEY, "a private key", e.to_string()))?;
-        let ca = CertificateDer::from_pem_slice(ca.as_bytes())
-            .map_err(|e| bad(files::CA_CERT, "the CA certificate", e.to_string()))?;
+        let trust = crate::trust::parse_bundle(ca, &origin.join(files::CA_CERT))?;
         if crate::x509::spiffe_uri_of(&chain[0]).is_none() {
             return Err(PkiError::NoSpiffeId {
                 path: origin.join(files::CERT),
             });
         }
-        Ok(Self { chain, key, ca })
+        Ok(Self { chain, key, trust })
     }
 
     /// The SPIFFE ID in the leaf certificate.

@@ -49,13 +49,14 @@ fn not_our_ca(e: TlsError) -> TlsError {
     }
 }
 
-/// Verifies peers (as client or server) against the cluster CA and the trust domain.
+/// Verifies peers (as client or server) against the cluster's trust bundle (its CA, or
+/// during a rotation the old and the new CA) and the trust domain.
 #[derive(Debug)]
 pub struct SpiffeVerifier {
-    roots: Arc<RootCertStore>,
+    /// Replaced whole by [`SpiffeVerifier::set_trust`]: a handshake reads one bundle.
+    anchors: RwLock<Arc<Anchors>>,
     trust_domain: String,
     algs: WebPkiSupportedAlgorithms,
-    client: Arc<dyn ClientCertVerifier>,
     /// Identities refused whatever their certificate says (removed nodes), each until the
     /// last certificate issued to it expires (`None`: for good).
     revoked: RwLock<std::collections::HashMap<String, Option<SystemTime>>>,
@@ -65,32 +66,76 @@ pub struct SpiffeVerifier {
 /// that run behind ours: until then a peer might still accept that certificate.
 pub const REVOCATION_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
 
-impl SpiffeVerifier {
-    /// Trusts certificates chained to `ca` whose SPIFFE ID is in `trust_domain`.
-    pub fn new(
-        ca: &CertificateDer<'static>,
-        trust_domain: &str,
-    ) -> Result<Arc<Self>, TransportError> {
+/// One trust bundle, ready for handshakes.
+#[derive(Debug)]
+struct Anchors {
+    bundle: Vec<CertificateDer<'static>>,
+    roots: Arc<RootCertStore>,
+    client: Arc<dyn ClientCertVerifier>,
+}
+
+impl Anchors {
+    fn new(bundle: &[CertificateDer<'static>]) -> Result<Self, TransportError> {
+        if bundle.is_empty() {
+            return Err(TransportError::Config(
+                "the trust bundle is empty: at least one CA certificate is needed".into(),
+            ));
+        }
         let mut roots = RootCertStore::empty();
-        roots.add(ca.clone()).map_err(|e| {
-            TransportError::Config(format!(
-                "the CA certificate is not usable as a trust anchor: {e}"
-            ))
-        })?;
+        for (i, ca) in bundle.iter().enumerate() {
+            roots.add(ca.clone()).map_err(|e| {
+                TransportError::Config(format!(
+                    "CA certificate {} of the trust bundle is not usable as a trust anchor: {e}",
+                    i + 1
+                ))
+            })?;
+        }
         let roots = Arc::new(roots);
-        let provider = provider();
-        let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
             .build()
             .map_err(|e| {
                 TransportError::Config(format!("cannot build the client verifier: {e}"))
             })?;
-        Ok(Arc::new(Self {
+        Ok(Self {
+            bundle: bundle.to_vec(),
             roots,
-            trust_domain: trust_domain.to_string(),
-            algs: provider.signature_verification_algorithms,
             client,
+        })
+    }
+}
+
+impl SpiffeVerifier {
+    /// Trusts certificates chained to a CA of `bundle` whose SPIFFE ID is in
+    /// `trust_domain`.
+    pub fn new(
+        bundle: &[CertificateDer<'static>],
+        trust_domain: &str,
+    ) -> Result<Arc<Self>, TransportError> {
+        Ok(Arc::new(Self {
+            anchors: RwLock::new(Arc::new(Anchors::new(bundle)?)),
+            trust_domain: trust_domain.to_string(),
+            algs: provider().signature_verification_algorithms,
             revoked: RwLock::new(Default::default()),
         }))
+    }
+
+    /// Trusts `bundle` from the next handshake on; links up keep the peers they verified.
+    pub fn set_trust(&self, bundle: &[CertificateDer<'static>]) -> Result<(), TransportError> {
+        let next = Arc::new(Anchors::new(bundle)?);
+        *self.anchors.write().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    /// The CA certificates trusted now.
+    pub fn trust(&self) -> Vec<CertificateDer<'static>> {
+        self.anchors().bundle.clone()
+    }
+
+    fn anchors(&self) -> Arc<Anchors> {
+        self.anchors
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The trust domain accepted.
@@ -139,6 +184,35 @@ impl SpiffeVerifier {
             .contains_key(id.as_str())
     }
 
+    /// Whether a handshake presenting `chain` (leaf first) would pass now: links made
+    /// under an earlier bundle are checked with this when the bundle changes.
+    pub fn accepts(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((leaf, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        self.verify_chain(leaf, intermediates, UnixTime::now())
+            .is_ok()
+    }
+
+    fn verify_chain(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), TlsError> {
+        // SPIFFE certificates carry no DNS name: the chain, validity and URI SAN decide.
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.anchors().roots,
+            intermediates,
+            now,
+            self.algs.all,
+        )
+        .map_err(not_our_ca)?;
+        self.check_identity(end_entity)
+    }
+
     fn check_identity(&self, end_entity: &CertificateDer<'_>) -> Result<(), TlsError> {
         let uri = spiffe_uri_of(end_entity).ok_or(TlsError::InvalidCertificate(
             CertificateError::NotValidForName,
@@ -169,17 +243,7 @@ impl ServerCertVerifier for SpiffeVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        // SPIFFE certificates carry no DNS name: the chain, validity and URI SAN decide.
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.algs.all,
-        )
-        .map_err(not_our_ca)?;
-        self.check_identity(end_entity)?;
+        self.verify_chain(end_entity, intermediates, now)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -216,7 +280,9 @@ impl ClientCertVerifier for SpiffeVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.client.root_hint_subjects()
+        // Hints are optional, and the bundle can change under a borrow: none are sent
+        // (our clients present their one certificate whatever the hints say).
+        &[]
     }
 
     fn verify_client_cert(
@@ -226,8 +292,10 @@ impl ClientCertVerifier for SpiffeVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
         let verified = self
+            .anchors()
             .client
-            .verify_client_cert(end_entity, intermediates, now)?;
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(not_our_ca)?;
         self.check_identity(end_entity)?;
         Ok(verified)
     }
@@ -386,7 +454,7 @@ mod tests {
     #[test]
     fn revocations_are_forgotten_once_their_certificates_expired() {
         let ca = CertificateAuthority::generate("t.local", Duration::from_secs(3600)).unwrap();
-        let v = SpiffeVerifier::new(ca.cert_der(), "t.local").unwrap();
+        let v = SpiffeVerifier::new(std::slice::from_ref(ca.cert_der()), "t.local").unwrap();
         let now = SystemTime::now();
         let id = |i: usize| SpiffeId::node("t.local", &format!("n{i}")).unwrap();
         let expiry =

@@ -201,7 +201,7 @@ pub async fn issue(
         name: name.to_string(),
         csr_pem: key.csr(&placeholder)?,
     });
-    let (reply, ca_der) = bootstrap::request(
+    let (reply, bundle) = bootstrap::request(
         bootstrap,
         &token.ca_fingerprint,
         &codec::encode(&request)?,
@@ -225,7 +225,8 @@ pub async fn issue(
         }
         _ => return Err(ClientError::UnexpectedReply(bootstrap)),
     };
-    let ca_pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca_der.to_vec()));
+    // The whole bundle the master lists: during a CA rotation, the old and the new CA.
+    let ca_pem = actormesh_transport::trust::bundle_pem(&bundle);
     let credentials = key.credentials(&cert_pem, &ca_pem)?;
     let identity = credentials.identity()?;
     if !is_client_identity(&identity) {

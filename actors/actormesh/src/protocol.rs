@@ -184,19 +184,46 @@ pub struct Registered {
     pub heartbeat_interval_ms: u64,
 }
 
-/// I am alive.
+/// I am alive, and this is what I trust.
+///
+/// v2 adds the trust report a CA rotation follows; the master still takes
+/// [`HeartbeatV1`] (an agent of the previous version, which cannot take a new bundle).
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
-#[remote(name = "actormesh.master.Heartbeat/v1", reply = Result<HeartbeatAck, MasterRefusal>)]
+#[remote(name = "actormesh.master.Heartbeat/v2", reply = Result<HeartbeatAck, MasterRefusal>)]
 pub struct Heartbeat {
+    /// The agent id.
+    pub agent_id: String,
+    /// The digest of the trust bundle the agent's node trusts
+    /// (`actormesh_transport::trust::digest`).
+    pub trust_digest: String,
+    /// The fingerprint of the CA of that bundle that issued the agent's certificate.
+    pub cert_ca: String,
+}
+
+/// The master's answer to a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// Register again (with what runs): the master does not count this agent's resources
+    /// now (it restarted, or the agent was unreachable for a while).
+    pub reregister: bool,
+    /// Trust this bundle (PEM) from now on: sent when the agent's differs (a CA rotation).
+    pub trust_bundle: Option<String>,
+    /// Renew the certificate now: the CA that signs has changed.
+    pub renew_now: bool,
+}
+
+/// [`Heartbeat`] as an agent of the previous version sends it.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.master.Heartbeat/v1", reply = Result<HeartbeatAckV1, MasterRefusal>)]
+pub struct HeartbeatV1 {
     /// The agent id.
     pub agent_id: String,
 }
 
-/// The master's answer to a heartbeat.
+/// The answer to a [`HeartbeatV1`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeartbeatAck {
-    /// Register again (with what runs): the master does not count this agent's resources
-    /// now (it restarted, or the agent was unreachable for a while).
+pub struct HeartbeatAckV1 {
+    /// Register again.
     pub reregister: bool,
 }
 

@@ -277,6 +277,27 @@ pub(crate) enum CaCommand {
         #[arg(long, value_parser = parse_duration, default_value = "24h")]
         ttl: Duration,
     },
+    /// Rotate the running cluster's CA with an overlapping trust bundle: `begin` trusts a
+    /// new CA beside the current one (it signs once every agent trusts it); `finish`
+    /// drops the old one once nothing depends on it; `abort` forgets a new CA that does
+    /// not sign yet. Needs an admin API token.
+    Rotate {
+        /// The step.
+        #[arg(value_parser = ["begin", "finish", "abort"])]
+        step: String,
+        /// With finish: drop the old CA even while agents or clients still depend on it
+        /// (they then fail until they rejoin or are reissued).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Where a CA rotation stands: the CAs, each agent's progress, what blocks the next
+    /// step.
+    Status {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

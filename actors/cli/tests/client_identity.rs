@@ -159,6 +159,8 @@ async fn a_client_certificate_calls_an_actor_on_an_agent_without_joining() {
         }
         let heartbeat = actormesh::protocol::Heartbeat {
             agent_id: "n1".into(),
+            trust_digest: String::new(),
+            cert_ca: String::new(),
         };
         let answer = gate.ask(heartbeat).await.unwrap();
         assert!(

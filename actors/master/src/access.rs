@@ -154,6 +154,7 @@ impl std::str::FromStr for Scope {
 pub fn needed(method: &str, path: &str) -> Scope {
     let admin = path.starts_with("/v1/api-tokens")
         || path.starts_with("/v1/revocations") && method != "GET"
+        || path.starts_with("/v1/ca") && method != "GET"
         || method == "DELETE" && path.starts_with("/v1/nodes/");
     if admin {
         Scope::Admin

@@ -381,6 +381,57 @@ async fn revoke(State(api): State<Api>, body: axum::body::Bytes) -> Response {
     }
 }
 
+/// A CA rotation step: `{"action": "begin" | "finish" | "abort", "force": false}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotationRequest {
+    action: String,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn rotate_ca(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    let expected = r#"(expected {"action": "begin" | "finish" | "abort", "force": false})"#;
+    let req: RotationRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("bad rotation request: {e} {expected}"),
+            )
+        }
+    };
+    let action = match (req.action.as_str(), req.force) {
+        ("begin", false) => crate::RotationAction::Begin,
+        ("finish", force) => crate::RotationAction::Finish { force },
+        ("abort", false) => crate::RotationAction::Abort,
+        ("begin" | "abort", true) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("force applies to finish only, not to {}", req.action),
+            )
+        }
+        (other, _) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("unknown rotation action {other:?} {expected}"),
+            )
+        }
+    };
+    match api.master.send(crate::RotateCa(action)).await {
+        Ok(Ok(status)) => Json(status).into_response(),
+        Ok(Err(e)) => refused(e),
+        Err(e) => master_down(e),
+    }
+}
+
+async fn ca_status(State(api): State<Api>) -> Response {
+    match api.master.send(crate::CaStatus).await {
+        Ok(status) => Json(status).into_response(),
+        Err(e) => master_down(e),
+    }
+}
+
 async fn revocations(State(api): State<Api>) -> Response {
     match api.master.send(ListRevocations).await {
         Ok(list) => Json(list).into_response(),
@@ -644,6 +695,8 @@ pub fn serve(
         .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/tokens", post(create_token))
         .route("/v1/revocations", get(revocations).post(revoke))
+        .route("/v1/ca", get(ca_status))
+        .route("/v1/ca/rotation", post(rotate_ca))
         .route("/v1/api-tokens", get(api_tokens).post(create_api_token))
         .route(
             "/v1/api-tokens/{id}",

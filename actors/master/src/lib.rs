@@ -24,6 +24,7 @@ pub mod frameworks;
 pub mod manifest;
 mod master;
 pub mod membership;
+pub mod rotation;
 pub mod scheduler;
 pub mod services;
 pub mod state;
@@ -40,3 +41,4 @@ pub use crate::master::{
     RevokeClient, ServiceEndpoints, Subscribe, TaskDescription, TaskLogs, TaskQueryRefusal,
     API_TOKEN_FILE,
 };
+pub use crate::master::{CaStatus, RotateCa, RotationAction};

@@ -64,6 +64,8 @@ pub mod close_code {
     pub const PROTOCOL: u32 = 4;
     /// The peer's identity was revoked.
     pub const REVOKED: u32 = 5;
+    /// The peer's certificate no longer chains to a CA of the trust bundle.
+    pub const UNTRUSTED: u32 = 6;
 }
 
 /// Stream priority of control streams: served before any user lane.
@@ -108,7 +110,7 @@ impl Endpoint {
         config.validate()?;
         let certs = CertStore::new(credentials)?;
         let identity = certs.current().identity.clone();
-        let verifier = SpiffeVerifier::new(&credentials.ca, identity.trust_domain())?;
+        let verifier = SpiffeVerifier::new(&credentials.trust, identity.trust_domain())?;
         let (server_tls, client_tls) = rustls_configs(certs.clone(), verifier.clone())?;
         let transport = Arc::new(transport_config(&config)?);
         let server_crypto = QuicServerConfig::try_from(server_tls)
@@ -183,6 +185,39 @@ impl Endpoint {
     /// certificate are cycled before it expires.
     pub fn replace_credentials(&self, credentials: &Credentials) -> Result<(), TransportError> {
         self.inner.certs.replace(credentials)
+    }
+
+    /// Trusts `bundle` (CA certificates) from the next handshake on: a CA rotation adds
+    /// the new CA, then drops the old one. Links whose peer's certificate does not chain to
+    /// `bundle` are closed, so a dropped CA is refused on open links too; returns how many.
+    pub fn replace_trust(
+        &self,
+        bundle: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<usize, TransportError> {
+        self.inner.verifier.set_trust(bundle)?;
+        let links = lock(&self.inner.peers).all_links();
+        let mut closed = 0;
+        for l in links {
+            let chain = l.connection().peer_identity().and_then(|any| {
+                any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                    .ok()
+            });
+            if chain.is_some_and(|c| !self.inner.verifier.accepts(&c)) {
+                l.close(close_code::UNTRUSTED, "its CA is no longer trusted");
+                closed += 1;
+            }
+        }
+        Ok(closed)
+    }
+
+    /// The certificate chain presented now, leaf first.
+    pub fn certificate_chain(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        self.inner.certs.current().certified.cert.clone()
+    }
+
+    /// The CA certificates trusted now.
+    pub fn trust(&self) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+        self.inner.verifier.trust()
     }
 
     /// Handshakes this endpoint refused recently (newest last, at most 64).

@@ -340,6 +340,11 @@ impl<L: LinkFacts> PeerBook<L> {
         Some(self.peers.get(&addr)?.link.as_ref()?.info().id)
     }
 
+    /// Every link filed.
+    pub fn all_links(&self) -> Vec<L> {
+        self.peers.values().filter_map(|e| e.link.clone()).collect()
+    }
+
     /// Every link filed for the identity `peer`.
     pub fn links_of(&self, peer: &SpiffeId) -> Vec<L> {
         self.peers

@@ -9,6 +9,7 @@ pub mod command;
 mod error;
 pub mod reports;
 pub mod tasks;
+mod trust;
 
 pub use error::AgentError;
 pub(crate) use error::TaskRefusal;
@@ -17,6 +18,7 @@ pub use tasks::ActorHost;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -332,7 +334,7 @@ async fn join(config: &AgentConfig) -> Result<(Credentials, Saved), AgentError> 
         name: config.name.clone(),
         csr_pem: key.csr(&wanted)?,
     };
-    let (reply, ca_der) = bootstrap::request(
+    let (reply, bundle) = bootstrap::request(
         config.join,
         &token.ca_fingerprint,
         &codec::encode(&BootstrapRequest::Join(request))?,
@@ -353,7 +355,7 @@ async fn join(config: &AgentConfig) -> Result<(Credentials, Saved), AgentError> 
             cert_pem,
             master_addr,
         } => {
-            let ca_pem = pem_of(&ca_der);
+            let ca_pem = actormesh_transport::trust::bundle_pem(&bundle);
             std::fs::create_dir_all(&config.data_dir)
                 .map_err(AgentError::storage("create", &config.data_dir))?;
             save_credentials(&config.data_dir, &key.pem(), &cert_pem, &ca_pem)?;
@@ -375,10 +377,6 @@ async fn join(config: &AgentConfig) -> Result<(Credentials, Saved), AgentError> 
     }
 }
 
-fn pem_of(der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.to_vec()))
-}
-
 /// Starts an agent: joins (first time) or reuses its saved certificate, starts its node,
 /// registers, then heartbeats and renews in the background. Call inside an actix system.
 pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
@@ -391,15 +389,22 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
                     source,
                 })?;
             let creds = load_credentials(&config.data_dir)?;
-            // The master may listen elsewhere since we last ran: ask its bootstrap port.
-            let pin = actormesh_transport::pki::fingerprint(&creds.ca);
-            let located = bootstrap::request(
-                config.join,
-                &pin,
-                &codec::encode(&BootstrapRequest::Locate)?,
-                Duration::from_secs(5),
-            )
-            .await;
+            // The master may listen elsewhere since we last ran: ask its bootstrap port,
+            // pinning a CA of the saved bundle (the newest first: after a CA rotation the
+            // master presents only the new one).
+            let mut located = Err(TransportError::Config("no CA in the saved bundle".into()));
+            for ca in creds.trust.iter().rev() {
+                located = bootstrap::request(
+                    config.join,
+                    &actormesh_transport::pki::fingerprint(ca),
+                    &codec::encode(&BootstrapRequest::Locate)?,
+                    Duration::from_secs(5),
+                )
+                .await;
+                if located.is_ok() {
+                    break;
+                }
+            }
             match located.map(|(r, _)| codec::decode::<BootstrapReply>(&r)) {
                 Ok(Ok(BootstrapReply::Located { master_addr })) => saved.master_addr = master_addr,
                 other => warn!(
@@ -511,6 +516,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let mesh = Mesh::start(&node, mesh_options)?;
     let (removed_tx, removed) = watch::channel(None);
     let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
+    let renew_now = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(heartbeat_loop(
         node.clone(),
         master.clone(),
@@ -518,6 +524,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         task_ids,
         interval,
         removed_tx,
+        (config.data_dir.clone(), renew_now.clone()),
     ));
     tokio::spawn(renew_loop(
         node.clone(),
@@ -525,6 +532,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         saved.agent_id.clone(),
         config.data_dir.clone(),
         creds,
+        renew_now,
     ));
     Ok(AgentHandle {
         node,
@@ -581,6 +589,7 @@ async fn heartbeat_loop(
     task_ids: tasks::TaskIds,
     interval: Duration,
     removed: watch::Sender<Option<String>>,
+    (dir, renew_now): (PathBuf, Arc<tokio::sync::Notify>),
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -588,12 +597,23 @@ async fn heartbeat_loop(
     let mut failures = 0u32;
     loop {
         ticker.tick().await;
+        let (trust_digest, cert_ca) = trust::report(&node);
         let beat = Heartbeat {
             agent_id: register.agent_id.clone(),
+            trust_digest,
+            cert_ca,
         };
         match master.ask_timeout(beat, interval * 4).await {
             Ok(Ok(ack)) => {
                 failures = 0;
+                if let Some(bundle) = &ack.trust_bundle {
+                    if let Err(e) = trust::apply_bundle(&node, &dir, bundle) {
+                        warn!(error = %e, "cannot take the master's trust bundle; it is sent again with the next heartbeat");
+                    }
+                }
+                if ack.renew_now {
+                    renew_now.notify_one();
+                }
                 if lost || ack.reregister {
                     // The master is back (perhaps restarted): report again what runs here.
                     lost = false;
@@ -680,6 +700,7 @@ async fn renew_loop(
     agent_id: String,
     dir: PathBuf,
     mut creds: Credentials,
+    renew_now: Arc<tokio::sync::Notify>,
 ) {
     loop {
         let Some(expiry) = creds.not_after() else {
@@ -687,7 +708,11 @@ async fn renew_loop(
         };
         let now = SystemTime::now();
         let life = expiry.duration_since(now).unwrap_or(Duration::ZERO);
-        tokio::time::sleep(life / 2).await;
+        // At half its life, or at once when the master says another CA signs now.
+        tokio::select! {
+            _ = tokio::time::sleep(life / 2) => {}
+            _ = renew_now.notified() => info!("renewing now: the master's CA rotation moved signing to the new CA"),
+        }
         let mut delay = Duration::from_millis(500);
         loop {
             match renew_once(&node, &master, &agent_id, &dir).await {
@@ -733,7 +758,8 @@ async fn renew_once(
         )
         .await?
         .map_err(AgentError::RenewalRefused)?;
-    let ca_pem = pem_of(&load_credentials(dir)?.ca);
+    // The bundle the endpoint trusts now (a rotation may have changed it since the start).
+    let ca_pem = actormesh_transport::trust::bundle_pem(&node.endpoint().trust());
     let creds = key.credentials(&cert, &ca_pem)?;
     node.endpoint().replace_credentials(&creds)?;
     save_credentials(dir, &key.pem(), &cert, &ca_pem)?;

@@ -75,7 +75,7 @@ impl ClusterCore {
         let presented = JoinToken {
             id: id.to_string(),
             secret: secret.to_string(),
-            ca_fingerprint: self.ca_fingerprint.clone(),
+            ca_fingerprint: self.trust.signer().to_string(),
         };
         let Some(record) = self.tokens.get(id) else {
             return Err(tokens::TokenRefusal::Unknown(id.to_string()));
@@ -288,10 +288,18 @@ impl ClusterCore {
                 core.persist_agent(&hb.agent_id, Vec::new(), false);
                 core.publish(e);
             }
+            let report = crate::rotation::AgentTrust {
+                digest: hb.trust_digest.clone(),
+                cert_ca: hb.cert_ca.clone(),
+            };
+            let order = crate::rotation::order_for(&core.trust, &report);
+            core.agent_trust.insert(hb.agent_id.clone(), report);
             // An agent the allocator does not count (it was unreachable, or this master
             // restarted) registers again, reporting what it runs.
             Ok(HeartbeatAck {
                 reregister: !core.allocator.has_agent(&hb.agent_id),
+                trust_bundle: order.bundle,
+                renew_now: order.renew,
             })
         })
     }
@@ -357,7 +365,7 @@ impl ClusterCore {
 
     /// The CA fingerprint join tokens pin.
     pub fn ca_fingerprint(&self) -> &str {
-        &self.ca_fingerprint
+        self.trust.signer()
     }
 
     /// Marks agent `id` draining: no new work is placed on it.

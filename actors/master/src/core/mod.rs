@@ -17,6 +17,8 @@ mod agents;
 mod clients;
 mod framework_calls;
 mod frameworks;
+mod rotation;
+pub use rotation::StepCa;
 mod scheduling;
 mod services;
 mod tasks;
@@ -243,8 +245,8 @@ pub struct Setup {
     pub first_update_uuid: u64,
     /// The cluster's trust domain.
     pub trust_domain: String,
-    /// The CA fingerprint that join tokens pin.
-    pub ca_fingerprint: String,
+    /// The CAs: which is trusted and which signs (join tokens pin the signer).
+    pub trust: crate::rotation::TrustView,
     /// Lifetime of agent certificates.
     pub agent_cert_ttl: Duration,
     /// Timing of registry pushes to proxies.
@@ -329,7 +331,10 @@ pub struct ClusterCore {
     /// When expired join tokens and revocations are next forgotten.
     next_prune: Instant,
     trust_domain: String,
-    ca_fingerprint: String,
+    /// The CAs, and where a rotation stands.
+    trust: crate::rotation::TrustView,
+    /// What each agent last reported it trusts (soft state: heartbeats report it again).
+    agent_trust: BTreeMap<String, crate::rotation::AgentTrust>,
     agent_cert_ttl: Duration,
     /// Services and their endpoints, versioned.
     registry: crate::services::ServiceRegistry,
@@ -413,7 +418,8 @@ impl ClusterCore {
             had_agents,
             next_prune: now,
             trust_domain: setup.trust_domain.clone(),
-            ca_fingerprint: setup.ca_fingerprint,
+            trust: setup.trust,
+            agent_trust: BTreeMap::new(),
             agent_cert_ttl: setup.agent_cert_ttl,
             registry: crate::services::ServiceRegistry::new(
                 floor,

@@ -15,6 +15,7 @@ use super::*;
 use crate::frameworks::TaskState;
 use crate::state::Versioned;
 
+mod rotation;
 mod services;
 
 const TD: &str = "test.local";
@@ -51,7 +52,7 @@ pub(super) fn setup(agents: Vec<AgentRecord>, config_rows: Vec<(String, Versione
         epoch: 7,
         first_update_uuid: 1000,
         trust_domain: TD.into(),
-        ca_fingerprint: "fp".into(),
+        trust: crate::rotation::TrustView::single("fp", "PEM", "digest"),
         agent_cert_ttl: Duration::from_secs(3600),
         push: crate::services::PushConfig::default(),
         drain_time: crate::services::DEFAULT_DRAIN,
@@ -125,6 +126,8 @@ fn register(
 fn heartbeat(core: &mut ClusterCore, id: &str, now: Instant) -> bool {
     let hb = Heartbeat {
         agent_id: id.into(),
+        trust_digest: "digest".into(),
+        cert_ca: "fp".into(),
     };
     core.heartbeat(&hb, node(id), now, wall())
         .reply

@@ -55,7 +55,8 @@ impl Handler<IssueClient> for Master {
             .check_client(&m.0, SystemTime::now())
             .map_err(|e| e.to_string())
             .and_then(|admission| {
-                self.ca
+                self.keeper
+                    .read()
                     .sign_csr(&m.0.csr_pem, &admission.identity, admission.cert_ttl)
                     .map(|cert| (admission.identity, cert))
                     .map_err(|e| format!("cannot sign the certificate request: {e}"))
@@ -95,7 +96,8 @@ impl Master {
             .check_join(&req, random_name, SystemTime::now())
             .map_err(|e| e.to_string())?;
         let cert_pem = self
-            .ca
+            .keeper
+            .read()
             .sign_csr(&req.csr_pem, &admission.identity, admission.cert_ttl)
             .map_err(|e| format!("cannot sign the certificate request: {e}"))?;
         let agent_id = admission.agent_id.clone();
@@ -145,6 +147,7 @@ impl Handler<HeartbeatFrom> for Master {
         // Not awaited: no one waits for the write, and a failed one makes the master step
         // down.
         self.carry_out(step.effects, ctx);
+        self.switch_ca_when_ready(ctx);
         step.reply
     }
 }
@@ -162,7 +165,8 @@ impl Handler<RenewFrom> for Master {
             .core
             .check_renewal(&agent_id, m.1, Instant::now(), SystemTime::now())
             .and_then(|(identity, ttl)| {
-                self.ca
+                self.keeper
+                    .read()
                     .sign_csr(&m.0.csr_pem, &identity, ttl)
                     .map_err(|e| MasterRefusal::Forbidden(format!("cannot sign the renewal: {e}")))
             });

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix::prelude::*;
-use tracing::{info, warn};
+use tracing::info;
 
 use actormesh::mesh::{Mesh, MeshOptions};
 use actormesh::protocol::{
@@ -18,21 +18,22 @@ use actormesh::{Node, NodeConfig, NodeError};
 use actormesh_transport::bootstrap::BootstrapServer;
 use actormesh_transport::codec::{self, CodecError};
 use actormesh_transport::identity::IdentityError;
-use actormesh_transport::pki::{
-    CertificateAuthority, Credentials, NodeKey, PkiError, DEFAULT_CA_TTL,
-};
+use actormesh_transport::pki::{CertificateAuthority, NodeKey, PkiError, DEFAULT_CA_TTL};
 use actormesh_transport::{SpiffeId, TransportError};
 
 use super::agents::{IssueClient, Join};
 use super::effects::revoke;
+use super::trust::{renew_master_certificate, Cas, Keeper, MASTER_KEY_FILE};
 use super::{Master, MasterConfig, MasterGate, MasterHandle};
 use crate::core::{ClusterCore, LoadError, Setup};
 use crate::membership::{AgentRecord, AgentState};
 use crate::state::{Change, RedbStore, StateStore, StoreError, Table};
 use crate::tokens::{self, TokenRecord};
 
-const META_CA_CERT: &str = "ca_cert";
-const META_CA_KEY: &str = "ca_key";
+use crate::rotation::{
+    Phase, RotationRecord, TrustView, META_CA_BRIDGE, META_CA_CERT, META_CA_KEY, META_NEXT_CA_CERT,
+    META_NEXT_CA_KEY, META_ROTATION,
+};
 const META_API_TOKEN: &str = "api_token_hash";
 /// File (mode 0600) in the data dir holding the operator API token.
 pub const API_TOKEN_FILE: &str = "api-token";
@@ -106,7 +107,7 @@ pub enum MasterError {
     Token(crate::core::OperatorError),
 }
 
-fn io_error<'a>(
+pub(super) fn io_error<'a>(
     what: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(std::io::Error) -> MasterError + 'a {
@@ -117,7 +118,7 @@ fn io_error<'a>(
     }
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+pub(super) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
@@ -212,89 +213,80 @@ async fn load_or_create_api_token(
     Ok(token)
 }
 
-/// The master's own mesh credentials: a key kept in the data dir, a certificate issued
-/// from the CA at each start, valid for `ttl` (renewed at half its life by
-/// [`renew_master_certificate`]).
-fn master_credentials(
-    ca: &CertificateAuthority,
-    dir: &Path,
-    ttl: Duration,
-) -> Result<Credentials, MasterError> {
+/// The master's key, kept in the data dir (made at first start).
+fn master_key(dir: &Path) -> Result<NodeKey, MasterError> {
     let key_file = dir.join(MASTER_KEY_FILE);
-    let key = match std::fs::read_to_string(&key_file) {
-        Ok(pem) => NodeKey::from_pem(&pem)?,
+    match std::fs::read_to_string(&key_file) {
+        Ok(pem) => Ok(NodeKey::from_pem(&pem)?),
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(io_error("cannot read the master key", &key_file)(e))
+            Err(io_error("cannot read the master key", &key_file)(e))
         }
         Err(_) => {
             let k = NodeKey::generate()?;
             write_private(&key_file, &k.pem())
                 .map_err(io_error("cannot write the master key", &key_file))?;
-            k
-        }
-    };
-    let id = SpiffeId::node(ca.trust_domain(), "master")?;
-    let cert = ca.sign_csr(&key.csr(&id)?, &id, ttl)?;
-    Ok(key.credentials(&cert, ca.cert_pem())?)
-}
-
-/// The master's key file in its data dir.
-const MASTER_KEY_FILE: &str = "master-key.pem";
-
-/// Renews the master's own certificate as an agent renews its own: at half its life, a
-/// new key and a certificate for `ttl`, handed to the node's endpoint (new links use it;
-/// links up keep theirs) and the key written over the old one. A failure is retried a
-/// minute later (or at a quarter of what is left, if sooner). Ends with the node.
-async fn renew_master_certificate(
-    node: actormesh::WeakNode,
-    ca: CertificateAuthority,
-    dir: std::path::PathBuf,
-    ttl: Duration,
-    mut expiry: SystemTime,
-    expires: Arc<std::sync::atomic::AtomicU64>,
-) {
-    let mut wait = half_left(expiry);
-    loop {
-        tokio::time::sleep(wait).await;
-        let Some(node) = node.upgrade() else { return };
-        let renewed = (|| -> Result<Credentials, MasterError> {
-            let key = NodeKey::generate()?;
-            let id = node.identity();
-            let cert = ca.sign_csr(&key.csr(&id)?, &id, ttl)?;
-            let creds = key.credentials(&cert, ca.cert_pem())?;
-            node.endpoint().replace_credentials(&creds)?;
-            let file = dir.join(MASTER_KEY_FILE);
-            let tmp = dir.join(format!("{MASTER_KEY_FILE}.new"));
-            write_private(&tmp, &key.pem())
-                .map_err(io_error("cannot write the master key", &tmp))?;
-            std::fs::rename(&tmp, &file)
-                .map_err(io_error("cannot replace the master key", &file))?;
-            Ok(creds)
-        })();
-        match renewed {
-            Ok(creds) => {
-                expiry = creds.not_after().unwrap_or(SystemTime::now() + ttl);
-                expires.store(
-                    crate::timestamp::ms_since_epoch(expiry),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
-                info!(expires = %crate::timestamp::format(expiry), "master certificate renewed");
-                wait = half_left(expiry);
-            }
-            Err(e) => {
-                let left = expiry.duration_since(SystemTime::now()).unwrap_or_default();
-                wait = Duration::from_secs(60)
-                    .min(left / 4)
-                    .max(Duration::from_millis(100));
-                warn!(error = %e, retry_in = ?wait, "master certificate renewal failed");
-            }
+            Ok(k)
         }
     }
 }
 
-/// Half the time left until `expiry`.
-fn half_left(expiry: SystemTime) -> Duration {
-    expiry.duration_since(SystemTime::now()).unwrap_or_default() / 2
+/// The rest of a CA rotation under way, if one is: the new CA, the bridge and the record.
+async fn load_rotation(
+    store: &dyn StateStore,
+    current: CertificateAuthority,
+) -> Result<(Cas, Option<RotationRecord>), MasterError> {
+    let text = |what: &'static str, bytes: Vec<u8>| {
+        String::from_utf8(bytes).map_err(|e| MasterError::Corrupt {
+            what,
+            reason: e.to_string(),
+        })
+    };
+    let get = |key: &'static str| store.get(Table::Meta, key);
+    let (Some(record), Some(cert), Some(key), Some(bridge)) = (
+        get(META_ROTATION).await?,
+        get(META_NEXT_CA_CERT).await?,
+        get(META_NEXT_CA_KEY).await?,
+        get(META_CA_BRIDGE).await?,
+    ) else {
+        return Ok((
+            Cas {
+                current: Arc::new(current),
+                next: None,
+                bridge: None,
+                phase: Phase::Stable,
+            },
+            None,
+        ));
+    };
+    let record: RotationRecord = codec::decode(&record.value)?;
+    let next = CertificateAuthority::from_pem(
+        &text("the new CA", cert.value)?,
+        &text("the new CA", key.value)?,
+    )?;
+    Ok((
+        Cas {
+            current: Arc::new(current),
+            next: Some(Arc::new(next)),
+            bridge: Some(text("the CA bridge", bridge.value)?),
+            phase: record.phase,
+        },
+        Some(record),
+    ))
+}
+
+/// The core's view of the CAs loaded.
+fn trust_view(cas: &Cas, record: Option<&RotationRecord>) -> TrustView {
+    let bundle = cas.bundle();
+    let at = |ms: u64| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+    TrustView {
+        phase: cas.phase,
+        current: cas.current.fingerprint(),
+        next: cas.next.as_ref().map(|n| n.fingerprint()),
+        bundle_pem: actormesh_transport::trust::bundle_pem(&bundle),
+        digest: actormesh_transport::trust::digest(&bundle),
+        switched: record.and_then(|r| r.switched_ms).map(at),
+        began: record.map(|r| at(r.began_ms)),
+    }
 }
 
 /// Starts a master: state, CA, mesh node, bootstrap port, API. Call inside an actix
@@ -328,19 +320,26 @@ pub async fn start_with_store(
     private_dir(dir)?;
     let ca = load_or_create_ca(store.as_ref(), &config).await?;
     let api_token = load_or_create_api_token(store.as_ref(), dir).await?;
-    let creds = master_credentials(&ca, dir, config.master_cert_ttl)?;
-    let cert_expiry = creds
-        .not_after()
-        .unwrap_or(SystemTime::now() + config.master_cert_ttl);
-    let cert_expires = Arc::new(std::sync::atomic::AtomicU64::new(
-        crate::timestamp::ms_since_epoch(cert_expiry),
-    ));
+    let trust_domain = ca.trust_domain().to_string();
+    let fingerprint = ca.fingerprint();
+    let (cas, rotation) = load_rotation(store.as_ref(), ca).await?;
+    let view = trust_view(&cas, rotation.as_ref());
+    let cert_expires = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let keeper = Arc::new(Keeper {
+        cas: std::sync::RwLock::new(cas),
+        bootstrap: std::sync::OnceLock::new(),
+        dir: dir.clone(),
+        ttl: config.master_cert_ttl,
+        expires: cert_expires.clone(),
+        master_ca: std::sync::RwLock::new(String::new()),
+    });
+    let creds =
+        keeper.master_credentials(&master_key(dir)?, &SpiffeId::node(&trust_domain, "master")?)?;
     let mut node_config = NodeConfig::new(config.listen);
     node_config.metrics_listen = config.metrics_listen;
     node_config.access_log = config.access_log;
     node_config.tracing = config.tracing.clone();
     let node = Node::start(node_config, &creds)?;
-    let fingerprint = ca.fingerprint();
 
     let agents: Vec<AgentRecord> = store
         .list(Table::Agents)
@@ -389,8 +388,8 @@ pub async fn start_with_store(
             roles: config.roles.clone(),
             epoch,
             first_update_uuid,
-            trust_domain: ca.trust_domain().to_string(),
-            ca_fingerprint: fingerprint.clone(),
+            trust_domain: trust_domain.clone(),
+            trust: view,
             agent_cert_ttl: config.agent_cert_ttl,
             push: crate::services::PushConfig {
                 window: config.push_window,
@@ -416,13 +415,11 @@ pub async fn start_with_store(
         })?;
     let figures = Arc::new(super::figures::ControlFigures::new(&core));
     actormesh::metrics::register(&node, figures.clone());
-    // The renewal signs with a CA of its own (the same certificate and key).
-    let renewing_ca = CertificateAuthority::from_pem(ca.cert_pem(), &ca.key_pem())?;
     let master = Master {
         figures,
         core,
         store,
-        ca,
+        keeper: keeper.clone(),
         subscribers: Vec::new(),
         mesh_addr: node.local_addr(),
         endpoint: node.endpoint().clone(),
@@ -475,20 +472,15 @@ pub async fn start_with_store(
     })?;
     // The listener's task keeps serving after this handle is dropped.
     let bootstrap_addr = bootstrap.local_addr()?;
+    // Kept for the renewals and rotations: they change what it presents.
+    let _ = keeper.bootstrap.set(bootstrap);
     let api_addr = crate::api::serve(api_listener, master.clone(), api_token).map_err(|e| {
         MasterError::Api {
             addr: config.api,
             reason: e.to_string(),
         }
     })?;
-    actix::spawn(renew_master_certificate(
-        node.downgrade(),
-        renewing_ca,
-        config.data_dir.clone(),
-        config.master_cert_ttl,
-        cert_expiry,
-        cert_expires.clone(),
-    ));
+    actix::spawn(renew_master_certificate(node.downgrade(), keeper));
     info!(mesh = %node.local_addr(), bootstrap = %bootstrap_addr, api = %api_addr, "master up");
     Ok(MasterHandle {
         master,

@@ -10,8 +10,8 @@ use actormesh::framework::{
     RegisterFramework, SetOffers, Teardown,
 };
 use actormesh::protocol::{
-    Heartbeat, HeartbeatAck, MasterRefusal, Register, Registered, Renew, ReportAck,
-    TaskStatusReport,
+    Heartbeat, HeartbeatAck, HeartbeatAckV1, HeartbeatV1, MasterRefusal, Register, Registered,
+    Renew, ReportAck, TaskStatusReport,
 };
 
 use actormesh::client::is_client_identity;
@@ -97,6 +97,28 @@ impl Handler<Heartbeat> for MasterGate {
     type Result = ResponseFuture<Result<HeartbeatAck, MasterRefusal>>;
     fn handle(&mut self, m: Heartbeat, _: &mut Context<Self>) -> Self::Result {
         forward_agent(&self.master, "Heartbeat", |caller| HeartbeatFrom(m, caller))
+    }
+}
+
+/// An agent of the previous version: its heartbeat reports no trust, so a CA rotation
+/// waits for it to be upgraded (or removed).
+#[actormesh::handler]
+impl Handler<HeartbeatV1> for MasterGate {
+    type Result = ResponseFuture<Result<HeartbeatAckV1, MasterRefusal>>;
+    fn handle(&mut self, m: HeartbeatV1, _: &mut Context<Self>) -> Self::Result {
+        let beat = Heartbeat {
+            agent_id: m.agent_id,
+            trust_digest: String::new(),
+            cert_ca: String::new(),
+        };
+        let acked = forward_agent(&self.master, "Heartbeat", |caller| {
+            HeartbeatFrom(beat, caller)
+        });
+        Box::pin(async move {
+            acked.await.map(|a| HeartbeatAckV1 {
+                reregister: a.reregister,
+            })
+        })
     }
 }
 

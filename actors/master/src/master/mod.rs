@@ -12,6 +12,7 @@ mod frameworks;
 mod gate;
 mod operator;
 mod services;
+mod trust;
 mod views;
 
 use std::collections::BTreeMap;
@@ -25,7 +26,6 @@ use tracing::error;
 
 use actormesh::mesh::Mesh;
 use actormesh::{Node, RemoteRef};
-use actormesh_transport::pki::CertificateAuthority;
 use actormesh_transport::Endpoint;
 
 use crate::allocator::RoleConfig;
@@ -48,6 +48,7 @@ pub use self::operator::{
 pub use self::services::{
     ListProxyStatus, ListServices, ProxyConfigOf, ProxyEndpointsOf, ServiceEndpoints,
 };
+pub use self::trust::{CaStatus, RotateCa, RotationAction};
 pub use self::views::{
     DescribeDeployment, DescribeTaskOf, ListAllTasks, ListDeploymentTasks, ListDeployments,
     ListNodes, ListTasks, TaskDescription, TaskLogs, TaskQueryRefusal,
@@ -213,7 +214,8 @@ pub struct Master {
     /// The rules and the state they keep.
     core: ClusterCore,
     store: Arc<dyn StateStore>,
-    ca: CertificateAuthority,
+    /// The CAs, which signs, and the master's own certificate.
+    keeper: Arc<trust::Keeper>,
     subscribers: Vec<Recipient<MembershipEvent>>,
     mesh_addr: SocketAddr,
     endpoint: Endpoint,

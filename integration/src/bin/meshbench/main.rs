@@ -314,7 +314,7 @@ fn quinn_configs(
 ) -> anyhow::Result<(quinn::ServerConfig, quinn::ClientConfig)> {
     let certs = tls::CertStore::new(creds)?;
     let id = certs.current().identity.clone();
-    let verifier = tls::SpiffeVerifier::new(&creds.ca, id.trust_domain())?;
+    let verifier = tls::SpiffeVerifier::new(&creds.trust, id.trust_domain())?;
     let (server_tls, client_tls) = tls::rustls_configs(certs, verifier)?;
     let transport = Arc::new(actormesh::transport::endpoint::transport_config(
         &endpoint_config(),
