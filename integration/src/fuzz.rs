@@ -111,11 +111,15 @@ fn fuzz_ca() -> &'static CertificateAuthority {
     })
 }
 
-/// Certificate signing requests, as the master signs them for joining agents and clients.
+/// Certificate signing requests, as the master signs them for joining agents and clients;
+/// and PEM trust bundles, as an agent takes them from a heartbeat answer or its `ca.pem`.
 pub fn csr(data: &[u8]) {
     if let Ok(s) = std::str::from_utf8(data) {
         let id = SpiffeId::node("fuzz.local", "n").expect("an identity");
         let _ = fuzz_ca().sign_csr(s, &id, Duration::from_secs(60));
+        if let Ok(bundle) = actormesh::transport::trust::parse_bundle(s, Path::new("ca.pem")) {
+            let _ = actormesh::transport::trust::digest(&bundle);
+        }
     }
 }
 
