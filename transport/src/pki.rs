@@ -441,11 +441,7 @@ impl CertificateAuthority {
     }
 }
 
-/// SHA-256 of a DER certificate, as 64 lowercase hex digits.
-pub fn fingerprint(der: &CertificateDer<'_>) -> String {
-    let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::x509::fingerprint;
 
 /// A private key made where it will be used, and the signing request that carries its
 /// public half to the CA.
@@ -566,7 +562,11 @@ impl Credentials {
         }
         let key = PrivateKeyDer::from_pem_slice(key.as_bytes())
             .map_err(|e| bad(files::KEY, "a private key", e.to_string()))?;
-        let trust = crate::trust::parse_bundle(ca, &origin.join(files::CA_CERT))?;
+        let trust = crate::trust::parse_bundle(ca).map_err(|reason| PkiError::BadPem {
+            path: origin.join(files::CA_CERT),
+            expected: "one or more CA certificates",
+            reason,
+        })?;
         if crate::x509::spiffe_uri_of(&chain[0]).is_none() {
             return Err(PkiError::NoSpiffeId {
                 path: origin.join(files::CERT),

@@ -5,21 +5,16 @@
 //! drops the old one (ARCHITECTURE.md "CA rotation"). Its steps compare bundles by
 //! [`digest`] and find which CA of a bundle issued a leaf with [`issuer_in`].
 
-use std::path::Path;
-
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::pki::{fingerprint, PkiError};
+use crate::x509::fingerprint;
 
-/// Parses a bundle of one or more CA certificates; `origin` names the file in errors.
-pub fn parse_bundle(pem: &str, origin: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
-    let bad = |reason: String| PkiError::BadPem {
-        path: origin.to_path_buf(),
-        expected: "one or more CA certificates",
-        reason,
-    };
+/// Parses a bundle of one or more CA certificates; the error says what is wrong with it
+/// (the caller names the file).
+pub fn parse_bundle(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bad = |reason: String| reason;
     let bundle = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(e.to_string()))?;
@@ -94,19 +89,24 @@ mod tests {
         let ab = vec![a.cert_der().clone(), b.cert_der().clone()];
         let ba = vec![b.cert_der().clone(), a.cert_der().clone()];
         let text = bundle_pem(&ab);
-        assert_eq!(parse_bundle(&text, Path::new("ca.pem")).unwrap(), ab);
+        assert_eq!(parse_bundle(&text).unwrap(), ab);
         assert_eq!(digest(&ab), digest(&ba));
         assert_ne!(digest(&ab), digest(&ab[..1]));
         assert_ne!(digest(&ab[..1]), digest(&ab[1..]));
-        // A leaf in a bundle is refused, naming the file and the position.
+        // A leaf in a bundle is refused, naming its position; credentials name the file.
         let id = SpiffeId::node("t.local", "n1").unwrap();
         let leaf = a.issue(&id, Duration::from_secs(60)).unwrap();
-        let e = parse_bundle(&(text + &leaf.cert_pem), Path::new("x/ca.pem")).unwrap_err();
-        assert!(
-            e.to_string().contains("x/ca.pem") && e.to_string().contains("certificate 3"),
-            "{e}"
-        );
-        assert!(parse_bundle("", Path::new("ca.pem")).is_err());
+        let e = parse_bundle(&(text + &leaf.cert_pem)).unwrap_err();
+        assert!(e.contains("certificate 3 is not a CA"), "{e}");
+        assert!(parse_bundle("").is_err());
+        let e = crate::pki::Credentials::from_pem(
+            &leaf.cert_pem,
+            &leaf.key_pem,
+            &leaf.cert_pem,
+            std::path::Path::new("x"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("x/ca.pem"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,12 @@ pub fn spiffe_uri_of(der: &CertificateDer<'_>) -> Option<String> {
     })
 }
 
+/// SHA-256 of a DER certificate, as 64 lowercase hex digits.
+pub fn fingerprint(der: &CertificateDer<'_>) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der.as_ref());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// When a certificate stops being valid.
 pub fn not_after_of(der: &CertificateDer<'_>) -> Option<SystemTime> {
     let (_, cert) = X509Certificate::from_der(der.as_ref()).ok()?;

@@ -65,6 +65,9 @@ pub enum AgentError {
         /// The transport's reason.
         error: TransportError,
     },
+    /// The master's trust bundle did not parse.
+    #[error("the trust bundle from the master is not usable: {0} (expected PEM CA certificates)")]
+    BadBundle(String),
     /// The agent's endpoint refused new credentials.
     #[error("cannot use the renewed certificate: {0}")]
     Transport(#[from] TransportError),

@@ -27,7 +27,7 @@ pub(super) fn report(node: &Node) -> (String, String) {
 /// certificates chain to none of its CAs close) and in the saved credentials, so that a
 /// restart trusts it too.
 pub(super) fn apply_bundle(node: &Node, dir: &Path, bundle_pem: &str) -> Result<(), AgentError> {
-    let bundle = trust::parse_bundle(bundle_pem, Path::new("<bundle from the master>"))?;
+    let bundle = trust::parse_bundle(bundle_pem).map_err(AgentError::BadBundle)?;
     let set = dir.join(CREDS);
     let from = if set.exists() { set } else { dir.to_path_buf() };
     let read = |name: &str| {
