@@ -494,6 +494,7 @@ mod tests {
         assert_eq!(needed("GET", "/v1/nodes"), Scope::Viewer);
         assert_eq!(needed("GET", "/v1/tasks/x/logs"), Scope::Viewer);
         assert_eq!(needed("GET", "/v1/revocations"), Scope::Viewer);
+        assert_eq!(needed("GET", "/v1/ca"), Scope::Viewer);
         for (m, p) in [
             ("POST", "/v1/deployments"),
             ("DELETE", "/v1/deployments/default/web"),
@@ -510,6 +511,7 @@ mod tests {
             ("GET", "/v1/api-tokens"),
             ("DELETE", "/v1/api-tokens/x"),
             ("POST", "/v1/revocations"),
+            ("POST", "/v1/ca/rotation"),
             ("DELETE", "/v1/nodes/a1"),
         ] {
             assert_eq!(needed(m, p), Scope::Admin, "{m} {p}");

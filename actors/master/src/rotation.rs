@@ -225,7 +225,7 @@ pub fn finish_blockers(
     let until = switched + client_ttl;
     if now < until {
         why.push(format!(
-            "client certificates from the old CA may be valid until {} (issued before {}); reissue your clients' identities and finish with --force, or wait",
+            "client certificates from the old CA may be valid until {} (issued before {}); reissue your clients' identities",
             crate::timestamp::format(until),
             crate::timestamp::format(switched),
         ));

@@ -517,6 +517,9 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let (removed_tx, removed) = watch::channel(None);
     let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
     let renew_now = Arc::new(tokio::sync::Notify::new());
+    // A renewal and a new trust bundle each write the credential set: one at a time, so
+    // neither writes back what the other replaced.
+    let creds_lock = Arc::new(std::sync::Mutex::new(()));
     tokio::spawn(heartbeat_loop(
         node.clone(),
         master.clone(),
@@ -524,7 +527,11 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         task_ids,
         interval,
         removed_tx,
-        (config.data_dir.clone(), renew_now.clone()),
+        (
+            config.data_dir.clone(),
+            renew_now.clone(),
+            creds_lock.clone(),
+        ),
     ));
     tokio::spawn(renew_loop(
         node.clone(),
@@ -532,7 +539,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         saved.agent_id.clone(),
         config.data_dir.clone(),
         creds,
-        renew_now,
+        (renew_now, creds_lock),
     ));
     Ok(AgentHandle {
         node,
@@ -589,7 +596,7 @@ async fn heartbeat_loop(
     task_ids: tasks::TaskIds,
     interval: Duration,
     removed: watch::Sender<Option<String>>,
-    (dir, renew_now): (PathBuf, Arc<tokio::sync::Notify>),
+    (dir, renew_now, creds_lock): (PathBuf, Arc<tokio::sync::Notify>, CredsLock),
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -607,7 +614,11 @@ async fn heartbeat_loop(
             Ok(Ok(ack)) => {
                 failures = 0;
                 if let Some(bundle) = &ack.trust_bundle {
-                    if let Err(e) = trust::apply_bundle(&node, &dir, bundle) {
+                    let taken = {
+                        let _set = creds_lock.lock().unwrap_or_else(|p| p.into_inner());
+                        trust::apply_bundle(&node, &dir, bundle)
+                    };
+                    if let Err(e) = taken {
                         warn!(error = %e, "cannot take the master's trust bundle; it is sent again with the next heartbeat");
                     }
                 }
@@ -700,7 +711,7 @@ async fn renew_loop(
     agent_id: String,
     dir: PathBuf,
     mut creds: Credentials,
-    renew_now: Arc<tokio::sync::Notify>,
+    (renew_now, creds_lock): (Arc<tokio::sync::Notify>, CredsLock),
 ) {
     loop {
         let Some(expiry) = creds.not_after() else {
@@ -715,7 +726,7 @@ async fn renew_loop(
         }
         let mut delay = Duration::from_millis(500);
         loop {
-            match renew_once(&node, &master, &agent_id, &dir).await {
+            match renew_once(&node, &master, &agent_id, &dir, &creds_lock).await {
                 Ok(new) => {
                     creds = new;
                     break;
@@ -740,11 +751,15 @@ async fn renew_loop(
     }
 }
 
+/// Held while the credential set on disk is read and written.
+type CredsLock = Arc<std::sync::Mutex<()>>;
+
 async fn renew_once(
     node: &Node,
     master: &RemoteRef,
     agent_id: &str,
     dir: &Path,
+    creds_lock: &CredsLock,
 ) -> Result<Credentials, AgentError> {
     let key = NodeKey::generate()?;
     let id = node.identity();
@@ -758,6 +773,7 @@ async fn renew_once(
         )
         .await?
         .map_err(AgentError::RenewalRefused)?;
+    let _set = creds_lock.lock().unwrap_or_else(|p| p.into_inner());
     // The bundle the endpoint trusts now (a rotation may have changed it since the start).
     let ca_pem = actormesh_transport::trust::bundle_pem(&node.endpoint().trust());
     let creds = key.credentials(&cert, &ca_pem)?;
