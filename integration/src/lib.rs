@@ -8,3 +8,4 @@ pub mod fuzz;
 pub mod harness;
 pub mod otlp_receiver;
 pub mod pki;
+pub mod zk;

@@ -23,6 +23,7 @@
 
 mod memory;
 mod redb;
+pub mod zk;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ use std::pin::Pin;
 
 pub use self::memory::MemoryStore;
 pub use self::redb::RedbStore;
+pub use self::zk::{ZkConfig, ZkStore};
 
 /// The tables of master state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -277,12 +279,14 @@ fn first_failure(
     })
 }
 
-#[cfg(test)]
-mod contract {
-    //! The behaviour every backend must have, run against each.
+/// The behaviour every backend must have, run against each (the ZooKeeper one from
+/// `integration/tests/zk_store.rs`, which needs a server).
+#[cfg(any(test, feature = "store-contract"))]
+#[doc(hidden)]
+pub mod contract {
     use super::*;
 
-    pub(super) async fn batches_are_atomic_and_versioned(s: &dyn StateStore) {
+    pub async fn batches_are_atomic_and_versioned(s: &dyn StateStore) {
         s.apply(vec![
             Change::put(Table::Agents, "a1", b"one".to_vec()),
             Change::put(Table::Agents, "a2", b"two".to_vec()),
@@ -313,7 +317,7 @@ mod contract {
         );
     }
 
-    pub(super) async fn a_failed_batch_closes_the_store(s: &dyn StateStore) {
+    pub async fn a_failed_batch_closes_the_store(s: &dyn StateStore) {
         s.apply(vec![Change::put(Table::Meta, "k", b"v".to_vec())])
             .await
             .unwrap();
@@ -333,7 +337,7 @@ mod contract {
         assert_eq!(s.get(Table::Meta, "k").await.unwrap().unwrap().value, b"v");
     }
 
-    pub(super) async fn checks_and_deletes_honour_versions(s: &dyn StateStore) {
+    pub async fn checks_and_deletes_honour_versions(s: &dyn StateStore) {
         s.apply(vec![Change::put(Table::Meta, "term", b"1".to_vec())])
             .await
             .unwrap();
