@@ -338,6 +338,17 @@ pub(crate) struct MasterArgs {
     /// Lifetime of the master's own certificate, renewed at half its life.
     #[arg(long, value_parser = parse_duration, default_value = "24h")]
     pub(crate) master_cert_ttl: Duration,
+    /// Keep the master's state in ZooKeeper instead of the data dir's redb file:
+    /// host:port[,host:port...]/chroot, e.g. 127.0.0.1:2181,127.0.0.1:2182/actormesh.
+    #[arg(long, value_name = "SERVERS/CHROOT")]
+    pub(crate) zk: Option<String>,
+    /// File (mode 0600) holding the ZooKeeper digest credentials, user:password: every
+    /// znode is readable and writable with them only. Needed with --zk.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) zk_auth_file: Option<PathBuf>,
+    /// The ZooKeeper session timeout.
+    #[arg(long, value_parser = parse_duration, default_value = "6s")]
+    pub(crate) zk_session_timeout: Duration,
     /// How long a framework may hold an offer before it is rescinded.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub(crate) offer_timeout: Duration,

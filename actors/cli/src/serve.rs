@@ -16,8 +16,15 @@ use crate::tables;
 
 pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
     let config = args.config()?;
+    let zk = zk_config(&args)?;
     run_system(async move {
-        let m = master::start(config).await?;
+        let m = match zk {
+            Some(zk) => {
+                let store = master::state::ZkStore::open(zk).await?;
+                master::start_with_store(config, std::sync::Arc::new(store)).await?
+            }
+            None => master::start(config).await?,
+        };
         println!(
             "master ready: mesh {} bootstrap {} api http://{} ca-fingerprint {}",
             m.node.local_addr(),
@@ -31,6 +38,47 @@ pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
         }
         until_stopped(&m).await
     })
+}
+
+/// The ZooKeeper store `--zk` names, if it names one; a bad address, or credentials
+/// missing or readable by others, are refused here, naming the flag.
+fn zk_config(args: &MasterArgs) -> anyhow::Result<Option<master::state::ZkConfig>> {
+    let Some(spec) = &args.zk else {
+        anyhow::ensure!(
+            args.zk_auth_file.is_none(),
+            "--zk-auth-file applies only with --zk"
+        );
+        return Ok(None);
+    };
+    let address =
+        master::state::zk::ZkAddress::parse(spec).map_err(|e| anyhow::anyhow!("--zk: {e}"))?;
+    let file = args.zk_auth_file.as_ref().ok_or_else(|| {
+        anyhow::anyhow!("--zk needs --zk-auth-file FILE holding the ZooKeeper digest credentials (user:password), so that other ZooKeeper users cannot read the state (the CA key is in it)")
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(file)
+            .with_context(|| format!("--zk-auth-file {}", file.display()))?
+            .permissions()
+            .mode()
+            & 0o777;
+        anyhow::ensure!(
+            mode & 0o077 == 0,
+            "--zk-auth-file {} has mode {mode:o}: credentials must be readable by their owner only (chmod 600 {})",
+            file.display(),
+            file.display()
+        );
+    }
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("--zk-auth-file {}", file.display()))?;
+    let auth = master::state::zk::parse_auth(&text)
+        .map_err(|e| anyhow::anyhow!("--zk-auth-file {}: {e}", file.display()))?;
+    Ok(Some(master::state::ZkConfig {
+        address,
+        auth,
+        session_timeout: args.zk_session_timeout,
+    }))
 }
 
 pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
