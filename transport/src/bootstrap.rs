@@ -74,7 +74,7 @@ impl ServerCertVerifier for PinnedCa {
         // Any member holds a certificate from this CA; only the master may answer here.
         let is_master = crate::tls::spiffe_uri_of(end_entity)
             .and_then(|u| crate::identity::SpiffeId::parse(&u).ok())
-            .is_some_and(|id| id.path() == "/node/master");
+            .is_some_and(|id| id.is_master());
         if !is_master {
             return Err(TlsError::InvalidCertificate(
                 CertificateError::NotValidForName,

@@ -101,6 +101,22 @@ impl SpiffeId {
         Self::parse(&format!("{SCHEME}{trust_domain}/node/{id}"))
     }
 
+    /// `spiffe://<trust_domain>/master/<name>`: one master among several on one ZooKeeper
+    /// store. A lone master is `node/master`.
+    pub fn master(trust_domain: &str, name: &str) -> Result<Self, IdentityError> {
+        Self::parse(&format!("{SCHEME}{trust_domain}/master/{name}"))
+    }
+
+    /// Whether this names a master: `node/master`, or `master/<name>`. Only the cluster
+    /// CA issues certificates, and it names each one itself (agents `node/<name>`, never
+    /// `node/master`; clients `client/<name>`), so only a master holds one of these.
+    pub fn is_master(&self) -> bool {
+        let p = self.path();
+        p == "/node/master"
+            || p.strip_prefix("/master/")
+                .is_some_and(|n| !n.is_empty() && !n.contains('/'))
+    }
+
     /// `spiffe://<trust_domain>/ns/<namespace>/sa/<service>`: the identity of a service.
     pub fn service(
         trust_domain: &str,
@@ -172,6 +188,22 @@ impl fmt::Debug for SpiffeId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_node_master_and_master_names_are_masters() {
+        let is = |s: &str| SpiffeId::parse(s).unwrap().is_master();
+        assert!(is("spiffe://td/node/master"));
+        assert!(is("spiffe://td/master/m1"));
+        assert_eq!(
+            SpiffeId::master("td", "m2").unwrap().as_str(),
+            "spiffe://td/master/m2"
+        );
+        assert!(!is("spiffe://td/node/master-2"));
+        assert!(!is("spiffe://td/node/m1"));
+        assert!(!is("spiffe://td/master/m1/x"));
+        assert!(!is("spiffe://td/client/master"));
+        assert!(!is("spiffe://td/ns/master/sa/m1"));
+    }
 
     #[test]
     fn parses_parts() {

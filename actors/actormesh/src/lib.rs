@@ -104,6 +104,7 @@ pub mod duration;
 pub mod framework;
 pub mod health;
 mod local_ca;
+pub mod masters;
 pub mod mesh;
 pub mod metrics;
 #[cfg(feature = "otlp")]

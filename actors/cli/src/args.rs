@@ -346,9 +346,15 @@ pub(crate) struct MasterArgs {
     /// znode is readable and writable with them only. Needed with --zk.
     #[arg(long, value_name = "FILE")]
     pub(crate) zk_auth_file: Option<PathBuf>,
-    /// The ZooKeeper session timeout.
+    /// The ZooKeeper session timeout. A leader stops acting when ZooKeeper has not
+    /// answered it for two thirds of it; a standby takes over about this long after the
+    /// leader dies.
     #[arg(long, value_parser = parse_duration, default_value = "6s")]
     pub(crate) zk_session_timeout: Duration,
+    /// This master's name among the masters of one --zk store (default: its API
+    /// address). Each keeps its own api-token file under it.
+    #[arg(long)]
+    pub(crate) name: Option<String>,
     /// How long a framework may hold an offer before it is rescinded.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub(crate) offer_timeout: Duration,
@@ -402,9 +408,10 @@ pub(crate) struct PushArgs {
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct AgentArgs {
-    /// The master's bootstrap address.
-    #[arg(long)]
-    pub(crate) join: SocketAddr,
+    /// The master's bootstrap address; with several masters (`master --zk`), each
+    /// one's, comma-separated: the agent asks them in turn where the leader is.
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    pub(crate) join: Vec<SocketAddr>,
     /// Join token from `actormesh token create` (only needed the first time).
     #[arg(long, env = "ACTORMESH_JOIN_TOKEN")]
     pub(crate) token: Option<String>,

@@ -98,9 +98,12 @@ impl std::fmt::Debug for ApiClient {
 impl ApiClient {
     /// A client for the API at `base` (e.g. `http://127.0.0.1:7080`) with bearer `token`.
     pub fn new(base: &str, token: &str) -> Self {
+        // Redirects are followed by hand: ureq would drop the token on the way, and a
+        // standby master's 307 to the leader is for the same cluster.
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
+            .max_redirects(0)
             .build();
         Self {
             base: base.trim_end_matches('/').to_string(),
@@ -132,28 +135,43 @@ impl ApiClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<Result<serde_json::Value, String>> {
-        let url = format!("{}{}", self.base, path);
+        let mut url = format!("{}{}", self.base, path);
         let auth = format!("Bearer {}", self.token);
-        let result = match (method, body) {
-            ("GET", _) => self.http.get(&url).header("Authorization", &auth).call(),
-            ("DELETE", _) => self.http.delete(&url).header("Authorization", &auth).call(),
-            (_, Some(b)) => self
-                .http
-                .post(&url)
-                .header("Authorization", &auth)
-                .send_json(b),
-            (_, None) => self
-                .http
-                .post(&url)
-                .header("Authorization", &auth)
-                .send_empty(),
+        // A standby master redirects (307) to the leader's API: once or twice at most.
+        let mut hops = 0;
+        let mut resp = loop {
+            let result = match (method, &body) {
+                ("GET", _) => self.http.get(&url).header("Authorization", &auth).call(),
+                ("DELETE", _) => self.http.delete(&url).header("Authorization", &auth).call(),
+                (_, Some(b)) => self
+                    .http
+                    .post(&url)
+                    .header("Authorization", &auth)
+                    .send_json(b),
+                (_, None) => self
+                    .http
+                    .post(&url)
+                    .header("Authorization", &auth)
+                    .send_empty(),
+            };
+            let resp = result.map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach the master API at {url}: {e} (is `actormesh master` running, and is --api right?)"
+                )
+            })?;
+            let to = resp
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .filter(|l| l.starts_with("http://") || l.starts_with("https://"));
+            match to {
+                Some(to) if resp.status() == 307 && hops < 3 => {
+                    hops += 1;
+                    url = to.to_string();
+                }
+                _ => break resp,
+            }
         };
-        let mut resp = result.map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach the master API at {}: {e} (is `actormesh master` running, and is --api right?)",
-                self.base
-            )
-        })?;
         let status = resp.status();
         let value: serde_json::Value = resp.body_mut().read_json().map_err(|e| {
             anyhow::anyhow!(

@@ -15,6 +15,7 @@ mod cert;
 mod describe;
 mod drain;
 mod get;
+mod ha;
 mod logs;
 mod output;
 mod serve;

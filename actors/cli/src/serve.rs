@@ -18,10 +18,17 @@ pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
     let config = args.config()?;
     let zk = zk_config(&args)?;
     run_system(async move {
+        // Held while this master leads: dropping it ends the candidacy.
+        let mut _leadership = None;
         let m = match zk {
             Some(zk) => {
-                let store = master::state::ZkStore::open(zk).await?;
-                master::start_with_store(config, std::sync::Arc::new(store)).await?
+                let name = args
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| crate::ha::default_name(config.api));
+                let (m, leadership) = crate::ha::lead(config, zk, name).await?;
+                _leadership = Some(leadership);
+                m
             }
             None => master::start(config).await?,
         };
@@ -47,6 +54,10 @@ fn zk_config(args: &MasterArgs) -> anyhow::Result<Option<master::state::ZkConfig
         anyhow::ensure!(
             args.zk_auth_file.is_none(),
             "--zk-auth-file applies only with --zk"
+        );
+        anyhow::ensure!(
+            args.name.is_none(),
+            "--name names a master among the masters of one --zk store; it applies only with --zk"
         );
         return Ok(None);
     };
@@ -100,7 +111,8 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
         .trace
         .tracing(&format!("agent/{}", args.name))?;
     let config = AgentConfig {
-        join: args.join,
+        join: args.join[0],
+        also_join: args.join[1..].to_vec(),
         token: args.token,
         data_dir: args.data_dir,
         listen: args.listen,
@@ -271,6 +283,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     let token = m.agent_token(Duration::from_secs(3600)).await?;
     let a = agent::start(AgentConfig {
         join: m.bootstrap,
+        also_join: Vec::new(),
         token: Some(token),
         data_dir: args.data_dir.join("agent"),
         listen: "127.0.0.1:0".parse()?,

@@ -45,6 +45,7 @@ async fn a_framework_keeps_its_tasks_across_a_master_restart() {
     // The framework's own node: an agent in this process that offers next to nothing.
     let host = agent::start(AgentConfig {
         join: boot,
+        also_join: Vec::new(),
         token: Some(token.clone()),
         data_dir: dir.join("fwhost"),
         listen: "127.0.0.1:0".parse().unwrap(),

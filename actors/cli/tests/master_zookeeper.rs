@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use actormesh_master::deployments::TaskEntry;
 use actormesh_master::membership::AgentState;
 use common::*;
 
@@ -166,5 +167,360 @@ async fn a_master_on_zookeeper_killed_and_started_again_reloads_its_state() {
         .call("GET", "/v1/deployments", None)
         .unwrap();
     assert!(deployments.to_string().contains("\"web\""), "{deployments}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The flags of master `name` of the store at `zk`, with a short session (the failover
+/// takes about one session timeout).
+fn ha_flags(zk: &str, auth: &Path, name: &str, session: &str) -> Vec<String> {
+    [
+        "--zk",
+        zk,
+        "--zk-auth-file",
+        auth.to_str().unwrap(),
+        "--zk-session-timeout",
+        session,
+        "--name",
+        name,
+        "--heartbeat",
+        "100ms",
+        "--unreachable-after",
+        "5s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A master that is to stand by: started, and seen standing for election.
+async fn standby(dir: &Path, flags: &[String]) -> Master {
+    let (mesh, boot, api) = (free_udp(), free_udp(), free_tcp());
+    let (m, b, a) = (mesh.to_string(), boot.to_string(), api.to_string());
+    let mut args = vec![
+        "master",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        &m,
+        "--bootstrap",
+        &b,
+        "--api",
+        &a,
+    ];
+    args.extend(flags.iter().map(String::as_str));
+    let mut proc = Proc::spawn(&args);
+    proc.line("master standby:").await;
+    Master {
+        proc,
+        mesh,
+        bootstrap: boot,
+        api,
+        dir: dir.to_path_buf(),
+        fingerprint: String::new(),
+    }
+}
+
+/// A standby master was told it leads: waits for its ready line (at most `limit`), and
+/// takes the CA fingerprint from it.
+async fn now_leading(m: &mut Master, limit: Duration) -> Duration {
+    let began = std::time::Instant::now();
+    let ready = tokio::time::timeout(limit, m.proc.line("master ready:"))
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "the standby did not lead within {limit:?}: {}",
+                m.proc.stderr_so_far()
+            )
+        });
+    m.fingerprint = ready.rsplit(' ').next().unwrap().to_string();
+    began.elapsed()
+}
+
+/// The status line and the Location header of a GET of `path` at `api`, by hand (the
+/// CLI's client follows redirects).
+fn raw_get(api: std::net::SocketAddr, path: &str) -> (String, Option<String>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {api}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let status = text.lines().next().unwrap_or_default().to_string();
+    let location = text
+        .lines()
+        .find_map(|l| l.strip_prefix("location: ").map(str::to_string));
+    (status, location)
+}
+
+/// Polls a standby's API until it redirects to `leader`.
+async fn redirects_to(standby: &Master, leader: &Master) {
+    let want = format!("http://{}/v1/nodes", leader.api);
+    for _ in 0..200 {
+        let (status, location) = tokio::task::block_in_place(|| raw_get(standby.api, "/v1/nodes"));
+        if status.contains("307") && location.as_deref() == Some(want.as_str()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the standby at {} never redirected to {want}", standby.api);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_killed_a_standby_takes_over_with_all_of_the_state_and_kills_nothing() {
+    let dir = temp_dir("zk-failover");
+    let auth = auth_file(&dir, 0o600);
+    let zk = format!(
+        "{}/failover-{}",
+        ensemble().connect_string(),
+        std::process::id()
+    );
+    let f1 = ha_flags(&zk, &auth, "m1", "2s");
+    let f1: Vec<&str> = f1.iter().map(String::as_str).collect();
+    let m1 = Master::start(&dir.join("m1"), free_udp(), free_udp(), free_tcp(), &f1).await;
+    let mut m2 = standby(&dir.join("m2"), &ha_flags(&zk, &auth, "m2", "2s")).await;
+    redirects_to(&m2, &m1).await;
+
+    // An agent that knows both masters' bootstrap ports.
+    let token = m1.token(600);
+    let joins = format!("{},{}", m1.bootstrap, m2.bootstrap);
+    let join = Proc::spawn(&[
+        "agent",
+        "--join",
+        &joins,
+        "--data-dir",
+        dir.join("a1").to_str().unwrap(),
+        "--name",
+        "a1",
+        "--token",
+        &token,
+        "--demo-actors",
+        "--resources",
+        "cpus:2;mem:1GiB",
+    ]);
+    let mut a1 = join;
+    a1.line("agent ").await;
+    let file = dir.join("web.yaml");
+    std::fs::write(&file, WEB).unwrap();
+    let out = m1.cli(&["apply", "-f", file.to_str().unwrap(), "--timeout", "30s"]);
+    assert!(out.status.success(), "{out:?}");
+    let tasks = m1.tasks();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    // An operator's API token: in the store, so good at whichever master leads.
+    let out = m1.cli(&[
+        "token", "create", "--scope", "admin", "--holder", "ops", "--ttl", "1h",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let ops = dir.join("ops-token");
+    std::fs::write(&ops, String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+
+    // kill -9 the leader: the standby leads within 10 s, with the same CA, and the
+    // agent follows it; the task is adopted, not replaced.
+    let mut m1 = m1;
+    let killed = std::time::Instant::now();
+    m1.proc.kill().await;
+    now_leading(&mut m2, Duration::from_secs(10)).await;
+    assert_eq!(
+        m2.fingerprint, m1.fingerprint,
+        "the same CA, from ZooKeeper"
+    );
+    m2.wait_state("a1", AgentState::Active, Duration::from_secs(10))
+        .await;
+    let again = m2
+        .wait_tasks("the task adopted", Duration::from_secs(10), |t| {
+            t.len() == 1 && t[0].state == tasks[0].state
+        })
+        .await;
+    assert_eq!(
+        again[0].id, tasks[0].id,
+        "the same task: nothing was killed"
+    );
+    eprintln!(
+        "failover: the agent was Active at the new leader {:?} after the kill",
+        killed.elapsed()
+    );
+    let deployments = m2.client().call("GET", "/v1/deployments", None).unwrap();
+    assert!(deployments.to_string().contains("\"web\""), "{deployments}");
+
+    // The old leader, started again, stands by and redirects to the new one.
+    let m1_again = standby(&dir.join("m1"), &ha_flags(&zk, &auth, "m1", "2s")).await;
+    redirects_to(&m1_again, &m2).await;
+    // The CLI pointed at the standby follows its redirect to the leader, token and all.
+    let api = format!("http://{}", m1_again.api);
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(BIN)
+            .args([
+                "get",
+                "nodes",
+                "--api",
+                &api,
+                "--api-token-file",
+                ops.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    });
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("a1"),
+        "{out:?}"
+    );
+    drop(a1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two masters on `zk` (m1 leading, m2 standing by), an agent that knows both running
+/// the web deployment's one task.
+async fn two_masters_and_an_agent(
+    dir: &Path,
+    zk: &str,
+    session: &str,
+) -> (Master, Master, Proc, Vec<TaskEntry>) {
+    let auth = auth_file(dir, 0o600);
+    let f1 = ha_flags(zk, &auth, "m1", session);
+    let f1: Vec<&str> = f1.iter().map(String::as_str).collect();
+    let m1 = Master::start(&dir.join("m1"), free_udp(), free_udp(), free_tcp(), &f1).await;
+    let m2 = standby(&dir.join("m2"), &ha_flags(zk, &auth, "m2", session)).await;
+    let token = m1.token(600);
+    let joins = format!("{},{}", m1.bootstrap, m2.bootstrap);
+    let mut a1 = Proc::spawn(&[
+        "agent",
+        "--join",
+        &joins,
+        "--data-dir",
+        dir.join("a1").to_str().unwrap(),
+        "--name",
+        "a1",
+        "--token",
+        &token,
+        "--demo-actors",
+        "--resources",
+        "cpus:2;mem:1GiB",
+    ]);
+    a1.line("agent ").await;
+    let file = dir.join("web.yaml");
+    std::fs::write(&file, WEB).unwrap();
+    let out = m1.cli(&["apply", "-f", file.to_str().unwrap(), "--timeout", "30s"]);
+    assert!(out.status.success(), "{out:?}");
+    let tasks = m1.tasks();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    (m1, m2, a1, tasks)
+}
+
+fn signal(p: &Proc, sig: &str) {
+    let pid = p.child.id().expect("running").to_string();
+    assert!(std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_resumed_after_another_took_over_steps_down_and_writes_nothing() {
+    let dir = temp_dir("zk-split");
+    let zk = format!(
+        "{}/split-{}",
+        ensemble().connect_string(),
+        std::process::id()
+    );
+    let (mut m1, mut m2, _a1, tasks) = two_masters_and_an_agent(&dir, &zk, "2s").await;
+    // SIGSTOP the leader until the standby leads and the agent follows it.
+    signal(&m1.proc, "-STOP");
+    now_leading(&mut m2, Duration::from_secs(15)).await;
+    m2.wait_state("a1", AgentState::Active, Duration::from_secs(10))
+        .await;
+    // Resumed, the old leader finds its lease lapsed (its session expired meanwhile) and
+    // steps down: it exits, saying why, without acting.
+    signal(&m1.proc, "-CONT");
+    let status = tokio::time::timeout(Duration::from_secs(10), m1.proc.child.wait())
+        .await
+        .expect("the old leader exits")
+        .unwrap();
+    let said = m1.proc.stderr_so_far();
+    assert!(!status.success(), "{said}");
+    assert!(said.contains("stepped down"), "{said}");
+    eprintln!(
+        "the resumed leader said: {}",
+        said.lines()
+            .rev()
+            .find(|l| l.contains("stepped down"))
+            .unwrap()
+    );
+    // It wrote nothing: the new leader's writes are still fenced by its own term (a
+    // write of the old one would have moved /txn and closed the new leader's store).
+    let file = dir.join("api.yaml");
+    std::fs::write(&file, WEB.replace("name: web", "name: api")).unwrap();
+    let out = m2.cli(&["apply", "-f", file.to_str().unwrap(), "--timeout", "30s"]);
+    assert!(out.status.success(), "{out:?}");
+    let now = m2
+        .wait_tasks("both tasks", Duration::from_secs(20), |t| t.len() == 2)
+        .await;
+    assert!(
+        now.iter()
+            .any(|t| t.id == tasks[0].id && t.state == tasks[0].state),
+        "the first task is untouched: {now:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_a_zookeeper_follower_changes_no_leader_and_losing_its_leader_kills_no_task() {
+    // An ensemble of its own: the other tests share one that stays whole.
+    let dir = temp_dir("zk-server-loss");
+    let mut e = zk::Ensemble::start(&dir.join("zk"), 3).expect("a three-server ensemble");
+    let zk = format!("{}/loss", e.connect_string());
+    let (m1, mut m2, _a1, tasks) = two_masters_and_an_agent(&dir, &zk, "6s").await;
+    let leader = e.leader().expect("the ensemble has a leader");
+    let follower = (0..3).find(|i| *i != leader).unwrap();
+    e.kill(follower);
+    // m1 still leads: it applies a change, and m2 still stands by, pointing at it.
+    let file = dir.join("api.yaml");
+    std::fs::write(&file, WEB.replace("name: web", "name: api")).unwrap();
+    let out = m1.cli(&["apply", "-f", file.to_str().unwrap(), "--timeout", "30s"]);
+    assert!(out.status.success(), "{out:?}");
+    redirects_to(&m2, &m1).await;
+    assert!(m2.proc.child.try_wait().unwrap().is_none());
+    e.restart(follower).unwrap();
+    e.wait_serving(Duration::from_secs(30)).unwrap();
+
+    // The ZooKeeper leader: the ensemble elects another; the masters change leader at
+    // most once, and the task runs on.
+    let leader = e.leader().expect("the ensemble has a leader");
+    e.kill(leader);
+    e.wait_serving(Duration::from_secs(30)).unwrap();
+    let mut m1 = m1;
+    let changed = tokio::time::timeout(Duration::from_secs(8), m1.proc.child.wait())
+        .await
+        .is_ok();
+    let now = if changed {
+        // m1 lost its session: m2 leads, once.
+        now_leading(&mut m2, Duration::from_secs(15)).await;
+        &m2
+    } else {
+        redirects_to(&m2, &m1).await;
+        &m1
+    };
+    let seen = now
+        .wait_tasks("the tasks", Duration::from_secs(20), |t| {
+            t.len() == 2
+                && t.iter()
+                    .any(|x| x.id == tasks[0].id && x.state == tasks[0].state)
+        })
+        .await;
+    eprintln!(
+        "ZooKeeper leader lost: masters changed leader {}; {} tasks running on",
+        if changed { "once" } else { "never" },
+        seen.len()
+    );
+    if !changed {
+        assert!(
+            m2.proc.child.try_wait().unwrap().is_none(),
+            "m2 still stands by"
+        );
+    }
+    drop(e);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -746,3 +746,84 @@ pub fn serve(
     });
     Ok(bound)
 }
+
+/// Serves the API of a standby master (`actormesh master --zk` while another leads):
+/// every request is redirected (307, which keeps the method and body) to the same path
+/// at the leader's API, or answered 503 while no master leads. Returns the address, and
+/// the server, to stop once this master leads (its own API then binds the address).
+pub fn serve_standby(
+    listener: tokio::net::TcpListener,
+    name: String,
+    leader: tokio::sync::watch::Receiver<Option<crate::ha::MasterInfo>>,
+) -> std::io::Result<(SocketAddr, StandbyApi)> {
+    let app = Router::new().fallback(move |uri: axum::http::Uri| {
+        let now = leader.borrow().clone();
+        let name = name.clone();
+        async move { standby_answer(&name, now.as_ref(), &uri) }
+    });
+    let bound = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stopped.await;
+        });
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "the standby API server stopped");
+        }
+    });
+    Ok((bound, StandbyApi { stop, task }))
+}
+
+/// A standby's API server.
+#[derive(Debug)]
+pub struct StandbyApi {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StandbyApi {
+    /// Stops it and waits until its listener is closed (a second at most for the requests
+    /// in flight), so that the address is free.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(1), self.task)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+}
+
+/// A standby's answer to a request for `uri`: where the leader is, or that none leads.
+fn standby_answer(
+    name: &str,
+    leader: Option<&crate::ha::MasterInfo>,
+    uri: &axum::http::Uri,
+) -> Response {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    match leader {
+        Some(l) if l.name != name => {
+            let to = format!("http://{}{path}", l.api);
+            let body = json!({
+                "error": format!("master {name} is a standby; master {} leads, at http://{}", l.name, l.api),
+                "leader": l,
+            });
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(axum::http::header::LOCATION, to)],
+                Json(body),
+            )
+                .into_response()
+        }
+        _ => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "1".to_string())],
+            Json(json!({
+                "error": format!("master {name} is a standby and no master leads now (an election is under way); try again in a moment"),
+            })),
+        )
+            .into_response(),
+    }
+}

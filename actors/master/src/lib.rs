@@ -21,6 +21,7 @@ pub mod api;
 pub mod core;
 pub mod deployments;
 pub mod frameworks;
+pub mod ha;
 pub mod manifest;
 mod master;
 pub mod membership;

@@ -140,6 +140,14 @@ pub(crate) enum TaskRefusal {
     /// The caller is not the master.
     #[error("{0} may not manage tasks here; only the master may")]
     NotTheMaster(SpiffeId),
+    /// A master, but not the one this agent follows (which leads at a later term).
+    #[error("{caller} is not the master this agent follows ({}); it obeys the leading master only", followed.as_ref().map(|f| f.to_string()).unwrap_or_else(|| "none yet".into()))]
+    NotFollowed {
+        /// Who sent it.
+        caller: SpiffeId,
+        /// Who this agent follows.
+        followed: Option<SpiffeId>,
+    },
     /// The request did not come over the mesh, so no verified identity sent it.
     #[error("task requests must come from the master over the mesh")]
     NoCaller,

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use actormesh_transport::bootstrap;
 use actormesh_transport::codec;
@@ -33,7 +33,7 @@ use actormesh_transport::{Refusal, RefusedBy, TransportError};
 use crate::mesh::{Mesh, MeshOptions};
 use crate::protocol::{
     BootstrapReply, BootstrapRequest, Heartbeat, JoinReply, JoinRequest, MasterRefusal, Register,
-    Renew, MASTER_ACTOR,
+    Renew,
 };
 use crate::resources::Resources;
 use crate::token::JoinToken;
@@ -44,6 +44,10 @@ use crate::{AskError, Node, NodeConfig, RemoteRef};
 pub struct AgentConfig {
     /// The master's bootstrap address.
     pub join: SocketAddr,
+    /// The bootstrap addresses of the other masters, when there are several (`--join
+    /// a,b,c`). Kept in the data dir with `join`: when the followed master stops
+    /// answering, they are asked in turn where the leader is.
+    pub also_join: Vec<SocketAddr>,
     /// The join token (needed the first time; later starts reuse the saved certificate).
     pub token: Option<String>,
     /// Where the key, certificate and agent id are kept.
@@ -107,6 +111,7 @@ impl AgentConfig {
     pub fn new(join: SocketAddr, data_dir: impl Into<PathBuf>) -> Self {
         Self {
             join,
+            also_join: Vec::new(),
             token: None,
             data_dir: data_dir.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -164,6 +169,12 @@ impl AgentConfig {
         self
     }
 
+    /// Knowing the other masters' bootstrap addresses too.
+    pub fn also_join(mut self, joins: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.also_join = joins.into_iter().collect();
+        self
+    }
+
     /// Setting `resources` aside for `role`'s offers only.
     pub fn reserve(mut self, role: impl Into<String>, resources: Resources) -> Self {
         self.reserved.insert(role.into(), resources);
@@ -178,8 +189,8 @@ pub struct AgentHandle {
     pub node: Node,
     /// Its id in the cluster.
     pub agent_id: String,
-    /// The master's `$master` actor.
-    pub master: RemoteRef,
+    /// The master this agent follows.
+    pub master: crate::masters::FollowedMaster,
     /// Set with the reason if the master removed this agent (it must rejoin).
     pub removed: watch::Receiver<Option<String>>,
     mesh: Mesh,
@@ -211,6 +222,35 @@ impl AgentHandle {
 struct Saved {
     agent_id: String,
     master_addr: SocketAddr,
+    /// Every master's bootstrap address this agent knows (written since HA masters).
+    #[serde(default)]
+    joins: Vec<SocketAddr>,
+}
+
+impl Saved {
+    /// Adds the bootstrap addresses `config` names to those saved (the configured first).
+    /// Returns whether any was new.
+    fn know(&mut self, config: &AgentConfig) -> bool {
+        let mut all: Vec<SocketAddr> = std::iter::once(config.join)
+            .chain(config.also_join.iter().copied())
+            .collect();
+        for j in &self.joins {
+            if !all.contains(j) {
+                all.push(*j);
+            }
+        }
+        let changed = all != self.joins;
+        self.joins = all;
+        changed
+    }
+
+    fn save(&self, file: &Path) -> Result<(), AgentError> {
+        let text = serde_json::to_string(self).map_err(|source| AgentError::StateFile {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        write_private(file, &text).map_err(AgentError::storage("write", file))
+    }
 }
 
 const SAVED: &str = "agent.json";
@@ -359,16 +399,13 @@ async fn join(config: &AgentConfig) -> Result<(Credentials, Saved), AgentError> 
             std::fs::create_dir_all(&config.data_dir)
                 .map_err(AgentError::storage("create", &config.data_dir))?;
             save_credentials(&config.data_dir, &key.pem(), &cert_pem, &ca_pem)?;
-            let saved = Saved {
+            let mut saved = Saved {
                 agent_id,
                 master_addr,
+                joins: Vec::new(),
             };
-            let saved_file = config.data_dir.join(SAVED);
-            let text = serde_json::to_string(&saved).map_err(|source| AgentError::StateFile {
-                path: saved_file.clone(),
-                source,
-            })?;
-            write_private(&saved_file, &text).map_err(AgentError::storage("write", &saved_file))?;
+            saved.know(config);
+            saved.save(&config.data_dir.join(SAVED))?;
             let creds = key.credentials(&cert_pem, &ca_pem)?;
             info!(agent = %saved.agent_id, master = %saved.master_addr, "joined the cluster");
             Ok((creds, saved))
@@ -389,26 +426,15 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
                     source,
                 })?;
             let creds = load_credentials(&config.data_dir)?;
-            // The master may listen elsewhere since we last ran: ask its bootstrap port,
-            // pinning a CA of the saved bundle (the newest first: after a CA rotation the
-            // master presents only the new one).
-            let mut located = Err(TransportError::Config("no CA in the saved bundle".into()));
-            for ca in creds.trust.iter().rev() {
-                located = bootstrap::request(
-                    config.join,
-                    &actormesh_transport::pki::fingerprint(ca),
-                    &codec::encode(&BootstrapRequest::Locate)?,
-                    Duration::from_secs(5),
-                )
-                .await;
-                if located.is_ok() {
-                    break;
-                }
+            if saved.know(&config) {
+                saved.save(&saved_file)?;
             }
-            match located.map(|(r, _)| codec::decode::<BootstrapReply>(&r)) {
-                Ok(Ok(BootstrapReply::Located { master_addr })) => saved.master_addr = master_addr,
-                other => warn!(
-                    ?other,
+            // The master may listen elsewhere since we last ran, or another may lead: ask
+            // the bootstrap ports known, pinning the CAs of the saved bundle.
+            match crate::masters::locate(&saved.joins, &creds.trust, Duration::from_secs(5)).await {
+                Some(master_addr) => saved.master_addr = master_addr,
+                None => warn!(
+                    joins = ?saved.joins,
                     saved = %saved.master_addr,
                     "could not locate the master; using the saved address"
                 ),
@@ -432,13 +458,13 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
             addr: saved.master_addr,
             error,
         })?;
-    if link.peer().path() != "/node/master" {
+    if !link.peer().is_master() {
         return Err(AgentError::NotTheMaster {
             identity: link.peer().clone(),
             addr: saved.master_addr,
         });
     }
-    let master = node.actor_ref(saved.master_addr, MASTER_ACTOR);
+    let master = crate::masters::FollowedMaster::new(saved.master_addr, Some(link.peer().clone()));
     // Command tasks an earlier run left: reported as running, and watched again.
     let sandboxes = std::path::absolute(&config.data_dir)
         .unwrap_or_else(|_| config.data_dir.clone())
@@ -508,10 +534,12 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
             task_ids.clone(),
         ),
     )?;
-    let registered = register_until_accepted(&master, &register, Duration::from_secs(30)).await?;
+    let registered =
+        register_until_accepted(&master.actor_ref(&node), &register, Duration::from_secs(30))
+            .await?;
     info!(agent = %saved.agent_id, "registered with the master");
     // The Proxy subscribes once the master knows this agent as a member.
-    let mut mesh_options = MeshOptions::default().master(saved.master_addr);
+    let mut mesh_options = MeshOptions::default().follow(master.clone());
     mesh_options.zone = config.attrs.get("zone").cloned();
     let mesh = Mesh::start(&node, mesh_options)?;
     let (removed_tx, removed) = watch::channel(None);
@@ -522,7 +550,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
     let creds_lock = Arc::new(std::sync::Mutex::new(()));
     tokio::spawn(heartbeat_loop(
         node.clone(),
-        master.clone(),
+        (master.clone(), saved.joins.clone()),
         register,
         task_ids,
         interval,
@@ -548,6 +576,41 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         removed,
         mesh,
     })
+}
+
+/// Asks the masters at `joins` where the leader is; follows it if it is another master
+/// and its link proves a master's identity.
+async fn follow_leader(
+    node: &Node,
+    followed: &crate::masters::FollowedMaster,
+    joins: &[SocketAddr],
+    interval: Duration,
+) {
+    let limit = interval.max(Duration::from_millis(500));
+    let Some(addr) = crate::masters::locate(joins, &node.endpoint().trust(), limit).await else {
+        return;
+    };
+    if addr == followed.addr() && followed.get().identity.is_some() {
+        return;
+    }
+    match tokio::time::timeout(limit * 2, node.endpoint().link(addr)).await {
+        Ok(Ok(link)) if link.peer().is_master() => {
+            let old = followed.addr();
+            if followed.follow(addr, link.peer().clone()) {
+                info!(master = %addr, identity = %link.peer(), "following the leading master");
+                if old != addr {
+                    if let Some(l) = node.endpoint().existing_link(old) {
+                        l.close(0, "another master leads");
+                    }
+                }
+            }
+        }
+        Ok(Ok(link)) => {
+            warn!(%addr, identity = %link.peer(), "the leader's address answers with another identity than a master's; not following it")
+        }
+        Ok(Err(e)) => debug!(%addr, error = %e, "cannot link to the leading master yet"),
+        Err(_) => debug!(%addr, "linking to the leading master timed out"),
+    }
 }
 
 async fn register_until_accepted(
@@ -591,7 +654,7 @@ async fn register_until_accepted(
 
 async fn heartbeat_loop(
     node: Node,
-    master: RemoteRef,
+    (followed, joins): (crate::masters::FollowedMaster, Vec<SocketAddr>),
     register: Register,
     task_ids: tasks::TaskIds,
     interval: Duration,
@@ -604,6 +667,7 @@ async fn heartbeat_loop(
     let mut failures = 0u32;
     loop {
         ticker.tick().await;
+        let master = followed.actor_ref(&node);
         let (trust_digest, cert_ca) = trust::report(&node);
         let beat = Heartbeat {
             agent_id: register.agent_id.clone(),
@@ -694,6 +758,12 @@ async fn heartbeat_loop(
                         link.close(0, "master not answering heartbeats");
                     }
                 }
+                // Another master may lead now: every second missed answer, ask the
+                // masters known where the leader is, and follow it once its link proves
+                // a master's identity.
+                if failures.is_multiple_of(2) {
+                    follow_leader(&node, &followed, &joins, interval).await;
+                }
             }
             Err(e) => {
                 warn!(error = %e, "heartbeat failed");
@@ -707,7 +777,7 @@ async fn heartbeat_loop(
 /// certificate stays in use until the new one is in place.
 async fn renew_loop(
     node: Node,
-    master: RemoteRef,
+    master: crate::masters::FollowedMaster,
     agent_id: String,
     dir: PathBuf,
     mut creds: Credentials,
@@ -756,7 +826,7 @@ type CredsLock = Arc<std::sync::Mutex<()>>;
 
 async fn renew_once(
     node: &Node,
-    master: &RemoteRef,
+    master: &crate::masters::FollowedMaster,
     agent_id: &str,
     dir: &Path,
     creds_lock: &CredsLock,
@@ -764,6 +834,7 @@ async fn renew_once(
     let key = NodeKey::generate()?;
     let id = node.identity();
     let cert = master
+        .actor_ref(node)
         .ask_timeout(
             Renew {
                 agent_id: agent_id.to_string(),

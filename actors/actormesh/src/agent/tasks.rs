@@ -132,7 +132,8 @@ pub struct AgentGate {
     node: Node,
     host: ActorHost,
     agent_id: String,
-    master: RemoteRef,
+    /// The master this agent follows: reports go to it, and only its orders are obeyed.
+    master: crate::masters::FollowedMaster,
     tasks: BTreeMap<String, Task>,
     commands: BTreeMap<String, CommandEntry>,
     task_ids: TaskIds,
@@ -205,7 +206,7 @@ impl AgentGate {
         node: Node,
         host: ActorHost,
         agent_id: String,
-        master: RemoteRef,
+        master: crate::masters::FollowedMaster,
         sandboxes: PathBuf,
         recovered: Vec<command::Running>,
         task_ids: TaskIds,
@@ -286,7 +287,7 @@ impl AgentGate {
             return;
         };
         for (attempt, report) in self.reports.due(now) {
-            let (master, gate) = (self.master.clone(), gate.clone());
+            let (master, gate) = (self.master.actor_ref(&self.node), gate.clone());
             actix::spawn(async move {
                 let task = report.status.task_id.clone();
                 let answer = match master.ask_timeout(report, Duration::from_secs(5)).await {
@@ -314,9 +315,15 @@ impl AgentGate {
         }
     }
 
-    fn from_master() -> Result<(), TaskRefusal> {
+    /// Orders come from the master this agent follows only: of several masters, an old
+    /// leader (one paused, then resumed) is refused.
+    fn check_followed(&self) -> Result<(), TaskRefusal> {
         match crate::caller() {
-            Some(c) if c.path() == "/node/master" => Ok(()),
+            Some(c) if self.master.obeys(&c) => Ok(()),
+            Some(c) if c.is_master() => Err(TaskRefusal::NotFollowed {
+                caller: c,
+                followed: self.master.get().identity,
+            }),
             Some(c) => Err(TaskRefusal::NotTheMaster(c)),
             None => Err(TaskRefusal::NoCaller),
         }
@@ -405,7 +412,7 @@ impl Handler<ReportAnswered> for AgentGate {
 impl Handler<ReleaseStatus> for AgentGate {
     type Result = Result<(), String>;
     fn handle(&mut self, m: ReleaseStatus, _: &mut Context<Self>) -> Self::Result {
-        Self::from_master().map_err(|e| e.to_string())?;
+        self.check_followed().map_err(|e| e.to_string())?;
         if let Some(mark) = self.reports.released(&m.task_id) {
             let _ = std::fs::write(mark, b"");
         }
@@ -524,7 +531,7 @@ impl Handler<LaunchCommand> for AgentGate {
 
 impl AgentGate {
     fn launch_command(&mut self, m: LaunchCommand) -> Result<(), TaskRefusal> {
-        Self::from_master()?;
+        self.check_followed()?;
         let id = m.task.id.clone();
         valid_task_id(&id)?;
         if self.commands.contains_key(&id) {
@@ -593,7 +600,7 @@ impl Handler<ReadTaskLog> for AgentGate {
 
 impl AgentGate {
     fn read_log(&self, m: ReadTaskLog) -> Result<TaskLog, TaskRefusal> {
-        Self::from_master()?;
+        self.check_followed()?;
         let file = self.sandbox_of(&m.task_id)?.join(match m.stream {
             LogStream::Stdout => "stdout",
             LogStream::Stderr => "stderr",
@@ -627,7 +634,7 @@ impl Handler<DescribeTask> for AgentGate {
 
 impl AgentGate {
     fn describe(&self, m: DescribeTask) -> Result<TaskDetail, TaskRefusal> {
-        Self::from_master()?;
+        self.check_followed()?;
         if let Some(c) = self.commands.get(&m.task_id) {
             return Ok(TaskDetail {
                 task_id: m.task_id,
@@ -690,7 +697,7 @@ impl Handler<LaunchActorV1> for AgentGate {
 
 impl AgentGate {
     fn launch_actor(&mut self, m: LaunchActor, ctx: &mut Context<Self>) -> Result<(), TaskRefusal> {
-        Self::from_master()?;
+        self.check_followed()?;
         if self.tasks.contains_key(&m.task_id) {
             return Ok(()); // A retried launch: already running.
         }
@@ -756,7 +763,7 @@ impl Handler<KillTask> for AgentGate {
 
 impl AgentGate {
     fn kill(&mut self, m: KillTask, ctx: &mut Context<Self>) -> Result<(), TaskRefusal> {
-        Self::from_master()?;
+        self.check_followed()?;
         if self.stop_command(&m.task_id, ctx) {
             return Ok(());
         }

@@ -19,7 +19,7 @@ use crate::mesh::proxy::{Proxy, Routes};
 use crate::mesh::registry::{BadServiceName, Endpoint, ServiceName, DEFAULT_NAMESPACE};
 use crate::mesh::route::RouteTable;
 use crate::mesh::service::ServiceRef;
-use crate::protocol::{MasterRefusal, MASTER_ACTOR};
+use crate::protocol::MasterRefusal;
 use crate::{AskError, Node, NodeError, RemoteRef};
 
 /// How a node takes part in the mesh.
@@ -28,6 +28,9 @@ pub struct MeshOptions {
     /// The master's mesh address: the Proxy subscribes there (`None`: it takes pushes but
     /// subscribes nowhere, as on the master's own node or in tests).
     pub master: Option<SocketAddr>,
+    /// The master to follow as it changes (an agent's, when there are several masters);
+    /// it takes the place of `master`.
+    pub follow: Option<crate::masters::FollowedMaster>,
     /// The namespace bare service names resolve in.
     pub namespace: String,
     /// This node's `zone` attribute, for locality.
@@ -42,6 +45,7 @@ impl Default for MeshOptions {
     fn default() -> Self {
         Self {
             master: None,
+            follow: None,
             namespace: DEFAULT_NAMESPACE.to_string(),
             zone: None,
             balance: BalanceConfig::default(),
@@ -54,6 +58,12 @@ impl MeshOptions {
     /// Subscribing to the master at `addr`.
     pub fn master(mut self, addr: SocketAddr) -> Self {
         self.master = Some(addr);
+        self
+    }
+
+    /// Subscribing to the master `followed`, and again to each master it moves to.
+    pub fn follow(mut self, followed: crate::masters::FollowedMaster) -> Self {
+        self.follow = Some(followed);
         self
     }
 
@@ -89,7 +99,7 @@ struct MeshInner {
     node: Node,
     routes: Routes,
     namespace: String,
-    master: Option<RemoteRef>,
+    master: Option<crate::masters::FollowedMaster>,
     applied: watch::Receiver<Option<u64>>,
     /// The client-side call figures, when the node keeps figures.
     figures: Option<Arc<MeshFigures>>,
@@ -139,9 +149,11 @@ impl Mesh {
                 applied: applied_tx,
             },
         )?;
-        let master = options
-            .master
-            .map(|addr| node.actor_ref(addr, MASTER_ACTOR));
+        let master = options.follow.clone().or_else(|| {
+            options
+                .master
+                .map(|addr| crate::masters::FollowedMaster::new(addr, None))
+        });
         let figures = node.keeps_figures().then(|| {
             let is_client = node.identity().path().starts_with("/client/");
             node.extension(|| MeshFigures::new(is_client, &routes))
@@ -206,8 +218,12 @@ impl Mesh {
         self.inner.routes.load().config()
     }
 
-    fn master(&self) -> Result<&RemoteRef, MeshError> {
-        self.inner.master.as_ref().ok_or(MeshError::NoMaster)
+    fn master(&self) -> Result<RemoteRef, MeshError> {
+        self.inner
+            .master
+            .as_ref()
+            .map(|m| m.actor_ref(&self.inner.node))
+            .ok_or(MeshError::NoMaster)
     }
 
     /// Serves this node's actor `actor` as an endpoint of `service`, with this version,
@@ -246,11 +262,19 @@ impl Mesh {
 
 /// Subscribes at the master, and again each time the master is lost, with capped backoff
 /// between failed attempts. Ends when the mesh is dropped.
-async fn subscribe_loop(mesh: Weak<MeshInner>, node: Node, master: RemoteRef, max: Duration) {
+async fn subscribe_loop(
+    mesh: Weak<MeshInner>,
+    node: Node,
+    followed: crate::masters::FollowedMaster,
+    max: Duration,
+) {
     let first = Duration::from_millis(100);
     let mut delay = first;
     let mut said_unknown = false;
+    let mut moved = followed.subscribe();
     loop {
+        moved.mark_unchanged();
+        let master = followed.actor_ref(&node);
         let Some(have) = mesh.upgrade().map(|m| m.routes.load().version()) else {
             return;
         };
@@ -263,9 +287,12 @@ async fn subscribe_loop(mesh: Weak<MeshInner>, node: Node, master: RemoteRef, ma
                 info!(master = %master.addr(), version = s.version, ?have, "subscribed to the master's registry");
                 delay = first;
                 said_unknown = false;
-                // Until the master stops or its node is unreachable; the last table serves.
-                let ended = node.watch(&master).await;
-                warn!(reason = ?ended.reason, "lost the master; serving the last routes and subscribing again");
+                // Until the master stops or its node is unreachable, or another master
+                // leads; the last table serves meanwhile.
+                tokio::select! {
+                    ended = node.watch(&master) => warn!(reason = ?ended.reason, "lost the master; serving the last routes and subscribing again"),
+                    _ = moved.changed() => info!(master = %followed.addr(), "another master leads; subscribing there"),
+                }
                 continue;
             }
             Ok(Err(refusal)) => warn!(%refusal, "the master refused the subscription; retrying"),
@@ -278,7 +305,10 @@ async fn subscribe_loop(mesh: Weak<MeshInner>, node: Node, master: RemoteRef, ma
             }
             Err(e) => debug!(error = %e, "could not subscribe to the master; retrying"),
         }
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = moved.changed() => {}
+        }
         delay = (delay * 2).min(max.max(first));
     }
 }

@@ -47,7 +47,7 @@ impl Actor for Proxy {
 fn from_master() -> Result<(), PushRefused> {
     match crate::caller() {
         None => Ok(()),
-        Some(c) if c.path() == "/node/master" => Ok(()),
+        Some(c) if c.is_master() => Ok(()),
         Some(c) => Err(PushRefused::Forbidden {
             caller: c.to_string(),
         }),

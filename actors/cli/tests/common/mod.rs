@@ -88,7 +88,10 @@ impl Proc {
                     return rest.trim().to_string();
                 }
             }
-            panic!("process ended before printing {prefix:?}");
+            panic!(
+                "process ended before printing {prefix:?}: {}",
+                self.stderr_so_far()
+            );
         };
         tokio::time::timeout(Duration::from_secs(60), work)
             .await

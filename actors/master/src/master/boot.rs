@@ -191,9 +191,15 @@ async fn load_or_create_ca(
 async fn load_or_create_api_token(
     store: &dyn StateStore,
     dir: &Path,
+    name: Option<&str>,
 ) -> Result<String, MasterError> {
     let file = dir.join(API_TOKEN_FILE);
-    let stored = store.get(Table::Meta, META_API_TOKEN).await?;
+    // Masters of one store each have their own file, so each its own hash.
+    let key = match name {
+        None => META_API_TOKEN.to_string(),
+        Some(n) => format!("{META_API_TOKEN}@{n}"),
+    };
+    let stored = store.get(Table::Meta, &key).await?;
     if let (Ok(token), Some(hash)) = (std::fs::read_to_string(&file), &stored) {
         let token = token.trim().to_string();
         if sha256_hex(&token).as_bytes() == hash.value.as_slice() {
@@ -206,7 +212,7 @@ async fn load_or_create_api_token(
     store
         .apply(vec![Change::put(
             Table::Meta,
-            META_API_TOKEN,
+            key,
             sha256_hex(&token).into_bytes(),
         )])
         .await?;
@@ -319,7 +325,7 @@ pub async fn start_with_store(
     let dir = &config.data_dir;
     private_dir(dir)?;
     let ca = load_or_create_ca(store.as_ref(), &config).await?;
-    let api_token = load_or_create_api_token(store.as_ref(), dir).await?;
+    let api_token = load_or_create_api_token(store.as_ref(), dir, config.name.as_deref()).await?;
     let trust_domain = ca.trust_domain().to_string();
     let fingerprint = ca.fingerprint();
     let (cas, rotation) = load_rotation(store.as_ref(), ca).await?;
@@ -333,8 +339,13 @@ pub async fn start_with_store(
         expires: cert_expires.clone(),
         master_ca: std::sync::RwLock::new(String::new()),
     });
-    let creds =
-        keeper.master_credentials(&master_key(dir)?, &SpiffeId::node(&trust_domain, "master")?)?;
+    // A lone master is `node/master`; one of several on a store, `master/<name>`: agents
+    // obey only the one they follow, so each must be told apart.
+    let me = match &config.name {
+        None => SpiffeId::node(&trust_domain, "master")?,
+        Some(name) => SpiffeId::master(&trust_domain, name)?,
+    };
+    let creds = keeper.master_credentials(&master_key(dir)?, &me)?;
     let mut node_config = NodeConfig::new(config.listen);
     node_config.metrics_listen = config.metrics_listen;
     node_config.access_log = config.access_log;

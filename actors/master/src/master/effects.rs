@@ -12,7 +12,7 @@ use actormesh_transport::{Endpoint, SpiffeId};
 use super::Master;
 use crate::core::{Batch, Effect, Launch};
 use crate::services::PushOutcome;
-use crate::state::StoreFuture;
+use crate::state::{StoreError, StoreFuture};
 
 /// How long an agent has to answer a launch, a kill or a release.
 const AGENT_ANSWER: Duration = Duration::from_secs(10);
@@ -40,6 +40,16 @@ impl Master {
         effects: Vec<Effect>,
         ctx: &mut Context<Self>,
     ) -> StoreFuture<()> {
+        // A leader whose ZooKeeper lease lapsed may no longer lead: it sends nothing,
+        // writes nothing and acknowledges nothing, and steps down (the store's `closed`
+        // would say so too, a moment later).
+        if !self.store.may_act() {
+            let e = StoreError::Closed(
+                "the leadership lease lapsed: ZooKeeper has not answered for two thirds of the session timeout".into(),
+            );
+            self.step_down(&e, ctx);
+            return Box::pin(async move { Err(e) });
+        }
         let mut acknowledged: Option<StoreFuture<()>> = None;
         // Every step's effects pass through the registry: it follows the state the step
         // left, holds kills of endpoints until the proxies applied their removal, and

@@ -102,6 +102,9 @@ pub struct MasterConfig {
     /// Which nodes may register endpoints of which services (empty: every node, every
     /// service no deployment declares).
     pub service_grants: Vec<crate::access::ServiceGrant>,
+    /// This master's name among several on one ZooKeeper store (`None`: the only
+    /// master). Each named master keeps the hash of its own api-token file's token.
+    pub name: Option<String>,
 }
 
 impl MasterConfig {
@@ -129,6 +132,7 @@ impl MasterConfig {
             framework_grants: Vec::new(),
             master_cert_ttl: Duration::from_secs(24 * 3600),
             service_grants: Vec::new(),
+            name: None,
         }
     }
 }

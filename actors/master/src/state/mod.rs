@@ -208,6 +208,12 @@ pub trait StateStore: Send + Sync + 'static {
     fn apply(&self, changes: Vec<Change>) -> StoreFuture<()>;
     /// Resolves, with the first failure, once the store stops accepting batches.
     fn closed(&self) -> Pin<Box<dyn Future<Output = StoreError> + Send + 'static>>;
+    /// Whether the master may act on this store now: a leader's store says no once its
+    /// lease on the ZooKeeper session lapsed ([`crate::ha::FencedStore`]), before the store
+    /// has closed. A store of one master always may.
+    fn may_act(&self) -> bool {
+        true
+    }
 }
 
 /// Checks one change's version requirement against the version the key has now

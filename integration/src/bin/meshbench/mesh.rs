@@ -367,6 +367,7 @@ fn agent_config(
 ) -> AgentConfig {
     AgentConfig {
         join,
+        also_join: Vec::new(),
         token: Some(token),
         data_dir,
         listen: "127.0.0.1:0".parse().expect("address"),

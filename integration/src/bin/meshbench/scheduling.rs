@@ -76,6 +76,7 @@ async fn run_in(dir: std::path::PathBuf, n_agents: usize, instances: usize) -> a
         agents.push(
             agent::start(AgentConfig {
                 join: m.bootstrap,
+                also_join: Vec::new(),
                 token: Some(token.clone()),
                 data_dir: dir.join(format!("a{i}")),
                 listen: "127.0.0.1:0".parse()?,

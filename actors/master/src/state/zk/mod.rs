@@ -19,6 +19,7 @@
 //!   every batch queued before them. A failed batch, or an expired session, closes the
 //!   store ([`StoreError::Closed`] from then on).
 
+pub mod election;
 mod layout;
 
 use std::collections::BTreeMap;
@@ -66,6 +67,9 @@ enum Op {
 pub struct ZkStore {
     ops: mpsc::UnboundedSender<Op>,
     closed: watch::Receiver<Option<StoreError>>,
+    /// The session, chrooted: the election and the lease use it too, so that leading and
+    /// writing end with the same session.
+    client: zk::Client,
 }
 
 impl std::fmt::Debug for ZkStore {
@@ -139,7 +143,12 @@ impl ZkStore {
         let client = root
             .chroot(chroot.as_str())
             .map_err(|_| open_err(format!("{chroot} is not a usable chroot")))?;
-        let mut dirs: Vec<String> = vec!["/tables".into(), "/chunks".into(), "/txn".into()];
+        let mut dirs: Vec<String> = vec![
+            "/tables".into(),
+            "/chunks".into(),
+            "/txn".into(),
+            election::ELECTION.into(),
+        ];
         dirs.extend(Table::ALL.iter().map(|t| table_path(*t)));
         for dir in &dirs {
             match client.create(dir, &[], &options()).await {
@@ -155,8 +164,17 @@ impl ZkStore {
         let (closed_tx, closed) = watch::channel(None);
         let closed_tx = Arc::new(closed_tx);
         tokio::spawn(watch_session(client.state_watcher(), closed_tx.clone()));
-        tokio::spawn(serve(client, rx, closed_tx));
-        Ok(Self { ops, closed })
+        tokio::spawn(serve(client.clone(), rx, closed_tx));
+        Ok(Self {
+            ops,
+            closed,
+            client,
+        })
+    }
+
+    /// The store's session (chrooted), for the election and the lease.
+    pub fn client(&self) -> zk::Client {
+        self.client.clone()
     }
 
     fn send<T: Send + 'static>(
