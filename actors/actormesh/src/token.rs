@@ -97,7 +97,12 @@ impl JoinToken {
 
 /// SHA-256 of `s`, lowercase hex: what the master keeps of a secret.
 pub fn sha256_hex(s: &str) -> String {
-    ring::digest::digest(&ring::digest::SHA256, s.as_bytes())
+    sha256_hex_bytes(s.as_bytes())
+}
+
+/// The SHA-256 of `bytes`, in lowercase hex.
+pub fn sha256_hex_bytes(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
         .as_ref()
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -72,6 +72,12 @@ pub(crate) enum Command {
     },
     /// Print the end of a command task's captured stdout (or stderr).
     Logs(LogsArgs),
+    /// Write the whole master state, the CA included, to a file (from a running master,
+    /// on either store; needs an admin API token).
+    Backup(BackupArgs),
+    /// Write a backup into a new store (a data dir, or a ZooKeeper chroot) for a master to
+    /// start on.
+    Restore(RestoreArgs),
     /// A whole cluster in one process: a master and one agent on embedded state.
     Dev(DevArgs),
     /// Validate a manifest (YAML, or JSON for .json) and submit it: a Deployment, Route,
@@ -338,19 +344,8 @@ pub(crate) struct MasterArgs {
     /// Lifetime of the master's own certificate, renewed at half its life.
     #[arg(long, value_parser = parse_duration, default_value = "24h")]
     pub(crate) master_cert_ttl: Duration,
-    /// Keep the master's state in ZooKeeper instead of the data dir's redb file:
-    /// host:port[,host:port...]/chroot, e.g. 127.0.0.1:2181,127.0.0.1:2182/actormesh.
-    #[arg(long, value_name = "SERVERS/CHROOT")]
-    pub(crate) zk: Option<String>,
-    /// File (mode 0600) holding the ZooKeeper digest credentials, user:password: every
-    /// znode is readable and writable with them only. Needed with --zk.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) zk_auth_file: Option<PathBuf>,
-    /// The ZooKeeper session timeout. A leader stops acting when ZooKeeper has not
-    /// answered it for two thirds of it; a standby takes over about this long after the
-    /// leader dies.
-    #[arg(long, value_parser = parse_duration, default_value = "6s")]
-    pub(crate) zk_session_timeout: Duration,
+    #[command(flatten)]
+    pub(crate) zk: ZkArgs,
     /// This master's name among the masters of one --zk store (default: its API
     /// address). Each keeps its own api-token file under it.
     #[arg(long)]
@@ -760,4 +755,46 @@ pub(crate) struct ApplyArgs {
     pub(crate) timeout: Duration,
     #[command(flatten)]
     pub(crate) api: ApiArgs,
+}
+
+/// Where a master's state is in ZooKeeper (`--zk`), for `master` and `restore`.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct ZkArgs {
+    /// Keep the master's state in ZooKeeper instead of the data dir's redb file:
+    /// host:port[,host:port...]/chroot, e.g. 127.0.0.1:2181,127.0.0.1:2182/actormesh.
+    #[arg(long, value_name = "SERVERS/CHROOT")]
+    pub(crate) zk: Option<String>,
+    /// File (mode 0600) holding the ZooKeeper digest credentials, user:password: every
+    /// znode is readable and writable with them only. Needed with --zk.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) zk_auth_file: Option<PathBuf>,
+    /// The ZooKeeper session timeout. A leader stops acting when ZooKeeper has not
+    /// answered it for two thirds of it; a standby takes over about this long after the
+    /// leader dies.
+    #[arg(long, value_parser = parse_duration, default_value = "6s")]
+    pub(crate) zk_session_timeout: Duration,
+}
+
+/// `actormesh backup`.
+#[derive(Args, Debug)]
+pub(crate) struct BackupArgs {
+    /// The file to write (new; mode 0600: it holds the CA key).
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    #[command(flatten)]
+    pub(crate) api: ApiArgs,
+}
+
+/// `actormesh restore`.
+#[derive(Args, Debug)]
+pub(crate) struct RestoreArgs {
+    /// The backup file (from `actormesh backup`).
+    #[arg(long)]
+    pub(crate) from: PathBuf,
+    /// Restore into this new master data dir (its state.redb)...
+    #[arg(long)]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// ...or into ZooKeeper.
+    #[command(flatten)]
+    pub(crate) zk: ZkArgs,
 }

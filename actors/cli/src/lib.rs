@@ -128,18 +128,18 @@ impl ApiClient {
         Ok(self.call_found("GET", path, None)?.ok())
     }
 
-    /// The answer, or (`Err` inside) the master's words for a 404 to a GET.
-    fn call_found(
+    /// Sends the request, following a standby master's redirects (307) to the leader.
+    fn send(
         &self,
         method: &str,
         path: &str,
         body: Option<serde_json::Value>,
-    ) -> anyhow::Result<Result<serde_json::Value, String>> {
+    ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
         let mut url = format!("{}{}", self.base, path);
         let auth = format!("Bearer {}", self.token);
         // A standby master redirects (307) to the leader's API: once or twice at most.
         let mut hops = 0;
-        let mut resp = loop {
+        let resp = loop {
             let result = match (method, &body) {
                 ("GET", _) => self.http.get(&url).header("Authorization", &auth).call(),
                 ("DELETE", _) => self.http.delete(&url).header("Authorization", &auth).call(),
@@ -172,6 +172,36 @@ impl ApiClient {
                 _ => break resp,
             }
         };
+        Ok(resp)
+    }
+
+    /// GET `path` as bytes (a backup); an error that says what went wrong otherwise.
+    pub fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let mut resp = self.send("GET", path, None)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let value: serde_json::Value = resp.body_mut().read_json().unwrap_or_default();
+            let msg = value
+                .get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("no message");
+            anyhow::bail!("the master API answered {status}: {msg}");
+        }
+        resp.body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .map_err(|e| anyhow::anyhow!("cannot read the master API's answer: {e}"))
+    }
+
+    /// The answer, or (`Err` inside) the master's words for a 404 to a GET.
+    fn call_found(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<Result<serde_json::Value, String>> {
+        let mut resp = self.send(method, path, body)?;
         let status = resp.status();
         let value: serde_json::Value = resp.body_mut().read_json().map_err(|e| {
             anyhow::anyhow!(

@@ -9,6 +9,7 @@ mod analyze;
 mod apply;
 mod args;
 mod authz;
+mod backup;
 mod ca;
 mod call;
 mod cert;
@@ -43,6 +44,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Describe { what } => describe::run(what),
         Command::Drain { what } => drain::run(what),
         Command::Logs(args) => logs::run(args),
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
     };
     done.map(|()| ExitCode::SUCCESS)
 }

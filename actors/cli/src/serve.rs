@@ -16,7 +16,11 @@ use crate::tables;
 
 pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
     let config = args.config()?;
-    let zk = zk_config(&args)?;
+    let zk = zk_config(&args.zk)?;
+    anyhow::ensure!(
+        zk.is_some() || args.name.is_none(),
+        "--name names a master among the masters of one --zk store; it applies only with --zk"
+    );
     run_system(async move {
         // Held while this master leads: dropping it ends the candidacy.
         let mut _leadership = None;
@@ -49,15 +53,13 @@ pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
 
 /// The ZooKeeper store `--zk` names, if it names one; a bad address, or credentials
 /// missing or readable by others, are refused here, naming the flag.
-fn zk_config(args: &MasterArgs) -> anyhow::Result<Option<master::state::ZkConfig>> {
+pub(crate) fn zk_config(
+    args: &crate::args::ZkArgs,
+) -> anyhow::Result<Option<master::state::ZkConfig>> {
     let Some(spec) = &args.zk else {
         anyhow::ensure!(
             args.zk_auth_file.is_none(),
             "--zk-auth-file applies only with --zk"
-        );
-        anyhow::ensure!(
-            args.name.is_none(),
-            "--name names a master among the masters of one --zk store; it applies only with --zk"
         );
         return Ok(None);
     };

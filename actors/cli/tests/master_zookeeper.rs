@@ -524,3 +524,178 @@ async fn losing_a_zookeeper_follower_changes_no_leader_and_losing_its_leader_kil
     drop(e);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `actormesh <args>` to its end.
+fn run(args: &[&str]) -> std::process::Output {
+    tokio::task::block_in_place(|| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    })
+}
+
+fn said(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_restored_on_the_other_store_brings_back_the_same_cluster() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("zk-backup");
+    let auth = auth_file(&dir, 0o600);
+    // A master on the embedded store: a deployment, an agent, join and API tokens.
+    let fast = ["--heartbeat", "100ms"];
+    let mut m = Master::start(&dir.join("m"), free_udp(), free_udp(), free_tcp(), &fast).await;
+    let later_join = m.token(3600);
+    let mut a1 = agent(
+        &m,
+        &dir.join("a1"),
+        "a1",
+        Some(&m.token(600)),
+        &["--demo-actors", "--resources", "cpus:2;mem:1GiB"],
+    )
+    .await;
+    let file = dir.join("web.yaml");
+    std::fs::write(&file, WEB).unwrap();
+    let out = m.cli(&["apply", "-f", file.to_str().unwrap(), "--timeout", "30s"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = m.cli(&[
+        "token", "create", "--scope", "admin", "--holder", "ops", "--ttl", "1h",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let ops = dir.join("ops-token");
+    std::fs::write(&ops, String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+
+    let backup = dir.join("cluster.backup");
+    let out = m.cli(&["backup", "--out", backup.to_str().unwrap()]);
+    assert!(
+        out.status.success() && said(&out).contains("backed up"),
+        "{out:?}"
+    );
+    let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "it holds the CA key");
+    let out = m.cli(&["backup", "--out", backup.to_str().unwrap()]);
+    assert!(
+        !out.status.success() && said(&out).contains("never overwrites"),
+        "{out:?}"
+    );
+    // A viewer may not take one: it holds the CA key.
+    let out = m.cli(&[
+        "token", "create", "--scope", "viewer", "--holder", "v", "--ttl", "1h",
+    ]);
+    let viewer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let api = format!("http://{}", m.api);
+    let other = dir.join("viewer.backup");
+    let out = run(&[
+        "backup",
+        "--out",
+        other.to_str().unwrap(),
+        "--api",
+        &api,
+        "--api-token",
+        &viewer,
+    ]);
+    assert!(
+        !out.status.success() && said(&out).contains("admin"),
+        "{out:?}"
+    );
+    m.proc.kill().await;
+    a1.kill().await;
+
+    // Into ZooKeeper: the same CA, deployments and tokens.
+    let zk = format!(
+        "{}/backup-{}",
+        ensemble().connect_string(),
+        std::process::id()
+    );
+    let zk_flags = [
+        "--zk",
+        zk.as_str(),
+        "--zk-auth-file",
+        auth.to_str().unwrap(),
+    ];
+    let mut restore = vec!["restore", "--from", backup.to_str().unwrap()];
+    restore.extend_from_slice(&zk_flags);
+    let out = run(&restore);
+    assert!(
+        out.status.success() && said(&out).contains("restored"),
+        "{out:?}"
+    );
+    let out = run(&restore);
+    assert!(
+        !out.status.success() && said(&out).contains("not empty"),
+        "{out:?}"
+    );
+    let mut flags = zk_flags.to_vec();
+    flags.extend_from_slice(&["--name", "r1", "--heartbeat", "100ms"]);
+    let mut m2 = Master::start(&dir.join("m2"), free_udp(), free_udp(), free_tcp(), &flags).await;
+    assert_eq!(m2.fingerprint, m.fingerprint, "the same CA");
+    let deployments = m2.client().call("GET", "/v1/deployments", None).unwrap();
+    assert!(deployments.to_string().contains("\"web\""), "{deployments}");
+    let api2 = format!("http://{}", m2.api);
+    let out = run(&[
+        "get",
+        "nodes",
+        "--api",
+        &api2,
+        "--api-token-file",
+        ops.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success() && said(&out).contains("a1"),
+        "the API token: {out:?}"
+    );
+    // A join token made before the backup joins an agent to the restored master.
+    let _a2 = agent(
+        &m2,
+        &dir.join("a2"),
+        "a2",
+        Some(&later_join),
+        &["--demo-actors", "--resources", "cpus:2;mem:1GiB"],
+    )
+    .await;
+    m2.wait_state("a2", AgentState::Active, Duration::from_secs(20))
+        .await;
+
+    // And back, from ZooKeeper into a new data dir.
+    let backup2 = dir.join("zk.backup");
+    let out = m2.cli(&["backup", "--out", backup2.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    m2.proc.kill().await;
+    let m3_dir = dir.join("m3");
+    let out = run(&[
+        "restore",
+        "--from",
+        backup2.to_str().unwrap(),
+        "--data-dir",
+        m3_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let m3 = Master::start(&m3_dir, free_udp(), free_udp(), free_tcp(), &fast).await;
+    assert_eq!(m3.fingerprint, m.fingerprint);
+    let nodes = m3.nodes();
+    assert!(
+        nodes.iter().any(|n| n.id == "a1") && nodes.iter().any(|n| n.id == "a2"),
+        "{nodes:?}"
+    );
+    let deployments = m3.client().call("GET", "/v1/deployments", None).unwrap();
+    assert!(deployments.to_string().contains("\"web\""), "{deployments}");
+    // A damaged file is refused, saying so.
+    let bytes = std::fs::read(&backup2).unwrap();
+    let cut = dir.join("cut.backup");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let out = run(&[
+        "restore",
+        "--from",
+        cut.to_str().unwrap(),
+        "--data-dir",
+        dir.join("m4").to_str().unwrap(),
+    ]);
+    assert!(
+        !out.status.success() && said(&out).contains("damaged"),
+        "{out:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -152,7 +152,9 @@ impl std::str::FromStr for Scope {
 /// The scope a request needs, by its method and path. Join tokens of role agent need
 /// admin; the handler checks that, since the role is in the body.
 pub fn needed(method: &str, path: &str) -> Scope {
+    // A backup holds the CA key: admin, though it is a GET.
     let admin = path.starts_with("/v1/api-tokens")
+        || path.starts_with("/v1/backup")
         || path.starts_with("/v1/revocations") && method != "GET"
         || path.starts_with("/v1/ca") && method != "GET"
         || method == "DELETE" && path.starts_with("/v1/nodes/");
@@ -513,6 +515,7 @@ mod tests {
             ("POST", "/v1/revocations"),
             ("POST", "/v1/ca/rotation"),
             ("DELETE", "/v1/nodes/a1"),
+            ("GET", "/v1/backup"),
         ] {
             assert_eq!(needed(m, p), Scope::Admin, "{m} {p}");
         }

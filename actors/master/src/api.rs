@@ -703,6 +703,7 @@ pub fn serve(
             axum::routing::delete(revoke_api_token),
         )
         .route("/v1/audit", get(audit))
+        .route("/v1/backup", get(take_backup))
         .route("/v1/deployments", get(deployments).post(apply))
         .route(
             "/v1/deployments/{namespace}/{name}",
@@ -745,6 +746,28 @@ pub fn serve(
         }
     });
     Ok(bound)
+}
+
+/// `GET /v1/backup` (admin): the whole state, CA included, as a backup file.
+async fn take_backup(State(api): State<Api>) -> Response {
+    match api.master.send(crate::master::TakeBackup).await {
+        Ok(Ok(bytes)) => (
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )
+            .into_response(),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": format!("cannot read the state to back it up: {e}") })),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": format!("the master is not running: {e}") })),
+        )
+            .into_response(),
+    }
 }
 
 /// Serves the API of a standby master (`actormesh master --zk` while another leads):

@@ -51,7 +51,7 @@ pub use self::services::{
 pub use self::trust::{CaStatus, RotateCa, RotationAction};
 pub use self::views::{
     DescribeDeployment, DescribeTaskOf, ListAllTasks, ListDeploymentTasks, ListDeployments,
-    ListNodes, ListTasks, TaskDescription, TaskLogs, TaskQueryRefusal,
+    ListNodes, ListTasks, TakeBackup, TaskDescription, TaskLogs, TaskQueryRefusal,
 };
 
 /// How a master is started.

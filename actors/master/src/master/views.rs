@@ -211,3 +211,19 @@ impl Handler<TaskLogs> for Master {
         })
     }
 }
+
+/// A backup of the whole state, CA included (`state::backup`'s file).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<u8>, crate::state::StoreError>")]
+pub struct TakeBackup;
+
+impl Handler<TakeBackup> for Master {
+    type Result = ResponseFuture<Result<Vec<u8>, crate::state::StoreError>>;
+    fn handle(&mut self, _: TakeBackup, _: &mut Context<Self>) -> Self::Result {
+        // The listings are queued here, in the actor: no batch of this master comes
+        // between them, so they are one consistent view.
+        let store = self.store.clone();
+        let listed = crate::state::backup::snapshot_queued(store.as_ref());
+        Box::pin(async move { crate::state::backup::encode(&listed.await?) })
+    }
+}

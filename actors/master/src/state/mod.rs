@@ -21,6 +21,7 @@
 //! master's event loop never waits for an fsync ([`RedbStore`]). [`MemoryStore`] keeps
 //! state in memory, for tests, and can be told to fail.
 
+pub mod backup;
 mod memory;
 mod redb;
 pub mod zk;
