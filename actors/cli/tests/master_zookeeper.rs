@@ -699,3 +699,45 @@ async fn a_backup_restored_on_the_other_store_brings_back_the_same_cluster() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_whole_ensemble_stops_the_masters_and_the_cluster_recovers_when_it_is_back() {
+    let dir = temp_dir("zk-ensemble-loss");
+    let mut e = zk::Ensemble::start(&dir.join("zk"), 3).expect("a three-server ensemble");
+    let zk = format!("{}/whole", e.connect_string());
+    let (mut m1, mut m2, mut a1, tasks) = two_masters_and_an_agent(&dir, &zk, "2s").await;
+    for i in 0..3 {
+        e.kill(i);
+    }
+    // Neither master can change state: the leader's lease lapses and it steps down, and
+    // the standby's session ends; both exit, for their supervisor to start them again.
+    for (name, m) in [("m1", &mut m1), ("m2", &mut m2)] {
+        let status = tokio::time::timeout(Duration::from_secs(30), m.proc.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{name} still runs without ZooKeeper"))
+            .unwrap();
+        assert!(!status.success(), "{name}: {}", m.proc.stderr_so_far());
+    }
+    // What runs keeps running meanwhile: the agent, and its task.
+    assert!(a1.child.try_wait().unwrap().is_none(), "the agent runs on");
+    for i in 0..3 {
+        e.restart(i).unwrap();
+    }
+    e.wait_serving(Duration::from_secs(30)).unwrap();
+    // Started again (as a supervisor would), one leads and adopts the task as it was.
+    let auth = dir.join("zk-auth");
+    let f1 = ha_flags(&zk, &auth, "m1", "2s");
+    let f1: Vec<&str> = f1.iter().map(String::as_str).collect();
+    let m1 = Master::start(&m1.dir, m1.mesh, m1.bootstrap, m1.api, &f1).await;
+    m1.wait_state("a1", AgentState::Active, Duration::from_secs(20))
+        .await;
+    let again = m1
+        .wait_tasks("the task adopted", Duration::from_secs(20), |t| {
+            t.len() == 1 && t[0].state == tasks[0].state
+        })
+        .await;
+    assert_eq!(again[0].id, tasks[0].id, "nothing was killed");
+    a1.kill().await;
+    drop(e);
+    let _ = std::fs::remove_dir_all(&dir);
+}
