@@ -96,24 +96,40 @@ impl FollowedMaster {
     }
 }
 
-/// Asks the bootstrap ports `joins` in turn where the leading master is, pinning each CA
-/// of `trust` (the newest first: after a CA rotation the masters present only the new
-/// one). The first answer wins; `None` if none answered.
+/// Asks the bootstrap ports `joins` at once where the leading master is, each pinning
+/// the CAs of `trust` in turn (the newest first: after a CA rotation the masters present
+/// only the new one). The first answer wins, so a dead master costs no wait; `None` if
+/// none answered within `limit`.
 pub async fn locate(
     joins: &[SocketAddr],
     trust: &[CertificateDer<'static>],
     limit: Duration,
 ) -> Option<SocketAddr> {
     let ask = codec::encode(&BootstrapRequest::Locate).ok()?;
-    for join in joins {
-        for ca in trust.iter().rev() {
-            let pin = actormesh_transport::pki::fingerprint(ca);
-            if let Ok((reply, _)) = bootstrap::request(*join, &pin, &ask, limit).await {
-                if let Ok(BootstrapReply::Located { master_addr }) = codec::decode(&reply) {
-                    return Some(master_addr);
+    let pins: Vec<String> = trust
+        .iter()
+        .rev()
+        .map(actormesh_transport::pki::fingerprint)
+        .collect();
+    let mut asks = tokio::task::JoinSet::new();
+    for join in joins.iter().copied() {
+        let (ask, pins) = (ask.clone(), pins.clone());
+        asks.spawn(async move {
+            for pin in &pins {
+                if let Ok((reply, _)) = bootstrap::request(join, pin, &ask, limit).await {
+                    if let Ok(BootstrapReply::Located { master_addr }) = codec::decode(&reply) {
+                        return Some(master_addr);
+                    }
+                    return None;
                 }
-                break;
             }
+            None
+        });
+    }
+    // The rest are aborted when the set is dropped.
+    while let Some(found) = asks.join_next().await {
+        if let Ok(Some(addr)) = found {
+            return Some(addr);
         }
     }
     None

@@ -13,7 +13,7 @@ use tracing::info;
 
 /// A master's name when `--name` is not given: the host's name and the API port, which
 /// no other master of the host can have.
-pub(crate) fn default_name(api: std::net::SocketAddr) -> String {
+pub fn default_name(api: std::net::SocketAddr) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap_or_default()
         .trim()
@@ -36,7 +36,7 @@ pub(crate) fn default_name(api: std::net::SocketAddr) -> String {
 
 /// Waits until this master leads, then starts it. Returns the master and the leadership,
 /// to hold for as long as the master runs.
-pub(crate) async fn lead(
+pub async fn lead(
     mut config: master::MasterConfig,
     zk: ZkConfig,
     name: String,

@@ -16,7 +16,6 @@ mod cert;
 mod describe;
 mod drain;
 mod get;
-mod ha;
 mod logs;
 mod output;
 mod serve;

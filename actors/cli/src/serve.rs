@@ -29,8 +29,8 @@ pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
                 let name = args
                     .name
                     .clone()
-                    .unwrap_or_else(|| crate::ha::default_name(config.api));
-                let (m, leadership) = crate::ha::lead(config, zk, name).await?;
+                    .unwrap_or_else(|| actormesh_cli::ha::default_name(config.api));
+                let (m, leadership) = actormesh_cli::ha::lead(config, zk, name).await?;
                 _leadership = Some(leadership);
                 m
             }

@@ -758,10 +758,10 @@ async fn heartbeat_loop(
                         link.close(0, "master not answering heartbeats");
                     }
                 }
-                // Another master may lead now: every second missed answer, ask the
-                // masters known where the leader is, and follow it once its link proves
-                // a master's identity.
-                if failures.is_multiple_of(2) {
+                // Another master may lead now: from the second missed answer on, ask
+                // the masters known where the leader is, and follow it once its link
+                // proves a master's identity.
+                if failures >= 2 {
                     follow_leader(&node, &followed, &joins, interval).await;
                 }
             }

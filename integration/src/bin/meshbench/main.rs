@@ -23,6 +23,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 mod authz;
 mod cluster;
 mod cpu;
+mod ha;
 mod mesh;
 mod scheduling;
 mod telemetry;
@@ -93,6 +94,34 @@ enum Suite {
         #[arg(long)]
         push_only: bool,
     },
+    /// Highly available masters (needs ZooKeeper): kill -9 of the leading master with
+    /// this many agents, to the standby leading with every agent back.
+    Ha {
+        /// Agents that fail over.
+        #[arg(long, default_value_t = 50)]
+        agents: usize,
+        /// The ZooKeeper session timeout, in ms.
+        #[arg(long, default_value_t = 2000)]
+        session_ms: u64,
+    },
+    /// (internal) A master of several on ZooKeeper, for the ha suite.
+    #[command(hide = true)]
+    HaMasterProc {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        bootstrap: SocketAddr,
+        #[arg(long)]
+        api: SocketAddr,
+        #[arg(long)]
+        zk: String,
+        #[arg(long)]
+        session_ms: u64,
+        #[arg(long)]
+        name: String,
+    },
     /// (internal) An agent process hosting sinks, for the mesh suite.
     #[command(hide = true)]
     MeshAgentProc {
@@ -151,6 +180,24 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().suite {
         Suite::Messaging { rounds, scale } => messaging(rounds.max(1), scale),
         Suite::Cluster { agents } => cluster::run(agents.max(1)),
+        Suite::Ha { agents, session_ms } => {
+            ha::run(agents.max(1), Duration::from_millis(session_ms.max(500)))
+        }
+        Suite::HaMasterProc {
+            data_dir,
+            listen,
+            bootstrap,
+            api,
+            zk,
+            session_ms,
+            name,
+        } => ha::master_proc(
+            data_dir,
+            [listen, bootstrap, api],
+            zk,
+            Duration::from_millis(session_ms),
+            name,
+        ),
         Suite::Scheduling { agents, instances } => scheduling::run(agents.max(1), instances.max(1)),
         Suite::Mesh {
             rounds,
