@@ -272,43 +272,14 @@ async fn redirects_to(standby: &Master, leader: &Master) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leader_killed_a_standby_takes_over_with_all_of_the_state_and_kills_nothing() {
     let dir = temp_dir("zk-failover");
-    let auth = auth_file(&dir, 0o600);
     let zk = format!(
         "{}/failover-{}",
         ensemble().connect_string(),
         std::process::id()
     );
-    let f1 = ha_flags(&zk, &auth, "m1", "2s");
-    let f1: Vec<&str> = f1.iter().map(String::as_str).collect();
-    let m1 = Master::start(&dir.join("m1"), free_udp(), free_udp(), free_tcp(), &f1).await;
-    let mut m2 = standby(&dir.join("m2"), &ha_flags(&zk, &auth, "m2", "2s")).await;
+    let (m1, mut m2, a1, tasks) = two_masters_and_an_agent(&dir, &zk, "2s").await;
+    let auth = dir.join("zk-auth");
     redirects_to(&m2, &m1).await;
-
-    // An agent that knows both masters' bootstrap ports.
-    let token = m1.token(600);
-    let joins = format!("{},{}", m1.bootstrap, m2.bootstrap);
-    let join = Proc::spawn(&[
-        "agent",
-        "--join",
-        &joins,
-        "--data-dir",
-        dir.join("a1").to_str().unwrap(),
-        "--name",
-        "a1",
-        "--token",
-        &token,
-        "--demo-actors",
-        "--resources",
-        "cpus:2;mem:1GiB",
-    ]);
-    let mut a1 = join;
-    a1.line("agent ").await;
-    let file = dir.join("web.yaml");
-    std::fs::write(&file, WEB).unwrap();
-    let out = m1.cli(&["apply", "-f", file.to_str().unwrap(), "--timeout", "30s"]);
-    assert!(out.status.success(), "{out:?}");
-    let tasks = m1.tasks();
-    assert_eq!(tasks.len(), 1, "{tasks:?}");
     // An operator's API token: in the store, so good at whichever master leads.
     let out = m1.cli(&[
         "token", "create", "--scope", "admin", "--holder", "ops", "--ttl", "1h",
