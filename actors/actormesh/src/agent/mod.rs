@@ -46,7 +46,7 @@ pub struct AgentConfig {
     pub join: SocketAddr,
     /// The bootstrap addresses of the other masters, when there are several (`--join
     /// a,b,c`). Kept in the data dir with `join`: when the followed master stops
-    /// answering, they are asked in turn where the leader is.
+    /// answering, they are all asked at once where the leader is.
     pub also_join: Vec<SocketAddr>,
     /// The join token (needed the first time; later starts reuse the saved certificate).
     pub token: Option<String>,
