@@ -194,30 +194,10 @@ fn ha_flags(zk: &str, auth: &Path, name: &str, session: &str) -> Vec<String> {
 
 /// A master that is to stand by: started, and seen standing for election.
 async fn standby(dir: &Path, flags: &[String]) -> Master {
-    let (mesh, boot, api) = (free_udp(), free_udp(), free_tcp());
-    let (m, b, a) = (mesh.to_string(), boot.to_string(), api.to_string());
-    let mut args = vec![
-        "master",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--listen",
-        &m,
-        "--bootstrap",
-        &b,
-        "--api",
-        &a,
-    ];
-    args.extend(flags.iter().map(String::as_str));
-    let mut proc = Proc::spawn(&args);
-    proc.line("master standby:").await;
-    Master {
-        proc,
-        mesh,
-        bootstrap: boot,
-        api,
-        dir: dir.to_path_buf(),
-        fingerprint: String::new(),
-    }
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut m = Master::spawn(dir, free_udp(), free_udp(), free_tcp(), &flags);
+    m.proc.line("master standby:").await;
+    m
 }
 
 /// A standby master was told it leads: waits for its ready line (at most `limit`), and

@@ -181,6 +181,21 @@ impl Master {
         api: SocketAddr,
         extra: &[&str],
     ) -> Self {
+        let mut m = Self::spawn(dir, mesh, bootstrap, api, extra);
+        let ready = m.proc.line("master ready:").await;
+        m.fingerprint = ready.rsplit(' ').next().unwrap().to_string();
+        m
+    }
+
+    /// Runs `actormesh master` on these addresses without waiting for it (the
+    /// fingerprint is empty until a caller reads the ready line).
+    pub fn spawn(
+        dir: &Path,
+        mesh: SocketAddr,
+        bootstrap: SocketAddr,
+        api: SocketAddr,
+        extra: &[&str],
+    ) -> Self {
         let (m, b, a) = (mesh.to_string(), bootstrap.to_string(), api.to_string());
         let mut args = vec![
             "master",
@@ -194,16 +209,13 @@ impl Master {
             &a,
         ];
         args.extend_from_slice(extra);
-        let mut proc = Proc::spawn(&args);
-        let ready = proc.line("master ready:").await;
-        let fingerprint = ready.rsplit(' ').next().unwrap().to_string();
         Self {
-            proc,
+            proc: Proc::spawn(&args),
             mesh,
             bootstrap,
             api,
             dir: dir.to_path_buf(),
-            fingerprint,
+            fingerprint: String::new(),
         }
     }
 

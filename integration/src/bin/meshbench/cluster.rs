@@ -67,7 +67,7 @@ fn agent_config(
     }
 }
 
-fn free_udp() -> SocketAddr {
+pub(crate) fn free_udp() -> SocketAddr {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
         .expect("free port")

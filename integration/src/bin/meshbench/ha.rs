@@ -17,6 +17,7 @@ use actormesh_master::state::ZkConfig;
 use actormesh_master::MasterConfig;
 use anyhow::{anyhow, Context as _};
 
+use crate::cluster::free_udp;
 use crate::Line;
 
 /// The digest credentials the bench's masters share.
@@ -47,12 +48,6 @@ pub fn master_proc(
         let why = m.stepped_down().await;
         anyhow::bail!(why)
     })
-}
-
-fn free_udp() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
 }
 
 fn free_tcp() -> SocketAddr {
