@@ -4,11 +4,14 @@
 
 mod inproc;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actormesh::agent::{self, AgentError};
-use actormesh_master::state::{MemoryStore, StateStore, Table};
+use actormesh_master::state::{
+    Change, MemoryStore, StateStore, StoreError, StoreFuture, Table, Versioned,
+};
 use actormesh_master::tokens::TokenRole;
 use actormesh_master::{
     self as master, ApplyDeployment, CreateToken, ListDeployments, OperatorError,
@@ -87,5 +90,68 @@ async fn a_join_whose_record_cannot_be_stored_gets_no_certificate() {
     );
     assert!(m.stepped_down().await.contains("disk full"));
     assert!(store.list(Table::Agents).await.unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A store whose leader may stop acting while the store itself stays open: a lapsed
+/// ZooKeeper lease, seen by the master before the lapse timer closes the store.
+#[derive(Clone)]
+struct Lapsing {
+    inner: MemoryStore,
+    holds: Arc<AtomicBool>,
+}
+
+impl StateStore for Lapsing {
+    fn get(&self, table: Table, key: &str) -> StoreFuture<Option<Versioned>> {
+        self.inner.get(table, key)
+    }
+    fn list(&self, table: Table) -> StoreFuture<Vec<(String, Versioned)>> {
+        self.inner.list(table)
+    }
+    fn apply(&self, changes: Vec<Change>) -> StoreFuture<()> {
+        self.inner.apply(changes)
+    }
+    fn closed(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = StoreError> + Send + 'static>> {
+        self.inner.closed()
+    }
+    fn may_act(&self) -> bool {
+        self.holds.load(Ordering::SeqCst)
+    }
+}
+
+#[actix::test]
+async fn a_master_whose_lease_lapsed_writes_and_acknowledges_nothing_and_steps_down() {
+    let dir = std::env::temp_dir().join(format!("am-store-lapse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let store = Lapsing {
+        inner: MemoryStore::new(),
+        holds: Arc::new(AtomicBool::new(true)),
+    };
+    let m = master::start_with_store(inproc::master_config(&dir, false), Arc::new(store.clone()))
+        .await
+        .unwrap();
+    let create = || CreateToken {
+        ttl: Duration::from_secs(60),
+        role: TokenRole::Agent,
+    };
+    m.master.send(create()).await.unwrap().unwrap();
+    let before = store.list(Table::Tokens).await.unwrap().len();
+    assert_eq!(before, 1);
+    // The lease lapses; the store would still take the write.
+    store.holds.store(false, Ordering::SeqCst);
+    let refused = m.master.send(create()).await.unwrap().unwrap_err();
+    assert!(
+        format!("{refused:?}").contains("lease lapsed"),
+        "{refused:?}"
+    );
+    let why = m.stepped_down().await;
+    assert!(why.contains("lease lapsed"), "{why}");
+    assert_eq!(
+        store.list(Table::Tokens).await.unwrap().len(),
+        before,
+        "nothing written once the lease lapsed"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
