@@ -23,7 +23,7 @@ pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
     );
     run_system(async move {
         // Held while this master leads: dropping it ends the candidacy.
-        let mut _leadership = None;
+        let mut held = None;
         let m = match zk {
             Some(zk) => {
                 let name = args
@@ -31,7 +31,7 @@ pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
                     .clone()
                     .unwrap_or_else(|| actormesh_cli::ha::default_name(config.api));
                 let (m, leadership) = actormesh_cli::ha::lead(config, zk, name).await?;
-                _leadership = Some(leadership);
+                held = Some(leadership);
                 m
             }
             None => master::start(config).await?,
@@ -47,7 +47,14 @@ pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
         if let Some(addr) = m.node.metrics_addr() {
             println!("metrics: http://{addr}/metrics");
         }
-        until_stopped(&m).await
+        let stopped = until_stopped(&m).await;
+        match (&held, stopped) {
+            // Another master leads, or will once ZooKeeper expires this one's session.
+            (Some(_), Err(e)) => Err(e.context(
+                "this master no longer leads; the next leader takes over the stored state, and this one, started again, stands for election as a standby",
+            )),
+            (_, stopped) => stopped,
+        }
     })
 }
 

@@ -393,6 +393,7 @@ async fn a_paused_leader_resumed_after_another_took_over_steps_down_and_writes_n
     let said = m1.proc.stderr_so_far();
     assert!(!status.success(), "{said}");
     assert!(said.contains("stepped down"), "{said}");
+    assert!(said.contains("no longer leads"), "{said}");
     eprintln!(
         "the resumed leader said: {}",
         said.lines()
