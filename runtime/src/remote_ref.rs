@@ -259,6 +259,27 @@ impl RemoteRef {
             .as_ref()
             .and_then(|a| outgoing_meta(Some(a), &NO_OPTIONS, false))
             .map(Arc::new);
+        self.try_tell_meta(msg, meta)
+    }
+
+    /// [`RemoteRef::try_tell`] with call options (metadata, attempt, trace; the timeout is
+    /// not used). As there, the metadata goes only over a link already up, and metadata
+    /// breaking a limit is not sent (the message goes without it).
+    pub fn try_tell_with_options<M: RemoteMessage>(
+        &self,
+        msg: M,
+        options: &CallOptions,
+    ) -> Result<(), TellError<M>> {
+        let meta = outgoing_meta(CallInfo::ambient().as_ref(), options, false).map(Arc::new);
+        self.try_tell_meta(msg, meta)
+    }
+
+    #[inline(always)]
+    fn try_tell_meta<M: RemoteMessage>(
+        &self,
+        msg: M,
+        meta: Option<Arc<CallMeta>>,
+    ) -> Result<(), TellError<M>> {
         match &self.target {
             Target::Local(cell) => {
                 if let Err(reason) = self.check_local_pin() {

@@ -215,6 +215,13 @@ impl BootstrapServer {
             .local_addr()
             .map_err(|e| TransportError::Config(e.to_string()))
     }
+
+    /// Stops listening: requests under way are cut, and once every handle of the endpoint
+    /// is gone (a moment after this returns) its port is free to bind again.
+    pub async fn close(self) {
+        self.endpoint.close(0u32.into(), b"closing");
+        self.endpoint.wait_idle().await;
+    }
 }
 
 /// A refusal of the join protocol (TLS alert 120, no application protocol in common) means

@@ -7,6 +7,13 @@
 //! master redelivers until acknowledged) and asks for reconciliation. [`Scheduler`] wraps
 //! these calls.
 //!
+//! With several masters (`actormesh master --zk`), [`Scheduler::follow`] is the driver:
+//! it finds the leader through the masters' bootstrap ports, learns and keeps the set of
+//! masters (and the framework id) in a file, fails over to a new leader by registering
+//! again with its id, and passes on to your actor only the events of the master it
+//! follows, of no older term than one it obeyed (an old leader, paused and resumed, is
+//! not heard).
+//!
 //! ```no_run
 //! # use actormesh::framework::*;
 //! # async fn demo(node: actormesh::Node, master_addr: std::net::SocketAddr) -> Result<(), FrameworkError> {
@@ -25,10 +32,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use actix::prelude::*;
 use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
+use crate::masters::FollowedMaster;
 use crate::protocol::MASTER_ACTOR;
 use crate::resources::Resources;
 use crate::task::TaskStatus;
@@ -265,8 +277,124 @@ pub fn instance_name(framework_id: &str, task_id: &str) -> String {
 /// A framework's calls to the master, with its id.
 #[derive(Debug, Clone)]
 pub struct Scheduler {
-    master: RemoteRef,
+    /// The master called: fixed, or the leader the driver follows.
+    master: Arc<RwLock<RemoteRef>>,
     framework_id: String,
+    /// The driver's task, when it follows the leader; stopped with the last clone.
+    _driver: Option<Arc<Driver>>,
+}
+
+/// The driver's task, aborted when dropped.
+#[derive(Debug)]
+struct Driver(tokio::task::AbortHandle);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A framework that follows the leading master among several ([`Scheduler::follow`]).
+#[derive(Debug, Clone)]
+pub struct FollowConfig {
+    /// A name for people.
+    pub name: String,
+    /// The role its resources are accounted to.
+    pub role: String,
+    /// How long the masters keep its tasks while it is disconnected.
+    pub failover_timeout: Duration,
+    /// Bootstrap addresses of masters (one is enough: the others are learned).
+    pub masters: Vec<SocketAddr>,
+    /// A file (JSON, mode 0600) keeping the framework id and every master learned, so a
+    /// restarted framework fails over with its id and finds the leader even when the
+    /// masters it was given are gone. `None`: kept in memory only.
+    pub state_file: Option<PathBuf>,
+    /// How often the driver asks the masters which leads.
+    pub check_every: Duration,
+}
+
+impl FollowConfig {
+    /// A framework `name` of `role`, finding the masters through `masters`; a failover
+    /// timeout of one minute, in-memory state, a look every second.
+    pub fn new(name: &str, role: &str, masters: Vec<SocketAddr>) -> Self {
+        Self {
+            name: name.into(),
+            role: role.into(),
+            failover_timeout: Duration::from_secs(60),
+            masters,
+            state_file: None,
+            check_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What [`FollowConfig::state_file`] keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Kept {
+    framework_id: Option<String>,
+    masters: Vec<SocketAddr>,
+}
+
+impl Kept {
+    fn load(file: &std::path::Path) -> Result<Self, FrameworkError> {
+        match std::fs::read_to_string(file) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                FrameworkError::Invalid(format!(
+                    "{} is not a framework state file (JSON with framework_id and masters): {e}",
+                    file.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(FrameworkError::Invalid(format!(
+                "cannot read {}: {e}",
+                file.display()
+            ))),
+        }
+    }
+
+    fn save(&self, file: &std::path::Path) -> Result<(), String> {
+        let text = serde_json::to_string(self).map_err(|e| e.to_string())?;
+        let tmp = file.with_extension("new");
+        crate::agent::write_private(&tmp, &text)
+            .and_then(|_| std::fs::rename(&tmp, file))
+            .map_err(|e| format!("cannot write {}: {e}", file.display()))
+    }
+}
+
+/// Passes the events of the master followed on to the framework's actor.
+struct Relay {
+    followed: FollowedMaster,
+    to: RemoteRef,
+}
+
+impl Actor for Relay {
+    type Context = Context<Self>;
+}
+
+#[crate::handler]
+impl Handler<FrameworkEvent> for Relay {
+    type Result = ();
+    fn handle(&mut self, e: FrameworkEvent, _: &mut Context<Self>) {
+        let Some(caller) = crate::caller() else {
+            warn!("a framework event came from no verified caller; dropped");
+            return;
+        };
+        let term = match crate::masters::order_term() {
+            Ok(t) => t,
+            Err(why) => {
+                warn!(%caller, %why, "a framework event dropped");
+                return;
+            }
+        };
+        match self.followed.check_order(&caller, term) {
+            Ok(()) => {
+                if let Err(e) = self.to.try_tell(e) {
+                    warn!(error = %e, to = self.to.name(), "the framework's actor did not take an event");
+                }
+            }
+            Err(why) => warn!(%why, "a framework event not passed on"),
+        }
+    }
 }
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -304,11 +432,108 @@ impl Scheduler {
             .map_err(unreachable)??;
         Ok((
             Self {
-                master,
+                master: Arc::new(RwLock::new(master)),
                 framework_id: reg.framework_id.clone(),
+                _driver: None,
             },
             reg,
         ))
+    }
+
+    /// Registers `actor` (on `node`) with the leading master among several, and keeps it
+    /// registered with whichever leads: when another master leads, the driver registers
+    /// again there with the framework id (a failover: its tasks are kept). Its events
+    /// reach `actor` through a relay actor on `node` that passes on only those of the
+    /// master followed, of no older term than one already passed on. A framework id kept
+    /// in the state file is registered again (the framework process failed over).
+    pub async fn follow(
+        node: &Node,
+        actor: &RemoteRef,
+        config: FollowConfig,
+    ) -> Result<(Self, Registration), FrameworkError> {
+        let mut kept = match &config.state_file {
+            Some(f) => Kept::load(f)?,
+            None => Kept::default(),
+        };
+        crate::masters::learn(&mut kept.masters, &config.masters);
+        if kept.masters.is_empty() {
+            return Err(FrameworkError::Invalid(
+                "no master to follow: give at least one master's bootstrap address".into(),
+            ));
+        }
+        let trust = node.endpoint().trust();
+        let found = crate::masters::locate(&kept.masters, &trust, CALL_TIMEOUT)
+            .await
+            .ok_or_else(|| {
+                FrameworkError::Unavailable(format!(
+                    "no master at {:?} says which leads",
+                    kept.masters
+                ))
+            })?;
+        crate::masters::learn(&mut kept.masters, &found.bootstraps);
+        let followed = FollowedMaster::new(found.leader, None);
+        let relay_name = format!("{}.relay", actor.name());
+        let relay = node
+            .spawn(
+                &relay_name,
+                Relay {
+                    followed: followed.clone(),
+                    to: actor.clone(),
+                },
+            )
+            .map_err(|e| {
+                FrameworkError::Invalid(format!("cannot start the relay actor {relay_name}: {e}"))
+            })?;
+        let request = |framework_id: Option<String>| RegisterFramework {
+            name: config.name.clone(),
+            role: config.role.clone(),
+            failover_timeout_ms: config.failover_timeout.as_millis() as u64,
+            framework_id,
+            actor_addr: node.local_addr(),
+            actor_name: relay.name().to_string(),
+        };
+        let (master, reg) = register_at(
+            node,
+            &followed,
+            found.leader,
+            request(kept.framework_id.clone()),
+        )
+        .await?;
+        kept.framework_id = Some(reg.framework_id.clone());
+        if let Some(f) = &config.state_file {
+            kept.save(f).map_err(FrameworkError::Invalid)?;
+        }
+        let master = Arc::new(RwLock::new(master));
+        let again = request(Some(reg.framework_id.clone()));
+        let task = tokio::spawn(drive(
+            node.clone(),
+            followed,
+            master.clone(),
+            again,
+            kept,
+            config,
+        ));
+        Ok((
+            Self {
+                master,
+                framework_id: reg.framework_id.clone(),
+                _driver: Some(Arc::new(Driver(task.abort_handle()))),
+            },
+            reg,
+        ))
+    }
+
+    /// The master called now.
+    fn master(&self) -> RemoteRef {
+        self.master
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The mesh address of the master this framework is registered with now.
+    pub fn master_addr(&self) -> SocketAddr {
+        self.master().addr()
     }
 
     /// The framework id.
@@ -322,7 +547,7 @@ impl Scheduler {
         offer_id: &str,
         launches: Vec<TaskLaunch>,
     ) -> Result<(), FrameworkError> {
-        self.master
+        self.master()
             .ask_timeout(
                 AcceptOffer {
                     framework_id: self.framework_id.clone(),
@@ -341,7 +566,7 @@ impl Scheduler {
         offer_id: &str,
         refuse_for: Duration,
     ) -> Result<(), FrameworkError> {
-        self.master
+        self.master()
             .ask_timeout(
                 DeclineOffer {
                     framework_id: self.framework_id.clone(),
@@ -356,7 +581,7 @@ impl Scheduler {
 
     /// Kills task `task_id`.
     pub async fn kill(&self, task_id: &str) -> Result<(), FrameworkError> {
-        self.master
+        self.master()
             .ask_timeout(
                 KillTask {
                     framework_id: self.framework_id.clone(),
@@ -370,7 +595,7 @@ impl Scheduler {
 
     /// Asks for the state of `task_ids` (all if empty).
     pub async fn reconcile(&self, task_ids: Vec<String>) -> Result<(), FrameworkError> {
-        self.master
+        self.master()
             .ask_timeout(
                 ReconcileTasks {
                     framework_id: self.framework_id.clone(),
@@ -384,7 +609,7 @@ impl Scheduler {
 
     /// Acknowledges a status update.
     pub async fn acknowledge(&self, status: &TaskStatus) -> Result<(), FrameworkError> {
-        self.master
+        self.master()
             .ask_timeout(
                 Acknowledge {
                     framework_id: self.framework_id.clone(),
@@ -399,7 +624,7 @@ impl Scheduler {
 
     /// Stops or resumes offers.
     pub async fn set_offers(&self, wanted: bool) -> Result<(), FrameworkError> {
-        self.master
+        self.master()
             .ask_timeout(
                 SetOffers {
                     framework_id: self.framework_id.clone(),
@@ -413,7 +638,7 @@ impl Scheduler {
 
     /// Ends the framework and kills its tasks.
     pub async fn teardown(&self) -> Result<(), FrameworkError> {
-        self.master
+        self.master()
             .ask_timeout(
                 Teardown {
                     framework_id: self.framework_id.clone(),
@@ -422,5 +647,85 @@ impl Scheduler {
             )
             .await
             .map_err(unreachable)?
+    }
+}
+
+/// Registers with the master at `addr`, following it once its link proved a master's
+/// identity. Returns its `$master`, pinned to that identity.
+async fn register_at(
+    node: &Node,
+    followed: &FollowedMaster,
+    addr: SocketAddr,
+    request: RegisterFramework,
+) -> Result<(RemoteRef, Registration), FrameworkError> {
+    let link = tokio::time::timeout(CALL_TIMEOUT, node.endpoint().link(addr))
+        .await
+        .map_err(|_| {
+            FrameworkError::Unavailable(format!("linking to the master at {addr} timed out"))
+        })?
+        .map_err(|e| {
+            FrameworkError::Unavailable(format!("cannot link to the master at {addr}: {e}"))
+        })?;
+    let identity = link.peer().clone();
+    if !identity.is_master() {
+        return Err(FrameworkError::Forbidden(format!(
+            "{addr} answers as {identity}, not as a master"
+        )));
+    }
+    let master = node.actor_ref(addr, MASTER_ACTOR).pinned(identity.clone());
+    // Followed first: the master sends `Registered` as it answers.
+    let before = followed.get();
+    followed.follow(addr, identity);
+    match master.ask_timeout(request, CALL_TIMEOUT).await {
+        Ok(Ok(reg)) => Ok((master, reg)),
+        failed => {
+            if let Some(id) = before.identity {
+                followed.follow(before.addr, id);
+            }
+            Err(match failed {
+                Ok(Err(e)) => e,
+                Err(e) => unreachable(e),
+                Ok(Ok(_)) => unreachable!(),
+            })
+        }
+    }
+}
+
+/// The driver: every `check_every`, asks the masters which leads; when another does,
+/// registers again there with the framework id.
+async fn drive(
+    node: Node,
+    followed: FollowedMaster,
+    master: Arc<RwLock<RemoteRef>>,
+    again: RegisterFramework,
+    mut kept: Kept,
+    config: FollowConfig,
+) {
+    loop {
+        tokio::time::sleep(config.check_every).await;
+        let trust = node.endpoint().trust();
+        let limit = config.check_every.max(Duration::from_millis(500));
+        let Some(found) = crate::masters::locate(&kept.masters, &trust, limit).await else {
+            continue;
+        };
+        let learned = crate::masters::learn(&mut kept.masters, &found.bootstraps);
+        if found.leader != followed.addr() {
+            match register_at(&node, &followed, found.leader, again.clone()).await {
+                Ok((m, reg)) => {
+                    info!(master = %found.leader, framework = %reg.framework_id, reregistered = reg.reregistered, "the framework failed over to the leading master");
+                    *master.write().unwrap_or_else(|p| p.into_inner()) = m;
+                }
+                Err(e) => {
+                    warn!(master = %found.leader, error = %e, "cannot register with the leading master yet")
+                }
+            }
+        }
+        if learned {
+            if let Some(f) = &config.state_file {
+                if let Err(e) = kept.save(f) {
+                    warn!(error = %e, "cannot keep the masters learned");
+                }
+            }
+        }
     }
 }

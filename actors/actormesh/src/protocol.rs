@@ -28,6 +28,10 @@ pub enum BootstrapRequest {
     /// a node: no membership. New variants go at the end, so older masters and nodes keep
     /// reading the ones they know.
     IssueClient(ClientCertRequest),
+    /// Which masters are there, and which leads? Agents and frameworks ask it to learn
+    /// the set of masters, and keep it, so they find the leader by themselves when the
+    /// master they first knew is gone.
+    Masters,
 }
 
 /// The bootstrap port's answers.
@@ -42,6 +46,18 @@ pub enum BootstrapReply {
     },
     /// The answer to a client certificate request.
     Client(ClientCertReply),
+    /// The answer to [`BootstrapRequest::Masters`].
+    Masters(MastersReply),
+}
+
+/// The masters of a cluster, as one of them (the leader or a standby) sees them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MastersReply {
+    /// The leading master's mesh address; `None` while none leads (an election is under
+    /// way).
+    pub leader: Option<SocketAddr>,
+    /// Every master's bootstrap address, the leader's first (a lone master: its own).
+    pub bootstraps: Vec<SocketAddr>,
 }
 
 /// Sent to the bootstrap port by a program that wants a client certificate, with a token

@@ -439,7 +439,9 @@ pub(crate) struct AgentArgs {
 
 #[derive(Args, Debug, Clone)]
 pub(crate) struct ApiArgs {
-    /// The master's operator API.
+    /// The master's operator API; with several masters, any of theirs, or a comma-separated
+    /// list tried in turn. The masters a leader names are kept next to the API token file
+    /// (`<file>.masters`) and tried too, so the CLI finds the leader after a failover.
     #[arg(
         long,
         env = "ACTORMESH_API",
@@ -471,7 +473,7 @@ pub(crate) struct ApiArgs {
 impl ApiArgs {
     pub(crate) fn client(&self) -> anyhow::Result<ApiClient> {
         let token = match &self.api_token {
-            Some(t) => t.clone(),
+            Some(t) => return Ok(ApiClient::new(&self.api, t)),
             None => std::fs::read_to_string(&self.api_token_file).with_context(|| {
                 format!(
                     "cannot read the API token from {} (pass --api-token or --api-token-file)",
@@ -479,7 +481,9 @@ impl ApiArgs {
                 )
             })?,
         };
-        Ok(ApiClient::new(&self.api, &token))
+        let mut known = self.api_token_file.clone().into_os_string();
+        known.push(".masters");
+        Ok(ApiClient::new(&self.api, &token).with_known_masters(known.into()))
     }
 }
 

@@ -1,6 +1,6 @@
 //! `actormesh master --zk`: a master among several on one ZooKeeper store. It stands for
-//! election; while another leads it is a standby whose API redirects to the leader; once
-//! it leads it takes the next term, keeps its lease on the session, and starts as a
+//! election; while another leads it is a standby whose API redirects to the leader and
+//! whose bootstrap port tells where the leader is and forwards joins to it; once it leads it takes the next term, keeps its lease on the session, and starts as a
 //! master on the store fenced by that term (see `actormesh_master::ha`).
 
 use std::sync::Arc;
@@ -34,6 +34,18 @@ pub fn default_name(api: std::net::SocketAddr) -> String {
     format!("{host}-{}", api.port())
 }
 
+/// Waits, a second at most, until the UDP port `addr` can be bound: a closed QUIC
+/// endpoint lets its socket go a moment after it is closed. (If it stays taken, the
+/// master's start says so.)
+async fn wait_until_free(addr: std::net::SocketAddr) {
+    for _ in 0..50 {
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until this master leads, then starts it. Returns the master and the leadership,
 /// to hold for as long as the master runs.
 pub async fn lead(
@@ -57,22 +69,34 @@ pub async fn lead(
         bootstrap: config.bootstrap,
         api: config.api,
     };
-    let leader = election::watch_leader(client.clone());
+    let masters = election::watch_masters(client.clone());
     let listener = tokio::net::TcpListener::bind(config.api)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen for the API on {}: {e}", config.api))?;
-    let (_, standby) = master::api::serve_standby(listener, name.clone(), leader)?;
-    println!("master standby: {name}, standing for election");
-    let leadership = election::campaign(&client, &info).await?;
-    // The standby API gives the address back to the master's own.
-    standby.stop().await;
+    let (_, standby) = master::api::serve_standby(listener, name.clone(), masters.clone())?;
     let store: Arc<dyn StateStore> = Arc::new(store);
+    let standby_bootstrap =
+        master::serve_standby_bootstrap(&config, name.clone(), store.clone(), masters.clone());
+    println!("master standby: {name}, standing for election");
+    let (serving, at) = (standby_bootstrap.serving(), config.bootstrap);
+    let said = tokio::spawn(async move {
+        serving.await;
+        println!("master standby bootstrap: {at}, telling where the leader is and forwarding joins to it");
+    });
+    let leadership = election::campaign(&client, &info).await?;
+    // The standby's API and bootstrap port give their addresses back to the master's own.
+    standby.stop().await;
+    said.abort();
+    standby_bootstrap.stop().await;
+    wait_until_free(config.bootstrap).await;
     let term = ha::take_term(store.as_ref()).await?;
     let lease = Lease::new(session_timeout);
     tokio::spawn(election::keep_lease(client, lease.clone()));
     info!(%name, term, "leading");
     println!("master leading: {name}, term {term}");
     config.name = Some(name);
+    config.term = Some(term);
+    config.masters = Some(masters);
     let fenced = Arc::new(FencedStore::new(store, term, lease));
     let m = master::start_with_store(config, fenced).await?;
     Ok((m, leadership))

@@ -83,21 +83,54 @@ pub fn client_identity(data_dir: &Path) -> Result<ClientCredentials, ClientError
 
 /// A client of the master's operator API.
 pub struct ApiClient {
-    base: String,
+    /// The masters' APIs, tried in turn while one cannot be reached.
+    bases: Vec<String>,
     token: String,
     http: ureq::Agent,
+    /// Where the masters learned from a leader's answers are kept.
+    known_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ApiClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ApiClient")
-            .field("base", &self.base)
+            .field("bases", &self.bases)
             .finish_non_exhaustive()
     }
 }
 
+/// The API URLs of a comma-separated list, each without a trailing '/'; empty ones
+/// skipped.
+fn api_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|b| b.trim().trim_end_matches('/').to_string())
+        .filter(|b| !b.is_empty())
+        .collect()
+}
+
+/// Whether the request surely did not reach the API (so another master's may be tried,
+/// even for a POST).
+fn not_reached(e: &ureq::Error) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+        ureq::Error::Timeout(t) => {
+            matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve)
+        }
+        ureq::Error::Io(io) => matches!(
+            io.kind(),
+            ErrorKind::ConnectionRefused
+                | ErrorKind::AddrNotAvailable
+                | ErrorKind::HostUnreachable
+                | ErrorKind::NetworkUnreachable
+        ),
+        _ => false,
+    }
+}
+
 impl ApiClient {
-    /// A client for the API at `base` (e.g. `http://127.0.0.1:7080`) with bearer `token`.
+    /// A client for the API at `base` (e.g. `http://127.0.0.1:7080`, or several masters'
+    /// comma-separated, tried in turn while one cannot be reached) with bearer `token`.
     pub fn new(base: &str, token: &str) -> Self {
         // Redirects are followed by hand: ureq would drop the token on the way, and a
         // standby master's 307 to the leader is for the same cluster.
@@ -107,9 +140,44 @@ impl ApiClient {
             .max_redirects(0)
             .build();
         Self {
-            base: base.trim_end_matches('/').to_string(),
+            bases: api_list(base),
             token: token.trim().to_string(),
             http: ureq::Agent::new_with_config(config),
+            known_file: None,
+        }
+    }
+
+    /// Also tries the masters' APIs kept in `file` (after those given), and keeps there
+    /// the masters a leader's answer names ([`actormesh_master::ha::MASTERS_HEADER`]),
+    /// so the CLI finds the leader when the master it was pointed at is gone.
+    pub fn with_known_masters(mut self, file: PathBuf) -> Self {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            for b in api_list(text.trim()) {
+                if !self.bases.contains(&b) {
+                    self.bases.push(b);
+                }
+            }
+        }
+        self.known_file = Some(file);
+        self
+    }
+
+    /// Keeps the masters an answer named, if it names others than those kept.
+    fn remember(&self, resp: &ureq::http::Response<ureq::Body>) {
+        let (Some(file), Some(named)) = (
+            &self.known_file,
+            resp.headers()
+                .get(actormesh_master::ha::MASTERS_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        ) else {
+            return;
+        };
+        let kept = std::fs::read_to_string(file).unwrap_or_default();
+        if kept.trim() != named {
+            // Best effort: the answer is the caller's either way.
+            if let Err(e) = std::fs::write(file, format!("{named}\n")) {
+                tracing::warn!(file = %file.display(), error = %e, "cannot keep the masters' addresses");
+            }
         }
     }
 
@@ -136,7 +204,39 @@ impl ApiClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<ureq::http::Response<ureq::Body>> {
-        let mut url = format!("{}{}", self.base, path);
+        let mut tried = Vec::new();
+        for base in &self.bases {
+            match self.send_to(base, method, path, body.clone()) {
+                Ok(resp) => {
+                    self.remember(&resp);
+                    return Ok(resp);
+                }
+                Err(e) if not_reached(&e) => tried.push(format!("{base}: {e}")),
+                Err(e) => anyhow::bail!(
+                    "cannot reach the master API at {base}{path}: {e} (is `actormesh master` running, and is --api right?)"
+                ),
+            }
+        }
+        anyhow::bail!(
+            "cannot reach the master API: {} (is `actormesh master` running, and is --api right?)",
+            if tried.is_empty() {
+                "no --api address given".to_string()
+            } else {
+                tried.join("; ")
+            }
+        )
+    }
+
+    /// Sends the request to the API at `base`, following a standby master's redirects
+    /// (307) to the leader.
+    fn send_to(
+        &self,
+        base: &str,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let mut url = format!("{base}{path}");
         let auth = format!("Bearer {}", self.token);
         // A standby master redirects (307) to the leader's API: once or twice at most.
         let mut hops = 0;
@@ -155,11 +255,7 @@ impl ApiClient {
                     .header("Authorization", &auth)
                     .send_empty(),
             };
-            let resp = result.map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot reach the master API at {url}: {e} (is `actormesh master` running, and is --api right?)"
-                )
-            })?;
+            let resp = result?;
             let to = resp
                 .headers()
                 .get("location")
@@ -207,7 +303,7 @@ impl ApiClient {
         let value: serde_json::Value = resp.body_mut().read_json().map_err(|e| {
             anyhow::anyhow!(
                 "the master API at {} answered {status} with no JSON: {e}",
-                self.base
+                self.bases.join(",")
             )
         })?;
         if status.is_success() {

@@ -4,6 +4,7 @@
 //! again reloads everything from ZooKeeper, and its agent's task keeps running.
 
 mod common;
+mod fwevents;
 #[path = "../../../integration/src/zk.rs"]
 #[allow(dead_code)]
 mod zk;
@@ -267,6 +268,31 @@ async fn the_leader_killed_a_standby_takes_over_with_all_of_the_state_and_kills_
     assert!(out.status.success(), "{out:?}");
     let ops = dir.join("ops-token");
     std::fs::write(&ops, String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    let get_nodes = |api: std::net::SocketAddr| {
+        let api = format!("http://{api}");
+        tokio::task::block_in_place(|| {
+            std::process::Command::new(BIN)
+                .args([
+                    "get",
+                    "nodes",
+                    "--api",
+                    &api,
+                    "--api-token-file",
+                    ops.to_str().unwrap(),
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    // The CLI, pointed at the leader, keeps the masters its answer names.
+    let out = get_nodes(m1.api);
+    assert!(out.status.success(), "{out:?}");
+    let kept = std::fs::read_to_string(dir.join("ops-token.masters")).unwrap();
+    assert_eq!(
+        kept.trim(),
+        format!("http://{},http://{}", m1.api, m2.api),
+        "the leader's API first"
+    );
 
     // kill -9 the leader: the standby leads within 10 s, with the same CA, and the
     // agent follows it; the task is adopted, not replaced.
@@ -295,6 +321,12 @@ async fn the_leader_killed_a_standby_takes_over_with_all_of_the_state_and_kills_
     );
     let deployments = m2.client().call("GET", "/v1/deployments", None).unwrap();
     assert!(deployments.to_string().contains("\"web\""), "{deployments}");
+    // The CLI still pointed at the dead master finds the new leader among those it kept.
+    let out = get_nodes(m1.api);
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("a1"),
+        "{out:?}"
+    );
 
     // The old leader, started again, stands by and redirects to the new one.
     let m1_again = standby(&dir.join("m1"), &ha_flags(&zk, &auth, "m1", "2s")).await;
@@ -691,5 +723,193 @@ async fn losing_the_whole_ensemble_stops_the_masters_and_the_cluster_recovers_wh
     assert_eq!(again[0].id, tasks[0].id, "nothing was killed");
     a1.kill().await;
     drop(e);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The agent's saved bootstrap addresses of the masters (`agent.json`'s `joins`).
+fn saved_joins(agent_dir: &Path) -> Vec<std::net::SocketAddr> {
+    let text = std::fs::read_to_string(agent_dir.join("agent.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    serde_json::from_value(v["joins"].clone()).unwrap()
+}
+
+/// Polls (every 20 ms, at most `limit`) until `id` is in `state` at `m`, without the
+/// blocking helpers' `block_in_place` (this runs on actix's one thread).
+async fn wait_active(m: &Master, id: &str, limit: Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let nodes = m.nodes();
+        if nodes
+            .iter()
+            .any(|n| n.id == id && n.state == AgentState::Active)
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{id} not Active at {} within {limit:?}: {nodes:?}",
+            m.api
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[actix::test]
+async fn an_agent_and_a_framework_given_only_a_standby_learn_the_masters_and_fail_over_to_the_new_leader(
+) {
+    use actormesh::agent::{self, AgentConfig};
+    use actormesh::framework::{FollowConfig, FrameworkEvent, Scheduler, TaskLaunch};
+    use actormesh_master::frameworks::TaskState;
+    use fwevents::{next, Events};
+
+    let dir = temp_dir("zk-learn");
+    let zk = format!(
+        "{}/learn-{}",
+        ensemble().connect_string(),
+        std::process::id()
+    );
+    let auth = auth_file(&dir, 0o600);
+    let grant = ["--framework-role", "spiffe://cluster.local/node/fwhost=*"];
+    let flags = |name: &str| {
+        let mut f = ha_flags(&zk, &auth, name, "2s");
+        f.extend(grant.iter().map(|s| s.to_string()));
+        f
+    };
+    let f1 = flags("m1");
+    let f1: Vec<&str> = f1.iter().map(String::as_str).collect();
+    let mut m1 = Master::start(&dir.join("m1"), free_udp(), free_udp(), free_tcp(), &f1).await;
+    let mut m2 = standby(&dir.join("m2"), &flags("m2")).await;
+    m2.proc.line("master standby bootstrap:").await;
+    let token = m1.token(600);
+
+    // An agent told of the standby alone: the standby forwards its join to the leader,
+    // and it learns of every master.
+    let standby_only = m2.bootstrap.to_string();
+    let mut a1 = Proc::spawn(&[
+        "agent",
+        "--join",
+        &standby_only,
+        "--data-dir",
+        dir.join("a1").to_str().unwrap(),
+        "--name",
+        "a1",
+        "--token",
+        &token,
+        "--demo-actors",
+        "--resources",
+        "cpus:2;mem:1GiB",
+    ]);
+    a1.line("agent ").await;
+    wait_active(&m1, "a1", Duration::from_secs(10)).await;
+    let joins = saved_joins(&dir.join("a1"));
+    assert!(
+        joins.contains(&m1.bootstrap) && joins.contains(&m2.bootstrap),
+        "the agent keeps both masters' bootstrap addresses: {joins:?}"
+    );
+
+    // A framework on a node of its own (an agent in this process, joined through the
+    // standby too), told of the standby alone.
+    let host = agent::start(AgentConfig {
+        join: m2.bootstrap,
+        also_join: Vec::new(),
+        token: Some(token.clone()),
+        data_dir: dir.join("fwhost"),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        name: "fwhost".into(),
+        resources: Some("mem:1MiB".parse().unwrap()),
+        attrs: Default::default(),
+        actor_types: Vec::new(),
+        reserved: Default::default(),
+        metrics_listen: None,
+        access_log: None,
+        tracing: None,
+        host: Default::default(),
+    })
+    .await
+    .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let me = host.node.spawn("batch-framework", Events(tx)).unwrap();
+    let state = dir.join("framework.json");
+    let mut config = FollowConfig::new("batch", "batch", vec![m2.bootstrap]);
+    config.failover_timeout = Duration::from_secs(120);
+    config.state_file = Some(state.clone());
+    config.check_every = Duration::from_millis(200);
+    let (s, reg) = Scheduler::follow(&host.node, &me, config).await.unwrap();
+    assert!(!reg.reregistered);
+    assert_eq!(s.master_addr(), m1.mesh, "registered with the leader");
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(kept["framework_id"], s.id());
+    let masters = kept["masters"].to_string();
+    assert!(
+        masters.contains(&m1.bootstrap.to_string()) && masters.contains(&m2.bootstrap.to_string()),
+        "the framework keeps both masters: {kept}"
+    );
+    let offer = loop {
+        let got = next(&mut rx, "an offer on a1", |e| match e {
+            FrameworkEvent::ResourceOffers(o) => Some(o.clone()),
+            _ => None,
+        })
+        .await;
+        if let Some(o) = got.into_iter().find(|o| o.agent_id == "a1") {
+            break o;
+        }
+    };
+    s.accept(
+        &offer.offer_id,
+        vec![TaskLaunch::command(
+            "c1",
+            "/bin/sh",
+            &["-c", "while [ ! -f go ]; do sleep 0.05; done; exit 3"],
+            "cpus:0.5".parse().unwrap(),
+        )],
+    )
+    .await
+    .unwrap();
+    next(&mut rx, "c1 Running", |e| {
+        matches!(e, FrameworkEvent::StatusUpdate(st) if st.task_id == "c1" && st.state == TaskState::Running).then_some(())
+    })
+    .await;
+
+    // kill -9 the leader: the standby leads, the agent follows it, and the driver
+    // registers the framework there again with its id.
+    m1.proc.kill().await;
+    now_leading(&mut m2, Duration::from_secs(10)).await;
+    let again = next(
+        &mut rx,
+        "Registered again, by the new leader",
+        |e| match e {
+            FrameworkEvent::Registered(r) => Some(r.clone()),
+            _ => None,
+        },
+    )
+    .await;
+    assert!(again.reregistered, "{again:?}");
+    assert_eq!(again.framework_id, s.id());
+    assert_eq!(
+        s.master_addr(),
+        m2.mesh,
+        "the scheduler now calls the new leader"
+    );
+    wait_active(&m2, "a1", Duration::from_secs(10)).await;
+
+    // The task was not killed: it ends by itself now, and its end reaches the framework
+    // from the new leader, whose term is newer.
+    let sandbox = dir
+        .join("a1")
+        .join("sandboxes")
+        .join(actormesh::framework::instance_name(s.id(), "c1"));
+    std::fs::write(sandbox.join("go"), b"").unwrap();
+    let ended = next(&mut rx, "c1 Failed, through the new leader", |e| match e {
+        FrameworkEvent::StatusUpdate(st) if st.task_id == "c1" && st.state == TaskState::Failed => {
+            Some(st.clone())
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(ended.message, "exited with code 3", "it ran to its end");
+    s.acknowledge(&ended).await.unwrap();
+    drop(s);
+    drop(a1);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -684,6 +684,7 @@ pub fn serve(
     listener: tokio::net::TcpListener,
     master: Addr<Master>,
     token: String,
+    masters: Option<tokio::sync::watch::Receiver<Vec<crate::ha::MasterInfo>>>,
 ) -> std::io::Result<SocketAddr> {
     let api = Api {
         master,
@@ -734,6 +735,11 @@ pub fn serve(
             "/v1/proxy-endpoints/{node}/{namespace}/{name}",
             get(proxy_endpoints),
         )
+        // Inside the token check: only a caller with a token learns the masters.
+        .route_layer(axum::middleware::map_response_with_state(
+            masters,
+            name_the_masters,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             require_token,
@@ -746,6 +752,20 @@ pub fn serve(
         }
     });
     Ok(bound)
+}
+
+/// Names every master's API in [`crate::ha::MASTERS_HEADER`] (with several masters).
+async fn name_the_masters(
+    State(masters): State<Option<tokio::sync::watch::Receiver<Vec<crate::ha::MasterInfo>>>>,
+    mut resp: Response,
+) -> Response {
+    if let Some(m) = masters {
+        let value = crate::ha::masters_header(&m.borrow());
+        if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(crate::ha::MASTERS_HEADER, v);
+        }
+    }
+    resp
 }
 
 /// `GET /v1/backup` (admin): the whole state, CA included, as a backup file.
@@ -777,10 +797,10 @@ async fn take_backup(State(api): State<Api>) -> Response {
 pub fn serve_standby(
     listener: tokio::net::TcpListener,
     name: String,
-    leader: tokio::sync::watch::Receiver<Option<crate::ha::MasterInfo>>,
+    masters: tokio::sync::watch::Receiver<Vec<crate::ha::MasterInfo>>,
 ) -> std::io::Result<(SocketAddr, StandbyApi)> {
     let app = Router::new().fallback(move |uri: axum::http::Uri| {
-        let now = leader.borrow().clone();
+        let now = masters.borrow().first().cloned();
         let name = name.clone();
         async move { standby_answer(&name, now.as_ref(), &uri) }
     });

@@ -60,6 +60,31 @@ pub fn leader_of(children: &[String]) -> Option<&str> {
         .map(|(_, c)| c)
 }
 
+/// The response header in which a leader's API names every master's API, the leader's
+/// first (comma-separated URLs), so the CLI learns them and keeps them.
+pub const MASTERS_HEADER: &str = "x-actormesh-masters";
+
+/// The value of [`MASTERS_HEADER`] for the masters standing.
+pub fn masters_header(masters: &[MasterInfo]) -> String {
+    masters
+        .iter()
+        .map(|m| format!("http://{}", m.api))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The bootstrap addresses to tell of the masters standing, `first` (the answering
+/// master's own) leading, each once.
+pub fn bootstrap_set(first: Option<SocketAddr>, masters: &[MasterInfo]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = first.into_iter().collect();
+    for m in masters {
+        if !out.contains(&m.bootstrap) {
+            out.push(m.bootstrap);
+        }
+    }
+    out
+}
+
 /// Whether a leader may still act: the last ping ZooKeeper answered was sent at `sent`,
 /// and the session times out after `timeout` without the server hearing from us.
 pub fn lease_holds(now: Instant, sent: Instant, timeout: Duration) -> bool {
@@ -218,6 +243,33 @@ impl StateStore for FencedStore {
 mod tests {
     use super::*;
     use crate::state::MemoryStore;
+
+    #[test]
+    fn the_bootstrap_set_puts_the_answering_master_first_and_each_once() {
+        let info = |name: &str, port: u16| MasterInfo {
+            name: name.into(),
+            mesh: SocketAddr::from(([127, 0, 0, 1], port - 1)),
+            bootstrap: SocketAddr::from(([127, 0, 0, 1], port)),
+            api: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+        };
+        let all = [info("m1", 7001), info("m2", 7101), info("m3", 7201)];
+        let p = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(
+            bootstrap_set(Some(p(7101)), &all),
+            vec![p(7101), p(7001), p(7201)],
+            "the answering master first, then the others in election order, none twice"
+        );
+        assert_eq!(
+            bootstrap_set(Some(p(7001)), &[]),
+            vec![p(7001)],
+            "a lone master"
+        );
+        assert_eq!(bootstrap_set(None, &all), vec![p(7001), p(7101), p(7201)]);
+        assert_eq!(
+            masters_header(&all[..2]),
+            "http://127.0.0.1:7002,http://127.0.0.1:7102"
+        );
+    }
 
     #[test]
     fn the_lowest_sequence_leads_and_other_names_are_ignored() {

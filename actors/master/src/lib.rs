@@ -34,12 +34,12 @@ pub mod tokens;
 
 pub use crate::core::{DeploymentRefusal, OperatorError, MAX_TOKEN_TTL};
 pub use crate::master::{
-    start, start_with_store, ApplyDeployment, ApplyTraffic, CreateToken, CreatedToken,
-    DeleteDeployment, DeleteNode, DeleteTraffic, DescribeDeployment, DescribeTaskOf, DrainNode,
-    IssueClient, Join, KillOn, LaunchOn, ListAllTasks, ListDeploymentTasks, ListDeployments,
-    ListNodes, ListProxyStatus, ListRevocations, ListServices, ListTasks, ListTraffic, Master,
-    MasterConfig, MasterError, MasterGate, MasterHandle, ProxyConfigOf, ProxyEndpointsOf,
-    RevokeClient, ServiceEndpoints, Subscribe, TaskDescription, TaskLogs, TaskQueryRefusal,
-    API_TOKEN_FILE,
+    serve_standby_bootstrap, start, start_with_store, ApplyDeployment, ApplyTraffic, CreateToken,
+    CreatedToken, DeleteDeployment, DeleteNode, DeleteTraffic, DescribeDeployment, DescribeTaskOf,
+    DrainNode, IssueClient, Join, KillOn, LaunchOn, ListAllTasks, ListDeploymentTasks,
+    ListDeployments, ListNodes, ListProxyStatus, ListRevocations, ListServices, ListTasks,
+    ListTraffic, Master, MasterConfig, MasterError, MasterGate, MasterHandle, ProxyConfigOf,
+    ProxyEndpointsOf, RevokeClient, ServiceEndpoints, StandbyBootstrap, Subscribe, TaskDescription,
+    TaskLogs, TaskQueryRefusal, API_TOKEN_FILE,
 };
 pub use crate::master::{CaStatus, RotateCa, RotationAction};

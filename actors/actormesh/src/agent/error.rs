@@ -148,6 +148,12 @@ pub(crate) enum TaskRefusal {
         /// Who this agent follows.
         followed: Option<SpiffeId>,
     },
+    /// The order is of an older leadership than one already obeyed.
+    #[error(transparent)]
+    OlderTerm(crate::masters::Disobeyed),
+    /// The order's term metadata is not a number.
+    #[error("{0}")]
+    BadTerm(String),
     /// The request did not come over the mesh, so no verified identity sent it.
     #[error("task requests must come from the master over the mesh")]
     NoCaller,

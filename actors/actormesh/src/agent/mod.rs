@@ -255,6 +255,18 @@ impl Saved {
 
 const SAVED: &str = "agent.json";
 
+/// Saves `joins` as the masters' bootstrap addresses in the saved state in `dir`.
+fn remember_masters(dir: &Path, joins: &[SocketAddr]) -> Result<(), AgentError> {
+    let file = dir.join(SAVED);
+    let text = std::fs::read_to_string(&file).map_err(AgentError::storage("read", &file))?;
+    let mut saved: Saved = serde_json::from_str(&text).map_err(|source| AgentError::StateFile {
+        path: file.clone(),
+        source,
+    })?;
+    saved.joins = joins.to_vec();
+    saved.save(&file)
+}
+
 /// Writes `contents` to `path` with mode 0600 (keys, certificates, saved identities).
 pub(crate) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -405,6 +417,13 @@ async fn join(config: &AgentConfig) -> Result<(Credentials, Saved), AgentError> 
                 joins: Vec::new(),
             };
             saved.know(config);
+            // Every master the cluster has, so that this agent finds the leader when the
+            // one it joined through is gone.
+            if let Some(found) =
+                crate::masters::locate(&saved.joins, &bundle, Duration::from_secs(5)).await
+            {
+                crate::masters::learn(&mut saved.joins, &found.bootstraps);
+            }
             saved.save(&config.data_dir.join(SAVED))?;
             let creds = key.credentials(&cert_pem, &ca_pem)?;
             info!(agent = %saved.agent_id, master = %saved.master_addr, "joined the cluster");
@@ -432,7 +451,12 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
             // The master may listen elsewhere since we last ran, or another may lead: ask
             // the bootstrap ports known, pinning the CAs of the saved bundle.
             match crate::masters::locate(&saved.joins, &creds.trust, Duration::from_secs(5)).await {
-                Some(master_addr) => saved.master_addr = master_addr,
+                Some(found) => {
+                    saved.master_addr = found.leader;
+                    if crate::masters::learn(&mut saved.joins, &found.bootstraps) {
+                        saved.save(&saved_file)?;
+                    }
+                }
                 None => warn!(
                     joins = ?saved.joins,
                     saved = %saved.master_addr,
@@ -579,17 +603,25 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
 }
 
 /// Asks the masters at `joins` where the leader is; follows it if it is another master
-/// and its link proves a master's identity.
+/// and its link proves a master's identity. Masters it did not know are added to `joins`
+/// and to the saved state in `dir`.
 async fn follow_leader(
     node: &Node,
     followed: &crate::masters::FollowedMaster,
-    joins: &[SocketAddr],
+    joins: &mut Vec<SocketAddr>,
     interval: Duration,
+    dir: &Path,
 ) {
     let limit = interval.max(Duration::from_millis(500));
-    let Some(addr) = crate::masters::locate(joins, &node.endpoint().trust(), limit).await else {
+    let Some(found) = crate::masters::locate(joins, &node.endpoint().trust(), limit).await else {
         return;
     };
+    if crate::masters::learn(joins, &found.bootstraps) {
+        if let Err(e) = remember_masters(dir, joins) {
+            warn!(error = %e, "cannot save the masters learned; they are known until this agent restarts");
+        }
+    }
+    let addr = found.leader;
     if addr == followed.addr() && followed.get().identity.is_some() {
         return;
     }
@@ -654,7 +686,7 @@ async fn register_until_accepted(
 
 async fn heartbeat_loop(
     node: Node,
-    (followed, joins): (crate::masters::FollowedMaster, Vec<SocketAddr>),
+    (followed, mut joins): (crate::masters::FollowedMaster, Vec<SocketAddr>),
     register: Register,
     task_ids: tasks::TaskIds,
     interval: Duration,
@@ -762,7 +794,7 @@ async fn heartbeat_loop(
                 // the masters known where the leader is, and follow it once its link
                 // proves a master's identity.
                 if failures >= 2 {
-                    follow_leader(&node, &followed, &joins, interval).await;
+                    follow_leader(&node, &followed, &mut joins, interval, &dir).await;
                 }
             }
             Err(e) => {

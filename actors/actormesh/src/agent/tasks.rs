@@ -315,17 +315,22 @@ impl AgentGate {
         }
     }
 
-    /// Orders come from the master this agent follows only: of several masters, an old
-    /// leader (one paused, then resumed) is refused.
+    /// Orders come from the master this agent follows only, and of no older term than
+    /// one obeyed: of several masters, an old leader (one paused, then resumed) is refused,
+    /// and so is a delayed order of an earlier leadership.
     fn check_followed(&self) -> Result<(), TaskRefusal> {
-        match crate::caller() {
-            Some(c) if self.master.obeys(&c) => Ok(()),
-            Some(c) if c.is_master() => Err(TaskRefusal::NotFollowed {
-                caller: c,
-                followed: self.master.get().identity,
-            }),
-            Some(c) => Err(TaskRefusal::NotTheMaster(c)),
-            None => Err(TaskRefusal::NoCaller),
+        use crate::masters::Disobeyed;
+        let Some(caller) = crate::caller() else {
+            return Err(TaskRefusal::NoCaller);
+        };
+        let term = crate::masters::order_term().map_err(TaskRefusal::BadTerm)?;
+        match self.master.check_order(&caller, term) {
+            Ok(()) => Ok(()),
+            Err(Disobeyed::NotAMaster(c)) => Err(TaskRefusal::NotTheMaster(c)),
+            Err(Disobeyed::NotFollowed { caller, followed }) => {
+                Err(TaskRefusal::NotFollowed { caller, followed })
+            }
+            Err(e @ Disobeyed::OlderTerm { .. }) => Err(TaskRefusal::OlderTerm(e)),
         }
     }
 }

@@ -11,7 +11,7 @@ use tracing::info;
 
 use actormesh::mesh::{Mesh, MeshOptions};
 use actormesh::protocol::{
-    BootstrapReply, BootstrapRequest, ClientCertReply, JoinReply, MASTER_ACTOR,
+    BootstrapReply, BootstrapRequest, ClientCertReply, JoinReply, MastersReply, MASTER_ACTOR,
 };
 use actormesh::token::sha256_hex;
 use actormesh::{Node, NodeConfig, NodeError};
@@ -138,22 +138,34 @@ pub(super) fn write_private(path: &Path, contents: &str) -> std::io::Result<()> 
     f.sync_all()
 }
 
+/// The CA in the store, if one was stored.
+pub(super) async fn stored_ca(
+    store: &dyn StateStore,
+) -> Result<Option<CertificateAuthority>, MasterError> {
+    let (Some(cert), Some(key)) = (
+        store.get(Table::Meta, META_CA_CERT).await?,
+        store.get(Table::Meta, META_CA_KEY).await?,
+    ) else {
+        return Ok(None);
+    };
+    let text = |bytes: &[u8]| {
+        String::from_utf8(bytes.to_vec()).map_err(|e| MasterError::Corrupt {
+            what: "CA",
+            reason: e.to_string(),
+        })
+    };
+    Ok(Some(CertificateAuthority::from_pem(
+        &text(&cert.value)?,
+        &text(&key.value)?,
+    )?))
+}
+
 /// The CA: from the store, else from `--ca`, else new; stored on first start.
 async fn load_or_create_ca(
     store: &dyn StateStore,
     config: &MasterConfig,
 ) -> Result<CertificateAuthority, MasterError> {
-    if let (Some(cert), Some(key)) = (
-        store.get(Table::Meta, META_CA_CERT).await?,
-        store.get(Table::Meta, META_CA_KEY).await?,
-    ) {
-        let text = |bytes: &[u8]| {
-            String::from_utf8(bytes.to_vec()).map_err(|e| MasterError::Corrupt {
-                what: "CA",
-                reason: e.to_string(),
-            })
-        };
-        let ca = CertificateAuthority::from_pem(&text(&cert.value)?, &text(&key.value)?)?;
+    if let Some(ca) = stored_ca(store).await? {
         if let Some(dir) = &config.ca_dir {
             let given = CertificateAuthority::load(dir)?;
             if given.fingerprint() != ca.fingerprint() {
@@ -220,7 +232,7 @@ async fn load_or_create_api_token(
 }
 
 /// The master's key, kept in the data dir (made at first start).
-fn master_key(dir: &Path) -> Result<NodeKey, MasterError> {
+pub(super) fn master_key(dir: &Path) -> Result<NodeKey, MasterError> {
     let key_file = dir.join(MASTER_KEY_FILE);
     match std::fs::read_to_string(&key_file) {
         Ok(pem) => Ok(NodeKey::from_pem(&pem)?),
@@ -237,7 +249,7 @@ fn master_key(dir: &Path) -> Result<NodeKey, MasterError> {
 }
 
 /// The rest of a CA rotation under way, if one is: the new CA, the bridge and the record.
-async fn load_rotation(
+pub(super) async fn load_rotation(
     store: &dyn StateStore,
     current: CertificateAuthority,
 ) -> Result<(Cas, Option<RotationRecord>), MasterError> {
@@ -305,7 +317,7 @@ pub async fn start(config: MasterConfig) -> Result<MasterHandle, MasterError> {
 }
 
 /// Creates `dir`, readable by this user only.
-fn private_dir(dir: &Path) -> Result<(), MasterError> {
+pub(super) fn private_dir(dir: &Path) -> Result<(), MasterError> {
     std::fs::create_dir_all(dir).map_err(io_error("cannot create the data dir", dir))?;
     #[cfg(unix)]
     {
@@ -324,6 +336,12 @@ pub async fn start_with_store(
 ) -> Result<MasterHandle, MasterError> {
     let dir = &config.data_dir;
     private_dir(dir)?;
+    // Every leadership has a term, a lone master's too (each start takes the next), so
+    // an order of an earlier one is told apart from a newer one's.
+    let term = match config.term {
+        Some(t) => t,
+        None => crate::ha::take_term(store.as_ref()).await?,
+    };
     let ca = load_or_create_ca(store.as_ref(), &config).await?;
     let api_token = load_or_create_api_token(store.as_ref(), dir, config.name.as_deref()).await?;
     let trust_domain = ca.trust_domain().to_string();
@@ -440,6 +458,7 @@ pub async fn start_with_store(
         push_answer: config.push_stale_after,
         drained: BTreeMap::new(),
         next_drain_token: 0,
+        term,
     }
     .start();
     node.spawn(
@@ -453,8 +472,20 @@ pub async fn start_with_store(
     let mesh = Mesh::start(&node, MeshOptions::default().master(node.local_addr()))?;
     let join_master = master.clone();
     let mesh_addr = node.local_addr();
+    // Known once bound (the configured address may have port 0).
+    let own_bootstrap = Arc::new(std::sync::OnceLock::<std::net::SocketAddr>::new());
+    let (masters, own) = (config.masters.clone(), own_bootstrap.clone());
     let bootstrap = BootstrapServer::bind(config.bootstrap, &creds, move |body, from| {
         let master = join_master.clone();
+        // This master leads: its own address first, then the standbys'.
+        let bootstraps = crate::ha::bootstrap_set(
+            own.get().copied(),
+            masters
+                .as_ref()
+                .map(|m| m.borrow().clone())
+                .as_deref()
+                .unwrap_or_default(),
+        );
         async move {
             let reply = match codec::decode::<BootstrapRequest>(&body) {
                 Ok(BootstrapRequest::Join(req)) => {
@@ -474,6 +505,10 @@ pub async fn start_with_store(
                         },
                     ))
                 }
+                Ok(BootstrapRequest::Masters) => BootstrapReply::Masters(MastersReply {
+                    leader: Some(mesh_addr),
+                    bootstraps,
+                }),
                 Err(e) => BootstrapReply::Join(JoinReply::Refused {
                     reason: format!("malformed bootstrap request from {from}: {e}"),
                 }),
@@ -483,13 +518,18 @@ pub async fn start_with_store(
     })?;
     // The listener's task keeps serving after this handle is dropped.
     let bootstrap_addr = bootstrap.local_addr()?;
+    let _ = own_bootstrap.set(bootstrap_addr);
     // Kept for the renewals and rotations: they change what it presents.
     let _ = keeper.bootstrap.set(bootstrap);
-    let api_addr = crate::api::serve(api_listener, master.clone(), api_token).map_err(|e| {
-        MasterError::Api {
-            addr: config.api,
-            reason: e.to_string(),
-        }
+    let api_addr = crate::api::serve(
+        api_listener,
+        master.clone(),
+        api_token,
+        config.masters.clone(),
+    )
+    .map_err(|e| MasterError::Api {
+        addr: config.api,
+        reason: e.to_string(),
     })?;
     actix::spawn(renew_master_certificate(node.downgrade(), keeper));
     info!(mesh = %node.local_addr(), bootstrap = %bootstrap_addr, api = %api_addr, "master up");
@@ -501,6 +541,7 @@ pub async fn start_with_store(
         api: api_addr,
         api_token_file: config.data_dir.join(API_TOKEN_FILE),
         ca_fingerprint: fingerprint,
+        term,
         stepped_down,
         cert_expires,
     })

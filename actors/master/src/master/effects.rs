@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
+use actormesh::masters::order_options;
 use actormesh::mesh::protocol::PROXY_ACTOR;
 use actormesh::protocol::{KillTask, ReleaseStatus, AGENT_ACTOR};
 use actormesh_transport::{Endpoint, SpiffeId};
@@ -79,10 +80,11 @@ impl Master {
                 } => {
                     let me = ctx.address();
                     let target = self.node.actor_ref(at, AGENT_ACTOR);
+                    let order = order_options(self.term, AGENT_ANSWER);
                     actix::spawn(async move {
                         let asked = match *launch {
-                            Launch::Actor(l) => target.ask_timeout(l, AGENT_ANSWER).await,
-                            Launch::Command(l) => target.ask_timeout(l, AGENT_ANSWER).await,
+                            Launch::Actor(l) => target.ask_with_options(l, &order).await,
+                            Launch::Command(l) => target.ask_with_options(l, &order).await,
                         };
                         if let Err(why) = asked.map_err(|e| e.to_string()).and_then(|r| r) {
                             me.do_send(LaunchFailed { task_id, why });
@@ -95,11 +97,12 @@ impl Master {
                 Effect::Kill { agent, at, task_id } => {
                     let me = ctx.address();
                     let target = self.node.actor_ref(at, AGENT_ACTOR);
+                    let order = order_options(self.term, AGENT_ANSWER);
                     actix::spawn(async move {
                         let kill = KillTask {
                             task_id: task_id.clone(),
                         };
-                        match target.ask_timeout(kill, AGENT_ANSWER).await {
+                        match target.ask_with_options(kill, &order).await {
                             Ok(Ok(())) => {}
                             // The agent answers a kill with an error only when it does
                             // not run the task: nothing will report its end.
@@ -124,16 +127,18 @@ impl Master {
                 }
                 Effect::ReleaseStatus { at, task_id } => {
                     let target = self.node.actor_ref(at, AGENT_ACTOR);
+                    let order = order_options(self.term, AGENT_ANSWER);
                     actix::spawn(async move {
                         // Lost, the agent sends the end again when it registers.
                         let _ = target
-                            .ask_timeout(ReleaseStatus { task_id }, AGENT_ANSWER)
+                            .ask_with_options(ReleaseStatus { task_id }, &order)
                             .await;
                     });
                 }
                 Effect::ToFramework { framework, event } => {
                     if let Some(target) = self.framework_actors.get(&framework) {
-                        let _ = target.try_tell(event);
+                        let order = order_options(self.term, AGENT_ANSWER);
+                        let _ = target.try_tell_with_options(event, &order);
                     }
                 }
                 Effect::Watch {

@@ -12,6 +12,7 @@ mod frameworks;
 mod gate;
 mod operator;
 mod services;
+mod standby;
 mod trust;
 mod views;
 
@@ -48,6 +49,7 @@ pub use self::operator::{
 pub use self::services::{
     ListProxyStatus, ListServices, ProxyConfigOf, ProxyEndpointsOf, ServiceEndpoints,
 };
+pub use self::standby::{serve_standby_bootstrap, StandbyBootstrap};
 pub use self::trust::{CaStatus, RotateCa, RotationAction};
 pub use self::views::{
     DescribeDeployment, DescribeTaskOf, ListAllTasks, ListDeploymentTasks, ListDeployments,
@@ -105,6 +107,14 @@ pub struct MasterConfig {
     /// This master's name among several on one ZooKeeper store (`None`: the only
     /// master). Each named master keeps the hash of its own api-token file's token.
     pub name: Option<String>,
+    /// The term this master leads at, when it took one before starting (`actormesh
+    /// master --zk`, whose store is fenced by it); `None`: it takes the next at start.
+    /// Its orders to agents and frameworks carry it.
+    pub term: Option<u64>,
+    /// Every master standing for election, the leader first, as it changes (`None`: the
+    /// only master). The bootstrap port tells it to agents and frameworks, the API to the
+    /// CLI, so each finds the leader when the master it first knew is gone.
+    pub masters: Option<tokio::sync::watch::Receiver<Vec<crate::ha::MasterInfo>>>,
 }
 
 impl MasterConfig {
@@ -133,6 +143,8 @@ impl MasterConfig {
             master_cert_ttl: Duration::from_secs(24 * 3600),
             service_grants: Vec::new(),
             name: None,
+            term: None,
+            masters: None,
         }
     }
 }
@@ -154,6 +166,8 @@ pub struct MasterHandle {
     pub api_token_file: PathBuf,
     /// The CA fingerprint that join tokens pin.
     pub ca_fingerprint: String,
+    /// The term this master leads at (its orders carry it).
+    pub term: u64,
     /// Why the master stepped down, once it has.
     stepped_down: tokio::sync::watch::Receiver<Option<String>>,
     /// When the master's own certificate expires now (ms since the epoch; renewals move it).
@@ -237,6 +251,8 @@ pub struct Master {
     next_drain_token: u64,
     /// The control-plane metrics.
     figures: Arc<figures::ControlFigures>,
+    /// The term this master leads at; its orders carry it.
+    term: u64,
 }
 
 impl std::fmt::Debug for Master {

@@ -258,6 +258,7 @@ impl Handler<LaunchOn> for Master {
             .launch_on(&m.agent, &m.task_id)
             .map(|at| self.node.actor_ref(at, AGENT_ACTOR))
             .map_err(|e| e.to_string());
+        let order = actormesh::masters::order_options(self.term, AGENT_ANSWER);
         Box::pin(async move {
             let launch = LaunchActor {
                 task_id: m.task_id,
@@ -270,7 +271,7 @@ impl Handler<LaunchOn> for Master {
                 workload: None,
             };
             target?
-                .ask_timeout(launch, AGENT_ANSWER)
+                .ask_with_options(launch, &order)
                 .await
                 .map_err(|e| format!("agent {} did not answer: {e}", m.agent))?
         })
@@ -295,9 +296,10 @@ impl Handler<KillOn> for Master {
             .agent_addr(&m.agent)
             .map(|at| self.node.actor_ref(at, AGENT_ACTOR))
             .map_err(|e| e.to_string());
+        let order = actormesh::masters::order_options(self.term, AGENT_ANSWER);
         Box::pin(async move {
             target?
-                .ask_timeout(KillTask { task_id: m.task_id }, AGENT_ANSWER)
+                .ask_with_options(KillTask { task_id: m.task_id }, &order)
                 .await
                 .map_err(|e| format!("agent {} did not answer: {e}", m.agent))?
         })

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 use zookeeper_client as zk;
 
 use super::io;
-use crate::ha::{leader_of, Lease, MasterInfo};
+use crate::ha::{Lease, MasterInfo};
 use crate::state::StoreError;
 
 /// Where the candidacies are.
@@ -40,10 +40,18 @@ pub async fn campaign(client: &zk::Client, info: &MasterInfo) -> Result<Leadersh
 
 /// Every master standing, in election order (the leader first).
 pub async fn members(client: &zk::Client) -> Result<Vec<MasterInfo>, StoreError> {
-    let mut children = client
+    let children = client
         .list_children(ELECTION)
         .await
         .map_err(|e| io("list the masters", e))?;
+    infos(client, children).await
+}
+
+/// The masters of the candidacy znodes `children`, in election order (the leader first).
+async fn infos(
+    client: &zk::Client,
+    mut children: Vec<String>,
+) -> Result<Vec<MasterInfo>, StoreError> {
     children.retain(|c| crate::ha::sequence(c).is_some());
     children.sort_by_key(|c| crate::ha::sequence(c));
     let mut out = Vec::with_capacity(children.len());
@@ -61,17 +69,23 @@ pub async fn members(client: &zk::Client) -> Result<Vec<MasterInfo>, StoreError>
     Ok(out)
 }
 
-/// The leading master, as it changes: a task reads the election and watches it. `None`
-/// while no master leads (or ZooKeeper cannot be read).
-pub fn watch_leader(client: zk::Client) -> watch::Receiver<Option<MasterInfo>> {
-    let (tx, rx) = watch::channel(None);
+/// The masters standing, the leader first, as they change: a task reads the election and
+/// watches it. Empty while none stands (or ZooKeeper cannot be read).
+pub fn watch_masters(client: zk::Client) -> watch::Receiver<Vec<MasterInfo>> {
+    let (tx, rx) = watch::channel(Vec::new());
     tokio::spawn(async move {
         loop {
-            let (children, watcher) = match client.list_and_watch_children(ELECTION).await {
+            let read = match client.list_and_watch_children(ELECTION).await {
+                Ok((children, watcher)) => infos(&client, children)
+                    .await
+                    .map(|masters| (masters, watcher)),
+                Err(e) => Err(io("read the election", e)),
+            };
+            let (masters, watcher) = match read {
                 Ok(got) => got,
                 Err(e) => {
                     debug!(error = %e, "cannot read the election; trying again");
-                    tx.send_replace(None);
+                    tx.send_replace(Vec::new());
                     if tx.is_closed() {
                         return;
                     }
@@ -79,14 +93,9 @@ pub fn watch_leader(client: zk::Client) -> watch::Receiver<Option<MasterInfo>> {
                     continue;
                 }
             };
-            let leader = match leader_of(&children) {
-                None => None,
-                Some(c) => match client.get_data(&format!("{ELECTION}/{c}")).await {
-                    Ok((data, _)) => serde_json::from_slice(&data).ok(),
-                    Err(_) => None,
-                },
-            };
-            tx.send_replace(leader);
+            // A leader whose znode ended between the listing and the read is not among
+            // them: the next, which leads next, comes first, and the watch fires.
+            tx.send_replace(masters);
             tokio::select! {
                 _ = watcher.changed() => {}
                 _ = tx.closed() => return,
