@@ -180,6 +180,42 @@ async fn the_master_starts_and_kills_actor_tasks_on_an_agent() {
     let r = m.node.actor_ref(a.node.local_addr(), "doubler-1");
     assert_eq!(r.ask(Double(4)).await.unwrap(), 8);
 
+    // The master's orders carry the term of its leadership (each start takes the next),
+    // and the agent keeps the newest it obeyed.
+    assert!(m.term >= 1);
+    assert_eq!(a.master.term(), m.term);
+    // An order of an older term, a delayed one of an earlier leadership, is refused,
+    // even from the master's own identity.
+    let older = actormesh::masters::order_options(m.term - 1, Duration::from_secs(5));
+    let refused = m
+        .node
+        .actor_ref(a.node.local_addr(), actormesh::protocol::AGENT_ACTOR)
+        .ask_with_options(
+            actormesh::protocol::LaunchActor {
+                task_id: "t-old".into(),
+                actor_type: "doubler".into(),
+                name: "doubler-old".into(),
+                health: None,
+                restart: None,
+                resources: Default::default(),
+                version: String::new(),
+                workload: None,
+            },
+            &older,
+        )
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(refused.contains("older than term"), "{refused}");
+    assert!(
+        a.node
+            .local_ref("doubler-old")
+            .ask(Double(1))
+            .await
+            .is_err(),
+        "nothing was launched"
+    );
+
     // A type the agent does not host is an error, reported as such.
     let err = m
         .master
@@ -262,6 +298,10 @@ async fn a_deployment_keeps_its_replicas_running_and_replaces_a_lost_agents() {
         "3 replicas never ran: {:?}",
         m.master.send(ListDeployments).await.unwrap()
     );
+    // The launches carried the master's term.
+    for a in &agents {
+        assert_eq!(a.master.term(), m.term, "{}", a.agent_id);
+    }
     // Every instance answers over the mesh.
     let tasks = m.master.send(ListDeploymentTasks).await.unwrap();
     for t in tasks

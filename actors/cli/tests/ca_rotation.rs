@@ -4,115 +4,17 @@
 //! agent trusts it, and agents renew at once; a client issued before the rotation still
 //! reaches every node on new links; `finish` drops the old CA. No call fails at any step.
 
+mod callload;
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actormesh_master::rotation::{Phase, RotationStatus};
+use callload::Load;
 use common::*;
 
 const ECHO: &str = "kind: Deployment\nname: echo\nspec:\n  actor: echo\n  version: v1\n  replicas: 2\n  resources: { need: \"cpus:1\" }\n  service: {}\n";
-
-/// A client calling `default/echo` in two loops until stopped (at most 5 minutes or
-/// 500,000 calls): the counts and the first errors.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    errors: Arc<Mutex<Vec<String>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(identity: &Path) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let errors = Arc::new(Mutex::new(Vec::new()));
-        let (s, o, e) = (stop.clone(), ok.clone(), errors.clone());
-        let client = actormesh::client::load(identity).expect("client identity");
-        let thread = std::thread::spawn(move || {
-            actix::System::new().block_on(async move {
-                let mesh = client
-                    .connect(
-                        actormesh::mesh::MeshOptions::default(),
-                        Duration::from_secs(10),
-                    )
-                    .await
-                    .expect("client mesh");
-                let started = Instant::now();
-                let one_loop = |n: u32| {
-                    let (mesh, s, o, e) = (mesh.clone(), s.clone(), o.clone(), e.clone());
-                    async move {
-                        let options = actormesh::mesh::CallOptions {
-                            timeout: Some(Duration::from_secs(5)),
-                            ..Default::default()
-                        };
-                        let echo = mesh.service_named(
-                            actormesh::mesh::ServiceName::parse("default/echo", "default").unwrap(),
-                        );
-                        let payload = serde_json::json!({ "name": format!("loop{n}") });
-                        for _ in 0..250_000u32 {
-                            if s.load(Ordering::Relaxed)
-                                || started.elapsed() > Duration::from_secs(300)
-                            {
-                                break;
-                            }
-                            match echo.ask_json("demo.Greet/v1", &payload, &options).await {
-                                Ok(_) => {
-                                    o.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(err) => {
-                                    let mut e = e.lock().unwrap();
-                                    if e.len() < 20 {
-                                        e.push(err.to_string());
-                                    }
-                                }
-                            }
-                        }
-                    }
-                };
-                futures::future::join(one_loop(1), one_loop(2)).await;
-                mesh.node().shutdown();
-            })
-        });
-        Self {
-            stop,
-            ok,
-            errors,
-            thread: Some(thread),
-        }
-    }
-
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
-    /// Waits until `more` further calls succeeded (at most 30 s).
-    async fn more(&self, more: u64, during: &str) {
-        let target = self.ok() + more;
-        let start = Instant::now();
-        while self.ok() < target {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "load stalled {during}: {} ok, errors {:?}",
-                self.ok(),
-                self.errors.lock().unwrap()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Stops the load; returns (calls that succeeded, errors).
-    fn stop(mut self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            tokio::task::block_in_place(|| t.join().unwrap());
-        }
-        (self.ok(), self.errors.lock().unwrap().clone())
-    }
-}
 
 fn status(master: &Master) -> RotationStatus {
     let out = master.cli(&["ca", "status", "-o", "json"]);
@@ -218,7 +120,7 @@ async fn a_ca_rotation_under_load_fails_no_call() {
     let old_ca = before.current.clone();
 
     let l1 = issue_client(&master, "l1", &dir);
-    let load1 = Load::start(&l1);
+    let load1 = Load::start(&l1, "default/echo");
     load1.more(100, "before the rotation").await;
 
     // Begin: the new CA is trusted beside the old; it signs once every agent trusts it,
@@ -261,7 +163,7 @@ async fn a_ca_rotation_under_load_fails_no_call() {
 
     // The operator reissues the client before finishing; its load takes over.
     let l2 = issue_client(&master, "l2", &dir);
-    let load2 = Load::start(&l2);
+    let load2 = Load::start(&l2, "default/echo");
     load2.more(100, "with the reissued client").await;
     let (ok1, errors1) = load1.stop();
     assert!(

@@ -3,6 +3,7 @@
 //! credentials file is a clear error at start; a master killed with SIGKILL and started
 //! again reloads everything from ZooKeeper, and its agent's task keeps running.
 
+mod callload;
 mod common;
 mod fwevents;
 #[path = "../../../integration/src/zk.rs"]
@@ -293,12 +294,39 @@ async fn the_leader_killed_a_standby_takes_over_with_all_of_the_state_and_kills_
         format!("http://{},http://{}", m1.api, m2.api),
         "the leader's API first"
     );
+    // A client calling the web service without pause, its certificate issued through
+    // the standby's bootstrap port (which forwards the request to the leader).
+    let client_dir = dir.join("client");
+    let client_token = m1.client_token(600);
+    let standby_join = m2.bootstrap.to_string();
+    let out = tokio::task::block_in_place(|| {
+        std::process::Command::new(BIN)
+            .args([
+                "cert",
+                "issue",
+                "--client",
+                "load",
+                "--token",
+                &client_token,
+                "--join",
+                &standby_join,
+                "--out",
+                client_dir.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    });
+    assert!(out.status.success(), "{out:?}");
+    let load = callload::Load::start(&client_dir, "default/web");
+    load.more(50, "before the kill").await;
 
-    // kill -9 the leader: the standby leads within 10 s, with the same CA, and the
-    // agent follows it; the task is adopted, not replaced.
+    // kill -9 the leader under that load: the standby leads within 10 s, with the same
+    // CA, and the agent follows it; the task is adopted, not replaced; the client's
+    // Proxy serves its last snapshot meanwhile, and no call fails.
     let mut m1 = m1;
     let killed = std::time::Instant::now();
     m1.proc.kill().await;
+    load.more(100, "while no master leads").await;
     now_leading(&mut m2, Duration::from_secs(10)).await;
     assert_eq!(
         m2.fingerprint, m1.fingerprint,
@@ -327,6 +355,10 @@ async fn the_leader_killed_a_standby_takes_over_with_all_of_the_state_and_kills_
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("a1"),
         "{out:?}"
     );
+    load.more(100, "after the failover").await;
+    let (ok, errors) = load.stop();
+    assert!(errors.is_empty(), "{ok} calls answered, but: {errors:?}");
+    eprintln!("{ok} calls answered across the failover, none failed");
 
     // The old leader, started again, stands by and redirects to the new one.
     let m1_again = standby(&dir.join("m1"), &ha_flags(&zk, &auth, "m1", "2s")).await;
@@ -529,8 +561,14 @@ async fn a_backup_restored_on_the_other_store_brings_back_the_same_cluster() {
     use std::os::unix::fs::PermissionsExt;
     let dir = temp_dir("zk-backup");
     let auth = auth_file(&dir, 0o600);
-    // A master on the embedded store: a deployment, an agent, join and API tokens.
-    let fast = ["--heartbeat", "100ms"];
+    // A master on the embedded store: a deployment, an agent, a framework, join and API
+    // tokens.
+    let fast = [
+        "--heartbeat",
+        "100ms",
+        "--framework-role",
+        "spiffe://cluster.local/client/fw=batch",
+    ];
     let mut m = Master::start(&dir.join("m"), free_udp(), free_udp(), free_tcp(), &fast).await;
     let later_join = m.token(3600);
     let mut a1 = agent(
@@ -551,6 +589,50 @@ async fn a_backup_restored_on_the_other_store_brings_back_the_same_cluster() {
     assert!(out.status.success(), "{out:?}");
     let ops = dir.join("ops-token");
     std::fs::write(&ops, String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    // A framework, registered from a client's node; it disconnects, and the master keeps
+    // it for its failover timeout.
+    let fw_dir = dir.join("fw");
+    let join = m.bootstrap.to_string();
+    let fw_token = m.client_token(600);
+    let out = run(&[
+        "cert",
+        "issue",
+        "--client",
+        "fw",
+        "--token",
+        &fw_token,
+        "--join",
+        &join,
+        "--out",
+        fw_dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let fw = actormesh::client::load(&fw_dir).unwrap();
+    let master_mesh = m.mesh;
+    let framework_id = on_node(fw.credentials, move |node| async move {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        let me = node.spawn("batch-events", fwevents::Events(tx)).unwrap();
+        let (s, _) = actormesh::framework::Scheduler::register(
+            &node,
+            master_mesh,
+            &me,
+            "batch",
+            "batch",
+            Duration::from_secs(3600),
+            None,
+        )
+        .await
+        .unwrap();
+        s.id().to_string()
+    })
+    .await;
+    let frameworks = |m: &Master| {
+        m.client()
+            .call("GET", "/v1/frameworks", None)
+            .unwrap()
+            .to_string()
+    };
+    assert!(frameworks(&m).contains(&framework_id), "{}", frameworks(&m));
 
     let backup = dir.join("cluster.backup");
     let out = m.cli(&["backup", "--out", backup.to_str().unwrap()]);
@@ -618,6 +700,11 @@ async fn a_backup_restored_on_the_other_store_brings_back_the_same_cluster() {
     assert_eq!(m2.fingerprint, m.fingerprint, "the same CA");
     let deployments = m2.client().call("GET", "/v1/deployments", None).unwrap();
     assert!(deployments.to_string().contains("\"web\""), "{deployments}");
+    assert!(
+        frameworks(&m2).contains(&framework_id),
+        "the framework: {}",
+        frameworks(&m2)
+    );
     let api2 = format!("http://{}", m2.api);
     let out = run(&[
         "get",
@@ -666,6 +753,11 @@ async fn a_backup_restored_on_the_other_store_brings_back_the_same_cluster() {
     );
     let deployments = m3.client().call("GET", "/v1/deployments", None).unwrap();
     assert!(deployments.to_string().contains("\"web\""), "{deployments}");
+    assert!(
+        frameworks(&m3).contains(&framework_id),
+        "{}",
+        frameworks(&m3)
+    );
     // A damaged file is refused, saying so.
     let bytes = std::fs::read(&backup2).unwrap();
     let cut = dir.join("cut.backup");
