@@ -104,3 +104,46 @@ async fn a_join_through_the_wrong_port_says_what_answers_there() {
         other => panic!("expected Unreachable, got {other:?}"),
     }
 }
+
+/// A closed bootstrap port frees its address even while a request is under way there (a
+/// standby's forwarded join waiting on a dead leader), so a new leader can bind it.
+#[tokio::test]
+async fn a_closed_bootstrap_port_frees_its_address_with_a_request_under_way() {
+    let pki = TestPki::new("boot.test");
+    let (_, master) = pki.node("master");
+    let (asked, mut under_way) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let server = BootstrapServer::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        &master,
+        move |_req, _from| {
+            let asked = asked.clone();
+            async move {
+                let _ = asked.send(());
+                std::future::pending::<Vec<u8>>().await
+            }
+        },
+    )
+    .unwrap();
+    let addr = server.local_addr().unwrap();
+    let pin = fingerprint(pki.ca.cert_der());
+    let stuck =
+        tokio::spawn(async move { request(addr, &pin, b"hello", Duration::from_secs(30)).await });
+    under_way
+        .recv()
+        .await
+        .expect("the request reached the handler");
+    server.close().await;
+    // The socket goes with the last handle of the endpoint, a moment after the close.
+    let started = std::time::Instant::now();
+    loop {
+        match std::net::UdpSocket::bind(addr) {
+            Ok(_) => break,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "the port stays taken after the close: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stuck.abort();
+}

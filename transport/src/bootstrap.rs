@@ -124,6 +124,8 @@ fn tls_err(e: TlsError) -> TransportError {
 pub struct BootstrapServer {
     endpoint: quinn::Endpoint,
     certs: Arc<CertStore>,
+    /// Set on [`BootstrapServer::close`]: requests under way drop their connections.
+    closing: tokio::sync::watch::Sender<bool>,
 }
 
 /// What the bootstrap port presents: the chain, then every CA of the trust bundle (so a
@@ -173,6 +175,7 @@ impl BootstrapServer {
         // Unauthenticated callers: at most this many handshakes and requests at once; more
         // are refused at once instead of piling up.
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT));
+        let (closing, closed) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
@@ -180,6 +183,7 @@ impl BootstrapServer {
                     continue;
                 };
                 let handle = handle.clone();
+                let mut closed = closed.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
                     let remote = incoming.remote_address();
@@ -196,11 +200,20 @@ impl BootstrapServer {
                         let _ = send.stopped().await;
                         Some(())
                     };
-                    let _ = tokio::time::timeout(Duration::from_secs(10), work).await;
+                    // A connection holds the endpoint's socket: on close, the request
+                    // (a forwarded one may wait on another master) is dropped at once.
+                    tokio::select! {
+                        _ = tokio::time::timeout(Duration::from_secs(10), work) => {}
+                        _ = closed.wait_for(|c| *c) => {}
+                    }
                 });
             }
         });
-        Ok(Self { endpoint, certs })
+        Ok(Self {
+            endpoint,
+            certs,
+            closing,
+        })
     }
 
     /// Presents `credentials` (and their trust bundle) from the next request on: the
@@ -219,8 +232,14 @@ impl BootstrapServer {
     /// Stops listening: requests under way are cut, and once every handle of the endpoint
     /// is gone (a moment after this returns) its port is free to bind again.
     pub async fn close(self) {
-        self.endpoint.close(0u32.into(), b"closing");
+        self.shut();
         self.endpoint.wait_idle().await;
+    }
+
+    /// [`BootstrapServer::close`] without waiting for the connections to end.
+    pub fn shut(&self) {
+        self.closing.send_replace(true);
+        self.endpoint.close(0u32.into(), b"closing");
     }
 }
 

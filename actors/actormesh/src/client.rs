@@ -166,6 +166,11 @@ pub struct ClientRecord {
     /// The bootstrap address it was issued through (ask it with
     /// [`BootstrapRequest::Locate`] if the master moved).
     pub bootstrap: SocketAddr,
+    /// Every master's bootstrap address known (with several masters), asked at
+    /// [`ClientCredentials::connect`] which leads, so the client finds the leader when
+    /// the master it was issued by is gone. Written since HA masters.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masters: Vec<SocketAddr>,
 }
 
 /// A client identity on disk, loaded.
@@ -232,10 +237,20 @@ pub async fn issue(
     if !is_client_identity(&identity) {
         return Err(ClientError::NotAClient(identity));
     }
+    // Every master, so that the client finds the leader when this one is gone.
+    let mut masters = vec![bootstrap];
+    if let Some(found) = crate::masters::locate(&masters, &bundle, ISSUE_TIMEOUT).await {
+        crate::masters::learn(&mut masters, &found.bootstraps);
+    }
     let record = ClientRecord {
         identity: identity.to_string(),
         master_addr,
         bootstrap,
+        masters: if masters.len() > 1 {
+            masters
+        } else {
+            Vec::new()
+        },
     };
     save(out_dir, &key.pem(), &cert_pem, &ca_pem, &record)?;
     Ok(ClientCredentials {
@@ -326,11 +341,22 @@ impl ClientCredentials {
     /// when that is `None`), and waits at most `wait` until the Proxy has the master's
     /// registry, so that a call by name right after finds the endpoints. Call inside an
     /// actix system; `mesh.node().shutdown()` closes the node's links.
+    ///
+    /// With several masters known (`record.masters`), the Proxy subscribes to whichever
+    /// leads now, asked of their bootstrap ports at once.
     pub async fn connect(
         &self,
         mut options: MeshOptions,
         wait: Duration,
     ) -> Result<Mesh, ConnectError> {
+        if options.master.is_none() && !self.record.masters.is_empty() {
+            let limit = wait.min(Duration::from_secs(5));
+            if let Some(found) =
+                crate::masters::locate(&self.record.masters, &self.credentials.trust, limit).await
+            {
+                options.master = Some(found.leader);
+            }
+        }
         let master = *options.master.get_or_insert(self.record.master_addr);
         let node = Node::start(NodeConfig::new(bind_for(master)), &self.credentials)
             .map_err(ConnectError::Node)?;
@@ -464,6 +490,7 @@ mod tests {
             identity: "spiffe://td/client/cli".into(),
             master_addr: "127.0.0.1:7000".parse().unwrap(),
             bootstrap: "127.0.0.1:7001".parse().unwrap(),
+            masters: Vec::new(),
         };
         save(
             &dir,

@@ -284,13 +284,18 @@ pub struct Scheduler {
     _driver: Option<Arc<Driver>>,
 }
 
-/// The driver's task, aborted when dropped.
+/// The driver's task and relay, stopped when dropped.
 #[derive(Debug)]
-struct Driver(tokio::task::AbortHandle);
+struct Driver {
+    task: tokio::task::AbortHandle,
+    node: Node,
+    relay: String,
+}
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
+        self.node.stop(&self.relay);
     }
 }
 
@@ -374,7 +379,7 @@ impl Actor for Relay {
 #[crate::handler]
 impl Handler<FrameworkEvent> for Relay {
     type Result = ();
-    fn handle(&mut self, e: FrameworkEvent, _: &mut Context<Self>) {
+    fn handle(&mut self, e: FrameworkEvent, ctx: &mut Context<Self>) {
         let Some(caller) = crate::caller() else {
             warn!("a framework event came from no verified caller; dropped");
             return;
@@ -388,9 +393,17 @@ impl Handler<FrameworkEvent> for Relay {
         };
         match self.followed.check_order(&caller, term) {
             Ok(()) => {
-                if let Err(e) = self.to.try_tell(e) {
-                    warn!(error = %e, to = self.to.name(), "the framework's actor did not take an event");
-                }
+                // One event at a time, in order: the relay waits while the framework's
+                // mailbox is full (the master's events then wait in the relay's).
+                let to = self.to.clone();
+                ctx.wait(
+                    async move {
+                        if let Err(e) = to.tell(e).await {
+                            warn!(error = %e, to = to.name(), "the framework's actor did not take an event");
+                        }
+                    }
+                    .into_actor(self),
+                );
             }
             Err(why) => warn!(%why, "a framework event not passed on"),
         }
@@ -517,7 +530,11 @@ impl Scheduler {
             Self {
                 master,
                 framework_id: reg.framework_id.clone(),
-                _driver: Some(Arc::new(Driver(task.abort_handle()))),
+                _driver: Some(Arc::new(Driver {
+                    task: task.abort_handle(),
+                    node: node.clone(),
+                    relay: relay.name().to_string(),
+                })),
             },
             reg,
         ))
@@ -691,8 +708,9 @@ async fn register_at(
     }
 }
 
-/// The driver: every `check_every`, asks the masters which leads; when another does,
-/// registers again there with the framework id.
+/// The driver: every `check_every`, asks the masters which leads; when another does, or
+/// the leader itself tells of a newer term than the events passed on (a leadership begun
+/// since, of the same master too), registers again there with the framework id.
 async fn drive(
     node: Node,
     followed: FollowedMaster,
@@ -709,7 +727,8 @@ async fn drive(
             continue;
         };
         let learned = crate::masters::learn(&mut kept.masters, &found.bootstraps);
-        if found.leader != followed.addr() {
+        let newer = found.term.is_some_and(|t| t > followed.term());
+        if found.leader != followed.addr() || newer {
             match register_at(&node, &followed, found.leader, again.clone()).await {
                 Ok((m, reg)) => {
                     info!(master = %found.leader, framework = %reg.framework_id, reregistered = reg.reregistered, "the framework failed over to the leading master");

@@ -94,6 +94,12 @@ pub enum Disobeyed {
         /// The newest term obeyed.
         newest: u64,
     },
+    /// The order carries no term, though orders of a term were obeyed.
+    #[error("the order carries no term, but orders of term {newest} were obeyed; only a master of an earlier version sends none")]
+    NoTerm {
+        /// The newest term obeyed.
+        newest: u64,
+    },
 }
 
 impl FollowedMaster {
@@ -151,8 +157,7 @@ impl FollowedMaster {
     /// Whether an order from `caller` sent under `term` is obeyed: it must come from the
     /// master followed ([`FollowedMaster::obeys`]) and be of no older term than the newest
     /// obeyed, which an obeyed order of a newer term raises. An order without a term (from
-    /// a master of an earlier version, or a tell sent before a link was up) is judged by
-    /// its caller alone.
+    /// a master of an earlier version) is obeyed only while no order of a term was.
     pub fn check_order(&self, caller: &SpiffeId, term: Option<u64>) -> Result<(), Disobeyed> {
         if !caller.is_master() {
             return Err(Disobeyed::NotAMaster(caller.clone()));
@@ -163,10 +168,18 @@ impl FollowedMaster {
                 followed: self.get().identity,
             });
         }
-        if let Some(term) = term {
-            let newest = self.term.fetch_max(term, Ordering::AcqRel);
-            if term < newest {
-                return Err(Disobeyed::OlderTerm { term, newest });
+        match term {
+            Some(term) => {
+                let newest = self.term.fetch_max(term, Ordering::AcqRel);
+                if term < newest {
+                    return Err(Disobeyed::OlderTerm { term, newest });
+                }
+            }
+            None => {
+                let newest = self.term();
+                if newest > 0 {
+                    return Err(Disobeyed::NoTerm { newest });
+                }
             }
         }
         Ok(())
@@ -190,6 +203,8 @@ impl FollowedMaster {
 pub struct Located {
     /// The leader's mesh address.
     pub leader: SocketAddr,
+    /// The leader's term, if the leader answered.
+    pub term: Option<u64>,
     /// Every master's bootstrap address the answer named (empty from a master of an
     /// earlier version, which tells the leader only).
     pub bootstraps: Vec<SocketAddr>,
@@ -222,6 +237,7 @@ pub async fn locate(
                 return match codec::decode(&reply) {
                     Ok(BootstrapReply::Masters(m)) => m.leader.map(|leader| Located {
                         leader,
+                        term: m.term,
                         bootstraps: m.bootstraps,
                     }),
                     // A master of an earlier version does not know the request: it
@@ -233,6 +249,7 @@ pub async fn locate(
                         match codec::decode(&reply) {
                             Ok(BootstrapReply::Located { master_addr }) => Some(Located {
                                 leader: master_addr,
+                                term: None,
                                 bootstraps: Vec::new(),
                             }),
                             _ => None,
@@ -314,6 +331,11 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:7000".parse().unwrap();
         let f = FollowedMaster::new(addr, Some(m1.clone()));
         assert_eq!(f.term(), 0);
+        assert_eq!(
+            f.check_order(&m1, None),
+            Ok(()),
+            "no term while none was seen"
+        );
         assert_eq!(f.check_order(&m1, Some(3)), Ok(()));
         assert_eq!(f.term(), 3, "an obeyed order raises the newest term");
         assert_eq!(f.check_order(&m1, Some(3)), Ok(()), "the same term again");
@@ -325,8 +347,8 @@ mod tests {
         assert_eq!(f.term(), 3, "a refused order leaves the term");
         assert_eq!(
             f.check_order(&m1, None),
-            Ok(()),
-            "no term: judged by its caller"
+            Err(Disobeyed::NoTerm { newest: 3 }),
+            "once a term was obeyed, an order needs one"
         );
         assert!(matches!(
             f.check_order(&m2, Some(9)),

@@ -56,6 +56,8 @@ pub struct MastersReply {
     /// The leading master's mesh address; `None` while none leads (an election is under
     /// way).
     pub leader: Option<SocketAddr>,
+    /// The leader's term, when the leader itself answers (a standby does not know it).
+    pub term: Option<u64>,
     /// Every master's bootstrap address, the leader's first (a lone master: its own).
     pub bootstraps: Vec<SocketAddr>,
 }

@@ -34,11 +34,11 @@ pub fn default_name(api: std::net::SocketAddr) -> String {
     format!("{host}-{}", api.port())
 }
 
-/// Waits, a second at most, until the UDP port `addr` can be bound: a closed QUIC
+/// Waits, three seconds at most, until the UDP port `addr` can be bound: a closed QUIC
 /// endpoint lets its socket go a moment after it is closed. (If it stays taken, the
 /// master's start says so.)
 async fn wait_until_free(addr: std::net::SocketAddr) {
-    for _ in 0..50 {
+    for _ in 0..150 {
         if std::net::UdpSocket::bind(addr).is_ok() {
             return;
         }
@@ -92,10 +92,10 @@ pub async fn lead(
     let term = ha::take_term(store.as_ref()).await?;
     let lease = Lease::new(session_timeout);
     tokio::spawn(election::keep_lease(client, lease.clone()));
-    info!(%name, term, "leading");
-    println!("master leading: {name}, term {term}");
+    info!(%name, term = term.number, "leading");
+    println!("master leading: {name}, term {}", term.number);
     config.name = Some(name);
-    config.term = Some(term);
+    config.term = Some(term.number);
     config.masters = Some(masters);
     let fenced = Arc::new(FencedStore::new(store, term, lease));
     let m = master::start_with_store(config, fenced).await?;

@@ -172,10 +172,19 @@ impl ApiClient {
         ) else {
             return;
         };
+        // Those named first (the leader's first), then those kept that it did not name:
+        // a master missing from one answer is not forgotten.
         let kept = std::fs::read_to_string(file).unwrap_or_default();
-        if kept.trim() != named {
+        let mut all = api_list(named);
+        for k in api_list(kept.trim()) {
+            if !all.contains(&k) {
+                all.push(k);
+            }
+        }
+        let all = all.join(",");
+        if !all.is_empty() && kept.trim() != all {
             // Best effort: the answer is the caller's either way.
-            if let Err(e) = std::fs::write(file, format!("{named}\n")) {
+            if let Err(e) = std::fs::write(file, format!("{all}\n")) {
                 tracing::warn!(file = %file.display(), error = %e, "cannot keep the masters' addresses");
             }
         }

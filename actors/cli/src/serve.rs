@@ -47,13 +47,19 @@ pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
         if let Some(addr) = m.node.metrics_addr() {
             println!("metrics: http://{addr}/metrics");
         }
-        let stopped = until_stopped(&m).await;
-        match (&held, stopped) {
-            // Another master leads, or will once ZooKeeper expires this one's session.
-            (Some(_), Err(e)) => Err(e.context(
-                "this master no longer leads; the next leader takes over the stored state, and this one, started again, stands for election as a standby",
-            )),
-            (_, stopped) => stopped,
+        tokio::select! {
+            r = wait_for_ctrl_c() => r,
+            why = m.stepped_down() => {
+                let e = anyhow::anyhow!(why);
+                match &held {
+                    // Another master leads, or will once ZooKeeper expires this one's
+                    // session.
+                    Some(_) => Err(e.context(
+                        "this master no longer leads; the next leader takes over the stored state, and this one, started again, stands for election as a standby",
+                    )),
+                    None => Err(e),
+                }
+            }
         }
     })
 }

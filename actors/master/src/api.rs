@@ -759,8 +759,11 @@ async fn name_the_masters(
     State(masters): State<Option<tokio::sync::watch::Receiver<Vec<crate::ha::MasterInfo>>>>,
     mut resp: Response,
 ) -> Response {
-    if let Some(m) = masters {
-        let value = crate::ha::masters_header(&m.borrow());
+    // None named (ZooKeeper unread for a moment): no header, rather than an empty one.
+    if let Some(value) = masters
+        .map(|m| crate::ha::masters_header(&m.borrow()))
+        .filter(|v| !v.is_empty())
+    {
         if let Ok(v) = axum::http::HeaderValue::from_str(&value) {
             resp.headers_mut().insert(crate::ha::MASTERS_HEADER, v);
         }

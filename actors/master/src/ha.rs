@@ -73,6 +73,26 @@ pub fn masters_header(masters: &[MasterInfo]) -> String {
         .join(",")
 }
 
+/// Who leads, as a master at `own_mesh` tells it: itself when it is the only master
+/// (`own_name` or `standing` is `None`), else the first master of the election `standing`
+/// (itself or another: a leader resumed after a pause may no longer lead); `None` while
+/// the election names none. The flag says whether it is this master.
+pub fn leader_as_seen(
+    own_name: Option<&str>,
+    own_mesh: SocketAddr,
+    standing: Option<&[MasterInfo]>,
+) -> Option<(SocketAddr, bool)> {
+    let (Some(name), Some(standing)) = (own_name, standing) else {
+        return Some((own_mesh, true));
+    };
+    let first = standing.first()?;
+    Some(if first.name == name {
+        (own_mesh, true)
+    } else {
+        (first.mesh, false)
+    })
+}
+
 /// The bootstrap addresses to tell of the masters standing, `first` (the answering
 /// master's own) leading, each once.
 pub fn bootstrap_set(first: Option<SocketAddr>, masters: &[MasterInfo]) -> Vec<SocketAddr> {
@@ -137,30 +157,56 @@ impl Lease {
     }
 }
 
-/// Takes the next term: bumps [`META_TERM`] at the version read, so that of two masters
-/// racing for it one fails (a conflict). Returns the term, which is the key's new version.
-pub async fn take_term(store: &dyn StateStore) -> Result<u64, StoreError> {
+/// A term taken: its number, and the version of [`META_TERM`] it wrote (which the
+/// leader's writes check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Term {
+    /// The term's number; orders carry it.
+    pub number: u64,
+    /// The key's version once this term was taken.
+    pub version: u64,
+}
+
+/// The number of the term after the one stored as `value` at `version`: one more than
+/// both, so that terms only grow, also after a restore (which writes the key anew, its
+/// version starting again while its value keeps the last term). A value that is no
+/// number counts as none.
+pub fn next_term(value: &[u8], version: u64) -> u64 {
+    let stored = std::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    stored.max(version) + 1
+}
+
+/// Takes the next term: writes [`META_TERM`] at the version read, so that of two masters
+/// racing for it one fails (a conflict).
+pub async fn take_term(store: &dyn StateStore) -> Result<Term, StoreError> {
     let now = store.get(Table::Meta, META_TERM).await?;
-    let (expect, term) = match &now {
-        None => (Expect::Absent, 1),
-        Some(v) => (Expect::Version(v.version), v.version + 1),
+    let (expect, number, version) = match &now {
+        None => (Expect::Absent, 1, 1),
+        Some(v) => (
+            Expect::Version(v.version),
+            next_term(&v.value, v.version),
+            v.version + 1,
+        ),
     };
     store
         .apply(vec![Change::put(
             Table::Meta,
             META_TERM,
-            term.to_string().into_bytes(),
+            number.to_string().into_bytes(),
         )
         .expecting(expect)])
         .await?;
-    Ok(term)
+    Ok(Term { number, version })
 }
 
 /// The store as the leader of `term` writes it: every batch first checks that the term is
 /// still current, and none is sent once the lease lapsed.
 pub struct FencedStore {
     inner: Arc<dyn StateStore>,
-    term: u64,
+    term: Term,
     lease: Arc<Lease>,
 }
 
@@ -174,7 +220,7 @@ impl std::fmt::Debug for FencedStore {
 
 impl FencedStore {
     /// `inner` fenced by `term` (as [`take_term`] returned it) and `lease`.
-    pub fn new(inner: Arc<dyn StateStore>, term: u64, lease: Arc<Lease>) -> Self {
+    pub fn new(inner: Arc<dyn StateStore>, term: Term, lease: Arc<Lease>) -> Self {
         Self { inner, term, lease }
     }
 
@@ -185,7 +231,7 @@ impl FencedStore {
             Change::Check {
                 table: Table::Meta,
                 key: META_TERM.into(),
-                expect: Expect::Version(self.term),
+                expect: Expect::Version(self.term.version),
             },
         );
         changes
@@ -304,17 +350,93 @@ mod tests {
         assert_eq!(lease.lapses_at(), lease.base + Duration::from_secs(11));
     }
 
+    #[test]
+    fn a_master_tells_as_leader_whom_the_election_names() {
+        let info = |name: &str, port: u16| MasterInfo {
+            name: name.into(),
+            mesh: SocketAddr::from(([127, 0, 0, 1], port)),
+            bootstrap: SocketAddr::from(([127, 0, 0, 1], port + 1)),
+            api: SocketAddr::from(([127, 0, 0, 1], port + 2)),
+        };
+        let me = SocketAddr::from(([127, 0, 0, 1], 7000));
+        assert_eq!(
+            leader_as_seen(None, me, None),
+            Some((me, true)),
+            "a lone master"
+        );
+        let m1_first = [info("m1", 7000), info("m2", 7100)];
+        assert_eq!(
+            leader_as_seen(Some("m1"), me, Some(&m1_first)),
+            Some((me, true))
+        );
+        // m1, paused and resumed, finds m2 first: it tells m2, not itself.
+        let m2_first = [info("m2", 7100), info("m1", 7000)];
+        assert_eq!(
+            leader_as_seen(Some("m1"), me, Some(&m2_first)),
+            Some((m2_first[0].mesh, false))
+        );
+        assert_eq!(
+            leader_as_seen(Some("m1"), me, Some(&[])),
+            None,
+            "none named"
+        );
+    }
+
+    #[test]
+    fn the_next_term_is_above_both_the_stored_one_and_the_keys_version() {
+        assert_eq!(next_term(b"1", 1), 2);
+        // Restored: the key written anew (version 1) keeps the last term, 7.
+        assert_eq!(next_term(b"7", 1), 8);
+        // Written by an earlier version, whose term was the version.
+        assert_eq!(next_term(b"", 4), 5);
+        assert_eq!(next_term(b"not a number", 3), 4);
+    }
+
+    #[tokio::test]
+    async fn a_restored_store_goes_on_from_the_last_term() {
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
+        store
+            .apply(vec![Change::put(Table::Meta, META_TERM, b"7".to_vec())])
+            .await
+            .unwrap();
+        let t = take_term(store.as_ref()).await.unwrap();
+        assert_eq!(
+            t,
+            Term {
+                number: 8,
+                version: 2
+            }
+        );
+        let fenced = FencedStore::new(store.clone(), t, Lease::new(Duration::from_secs(60)));
+        fenced
+            .apply(vec![Change::put(Table::Config, "a", b"1".to_vec())])
+            .await
+            .expect("the check is of the version written");
+    }
+
     #[tokio::test]
     async fn terms_increase_and_an_older_leaders_writes_fail_once_a_newer_one_took_its_term() {
         let store: Arc<dyn StateStore> = Arc::new(MemoryStore::new());
         let first = take_term(store.as_ref()).await.unwrap();
-        assert_eq!(first, 1);
+        assert_eq!(
+            first,
+            Term {
+                number: 1,
+                version: 1
+            }
+        );
         let old = FencedStore::new(store.clone(), first, Lease::new(Duration::from_secs(60)));
         old.apply(vec![Change::put(Table::Config, "a", b"1".to_vec())])
             .await
             .unwrap();
         let second = take_term(store.as_ref()).await.unwrap();
-        assert_eq!(second, 2);
+        assert_eq!(
+            second,
+            Term {
+                number: 2,
+                version: 2
+            }
+        );
         let new = FencedStore::new(store.clone(), second, Lease::new(Duration::from_secs(60)));
         let e = old
             .apply(vec![Change::put(Table::Config, "a", b"old".to_vec())])

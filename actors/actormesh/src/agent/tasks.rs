@@ -319,10 +319,30 @@ impl AgentGate {
     /// one obeyed: of several masters, an old leader (one paused, then resumed) is refused,
     /// and so is a delayed order of an earlier leadership.
     fn check_followed(&self) -> Result<(), TaskRefusal> {
+        self.check_from_master(true)
+    }
+
+    /// A query about a task (its log, its state) comes from the master this agent
+    /// follows; it changes nothing, so it needs no term.
+    fn check_query(&self) -> Result<(), TaskRefusal> {
+        self.check_from_master(false)
+    }
+
+    fn check_from_master(&self, order: bool) -> Result<(), TaskRefusal> {
         use crate::masters::Disobeyed;
         let Some(caller) = crate::caller() else {
             return Err(TaskRefusal::NoCaller);
         };
+        if !order {
+            return match self.master.obeys(&caller) {
+                true => Ok(()),
+                false if caller.is_master() => Err(TaskRefusal::NotFollowed {
+                    caller,
+                    followed: self.master.get().identity,
+                }),
+                false => Err(TaskRefusal::NotTheMaster(caller)),
+            };
+        }
         let term = crate::masters::order_term().map_err(TaskRefusal::BadTerm)?;
         match self.master.check_order(&caller, term) {
             Ok(()) => Ok(()),
@@ -330,7 +350,9 @@ impl AgentGate {
             Err(Disobeyed::NotFollowed { caller, followed }) => {
                 Err(TaskRefusal::NotFollowed { caller, followed })
             }
-            Err(e @ Disobeyed::OlderTerm { .. }) => Err(TaskRefusal::OlderTerm(e)),
+            Err(e @ (Disobeyed::OlderTerm { .. } | Disobeyed::NoTerm { .. })) => {
+                Err(TaskRefusal::OlderTerm(e))
+            }
         }
     }
 }
@@ -605,7 +627,7 @@ impl Handler<ReadTaskLog> for AgentGate {
 
 impl AgentGate {
     fn read_log(&self, m: ReadTaskLog) -> Result<TaskLog, TaskRefusal> {
-        self.check_followed()?;
+        self.check_query()?;
         let file = self.sandbox_of(&m.task_id)?.join(match m.stream {
             LogStream::Stdout => "stdout",
             LogStream::Stderr => "stderr",
@@ -639,7 +661,7 @@ impl Handler<DescribeTask> for AgentGate {
 
 impl AgentGate {
     fn describe(&self, m: DescribeTask) -> Result<TaskDetail, TaskRefusal> {
-        self.check_followed()?;
+        self.check_query()?;
         if let Some(c) = self.commands.get(&m.task_id) {
             return Ok(TaskDetail {
                 task_id: m.task_id,

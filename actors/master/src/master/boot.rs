@@ -340,7 +340,7 @@ pub async fn start_with_store(
     // an order of an earlier one is told apart from a newer one's.
     let term = match config.term {
         Some(t) => t,
-        None => crate::ha::take_term(store.as_ref()).await?,
+        None => crate::ha::take_term(store.as_ref()).await?.number,
     };
     let ca = load_or_create_ca(store.as_ref(), &config).await?;
     let api_token = load_or_create_api_token(store.as_ref(), dir, config.name.as_deref()).await?;
@@ -475,17 +475,15 @@ pub async fn start_with_store(
     // Known once bound (the configured address may have port 0).
     let own_bootstrap = Arc::new(std::sync::OnceLock::<std::net::SocketAddr>::new());
     let (masters, own) = (config.masters.clone(), own_bootstrap.clone());
+    let own_name = config.name.clone();
     let bootstrap = BootstrapServer::bind(config.bootstrap, &creds, move |body, from| {
         let master = join_master.clone();
-        // This master leads: its own address first, then the standbys'.
-        let bootstraps = crate::ha::bootstrap_set(
-            own.get().copied(),
-            masters
-                .as_ref()
-                .map(|m| m.borrow().clone())
-                .as_deref()
-                .unwrap_or_default(),
-        );
+        let standing = masters.as_ref().map(|m| m.borrow().clone());
+        // This master's own address first, then the standbys'.
+        let bootstraps =
+            crate::ha::bootstrap_set(own.get().copied(), standing.as_deref().unwrap_or_default());
+        // Who leads, as the election says (a leader resumed after a pause may no longer).
+        let leader = crate::ha::leader_as_seen(own_name.as_deref(), mesh_addr, standing.as_deref());
         async move {
             let reply = match codec::decode::<BootstrapRequest>(&body) {
                 Ok(BootstrapRequest::Join(req)) => {
@@ -495,8 +493,13 @@ pub async fn start_with_store(
                         }
                     }))
                 }
-                Ok(BootstrapRequest::Locate) => BootstrapReply::Located {
-                    master_addr: mesh_addr,
+                Ok(BootstrapRequest::Locate) => match leader {
+                    Some((master_addr, _)) => BootstrapReply::Located { master_addr },
+                    None => BootstrapReply::Join(JoinReply::Refused {
+                        reason:
+                            "no master leads now (an election is under way); ask again in a moment"
+                                .into(),
+                    }),
                 },
                 Ok(BootstrapRequest::IssueClient(req)) => {
                     BootstrapReply::Client(master.send(IssueClient(req)).await.unwrap_or_else(
@@ -506,7 +509,8 @@ pub async fn start_with_store(
                     ))
                 }
                 Ok(BootstrapRequest::Masters) => BootstrapReply::Masters(MastersReply {
-                    leader: Some(mesh_addr),
+                    leader: leader.map(|(at, _)| at),
+                    term: leader.filter(|(_, own)| *own).map(|_| term),
                     bootstraps,
                 }),
                 Err(e) => BootstrapReply::Join(JoinReply::Refused {

@@ -6,7 +6,7 @@
 //! made the CA.
 
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
@@ -24,8 +24,9 @@ use super::{MasterConfig, MasterError};
 use crate::ha::{bootstrap_set, MasterInfo};
 use crate::state::StateStore;
 
-/// How often the standby reads the CAs again (a rotation, its own renewal).
-const REFRESH: Duration = Duration::from_secs(60);
+/// How often the standby reads the CAs again: a rotation is presented within this long
+/// (its certificate is signed again only when they changed, or at half its life).
+const REFRESH: Duration = Duration::from_secs(5);
 /// How often it looks for the CA before the first leader made it.
 const NO_CA_YET: Duration = Duration::from_millis(500);
 /// How long a forwarded request may take (the bootstrap port gives a request 10 s).
@@ -39,6 +40,16 @@ pub struct StandbyBootstrap {
     serving: watch::Receiver<bool>,
 }
 
+impl Drop for StandbyBootstrap {
+    fn drop(&mut self) {
+        self.task.abort();
+        let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(s) = server {
+            s.shut();
+        }
+    }
+}
+
 impl StandbyBootstrap {
     /// Resolves once the port serves (the first leader may not have made the CA yet).
     pub fn serving(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
@@ -49,9 +60,10 @@ impl StandbyBootstrap {
     }
 
     /// Stops serving and closes the port (its address is free a moment later).
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.task.abort();
-        let _ = self.task.await;
+        // Ended, so it binds nothing after the port is taken from it here.
+        let _ = (&mut self.task).await;
         let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(s) = server {
             s.close().await;
@@ -72,17 +84,22 @@ pub fn serve_standby_bootstrap(
     let (serves, serving) = watch::channel(false);
     let task = tokio::spawn(async move {
         let pin = Arc::new(RwLock::new(String::new()));
+        // The bundle the certificate presented was signed under, and when.
+        let mut signed: Option<(String, Instant)> = None;
         loop {
-            let wait = match credentials(store.as_ref(), &config, &name).await {
-                Ok(Some((creds, fingerprint))) => {
+            let fresh = credentials(store.as_ref(), &config, &name, signed.as_ref()).await;
+            let wait = match fresh {
+                Ok(Some(None)) => REFRESH,
+                Ok(Some(Some((creds, fingerprint, digest)))) => {
                     *pin.write().unwrap_or_else(|p| p.into_inner()) = fingerprint;
                     let mut slot = kept.lock().unwrap_or_else(|p| p.into_inner());
                     match slot.as_ref() {
-                        Some(s) => {
-                            if let Err(e) = s.replace_credentials(&creds) {
-                                warn!(error = %e, "the standby's bootstrap port keeps its certificate");
+                        Some(s) => match s.replace_credentials(&creds) {
+                            Ok(()) => signed = Some((digest, Instant::now())),
+                            Err(e) => {
+                                warn!(error = %e, "the standby's bootstrap port keeps its certificate")
                             }
-                        }
+                        },
                         None => {
                             let (name, masters, pin) = (name.clone(), masters.clone(), pin.clone());
                             let bound =
@@ -95,6 +112,7 @@ pub fn serve_standby_bootstrap(
                                 Ok(s) => {
                                     info!(bootstrap = %config.bootstrap, "the standby's bootstrap port serves");
                                     *slot = Some(s);
+                                    signed = Some((digest, Instant::now()));
                                     serves.send_replace(true);
                                 }
                                 Err(e) => {
@@ -103,7 +121,12 @@ pub fn serve_standby_bootstrap(
                             }
                         }
                     }
-                    REFRESH
+                    // A port not bound yet is tried again soon.
+                    if slot.is_some() {
+                        REFRESH
+                    } else {
+                        NO_CA_YET
+                    }
                 }
                 Ok(None) => {
                     debug!("no CA in the store yet: the first leader makes it");
@@ -124,25 +147,35 @@ pub fn serve_standby_bootstrap(
     }
 }
 
-/// The standby's credentials, over the master's key and signed with the CA in the store,
-/// and the fingerprint of the CA that nodes pin; `None` while there is no CA yet.
+/// What [`credentials`] found: new credentials, the fingerprint of the CA that nodes pin
+/// and the digest of the bundle; `None` when those `signed` still stand.
+type Fresh = Option<(Credentials, String, String)>;
+
+/// The standby's credentials, over the master's key and signed with the CA in the store:
+/// `None` while there is no CA yet; `Some(None)` if the bundle is the one `signed` was
+/// for and that certificate is younger than half its life.
 async fn credentials(
     store: &dyn StateStore,
     config: &MasterConfig,
     name: &str,
-) -> Result<Option<(Credentials, String)>, MasterError> {
+    signed: Option<&(String, Instant)>,
+) -> Result<Option<Fresh>, MasterError> {
     let Some(ca) = stored_ca(store).await? else {
         return Ok(None);
     };
     let fingerprint = ca.fingerprint();
     let me = SpiffeId::master(ca.trust_domain(), name)?;
     let (cas, _) = load_rotation(store, ca).await?;
+    let digest = actormesh_transport::trust::digest(&cas.bundle());
+    if signed.is_some_and(|(d, at)| *d == digest && at.elapsed() < config.master_cert_ttl / 2) {
+        return Ok(Some(None));
+    }
     private_dir(&config.data_dir)?;
     let key = master_key(&config.data_dir)?;
     let cert = cas.sign_csr(&key.csr(&me)?, &me, config.master_cert_ttl)?;
     let mut creds = key.credentials(&cert, cas.current.cert_pem())?;
     creds.trust = cas.bundle();
-    Ok(Some((creds, fingerprint)))
+    Ok(Some(Some((creds, fingerprint, digest))))
 }
 
 /// The standby `name`'s answer to `body`, the masters standing being `masters` (the
@@ -164,6 +197,7 @@ async fn answer(name: String, masters: Vec<MasterInfo>, pin: String, body: Vec<u
         },
         Ok(BootstrapRequest::Masters) => BootstrapReply::Masters(MastersReply {
             leader: leader.as_ref().map(|l| l.mesh),
+            term: None,
             bootstraps: bootstrap_set(None, &masters),
         }),
         Ok(BootstrapRequest::Join(_)) => match &leader {
