@@ -120,10 +120,12 @@ fn tls_err(e: TlsError) -> TransportError {
 
 /// The master's bootstrap listener: hands each request to `handle` and sends back what it
 /// returns.
-#[derive(Debug)]
 pub struct BootstrapServer {
     endpoint: quinn::Endpoint,
     certs: Arc<CertStore>,
+    /// What answers the requests (replaceable: a standby master hands its port to the
+    /// master it becomes).
+    handler: Arc<std::sync::RwLock<Handler>>,
     /// Set on [`BootstrapServer::close`]: requests under way drop their connections.
     closing: tokio::sync::watch::Sender<bool>,
 }
@@ -138,6 +140,32 @@ fn presented(credentials: &Credentials) -> Credentials {
         }
     }
     creds
+}
+
+impl std::fmt::Debug for BootstrapServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapServer")
+            .field("addr", &self.endpoint.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A bootstrap request's handler, boxed.
+type Handler = Arc<
+    dyn Fn(
+            Vec<u8>,
+            SocketAddr,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<u8>> + Send>>
+        + Send
+        + Sync,
+>;
+
+fn boxed<F, Fut>(handle: F) -> Handler
+where
+    F: Fn(Vec<u8>, SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
+{
+    Arc::new(move |body, from| Box::pin(handle(body, from)))
 }
 
 impl BootstrapServer {
@@ -170,7 +198,8 @@ impl BootstrapServer {
         config.transport_config(Arc::new(transport));
         let endpoint = quinn::Endpoint::server(config, addr)
             .map_err(|source| TransportError::Bind { addr, source })?;
-        let handle = Arc::new(handle);
+        let handler = Arc::new(std::sync::RwLock::new(boxed(handle)));
+        let handlers = handler.clone();
         let ep = endpoint.clone();
         // Unauthenticated callers: at most this many handshakes and requests at once; more
         // are refused at once instead of piling up.
@@ -182,7 +211,7 @@ impl BootstrapServer {
                     incoming.refuse();
                     continue;
                 };
-                let handle = handle.clone();
+                let handle = handlers.read().unwrap_or_else(|p| p.into_inner()).clone();
                 let mut closed = closed.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
@@ -212,8 +241,19 @@ impl BootstrapServer {
         Ok(Self {
             endpoint,
             certs,
+            handler,
             closing,
         })
+    }
+
+    /// Answers with `handle` from the next request on (those under way finish with the
+    /// handler they began with).
+    pub fn replace_handler<F, Fut>(&self, handle: F)
+    where
+        F: Fn(Vec<u8>, SocketAddr) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Vec<u8>> + Send + 'static,
+    {
+        *self.handler.write().unwrap_or_else(|p| p.into_inner()) = boxed(handle);
     }
 
     /// Presents `credentials` (and their trust bundle) from the next request on: the

@@ -84,11 +84,15 @@ pub async fn lead(
         println!("master standby bootstrap: {at}, telling where the leader is and forwarding joins to it");
     });
     let leadership = election::campaign(&client, &info).await?;
-    // The standby's API and bootstrap port give their addresses back to the master's own.
+    // The standby's API gives its address back to the master's own; its bootstrap port
+    // is handed over, so it answers all along (a standby's that did not serve yet is
+    // closed, and the master binds the port).
     standby.stop().await;
     said.abort();
-    standby_bootstrap.stop().await;
-    wait_until_free(config.bootstrap).await;
+    match standby_bootstrap.hand_over().await {
+        Some(server) => config.bootstrap_server = Some(Arc::new(server)),
+        None => wait_until_free(config.bootstrap).await,
+    }
     let term = ha::take_term(store.as_ref()).await?;
     let lease = Lease::new(session_timeout);
     tokio::spawn(election::keep_lease(client, lease.clone()));

@@ -476,7 +476,7 @@ pub async fn start_with_store(
     let own_bootstrap = Arc::new(std::sync::OnceLock::<std::net::SocketAddr>::new());
     let (masters, own) = (config.masters.clone(), own_bootstrap.clone());
     let own_name = config.name.clone();
-    let bootstrap = BootstrapServer::bind(config.bootstrap, &creds, move |body, from| {
+    let answer = move |body: Vec<u8>, from: std::net::SocketAddr| {
         let master = join_master.clone();
         let standing = masters.as_ref().map(|m| m.borrow().clone());
         // This master's own address first, then the standbys'.
@@ -519,8 +519,17 @@ pub async fn start_with_store(
             };
             codec::encode(&reply).unwrap_or_default()
         }
-    })?;
-    // The listener's task keeps serving after this handle is dropped.
+    };
+    // A standby's port, handed over, answers as this master from now on: it never
+    // stopped answering. The listener's task keeps serving after this handle is dropped.
+    let bootstrap = match config.bootstrap_server.clone() {
+        Some(server) => {
+            server.replace_credentials(&creds)?;
+            server.replace_handler(answer);
+            server
+        }
+        None => Arc::new(BootstrapServer::bind(config.bootstrap, &creds, answer)?),
+    };
     let bootstrap_addr = bootstrap.local_addr()?;
     let _ = own_bootstrap.set(bootstrap_addr);
     // Kept for the renewals and rotations: they change what it presents.

@@ -115,6 +115,9 @@ pub struct MasterConfig {
     /// only master). The bootstrap port tells it to agents and frameworks, the API to the
     /// CLI, so each finds the leader when the master it first knew is gone.
     pub masters: Option<tokio::sync::watch::Receiver<Vec<crate::ha::MasterInfo>>>,
+    /// A bootstrap port already bound at `bootstrap` (a standby's, handed over as it
+    /// leads, so the port never stops answering); `None`: the master binds it.
+    pub bootstrap_server: Option<Arc<actormesh_transport::bootstrap::BootstrapServer>>,
 }
 
 impl MasterConfig {
@@ -145,6 +148,7 @@ impl MasterConfig {
             name: None,
             term: None,
             masters: None,
+            bootstrap_server: None,
         }
     }
 }

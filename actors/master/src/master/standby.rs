@@ -32,7 +32,7 @@ const NO_CA_YET: Duration = Duration::from_millis(500);
 /// How long a forwarded request may take (the bootstrap port gives a request 10 s).
 const FORWARD: Duration = Duration::from_secs(8);
 
-/// A standby's bootstrap port, serving until [`StandbyBootstrap::stop`].
+/// A standby's bootstrap port, serving until handed over ([`StandbyBootstrap::hand_over`]) or dropped.
 #[derive(Debug)]
 pub struct StandbyBootstrap {
     task: tokio::task::JoinHandle<()>,
@@ -59,15 +59,14 @@ impl StandbyBootstrap {
         }
     }
 
-    /// Stops serving and closes the port (its address is free a moment later).
-    pub async fn stop(mut self) {
+    /// Stops answering as a standby and gives the port, still bound, to the master this
+    /// one becomes (`MasterConfig::bootstrap_server`); `None` if it did not serve yet.
+    pub async fn hand_over(mut self) -> Option<BootstrapServer> {
         self.task.abort();
         // Ended, so it binds nothing after the port is taken from it here.
         let _ = (&mut self.task).await;
         let server = self.server.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(s) = server {
-            s.close().await;
-        }
+        server
     }
 }
 

@@ -81,7 +81,7 @@ impl Cas {
 pub(crate) struct Keeper {
     pub cas: RwLock<Cas>,
     /// The bootstrap port, once bound: it presents the master's certificate too.
-    pub bootstrap: OnceLock<BootstrapServer>,
+    pub bootstrap: OnceLock<Arc<BootstrapServer>>,
     /// The data dir (the master's key file).
     pub dir: PathBuf,
     /// Lifetime of the master's own certificate.
