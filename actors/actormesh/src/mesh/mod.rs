@@ -10,6 +10,7 @@ pub mod balance;
 mod calls;
 mod clock;
 pub mod figures;
+pub mod gateway;
 mod handle;
 pub mod inbound;
 pub mod policy;
