@@ -22,9 +22,12 @@ pub(crate) fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         match parse_object(file, &text)? {
             Object::Route(r) => routes.push(r),
             Object::DestinationPolicy(p) => policies.push(p),
-            // A deployment or an authorization policy has nothing to check across the
-            // traffic objects.
-            Object::Deployment(_) | Object::AuthorizationPolicy(_) => {}
+            // A deployment, an authorization policy or a gateway's objects have nothing to
+            // check across the traffic objects.
+            Object::Deployment(_)
+            | Object::AuthorizationPolicy(_)
+            | Object::Gateway(_)
+            | Object::HttpRoute(_) => {}
         }
     }
     let named: BTreeSet<ServiceName> = routes

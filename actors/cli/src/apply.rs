@@ -33,6 +33,8 @@ pub(crate) fn apply(args: ApplyArgs) -> anyhow::Result<()> {
         Object::Route(r) => return apply_traffic(&client, serde_json::to_value(&r)?),
         Object::DestinationPolicy(p) => return apply_traffic(&client, serde_json::to_value(&p)?),
         Object::AuthorizationPolicy(p) => return apply_traffic(&client, serde_json::to_value(&p)?),
+        Object::Gateway(g) => return apply_traffic(&client, serde_json::to_value(&g)?),
+        Object::HttpRoute(r) => return apply_traffic(&client, serde_json::to_value(&r)?),
     };
     let body = serde_json::to_value(&d.manifest)?;
     let v = client.call("POST", "/v1/deployments", Some(body))?;
@@ -85,6 +87,8 @@ pub(crate) fn delete(what: DeleteWhat) -> anyhow::Result<()> {
             "authorization-policies",
             Some("AuthorizationPolicy"),
         ),
+        DeleteWhat::Gateway { name, api } => (name, api, "gateways", Some("Gateway")),
+        DeleteWhat::HttpRoute { name, api } => (name, api, "http-routes", Some("HttpRoute")),
     };
     if let Some(kind) = what {
         let key = object_key(&name, kind)?;

@@ -657,6 +657,20 @@ pub(crate) enum DeleteWhat {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// A Gateway, by namespace/name (its HttpRoutes stay, unserved).
+    Gateway {
+        /// namespace/name, or just name for the default namespace.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// An HttpRoute, by namespace/name.
+    HttpRoute {
+        /// namespace/name, or just name for the default namespace.
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -504,6 +504,20 @@ async fn delete_authz(
     delete_traffic(api, TrafficKind::AuthorizationPolicy, namespace, name).await
 }
 
+async fn delete_gateway(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    delete_traffic(api, TrafficKind::Gateway, namespace, name).await
+}
+
+async fn delete_http_route(
+    State(api): State<Api>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    delete_traffic(api, TrafficKind::HttpRoute, namespace, name).await
+}
+
 async fn deployments(State(api): State<Api>) -> Response {
     match api.master.send(ListDeployments).await {
         Ok(list) => Json(list).into_response(),
@@ -722,6 +736,14 @@ pub fn serve(
         .route(
             "/v1/authorization-policies/{namespace}/{name}",
             axum::routing::delete(delete_authz),
+        )
+        .route(
+            "/v1/gateways/{namespace}/{name}",
+            axum::routing::delete(delete_gateway),
+        )
+        .route(
+            "/v1/http-routes/{namespace}/{name}",
+            axum::routing::delete(delete_http_route),
         )
         .route("/v1/tasks", get(tasks))
         .route("/v1/frameworks", get(frameworks))

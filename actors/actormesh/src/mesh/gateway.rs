@@ -11,6 +11,28 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::policy::spec::FieldError;
+use crate::protocol::MasterRefusal;
+use crate::RemoteMessage;
+
+/// A gateway node asks the master for the configuration of its gateway: the Gateway
+/// `namespace/name` and its HttpRoutes.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.master.FetchGateway/v1", reply = Result<GatewayConfig, MasterRefusal>)]
+pub struct FetchGateway {
+    /// The gateway's namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// A gateway's configuration, as the master holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayConfig {
+    /// The Gateway's spec.
+    pub spec: GatewaySpec,
+    /// Its HttpRoutes' specs, by route name (all of the gateway's namespace).
+    pub routes: Vec<(String, HttpRouteSpec)>,
+}
 
 fn refuse(field: impl Into<String>, problem: impl Into<String>, expected: &str) -> FieldError {
     FieldError {

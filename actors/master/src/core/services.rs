@@ -212,7 +212,10 @@ impl ClusterCore {
     }
 
     /// The calling node must be a registered agent that is not Gone.
-    fn registered_node(&self, caller: &Option<SpiffeId>) -> Result<String, MasterRefusal> {
+    pub(super) fn registered_node(
+        &self,
+        caller: &Option<SpiffeId>,
+    ) -> Result<String, MasterRefusal> {
         let id = self.calling_node(caller)?;
         match self.membership.get(&id) {
             None => Err(MasterRefusal::NotRegistered(format!(

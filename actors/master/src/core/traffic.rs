@@ -30,6 +30,10 @@ pub enum TrafficKind {
     DestinationPolicy,
     /// `kind: AuthorizationPolicy`.
     AuthorizationPolicy,
+    /// `kind: Gateway`.
+    Gateway,
+    /// `kind: HttpRoute`.
+    HttpRoute,
 }
 
 impl ClusterCore {
@@ -47,7 +51,9 @@ impl ClusterCore {
             let (routes, policies) = match &object {
                 Object::Route(r) => (vec![r.clone()], vec![]),
                 Object::DestinationPolicy(p) => (vec![], vec![p.clone()]),
-                Object::AuthorizationPolicy(_) => (vec![], vec![]),
+                Object::AuthorizationPolicy(_) | Object::Gateway(_) | Object::HttpRoute(_) => {
+                    (vec![], vec![])
+                }
                 Object::Deployment(_) => {
                     return Err(OperatorError::Invalid(
                         "a Deployment goes to /v1/deployments, not /v1/traffic".into(),
@@ -59,6 +65,8 @@ impl ClusterCore {
                 Object::Route(r) => core.traffic.apply_route(r),
                 Object::DestinationPolicy(p) => core.traffic.apply_policy(p),
                 Object::AuthorizationPolicy(p) => core.traffic.apply_authz(p),
+                Object::Gateway(g) => Ok(core.traffic.apply_gateway(g)),
+                Object::HttpRoute(r) => Ok(core.traffic.apply_http_route(r)),
                 Object::Deployment(_) => unreachable!("refused above"),
             }
             .map_err(|e| OperatorError::Invalid(e.to_string()))?;
@@ -80,6 +88,8 @@ impl ClusterCore {
                 TrafficKind::Route => core.traffic.delete_route(namespace, name),
                 TrafficKind::DestinationPolicy => core.traffic.delete_policy(namespace, name),
                 TrafficKind::AuthorizationPolicy => core.traffic.delete_authz(namespace, name),
+                TrafficKind::Gateway => core.traffic.delete_gateway(namespace, name),
+                TrafficKind::HttpRoute => core.traffic.delete_http_route(namespace, name),
             }
             .map_err(|e| OperatorError::NotFound(e.to_string()))?;
             core.persist_acknowledged(changes);
@@ -101,6 +111,42 @@ impl ClusterCore {
     /// The mesh-wide settings every push carries.
     pub fn mesh_settings(&self) -> actormesh::mesh::MeshSettings {
         self.registry.mesh()
+    }
+
+    /// Every applied Gateway.
+    pub fn gateways(&self) -> Vec<crate::manifest::GatewayManifest> {
+        self.traffic.gateways().cloned().collect()
+    }
+
+    /// Every applied HttpRoute.
+    pub fn http_routes(&self) -> Vec<crate::manifest::HttpRouteManifest> {
+        self.traffic.http_routes().cloned().collect()
+    }
+
+    /// The configuration of Gateway `namespace/name`, for a member node (`caller`) that
+    /// serves it.
+    pub fn fetch_gateway(
+        &self,
+        namespace: &str,
+        name: &str,
+        caller: Option<actormesh_transport::SpiffeId>,
+    ) -> Result<actormesh::mesh::gateway::GatewayConfig, actormesh::protocol::MasterRefusal> {
+        use actormesh::protocol::MasterRefusal;
+        self.registered_node(&caller)?;
+        let view = self.traffic.gateway(namespace, name).ok_or_else(|| {
+            MasterRefusal::Forbidden(format!(
+                "no Gateway {namespace}/{name} is applied (actormesh apply -f a kind: Gateway manifest)"
+            ))
+        })?;
+        Ok(actormesh::mesh::gateway::GatewayConfig {
+            spec: view.gateway.spec,
+            routes: view.routes.into_iter().map(|r| (r.name, r.spec)).collect(),
+        })
+    }
+
+    /// The Gateway `namespace/name` with its routes, as its nodes fetch it.
+    pub fn gateway(&self, namespace: &str, name: &str) -> Option<crate::services::GatewayView> {
+        self.traffic.gateway(namespace, name)
     }
 
     /// Every applied AuthorizationPolicy.

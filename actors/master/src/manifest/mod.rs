@@ -32,7 +32,10 @@ use actormesh::resources::Resources;
 pub use actormesh::duration::{parse_duration, DurationError};
 
 mod traffic;
-pub use traffic::{parse_object, AuthzManifest, Object, PolicyManifest, RouteManifest};
+pub use traffic::{
+    parse_object, AuthzManifest, GatewayManifest, HttpRouteManifest, Object, PolicyManifest,
+    RouteManifest,
+};
 
 /// A manifest as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -311,7 +314,8 @@ pub(crate) fn read<T: serde::de::DeserializeOwned>(
 }
 
 /// The kinds of object `apply` takes.
-pub const KINDS: &str = "Deployment, Route, DestinationPolicy or AuthorizationPolicy";
+pub const KINDS: &str =
+    "Deployment, Route, DestinationPolicy, AuthorizationPolicy, Gateway or HttpRoute";
 
 pub fn parse(file: &Path, text: &str) -> Result<Deployment, ManifestError> {
     let fname = file.display().to_string();

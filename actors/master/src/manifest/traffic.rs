@@ -31,6 +31,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use actormesh::mesh::authz::AuthorizationPolicySpec;
+use actormesh::mesh::gateway::{GatewaySpec, HttpRouteSpec};
 use actormesh::mesh::policy::spec::{DestinationPolicySpec, FieldError, RouteSpec};
 
 use super::{parse, read, valid_name, Deployment, ManifestError, KINDS};
@@ -81,6 +82,38 @@ pub struct AuthzManifest {
     pub spec: AuthorizationPolicySpec,
 }
 
+/// A Gateway as written: an HTTP ingress, served by `actormesh gateway --gateway
+/// <namespace>/<name>` nodes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayManifest {
+    /// `Gateway`.
+    pub kind: String,
+    /// Name, unique in its namespace.
+    pub name: String,
+    /// Namespace (default `default`).
+    #[serde(default = "super::default_namespace")]
+    pub namespace: String,
+    /// Hosts, forwarded headers, limits.
+    pub spec: GatewaySpec,
+}
+
+/// An HttpRoute as written: rules of a Gateway of its namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRouteManifest {
+    /// `HttpRoute`.
+    pub kind: String,
+    /// Name, unique in its namespace.
+    pub name: String,
+    /// Namespace (default `default`): its gateway's, and that of the services it names
+    /// without one.
+    #[serde(default = "super::default_namespace")]
+    pub namespace: String,
+    /// The gateway and the rules.
+    pub spec: HttpRouteSpec,
+}
+
 /// A validated object of any kind `apply` takes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Object {
@@ -92,6 +125,10 @@ pub enum Object {
     DestinationPolicy(PolicyManifest),
     /// An authorization policy.
     AuthorizationPolicy(AuthzManifest),
+    /// An HTTP ingress gateway.
+    Gateway(GatewayManifest),
+    /// Routes of a gateway.
+    HttpRoute(HttpRouteManifest),
 }
 
 impl Object {
@@ -108,6 +145,8 @@ impl Object {
             Object::AuthorizationPolicy(p) => {
                 format!("AuthorizationPolicy {}/{}", p.namespace, p.name)
             }
+            Object::Gateway(g) => format!("Gateway {}/{}", g.namespace, g.name),
+            Object::HttpRoute(r) => format!("HttpRoute {}/{}", r.namespace, r.name),
         }
     }
 }
@@ -166,6 +205,30 @@ pub fn parse_object(file: &Path, text: &str) -> Result<Object, ManifestError> {
             m.spec.validate().map_err(|e| in_spec(file, e))?;
             m.spec.scope(&m.namespace).map_err(|e| in_spec(file, e))?;
             Ok(Object::AuthorizationPolicy(m))
+        }
+        Some("Gateway") => {
+            let m: GatewayManifest = read(file, text).map_err(|(field, msg)| {
+                err(
+                    &field,
+                    msg,
+                    "a Gateway: kind, name, namespace and spec (hosts, forward_headers, max_body_bytes, max_header_bytes)",
+                )
+            })?;
+            names(&m.name, &m.namespace).map_err(|(f, p, e)| err(f, p, e))?;
+            m.spec.validate().map_err(|e| in_spec(file, e))?;
+            Ok(Object::Gateway(m))
+        }
+        Some("HttpRoute") => {
+            let m: HttpRouteManifest = read(file, text).map_err(|(field, msg)| {
+                err(
+                    &field,
+                    msg,
+                    "an HttpRoute: kind, name, namespace and spec (gateway, hosts, rules)",
+                )
+            })?;
+            names(&m.name, &m.namespace).map_err(|(f, p, e)| err(f, p, e))?;
+            m.spec.validate().map_err(|e| in_spec(file, e))?;
+            Ok(Object::HttpRoute(m))
         }
         Some(other) => Err(err("kind", format!("{other:?} is not a known kind"), KINDS)),
         None => Err(err("kind", "missing".into(), KINDS)),

@@ -149,6 +149,20 @@ impl Handler<Subscribe> for MasterGate {
 }
 
 #[actormesh::handler]
+impl Handler<actormesh::mesh::gateway::FetchGateway> for MasterGate {
+    type Result = ResponseFuture<Result<actormesh::mesh::gateway::GatewayConfig, MasterRefusal>>;
+    fn handle(
+        &mut self,
+        m: actormesh::mesh::gateway::FetchGateway,
+        _: &mut Context<Self>,
+    ) -> Self::Result {
+        forward_agent(&self.master, "FetchGateway", |caller| {
+            super::services::FetchGatewayFrom(m, caller)
+        })
+    }
+}
+
+#[actormesh::handler]
 impl Handler<RegisterService> for MasterGate {
     type Result = ResponseFuture<Result<(), MasterRefusal>>;
     fn handle(&mut self, m: RegisterService, _: &mut Context<Self>) -> Self::Result {

@@ -215,6 +215,10 @@ pub struct TrafficList {
     pub destination_policies: Vec<PolicyManifest>,
     /// AuthorizationPolicies.
     pub authorization_policies: Vec<crate::manifest::AuthzManifest>,
+    /// Gateways.
+    pub gateways: Vec<crate::manifest::GatewayManifest>,
+    /// HttpRoutes.
+    pub http_routes: Vec<crate::manifest::HttpRouteManifest>,
     /// The settings every push carries (the authorization default).
     pub mesh: actormesh::mesh::MeshSettings,
 }
@@ -231,6 +235,8 @@ impl Handler<ListTraffic> for Master {
             routes: self.core.routes(),
             destination_policies: self.core.destination_policies(),
             authorization_policies: self.core.authorization_policies(),
+            gateways: self.core.gateways(),
+            http_routes: self.core.http_routes(),
             mesh: self.core.mesh_settings(),
         })
     }

@@ -57,6 +57,21 @@ impl Handler<SubscribeFrom> for Master {
     }
 }
 
+/// A gateway node's fetch of its gateway's configuration, with the verified sender.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<actormesh::mesh::gateway::GatewayConfig, MasterRefusal>")]
+pub(super) struct FetchGatewayFrom(
+    pub actormesh::mesh::gateway::FetchGateway,
+    pub Option<SpiffeId>,
+);
+
+impl Handler<FetchGatewayFrom> for Master {
+    type Result = Result<actormesh::mesh::gateway::GatewayConfig, MasterRefusal>;
+    fn handle(&mut self, m: FetchGatewayFrom, _: &mut Context<Self>) -> Self::Result {
+        self.core.fetch_gateway(&m.0.namespace, &m.0.name, m.1)
+    }
+}
+
 /// A node's registration of one of its actors, with the verified sender.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), MasterRefusal>")]

@@ -29,7 +29,7 @@ pub use self::drain::{DrainBook, HeldKill, HeldReply, DEFAULT_DRAIN};
 pub use self::push::{OutgoingPush, ProxyStatus, PushBook, PushConfig, PushOutcome};
 pub use self::registry::{ServiceRegistry, DEFAULT_LOG_LEN};
 pub use self::traffic::{
-    TrafficBook, TrafficLoadError, TrafficRefusal, POLICY_PREFIX, ROUTE_PREFIX,
+    GatewayView, TrafficBook, TrafficLoadError, TrafficRefusal, POLICY_PREFIX, ROUTE_PREFIX,
 };
 
 /// Where the registry's version ceiling is kept in the Meta table (decimal text): a

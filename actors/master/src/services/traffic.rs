@@ -15,7 +15,10 @@ use actormesh::mesh::policy::spec::{DestinationPolicySpec, RouteSpec};
 use actormesh::mesh::registry::{Applied, Traffic};
 use actormesh::mesh::ServiceName;
 
-use crate::manifest::{parse_object, AuthzManifest, Object, PolicyManifest, RouteManifest};
+use crate::manifest::{
+    parse_object, AuthzManifest, GatewayManifest, HttpRouteManifest, Object, PolicyManifest,
+    RouteManifest,
+};
 use crate::state::{Change, Table};
 
 /// Config-table prefix of Routes.
@@ -24,6 +27,20 @@ pub const ROUTE_PREFIX: &str = "route/";
 pub const POLICY_PREFIX: &str = "policy/";
 /// Config-table prefix of AuthorizationPolicies.
 pub const AUTHZ_PREFIX: &str = "authz/";
+/// Config-table prefix of Gateways.
+pub const GATEWAY_PREFIX: &str = "gateway/";
+/// Config-table prefix of HttpRoutes.
+pub const HTTP_ROUTE_PREFIX: &str = "httproute/";
+
+/// A gateway's configuration, as its nodes fetch it: the Gateway and the HttpRoutes of
+/// its namespace that name it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GatewayView {
+    /// The Gateway.
+    pub gateway: GatewayManifest,
+    /// Its routes, by name.
+    pub routes: Vec<HttpRouteManifest>,
+}
 
 /// Why the book refused a change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,6 +86,10 @@ pub struct TrafficBook {
     /// AuthorizationPolicies by `namespace/name`, with the service each names (`None`:
     /// every service of its namespace).
     authz: BTreeMap<String, (Option<ServiceName>, AuthzManifest)>,
+    /// Gateways by `namespace/name`.
+    gateways: BTreeMap<String, GatewayManifest>,
+    /// HttpRoutes by `namespace/name`.
+    http_routes: BTreeMap<String, HttpRouteManifest>,
 }
 
 fn service_of(spec_service: &str, namespace: &str) -> Result<ServiceName, TrafficRefusal> {
@@ -118,9 +139,15 @@ impl TrafficBook {
     ) -> Result<Self, TrafficLoadError> {
         let mut book = Self::new();
         for (k, v) in rows {
-            if !(k.starts_with(ROUTE_PREFIX)
-                || k.starts_with(POLICY_PREFIX)
-                || k.starts_with(AUTHZ_PREFIX))
+            if ![
+                ROUTE_PREFIX,
+                POLICY_PREFIX,
+                AUTHZ_PREFIX,
+                GATEWAY_PREFIX,
+                HTTP_ROUTE_PREFIX,
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
             {
                 continue;
             }
@@ -139,6 +166,12 @@ impl TrafficBook {
                 }
                 Object::AuthorizationPolicy(p) => {
                     book.apply_authz(p).map_err(refused)?;
+                }
+                Object::Gateway(g) => {
+                    book.apply_gateway(g);
+                }
+                Object::HttpRoute(r) => {
+                    book.apply_http_route(r);
                 }
                 Object::Deployment(_) => {
                     return Err(bad("a Deployment under a traffic key".into()))
@@ -180,6 +213,89 @@ impl TrafficBook {
         let change = Change::put(Table::Config, format!("{AUTHZ_PREFIX}{k}"), value);
         self.authz.insert(k, (scope, m));
         Ok(vec![change])
+    }
+
+    /// Applies (creates or replaces) a Gateway; the store changes to make.
+    pub fn apply_gateway(&mut self, m: GatewayManifest) -> Vec<Change> {
+        let k = key(&m.namespace, &m.name);
+        let value = serde_json::to_vec(&m).expect("a manifest serializes to JSON");
+        let change = Change::put(Table::Config, format!("{GATEWAY_PREFIX}{k}"), value);
+        self.gateways.insert(k, m);
+        vec![change]
+    }
+
+    /// Applies (creates or replaces) an HttpRoute; the store changes to make. Its gateway
+    /// need not exist yet (it serves the route once it does).
+    pub fn apply_http_route(&mut self, m: HttpRouteManifest) -> Vec<Change> {
+        let k = key(&m.namespace, &m.name);
+        let value = serde_json::to_vec(&m).expect("a manifest serializes to JSON");
+        let change = Change::put(Table::Config, format!("{HTTP_ROUTE_PREFIX}{k}"), value);
+        self.http_routes.insert(k, m);
+        vec![change]
+    }
+
+    /// Deletes the Gateway `namespace/name` (its routes stay, unserved).
+    pub fn delete_gateway(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Change>, TrafficRefusal> {
+        let k = key(namespace, name);
+        self.gateways
+            .remove(&k)
+            .map(|_| {
+                vec![Change::delete(
+                    Table::Config,
+                    format!("{GATEWAY_PREFIX}{k}"),
+                )]
+            })
+            .ok_or(TrafficRefusal::NotFound {
+                kind: "Gateway",
+                key: k,
+            })
+    }
+
+    /// Deletes the HttpRoute `namespace/name`.
+    pub fn delete_http_route(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<Change>, TrafficRefusal> {
+        let k = key(namespace, name);
+        self.http_routes
+            .remove(&k)
+            .map(|_| {
+                vec![Change::delete(
+                    Table::Config,
+                    format!("{HTTP_ROUTE_PREFIX}{k}"),
+                )]
+            })
+            .ok_or(TrafficRefusal::NotFound {
+                kind: "HttpRoute",
+                key: k,
+            })
+    }
+
+    /// The Gateway `namespace/name` and the HttpRoutes of its namespace that name it.
+    pub fn gateway(&self, namespace: &str, name: &str) -> Option<GatewayView> {
+        let gateway = self.gateways.get(&key(namespace, name))?.clone();
+        let routes = self
+            .http_routes
+            .values()
+            .filter(|r| r.namespace == namespace && r.spec.gateway == name)
+            .cloned()
+            .collect();
+        Some(GatewayView { gateway, routes })
+    }
+
+    /// Every applied Gateway, by `namespace/name`.
+    pub fn gateways(&self) -> impl Iterator<Item = &GatewayManifest> {
+        self.gateways.values()
+    }
+
+    /// Every applied HttpRoute, by `namespace/name`.
+    pub fn http_routes(&self) -> impl Iterator<Item = &HttpRouteManifest> {
+        self.http_routes.values()
     }
 
     /// Deletes the AuthorizationPolicy `namespace/name`.
@@ -378,6 +494,64 @@ mod tests {
 
     fn ratings() -> ServiceName {
         ServiceName::parse("shop/ratings", "default").unwrap()
+    }
+
+    fn parsed(text: &str) -> Object {
+        parse_object(Path::new("g.yaml"), text).unwrap()
+    }
+
+    #[test]
+    fn a_gateway_is_served_with_the_http_routes_of_its_namespace_that_name_it() {
+        let mut book = TrafficBook::new();
+        let Object::Gateway(g) = parsed(
+            "kind: Gateway\nname: public\nnamespace: shop\nspec:\n  forward_headers: [end-user]\n",
+        ) else {
+            panic!()
+        };
+        let route = |name: &str, ns: &str, gateway: &str| {
+            let Object::HttpRoute(r) = parsed(&format!(
+                "kind: HttpRoute\nname: {name}\nnamespace: {ns}\nspec:\n  gateway: {gateway}\n  rules:\n    - match:\n        path: /p/{{id}}\n      service: products\n      message: p.Get/v1\n"
+            )) else {
+                panic!()
+            };
+            r
+        };
+        let mut changes = book.apply_http_route(route("pages", "shop", "public"));
+        assert!(book.gateway("shop", "public").is_none(), "no Gateway yet");
+        changes.extend(book.apply_gateway(g));
+        changes.extend(book.apply_http_route(route("other-gw", "shop", "internal")));
+        changes.extend(book.apply_http_route(route("other-ns", "web", "public")));
+        let view = book.gateway("shop", "public").unwrap();
+        assert_eq!(view.gateway.spec.forward_headers, ["end-user"]);
+        assert_eq!(
+            view.routes
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>(),
+            ["pages"],
+            "its namespace's routes that name it, only"
+        );
+        // Stored, it reloads the same.
+        let rows: Vec<(String, Vec<u8>)> = changes
+            .into_iter()
+            .map(|c| match c {
+                Change::Put { key, value, .. } => (key, value),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let again =
+            TrafficBook::load(rows.iter().map(|(k, v)| (k.as_str(), v.as_slice()))).unwrap();
+        assert_eq!(again.gateway("shop", "public"), Some(view));
+        let mut book = again;
+        assert!(book.delete_gateway("shop", "public").is_ok());
+        assert!(book.gateway("shop", "public").is_none());
+        assert!(matches!(
+            book.delete_http_route("shop", "nope"),
+            Err(TrafficRefusal::NotFound {
+                kind: "HttpRoute",
+                ..
+            })
+        ));
     }
 
     #[test]

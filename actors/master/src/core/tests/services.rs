@@ -871,3 +871,34 @@ fn a_task_view_names_where_an_actor_instance_serves_and_no_endpoint_for_a_comman
     let job = tasks.iter().find(|t| t.id == command[0].1).unwrap();
     assert_eq!(job.endpoint, None, "a command task serves no actor");
 }
+
+#[test]
+fn a_member_node_fetches_its_gateway_with_its_routes_and_others_are_refused() {
+    let t0 = Instant::now();
+    let mut core = cluster(&["gw1"], t0);
+    let missing = core
+        .fetch_gateway("shop", "public", node("gw1"))
+        .unwrap_err();
+    assert!(
+        missing.to_string().contains("no Gateway shop/public"),
+        "{missing}"
+    );
+    for manifest in [
+        r#"{"kind":"Gateway","name":"public","namespace":"shop","spec":{"forward_headers":["end-user"]}}"#,
+        r#"{"kind":"HttpRoute","name":"pages","namespace":"shop","spec":{"gateway":"public","rules":[{"match":{"path":"/p/{id}"},"service":"products","message":"p.Get/v1"}]}}"#,
+    ] {
+        let step = core.apply_traffic(manifest.into());
+        step.reply.unwrap();
+    }
+    let got = core.fetch_gateway("shop", "public", node("gw1")).unwrap();
+    assert_eq!(got.spec.forward_headers, ["end-user"]);
+    assert_eq!(got.routes.len(), 1);
+    assert_eq!(got.routes[0].0, "pages");
+    assert_eq!(got.routes[0].1.rules[0].service, "products");
+    assert!(
+        core.fetch_gateway("shop", "public", node("never-joined"))
+            .is_err(),
+        "only a member node"
+    );
+    assert!(core.fetch_gateway("shop", "public", None).is_err());
+}
