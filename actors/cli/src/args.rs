@@ -44,6 +44,9 @@ pub(crate) enum Command {
     Master(Box<MasterArgs>),
     /// Run an agent that joins a master.
     Agent(AgentArgs),
+    /// Run an HTTP ingress gateway: a node that joins as an agent offering nothing and
+    /// serves a Gateway's HttpRoutes as calls by name.
+    Gateway(GatewayArgs),
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -433,6 +436,33 @@ pub(crate) struct AgentArgs {
     /// Without it this agent runs command tasks only: actor tasks need your own binary.
     #[arg(long)]
     pub(crate) demo_actors: bool,
+    #[command(flatten)]
+    pub(crate) telemetry: TelemetryArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub(crate) struct GatewayArgs {
+    /// The master's bootstrap address (several masters: each one's, comma-separated).
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    pub(crate) join: Vec<SocketAddr>,
+    /// Join token from `actormesh token create` (only needed the first time).
+    #[arg(long, env = "ACTORMESH_JOIN_TOKEN")]
+    pub(crate) token: Option<String>,
+    /// Where this node keeps its key, certificate and id.
+    #[arg(long, default_value = "actormesh-gateway")]
+    pub(crate) data_dir: PathBuf,
+    /// Mesh address to listen on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub(crate) listen: SocketAddr,
+    /// Node name (lowercase letters, digits, '-'); the master picks one if empty.
+    #[arg(long, default_value = "")]
+    pub(crate) name: String,
+    /// The Gateway served: namespace/name, or name in the default namespace.
+    #[arg(long, default_value = "default/gateway")]
+    pub(crate) gateway: String,
+    /// Where to serve HTTP (HTTP/1.1, and HTTP/2 with prior knowledge).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) http: SocketAddr,
     #[command(flatten)]
     pub(crate) telemetry: TelemetryArgs,
 }

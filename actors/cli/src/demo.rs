@@ -43,6 +43,35 @@ impl Handler<Greet> for Echoer {
     }
 }
 
+/// Asks an `echo` instance what its call carried: the `end-user` metadata and the trace
+/// (to see what a gateway passes on).
+#[derive(Debug, Clone, Serialize, Deserialize, actormesh::RemoteMessage)]
+#[remote(name = "demo.Whoami/v1", reply = Carried)]
+pub struct Whoami {}
+
+/// What a [`Whoami`] call carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Carried {
+    /// The `end-user` metadata, if any.
+    pub end_user: Option<String>,
+    /// The trace id (hex), if the call was traced.
+    pub trace_id: Option<String>,
+}
+
+#[actormesh::handler]
+impl Handler<Whoami> for Echoer {
+    type Result = actix::MessageResult<Whoami>;
+    fn handle(&mut self, _: Whoami, _: &mut Context<Self>) -> Self::Result {
+        let carried = actormesh::CallInfo::with_current(|c| Carried {
+            end_user: c.and_then(|c| c.metadata().get("end-user").map(str::to_string)),
+            trace_id: c
+                .and_then(|c| c.trace())
+                .map(|t| t.trace_id.iter().map(|b| format!("{b:02x}")).collect()),
+        });
+        actix::MessageResult(carried)
+    }
+}
+
 /// An echo instance is healthy as long as it answers.
 #[actormesh::handler]
 impl Handler<actormesh::health::HealthCheck> for Echoer {

@@ -9,6 +9,7 @@
 //! [`client_identity`] loads the client certificate that `actormesh dev` writes for the CLI.
 
 pub mod demo;
+pub mod gateway;
 pub mod ha;
 
 use std::path::{Path, PathBuf};

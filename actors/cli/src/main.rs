@@ -33,6 +33,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ca(command) => ca::run(command),
         Command::Master(args) => serve::master(*args),
         Command::Agent(args) => serve::agent(args),
+        Command::Gateway(args) => serve::gateway(args),
         Command::Dev(args) => serve::dev(args),
         Command::Token(command) => token::run(command),
         Command::Cert(command) => cert::run(command),

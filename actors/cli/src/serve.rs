@@ -11,7 +11,7 @@ use actormesh_master::tokens::TokenRole;
 use actormesh_master::{self as master, MasterConfig};
 use anyhow::Context as _;
 
-use crate::args::{AgentArgs, DevArgs, MasterArgs, PushArgs};
+use crate::args::{AgentArgs, DevArgs, GatewayArgs, MasterArgs, PushArgs};
 use crate::tables;
 
 pub(crate) fn master(args: MasterArgs) -> anyhow::Result<()> {
@@ -151,6 +151,55 @@ pub(crate) fn agent(args: AgentArgs) -> anyhow::Result<()> {
         if let Some(addr) = a.node.metrics_addr() {
             println!("metrics: http://{addr}/metrics");
         }
+        Ok(a.run_until_stopped().await?)
+    })
+}
+
+pub(crate) fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let (namespace, name) = match args.gateway.split_once('/') {
+        Some((ns, n)) => (ns.to_string(), n.to_string()),
+        None => ("default".to_string(), args.gateway.clone()),
+    };
+    anyhow::ensure!(
+        !namespace.is_empty() && !name.is_empty() && !name.contains('/'),
+        "--gateway {:?}: expected namespace/name, or name in the default namespace",
+        args.gateway
+    );
+    let tracing = args
+        .telemetry
+        .trace
+        .tracing(&format!("gateway/{}", args.name))?;
+    let mut attrs = BTreeMap::new();
+    attrs.insert("role".to_string(), "gateway".to_string());
+    let config = AgentConfig {
+        join: args.join[0],
+        also_join: args.join[1..].to_vec(),
+        token: args.token,
+        data_dir: args.data_dir,
+        listen: args.listen,
+        name: args.name,
+        // It offers nothing: no work is placed on a gateway.
+        resources: Some(Resources::default()),
+        attrs,
+        actor_types: Vec::new(),
+        reserved: BTreeMap::new(),
+        metrics_listen: args.telemetry.metrics_listen.0,
+        access_log: args.telemetry.access_log,
+        tracing,
+        host: Default::default(),
+    };
+    let http = args.http;
+    run_system(async move {
+        let listener = tokio::net::TcpListener::bind(http)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {http} (--http): {e}"))?;
+        let a = agent::start(config).await?;
+        let at = actormesh_cli::gateway::serve(&a, namespace.clone(), name.clone(), listener)?;
+        println!(
+            "gateway {namespace}/{name} ready: http://{at} (node {} on {})",
+            a.agent_id,
+            a.node.local_addr()
+        );
         Ok(a.run_until_stopped().await?)
     })
 }

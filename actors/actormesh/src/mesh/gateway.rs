@@ -593,9 +593,68 @@ pub fn forwarded<'a>(spec: &GatewaySpec, headers: &[(&'a str, &'a str)]) -> Vec<
     out
 }
 
+/// The trace context of a W3C `traceparent` header (`00-<32 hex>-<16 hex>-<2 hex>`);
+/// `None` when it is not one (a malformed one is ignored, as the W3C spec says: the
+/// gateway starts a new trace).
+pub fn parse_traceparent(value: &str) -> Option<crate::TraceContext> {
+    let mut parts = value.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+        return None;
+    }
+    fn hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+        if s.len() != N * 2
+            || !s
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return None;
+        }
+        let mut out = [0u8; N];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[i * 2..i * 2 + 2], 16).ok()?;
+        }
+        Some(out)
+    }
+    let trace_id = hex::<16>(trace)?;
+    let span_id = hex::<8>(span)?;
+    let [flags] = hex::<1>(flags)?;
+    if trace_id == [0; 16] || span_id == [0; 8] {
+        return None;
+    }
+    Some(crate::TraceContext {
+        trace_id,
+        span_id,
+        flags,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_traceparent_is_read_and_a_malformed_one_ignored() {
+        let t =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(t.flags, 1);
+        assert_eq!(
+            t.traceparent(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x",
+        ] {
+            assert!(parse_traceparent(bad).is_none(), "{bad}");
+        }
+    }
 
     fn route(yaml: &str) -> HttpRouteSpec {
         let spec: HttpRouteSpec = serde_json::from_str(yaml).unwrap();

@@ -1,0 +1,271 @@
+//! `actormesh gateway`: an HTTP ingress node. It joins as an agent that offers nothing
+//! (so no work is placed on it), fetches its Gateway and HttpRoutes from the master it
+//! follows (`FetchGateway/v1`, again every second: a change applies within that), and
+//! serves HTTP/1.1 and HTTP/2 (cleartext, prior knowledge): each request takes the first
+//! route that matches ([`actormesh::mesh::gateway::Router`]) and becomes a call by name
+//! with a JSON payload; the reply's JSON is the body, and an error its status.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+use tracing::{info, warn};
+
+use actormesh::agent::AgentHandle;
+use actormesh::mesh::gateway::{
+    forwarded, parse_traceparent, payload, FetchGateway, GatewayConfig, GatewaySpec,
+    Request as Req, Router,
+};
+use actormesh::mesh::{CallOptions, Mesh, ServiceName};
+
+/// How often the gateway fetches its configuration again.
+pub const REFRESH: Duration = Duration::from_secs(1);
+/// How long a call may take before the gateway answers 504.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The configuration in force.
+struct Live {
+    config: GatewayConfig,
+    router: Router,
+}
+
+/// What the server shares.
+#[derive(Clone)]
+struct Shared {
+    live: Arc<RwLock<Option<Arc<Live>>>>,
+    mesh: Mesh,
+    namespace: String,
+}
+
+/// Serves Gateway `namespace/name` on `listener`, from the agent node `agent`. Returns
+/// once the server runs; it fetches its configuration in the background.
+pub fn serve(
+    agent: &AgentHandle,
+    namespace: String,
+    name: String,
+    listener: tokio::net::TcpListener,
+) -> anyhow::Result<SocketAddr> {
+    let shared = Shared {
+        live: Arc::new(RwLock::new(None)),
+        mesh: agent.mesh().clone(),
+        namespace: namespace.clone(),
+    };
+    tokio::spawn(keep_config(
+        agent.node.clone(),
+        agent.master.clone(),
+        namespace,
+        name,
+        shared.live.clone(),
+    ));
+    let app = axum::Router::new()
+        .fallback(move |req: Request<Body>| {
+            let shared = shared.clone();
+            async move { answer(&shared, req).await }
+        })
+        .into_make_service();
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the gateway's HTTP server stopped");
+        }
+    });
+    Ok(addr)
+}
+
+/// Fetches the configuration every [`REFRESH`], keeping the last one while the master
+/// cannot answer.
+async fn keep_config(
+    node: actormesh::Node,
+    master: actormesh::masters::FollowedMaster,
+    namespace: String,
+    name: String,
+    live: Arc<RwLock<Option<Arc<Live>>>>,
+) {
+    let mut said: Option<String> = None;
+    loop {
+        let ask = FetchGateway {
+            namespace: namespace.clone(),
+            name: name.clone(),
+        };
+        match master
+            .actor_ref(&node)
+            .ask_timeout(ask, Duration::from_secs(5))
+            .await
+        {
+            Ok(Ok(config)) => {
+                let changed = live
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .is_none_or(|l| l.config != config);
+                if changed {
+                    let router =
+                        Router::new(config.routes.iter().map(|(_, r)| (namespace.as_str(), r)));
+                    info!(gateway = %format!("{namespace}/{name}"), routes = config.routes.len(), "gateway configuration in force");
+                    *live.write().unwrap_or_else(|p| p.into_inner()) =
+                        Some(Arc::new(Live { config, router }));
+                }
+                said = None;
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(refusal)) => refusal.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(_)) => unreachable!(),
+                };
+                if said.as_deref() != Some(why.as_str()) {
+                    warn!(error = %why, "cannot fetch the gateway's configuration; keeping the last one");
+                    said = Some(why);
+                }
+            }
+        }
+        tokio::time::sleep(REFRESH).await;
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// The request's host, without its port: the URI's authority (HTTP/2) or `Host`.
+fn host_of(req: &Request<Body>) -> String {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    strip_port(&raw).to_ascii_lowercase()
+}
+
+/// A host without its port (`[::1]:80` → `::1`).
+fn strip_port(raw: &str) -> &str {
+    if let Some(rest) = raw.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match raw.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => raw,
+    }
+}
+
+fn header_bytes(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum()
+}
+
+async fn answer(shared: &Shared, req: Request<Body>) -> Response {
+    let Some(live) = shared
+        .live
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+    else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway has not fetched its configuration from the master yet",
+        );
+    };
+    let spec: &GatewaySpec = &live.config.spec;
+    let size = header_bytes(req.headers());
+    if size > spec.max_header_bytes {
+        return error(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!(
+                "the request's headers hold {size} bytes, over the gateway's limit of {}",
+                spec.max_header_bytes
+            ),
+        );
+    }
+    let host = host_of(&req);
+    if !spec.serves_host(&host) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("this gateway does not serve the host {host:?}"),
+        );
+    }
+    let (parts, body) = req.into_parts();
+    let headers: Vec<(&str, &str)> = parts
+        .headers
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
+        .collect();
+    let matched = match live.router.route(&Req {
+        host: &host,
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        headers: &headers,
+    }) {
+        Ok(m) => m,
+        Err(e) => return error(StatusCode::NOT_FOUND, e.to_string()),
+    };
+    let body = match axum::body::to_bytes(body, spec.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is over the gateway's limit of {} bytes",
+                    spec.max_body_bytes
+                ),
+            )
+        }
+    };
+    let value = match payload(&matched.params, parts.uri.query(), &body) {
+        Ok(v) => v,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let mut options = CallOptions::default().timeout(CALL_TIMEOUT);
+    for (k, v) in forwarded(spec, &headers) {
+        options = options.propagated(k, v);
+    }
+    if let Some(t) = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+        .and_then(|(_, v)| parse_traceparent(v))
+    {
+        options = options.trace(t);
+    }
+    let service = match ServiceName::parse(&matched.service, &shared.namespace) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match shared
+        .mesh
+        .service_named(service)
+        .ask_json(&matched.message, &value, &options)
+        .await
+    {
+        Ok(reply) => (StatusCode::OK, Json(reply)).into_response(),
+        Err(e) => {
+            let status =
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            error(status, e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_host_loses_its_port() {
+        assert_eq!(strip_port("shop.example.com:8080"), "shop.example.com");
+        assert_eq!(strip_port("shop.example.com"), "shop.example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        assert_eq!(strip_port("127.0.0.1:80"), "127.0.0.1");
+    }
+}
