@@ -457,8 +457,18 @@ where
     M: RemoteMessage,
 {
     let decoded = if call.is_json() {
-        serde_json::from_slice::<M>(payload)
-            .map_err(|e| format!("cannot decode {} from JSON: {e}", M::NAME))
+        // The error names the field (`items[2].name: invalid type...`), as a caller of
+        // the JSON form (the gateway, `actormesh call`) needs.
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        serde_path_to_error::deserialize::<_, M>(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path.is_empty() || path == "." {
+                format!("cannot decode {} from JSON: {inner}", M::NAME)
+            } else {
+                format!("cannot decode {} from JSON: {path}: {inner}", M::NAME)
+            }
+        })
     } else {
         codec::decode::<M>(payload).map_err(|e| format!("cannot decode {}: {e}", M::NAME))
     };

@@ -181,6 +181,20 @@ async fn http_requests_become_calls_by_name_and_errors_and_limits_have_their_sta
         body["error"].as_str().unwrap().contains("name"),
         "the field: {body}"
     );
+    let (status, body) = http(
+        "POST",
+        &format!("{base}/greet"),
+        &[],
+        Some(br#"{"name":5}"#),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("name: invalid type"),
+        "the field of a wrong type: {body}"
+    );
     let (status, body) = http("GET", &format!("{base}/nope"), &[], None);
     assert_eq!(status, 404, "{body}");
     assert!(
