@@ -762,6 +762,9 @@ pub(crate) struct DevArgs {
     /// the ready lines print it with a join command).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub(crate) bootstrap: SocketAddr,
+    /// Where the dev gateway serves HTTP (`127.0.0.1:0`: any free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub(crate) gateway_http: SocketAddr,
     /// The master's Prometheus metrics (/metrics): HOST:PORT, a PORT on loopback (0: one
     /// chosen by the system), or off. The agent's get a port chosen by the system; the
     /// ready lines print both.

@@ -34,6 +34,24 @@ struct Live {
     router: Router,
 }
 
+/// A gateway's HTTP server, running.
+#[derive(Debug)]
+pub struct Served {
+    /// Where it serves.
+    pub addr: SocketAddr,
+    configured: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Served {
+    /// Waits, at most `limit`, until it has fetched its configuration; says whether it did.
+    pub async fn configured(&self, limit: Duration) -> bool {
+        let mut rx = self.configured.clone();
+        tokio::time::timeout(limit, rx.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
 /// What the server shares.
 #[derive(Clone)]
 struct Shared {
@@ -43,13 +61,14 @@ struct Shared {
 }
 
 /// Serves Gateway `namespace/name` on `listener`, from the agent node `agent`. Returns
-/// once the server runs; it fetches its configuration in the background.
+/// once the server runs; it fetches its configuration in the background (503 until then).
 pub fn serve(
     agent: &AgentHandle,
     namespace: String,
     name: String,
     listener: tokio::net::TcpListener,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<Served> {
+    let (configured_tx, configured) = tokio::sync::watch::channel(false);
     let shared = Shared {
         live: Arc::new(RwLock::new(None)),
         mesh: agent.mesh().clone(),
@@ -61,6 +80,7 @@ pub fn serve(
         namespace,
         name,
         shared.live.clone(),
+        configured_tx,
     ));
     let app = axum::Router::new()
         .fallback(move |req: Request<Body>| {
@@ -74,7 +94,7 @@ pub fn serve(
             tracing::error!(error = %e, "the gateway's HTTP server stopped");
         }
     });
-    Ok(addr)
+    Ok(Served { addr, configured })
 }
 
 /// Fetches the configuration every [`REFRESH`], keeping the last one while the master
@@ -85,6 +105,7 @@ async fn keep_config(
     namespace: String,
     name: String,
     live: Arc<RwLock<Option<Arc<Live>>>>,
+    configured: tokio::sync::watch::Sender<bool>,
 ) {
     let mut said: Option<String> = None;
     loop {
@@ -109,6 +130,7 @@ async fn keep_config(
                     info!(gateway = %format!("{namespace}/{name}"), routes = config.routes.len(), "gateway configuration in force");
                     *live.write().unwrap_or_else(|p| p.into_inner()) =
                         Some(Arc::new(Live { config, router }));
+                    configured.send_replace(true);
                 }
                 said = None;
             }

@@ -194,7 +194,7 @@ pub(crate) fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {http} (--http): {e}"))?;
         let a = agent::start(config).await?;
-        let at = actormesh_cli::gateway::serve(&a, namespace.clone(), name.clone(), listener)?;
+        let at = actormesh_cli::gateway::serve(&a, namespace.clone(), name.clone(), listener)?.addr;
         println!(
             "gateway {namespace}/{name} ready: http://{at} (node {} on {})",
             a.agent_id,
@@ -363,6 +363,7 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
     })
     .await?;
     deploy_dev_echo(&m).await?;
+    let (gateway, _gateway_node) = dev_gateway(&m, &args).await?;
     let client = dev_client(&m, &args.data_dir).await?;
     println!(
         "client identity {} in {}",
@@ -377,6 +378,10 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         m.bootstrap,
         a.agent_id,
         a.node.local_addr()
+    );
+    println!(
+        "gateway default/gateway: http://{0} (try: curl http://{0}/hello/you)",
+        gateway.addr
     );
     if let (Some(mm), Some(am)) = (m.node.metrics_addr(), a.node.metrics_addr()) {
         println!("metrics: master http://{mm}/metrics, agent http://{am}/metrics");
@@ -406,6 +411,68 @@ async fn run_dev(args: DevArgs) -> anyhow::Result<()> {
         m.bootstrap
     );
     until_stopped(&m).await
+}
+
+/// The Gateway and HttpRoute `dev` applies at its first start: `GET /hello/{name}`
+/// greets through the echo service.
+const DEV_GATEWAY: &str =
+    r#"{"kind":"Gateway","name":"gateway","spec":{"forward_headers":["end-user"]}}"#;
+const DEV_ROUTE: &str = r#"{"kind":"HttpRoute","name":"echo","spec":{"gateway":"gateway","rules":[{"match":{"path":"/hello/{name}","method":"GET"},"service":"echo","message":"demo.Greet/v1"},{"match":{"path":"/whoami"},"service":"echo","message":"demo.Whoami/v1"}]}}"#;
+
+/// The dev cluster's gateway: at the first start (no Gateway `default/gateway` yet) its
+/// Gateway and HttpRoute are applied; then a node of its own joins and serves it on
+/// `--gateway-http`, and `dev` waits (10 s at most) until it has its routes.
+async fn dev_gateway(
+    m: &master::MasterHandle,
+    args: &DevArgs,
+) -> anyhow::Result<(actormesh_cli::gateway::Served, agent::AgentHandle)> {
+    let listener = tokio::net::TcpListener::bind(args.gateway_http)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for the dev gateway on {} (--gateway-http): {e}; --gateway-http 127.0.0.1:0 takes any free port",
+                args.gateway_http
+            )
+        })?;
+    let applied = m.master.send(master::ListTraffic).await?;
+    if !applied
+        .gateways
+        .iter()
+        .any(|g| g.namespace == "default" && g.name == "gateway")
+    {
+        for object in [DEV_GATEWAY, DEV_ROUTE] {
+            m.master
+                .send(master::ApplyTraffic(object.into()))
+                .await?
+                .context("applying the dev gateway")?;
+        }
+    }
+    let token = m.agent_token(Duration::from_secs(3600)).await?;
+    let node = agent::start(AgentConfig {
+        join: m.bootstrap,
+        also_join: Vec::new(),
+        token: Some(token),
+        data_dir: args.data_dir.join("gateway"),
+        listen: "127.0.0.1:0".parse()?,
+        name: "dev-gateway".into(),
+        resources: Some(Resources::default()),
+        attrs: BTreeMap::from([("role".to_string(), "gateway".to_string())]),
+        actor_types: Vec::new(),
+        reserved: Default::default(),
+        metrics_listen: None,
+        access_log: None,
+        tracing: args.trace.tracing("gateway/dev-gateway")?,
+        host: Default::default(),
+    })
+    .await?;
+    let served =
+        actormesh_cli::gateway::serve(&node, "default".into(), "gateway".into(), listener)?;
+    if !served.configured(Duration::from_secs(10)).await {
+        tracing::warn!(
+            "the dev gateway has not fetched its routes yet; it answers 503 until it does"
+        );
+    }
+    Ok((served, node))
 }
 
 /// How long `dev` waits for its echo service to have a ready endpoint before it says so

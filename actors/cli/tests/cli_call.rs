@@ -26,7 +26,15 @@ async fn call_prints_the_reply_and_maps_every_failure_to_its_exit_code() {
     let dir = temp_dir("cli-call");
     let api = free_tcp().to_string();
     let state = dir.join("state");
-    let mut dev = Proc::spawn(&["dev", "--data-dir", state.to_str().unwrap(), "--api", &api]);
+    let mut dev = Proc::spawn(&[
+        "dev",
+        "--data-dir",
+        state.to_str().unwrap(),
+        "--api",
+        &api,
+        "--gateway-http",
+        "127.0.0.1:0",
+    ]);
     dev.line("dev cluster ready").await;
     let (code, out, err) = tokio::task::block_in_place(|| {
         call(

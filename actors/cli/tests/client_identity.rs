@@ -207,7 +207,15 @@ async fn dev_writes_a_client_identity_that_the_cli_can_use_at_once() {
     let dir = temp_dir("dev-client");
     let state = dir.join("state");
     let api = free_tcp().to_string();
-    let mut dev = Proc::spawn(&["dev", "--data-dir", state.to_str().unwrap(), "--api", &api]);
+    let mut dev = Proc::spawn(&[
+        "dev",
+        "--data-dir",
+        state.to_str().unwrap(),
+        "--api",
+        &api,
+        "--gateway-http",
+        "127.0.0.1:0",
+    ]);
     let said = dev.line("client identity ").await;
     assert_eq!(
         said,

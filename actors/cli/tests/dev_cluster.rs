@@ -14,7 +14,29 @@ use common::*;
 /// Starts `actormesh dev` on `dir` with its API at `api`; returns it and the
 /// `--api … --api-token-file …` arguments it says to use.
 async fn start_dev(dir: &std::path::Path, api: &str) -> (Proc, Vec<String>) {
-    let mut dev = Proc::spawn(&["dev", "--data-dir", dir.to_str().unwrap(), "--api", api]);
+    let mut dev = Proc::spawn(&[
+        "dev",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--api",
+        api,
+        "--gateway-http",
+        "127.0.0.1:0",
+    ]);
+    // The dev gateway greets through the echo service.
+    let gw = dev.line("gateway default/gateway: ").await;
+    let url = gw
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_string();
+    let hello = tokio::task::block_in_place(|| {
+        ureq::get(&format!("{url}/hello/you"))
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+    })
+    .unwrap_or_else(|e| panic!("{gw}: {e}"));
+    assert_eq!(hello, "\"hello, you\"", "{gw}");
     // "try: actormesh get nodes --api http://… --api-token-file …"
     let hint = dev.line("try: actormesh get nodes ").await;
     let args: Vec<String> = hint.split_whitespace().map(str::to_string).collect();

@@ -60,7 +60,7 @@ async fn the_readme_walkthrough_works_as_written() {
                 .collect();
             let mut all: Vec<&str> = args.iter().map(String::as_str).collect();
             let api = api.to_string();
-            all.extend(["--api", api.as_str()]);
+            all.extend(["--api", api.as_str(), "--gateway-http", "127.0.0.1:0"]);
             let mut p = Proc::spawn_in(&dir, &all);
             p.line("dev cluster ready").await;
             dev = Some(p);
