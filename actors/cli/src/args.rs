@@ -460,9 +460,16 @@ pub(crate) struct GatewayArgs {
     /// The Gateway served: namespace/name, or name in the default namespace.
     #[arg(long, default_value = "default/gateway")]
     pub(crate) gateway: String,
-    /// Where to serve HTTP (HTTP/1.1, and HTTP/2 with prior knowledge).
+    /// Where to serve HTTP (HTTP/1.1, and HTTP/2 with prior knowledge; with a certificate,
+    /// HTTPS with ALPN).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub(crate) http: SocketAddr,
+    /// Serve TLS with this PEM certificate chain (with --tls-key).
+    #[arg(long)]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long)]
+    pub(crate) tls_key: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) telemetry: TelemetryArgs,
 }

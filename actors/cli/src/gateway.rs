@@ -1,7 +1,8 @@
 //! `actormesh gateway`: an HTTP ingress node. It joins as an agent that offers nothing
 //! (so no work is placed on it), fetches its Gateway and HttpRoutes from the master it
 //! follows (`FetchGateway/v1`, again every second: a change applies within that), and
-//! serves HTTP/1.1 and HTTP/2 (cleartext, prior knowledge): each request takes the first
+//! serves HTTP/1.1 and HTTP/2 (cleartext with prior knowledge, or over TLS with ALPN when
+//! given a certificate: [`Tls`]): each request takes the first
 //! route that matches ([`actormesh::mesh::gateway::Router`]) and becomes a call by name
 //! with a JSON payload; the reply's JSON is the body, and an error its status.
 
@@ -32,6 +33,48 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 struct Live {
     config: GatewayConfig,
     router: Router,
+}
+
+/// The certificate a gateway serves TLS with: PEM files, the chain (leaf first) and its
+/// private key.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    /// The certificate chain.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
+}
+
+impl Tls {
+    /// The TLS server configuration: TLS 1.2 and 1.3 with ring, ALPN `h2` and
+    /// `http/1.1`; a file that is missing or holds no certificate or key says so.
+    pub fn server_config(&self) -> anyhow::Result<Arc<tokio_rustls::rustls::ServerConfig>> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&self.cert)
+            .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", self.cert.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", self.cert.display()))?;
+        anyhow::ensure!(
+            !certs.is_empty(),
+            "--tls-cert {}: no PEM certificate in it (expected -----BEGIN CERTIFICATE-----)",
+            self.cert.display()
+        );
+        let key = PrivateKeyDer::from_pem_file(&self.key).map_err(|e| {
+            anyhow::anyhow!(
+                "--tls-key {}: {e} (expected a PEM private key: PKCS#8, PKCS#1 or SEC1)",
+                self.key.display()
+            )
+        })?;
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(|e| anyhow::anyhow!("--tls-cert and --tls-key do not go together: {e}"))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
 }
 
 /// A gateway's HTTP server, running.
@@ -67,7 +110,9 @@ pub fn serve(
     namespace: String,
     name: String,
     listener: tokio::net::TcpListener,
+    tls: Option<&Tls>,
 ) -> anyhow::Result<Served> {
+    let tls = tls.map(Tls::server_config).transpose()?;
     let (configured_tx, configured) = tokio::sync::watch::channel(false);
     let shared = Shared {
         live: Arc::new(RwLock::new(None)),
@@ -82,19 +127,63 @@ pub fn serve(
         shared.live.clone(),
         configured_tx,
     ));
-    let app = axum::Router::new()
-        .fallback(move |req: Request<Body>| {
-            let shared = shared.clone();
-            async move { answer(&shared, req).await }
-        })
-        .into_make_service();
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the gateway's HTTP server stopped");
-        }
+    let app = axum::Router::new().fallback(move |req: Request<Body>| {
+        let shared = shared.clone();
+        async move { answer(&shared, req).await }
     });
+    let addr = listener.local_addr()?;
+    match tls {
+        None => {
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app.into_make_service()).await {
+                    tracing::error!(error = %e, "the gateway's HTTP server stopped");
+                }
+            });
+        }
+        Some(config) => {
+            tokio::spawn(serve_tls(
+                listener,
+                tokio_rustls::TlsAcceptor::from(config),
+                app,
+            ));
+        }
+    }
     Ok(Served { addr, configured })
+}
+
+/// Serves `app` over TLS: HTTP/2 or HTTP/1.1 as ALPN chose, one task a connection.
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+) {
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of descriptors, say: the next accept may work.
+                warn!(error = %e, "the gateway cannot accept a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return tracing::debug!(error = %e, "a TLS handshake failed"),
+                    Err(_) => return tracing::debug!("a TLS handshake took over 10 s"),
+                };
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(io, service).await {
+                tracing::debug!(error = %e, "a gateway connection ended");
+            }
+        });
+    }
 }
 
 /// Fetches the configuration every [`REFRESH`], keeping the last one while the master

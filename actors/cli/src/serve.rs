@@ -189,14 +189,34 @@ pub(crate) fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         host: Default::default(),
     };
     let http = args.http;
+    let tls = match (args.tls_cert, args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = actormesh_cli::gateway::Tls { cert, key };
+            // Refused at start, naming the file, rather than at the first request.
+            tls.server_config()?;
+            Some(tls)
+        }
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "--tls-cert and --tls-key go together: give both, or neither for cleartext"
+        ),
+    };
     run_system(async move {
         let listener = tokio::net::TcpListener::bind(http)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen for HTTP on {http} (--http): {e}"))?;
         let a = agent::start(config).await?;
-        let at = actormesh_cli::gateway::serve(&a, namespace.clone(), name.clone(), listener)?.addr;
+        let at = actormesh_cli::gateway::serve(
+            &a,
+            namespace.clone(),
+            name.clone(),
+            listener,
+            tls.as_ref(),
+        )?
+        .addr;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         println!(
-            "gateway {namespace}/{name} ready: http://{at} (node {} on {})",
+            "gateway {namespace}/{name} ready: {scheme}://{at} (node {} on {})",
             a.agent_id,
             a.node.local_addr()
         );
@@ -466,7 +486,7 @@ async fn dev_gateway(
     })
     .await?;
     let served =
-        actormesh_cli::gateway::serve(&node, "default".into(), "gateway".into(), listener)?;
+        actormesh_cli::gateway::serve(&node, "default".into(), "gateway".into(), listener, None)?;
     if !served.configured(Duration::from_secs(10)).await {
         tracing::warn!(
             "the dev gateway has not fetched its routes yet; it answers 503 until it does"

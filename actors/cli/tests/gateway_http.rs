@@ -236,6 +236,70 @@ async fn http_requests_become_calls_by_name_and_errors_and_limits_have_their_sta
         "{out:?}"
     );
 
+    // Over TLS: a second gateway node serving the same Gateway with a certificate, HTTP/2
+    // and HTTP/1.1 as ALPN chooses. A key that is no key is refused at start, naming it.
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_file, key_file) = (dir.join("gw.crt"), dir.join("gw.key"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.key_pair.serialize_pem()).unwrap();
+    let tls_addr = free_tcp().to_string();
+    let gw_tls = |key: &std::path::Path| {
+        Proc::spawn(&[
+            "gateway",
+            "--join",
+            &join,
+            "--token",
+            &token,
+            "--data-dir",
+            dir.join("gw-tls").to_str().unwrap(),
+            "--name",
+            "gw2",
+            "--gateway",
+            "default/public",
+            "--http",
+            &tls_addr,
+            "--tls-cert",
+            cert_file.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ])
+    };
+    let said = gw_tls(&cert_file).exit_stderr().await;
+    assert!(said.contains("--tls-key"), "{said}");
+    let mut gw2 = gw_tls(&key_file);
+    let ready = gw2.line("gateway default/public ready").await;
+    assert!(ready.contains(&format!("https://{tls_addr}")), "{ready}");
+    let curl_tls = |version: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-sk",
+                version,
+                "-w",
+                " %{http_version}",
+                &format!("https://{tls_addr}/hello/tls"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let started = Instant::now();
+    loop {
+        let got = tokio::task::block_in_place(|| curl_tls("--http2"));
+        if got == "\"hello, tls\" 2" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "over TLS: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        tokio::task::block_in_place(|| curl_tls("--http1.1")),
+        "\"hello, tls\" 1.1"
+    );
+    gw2.kill().await;
+
     // A route deleted is gone from the gateway within its refresh.
     let out = m.cli(&["delete", "http-route", "demo"]);
     assert!(out.status.success(), "{out:?}");
