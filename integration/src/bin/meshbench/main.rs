@@ -23,6 +23,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 mod authz;
 mod cluster;
 mod cpu;
+mod gateway;
 mod ha;
 mod mesh;
 mod scheduling;
@@ -104,6 +105,45 @@ enum Suite {
         #[arg(long, default_value_t = 2000)]
         session_ms: u64,
     },
+    /// The HTTP ingress gateway (needs wrk): requests per second through it to a service
+    /// on another node process, against an axum reverse proxy in front of an axum backend.
+    Gateway {
+        /// Rounds of each side; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds of each wrk run.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+        /// wrk's open connections.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+    },
+    /// (internal) A gateway node, for the gateway suite.
+    #[command(hide = true)]
+    GatewayProc {
+        #[arg(long)]
+        join: SocketAddr,
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        http: SocketAddr,
+    },
+    /// (internal) The gateway suite's baseline backend.
+    #[command(hide = true)]
+    GatewayBackendProc {
+        #[arg(long)]
+        http: SocketAddr,
+    },
+    /// (internal) The gateway suite's baseline reverse proxy.
+    #[command(hide = true)]
+    GatewayProxyProc {
+        #[arg(long)]
+        http: SocketAddr,
+        #[arg(long)]
+        to: SocketAddr,
+    },
     /// (internal) A master of several on ZooKeeper, for the ha suite.
     #[command(hide = true)]
     HaMasterProc {
@@ -183,6 +223,23 @@ fn main() -> anyhow::Result<()> {
         Suite::Ha { agents, session_ms } => {
             ha::run(agents.max(1), Duration::from_millis(session_ms.max(500)))
         }
+        Suite::Gateway {
+            rounds,
+            secs,
+            connections,
+        } => gateway::run(gateway::Settings {
+            rounds: rounds.max(1),
+            secs: secs.clamp(1, 60),
+            connections: connections.clamp(1, 1000),
+        }),
+        Suite::GatewayProc {
+            join,
+            token,
+            data_dir,
+            http,
+        } => gateway::gateway_proc(join, token, data_dir, http),
+        Suite::GatewayBackendProc { http } => gateway::backend_proc(http),
+        Suite::GatewayProxyProc { http, to } => gateway::proxy_proc(http, to),
         Suite::HaMasterProc {
             data_dir,
             listen,

@@ -189,8 +189,8 @@ async fn push_lines(dir: &Path, s: &Settings) -> anyhow::Result<()> {
 /// work does not share the thread of the agents measured.
 pub(crate) struct MasterThread {
     master: Addr<Master>,
-    bootstrap: SocketAddr,
-    token: String,
+    pub(crate) bootstrap: SocketAddr,
+    pub(crate) token: String,
     window: Duration,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -204,7 +204,7 @@ type Started = (
 );
 
 impl MasterThread {
-    fn start(dir: PathBuf, heartbeat: Option<Duration>) -> anyhow::Result<Self> {
+    pub(crate) fn start(dir: PathBuf, heartbeat: Option<Duration>) -> anyhow::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<anyhow::Result<Started>>();
         std::thread::Builder::new()
             .name("master".into())
@@ -431,7 +431,7 @@ pub fn agent_proc(
     })
 }
 
-async fn spawn_agent_proc(
+pub(crate) async fn spawn_agent_proc(
     exe: &Path,
     m: &MasterThread,
     dir: &Path,
