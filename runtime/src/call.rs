@@ -355,6 +355,18 @@ impl CallInfo {
         )
     }
 
+    /// The context of calls made on behalf of workload `workload` (`namespace/name`)
+    /// outside any handler: run the future that makes them in [`CallInfo::scope`], and they
+    /// assert it as the calls of an actor spawned with that workload do (a gateway's
+    /// requests, say). A receiving node believes it only of a node that hosts the
+    /// workload's service, as always.
+    pub fn acting_as(workload: &str) -> CallInfo {
+        Self::with_context(
+            Deadline::None,
+            CallContext::shared(None, None, Some(Arc::from(workload)), true),
+        )
+    }
+
     /// A call with `deadline` and a context shared with other calls.
     #[inline]
     pub(crate) fn with_context(deadline: Deadline, ctx: Option<Arc<CallContext>>) -> Self {

@@ -101,7 +101,36 @@ struct Shared {
     live: Arc<RwLock<Option<Arc<Live>>>>,
     mesh: Mesh,
     namespace: String,
+    /// The gateway's workload, `namespace/name`: what its calls assert.
+    workload: Arc<str>,
 }
+
+/// The gateway's own actor, the endpoint of its workload's service: it tells the routes
+/// in force (`actormesh.gateway.Routes/v1`).
+struct RoutesActor {
+    live: Arc<RwLock<Option<Arc<Live>>>>,
+}
+
+impl actix::Actor for RoutesActor {
+    type Context = actix::Context<Self>;
+}
+
+/// Asks a gateway node for its configuration in force (`None` before the first fetch).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, actormesh::RemoteMessage)]
+#[remote(name = "actormesh.gateway.Routes/v1", reply = Option<GatewayConfig>)]
+pub struct Routes {}
+
+#[actormesh::handler]
+impl actix::Handler<Routes> for RoutesActor {
+    type Result = actix::MessageResult<Routes>;
+    fn handle(&mut self, _: Routes, _: &mut actix::Context<Self>) -> Self::Result {
+        let live = self.live.read().unwrap_or_else(|p| p.into_inner()).clone();
+        actix::MessageResult(live.map(|l| l.config.clone()))
+    }
+}
+
+/// The actor name of [`RoutesActor`] on a gateway node.
+pub const GATEWAY_ACTOR: &str = "gateway";
 
 /// Serves Gateway `namespace/name` on `listener`, from the agent node `agent`. Returns
 /// once the server runs; it fetches its configuration in the background (503 until then).
@@ -113,12 +142,25 @@ pub fn serve(
     tls: Option<&Tls>,
 ) -> anyhow::Result<Served> {
     let tls = tls.map(Tls::server_config).transpose()?;
+    let live = Arc::new(RwLock::new(None));
+    agent
+        .node
+        .spawn(GATEWAY_ACTOR, RoutesActor { live: live.clone() })?;
     let (configured_tx, configured) = tokio::sync::watch::channel(false);
     let shared = Shared {
-        live: Arc::new(RwLock::new(None)),
+        live,
         mesh: agent.mesh().clone(),
         namespace: namespace.clone(),
+        workload: Arc::from(format!("{namespace}/{name}")),
     };
+    // The gateway's node serves its workload's service, so the nodes it calls believe
+    // the workload its calls assert, and authorization policies can name it
+    // (`<td>/ns/<namespace>/sa/<name>`).
+    tokio::spawn(serve_workload(
+        agent.mesh().clone(),
+        namespace.clone(),
+        name.clone(),
+    ));
     tokio::spawn(keep_config(
         agent.node.clone(),
         agent.master.clone(),
@@ -149,6 +191,33 @@ pub fn serve(
         }
     }
     Ok(Served { addr, configured })
+}
+
+/// Registers the gateway's actor as the endpoint of service `namespace/name`, trying
+/// again (every second) until the master takes it.
+async fn serve_workload(mesh: Mesh, namespace: String, name: String) {
+    let service = ServiceName { namespace, name };
+    let labels = std::collections::BTreeMap::from([("role".to_string(), "gateway".to_string())]);
+    let mut said: Option<String> = None;
+    loop {
+        match mesh
+            .register_service(service.clone(), GATEWAY_ACTOR, "v1", labels.clone(), 1)
+            .await
+        {
+            Ok(()) => {
+                info!(%service, "the gateway serves its workload's service");
+                return;
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if said.as_deref() != Some(why.as_str()) {
+                    warn!(%service, error = %why, "cannot register the gateway's service yet");
+                    said = Some(why);
+                }
+            }
+        }
+        tokio::time::sleep(REFRESH).await;
+    }
 }
 
 /// Serves `app` over TLS: HTTP/2 or HTTP/1.1 as ALPN chose, one task a connection.
@@ -353,10 +422,11 @@ async fn answer(shared: &Shared, req: Request<Body>) -> Response {
         Ok(s) => s,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    match shared
-        .mesh
-        .service_named(service)
-        .ask_json(&matched.message, &value, &options)
+    let target = shared.mesh.service_named(service);
+    let message = matched.message;
+    let call = async move { target.ask_json(&message, &value, &options).await };
+    match actormesh::CallInfo::acting_as(&shared.workload)
+        .scope(call)
         .await
     {
         Ok(reply) => (StatusCode::OK, Json(reply)).into_response(),

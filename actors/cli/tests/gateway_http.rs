@@ -236,6 +236,44 @@ async fn http_requests_become_calls_by_name_and_errors_and_limits_have_their_sta
         "{out:?}"
     );
 
+    // The gateway calls as its workload, which authorization policies name: allowing
+    // another workload only, its requests are denied (403); allowing its own, answered.
+    let only = |principal: &str| {
+        let f = dir.join("only.yaml");
+        std::fs::write(
+            &f,
+            format!("kind: AuthorizationPolicy\nname: only\nspec:\n  service: echo\n  action: ALLOW\n  rules:\n    - from: [ {{ source: {{ principals: [\"{principal}\"] }} }} ]\n"),
+        )
+        .unwrap();
+        let out = m.cli(&["apply", "-f", f.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+    };
+    let until = |want: u16| {
+        let base = base.clone();
+        async move {
+            let started = Instant::now();
+            loop {
+                let (status, body) = http("GET", &format!("{base}/hello/you"), &[], None);
+                if status == want {
+                    return body;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "not {want}: {status} {body}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    only("*/ns/default/sa/other");
+    let denied = until(403).await;
+    assert!(
+        denied["error"].as_str().unwrap().contains("only"),
+        "{denied}"
+    );
+    only("*/ns/default/sa/public");
+    assert_eq!(until(200).await, "hello, you");
+
     // Over TLS: a second gateway node serving the same Gateway with a certificate, HTTP/2
     // and HTTP/1.1 as ALPN chooses. A key that is no key is refused at start, naming it.
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
