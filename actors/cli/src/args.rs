@@ -81,10 +81,10 @@ pub(crate) enum Command {
     /// Write a backup into a new store (a data dir, or a ZooKeeper chroot) for a master to
     /// start on.
     Restore(RestoreArgs),
-    /// A whole cluster in one process: a master and one agent on embedded state.
+    /// A whole cluster in one process: a master, one agent and a gateway on embedded state.
     Dev(DevArgs),
     /// Validate a manifest (YAML, or JSON for .json) and submit it: a Deployment, Route,
-    /// DestinationPolicy or AuthorizationPolicy.
+    /// DestinationPolicy, AuthorizationPolicy, Gateway or HttpRoute.
     Apply(ApplyArgs),
     /// Call a service by name with a JSON payload and print the reply as JSON.
     ///

@@ -457,7 +457,7 @@ async fn apply_traffic(State(api): State<Api>, body: axum::body::Bytes) -> Respo
     let Ok(text) = String::from_utf8(body.to_vec()) else {
         return error(
             StatusCode::BAD_REQUEST,
-            "the manifest is not UTF-8 (expected a JSON Route, DestinationPolicy or AuthorizationPolicy manifest)",
+            "the manifest is not UTF-8 (expected a JSON Route, DestinationPolicy, AuthorizationPolicy, Gateway or HttpRoute manifest)",
         );
     };
     match api.master.send(ApplyTraffic(text)).await {

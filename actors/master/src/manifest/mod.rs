@@ -337,7 +337,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Deployment, ManifestError> {
         return Err(err(
             "kind",
             format!("{:?} is not a Deployment", m.kind),
-            "Deployment (this reads deployments only; apply takes Deployment, Route, DestinationPolicy or AuthorizationPolicy)",
+            "Deployment (this reads deployments only; apply takes Deployment, Route, DestinationPolicy, AuthorizationPolicy, Gateway or HttpRoute)",
         ));
     }
     if !valid_name(&m.name) {

@@ -174,8 +174,8 @@ impl Handler<ListRevocations> for Master {
     }
 }
 
-/// Adds or replaces a Route, DestinationPolicy or AuthorizationPolicy from manifest JSON
-/// (validated again here).
+/// Adds or replaces a Route, DestinationPolicy, AuthorizationPolicy, Gateway or HttpRoute
+/// from manifest JSON (validated again here).
 #[derive(Debug, Message)]
 #[rtype(result = "Result<TrafficApplied, OperatorError>")]
 pub struct ApplyTraffic(pub String);
@@ -190,7 +190,8 @@ impl Handler<ApplyTraffic> for Master {
     }
 }
 
-/// Deletes a Route, DestinationPolicy or AuthorizationPolicy: kind, namespace, name.
+/// Deletes a Route, DestinationPolicy, AuthorizationPolicy, Gateway or HttpRoute: kind,
+/// namespace, name.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<(), OperatorError>")]
 pub struct DeleteTraffic(pub TrafficKind, pub String, pub String);
