@@ -642,6 +642,55 @@ pub(crate) const NO_OPTIONS: CallOptions = CallOptions {
     trace: None,
 };
 
+// ---------------------------------------------------------------- what a call made now carries
+
+/// The metadata block a call sends; `None` when it would say nothing.
+pub(crate) type Block = Option<Arc<CallMeta>>;
+
+/// What an ask made now carries: its timeout and block, from the call being handled (read
+/// now, when the call is made, not when its future is first polled) and the options. The
+/// plain path (no options, not inside a handler) carries nothing and reads no clock.
+#[inline(always)]
+pub(crate) fn ask_plan(
+    options: Option<&CallOptions>,
+    timeout: Duration,
+) -> Result<(Duration, Block), MetadataError> {
+    let ambient = CallInfo::ambient();
+    if options.is_none() && ambient.is_none() {
+        return Ok((timeout, None));
+    }
+    let o = plan(
+        ambient.as_ref(),
+        options.unwrap_or(&NO_OPTIONS),
+        timeout,
+        false,
+        Instant::now,
+    );
+    match o.meta {
+        None => Ok((o.timeout, None)),
+        Some(m) => {
+            m.check()?;
+            Ok((o.timeout, Some(Arc::new(m))))
+        }
+    }
+}
+
+/// What a tell made now carries (see [`ask_plan`]).
+#[inline(always)]
+pub(crate) fn tell_block(options: Option<&CallOptions>) -> Result<Block, MetadataError> {
+    let ambient = CallInfo::ambient();
+    if options.is_none() && ambient.is_none() {
+        return Ok(None);
+    }
+    match outgoing_meta(ambient.as_ref(), options.unwrap_or(&NO_OPTIONS), false) {
+        None => Ok(None),
+        Some(m) => {
+            m.check()?;
+            Ok(Some(Arc::new(m)))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,8 +16,8 @@ use actormesh_transport::sink::PushError;
 use actormesh_transport::SpiffeId;
 
 use crate::call::{
-    outgoing_meta, outgoing_timeout, plan, CallContext, CallInfo, CallMeta, CallOptions, Deadline,
-    MetadataError, NO_OPTIONS,
+    ask_plan, outgoing_meta, outgoing_timeout, tell_block, Block, CallContext, CallInfo, CallMeta,
+    CallOptions, Deadline, MetadataError, NO_OPTIONS,
 };
 use crate::deadline::LazyDeadline;
 use crate::error::{AskError, TellError};
@@ -883,53 +883,6 @@ fn check_message_name(name: &str) -> Result<(), AskError> {
         });
     }
     Ok(())
-}
-
-/// The metadata block a call sends; `None` when it would say nothing.
-type Block = Option<Arc<CallMeta>>;
-
-/// What an ask made now carries: its timeout and block, from the call being handled (read
-/// now, when the call is made, not when its future is first polled) and the options. The
-/// plain path (no options, not inside a handler) carries nothing and reads no clock.
-#[inline(always)]
-fn ask_plan(
-    options: Option<&CallOptions>,
-    timeout: Duration,
-) -> Result<(Duration, Block), MetadataError> {
-    let ambient = CallInfo::ambient();
-    if options.is_none() && ambient.is_none() {
-        return Ok((timeout, None));
-    }
-    let o = plan(
-        ambient.as_ref(),
-        options.unwrap_or(&NO_OPTIONS),
-        timeout,
-        false,
-        std::time::Instant::now,
-    );
-    match o.meta {
-        None => Ok((o.timeout, None)),
-        Some(m) => {
-            m.check()?;
-            Ok((o.timeout, Some(Arc::new(m))))
-        }
-    }
-}
-
-/// What a tell made now carries (see [`ask_plan`]).
-#[inline(always)]
-fn tell_block(options: Option<&CallOptions>) -> Result<Block, MetadataError> {
-    let ambient = CallInfo::ambient();
-    if options.is_none() && ambient.is_none() {
-        return Ok(None);
-    }
-    match outgoing_meta(ambient.as_ref(), options.unwrap_or(&NO_OPTIONS), false) {
-        None => Ok(None),
-        Some(m) => {
-            m.check()?;
-            Ok(Some(Arc::new(m)))
-        }
-    }
 }
 
 /// Removes an ask from the pending table when the caller stops waiting (deadline or drop).
