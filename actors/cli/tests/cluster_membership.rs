@@ -493,16 +493,17 @@ async fn a_master_whose_api_port_is_taken_says_so_once_and_does_not_panic() {
     let dir = temp_dir("api-taken");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let api = taken.local_addr().unwrap().to_string();
-    let (m, b) = (free_udp().to_string(), free_udp().to_string());
+    // Ports the system picks: a port picked here and freed could be taken by another
+    // test's process before this master binds it (seen once, on its mesh port).
     let data = dir.join("master");
     let proc = Proc::spawn(&[
         "master",
         "--data-dir",
         data.to_str().unwrap(),
         "--listen",
-        &m,
+        "127.0.0.1:0",
         "--bootstrap",
-        &b,
+        "127.0.0.1:0",
         "--api",
         &api,
     ]);
@@ -566,12 +567,12 @@ async fn logs_into_a_pipe_are_plain_text_or_json_lines() {
     let api = taken.local_addr().unwrap().to_string();
     let run = |format: &str, data: &str| {
         let data = dir.join(data);
-        let (m, b) = (free_udp().to_string(), free_udp().to_string());
+        let (m, b) = ("127.0.0.1:0", "127.0.0.1:0");
         tokio::task::block_in_place(|| {
             std::process::Command::new(BIN)
                 .args(["--log-format", format, "master", "--data-dir"])
                 .arg(&data)
-                .args(["--listen", &m, "--bootstrap", &b, "--api", &api])
+                .args(["--listen", m, "--bootstrap", b, "--api", &api])
                 .env("RUST_LOG", "info")
                 .output()
                 .unwrap()
