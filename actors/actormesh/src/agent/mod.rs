@@ -544,6 +544,12 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
             .collect(),
         cert_expiry: creds.not_after().unwrap_or(SystemTime::UNIX_EPOCH),
     };
+    // The mesh exists before the gate, so that an instance launched as soon as the master
+    // knows this agent can call by name (`ActorHost::with_mesh`); the Proxy subscribes
+    // once the master knows this agent as a member.
+    let mut mesh_options = MeshOptions::default().follow(master.clone());
+    mesh_options.zone = config.attrs.get("zone").cloned();
+    let (mesh, subscription) = Mesh::start_held(&node, mesh_options)?;
     // The gate runs before registering: the master may answer a registration by killing
     // instances it replaced meanwhile.
     node.spawn(
@@ -562,10 +568,7 @@ pub async fn start(config: AgentConfig) -> Result<AgentHandle, AgentError> {
         register_until_accepted(&master.actor_ref(&node), &register, Duration::from_secs(30))
             .await?;
     info!(agent = %saved.agent_id, "registered with the master");
-    // The Proxy subscribes once the master knows this agent as a member.
-    let mut mesh_options = MeshOptions::default().follow(master.clone());
-    mesh_options.zone = config.attrs.get("zone").cloned();
-    let mesh = Mesh::start(&node, mesh_options)?;
+    subscription.begin();
     let (removed_tx, removed) = watch::channel(None);
     let interval = Duration::from_millis(registered.heartbeat_interval_ms.max(10));
     let renew_now = Arc::new(tokio::sync::Notify::new());

@@ -75,6 +75,36 @@ impl ActorHost {
         self
     }
 
+    /// Hosts actor type `type_name`, each instance made by `factory` from the agent's
+    /// [`Mesh`](crate::mesh::Mesh): what an actor needs that calls other services by name
+    /// (`mesh.service("reviews")?.ask(..)` in its handlers).
+    pub fn with_mesh<A, F>(mut self, type_name: &str, factory: F) -> Self
+    where
+        A: Actor<Context = Context<A>>,
+        F: Fn(&crate::mesh::Mesh) -> A + Clone + 'static,
+    {
+        let make: Factory = Rc::new(
+            move |node: &Node, name: &str, restart: RestartPolicy, workload: Option<String>| {
+                let mesh = crate::mesh::Mesh::of(node).ok_or_else(|| NodeError::Start {
+                    name: name.to_string(),
+                    reason: "this node has no mesh to give it (ActorHost::with_mesh needs an agent's node)".into(),
+                })?;
+                let factory = factory.clone();
+                node.spawn_with(
+                    name,
+                    SpawnOptions {
+                        restart,
+                        workload,
+                        ..Default::default()
+                    },
+                    move || factory(&mesh),
+                )
+            },
+        );
+        self.factories.insert(type_name.to_string(), make);
+        self
+    }
+
     /// The hosted type names.
     pub fn types(&self) -> Vec<String> {
         self.factories.keys().cloned().collect()

@@ -126,11 +126,54 @@ fn target_for(node: &Node, e: &Endpoint) -> RemoteRef {
     }
 }
 
+/// The node's mesh, as a node extension, so that an actor given only its node (an agent's
+/// instances) can call services by name. Weak: the mesh holds its node.
+#[derive(Default)]
+struct MeshOfNode(std::sync::Mutex<Weak<MeshInner>>);
+
+/// A subscription [`Mesh::start_held`] made but did not begin.
+#[must_use = "the Proxy subscribes only once begun"]
+pub(crate) struct HeldSubscription {
+    mesh: Weak<MeshInner>,
+    node: Node,
+    master: Option<crate::masters::FollowedMaster>,
+    max: Duration,
+}
+
+impl HeldSubscription {
+    /// Subscribes the Proxy in the background, if the mesh was given a master.
+    pub(crate) fn begin(self) {
+        if let Some(master) = self.master {
+            tokio::spawn(subscribe_loop(self.mesh, self.node, master, self.max));
+        }
+    }
+}
+
 impl Mesh {
     /// Starts the node's Proxy (`$proxy`) and, if `options` name a master, subscribes it
     /// there in the background (again whenever the master is lost and comes back; the
     /// Proxy keeps serving its last table meanwhile). Call inside the node's actix system.
     pub fn start(node: &Node, options: MeshOptions) -> Result<Mesh, NodeError> {
+        let (mesh, held) = Self::start_held(node, options)?;
+        held.begin();
+        Ok(mesh)
+    }
+
+    /// The mesh started on `node` (the last one, if several were), while it lives.
+    /// What an actor that was given its node uses to call services by name.
+    pub fn of(node: &Node) -> Option<Mesh> {
+        let slot = node.find_extension::<MeshOfNode>()?;
+        let inner = crate::mesh::policy::active::lock(&slot.0).upgrade()?;
+        Some(Mesh { inner })
+    }
+
+    /// [`Mesh::start`], with the subscription held until it is begun: an agent has its
+    /// mesh before it registers (its instances may be launched at once), and subscribes
+    /// once the master knows it.
+    pub(crate) fn start_held(
+        node: &Node,
+        options: MeshOptions,
+    ) -> Result<(Mesh, HeldSubscription), NodeError> {
         let locality = Locality {
             node: node.identity().to_string(),
             zone: options.zone.clone(),
@@ -166,15 +209,15 @@ impl Mesh {
             applied,
             figures,
         });
-        if let Some(master) = master {
-            tokio::spawn(subscribe_loop(
-                Arc::downgrade(&inner),
-                node.clone(),
-                master,
-                options.resubscribe_max,
-            ));
-        }
-        Ok(Mesh { inner })
+        *crate::mesh::policy::active::lock(&node.extension(MeshOfNode::default).0) =
+            Arc::downgrade(&inner);
+        let held = HeldSubscription {
+            mesh: Arc::downgrade(&inner),
+            node: node.clone(),
+            master,
+            max: options.resubscribe_max,
+        };
+        Ok((Mesh { inner }, held))
     }
 
     /// The node.
