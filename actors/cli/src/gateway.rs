@@ -312,6 +312,18 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// What kind of JSON value `v` is, for an error.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
 /// The request's host, without its port: the URI's authority (HTTP/2) or `Host`.
 fn host_of(req: &Request<Body>) -> String {
     let raw = req
@@ -429,7 +441,20 @@ async fn answer(shared: &Shared, req: Request<Body>) -> Response {
         .scope(call)
         .await
     {
-        Ok(reply) => (StatusCode::OK, Json(reply)).into_response(),
+        Ok(reply) => match (matched.content_type, reply) {
+            (None, reply) => (StatusCode::OK, Json(reply)).into_response(),
+            (Some(t), serde_json::Value::String(text)) => {
+                (StatusCode::OK, [(axum::http::header::CONTENT_TYPE, t)], text).into_response()
+            }
+            (Some(t), other) => error(
+                StatusCode::BAD_GATEWAY,
+                format!(
+                    "the route serves {t}, so the reply must be a JSON string (its text is the body), but {} answered {}",
+                    matched.service,
+                    json_kind(&other)
+                ),
+            ),
+        },
         Err(e) => {
             let status =
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -167,6 +167,11 @@ pub struct HttpRule {
     pub service: String,
     /// The message the request becomes (its registered name, e.g. `shop.GetProduct/v1`).
     pub message: String,
+    /// The response's media type. Absent: `application/json`, the reply's JSON is the
+    /// body. Given (e.g. `text/html; charset=utf-8`): the reply must be a JSON string, and
+    /// its text is the body, served with this type (a page rendered by an actor).
+    #[serde(default)]
+    pub content_type: Option<String>,
 }
 
 /// What a request must be to take a rule; every part given must hold.
@@ -248,6 +253,21 @@ fn parse_path(field: &str, path: &str) -> Result<Vec<Segment>, FieldError> {
     Ok(out)
 }
 
+/// Whether `t` is a `type/subtype` with optional parameters, in printable ASCII (what a
+/// `Content-Type` header can carry).
+fn is_media_type(t: &str) -> bool {
+    let essence = t.split(';').next().unwrap_or("").trim();
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+    };
+    t.bytes().all(|b| (b' '..=b'~').contains(&b))
+        && essence
+            .split_once('/')
+            .is_some_and(|(ty, sub)| token(ty) && token(sub))
+}
+
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
 
 impl HttpRouteSpec {
@@ -299,6 +319,15 @@ impl HttpRouteSpec {
                     "a message name such as shop.GetProduct/v1",
                 ));
             }
+            if let Some(t) = &r.content_type {
+                if !is_media_type(t) {
+                    return Err(refuse(
+                        at("content_type"),
+                        format!("{t:?}"),
+                        "a media type such as text/html; charset=utf-8 (type/subtype, printable ASCII)",
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -326,6 +355,8 @@ pub struct Matched {
     pub message: String,
     /// Path parameters, by name.
     pub params: BTreeMap<String, String>,
+    /// The rule's response media type, if not JSON ([`HttpRule::content_type`]).
+    pub content_type: Option<String>,
 }
 
 /// A compiled rule.
@@ -337,6 +368,7 @@ struct Compiled {
     headers: Vec<(String, String)>,
     service: String,
     message: String,
+    content_type: Option<String>,
 }
 
 /// The routes of one gateway, compiled: rules in the order of their routes (by
@@ -389,6 +421,7 @@ impl Router {
                         .collect(),
                     service,
                     message: r.message.clone(),
+                    content_type: r.content_type.clone(),
                 });
             }
         }
@@ -429,6 +462,7 @@ impl Router {
                     service: rule.service.clone(),
                     message: rule.message.clone(),
                     params,
+                    content_type: rule.content_type.clone(),
                 });
             }
         }
@@ -701,6 +735,18 @@ mod tests {
                 .service,
             "shop/files"
         );
+        assert_eq!(other.content_type, None, "JSON unless the rule says");
+        let page = route(
+            r#"{"gateway":"g","rules":[{"service":"page","message":"p.Page/v1","content_type":"text/html; charset=utf-8"}]}"#,
+        );
+        let page = Router::new([("shop", &page)]);
+        assert_eq!(
+            page.route(&req("GET", "/", &[]))
+                .unwrap()
+                .content_type
+                .as_deref(),
+            Some("text/html; charset=utf-8")
+        );
         for (m, p) in [
             ("POST", "/products/42"),
             ("GET", "/products"),
@@ -771,6 +817,12 @@ mod tests {
             "rules[0].message",
         );
         bad(r#"{"gateway":"g","rules":[]}"#, "rules");
+        for t in ["html", "text/", "/html", "text/html\n", "text html/x"] {
+            let json = format!(
+                r#"{{"gateway":"g","rules":[{{"service":"s","message":"m","content_type":{t:?}}}]}}"#
+            );
+            bad(&json, "rules[0].content_type");
+        }
         bad(
             r#"{"gateway":"g","hosts":["bad host"],"rules":[{"service":"s","message":"m"}]}"#,
             "hosts[0]",
