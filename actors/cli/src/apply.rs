@@ -22,26 +22,52 @@ pub(crate) fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     } = args;
     let text = std::fs::read_to_string(&file)
         .with_context(|| format!("cannot read {}", file.display()))?;
-    let object = actormesh_master::manifest::parse_object(&file, &text)?;
+    // Every document is read before anything is applied: a file with a mistake in its
+    // last object changes nothing.
+    let objects = actormesh_master::manifest::parse_objects(&file, &text)?;
     if dry_run {
-        println!("{}: valid {}", file.display(), object.describe());
+        for object in &objects {
+            println!("{}: valid {}", file.display(), object.describe());
+        }
         return Ok(());
     }
     let client = api.client()?;
-    let d = match object {
-        Object::Deployment(d) => d,
-        Object::Route(r) => return apply_traffic(&client, serde_json::to_value(&r)?),
-        Object::DestinationPolicy(p) => return apply_traffic(&client, serde_json::to_value(&p)?),
-        Object::AuthorizationPolicy(p) => return apply_traffic(&client, serde_json::to_value(&p)?),
-        Object::Gateway(g) => return apply_traffic(&client, serde_json::to_value(&g)?),
-        Object::HttpRoute(r) => return apply_traffic(&client, serde_json::to_value(&r)?),
-    };
-    let body = serde_json::to_value(&d.manifest)?;
-    let v = client.call("POST", "/v1/deployments", Some(body))?;
-    let key = v["applied"].as_str().unwrap_or_default().to_string();
-    println!("applied {key}");
+    let mut deployments = Vec::new();
+    for object in objects {
+        let d = match object {
+            Object::Deployment(d) => d,
+            Object::Route(r) => {
+                apply_traffic(&client, serde_json::to_value(&r)?)?;
+                continue;
+            }
+            Object::DestinationPolicy(p) => {
+                apply_traffic(&client, serde_json::to_value(&p)?)?;
+                continue;
+            }
+            Object::AuthorizationPolicy(p) => {
+                apply_traffic(&client, serde_json::to_value(&p)?)?;
+                continue;
+            }
+            Object::Gateway(g) => {
+                apply_traffic(&client, serde_json::to_value(&g)?)?;
+                continue;
+            }
+            Object::HttpRoute(r) => {
+                apply_traffic(&client, serde_json::to_value(&r)?)?;
+                continue;
+            }
+        };
+        let body = serde_json::to_value(&d.manifest)?;
+        let v = client.call("POST", "/v1/deployments", Some(body))?;
+        let key = v["applied"].as_str().unwrap_or_default().to_string();
+        println!("applied {key}");
+        deployments.push(key);
+    }
+    // The deployments are placed together; then each is waited for.
     if !no_wait {
-        wait_for_replicas(&client, &key, timeout)?;
+        for key in &deployments {
+            wait_for_replicas(&client, key, timeout)?;
+        }
     }
     Ok(())
 }

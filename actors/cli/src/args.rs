@@ -799,7 +799,8 @@ pub(crate) struct LogsArgs {
 
 #[derive(Args, Debug)]
 pub(crate) struct ApplyArgs {
-    /// The manifest file.
+    /// The manifest file: one object, or several separated by `---` lines (all are
+    /// checked before any is applied; then they are applied in order).
     #[arg(short = 'f', long = "file")]
     pub(crate) file: PathBuf,
     /// Only validate; submit nothing.

@@ -33,8 +33,8 @@ pub use actormesh::duration::{parse_duration, DurationError};
 
 mod traffic;
 pub use traffic::{
-    parse_object, AuthzManifest, GatewayManifest, HttpRouteManifest, Object, PolicyManifest,
-    RouteManifest,
+    documents, parse_object, parse_objects, AuthzManifest, GatewayManifest, HttpRouteManifest,
+    Object, PolicyManifest, RouteManifest,
 };
 
 /// A manifest as written.

@@ -157,6 +157,57 @@ struct Kind {
     kind: Option<String>,
 }
 
+/// The documents of a YAML stream: the text between lines that are `---` (a directive end
+/// marker at the start of a line, optionally followed by a comment), each with its first
+/// line's number (from 1). Documents with nothing but blank lines and comments are left out.
+pub fn documents(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut first = 1;
+    let mut flush = |doc: &mut String, first: usize| {
+        let empty = doc.lines().all(|l| {
+            let l = l.trim();
+            l.is_empty() || l.starts_with('#')
+        });
+        if !empty {
+            out.push((first, std::mem::take(doc)));
+        }
+        doc.clear();
+    };
+    for (i, line) in text.lines().enumerate() {
+        let marker = line.strip_prefix("---").is_some_and(|rest| {
+            let rest = rest.trim();
+            rest.is_empty() || rest.starts_with('#')
+        });
+        if marker {
+            flush(&mut current, first);
+            first = i + 2;
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    flush(&mut current, first);
+    out
+}
+
+/// Reads every object of a manifest file, in order: one, or several documents separated by
+/// `---` lines. An error names the file, the document (when there are several: `file
+/// (document 2, line 14)`), the field and what was expected.
+pub fn parse_objects(file: &Path, text: &str) -> Result<Vec<Object>, ManifestError> {
+    let docs = documents(text);
+    if docs.len() <= 1 {
+        return Ok(vec![parse_object(file, text)?]);
+    }
+    docs.iter()
+        .enumerate()
+        .map(|(i, (line, doc))| {
+            let named = format!("{} (document {}, line {line})", file.display(), i + 1);
+            parse_object(Path::new(&named), doc)
+        })
+        .collect()
+}
+
 /// Reads a manifest of any kind `apply` takes, validated; errors name the file, the field
 /// and what was expected.
 pub fn parse_object(file: &Path, text: &str) -> Result<Object, ManifestError> {
@@ -291,6 +342,27 @@ spec:
   outlier_detection: { consecutive_errors: 3 }
   rate_limit: { rate: 200, burst: 50 }
 ";
+
+    #[test]
+    fn a_file_of_several_documents_gives_each_object_in_order_and_errors_name_the_document() {
+        let text = format!("# bookinfo\n---\n{ROUTE}--- # the policy\n{POLICY}---\n\n# nothing\n");
+        let docs = documents(&text);
+        assert_eq!(docs.len(), 2, "{docs:?}");
+        assert_eq!(docs[0].0, 3, "the route's first line");
+        assert_eq!(docs[1].0, 3 + ROUTE.lines().count() + 1);
+        let objects = parse_objects(Path::new("b.yaml"), &text).unwrap();
+        assert!(matches!(objects[0], Object::Route(_)), "{:?}", objects[0]);
+        assert!(matches!(objects[1], Object::DestinationPolicy(_)));
+        // A `---` inside a line, or indented, is text, not a marker.
+        assert_eq!(documents("a: '---'\n  ---\nb: 1\n").len(), 1);
+        let bad = format!("{ROUTE}---\n{}", POLICY.replace("name: v1", "nmae: v1"));
+        let e = parse_objects(Path::new("b.yaml"), &bad).unwrap_err();
+        let line = ROUTE.lines().count() + 2;
+        assert_eq!(e.file, format!("b.yaml (document 2, line {line})"), "{e}");
+        assert!(e.field.contains("subsets"), "{e}");
+        let one = parse_objects(Path::new("one.yaml"), &format!("---\n{ROUTE}")).unwrap();
+        assert_eq!(one.len(), 1);
+    }
 
     fn refused(text: &str) -> ManifestError {
         parse_object(Path::new("t.yaml"), text).unwrap_err()
