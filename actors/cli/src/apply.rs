@@ -34,34 +34,22 @@ pub(crate) fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let client = api.client()?;
     let mut deployments = Vec::new();
     for object in objects {
-        let d = match object {
-            Object::Deployment(d) => d,
-            Object::Route(r) => {
-                apply_traffic(&client, serde_json::to_value(&r)?)?;
+        let traffic = match object {
+            Object::Deployment(d) => {
+                let body = serde_json::to_value(&d.manifest)?;
+                let v = client.call("POST", "/v1/deployments", Some(body))?;
+                let key = v["applied"].as_str().unwrap_or_default().to_string();
+                println!("applied {key}");
+                deployments.push(key);
                 continue;
             }
-            Object::DestinationPolicy(p) => {
-                apply_traffic(&client, serde_json::to_value(&p)?)?;
-                continue;
-            }
-            Object::AuthorizationPolicy(p) => {
-                apply_traffic(&client, serde_json::to_value(&p)?)?;
-                continue;
-            }
-            Object::Gateway(g) => {
-                apply_traffic(&client, serde_json::to_value(&g)?)?;
-                continue;
-            }
-            Object::HttpRoute(r) => {
-                apply_traffic(&client, serde_json::to_value(&r)?)?;
-                continue;
-            }
+            Object::Route(r) => serde_json::to_value(&r)?,
+            Object::DestinationPolicy(p) => serde_json::to_value(&p)?,
+            Object::AuthorizationPolicy(p) => serde_json::to_value(&p)?,
+            Object::Gateway(g) => serde_json::to_value(&g)?,
+            Object::HttpRoute(r) => serde_json::to_value(&r)?,
         };
-        let body = serde_json::to_value(&d.manifest)?;
-        let v = client.call("POST", "/v1/deployments", Some(body))?;
-        let key = v["applied"].as_str().unwrap_or_default().to_string();
-        println!("applied {key}");
-        deployments.push(key);
+        apply_traffic(&client, traffic)?;
     }
     // The deployments are placed together; then each is waited for.
     if !no_wait {
