@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use actormesh::agent::{self, AgentConfig};
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::SignalKind;
 
 #[derive(Parser, Debug)]
 #[command(about = "Istio's bookinfo on actormesh: run it all, or serve its services as an agent")]
@@ -332,6 +333,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         actormesh.display(),
         token_file.display()
     );
+    let stop = stop_signals()?;
     println!("bookinfo ready: http://{gateway}/productpage");
     println!("  as jason: http://{gateway}/productpage?u=jason");
     println!("  all to reviews v1:      {apply_cmd} {m}/reviews-v1.yaml");
@@ -342,7 +344,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  ratings abort (jason):  {apply_cmd} {m}/ratings-abort.yaml");
     println!("  no ratings faults:      {apply_cmd} {m}/ratings-no-faults.yaml");
     println!("Ctrl-C stops it all.");
-    wait_until_stopped(&mut dev, &mut agents)
+    wait_until_stopped(stop, &mut dev, &mut agents)
 }
 
 fn apply(actormesh: &Path, api: SocketAddr, token_file: &Path, file: &Path) -> anyhow::Result<()> {
@@ -361,24 +363,58 @@ fn apply(actormesh: &Path, api: SocketAddr, token_file: &Path, file: &Path) -> a
     Ok(())
 }
 
-/// Until Ctrl-C, or until any process ends (then the others are stopped too).
-fn wait_until_stopped(dev: &mut Proc, agents: &mut [Proc]) -> anyhow::Result<()> {
+/// Which signal came first, Ctrl-C or SIGTERM, on the channel. Once this returns, a SIGTERM
+/// stops the children (through their `Drop`) instead of killing `up` alone and orphaning
+/// them.
+fn stop_signals() -> anyhow::Result<mpsc::Receiver<Stop>> {
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build();
-        if let Ok(rt) = rt {
-            let _ = rt.block_on(tokio::signal::ctrl_c());
-        }
-        let _ = tx.send(());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal watcher")?;
+    let (term, int) = rt.block_on(async {
+        let term = tokio::signal::unix::signal(SignalKind::terminate());
+        let int = tokio::signal::unix::signal(SignalKind::interrupt());
+        (term, int)
     });
+    let mut term = term.context("cannot watch for SIGTERM")?;
+    let mut int = int.context("cannot watch for Ctrl-C")?;
+    std::thread::spawn(move || {
+        let first = rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => Stop::Interrupt,
+                _ = term.recv() => Stop::Terminate,
+            }
+        });
+        let _ = tx.send(first);
+    });
+    Ok(rx)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Ctrl-C: in a terminal the whole process group got it.
+    Interrupt,
+    /// SIGTERM: sent to `up` alone.
+    Terminate,
+}
+
+/// Until `stop` fires, or until any process ends (then the others are stopped too).
+fn wait_until_stopped(
+    stop: mpsc::Receiver<Stop>,
+    dev: &mut Proc,
+    agents: &mut [Proc],
+) -> anyhow::Result<()> {
     loop {
-        if rx.recv_timeout(Duration::from_millis(500)).is_ok() {
-            // In a terminal every process got the Ctrl-C: give them a moment to stop on
-            // their own before they are killed.
+        if let Ok(why) = stop.recv_timeout(Duration::from_millis(500)) {
             println!("stopping bookinfo");
-            let deadline = Instant::now() + Duration::from_secs(5);
+            // After a Ctrl-C in a terminal every process got it: give them a moment to stop
+            // on their own. Otherwise (and after that moment) `Drop` kills them.
+            let wait = match why {
+                Stop::Interrupt => Duration::from_secs(5),
+                Stop::Terminate => Duration::ZERO,
+            };
+            let deadline = Instant::now() + wait;
             for p in std::iter::once(&mut *dev).chain(agents.iter_mut()) {
                 while p.child.try_wait()?.is_none() && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(50));
