@@ -42,6 +42,7 @@ use tracing::{info, warn};
 
 use crate::masters::FollowedMaster;
 use crate::protocol::MASTER_ACTOR;
+pub use crate::protocol::{LogStream, TaskLog};
 use crate::resources::Resources;
 use crate::task::TaskStatus;
 use crate::{Node, RemoteMessage, RemoteRef};
@@ -223,6 +224,22 @@ pub struct SetOffers {
     pub wanted: bool,
 }
 
+/// Reads the end of a command task's captured stdout or stderr from its agent (the
+/// sandbox's files; Mesos frameworks read them through the agent's `/files`). The task
+/// may have ended: its sandbox stays until the agent cleans it up.
+#[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
+#[remote(name = "actormesh.framework.ReadOutput/v1", reply = Result<TaskLog, FrameworkError>)]
+pub struct ReadTaskOutput {
+    /// The framework.
+    pub framework_id: String,
+    /// The framework's task id.
+    pub task_id: String,
+    /// stdout or stderr.
+    pub stream: LogStream,
+    /// At most this many bytes from the end.
+    pub max_bytes: u64,
+}
+
 /// Ends the framework: its tasks are killed and its id forgotten.
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
 #[remote(name = "actormesh.framework.Teardown/v1", reply = Result<(), FrameworkError>)]
@@ -238,6 +255,9 @@ pub struct Offer {
     pub offer_id: String,
     /// The agent.
     pub agent_id: String,
+    /// The agent's mesh address: where its actor tasks' instances answer
+    /// ([`instance_name`]).
+    pub agent_addr: SocketAddr,
     /// What is offered.
     pub resources: Resources,
     /// The agent's attributes.
@@ -646,6 +666,27 @@ impl Scheduler {
                 SetOffers {
                     framework_id: self.framework_id.clone(),
                     wanted,
+                },
+                CALL_TIMEOUT,
+            )
+            .await
+            .map_err(unreachable)?
+    }
+
+    /// The end (at most `max_bytes`) of command task `task_id`'s stdout or stderr.
+    pub async fn task_output(
+        &self,
+        task_id: &str,
+        stream: LogStream,
+        max_bytes: u64,
+    ) -> Result<TaskLog, FrameworkError> {
+        self.master()
+            .ask_timeout(
+                ReadTaskOutput {
+                    framework_id: self.framework_id.clone(),
+                    task_id: task_id.to_string(),
+                    stream,
+                    max_bytes,
                 },
                 CALL_TIMEOUT,
             )

@@ -8,7 +8,7 @@ use tracing::{info, warn};
 
 use actormesh::framework::{
     AcceptOffer, Acknowledge, DeclineOffer, FrameworkError, FrameworkEvent, KillTask,
-    ReconcileTasks, RegisterFramework, Registration, SetOffers, TaskKind, Teardown,
+    ReadTaskOutput, ReconcileTasks, RegisterFramework, Registration, SetOffers, TaskKind, Teardown,
 };
 use actormesh::resources::Resources;
 use actormesh_transport::SpiffeId;
@@ -405,6 +405,37 @@ impl ClusterCore {
             core.carry_out(vec![deployments::Action::Kill { task_id: id, agent }]);
             Ok(())
         })
+    }
+
+    /// Where a framework reads a command task's output: the agent's id for the task and
+    /// the agent's address. A query: nothing changes. Only the framework's own tasks, and
+    /// only command tasks (an actor task has no captured output: ask its instance).
+    pub fn task_output_source(
+        &self,
+        r: &ReadTaskOutput,
+        caller: &Option<SpiffeId>,
+    ) -> Result<(String, SocketAddr), FrameworkError> {
+        self.framework_caller(&r.framework_id, caller)?;
+        let id = agent_task_id(&r.framework_id, &r.task_id);
+        let t = self.fw.tasks.get(&id).ok_or_else(|| {
+            FrameworkError::Invalid(format!(
+                "framework {} has no task {:?} (an end once acknowledged is forgotten: read the output before acknowledging)",
+                r.framework_id, r.task_id
+            ))
+        })?;
+        if t.actor == Some(true) {
+            return Err(FrameworkError::Invalid(format!(
+                "task {:?} is an actor task, which has no captured output; ask its instance {id}",
+                r.task_id
+            )));
+        }
+        let at = self.agent_addr(&t.agent).map_err(|e| {
+            FrameworkError::Unavailable(format!(
+                "cannot read task {:?}'s output now: {e}",
+                r.task_id
+            ))
+        })?;
+        Ok((id, at))
     }
 
     /// A framework asks for the latest state of its tasks (all, or those listed).

@@ -356,6 +356,15 @@ impl ClusterCore {
             }
         }
         for o in theirs {
+            // A framework reaches its actor tasks at the agent's address: an agent not
+            // registered at one yet is not offered.
+            let member = self.membership.get(&o.agent);
+            let Some((agent_addr, attrs, actor_types)) =
+                member.and_then(|a| Some((a.addr?, a.attrs.clone(), a.actor_types.clone())))
+            else {
+                self.allocator.recover(&o.role, &o.agent, &o.resources);
+                continue;
+            };
             let candidates: Vec<String> = self
                 .offer_takers(&o.role)
                 .into_iter()
@@ -373,14 +382,10 @@ impl ClusterCore {
             let h = held.entry(fw.clone()).or_default();
             *h = h.plus(&o.resources);
             let offer_id = self.fw.book.offer(&fw, &o.agent, o.resources.clone(), now);
-            let (attrs, actor_types) = self
-                .membership
-                .get(&o.agent)
-                .map(|a| (a.attrs.clone(), a.actor_types.clone()))
-                .unwrap_or_default();
             batches.entry(fw).or_default().push(Offer {
                 offer_id,
                 agent_id: o.agent.clone(),
+                agent_addr,
                 resources: o.resources,
                 attrs,
                 actor_types,

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use actormesh::framework::{
-    AcceptOffer, Acknowledge, FrameworkEvent, Offer, RegisterFramework, TaskLaunch,
+    AcceptOffer, Acknowledge, FrameworkError, FrameworkEvent, Offer, ReadTaskOutput,
+    RegisterFramework, TaskLaunch,
 };
 use actormesh::protocol::{Heartbeat, Register, TaskStatusReport};
 use actormesh_transport::SpiffeId;
@@ -330,6 +331,12 @@ fn framework(core: &mut ClusterCore, failover: Duration, now: Instant) -> String
 
 /// Framework `fw` takes the first offer it gets and runs task `t1` (cpus:1) there.
 fn run_task(core: &mut ClusterCore, fw: &str, now: Instant) -> (String, String) {
+    let t1 = TaskLaunch::actor("t1", "echo", "cpus:1".parse().unwrap());
+    run(core, fw, t1, now)
+}
+
+/// Framework `fw` takes the first offer it gets and runs `launch` there.
+fn run(core: &mut ClusterCore, fw: &str, launch: TaskLaunch, now: Instant) -> (String, String) {
     let effects = core.scheduled_round(now);
     let offers: Vec<&Offer> = framework_events(&effects)
         .into_iter()
@@ -340,10 +347,15 @@ fn run_task(core: &mut ClusterCore, fw: &str, now: Instant) -> (String, String) 
         .flatten()
         .collect();
     let offer = offers.first().expect("an offer");
+    assert_eq!(
+        offer.agent_addr,
+        addr(1),
+        "an offer says where its agent is"
+    );
     let accept = AcceptOffer {
         framework_id: fw.into(),
         offer_id: offer.offer_id.clone(),
-        launches: vec![TaskLaunch::actor("t1", "echo", "cpus:1".parse().unwrap())],
+        launches: vec![launch],
     };
     let step = core.accept_offer(accept, fw_caller());
     step.reply.unwrap();
@@ -400,6 +412,42 @@ fn a_framework_acknowledging_an_end_releases_the_report_its_agent_keeps() {
     assert!(framework_events(&step.effects)
         .iter()
         .any(|e| matches!(e, FrameworkEvent::StatusUpdate(s) if s.state == TaskState::Finished)));
+}
+
+#[test]
+fn a_framework_reads_the_output_of_its_own_command_tasks_only_at_their_agent() {
+    let t0 = Instant::now();
+    let mut core = cluster(&["a"], t0);
+    let fw = framework(&mut core, Duration::from_secs(60), t0);
+    let cmd = TaskLaunch::command("c1", "/bin/echo", &["hi"], "cpus:1".parse().unwrap());
+    let (_, task) = run(&mut core, &fw, cmd, t0);
+    let read = |task_id: &str| ReadTaskOutput {
+        framework_id: fw.clone(),
+        task_id: task_id.into(),
+        stream: actormesh::framework::LogStream::Stdout,
+        max_bytes: 100,
+    };
+    assert_eq!(
+        core.task_output_source(&read("c1"), &fw_caller()),
+        Ok((task.clone(), addr(1))),
+        "the agent's id for the task, at the agent's address"
+    );
+    let other = Some(SpiffeId::parse("spiffe://test.local/client/other").unwrap());
+    let e = core.task_output_source(&read("c1"), &other).unwrap_err();
+    assert!(matches!(e, FrameworkError::Forbidden(_)), "{e:?}");
+    let e = core
+        .task_output_source(&read("nope"), &fw_caller())
+        .unwrap_err();
+    assert!(e.to_string().contains("has no task \"nope\""), "{e}");
+
+    let (_, actor_task) = run_task(&mut core, &fw, t0);
+    let e = core
+        .task_output_source(&read("t1"), &fw_caller())
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("is an actor task") && e.to_string().contains(&actor_task),
+        "{e}"
+    );
 }
 
 #[test]

@@ -6,9 +6,10 @@ use std::time::Instant;
 use actix::prelude::*;
 
 use actormesh::framework::{
-    AcceptOffer, Acknowledge, DeclineOffer, FrameworkError, KillTask, ReconcileTasks,
-    RegisterFramework, Registration, SetOffers, Teardown,
+    AcceptOffer, Acknowledge, DeclineOffer, FrameworkError, KillTask, ReadTaskOutput,
+    ReconcileTasks, RegisterFramework, Registration, SetOffers, TaskLog, Teardown,
 };
+use actormesh::protocol::{ReadTaskLog, AGENT_ACTOR};
 use actormesh::Terminated;
 use actormesh_transport::SpiffeId;
 
@@ -125,6 +126,34 @@ framework_call!(
     TeardownFrom(Teardown),
     |core, m, caller, now| core.teardown(m, caller, now)
 );
+
+/// A framework reads a command task's output, with the verified caller.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<TaskLog, FrameworkError>")]
+pub(super) struct ReadOutputFrom(pub ReadTaskOutput, pub Option<SpiffeId>);
+
+impl Handler<ReadOutputFrom> for Master {
+    type Result = ResponseFuture<Result<TaskLog, FrameworkError>>;
+    fn handle(&mut self, m: ReadOutputFrom, _: &mut Context<Self>) -> Self::Result {
+        let source = self.core.task_output_source(&m.0, &m.1);
+        let node = self.node.clone();
+        Box::pin(async move {
+            let (task_id, at) = source?;
+            let read = ReadTaskLog {
+                task_id,
+                stream: m.0.stream,
+                max_bytes: m.0.max_bytes,
+            };
+            node.actor_ref(at, AGENT_ACTOR)
+                .ask_timeout(read, std::time::Duration::from_secs(10))
+                .await
+                .map_err(|e| {
+                    FrameworkError::Unavailable(format!("the task's agent did not answer: {e}"))
+                })?
+                .map_err(FrameworkError::Unavailable)
+        })
+    }
+}
 
 /// Every framework, for `get frameworks`.
 #[derive(Debug, Message)]

@@ -6,8 +6,8 @@
 use actix::prelude::*;
 
 use actormesh::framework::{
-    AcceptOffer, Acknowledge, DeclineOffer, FrameworkError, KillTask, ReconcileTasks,
-    RegisterFramework, SetOffers, Teardown,
+    AcceptOffer, Acknowledge, DeclineOffer, FrameworkError, KillTask, ReadTaskOutput,
+    ReconcileTasks, RegisterFramework, SetOffers, Teardown,
 };
 use actormesh::protocol::{
     Heartbeat, HeartbeatAck, HeartbeatAckV1, HeartbeatV1, MasterRefusal, Register, Registered,
@@ -19,8 +19,8 @@ use actormesh_transport::SpiffeId;
 
 use super::agents::{HeartbeatFrom, RegisterFrom, RenewFrom, TaskStatusFrom};
 use super::frameworks::{
-    AcceptFrom, AcknowledgeFrom, DeclineFrom, KillFrom, ReconcileFrom, RegisterFrameworkFrom,
-    SetOffersFrom, TeardownFrom,
+    AcceptFrom, AcknowledgeFrom, DeclineFrom, KillFrom, ReadOutputFrom, ReconcileFrom,
+    RegisterFrameworkFrom, SetOffersFrom, TeardownFrom,
 };
 use super::services::{DeregisterServiceFrom, RegisterServiceFrom, SubscribeFrom};
 use super::Master;
@@ -206,6 +206,7 @@ forward_framework!(ReconcileTasks, ReconcileFrom);
 forward_framework!(Acknowledge, AcknowledgeFrom);
 forward_framework!(SetOffers, SetOffersFrom);
 forward_framework!(Teardown, TeardownFrom);
+forward_framework!(ReadTaskOutput, ReadOutputFrom);
 
 #[cfg(test)]
 mod tests {
