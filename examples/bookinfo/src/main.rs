@@ -12,17 +12,16 @@
 //! the wire), applies `manifests/bookinfo.yaml`, waits until the page answers, prints its
 //! URL, and stops it all on Ctrl-C.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::mpsc;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use actormesh::agent::{self, AgentConfig};
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use tokio::signal::unix::SignalKind;
+use example_support::{actormesh_binary, stop_signals, wait_until_stopped, DevCluster, Proc};
 
 #[derive(Parser, Debug)]
 #[command(about = "Istio's bookinfo on actormesh: run it all, or serve its services as an agent")]
@@ -147,81 +146,6 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A child process whose stdout lines come through a channel (and are echoed with its
-/// name), killed when dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Proc {
-    fn spawn(name: &str, cmd: &mut Command) -> anyhow::Result<Proc> {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot start {name} ({cmd:?})"))?;
-        let out = child.stdout.take().expect("piped");
-        let (tx, lines) = mpsc::channel();
-        let prefix = name.to_string();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines() {
-                let Ok(line) = line else { break };
-                println!("{prefix} | {line}");
-                if tx.send(line).is_err() {
-                    // Nobody reads any more: keep echoing.
-                }
-            }
-        });
-        Ok(Proc {
-            name: name.to_string(),
-            child,
-            lines,
-        })
-    }
-
-    /// The first line `pick` takes, within `within`; an error if the process ends first.
-    fn wait_for<T>(
-        &mut self,
-        within: Duration,
-        what: &str,
-        mut pick: impl FnMut(&str) -> Option<T>,
-    ) -> anyhow::Result<T> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    if let Some(v) = pick(&line) {
-                        return Ok(v);
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    bail!("{} did not print {what} within {within:?}", self.name)
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait()?;
-                    bail!("{} ended ({status}) before it printed {what}", self.name)
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The text after `key` in `line`, up to the next space.
-fn word_after<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let rest = &line[line.find(key)? + key.len()..];
-    rest.split_whitespace().next()
-}
-
 /// The status of `GET path` at `addr` (HTTP/1.1), or why there is none.
 fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -238,23 +162,8 @@ fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
         .with_context(|| format!("not an HTTP status line: {text:?}"))
 }
 
-fn actormesh_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p);
-    }
-    let me = std::env::current_exe().context("cannot find this binary's path")?;
-    let beside = me.with_file_name("actormesh");
-    if beside.is_file() {
-        return Ok(beside);
-    }
-    bail!(
-        "there is no actormesh binary beside {} (build it: cargo build --release -p actormesh-cli -p bookinfo; or pass --actormesh PATH)",
-        me.display()
-    )
-}
-
 fn up(args: UpArgs) -> anyhow::Result<()> {
-    let actormesh = actormesh_binary(args.actormesh)?;
+    let actormesh = actormesh_binary(args.actormesh, "bookinfo")?;
     let me = std::env::current_exe()?;
     let data = &args.data_dir;
     let manifests = data.join("manifests");
@@ -264,32 +173,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         let path = manifests.join(name);
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    let dev_dir = data.join("dev");
-    let mut dev = Proc::spawn(
-        "dev",
-        Command::new(&actormesh)
-            .arg("dev")
-            .arg("--data-dir")
-            .arg(&dev_dir)
-            .args(["--api", &args.api.to_string()])
-            .args(["--gateway-http", &args.http.to_string()]),
-    )?;
-    let mut api = None;
-    let mut gateway = None;
-    let (bootstrap, token) = dev.wait_for(STEP, "its join command", |line| {
-        if let Some(a) = word_after(line, "(api http://") {
-            api = a.trim_end_matches(',').parse::<SocketAddr>().ok();
-        }
-        if line.starts_with("gateway default/gateway: http://") {
-            gateway = word_after(line, "gateway default/gateway: http://")
-                .and_then(|g| g.parse::<SocketAddr>().ok());
-        }
-        let join = word_after(line, "join an agent: actormesh agent --join ")?;
-        let token = word_after(line, " --token ")?;
-        Some((join.to_string(), token.to_string()))
-    })?;
-    let api = api.context("dev printed no API address")?;
-    let gateway = gateway.context("dev printed no gateway address")?;
+    let mut dev = DevCluster::start(&actormesh, &data.join("dev"), args.api, args.http, STEP)?;
     let mut agents = Vec::new();
     for (name, tier) in AGENTS {
         let dir = data.join(name);
@@ -297,7 +181,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             name,
             Command::new(&me)
                 .arg("agent")
-                .args(["--join", &bootstrap, "--token", &token, "--name", name])
+                .args(["--join", &dev.bootstrap.to_string()])
+                .args(["--token", &dev.join_token, "--name", name])
                 .arg("--data-dir")
                 .arg(&dir)
                 .args(["--attr", &format!("tier={tier}")]),
@@ -308,13 +193,8 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
             l.starts_with("bookinfo agent ").then_some(())
         })?;
     }
-    let token_file = dev_dir.join("master").join("api-token");
-    apply(
-        &actormesh,
-        api,
-        &token_file,
-        &manifests.join("bookinfo.yaml"),
-    )?;
+    dev.apply(&manifests.join("bookinfo.yaml"))?;
+    let gateway = dev.gateway;
     let deadline = Instant::now() + STEP;
     loop {
         match http_status(gateway, "/productpage") {
@@ -328,11 +208,7 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     let m = manifests.display();
-    let apply_cmd = format!(
-        "{} apply --api http://{api} --api-token-file {} -f",
-        actormesh.display(),
-        token_file.display()
-    );
+    let apply_cmd = dev.apply_line();
     let stop = stop_signals()?;
     println!("bookinfo ready: http://{gateway}/productpage");
     println!("  as jason: http://{gateway}/productpage?u=jason");
@@ -344,90 +220,10 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("  ratings abort (jason):  {apply_cmd} {m}/ratings-abort.yaml");
     println!("  no ratings faults:      {apply_cmd} {m}/ratings-no-faults.yaml");
     println!("Ctrl-C stops it all.");
-    wait_until_stopped(stop, &mut dev, &mut agents)
-}
-
-fn apply(actormesh: &Path, api: SocketAddr, token_file: &Path, file: &Path) -> anyhow::Result<()> {
-    let status = Command::new(actormesh)
-        .arg("apply")
-        .args(["--api", &format!("http://{api}")])
-        .arg("--api-token-file")
-        .arg(token_file)
-        .arg("-f")
-        .arg(file)
-        .status()
-        .context("cannot run actormesh apply")?;
-    if !status.success() {
-        bail!("actormesh apply -f {} failed ({status})", file.display());
-    }
-    Ok(())
-}
-
-/// Which signal came first, Ctrl-C or SIGTERM, on the channel. Once this returns, a SIGTERM
-/// stops the children (through their `Drop`) instead of killing `up` alone and orphaning
-/// them.
-fn stop_signals() -> anyhow::Result<mpsc::Receiver<Stop>> {
-    let (tx, rx) = mpsc::channel();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the signal watcher")?;
-    let (term, int) = rt.block_on(async {
-        let term = tokio::signal::unix::signal(SignalKind::terminate());
-        let int = tokio::signal::unix::signal(SignalKind::interrupt());
-        (term, int)
-    });
-    let mut term = term.context("cannot watch for SIGTERM")?;
-    let mut int = int.context("cannot watch for Ctrl-C")?;
-    std::thread::spawn(move || {
-        let first = rt.block_on(async {
-            tokio::select! {
-                _ = int.recv() => Stop::Interrupt,
-                _ = term.recv() => Stop::Terminate,
-            }
-        });
-        let _ = tx.send(first);
-    });
-    Ok(rx)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    /// Ctrl-C: in a terminal the whole process group got it.
-    Interrupt,
-    /// SIGTERM: sent to `up` alone.
-    Terminate,
-}
-
-/// Until `stop` fires, or until any process ends (then the others are stopped too).
-fn wait_until_stopped(
-    stop: mpsc::Receiver<Stop>,
-    dev: &mut Proc,
-    agents: &mut [Proc],
-) -> anyhow::Result<()> {
-    loop {
-        if let Ok(why) = stop.recv_timeout(Duration::from_millis(500)) {
-            println!("stopping bookinfo");
-            // After a Ctrl-C in a terminal every process got it: give them a moment to stop
-            // on their own. Otherwise (and after that moment) `Drop` kills them.
-            let wait = match why {
-                Stop::Interrupt => Duration::from_secs(5),
-                Stop::Terminate => Duration::ZERO,
-            };
-            let deadline = Instant::now() + wait;
-            for p in std::iter::once(&mut *dev).chain(agents.iter_mut()) {
-                while p.child.try_wait()?.is_none() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            }
-            return Ok(());
-        }
-        for p in std::iter::once(&mut *dev).chain(agents.iter_mut()) {
-            if let Some(status) = p.child.try_wait()? {
-                bail!("{} ended ({status}); stopping the rest", p.name);
-            }
-        }
-    }
+    let mut procs: Vec<&mut Proc> = std::iter::once(&mut dev.proc)
+        .chain(agents.iter_mut())
+        .collect();
+    wait_until_stopped(&stop, "bookinfo", &mut procs)
 }
 
 fn main() -> ExitCode {
