@@ -3,16 +3,31 @@
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use actormesh::agent::tasks::ActorHost;
+use actormesh::agent::tasks::{ActorHost, Instance};
 
 /// Asks an `echo` instance for its text back.
 #[derive(Debug, Clone, Serialize, Deserialize, actormesh::RemoteMessage)]
 #[remote(name = "demo.Echo/v1", reply = String)]
 pub struct Echo(pub String);
 
-/// Answers every [`Echo`] with its text.
+/// Answers every [`Echo`] with its text; knows which instance (and version) it is.
 #[derive(Debug, Default)]
-pub struct Echoer;
+pub struct Echoer {
+    /// Its name on the node (its task id); empty when not started as a task.
+    instance: String,
+    /// Its deployment's version.
+    version: String,
+}
+
+impl Echoer {
+    /// The instance `i`.
+    pub fn new(i: &Instance) -> Self {
+        Self {
+            instance: i.name.clone(),
+            version: i.version.clone(),
+        }
+    }
+}
 
 impl Actor for Echoer {
     type Context = Context<Self>;
@@ -44,7 +59,8 @@ impl Handler<Greet> for Echoer {
 }
 
 /// Asks an `echo` instance what its call carried: the `end-user` metadata and the trace
-/// (to see what a gateway passes on).
+/// (to see what a gateway passes on), and which instance and version answered (to see
+/// where a route sent it).
 #[derive(Debug, Clone, Serialize, Deserialize, actormesh::RemoteMessage)]
 #[remote(name = "demo.Whoami/v1", reply = Carried)]
 pub struct Whoami {}
@@ -56,6 +72,12 @@ pub struct Carried {
     pub end_user: Option<String>,
     /// The trace id (hex), if the call was traced.
     pub trace_id: Option<String>,
+    /// The instance that answered (its task id).
+    #[serde(default)]
+    pub instance: String,
+    /// Its deployment's version.
+    #[serde(default)]
+    pub version: String,
 }
 
 #[actormesh::handler]
@@ -67,6 +89,8 @@ impl Handler<Whoami> for Echoer {
             trace_id: c
                 .and_then(|c| c.trace())
                 .map(|t| t.trace_id.iter().map(|b| format!("{b:02x}")).collect()),
+            instance: self.instance.clone(),
+            version: self.version.clone(),
         });
         actix::MessageResult(carried)
     }
@@ -90,5 +114,5 @@ pub const ECHO_SERVICE: &str = "default/echo";
 
 /// The demo types: `echo` ([`Echoer`]).
 pub fn host() -> ActorHost {
-    ActorHost::new().with("echo", || Echoer)
+    ActorHost::new().with_instance("echo", Echoer::new)
 }

@@ -13,7 +13,7 @@ mod trust;
 
 pub use error::AgentError;
 pub(crate) use error::TaskRefusal;
-pub use tasks::ActorHost;
+pub use tasks::{ActorHost, Instance};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -30,8 +30,21 @@ use crate::{
 };
 use health::{Health, HEALTH_FILE};
 
-type Factory =
-    Rc<dyn Fn(&Node, &str, RestartPolicy, Option<String>) -> Result<RemoteRef, NodeError>>;
+type Factory = Rc<dyn Fn(&Node, &Instance, RestartPolicy) -> Result<RemoteRef, NodeError>>;
+
+/// What an instance is told about itself as it starts ([`ActorHost::with_instance`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Its actor's name on the node: its task id for a deployment's instance,
+    /// [`crate::framework::instance_name`] for a framework's.
+    pub name: String,
+    /// The master's task id.
+    pub task_id: String,
+    /// Its deployment's version label (empty for a framework's task).
+    pub version: String,
+    /// The service it serves (`namespace/name`) as its workload, if any.
+    pub service: Option<String>,
+}
 
 /// The actor types this agent can start as tasks, by the name the master uses for them.
 #[derive(Clone, Default)]
@@ -43,6 +56,29 @@ impl std::fmt::Debug for ActorHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_set().entries(self.factories.keys()).finish()
     }
+}
+
+/// Spawns `instance` on `node` under its supervision policy and workload, each
+/// incarnation made by `make`.
+fn spawn_instance<A, F>(
+    node: &Node,
+    instance: &Instance,
+    restart: RestartPolicy,
+    make: F,
+) -> Result<RemoteRef, NodeError>
+where
+    A: Actor<Context = Context<A>>,
+    F: Fn() -> A + 'static,
+{
+    node.spawn_with(
+        &instance.name,
+        SpawnOptions {
+            restart,
+            workload: instance.service.clone(),
+            ..Default::default()
+        },
+        make,
+    )
 }
 
 impl ActorHost {
@@ -58,19 +94,25 @@ impl ActorHost {
         A: Actor<Context = Context<A>>,
         F: Fn() -> A + Clone + 'static,
     {
-        let make: Factory = Rc::new(
-            move |node: &Node, name: &str, restart: RestartPolicy, workload: Option<String>| {
-                node.spawn_with(
-                    name,
-                    SpawnOptions {
-                        restart,
-                        workload,
-                        ..Default::default()
-                    },
-                    factory.clone(),
-                )
-            },
-        );
+        let make: Factory = Rc::new(move |node: &Node, i: &Instance, restart| {
+            spawn_instance(node, i, restart, factory.clone())
+        });
+        self.factories.insert(type_name.to_string(), make);
+        self
+    }
+
+    /// Hosts actor type `type_name`, each instance made by `factory` from what it is
+    /// ([`Instance`]: its name, task id, version and service), e.g. to answer with the
+    /// version that served a call.
+    pub fn with_instance<A, F>(mut self, type_name: &str, factory: F) -> Self
+    where
+        A: Actor<Context = Context<A>>,
+        F: Fn(&Instance) -> A + Clone + 'static,
+    {
+        let make: Factory = Rc::new(move |node: &Node, i: &Instance, restart| {
+            let (factory, me) = (factory.clone(), i.clone());
+            spawn_instance(node, i, restart, move || factory(&me))
+        });
         self.factories.insert(type_name.to_string(), make);
         self
     }
@@ -83,24 +125,16 @@ impl ActorHost {
         A: Actor<Context = Context<A>>,
         F: Fn(&crate::mesh::Mesh) -> A + Clone + 'static,
     {
-        let make: Factory = Rc::new(
-            move |node: &Node, name: &str, restart: RestartPolicy, workload: Option<String>| {
-                let mesh = crate::mesh::Mesh::of(node).ok_or_else(|| NodeError::Start {
-                    name: name.to_string(),
-                    reason: "this node has no mesh to give it (ActorHost::with_mesh needs an agent's node)".into(),
-                })?;
-                let factory = factory.clone();
-                node.spawn_with(
-                    name,
-                    SpawnOptions {
-                        restart,
-                        workload,
-                        ..Default::default()
-                    },
-                    move || factory(&mesh),
-                )
-            },
-        );
+        let make: Factory = Rc::new(move |node: &Node, i: &Instance, restart| {
+            let mesh = crate::mesh::Mesh::of(node).ok_or_else(|| NodeError::Start {
+                name: i.name.clone(),
+                reason:
+                    "this node has no mesh to give it (ActorHost::with_mesh needs an agent's node)"
+                        .into(),
+            })?;
+            let factory = factory.clone();
+            spawn_instance(node, i, restart, move || factory(&mesh))
+        });
         self.factories.insert(type_name.to_string(), make);
         self
     }
@@ -778,7 +812,13 @@ impl AgentGate {
             .restart
             .as_ref()
             .map_or_else(RestartPolicy::on_failure, |r| r.policy());
-        match factory(&self.node, &m.name, restart, m.workload.clone()) {
+        let instance = Instance {
+            name: m.name.clone(),
+            task_id: m.task_id.clone(),
+            version: m.version.clone(),
+            service: m.workload.clone(),
+        };
+        match factory(&self.node, &instance, restart) {
             Ok(r) => {
                 self.node.watch_with(&r, ctx.address().recipient());
                 self.tasks.insert(
