@@ -240,9 +240,14 @@ pub(crate) struct CallArgs {
     pub(crate) message: String,
     /// The payload as JSON, e.g. '"hello"' or '{"id": 7}'.
     pub(crate) json: String,
-    /// How long the whole call may take (ms, s, m, h or d).
+    /// How long the whole call may take (ms, s, m, h or d); with --repeat, each call.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub(crate) timeout: Duration,
+    /// Make the call this many times over one connection, one after another: each reply
+    /// prints as one JSON line, each failure as an error line on stderr, and a summary
+    /// ends it (the exit code is the last failure's, else 0).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) repeat: u32,
     /// Metadata sent with the call, as key=value (repeatable).
     #[arg(long = "metadata", value_name = "KEY=VALUE")]
     pub(crate) metadata: Vec<String>,
@@ -546,6 +551,11 @@ pub(crate) enum TokenCommand {
         /// Who the API token belongs to (shown in the audit log).
         #[arg(long, requires = "scope")]
         holder: Option<String>,
+        /// Print the whole command that joins an agent with the token (`actormesh agent
+        /// --join <the masters' bootstrap addresses> --token <token>`), as `kubeadm token
+        /// create --print-join-command` does; add --name, --data-dir and the rest to it.
+        #[arg(long, conflicts_with_all = ["scope", "holder"])]
+        print_join_command: bool,
         #[command(flatten)]
         api: ApiArgs,
     },

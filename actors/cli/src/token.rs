@@ -13,6 +13,7 @@ pub(crate) fn run(command: TokenCommand) -> anyhow::Result<()> {
             role,
             scope,
             holder,
+            print_join_command,
             api,
         } => {
             let api_token = match (role.as_deref(), &scope) {
@@ -26,6 +27,11 @@ pub(crate) fn run(command: TokenCommand) -> anyhow::Result<()> {
                 (_, None) => false,
             };
             let role = role.unwrap_or_else(|| "agent".to_string());
+            if print_join_command && role != "agent" {
+                anyhow::bail!(
+                    "--print-join-command prints an agent's join command; a token of role {role} is used with `actormesh cert issue --token <t> --join <bootstrap>` instead"
+                );
+            }
             if api_token {
                 let answer = api.client()?.call(
                     "POST",
@@ -53,7 +59,14 @@ pub(crate) fn run(command: TokenCommand) -> anyhow::Result<()> {
                 api.output,
                 JsonLayout::Line,
                 answer,
-                |v: serde_json::Value| format!("{}\n", v["token"].as_str().unwrap_or_default()),
+                |v: serde_json::Value| {
+                    let token = v["token"].as_str().unwrap_or_default();
+                    if print_join_command {
+                        format!("{}\n", join_command(&v, token))
+                    } else {
+                        format!("{token}\n")
+                    }
+                },
             )
         }
         TokenCommand::Revoke { id, api } => {
@@ -64,5 +77,35 @@ pub(crate) fn run(command: TokenCommand) -> anyhow::Result<()> {
                 format!("revoked API token {} of {}\n", v.id, v.holder)
             })
         }
+    }
+}
+
+/// `actormesh agent --join <addrs> --token <token>` from a token answer's `join`.
+fn join_command(answer: &serde_json::Value, token: &str) -> String {
+    let join: Vec<&str> = answer["join"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    if join.is_empty() {
+        // A master of an earlier version says no addresses.
+        return format!("actormesh agent --join <the master's bootstrap address> --token {token}");
+    }
+    format!("actormesh agent --join {} --token {token}", join.join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_join_command_names_every_master_and_the_token() {
+        let answer =
+            serde_json::json!({"token": "am1.x", "join": ["127.0.0.1:7001", "127.0.0.1:7011"]});
+        assert_eq!(
+            join_command(&answer, "am1.x"),
+            "actormesh agent --join 127.0.0.1:7001,127.0.0.1:7011 --token am1.x"
+        );
+        let old = serde_json::json!({"token": "am1.x"});
+        assert!(join_command(&old, "am1.x").contains("--join <the master's bootstrap address>"));
     }
 }

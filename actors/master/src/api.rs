@@ -49,6 +49,23 @@ use crate::master::{
 struct Api {
     master: Addr<Master>,
     token: Arc<str>,
+    /// The bootstrap addresses a join token is used at: this master's first, then the
+    /// other masters' of its store.
+    join: JoinAddrs,
+}
+
+/// This master's bootstrap address and the masters it knows, for a token's `join`.
+#[derive(Clone)]
+struct JoinAddrs {
+    own: SocketAddr,
+    masters: Option<tokio::sync::watch::Receiver<Vec<crate::ha::MasterInfo>>>,
+}
+
+impl JoinAddrs {
+    fn get(&self) -> Vec<SocketAddr> {
+        let masters = self.masters.as_ref().map(|m| m.borrow().clone());
+        crate::ha::bootstrap_set(Some(self.own), masters.as_deref().unwrap_or_default())
+    }
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -282,7 +299,12 @@ async fn create_token(
         );
     }
     match api.master.send(CreateToken { ttl, role }).await {
-        Ok(Ok(t)) => Json(t).into_response(),
+        Ok(Ok(t)) => {
+            // Where to use it, for `token create --print-join-command`.
+            let mut body = serde_json::to_value(t).unwrap_or_default();
+            body["join"] = json!(api.join.get());
+            Json(body).into_response()
+        }
         Ok(Err(e)) => refused(e),
         Err(e) => master_down(e),
     }
@@ -698,11 +720,16 @@ pub fn serve(
     listener: tokio::net::TcpListener,
     master: Addr<Master>,
     token: String,
+    bootstrap: SocketAddr,
     masters: Option<tokio::sync::watch::Receiver<Vec<crate::ha::MasterInfo>>>,
 ) -> std::io::Result<SocketAddr> {
     let api = Api {
         master,
         token: token.into(),
+        join: JoinAddrs {
+            own: bootstrap,
+            masters: masters.clone(),
+        },
     };
     let app = Router::new()
         .route("/v1/nodes", get(nodes))

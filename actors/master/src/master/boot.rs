@@ -538,6 +538,7 @@ pub async fn start_with_store(
         api_listener,
         master.clone(),
         api_token,
+        bootstrap_addr,
         config.masters.clone(),
     )
     .map_err(|e| MasterError::Api {
