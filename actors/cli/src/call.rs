@@ -106,11 +106,14 @@ pub(crate) fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
             Err(e) => return Err(e.into()),
         };
         let node = mesh.node().clone();
+        let target = mesh.service_named(service);
+        if args.repeat > 1 {
+            let code = repeat(&target, &args, &payload, &options).await;
+            node.shutdown();
+            return code;
+        }
         options.timeout = Some(args.timeout.saturating_sub(started.elapsed()));
-        let reply = mesh
-            .service_named(service)
-            .ask_json(&args.message, &payload, &options)
-            .await;
+        let reply = target.ask_json(&args.message, &payload, &options).await;
         node.shutdown();
         match reply {
             Ok(v) => {
@@ -128,6 +131,34 @@ pub(crate) fn run(args: CallArgs) -> anyhow::Result<ExitCode> {
             }
         }
     })
+}
+
+/// `--repeat`: the call `args.repeat` times in turn, each with the whole timeout.
+async fn repeat(
+    target: &actormesh::mesh::ServiceRef,
+    args: &CallArgs,
+    payload: &serde_json::Value,
+    options: &CallOptions,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let (mut failed, mut last) = (0u32, exit::OK);
+    for _ in 0..args.repeat {
+        match target.ask_json(&args.message, payload, options).await {
+            Ok(v) => println!("{}", serde_json::to_string(&v)?),
+            Err(e) => {
+                failed += 1;
+                last = exit_code(&e);
+                eprintln!("error: {e}");
+            }
+        }
+    }
+    eprintln!(
+        "{} of {} calls answered in {:.2?}",
+        args.repeat - failed,
+        args.repeat,
+        started.elapsed()
+    );
+    Ok(ExitCode::from(last))
 }
 
 #[cfg(test)]
