@@ -410,6 +410,10 @@ pub enum LogStream {
     Stderr,
 }
 
+/// The most of a command task's output one read returns (the operator API's `bytes`, a
+/// framework's `max_bytes`).
+pub const MAX_TASK_LOG_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The master asks an agent for the end of a command task's captured output.
 #[derive(Debug, Clone, Serialize, Deserialize, RemoteMessage)]
 #[remote(name = "actormesh.agent.ReadTaskLog/v1", reply = Result<TaskLog, String>)]

@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
+use actormesh::protocol::MAX_TASK_LOG_BYTES;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -611,9 +612,6 @@ struct LogQuery {
     bytes: Option<u64>,
 }
 
-/// The most of a log one request returns.
-const MAX_LOG_BYTES: u64 = 4 * 1024 * 1024;
-
 async fn task_logs(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -639,10 +637,10 @@ async fn task_logs(
         }
     };
     let max_bytes = q.bytes.unwrap_or(64 * 1024);
-    if max_bytes == 0 || max_bytes > MAX_LOG_BYTES {
+    if max_bytes == 0 || max_bytes > MAX_TASK_LOG_BYTES {
         return error(
             StatusCode::BAD_REQUEST,
-            format!("bytes={max_bytes} is out of range: expected 1 to {MAX_LOG_BYTES}"),
+            format!("bytes={max_bytes} is out of range: expected 1 to {MAX_TASK_LOG_BYTES}"),
         );
     }
     match api

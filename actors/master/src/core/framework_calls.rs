@@ -10,6 +10,7 @@ use actormesh::framework::{
     AcceptOffer, Acknowledge, DeclineOffer, FrameworkError, FrameworkEvent, KillTask,
     ReadTaskOutput, ReconcileTasks, RegisterFramework, Registration, SetOffers, TaskKind, Teardown,
 };
+use actormesh::protocol::MAX_TASK_LOG_BYTES;
 use actormesh::resources::Resources;
 use actormesh_transport::SpiffeId;
 
@@ -416,6 +417,12 @@ impl ClusterCore {
         caller: &Option<SpiffeId>,
     ) -> Result<(String, SocketAddr), FrameworkError> {
         self.framework_caller(&r.framework_id, caller)?;
+        if r.max_bytes == 0 || r.max_bytes > MAX_TASK_LOG_BYTES {
+            return Err(FrameworkError::Invalid(format!(
+                "max_bytes {} is out of range: expected 1 to {MAX_TASK_LOG_BYTES}",
+                r.max_bytes
+            )));
+        }
         let id = agent_task_id(&r.framework_id, &r.task_id);
         let t = self.fw.tasks.get(&id).ok_or_else(|| {
             FrameworkError::Invalid(format!(

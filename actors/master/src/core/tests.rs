@@ -439,6 +439,18 @@ fn a_framework_reads_the_output_of_its_own_command_tasks_only_at_their_agent() {
         .task_output_source(&read("nope"), &fw_caller())
         .unwrap_err();
     assert!(e.to_string().contains("has no task \"nope\""), "{e}");
+    for max_bytes in [0, actormesh::protocol::MAX_TASK_LOG_BYTES + 1] {
+        let e = core
+            .task_output_source(
+                &ReadTaskOutput {
+                    max_bytes,
+                    ..read("c1")
+                },
+                &fw_caller(),
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("out of range: expected 1 to"), "{e}");
+    }
 
     let (_, actor_task) = run_task(&mut core, &fw, t0);
     let e = core

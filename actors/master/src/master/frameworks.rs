@@ -144,12 +144,8 @@ impl Handler<ReadOutputFrom> for Master {
                 stream: m.0.stream,
                 max_bytes: m.0.max_bytes,
             };
-            node.actor_ref(at, AGENT_ACTOR)
-                .ask_timeout(read, std::time::Duration::from_secs(10))
+            super::views::read_task_log(node.actor_ref(at, AGENT_ACTOR), read)
                 .await
-                .map_err(|e| {
-                    FrameworkError::Unavailable(format!("the task's agent did not answer: {e}"))
-                })?
                 .map_err(FrameworkError::Unavailable)
         })
     }

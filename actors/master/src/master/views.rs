@@ -195,21 +195,28 @@ impl Handler<TaskLogs> for Master {
             .agent_of_task(&m.task_id)
             .and_then(|a| self.agent_actor(&a).map_err(TaskQueryRefusal::Unavailable));
         Box::pin(async move {
-            let target = target?;
             let read = ReadTaskLog {
                 task_id: m.task_id,
                 stream: m.stream,
                 max_bytes: m.max_bytes,
             };
-            target
-                .ask_timeout(read, Duration::from_secs(10))
+            read_task_log(target?, read)
                 .await
-                .map_err(|e| {
-                    TaskQueryRefusal::Unavailable(format!("the agent did not answer: {e}"))
-                })?
                 .map_err(TaskQueryRefusal::Unavailable)
         })
     }
+}
+
+/// Asks an agent's `$agent` for the end of a command task's output (for the operator API
+/// and for frameworks): the agent's refusal, or why it did not answer, as the error.
+pub(super) async fn read_task_log(
+    agent: actormesh::RemoteRef,
+    read: ReadTaskLog,
+) -> Result<TaskLog, String> {
+    agent
+        .ask_timeout(read, Duration::from_secs(10))
+        .await
+        .map_err(|e| format!("the agent did not answer: {e}"))?
 }
 
 /// A backup of the whole state, CA included (`state::backup`'s file).
