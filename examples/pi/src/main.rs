@@ -125,6 +125,10 @@ struct FrameworkArgs {
     /// Exit without a goodbye after this many counts, to show a failover.
     #[arg(long)]
     exit_after: Option<usize>,
+    /// Give up (tearing nothing down: a next run resumes) if the job is not done within
+    /// this long (ms, s, m, h or d).
+    #[arg(long, value_parser = actormesh::duration::parse_duration, default_value = "10m")]
+    give_up_after: Duration,
 }
 
 #[derive(clap::Args, Debug)]
@@ -139,9 +143,8 @@ struct SampleArgs {
 
 /// The exit code of a framework that left on purpose (`--exit-after`).
 const LEFT_FOR_FAILOVER: i32 = 75;
-/// How long `run` waits for each step, and for the whole job.
+/// How long `run` waits for each step.
 const STEP: Duration = Duration::from_secs(120);
-const JOB_LIMIT: Duration = Duration::from_secs(600);
 
 /// Passes the framework's events to its loop.
 struct Events(mpsc::UnboundedSender<FrameworkEvent>);
@@ -254,7 +257,7 @@ async fn framework(args: FrameworkArgs) -> anyhow::Result<()> {
         counted_here: 0,
         exit_after: args.exit_after,
     };
-    let deadline = tokio::time::Instant::now() + JOB_LIMIT;
+    let deadline = tokio::time::Instant::now() + args.give_up_after;
     let done = loop {
         tokio::select! {
             e = events.recv() => {
@@ -271,7 +274,8 @@ async fn framework(args: FrameworkArgs) -> anyhow::Result<()> {
             }
             _ = tokio::time::sleep_until(deadline) => {
                 bail!(
-                    "the job was not done within {JOB_LIMIT:?}: {} of {} parts counted",
+                    "the job was not done within {:?} (--give-up-after): {} of {} parts counted",
+                    args.give_up_after,
                     fw.kept.job.done(),
                     fw.kept.job.parts.len()
                 );
